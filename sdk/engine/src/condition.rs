@@ -1,0 +1,278 @@
+//! Compiled conditions: everything an operator needs prepared when the snapshot is built, so an
+//! evaluation only compares.
+
+use std::cmp::Ordering;
+use std::sync::Arc;
+
+use regex_automata::dfa::{dense, Automaton, StartKind};
+use regex_automata::Input;
+use rustc_hash::FxHashSet;
+use serde_json::Value;
+
+use crate::context::{AttrValue, Context};
+use crate::model::{Condition, Op};
+use crate::snapshot::CompiledSegment;
+use crate::validate::{millis_to_nanos, parse_rfc3339, parse_semver, parse_time};
+
+/// A condition ready to test contexts.
+#[derive(Debug)]
+pub(crate) struct CompiledCondition {
+    attribute: Box<str>,
+    negate: bool,
+    test: Test,
+}
+
+/// What an op tests, with its operands prepared.
+///
+/// Ordered comparisons keep one bound: "less than one of the values" is "less than the largest",
+/// and likewise for the others, so a condition with many values costs one comparison.
+#[derive(Debug)]
+enum Test {
+    In(InSet),
+    StartsWith(Box<[Box<str>]>),
+    EndsWith(Box<[Box<str>]>),
+    Contains(Box<[Box<str>]>),
+    Matches(Box<[Matcher]>),
+    Less {
+        bound: f64,
+        inclusive: bool,
+    },
+    Greater {
+        bound: f64,
+        inclusive: bool,
+    },
+    SemverEq(Box<[semver::Version]>),
+    SemverLt(semver::Version),
+    SemverGt(semver::Version),
+    /// Unix nanoseconds.
+    Before(i128),
+    After(i128),
+    Exists,
+    InSegment(Box<[Arc<CompiledSegment>]>),
+}
+
+/// Operands of `in`, split by type so matching is type-aware without converting anything.
+#[derive(Debug)]
+struct InSet {
+    strings: StrSet,
+    numbers: Box<[f64]>,
+    bools: [bool; 2],
+}
+
+/// Short lists are scanned (faster than hashing for a handful of values); long ones are hashed.
+#[derive(Debug)]
+enum StrSet {
+    Small(Box<[Box<str>]>),
+    Large(FxHashSet<Box<str>>),
+}
+
+impl StrSet {
+    const SCAN_LIMIT: usize = 8;
+
+    fn new(items: Vec<Box<str>>) -> StrSet {
+        if items.len() <= Self::SCAN_LIMIT {
+            StrSet::Small(items.into_boxed_slice())
+        } else {
+            StrSet::Large(items.into_iter().collect())
+        }
+    }
+
+    #[inline]
+    fn contains(&self, s: &str) -> bool {
+        match self {
+            StrSet::Small(items) => items.iter().any(|i| &**i == s),
+            StrSet::Large(set) => set.contains(s),
+        }
+    }
+}
+
+/// A compiled regex. Patterns that fit a small fully built DFA are searched without any mutable
+/// state (no cache pool, so no lock and no allocation per search); others, such as those using
+/// Unicode word boundaries, fall back to the `regex` crate.
+#[derive(Debug)]
+enum Matcher {
+    Dfa(dense::DFA<Vec<u32>>),
+    Regex(regex::Regex),
+}
+
+impl Matcher {
+    const DFA_LIMIT: usize = 256 * 1024;
+
+    fn new(pattern: &str) -> Option<Matcher> {
+        let config = dense::Config::new()
+            .start_kind(StartKind::Unanchored)
+            .dfa_size_limit(Some(Self::DFA_LIMIT))
+            .determinize_size_limit(Some(Self::DFA_LIMIT));
+        match dense::Builder::new().configure(config).build(pattern) {
+            Ok(dfa) => Some(Matcher::Dfa(dfa)),
+            Err(_) => regex::Regex::new(pattern).ok().map(Matcher::Regex),
+        }
+    }
+
+    #[inline]
+    fn is_match(&self, haystack: &str) -> bool {
+        match self {
+            Matcher::Dfa(dfa) => matches!(
+                dfa.try_search_fwd(&Input::new(haystack).earliest(true)),
+                Ok(Some(_))
+            ),
+            Matcher::Regex(re) => re.is_match(haystack),
+        }
+    }
+}
+
+fn strings(values: &[Value]) -> Box<[Box<str>]> {
+    values
+        .iter()
+        .filter_map(Value::as_str)
+        .map(Box::from)
+        .collect()
+}
+
+fn numbers(values: &[Value]) -> impl Iterator<Item = f64> + '_ {
+    values.iter().filter_map(Value::as_f64)
+}
+
+fn precedence(a: &semver::Version, b: &semver::Version) -> Ordering {
+    a.cmp_precedence(b)
+}
+
+impl CompiledCondition {
+    /// Compiles a validated condition; `segment` resolves `in_segment` keys.
+    pub(crate) fn compile(
+        condition: &Condition,
+        segment: &dyn Fn(&str) -> Option<Arc<CompiledSegment>>,
+    ) -> CompiledCondition {
+        let values = &condition.values;
+        let versions = || {
+            values
+                .iter()
+                .filter_map(Value::as_str)
+                .filter_map(parse_semver)
+        };
+        let times = || values.iter().filter_map(parse_time);
+        let test = match condition.op {
+            Op::In => Test::In(InSet {
+                strings: StrSet::new(
+                    values
+                        .iter()
+                        .filter_map(Value::as_str)
+                        .map(Box::from)
+                        .collect(),
+                ),
+                numbers: numbers(values).collect(),
+                bools: [
+                    values.contains(&Value::Bool(false)),
+                    values.contains(&Value::Bool(true)),
+                ],
+            }),
+            Op::StartsWith => Test::StartsWith(strings(values)),
+            Op::EndsWith => Test::EndsWith(strings(values)),
+            Op::Contains => Test::Contains(strings(values)),
+            Op::Matches => Test::Matches(
+                values
+                    .iter()
+                    .filter_map(Value::as_str)
+                    .filter_map(Matcher::new)
+                    .collect(),
+            ),
+            Op::Lt | Op::Lte => Test::Less {
+                bound: numbers(values).fold(f64::NEG_INFINITY, f64::max),
+                inclusive: condition.op == Op::Lte,
+            },
+            Op::Gt | Op::Gte => Test::Greater {
+                bound: numbers(values).fold(f64::INFINITY, f64::min),
+                inclusive: condition.op == Op::Gte,
+            },
+            Op::SemverEq => Test::SemverEq(versions().collect()),
+            Op::SemverLt => match versions().max_by(precedence) {
+                Some(v) => Test::SemverLt(v),
+                None => Test::SemverEq(Box::new([])),
+            },
+            Op::SemverGt => match versions().min_by(precedence) {
+                Some(v) => Test::SemverGt(v),
+                None => Test::SemverEq(Box::new([])),
+            },
+            Op::Before => Test::Before(times().max().unwrap_or(i128::MIN)),
+            Op::After => Test::After(times().min().unwrap_or(i128::MAX)),
+            Op::Exists => Test::Exists,
+            Op::InSegment => Test::InSegment(
+                values
+                    .iter()
+                    .filter_map(Value::as_str)
+                    .filter_map(segment)
+                    .collect(),
+            ),
+        };
+        CompiledCondition {
+            attribute: condition.attribute.as_deref().unwrap_or_default().into(),
+            negate: condition.negate,
+            test,
+        }
+    }
+
+    /// DESIGN.md section 2: a missing attribute is false whatever `negate` says; otherwise the
+    /// op holds when it holds for the value or any element of a list, and `negate` inverts that.
+    #[inline]
+    pub(crate) fn matches(&self, ctx: &Context) -> bool {
+        match &self.test {
+            Test::Exists => ctx.get(&self.attribute).is_some() != self.negate,
+            Test::InSegment(segments) => segments.iter().any(|s| s.contains(ctx)) != self.negate,
+            _ => match ctx.get(&self.attribute) {
+                None => false,
+                Some(AttrValue::List(items)) => items.iter().any(|v| self.test(v)) != self.negate,
+                Some(value) => self.test(value) != self.negate,
+            },
+        }
+    }
+
+    /// The op on one scalar; a value of the wrong type does not match.
+    #[inline]
+    fn test(&self, value: &AttrValue) -> bool {
+        match (&self.test, value) {
+            (Test::In(set), AttrValue::String(s)) => set.strings.contains(s),
+            (Test::In(set), AttrValue::Number(n)) => set.numbers.contains(n),
+            (Test::In(set), AttrValue::Bool(b)) => set.bools[usize::from(*b)],
+            (Test::StartsWith(prefixes), AttrValue::String(s)) => {
+                prefixes.iter().any(|p| s.starts_with(&**p))
+            }
+            (Test::EndsWith(suffixes), AttrValue::String(s)) => {
+                suffixes.iter().any(|p| s.ends_with(&**p))
+            }
+            (Test::Contains(parts), AttrValue::String(s)) => parts.iter().any(|p| s.contains(&**p)),
+            (Test::Matches(matchers), AttrValue::String(s)) => {
+                matchers.iter().any(|m| m.is_match(s))
+            }
+            (Test::Less { bound, inclusive }, AttrValue::Number(n)) => {
+                *n < *bound || (*inclusive && *n == *bound)
+            }
+            (Test::Greater { bound, inclusive }, AttrValue::Number(n)) => {
+                *n > *bound || (*inclusive && *n == *bound)
+            }
+            (Test::SemverEq(versions), AttrValue::String(s)) => parse_semver(s).is_some_and(|v| {
+                versions
+                    .iter()
+                    .any(|w| precedence(&v, w) == Ordering::Equal)
+            }),
+            (Test::SemverLt(bound), AttrValue::String(s)) => {
+                parse_semver(s).is_some_and(|v| precedence(&v, bound) == Ordering::Less)
+            }
+            (Test::SemverGt(bound), AttrValue::String(s)) => {
+                parse_semver(s).is_some_and(|v| precedence(&v, bound) == Ordering::Greater)
+            }
+            (Test::Before(bound), value) => instant(value).is_some_and(|t| t < *bound),
+            (Test::After(bound), value) => instant(value).is_some_and(|t| t > *bound),
+            _ => false,
+        }
+    }
+}
+
+/// An attribute as an instant: an RFC 3339 string or Unix milliseconds.
+#[inline]
+fn instant(value: &AttrValue) -> Option<i128> {
+    match value {
+        AttrValue::String(s) => parse_rfc3339(s),
+        AttrValue::Number(n) => millis_to_nanos(*n),
+        _ => None,
+    }
+}

@@ -1,0 +1,53 @@
+//! Flagstaff's evaluation engine: the flag model, validation, compiled snapshots, evaluation and
+//! bucketing. Pure and synchronous: no I/O, no async runtime, no wire types.
+//!
+//! ```
+//! use flagstaff_engine::{Context, Reason, Snapshot};
+//!
+//! let snapshot = Snapshot::from_text(r#"
+//! environment: production
+//! flags:
+//!   - key: checkout-v2
+//!     kind: boolean
+//!     variants: { on: true, off: false }
+//!     off_variant: off
+//!     enabled: true
+//!     rules:
+//!       - id: eu
+//!         conditions: [{ attribute: country, op: in, values: [NL, DE] }]
+//!         serve: { variant: on }
+//!     default: { variant: off }
+//! "#).expect("valid document");
+//!
+//! let ctx = Context::new("user-1").with("country", "NL");
+//! let detail = snapshot.bool_detail("checkout-v2", &ctx, false);
+//! assert!(detail.value);
+//! assert_eq!(detail.reason, Reason::RuleMatch { index: 0, id: "eu" });
+//! ```
+#![deny(missing_docs)]
+
+mod bucket;
+mod condition;
+mod context;
+mod decode;
+mod eval;
+mod format;
+mod model;
+mod problem;
+mod snapshot;
+mod validate;
+
+pub use bucket::{bucket, murmur3_x86_32, write_number, Murmur3, SaltedHasher, BUCKETS};
+pub use context::{AttrValue, Context};
+pub use eval::{Detail, ErrorKind, Reason};
+pub use format::{
+    document_from_value, flag_from_value, parse_document, parse_input, parse_value,
+    segment_from_value, to_text, Format, Input,
+};
+pub use model::{
+    Condition, Document, Flag, Kind, Op, Prerequisite, Rule, Segment, SegmentRule, Serve, Split,
+    Variants, Weight,
+};
+pub use problem::{Problem, ValidationError};
+pub use snapshot::{ChangeSet, Snapshot};
+pub use validate::{is_valid_key, MAX_FLAG_BYTES, MAX_PREREQUISITE_LINKS, MAX_SEGMENT_KEYS};

@@ -1,0 +1,531 @@
+//! Compiled snapshots: an environment's flags and segments, validated and prepared once.
+//!
+//! Each flag and segment compiles into its own immutable unit behind an `Arc`. Applying a
+//! [`ChangeSet`] clones the two maps of `Arc`s (cheap) and recompiles only the documents that
+//! changed, the flags that use a changed segment, and the flags that (transitively) have a
+//! changed flag as a prerequisite, since those hold direct references to what they use.
+
+use std::sync::Arc;
+
+use rustc_hash::{FxHashMap, FxHashSet};
+
+use crate::bucket::SaltedHasher;
+use crate::condition::CompiledCondition;
+use crate::context::Context;
+use crate::model::{Document, Flag, Kind, Segment, Serve};
+use crate::problem::{Problems, ValidationError};
+use crate::validate::{self, PrerequisiteGraph, Resolve};
+
+/// Flag and segment maps. Keys come from our own server or a validated document, never from
+/// the calling service, so the fast non-cryptographic Fx hasher is safe here: nobody can choose
+/// keys to force collisions.
+type Map<V> = FxHashMap<Arc<str>, Arc<V>>;
+
+/// A variant value, typed by the flag's kind.
+#[derive(Debug)]
+pub(crate) enum VariantValue {
+    Bool(bool),
+    String(Box<str>),
+    Number(f64),
+    Json(serde_json::Value),
+}
+
+#[derive(Debug)]
+pub(crate) struct CompiledVariant {
+    pub(crate) key: Box<str>,
+    pub(crate) value: VariantValue,
+}
+
+/// A serve with variant references resolved to indices.
+#[derive(Debug)]
+pub(crate) enum CompiledServe {
+    Variant(usize),
+    Split {
+        bucket_by: Box<str>,
+        /// (exclusive upper bound of the bucket range, variant index), ascending.
+        ranges: Box<[(u32, usize)]>,
+    },
+}
+
+#[derive(Debug)]
+pub(crate) struct CompiledRule {
+    pub(crate) id: Box<str>,
+    pub(crate) conditions: Box<[CompiledCondition]>,
+    pub(crate) serve: CompiledServe,
+}
+
+#[derive(Debug)]
+pub(crate) struct CompiledPrerequisite {
+    pub(crate) flag: Arc<CompiledFlag>,
+    /// Indexed by the prerequisite flag's variant index: whether that variant satisfies it.
+    pub(crate) allowed: Box<[bool]>,
+}
+
+/// A flag ready to evaluate.
+#[derive(Debug)]
+pub(crate) struct CompiledFlag {
+    pub(crate) doc: Arc<Flag>,
+    pub(crate) kind: Kind,
+    pub(crate) enabled: bool,
+    pub(crate) version: Option<u64>,
+    pub(crate) variants: Box<[CompiledVariant]>,
+    pub(crate) off_variant: usize,
+    pub(crate) hasher: SaltedHasher,
+    pub(crate) prerequisites: Box<[CompiledPrerequisite]>,
+    pub(crate) rules: Box<[CompiledRule]>,
+    pub(crate) default: CompiledServe,
+}
+
+/// A segment ready to test membership in constant time, whatever the size of its key lists.
+#[derive(Debug)]
+pub(crate) struct CompiledSegment {
+    pub(crate) doc: Arc<Segment>,
+    /// Context keys are chosen by callers, but these sets are built from the segment's own keys,
+    /// so lookups of arbitrary keys cannot degrade them.
+    included: FxHashSet<Box<str>>,
+    excluded: FxHashSet<Box<str>>,
+    rules: Box<[Box<[CompiledCondition]>]>,
+}
+
+impl CompiledSegment {
+    fn compile(doc: Arc<Segment>) -> CompiledSegment {
+        let keys = |list: &[String]| list.iter().map(|k| Box::from(k.as_str())).collect();
+        let no_segments = |_: &str| None;
+        CompiledSegment {
+            included: keys(&doc.included),
+            excluded: keys(&doc.excluded),
+            rules: doc
+                .rules
+                .iter()
+                .map(|r| {
+                    r.conditions
+                        .iter()
+                        .map(|c| CompiledCondition::compile(c, &no_segments))
+                        .collect()
+                })
+                .collect(),
+            doc,
+        }
+    }
+
+    /// Excluded wins; then included; then any rule.
+    #[inline]
+    pub(crate) fn contains(&self, ctx: &Context) -> bool {
+        let key = ctx.key();
+        if !self.excluded.is_empty() && self.excluded.contains(key) {
+            return false;
+        }
+        if !self.included.is_empty() && self.included.contains(key) {
+            return true;
+        }
+        self.rules
+            .iter()
+            .any(|conditions| conditions.iter().all(|c| c.matches(ctx)))
+    }
+}
+
+impl CompiledFlag {
+    /// Compiles a validated flag whose prerequisites and segments are in `flags` and `segments`.
+    fn compile(doc: Arc<Flag>, flags: &Map<CompiledFlag>, segments: &Map<CompiledSegment>) -> Self {
+        let index = |variant: &str| {
+            doc.variants
+                .0
+                .iter()
+                .position(|(k, _)| k == variant)
+                .unwrap_or(0)
+        };
+        let serve = |serve: &Serve| match serve {
+            Serve::Variant(v) => CompiledServe::Variant(index(v)),
+            Serve::Split(split) => {
+                let mut upper = 0u32;
+                CompiledServe::Split {
+                    bucket_by: split.bucket_by.as_str().into(),
+                    ranges: split
+                        .weights
+                        .iter()
+                        .filter(|w| w.weight > 0)
+                        .map(|w| {
+                            upper += w.weight;
+                            (upper, index(&w.variant))
+                        })
+                        .collect(),
+                }
+            }
+        };
+        let segment = |key: &str| segments.get(key).cloned();
+        let variants = doc
+            .variants
+            .0
+            .iter()
+            .map(|(key, value)| CompiledVariant {
+                key: key.as_str().into(),
+                value: match doc.kind {
+                    Kind::Boolean => VariantValue::Bool(value.as_bool().unwrap_or_default()),
+                    Kind::String => VariantValue::String(value.as_str().unwrap_or_default().into()),
+                    Kind::Number => VariantValue::Number(value.as_f64().unwrap_or_default()),
+                    Kind::Json => VariantValue::Json(value.clone()),
+                },
+            })
+            .collect();
+        let prerequisites = doc
+            .prerequisites
+            .iter()
+            .filter_map(|p| {
+                let flag = flags.get(p.flag.as_str())?.clone();
+                let allowed = flag
+                    .doc
+                    .variants
+                    .keys()
+                    .map(|k| p.variants.iter().any(|v| v == k))
+                    .collect();
+                Some(CompiledPrerequisite { flag, allowed })
+            })
+            .collect();
+        let rules = doc
+            .rules
+            .iter()
+            .map(|r| CompiledRule {
+                id: r.id.as_str().into(),
+                conditions: r
+                    .conditions
+                    .iter()
+                    .map(|c| CompiledCondition::compile(c, &segment))
+                    .collect(),
+                serve: serve(&r.serve),
+            })
+            .collect();
+        CompiledFlag {
+            kind: doc.kind,
+            enabled: doc.enabled,
+            version: doc.version,
+            variants,
+            off_variant: index(&doc.off_variant),
+            hasher: SaltedHasher::new(doc.effective_salt()),
+            prerequisites,
+            rules,
+            default: serve(&doc.default),
+            doc,
+        }
+    }
+}
+
+/// A set of changes to an environment, applied as one unit: all or nothing.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ChangeSet {
+    /// Flags created or replaced.
+    pub flags: Vec<Flag>,
+    /// Keys of flags removed.
+    pub deleted_flags: Vec<String>,
+    /// Segments created or replaced.
+    pub segments: Vec<Segment>,
+    /// Keys of segments removed.
+    pub deleted_segments: Vec<String>,
+}
+
+impl ChangeSet {
+    /// Whether the change set changes nothing.
+    pub fn is_empty(&self) -> bool {
+        self.flags.is_empty()
+            && self.deleted_flags.is_empty()
+            && self.segments.is_empty()
+            && self.deleted_segments.is_empty()
+    }
+}
+
+impl From<Document> for ChangeSet {
+    fn from(doc: Document) -> ChangeSet {
+        ChangeSet {
+            flags: doc.flags,
+            segments: doc.segments,
+            ..ChangeSet::default()
+        }
+    }
+}
+
+/// An environment's flags and segments, validated and compiled: what evaluation reads.
+///
+/// Immutable and `Send + Sync`; share it behind an `Arc` (the SDK keeps it in an `ArcSwap`).
+#[derive(Debug, Clone, Default)]
+pub struct Snapshot {
+    pub(crate) flags: Map<CompiledFlag>,
+    pub(crate) segments: Map<CompiledSegment>,
+}
+
+/// The environment as it will be after a change, for cross-document checks.
+struct Pending<'a> {
+    base: &'a Snapshot,
+    flags: FxHashMap<&'a str, &'a Flag>,
+    deleted_flags: FxHashSet<&'a str>,
+    segments: FxHashSet<&'a str>,
+    deleted_segments: FxHashSet<&'a str>,
+}
+
+impl Resolve for Pending<'_> {
+    fn flag(&self, key: &str) -> Option<&Flag> {
+        if let Some(flag) = self.flags.get(key) {
+            return Some(flag);
+        }
+        if self.deleted_flags.contains(key) {
+            return None;
+        }
+        self.base.flags.get(key).map(|f| &*f.doc)
+    }
+
+    fn has_segment(&self, key: &str) -> bool {
+        self.segments.contains(key)
+            || (!self.deleted_segments.contains(key) && self.base.segments.contains_key(key))
+    }
+}
+
+impl Snapshot {
+    /// An empty environment.
+    pub fn new() -> Snapshot {
+        Snapshot::default()
+    }
+
+    /// Validates and compiles a whole document, reporting every problem.
+    pub fn from_document(doc: Document) -> Result<Snapshot, ValidationError> {
+        Snapshot::new().apply(ChangeSet::from(doc))
+    }
+
+    /// Parses, validates and compiles an export document in JSON or YAML.
+    pub fn from_text(text: &str) -> Result<Snapshot, ValidationError> {
+        Snapshot::from_document(crate::format::parse_document(text)?)
+    }
+
+    /// The snapshot after `changes`, or every problem they have; `self` is never modified.
+    pub fn apply(&self, changes: ChangeSet) -> Result<Snapshot, ValidationError> {
+        let order = self.validate(&changes)?;
+        let mut next = self.clone();
+        for key in &changes.deleted_segments {
+            next.segments.remove(key.as_str());
+        }
+        for key in &changes.deleted_flags {
+            next.flags.remove(key.as_str());
+        }
+        for segment in changes.segments {
+            let key: Arc<str> = segment.key.as_str().into();
+            next.segments
+                .insert(key, Arc::new(CompiledSegment::compile(Arc::new(segment))));
+        }
+        let mut upserts: FxHashMap<Arc<str>, Arc<Flag>> = changes
+            .flags
+            .into_iter()
+            .map(|f| (Arc::from(f.key.as_str()), Arc::new(f)))
+            .collect();
+        for key in order {
+            let doc = match upserts.remove(&key) {
+                Some(doc) => doc,
+                None => match next.flags.get(&key) {
+                    Some(existing) => existing.doc.clone(),
+                    None => continue,
+                },
+            };
+            let compiled = CompiledFlag::compile(doc, &next.flags, &next.segments);
+            next.flags.insert(key, Arc::new(compiled));
+        }
+        Ok(next)
+    }
+
+    /// Checks `changes` against this snapshot and returns the flags to compile, prerequisites
+    /// first.
+    fn validate(&self, changes: &ChangeSet) -> Result<Vec<Arc<str>>, ValidationError> {
+        let mut problems = Problems::default();
+        let pending = self.check(changes, &mut problems);
+        let affected = self.affected(changes, &pending);
+        for key in &affected {
+            if let Some(flag) = pending.flag(key) {
+                validate::check_references(flag, &format!("flags[{key}]"), &pending, &mut problems);
+            }
+        }
+        let graph = PrerequisiteGraph::walk(affected.iter().copied(), &pending, &mut problems);
+        problems.into_result()?;
+        let affected: FxHashSet<&str> = affected.into_iter().collect();
+        Ok(graph
+            .order
+            .into_iter()
+            .filter(|k| affected.contains(k))
+            .map(Arc::from)
+            .collect())
+    }
+
+    /// Checks each changed document alone and the change set as a whole; returns the state the
+    /// environment would have, for cross-document checks.
+    fn check<'a>(&'a self, changes: &'a ChangeSet, problems: &mut Problems) -> Pending<'a> {
+        let mut pending = Pending {
+            base: self,
+            flags: FxHashMap::default(),
+            deleted_flags: changes.deleted_flags.iter().map(String::as_str).collect(),
+            segments: FxHashSet::default(),
+            deleted_segments: changes
+                .deleted_segments
+                .iter()
+                .map(String::as_str)
+                .collect(),
+        };
+        for segment in &changes.segments {
+            let path = format!("segments[{}]", segment.key);
+            validate::check_segment(segment, &path, problems);
+            if !pending.segments.insert(&segment.key) {
+                problems.push(
+                    path.clone(),
+                    format!("duplicate segment key {:?}", segment.key),
+                );
+            }
+            if pending.deleted_segments.contains(segment.key.as_str()) {
+                problems.push(path, "the segment is both changed and deleted");
+            }
+        }
+        for flag in &changes.flags {
+            let path = format!("flags[{}]", flag.key);
+            validate::check_flag(flag, &path, problems);
+            if pending.flags.insert(&flag.key, flag).is_some() {
+                problems.push(path.clone(), format!("duplicate flag key {:?}", flag.key));
+            }
+            if pending.deleted_flags.contains(flag.key.as_str()) {
+                problems.push(path, "the flag is both changed and deleted");
+            }
+        }
+        for key in &changes.deleted_flags {
+            if !self.flags.contains_key(key.as_str()) {
+                problems.push(format!("flags[{key}]"), "no such flag to delete");
+            }
+        }
+        for key in &changes.deleted_segments {
+            if !self.segments.contains_key(key.as_str()) {
+                problems.push(format!("segments[{key}]"), "no such segment to delete");
+            }
+        }
+        if !pending.deleted_flags.is_empty() || !pending.deleted_segments.is_empty() {
+            self.check_deleted_unused(&pending, problems);
+        }
+        pending
+    }
+
+    /// A deleted flag may not be a remaining flag's prerequisite, nor a deleted segment be used.
+    fn check_deleted_unused(&self, pending: &Pending<'_>, problems: &mut Problems) {
+        let remaining = self
+            .flags
+            .iter()
+            .filter(|(k, _)| {
+                !pending.flags.contains_key(&***k) && !pending.deleted_flags.contains(&***k)
+            })
+            .map(|(_, f)| &*f.doc)
+            .chain(pending.flags.values().copied());
+        let mut users: Vec<(String, String)> = Vec::new();
+        for flag in remaining {
+            for p in &flag.prerequisites {
+                if pending.deleted_flags.contains(p.flag.as_str()) {
+                    users.push((format!("flags[{}]", p.flag), format!("flag {:?}", flag.key)));
+                }
+            }
+            for s in flag.segment_refs() {
+                if pending.deleted_segments.contains(s) {
+                    users.push((format!("segments[{s}]"), format!("flag {:?}", flag.key)));
+                }
+            }
+        }
+        users.sort();
+        users.dedup();
+        for (path, user) in users {
+            let what = if path.starts_with("flags") {
+                "a prerequisite of"
+            } else {
+                "used by"
+            };
+            problems.push(path, format!("cannot be deleted: it is {what} {user}"));
+        }
+    }
+
+    /// The flags to (re)compile: those changed, those using a changed segment, and every flag
+    /// that has one of those as a prerequisite, transitively.
+    fn affected<'a>(&'a self, changes: &'a ChangeSet, pending: &Pending<'a>) -> Vec<&'a str> {
+        let mut affected: Vec<&'a str> = changes.flags.iter().map(|f| f.key.as_str()).collect();
+        let mut seen: FxHashSet<&'a str> = affected.iter().copied().collect();
+        let changed_segments: FxHashSet<&str> =
+            changes.segments.iter().map(|s| s.key.as_str()).collect();
+        // Reverse prerequisite edges among unchanged flags; most flags have none.
+        let mut required_by: FxHashMap<&'a str, Vec<&'a str>> = FxHashMap::default();
+        for (key, flag) in &self.flags {
+            let key = &**key;
+            if pending.flags.contains_key(key) || pending.deleted_flags.contains(key) {
+                continue;
+            }
+            for p in &flag.doc.prerequisites {
+                required_by.entry(p.flag.as_str()).or_default().push(key);
+            }
+            if !changed_segments.is_empty()
+                && flag
+                    .doc
+                    .segment_refs()
+                    .any(|s| changed_segments.contains(s))
+                && seen.insert(key)
+            {
+                affected.push(key);
+            }
+        }
+        let mut i = 0;
+        while i < affected.len() {
+            if let Some(dependents) = required_by.get(affected[i]) {
+                for d in dependents {
+                    if seen.insert(d) {
+                        affected.push(d);
+                    }
+                }
+            }
+            i += 1;
+        }
+        affected
+    }
+
+    /// The flag document `key`, as compiled.
+    pub fn flag(&self, key: &str) -> Option<&Flag> {
+        self.flags.get(key).map(|f| &*f.doc)
+    }
+
+    /// The segment document `key`, as compiled.
+    pub fn segment(&self, key: &str) -> Option<&Segment> {
+        self.segments.get(key).map(|s| &*s.doc)
+    }
+
+    /// Every flag document, in no particular order.
+    pub fn flags(&self) -> impl Iterator<Item = &Flag> {
+        self.flags.values().map(|f| &*f.doc)
+    }
+
+    /// Every segment document, in no particular order.
+    pub fn segments(&self) -> impl Iterator<Item = &Segment> {
+        self.segments.values().map(|s| &*s.doc)
+    }
+
+    /// The number of flags.
+    pub fn len(&self) -> usize {
+        self.flags.len()
+    }
+
+    /// Whether there are no flags.
+    pub fn is_empty(&self) -> bool {
+        self.flags.is_empty()
+    }
+
+    /// The environment as an export document, flags and segments sorted by key, without versions.
+    pub fn to_document(&self, environment: &str) -> Document {
+        let mut flags: Vec<Flag> = self
+            .flags()
+            .cloned()
+            .map(|f| Flag { version: None, ..f })
+            .collect();
+        flags.sort_by(|a, b| a.key.cmp(&b.key));
+        let mut segments: Vec<Segment> = self
+            .segments()
+            .cloned()
+            .map(|s| Segment { version: None, ..s })
+            .collect();
+        segments.sort_by(|a, b| a.key.cmp(&b.key));
+        Document {
+            environment: environment.to_owned(),
+            flags,
+            segments,
+        }
+    }
+}
