@@ -99,6 +99,6 @@ pub fn to_text<T: Serialize>(value: &T, format: Format) -> String {
     match format {
         // Serialising the model cannot fail: every map key is a string.
         Format::Json => serde_json::to_string_pretty(value).unwrap_or_default() + "\n",
-        Format::Yaml => serde_yaml_ng::to_string(value).unwrap_or_default(),
+        Format::Yaml => crate::yaml::to_string(&serde_json::to_value(value).unwrap_or_default()),
     }
 }

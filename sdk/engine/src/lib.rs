@@ -36,6 +36,7 @@ mod model;
 mod problem;
 mod snapshot;
 mod validate;
+mod yaml;
 
 pub use bucket::{bucket, murmur3_x86_32, write_number, Murmur3, SaltedHasher, BUCKETS};
 pub use context::{AttrValue, Context};
