@@ -7,7 +7,7 @@
 
 use std::fmt::Write;
 
-use crate::context::AttrValue;
+use crate::context::AttrRef;
 
 /// Number of buckets: a bucket is in `0..BUCKETS`, weights are in 1/1000 of a percent.
 pub const BUCKETS: u32 = 100_000;
@@ -32,10 +32,10 @@ fn mix_block(h: u32, block: [u8; 4]) -> u32 {
 #[derive(Debug, Clone, Copy)]
 pub struct Murmur3 {
     h: u32,
-    /// Bytes not yet forming a whole 4-byte block.
-    pending: [u8; 4],
-    pending_len: usize,
-    total_len: usize,
+    /// Bytes not yet forming a whole 4-byte block, little-endian in the low bits.
+    pending: u32,
+    pending_len: u32,
+    total_len: u32,
 }
 
 impl Murmur3 {
@@ -43,7 +43,7 @@ impl Murmur3 {
     pub fn new(seed: u32) -> Murmur3 {
         Murmur3 {
             h: seed,
-            pending: [0; 4],
+            pending: 0,
             pending_len: 0,
             total_len: 0,
         }
@@ -51,26 +51,32 @@ impl Murmur3 {
 
     /// Appends bytes.
     #[inline]
-    pub fn write(&mut self, mut bytes: &[u8]) {
-        self.total_len += bytes.len();
-        if self.pending_len > 0 {
-            let take = (4 - self.pending_len).min(bytes.len());
-            self.pending[self.pending_len..self.pending_len + take].copy_from_slice(&bytes[..take]);
-            self.pending_len += take;
-            bytes = &bytes[take..];
-            if self.pending_len < 4 {
+    pub fn write(&mut self, bytes: &[u8]) {
+        // The reference algorithm mixes in the length as a 32-bit value, so it wraps.
+        self.total_len = self.total_len.wrapping_add(bytes.len() as u32);
+        let mut rest = bytes;
+        // Complete a partial block byte by byte (at most 3 bytes; no memcpy call).
+        while self.pending_len > 0 {
+            let Some((&b, tail)) = rest.split_first() else {
                 return;
+            };
+            self.pending |= u32::from(b) << (8 * self.pending_len);
+            self.pending_len += 1;
+            rest = tail;
+            if self.pending_len == 4 {
+                self.h = mix_block(self.h, self.pending.to_le_bytes());
+                self.pending = 0;
+                self.pending_len = 0;
             }
-            self.h = mix_block(self.h, self.pending);
-            self.pending_len = 0;
         }
-        let mut blocks = bytes.chunks_exact(4);
+        let mut blocks = rest.chunks_exact(4);
         for block in &mut blocks {
             self.h = mix_block(self.h, [block[0], block[1], block[2], block[3]]);
         }
-        let rest = blocks.remainder();
-        self.pending[..rest.len()].copy_from_slice(rest);
-        self.pending_len = rest.len();
+        for &b in blocks.remainder() {
+            self.pending |= u32::from(b) << (8 * self.pending_len);
+            self.pending_len += 1;
+        }
     }
 
     /// The hash of everything written.
@@ -78,14 +84,13 @@ impl Murmur3 {
     pub fn finish(&self) -> u32 {
         let mut h = self.h;
         if self.pending_len > 0 {
-            let mut k = 0u32;
-            for (i, b) in self.pending[..self.pending_len].iter().enumerate() {
-                k ^= u32::from(*b) << (8 * i);
-            }
-            h ^= k.wrapping_mul(C1).rotate_left(15).wrapping_mul(C2);
+            h ^= self
+                .pending
+                .wrapping_mul(C1)
+                .rotate_left(15)
+                .wrapping_mul(C2);
         }
-        // The reference algorithm mixes in the length as a 32-bit value.
-        h ^= self.total_len as u32;
+        h ^= self.total_len;
         h ^= h >> 16;
         h = h.wrapping_mul(0x85eb_ca6b);
         h ^= h >> 13;
@@ -139,12 +144,12 @@ impl SaltedHasher {
     /// The bucket of an attribute value, or `None` when it cannot be bucketed: an empty string,
     /// a bool or a list.
     #[inline]
-    pub fn bucket(&self, value: &AttrValue) -> Option<u32> {
+    pub fn bucket(&self, value: AttrRef<'_>) -> Option<u32> {
         match value {
-            AttrValue::String(s) if !s.is_empty() => Some(self.bucket_str(s)),
-            AttrValue::Number(n) => {
+            AttrRef::Str(s) if !s.is_empty() => Some(self.bucket_str(s)),
+            AttrRef::Number(n) => {
                 let mut h = self.prefix;
-                write_number(&mut h, *n);
+                write_number(&mut h, n);
                 Some(h.finish() % BUCKETS)
             }
             _ => None,

@@ -9,7 +9,8 @@ use regex_automata::Input;
 use rustc_hash::FxHashSet;
 use serde_json::Value;
 
-use crate::context::{AttrValue, Context};
+use crate::context::{AttrRef, Context, Selector};
+use crate::keys;
 use crate::model::{Condition, Op};
 use crate::snapshot::CompiledSegment;
 use crate::validate::{millis_to_nanos, parse_rfc3339, parse_semver, parse_time};
@@ -17,7 +18,7 @@ use crate::validate::{millis_to_nanos, parse_rfc3339, parse_semver, parse_time};
 /// A condition ready to test contexts.
 #[derive(Debug)]
 pub(crate) struct CompiledCondition {
-    attribute: Box<str>,
+    attribute: Selector,
     negate: bool,
     test: Test,
 }
@@ -77,10 +78,10 @@ impl StrSet {
         }
     }
 
-    #[inline]
+    #[inline(always)]
     fn contains(&self, s: &str) -> bool {
         match self {
-            StrSet::Small(items) => items.iter().any(|i| &**i == s),
+            StrSet::Small(items) => items.iter().any(|i| keys::eq(i, s)),
             StrSet::Large(set) => set.contains(s),
         }
     }
@@ -91,7 +92,7 @@ impl StrSet {
 /// Unicode word boundaries, fall back to the `regex` crate.
 #[derive(Debug)]
 enum Matcher {
-    Dfa(dense::DFA<Vec<u32>>),
+    Dfa(Box<dense::DFA<Vec<u32>>>),
     Regex(regex::Regex),
 }
 
@@ -104,7 +105,7 @@ impl Matcher {
             .dfa_size_limit(Some(Self::DFA_LIMIT))
             .determinize_size_limit(Some(Self::DFA_LIMIT));
         match dense::Builder::new().configure(config).build(pattern) {
-            Ok(dfa) => Some(Matcher::Dfa(dfa)),
+            Ok(dfa) => Some(Matcher::Dfa(Box::new(dfa))),
             Err(_) => regex::Regex::new(pattern).ok().map(Matcher::Regex),
         }
     }
@@ -205,7 +206,7 @@ impl CompiledCondition {
             ),
         };
         CompiledCondition {
-            attribute: condition.attribute.as_deref().unwrap_or_default().into(),
+            attribute: Selector::new(condition.attribute.as_deref().unwrap_or_default()),
             negate: condition.negate,
             test,
         }
@@ -216,48 +217,48 @@ impl CompiledCondition {
     #[inline]
     pub(crate) fn matches(&self, ctx: &Context) -> bool {
         match &self.test {
-            Test::Exists => ctx.get(&self.attribute).is_some() != self.negate,
+            Test::Exists => ctx.select(&self.attribute).is_some() != self.negate,
             Test::InSegment(segments) => segments.iter().any(|s| s.contains(ctx)) != self.negate,
-            _ => match ctx.get(&self.attribute) {
+            _ => match ctx.select(&self.attribute) {
                 None => false,
-                Some(AttrValue::List(items)) => items.iter().any(|v| self.test(v)) != self.negate,
+                Some(AttrRef::List(items)) => {
+                    items.iter().any(|v| self.test(v.as_ref())) != self.negate
+                }
                 Some(value) => self.test(value) != self.negate,
             },
         }
     }
 
     /// The op on one scalar; a value of the wrong type does not match.
-    #[inline]
-    fn test(&self, value: &AttrValue) -> bool {
+    #[inline(always)]
+    fn test(&self, value: AttrRef<'_>) -> bool {
         match (&self.test, value) {
-            (Test::In(set), AttrValue::String(s)) => set.strings.contains(s),
-            (Test::In(set), AttrValue::Number(n)) => set.numbers.contains(n),
-            (Test::In(set), AttrValue::Bool(b)) => set.bools[usize::from(*b)],
-            (Test::StartsWith(prefixes), AttrValue::String(s)) => {
+            (Test::In(set), AttrRef::Str(s)) => set.strings.contains(s),
+            (Test::In(set), AttrRef::Number(n)) => set.numbers.contains(&n),
+            (Test::In(set), AttrRef::Bool(b)) => set.bools[usize::from(b)],
+            (Test::StartsWith(prefixes), AttrRef::Str(s)) => {
                 prefixes.iter().any(|p| s.starts_with(&**p))
             }
-            (Test::EndsWith(suffixes), AttrValue::String(s)) => {
+            (Test::EndsWith(suffixes), AttrRef::Str(s)) => {
                 suffixes.iter().any(|p| s.ends_with(&**p))
             }
-            (Test::Contains(parts), AttrValue::String(s)) => parts.iter().any(|p| s.contains(&**p)),
-            (Test::Matches(matchers), AttrValue::String(s)) => {
-                matchers.iter().any(|m| m.is_match(s))
+            (Test::Contains(parts), AttrRef::Str(s)) => parts.iter().any(|p| s.contains(&**p)),
+            (Test::Matches(matchers), AttrRef::Str(s)) => matchers.iter().any(|m| m.is_match(s)),
+            (Test::Less { bound, inclusive }, AttrRef::Number(n)) => {
+                n < *bound || (*inclusive && n == *bound)
             }
-            (Test::Less { bound, inclusive }, AttrValue::Number(n)) => {
-                *n < *bound || (*inclusive && *n == *bound)
+            (Test::Greater { bound, inclusive }, AttrRef::Number(n)) => {
+                n > *bound || (*inclusive && n == *bound)
             }
-            (Test::Greater { bound, inclusive }, AttrValue::Number(n)) => {
-                *n > *bound || (*inclusive && *n == *bound)
-            }
-            (Test::SemverEq(versions), AttrValue::String(s)) => parse_semver(s).is_some_and(|v| {
+            (Test::SemverEq(versions), AttrRef::Str(s)) => parse_semver(s).is_some_and(|v| {
                 versions
                     .iter()
                     .any(|w| precedence(&v, w) == Ordering::Equal)
             }),
-            (Test::SemverLt(bound), AttrValue::String(s)) => {
+            (Test::SemverLt(bound), AttrRef::Str(s)) => {
                 parse_semver(s).is_some_and(|v| precedence(&v, bound) == Ordering::Less)
             }
-            (Test::SemverGt(bound), AttrValue::String(s)) => {
+            (Test::SemverGt(bound), AttrRef::Str(s)) => {
                 parse_semver(s).is_some_and(|v| precedence(&v, bound) == Ordering::Greater)
             }
             (Test::Before(bound), value) => instant(value).is_some_and(|t| t < *bound),
@@ -269,10 +270,10 @@ impl CompiledCondition {
 
 /// An attribute as an instant: an RFC 3339 string or Unix milliseconds.
 #[inline]
-fn instant(value: &AttrValue) -> Option<i128> {
+fn instant(value: AttrRef<'_>) -> Option<i128> {
     match value {
-        AttrValue::String(s) => parse_rfc3339(s),
-        AttrValue::Number(n) => millis_to_nanos(*n),
+        AttrRef::Str(s) => parse_rfc3339(s),
+        AttrRef::Number(n) => millis_to_nanos(n),
         _ => None,
     }
 }

@@ -1,8 +1,16 @@
 //! The evaluation context a calling service passes in: a key and typed attributes.
+//!
+//! Services build a context per request, so building one is on the hot path too. The key,
+//! attribute names and string values share one buffer, and up to three attributes live inline,
+//! so a context with a key and a few string attributes costs one allocation (an allocation and
+//! its free cost more than the rest of building a context) and sits in a few adjacent cache
+//! lines.
 
-use std::borrow::Cow;
+use smallvec::SmallVec;
 
-/// An attribute value: a string, number, bool or a list of those.
+use crate::keys;
+
+/// An owned attribute value: a string, number, bool or a list of those.
 #[derive(Debug, Clone, PartialEq)]
 pub enum AttrValue {
     /// A string.
@@ -16,15 +24,8 @@ pub enum AttrValue {
 }
 
 impl AttrValue {
-    /// The string, if this is one.
-    pub fn as_str(&self) -> Option<&str> {
-        match self {
-            AttrValue::String(s) => Some(s),
-            _ => None,
-        }
-    }
-
-    /// Converts a JSON value; `null` is `None` (a missing attribute), objects are an error.
+    /// Converts a JSON value; `null` is `None` (a missing attribute; also dropped from lists),
+    /// objects are an error.
     pub fn from_json(value: &serde_json::Value) -> Result<Option<AttrValue>, String> {
         use serde_json::Value;
         Ok(Some(match value {
@@ -46,6 +47,127 @@ impl AttrValue {
                 )
             }
         }))
+    }
+
+    /// A borrowed view of the value.
+    pub fn as_ref(&self) -> AttrRef<'_> {
+        match self {
+            AttrValue::String(s) => AttrRef::Str(s),
+            AttrValue::Number(n) => AttrRef::Number(*n),
+            AttrValue::Bool(b) => AttrRef::Bool(*b),
+            AttrValue::List(items) => AttrRef::List(items),
+        }
+    }
+}
+
+/// A borrowed attribute value, as [`Context::get`] returns it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum AttrRef<'a> {
+    /// A string.
+    Str(&'a str),
+    /// A number.
+    Number(f64),
+    /// A boolean.
+    Bool(bool),
+    /// A list.
+    List(&'a [AttrValue]),
+}
+
+impl<'a> AttrRef<'a> {
+    /// The string, if this is one.
+    pub fn as_str(self) -> Option<&'a str> {
+        match self {
+            AttrRef::Str(s) => Some(s),
+            _ => None,
+        }
+    }
+
+    /// The number, if this is one.
+    pub fn as_f64(self) -> Option<f64> {
+        match self {
+            AttrRef::Number(n) => Some(n),
+            _ => None,
+        }
+    }
+
+    /// An owned copy.
+    pub fn to_owned_value(self) -> AttrValue {
+        match self {
+            AttrRef::Str(s) => AttrValue::String(s.to_owned()),
+            AttrRef::Number(n) => AttrValue::Number(n),
+            AttrRef::Bool(b) => AttrValue::Bool(b),
+            AttrRef::List(items) => AttrValue::List(items.to_vec()),
+        }
+    }
+}
+
+/// Anything [`Context::with`] and [`Context::set`] accept as a value: `&str`, `String`, numbers,
+/// `bool`, an [`AttrValue`] or a `Vec` of those. Borrowed strings are copied straight into the
+/// context's buffer without an intermediate `String`.
+#[derive(Debug, Clone, PartialEq)]
+pub enum AttrInput<'a> {
+    /// A borrowed value.
+    Borrowed(AttrRef<'a>),
+    /// An owned value.
+    Owned(AttrValue),
+}
+
+impl<'a> From<&'a str> for AttrInput<'a> {
+    fn from(s: &'a str) -> Self {
+        AttrInput::Borrowed(AttrRef::Str(s))
+    }
+}
+
+impl<'a> From<&'a String> for AttrInput<'a> {
+    fn from(s: &'a String) -> Self {
+        AttrInput::Borrowed(AttrRef::Str(s))
+    }
+}
+
+impl From<String> for AttrInput<'_> {
+    fn from(s: String) -> Self {
+        AttrInput::Owned(AttrValue::String(s))
+    }
+}
+
+impl From<bool> for AttrInput<'_> {
+    fn from(b: bool) -> Self {
+        AttrInput::Borrowed(AttrRef::Bool(b))
+    }
+}
+
+macro_rules! number_input {
+    ($($t:ty),*) => {$(
+        impl From<$t> for AttrInput<'_> {
+            fn from(n: $t) -> Self {
+                AttrInput::Borrowed(AttrRef::Number(n as f64))
+            }
+        }
+    )*};
+}
+number_input!(f64, f32, i64, i32, u64, u32, usize);
+
+impl From<AttrValue> for AttrInput<'_> {
+    fn from(v: AttrValue) -> Self {
+        AttrInput::Owned(v)
+    }
+}
+
+impl<'a> From<AttrRef<'a>> for AttrInput<'a> {
+    fn from(v: AttrRef<'a>) -> Self {
+        AttrInput::Borrowed(v)
+    }
+}
+
+impl<'a> From<&'a AttrValue> for AttrInput<'a> {
+    fn from(v: &'a AttrValue) -> Self {
+        AttrInput::Borrowed(v.as_ref())
+    }
+}
+
+impl<T: Into<AttrValue>> From<Vec<T>> for AttrInput<'_> {
+    fn from(items: Vec<T>) -> Self {
+        AttrInput::Owned(AttrValue::List(items.into_iter().map(Into::into).collect()))
     }
 }
 
@@ -79,110 +201,233 @@ impl From<i64> for AttrValue {
     }
 }
 
-impl From<i32> for AttrValue {
-    fn from(n: i32) -> Self {
-        AttrValue::Number(f64::from(n))
+/// An attribute name resolved when a snapshot is compiled: `key` is the context key, so the
+/// comparison with `"key"` happens once there rather than on every lookup.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Selector {
+    Key,
+    Name(Box<str>),
+}
+
+impl Selector {
+    pub(crate) fn new(name: &str) -> Selector {
+        if name == "key" {
+            Selector::Key
+        } else {
+            Selector::Name(name.into())
+        }
     }
 }
 
-impl From<u32> for AttrValue {
-    fn from(n: u32) -> Self {
-        AttrValue::Number(f64::from(n))
-    }
+/// A range of the context's text buffer.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Span {
+    start: u32,
+    end: u32,
 }
 
-impl<T: Into<AttrValue>> From<Vec<T>> for AttrValue {
-    fn from(items: Vec<T>) -> Self {
-        AttrValue::List(items.into_iter().map(Into::into).collect())
-    }
+/// Where an attribute's value is: strings are spans of the text buffer, lists spans of the
+/// list buffer. Nothing here owns memory, so dropping a context frees its buffers and nothing
+/// else.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Slot {
+    Str(Span),
+    Number(f64),
+    Bool(bool),
+    List(Span),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Attr {
+    name: Span,
+    value: Slot,
 }
 
 /// Who a flag is evaluated for.
 ///
 /// The key is the default bucketing attribute and is always present, possibly empty. The
 /// attribute name `key` always means the context key: setting an attribute named `key` has no
-/// effect. Attribute names are usually literals, so they are taken as `Cow<'static, str>` and
-/// cost no allocation.
+/// effect.
 ///
 /// ```
 /// use flagstaff_engine::Context;
-/// let ctx = Context::new("user-42").with("country", "NL").with("plan", "enterprise");
+/// let ctx = Context::new("user-42").with("country", "NL").with("age", 41);
 /// assert_eq!(ctx.get("country").and_then(|v| v.as_str()), Some("NL"));
-/// assert_eq!(ctx.get("key").and_then(|v| v.as_str()), Some("user-42"));
+/// assert_eq!(ctx.get("age").and_then(|v| v.as_f64()), Some(41.0));
+/// assert_eq!(ctx.key(), "user-42");
 /// ```
 #[derive(Debug, Clone, PartialEq)]
 pub struct Context {
-    /// Always `AttrValue::String`, so `get("key")` can hand out a reference like any attribute.
-    key: AttrValue,
-    /// Sorted by name for binary search; never holds `key`.
-    attributes: Vec<(Cow<'static, str>, AttrValue)>,
+    /// The key, then attribute names and string values, back to back.
+    text: String,
+    key_len: u32,
+    /// In the order first set; never holds `key`. Contexts have a handful of attributes, for
+    /// which a scan with [`keys::eq`] beats hashing or ordered comparisons. Three inline keep
+    /// the whole context small enough that the builder's moves are a few register copies.
+    attrs: SmallVec<[Attr; 3]>,
+    /// Elements of list attributes; rare, so boxed to keep the context small (8 bytes rather
+    /// than a `Vec`'s 24, which the builder would move on every call).
+    #[allow(clippy::box_collection)]
+    lists: Option<Box<Vec<AttrValue>>>,
 }
+
+/// Room reserved after the key for attribute names and string values, so the usual few fit
+/// without growing the buffer.
+const TEXT_RESERVE: usize = 64;
 
 impl Context {
     /// A context with this key and no attributes.
-    pub fn new(key: impl Into<String>) -> Context {
+    #[inline(always)]
+    pub fn new(key: impl AsRef<str>) -> Context {
+        let key = key.as_ref();
+        let mut text = String::with_capacity(key.len() + TEXT_RESERVE);
+        text.push_str(key);
         Context {
-            key: AttrValue::String(key.into()),
-            attributes: Vec::new(),
+            text,
+            key_len: key.len() as u32,
+            attrs: SmallVec::new(),
+            lists: None,
         }
     }
 
     /// Sets an attribute and returns the context (builder style).
-    pub fn with(mut self, name: impl Into<Cow<'static, str>>, value: impl Into<AttrValue>) -> Self {
+    #[inline(always)]
+    pub fn with<'v>(mut self, name: impl AsRef<str>, value: impl Into<AttrInput<'v>>) -> Self {
         self.set(name, value);
         self
     }
 
     /// Sets an attribute, replacing an earlier value of the same name. `key` is ignored.
-    pub fn set(&mut self, name: impl Into<Cow<'static, str>>, value: impl Into<AttrValue>) {
-        let name = name.into();
+    #[inline]
+    pub fn set<'v>(&mut self, name: impl AsRef<str>, value: impl Into<AttrInput<'v>>) {
+        match value.into() {
+            AttrInput::Borrowed(v) => self.set_ref(name.as_ref(), v),
+            AttrInput::Owned(v) => self.set_ref(name.as_ref(), v.as_ref()),
+        }
+    }
+
+    fn set_ref(&mut self, name: &str, value: AttrRef<'_>) {
         if name == "key" {
             return;
         }
-        let value = value.into();
-        match self
-            .attributes
-            .binary_search_by(|(n, _)| n.as_ref().cmp(name.as_ref()))
-        {
-            Ok(i) => self.attributes[i].1 = value,
-            Err(i) => self.attributes.insert(i, (name, value)),
+        let value = match value {
+            AttrRef::Str(s) => Slot::Str(self.push_text(s)),
+            AttrRef::Number(n) => Slot::Number(n),
+            AttrRef::Bool(b) => Slot::Bool(b),
+            AttrRef::List(items) => {
+                let lists = self.lists.get_or_insert_with(Box::default);
+                let start = lists.len() as u32;
+                lists.extend_from_slice(items);
+                Slot::List(Span {
+                    start,
+                    end: lists.len() as u32,
+                })
+            }
+        };
+        match self.attrs.iter().position(|a| self.is_named(a.name, name)) {
+            Some(i) => self.attrs[i].value = value,
+            None => {
+                let name = self.push_text(name);
+                self.attrs.push(Attr { name, value });
+            }
         }
     }
 
-    /// Removes an attribute.
-    pub fn remove(&mut self, name: &str) -> Option<AttrValue> {
-        let i = self
-            .attributes
-            .binary_search_by(|(n, _)| n.as_ref().cmp(name))
-            .ok()?;
-        Some(self.attributes.remove(i).1)
+    #[inline]
+    fn push_text(&mut self, s: &str) -> Span {
+        let start = self.text.len() as u32;
+        self.text.push_str(s);
+        Span {
+            start,
+            end: self.text.len() as u32,
+        }
+    }
+
+    #[inline(always)]
+    fn span(&self, span: Span) -> &str {
+        self.text
+            .get(span.start as usize..span.end as usize)
+            .unwrap_or_default()
+    }
+
+    /// Whether the attribute named by `span` is `name`; compares bytes, skipping the UTF-8
+    /// boundary checks slicing a `str` does.
+    #[inline(always)]
+    fn is_named(&self, span: Span, name: &str) -> bool {
+        self.text
+            .as_bytes()
+            .get(span.start as usize..span.end as usize)
+            .is_some_and(|n| keys::eq_bytes(n, name.as_bytes()))
+    }
+
+    /// Removes an attribute; returns whether it was set.
+    pub fn remove(&mut self, name: &str) -> bool {
+        match self.attrs.iter().position(|a| self.is_named(a.name, name)) {
+            Some(i) => {
+                self.attrs.remove(i);
+                true
+            }
+            None => false,
+        }
     }
 
     /// The context key.
+    #[inline]
     pub fn key(&self) -> &str {
-        self.key.as_str().unwrap_or_default()
+        self.text.get(..self.key_len as usize).unwrap_or_default()
     }
 
     /// An attribute by name; `key` is the context key.
     #[inline]
-    pub fn get(&self, name: &str) -> Option<&AttrValue> {
+    pub fn get(&self, name: &str) -> Option<AttrRef<'_>> {
         if name == "key" {
-            return Some(&self.key);
+            return Some(AttrRef::Str(self.key()));
         }
-        self.attributes
-            .binary_search_by(|(n, _)| n.as_ref().cmp(name))
-            .ok()
-            .map(|i| &self.attributes[i].1)
+        self.attribute(name)
     }
 
-    /// The attributes other than the key, sorted by name.
-    pub fn attributes(&self) -> impl Iterator<Item = (&str, &AttrValue)> {
-        self.attributes.iter().map(|(n, v)| (n.as_ref(), v))
+    /// An attribute other than the key.
+    #[inline]
+    fn attribute(&self, name: &str) -> Option<AttrRef<'_>> {
+        let attr = self.attrs.iter().find(|a| self.is_named(a.name, name))?;
+        Some(self.view(attr.value))
+    }
+
+    /// The attribute a compiled condition or split names.
+    #[inline(always)]
+    pub(crate) fn select(&self, selector: &Selector) -> Option<AttrRef<'_>> {
+        match selector {
+            Selector::Key => Some(AttrRef::Str(self.key())),
+            Selector::Name(name) => self.attribute(name),
+        }
+    }
+
+    #[inline]
+    fn view(&self, slot: Slot) -> AttrRef<'_> {
+        match slot {
+            Slot::Str(span) => AttrRef::Str(self.span(span)),
+            Slot::Number(n) => AttrRef::Number(n),
+            Slot::Bool(b) => AttrRef::Bool(b),
+            Slot::List(span) => AttrRef::List(
+                self.lists
+                    .as_deref()
+                    .and_then(|l| l.get(span.start as usize..span.end as usize))
+                    .unwrap_or_default(),
+            ),
+        }
+    }
+
+    /// The attributes other than the key, in the order first set.
+    pub fn attributes(&self) -> impl Iterator<Item = (&str, AttrRef<'_>)> {
+        self.attrs
+            .iter()
+            .map(|a| (self.span(a.name), self.view(a.value)))
     }
 
     /// Reads `{"key": "...", "attributes": {...}}`. A missing key is the empty key; `null`
     /// attributes are missing; an attribute named `key` is ignored.
     pub fn from_json(value: &serde_json::Value) -> Result<Context, String> {
+        use serde_json::Value;
         let Some(obj) = value.as_object() else {
             return Err("a context must be an object with \"key\" and \"attributes\"".to_owned());
         };
@@ -192,24 +437,72 @@ impl Context {
             ));
         }
         let key = match obj.get("key") {
-            None | Some(serde_json::Value::Null) => String::new(),
-            Some(serde_json::Value::String(s)) => s.clone(),
+            None | Some(Value::Null) => "",
+            Some(Value::String(s)) => s.as_str(),
             Some(_) => return Err("the context key must be a string".to_owned()),
         };
         let mut ctx = Context::new(key);
         match obj.get("attributes") {
-            None | Some(serde_json::Value::Null) => {}
-            Some(serde_json::Value::Object(attrs)) => {
+            None | Some(Value::Null) => {}
+            Some(Value::Object(attrs)) => {
                 for (name, v) in attrs {
                     let value =
                         AttrValue::from_json(v).map_err(|e| format!("attribute {name}: {e}"))?;
                     if let Some(value) = value {
-                        ctx.set(name.clone(), value);
+                        ctx.set(name, value);
                     }
                 }
             }
             Some(_) => return Err("context attributes must be an object".to_owned()),
         }
         Ok(ctx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn attributes_are_set_replaced_and_removed() {
+        let mut ctx = Context::new("k")
+            .with("b", "x")
+            .with("a", 1)
+            .with("key", "ignored");
+        ctx.set("b", "longer value");
+        ctx.set("c", vec!["p", "q"]);
+        ctx.set("d", true);
+        ctx.set("e", String::from("owned"));
+        let names: Vec<_> = ctx.attributes().map(|(n, _)| n).collect();
+        assert_eq!(names, ["b", "a", "c", "d", "e"]);
+        assert_eq!(ctx.get("b"), Some(AttrRef::Str("longer value")));
+        assert_eq!(ctx.get("a"), Some(AttrRef::Number(1.0)));
+        assert_eq!(ctx.get("e"), Some(AttrRef::Str("owned")));
+        assert_eq!(ctx.get("key"), Some(AttrRef::Str("k")));
+        assert!(matches!(ctx.get("c"), Some(AttrRef::List(items)) if items.len() == 2));
+        assert!(ctx.remove("a"));
+        assert!(!ctx.remove("a"));
+        assert_eq!(ctx.get("a"), None);
+    }
+
+    #[test]
+    fn from_json_drops_nulls_and_rejects_objects() {
+        let ctx = Context::from_json(&serde_json::json!({
+            "key": "u", "attributes": {"a": null, "b": [1, null, "x"], "key": "other"}
+        }))
+        .expect("valid context");
+        assert_eq!(ctx.key(), "u");
+        assert_eq!(ctx.get("a"), None);
+        assert_eq!(
+            ctx.get("b").map(AttrRef::to_owned_value),
+            Some(AttrValue::List(vec![
+                AttrValue::Number(1.0),
+                AttrValue::String("x".into())
+            ]))
+        );
+        assert!(
+            Context::from_json(&serde_json::json!({"key": "u", "attributes": {"o": {}}})).is_err()
+        );
+        assert!(Context::from_json(&serde_json::json!({"key": 5})).is_err());
     }
 }

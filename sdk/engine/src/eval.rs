@@ -9,8 +9,9 @@ use std::fmt;
 use serde_json::Value;
 
 use crate::context::Context;
+use crate::keys::KeyRef;
 use crate::model::Kind;
-use crate::snapshot::{CompiledFlag, CompiledServe, Snapshot, VariantValue};
+use crate::snapshot::{CompiledFlag, CompiledServe, CompiledVariant, Snapshot, VariantValue};
 
 /// Why an evaluation could not proceed normally.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -103,67 +104,91 @@ pub struct Detail<'a, T> {
     pub bucket: Option<u32>,
 }
 
-/// Which variant a flag serves a context, before it is turned into a typed value.
-#[derive(Debug, Clone, Copy)]
-struct Resolution<'a> {
-    variant: usize,
-    reason: Reason<'a>,
-    bucket: Option<u32>,
+/// Why a variant was chosen, by index into the flag's rules or prerequisites; turned into a
+/// [`Reason`] borrowing the names only when the caller gets its detail.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Why {
+    Off,
+    Rule(u32),
+    Default,
+    Prerequisite(u32),
+    MissingBucket,
 }
 
+/// Which variant a flag serves a context, before it is turned into a typed value.
+///
+/// Kept to 16 bytes so it is returned in registers: a larger result went through the stack and
+/// cost a store-forwarding stall per evaluation.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Resolution {
+    variant: u32,
+    why: Why,
+    /// `NO_BUCKET` unless a split decided.
+    bucket: u32,
+}
+
+const NO_BUCKET: u32 = u32::MAX;
+
 impl CompiledFlag {
-    fn resolve<'a>(&'a self, ctx: &Context) -> Resolution<'a> {
-        let off = |reason| Resolution {
-            variant: self.off_variant,
-            reason,
-            bucket: None,
-        };
+    /// What the flag serves every context, when that does not depend on the context: it is
+    /// off, or has no prerequisites, no rules and a fixed default. Kill switches and fully
+    /// rolled-out flags, the commonest flags, take this path.
+    pub(crate) fn fixed_resolution(&self) -> Option<Resolution> {
         if !self.enabled {
-            return off(Reason::Off);
+            return Some(Resolution {
+                variant: self.off_variant as u32,
+                why: Why::Off,
+                bucket: NO_BUCKET,
+            });
         }
-        for prerequisite in self.prerequisites.iter() {
+        match (&*self.prerequisites, &*self.rules, &self.default) {
+            ([], [], CompiledServe::Variant(v)) => Some(Resolution {
+                variant: *v as u32,
+                why: Why::Default,
+                bucket: NO_BUCKET,
+            }),
+            _ => None,
+        }
+    }
+
+    fn resolve(&self, ctx: &Context) -> Resolution {
+        if let Some(fixed) = self.fixed {
+            return fixed;
+        }
+        let off = |why| Resolution {
+            variant: self.off_variant as u32,
+            why,
+            bucket: NO_BUCKET,
+        };
+        for (i, prerequisite) in self.prerequisites.iter().enumerate() {
             // Validation bounds chains to 8 links, so this recursion is at most 8 deep.
-            let served = prerequisite.flag.resolve(ctx).variant;
+            let served = prerequisite.flag.resolve(ctx).variant as usize;
             if !prerequisite.allowed.get(served).copied().unwrap_or(false) {
-                return off(Reason::PrerequisiteFailed {
-                    prerequisite: &prerequisite.flag.doc.key,
-                });
+                return off(Why::Prerequisite(i as u32));
             }
         }
         for (index, rule) in self.rules.iter().enumerate() {
             if rule.conditions.iter().all(|c| c.matches(ctx)) {
-                return self.serve(
-                    &rule.serve,
-                    Reason::RuleMatch {
-                        index,
-                        id: &rule.id,
-                    },
-                    ctx,
-                );
+                return self.serve(&rule.serve, Why::Rule(index as u32), ctx);
             }
         }
-        self.serve(&self.default, Reason::Default, ctx)
+        self.serve(&self.default, Why::Default, ctx)
     }
 
     #[inline]
-    fn serve<'a>(
-        &'a self,
-        serve: &CompiledServe,
-        reason: Reason<'a>,
-        ctx: &Context,
-    ) -> Resolution<'a> {
+    fn serve(&self, serve: &CompiledServe, why: Why, ctx: &Context) -> Resolution {
         match serve {
             CompiledServe::Variant(variant) => Resolution {
-                variant: *variant,
-                reason,
-                bucket: None,
+                variant: *variant as u32,
+                why,
+                bucket: NO_BUCKET,
             },
             CompiledServe::Split { bucket_by, ranges } => {
-                match ctx.get(bucket_by).and_then(|v| self.hasher.bucket(v)) {
+                match ctx.select(bucket_by).and_then(|v| self.hasher.bucket(v)) {
                     None => Resolution {
-                        variant: self.off_variant,
-                        reason: Reason::Error(ErrorKind::MissingBucketingAttribute),
-                        bucket: None,
+                        variant: self.off_variant as u32,
+                        why: Why::MissingBucket,
+                        bucket: NO_BUCKET,
                     },
                     Some(bucket) => {
                         let variant = ranges
@@ -171,14 +196,38 @@ impl CompiledFlag {
                             .find(|(upper, _)| bucket < *upper)
                             .map_or(self.off_variant, |(_, v)| *v);
                         Resolution {
-                            variant,
-                            reason,
-                            bucket: Some(bucket),
+                            variant: variant as u32,
+                            why,
+                            bucket,
                         }
                     }
                 }
             }
         }
+    }
+
+    fn reason(&self, why: Why) -> Reason<'_> {
+        match why {
+            Why::Off => Reason::Off,
+            Why::Default => Reason::Default,
+            Why::MissingBucket => Reason::Error(ErrorKind::MissingBucketingAttribute),
+            Why::Rule(i) => Reason::RuleMatch {
+                index: i as usize,
+                id: self.rules.get(i as usize).map_or("", |r| &r.id),
+            },
+            Why::Prerequisite(i) => Reason::PrerequisiteFailed {
+                prerequisite: self
+                    .prerequisites
+                    .get(i as usize)
+                    .map_or("", |p| &p.flag.doc.key),
+            },
+        }
+    }
+}
+
+impl Resolution {
+    fn bucket(self) -> Option<u32> {
+        (self.bucket != NO_BUCKET).then_some(self.bucket)
     }
 }
 
@@ -242,6 +291,17 @@ impl VariantValue {
     }
 }
 
+/// What a flag serves a context.
+struct Served<'a, T> {
+    flag: &'a CompiledFlag,
+    variant: &'a CompiledVariant,
+    resolution: Resolution,
+    value: T,
+}
+
+/// Why the caller's default is served, and the flag's version when the flag exists.
+type Unserved = (ErrorKind, Option<u64>);
+
 fn caller_default<'a, T>(value: T, error: ErrorKind, version: Option<u64>) -> Detail<'a, T> {
     Detail {
         value,
@@ -253,33 +313,61 @@ fn caller_default<'a, T>(value: T, error: ErrorKind, version: Option<u64>) -> De
 }
 
 impl Snapshot {
+    /// The flag, the variant it serves `ctx` and that variant's value; or why the caller's
+    /// default is served, with the flag's version when it exists.
     #[inline]
-    fn typed<'a, T: Typed<'a>>(&'a self, key: &str, ctx: &Context, default: T) -> Detail<'a, T> {
-        let Some(flag) = self.flags.get(key) else {
-            return caller_default(default, ErrorKind::FlagNotFound, None);
-        };
+    fn served<'a, T: Typed<'a>>(
+        &'a self,
+        key: &str,
+        ctx: &Context,
+    ) -> Result<Served<'a, T>, Unserved> {
+        let flag = self
+            .flags
+            .get(&KeyRef(key))
+            .ok_or((ErrorKind::FlagNotFound, None))?;
+        let mismatch = (ErrorKind::TypeMismatch, flag.version);
         if flag.kind != T::KIND {
-            return caller_default(default, ErrorKind::TypeMismatch, flag.version);
+            return Err(mismatch);
         }
         let resolution = flag.resolve(ctx);
-        let variant = &flag.variants[resolution.variant];
-        match T::from_variant(&variant.value) {
-            Some(value) => Detail {
-                value,
-                variant: Some(&variant.key),
-                reason: resolution.reason,
-                version: flag.version,
-                bucket: resolution.bucket,
+        // Neither can fail: compilation resolves every variant reference to a valid index and
+        // types every value by the flag's kind.
+        let variant = flag
+            .variants
+            .get(resolution.variant as usize)
+            .ok_or(mismatch)?;
+        let value = T::from_variant(&variant.value).ok_or(mismatch)?;
+        Ok(Served {
+            flag,
+            variant,
+            resolution,
+            value,
+        })
+    }
+
+    #[inline]
+    fn value<'a, T: Typed<'a>>(&'a self, key: &str, ctx: &Context, default: T) -> T {
+        self.served(key, ctx).map_or(default, |s| s.value)
+    }
+
+    #[inline]
+    fn typed<'a, T: Typed<'a>>(&'a self, key: &str, ctx: &Context, default: T) -> Detail<'a, T> {
+        match self.served(key, ctx) {
+            Ok(s) => Detail {
+                value: s.value,
+                variant: Some(&s.variant.key),
+                reason: s.flag.reason(s.resolution.why),
+                version: s.flag.version,
+                bucket: s.resolution.bucket(),
             },
-            // Unreachable: compilation types every value by the flag's kind.
-            None => caller_default(default, ErrorKind::TypeMismatch, flag.version),
+            Err((error, version)) => caller_default(default, error, version),
         }
     }
 
     /// The boolean value of flag `key` for `ctx`, or `default`.
     #[inline]
     pub fn bool_value(&self, key: &str, ctx: &Context, default: bool) -> bool {
-        self.typed(key, ctx, default).value
+        self.value(key, ctx, default)
     }
 
     /// The boolean value with the variant, reason, version and bucket.
@@ -291,7 +379,7 @@ impl Snapshot {
     /// The string value of flag `key` for `ctx`, or `default`.
     #[inline]
     pub fn string_value<'a>(&'a self, key: &str, ctx: &Context, default: &'a str) -> &'a str {
-        self.typed(key, ctx, default).value
+        self.value(key, ctx, default)
     }
 
     /// The string value with the variant, reason, version and bucket.
@@ -308,7 +396,7 @@ impl Snapshot {
     /// The number value of flag `key` for `ctx`, or `default`.
     #[inline]
     pub fn number_value(&self, key: &str, ctx: &Context, default: f64) -> f64 {
-        self.typed(key, ctx, default).value
+        self.value(key, ctx, default)
     }
 
     /// The number value with the variant, reason, version and bucket.
@@ -319,10 +407,9 @@ impl Snapshot {
 
     /// The JSON value of flag `key` for `ctx`, or `default`. Clones the value.
     pub fn json_value(&self, key: &str, ctx: &Context, default: Value) -> Value {
-        let detail = self.typed(key, ctx, &Value::Null);
-        match detail.variant {
-            Some(_) => detail.value.clone(),
-            None => default,
+        match self.served::<&Value>(key, ctx) {
+            Ok(s) => s.value.clone(),
+            Err(_) => default,
         }
     }
 
@@ -343,13 +430,15 @@ impl Snapshot {
             return caller_default(Value::Null, ErrorKind::FlagNotFound, None);
         };
         let resolution = flag.resolve(ctx);
-        let variant = &flag.variants[resolution.variant];
+        let Some(variant) = flag.variants.get(resolution.variant as usize) else {
+            return caller_default(Value::Null, ErrorKind::TypeMismatch, flag.version);
+        };
         Detail {
             value: variant.value.to_json(),
             variant: Some(&variant.key),
-            reason: resolution.reason,
+            reason: flag.reason(resolution.why),
             version: flag.version,
-            bucket: resolution.bucket,
+            bucket: resolution.bucket(),
         }
     }
 }

@@ -32,6 +32,7 @@ mod context;
 mod decode;
 mod eval;
 mod format;
+mod keys;
 mod model;
 mod problem;
 mod snapshot;
@@ -39,7 +40,7 @@ mod validate;
 mod yaml;
 
 pub use bucket::{bucket, murmur3_x86_32, write_number, Murmur3, SaltedHasher, BUCKETS};
-pub use context::{AttrValue, Context};
+pub use context::{AttrInput, AttrRef, AttrValue, Context};
 pub use eval::{Detail, ErrorKind, Reason};
 pub use format::{
     document_from_value, flag_from_value, parse_document, parse_input, parse_value,

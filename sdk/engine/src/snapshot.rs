@@ -11,7 +11,8 @@ use rustc_hash::{FxHashMap, FxHashSet};
 
 use crate::bucket::SaltedHasher;
 use crate::condition::CompiledCondition;
-use crate::context::Context;
+use crate::context::{Context, Selector};
+use crate::eval::Resolution;
 use crate::model::{Document, Flag, Kind, Segment, Serve};
 use crate::problem::{Problems, ValidationError};
 use crate::validate::{self, PrerequisiteGraph, Resolve};
@@ -19,7 +20,7 @@ use crate::validate::{self, PrerequisiteGraph, Resolve};
 /// Flag and segment maps. Keys come from our own server or a validated document, never from
 /// the calling service, so the fast non-cryptographic Fx hasher is safe here: nobody can choose
 /// keys to force collisions.
-type Map<V> = FxHashMap<Arc<str>, Arc<V>>;
+type Map<V> = hashbrown::HashMap<Arc<str>, Arc<V>, rustc_hash::FxBuildHasher>;
 
 /// A variant value, typed by the flag's kind.
 #[derive(Debug)]
@@ -41,7 +42,7 @@ pub(crate) struct CompiledVariant {
 pub(crate) enum CompiledServe {
     Variant(usize),
     Split {
-        bucket_by: Box<str>,
+        bucket_by: Selector,
         /// (exclusive upper bound of the bucket range, variant index), ascending.
         ranges: Box<[(u32, usize)]>,
     },
@@ -74,6 +75,8 @@ pub(crate) struct CompiledFlag {
     pub(crate) prerequisites: Box<[CompiledPrerequisite]>,
     pub(crate) rules: Box<[CompiledRule]>,
     pub(crate) default: CompiledServe,
+    /// See [`CompiledFlag::fixed_resolution`].
+    pub(crate) fixed: Option<Resolution>,
 }
 
 /// A segment ready to test membership in constant time, whatever the size of its key lists.
@@ -139,7 +142,7 @@ impl CompiledFlag {
             Serve::Split(split) => {
                 let mut upper = 0u32;
                 CompiledServe::Split {
-                    bucket_by: split.bucket_by.as_str().into(),
+                    bucket_by: Selector::new(&split.bucket_by),
                     ranges: split
                         .weights
                         .iter()
@@ -194,7 +197,7 @@ impl CompiledFlag {
                 serve: serve(&r.serve),
             })
             .collect();
-        CompiledFlag {
+        let mut flag = CompiledFlag {
             kind: doc.kind,
             enabled: doc.enabled,
             version: doc.version,
@@ -204,8 +207,11 @@ impl CompiledFlag {
             prerequisites,
             rules,
             default: serve(&doc.default),
+            fixed: None,
             doc,
-        }
+        };
+        flag.fixed = flag.fixed_resolution();
+        flag
     }
 }
 
