@@ -178,7 +178,34 @@ pub(crate) fn keyed_path(list: &str, index: usize, value: &Value) -> String {
     }
 }
 
-pub(crate) fn decode_document(value: &Value, problems: &mut Problems) -> Option<Document> {
+/// Keys of the flags and segments of a document that did not decode: they exist, so other
+/// documents may refer to them without an "unknown" problem on top of their own.
+#[derive(Debug, Default)]
+pub(crate) struct Undecoded {
+    pub(crate) flags: Vec<String>,
+    pub(crate) segments: Vec<String>,
+}
+
+/// Decodes an export document, keeping every flag and segment that decoded so the caller can
+/// go on to validate them even when others have problems.
+pub(crate) fn decode_document(
+    value: &Value,
+    problems: &mut Problems,
+) -> Option<(Document, Undecoded)> {
+    if !value.is_object() {
+        let got = if value.is_null() {
+            "nothing".to_owned()
+        } else {
+            describe(value)
+        };
+        problems.push(
+            "",
+            format!(
+                "the document must be an object with environment, flags and segments, got {got}"
+            ),
+        );
+        return None;
+    }
     let obj = Object::open(
         value,
         "",
@@ -187,25 +214,46 @@ pub(crate) fn decode_document(value: &Value, problems: &mut Problems) -> Option<
         problems,
     )?;
     let environment = obj.string("environment", problems);
+    if let Some(env) = &environment {
+        crate::validate::check_key(env, "environment".to_owned(), problems);
+    }
+    let mut undecoded = Undecoded::default();
     let flags = obj.list("flags", problems).map(|items| {
         items
             .iter()
             .enumerate()
-            .filter_map(|(i, v)| decode_flag(v, &keyed_path("flags", i, v), problems))
+            .filter_map(|(i, v)| {
+                let flag = decode_flag(v, &keyed_path("flags", i, v), problems);
+                if flag.is_none() {
+                    undecoded
+                        .flags
+                        .extend(v.get("key").and_then(Value::as_str).map(str::to_owned));
+                }
+                flag
+            })
             .collect::<Vec<_>>()
     });
     let segments = obj.list("segments", problems).map(|items| {
         items
             .iter()
             .enumerate()
-            .filter_map(|(i, v)| decode_segment(v, &keyed_path("segments", i, v), problems))
+            .filter_map(|(i, v)| {
+                let segment = decode_segment(v, &keyed_path("segments", i, v), problems);
+                if segment.is_none() {
+                    undecoded
+                        .segments
+                        .extend(v.get("key").and_then(Value::as_str).map(str::to_owned));
+                }
+                segment
+            })
             .collect::<Vec<_>>()
     });
-    Some(Document {
-        environment: environment?,
+    let doc = Document {
+        environment: environment.unwrap_or_default(),
         flags: flags.unwrap_or_default(),
         segments: segments.unwrap_or_default(),
-    })
+    };
+    Some((doc, undecoded))
 }
 
 pub(crate) fn decode_flag(value: &Value, path: &str, problems: &mut Problems) -> Option<Flag> {
@@ -398,11 +446,13 @@ fn decode_split(value: &Value, path: &str, problems: &mut Problems) -> Option<Sp
     let bucket_by = obj.string("bucket_by", problems);
     let weights = obj.list("weights", problems).map(|items| {
         let path = obj.field_path("weights");
-        items
+        // Decode every weight before collecting, so each bad one is reported.
+        let decoded: Vec<_> = items
             .iter()
             .enumerate()
             .map(|(i, v)| decode_weight(v, &format!("{path}[{i}]"), problems))
-            .collect::<Option<Vec<_>>>()
+            .collect();
+        decoded.into_iter().collect::<Option<Vec<_>>>()
     });
     Some(Split {
         bucket_by: bucket_by.unwrap_or_else(|| "key".to_owned()),
@@ -457,7 +507,7 @@ pub(crate) fn decode_segment(
     let excluded = obj.strings("excluded", problems);
     let rules = obj.list("rules", problems).map(|items| {
         let path = obj.field_path("rules");
-        items
+        let decoded: Vec<_> = items
             .iter()
             .enumerate()
             .map(|(i, v)| {
@@ -465,7 +515,8 @@ pub(crate) fn decode_segment(
                 let rule = Object::open(v, &path, &["conditions"], &[], problems)?;
                 decode_conditions(&rule, problems).map(|conditions| SegmentRule { conditions })
             })
-            .collect::<Option<Vec<_>>>()
+            .collect();
+        decoded.into_iter().collect::<Option<Vec<_>>>()
     });
     let version = obj.version(problems);
     Some(Segment {

@@ -37,22 +37,106 @@ pub enum Input {
     Segment(Segment),
 }
 
-/// Parses JSON or YAML text into a value tree.
+/// Parses JSON or YAML text into a value tree. A key repeated in one object is an error (both
+/// parsers would silently keep the last), as a typo'd field would be.
 pub fn parse_value(text: &str) -> Result<Value, ValidationError> {
     match Format::detect(text) {
-        Format::Json => serde_json::from_str(text)
+        Format::Json => serde_json::from_str::<Strict>(text)
+            .map(|s| s.0)
             .map_err(|e| ValidationError::single("", format!("invalid JSON: {e}"))),
-        Format::Yaml => serde_yaml_ng::from_str(text)
+        Format::Yaml => serde_yaml_ng::from_str::<Strict>(text)
+            .map(|s| s.0)
             .map_err(|e| ValidationError::single("", format!("invalid YAML: {e}"))),
     }
 }
 
-/// Decodes an export document from a value tree, reporting every structural problem.
+/// A JSON value deserialised from any format, refusing duplicate keys.
+struct Strict(Value);
+
+impl<'de> serde::Deserialize<'de> for Strict {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(StrictVisitor).map(Strict)
+    }
+}
+
+struct StrictVisitor;
+
+impl<'de> serde::de::Visitor<'de> for StrictVisitor {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a JSON-compatible value")
+    }
+
+    fn visit_bool<E>(self, v: bool) -> Result<Value, E> {
+        Ok(Value::Bool(v))
+    }
+
+    fn visit_i64<E>(self, v: i64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+
+    fn visit_u64<E>(self, v: u64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+
+    fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<Value, E> {
+        serde_json::Number::from_f64(v)
+            .map(Value::Number)
+            .ok_or_else(|| E::custom(format!("{v} is not a finite number")))
+    }
+
+    fn visit_str<E>(self, v: &str) -> Result<Value, E> {
+        Ok(Value::String(v.to_owned()))
+    }
+
+    fn visit_string<E>(self, v: String) -> Result<Value, E> {
+        Ok(Value::String(v))
+    }
+
+    fn visit_unit<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+
+    fn visit_none<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+
+    fn visit_some<D: serde::Deserializer<'de>>(self, d: D) -> Result<Value, D::Error> {
+        d.deserialize_any(StrictVisitor)
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+        let mut items = Vec::new();
+        while let Some(Strict(item)) = seq.next_element()? {
+            items.push(item);
+        }
+        Ok(Value::Array(items))
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+        let mut out = serde_json::Map::new();
+        while let Some(key) = map.next_key::<String>()? {
+            if out.contains_key(&key) {
+                return Err(serde::de::Error::custom(format!(
+                    "duplicate field \"{key}\""
+                )));
+            }
+            let Strict(value) = map.next_value()?;
+            out.insert(key, value);
+        }
+        Ok(Value::Object(out))
+    }
+}
+
+/// Decodes an export document from a value tree, reporting every structural problem. This
+/// does not validate it; [`crate::Snapshot::from_value`] does both.
 pub fn document_from_value(value: &Value) -> Result<Document, ValidationError> {
     let mut problems = Problems::default();
     let doc = decode::decode_document(value, &mut problems);
     problems.into_result()?;
-    doc.ok_or_else(|| ValidationError::single("", "not an export document"))
+    doc.map(|(doc, _)| doc)
+        .ok_or_else(|| ValidationError::single("", "not an export document"))
 }
 
 /// Parses an export document (`{environment, flags, segments}`) from JSON or YAML.
@@ -60,7 +144,7 @@ pub fn parse_document(text: &str) -> Result<Document, ValidationError> {
     document_from_value(&parse_value(text)?)
 }
 
-/// Decodes one flag document; `path` prefixes problem paths (e.g. `flags[checkout-v2]`).
+/// Decodes one flag document; problem paths start `flags[KEY]`.
 pub fn flag_from_value(value: &Value) -> Result<Flag, ValidationError> {
     let mut problems = Problems::default();
     let flag = decode::decode_flag(value, &decode::keyed_path("flags", 0, value), &mut problems);

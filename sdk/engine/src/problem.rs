@@ -42,7 +42,8 @@ impl ValidationError {
         }])
     }
 
-    /// The problems, in document order.
+    /// The problems: those of each document alone in document order, then those across
+    /// documents (references, prerequisite cycles and chains).
     pub fn problems(&self) -> &[Problem] {
         &self.problems
     }

@@ -12,6 +12,7 @@ use rustc_hash::{FxHashMap, FxHashSet};
 use crate::bucket::SaltedHasher;
 use crate::condition::CompiledCondition;
 use crate::context::{Context, Selector};
+use crate::decode::{self, Undecoded};
 use crate::eval::Resolution;
 use crate::model::{Document, Flag, Kind, Segment, Serve};
 use crate::problem::{Problems, ValidationError};
@@ -260,6 +261,8 @@ pub struct Snapshot {
 /// The environment as it will be after a change, for cross-document checks.
 struct Pending<'a> {
     base: &'a Snapshot,
+    /// Flags and segments of the same document that did not decode; they exist.
+    undecoded: &'a Undecoded,
     flags: FxHashMap<&'a str, &'a Flag>,
     deleted_flags: FxHashSet<&'a str>,
     segments: FxHashSet<&'a str>,
@@ -280,6 +283,11 @@ impl Resolve for Pending<'_> {
     fn has_segment(&self, key: &str) -> bool {
         self.segments.contains(key)
             || (!self.deleted_segments.contains(key) && self.base.segments.contains_key(key))
+            || self.undecoded.segments.iter().any(|s| s == key)
+    }
+
+    fn is_undecoded_flag(&self, key: &str) -> bool {
+        self.undecoded.flags.iter().any(|f| f == key)
     }
 }
 
@@ -296,12 +304,38 @@ impl Snapshot {
 
     /// Parses, validates and compiles an export document in JSON or YAML.
     pub fn from_text(text: &str) -> Result<Snapshot, ValidationError> {
-        Snapshot::from_document(crate::format::parse_document(text)?)
+        Snapshot::from_value(&crate::format::parse_value(text)?)
+    }
+
+    /// Decodes, validates and compiles an export document, reporting every problem: the
+    /// structural ones (unknown and missing fields, wrong types) and those of every flag and
+    /// segment that did decode.
+    pub fn from_value(value: &serde_json::Value) -> Result<Snapshot, ValidationError> {
+        let mut problems = Problems::default();
+        let Some((doc, undecoded)) = decode::decode_document(value, &mut problems) else {
+            return Err(problems
+                .into_result()
+                .err()
+                .unwrap_or_else(|| ValidationError::single("", "not an export document")));
+        };
+        let empty = Snapshot::new();
+        let changes = ChangeSet::from(doc);
+        let order = empty.validate(&changes, &undecoded, &mut problems);
+        problems.into_result()?;
+        Ok(empty.build(changes, order))
     }
 
     /// The snapshot after `changes`, or every problem they have; `self` is never modified.
     pub fn apply(&self, changes: ChangeSet) -> Result<Snapshot, ValidationError> {
-        let order = self.validate(&changes)?;
+        let mut problems = Problems::default();
+        let order = self.validate(&changes, &Undecoded::default(), &mut problems);
+        problems.into_result()?;
+        Ok(self.build(changes, order))
+    }
+
+    /// Compiles validated `changes` onto a copy of this snapshot; `order` lists the flags to
+    /// (re)compile, prerequisites first.
+    fn build(&self, changes: ChangeSet, order: Vec<Arc<str>>) -> Snapshot {
         let mut next = self.clone();
         for key in &changes.deleted_segments {
             next.segments.remove(key.as_str());
@@ -330,36 +364,45 @@ impl Snapshot {
             let compiled = CompiledFlag::compile(doc, &next.flags, &next.segments);
             next.flags.insert(key, Arc::new(compiled));
         }
-        Ok(next)
+        next
     }
 
-    /// Checks `changes` against this snapshot and returns the flags to compile, prerequisites
-    /// first.
-    fn validate(&self, changes: &ChangeSet) -> Result<Vec<Arc<str>>, ValidationError> {
-        let mut problems = Problems::default();
-        let pending = self.check(changes, &mut problems);
+    /// Checks `changes` against this snapshot, adding what is wrong to `problems`, and returns
+    /// the flags to compile, prerequisites first.
+    fn validate(
+        &self,
+        changes: &ChangeSet,
+        undecoded: &Undecoded,
+        problems: &mut Problems,
+    ) -> Vec<Arc<str>> {
+        let pending = self.check(changes, undecoded, problems);
         let affected = self.affected(changes, &pending);
         for key in &affected {
             if let Some(flag) = pending.flag(key) {
-                validate::check_references(flag, &format!("flags[{key}]"), &pending, &mut problems);
+                validate::check_references(flag, &format!("flags[{key}]"), &pending, problems);
             }
         }
-        let graph = PrerequisiteGraph::walk(affected.iter().copied(), &pending, &mut problems);
-        problems.into_result()?;
+        let graph = PrerequisiteGraph::walk(affected.iter().copied(), &pending, problems);
         let affected: FxHashSet<&str> = affected.into_iter().collect();
-        Ok(graph
+        graph
             .order
             .into_iter()
             .filter(|k| affected.contains(k))
             .map(Arc::from)
-            .collect())
+            .collect()
     }
 
     /// Checks each changed document alone and the change set as a whole; returns the state the
     /// environment would have, for cross-document checks.
-    fn check<'a>(&'a self, changes: &'a ChangeSet, problems: &mut Problems) -> Pending<'a> {
+    fn check<'a>(
+        &'a self,
+        changes: &'a ChangeSet,
+        undecoded: &'a Undecoded,
+        problems: &mut Problems,
+    ) -> Pending<'a> {
         let mut pending = Pending {
             base: self,
+            undecoded,
             flags: FxHashMap::default(),
             deleted_flags: changes.deleted_flags.iter().map(String::as_str).collect(),
             segments: FxHashSet::default(),

@@ -94,7 +94,7 @@ pub(crate) fn check_flag(flag: &Flag, path: &str, problems: &mut Problems) {
         );
     }
     for (name, value) in &flag.variants.0 {
-        let vpath = format!("{path}.variants.{name}");
+        let vpath = format!("{path}.variants[{name}]");
         check_key(name, vpath.clone(), problems);
         if !flag.kind.accepts(value) {
             problems.push(
@@ -187,7 +187,8 @@ fn json_size(flag: &Flag) -> usize {
 }
 
 fn check_variant_ref(flag: &Flag, variant: &str, path: String, problems: &mut Problems) {
-    if !flag.variants.contains(variant) {
+    // A flag without variants is reported once, at `variants`.
+    if !flag.variants.0.is_empty() && !flag.variants.contains(variant) {
         let known: Vec<_> = flag.variants.keys().collect();
         problems.push(
             path,
@@ -356,6 +357,9 @@ pub(crate) trait Resolve {
     fn flag(&self, key: &str) -> Option<&Flag>;
     /// Whether the segment `key` will exist after the change.
     fn has_segment(&self, key: &str) -> bool;
+    /// Whether `key` is a flag of the same document that did not decode: it exists, but its
+    /// contents are unknown.
+    fn is_undecoded_flag(&self, key: &str) -> bool;
 }
 
 /// Checks that the segments and prerequisite flags (and their variants) `flag` names exist.
@@ -368,6 +372,7 @@ pub(crate) fn check_references(
     for (i, prerequisite) in flag.prerequisites.iter().enumerate() {
         let ppath = format!("{path}.prerequisites[{i}]");
         match env.flag(&prerequisite.flag) {
+            None if env.is_undecoded_flag(&prerequisite.flag) => {}
             None => problems.push(
                 format!("{ppath}.flag"),
                 format!("unknown flag {:?}", prerequisite.flag),

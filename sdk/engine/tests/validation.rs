@@ -182,8 +182,8 @@ fn variant_values_of_the_wrong_kind() {
     assert_eq!(
         flag_messages(vec![boolean, number]),
         [
-            r#"flags[dark-mode].variants.on: value is string "yes", but the flag's kind is boolean"#,
-            "flags[page-size].variants.off: value is boolean true, but the flag's kind is number",
+            r#"flags[dark-mode].variants[on]: value is string "yes", but the flag's kind is boolean"#,
+            "flags[page-size].variants[off]: value is boolean true, but the flag's kind is number",
         ]
     );
 }
@@ -216,6 +216,21 @@ fn negative_weight() {
     assert_eq!(
         flag_messages(vec![doc]),
         ["flags[checkout].default.split.weights[0].weight: -10000 is negative"]
+    );
+}
+
+#[test]
+fn every_bad_weight_of_a_split_is_reported() {
+    let doc = with(
+        flag("checkout"),
+        json!({ "default": split(&[("on", json!(-10_000)), ("off", json!(110_000))]) }),
+    );
+    assert_eq!(
+        flag_messages(vec![doc]),
+        [
+            "flags[checkout].default.split.weights[0].weight: -10000 is negative",
+            "flags[checkout].default.split.weights[1].weight: 110000 is over 100000 (100%)",
+        ]
     );
 }
 
@@ -469,7 +484,7 @@ fn bad_key_syntax() {
         [
             format!(r#"flags[Checkout V2].key: "Checkout V2" {KEY_RULE}"#),
             format!(r#"flags[{too_long}].key: "{too_long}" {KEY_RULE}"#),
-            format!(r#"flags[checkout].variants.Off: "Off" {KEY_RULE}"#),
+            format!(r#"flags[checkout].variants[Off]: "Off" {KEY_RULE}"#),
         ]
     );
 }
@@ -575,7 +590,7 @@ fn every_problem_of_a_document_is_reported() {
         [
             "segments[staff].rules[0].conditions[0].op: in_segment is not allowed in a segment's rules; \
              list the keys or copy the conditions",
-            r#"flags[alpha].variants.on: value is string "yes", but the flag's kind is boolean"#,
+            r#"flags[alpha].variants[on]: value is string "yes", but the flag's kind is boolean"#,
             r#"flags[alpha].off_variant: unknown variant "of"; the flag's variants are on, off"#,
             r#"flags[alpha].rules[0].conditions[0].values[0]: op gt needs numbers, got string "ten""#,
             "flags[alpha].rules[0].serve.split.weights: sum is 90000, must be 100000",
@@ -615,9 +630,99 @@ fn every_structural_problem_of_a_document_is_reported() {
             r#"flags[beta].rules[0]: unknown field "condtions" (did you mean "conditions"?)"#,
             r#"flags[beta].rules[0]: missing required field "id""#,
             "flags[beta].default.split.weights[0].weight: 0.5 is not a whole number",
+            "flags[beta].default.split.weights[1].weight: 99999.5 is not a whole number",
             r#"segments[staff]: unknown field "exclude" (did you mean "excluded"?)"#,
             r#"segments[staff].included: must be a list, got string "user-1""#,
         ]
+    );
+}
+
+/// A flag with an unknown field does not hide the problems of the flags that did decode, nor is
+/// a reference to it reported as unknown.
+#[test]
+fn structural_and_content_problems_are_reported_together() {
+    let broken = with(flag("payments"), json!({ "colour": "red" }));
+    let checkout = with(
+        requiring("checkout", &["payments"]),
+        json!({ "off_variant": "nope" }),
+    );
+    assert_eq!(
+        flag_messages(vec![broken, checkout]),
+        [
+            r#"flags[payments]: unknown field "colour""#,
+            r#"flags[checkout].off_variant: unknown variant "nope"; the flag's variants are on, off"#,
+        ]
+    );
+}
+
+#[test]
+fn every_bad_segment_rule_is_reported() {
+    let staff = segment(
+        "staff",
+        json!({ "rules": [
+            { "conditions": [{ "attribute": "a", "op": "bogus", "values": ["x"] }] },
+            { "conditions": [{ "attribute": "b", "op": "nope", "values": ["y"] }] },
+        ]}),
+    );
+    let ops = "in, starts_with, ends_with, contains, matches, lt, lte, gt, gte, semver_eq, \
+               semver_lt, semver_gt, before, after, exists, in_segment";
+    assert_eq!(
+        messages(&document(vec![], vec![staff])),
+        [
+            format!(
+                r#"segments[staff].rules[0].conditions[0].op: must be one of {ops}, got string "bogus""#
+            ),
+            format!(
+                r#"segments[staff].rules[1].conditions[0].op: must be one of {ops}, got string "nope""#
+            ),
+        ]
+    );
+}
+
+#[test]
+fn repeated_fields_are_refused_in_json_and_yaml() {
+    let json = only_message(text_messages(
+        r#"{"environment": "test", "flags": [{"key": "a", "enabled": true, "enabled": false}]}"#,
+    ));
+    assert!(
+        json.starts_with(r#"invalid JSON: duplicate field "enabled""#),
+        "{json}"
+    );
+    let yaml = only_message(text_messages(
+        "environment: test\nflags:\n  - key: a\n    variants: { on: true, on: false }\n",
+    ));
+    assert!(
+        yaml.starts_with(r#"invalid YAML: "#) && yaml.contains(r#"duplicate"#),
+        "{yaml}"
+    );
+}
+
+#[test]
+fn the_environment_key_is_checked() {
+    assert_eq!(
+        only_message(messages(&json!({ "environment": "Prod Env", "flags": [] }))),
+        format!(r#"environment: "Prod Env" {KEY_RULE}"#)
+    );
+}
+
+#[test]
+fn a_flag_without_variants_is_reported_once() {
+    let doc = with(flag("empty"), json!({ "variants": {} }));
+    assert_eq!(
+        flag_messages(vec![doc]),
+        ["flags[empty].variants: a flag needs at least one variant"]
+    );
+}
+
+#[test]
+fn a_document_that_is_not_an_object() {
+    assert_eq!(
+        only_message(text_messages("")),
+        "the document must be an object with environment, flags and segments, got nothing"
+    );
+    assert_eq!(
+        only_message(text_messages("[1, 2]")),
+        "the document must be an object with environment, flags and segments, got a list"
     );
 }
 
