@@ -283,6 +283,10 @@ impl VariantValue {
         match self {
             VariantValue::Bool(b) => Value::Bool(*b),
             VariantValue::String(s) => Value::String(s.to_string()),
+            // Whole numbers print as integers (`10`, not `10.0`), as they were written.
+            VariantValue::Number(n) if n.fract() == 0.0 && n.abs() < 9_007_199_254_740_992.0 => {
+                Value::from(*n as i64)
+            }
             VariantValue::Number(n) => {
                 serde_json::Number::from_f64(*n).map_or(Value::Null, Value::Number)
             }

@@ -1,0 +1,60 @@
+//! Rendering results as a table, JSON or YAML.
+
+use flagstaff_engine::{Format, Reason};
+use serde_json::{json, Value};
+
+use crate::args::Output;
+
+/// A reason as JSON: `{"kind": "RULE_MATCH", "rule_index": 0, "rule_id": "staff"}`.
+pub fn reason_json(reason: &Reason<'_>) -> Value {
+    match reason {
+        Reason::RuleMatch { index, id } => {
+            json!({"kind": "RULE_MATCH", "rule_index": index, "rule_id": id})
+        }
+        Reason::PrerequisiteFailed { prerequisite } => {
+            json!({"kind": "PREREQUISITE_FAILED", "prerequisite": prerequisite})
+        }
+        Reason::Error(e) => json!({"kind": "ERROR", "error": e.as_str()}),
+        other => json!({"kind": other.kind()}),
+    }
+}
+
+/// Rows as aligned columns under a header.
+pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    let mut line = |cells: &mut dyn Iterator<Item = &str>| {
+        let mut text = String::new();
+        for (i, cell) in cells.enumerate() {
+            if i > 0 {
+                text.push_str("  ");
+            }
+            text.push_str(cell);
+            text.extend(std::iter::repeat_n(
+                ' ',
+                widths[i].saturating_sub(cell.chars().count()),
+            ));
+        }
+        out.push_str(text.trim_end());
+        out.push('\n');
+    };
+    line(&mut header.iter().copied());
+    for row in rows {
+        line(&mut row.iter().map(String::as_str));
+    }
+    out
+}
+
+/// `value` as JSON or YAML; `None` for the table format, which each command renders itself.
+pub fn structured(value: &Value, output: Output) -> Option<String> {
+    match output {
+        Output::Table => None,
+        Output::Json => Some(flagstaff_engine::to_text(value, Format::Json)),
+        Output::Yaml => Some(flagstaff_engine::to_text(value, Format::Yaml)),
+    }
+}

@@ -1,0 +1,40 @@
+//! Flagstaff's SDK: the crate services embed to evaluate feature flags.
+//!
+//! Evaluation is local: the client holds the environment's compiled [`Snapshot`] behind a
+//! lock-free `ArcSwap`, so every call is one atomic load, one hash-map lookup and the engine's
+//! evaluation, with no lock, no I/O and (for boolean, string-by-reference and number flags) no
+//! allocation. This release serves a snapshot loaded from an export file (the bootstrap file of
+//! DESIGN.md 6a) or handed in directly; the streaming connection to flagstaffd builds on the
+//! same [`Client`].
+//!
+//! ```
+//! use flagstaff::{Client, Context};
+//!
+//! let client = Client::from_export_text(r#"
+//! environment: production
+//! flags:
+//!   - key: checkout-v2
+//!     kind: boolean
+//!     variants: { "on": true, "off": false }
+//!     off_variant: "off"
+//!     enabled: true
+//!     rules:
+//!       - id: eu
+//!         conditions: [{ attribute: country, op: in, values: [NL, DE] }]
+//!         serve: { variant: "on" }
+//!     default: { variant: "off" }
+//! "#)?;
+//!
+//! let ctx = Context::new("user-42").with("country", "NL");
+//! assert!(client.bool_value("checkout-v2", &ctx, false));
+//! assert!(!client.bool_value("checkout-v2", &Context::new("user-7"), false));
+//! # Ok::<(), flagstaff::Error>(())
+//! ```
+#![deny(missing_docs)]
+
+mod client;
+mod error;
+
+pub use client::Client;
+pub use error::Error;
+pub use flagstaff_engine::{AttrRef, AttrValue, Context, Detail, ErrorKind, Reason, Snapshot};

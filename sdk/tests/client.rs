@@ -1,0 +1,118 @@
+//! The client serves a bootstrap export file and swaps snapshots atomically.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use flagstaff::{Client, Context, Error, Reason, Snapshot};
+
+fn two_flags(value: bool) -> String {
+    // Two flags changed together: a reader must never see one updated and not the other.
+    format!(
+        r#"{{"environment": "test", "flags": [
+            {{"key": "a", "kind": "boolean", "variants": {{"on": true, "off": false}},
+              "off_variant": "off", "enabled": true, "default": {{"variant": "{v}"}}}},
+            {{"key": "b", "kind": "boolean", "variants": {{"on": true, "off": false}},
+              "off_variant": "off", "enabled": true, "default": {{"variant": "{v}"}}}}]}}"#,
+        v = if value { "on" } else { "off" }
+    )
+}
+
+#[test]
+fn serves_the_bundled_example_file() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/production.yaml");
+    let client = Client::from_export_file(path).expect("valid example");
+    let staff = Context::new("user-1");
+    assert!(client.bool_value("checkout-v2", &staff, false));
+    client.with_bool_detail("checkout-v2", &staff, false, |d| {
+        assert_eq!(
+            d.reason,
+            Reason::RuleMatch {
+                index: 0,
+                id: "staff"
+            }
+        );
+    });
+    let new_app = Context::new("u").with("app_version", "2.3.1");
+    assert_eq!(client.number_value("search-page-size", &new_app, 0.0), 50.0);
+    assert_eq!(
+        client.string_value(
+            "welcome-banner",
+            &Context::new("x").with("plan", "enterprise"),
+            "?"
+        ),
+        "Welcome"
+    );
+    assert!(
+        !client.bool_value("maintenance-mode", &staff, true),
+        "disabled flag serves its off variant"
+    );
+    assert!(
+        client.bool_value("no-such-flag", &staff, true),
+        "missing flag serves the caller's default"
+    );
+}
+
+#[test]
+fn a_missing_or_invalid_file_is_a_clear_error() {
+    let err = Client::from_export_file("/nonexistent/flags.yaml").expect_err("missing");
+    assert!(matches!(err, Error::Read { .. }));
+    assert!(
+        err.to_string()
+            .starts_with("cannot read /nonexistent/flags.yaml: "),
+        "{err}"
+    );
+
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("bad.yaml");
+    std::fs::write(
+        &path,
+        "environment: test\nflags:\n  - key: x\n    kind: boolean\n",
+    )
+    .expect("write");
+    let err = Client::from_export_file(&path).expect_err("invalid");
+    assert_eq!(
+        err.to_string(),
+        "invalid bootstrap document:\n\
+         flags[x]: missing required field \"variants\"\n\
+         flags[x]: missing required field \"off_variant\"\n\
+         flags[x]: missing required field \"enabled\"\n\
+         flags[x]: missing required field \"default\""
+    );
+}
+
+#[test]
+fn readers_never_see_half_of_a_swapped_snapshot() {
+    let client = Client::from_export_text(&two_flags(false)).expect("valid");
+    let snapshots = [
+        Snapshot::from_text(&two_flags(false)).expect("valid"),
+        Snapshot::from_text(&two_flags(true)).expect("valid"),
+    ];
+    let stop = Arc::new(AtomicBool::new(false));
+    let readers: Vec<_> = (0..2)
+        .map(|_| {
+            let (client, stop) = (client.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let ctx = Context::new("u");
+                let mut seen = [0u64; 2];
+                while !stop.load(Ordering::Relaxed) {
+                    let snapshot = client.snapshot();
+                    let (a, b) = (
+                        snapshot.bool_value("a", &ctx, false),
+                        snapshot.bool_value("b", &ctx, false),
+                    );
+                    assert_eq!(a, b, "a reader saw half of a change");
+                    seen[usize::from(a)] += 1;
+                }
+                seen
+            })
+        })
+        .collect();
+    for i in 0..2000 {
+        client.replace_snapshot(snapshots[i % 2].clone());
+    }
+    stop.store(true, Ordering::Relaxed);
+    for reader in readers {
+        let seen = reader.join().expect("reader");
+        assert!(seen[0] + seen[1] > 0);
+    }
+}
