@@ -81,7 +81,14 @@ impl StrSet {
     #[inline(always)]
     fn contains(&self, s: &str) -> bool {
         match self {
-            StrSet::Small(items) => items.iter().any(|i| keys::eq(i, s)),
+            StrSet::Small(items) => {
+                for item in items.iter() {
+                    if keys::eq(item, s) {
+                        return true;
+                    }
+                }
+                false
+            }
             StrSet::Large(set) => set.contains(s),
         }
     }
@@ -214,7 +221,7 @@ impl CompiledCondition {
 
     /// DESIGN.md section 2: a missing attribute is false whatever `negate` says; otherwise the
     /// op holds when it holds for the value or any element of a list, and `negate` inverts that.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn matches(&self, ctx: &Context) -> bool {
         match &self.test {
             Test::Exists => ctx.select(&self.attribute).is_some() != self.negate,

@@ -155,6 +155,11 @@ impl CompiledFlag {
         if let Some(fixed) = self.fixed {
             return fixed;
         }
+        self.resolve_rules(ctx)
+    }
+
+    /// [`CompiledFlag::resolve`] for a flag whose answer depends on the context.
+    fn resolve_rules(&self, ctx: &Context) -> Resolution {
         let off = |why| Resolution {
             variant: self.off_variant as u32,
             why,
@@ -333,7 +338,11 @@ impl Snapshot {
         if flag.kind != T::KIND {
             return Err(mismatch);
         }
-        let resolution = flag.resolve(ctx);
+        // The fixed answer is checked here, inline, so the commonest flags skip a call.
+        let resolution = match flag.fixed {
+            Some(fixed) => fixed,
+            None => flag.resolve_rules(ctx),
+        };
         // Neither can fail: compilation resolves every variant reference to a valid index and
         // types every value by the flag's kind.
         let variant = flag
