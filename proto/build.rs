@@ -1,0 +1,27 @@
+//! Generates the Rust code of Flagstaff's `.proto` files into `OUT_DIR`, with the protoc that
+//! the `protoc-bin-vendored` crate ships, so a build needs no protoc installed.
+
+use std::io;
+
+/// The include root: `.proto` files are named relative to it, e.g. `flagstaff/v1/model.proto`.
+const INCLUDE: &str = ".";
+
+/// The `.proto` files of package `flagstaff.v1`. All of them generate into one Rust file,
+/// `flagstaff.v1.rs`; the services' files join this list.
+const PROTOS: &[&str] = &["flagstaff/v1/model.proto"];
+
+fn main() -> io::Result<()> {
+    let protoc = protoc_bin_vendored::protoc_bin_path().map_err(io::Error::other)?;
+    // prost-build runs the protoc named by PROTOC. A build script is a process of its own, so
+    // setting its environment affects nothing else.
+    std::env::set_var("PROTOC", protoc);
+
+    // Rerun only when a .proto file or this script changes. (prost-build's own rerun lines
+    // would name the include root, the whole crate, so that any edit reran protoc.)
+    println!("cargo:rerun-if-changed=build.rs");
+    println!("cargo:rerun-if-changed=flagstaff");
+
+    tonic_prost_build::configure()
+        .emit_rerun_if_changed(false)
+        .compile_protos(PROTOS, &[INCLUDE])
+}
