@@ -1,0 +1,67 @@
+//! A fixed workload for counting instructions, which unlike wall time does not depend on what
+//! else the machine is doing:
+//!
+//! ```sh
+//! cargo build --release -p flagstaff-engine --example eval_loop
+//! valgrind --tool=callgrind target/release/examples/eval_loop s2
+//! ```
+//!
+//! Runs one million iterations of one benchmark scenario (`s1`, `s2`, `s3` or `c`, as in
+//! `benches/eval.rs`), or of the bare loop (`none`); the difference between a scenario's total
+//! and the bare loop's, divided by a million, is the scenario's instructions per iteration.
+
+use std::hint::black_box;
+
+use flagstaff_engine::{Context, Snapshot};
+
+const DOC: &str = r#"
+environment: bench
+flags:
+  - { key: s1, kind: boolean, variants: { on: true, off: false }, off_variant: off, enabled: true, default: { variant: on } }
+  - key: s2
+    kind: boolean
+    variants: { on: true, off: false }
+    off_variant: off
+    enabled: true
+    rules: [{ id: eu, conditions: [{ attribute: country, op: in, values: [NL, DE] }], serve: { variant: on } }]
+    default: { split: { weights: [{ variant: on, weight: 10000 }, { variant: off, weight: 90000 }] } }
+  - key: s3
+    kind: string
+    variants: { control: Welcome, a: Hello, b: Hi }
+    off_variant: control
+    enabled: true
+    rules: [{ id: ent, conditions: [{ attribute: plan, op: in, values: [enterprise] }], serve: { variant: a } }]
+    default: { split: { weights: [{ variant: control, weight: 50000 }, { variant: a, weight: 30000 }, { variant: b, weight: 20000 }] } }
+"#;
+
+fn main() {
+    let scenario = std::env::args().nth(1).unwrap_or_else(|| "none".to_owned());
+    let snapshot = Snapshot::from_text(DOC).expect("valid document");
+    let countries = ["NL", "DE", "FR", "US", "GB"];
+    let plans = ["free", "pro", "enterprise"];
+    let keys: Vec<String> = (0..10_000).map(|i| format!("user-{i}")).collect();
+    let contexts: Vec<Context> = (0..10_000)
+        .map(|i| {
+            Context::new(&keys[i])
+                .with("country", countries[i % 5])
+                .with("plan", plans[i % 3])
+        })
+        .collect();
+    let mut total = 0usize;
+    for i in 0..1_000_000 {
+        let ctx = &contexts[i % contexts.len()];
+        total += match scenario.as_str() {
+            "s1" => usize::from(snapshot.bool_value(black_box("s1"), ctx, false)),
+            "s2" => usize::from(snapshot.bool_value(black_box("s2"), ctx, false)),
+            "s3" => snapshot.string_value(black_box("s3"), ctx, "none").len(),
+            "c" => {
+                let built = Context::new(black_box(keys[i % keys.len()].as_str()))
+                    .with("country", black_box(countries[i % 5]))
+                    .with("plan", black_box(plans[i % 3]));
+                black_box(&built).key().len()
+            }
+            _ => 0,
+        };
+    }
+    black_box(total);
+}
