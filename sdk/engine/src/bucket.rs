@@ -7,7 +7,7 @@
 
 use std::fmt::Write;
 
-use crate::context::AttrRef;
+use crate::context::{AttrRef, Raw};
 
 /// Number of buckets: a bucket is in `0..BUCKETS`, weights are in 1/1000 of a percent.
 pub const BUCKETS: u32 = 100_000;
@@ -136,18 +136,27 @@ impl SaltedHasher {
     /// The bucket of a string bucketing value.
     #[inline]
     pub fn bucket_str(&self, value: &str) -> u32 {
+        self.bucket_bytes(value.as_bytes())
+    }
+
+    #[inline]
+    fn bucket_bytes(&self, value: &[u8]) -> u32 {
         let mut h = self.prefix;
-        h.write(value.as_bytes());
+        h.write(value);
         h.finish() % BUCKETS
     }
 
     /// The bucket of an attribute value, or `None` when it cannot be bucketed: an empty string,
     /// a bool or a list.
-    #[inline]
     pub fn bucket(&self, value: AttrRef<'_>) -> Option<u32> {
+        self.bucket_raw(value.into())
+    }
+
+    #[inline]
+    pub(crate) fn bucket_raw(&self, value: Raw<'_>) -> Option<u32> {
         match value {
-            AttrRef::Str(s) if !s.is_empty() => Some(self.bucket_str(s)),
-            AttrRef::Number(n) => {
+            Raw::Str(s) if !s.is_empty() => Some(self.bucket_bytes(s)),
+            Raw::Number(n) => {
                 let mut h = self.prefix;
                 write_number(&mut h, n);
                 Some(h.finish() % BUCKETS)

@@ -9,7 +9,7 @@ use regex_automata::Input;
 use rustc_hash::FxHashSet;
 use serde_json::Value;
 
-use crate::context::{AttrRef, Context, Selector};
+use crate::context::{Context, Raw, Selector};
 use crate::keys;
 use crate::model::{Condition, Op};
 use crate::snapshot::CompiledSegment;
@@ -63,14 +63,14 @@ struct InSet {
 /// Short lists are scanned (faster than hashing for a handful of values); long ones are hashed.
 #[derive(Debug)]
 enum StrSet {
-    Small(Box<[Box<str>]>),
-    Large(FxHashSet<Box<str>>),
+    Small(Box<[Box<[u8]>]>),
+    Large(FxHashSet<Box<[u8]>>),
 }
 
 impl StrSet {
     const SCAN_LIMIT: usize = 8;
 
-    fn new(items: Vec<Box<str>>) -> StrSet {
+    fn new(items: Vec<Box<[u8]>>) -> StrSet {
         if items.len() <= Self::SCAN_LIMIT {
             StrSet::Small(items.into_boxed_slice())
         } else {
@@ -79,11 +79,11 @@ impl StrSet {
     }
 
     #[inline(always)]
-    fn contains(&self, s: &str) -> bool {
+    fn contains(&self, s: &[u8]) -> bool {
         match self {
             StrSet::Small(items) => {
                 for item in items.iter() {
-                    if keys::eq(item, s) {
+                    if keys::eq_bytes(item, s) {
                         return true;
                     }
                 }
@@ -100,7 +100,7 @@ impl StrSet {
 #[derive(Debug)]
 enum Matcher {
     Dfa(Box<dense::DFA<Vec<u32>>>),
-    Regex(regex::Regex),
+    Regex(regex::bytes::Regex),
 }
 
 impl Matcher {
@@ -113,12 +113,12 @@ impl Matcher {
             .determinize_size_limit(Some(Self::DFA_LIMIT));
         match dense::Builder::new().configure(config).build(pattern) {
             Ok(dfa) => Some(Matcher::Dfa(Box::new(dfa))),
-            Err(_) => regex::Regex::new(pattern).ok().map(Matcher::Regex),
+            Err(_) => regex::bytes::Regex::new(pattern).ok().map(Matcher::Regex),
         }
     }
 
     #[inline]
-    fn is_match(&self, haystack: &str) -> bool {
+    fn is_match(&self, haystack: &[u8]) -> bool {
         match self {
             Matcher::Dfa(dfa) => matches!(
                 dfa.try_search_fwd(&Input::new(haystack).earliest(true)),
@@ -165,7 +165,7 @@ impl CompiledCondition {
                     values
                         .iter()
                         .filter_map(Value::as_str)
-                        .map(Box::from)
+                        .map(|s| Box::from(s.as_bytes()))
                         .collect(),
                 ),
                 numbers: numbers(values).collect(),
@@ -228,45 +228,48 @@ impl CompiledCondition {
             Test::InSegment(segments) => segments.iter().any(|s| s.contains(ctx)) != self.negate,
             _ => match ctx.select(&self.attribute) {
                 None => false,
-                Some(AttrRef::List(items)) => {
-                    items.iter().any(|v| self.test(v.as_ref())) != self.negate
+                Some(Raw::List(items)) => {
+                    items.iter().any(|v| self.test(v.as_ref().into())) != self.negate
                 }
                 Some(value) => self.test(value) != self.negate,
             },
         }
     }
 
-    /// The op on one scalar; a value of the wrong type does not match.
+    /// The op on one scalar; a value of the wrong type does not match. Strings are compared
+    /// as bytes; only semver and dates need them as `str`.
     #[inline(always)]
-    fn test(&self, value: AttrRef<'_>) -> bool {
+    fn test(&self, value: Raw<'_>) -> bool {
         match (&self.test, value) {
-            (Test::In(set), AttrRef::Str(s)) => set.strings.contains(s),
-            (Test::In(set), AttrRef::Number(n)) => set.numbers.contains(&n),
-            (Test::In(set), AttrRef::Bool(b)) => set.bools[usize::from(b)],
-            (Test::StartsWith(prefixes), AttrRef::Str(s)) => {
-                prefixes.iter().any(|p| s.starts_with(&**p))
+            (Test::In(set), Raw::Str(s)) => set.strings.contains(s),
+            (Test::In(set), Raw::Number(n)) => set.numbers.contains(&n),
+            (Test::In(set), Raw::Bool(b)) => set.bools[usize::from(b)],
+            (Test::StartsWith(prefixes), Raw::Str(s)) => {
+                prefixes.iter().any(|p| s.starts_with(p.as_bytes()))
             }
-            (Test::EndsWith(suffixes), AttrRef::Str(s)) => {
-                suffixes.iter().any(|p| s.ends_with(&**p))
+            (Test::EndsWith(suffixes), Raw::Str(s)) => {
+                suffixes.iter().any(|p| s.ends_with(p.as_bytes()))
             }
-            (Test::Contains(parts), AttrRef::Str(s)) => parts.iter().any(|p| s.contains(&**p)),
-            (Test::Matches(matchers), AttrRef::Str(s)) => matchers.iter().any(|m| m.is_match(s)),
-            (Test::Less { bound, inclusive }, AttrRef::Number(n)) => {
+            (Test::Contains(parts), Raw::Str(s)) => parts
+                .iter()
+                .any(|p| memchr::memmem::find(s, p.as_bytes()).is_some()),
+            (Test::Matches(matchers), Raw::Str(s)) => matchers.iter().any(|m| m.is_match(s)),
+            (Test::Less { bound, inclusive }, Raw::Number(n)) => {
                 n < *bound || (*inclusive && n == *bound)
             }
-            (Test::Greater { bound, inclusive }, AttrRef::Number(n)) => {
+            (Test::Greater { bound, inclusive }, Raw::Number(n)) => {
                 n > *bound || (*inclusive && n == *bound)
             }
-            (Test::SemverEq(versions), AttrRef::Str(s)) => parse_semver(s).is_some_and(|v| {
+            (Test::SemverEq(versions), Raw::Str(s)) => semver(s).is_some_and(|v| {
                 versions
                     .iter()
                     .any(|w| precedence(&v, w) == Ordering::Equal)
             }),
-            (Test::SemverLt(bound), AttrRef::Str(s)) => {
-                parse_semver(s).is_some_and(|v| precedence(&v, bound) == Ordering::Less)
+            (Test::SemverLt(bound), Raw::Str(s)) => {
+                semver(s).is_some_and(|v| precedence(&v, bound) == Ordering::Less)
             }
-            (Test::SemverGt(bound), AttrRef::Str(s)) => {
-                parse_semver(s).is_some_and(|v| precedence(&v, bound) == Ordering::Greater)
+            (Test::SemverGt(bound), Raw::Str(s)) => {
+                semver(s).is_some_and(|v| precedence(&v, bound) == Ordering::Greater)
             }
             (Test::Before(bound), value) => instant(value).is_some_and(|t| t < *bound),
             (Test::After(bound), value) => instant(value).is_some_and(|t| t > *bound),
@@ -275,12 +278,16 @@ impl CompiledCondition {
     }
 }
 
+fn semver(s: &[u8]) -> Option<semver::Version> {
+    std::str::from_utf8(s).ok().and_then(parse_semver)
+}
+
 /// An attribute as an instant: an RFC 3339 string or Unix milliseconds.
 #[inline]
-fn instant(value: AttrRef<'_>) -> Option<i128> {
+fn instant(value: Raw<'_>) -> Option<i128> {
     match value {
-        AttrRef::Str(s) => parse_rfc3339(s),
-        AttrRef::Number(n) => millis_to_nanos(n),
+        Raw::Str(s) => std::str::from_utf8(s).ok().and_then(parse_rfc3339),
+        Raw::Number(n) => millis_to_nanos(n),
         _ => None,
     }
 }

@@ -4,7 +4,12 @@
 //! attribute names and string values share one buffer, and up to three attributes live inline,
 //! so a context with a key and a few string attributes costs one allocation (an allocation and
 //! its free cost more than the rest of building a context) and sits in a few adjacent cache
-//! lines.
+//! lines. (Holding the text inline as well was measured: the larger struct made the builder's
+//! moves and copies cost more than the allocation saved.)
+//!
+//! Evaluation reads string attributes as bytes ([`Raw`]): every operator except semver and
+//! date comparisons works on bytes, and the buffer only ever receives whole `str`s, so it is
+//! valid UTF-8 by construction and nothing needs re-checking on the hot path.
 
 use smallvec::SmallVec;
 
@@ -219,6 +224,27 @@ impl Selector {
     }
 }
 
+/// An attribute as evaluation reads it: strings as their UTF-8 bytes.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) enum Raw<'a> {
+    Str(&'a [u8]),
+    Number(f64),
+    Bool(bool),
+    List(&'a [AttrValue]),
+}
+
+impl<'a> From<AttrRef<'a>> for Raw<'a> {
+    #[inline]
+    fn from(value: AttrRef<'a>) -> Raw<'a> {
+        match value {
+            AttrRef::Str(s) => Raw::Str(s.as_bytes()),
+            AttrRef::Number(n) => Raw::Number(n),
+            AttrRef::Bool(b) => Raw::Bool(b),
+            AttrRef::List(items) => Raw::List(items),
+        }
+    }
+}
+
 /// A range of the context's text buffer.
 #[derive(Debug, Clone, Copy, PartialEq)]
 struct Span {
@@ -258,7 +284,8 @@ struct Attr {
 /// ```
 #[derive(Debug, Clone, PartialEq)]
 pub struct Context {
-    /// The key, then attribute names and string values, back to back.
+    /// The key, then attribute names and string values, back to back. Only whole `str`s are
+    /// appended, so it is valid UTF-8 and every span in it falls on character boundaries.
     text: String,
     key_len: u32,
     /// In the order first set; never holds `key`. Contexts have a handful of attributes, for
@@ -344,20 +371,24 @@ impl Context {
     }
 
     #[inline(always)]
-    fn span(&self, span: Span) -> &str {
+    fn bytes(&self, span: Span) -> &[u8] {
+        self.text
+            .as_bytes()
+            .get(span.start as usize..span.end as usize)
+            .unwrap_or_default()
+    }
+
+    /// A span as `str`; the boundary check it costs is paid only by callers outside evaluation.
+    fn str(&self, span: Span) -> &str {
         self.text
             .get(span.start as usize..span.end as usize)
             .unwrap_or_default()
     }
 
-    /// Whether the attribute named by `span` is `name`; compares bytes, skipping the UTF-8
-    /// boundary checks slicing a `str` does.
+    /// Whether the attribute named by `span` is `name`.
     #[inline(always)]
     fn is_named(&self, span: Span, name: &str) -> bool {
-        self.text
-            .as_bytes()
-            .get(span.start as usize..span.end as usize)
-            .is_some_and(|n| keys::eq_bytes(n, name.as_bytes()))
+        keys::eq_bytes(self.bytes(span), name.as_bytes())
     }
 
     /// Removes an attribute; returns whether it was set.
@@ -372,56 +403,78 @@ impl Context {
     }
 
     /// The context key.
-    #[inline]
     pub fn key(&self) -> &str {
-        self.text.get(..self.key_len as usize).unwrap_or_default()
+        self.str(self.key_span())
+    }
+
+    #[inline(always)]
+    fn key_span(&self) -> Span {
+        Span {
+            start: 0,
+            end: self.key_len,
+        }
+    }
+
+    /// The context key's bytes.
+    #[inline(always)]
+    pub(crate) fn key_bytes(&self) -> &[u8] {
+        self.bytes(self.key_span())
     }
 
     /// An attribute by name; `key` is the context key.
-    #[inline]
     pub fn get(&self, name: &str) -> Option<AttrRef<'_>> {
         if name == "key" {
             return Some(AttrRef::Str(self.key()));
         }
-        self.attribute(name)
-    }
-
-    /// An attribute other than the key.
-    #[inline]
-    fn attribute(&self, name: &str) -> Option<AttrRef<'_>> {
-        let attr = self.attrs.iter().find(|a| self.is_named(a.name, name))?;
+        let attr = self.find(name)?;
         Some(self.view(attr.value))
     }
 
-    /// The attribute a compiled condition or split names.
     #[inline(always)]
-    pub(crate) fn select(&self, selector: &Selector) -> Option<AttrRef<'_>> {
+    fn find(&self, name: &str) -> Option<&Attr> {
+        self.attrs.iter().find(|a| self.is_named(a.name, name))
+    }
+
+    /// The attribute a compiled condition or split names, as evaluation reads it.
+    #[inline(always)]
+    pub(crate) fn select(&self, selector: &Selector) -> Option<Raw<'_>> {
         match selector {
-            Selector::Key => Some(AttrRef::Str(self.key())),
-            Selector::Name(name) => self.attribute(name),
+            Selector::Key => Some(Raw::Str(self.key_bytes())),
+            Selector::Name(name) => self.find(name).map(|attr| self.raw(attr.value)),
         }
     }
 
-    #[inline]
+    #[inline(always)]
+    fn raw(&self, slot: Slot) -> Raw<'_> {
+        match slot {
+            Slot::Str(span) => Raw::Str(self.bytes(span)),
+            Slot::Number(n) => Raw::Number(n),
+            Slot::Bool(b) => Raw::Bool(b),
+            Slot::List(span) => Raw::List(self.list(span)),
+        }
+    }
+
     fn view(&self, slot: Slot) -> AttrRef<'_> {
         match slot {
-            Slot::Str(span) => AttrRef::Str(self.span(span)),
+            Slot::Str(span) => AttrRef::Str(self.str(span)),
             Slot::Number(n) => AttrRef::Number(n),
             Slot::Bool(b) => AttrRef::Bool(b),
-            Slot::List(span) => AttrRef::List(
-                self.lists
-                    .as_deref()
-                    .and_then(|l| l.get(span.start as usize..span.end as usize))
-                    .unwrap_or_default(),
-            ),
+            Slot::List(span) => AttrRef::List(self.list(span)),
         }
+    }
+
+    fn list(&self, span: Span) -> &[AttrValue] {
+        self.lists
+            .as_deref()
+            .and_then(|l| l.get(span.start as usize..span.end as usize))
+            .unwrap_or_default()
     }
 
     /// The attributes other than the key, in the order first set.
     pub fn attributes(&self) -> impl Iterator<Item = (&str, AttrRef<'_>)> {
         self.attrs
             .iter()
-            .map(|a| (self.span(a.name), self.view(a.value)))
+            .map(|a| (self.str(a.name), self.view(a.value)))
     }
 
     /// Reads `{"key": "...", "attributes": {...}}`. A missing key is the empty key; `null`

@@ -189,7 +189,10 @@ impl CompiledFlag {
                 bucket: NO_BUCKET,
             },
             CompiledServe::Split { bucket_by, ranges } => {
-                match ctx.select(bucket_by).and_then(|v| self.hasher.bucket(v)) {
+                match ctx
+                    .select(bucket_by)
+                    .and_then(|v| self.hasher.bucket_raw(v))
+                {
                     None => Resolution {
                         variant: self.off_variant as u32,
                         why: Why::MissingBucket,

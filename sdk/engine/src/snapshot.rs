@@ -86,14 +86,14 @@ pub(crate) struct CompiledSegment {
     pub(crate) doc: Arc<Segment>,
     /// Context keys are chosen by callers, but these sets are built from the segment's own keys,
     /// so lookups of arbitrary keys cannot degrade them.
-    included: FxHashSet<Box<str>>,
-    excluded: FxHashSet<Box<str>>,
+    included: FxHashSet<Box<[u8]>>,
+    excluded: FxHashSet<Box<[u8]>>,
     rules: Box<[Box<[CompiledCondition]>]>,
 }
 
 impl CompiledSegment {
     fn compile(doc: Arc<Segment>) -> CompiledSegment {
-        let keys = |list: &[String]| list.iter().map(|k| Box::from(k.as_str())).collect();
+        let keys = |list: &[String]| list.iter().map(|k| Box::from(k.as_bytes())).collect();
         let no_segments = |_: &str| None;
         CompiledSegment {
             included: keys(&doc.included),
@@ -115,7 +115,7 @@ impl CompiledSegment {
     /// Excluded wins; then included; then any rule.
     #[inline]
     pub(crate) fn contains(&self, ctx: &Context) -> bool {
-        let key = ctx.key();
+        let key = ctx.key_bytes();
         if !self.excluded.is_empty() && self.excluded.contains(key) {
             return false;
         }
