@@ -54,19 +54,19 @@ impl Client {
     /// The boolean value of flag `key` for `ctx`, or `default` when the flag is missing or not
     /// boolean.
     #[inline]
-    pub fn bool_value(&self, key: &str, ctx: &Context, default: bool) -> bool {
+    pub fn bool_value(&self, key: &str, ctx: &Context<'_>, default: bool) -> bool {
         self.snapshot.load().bool_value(key, ctx, default)
     }
 
     /// The number value of flag `key` for `ctx`, or `default`.
     #[inline]
-    pub fn number_value(&self, key: &str, ctx: &Context, default: f64) -> f64 {
+    pub fn number_value(&self, key: &str, ctx: &Context<'_>, default: f64) -> f64 {
         self.snapshot.load().number_value(key, ctx, default)
     }
 
     /// The string value of flag `key` for `ctx`, or `default`. Allocates the returned string;
     /// [`Client::with_string`] does not.
-    pub fn string_value(&self, key: &str, ctx: &Context, default: &str) -> String {
+    pub fn string_value(&self, key: &str, ctx: &Context<'_>, default: &str) -> String {
         self.snapshot
             .load()
             .string_value(key, ctx, default)
@@ -79,7 +79,7 @@ impl Client {
     pub fn with_string<R>(
         &self,
         key: &str,
-        ctx: &Context,
+        ctx: &Context<'_>,
         default: &str,
         f: impl FnOnce(&str) -> R,
     ) -> R {
@@ -90,7 +90,7 @@ impl Client {
     pub fn json_value(
         &self,
         key: &str,
-        ctx: &Context,
+        ctx: &Context<'_>,
         default: serde_json::Value,
     ) -> serde_json::Value {
         self.snapshot.load().json_value(key, ctx, default)
@@ -101,7 +101,7 @@ impl Client {
     pub fn with_bool_detail<R>(
         &self,
         key: &str,
-        ctx: &Context,
+        ctx: &Context<'_>,
         default: bool,
         f: impl FnOnce(Detail<'_, bool>) -> R,
     ) -> R {

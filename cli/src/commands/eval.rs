@@ -59,7 +59,7 @@ pub fn run(args: &EvalArgs, out: Output) -> anyhow::Result<String> {
     ))
 }
 
-fn evaluate(snapshot: &Snapshot, key: &str, ctx: &Context) -> Value {
+fn evaluate(snapshot: &Snapshot, key: &str, ctx: &Context<'_>) -> Value {
     let detail = snapshot.evaluate(key, ctx);
     let mut result = json!({
         "flag": key,
@@ -75,21 +75,18 @@ fn evaluate(snapshot: &Snapshot, key: &str, ctx: &Context) -> Value {
 }
 
 /// The context from --context-json, then --key and each --attr on top.
-fn context(args: &EvalArgs) -> anyhow::Result<Context> {
+fn context(args: &EvalArgs) -> anyhow::Result<Context<'static>> {
     let mut ctx = match &args.context_json {
         Some(text) => {
             let value: Value =
                 serde_json::from_str(text).context("--context-json is not valid JSON")?;
-            Context::from_json(&value).map_err(|e| anyhow!("--context-json: {e}"))?
+            let parsed = Context::from_json(&value).map_err(|e| anyhow!("--context-json: {e}"))?;
+            parsed.into_owned()
         }
         None => Context::new(""),
     };
     if let Some(key) = &args.key {
-        let mut keyed = Context::new(key);
-        for (name, value) in ctx.attributes() {
-            keyed.set(name, value);
-        }
-        ctx = keyed;
+        ctx.set_key(key.clone());
     }
     for attr in &args.attrs {
         let (name, raw) = attr
@@ -99,7 +96,7 @@ fn context(args: &EvalArgs) -> anyhow::Result<Context> {
             bail!("--attr {attr:?} has no attribute name before '='");
         }
         ctx.set(
-            name,
+            name.to_owned(),
             attr_value(raw).with_context(|| format!("--attr {name}"))?,
         );
     }

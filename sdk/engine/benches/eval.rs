@@ -57,7 +57,7 @@ fn snapshot(flags: usize, extra: Vec<Value>, segments: Vec<Value>) -> Snapshot {
     Snapshot::from_document(document_from_value(&doc).expect("decodes")).expect("valid")
 }
 
-fn contexts() -> Vec<Context> {
+fn contexts() -> Vec<Context<'static>> {
     (0..10_000)
         .map(|i| {
             Context::new(format!("user-{i}"))
@@ -135,7 +135,7 @@ fn segments(c: &mut Criterion) {
         vec![segment("ten", 10), segment("hundred-thousand", 100_000)],
     );
     // Half the contexts are members of both segments.
-    let contexts: Vec<Context> = (0..10_000)
+    let contexts: Vec<Context<'static>> = (0..10_000)
         .map(|i| {
             Context::new(if i % 2 == 0 {
                 format!("member-{}", i % 10)

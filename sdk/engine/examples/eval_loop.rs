@@ -40,7 +40,7 @@ fn main() {
     let countries = ["NL", "DE", "FR", "US", "GB"];
     let plans = ["free", "pro", "enterprise"];
     let keys: Vec<String> = (0..10_000).map(|i| format!("user-{i}")).collect();
-    let contexts: Vec<Context> = (0..10_000)
+    let contexts: Vec<Context<'_>> = (0..10_000)
         .map(|i| {
             Context::new(&keys[i])
                 .with("country", countries[i % 5])

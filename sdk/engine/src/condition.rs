@@ -222,7 +222,7 @@ impl CompiledCondition {
     /// DESIGN.md section 2: a missing attribute is false whatever `negate` says; otherwise the
     /// op holds when it holds for the value or any element of a list, and `negate` inverts that.
     #[inline(always)]
-    pub(crate) fn matches(&self, ctx: &Context) -> bool {
+    pub(crate) fn matches(&self, ctx: &Context<'_>) -> bool {
         match &self.test {
             Test::Exists => ctx.select(&self.attribute).is_some() != self.negate,
             Test::InSegment(segments) => segments.iter().any(|s| s.contains(ctx)) != self.negate,

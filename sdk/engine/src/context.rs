@@ -1,15 +1,11 @@
 //! The evaluation context a calling service passes in: a key and typed attributes.
 //!
-//! Services build a context per request, so building one is on the hot path too. The key,
-//! attribute names and string values share one buffer, and up to three attributes live inline,
-//! so a context with a key and a few string attributes costs one allocation (an allocation and
-//! its free cost more than the rest of building a context) and sits in a few adjacent cache
-//! lines. (Holding the text inline as well was measured: the larger struct made the builder's
-//! moves and copies cost more than the allocation saved.)
-//!
-//! Evaluation reads string attributes as bytes ([`Raw`]): every operator except semver and
-//! date comparisons works on bytes, and the buffer only ever receives whole `str`s, so it is
-//! valid UTF-8 by construction and nothing needs re-checking on the hot path.
+//! Services build a context per request, so building one is on the hot path too. A context
+//! borrows the caller's strings rather than copying them and keeps up to three attributes
+//! inline, so building a typical one allocates nothing. Evaluation reads string attributes as
+//! bytes ([`Raw`]): every operator except semver and date comparisons works on bytes.
+
+use std::borrow::Cow;
 
 use smallvec::SmallVec;
 
@@ -106,38 +102,81 @@ impl<'a> AttrRef<'a> {
     }
 }
 
-/// Anything [`Context::with`] and [`Context::set`] accept as a value: `&str`, `String`, numbers,
-/// `bool`, an [`AttrValue`] or a `Vec` of those. Borrowed strings are copied straight into the
-/// context's buffer without an intermediate `String`.
+/// An attribute value as a context holds it: strings and lists either borrowed from the
+/// caller (no allocation, no copy) or owned. Anything [`Context::with`] and [`Context::set`]
+/// accept converts into it: `&str`, `String`, numbers, `bool`, an [`AttrValue`] or a `Vec`.
 #[derive(Debug, Clone, PartialEq)]
 pub enum AttrInput<'a> {
-    /// A borrowed value.
-    Borrowed(AttrRef<'a>),
-    /// An owned value.
-    Owned(AttrValue),
+    /// A string.
+    Str(Cow<'a, str>),
+    /// A number.
+    Number(f64),
+    /// A boolean.
+    Bool(bool),
+    /// A list.
+    List(Cow<'a, [AttrValue]>),
+}
+
+impl AttrInput<'_> {
+    /// A borrowed view.
+    pub fn as_ref(&self) -> AttrRef<'_> {
+        match self {
+            AttrInput::Str(s) => AttrRef::Str(s),
+            AttrInput::Number(n) => AttrRef::Number(*n),
+            AttrInput::Bool(b) => AttrRef::Bool(*b),
+            AttrInput::List(items) => AttrRef::List(items),
+        }
+    }
+
+    /// As evaluation reads it.
+    #[inline(always)]
+    fn raw(&self) -> Raw<'_> {
+        match self {
+            AttrInput::Str(s) => Raw::Str(s.as_bytes()),
+            AttrInput::Number(n) => Raw::Number(*n),
+            AttrInput::Bool(b) => Raw::Bool(*b),
+            AttrInput::List(items) => Raw::List(items),
+        }
+    }
+
+    /// The same value owning its data.
+    pub fn into_owned(self) -> AttrInput<'static> {
+        match self {
+            AttrInput::Str(s) => AttrInput::Str(Cow::Owned(s.into_owned())),
+            AttrInput::Number(n) => AttrInput::Number(n),
+            AttrInput::Bool(b) => AttrInput::Bool(b),
+            AttrInput::List(items) => AttrInput::List(Cow::Owned(items.into_owned())),
+        }
+    }
 }
 
 impl<'a> From<&'a str> for AttrInput<'a> {
     fn from(s: &'a str) -> Self {
-        AttrInput::Borrowed(AttrRef::Str(s))
+        AttrInput::Str(Cow::Borrowed(s))
     }
 }
 
 impl<'a> From<&'a String> for AttrInput<'a> {
     fn from(s: &'a String) -> Self {
-        AttrInput::Borrowed(AttrRef::Str(s))
+        AttrInput::Str(Cow::Borrowed(s))
     }
 }
 
 impl From<String> for AttrInput<'_> {
     fn from(s: String) -> Self {
-        AttrInput::Owned(AttrValue::String(s))
+        AttrInput::Str(Cow::Owned(s))
+    }
+}
+
+impl<'a> From<Cow<'a, str>> for AttrInput<'a> {
+    fn from(s: Cow<'a, str>) -> Self {
+        AttrInput::Str(s)
     }
 }
 
 impl From<bool> for AttrInput<'_> {
     fn from(b: bool) -> Self {
-        AttrInput::Borrowed(AttrRef::Bool(b))
+        AttrInput::Bool(b)
     }
 }
 
@@ -145,7 +184,7 @@ macro_rules! number_input {
     ($($t:ty),*) => {$(
         impl From<$t> for AttrInput<'_> {
             fn from(n: $t) -> Self {
-                AttrInput::Borrowed(AttrRef::Number(n as f64))
+                AttrInput::Number(n as f64)
             }
         }
     )*};
@@ -154,25 +193,35 @@ number_input!(f64, f32, i64, i32, u64, u32, usize);
 
 impl From<AttrValue> for AttrInput<'_> {
     fn from(v: AttrValue) -> Self {
-        AttrInput::Owned(v)
+        match v {
+            AttrValue::String(s) => AttrInput::Str(Cow::Owned(s)),
+            AttrValue::Number(n) => AttrInput::Number(n),
+            AttrValue::Bool(b) => AttrInput::Bool(b),
+            AttrValue::List(items) => AttrInput::List(Cow::Owned(items)),
+        }
     }
 }
 
 impl<'a> From<AttrRef<'a>> for AttrInput<'a> {
     fn from(v: AttrRef<'a>) -> Self {
-        AttrInput::Borrowed(v)
+        match v {
+            AttrRef::Str(s) => AttrInput::Str(Cow::Borrowed(s)),
+            AttrRef::Number(n) => AttrInput::Number(n),
+            AttrRef::Bool(b) => AttrInput::Bool(b),
+            AttrRef::List(items) => AttrInput::List(Cow::Borrowed(items)),
+        }
     }
 }
 
 impl<'a> From<&'a AttrValue> for AttrInput<'a> {
     fn from(v: &'a AttrValue) -> Self {
-        AttrInput::Borrowed(v.as_ref())
+        v.as_ref().into()
     }
 }
 
 impl<T: Into<AttrValue>> From<Vec<T>> for AttrInput<'_> {
     fn from(items: Vec<T>) -> Self {
-        AttrInput::Owned(AttrValue::List(items.into_iter().map(Into::into).collect()))
+        AttrInput::List(Cow::Owned(items.into_iter().map(Into::into).collect()))
     }
 }
 
@@ -206,24 +255,6 @@ impl From<i64> for AttrValue {
     }
 }
 
-/// An attribute name resolved when a snapshot is compiled: `key` is the context key, so the
-/// comparison with `"key"` happens once there rather than on every lookup.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum Selector {
-    Key,
-    Name(Box<str>),
-}
-
-impl Selector {
-    pub(crate) fn new(name: &str) -> Selector {
-        if name == "key" {
-            Selector::Key
-        } else {
-            Selector::Name(name.into())
-        }
-    }
-}
-
 /// An attribute as evaluation reads it: strings as their UTF-8 bytes.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub(crate) enum Raw<'a> {
@@ -245,28 +276,22 @@ impl<'a> From<AttrRef<'a>> for Raw<'a> {
     }
 }
 
-/// A range of the context's text buffer.
-#[derive(Debug, Clone, Copy, PartialEq)]
-struct Span {
-    start: u32,
-    end: u32,
+/// An attribute name resolved when a snapshot is compiled: `key` is the context key, so the
+/// comparison with `"key"` happens once there rather than on every lookup.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Selector {
+    Key,
+    Name(Box<str>),
 }
 
-/// Where an attribute's value is: strings are spans of the text buffer, lists spans of the
-/// list buffer. Nothing here owns memory, so dropping a context frees its buffers and nothing
-/// else.
-#[derive(Debug, Clone, Copy, PartialEq)]
-enum Slot {
-    Str(Span),
-    Number(f64),
-    Bool(bool),
-    List(Span),
-}
-
-#[derive(Debug, Clone, Copy, PartialEq)]
-struct Attr {
-    name: Span,
-    value: Slot,
+impl Selector {
+    pub(crate) fn new(name: &str) -> Selector {
+        if name == "key" {
+            Selector::Key
+        } else {
+            Selector::Name(name.into())
+        }
+    }
 }
 
 /// Who a flag is evaluated for.
@@ -275,125 +300,72 @@ struct Attr {
 /// attribute name `key` always means the context key: setting an attribute named `key` has no
 /// effect.
 ///
+/// A context borrows what it can: `Context::new(&request.user_id).with("country", &request.country)`
+/// copies no string and allocates nothing, so building one per request costs a few nanoseconds.
+/// Owned strings (`String`) are kept as they are; [`Context::into_owned`] makes a context that
+/// outlives what it borrowed.
+///
 /// ```
 /// use flagstaff_engine::Context;
-/// let ctx = Context::new("user-42").with("country", "NL").with("age", 41);
+/// let user = String::from("user-42");
+/// let ctx = Context::new(&user).with("country", "NL").with("age", 41);
 /// assert_eq!(ctx.get("country").and_then(|v| v.as_str()), Some("NL"));
 /// assert_eq!(ctx.get("age").and_then(|v| v.as_f64()), Some(41.0));
 /// assert_eq!(ctx.key(), "user-42");
+/// let owned: flagstaff_engine::Context<'static> = ctx.into_owned();
 /// ```
 #[derive(Debug, Clone, PartialEq)]
-pub struct Context {
-    /// The key, then attribute names and string values, back to back. Only whole `str`s are
-    /// appended, so it is valid UTF-8 and every span in it falls on character boundaries.
-    text: String,
-    key_len: u32,
+pub struct Context<'a> {
+    key: Cow<'a, str>,
     /// In the order first set; never holds `key`. Contexts have a handful of attributes, for
-    /// which a scan with [`keys::eq`] beats hashing or ordered comparisons. Three inline keep
-    /// the whole context small enough that the builder's moves are a few register copies.
-    attrs: SmallVec<[Attr; 3]>,
-    /// Elements of list attributes; rare, so boxed to keep the context small (8 bytes rather
-    /// than a `Vec`'s 24, which the builder would move on every call).
-    #[allow(clippy::box_collection)]
-    lists: Option<Box<Vec<AttrValue>>>,
+    /// which a scan with [`keys::eq`] beats hashing or ordered comparisons; three live inline.
+    attrs: SmallVec<[(Cow<'a, str>, AttrInput<'a>); 3]>,
 }
 
-/// Room reserved after the key for attribute names and string values, so the usual few fit
-/// without growing the buffer.
-const TEXT_RESERVE: usize = 64;
-
-impl Context {
+impl<'a> Context<'a> {
     /// A context with this key and no attributes.
     #[inline(always)]
-    pub fn new(key: impl AsRef<str>) -> Context {
-        let key = key.as_ref();
-        let mut text = String::with_capacity(key.len() + TEXT_RESERVE);
-        text.push_str(key);
+    pub fn new(key: impl Into<Cow<'a, str>>) -> Context<'a> {
         Context {
-            text,
-            key_len: key.len() as u32,
+            key: key.into(),
             attrs: SmallVec::new(),
-            lists: None,
         }
     }
 
     /// Sets an attribute and returns the context (builder style).
     #[inline(always)]
-    pub fn with<'v>(mut self, name: impl AsRef<str>, value: impl Into<AttrInput<'v>>) -> Self {
+    pub fn with(mut self, name: impl Into<Cow<'a, str>>, value: impl Into<AttrInput<'a>>) -> Self {
         self.set(name, value);
         self
     }
 
     /// Sets an attribute, replacing an earlier value of the same name. `key` is ignored.
     #[inline]
-    pub fn set<'v>(&mut self, name: impl AsRef<str>, value: impl Into<AttrInput<'v>>) {
-        match value.into() {
-            AttrInput::Borrowed(v) => self.set_ref(name.as_ref(), v),
-            AttrInput::Owned(v) => self.set_ref(name.as_ref(), v.as_ref()),
-        }
+    pub fn set(&mut self, name: impl Into<Cow<'a, str>>, value: impl Into<AttrInput<'a>>) {
+        self.set_value(name.into(), value.into());
     }
 
-    fn set_ref(&mut self, name: &str, value: AttrRef<'_>) {
+    // Inlined: passed through memory to an outlined call, the name and value were written
+    // word by word and read back as vectors, stalling on store forwarding.
+    #[inline(always)]
+    fn set_value(&mut self, name: Cow<'a, str>, value: AttrInput<'a>) {
         if name == "key" {
             return;
         }
-        let value = match value {
-            AttrRef::Str(s) => Slot::Str(self.push_text(s)),
-            AttrRef::Number(n) => Slot::Number(n),
-            AttrRef::Bool(b) => Slot::Bool(b),
-            AttrRef::List(items) => {
-                let lists = self.lists.get_or_insert_with(Box::default);
-                let start = lists.len() as u32;
-                lists.extend_from_slice(items);
-                Slot::List(Span {
-                    start,
-                    end: lists.len() as u32,
-                })
-            }
-        };
-        match self.attrs.iter().position(|a| self.is_named(a.name, name)) {
-            Some(i) => self.attrs[i].value = value,
-            None => {
-                let name = self.push_text(name);
-                self.attrs.push(Attr { name, value });
-            }
+        match self.attrs.iter_mut().find(|(n, _)| keys::eq(n, &name)) {
+            Some((_, slot)) => *slot = value,
+            None => self.attrs.push((name, value)),
         }
     }
 
-    #[inline]
-    fn push_text(&mut self, s: &str) -> Span {
-        let start = self.text.len() as u32;
-        self.text.push_str(s);
-        Span {
-            start,
-            end: self.text.len() as u32,
-        }
-    }
-
-    #[inline(always)]
-    fn bytes(&self, span: Span) -> &[u8] {
-        self.text
-            .as_bytes()
-            .get(span.start as usize..span.end as usize)
-            .unwrap_or_default()
-    }
-
-    /// A span as `str`; the boundary check it costs is paid only by callers outside evaluation.
-    fn str(&self, span: Span) -> &str {
-        self.text
-            .get(span.start as usize..span.end as usize)
-            .unwrap_or_default()
-    }
-
-    /// Whether the attribute named by `span` is `name`.
-    #[inline(always)]
-    fn is_named(&self, span: Span, name: &str) -> bool {
-        keys::eq_bytes(self.bytes(span), name.as_bytes())
+    /// Replaces the key.
+    pub fn set_key(&mut self, key: impl Into<Cow<'a, str>>) {
+        self.key = key.into();
     }
 
     /// Removes an attribute; returns whether it was set.
     pub fn remove(&mut self, name: &str) -> bool {
-        match self.attrs.iter().position(|a| self.is_named(a.name, name)) {
+        match self.attrs.iter().position(|(n, _)| keys::eq(n, name)) {
             Some(i) => {
                 self.attrs.remove(i);
                 true
@@ -403,83 +375,56 @@ impl Context {
     }
 
     /// The context key.
+    #[inline]
     pub fn key(&self) -> &str {
-        self.str(self.key_span())
-    }
-
-    #[inline(always)]
-    fn key_span(&self) -> Span {
-        Span {
-            start: 0,
-            end: self.key_len,
-        }
-    }
-
-    /// The context key's bytes.
-    #[inline(always)]
-    pub(crate) fn key_bytes(&self) -> &[u8] {
-        self.bytes(self.key_span())
+        &self.key
     }
 
     /// An attribute by name; `key` is the context key.
     pub fn get(&self, name: &str) -> Option<AttrRef<'_>> {
         if name == "key" {
-            return Some(AttrRef::Str(self.key()));
+            return Some(AttrRef::Str(&self.key));
         }
-        let attr = self.find(name)?;
-        Some(self.view(attr.value))
+        self.find(name).map(AttrInput::as_ref)
     }
 
     #[inline(always)]
-    fn find(&self, name: &str) -> Option<&Attr> {
-        self.attrs.iter().find(|a| self.is_named(a.name, name))
+    fn find(&self, name: &str) -> Option<&AttrInput<'a>> {
+        self.attrs
+            .iter()
+            .find(|(n, _)| keys::eq(n, name))
+            .map(|(_, v)| v)
     }
 
     /// The attribute a compiled condition or split names, as evaluation reads it.
     #[inline(always)]
     pub(crate) fn select(&self, selector: &Selector) -> Option<Raw<'_>> {
         match selector {
-            Selector::Key => Some(Raw::Str(self.key_bytes())),
-            Selector::Name(name) => self.find(name).map(|attr| self.raw(attr.value)),
+            Selector::Key => Some(Raw::Str(self.key.as_bytes())),
+            Selector::Name(name) => self.find(name).map(AttrInput::raw),
         }
-    }
-
-    #[inline(always)]
-    fn raw(&self, slot: Slot) -> Raw<'_> {
-        match slot {
-            Slot::Str(span) => Raw::Str(self.bytes(span)),
-            Slot::Number(n) => Raw::Number(n),
-            Slot::Bool(b) => Raw::Bool(b),
-            Slot::List(span) => Raw::List(self.list(span)),
-        }
-    }
-
-    fn view(&self, slot: Slot) -> AttrRef<'_> {
-        match slot {
-            Slot::Str(span) => AttrRef::Str(self.str(span)),
-            Slot::Number(n) => AttrRef::Number(n),
-            Slot::Bool(b) => AttrRef::Bool(b),
-            Slot::List(span) => AttrRef::List(self.list(span)),
-        }
-    }
-
-    fn list(&self, span: Span) -> &[AttrValue] {
-        self.lists
-            .as_deref()
-            .and_then(|l| l.get(span.start as usize..span.end as usize))
-            .unwrap_or_default()
     }
 
     /// The attributes other than the key, in the order first set.
     pub fn attributes(&self) -> impl Iterator<Item = (&str, AttrRef<'_>)> {
-        self.attrs
-            .iter()
-            .map(|a| (self.str(a.name), self.view(a.value)))
+        self.attrs.iter().map(|(n, v)| (n.as_ref(), v.as_ref()))
     }
 
-    /// Reads `{"key": "...", "attributes": {...}}`. A missing key is the empty key; `null`
-    /// attributes are missing; an attribute named `key` is ignored.
-    pub fn from_json(value: &serde_json::Value) -> Result<Context, String> {
+    /// The same context owning all its strings, free of any borrow.
+    pub fn into_owned(self) -> Context<'static> {
+        Context {
+            key: Cow::Owned(self.key.into_owned()),
+            attrs: self
+                .attrs
+                .into_iter()
+                .map(|(n, v)| (Cow::Owned(n.into_owned()), v.into_owned()))
+                .collect(),
+        }
+    }
+
+    /// Reads `{"key": "...", "attributes": {...}}`, borrowing its strings. A missing key is the
+    /// empty key; `null` attributes are missing; an attribute named `key` is ignored.
+    pub fn from_json(value: &'a serde_json::Value) -> Result<Context<'a>, String> {
         use serde_json::Value;
         let Some(obj) = value.as_object() else {
             return Err("a context must be an object with \"key\" and \"attributes\"".to_owned());
@@ -499,10 +444,14 @@ impl Context {
             None | Some(Value::Null) => {}
             Some(Value::Object(attrs)) => {
                 for (name, v) in attrs {
-                    let value =
-                        AttrValue::from_json(v).map_err(|e| format!("attribute {name}: {e}"))?;
+                    let value = match v {
+                        Value::String(s) => Some(AttrInput::Str(Cow::Borrowed(s))),
+                        other => AttrValue::from_json(other)
+                            .map_err(|e| format!("attribute {name}: {e}"))?
+                            .map(AttrInput::from),
+                    };
                     if let Some(value) = value {
-                        ctx.set(name, value);
+                        ctx.set(name.as_str(), value);
                     }
                 }
             }
@@ -526,8 +475,9 @@ mod tests {
         ctx.set("c", vec!["p", "q"]);
         ctx.set("d", true);
         ctx.set("e", String::from("owned"));
+        ctx.set(String::from("f"), 2.5);
         let names: Vec<_> = ctx.attributes().map(|(n, _)| n).collect();
-        assert_eq!(names, ["b", "a", "c", "d", "e"]);
+        assert_eq!(names, ["b", "a", "c", "d", "e", "f"]);
         assert_eq!(ctx.get("b"), Some(AttrRef::Str("longer value")));
         assert_eq!(ctx.get("a"), Some(AttrRef::Number(1.0)));
         assert_eq!(ctx.get("e"), Some(AttrRef::Str("owned")));
@@ -536,14 +486,16 @@ mod tests {
         assert!(ctx.remove("a"));
         assert!(!ctx.remove("a"));
         assert_eq!(ctx.get("a"), None);
+        let owned: Context<'static> = ctx.clone().into_owned();
+        assert_eq!(owned, ctx);
     }
 
     #[test]
     fn from_json_drops_nulls_and_rejects_objects() {
-        let ctx = Context::from_json(&serde_json::json!({
+        let json = serde_json::json!({
             "key": "u", "attributes": {"a": null, "b": [1, null, "x"], "key": "other"}
-        }))
-        .expect("valid context");
+        });
+        let ctx = Context::from_json(&json).expect("valid context");
         assert_eq!(ctx.key(), "u");
         assert_eq!(ctx.get("a"), None);
         assert_eq!(

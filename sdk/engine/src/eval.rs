@@ -151,7 +151,7 @@ impl CompiledFlag {
         }
     }
 
-    fn resolve(&self, ctx: &Context) -> Resolution {
+    fn resolve(&self, ctx: &Context<'_>) -> Resolution {
         if let Some(fixed) = self.fixed {
             return fixed;
         }
@@ -159,7 +159,7 @@ impl CompiledFlag {
     }
 
     /// [`CompiledFlag::resolve`] for a flag whose answer depends on the context.
-    fn resolve_rules(&self, ctx: &Context) -> Resolution {
+    fn resolve_rules(&self, ctx: &Context<'_>) -> Resolution {
         let off = |why| Resolution {
             variant: self.off_variant as u32,
             why,
@@ -181,7 +181,7 @@ impl CompiledFlag {
     }
 
     #[inline]
-    fn serve(&self, serve: &CompiledServe, why: Why, ctx: &Context) -> Resolution {
+    fn serve(&self, serve: &CompiledServe, why: Why, ctx: &Context<'_>) -> Resolution {
         match serve {
             CompiledServe::Variant(variant) => Resolution {
                 variant: *variant as u32,
@@ -331,7 +331,7 @@ impl Snapshot {
     fn served<'a, T: Typed<'a>>(
         &'a self,
         key: &str,
-        ctx: &Context,
+        ctx: &Context<'_>,
     ) -> Result<Served<'a, T>, Unserved> {
         let flag = self
             .flags
@@ -362,12 +362,17 @@ impl Snapshot {
     }
 
     #[inline]
-    fn value<'a, T: Typed<'a>>(&'a self, key: &str, ctx: &Context, default: T) -> T {
+    fn value<'a, T: Typed<'a>>(&'a self, key: &str, ctx: &Context<'_>, default: T) -> T {
         self.served(key, ctx).map_or(default, |s| s.value)
     }
 
     #[inline]
-    fn typed<'a, T: Typed<'a>>(&'a self, key: &str, ctx: &Context, default: T) -> Detail<'a, T> {
+    fn typed<'a, T: Typed<'a>>(
+        &'a self,
+        key: &str,
+        ctx: &Context<'_>,
+        default: T,
+    ) -> Detail<'a, T> {
         match self.served(key, ctx) {
             Ok(s) => Detail {
                 value: s.value,
@@ -382,19 +387,19 @@ impl Snapshot {
 
     /// The boolean value of flag `key` for `ctx`, or `default`.
     #[inline]
-    pub fn bool_value(&self, key: &str, ctx: &Context, default: bool) -> bool {
+    pub fn bool_value(&self, key: &str, ctx: &Context<'_>, default: bool) -> bool {
         self.value(key, ctx, default)
     }
 
     /// The boolean value with the variant, reason, version and bucket.
     #[inline]
-    pub fn bool_detail(&self, key: &str, ctx: &Context, default: bool) -> Detail<'_, bool> {
+    pub fn bool_detail(&self, key: &str, ctx: &Context<'_>, default: bool) -> Detail<'_, bool> {
         self.typed(key, ctx, default)
     }
 
     /// The string value of flag `key` for `ctx`, or `default`.
     #[inline]
-    pub fn string_value<'a>(&'a self, key: &str, ctx: &Context, default: &'a str) -> &'a str {
+    pub fn string_value<'a>(&'a self, key: &str, ctx: &Context<'_>, default: &'a str) -> &'a str {
         self.value(key, ctx, default)
     }
 
@@ -403,7 +408,7 @@ impl Snapshot {
     pub fn string_detail<'a>(
         &'a self,
         key: &str,
-        ctx: &Context,
+        ctx: &Context<'_>,
         default: &'a str,
     ) -> Detail<'a, &'a str> {
         self.typed(key, ctx, default)
@@ -411,18 +416,18 @@ impl Snapshot {
 
     /// The number value of flag `key` for `ctx`, or `default`.
     #[inline]
-    pub fn number_value(&self, key: &str, ctx: &Context, default: f64) -> f64 {
+    pub fn number_value(&self, key: &str, ctx: &Context<'_>, default: f64) -> f64 {
         self.value(key, ctx, default)
     }
 
     /// The number value with the variant, reason, version and bucket.
     #[inline]
-    pub fn number_detail(&self, key: &str, ctx: &Context, default: f64) -> Detail<'_, f64> {
+    pub fn number_detail(&self, key: &str, ctx: &Context<'_>, default: f64) -> Detail<'_, f64> {
         self.typed(key, ctx, default)
     }
 
     /// The JSON value of flag `key` for `ctx`, or `default`. Clones the value.
-    pub fn json_value(&self, key: &str, ctx: &Context, default: Value) -> Value {
+    pub fn json_value(&self, key: &str, ctx: &Context<'_>, default: Value) -> Value {
         match self.served::<&Value>(key, ctx) {
             Ok(s) => s.value.clone(),
             Err(_) => default,
@@ -433,7 +438,7 @@ impl Snapshot {
     pub fn json_detail<'a>(
         &'a self,
         key: &str,
-        ctx: &Context,
+        ctx: &Context<'_>,
         default: &'a Value,
     ) -> Detail<'a, &'a Value> {
         self.typed(key, ctx, default)
@@ -441,7 +446,7 @@ impl Snapshot {
 
     /// Evaluates flag `key` whatever its kind, with the value as JSON; `Value::Null` and
     /// `FLAG_NOT_FOUND` when there is no such flag. For debugging tools, not the hot path.
-    pub fn evaluate(&self, key: &str, ctx: &Context) -> Detail<'_, Value> {
+    pub fn evaluate(&self, key: &str, ctx: &Context<'_>) -> Detail<'_, Value> {
         let Some(flag) = self.flags.get(key) else {
             return caller_default(Value::Null, ErrorKind::FlagNotFound, None);
         };

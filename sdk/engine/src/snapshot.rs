@@ -114,8 +114,8 @@ impl CompiledSegment {
 
     /// Excluded wins; then included; then any rule.
     #[inline]
-    pub(crate) fn contains(&self, ctx: &Context) -> bool {
-        let key = ctx.key_bytes();
+    pub(crate) fn contains(&self, ctx: &Context<'_>) -> bool {
+        let key = ctx.key().as_bytes();
         if !self.excluded.is_empty() && self.excluded.contains(key) {
             return false;
         }

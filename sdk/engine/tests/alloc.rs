@@ -105,7 +105,7 @@ fn ten_thousand_evaluations_allocate_nothing() {
     let snapshot = Snapshot::from_text(DOC).expect("valid document");
     let countries = ["NL", "DE", "FR", "US"];
     let plans = ["free", "pro", "enterprise"];
-    let contexts: Vec<Context> = (0..100)
+    let contexts: Vec<Context<'_>> = (0..100)
         .map(|i| {
             Context::new(format!("user-{i}"))
                 .with("country", countries[i % 4])
