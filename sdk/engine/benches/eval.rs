@@ -173,7 +173,7 @@ fn threads(c: &mut Criterion) {
                         s.spawn(move || {
                             let mut on = 0u64;
                             for i in 0..iters as usize {
-                                let ctx = &contexts[(i * 7 + t * 5003) % contexts.len()];
+                                let ctx = &contexts[(i + t * 5003) % contexts.len()];
                                 on += u64::from(snap.bool_value(black_box("s2"), ctx, false));
                             }
                             black_box(on)
