@@ -165,3 +165,23 @@ fn the_counter_sees_allocations() {
     assert!(allocations() > before);
     drop(v);
 }
+
+#[test]
+fn building_a_context_from_borrowed_strings_allocates_nothing() {
+    let keys: Vec<String> = (0..100).map(|i| format!("user-{i}")).collect();
+    let before = allocations();
+    let mut total = 0;
+    for key in &keys {
+        let ctx = Context::new(key.as_str())
+            .with("country", "NL")
+            .with("plan", key)
+            .with("age", 42);
+        total += ctx.key().len();
+    }
+    let allocated = allocations() - before;
+    assert!(total > 0);
+    assert_eq!(
+        allocated, 0,
+        "building 100 contexts allocated {allocated} times"
+    );
+}
