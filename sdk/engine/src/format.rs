@@ -186,3 +186,20 @@ pub fn to_text<T: Serialize>(value: &T, format: Format) -> String {
         Format::Yaml => crate::yaml::to_string(&serde_json::to_value(value).unwrap_or_default()),
     }
 }
+
+/// Deserialising goes through the same decoder as [`parse_document`], so unknown fields are
+/// rejected and every structural problem is reported.
+macro_rules! deserialize_via_decoder {
+    ($ty:ty, $decode:path) => {
+        impl<'de> serde::Deserialize<'de> for $ty {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                let Strict(value) = Strict::deserialize(d)?;
+                $decode(&value).map_err(serde::de::Error::custom)
+            }
+        }
+    };
+}
+
+deserialize_via_decoder!(Flag, flag_from_value);
+deserialize_via_decoder!(Segment, segment_from_value);
+deserialize_via_decoder!(Document, document_from_value);

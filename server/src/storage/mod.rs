@@ -1,0 +1,311 @@
+//! Durable storage of environments, documents, the change log, the audit log and tokens.
+//!
+//! [`Store`] is what the control plane needs from a database; [`SledStore`] implements it on
+//! the embedded sled. Every method blocks (sled does I/O), so async callers run them in
+//! `spawn_blocking`. A commit is one transaction holding every document it changes, its
+//! change-log entry, its audit entry and the environment's new revision, and it is on disk,
+//! fsynced, before `commit` returns.
+
+mod sled_store;
+
+use flagstaff_engine::{Flag, Segment};
+use serde::{Deserialize, Serialize};
+
+pub use sled_store::{SledStore, DEFAULT_RETENTION};
+
+/// What can go wrong talking to the store.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// Another process holds the data directory.
+    #[error("another flagstaffd holds the data directory {path}")]
+    Locked {
+        /// The data directory.
+        path: String,
+    },
+    /// The environment does not exist.
+    #[error("no environment {0:?}")]
+    NoEnvironment(String),
+    /// The environment already exists.
+    #[error("environment {0:?} already exists")]
+    EnvironmentExists(String),
+    /// The environment's revision moved since the change was prepared.
+    #[error("environment {environment:?} is at revision {actual}, not {expected}")]
+    RevisionConflict {
+        /// The environment.
+        environment: String,
+        /// The revision the change was prepared against.
+        expected: u64,
+        /// The revision found.
+        actual: u64,
+    },
+    /// Stored data could not be read back.
+    #[error("corrupt record {what}: {detail}")]
+    Corrupt {
+        /// Which record.
+        what: String,
+        /// Why.
+        detail: String,
+    },
+    /// The database failed.
+    #[error("storage error: {0}")]
+    Database(#[from] sled::Error),
+    /// Syncing to disk failed.
+    #[error("cannot sync {path} to disk: {source}")]
+    Sync {
+        /// The file.
+        path: String,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+/// An environment's settings and position.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EnvironmentRecord {
+    /// The environment's key.
+    pub key: String,
+    /// Random, fixed at creation: a data dir restored or recreated gets a new one, so SDKs
+    /// know their revisions no longer apply.
+    pub epoch: String,
+    /// The revision of the last committed change; 0 for a new environment.
+    pub revision: u64,
+    /// Writes need an explicit confirmation.
+    pub protected: bool,
+    /// When the environment was created, in Unix milliseconds.
+    pub created_ms: u64,
+}
+
+/// One revision's changes to an environment's documents: the change-log entry SDKs replay.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Change {
+    /// The revision this change produced.
+    pub revision: u64,
+    /// Flags created or replaced, with `version` set to `revision`.
+    pub flags: Vec<Flag>,
+    /// Keys of flags deleted.
+    pub deleted_flags: Vec<String>,
+    /// Segments created or replaced, with `version` set to `revision`.
+    pub segments: Vec<Segment>,
+    /// Keys of segments deleted.
+    pub deleted_segments: Vec<String>,
+}
+
+/// What one document looked like before and after a change.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum AuditChange {
+    /// A flag: the whole document before and after (`None` when created or deleted).
+    Flag {
+        /// The flag's key.
+        key: String,
+        /// Before the change.
+        before: Option<Box<Flag>>,
+        /// After the change.
+        after: Option<Box<Flag>>,
+    },
+    /// A segment: the document without its key lists, and the keys added and removed, so a
+    /// change to a segment of 100,000 keys does not store two copies of them.
+    Segment {
+        /// The segment's key.
+        key: String,
+        /// Before the change, `included` and `excluded` left empty.
+        before: Option<Box<Segment>>,
+        /// After the change, `included` and `excluded` left empty.
+        after: Option<Box<Segment>>,
+        /// Keys added to `included`.
+        included_added: Vec<String>,
+        /// Keys removed from `included`.
+        included_removed: Vec<String>,
+        /// Keys added to `excluded`.
+        excluded_added: Vec<String>,
+        /// Keys removed from `excluded`.
+        excluded_removed: Vec<String>,
+    },
+}
+
+impl AuditChange {
+    /// The audit record of a flag going from `before` to `after`.
+    pub fn flag(key: &str, before: Option<&Flag>, after: Option<&Flag>) -> AuditChange {
+        AuditChange::Flag {
+            key: key.to_owned(),
+            before: before.cloned().map(Box::new),
+            after: after.cloned().map(Box::new),
+        }
+    }
+
+    /// The audit record of a segment going from `before` to `after`.
+    pub fn segment(key: &str, before: Option<&Segment>, after: Option<&Segment>) -> AuditChange {
+        let keys = |s: Option<&Segment>, included: bool| -> Vec<String> {
+            s.map(|s| {
+                if included {
+                    s.included.clone()
+                } else {
+                    s.excluded.clone()
+                }
+            })
+            .unwrap_or_default()
+        };
+        let diff = |old: Vec<String>, new: Vec<String>| {
+            let old_set: std::collections::HashSet<&str> = old.iter().map(String::as_str).collect();
+            let new_set: std::collections::HashSet<&str> = new.iter().map(String::as_str).collect();
+            let added = new
+                .iter()
+                .filter(|k| !old_set.contains(k.as_str()))
+                .cloned()
+                .collect();
+            let removed = old
+                .iter()
+                .filter(|k| !new_set.contains(k.as_str()))
+                .cloned()
+                .collect();
+            (added, removed)
+        };
+        let (included_added, included_removed) = diff(keys(before, true), keys(after, true));
+        let (excluded_added, excluded_removed) = diff(keys(before, false), keys(after, false));
+        let strip = |s: Option<&Segment>| {
+            s.map(|s| {
+                Box::new(Segment {
+                    included: Vec::new(),
+                    excluded: Vec::new(),
+                    ..s.clone()
+                })
+            })
+        };
+        AuditChange::Segment {
+            key: key.to_owned(),
+            before: strip(before),
+            after: strip(after),
+            included_added,
+            included_removed,
+            excluded_added,
+            excluded_removed,
+        }
+    }
+
+    /// Whether this records a change to the flag `key`.
+    pub fn is_flag(&self, key: &str) -> bool {
+        matches!(self, AuditChange::Flag { key: k, .. } if k == key)
+    }
+}
+
+/// Who changed what, when and why: one per revision.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AuditEntry {
+    /// The revision the change produced.
+    pub revision: u64,
+    /// When, in Unix milliseconds.
+    pub time_ms: u64,
+    /// The name of the token that made the change, or `rollout:<flag>` for a rollout plan.
+    pub actor: String,
+    /// The reason given with the change.
+    pub comment: String,
+    /// The documents changed.
+    pub changes: Vec<AuditChange>,
+}
+
+/// A role a token grants.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Everything, including tokens and environments.
+    Admin,
+    /// Writes in its environment.
+    Editor,
+    /// Exactly `Watch` and `ReportMetrics` in its environment.
+    Sdk,
+}
+
+/// A token as stored: its SHA-256 hash, never the secret.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenRecord {
+    /// Stable id, shown in listings and used to revoke.
+    pub id: String,
+    /// A name for people; the actor in audit entries.
+    pub name: String,
+    /// What the token may do.
+    pub role: Role,
+    /// The environment an editor or SDK token is limited to.
+    pub environment: Option<String>,
+    /// SHA-256 of the secret, hex.
+    pub hash: String,
+    /// When it was created, in Unix milliseconds.
+    pub created_ms: u64,
+    /// Whether it has been revoked.
+    pub revoked: bool,
+}
+
+/// An environment's committed documents, as stored.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Documents {
+    /// The flags.
+    pub flags: Vec<Flag>,
+    /// The segments.
+    pub segments: Vec<Segment>,
+}
+
+/// What the control plane needs from its database. Every method may block.
+pub trait Store: Send + Sync + 'static {
+    /// Every environment.
+    fn environments(&self) -> Result<Vec<EnvironmentRecord>, StoreError>;
+
+    /// Creates an environment at revision 0.
+    fn create_environment(&self, record: &EnvironmentRecord) -> Result<(), StoreError>;
+
+    /// Deletes an environment and everything in it.
+    fn delete_environment(&self, environment: &str) -> Result<(), StoreError>;
+
+    /// An environment's current documents.
+    fn documents(&self, environment: &str) -> Result<Documents, StoreError>;
+
+    /// Commits `change` (revision `expected_revision + 1`) with its audit entry, atomically
+    /// and durably: when this returns `Ok`, the change survives a crash or power loss. Fails
+    /// with [`StoreError::RevisionConflict`], changing nothing, when the environment is not at
+    /// `expected_revision`.
+    fn commit(
+        &self,
+        environment: &str,
+        expected_revision: u64,
+        change: &Change,
+        audit: &AuditEntry,
+    ) -> Result<(), StoreError>;
+
+    /// The changes after `revision`, oldest first; `None` when some of them are no longer
+    /// retained (the caller needs a full snapshot).
+    fn changes_since(
+        &self,
+        environment: &str,
+        revision: u64,
+    ) -> Result<Option<Vec<Change>>, StoreError>;
+
+    /// Audit entries, newest first: of the whole environment, or those touching `flag`; only
+    /// revisions below `before` when given; at most `limit`.
+    fn history(
+        &self,
+        environment: &str,
+        flag: Option<&str>,
+        before: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<AuditEntry>, StoreError>;
+
+    /// Stores a token (new, or updated such as revoked), durably.
+    fn put_token(&self, token: &TokenRecord) -> Result<(), StoreError>;
+
+    /// Every token, revoked ones included.
+    fn tokens(&self) -> Result<Vec<TokenRecord>, StoreError>;
+}
+
+/// Now, in Unix milliseconds.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// A random id: 128 bits, hex.
+pub fn random_id() -> String {
+    let mut bytes = [0u8; 16];
+    // The OS random source failing is not something a server can carry on without.
+    getrandom::fill(&mut bytes).expect("the operating system's random source works");
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}

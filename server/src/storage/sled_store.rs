@@ -1,0 +1,359 @@
+//! [`Store`] on sled 0.34.
+//!
+//! Tree layout (docs/storage.md describes it for operators):
+//!
+//! | tree | key | value |
+//! |---|---|---|
+//! | `environments` | environment key | [`EnvironmentRecord`] as JSON |
+//! | `flags/<env>` | flag key | flag document as JSON, `version` set |
+//! | `segments/<env>` | segment key | segment document as JSON, `version` set |
+//! | `changes/<env>` | revision, 8 bytes big-endian | [`Change`] as JSON |
+//! | `audit/<env>` | revision, 8 bytes big-endian | [`AuditEntry`] as JSON |
+//! | `tokens` | token id | [`TokenRecord`] as JSON |
+//!
+//! Durability: sled 0.34's `flush` writes its buffers and calls `sync_file_range` on the
+//! `db` file, which does not make the data power-loss safe, and never syncs `blobs/`, where
+//! values over about 128 KiB (large segments) live. So after each flush the store also
+//! `fsync`s the `db` file, every blob file it has not synced yet, and the `blobs` directory.
+
+use std::collections::HashSet;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use sled::transaction::{ConflictableTransactionError, TransactionError};
+use sled::{Db, Transactional, Tree};
+
+use super::{AuditEntry, Change, Documents, EnvironmentRecord, Store, StoreError, TokenRecord};
+
+/// Change-log entries kept per environment unless configured otherwise.
+pub const DEFAULT_RETENTION: u64 = 10_000;
+
+/// The sled-backed store.
+#[derive(Debug)]
+pub struct SledStore {
+    db: Db,
+    path: PathBuf,
+    environments: Tree,
+    tokens: Tree,
+    retention: u64,
+    /// Held for the whole of a commit or token write, flush and syncs included: revisions
+    /// are checked and written in order, and `synced_blobs` is updated by one writer. A std
+    /// mutex, since every method runs on a blocking thread and never awaits while holding it.
+    writer: Mutex<SyncedBlobs>,
+}
+
+/// Blob files already fsynced.
+#[derive(Debug, Default)]
+struct SyncedBlobs(HashSet<PathBuf>);
+
+fn tree_name(kind: &str, environment: &str) -> String {
+    format!("{kind}/{environment}")
+}
+
+fn encode<T: Serialize>(value: &T) -> Vec<u8> {
+    // The stored types are plain data with string keys: serialising them cannot fail.
+    serde_json::to_vec(value).unwrap_or_default()
+}
+
+fn decode<T: DeserializeOwned>(what: &str, bytes: &[u8]) -> Result<T, StoreError> {
+    serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt {
+        what: what.to_owned(),
+        detail: e.to_string(),
+    })
+}
+
+fn sync_path(path: &Path) -> Result<(), StoreError> {
+    File::open(path)
+        .and_then(|f| f.sync_all())
+        .map_err(|source| StoreError::Sync {
+            path: path.display().to_string(),
+            source,
+        })
+}
+
+impl SledStore {
+    /// Opens (creating if needed) the store in `path`, keeping `retention` change-log entries
+    /// per environment. Fails with [`StoreError::Locked`] when another process has it open.
+    pub fn open(path: impl AsRef<Path>, retention: u64) -> Result<SledStore, StoreError> {
+        let path = path.as_ref().to_owned();
+        let db = sled::Config::new()
+            .path(&path)
+            .open()
+            .map_err(|e| match e {
+                sled::Error::Io(io) if io.to_string().contains("could not acquire lock") => {
+                    StoreError::Locked {
+                        path: path.display().to_string(),
+                    }
+                }
+                other => StoreError::Database(other),
+            })?;
+        let store = SledStore {
+            environments: db.open_tree("environments")?,
+            tokens: db.open_tree("tokens")?,
+            db,
+            path,
+            retention: retention.max(1),
+            writer: Mutex::new(SyncedBlobs::default()),
+        };
+        // Whatever an earlier process left unsynced is made durable before anything is served.
+        store.sync(&mut store.lock_writer(), true)?;
+        Ok(store)
+    }
+
+    fn lock_writer(&self) -> std::sync::MutexGuard<'_, SyncedBlobs> {
+        // A panic while holding the lock leaves nothing half-written that the next writer
+        // could trip on (sled transactions are atomic), so a poisoned lock is still usable.
+        self.writer
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn tree(&self, kind: &str, environment: &str) -> Result<Tree, StoreError> {
+        Ok(self.db.open_tree(tree_name(kind, environment))?)
+    }
+
+    /// Flushes sled and fsyncs what its flush leaves unsynced (see the module docs).
+    fn sync(&self, synced: &mut SyncedBlobs, all_blobs: bool) -> Result<(), StoreError> {
+        self.db.flush()?;
+        sync_path(&self.path.join("db"))?;
+        let blobs = self.path.join("blobs");
+        let Ok(entries) = std::fs::read_dir(&blobs) else {
+            return Ok(());
+        };
+        let mut new_blob = false;
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if all_blobs || !synced.0.contains(&path) {
+                sync_path(&path)?;
+                synced.0.insert(path);
+                new_blob = true;
+            }
+        }
+        if new_blob {
+            sync_path(&blobs)?;
+        }
+        // Blob files sled has removed need not be remembered.
+        synced.0.retain(|p| p.exists());
+        Ok(())
+    }
+
+    fn environment(&self, environment: &str) -> Result<EnvironmentRecord, StoreError> {
+        match self.environments.get(environment)? {
+            Some(bytes) => decode(&format!("environments/{environment}"), &bytes),
+            None => Err(StoreError::NoEnvironment(environment.to_owned())),
+        }
+    }
+}
+
+impl Store for SledStore {
+    fn environments(&self) -> Result<Vec<EnvironmentRecord>, StoreError> {
+        self.environments
+            .iter()
+            .map(|kv| {
+                let (key, bytes) = kv?;
+                decode(
+                    &format!("environments/{}", String::from_utf8_lossy(&key)),
+                    &bytes,
+                )
+            })
+            .collect()
+    }
+
+    fn create_environment(&self, record: &EnvironmentRecord) -> Result<(), StoreError> {
+        let mut synced = self.lock_writer();
+        let created = self.environments.compare_and_swap(
+            record.key.as_str(),
+            None as Option<&[u8]>,
+            Some(encode(record)),
+        )?;
+        if created.is_err() {
+            return Err(StoreError::EnvironmentExists(record.key.clone()));
+        }
+        self.sync(&mut synced, false)
+    }
+
+    fn delete_environment(&self, environment: &str) -> Result<(), StoreError> {
+        let mut synced = self.lock_writer();
+        if self.environments.remove(environment)?.is_none() {
+            return Err(StoreError::NoEnvironment(environment.to_owned()));
+        }
+        for kind in ["flags", "segments", "changes", "audit"] {
+            self.db.drop_tree(tree_name(kind, environment))?;
+        }
+        self.sync(&mut synced, false)
+    }
+
+    fn documents(&self, environment: &str) -> Result<Documents, StoreError> {
+        self.environment(environment)?;
+        let read = |kind: &str| -> Result<Vec<(String, sled::IVec)>, StoreError> {
+            self.tree(kind, environment)?
+                .iter()
+                .map(|kv| {
+                    let (k, v) = kv?;
+                    Ok((String::from_utf8_lossy(&k).into_owned(), v))
+                })
+                .collect()
+        };
+        let flags = read("flags")?
+            .into_iter()
+            .map(|(k, v)| decode(&format!("flags/{environment}/{k}"), &v))
+            .collect::<Result<_, _>>()?;
+        let segments = read("segments")?
+            .into_iter()
+            .map(|(k, v)| decode(&format!("segments/{environment}/{k}"), &v))
+            .collect::<Result<_, _>>()?;
+        Ok(Documents { flags, segments })
+    }
+
+    fn commit(
+        &self,
+        environment: &str,
+        expected_revision: u64,
+        change: &Change,
+        audit: &AuditEntry,
+    ) -> Result<(), StoreError> {
+        let mut synced = self.lock_writer();
+        let flags = self.tree("flags", environment)?;
+        let segments = self.tree("segments", environment)?;
+        let changes = self.tree("changes", environment)?;
+        let audits = self.tree("audit", environment)?;
+        let revision_key = change.revision.to_be_bytes();
+        let change_bytes = encode(change);
+        let audit_bytes = encode(audit);
+        let flag_values: Vec<(&str, Vec<u8>)> = change
+            .flags
+            .iter()
+            .map(|f| (f.key.as_str(), encode(f)))
+            .collect();
+        let segment_values: Vec<(&str, Vec<u8>)> = change
+            .segments
+            .iter()
+            .map(|s| (s.key.as_str(), encode(s)))
+            .collect();
+
+        let result =
+            [&self.environments, &flags, &segments, &changes, &audits].transaction(|trees| {
+                let (envs, flags, segments, changes, audits) =
+                    (&trees[0], &trees[1], &trees[2], &trees[3], &trees[4]);
+                let Some(bytes) = envs.get(environment)? else {
+                    return Err(ConflictableTransactionError::Abort(
+                        StoreError::NoEnvironment(environment.to_owned()),
+                    ));
+                };
+                let mut record: EnvironmentRecord =
+                    decode(&format!("environments/{environment}"), &bytes)
+                        .map_err(ConflictableTransactionError::Abort)?;
+                if record.revision != expected_revision || change.revision != expected_revision + 1
+                {
+                    return Err(ConflictableTransactionError::Abort(
+                        StoreError::RevisionConflict {
+                            environment: environment.to_owned(),
+                            expected: expected_revision,
+                            actual: record.revision,
+                        },
+                    ));
+                }
+                for (key, value) in &flag_values {
+                    flags.insert(*key, value.as_slice())?;
+                }
+                for key in &change.deleted_flags {
+                    flags.remove(key.as_str())?;
+                }
+                for (key, value) in &segment_values {
+                    segments.insert(*key, value.as_slice())?;
+                }
+                for key in &change.deleted_segments {
+                    segments.remove(key.as_str())?;
+                }
+                changes.insert(&revision_key, change_bytes.as_slice())?;
+                audits.insert(&revision_key, audit_bytes.as_slice())?;
+                record.revision = change.revision;
+                envs.insert(environment, encode(&record))?;
+                Ok(())
+            });
+        match result {
+            Ok(()) => {}
+            Err(TransactionError::Abort(e)) => return Err(e),
+            Err(TransactionError::Storage(e)) => return Err(StoreError::Database(e)),
+        }
+        // Trim the change log outside the transaction: losing a trim to a crash only keeps
+        // an entry longer.
+        if change.revision > self.retention {
+            let oldest_kept = change.revision - self.retention + 1;
+            for entry in changes.range(..oldest_kept.to_be_bytes()).keys() {
+                changes.remove(entry?)?;
+            }
+        }
+        self.sync(&mut synced, false)
+    }
+
+    fn changes_since(
+        &self,
+        environment: &str,
+        revision: u64,
+    ) -> Result<Option<Vec<Change>>, StoreError> {
+        let current = self.environment(environment)?.revision;
+        if revision >= current {
+            return Ok(Some(Vec::new()));
+        }
+        let changes = self.tree("changes", environment)?;
+        let entries: Vec<Change> = changes
+            .range((revision + 1).to_be_bytes()..)
+            .map(|kv| {
+                let (_, v) = kv?;
+                decode(&format!("changes/{environment}"), &v)
+            })
+            .collect::<Result<_, StoreError>>()?;
+        // Complete only if the first retained entry is the one right after `revision`.
+        Ok(match entries.first() {
+            Some(first) if first.revision == revision + 1 => Some(entries),
+            _ => None,
+        })
+    }
+
+    fn history(
+        &self,
+        environment: &str,
+        flag: Option<&str>,
+        before: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<AuditEntry>, StoreError> {
+        self.environment(environment)?;
+        let audits = self.tree("audit", environment)?;
+        let range = match before {
+            Some(before) => audits.range(..before.to_be_bytes()),
+            None => audits.range::<&[u8], _>(..),
+        };
+        let mut out = Vec::new();
+        for kv in range.rev() {
+            if out.len() >= limit {
+                break;
+            }
+            let (_, v) = kv?;
+            let entry: AuditEntry = decode(&format!("audit/{environment}"), &v)?;
+            if flag.is_none_or(|f| entry.changes.iter().any(|c| c.is_flag(f))) {
+                out.push(entry);
+            }
+        }
+        Ok(out)
+    }
+
+    fn put_token(&self, token: &TokenRecord) -> Result<(), StoreError> {
+        let mut synced = self.lock_writer();
+        self.tokens.insert(token.id.as_str(), encode(token))?;
+        self.sync(&mut synced, false)
+    }
+
+    fn tokens(&self) -> Result<Vec<TokenRecord>, StoreError> {
+        self.tokens
+            .iter()
+            .map(|kv| {
+                let (k, v) = kv?;
+                decode(&format!("tokens/{}", String::from_utf8_lossy(&k)), &v)
+            })
+            .collect()
+    }
+}
