@@ -2,4 +2,9 @@
 //! log, stored durably and streamed to SDKs.
 #![deny(missing_docs)]
 
+mod environments;
+mod error;
 pub mod storage;
+
+pub use environments::{Committed, Current, Environment, Environments, WriteContext};
+pub use error::ServerError;

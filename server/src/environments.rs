@@ -1,0 +1,355 @@
+//! Environments in memory: each one's compiled snapshot and revision, read without locks and
+//! replaced after every committed change.
+//!
+//! Every write goes through [`Environments::write`]: it takes the environment's writer lock,
+//! builds the change against the current snapshot, validates it by compiling the next
+//! snapshot, commits it durably, and only then publishes the next snapshot. So readers see a
+//! change only once it is on disk, and a change that fails anywhere leaves both the store and
+//! memory as they were. Writes block (compilation, sled, fsync): async callers run them in
+//! `spawn_blocking`.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, RwLock};
+
+use arc_swap::ArcSwap;
+use flagstaff_engine::{ChangeSet, Document, Flag, Segment, Snapshot};
+
+use crate::error::ServerError;
+use crate::storage::{
+    now_ms, random_id, AuditChange, AuditEntry, Change, EnvironmentRecord, Store, StoreError,
+};
+
+/// An environment's state as readers see it.
+#[derive(Debug)]
+pub struct Current {
+    /// The revision of the last committed change.
+    pub revision: u64,
+    /// The documents as of `revision`, compiled.
+    pub snapshot: Arc<Snapshot>,
+}
+
+/// One environment.
+#[derive(Debug)]
+pub struct Environment {
+    /// Its key.
+    pub key: String,
+    /// Its epoch (see [`EnvironmentRecord::epoch`]).
+    pub epoch: String,
+    /// Whether writes need confirmation.
+    pub protected: bool,
+    current: ArcSwap<Current>,
+    /// Serialises writes so each is built against the state it commits onto. A std mutex: it
+    /// is held on a blocking thread for one write and never across an await.
+    writer: Mutex<()>,
+}
+
+impl Environment {
+    /// The current revision and snapshot, without locking.
+    pub fn current(&self) -> Arc<Current> {
+        self.current.load_full()
+    }
+}
+
+/// Who is writing, why, and whether a protected environment's write was confirmed.
+#[derive(Debug, Clone, Copy)]
+pub struct WriteContext<'a> {
+    /// The environment written to.
+    pub environment: &'a str,
+    /// The token name, for the audit log.
+    pub actor: &'a str,
+    /// The reason given, for the audit log.
+    pub comment: &'a str,
+    /// The caller confirmed a write to a protected environment.
+    pub confirmed: bool,
+}
+
+/// What a committed write produced.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Committed {
+    /// The environment's revision after the write (unchanged when the write changed nothing).
+    pub revision: u64,
+    /// The flags written, with their new versions.
+    pub flags: Vec<Flag>,
+    /// The segments written, with their new versions.
+    pub segments: Vec<Segment>,
+}
+
+/// Every environment, backed by a store.
+#[derive(Debug)]
+pub struct Environments<S> {
+    store: Arc<S>,
+    /// Held only to look up, add or remove an environment, never during a write.
+    map: RwLock<HashMap<String, Arc<Environment>>>,
+}
+
+impl<S: Store> Environments<S> {
+    /// Loads every environment from `store` and compiles its snapshot.
+    pub fn load(store: Arc<S>) -> Result<Environments<S>, ServerError> {
+        let mut map = HashMap::new();
+        for record in store.environments()? {
+            let docs = store.documents(&record.key)?;
+            let doc = Document {
+                environment: record.key.clone(),
+                flags: docs.flags,
+                segments: docs.segments,
+            };
+            let snapshot = Snapshot::from_document(doc).map_err(|e| {
+                ServerError::Store(StoreError::Corrupt {
+                    what: format!("environment {}", record.key),
+                    detail: e.to_string(),
+                })
+            })?;
+            map.insert(
+                record.key.clone(),
+                Arc::new(Environment::new(&record, snapshot)),
+            );
+        }
+        Ok(Environments {
+            store,
+            map: RwLock::new(map),
+        })
+    }
+
+    /// The store behind these environments.
+    pub fn store(&self) -> &Arc<S> {
+        &self.store
+    }
+
+    fn read_map(&self) -> std::sync::RwLockReadGuard<'_, HashMap<String, Arc<Environment>>> {
+        // The map is only ever replaced entry by entry; a writer that panicked left it whole.
+        self.map.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn write_map(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<String, Arc<Environment>>> {
+        self.map.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The environment `key`.
+    pub fn get(&self, key: &str) -> Result<Arc<Environment>, ServerError> {
+        self.read_map()
+            .get(key)
+            .cloned()
+            .ok_or_else(|| ServerError::NotFound(format!("no environment {key:?}")))
+    }
+
+    /// Every environment, sorted by key.
+    pub fn list(&self) -> Vec<Arc<Environment>> {
+        let mut all: Vec<_> = self.read_map().values().cloned().collect();
+        all.sort_by(|a, b| a.key.cmp(&b.key));
+        all
+    }
+
+    /// Creates an empty environment with a new epoch.
+    pub fn create(&self, key: &str, protected: bool) -> Result<Arc<Environment>, ServerError> {
+        if !flagstaff_engine::is_valid_key(key) {
+            return Err(ServerError::Invalid(format!(
+                "{key:?} is not a valid environment key: use 1 to 128 lower-case letters, \
+                 digits, '.', '_' or '-', starting with a letter or digit"
+            )));
+        }
+        let record = EnvironmentRecord {
+            key: key.to_owned(),
+            epoch: random_id(),
+            revision: 0,
+            protected,
+            created_ms: now_ms(),
+        };
+        self.store
+            .create_environment(&record)
+            .map_err(|e| match e {
+                StoreError::EnvironmentExists(_) => {
+                    ServerError::AlreadyExists(format!("environment {key:?} already exists"))
+                }
+                other => other.into(),
+            })?;
+        let env = Arc::new(Environment::new(&record, Snapshot::new()));
+        self.write_map().insert(key.to_owned(), env.clone());
+        Ok(env)
+    }
+
+    /// Deletes an environment that holds no flags and no segments.
+    pub fn delete(&self, key: &str) -> Result<(), ServerError> {
+        let env = self.get(key)?;
+        let _writing = env.lock_writer();
+        let current = env.current();
+        let (flags, segments) = (current.snapshot.len(), current.snapshot.segments().count());
+        if flags + segments > 0 {
+            return Err(ServerError::Precondition(format!(
+                "environment {key:?} still holds {flags} flags and {segments} segments; delete them first"
+            )));
+        }
+        self.store.delete_environment(key)?;
+        self.write_map().remove(key);
+        Ok(())
+    }
+
+    /// Builds a change with `build` from the environment's current snapshot, checks expected
+    /// versions, validates, commits durably and publishes it, as one revision.
+    ///
+    /// Documents in the change that carry a `version` are checked against the current one
+    /// (absent means "must not exist yet" when it is 0); every document written gets the new
+    /// revision as its version. Documents identical to the current ones are left out; a change
+    /// that leaves nothing is not committed and returns the current revision.
+    pub fn write(
+        &self,
+        ctx: WriteContext<'_>,
+        build: impl FnOnce(&Snapshot) -> Result<ChangeSet, ServerError>,
+    ) -> Result<Committed, ServerError> {
+        let env = self.get(ctx.environment)?;
+        if env.protected && !ctx.confirmed {
+            return Err(ServerError::Precondition(format!(
+                "environment {:?} is protected: confirm the write (the CLI asks, or takes --yes)",
+                env.key
+            )));
+        }
+        let _writing = env.lock_writer();
+        let current = env.current();
+        let before = &current.snapshot;
+        let mut changes = build(before)?;
+        check_versions(before, &changes)?;
+        drop_unchanged(before, &mut changes);
+        if changes.is_empty() {
+            return Ok(Committed {
+                revision: current.revision,
+                flags: Vec::new(),
+                segments: Vec::new(),
+            });
+        }
+        let revision = current.revision + 1;
+        for flag in &mut changes.flags {
+            flag.version = Some(revision);
+        }
+        for segment in &mut changes.segments {
+            segment.version = Some(revision);
+        }
+        let next = before.apply(changes.clone())?;
+        let audit = AuditEntry {
+            revision,
+            time_ms: now_ms(),
+            actor: ctx.actor.to_owned(),
+            comment: ctx.comment.to_owned(),
+            changes: audit_changes(before, &changes),
+        };
+        let change = Change {
+            revision,
+            flags: changes.flags,
+            deleted_flags: changes.deleted_flags,
+            segments: changes.segments,
+            deleted_segments: changes.deleted_segments,
+        };
+        self.store
+            .commit(&env.key, current.revision, &change, &audit)?;
+        env.current.store(Arc::new(Current {
+            revision,
+            snapshot: Arc::new(next),
+        }));
+        Ok(Committed {
+            revision,
+            flags: change.flags,
+            segments: change.segments,
+        })
+    }
+}
+
+impl Environment {
+    fn new(record: &EnvironmentRecord, snapshot: Snapshot) -> Environment {
+        Environment {
+            key: record.key.clone(),
+            epoch: record.epoch.clone(),
+            protected: record.protected,
+            current: ArcSwap::from_pointee(Current {
+                revision: record.revision,
+                snapshot: Arc::new(snapshot),
+            }),
+            writer: Mutex::new(()),
+        }
+    }
+
+    fn lock_writer(&self) -> std::sync::MutexGuard<'_, ()> {
+        // The guarded state is the commit order, which a panicking writer cannot corrupt:
+        // its change was either committed and published or not at all.
+        self.writer.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// An expected version that does not match the current document is a conflict.
+fn check_versions(current: &Snapshot, changes: &ChangeSet) -> Result<(), ServerError> {
+    let check = |what: &str, key: &str, expected: Option<u64>, actual: Option<Option<u64>>| {
+        let Some(expected) = expected else {
+            return Ok(());
+        };
+        match actual {
+            None if expected == 0 => Ok(()),
+            None => Err(ServerError::VersionConflict(format!(
+                "{what} {key:?} does not exist, but version {expected} was expected"
+            ))),
+            Some(actual) if actual == Some(expected) => Ok(()),
+            Some(actual) => Err(ServerError::VersionConflict(format!(
+                "{what} {key:?} is at version {}, not {expected}: it changed since it was read",
+                actual.unwrap_or(0)
+            ))),
+        }
+    };
+    for flag in &changes.flags {
+        check(
+            "flag",
+            &flag.key,
+            flag.version,
+            current.flag(&flag.key).map(|f| f.version),
+        )?;
+    }
+    for segment in &changes.segments {
+        check(
+            "segment",
+            &segment.key,
+            segment.version,
+            current.segment(&segment.key).map(|s| s.version),
+        )?;
+    }
+    Ok(())
+}
+
+/// Removes upserts identical (apart from `version`) to the current documents.
+fn drop_unchanged(current: &Snapshot, changes: &mut ChangeSet) {
+    changes.flags.retain(|f| {
+        current.flag(&f.key).is_none_or(|c| {
+            Flag {
+                version: c.version,
+                ..f.clone()
+            } != *c
+        })
+    });
+    changes.segments.retain(|s| {
+        current.segment(&s.key).is_none_or(|c| {
+            Segment {
+                version: c.version,
+                ..s.clone()
+            } != *c
+        })
+    });
+}
+
+fn audit_changes(before: &Snapshot, changes: &ChangeSet) -> Vec<AuditChange> {
+    // Sorted by key so entries read the same however the change listed them.
+    let mut flags: BTreeMap<&str, AuditChange> = BTreeMap::new();
+    for flag in &changes.flags {
+        flags.insert(
+            &flag.key,
+            AuditChange::flag(&flag.key, before.flag(&flag.key), Some(flag)),
+        );
+    }
+    for key in &changes.deleted_flags {
+        flags.insert(key, AuditChange::flag(key, before.flag(key), None));
+    }
+    let mut segments: BTreeMap<&str, AuditChange> = BTreeMap::new();
+    for segment in &changes.segments {
+        segments.insert(
+            &segment.key,
+            AuditChange::segment(&segment.key, before.segment(&segment.key), Some(segment)),
+        );
+    }
+    for key in &changes.deleted_segments {
+        segments.insert(key, AuditChange::segment(key, before.segment(key), None));
+    }
+    flags.into_values().chain(segments.into_values()).collect()
+}
