@@ -28,6 +28,12 @@ pub enum ServerError {
     /// something still used, an unconfirmed write to a protected environment.
     #[error("{0}")]
     Precondition(String),
+    /// No valid token was presented (`UNAUTHENTICATED`).
+    #[error("{0}")]
+    Unauthenticated(String),
+    /// The token may not do this (`PERMISSION_DENIED`).
+    #[error("{0}")]
+    PermissionDenied(String),
     /// The storage failed (`INTERNAL`).
     #[error(transparent)]
     Store(#[from] StoreError),

@@ -2,6 +2,7 @@
 //! log, stored durably and streamed to SDKs.
 #![deny(missing_docs)]
 
+pub mod auth;
 mod environments;
 mod error;
 pub mod storage;

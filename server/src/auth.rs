@@ -1,0 +1,203 @@
+//! Tokens and what they may do (DESIGN.md section 4).
+//!
+//! A token is a random 256-bit secret, shown once when created; the store keeps its SHA-256.
+//! Roles: `admin` may do everything, including managing tokens and environments; `editor`
+//! reads and writes in its one environment; `sdk` may only `Watch` and `ReportMetrics` in its
+//! one environment. A fresh data directory gets an admin token in the 0600 file
+//! `<data-dir>/admin.token`.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+
+use sha2::{Digest, Sha256};
+
+use crate::error::ServerError;
+use crate::storage::{now_ms, random_id, Role, Store, TokenRecord};
+
+/// The file a fresh data directory's admin token is written to.
+pub const ADMIN_TOKEN_FILE: &str = "admin.token";
+
+/// What a request needs its token to allow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access<'a> {
+    /// Managing tokens and environments.
+    Admin,
+    /// Reading an environment's documents, history and clients.
+    Read(&'a str),
+    /// Changing an environment's documents.
+    Write(&'a str),
+    /// The SDK stream and metrics of an environment.
+    Sync(&'a str),
+}
+
+impl TokenRecord {
+    /// Whether this token allows `access`.
+    pub fn allows(&self, access: Access<'_>) -> bool {
+        if self.revoked {
+            return false;
+        }
+        let own = |env: &str| self.environment.as_deref() == Some(env);
+        match (self.role, access) {
+            (Role::Admin, _) => true,
+            (Role::Editor, Access::Read(env) | Access::Write(env)) => own(env),
+            (Role::Sdk, Access::Sync(env)) => own(env),
+            _ => false,
+        }
+    }
+}
+
+fn hash(secret: &str) -> String {
+    Sha256::digest(secret.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+fn new_secret() -> String {
+    format!("fs_{}{}", random_id(), random_id())
+}
+
+/// The tokens, by hash of their secret.
+#[derive(Debug)]
+pub struct Tokens<S> {
+    store: Arc<S>,
+    /// Read on every request, written when a token is created or revoked.
+    by_hash: RwLock<HashMap<String, TokenRecord>>,
+}
+
+impl<S: Store> Tokens<S> {
+    /// Loads the tokens of `store`.
+    pub fn load(store: Arc<S>) -> Result<Tokens<S>, ServerError> {
+        let by_hash = store
+            .tokens()?
+            .into_iter()
+            .map(|t| (t.hash.clone(), t))
+            .collect();
+        Ok(Tokens {
+            store,
+            by_hash: RwLock::new(by_hash),
+        })
+    }
+
+    /// Whether no token was ever created: the data directory is fresh.
+    pub fn is_empty(&self) -> bool {
+        self.by_hash
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_empty()
+    }
+
+    /// Creates a token; returns it and its secret, which is not stored.
+    pub fn create(
+        &self,
+        name: &str,
+        role: Role,
+        environment: Option<&str>,
+    ) -> Result<(TokenRecord, String), ServerError> {
+        if name.trim().is_empty() {
+            return Err(ServerError::Invalid("a token needs a name".to_owned()));
+        }
+        match (role, environment) {
+            (Role::Admin, Some(_)) => {
+                return Err(ServerError::Invalid(
+                    "an admin token covers every environment; leave out the environment".to_owned(),
+                ))
+            }
+            (Role::Editor | Role::Sdk, None) => {
+                return Err(ServerError::Invalid(format!(
+                    "an {} token needs the environment it may use",
+                    if role == Role::Sdk { "sdk" } else { "editor" }
+                )))
+            }
+            _ => {}
+        }
+        let secret = new_secret();
+        let record = TokenRecord {
+            id: random_id(),
+            name: name.to_owned(),
+            role,
+            environment: environment.map(str::to_owned),
+            hash: hash(&secret),
+            created_ms: now_ms(),
+            revoked: false,
+        };
+        self.store.put_token(&record)?;
+        self.by_hash
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(record.hash.clone(), record.clone());
+        Ok((record, secret))
+    }
+
+    /// Every token, oldest first.
+    pub fn list(&self) -> Vec<TokenRecord> {
+        let mut all: Vec<_> = self
+            .by_hash
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        all.sort_by(|a, b| (a.created_ms, &a.id).cmp(&(b.created_ms, &b.id)));
+        all
+    }
+
+    /// Revokes the token `id`; it stops working at once.
+    pub fn revoke(&self, id: &str) -> Result<TokenRecord, ServerError> {
+        let mut map = self.by_hash.write().unwrap_or_else(|p| p.into_inner());
+        let Some(token) = map.values_mut().find(|t| t.id == id) else {
+            return Err(ServerError::NotFound(format!("no token {id:?}")));
+        };
+        let mut revoked = token.clone();
+        revoked.revoked = true;
+        self.store.put_token(&revoked)?;
+        *token = revoked.clone();
+        Ok(revoked)
+    }
+
+    /// The token whose secret is `secret`, if it exists and is not revoked.
+    pub fn authenticate(&self, secret: &str) -> Result<TokenRecord, ServerError> {
+        let map = self.by_hash.read().unwrap_or_else(|p| p.into_inner());
+        match map.get(&hash(secret)) {
+            Some(token) if !token.revoked => Ok(token.clone()),
+            Some(_) => Err(ServerError::Unauthenticated(
+                "the token has been revoked".to_owned(),
+            )),
+            None => Err(ServerError::Unauthenticated("unknown token".to_owned())),
+        }
+    }
+
+    /// Mints an admin token and writes its secret to `<data_dir>/admin.token`, readable by
+    /// the owner only. Returns the file's path.
+    pub fn mint_admin_token_file(
+        &self,
+        data_dir: &Path,
+        name: &str,
+    ) -> Result<PathBuf, ServerError> {
+        let (_, secret) = self.create(name, Role::Admin, None)?;
+        let path = data_dir.join(ADMIN_TOKEN_FILE);
+        write_private(&path, &format!("{secret}\n")).map_err(|e| {
+            ServerError::Invalid(format!(
+                "cannot write the admin token to {}: {e}",
+                path.display()
+            ))
+        })?;
+        Ok(path)
+    }
+}
+
+/// Writes `text` to a new file readable and writable by its owner only, replacing any old one.
+fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    let _ = std::fs::remove_file(&tmp);
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut file = options.open(&tmp)?;
+    file.write_all(text.as_bytes())?;
+    file.sync_all()?;
+    std::fs::rename(&tmp, path)
+}

@@ -1,0 +1,144 @@
+//! Tokens: hashed at rest, scoped by role and environment, revocable, and the admin token file.
+
+use std::sync::Arc;
+
+use flagstaff_server::auth::{Access, Tokens, ADMIN_TOKEN_FILE};
+use flagstaff_server::storage::{Role, SledStore, Store};
+use flagstaff_server::ServerError;
+
+fn tokens(dir: &std::path::Path) -> Tokens<SledStore> {
+    Tokens::load(Arc::new(SledStore::open(dir, 100).expect("store"))).expect("tokens")
+}
+
+/// The role × access table, written out: `Y` allowed, `-` refused. Editor and SDK tokens
+/// belong to `prod`.
+#[rustfmt::skip]
+const MATRIX: &[(&str, [&str; 7])] = &[
+    //          Admin Read(prod) Write(prod) Sync(prod) Read(dev) Write(dev) Sync(dev)
+    ("admin",  ["Y",  "Y",       "Y",        "Y",       "Y",      "Y",       "Y"]),
+    ("editor", ["-",  "Y",       "Y",        "-",       "-",      "-",       "-"]),
+    ("sdk",    ["-",  "-",       "-",        "Y",       "-",      "-",       "-"]),
+];
+
+#[test]
+fn each_role_allows_exactly_its_table_row() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let tokens = tokens(dir.path());
+    let accesses = [
+        Access::Admin,
+        Access::Read("prod"),
+        Access::Write("prod"),
+        Access::Sync("prod"),
+        Access::Read("dev"),
+        Access::Write("dev"),
+        Access::Sync("dev"),
+    ];
+    for (role_name, row) in MATRIX {
+        let (role, env) = match *role_name {
+            "admin" => (Role::Admin, None),
+            "editor" => (Role::Editor, Some("prod")),
+            _ => (Role::Sdk, Some("prod")),
+        };
+        let (_, secret) = tokens.create(role_name, role, env).expect("create");
+        let token = tokens.authenticate(&secret).expect("authenticates");
+        for (access, expected) in accesses.iter().zip(row) {
+            assert_eq!(
+                token.allows(*access),
+                *expected == "Y",
+                "{role_name} × {access:?}"
+            );
+        }
+    }
+}
+
+#[test]
+fn secrets_are_stored_hashed_and_revocation_sticks() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (id, secret) = {
+        let tokens = tokens(dir.path());
+        let (record, secret) = tokens
+            .create("ci", Role::Editor, Some("staging"))
+            .expect("create");
+        assert!(secret.starts_with("fs_") && secret.len() == 67, "{secret}");
+        assert_ne!(record.hash, secret);
+        assert_eq!(record.hash.len(), 64);
+        (record.id, secret)
+    };
+    let store = SledStore::open(dir.path(), 100).expect("store");
+    assert!(store
+        .tokens()
+        .expect("tokens")
+        .iter()
+        .all(|t| !t.hash.contains(&secret)));
+    drop(store);
+
+    let tokens = tokens(dir.path());
+    assert_eq!(
+        tokens.authenticate(&secret).expect("still valid").name,
+        "ci"
+    );
+    tokens.revoke(&id).expect("revoke");
+    let err = tokens.authenticate(&secret).expect_err("revoked");
+    assert_eq!(err.to_string(), "the token has been revoked");
+    drop(tokens);
+    let tokens = self::tokens(dir.path());
+    assert!(matches!(
+        tokens.authenticate(&secret),
+        Err(ServerError::Unauthenticated(_))
+    ));
+    assert_eq!(
+        tokens
+            .authenticate("fs_guess")
+            .expect_err("unknown")
+            .to_string(),
+        "unknown token"
+    );
+    assert!(matches!(
+        tokens.revoke("no-such-id"),
+        Err(ServerError::NotFound(_))
+    ));
+}
+
+#[test]
+fn tokens_need_a_name_and_the_right_scope() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let tokens = tokens(dir.path());
+    let message = |r: Result<_, ServerError>| r.map(|_| ()).expect_err("refused").to_string();
+    assert_eq!(
+        message(tokens.create(" ", Role::Admin, None)),
+        "a token needs a name"
+    );
+    assert_eq!(
+        message(tokens.create("a", Role::Admin, Some("prod"))),
+        "an admin token covers every environment; leave out the environment"
+    );
+    assert_eq!(
+        message(tokens.create("s", Role::Sdk, None)),
+        "an sdk token needs the environment it may use"
+    );
+    assert_eq!(
+        message(tokens.create("e", Role::Editor, None)),
+        "an editor token needs the environment it may use"
+    );
+}
+
+#[test]
+fn the_admin_token_file_is_private_and_works() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let tokens = tokens(dir.path());
+    assert!(tokens.is_empty());
+    let path = tokens
+        .mint_admin_token_file(dir.path(), "admin")
+        .expect("mint");
+    assert_eq!(path, dir.path().join(ADMIN_TOKEN_FILE));
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&path).expect("file").permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+    }
+    let secret = std::fs::read_to_string(&path).expect("read");
+    let token = tokens.authenticate(secret.trim()).expect("authenticates");
+    assert!(token.allows(Access::Admin));
+    assert!(!tokens.is_empty());
+}
