@@ -5,7 +5,9 @@
 pub mod auth;
 mod environments;
 mod error;
+mod operations;
 pub mod storage;
 
 pub use environments::{Committed, Current, Environment, Environments, WriteContext};
 pub use error::ServerError;
+pub use operations::SegmentKeyPatch;

@@ -1,0 +1,234 @@
+//! The Admin API's operations on environments: each refuses what it must, naming why, and
+//! changes nothing when it refuses.
+
+use std::sync::Arc;
+
+use flagstaff_engine::{flag_from_value, segment_from_value, Context, Flag, Segment, Serve};
+use flagstaff_server::storage::SledStore;
+use flagstaff_server::{Environments, SegmentKeyPatch, ServerError, WriteContext};
+use serde_json::json;
+
+fn flag(key: &str) -> Flag {
+    flag_from_value(&json!({
+        "key": key, "kind": "boolean", "variants": {"on": true, "off": false},
+        "off_variant": "off", "enabled": true, "default": {"variant": "off"},
+    }))
+    .expect("flag")
+}
+
+fn requiring(key: &str, prerequisite: &str) -> Flag {
+    let mut f = flag(key);
+    f.prerequisites = vec![flagstaff_engine::Prerequisite {
+        flag: prerequisite.into(),
+        variants: vec!["on".into()],
+    }];
+    f
+}
+
+fn staff_flag(key: &str) -> Flag {
+    flag_from_value(&json!({
+        "key": key, "kind": "boolean", "variants": {"on": true, "off": false},
+        "off_variant": "off", "enabled": true, "default": {"variant": "off"},
+        "rules": [{"id": "staff", "conditions": [{"op": "in_segment", "values": ["staff"]}], "serve": {"variant": "on"}}],
+    }))
+    .expect("flag")
+}
+
+fn segment(key: &str, included: &[&str]) -> Segment {
+    segment_from_value(&json!({"key": key, "included": included})).expect("segment")
+}
+
+fn ctx(environment: &str) -> WriteContext<'_> {
+    WriteContext {
+        environment,
+        actor: "alice",
+        comment: "",
+        confirmed: false,
+    }
+}
+
+fn setup() -> (tempfile::TempDir, Environments<SledStore>) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let envs = Environments::load(Arc::new(SledStore::open(dir.path(), 100).expect("store")))
+        .expect("load");
+    envs.create("staging", false).expect("create");
+    envs.create("production", false).expect("create");
+    (dir, envs)
+}
+
+fn revision(envs: &Environments<SledStore>, env: &str) -> u64 {
+    envs.get(env).expect("env").current().revision
+}
+
+fn serves(envs: &Environments<SledStore>, env: &str, key: &str, user: &str) -> bool {
+    envs.get(env)
+        .expect("env")
+        .current()
+        .snapshot
+        .bool_value(key, &Context::new(user), false)
+}
+
+#[test]
+fn flags_are_created_once_and_updated_only_when_they_exist() {
+    let (_dir, envs) = setup();
+    envs.create_flag(ctx("staging"), flag("a")).expect("create");
+    let err = envs
+        .create_flag(ctx("staging"), flag("a"))
+        .expect_err("exists");
+    assert!(matches!(err, ServerError::AlreadyExists(_)));
+    assert_eq!(
+        err.to_string(),
+        "flag \"a\" already exists in environment \"staging\""
+    );
+    let err = envs
+        .update_flag(ctx("staging"), flag("b"))
+        .expect_err("missing");
+    assert!(matches!(err, ServerError::NotFound(_)));
+    assert_eq!(err.to_string(), "no flag \"b\" in environment \"staging\"");
+    assert_eq!(revision(&envs, "staging"), 1);
+}
+
+#[test]
+fn deleting_what_is_still_used_names_the_users() {
+    let (_dir, envs) = setup();
+    envs.create_segment(ctx("staging"), segment("staff", &["user-1"]))
+        .expect("segment");
+    envs.create_flag(ctx("staging"), flag("payments"))
+        .expect("flag");
+    envs.create_flag(ctx("staging"), requiring("checkout", "payments"))
+        .expect("flag");
+    envs.create_flag(ctx("staging"), requiring("cart", "payments"))
+        .expect("flag");
+    envs.create_flag(ctx("staging"), staff_flag("beta"))
+        .expect("flag");
+    let before = revision(&envs, "staging");
+
+    let err = envs
+        .delete_flag(ctx("staging"), "payments")
+        .expect_err("required");
+    assert!(matches!(err, ServerError::Precondition(_)));
+    assert_eq!(
+        err.to_string(),
+        "flag \"payments\" is a prerequisite of \"cart\", \"checkout\"; remove it from them first"
+    );
+    let err = envs
+        .delete_segment(ctx("staging"), "staff")
+        .expect_err("used");
+    assert!(matches!(err, ServerError::Precondition(_)));
+    assert_eq!(
+        err.to_string(),
+        "segment \"staff\" is used by the rules of \"beta\"; remove it from them first"
+    );
+    assert_eq!(revision(&envs, "staging"), before, "nothing changed");
+
+    envs.delete_flag(ctx("staging"), "checkout")
+        .expect("unused flag");
+    envs.delete_flag(ctx("staging"), "cart")
+        .expect("unused flag");
+    envs.delete_flag(ctx("staging"), "payments")
+        .expect("now unused");
+}
+
+#[test]
+fn the_kill_switch_and_the_default_serve() {
+    let (_dir, envs) = setup();
+    envs.create_flag(ctx("staging"), flag("a")).expect("flag");
+    envs.set_default_serve(ctx("staging"), "a", Serve::Variant("on".into()))
+        .expect("serve on");
+    assert!(serves(&envs, "staging", "a", "u"));
+    envs.set_flag_enabled(ctx("staging"), "a", false)
+        .expect("off");
+    assert!(!serves(&envs, "staging", "a", "u"));
+    let err = envs
+        .set_default_serve(ctx("staging"), "a", Serve::Variant("nope".into()))
+        .expect_err("bad");
+    assert!(matches!(err, ServerError::Validation(_)));
+    assert!(matches!(
+        envs.set_flag_enabled(ctx("staging"), "zzz", true),
+        Err(ServerError::NotFound(_))
+    ));
+}
+
+#[test]
+fn a_flag_reverts_to_an_earlier_version() {
+    let (_dir, envs) = setup();
+    envs.create_flag(ctx("staging"), flag("a")).expect("v1");
+    envs.set_default_serve(ctx("staging"), "a", Serve::Variant("on".into()))
+        .expect("v2");
+    envs.set_flag_enabled(ctx("staging"), "a", false)
+        .expect("v3");
+    let reverted = envs.revert_flag(ctx("staging"), "a", 1).expect("revert");
+    assert_eq!(reverted.revision, 4);
+    let current = envs.get("staging").expect("env").current();
+    let a = current.snapshot.flag("a").expect("a");
+    assert!(a.enabled);
+    assert_eq!(a.default, Serve::Variant("off".into()));
+    assert_eq!(a.version, Some(4));
+    let err = envs
+        .revert_flag(ctx("staging"), "a", 9)
+        .expect_err("no such version");
+    assert_eq!(
+        err.to_string(),
+        "flag \"a\" has no version 9 in the history of environment \"staging\""
+    );
+}
+
+#[test]
+fn promotion_needs_what_the_flag_uses() {
+    let (_dir, envs) = setup();
+    envs.create_segment(ctx("staging"), segment("staff", &["user-1"]))
+        .expect("segment");
+    envs.create_flag(ctx("staging"), flag("payments"))
+        .expect("flag");
+    let mut checkout = staff_flag("checkout");
+    checkout.prerequisites = requiring("x", "payments").prerequisites;
+    envs.create_flag(ctx("staging"), checkout).expect("flag");
+
+    let err = envs
+        .promote_flag(ctx("production"), "checkout", "staging")
+        .expect_err("missing");
+    assert!(matches!(err, ServerError::Precondition(_)));
+    assert_eq!(
+        err.to_string(),
+        "environment \"production\" lacks what flag \"checkout\" needs: prerequisite flag \"payments\", \
+         segment \"staff\"; promote those first"
+    );
+    envs.create_segment(ctx("production"), segment("staff", &["user-1"]))
+        .expect("segment");
+    envs.promote_flag(ctx("production"), "payments", "staging")
+        .expect("prerequisite");
+    envs.promote_flag(ctx("production"), "checkout", "staging")
+        .expect("promote");
+    let promoted = envs.get("production").expect("env").current();
+    assert_eq!(
+        promoted.snapshot.flag("checkout").map(|f| f.rules.len()),
+        Some(1)
+    );
+}
+
+#[test]
+fn segment_keys_are_patched() {
+    let (_dir, envs) = setup();
+    envs.create_segment(ctx("staging"), segment("staff", &["a", "b"]))
+        .expect("segment");
+    let patch = SegmentKeyPatch {
+        add_included: vec!["c".into(), "a".into(), "c".into()],
+        remove_included: vec!["b".into()],
+        add_excluded: vec!["z".into()],
+        ..SegmentKeyPatch::default()
+    };
+    envs.patch_segment_keys(ctx("staging"), "staff", &patch)
+        .expect("patch");
+    let current = envs.get("staging").expect("env").current();
+    let staff = current.snapshot.segment("staff").expect("segment");
+    assert_eq!(staff.included, ["a", "c"]);
+    assert_eq!(staff.excluded, ["z"]);
+    let stale = SegmentKeyPatch {
+        expected_version: Some(1),
+        ..patch
+    };
+    let err = envs
+        .patch_segment_keys(ctx("staging"), "staff", &stale)
+        .expect_err("stale");
+    assert!(matches!(err, ServerError::VersionConflict(_)));
+}
