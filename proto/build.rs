@@ -7,8 +7,13 @@ use std::io;
 const INCLUDE: &str = ".";
 
 /// The `.proto` files of package `flagstaff.v1`. All of them generate into one Rust file,
-/// `flagstaff.v1.rs`; the services' files join this list.
-const PROTOS: &[&str] = &["flagstaff/v1/model.proto"];
+/// `flagstaff.v1.rs`: the messages, and for each service a server module (`admin_server`,
+/// `sync_server`) and a client module (`admin_client`, `sync_client`).
+const PROTOS: &[&str] = &[
+    "flagstaff/v1/model.proto",
+    "flagstaff/v1/sync.proto",
+    "flagstaff/v1/admin.proto",
+];
 
 fn main() -> io::Result<()> {
     let protoc = protoc_bin_vendored::protoc_bin_path().map_err(io::Error::other)?;

@@ -10,12 +10,16 @@
 //! doubles, and a whole double within ±2^53 comes back as an integer, so `18` stays `18` (and
 //! `18.0` becomes `18`, the same number). Variant values a double cannot carry (null, arrays,
 //! objects, integers beyond ±2^53) travel as JSON text.
+//!
+//! Evaluation: a context converts both ways and never fails (the wire context borrows into the
+//! engine's); a reason converts to its wire form, for the server's `Evaluate`.
 
+use std::borrow::Cow;
 use std::fmt;
 
 use flagstaff_engine::{
-    Condition, Document, Flag, Kind, Op, Prerequisite, Rule, Segment, SegmentRule, Serve, Split,
-    Variants, Weight,
+    AttrInput, AttrRef, AttrValue, Condition, Context, Document, ErrorKind, Flag, Kind, Op,
+    Prerequisite, Reason, Rule, Segment, SegmentRule, Serve, Split, Variants, Weight,
 };
 use serde_json::{Number, Value};
 
@@ -607,5 +611,117 @@ fn serve_from_pb(serve: pb::Serve, path: &Path<'_>) -> Result<Serve, ConvertErro
             path: path.to_string(),
             alternatives: "variant or split",
         }),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Evaluation: contexts both ways, reasons to the wire.
+
+impl<'a> From<&'a pb::Context> for Context<'a> {
+    /// Borrows the message's strings, as a context built by a calling service does. Cannot
+    /// fail: an attribute without a value is missing (like JSON `null`), list elements without
+    /// one are left out, and an attribute named `key` is ignored.
+    fn from(context: &'a pb::Context) -> Self {
+        let mut ctx = Context::new(context.key.as_str());
+        for attribute in &context.attributes {
+            if let Some(value) = attribute.value.as_ref().and_then(attr_input_from_pb) {
+                ctx.set(attribute.name.as_str(), value);
+            }
+        }
+        ctx
+    }
+}
+
+impl From<&Context<'_>> for pb::Context {
+    fn from(context: &Context<'_>) -> Self {
+        pb::Context {
+            key: context.key().to_owned(),
+            attributes: context
+                .attributes()
+                .map(|(name, value)| pb::Attribute {
+                    name: name.to_owned(),
+                    value: Some(attr_to_pb(value)),
+                })
+                .collect(),
+        }
+    }
+}
+
+fn attr_input_from_pb(value: &pb::AttributeValue) -> Option<AttrInput<'_>> {
+    use pb::attribute_value::Value as V;
+    Some(match value.value.as_ref()? {
+        V::StringValue(s) => AttrInput::Str(Cow::Borrowed(s)),
+        V::NumberValue(n) => AttrInput::Number(*n),
+        V::BoolValue(b) => AttrInput::Bool(*b),
+        V::ListValue(list) => AttrInput::List(Cow::Owned(attr_list_from_pb(list))),
+    })
+}
+
+fn attr_list_from_pb(list: &pb::AttributeList) -> Vec<AttrValue> {
+    use pb::attribute_value::Value as V;
+    list.values
+        .iter()
+        .filter_map(|value| {
+            Some(match value.value.as_ref()? {
+                V::StringValue(s) => AttrValue::String(s.clone()),
+                V::NumberValue(n) => AttrValue::Number(*n),
+                V::BoolValue(b) => AttrValue::Bool(*b),
+                V::ListValue(list) => AttrValue::List(attr_list_from_pb(list)),
+            })
+        })
+        .collect()
+}
+
+fn attr_to_pb(value: AttrRef<'_>) -> pb::AttributeValue {
+    use pb::attribute_value::Value as V;
+    let value = match value {
+        AttrRef::Str(s) => V::StringValue(s.to_owned()),
+        AttrRef::Number(n) => V::NumberValue(n),
+        AttrRef::Bool(b) => V::BoolValue(b),
+        AttrRef::List(items) => V::ListValue(pb::AttributeList {
+            values: items.iter().map(|item| attr_to_pb(item.as_ref())).collect(),
+        }),
+    };
+    pb::AttributeValue { value: Some(value) }
+}
+
+impl From<Reason<'_>> for pb::Reason {
+    fn from(reason: Reason<'_>) -> Self {
+        let kind = match reason {
+            Reason::Off => pb::ReasonKind::Off,
+            Reason::RuleMatch { .. } => pb::ReasonKind::RuleMatch,
+            Reason::Default => pb::ReasonKind::Default,
+            Reason::PrerequisiteFailed { .. } => pb::ReasonKind::PrerequisiteFailed,
+            Reason::Error(_) => pb::ReasonKind::Error,
+        };
+        let mut wire = pb::Reason {
+            kind: kind as i32,
+            ..pb::Reason::default()
+        };
+        match reason {
+            Reason::RuleMatch { index, id } => {
+                // Validation bounds the rules of a flag far below u32::MAX.
+                wire.rule_index = u32::try_from(index).unwrap_or(u32::MAX);
+                wire.rule_id = id.to_owned();
+            }
+            Reason::PrerequisiteFailed { prerequisite } => {
+                wire.prerequisite = prerequisite.to_owned();
+            }
+            Reason::Error(error) => wire.error_kind = error_kind_to_pb(error) as i32,
+            Reason::Off | Reason::Default => {}
+        }
+        wire
+    }
+}
+
+fn error_kind_to_pb(error: ErrorKind) -> pb::ErrorKind {
+    match error {
+        ErrorKind::FlagNotFound => pb::ErrorKind::FlagNotFound,
+        ErrorKind::TypeMismatch => pb::ErrorKind::TypeMismatch,
+        ErrorKind::MissingBucketingAttribute => pb::ErrorKind::MissingBucketingAttribute,
+        ErrorKind::ClientNotReady => pb::ErrorKind::ClientNotReady,
+        // An error kind added to the engine after this contract version: the kind stays
+        // REASON_KIND_ERROR, unnamed, until the contract names it.
+        _ => pb::ErrorKind::Unspecified,
     }
 }

@@ -1,11 +1,15 @@
 //! Flagstaff's gRPC contract: package `flagstaff.v1`.
 //!
-//! The `.proto` files under `flagstaff/v1/` are the public contract; this crate compiles them
-//! with prost and exposes the generated messages only as [`pb`], so that the rest of Flagstaff
-//! (and its users) depend on the engine's domain types, not on generated code. The
-//! conversions between the two live in one place: `From<&Flag> for pb::Flag` and
-//! `TryFrom<pb::Flag> for Flag`, and the same for [`Segment`](flagstaff_engine::Segment) and
-//! [`Document`](flagstaff_engine::Document).
+//! The `.proto` files under `flagstaff/v1/` are the public contract: `model.proto` (flags,
+//! segments, the export document), `sync.proto` (service `flagstaff.v1.Sync`, the SDKs'
+//! stream) and `admin.proto` (service `flagstaff.v1.Admin`, the control plane's API). This
+//! crate compiles them with prost and tonic and exposes the generated messages, servers and
+//! clients only as [`pb`], so that the rest of Flagstaff (and its users) depend on the
+//! engine's domain types, not on generated code. The conversions between the two live in one
+//! place: `From<&Flag> for pb::Flag` and `TryFrom<pb::Flag> for Flag`, and the same for
+//! [`Segment`](flagstaff_engine::Segment) and [`Document`](flagstaff_engine::Document); an
+//! evaluation [`Context`](flagstaff_engine::Context) converts both ways, and an evaluation
+//! [`Reason`](flagstaff_engine::Reason) to its wire form.
 //!
 //! Conversion maps shapes only. It does not validate: a wire document becomes a domain
 //! document that the receiver validates like any JSON or YAML document (for example by
@@ -38,22 +42,60 @@ mod convert;
 
 pub use convert::ConvertError;
 
-/// The code prost generates from the `.proto` files: private, reached only through [`pb`].
+/// The code prost and tonic generate from the `.proto` files: private, reached only through
+/// [`pb`].
 #[allow(missing_docs, clippy::all)]
 mod generated {
     include!(concat!(env!("OUT_DIR"), "/flagstaff.v1.rs"));
 }
 
-/// The generated messages of package `flagstaff.v1`, for the code that speaks gRPC: the server,
+/// The generated code of package `flagstaff.v1`, for the code that speaks gRPC: the server,
 /// the SDK's sync and the CLI. Everything else should use the engine's domain types and the
 /// conversions of this crate.
 ///
 /// Field documentation is that of the `.proto` files. Enum fields are `i32` (prost's
 /// representation, which keeps values this version does not know); the enums' `TryFrom<i32>`
-/// reads them.
+/// reads them. Each service has a server module (a trait to implement and a tower service
+/// wrapping it, e.g. [`pb::sync_server::Sync`] and [`pb::sync_server::SyncServer`]) and a
+/// client module (e.g. [`pb::sync_client::SyncClient`]).
 pub mod pb {
+    // model.proto: the domain documents.
     pub use crate::generated::{
         condition_value, serve, variant_value, Condition, ConditionValue, Document, Flag, Kind, Op,
         Prerequisite, Rule, Segment, SegmentRule, Serve, Split, Variant, VariantValue, Weight,
+    };
+
+    // sync.proto: service Sync.
+    pub use crate::generated::{
+        sync_client, sync_server, watch_request, watch_response, Ack, Delta, EvaluationCount,
+        EventAttribution, EventCount, GuardedFlag, Heartbeat, MetricsWindow, ReportMetricsRequest,
+        ReportMetricsResponse, SegmentKeyPatch, SnapshotBegin, SnapshotChunk, SnapshotEnd,
+        Subscribe, WatchRequest, WatchResponse,
+    };
+
+    // admin.proto: service Admin.
+    pub use crate::generated::{
+        admin_client, admin_server, apply_request, attribute_value, change, ApplyRequest,
+        ApplyResponse, Attribute, AttributeList, AttributeValue, AuditEntry, Change, ChangeInfo,
+        ClientInstance, Context, CreateEnvironmentRequest, CreateEnvironmentResponse,
+        CreateFlagRequest, CreateFlagResponse, CreateSegmentRequest, CreateSegmentResponse,
+        CreateTokenRequest, CreateTokenResponse, DeleteEnvironmentRequest,
+        DeleteEnvironmentResponse, DeleteFlagRequest, DeleteFlagResponse, DeleteSegmentRequest,
+        DeleteSegmentResponse, DocumentSet, Environment, ErrorKind, EvaluateRequest,
+        EvaluateResponse, Evaluation, ExportRequest, ExportResponse, FlagChange, FlagEntry,
+        GetFlagRequest, GetFlagResponse, GetRolloutRequest, GetRolloutResponse, GetSegmentRequest,
+        GetSegmentResponse, ListClientsRequest, ListClientsResponse, ListEnvironmentsRequest,
+        ListEnvironmentsResponse, ListFlagsRequest, ListFlagsResponse, ListHistoryRequest,
+        ListHistoryResponse, ListRolloutsRequest, ListRolloutsResponse, ListSegmentsRequest,
+        ListSegmentsResponse, ListTokensRequest, ListTokensResponse, PatchSegmentKeysRequest,
+        PatchSegmentKeysResponse, PauseRolloutRequest, PauseRolloutResponse, PromoteFlagRequest,
+        PromoteFlagResponse, PromoteRolloutRequest, PromoteRolloutResponse, Reason, ReasonKind,
+        RevertFlagRequest, RevertFlagResponse, RevokeTokenRequest, RevokeTokenResponse, Role,
+        RollbackRolloutRequest, RollbackRolloutResponse, RolloutEvent, RolloutEventKind,
+        RolloutGuard, RolloutPlan, RolloutStage, RolloutState, SegmentChange, SegmentEntry,
+        SegmentSummary, SetDefaultServeRequest, SetDefaultServeResponse, SetFlagEnabledRequest,
+        SetFlagEnabledResponse, StartRolloutRequest, StartRolloutResponse, Token,
+        UpdateFlagRequest, UpdateFlagResponse, UpdateSegmentRequest, UpdateSegmentResponse,
+        WaitForRevisionRequest, WaitForRevisionResponse, WatchChangesRequest, WatchChangesResponse,
     };
 }

@@ -1,10 +1,13 @@
 //! Every flag and segment of the conformance vectors survives domain → wire → bytes → wire →
 //! domain unchanged and in order, and every way a wire message can fail to convert names the
-//! field.
+//! field. Evaluation contexts survive the same trip, and reasons reach the wire whole.
 
 use std::path::{Path, PathBuf};
 
-use flagstaff_engine::{document_from_value, flag_from_value, Document, Flag, Segment, Serve};
+use flagstaff_engine::{
+    document_from_value, flag_from_value, AttrRef, AttrValue, Context, Document, ErrorKind, Flag,
+    Reason, Segment, Serve,
+};
 use flagstaff_proto::{pb, ConvertError};
 use prost::Message;
 use serde_json::{json, Number, Value};
@@ -626,4 +629,119 @@ fn document_errors_name_the_flag_by_key_or_index() {
         Document::try_from(document).expect_err("fails").to_string(),
         "flags[other].rules[0].serve: must have one of variant or split, got none"
     );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Evaluation contexts and reasons.
+
+#[test]
+fn contexts_survive_the_wire_in_order() {
+    let context = Context::new("user-1")
+        .with("country", "NL")
+        .with("age", 41.5)
+        .with("beta", true)
+        .with(
+            "groups",
+            vec![
+                AttrValue::String("staff".to_owned()),
+                AttrValue::Number(7.0),
+                AttrValue::List(vec![AttrValue::Bool(false)]),
+            ],
+        );
+    let wire = over_the_wire(&pb::Context::from(&context));
+    let names: Vec<_> = wire.attributes.iter().map(|a| a.name.as_str()).collect();
+    assert_eq!(names, ["country", "age", "beta", "groups"]);
+    assert_eq!(Context::from(&wire).into_owned(), context);
+}
+
+#[test]
+fn wire_contexts_read_like_json_contexts() {
+    use pb::attribute_value::Value as V;
+    let value = |v: V| Some(pb::AttributeValue { value: Some(v) });
+    let attribute = |name: &str, value: Option<pb::AttributeValue>| pb::Attribute {
+        name: name.to_owned(),
+        value,
+    };
+    let wire = pb::Context {
+        key: "user-1".to_owned(),
+        attributes: vec![
+            attribute("country", value(V::StringValue("NL".to_owned()))),
+            // A value with nothing set is missing, like JSON null, and replaces nothing.
+            attribute("country", Some(pb::AttributeValue { value: None })),
+            attribute("plan", None),
+            // The key is the context key.
+            attribute("key", value(V::StringValue("other".to_owned()))),
+            attribute(
+                "tags",
+                value(V::ListValue(pb::AttributeList {
+                    values: vec![
+                        pb::AttributeValue { value: None },
+                        pb::AttributeValue {
+                            value: Some(V::StringValue("a".to_owned())),
+                        },
+                    ],
+                })),
+            ),
+            attribute("age", value(V::NumberValue(30.0))),
+            attribute("age", value(V::NumberValue(31.0))),
+        ],
+    };
+    let context = Context::from(&wire);
+    assert_eq!(context.key(), "user-1");
+    assert_eq!(context.get("key"), Some(AttrRef::Str("user-1")));
+    assert_eq!(context.get("country"), Some(AttrRef::Str("NL")));
+    assert_eq!(context.get("plan"), None);
+    assert_eq!(
+        context.get("tags"),
+        Some(AttrRef::List(&[AttrValue::String("a".to_owned())]))
+    );
+    assert_eq!(context.get("age"), Some(AttrRef::Number(31.0)));
+    assert_eq!(context.attributes().count(), 3);
+}
+
+#[test]
+fn reasons_reach_the_wire_whole() {
+    let reason = |kind: pb::ReasonKind| pb::Reason {
+        kind: kind as i32,
+        ..pb::Reason::default()
+    };
+    assert_eq!(pb::Reason::from(Reason::Off), reason(pb::ReasonKind::Off));
+    assert_eq!(
+        pb::Reason::from(Reason::Default),
+        reason(pb::ReasonKind::Default)
+    );
+    assert_eq!(
+        pb::Reason::from(Reason::RuleMatch { index: 2, id: "eu" }),
+        pb::Reason {
+            rule_index: 2,
+            rule_id: "eu".to_owned(),
+            ..reason(pb::ReasonKind::RuleMatch)
+        }
+    );
+    assert_eq!(
+        pb::Reason::from(Reason::PrerequisiteFailed {
+            prerequisite: "payments"
+        }),
+        pb::Reason {
+            prerequisite: "payments".to_owned(),
+            ..reason(pb::ReasonKind::PrerequisiteFailed)
+        }
+    );
+    for (error, wire) in [
+        (ErrorKind::FlagNotFound, pb::ErrorKind::FlagNotFound),
+        (ErrorKind::TypeMismatch, pb::ErrorKind::TypeMismatch),
+        (
+            ErrorKind::MissingBucketingAttribute,
+            pb::ErrorKind::MissingBucketingAttribute,
+        ),
+        (ErrorKind::ClientNotReady, pb::ErrorKind::ClientNotReady),
+    ] {
+        assert_eq!(
+            pb::Reason::from(Reason::Error(error)),
+            pb::Reason {
+                error_kind: wire as i32,
+                ..reason(pb::ReasonKind::Error)
+            }
+        );
+    }
 }
