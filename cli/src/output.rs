@@ -1,23 +1,9 @@
 //! Rendering results as a table, JSON or YAML.
 
-use flagstaff_engine::{Format, Reason};
-use serde_json::{json, Value};
+use flagstaff_engine::Format;
+use serde_json::Value;
 
 use crate::args::Output;
-
-/// A reason as JSON: `{"kind": "RULE_MATCH", "rule_index": 0, "rule_id": "staff"}`.
-pub fn reason_json(reason: &Reason<'_>) -> Value {
-    match reason {
-        Reason::RuleMatch { index, id } => {
-            json!({"kind": "RULE_MATCH", "rule_index": index, "rule_id": id})
-        }
-        Reason::PrerequisiteFailed { prerequisite } => {
-            json!({"kind": "PREREQUISITE_FAILED", "prerequisite": prerequisite})
-        }
-        Reason::Error(e) => json!({"kind": "ERROR", "error": e.as_str()}),
-        other => json!({"kind": other.kind()}),
-    }
-}
 
 /// Rows as aligned columns under a header.
 pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {

@@ -65,7 +65,7 @@ fn evaluate(snapshot: &Snapshot, key: &str, ctx: &Context<'_>) -> Value {
         "flag": key,
         "value": detail.value,
         "variant": detail.variant,
-        "reason": output::reason_json(&detail.reason),
+        "reason": detail.reason,
         "reason_text": detail.reason.to_string(),
     });
     if let Some(bucket) = detail.bucket {

@@ -76,6 +76,29 @@ impl Reason<'_> {
     }
 }
 
+/// As in the conformance vectors: `{"kind": "RULE_MATCH", "rule_index": 0, "rule_id": "staff"}`,
+/// `{"kind": "PREREQUISITE_FAILED", "prerequisite": "payments"}`,
+/// `{"kind": "ERROR", "error": "FLAG_NOT_FOUND"}`, `{"kind": "OFF"}`.
+impl serde::Serialize for Reason<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut map = serializer.serialize_map(None)?;
+        map.serialize_entry("kind", self.kind())?;
+        match self {
+            Reason::RuleMatch { index, id } => {
+                map.serialize_entry("rule_index", index)?;
+                map.serialize_entry("rule_id", id)?;
+            }
+            Reason::PrerequisiteFailed { prerequisite } => {
+                map.serialize_entry("prerequisite", prerequisite)?;
+            }
+            Reason::Error(e) => map.serialize_entry("error", e.as_str())?,
+            Reason::Off | Reason::Default => {}
+        }
+        map.end()
+    }
+}
+
 impl fmt::Display for Reason<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {

@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use flagstaff_engine::{document_from_value, Context, Detail, Reason, Snapshot};
+use flagstaff_engine::{document_from_value, Context, Detail, Snapshot};
 use serde_json::{json, Value};
 
 /// Cases in the vendored files; a file silently skipped would change it.
@@ -91,24 +91,11 @@ impl Run {
     }
 }
 
-fn reason_json(reason: &Reason<'_>) -> Value {
-    match reason {
-        Reason::RuleMatch { index, id } => {
-            json!({"kind": "RULE_MATCH", "rule_index": index, "rule_id": id})
-        }
-        Reason::PrerequisiteFailed { prerequisite } => {
-            json!({"kind": "PREREQUISITE_FAILED", "prerequisite": prerequisite})
-        }
-        Reason::Error(e) => json!({"kind": "ERROR", "error": e.as_str()}),
-        other => json!({"kind": other.kind()}),
-    }
-}
-
 fn detail_json<T: Into<Value>>(d: Detail<'_, T>) -> Value {
     let mut out = json!({
         "value": d.value.into(),
         "variant": d.variant,
-        "reason": reason_json(&d.reason),
+        "reason": d.reason,
     });
     if let Some(bucket) = d.bucket {
         out["bucket"] = json!(bucket);
