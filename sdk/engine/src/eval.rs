@@ -188,11 +188,9 @@ impl CompiledFlag {
             why,
             bucket: NO_BUCKET,
         };
-        for (i, prerequisite) in self.prerequisites.iter().enumerate() {
-            // Validation bounds chains to 8 links, so this recursion is at most 8 deep.
-            let served = prerequisite.flag.resolve(ctx).variant as usize;
-            if !prerequisite.allowed.get(served).copied().unwrap_or(false) {
-                return off(Why::Prerequisite(i as u32));
+        if !self.prerequisites.is_empty() {
+            if let Some(failed) = self.failed_prerequisite(ctx) {
+                return off(Why::Prerequisite(failed));
             }
         }
         for (index, rule) in self.rules.iter().enumerate() {
@@ -201,6 +199,20 @@ impl CompiledFlag {
             }
         }
         self.serve(&self.default, Why::Default, ctx)
+    }
+
+    /// The index of the first prerequisite not satisfied, if any. Out of line: most flags
+    /// have none, and the loop would cost them instructions on every evaluation.
+    #[inline(never)]
+    fn failed_prerequisite(&self, ctx: &Context<'_>) -> Option<u32> {
+        self.prerequisites
+            .iter()
+            .position(|prerequisite| {
+                // Validation bounds chains to 8 links, so this recursion is at most 8 deep.
+                let served = prerequisite.flag.resolve(ctx).variant as usize;
+                !prerequisite.allowed.get(served).copied().unwrap_or(false)
+            })
+            .map(|i| i as u32)
     }
 
     #[inline]
