@@ -9,7 +9,7 @@
 use std::collections::HashMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 
 use sha2::{Digest, Sha256};
 
@@ -65,6 +65,9 @@ pub struct Tokens<S> {
     store: Arc<S>,
     /// Read on every request, written when a token is created or revoked.
     by_hash: RwLock<HashMap<String, TokenRecord>>,
+    /// Serialises [`Tokens::create_named`], so two tokens cannot take the same name at once.
+    /// A std mutex: held on a blocking thread for one creation, never across an await.
+    naming: Mutex<()>,
 }
 
 impl<S: Store> Tokens<S> {
@@ -78,6 +81,7 @@ impl<S: Store> Tokens<S> {
         Ok(Tokens {
             store,
             by_hash: RwLock::new(by_hash),
+            naming: Mutex::new(()),
         })
     }
 
@@ -129,6 +133,31 @@ impl<S: Store> Tokens<S> {
             .unwrap_or_else(|p| p.into_inner())
             .insert(record.hash.clone(), record.clone());
         Ok((record, secret))
+    }
+
+    /// Creates a token as the Admin API does: its name must match the key pattern and be
+    /// unused among tokens that are not revoked (it is the actor audit entries name). Returns
+    /// the token and its secret, which is not stored.
+    pub fn create_named(
+        &self,
+        name: &str,
+        role: Role,
+        environment: Option<&str>,
+    ) -> Result<(TokenRecord, String), ServerError> {
+        if !name.trim().is_empty() && !flagstaff_engine::is_valid_key(name) {
+            return Err(ServerError::Invalid(format!(
+                "{name:?} is not a valid token name: use 1 to 128 lower-case letters, digits, \
+                 '.', '_' or '-', starting with a letter or digit"
+            )));
+        }
+        // Nothing is left half-done by a panic while naming: a poisoned lock is still usable.
+        let _naming = self.naming.lock().unwrap_or_else(|p| p.into_inner());
+        if self.list().iter().any(|t| !t.revoked && t.name == name) {
+            return Err(ServerError::AlreadyExists(format!(
+                "a token named {name:?} exists; revoke it first or choose another name"
+            )));
+        }
+        self.create(name, role, environment)
     }
 
     /// Every token, oldest first.

@@ -37,6 +37,8 @@ pub struct Environment {
     pub epoch: String,
     /// Whether writes need confirmation.
     pub protected: bool,
+    /// When it was created, in Unix milliseconds.
+    pub created_ms: u64,
     current: ArcSwap<Current>,
     /// Serialises writes so each is built against the state it commits onto. A std mutex: it
     /// is held on a blocking thread for one write and never across an await.
@@ -63,15 +65,45 @@ pub struct WriteContext<'a> {
     pub confirmed: bool,
 }
 
-/// What a committed write produced.
+/// What a committed write produced (or, from [`Environments::plan`], would produce).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Committed {
-    /// The environment's revision after the write (unchanged when the write changed nothing).
+    /// The environment's revision after the write (unchanged when the write changed nothing,
+    /// and for a plan).
     pub revision: u64,
     /// The flags written, with their new versions.
     pub flags: Vec<Flag>,
     /// The segments written, with their new versions.
     pub segments: Vec<Segment>,
+    /// Every document created, replaced or deleted, as the audit entry records it: flags
+    /// first, then segments, each by key. Empty when the write changed nothing.
+    pub changes: Vec<AuditChange>,
+}
+
+impl Committed {
+    /// Whether the write changed anything.
+    pub fn changed(&self) -> bool {
+        !self.changes.is_empty()
+    }
+
+    fn nothing(revision: u64) -> Committed {
+        Committed {
+            revision,
+            flags: Vec::new(),
+            segments: Vec::new(),
+            changes: Vec::new(),
+        }
+    }
+}
+
+/// A change built, version-checked and validated against an environment's current state,
+/// ready to commit.
+struct Staged {
+    /// The revision it makes.
+    revision: u64,
+    changes: ChangeSet,
+    next: Snapshot,
+    audit: Vec<AuditChange>,
 }
 
 /// Every environment, backed by a store.
@@ -197,58 +229,92 @@ impl<S: Store> Environments<S> {
     ) -> Result<Committed, ServerError> {
         let env = self.get(ctx.environment)?;
         if env.protected && !ctx.confirmed {
-            return Err(ServerError::Precondition(format!(
-                "environment {:?} is protected: confirm the write (the CLI asks, or takes --yes)",
-                env.key
-            )));
+            return Err(unconfirmed(&env.key));
         }
         let _writing = env.lock_writer();
         let current = env.current();
-        let before = &current.snapshot;
-        let mut changes = build(before)?;
-        check_versions(before, &changes)?;
-        drop_unchanged(before, &mut changes);
-        if changes.is_empty() {
-            return Ok(Committed {
-                revision: current.revision,
-                flags: Vec::new(),
-                segments: Vec::new(),
-            });
-        }
-        let revision = current.revision + 1;
-        for flag in &mut changes.flags {
-            flag.version = Some(revision);
-        }
-        for segment in &mut changes.segments {
-            segment.version = Some(revision);
-        }
-        let next = before.apply(changes.clone())?;
+        let Some(staged) = stage(&current, build)? else {
+            return Ok(Committed::nothing(current.revision));
+        };
+        let revision = staged.revision;
         let audit = AuditEntry {
             revision,
             time_ms: now_ms(),
             actor: ctx.actor.to_owned(),
             comment: ctx.comment.to_owned(),
-            changes: audit_changes(before, &changes),
+            changes: staged.audit,
         };
         let change = Change {
             revision,
-            flags: changes.flags,
-            deleted_flags: changes.deleted_flags,
-            segments: changes.segments,
-            deleted_segments: changes.deleted_segments,
+            flags: staged.changes.flags,
+            deleted_flags: staged.changes.deleted_flags,
+            segments: staged.changes.segments,
+            deleted_segments: staged.changes.deleted_segments,
         };
         self.store
             .commit(&env.key, current.revision, &change, &audit)?;
         env.current.store(Arc::new(Current {
             revision,
-            snapshot: Arc::new(next),
+            snapshot: Arc::new(staged.next),
         }));
         Ok(Committed {
             revision,
             flags: change.flags,
             segments: change.segments,
+            changes: audit.changes,
         })
     }
+
+    /// Runs everything [`write`](Self::write) does except the commit: builds the change,
+    /// checks expected versions and validates it, and reports what it would write, with the
+    /// versions it would get. Nothing is stored or published, so it needs no confirmation
+    /// for a protected environment; the returned revision is the current one.
+    pub fn plan(
+        &self,
+        environment: &str,
+        build: impl FnOnce(&Snapshot) -> Result<ChangeSet, ServerError>,
+    ) -> Result<Committed, ServerError> {
+        let current = self.get(environment)?.current();
+        let Some(staged) = stage(&current, build)? else {
+            return Ok(Committed::nothing(current.revision));
+        };
+        Ok(Committed {
+            revision: current.revision,
+            flags: staged.changes.flags,
+            segments: staged.changes.segments,
+            changes: staged.audit,
+        })
+    }
+}
+
+/// Builds the change onto `current`, checks its expected versions, leaves out what it would
+/// not change, versions and validates the rest; `None` when nothing would change.
+fn stage(
+    current: &Current,
+    build: impl FnOnce(&Snapshot) -> Result<ChangeSet, ServerError>,
+) -> Result<Option<Staged>, ServerError> {
+    let before = &current.snapshot;
+    let mut changes = build(before)?;
+    check_versions(before, &changes)?;
+    drop_unchanged(before, &mut changes);
+    if changes.is_empty() {
+        return Ok(None);
+    }
+    let revision = current.revision + 1;
+    for flag in &mut changes.flags {
+        flag.version = Some(revision);
+    }
+    for segment in &mut changes.segments {
+        segment.version = Some(revision);
+    }
+    let next = before.apply(changes.clone())?;
+    let audit = audit_changes(before, &changes);
+    Ok(Some(Staged {
+        revision,
+        changes,
+        next,
+        audit,
+    }))
 }
 
 impl Environment {
@@ -257,6 +323,7 @@ impl Environment {
             key: record.key.clone(),
             epoch: record.epoch.clone(),
             protected: record.protected,
+            created_ms: record.created_ms,
             current: ArcSwap::from_pointee(Current {
                 revision: record.revision,
                 snapshot: Arc::new(snapshot),
@@ -272,39 +339,49 @@ impl Environment {
     }
 }
 
+/// The refusal of an unconfirmed write to the protected environment `key`.
+pub(crate) fn unconfirmed(key: &str) -> ServerError {
+    ServerError::Precondition(format!(
+        "environment {key:?} is protected: confirm the write (the CLI asks, or takes --yes)"
+    ))
+}
+
+/// The conflict, if any, between an expected version and a document's current one
+/// (`actual`: `None` when the document does not exist, else its version). No expectation is
+/// never a conflict; an expectation of 0 means "must not exist".
+pub(crate) fn version_conflict(
+    what: &str,
+    key: &str,
+    expected: Option<u64>,
+    actual: Option<Option<u64>>,
+) -> Option<ServerError> {
+    let expected = expected?;
+    match actual {
+        None if expected == 0 => None,
+        None => Some(ServerError::VersionConflict(format!(
+            "{what} {key:?} does not exist, but version {expected} was expected"
+        ))),
+        Some(actual) if actual == Some(expected) => None,
+        Some(actual) => Some(ServerError::VersionConflict(format!(
+            "{what} {key:?} is at version {}, not {expected}: it changed since it was read",
+            actual.unwrap_or(0)
+        ))),
+    }
+}
+
 /// An expected version that does not match the current document is a conflict.
 fn check_versions(current: &Snapshot, changes: &ChangeSet) -> Result<(), ServerError> {
-    let check = |what: &str, key: &str, expected: Option<u64>, actual: Option<Option<u64>>| {
-        let Some(expected) = expected else {
-            return Ok(());
-        };
-        match actual {
-            None if expected == 0 => Ok(()),
-            None => Err(ServerError::VersionConflict(format!(
-                "{what} {key:?} does not exist, but version {expected} was expected"
-            ))),
-            Some(actual) if actual == Some(expected) => Ok(()),
-            Some(actual) => Err(ServerError::VersionConflict(format!(
-                "{what} {key:?} is at version {}, not {expected}: it changed since it was read",
-                actual.unwrap_or(0)
-            ))),
-        }
-    };
     for flag in &changes.flags {
-        check(
-            "flag",
-            &flag.key,
-            flag.version,
-            current.flag(&flag.key).map(|f| f.version),
-        )?;
+        let actual = current.flag(&flag.key).map(|f| f.version);
+        if let Some(conflict) = version_conflict("flag", &flag.key, flag.version, actual) {
+            return Err(conflict);
+        }
     }
     for segment in &changes.segments {
-        check(
-            "segment",
-            &segment.key,
-            segment.version,
-            current.segment(&segment.key).map(|s| s.version),
-        )?;
+        let actual = current.segment(&segment.key).map(|s| s.version);
+        if let Some(conflict) = version_conflict("segment", &segment.key, segment.version, actual) {
+            return Err(conflict);
+        }
     }
     Ok(())
 }

@@ -3,29 +3,71 @@
 //! validated, versioned, audited and durable in the same way. The gRPC layer only maps
 //! messages to these calls.
 
-use flagstaff_engine::{ChangeSet, Flag, Segment, Serve, Snapshot};
+use flagstaff_engine::{ChangeSet, Flag, Segment, Serve, Snapshot, Split};
 
-use crate::environments::{Committed, Environments, WriteContext};
+use crate::environments::{version_conflict, Committed, Environments, WriteContext};
 use crate::error::ServerError;
 use crate::storage::{AuditChange, Store};
 
+/// The flag `key`, which must exist and, when a version is expected, be at that version. A
+/// flag that does not exist has no version, so an expectation for it is a conflict, not
+/// "not found".
 fn existing_flag<'a>(
     snapshot: &'a Snapshot,
     key: &str,
     environment: &str,
+    expected: Option<u64>,
 ) -> Result<&'a Flag, ServerError> {
-    snapshot.flag(key).ok_or_else(|| {
+    let flag = snapshot.flag(key);
+    if let Some(conflict) = version_conflict("flag", key, expected, flag.map(|f| f.version)) {
+        return Err(conflict);
+    }
+    flag.ok_or_else(|| {
         ServerError::NotFound(format!("no flag {key:?} in environment {environment:?}"))
     })
 }
 
+/// The segment `key`, which must exist and, when a version is expected, be at that version.
 fn existing_segment<'a>(
     snapshot: &'a Snapshot,
     key: &str,
     environment: &str,
+    expected: Option<u64>,
 ) -> Result<&'a Segment, ServerError> {
-    snapshot.segment(key).ok_or_else(|| {
+    let segment = snapshot.segment(key);
+    if let Some(conflict) = version_conflict("segment", key, expected, segment.map(|s| s.version)) {
+        return Err(conflict);
+    }
+    segment.ok_or_else(|| {
         ServerError::NotFound(format!("no segment {key:?} in environment {environment:?}"))
+    })
+}
+
+/// Why replacing the split `old` by `new` would move contexts that neither variant's weight
+/// change explains, if it would: a different bucketing attribute, or the variants both
+/// splits list in another order (buckets are handed out in the order of the weights).
+fn reshuffle(old: &Split, new: &Split) -> Option<String> {
+    if old.bucket_by != new.bucket_by {
+        return Some(format!(
+            "it buckets by {:?} instead of {:?}",
+            new.bucket_by, old.bucket_by
+        ));
+    }
+    let order = |split: &Split, other: &Split| -> Vec<String> {
+        split
+            .weights
+            .iter()
+            .filter(|w| other.weights.iter().any(|o| o.variant == w.variant))
+            .map(|w| w.variant.clone())
+            .collect()
+    };
+    let (before, after) = (order(old, new), order(new, old));
+    (before != after).then(|| {
+        format!(
+            "it orders the variants {} instead of {}",
+            after.join(", "),
+            before.join(", ")
+        )
     })
 }
 
@@ -82,15 +124,26 @@ impl<S: Store> Environments<S> {
     /// Replaces an existing flag; its `version`, when given, must be the current one.
     pub fn update_flag(&self, ctx: WriteContext<'_>, flag: Flag) -> Result<Committed, ServerError> {
         self.write(ctx, |current| {
-            existing_flag(current, &flag.key, ctx.environment)?;
+            existing_flag(current, &flag.key, ctx.environment, flag.version)?;
             Ok(flags_only(vec![flag]))
         })
     }
 
-    /// Deletes a flag no other flag requires.
+    /// Deletes a flag no other flag requires, whatever its version.
     pub fn delete_flag(&self, ctx: WriteContext<'_>, key: &str) -> Result<Committed, ServerError> {
+        self.delete_flag_expecting(ctx, key, None)
+    }
+
+    /// Deletes a flag no other flag requires; when `expected` is given, the flag must be at
+    /// that version.
+    pub fn delete_flag_expecting(
+        &self,
+        ctx: WriteContext<'_>,
+        key: &str,
+        expected: Option<u64>,
+    ) -> Result<Committed, ServerError> {
         self.write(ctx, |current| {
-            existing_flag(current, key, ctx.environment)?;
+            existing_flag(current, key, ctx.environment, expected)?;
             let dependents = requiring(current, key);
             if !dependents.is_empty() {
                 return Err(ServerError::Precondition(format!(
@@ -105,15 +158,27 @@ impl<S: Store> Environments<S> {
         })
     }
 
-    /// Turns a flag on or off (the kill switch).
+    /// Turns a flag on or off (the kill switch), whatever its version.
     pub fn set_flag_enabled(
         &self,
         ctx: WriteContext<'_>,
         key: &str,
         enabled: bool,
     ) -> Result<Committed, ServerError> {
+        self.set_flag_enabled_expecting(ctx, key, enabled, None)
+    }
+
+    /// Turns a flag on or off (the kill switch); when `expected` is given, the flag must be
+    /// at that version.
+    pub fn set_flag_enabled_expecting(
+        &self,
+        ctx: WriteContext<'_>,
+        key: &str,
+        enabled: bool,
+        expected: Option<u64>,
+    ) -> Result<Committed, ServerError> {
         self.write(ctx, |current| {
-            let flag = existing_flag(current, key, ctx.environment)?;
+            let flag = existing_flag(current, key, ctx.environment, expected)?;
             Ok(flags_only(vec![Flag {
                 enabled,
                 version: None,
@@ -122,15 +187,40 @@ impl<S: Store> Environments<S> {
         })
     }
 
-    /// Replaces a flag's default serve: one variant, or a split for a percentage rollout.
+    /// Replaces a flag's default serve: one variant, or a split for a percentage rollout,
+    /// whatever the flag's version and refusing to reshuffle a live split (see
+    /// [`set_default_serve_expecting`](Self::set_default_serve_expecting)).
     pub fn set_default_serve(
         &self,
         ctx: WriteContext<'_>,
         key: &str,
         serve: Serve,
     ) -> Result<Committed, ServerError> {
+        self.set_default_serve_expecting(ctx, key, serve, false, None)
+    }
+
+    /// Replaces a flag's default serve; when `expected` is given, the flag must be at that
+    /// version. Unless `force`, replacing a split by one that buckets by another attribute
+    /// or orders its variants differently is refused: it would move contexts between
+    /// variants whose weights did not change.
+    pub fn set_default_serve_expecting(
+        &self,
+        ctx: WriteContext<'_>,
+        key: &str,
+        serve: Serve,
+        force: bool,
+        expected: Option<u64>,
+    ) -> Result<Committed, ServerError> {
         self.write(ctx, |current| {
-            let flag = existing_flag(current, key, ctx.environment)?;
+            let flag = existing_flag(current, key, ctx.environment, expected)?;
+            if let (false, Serve::Split(old), Serve::Split(new)) = (force, &flag.default, &serve) {
+                if let Some(why) = reshuffle(old, new) {
+                    return Err(ServerError::Precondition(format!(
+                        "the new default split of flag {key:?} would reshuffle contexts: {why}; \
+                         set force to do it anyway"
+                    )));
+                }
+            }
             Ok(flags_only(vec![Flag {
                 default: serve,
                 version: None,
@@ -140,12 +230,24 @@ impl<S: Store> Environments<S> {
     }
 
     /// Writes a flag as it was at `version` (the revision of one of its changes), as a new,
-    /// audited change.
+    /// audited change, whatever its current version.
     pub fn revert_flag(
         &self,
         ctx: WriteContext<'_>,
         key: &str,
         version: u64,
+    ) -> Result<Committed, ServerError> {
+        self.revert_flag_expecting(ctx, key, version, None)
+    }
+
+    /// Writes a flag as it was at `version`, as a new, audited change; when `expected` is
+    /// given, the flag must be at that version now (so it must exist).
+    pub fn revert_flag_expecting(
+        &self,
+        ctx: WriteContext<'_>,
+        key: &str,
+        version: u64,
+        expected: Option<u64>,
     ) -> Result<Committed, ServerError> {
         let entry = self
             .store()
@@ -170,7 +272,7 @@ impl<S: Store> Environments<S> {
             })?;
         self.write(ctx, |_| {
             Ok(flags_only(vec![Flag {
-                version: None,
+                version: expected,
                 ..*old
             }]))
         })
@@ -184,8 +286,21 @@ impl<S: Store> Environments<S> {
         key: &str,
         from: &str,
     ) -> Result<Committed, ServerError> {
+        self.promote_flag_expecting(ctx, key, from, None)
+    }
+
+    /// Copies a flag from one environment into another, refusing when the target lacks a
+    /// segment or prerequisite flag it needs; when `expected` is given, the flag must be at
+    /// that version in the target.
+    pub fn promote_flag_expecting(
+        &self,
+        ctx: WriteContext<'_>,
+        key: &str,
+        from: &str,
+        expected: Option<u64>,
+    ) -> Result<Committed, ServerError> {
         let source = self.get(from)?.current();
-        let flag = existing_flag(&source.snapshot, key, from)?.clone();
+        let flag = existing_flag(&source.snapshot, key, from, None)?.clone();
         self.write(ctx, |target| {
             let mut missing: Vec<String> = flag
                 .segment_refs()
@@ -208,7 +323,7 @@ impl<S: Store> Environments<S> {
                 )));
             }
             Ok(flags_only(vec![Flag {
-                version: None,
+                version: expected,
                 ..flag.clone()
             }]))
         })
@@ -241,7 +356,7 @@ impl<S: Store> Environments<S> {
         segment: Segment,
     ) -> Result<Committed, ServerError> {
         self.write(ctx, |current| {
-            existing_segment(current, &segment.key, ctx.environment)?;
+            existing_segment(current, &segment.key, ctx.environment, segment.version)?;
             Ok(ChangeSet {
                 segments: vec![segment],
                 ..ChangeSet::default()
@@ -249,14 +364,25 @@ impl<S: Store> Environments<S> {
         })
     }
 
-    /// Deletes a segment no flag's rules use.
+    /// Deletes a segment no flag's rules use, whatever its version.
     pub fn delete_segment(
         &self,
         ctx: WriteContext<'_>,
         key: &str,
     ) -> Result<Committed, ServerError> {
+        self.delete_segment_expecting(ctx, key, None)
+    }
+
+    /// Deletes a segment no flag's rules use; when `expected` is given, the segment must be
+    /// at that version.
+    pub fn delete_segment_expecting(
+        &self,
+        ctx: WriteContext<'_>,
+        key: &str,
+        expected: Option<u64>,
+    ) -> Result<Committed, ServerError> {
         self.write(ctx, |current| {
-            existing_segment(current, key, ctx.environment)?;
+            existing_segment(current, key, ctx.environment, expected)?;
             let users = using_segment(current, key);
             if !users.is_empty() {
                 return Err(ServerError::Precondition(format!(
@@ -280,7 +406,7 @@ impl<S: Store> Environments<S> {
         patch: &SegmentKeyPatch,
     ) -> Result<Committed, ServerError> {
         self.write(ctx, |current| {
-            let segment = existing_segment(current, key, ctx.environment)?;
+            let segment = existing_segment(current, key, ctx.environment, patch.expected_version)?;
             let apply = |list: &[String], add: &[String], remove: &[String]| -> Vec<String> {
                 let removed: std::collections::HashSet<&str> =
                     remove.iter().map(String::as_str).collect();
@@ -309,7 +435,7 @@ impl<S: Store> Environments<S> {
                     &patch.add_excluded,
                     &patch.remove_excluded,
                 ),
-                version: patch.expected_version,
+                version: None,
                 ..segment.clone()
             };
             Ok(ChangeSet {
@@ -326,8 +452,92 @@ impl<S: Store> Environments<S> {
         ctx: WriteContext<'_>,
         changes: ChangeSet,
     ) -> Result<Committed, ServerError> {
-        self.write(ctx, |_| Ok(changes))
+        self.apply_with(ctx, changes, ApplyOptions::default())
     }
+
+    /// Applies flags and segments in one revision, all or nothing: with `prune`, also deletes
+    /// every flag and segment they do not hold; with `dry_run`, validates and reports what
+    /// would change, and commits nothing (see [`Environments::plan`]).
+    pub fn apply_with(
+        &self,
+        ctx: WriteContext<'_>,
+        changes: ChangeSet,
+        options: ApplyOptions,
+    ) -> Result<Committed, ServerError> {
+        let duplicates = duplicate_keys(&changes);
+        if !duplicates.is_empty() {
+            return Err(ServerError::Invalid(duplicates.join("\n")));
+        }
+        let build = |current: &Snapshot| {
+            let mut changes = changes;
+            if options.prune {
+                changes.deleted_flags = absent(current.flags().map(|f| &f.key), &changes.flags);
+                changes.deleted_segments =
+                    absent(current.segments().map(|s| &s.key), &changes.segments);
+            }
+            Ok(changes)
+        };
+        if options.dry_run {
+            self.plan(ctx.environment, build)
+        } else {
+            self.write(ctx, build)
+        }
+    }
+}
+
+/// How [`Environments::apply_with`] applies documents.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ApplyOptions {
+    /// Also delete every flag and segment the documents do not hold, so that the environment
+    /// ends up equal to them.
+    pub prune: bool,
+    /// Validate and report what would change; commit nothing.
+    pub dry_run: bool,
+}
+
+/// A document that has a key.
+trait Keyed {
+    fn key(&self) -> &str;
+}
+
+impl Keyed for Flag {
+    fn key(&self) -> &str {
+        &self.key
+    }
+}
+
+impl Keyed for Segment {
+    fn key(&self) -> &str {
+        &self.key
+    }
+}
+
+/// The keys of `existing` that none of `kept` has, sorted.
+fn absent<'a>(existing: impl Iterator<Item = &'a String>, kept: &[impl Keyed]) -> Vec<String> {
+    let kept: std::collections::HashSet<&str> = kept.iter().map(Keyed::key).collect();
+    let mut keys: Vec<String> = existing
+        .filter(|k| !kept.contains(k.as_str()))
+        .cloned()
+        .collect();
+    keys.sort_unstable();
+    keys
+}
+
+/// A problem for every key given to more than one flag or segment of `changes`, named as
+/// validation names them: a set of documents cannot say twice what one document is.
+fn duplicate_keys(changes: &ChangeSet) -> Vec<String> {
+    fn repeated(what: &str, list: &str, docs: &[impl Keyed]) -> Vec<String> {
+        let mut seen = std::collections::HashSet::new();
+        let mut reported = std::collections::HashSet::new();
+        docs.iter()
+            .map(Keyed::key)
+            .filter(|k| !seen.insert(*k) && reported.insert(*k))
+            .map(|k| format!("{list}[{k}]: duplicate {what} key {k:?}"))
+            .collect()
+    }
+    let mut problems = repeated("flag", "flags", &changes.flags);
+    problems.extend(repeated("segment", "segments", &changes.segments));
+    problems
 }
 
 /// Keys to add to and remove from a segment's lists.

@@ -1,1 +1,121 @@
-//! End-to-end tests of Flagstaff live in `tests/`.
+//! A real flagstaffd for tests: [`TestServer`] runs the server in-process on `127.0.0.1:0`
+//! with a temporary data directory, and hands out clients that authenticate with its admin
+//! token (or any other).
+#![deny(missing_docs)]
+
+use std::net::SocketAddr;
+
+use flagstaff_proto::pb::admin_client::AdminClient;
+use flagstaff_server::{Config, Server};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Request, Status};
+
+/// Adds `authorization: Bearer <token>` to every request.
+#[derive(Debug, Clone)]
+pub struct Bearer(Option<MetadataValue<Ascii>>);
+
+impl tonic::service::Interceptor for Bearer {
+    fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
+        if let Some(value) = &self.0 {
+            request
+                .metadata_mut()
+                .insert("authorization", value.clone());
+        }
+        Ok(request)
+    }
+}
+
+/// An Admin client that sends a token.
+pub type Admin = AdminClient<InterceptedService<Channel, Bearer>>;
+
+/// A running flagstaffd on loopback.
+#[derive(Debug)]
+pub struct TestServer {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    /// Its data directory, removed when the server is dropped.
+    pub data_dir: tempfile::TempDir,
+    /// The admin token minted for the fresh data directory.
+    pub admin_token: String,
+    shutdown: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<()>>,
+}
+
+impl TestServer {
+    /// Starts a server with a fresh data directory.
+    pub async fn start() -> TestServer {
+        let data_dir = tempfile::tempdir().expect("temporary data directory");
+        TestServer::start_in(data_dir).await
+    }
+
+    /// Starts a server on an existing data directory (a restart keeps it).
+    pub async fn start_in(data_dir: tempfile::TempDir) -> TestServer {
+        let server = Server::open(&Config::new(data_dir.path())).expect("server opens");
+        let admin_token = std::fs::read_to_string(data_dir.path().join("admin.token"))
+            .expect("admin token file")
+            .trim()
+            .to_owned();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind loopback");
+        let addr = listener.local_addr().expect("local address");
+        let (shutdown, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            server
+                .serve(listener, async {
+                    let _ = stopped.await;
+                })
+                .await
+                .expect("server runs");
+        });
+        TestServer {
+            addr,
+            data_dir,
+            admin_token,
+            shutdown: Some(shutdown),
+            task: Some(task),
+        }
+    }
+
+    /// An Admin client authenticating with the admin token.
+    pub async fn admin(&self) -> Admin {
+        self.admin_with(Some(&self.admin_token)).await
+    }
+
+    /// An Admin client authenticating with `token`, or with none.
+    pub async fn admin_with(&self, token: Option<&str>) -> Admin {
+        let channel = Endpoint::from_shared(format!("http://{}", self.addr))
+            .expect("endpoint")
+            .connect()
+            .await
+            .expect("connects");
+        let bearer = token.map(|t| format!("Bearer {t}").parse().expect("ascii token"));
+        AdminClient::with_interceptor(channel, Bearer(bearer))
+            .max_decoding_message_size(flagstaff_server::MAX_ADMIN_MESSAGE)
+            .max_encoding_message_size(flagstaff_server::MAX_ADMIN_MESSAGE)
+    }
+
+    /// Stops the server gracefully and returns its data directory, for a restart.
+    pub async fn stop(mut self) -> tempfile::TempDir {
+        if let Some(shutdown) = self.shutdown.take() {
+            let _ = shutdown.send(());
+        }
+        if let Some(task) = self.task.take() {
+            task.await.expect("server task");
+        }
+        let dir = tempfile::tempdir().expect("placeholder");
+        std::mem::replace(&mut self.data_dir, dir)
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        if let Some(shutdown) = self.shutdown.take() {
+            let _ = shutdown.send(());
+        }
+    }
+}

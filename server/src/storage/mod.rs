@@ -121,7 +121,32 @@ pub enum AuditChange {
         excluded_added: Vec<String>,
         /// Keys removed from `excluded`.
         excluded_removed: Vec<String>,
+        /// How many keys the lists held before the change (zeros when it created the segment).
+        #[serde(default)]
+        counts_before: KeyCounts,
+        /// How many keys the lists hold after the change (zeros when it deleted the segment).
+        #[serde(default)]
+        counts_after: KeyCounts,
     },
+}
+
+/// The sizes of a segment's key lists, which an audit entry records instead of the lists.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyCounts {
+    /// How many keys `included` holds.
+    pub included: usize,
+    /// How many keys `excluded` holds.
+    pub excluded: usize,
+}
+
+impl KeyCounts {
+    /// The sizes of `segment`'s lists; zeros for no segment.
+    pub fn of(segment: Option<&Segment>) -> KeyCounts {
+        segment.map_or_else(KeyCounts::default, |s| KeyCounts {
+            included: s.included.len(),
+            excluded: s.excluded.len(),
+        })
+    }
 }
 
 impl AuditChange {
@@ -180,12 +205,19 @@ impl AuditChange {
             included_removed,
             excluded_added,
             excluded_removed,
+            counts_before: KeyCounts::of(before),
+            counts_after: KeyCounts::of(after),
         }
     }
 
     /// Whether this records a change to the flag `key`.
     pub fn is_flag(&self, key: &str) -> bool {
         matches!(self, AuditChange::Flag { key: k, .. } if k == key)
+    }
+
+    /// Whether this records a change to the segment `key`.
+    pub fn is_segment(&self, key: &str) -> bool {
+        matches!(self, AuditChange::Segment { key: k, .. } if k == key)
     }
 }
 
@@ -284,6 +316,16 @@ pub trait Store: Send + Sync + 'static {
         &self,
         environment: &str,
         flag: Option<&str>,
+        before: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<AuditEntry>, StoreError>;
+
+    /// Audit entries touching the segment `segment`, newest first; only revisions below
+    /// `before` when given; at most `limit`.
+    fn segment_history(
+        &self,
+        environment: &str,
+        segment: &str,
         before: Option<u64>,
         limit: usize,
     ) -> Result<Vec<AuditEntry>, StoreError>;

@@ -140,6 +140,35 @@ impl SledStore {
         Ok(())
     }
 
+    /// Audit entries for which `keep` holds, newest first; only revisions below `before` when
+    /// given; at most `limit`.
+    fn history_where(
+        &self,
+        environment: &str,
+        before: Option<u64>,
+        limit: usize,
+        keep: impl Fn(&AuditEntry) -> bool,
+    ) -> Result<Vec<AuditEntry>, StoreError> {
+        self.environment(environment)?;
+        let audits = self.tree("audit", environment)?;
+        let range = match before {
+            Some(before) => audits.range(..before.to_be_bytes()),
+            None => audits.range::<&[u8], _>(..),
+        };
+        let mut out = Vec::new();
+        for kv in range.rev() {
+            if out.len() >= limit {
+                break;
+            }
+            let (_, v) = kv?;
+            let entry: AuditEntry = decode(&format!("audit/{environment}"), &v)?;
+            if keep(&entry) {
+                out.push(entry);
+            }
+        }
+        Ok(out)
+    }
+
     fn environment(&self, environment: &str) -> Result<EnvironmentRecord, StoreError> {
         match self.environments.get(environment)? {
             Some(bytes) => decode(&format!("environments/{environment}"), &bytes),
@@ -321,24 +350,21 @@ impl Store for SledStore {
         before: Option<u64>,
         limit: usize,
     ) -> Result<Vec<AuditEntry>, StoreError> {
-        self.environment(environment)?;
-        let audits = self.tree("audit", environment)?;
-        let range = match before {
-            Some(before) => audits.range(..before.to_be_bytes()),
-            None => audits.range::<&[u8], _>(..),
-        };
-        let mut out = Vec::new();
-        for kv in range.rev() {
-            if out.len() >= limit {
-                break;
-            }
-            let (_, v) = kv?;
-            let entry: AuditEntry = decode(&format!("audit/{environment}"), &v)?;
-            if flag.is_none_or(|f| entry.changes.iter().any(|c| c.is_flag(f))) {
-                out.push(entry);
-            }
-        }
-        Ok(out)
+        self.history_where(environment, before, limit, |entry| {
+            flag.is_none_or(|f| entry.changes.iter().any(|c| c.is_flag(f)))
+        })
+    }
+
+    fn segment_history(
+        &self,
+        environment: &str,
+        segment: &str,
+        before: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<AuditEntry>, StoreError> {
+        self.history_where(environment, before, limit, |entry| {
+            entry.changes.iter().any(|c| c.is_segment(segment))
+        })
     }
 
     fn put_token(&self, token: &TokenRecord) -> Result<(), StoreError> {

@@ -1,0 +1,1028 @@
+//! `flagstaff.v1.Admin`: environments, flags, segments, history, evaluation and tokens.
+//!
+//! Every call authorizes its token first, then maps the request to the domain, runs the
+//! operation on [`Environments`] or [`Tokens`] and maps the result back. Work that blocks runs
+//! in `spawn_blocking`, never on the runtime's threads: every write (validation, the sled
+//! commit and its fsync), reads of the audit log, and whole-environment exports, listings and
+//! evaluations. Versions on the wire follow admin.proto (0 means "no check"); they reach the
+//! environments as `None` then, never as `Some(0)`, which there means "must not exist".
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use flagstaff_engine::{ChangeSet, Context, Flag, Segment};
+use flagstaff_proto::pb;
+use tonic::{Request, Response, Status};
+
+use super::paging::{page_size, Scope};
+use super::{authorize, wire};
+use crate::auth::{Access, Tokens};
+use crate::environments::{unconfirmed, Committed, Environments, WriteContext};
+use crate::error::ServerError;
+use crate::operations::{ApplyOptions, SegmentKeyPatch};
+use crate::storage::{AuditChange, Role, Store, TokenRecord};
+
+/// The Admin service over the environments and tokens of one store.
+#[derive(Debug)]
+pub struct AdminService<S> {
+    envs: Arc<Environments<S>>,
+    tokens: Arc<Tokens<S>>,
+}
+
+impl<S: Store> AdminService<S> {
+    /// The service over `envs` and `tokens`.
+    pub fn new(envs: Arc<Environments<S>>, tokens: Arc<Tokens<S>>) -> AdminService<S> {
+        AdminService { envs, tokens }
+    }
+
+    /// The request's token, checked for `access`; an environment-scoped access must name an
+    /// environment.
+    fn allow<T>(&self, request: &Request<T>, access: Access<'_>) -> Result<TokenRecord, Status> {
+        let token = authorize(&self.tokens, request, access)?;
+        if let Access::Read("") | Access::Write("") = access {
+            return Err(wire::missing("environment").into());
+        }
+        Ok(token)
+    }
+}
+
+/// The live tail of audit entries `watch_changes` returns.
+pub type WatchChangesStream = std::pin::Pin<
+    Box<dyn tokio_stream::Stream<Item = Result<pb::WatchChangesResponse, Status>> + Send>,
+>;
+
+/// Who writes where and why, owned, so that a write can move to a blocking thread.
+struct Writer {
+    environment: String,
+    actor: String,
+    comment: String,
+    confirmed: bool,
+}
+
+impl Writer {
+    /// A write by `token`: its name is the actor of the audit entry.
+    fn new(token: &TokenRecord, environment: String, comment: String, confirmed: bool) -> Writer {
+        Writer {
+            environment,
+            actor: token.name.clone(),
+            comment,
+            confirmed,
+        }
+    }
+
+    fn ctx(&self) -> WriteContext<'_> {
+        WriteContext {
+            environment: &self.environment,
+            actor: &self.actor,
+            comment: &self.comment,
+            confirmed: self.confirmed,
+        }
+    }
+}
+
+/// Runs `work` on a blocking thread.
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, ServerError> + Send + 'static,
+) -> Result<T, Status> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| Status::internal(format!("a blocking task failed: {e}")))?
+        .map_err(Status::from)
+}
+
+/// A write's response document: the flag it wrote, or, when the write changed nothing, the
+/// flag as stored.
+fn written_flag<S: Store>(
+    envs: &Environments<S>,
+    environment: &str,
+    key: &str,
+    committed: &Committed,
+) -> Result<pb::Flag, ServerError> {
+    if let Some(flag) = committed.flags.iter().find(|f| f.key == key) {
+        return Ok(pb::Flag::from(flag));
+    }
+    let current = envs.get(environment)?.current();
+    current
+        .snapshot
+        .flag(key)
+        .map(pb::Flag::from)
+        .ok_or_else(|| {
+            ServerError::NotFound(format!("no flag {key:?} in environment {environment:?}"))
+        })
+}
+
+/// Like [`written_flag`], for a segment, without its key lists.
+fn written_segment<S: Store>(
+    envs: &Environments<S>,
+    environment: &str,
+    key: &str,
+    committed: &Committed,
+) -> Result<pb::SegmentSummary, ServerError> {
+    if let Some(segment) = committed.segments.iter().find(|s| s.key == key) {
+        return Ok(wire::segment_summary(segment));
+    }
+    let current = envs.get(environment)?.current();
+    current
+        .snapshot
+        .segment(key)
+        .map(wire::segment_summary)
+        .ok_or_else(|| {
+            ServerError::NotFound(format!("no segment {key:?} in environment {environment:?}"))
+        })
+}
+
+/// Who made the change that gave a document `version`, from the audit log.
+fn last_change<S: Store>(
+    store: &S,
+    environment: &str,
+    version: Option<u64>,
+) -> Result<Option<pb::ChangeInfo>, ServerError> {
+    let Some(version) = version else {
+        return Ok(None);
+    };
+    let entries = store.history(environment, None, Some(version + 1), 1)?;
+    Ok(Some(match entries.first() {
+        Some(entry) if entry.revision == version => wire::change_info(entry),
+        _ => pb::ChangeInfo {
+            revision: version,
+            ..pb::ChangeInfo::default()
+        },
+    }))
+}
+
+/// Whether `text` occurs in any of `fields`, ignoring case; an empty `text` always does.
+fn contains_text<'a>(text: &str, fields: impl IntoIterator<Item = Option<&'a str>>) -> bool {
+    if text.is_empty() {
+        return true;
+    }
+    let text = text.to_lowercase();
+    fields
+        .into_iter()
+        .flatten()
+        .any(|field| field.to_lowercase().contains(&text))
+}
+
+/// One page of `items`, sorted by key, after the position of `page_token`: the page and the
+/// token of the next one ("" on the last page).
+fn page<'a, T>(
+    mut items: Vec<&'a T>,
+    key: impl Fn(&T) -> &str,
+    scope: Scope<'_>,
+    page_token: &str,
+    requested_size: u32,
+) -> Result<(Vec<&'a T>, String), ServerError> {
+    items.sort_unstable_by(|a, b| key(a).cmp(key(b)));
+    let start = match scope.position(page_token)? {
+        Some(after) => items.partition_point(|item| key(item) <= after.as_str()),
+        None => 0,
+    };
+    let size = page_size(requested_size);
+    let rest = items.split_off(start);
+    let more = rest.len() > size;
+    let page: Vec<&T> = rest.into_iter().take(size).collect();
+    let next = match page.last() {
+        Some(last) if more => scope.token(key(last)),
+        _ => String::new(),
+    };
+    Ok((page, next))
+}
+
+/// The flags and segments of an Apply request, as a change.
+fn apply_documents(
+    flags: Vec<pb::Flag>,
+    segments: Vec<pb::Segment>,
+) -> Result<ChangeSet, ServerError> {
+    Ok(ChangeSet {
+        flags: flags
+            .into_iter()
+            .map(wire::flag)
+            .collect::<Result<_, _>>()?,
+        segments: segments
+            .into_iter()
+            .map(wire::segment)
+            .collect::<Result<_, _>>()?,
+        ..ChangeSet::default()
+    })
+}
+
+/// The keys of `requested` that the write left out because they were identical to what is
+/// stored, in request order.
+fn unchanged<'a>(
+    requested: impl Iterator<Item = &'a str>,
+    written: impl Iterator<Item = &'a str>,
+) -> Vec<String> {
+    let written: HashSet<&str> = written.collect();
+    requested
+        .filter(|k| !written.contains(k))
+        .map(str::to_owned)
+        .collect()
+}
+
+#[tonic::async_trait]
+impl<S: Store> pb::admin_server::Admin for AdminService<S> {
+    type WatchChangesStream = WatchChangesStream;
+
+    // ---- Environments ----
+
+    async fn create_environment(
+        &self,
+        request: Request<pb::CreateEnvironmentRequest>,
+    ) -> Result<Response<pb::CreateEnvironmentResponse>, Status> {
+        self.allow(&request, Access::Admin)?;
+        let pb::CreateEnvironmentRequest {
+            environment,
+            protected,
+        } = request.into_inner();
+        let envs = self.envs.clone();
+        let env = blocking(move || envs.create(&environment, protected)).await?;
+        Ok(Response::new(pb::CreateEnvironmentResponse {
+            environment: Some(wire::environment(&env)),
+        }))
+    }
+
+    async fn list_environments(
+        &self,
+        request: Request<pb::ListEnvironmentsRequest>,
+    ) -> Result<Response<pb::ListEnvironmentsResponse>, Status> {
+        self.allow(&request, Access::Admin)?;
+        let environments = self
+            .envs
+            .list()
+            .iter()
+            .map(|e| wire::environment(e))
+            .collect();
+        Ok(Response::new(pb::ListEnvironmentsResponse { environments }))
+    }
+
+    async fn delete_environment(
+        &self,
+        request: Request<pb::DeleteEnvironmentRequest>,
+    ) -> Result<Response<pb::DeleteEnvironmentResponse>, Status> {
+        self.allow(&request, Access::Admin)?;
+        let pb::DeleteEnvironmentRequest {
+            environment,
+            confirm_protected,
+        } = request.into_inner();
+        wire::required_str(&environment, "environment")?;
+        if self.envs.get(&environment)?.protected && !confirm_protected {
+            return Err(unconfirmed(&environment).into());
+        }
+        let envs = self.envs.clone();
+        blocking(move || envs.delete(&environment)).await?;
+        Ok(Response::new(pb::DeleteEnvironmentResponse {}))
+    }
+
+    // ---- Flags ----
+
+    async fn create_flag(
+        &self,
+        request: Request<pb::CreateFlagRequest>,
+    ) -> Result<Response<pb::CreateFlagResponse>, Status> {
+        let token = self.allow(&request, Access::Write(&request.get_ref().environment))?;
+        let req = request.into_inner();
+        let flag = wire::flag(wire::required(req.flag, "flag")?)?;
+        let key = flag.key.clone();
+        let writer = Writer::new(&token, req.environment, req.comment, req.confirm_protected);
+        let envs = self.envs.clone();
+        let (revision, flag) = blocking(move || {
+            let committed = envs.create_flag(writer.ctx(), flag)?;
+            let flag = written_flag(&envs, &writer.environment, &key, &committed)?;
+            Ok((committed.revision, flag))
+        })
+        .await?;
+        Ok(Response::new(pb::CreateFlagResponse {
+            revision,
+            flag: Some(flag),
+        }))
+    }
+
+    async fn get_flag(
+        &self,
+        request: Request<pb::GetFlagRequest>,
+    ) -> Result<Response<pb::GetFlagResponse>, Status> {
+        self.allow(&request, Access::Read(&request.get_ref().environment))?;
+        let pb::GetFlagRequest { environment, key } = request.into_inner();
+        wire::required_str(&key, "key")?;
+        let envs = self.envs.clone();
+        let response = blocking(move || {
+            let current = envs.get(&environment)?.current();
+            let flag = current.snapshot.flag(&key).ok_or_else(|| {
+                ServerError::NotFound(format!("no flag {key:?} in environment {environment:?}"))
+            })?;
+            Ok(pb::GetFlagResponse {
+                flag: Some(pb::Flag::from(flag)),
+                last_change: last_change(&**envs.store(), &environment, flag.version)?,
+            })
+        })
+        .await?;
+        Ok(Response::new(response))
+    }
+
+    async fn list_flags(
+        &self,
+        request: Request<pb::ListFlagsRequest>,
+    ) -> Result<Response<pb::ListFlagsResponse>, Status> {
+        self.allow(&request, Access::Read(&request.get_ref().environment))?;
+        let req = request.into_inner();
+        let envs = self.envs.clone();
+        let response = blocking(move || {
+            let current = envs.get(&req.environment)?.current();
+            let matching: Vec<&Flag> = current
+                .snapshot
+                .flags()
+                .filter(|f| req.tag.is_empty() || f.tags.contains(&req.tag))
+                .filter(|f| {
+                    contains_text(
+                        &req.text,
+                        [
+                            Some(f.key.as_str()),
+                            f.description.as_deref(),
+                            f.owner.as_deref(),
+                        ],
+                    )
+                })
+                .collect();
+            let scope = Scope(&["flags", &req.environment, &req.tag, &req.text]);
+            let (flags, next_page_token) =
+                page(matching, |f| &f.key, scope, &req.page_token, req.page_size)?;
+            let flags = flags
+                .into_iter()
+                .map(|flag| {
+                    Ok(pb::FlagEntry {
+                        flag: Some(pb::Flag::from(flag)),
+                        last_change: last_change(&**envs.store(), &req.environment, flag.version)?,
+                    })
+                })
+                .collect::<Result<_, ServerError>>()?;
+            Ok(pb::ListFlagsResponse {
+                flags,
+                next_page_token,
+                revision: current.revision,
+            })
+        })
+        .await?;
+        Ok(Response::new(response))
+    }
+
+    async fn update_flag(
+        &self,
+        request: Request<pb::UpdateFlagRequest>,
+    ) -> Result<Response<pb::UpdateFlagResponse>, Status> {
+        let token = self.allow(&request, Access::Write(&request.get_ref().environment))?;
+        let req = request.into_inner();
+        let mut flag = wire::flag(wire::required(req.flag, "flag")?)?;
+        flag.version = wire::expected_of(flag.version, req.expected_version, "flag")?;
+        let key = flag.key.clone();
+        let writer = Writer::new(&token, req.environment, req.comment, req.confirm_protected);
+        let envs = self.envs.clone();
+        let (revision, flag) = blocking(move || {
+            let committed = envs.update_flag(writer.ctx(), flag)?;
+            let flag = written_flag(&envs, &writer.environment, &key, &committed)?;
+            Ok((committed.revision, flag))
+        })
+        .await?;
+        Ok(Response::new(pb::UpdateFlagResponse {
+            revision,
+            flag: Some(flag),
+        }))
+    }
+
+    async fn delete_flag(
+        &self,
+        request: Request<pb::DeleteFlagRequest>,
+    ) -> Result<Response<pb::DeleteFlagResponse>, Status> {
+        let token = self.allow(&request, Access::Write(&request.get_ref().environment))?;
+        let req = request.into_inner();
+        wire::required_str(&req.key, "key")?;
+        let expected = wire::expected(req.expected_version);
+        let writer = Writer::new(&token, req.environment, req.comment, req.confirm_protected);
+        let envs = self.envs.clone();
+        let committed =
+            blocking(move || envs.delete_flag_expecting(writer.ctx(), &req.key, expected)).await?;
+        Ok(Response::new(pb::DeleteFlagResponse {
+            revision: committed.revision,
+        }))
+    }
+
+    async fn set_flag_enabled(
+        &self,
+        request: Request<pb::SetFlagEnabledRequest>,
+    ) -> Result<Response<pb::SetFlagEnabledResponse>, Status> {
+        let token = self.allow(&request, Access::Write(&request.get_ref().environment))?;
+        let req = request.into_inner();
+        wire::required_str(&req.key, "key")?;
+        let expected = wire::expected(req.expected_version);
+        let writer = Writer::new(&token, req.environment, req.comment, req.confirm_protected);
+        let envs = self.envs.clone();
+        let (revision, flag) = blocking(move || {
+            let committed =
+                envs.set_flag_enabled_expecting(writer.ctx(), &req.key, req.enabled, expected)?;
+            let flag = written_flag(&envs, &writer.environment, &req.key, &committed)?;
+            Ok((committed.revision, flag))
+        })
+        .await?;
+        Ok(Response::new(pb::SetFlagEnabledResponse {
+            revision,
+            flag: Some(flag),
+        }))
+    }
+
+    async fn set_default_serve(
+        &self,
+        request: Request<pb::SetDefaultServeRequest>,
+    ) -> Result<Response<pb::SetDefaultServeResponse>, Status> {
+        let token = self.allow(&request, Access::Write(&request.get_ref().environment))?;
+        let req = request.into_inner();
+        wire::required_str(&req.key, "key")?;
+        let serve = wire::serve(wire::required(req.serve, "serve")?, "serve")?;
+        let expected = wire::expected(req.expected_version);
+        let writer = Writer::new(&token, req.environment, req.comment, req.confirm_protected);
+        let envs = self.envs.clone();
+        let (revision, flag) = blocking(move || {
+            let committed = envs.set_default_serve_expecting(
+                writer.ctx(),
+                &req.key,
+                serve,
+                req.force,
+                expected,
+            )?;
+            let flag = written_flag(&envs, &writer.environment, &req.key, &committed)?;
+            Ok((committed.revision, flag))
+        })
+        .await?;
+        Ok(Response::new(pb::SetDefaultServeResponse {
+            revision,
+            flag: Some(flag),
+        }))
+    }
+
+    async fn revert_flag(
+        &self,
+        request: Request<pb::RevertFlagRequest>,
+    ) -> Result<Response<pb::RevertFlagResponse>, Status> {
+        let token = self.allow(&request, Access::Write(&request.get_ref().environment))?;
+        let req = request.into_inner();
+        wire::required_str(&req.key, "key")?;
+        if req.to_version == 0 {
+            return Err(wire::missing("to_version").into());
+        }
+        let expected = wire::expected(req.expected_version);
+        let writer = Writer::new(&token, req.environment, req.comment, req.confirm_protected);
+        let envs = self.envs.clone();
+        let (revision, flag) = blocking(move || {
+            let committed =
+                envs.revert_flag_expecting(writer.ctx(), &req.key, req.to_version, expected)?;
+            let flag = written_flag(&envs, &writer.environment, &req.key, &committed)?;
+            Ok((committed.revision, flag))
+        })
+        .await?;
+        Ok(Response::new(pb::RevertFlagResponse {
+            revision,
+            flag: Some(flag),
+        }))
+    }
+
+    async fn promote_flag(
+        &self,
+        request: Request<pb::PromoteFlagRequest>,
+    ) -> Result<Response<pb::PromoteFlagResponse>, Status> {
+        let req = request.get_ref();
+        let token = self.allow(&request, Access::Write(&req.environment))?;
+        if req.from_environment.is_empty() {
+            return Err(wire::missing("from_environment").into());
+        }
+        self.allow(&request, Access::Read(&req.from_environment))?;
+        let req = request.into_inner();
+        wire::required_str(&req.key, "key")?;
+        if req.from_environment == req.environment {
+            return Err(Status::invalid_argument(format!(
+                "from_environment and environment are both {:?}: a flag is promoted to another \
+                 environment",
+                req.environment
+            )));
+        }
+        let expected = wire::expected(req.expected_version);
+        let writer = Writer::new(&token, req.environment, req.comment, req.confirm_protected);
+        let envs = self.envs.clone();
+        let (revision, flag) = blocking(move || {
+            let committed = envs.promote_flag_expecting(
+                writer.ctx(),
+                &req.key,
+                &req.from_environment,
+                expected,
+            )?;
+            let flag = written_flag(&envs, &writer.environment, &req.key, &committed)?;
+            Ok((committed.revision, flag))
+        })
+        .await?;
+        Ok(Response::new(pb::PromoteFlagResponse {
+            revision,
+            flag: Some(flag),
+        }))
+    }
+
+    // ---- Segments ----
+
+    async fn create_segment(
+        &self,
+        request: Request<pb::CreateSegmentRequest>,
+    ) -> Result<Response<pb::CreateSegmentResponse>, Status> {
+        let token = self.allow(&request, Access::Write(&request.get_ref().environment))?;
+        let req = request.into_inner();
+        let segment = wire::segment(wire::required(req.segment, "segment")?)?;
+        let key = segment.key.clone();
+        let writer = Writer::new(&token, req.environment, req.comment, req.confirm_protected);
+        let envs = self.envs.clone();
+        let (revision, segment) = blocking(move || {
+            let committed = envs.create_segment(writer.ctx(), segment)?;
+            let segment = written_segment(&envs, &writer.environment, &key, &committed)?;
+            Ok((committed.revision, segment))
+        })
+        .await?;
+        Ok(Response::new(pb::CreateSegmentResponse {
+            revision,
+            segment: Some(segment),
+        }))
+    }
+
+    async fn get_segment(
+        &self,
+        request: Request<pb::GetSegmentRequest>,
+    ) -> Result<Response<pb::GetSegmentResponse>, Status> {
+        self.allow(&request, Access::Read(&request.get_ref().environment))?;
+        let pb::GetSegmentRequest { environment, key } = request.into_inner();
+        wire::required_str(&key, "key")?;
+        let envs = self.envs.clone();
+        let response = blocking(move || {
+            let current = envs.get(&environment)?.current();
+            let segment = current.snapshot.segment(&key).ok_or_else(|| {
+                ServerError::NotFound(format!("no segment {key:?} in environment {environment:?}"))
+            })?;
+            Ok(pb::GetSegmentResponse {
+                segment: Some(pb::Segment::from(segment)),
+                last_change: last_change(&**envs.store(), &environment, segment.version)?,
+            })
+        })
+        .await?;
+        Ok(Response::new(response))
+    }
+
+    async fn list_segments(
+        &self,
+        request: Request<pb::ListSegmentsRequest>,
+    ) -> Result<Response<pb::ListSegmentsResponse>, Status> {
+        self.allow(&request, Access::Read(&request.get_ref().environment))?;
+        let req = request.into_inner();
+        let envs = self.envs.clone();
+        let response = blocking(move || {
+            let current = envs.get(&req.environment)?.current();
+            let matching: Vec<&Segment> = current
+                .snapshot
+                .segments()
+                .filter(|s| {
+                    contains_text(&req.text, [Some(s.key.as_str()), s.description.as_deref()])
+                })
+                .collect();
+            let scope = Scope(&["segments", &req.environment, &req.text]);
+            let (segments, next_page_token) =
+                page(matching, |s| &s.key, scope, &req.page_token, req.page_size)?;
+            let segments = segments
+                .into_iter()
+                .map(|segment| {
+                    Ok(pb::SegmentEntry {
+                        segment: Some(wire::segment_summary(segment)),
+                        last_change: last_change(
+                            &**envs.store(),
+                            &req.environment,
+                            segment.version,
+                        )?,
+                    })
+                })
+                .collect::<Result<_, ServerError>>()?;
+            Ok(pb::ListSegmentsResponse {
+                segments,
+                next_page_token,
+                revision: current.revision,
+            })
+        })
+        .await?;
+        Ok(Response::new(response))
+    }
+
+    async fn update_segment(
+        &self,
+        request: Request<pb::UpdateSegmentRequest>,
+    ) -> Result<Response<pb::UpdateSegmentResponse>, Status> {
+        let token = self.allow(&request, Access::Write(&request.get_ref().environment))?;
+        let req = request.into_inner();
+        let mut segment = wire::segment(wire::required(req.segment, "segment")?)?;
+        segment.version = wire::expected_of(segment.version, req.expected_version, "segment")?;
+        let key = segment.key.clone();
+        let writer = Writer::new(&token, req.environment, req.comment, req.confirm_protected);
+        let envs = self.envs.clone();
+        let (revision, segment) = blocking(move || {
+            let committed = envs.update_segment(writer.ctx(), segment)?;
+            let segment = written_segment(&envs, &writer.environment, &key, &committed)?;
+            Ok((committed.revision, segment))
+        })
+        .await?;
+        Ok(Response::new(pb::UpdateSegmentResponse {
+            revision,
+            segment: Some(segment),
+        }))
+    }
+
+    async fn delete_segment(
+        &self,
+        request: Request<pb::DeleteSegmentRequest>,
+    ) -> Result<Response<pb::DeleteSegmentResponse>, Status> {
+        let token = self.allow(&request, Access::Write(&request.get_ref().environment))?;
+        let req = request.into_inner();
+        wire::required_str(&req.key, "key")?;
+        let expected = wire::expected(req.expected_version);
+        let writer = Writer::new(&token, req.environment, req.comment, req.confirm_protected);
+        let envs = self.envs.clone();
+        let committed =
+            blocking(move || envs.delete_segment_expecting(writer.ctx(), &req.key, expected))
+                .await?;
+        Ok(Response::new(pb::DeleteSegmentResponse {
+            revision: committed.revision,
+        }))
+    }
+
+    async fn patch_segment_keys(
+        &self,
+        request: Request<pb::PatchSegmentKeysRequest>,
+    ) -> Result<Response<pb::PatchSegmentKeysResponse>, Status> {
+        let token = self.allow(&request, Access::Write(&request.get_ref().environment))?;
+        let req = request.into_inner();
+        let patch = wire::required(req.patch, "patch")?;
+        if patch.segment.is_empty() {
+            return Err(wire::missing("patch.segment").into());
+        }
+        let key = patch.segment;
+        let keys = SegmentKeyPatch {
+            add_included: patch.add_included,
+            remove_included: patch.remove_included,
+            add_excluded: patch.add_excluded,
+            remove_excluded: patch.remove_excluded,
+            expected_version: wire::expected(req.expected_version),
+        };
+        let writer = Writer::new(&token, req.environment, req.comment, req.confirm_protected);
+        let envs = self.envs.clone();
+        let (committed, segment) = blocking(move || {
+            let committed = envs.patch_segment_keys(writer.ctx(), &key, &keys)?;
+            let segment = written_segment(&envs, &writer.environment, &key, &committed)?;
+            Ok((committed, segment))
+        })
+        .await?;
+        // What the patch did is the audit record's key diff; a patch that changed nothing
+        // applied nothing.
+        let applied = committed
+            .changes
+            .iter()
+            .map(wire::change)
+            .find_map(|change| match change.document {
+                Some(pb::change::Document::Segment(s)) => s.keys,
+                _ => None,
+            })
+            .unwrap_or_else(|| pb::SegmentKeyPatch {
+                segment: segment
+                    .segment
+                    .as_ref()
+                    .map(|s| s.key.clone())
+                    .unwrap_or_default(),
+                ..pb::SegmentKeyPatch::default()
+            });
+        Ok(Response::new(pb::PatchSegmentKeysResponse {
+            revision: committed.revision,
+            segment: Some(segment),
+            applied: Some(applied),
+        }))
+    }
+
+    // ---- Documents ----
+
+    async fn apply(
+        &self,
+        request: Request<pb::ApplyRequest>,
+    ) -> Result<Response<pb::ApplyResponse>, Status> {
+        let token = self.allow(&request, Access::Write(&request.get_ref().environment))?;
+        let req = request.into_inner();
+        let changes = match req.source {
+            Some(pb::apply_request::Source::Documents(set)) => {
+                if req.prune {
+                    return Err(Status::invalid_argument(
+                        "prune: only allowed with a whole document (source document), not \
+                         with documents",
+                    ));
+                }
+                apply_documents(set.flags, set.segments)?
+            }
+            Some(pb::apply_request::Source::Document(document)) => {
+                apply_documents(document.flags, document.segments)?
+            }
+            None => return Err(wire::missing("documents or document").into()),
+        };
+        let options = ApplyOptions {
+            prune: req.prune,
+            dry_run: req.dry_run,
+        };
+        let flag_keys: Vec<String> = changes.flags.iter().map(|f| f.key.clone()).collect();
+        let segment_keys: Vec<String> = changes.segments.iter().map(|s| s.key.clone()).collect();
+        let writer = Writer::new(&token, req.environment, req.comment, req.confirm_protected);
+        let envs = self.envs.clone();
+        let committed = blocking(move || envs.apply_with(writer.ctx(), changes, options)).await?;
+        Ok(Response::new(pb::ApplyResponse {
+            revision: committed.revision,
+            changed: committed.changed(),
+            changes: committed.changes.iter().map(wire::change).collect(),
+            unchanged_flags: unchanged(
+                flag_keys.iter().map(String::as_str),
+                committed.flags.iter().map(|f| f.key.as_str()),
+            ),
+            unchanged_segments: unchanged(
+                segment_keys.iter().map(String::as_str),
+                committed.segments.iter().map(|s| s.key.as_str()),
+            ),
+        }))
+    }
+
+    async fn export(
+        &self,
+        request: Request<pb::ExportRequest>,
+    ) -> Result<Response<pb::ExportResponse>, Status> {
+        self.allow(&request, Access::Read(&request.get_ref().environment))?;
+        let environment = request.into_inner().environment;
+        let envs = self.envs.clone();
+        let response = blocking(move || {
+            let current = envs.get(&environment)?.current();
+            Ok(pb::ExportResponse {
+                document: Some(pb::Document::from(
+                    &current.snapshot.to_document(&environment),
+                )),
+                revision: current.revision,
+            })
+        })
+        .await?;
+        Ok(Response::new(response))
+    }
+
+    // ---- History ----
+
+    async fn list_history(
+        &self,
+        request: Request<pb::ListHistoryRequest>,
+    ) -> Result<Response<pb::ListHistoryResponse>, Status> {
+        self.allow(&request, Access::Read(&request.get_ref().environment))?;
+        let req = request.into_inner();
+        if !req.flag.is_empty() && !req.segment.is_empty() {
+            return Err(Status::invalid_argument(
+                "flag and segment are both set: ask for the history of at most one document",
+            ));
+        }
+        let size = page_size(req.page_size);
+        let envs = self.envs.clone();
+        let response = blocking(move || {
+            let scope = Scope(&["history", &req.environment, &req.flag, &req.segment]);
+            // The position is the revision of the last entry of the previous page.
+            let before = match scope.position(&req.page_token)? {
+                Some(revision) => Some(revision.parse::<u64>().map_err(|_| {
+                    ServerError::Invalid("page_token: not a next_page_token".to_owned())
+                })?),
+                None => None,
+            };
+            envs.get(&req.environment)?;
+            let store = envs.store();
+            // One more than asked, to know whether another page follows.
+            let mut entries = if !req.segment.is_empty() {
+                store.segment_history(&req.environment, &req.segment, before, size + 1)?
+            } else {
+                let flag = Some(req.flag.as_str()).filter(|f| !f.is_empty());
+                store.history(&req.environment, flag, before, size + 1)?
+            };
+            let more = entries.len() > size;
+            entries.truncate(size);
+            let next_page_token = match entries.last() {
+                Some(last) if more => scope.token(&last.revision.to_string()),
+                _ => String::new(),
+            };
+            let keep = |change: &AuditChange| {
+                if !req.flag.is_empty() {
+                    change.is_flag(&req.flag)
+                } else if !req.segment.is_empty() {
+                    change.is_segment(&req.segment)
+                } else {
+                    true
+                }
+            };
+            Ok(pb::ListHistoryResponse {
+                entries: entries
+                    .iter()
+                    .map(|entry| wire::audit_entry(&req.environment, entry, keep))
+                    .collect(),
+                next_page_token,
+            })
+        })
+        .await?;
+        Ok(Response::new(response))
+    }
+
+    async fn watch_changes(
+        &self,
+        request: Request<pb::WatchChangesRequest>,
+    ) -> Result<Response<Self::WatchChangesStream>, Status> {
+        self.allow(&request, Access::Read(&request.get_ref().environment))?;
+        Err(Status::unimplemented(
+            "WatchChanges arrives with the Watch stream",
+        ))
+    }
+
+    // ---- Evaluation ----
+
+    async fn evaluate(
+        &self,
+        request: Request<pb::EvaluateRequest>,
+    ) -> Result<Response<pb::EvaluateResponse>, Status> {
+        self.allow(&request, Access::Read(&request.get_ref().environment))?;
+        let req = request.into_inner();
+        let context = wire::required(req.context, "context")?;
+        let envs = self.envs.clone();
+        let response = blocking(move || {
+            let current = envs.get(&req.environment)?.current();
+            let snapshot = &current.snapshot;
+            let keys: Vec<&str> = if req.flag.is_empty() {
+                let mut keys: Vec<&str> = snapshot.flags().map(|f| f.key.as_str()).collect();
+                keys.sort_unstable();
+                keys
+            } else if snapshot.flag(&req.flag).is_some() {
+                vec![req.flag.as_str()]
+            } else {
+                return Err(ServerError::NotFound(format!(
+                    "no flag {:?} in environment {:?}",
+                    req.flag, req.environment
+                )));
+            };
+            let ctx = Context::from(&context);
+            let evaluations = keys
+                .into_iter()
+                .map(|key| {
+                    let detail = snapshot.evaluate(key, &ctx);
+                    pb::Evaluation {
+                        flag: key.to_owned(),
+                        value_json: detail.value.to_string(),
+                        variant: detail.variant.unwrap_or_default().to_owned(),
+                        reason: Some(pb::Reason::from(detail.reason)),
+                        version: detail.version.unwrap_or_default(),
+                        bucket: detail.bucket,
+                    }
+                })
+                .collect();
+            Ok(pb::EvaluateResponse {
+                revision: current.revision,
+                evaluations,
+            })
+        })
+        .await?;
+        Ok(Response::new(response))
+    }
+
+    // ---- Tokens ----
+
+    async fn create_token(
+        &self,
+        request: Request<pb::CreateTokenRequest>,
+    ) -> Result<Response<pb::CreateTokenResponse>, Status> {
+        self.allow(&request, Access::Admin)?;
+        let req = request.into_inner();
+        let role = wire::role(req.role)?;
+        let environment = Some(req.environment).filter(|e| !e.is_empty());
+        if let (Role::Editor | Role::Sdk, Some(environment)) = (role, &environment) {
+            self.envs.get(environment)?;
+        }
+        let tokens = self.tokens.clone();
+        let (token, secret) =
+            blocking(move || tokens.create_named(&req.name, role, environment.as_deref())).await?;
+        Ok(Response::new(pb::CreateTokenResponse {
+            token: Some(wire::token(&token)),
+            secret,
+        }))
+    }
+
+    async fn list_tokens(
+        &self,
+        request: Request<pb::ListTokensRequest>,
+    ) -> Result<Response<pb::ListTokensResponse>, Status> {
+        self.allow(&request, Access::Admin)?;
+        let mut live: Vec<TokenRecord> = self
+            .tokens
+            .list()
+            .into_iter()
+            .filter(|t| !t.revoked)
+            .collect();
+        // By name; oldest first among the same name (the offline admin-token tool reuses one).
+        live.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(Response::new(pb::ListTokensResponse {
+            tokens: live.iter().map(wire::token).collect(),
+        }))
+    }
+
+    async fn revoke_token(
+        &self,
+        request: Request<pb::RevokeTokenRequest>,
+    ) -> Result<Response<pb::RevokeTokenResponse>, Status> {
+        self.allow(&request, Access::Admin)?;
+        let id = request.into_inner().id;
+        wire::required_str(&id, "id")?;
+        let tokens = self.tokens.clone();
+        blocking(move || tokens.revoke(&id)).await?;
+        Ok(Response::new(pb::RevokeTokenResponse {}))
+    }
+
+    // ---- Propagation: served once SDKs connect through the Watch stream ----
+
+    async fn list_clients(
+        &self,
+        request: Request<pb::ListClientsRequest>,
+    ) -> Result<Response<pb::ListClientsResponse>, Status> {
+        self.allow(&request, Access::Read(&request.get_ref().environment))?;
+        Err(Status::unimplemented(
+            "ListClients arrives with the Watch stream, whose streams it reports",
+        ))
+    }
+
+    async fn wait_for_revision(
+        &self,
+        request: Request<pb::WaitForRevisionRequest>,
+    ) -> Result<Response<pb::WaitForRevisionResponse>, Status> {
+        self.allow(&request, Access::Read(&request.get_ref().environment))?;
+        Err(Status::unimplemented(
+            "WaitForRevision arrives with the Watch stream, whose acknowledgements it waits for",
+        ))
+    }
+
+    // ---- Rollout plans: served once staged rollouts exist ----
+
+    async fn start_rollout(
+        &self,
+        request: Request<pb::StartRolloutRequest>,
+    ) -> Result<Response<pb::StartRolloutResponse>, Status> {
+        self.allow(&request, Access::Write(&request.get_ref().environment))?;
+        Err(rollouts_pending("StartRollout"))
+    }
+
+    async fn get_rollout(
+        &self,
+        request: Request<pb::GetRolloutRequest>,
+    ) -> Result<Response<pb::GetRolloutResponse>, Status> {
+        self.allow(&request, Access::Read(&request.get_ref().environment))?;
+        Err(rollouts_pending("GetRollout"))
+    }
+
+    async fn list_rollouts(
+        &self,
+        request: Request<pb::ListRolloutsRequest>,
+    ) -> Result<Response<pb::ListRolloutsResponse>, Status> {
+        self.allow(&request, Access::Read(&request.get_ref().environment))?;
+        Err(rollouts_pending("ListRollouts"))
+    }
+
+    async fn pause_rollout(
+        &self,
+        request: Request<pb::PauseRolloutRequest>,
+    ) -> Result<Response<pb::PauseRolloutResponse>, Status> {
+        self.allow(&request, Access::Write(&request.get_ref().environment))?;
+        Err(rollouts_pending("PauseRollout"))
+    }
+
+    async fn resume_rollout(
+        &self,
+        request: Request<pb::ResumeRolloutRequest>,
+    ) -> Result<Response<pb::ResumeRolloutResponse>, Status> {
+        self.allow(&request, Access::Write(&request.get_ref().environment))?;
+        Err(rollouts_pending("ResumeRollout"))
+    }
+
+    async fn rollback_rollout(
+        &self,
+        request: Request<pb::RollbackRolloutRequest>,
+    ) -> Result<Response<pb::RollbackRolloutResponse>, Status> {
+        self.allow(&request, Access::Write(&request.get_ref().environment))?;
+        Err(rollouts_pending("RollbackRollout"))
+    }
+
+    async fn promote_rollout(
+        &self,
+        request: Request<pb::PromoteRolloutRequest>,
+    ) -> Result<Response<pb::PromoteRolloutResponse>, Status> {
+        self.allow(&request, Access::Write(&request.get_ref().environment))?;
+        Err(rollouts_pending("PromoteRollout"))
+    }
+}
+
+/// The answer of a rollout RPC until staged rollouts are built.
+fn rollouts_pending(rpc: &str) -> Status {
+    Status::unimplemented(format!(
+        "{rpc} arrives with staged rollouts (rollout plans and their scheduler)"
+    ))
+}

@@ -1,0 +1,234 @@
+//! The server's own types (environments, audit entries, tokens) as Admin messages, and the
+//! request fields the service reads with the contract's conventions. Flags, segments,
+//! documents, contexts and reasons convert in `flagstaff-proto`, the one place for the
+//! engine's types; this module only applies what admin.proto adds around them.
+
+use flagstaff_engine::{Flag, Segment, Serve};
+use flagstaff_proto::pb;
+
+use crate::environments::Environment;
+use crate::error::ServerError;
+use crate::storage::{AuditChange, AuditEntry, KeyCounts, Role, TokenRecord};
+
+/// Milliseconds as the contract's `int64` times.
+fn unix_ms(ms: u64) -> i64 {
+    i64::try_from(ms).unwrap_or(i64::MAX)
+}
+
+/// A count as the contract's `uint32` counts.
+fn count(n: usize) -> u32 {
+    u32::try_from(n).unwrap_or(u32::MAX)
+}
+
+/// A request's `expected_version`, or a document's `version`: 0 means "no check", so it
+/// becomes `None`, never `Some(0)` (which the environments read as "must not exist").
+pub fn expected(version: u64) -> Option<u64> {
+    (version != 0).then_some(version)
+}
+
+/// The refusal of a request that lacks a field it needs.
+pub fn missing(field: &str) -> ServerError {
+    ServerError::Invalid(format!("missing required field {field:?}"))
+}
+
+/// A message field the request must set.
+pub fn required<T>(value: Option<T>, field: &str) -> Result<T, ServerError> {
+    value.ok_or_else(|| missing(field))
+}
+
+/// A string field the request must set.
+pub fn required_str(value: &str, field: &str) -> Result<(), ServerError> {
+    if value.is_empty() {
+        Err(missing(field))
+    } else {
+        Ok(())
+    }
+}
+
+/// A flag from a request: converted (an error names the field), its version read as an
+/// expected version.
+pub fn flag(flag: pb::Flag) -> Result<Flag, ServerError> {
+    let mut flag = Flag::try_from(flag).map_err(|e| ServerError::Invalid(e.to_string()))?;
+    flag.version = flag.version.and_then(expected);
+    Ok(flag)
+}
+
+/// A segment from a request, like [`flag`].
+pub fn segment(segment: pb::Segment) -> Result<Segment, ServerError> {
+    let mut segment =
+        Segment::try_from(segment).map_err(|e| ServerError::Invalid(e.to_string()))?;
+    segment.version = segment.version.and_then(expected);
+    Ok(segment)
+}
+
+/// A serve from a request's field `field`. The proto crate converts serves only as part of a
+/// flag, so the serve travels in a flag that carries nothing else.
+pub fn serve(serve: pb::Serve, field: &str) -> Result<Serve, ServerError> {
+    if serve.serve.is_none() {
+        return Err(ServerError::Invalid(format!(
+            "{field}: must have one of variant or split, got none"
+        )));
+    }
+    let carrier = pb::Flag {
+        kind: pb::Kind::Json as i32,
+        default: Some(serve),
+        ..pb::Flag::default()
+    };
+    Flag::try_from(carrier)
+        .map(|flag| flag.default)
+        .map_err(|e| ServerError::Invalid(format!("{field}: {e}")))
+}
+
+/// The version a write request expects: `expected_version`, or the document's own version;
+/// when both are set they must agree.
+pub fn expected_of(
+    document_version: Option<u64>,
+    expected_version: u64,
+    document: &str,
+) -> Result<Option<u64>, ServerError> {
+    match (document_version, expected(expected_version)) {
+        (Some(a), Some(b)) if a != b => Err(ServerError::Invalid(format!(
+            "expected_version {b} and {document}.version {a} differ; set one of them, or both \
+             to the same version"
+        ))),
+        (a, b) => Ok(a.or(b)),
+    }
+}
+
+/// A token role from a request.
+pub fn role(role: i32) -> Result<Role, ServerError> {
+    match pb::Role::try_from(role) {
+        Ok(pb::Role::Admin) => Ok(Role::Admin),
+        Ok(pb::Role::Editor) => Ok(Role::Editor),
+        Ok(pb::Role::Sdk) => Ok(Role::Sdk),
+        Ok(pb::Role::Unspecified) => Err(ServerError::Invalid(
+            "role: must be set, got ROLE_UNSPECIFIED".to_owned(),
+        )),
+        Err(_) => Err(ServerError::Invalid(format!("role: unknown value {role}"))),
+    }
+}
+
+/// An environment as listings show it.
+pub fn environment(env: &Environment) -> pb::Environment {
+    let current = env.current();
+    pb::Environment {
+        key: env.key.clone(),
+        protected: env.protected,
+        epoch: env.epoch.clone(),
+        revision: current.revision,
+        flag_count: count(current.snapshot.len()),
+        segment_count: count(current.snapshot.segments().count()),
+        created_unix_ms: unix_ms(env.created_ms),
+    }
+}
+
+/// A segment without its key lists, with their sizes.
+pub fn segment_summary(segment: &Segment) -> pb::SegmentSummary {
+    summary(Some(segment), KeyCounts::of(Some(segment))).unwrap_or_default()
+}
+
+fn summary(segment: Option<&Segment>, counts: KeyCounts) -> Option<pb::SegmentSummary> {
+    segment.map(|segment| {
+        // Built field by field so the key lists, up to 200,000 keys, are never copied.
+        let without_keys = Segment {
+            key: segment.key.clone(),
+            description: segment.description.clone(),
+            included: Vec::new(),
+            excluded: Vec::new(),
+            rules: segment.rules.clone(),
+            version: segment.version,
+        };
+        pb::SegmentSummary {
+            segment: Some(pb::Segment::from(&without_keys)),
+            included_count: count(counts.included),
+            excluded_count: count(counts.excluded),
+        }
+    })
+}
+
+/// How one document changed, as audit entries and apply responses report it.
+pub fn change(change: &AuditChange) -> pb::Change {
+    let document = match change {
+        AuditChange::Flag { key, before, after } => pb::change::Document::Flag(pb::FlagChange {
+            key: key.clone(),
+            before: before.as_deref().map(pb::Flag::from),
+            after: after.as_deref().map(pb::Flag::from),
+        }),
+        AuditChange::Segment {
+            key,
+            before,
+            after,
+            included_added,
+            included_removed,
+            excluded_added,
+            excluded_removed,
+            counts_before,
+            counts_after,
+        } => pb::change::Document::Segment(pb::SegmentChange {
+            key: key.clone(),
+            before: summary(before.as_deref(), *counts_before),
+            after: summary(after.as_deref(), *counts_after),
+            keys: Some(pb::SegmentKeyPatch {
+                segment: key.clone(),
+                add_included: included_added.clone(),
+                remove_included: included_removed.clone(),
+                add_excluded: excluded_added.clone(),
+                remove_excluded: excluded_removed.clone(),
+            }),
+        }),
+    };
+    pb::Change {
+        document: Some(document),
+    }
+}
+
+/// An audit entry of `environment`, with the changes `keep` selects.
+pub fn audit_entry(
+    environment: &str,
+    entry: &AuditEntry,
+    keep: impl Fn(&AuditChange) -> bool,
+) -> pb::AuditEntry {
+    pb::AuditEntry {
+        environment: environment.to_owned(),
+        revision: entry.revision,
+        time_unix_ms: unix_ms(entry.time_ms),
+        actor: entry.actor.clone(),
+        comment: entry.comment.clone(),
+        // The store does not record the operation yet; the contract allows any string.
+        operation: String::new(),
+        changes: entry
+            .changes
+            .iter()
+            .filter(|c| keep(c))
+            .map(change)
+            .collect(),
+    }
+}
+
+/// Who made a change, and when.
+pub fn change_info(entry: &AuditEntry) -> pb::ChangeInfo {
+    pb::ChangeInfo {
+        revision: entry.revision,
+        time_unix_ms: unix_ms(entry.time_ms),
+        actor: entry.actor.clone(),
+        comment: entry.comment.clone(),
+    }
+}
+
+/// A token, without its secret or hash.
+pub fn token(token: &TokenRecord) -> pb::Token {
+    let role = match token.role {
+        Role::Admin => pb::Role::Admin,
+        Role::Editor => pb::Role::Editor,
+        Role::Sdk => pb::Role::Sdk,
+    };
+    pb::Token {
+        id: token.id.clone(),
+        name: token.name.clone(),
+        role: role as i32,
+        environment: token.environment.clone().unwrap_or_default(),
+        created_unix_ms: unix_ms(token.created_ms),
+        // The store does not record who created a token yet.
+        created_by: String::new(),
+    }
+}

@@ -1,0 +1,200 @@
+//! flagstaffd as a separate process: every acknowledged write survives a SIGKILL, a second
+//! server on the same data directory is refused, and `admin-token` mints a token offline.
+//! (An in-process restart proves nothing: sled flushes when it is dropped.)
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use flagstaff_proto::pb;
+use flagstaff_proto::pb::admin_client::AdminClient;
+use tonic::transport::Channel;
+use tonic::Request;
+
+/// A flagstaffd process on a loopback port of its choosing.
+struct Daemon {
+    child: Child,
+    addr: String,
+}
+
+impl Daemon {
+    fn start(data_dir: &Path) -> Daemon {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_flagstaffd"))
+            .args(["--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(data_dir)
+            .env("RUST_LOG", "info")
+            .env("NO_COLOR", "1")
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("flagstaffd starts");
+        let stderr = child.stderr.take().expect("stderr");
+        let mut lines = BufReader::new(stderr).lines();
+        let addr = loop {
+            let line = lines
+                .next()
+                .expect("flagstaffd logs its address")
+                .expect("utf-8 log");
+            if let Some(rest) = line.split("address=").nth(1) {
+                break rest.split_whitespace().next().expect("address").to_owned();
+            }
+        };
+        // Keep draining the log so the server never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        Daemon { child, addr }
+    }
+
+    async fn client(&self) -> AdminClient<Channel> {
+        AdminClient::connect(format!("http://{}", self.addr))
+            .await
+            .expect("connects")
+    }
+
+    fn kill(mut self) {
+        // SIGKILL: no chance to flush anything on the way out.
+        self.child.kill().expect("kill");
+        self.child.wait().expect("reaped");
+    }
+}
+
+fn token(data_dir: &Path) -> String {
+    std::fs::read_to_string(data_dir.join("admin.token"))
+        .expect("admin token")
+        .trim()
+        .to_owned()
+}
+
+fn authorized<T>(message: T, token: &str) -> Request<T> {
+    let mut request = Request::new(message);
+    request.metadata_mut().insert(
+        "authorization",
+        format!("Bearer {token}").parse().expect("ascii"),
+    );
+    request
+}
+
+fn flag(key: &str) -> pb::Flag {
+    let flag = flagstaff_engine::flag_from_value(&serde_json::json!({
+        "key": key, "kind": "boolean", "variants": {"on": true, "off": false},
+        "off_variant": "off", "enabled": true, "default": {"variant": "on"},
+    }))
+    .expect("flag");
+    pb::Flag::from(&flag)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_acknowledged_write_survives_a_sigkill() {
+    let dir = tempfile::tempdir().expect("data dir");
+    let daemon = Daemon::start(dir.path());
+    let token = token(dir.path());
+    let mut client = daemon.client().await;
+    client
+        .create_environment(authorized(
+            pb::CreateEnvironmentRequest {
+                environment: "production".into(),
+                ..Default::default()
+            },
+            &token,
+        ))
+        .await
+        .expect("environment");
+
+    // Four writers create flags as fast as they are acknowledged, until the server is killed.
+    let writers: Vec<_> = (0..4)
+        .map(|w| {
+            let (mut client, token) = (client.clone(), token.clone());
+            tokio::spawn(async move {
+                let mut acknowledged = Vec::new();
+                for i in 0.. {
+                    let key = format!("w{w}-flag-{i}");
+                    let request = pb::CreateFlagRequest {
+                        environment: "production".into(),
+                        flag: Some(flag(&key)),
+                        ..Default::default()
+                    };
+                    match client.create_flag(authorized(request, &token)).await {
+                        Ok(_) => acknowledged.push(key),
+                        Err(_) => break,
+                    }
+                }
+                acknowledged
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    daemon.kill();
+    let mut acknowledged = Vec::new();
+    for writer in writers {
+        acknowledged.extend(writer.await.expect("writer"));
+    }
+    assert!(
+        acknowledged.len() > 20,
+        "only {} writes were acknowledged",
+        acknowledged.len()
+    );
+
+    let daemon = Daemon::start(dir.path());
+    let mut client = daemon.client().await;
+    for key in &acknowledged {
+        let request = pb::GetFlagRequest {
+            environment: "production".into(),
+            key: key.clone(),
+        };
+        client
+            .get_flag(authorized(request, &token))
+            .await
+            .unwrap_or_else(|e| panic!("acknowledged flag {key} lost after SIGKILL: {e}"));
+    }
+    daemon.kill();
+}
+
+#[test]
+fn a_second_server_on_the_same_data_dir_is_refused() {
+    let dir = tempfile::tempdir().expect("data dir");
+    let daemon = Daemon::start(dir.path());
+    let second = Command::new(env!("CARGO_BIN_EXE_flagstaffd"))
+        .args(["--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.path())
+        .output()
+        .expect("runs");
+    daemon.kill();
+    assert!(!second.status.success());
+    let stderr = String::from_utf8_lossy(&second.stderr);
+    assert!(
+        stderr.contains(&format!(
+            "error: another flagstaffd holds the data directory {}",
+            dir.path().display()
+        )),
+        "{stderr}"
+    );
+}
+
+#[tokio::test]
+async fn admin_token_mints_a_working_token_offline() {
+    let dir = tempfile::tempdir().expect("data dir");
+    Daemon::start(dir.path()).kill();
+    let old = token(dir.path());
+    let out = Command::new(env!("CARGO_BIN_EXE_flagstaffd"))
+        .arg("--data-dir")
+        .arg(dir.path())
+        .arg("admin-token")
+        .output()
+        .expect("runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let new = token(dir.path());
+    assert_ne!(new, old);
+
+    let daemon = Daemon::start(dir.path());
+    let mut client = daemon.client().await;
+    for token in [&new, &old] {
+        client
+            .list_environments(authorized(pb::ListEnvironmentsRequest::default(), token))
+            .await
+            .expect("both admin tokens work");
+    }
+    daemon.kill();
+}

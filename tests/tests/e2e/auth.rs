@@ -1,0 +1,158 @@
+//! Who may call what.
+
+use flagstaff_proto::pb;
+use flagstaff_tests::TestServer;
+use tonic::Code;
+
+use crate::fixtures::{boolean_flag, client_with_token, create_environment, refused, revision};
+
+#[tokio::test]
+async fn calls_need_a_valid_token() {
+    let server = TestServer::start().await;
+    let mut anonymous = server.admin_with(None).await;
+    let status = anonymous
+        .list_environments(pb::ListEnvironmentsRequest::default())
+        .await
+        .expect_err("refused");
+    assert_eq!(status.code(), Code::Unauthenticated);
+    assert_eq!(
+        status.message(),
+        "missing authorization metadata: send `authorization: Bearer <token>`"
+    );
+
+    let mut wrong = server.admin_with(Some("fs_not-a-token")).await;
+    let status = wrong
+        .list_environments(pb::ListEnvironmentsRequest::default())
+        .await
+        .expect_err("refused");
+    assert_eq!(status.code(), Code::Unauthenticated);
+    assert_eq!(status.message(), "unknown token");
+}
+
+#[tokio::test]
+async fn a_revoked_token_stops_working_at_once() {
+    let server = TestServer::start().await;
+    let mut admin = server.admin().await;
+    let created = admin
+        .create_token(pb::CreateTokenRequest {
+            name: "ci".into(),
+            role: pb::Role::Admin as i32,
+            environment: String::new(),
+        })
+        .await
+        .expect("token")
+        .into_inner();
+    let mut ci = server.admin_with(Some(&created.secret)).await;
+    ci.list_environments(pb::ListEnvironmentsRequest::default())
+        .await
+        .expect("works before revocation");
+
+    let id = created.token.expect("token").id;
+    admin
+        .revoke_token(pb::RevokeTokenRequest { id })
+        .await
+        .expect("revoked");
+    let message = refused(
+        ci.list_environments(pb::ListEnvironmentsRequest::default())
+            .await,
+        Code::Unauthenticated,
+    );
+    assert_eq!(message, "the token has been revoked");
+}
+
+#[tokio::test]
+async fn a_token_outside_its_role_or_environment_is_permission_denied() {
+    let server = TestServer::start().await;
+    let mut admin = server.admin().await;
+    create_environment(&mut admin, "staging").await;
+    create_environment(&mut admin, "production").await;
+    let mut editor = client_with_token(&server, "ci", pb::Role::Editor, "staging").await;
+
+    let message = refused(
+        editor
+            .create_flag(pb::CreateFlagRequest {
+                environment: "production".into(),
+                flag: Some(boolean_flag("checkout")),
+                ..Default::default()
+            })
+            .await,
+        Code::PermissionDenied,
+    );
+    assert_eq!(
+        message,
+        "token \"ci\" (Editor) may not write to environment \"production\""
+    );
+    let message = refused(
+        editor.list_tokens(pb::ListTokensRequest::default()).await,
+        Code::PermissionDenied,
+    );
+    assert_eq!(
+        message,
+        "token \"ci\" (Editor) may not manage environments and tokens"
+    );
+    assert_eq!(
+        revision(&mut admin, "production").await,
+        0,
+        "nothing stored"
+    );
+}
+
+#[tokio::test]
+async fn tokens_are_listed_without_secrets_and_bound_to_an_existing_environment() {
+    let server = TestServer::start().await;
+    let mut admin = server.admin().await;
+    create_environment(&mut admin, "staging").await;
+    let created = admin
+        .create_token(pb::CreateTokenRequest {
+            name: "billing-sdk".into(),
+            role: pb::Role::Sdk as i32,
+            environment: "staging".into(),
+        })
+        .await
+        .expect("token")
+        .into_inner();
+    assert!(created.secret.starts_with("fs_"));
+
+    let tokens = admin
+        .list_tokens(pb::ListTokensRequest::default())
+        .await
+        .expect("list")
+        .into_inner()
+        .tokens;
+    let listed: Vec<(&str, i32, &str)> = tokens
+        .iter()
+        .map(|t| (t.name.as_str(), t.role, t.environment.as_str()))
+        .collect();
+    assert_eq!(
+        listed,
+        [
+            ("admin", pb::Role::Admin as i32, ""),
+            ("billing-sdk", pb::Role::Sdk as i32, "staging"),
+        ]
+    );
+    // The message has no field that could carry a secret or its hash.
+    assert_eq!(tokens[1], created.token.expect("token"));
+
+    let message = refused(
+        admin
+            .create_token(pb::CreateTokenRequest {
+                name: "ghost".into(),
+                role: pb::Role::Editor as i32,
+                environment: "nowhere".into(),
+            })
+            .await,
+        Code::NotFound,
+    );
+    assert_eq!(message, "no environment \"nowhere\"");
+    let message = refused(
+        admin
+            .create_token(pb::CreateTokenRequest {
+                name: "ghost".into(),
+                role: pb::Role::Unspecified as i32,
+                environment: String::new(),
+            })
+            .await,
+        Code::InvalidArgument,
+    );
+    assert_eq!(message, "role: must be set, got ROLE_UNSPECIFIED");
+}

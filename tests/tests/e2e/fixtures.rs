@@ -1,0 +1,157 @@
+//! What the tests build on: documents written as JSON, environments, tokens, and a check of
+//! a refused call's status.
+
+use std::fmt::Debug;
+
+use flagstaff_proto::pb;
+use flagstaff_tests::{Admin, TestServer};
+use serde_json::{json, Value};
+use tonic::{Code, Response, Status};
+
+/// A flag from its canonical JSON document.
+pub fn flag(document: Value) -> pb::Flag {
+    let flag = flagstaff_engine::flag_from_value(&document).expect("a flag document");
+    pb::Flag::from(&flag)
+}
+
+/// A boolean flag, enabled, serving `off` by default.
+pub fn boolean_flag(key: &str) -> pb::Flag {
+    flag(json!({
+        "key": key, "kind": "boolean", "variants": {"on": true, "off": false},
+        "off_variant": "off", "enabled": true, "default": {"variant": "off"},
+    }))
+}
+
+/// A boolean flag that needs `prerequisite` to serve `on`.
+pub fn requiring(key: &str, prerequisite: &str) -> pb::Flag {
+    flag(json!({
+        "key": key, "kind": "boolean", "variants": {"on": true, "off": false},
+        "off_variant": "off", "enabled": true, "default": {"variant": "on"},
+        "prerequisites": [{"flag": prerequisite, "variants": ["on"]}],
+    }))
+}
+
+/// A boolean flag serving `on` to the members of `segment`.
+pub fn targeting(key: &str, segment: &str) -> pb::Flag {
+    flag(json!({
+        "key": key, "kind": "boolean", "variants": {"on": true, "off": false},
+        "off_variant": "off", "enabled": true, "default": {"variant": "off"},
+        "rules": [{"id": "members", "conditions": [{"op": "in_segment", "values": [segment]}],
+                   "serve": {"variant": "on"}}],
+    }))
+}
+
+/// A segment of context keys.
+pub fn segment(key: &str, included: &[&str]) -> pb::Segment {
+    let segment = flagstaff_engine::segment_from_value(&json!({"key": key, "included": included}))
+        .expect("a segment document");
+    pb::Segment::from(&segment)
+}
+
+/// A split serve: (variant, weight in 1/1000 of a percent), in order.
+pub fn split(weights: &[(&str, u32)]) -> pb::Serve {
+    pb::Serve {
+        serve: Some(pb::serve::Serve::Split(pb::Split {
+            bucket_by: None,
+            weights: weights
+                .iter()
+                .map(|(variant, weight)| pb::Weight {
+                    variant: (*variant).to_owned(),
+                    weight: *weight,
+                })
+                .collect(),
+        })),
+    }
+}
+
+/// Creates an environment that is not protected.
+pub async fn create_environment(admin: &mut Admin, key: &str) {
+    admin
+        .create_environment(pb::CreateEnvironmentRequest {
+            environment: key.into(),
+            protected: false,
+        })
+        .await
+        .expect("environment created");
+}
+
+/// Creates a flag in `environment`, returning the revision the creation made.
+pub async fn create_flag(client: &mut Admin, environment: &str, flag: pb::Flag) -> u64 {
+    client
+        .create_flag(pb::CreateFlagRequest {
+            environment: environment.into(),
+            flag: Some(flag),
+            ..Default::default()
+        })
+        .await
+        .expect("flag created")
+        .into_inner()
+        .revision
+}
+
+/// Creates a segment in `environment`.
+pub async fn create_segment(client: &mut Admin, environment: &str, segment: pb::Segment) {
+    client
+        .create_segment(pb::CreateSegmentRequest {
+            environment: environment.into(),
+            segment: Some(segment),
+            ..Default::default()
+        })
+        .await
+        .expect("segment created");
+}
+
+/// A flag as stored.
+pub async fn get_flag(client: &mut Admin, environment: &str, key: &str) -> pb::Flag {
+    client
+        .get_flag(pb::GetFlagRequest {
+            environment: environment.into(),
+            key: key.into(),
+        })
+        .await
+        .expect("flag read")
+        .into_inner()
+        .flag
+        .expect("a flag")
+}
+
+/// An environment's current revision.
+pub async fn revision(client: &mut Admin, environment: &str) -> u64 {
+    client
+        .export(pb::ExportRequest {
+            environment: environment.into(),
+        })
+        .await
+        .expect("export")
+        .into_inner()
+        .revision
+}
+
+/// Creates a token and returns a client that sends it.
+pub async fn client_with_token(
+    server: &TestServer,
+    name: &str,
+    role: pb::Role,
+    environment: &str,
+) -> Admin {
+    let secret = server
+        .admin()
+        .await
+        .create_token(pb::CreateTokenRequest {
+            name: name.into(),
+            role: role as i32,
+            environment: environment.into(),
+        })
+        .await
+        .expect("token created")
+        .into_inner()
+        .secret;
+    server.admin_with(Some(&secret)).await
+}
+
+/// The message of a call that must fail with `code`.
+pub fn refused<T: Debug>(result: Result<Response<T>, Status>, code: Code) -> String {
+    let status = result.expect_err("the call is refused");
+    assert_eq!(status.code(), code, "{}", status.message());
+    status.message().to_owned()
+}

@@ -1,0 +1,11 @@
+//! End-to-end tests: the real flagstaffd on loopback with a temporary data directory, the
+//! real generated clients. One test binary; one module per area.
+
+mod auth;
+mod documents;
+mod evaluate;
+mod fixtures;
+mod flags;
+mod matrix;
+mod segments;
+mod status;
