@@ -1,5 +1,7 @@
 //! Generates the Rust code of Flagstaff's `.proto` files into `OUT_DIR`, with the protoc that
-//! the `protoc-bin-vendored` crate ships, so a build needs no protoc installed.
+//! the `protoc-bin-vendored` crate ships, so a build needs no protoc installed. Also writes
+//! `OUT_DIR/flagstaff.v1.bin`, the encoded `FileDescriptorSet` of the same files, which the
+//! crate exposes as `FILE_DESCRIPTOR_SET` for gRPC server reflection.
 
 use std::io;
 
@@ -26,7 +28,11 @@ fn main() -> io::Result<()> {
     println!("cargo:rerun-if-changed=build.rs");
     println!("cargo:rerun-if-changed=flagstaff");
 
+    let out_dir = std::path::PathBuf::from(std::env::var_os("OUT_DIR").ok_or_else(|| {
+        io::Error::other("OUT_DIR is not set: run this build script through cargo")
+    })?);
     tonic_prost_build::configure()
         .emit_rerun_if_changed(false)
+        .file_descriptor_set_path(out_dir.join("flagstaff.v1.bin"))
         .compile_protos(PROTOS, &[INCLUDE])
 }

@@ -49,6 +49,16 @@ mod generated {
     include!(concat!(env!("OUT_DIR"), "/flagstaff.v1.rs"));
 }
 
+/// The encoded `google.protobuf.FileDescriptorSet` of `model.proto`, `sync.proto` and
+/// `admin.proto`, as protoc wrote it when this crate was built (with source info, so comments
+/// come along).
+///
+/// flagstaffd registers it with gRPC server reflection, so that generic tools (`grpcurl`,
+/// `grpcui`, Postman) can list and call `flagstaff.v1.Admin` and `flagstaff.v1.Sync` without
+/// the `.proto` files. Decode it with `prost_types::FileDescriptorSet::decode` to read it.
+pub const FILE_DESCRIPTOR_SET: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/flagstaff.v1.bin"));
+
 /// The generated code of package `flagstaff.v1`, for the code that speaks gRPC: the server,
 /// the SDK's sync and the CLI. Everything else should use the engine's domain types and the
 /// conversions of this crate.

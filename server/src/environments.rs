@@ -9,6 +9,7 @@
 //! `spawn_blocking`.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use arc_swap::ArcSwap;
@@ -40,6 +41,11 @@ pub struct Environment {
     /// When it was created, in Unix milliseconds.
     pub created_ms: u64,
     current: ArcSwap<Current>,
+    /// Changes committed since this process loaded or created the environment, for the
+    /// metrics endpoint. An atomic, so counting costs a write nothing and reading it takes
+    /// no lock; it only ever grows (it restarts at 0 with the process, as Prometheus counters
+    /// do).
+    writes: AtomicU64,
     /// Serialises writes so each is built against the state it commits onto. A std mutex: it
     /// is held on a blocking thread for one write and never across an await.
     writer: Mutex<()>,
@@ -49,6 +55,12 @@ impl Environment {
     /// The current revision and snapshot, without locking.
     pub fn current(&self) -> Arc<Current> {
         self.current.load_full()
+    }
+
+    /// How many changes were committed to this environment since this process loaded or
+    /// created it. A write that changed nothing, or failed, is not counted.
+    pub fn writes(&self) -> u64 {
+        self.writes.load(Ordering::Relaxed)
     }
 }
 
@@ -257,6 +269,8 @@ impl<S: Store> Environments<S> {
             revision,
             snapshot: Arc::new(staged.next),
         }));
+        // Relaxed: the count orders nothing else; a scrape racing this write may see either.
+        env.writes.fetch_add(1, Ordering::Relaxed);
         Ok(Committed {
             revision,
             flags: change.flags,
@@ -328,6 +342,7 @@ impl Environment {
                 revision: record.revision,
                 snapshot: Arc::new(snapshot),
             }),
+            writes: AtomicU64::new(0),
             writer: Mutex::new(()),
         }
     }

@@ -1,26 +1,42 @@
 //! flagstaffd, Flagstaff's control plane: environments, flags, segments, tokens and the audit
 //! log, stored durably and served over gRPC.
+//!
+//! Besides `flagstaff.v1.Admin`, the gRPC listener serves `grpc.health.v1.Health` and server
+//! reflection (`grpc.reflection.v1` and `v1alpha`), optionally over TLS ([`Tls`]); a second,
+//! optional listener serves the server's own metrics in the Prometheus text format
+//! ([`ServeOptions::metrics`]). docs/operations.md describes them for operators.
 #![deny(missing_docs)]
 
 pub mod auth;
 mod environments;
 mod error;
+mod health;
+mod metrics;
 mod operations;
 pub mod service;
 pub mod storage;
+mod tls;
 
 use std::future::Future;
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use flagstaff_proto::pb;
+use tokio::sync::watch;
+use tonic_health::ServingStatus;
 
 pub use environments::{Committed, Current, Environment, Environments, WriteContext};
 pub use error::ServerError;
 pub use operations::{ApplyOptions, SegmentKeyPatch};
+pub use tls::{Tls, TlsError};
 
 use crate::auth::Tokens;
+use crate::metrics::{CountRequestsLayer, RequestCounts};
+use crate::service::admin::AdminService;
 use crate::storage::{SledStore, DEFAULT_RETENTION};
+
+/// The Admin service as served, whose name health reports.
+type AdminServer = pb::admin_server::AdminServer<AdminService<SledStore>>;
 
 /// Largest Admin message accepted and sent: whole environments and 100,000-key segments
 /// exceed gRPC's default of 4 MiB.
@@ -45,11 +61,23 @@ impl Config {
     }
 }
 
+/// What [`Server::serve_with`] serves besides plain gRPC.
+#[derive(Debug, Default)]
+pub struct ServeOptions {
+    /// Serve the metrics endpoint (`GET /metrics`, Prometheus text format, plain HTTP/1.1)
+    /// on this listener. Off when `None`.
+    pub metrics: Option<tokio::net::TcpListener>,
+    /// Serve gRPC over TLS with this certificate and key. Plain text when `None`.
+    pub tls: Option<Tls>,
+}
+
 /// A server's state, opened from its data directory.
 #[derive(Debug)]
 pub struct Server {
     envs: Arc<Environments<SledStore>>,
     tokens: Arc<Tokens<SledStore>>,
+    /// gRPC calls by method and status code, for the metrics endpoint.
+    requests: Arc<RequestCounts>,
 }
 
 impl Server {
@@ -69,7 +97,12 @@ impl Server {
             let path = tokens.mint_admin_token_file(&config.data_dir, "admin")?;
             tracing::info!(path = %path.display(), "fresh data directory: admin token written");
         }
-        Ok(Server { envs, tokens })
+        let requests = Arc::new(RequestCounts::new(&descriptor_sets()));
+        Ok(Server {
+            envs,
+            tokens,
+            requests,
+        })
     }
 
     /// The environments served.
@@ -82,25 +115,129 @@ impl Server {
         &self.tokens
     }
 
-    /// Serves gRPC on `listener` until `shutdown` completes, then finishes the requests in
-    /// flight and returns.
+    /// Serves gRPC in plain text on `listener`, without a metrics endpoint, until `shutdown`
+    /// completes; see [`serve_with`](Self::serve_with).
     pub async fn serve(
         self,
         listener: tokio::net::TcpListener,
         shutdown: impl Future<Output = ()> + Send,
     ) -> Result<(), tonic::transport::Error> {
-        let admin = pb::admin_server::AdminServer::new(service::admin::AdminService::new(
-            self.envs.clone(),
-            self.tokens.clone(),
-        ))
-        .max_decoding_message_size(MAX_ADMIN_MESSAGE)
-        .max_encoding_message_size(MAX_ADMIN_MESSAGE);
-        tonic::transport::Server::builder()
-            .add_service(admin)
-            .serve_with_incoming_shutdown(
-                tokio_stream::wrappers::TcpListenerStream::new(listener),
-                shutdown,
-            )
+        self.serve_with(listener, ServeOptions::default(), shutdown)
             .await
     }
+
+    /// Serves gRPC on `listener` (Admin, health and reflection; over TLS if `options` say
+    /// so) and the metrics endpoint if `options` give it a listener, until `shutdown`
+    /// completes. Then health reports `NOT_SERVING` and ends its `Watch` streams, the
+    /// metrics endpoint closes, and the gRPC requests in flight finish before this returns.
+    pub async fn serve_with(
+        self,
+        listener: tokio::net::TcpListener,
+        options: ServeOptions,
+        shutdown: impl Future<Output = ()> + Send,
+    ) -> Result<(), tonic::transport::Error> {
+        // Turns true once, when shutdown begins: health streams and the metrics endpoint end.
+        let (stop, stopping) = watch::channel(false);
+
+        let admin = AdminServer::new(AdminService::new(self.envs.clone(), self.tokens.clone()))
+            .max_decoding_message_size(MAX_ADMIN_MESSAGE)
+            .max_encoding_message_size(MAX_ADMIN_MESSAGE);
+
+        // The overall status ("") starts as SERVING; so does Admin's, once registered.
+        let health_reporter = tonic_health::server::HealthReporter::new();
+        health_reporter.set_serving::<AdminServer>().await;
+        let health =
+            tonic_health::pb::health_server::HealthServer::new(health::StoppingHealth::new(
+                tonic_health::server::HealthService::from_health_reporter(health_reporter.clone()),
+                stopping.clone(),
+            ));
+
+        let (reflection_v1, reflection_v1alpha) = reflection();
+
+        let mut builder = tonic::transport::Server::builder();
+        if let Some(tls) = &options.tls {
+            builder = builder.tls_config(tls.config())?;
+        }
+
+        let metrics = options.metrics.map(|listener| {
+            let (envs, requests) = (self.envs.clone(), self.requests.clone());
+            let render: metrics::endpoint::Render =
+                Arc::new(move || metrics::render(&envs, &requests));
+            tokio::spawn(metrics::endpoint::serve(
+                listener,
+                render,
+                health::stopped(stopping.clone()),
+            ))
+        });
+
+        let served = builder
+            .layer(CountRequestsLayer::new(self.requests.clone()))
+            .add_service(admin)
+            .add_service(health)
+            .add_optional_service(reflection_v1)
+            .add_optional_service(reflection_v1alpha)
+            .serve_with_incoming_shutdown(
+                tokio_stream::wrappers::TcpListenerStream::new(listener),
+                async {
+                    shutdown.await;
+                    health_reporter.set_not_serving::<AdminServer>().await;
+                    health_reporter
+                        .set_service_status("", ServingStatus::NotServing)
+                        .await;
+                    stop.send_replace(true);
+                },
+            )
+            .await;
+        // Also when serving failed before the shutdown signal.
+        stop.send_replace(true);
+        if let Some(metrics) = metrics {
+            if let Err(e) = metrics.await {
+                tracing::error!(error = %e, "the metrics endpoint failed");
+            }
+        }
+        served
+    }
+}
+
+/// The encoded descriptor sets of every service the gRPC listener serves (or reserves, like
+/// `flagstaff.v1.Sync`).
+fn descriptor_sets() -> [&'static [u8]; 4] {
+    [
+        flagstaff_proto::FILE_DESCRIPTOR_SET,
+        tonic_health::pb::FILE_DESCRIPTOR_SET,
+        tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET,
+        tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
+    ]
+}
+
+/// Server reflection, v1 and the v1alpha that older tools still ask for, over Flagstaff's
+/// and health's descriptors (each includes its own). The descriptor sets are compiled in, so
+/// building can fail only with a broken build; then reflection is logged and left out
+/// rather than taking the server down.
+fn reflection() -> (
+    Option<
+        tonic_reflection::server::v1::ServerReflectionServer<
+            impl tonic_reflection::server::v1::ServerReflection,
+        >,
+    >,
+    Option<
+        tonic_reflection::server::v1alpha::ServerReflectionServer<
+            impl tonic_reflection::server::v1alpha::ServerReflection,
+        >,
+    >,
+) {
+    let builder = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(flagstaff_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let v1 = builder()
+        .build_v1()
+        .map_err(|e| tracing::error!(error = %e, "server reflection v1 is not served"))
+        .ok();
+    let v1alpha = builder()
+        .build_v1alpha()
+        .map_err(|e| tracing::error!(error = %e, "server reflection v1alpha is not served"))
+        .ok();
+    (v1, v1alpha)
 }

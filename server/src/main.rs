@@ -2,10 +2,13 @@
 //!
 //! ```sh
 //! flagstaffd [--listen 127.0.0.1:7878] [--data-dir ./flagstaff-data]
+//!            [--metrics-listen 127.0.0.1:9187] [--tls-cert cert.pem --tls-key key.pem]
 //! flagstaffd admin-token --data-dir ./flagstaff-data    # mint a new admin token offline
 //! ```
 //! Every option is also an environment variable: `FLAGSTAFF_LISTEN`, `FLAGSTAFF_DATA_DIR`,
-//! `FLAGSTAFF_RETENTION`. Logs go to stderr; `RUST_LOG` filters them (default `info`).
+//! `FLAGSTAFF_RETENTION`, `FLAGSTAFF_METRICS_LISTEN`, `FLAGSTAFF_TLS_CERT`,
+//! `FLAGSTAFF_TLS_KEY`. Logs go to stderr; `RUST_LOG` filters them (default `info`). The
+//! addresses actually bound are logged (`address=`, `metrics_address=`), so port 0 works.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -13,7 +16,7 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
-use flagstaff_server::{Config, Server};
+use flagstaff_server::{Config, ServeOptions, Server, Tls};
 
 #[derive(Debug, Parser)]
 #[command(name = "flagstaffd", version, about = "Flagstaff's control plane")]
@@ -29,6 +32,30 @@ struct Args {
     /// Change-log entries kept per environment, for SDKs resuming without a full snapshot.
     #[arg(long, env = "FLAGSTAFF_RETENTION", default_value_t = flagstaff_server::storage::DEFAULT_RETENTION)]
     retention: u64,
+
+    /// Address to serve Prometheus metrics on, over plain HTTP at /metrics. Off when not
+    /// given.
+    #[arg(long, env = "FLAGSTAFF_METRICS_LISTEN", value_name = "ADDR")]
+    metrics_listen: Option<SocketAddr>,
+
+    /// PEM certificate chain to serve gRPC over TLS with (the server's certificate first).
+    /// Needs --tls-key.
+    #[arg(
+        long,
+        env = "FLAGSTAFF_TLS_CERT",
+        value_name = "PATH",
+        requires = "tls_key"
+    )]
+    tls_cert: Option<PathBuf>,
+
+    /// PEM private key of --tls-cert (PKCS#8, PKCS#1 or SEC1). Needs --tls-cert.
+    #[arg(
+        long,
+        env = "FLAGSTAFF_TLS_KEY",
+        value_name = "PATH",
+        requires = "tls_cert"
+    )]
+    tls_key: Option<PathBuf>,
 
     #[command(subcommand)]
     command: Option<Command>,
@@ -64,21 +91,49 @@ fn run(args: Args) -> anyhow::Result<()> {
         data_dir: args.data_dir.clone(),
         retention: args.retention,
     };
-    let server = Server::open(&config)?;
     if let Some(Command::AdminToken) = args.command {
+        let server = Server::open(&config)?;
         let path = server
             .tokens()
             .mint_admin_token_file(&args.data_dir, "admin")?;
         eprintln!("a new admin token is in {}", path.display());
         return Ok(());
     }
+    // Before the data directory is touched: a misconfigured start changes nothing.
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => Some(Tls::from_pem_files(cert, key)?),
+        // clap refuses one without the other.
+        _ => None,
+    };
+    let server = Server::open(&config)?;
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     runtime.block_on(async {
         let listener = tokio::net::TcpListener::bind(args.listen)
             .await
             .with_context(|| format!("cannot listen on {}", args.listen))?;
-        tracing::info!(address = %listener.local_addr()?, data_dir = %args.data_dir.display(), "flagstaffd serving");
-        server.serve(listener, shutdown_signal()).await?;
+        let metrics = match args.metrics_listen {
+            Some(addr) => Some(
+                tokio::net::TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("cannot listen on {addr} for metrics"))?,
+            ),
+            None => None,
+        };
+        // The gRPC line first: tools read the first `address=` as the gRPC address.
+        tracing::info!(
+            address = %listener.local_addr()?,
+            tls = tls.is_some(),
+            data_dir = %args.data_dir.display(),
+            "flagstaffd serving"
+        );
+        if let Some(metrics) = &metrics {
+            let addr = metrics.local_addr()?;
+            tracing::info!(metrics_address = %addr, "metrics at http://{addr}/metrics");
+        }
+        let options = ServeOptions { metrics, tls };
+        server
+            .serve_with(listener, options, shutdown_signal())
+            .await?;
         tracing::info!("flagstaffd stopped");
         Ok(())
     })

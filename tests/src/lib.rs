@@ -1,17 +1,17 @@
 //! A real flagstaffd for tests: [`TestServer`] runs the server in-process on `127.0.0.1:0`
 //! with a temporary data directory, and hands out clients that authenticate with its admin
-//! token (or any other).
+//! token (or any other). [`TestServer::start_with`] adds the metrics endpoint or TLS.
 #![deny(missing_docs)]
 
 use std::net::SocketAddr;
 
 use flagstaff_proto::pb::admin_client::AdminClient;
-use flagstaff_server::{Config, Server};
+use flagstaff_server::{Config, ServeOptions, Server, Tls};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 use tonic::{Request, Status};
 
 /// Adds `authorization: Bearer <token>` to every request.
@@ -32,15 +32,38 @@ impl tonic::service::Interceptor for Bearer {
 /// An Admin client that sends a token.
 pub type Admin = AdminClient<InterceptedService<Channel, Bearer>>;
 
+/// What [`TestServer::start_with`] serves beyond gRPC in plain text.
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    /// Serve the metrics endpoint on another loopback port ([`TestServer::metrics_addr`]).
+    pub metrics: bool,
+    /// Serve gRPC over TLS with this certificate; the server's clients trust it.
+    pub tls: Option<TestTls>,
+}
+
+/// A PEM certificate and its key, for a server on loopback: the certificate must name
+/// `localhost`, the name clients check it against.
+#[derive(Debug, Clone)]
+pub struct TestTls {
+    /// The certificate, PEM.
+    pub cert: String,
+    /// Its private key, PEM.
+    pub key: String,
+}
+
 /// A running flagstaffd on loopback.
 #[derive(Debug)]
 pub struct TestServer {
     /// Where it listens.
     pub addr: SocketAddr,
+    /// Where the metrics endpoint listens, when [`Options::metrics`] asked for it.
+    pub metrics_addr: Option<SocketAddr>,
     /// Its data directory, removed when the server is dropped.
     pub data_dir: tempfile::TempDir,
     /// The admin token minted for the fresh data directory.
     pub admin_token: String,
+    /// The certificate clients trust, when serving over TLS.
+    tls_cert: Option<String>,
     shutdown: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<()>>,
 }
@@ -52,8 +75,19 @@ impl TestServer {
         TestServer::start_in(data_dir).await
     }
 
+    /// Starts a server with a fresh data directory, serving what `options` ask for.
+    pub async fn start_with(options: Options) -> TestServer {
+        let data_dir = tempfile::tempdir().expect("temporary data directory");
+        TestServer::start_in_with(data_dir, options).await
+    }
+
     /// Starts a server on an existing data directory (a restart keeps it).
     pub async fn start_in(data_dir: tempfile::TempDir) -> TestServer {
+        TestServer::start_in_with(data_dir, Options::default()).await
+    }
+
+    /// Starts a server on an existing data directory, serving what `options` ask for.
+    pub async fn start_in_with(data_dir: tempfile::TempDir, options: Options) -> TestServer {
         let server = Server::open(&Config::new(data_dir.path())).expect("server opens");
         let admin_token = std::fs::read_to_string(data_dir.path().join("admin.token"))
             .expect("admin token file")
@@ -63,10 +97,25 @@ impl TestServer {
             .await
             .expect("bind loopback");
         let addr = listener.local_addr().expect("local address");
+        let metrics = match options.metrics {
+            true => Some(
+                tokio::net::TcpListener::bind("127.0.0.1:0")
+                    .await
+                    .expect("bind loopback for metrics"),
+            ),
+            false => None,
+        };
+        let metrics_addr = metrics
+            .as_ref()
+            .map(|l| l.local_addr().expect("metrics address"));
+        let tls = options
+            .tls
+            .as_ref()
+            .map(|tls| Tls::from_pem(&tls.cert, &tls.key).expect("a usable certificate and key"));
         let (shutdown, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {
             server
-                .serve(listener, async {
+                .serve_with(listener, ServeOptions { metrics, tls }, async {
                     let _ = stopped.await;
                 })
                 .await
@@ -74,8 +123,10 @@ impl TestServer {
         });
         TestServer {
             addr,
+            metrics_addr,
             data_dir,
             admin_token,
+            tls_cert: options.tls.map(|tls| tls.cert),
             shutdown: Some(shutdown),
             task: Some(task),
         }
@@ -86,13 +137,26 @@ impl TestServer {
         self.admin_with(Some(&self.admin_token)).await
     }
 
+    /// A connection to the gRPC listener, over TLS trusting the server's certificate when it
+    /// serves TLS, for any client (health, reflection, Admin).
+    pub async fn channel(&self) -> Channel {
+        let endpoint = match &self.tls_cert {
+            None => Endpoint::from_shared(format!("http://{}", self.addr)).expect("endpoint"),
+            Some(cert) => Endpoint::from_shared(format!("https://{}", self.addr))
+                .expect("endpoint")
+                .tls_config(
+                    ClientTlsConfig::new()
+                        .ca_certificate(Certificate::from_pem(cert))
+                        .domain_name("localhost"),
+                )
+                .expect("client TLS configuration"),
+        };
+        endpoint.connect().await.expect("connects")
+    }
+
     /// An Admin client authenticating with `token`, or with none.
     pub async fn admin_with(&self, token: Option<&str>) -> Admin {
-        let channel = Endpoint::from_shared(format!("http://{}", self.addr))
-            .expect("endpoint")
-            .connect()
-            .await
-            .expect("connects");
+        let channel = self.channel().await;
         let bearer = token.map(|t| format!("Bearer {t}").parse().expect("ascii token"));
         AdminClient::with_interceptor(channel, Bearer(bearer))
             .max_decoding_message_size(flagstaff_server::MAX_ADMIN_MESSAGE)

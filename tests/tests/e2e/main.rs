@@ -7,5 +7,6 @@ mod evaluate;
 mod fixtures;
 mod flags;
 mod matrix;
+mod operations;
 mod segments;
 mod status;

@@ -1,0 +1,242 @@
+//! TLS for the gRPC listener: a certificate chain and its private key in PEM, served with
+//! rustls (through tonic). The files are read and parsed when flagstaffd starts, so a wrong
+//! path or a wrong file is an error that names the file, before anything is served.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use rustls_pki_types::pem::{self, PemObject};
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use tonic::transport::{Identity, ServerTlsConfig};
+
+/// A certificate chain and private key to serve gRPC over TLS with.
+#[derive(Clone)]
+pub struct Tls {
+    config: ServerTlsConfig,
+}
+
+impl fmt::Debug for Tls {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Never the key.
+        f.debug_struct("Tls").finish_non_exhaustive()
+    }
+}
+
+/// Why a certificate or key cannot be used. Each message names the file (or, for PEM given
+/// in memory, which of the two it was).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum TlsError {
+    /// A file could not be read.
+    #[error("cannot read {what} {}: {source}", path.display())]
+    Read {
+        /// "TLS certificate" or "TLS private key".
+        what: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// A file (or PEM text) holds no usable certificate or key.
+    #[error("{source_name}: {problem}")]
+    Parse {
+        /// The file, or "the TLS certificate" / "the TLS private key" for PEM in memory.
+        source_name: String,
+        /// What is wrong with it.
+        problem: String,
+    },
+    /// Both parse, but rustls refuses the pair (for example, the key is not the
+    /// certificate's).
+    #[error("{cert} and {key} do not make a TLS identity: {detail}")]
+    Identity {
+        /// The certificate's file or name.
+        cert: String,
+        /// The key's file or name.
+        key: String,
+        /// What rustls said.
+        detail: String,
+    },
+}
+
+impl Tls {
+    /// Reads a PEM certificate chain (the server's certificate first) and a PEM private key
+    /// (PKCS#8, PKCS#1 or SEC1) from files.
+    pub fn from_pem_files(cert: &Path, key: &Path) -> Result<Tls, TlsError> {
+        let read = |what, path: &Path| {
+            std::fs::read(path).map_err(|source| TlsError::Read {
+                what,
+                path: path.to_owned(),
+                source,
+            })
+        };
+        let cert_pem = read("TLS certificate", cert)?;
+        let key_pem = read("TLS private key", key)?;
+        Tls::parse(
+            &cert_pem,
+            &key_pem,
+            cert.display().to_string(),
+            key.display().to_string(),
+        )
+    }
+
+    /// A certificate chain and private key given as PEM text.
+    pub fn from_pem(cert: impl AsRef<[u8]>, key: impl AsRef<[u8]>) -> Result<Tls, TlsError> {
+        Tls::parse(
+            cert.as_ref(),
+            key.as_ref(),
+            "the TLS certificate".to_owned(),
+            "the TLS private key".to_owned(),
+        )
+    }
+
+    /// Checks both PEM texts here, where the error can name them, then lets tonic build its
+    /// rustls configuration once to catch a key that does not belong to the certificate.
+    fn parse(
+        cert_pem: &[u8],
+        key_pem: &[u8],
+        cert_name: String,
+        key_name: String,
+    ) -> Result<Tls, TlsError> {
+        let certs = CertificateDer::pem_slice_iter(cert_pem)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| TlsError::Parse {
+                source_name: cert_name.clone(),
+                problem: format!("not a PEM certificate chain: {e}"),
+            })?;
+        if certs.is_empty() {
+            return Err(TlsError::Parse {
+                source_name: cert_name,
+                problem: "no certificate found: expected a PEM block \
+                          `-----BEGIN CERTIFICATE-----`"
+                    .to_owned(),
+            });
+        }
+        if let Err(e) = PrivateKeyDer::from_pem_slice(key_pem) {
+            let problem = match e {
+                pem::Error::NoItemsFound => "no private key found: expected a PEM block \
+                     `-----BEGIN PRIVATE KEY-----` (or RSA PRIVATE KEY, EC PRIVATE KEY)"
+                    .to_owned(),
+                other => format!("not a PEM private key: {other}"),
+            };
+            return Err(TlsError::Parse {
+                source_name: key_name,
+                problem,
+            });
+        }
+        let config = ServerTlsConfig::new().identity(Identity::from_pem(cert_pem, key_pem));
+        tonic::transport::Server::builder()
+            .tls_config(config.clone())
+            .map_err(|e| TlsError::Identity {
+                cert: cert_name,
+                key: key_name,
+                detail: error_chain(&e),
+            })?;
+        Ok(Tls { config })
+    }
+
+    /// The configuration tonic serves with.
+    pub(crate) fn config(&self) -> ServerTlsConfig {
+        self.config.clone()
+    }
+}
+
+/// What went wrong below tonic's transport error (which itself says only "transport
+/// error"): its sources, `: `-separated.
+fn error_chain(err: &dyn std::error::Error) -> String {
+    let Some(first) = err.source() else {
+        return err.to_string();
+    };
+    let mut text = first.to_string();
+    let mut source = first.source();
+    while let Some(e) = source {
+        text.push_str(": ");
+        text.push_str(&e.to_string());
+        source = e.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn self_signed() -> (String, String) {
+        let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()])
+            .expect("self-signed certificate");
+        (cert.cert.pem(), cert.signing_key.serialize_pem())
+    }
+
+    fn message(result: Result<Tls, TlsError>) -> String {
+        match result {
+            Ok(_) => panic!("accepted"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn a_certificate_and_its_key_make_an_identity() {
+        let (cert, key) = self_signed();
+        Tls::from_pem(cert, key).expect("accepted");
+    }
+
+    #[test]
+    fn a_missing_file_is_named() {
+        let dir = tempfile::tempdir().expect("dir");
+        let (cert, _) = self_signed();
+        let cert_path = dir.path().join("cert.pem");
+        std::fs::write(&cert_path, cert).expect("write");
+        let key_path = dir.path().join("missing-key.pem");
+        let text = message(Tls::from_pem_files(&cert_path, &key_path));
+        assert!(
+            text.starts_with(&format!(
+                "cannot read TLS private key {}: ",
+                key_path.display()
+            )),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn swapped_files_are_named() {
+        let dir = tempfile::tempdir().expect("dir");
+        let (cert, key) = self_signed();
+        let (cert_path, key_path) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+        std::fs::write(&cert_path, cert).expect("write");
+        std::fs::write(&key_path, key).expect("write");
+        assert_eq!(
+            message(Tls::from_pem_files(&key_path, &cert_path)),
+            format!(
+                "{}: no certificate found: expected a PEM block `-----BEGIN CERTIFICATE-----`",
+                key_path.display()
+            )
+        );
+        let (cert, _) = self_signed();
+        assert_eq!(
+            message(Tls::from_pem(&cert, &cert)),
+            "the TLS private key: no private key found: expected a PEM block \
+             `-----BEGIN PRIVATE KEY-----` (or RSA PRIVATE KEY, EC PRIVATE KEY)"
+        );
+    }
+
+    #[test]
+    fn text_that_is_not_pem_is_refused() {
+        let (_, key) = self_signed();
+        assert_eq!(
+            message(Tls::from_pem("hello", key)),
+            "the TLS certificate: no certificate found: expected a PEM block \
+             `-----BEGIN CERTIFICATE-----`"
+        );
+    }
+
+    #[test]
+    fn a_key_of_another_certificate_is_refused() {
+        let (cert, _) = self_signed();
+        let (_, other_key) = self_signed();
+        let text = message(Tls::from_pem(cert, other_key));
+        assert_eq!(
+            text,
+            "the TLS certificate and the TLS private key do not make a TLS identity: \
+             keys may not be consistent: KeyMismatch"
+        );
+    }
+}

@@ -1,0 +1,332 @@
+//! flagstaffd's operational options, on the real binary as a separate process: the metrics
+//! endpoint on a port it chooses and logs, TLS from certificate files (named when they are
+//! wrong), and SIGTERM stopping gRPC and metrics alike.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::Path;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use flagstaff_proto::pb;
+use flagstaff_proto::pb::admin_client::AdminClient;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
+use tonic::Request;
+
+/// How long anything here may take before the test fails instead of hanging.
+const PATIENCE: Duration = Duration::from_secs(20);
+
+/// A flagstaffd process and its log, line by line.
+struct Daemon {
+    child: Child,
+    log: mpsc::Receiver<String>,
+}
+
+impl Daemon {
+    /// Starts flagstaffd with `args` (and `envs`) on `data_dir`, gRPC on a loopback port of its
+    /// choosing.
+    fn start(data_dir: &Path, args: &[&str], envs: &[(&str, &Path)]) -> Daemon {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_flagstaffd"));
+        command
+            .args(["--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(data_dir)
+            .args(args)
+            .env("RUST_LOG", "info")
+            .env("NO_COLOR", "1")
+            .stderr(Stdio::piped());
+        for (name, value) in envs {
+            command.env(name, value);
+        }
+        let mut child = command.spawn().expect("flagstaffd starts");
+        let stderr = child.stderr.take().expect("stderr");
+        let (lines, log) = mpsc::channel();
+        // Drains the log so the server never blocks on a full pipe.
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if lines.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Daemon { child, log }
+    }
+
+    /// The value of the first `field=` in the log from now on, e.g. `address`.
+    fn logged(&self, field: &str) -> String {
+        let needle = format!(" {field}=");
+        let line = self.log_line(|line| line.contains(&needle));
+        logged_field(&line, field).expect("field")
+    }
+
+    /// The next log line that `matches`.
+    fn log_line(&self, matches: impl Fn(&str) -> bool) -> String {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let line = self
+                .log
+                .recv_timeout(left)
+                .expect("flagstaffd logs the line in time");
+            if matches(&line) {
+                return line;
+            }
+        }
+    }
+
+    /// Sends SIGTERM and waits for the process to exit.
+    fn terminate(mut self) -> (ExitStatus, Daemon) {
+        let sent = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(sent.success());
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                return (status, self);
+            }
+            assert!(
+                Instant::now() < deadline,
+                "flagstaffd did not stop on SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The value of `field=` in a log line.
+fn logged_field(line: &str, field: &str) -> Option<String> {
+    let rest = line.split(&format!(" {field}=")).nth(1)?;
+    Some(rest.split_whitespace().next()?.to_owned())
+}
+
+fn token(data_dir: &Path) -> String {
+    std::fs::read_to_string(data_dir.join("admin.token"))
+        .expect("admin token")
+        .trim()
+        .to_owned()
+}
+
+fn authorized<T>(message: T, token: &str) -> Request<T> {
+    let mut request = Request::new(message);
+    request.metadata_mut().insert(
+        "authorization",
+        format!("Bearer {token}").parse().expect("ascii"),
+    );
+    request
+}
+
+/// `GET /metrics`, the body of a 200 answer.
+fn scrape(addr: &str) -> String {
+    let mut stream = std::net::TcpStream::connect(addr).expect("metrics endpoint connects");
+    stream.set_read_timeout(Some(PATIENCE)).expect("timeout");
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: flagstaffd\r\n\r\n")
+        .expect("request");
+    let mut response = String::new();
+    stream.read_to_string(&mut response).expect("response");
+    let (head, body) = response.split_once("\r\n\r\n").expect("head and body");
+    assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{head}");
+    body.to_owned()
+}
+
+/// The value of the sample `series` (name and labels exactly as rendered).
+fn sample(metrics: &str, series: &str) -> Option<u64> {
+    metrics
+        .lines()
+        .filter(|line| !line.starts_with('#'))
+        .find_map(|line| {
+            let (name, value) = line.rsplit_once(' ')?;
+            (name == series).then(|| value.parse().expect("integer sample"))
+        })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_listen_on_port_0_is_logged_served_and_stopped_by_sigterm() {
+    let dir = tempfile::tempdir().expect("data dir");
+    let daemon = Daemon::start(dir.path(), &["--metrics-listen", "127.0.0.1:0"], &[]);
+    let addr = daemon.logged("address");
+    let metrics_addr = daemon.logged("metrics_address");
+    assert_ne!(addr, metrics_addr);
+
+    let token = token(dir.path());
+    let mut client = AdminClient::connect(format!("http://{addr}"))
+        .await
+        .expect("connects");
+    client
+        .create_environment(authorized(
+            pb::CreateEnvironmentRequest {
+                environment: "production".into(),
+                protected: false,
+            },
+            &token,
+        ))
+        .await
+        .expect("environment");
+    let flag = flagstaff_engine::flag_from_value(&serde_json::json!({
+        "key": "checkout", "kind": "boolean", "variants": {"on": true, "off": false},
+        "off_variant": "off", "enabled": true, "default": {"variant": "on"},
+    }))
+    .expect("flag");
+    client
+        .create_flag(authorized(
+            pb::CreateFlagRequest {
+                environment: "production".into(),
+                flag: Some(pb::Flag::from(&flag)),
+                ..Default::default()
+            },
+            &token,
+        ))
+        .await
+        .expect("flag");
+
+    let metrics = scrape(&metrics_addr);
+    let env = "{environment=\"production\"}";
+    assert_eq!(
+        sample(&metrics, &format!("flagstaff_writes_total{env}")),
+        Some(1)
+    );
+    assert_eq!(sample(&metrics, &format!("flagstaff_flags{env}")), Some(1));
+    assert_eq!(
+        sample(
+            &metrics,
+            "flagstaff_grpc_requests_total{method=\"flagstaff.v1.Admin/CreateFlag\",code=\"OK\"}"
+        ),
+        Some(1)
+    );
+
+    let (status, daemon) = daemon.terminate();
+    assert!(status.success(), "{status}");
+    daemon.log_line(|line| line.contains("flagstaffd stopped"));
+    std::net::TcpStream::connect(&metrics_addr).expect_err("metrics stopped too");
+    std::net::TcpStream::connect(&addr).expect_err("gRPC stopped");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_files_from_the_environment_serve_grpc_over_tls() {
+    let dir = tempfile::tempdir().expect("data dir");
+    let files = tempfile::tempdir().expect("certificate dir");
+    let certified = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()])
+        .expect("self-signed certificate");
+    let (cert_path, key_path) = (files.path().join("cert.pem"), files.path().join("key.pem"));
+    std::fs::write(&cert_path, certified.cert.pem()).expect("write");
+    std::fs::write(&key_path, certified.signing_key.serialize_pem()).expect("write");
+
+    let daemon = Daemon::start(
+        dir.path(),
+        &[],
+        &[
+            ("FLAGSTAFF_TLS_CERT", &cert_path),
+            ("FLAGSTAFF_TLS_KEY", &key_path),
+        ],
+    );
+    let serving = daemon.log_line(|line| line.contains(" address="));
+    let addr = logged_field(&serving, "address").expect("address");
+    assert_eq!(logged_field(&serving, "tls").as_deref(), Some("true"));
+    let channel: Channel = Endpoint::from_shared(format!("https://{addr}"))
+        .expect("endpoint")
+        .tls_config(
+            ClientTlsConfig::new()
+                .ca_certificate(Certificate::from_pem(certified.cert.pem()))
+                .domain_name("localhost"),
+        )
+        .expect("client TLS")
+        .connect()
+        .await
+        .expect("connects over TLS");
+    AdminClient::new(channel)
+        .list_environments(authorized(
+            pb::ListEnvironmentsRequest::default(),
+            &token(dir.path()),
+        ))
+        .await
+        .expect("answered over TLS");
+
+    let plain = async {
+        let mut client = AdminClient::connect(format!("http://{addr}"))
+            .await
+            .map_err(|e| e.to_string())?;
+        client
+            .list_environments(authorized(
+                pb::ListEnvironmentsRequest::default(),
+                &token(dir.path()),
+            ))
+            .await
+            .map_err(|e| e.to_string())
+    };
+    plain.await.expect_err("plain text is refused");
+}
+
+#[test]
+fn a_tls_certificate_without_a_key_is_refused() {
+    let dir = tempfile::tempdir().expect("data dir");
+    let out = Command::new(env!("CARGO_BIN_EXE_flagstaffd"))
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--tls-cert",
+            "cert.pem",
+            "--data-dir",
+        ])
+        .arg(dir.path().join("data"))
+        .output()
+        .expect("runs");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("the following required arguments were not provided")
+            && stderr.contains("--tls-key <PATH>"),
+        "{stderr}"
+    );
+    assert!(!dir.path().join("data").exists(), "nothing created");
+}
+
+#[test]
+fn unusable_tls_files_are_named_and_nothing_is_created() {
+    let dir = tempfile::tempdir().expect("data dir");
+    let cert = dir.path().join("cert.pem");
+    std::fs::write(&cert, "not a certificate").expect("write");
+    let missing_key = dir.path().join("missing-key.pem");
+    let run = |cert: &Path, key: &Path| {
+        let out = Command::new(env!("CARGO_BIN_EXE_flagstaffd"))
+            .args(["--listen", "127.0.0.1:0", "--tls-cert"])
+            .arg(cert)
+            .arg("--tls-key")
+            .arg(key)
+            .arg("--data-dir")
+            .arg(dir.path().join("data"))
+            .output()
+            .expect("runs");
+        assert!(!out.status.success());
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+
+    let stderr = run(&cert, &missing_key);
+    assert!(
+        stderr.starts_with(&format!(
+            "error: cannot read TLS private key {}: ",
+            missing_key.display()
+        )),
+        "{stderr}"
+    );
+    let key = dir.path().join("key.pem");
+    let certified = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()])
+        .expect("self-signed certificate");
+    std::fs::write(&key, certified.signing_key.serialize_pem()).expect("write");
+    assert_eq!(
+        run(&cert, &key).trim_end(),
+        format!(
+            "error: {}: no certificate found: expected a PEM block `-----BEGIN CERTIFICATE-----`",
+            cert.display()
+        )
+    );
+    assert!(!dir.path().join("data").exists(), "nothing created");
+}
