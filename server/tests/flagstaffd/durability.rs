@@ -1,77 +1,8 @@
-//! flagstaffd as a separate process: every acknowledged write survives a SIGKILL, a second
-//! server on the same data directory is refused, and `admin-token` mints a token offline.
-//! (An in-process restart proves nothing: sled flushes when it is dropped.)
+//! Every acknowledged write survives a SIGKILL; a second server on the same data directory is
+//! refused; `admin-token` mints a token offline. (An in-process restart proves nothing: sled
+//! flushes when it is dropped.)
 
-use std::io::{BufRead, BufReader};
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::time::Duration;
-
-use flagstaff_proto::pb;
-use flagstaff_proto::pb::admin_client::AdminClient;
-use tonic::transport::Channel;
-use tonic::Request;
-
-/// A flagstaffd process on a loopback port of its choosing.
-struct Daemon {
-    child: Child,
-    addr: String,
-}
-
-impl Daemon {
-    fn start(data_dir: &Path) -> Daemon {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_flagstaffd"))
-            .args(["--listen", "127.0.0.1:0", "--data-dir"])
-            .arg(data_dir)
-            .env("RUST_LOG", "info")
-            .env("NO_COLOR", "1")
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("flagstaffd starts");
-        let stderr = child.stderr.take().expect("stderr");
-        let mut lines = BufReader::new(stderr).lines();
-        let addr = loop {
-            let line = lines
-                .next()
-                .expect("flagstaffd logs its address")
-                .expect("utf-8 log");
-            if let Some(rest) = line.split("address=").nth(1) {
-                break rest.split_whitespace().next().expect("address").to_owned();
-            }
-        };
-        // Keep draining the log so the server never blocks on a full pipe.
-        std::thread::spawn(move || for _ in lines {});
-        Daemon { child, addr }
-    }
-
-    async fn client(&self) -> AdminClient<Channel> {
-        AdminClient::connect(format!("http://{}", self.addr))
-            .await
-            .expect("connects")
-    }
-
-    fn kill(mut self) {
-        // SIGKILL: no chance to flush anything on the way out.
-        self.child.kill().expect("kill");
-        self.child.wait().expect("reaped");
-    }
-}
-
-fn token(data_dir: &Path) -> String {
-    std::fs::read_to_string(data_dir.join("admin.token"))
-        .expect("admin token")
-        .trim()
-        .to_owned()
-}
-
-fn authorized<T>(message: T, token: &str) -> Request<T> {
-    let mut request = Request::new(message);
-    request.metadata_mut().insert(
-        "authorization",
-        format!("Bearer {token}").parse().expect("ascii"),
-    );
-    request
-}
+use super::*;
 
 fn flag(key: &str) -> pb::Flag {
     let flag = flagstaff_engine::flag_from_value(&serde_json::json!({
@@ -85,9 +16,10 @@ fn flag(key: &str) -> pb::Flag {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_acknowledged_write_survives_a_sigkill() {
     let dir = tempfile::tempdir().expect("data dir");
-    let daemon = Daemon::start(dir.path());
-    let token = token(dir.path());
+    let daemon = Daemon::start(dir.path(), &[], &[]);
+    // Once it serves, its admin token file exists.
     let mut client = daemon.client().await;
+    let token = token(dir.path());
     client
         .create_environment(authorized(
             pb::CreateEnvironmentRequest {
@@ -133,7 +65,7 @@ async fn every_acknowledged_write_survives_a_sigkill() {
         acknowledged.len()
     );
 
-    let daemon = Daemon::start(dir.path());
+    let daemon = Daemon::start(dir.path(), &[], &[]);
     let mut client = daemon.client().await;
     for key in &acknowledged {
         let request = pb::GetFlagRequest {
@@ -151,7 +83,9 @@ async fn every_acknowledged_write_survives_a_sigkill() {
 #[test]
 fn a_second_server_on_the_same_data_dir_is_refused() {
     let dir = tempfile::tempdir().expect("data dir");
-    let daemon = Daemon::start(dir.path());
+    let daemon = Daemon::start(dir.path(), &[], &[]);
+    // Serving means it holds the data directory.
+    daemon.logged("address");
     let second = Command::new(env!("CARGO_BIN_EXE_flagstaffd"))
         .args(["--listen", "127.0.0.1:0", "--data-dir"])
         .arg(dir.path())
@@ -172,7 +106,9 @@ fn a_second_server_on_the_same_data_dir_is_refused() {
 #[tokio::test]
 async fn admin_token_mints_a_working_token_offline() {
     let dir = tempfile::tempdir().expect("data dir");
-    Daemon::start(dir.path()).kill();
+    let first = Daemon::start(dir.path(), &[], &[]);
+    first.logged("address");
+    first.kill();
     let old = token(dir.path());
     let out = Command::new(env!("CARGO_BIN_EXE_flagstaffd"))
         .arg("--data-dir")
@@ -188,7 +124,7 @@ async fn admin_token_mints_a_working_token_offline() {
     let new = token(dir.path());
     assert_ne!(new, old);
 
-    let daemon = Daemon::start(dir.path());
+    let daemon = Daemon::start(dir.path(), &[], &[]);
     let mut client = daemon.client().await;
     for token in [&new, &old] {
         client
