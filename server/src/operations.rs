@@ -129,14 +129,9 @@ impl<S: Store> Environments<S> {
         })
     }
 
-    /// Deletes a flag no other flag requires, whatever its version.
-    pub fn delete_flag(&self, ctx: WriteContext<'_>, key: &str) -> Result<Committed, ServerError> {
-        self.delete_flag_expecting(ctx, key, None)
-    }
-
     /// Deletes a flag no other flag requires; when `expected` is given, the flag must be at
     /// that version.
-    pub fn delete_flag_expecting(
+    pub fn delete_flag(
         &self,
         ctx: WriteContext<'_>,
         key: &str,
@@ -158,19 +153,9 @@ impl<S: Store> Environments<S> {
         })
     }
 
-    /// Turns a flag on or off (the kill switch), whatever its version.
-    pub fn set_flag_enabled(
-        &self,
-        ctx: WriteContext<'_>,
-        key: &str,
-        enabled: bool,
-    ) -> Result<Committed, ServerError> {
-        self.set_flag_enabled_expecting(ctx, key, enabled, None)
-    }
-
     /// Turns a flag on or off (the kill switch); when `expected` is given, the flag must be
     /// at that version.
-    pub fn set_flag_enabled_expecting(
+    pub fn set_flag_enabled(
         &self,
         ctx: WriteContext<'_>,
         key: &str,
@@ -187,23 +172,11 @@ impl<S: Store> Environments<S> {
         })
     }
 
-    /// Replaces a flag's default serve: one variant, or a split for a percentage rollout,
-    /// whatever the flag's version and refusing to reshuffle a live split (see
-    /// [`set_default_serve_expecting`](Self::set_default_serve_expecting)).
-    pub fn set_default_serve(
-        &self,
-        ctx: WriteContext<'_>,
-        key: &str,
-        serve: Serve,
-    ) -> Result<Committed, ServerError> {
-        self.set_default_serve_expecting(ctx, key, serve, false, None)
-    }
-
     /// Replaces a flag's default serve; when `expected` is given, the flag must be at that
     /// version. Unless `force`, replacing a split by one that buckets by another attribute
     /// or orders its variants differently is refused: it would move contexts between
     /// variants whose weights did not change.
-    pub fn set_default_serve_expecting(
+    pub fn set_default_serve(
         &self,
         ctx: WriteContext<'_>,
         key: &str,
@@ -229,20 +202,9 @@ impl<S: Store> Environments<S> {
         })
     }
 
-    /// Writes a flag as it was at `version` (the revision of one of its changes), as a new,
-    /// audited change, whatever its current version.
-    pub fn revert_flag(
-        &self,
-        ctx: WriteContext<'_>,
-        key: &str,
-        version: u64,
-    ) -> Result<Committed, ServerError> {
-        self.revert_flag_expecting(ctx, key, version, None)
-    }
-
     /// Writes a flag as it was at `version`, as a new, audited change; when `expected` is
     /// given, the flag must be at that version now (so it must exist).
-    pub fn revert_flag_expecting(
+    pub fn revert_flag(
         &self,
         ctx: WriteContext<'_>,
         key: &str,
@@ -279,20 +241,9 @@ impl<S: Store> Environments<S> {
     }
 
     /// Copies a flag from one environment into another, refusing when the target lacks a
-    /// segment or prerequisite flag it needs.
-    pub fn promote_flag(
-        &self,
-        ctx: WriteContext<'_>,
-        key: &str,
-        from: &str,
-    ) -> Result<Committed, ServerError> {
-        self.promote_flag_expecting(ctx, key, from, None)
-    }
-
-    /// Copies a flag from one environment into another, refusing when the target lacks a
     /// segment or prerequisite flag it needs; when `expected` is given, the flag must be at
     /// that version in the target.
-    pub fn promote_flag_expecting(
+    pub fn promote_flag(
         &self,
         ctx: WriteContext<'_>,
         key: &str,
@@ -364,18 +315,9 @@ impl<S: Store> Environments<S> {
         })
     }
 
-    /// Deletes a segment no flag's rules use, whatever its version.
-    pub fn delete_segment(
-        &self,
-        ctx: WriteContext<'_>,
-        key: &str,
-    ) -> Result<Committed, ServerError> {
-        self.delete_segment_expecting(ctx, key, None)
-    }
-
     /// Deletes a segment no flag's rules use; when `expected` is given, the segment must be
     /// at that version.
-    pub fn delete_segment_expecting(
+    pub fn delete_segment(
         &self,
         ctx: WriteContext<'_>,
         key: &str,

@@ -104,7 +104,7 @@ fn deleting_what_is_still_used_names_the_users() {
     let before = revision(&envs, "staging");
 
     let err = envs
-        .delete_flag(ctx("staging"), "payments")
+        .delete_flag(ctx("staging"), "payments", None)
         .expect_err("required");
     assert!(matches!(err, ServerError::Precondition(_)));
     assert_eq!(
@@ -112,7 +112,7 @@ fn deleting_what_is_still_used_names_the_users() {
         "flag \"payments\" is a prerequisite of \"cart\", \"checkout\"; remove it from them first"
     );
     let err = envs
-        .delete_segment(ctx("staging"), "staff")
+        .delete_segment(ctx("staging"), "staff", None)
         .expect_err("used");
     assert!(matches!(err, ServerError::Precondition(_)));
     assert_eq!(
@@ -121,11 +121,11 @@ fn deleting_what_is_still_used_names_the_users() {
     );
     assert_eq!(revision(&envs, "staging"), before, "nothing changed");
 
-    envs.delete_flag(ctx("staging"), "checkout")
+    envs.delete_flag(ctx("staging"), "checkout", None)
         .expect("unused flag");
-    envs.delete_flag(ctx("staging"), "cart")
+    envs.delete_flag(ctx("staging"), "cart", None)
         .expect("unused flag");
-    envs.delete_flag(ctx("staging"), "payments")
+    envs.delete_flag(ctx("staging"), "payments", None)
         .expect("now unused");
 }
 
@@ -133,18 +133,30 @@ fn deleting_what_is_still_used_names_the_users() {
 fn the_kill_switch_and_the_default_serve() {
     let (_dir, envs) = setup();
     envs.create_flag(ctx("staging"), flag("a")).expect("flag");
-    envs.set_default_serve(ctx("staging"), "a", Serve::Variant("on".into()))
-        .expect("serve on");
+    envs.set_default_serve(
+        ctx("staging"),
+        "a",
+        Serve::Variant("on".into()),
+        false,
+        None,
+    )
+    .expect("serve on");
     assert!(serves(&envs, "staging", "a", "u"));
-    envs.set_flag_enabled(ctx("staging"), "a", false)
+    envs.set_flag_enabled(ctx("staging"), "a", false, None)
         .expect("off");
     assert!(!serves(&envs, "staging", "a", "u"));
     let err = envs
-        .set_default_serve(ctx("staging"), "a", Serve::Variant("nope".into()))
+        .set_default_serve(
+            ctx("staging"),
+            "a",
+            Serve::Variant("nope".into()),
+            false,
+            None,
+        )
         .expect_err("bad");
     assert!(matches!(err, ServerError::Validation(_)));
     assert!(matches!(
-        envs.set_flag_enabled(ctx("staging"), "zzz", true),
+        envs.set_flag_enabled(ctx("staging"), "zzz", true, None),
         Err(ServerError::NotFound(_))
     ));
 }
@@ -153,11 +165,19 @@ fn the_kill_switch_and_the_default_serve() {
 fn a_flag_reverts_to_an_earlier_version() {
     let (_dir, envs) = setup();
     envs.create_flag(ctx("staging"), flag("a")).expect("v1");
-    envs.set_default_serve(ctx("staging"), "a", Serve::Variant("on".into()))
-        .expect("v2");
-    envs.set_flag_enabled(ctx("staging"), "a", false)
+    envs.set_default_serve(
+        ctx("staging"),
+        "a",
+        Serve::Variant("on".into()),
+        false,
+        None,
+    )
+    .expect("v2");
+    envs.set_flag_enabled(ctx("staging"), "a", false, None)
         .expect("v3");
-    let reverted = envs.revert_flag(ctx("staging"), "a", 1).expect("revert");
+    let reverted = envs
+        .revert_flag(ctx("staging"), "a", 1, None)
+        .expect("revert");
     assert_eq!(reverted.revision, 4);
     let current = envs.get("staging").expect("env").current();
     let a = current.snapshot.flag("a").expect("a");
@@ -165,7 +185,7 @@ fn a_flag_reverts_to_an_earlier_version() {
     assert_eq!(a.default, Serve::Variant("off".into()));
     assert_eq!(a.version, Some(4));
     let err = envs
-        .revert_flag(ctx("staging"), "a", 9)
+        .revert_flag(ctx("staging"), "a", 9, None)
         .expect_err("no such version");
     assert_eq!(
         err.to_string(),
@@ -185,7 +205,7 @@ fn promotion_needs_what_the_flag_uses() {
     envs.create_flag(ctx("staging"), checkout).expect("flag");
 
     let err = envs
-        .promote_flag(ctx("production"), "checkout", "staging")
+        .promote_flag(ctx("production"), "checkout", "staging", None)
         .expect_err("missing");
     assert!(matches!(err, ServerError::Precondition(_)));
     assert_eq!(
@@ -195,9 +215,9 @@ fn promotion_needs_what_the_flag_uses() {
     );
     envs.create_segment(ctx("production"), segment("staff", &["user-1"]))
         .expect("segment");
-    envs.promote_flag(ctx("production"), "payments", "staging")
+    envs.promote_flag(ctx("production"), "payments", "staging", None)
         .expect("prerequisite");
-    envs.promote_flag(ctx("production"), "checkout", "staging")
+    envs.promote_flag(ctx("production"), "checkout", "staging", None)
         .expect("promote");
     let promoted = envs.get("production").expect("env").current();
     assert_eq!(

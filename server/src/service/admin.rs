@@ -398,7 +398,7 @@ impl<S: Store> pb::admin_server::Admin for AdminService<S> {
         let writer = Writer::new(&token, req.environment, req.comment, req.confirm_protected);
         let envs = self.envs.clone();
         let committed =
-            blocking(move || envs.delete_flag_expecting(writer.ctx(), &req.key, expected)).await?;
+            blocking(move || envs.delete_flag(writer.ctx(), &req.key, expected)).await?;
         Ok(Response::new(pb::DeleteFlagResponse {
             revision: committed.revision,
         }))
@@ -415,8 +415,7 @@ impl<S: Store> pb::admin_server::Admin for AdminService<S> {
         let writer = Writer::new(&token, req.environment, req.comment, req.confirm_protected);
         let envs = self.envs.clone();
         let (revision, flag) = blocking(move || {
-            let committed =
-                envs.set_flag_enabled_expecting(writer.ctx(), &req.key, req.enabled, expected)?;
+            let committed = envs.set_flag_enabled(writer.ctx(), &req.key, req.enabled, expected)?;
             let flag = written_flag(&envs, &writer.environment, &req.key, &committed)?;
             Ok((committed.revision, flag))
         })
@@ -439,13 +438,8 @@ impl<S: Store> pb::admin_server::Admin for AdminService<S> {
         let writer = Writer::new(&token, req.environment, req.comment, req.confirm_protected);
         let envs = self.envs.clone();
         let (revision, flag) = blocking(move || {
-            let committed = envs.set_default_serve_expecting(
-                writer.ctx(),
-                &req.key,
-                serve,
-                req.force,
-                expected,
-            )?;
+            let committed =
+                envs.set_default_serve(writer.ctx(), &req.key, serve, req.force, expected)?;
             let flag = written_flag(&envs, &writer.environment, &req.key, &committed)?;
             Ok((committed.revision, flag))
         })
@@ -470,8 +464,7 @@ impl<S: Store> pb::admin_server::Admin for AdminService<S> {
         let writer = Writer::new(&token, req.environment, req.comment, req.confirm_protected);
         let envs = self.envs.clone();
         let (revision, flag) = blocking(move || {
-            let committed =
-                envs.revert_flag_expecting(writer.ctx(), &req.key, req.to_version, expected)?;
+            let committed = envs.revert_flag(writer.ctx(), &req.key, req.to_version, expected)?;
             let flag = written_flag(&envs, &writer.environment, &req.key, &committed)?;
             Ok((committed.revision, flag))
         })
@@ -505,12 +498,8 @@ impl<S: Store> pb::admin_server::Admin for AdminService<S> {
         let writer = Writer::new(&token, req.environment, req.comment, req.confirm_protected);
         let envs = self.envs.clone();
         let (revision, flag) = blocking(move || {
-            let committed = envs.promote_flag_expecting(
-                writer.ctx(),
-                &req.key,
-                &req.from_environment,
-                expected,
-            )?;
+            let committed =
+                envs.promote_flag(writer.ctx(), &req.key, &req.from_environment, expected)?;
             let flag = written_flag(&envs, &writer.environment, &req.key, &committed)?;
             Ok((committed.revision, flag))
         })
@@ -643,8 +632,7 @@ impl<S: Store> pb::admin_server::Admin for AdminService<S> {
         let writer = Writer::new(&token, req.environment, req.comment, req.confirm_protected);
         let envs = self.envs.clone();
         let committed =
-            blocking(move || envs.delete_segment_expecting(writer.ctx(), &req.key, expected))
-                .await?;
+            blocking(move || envs.delete_segment(writer.ctx(), &req.key, expected)).await?;
         Ok(Response::new(pb::DeleteSegmentResponse {
             revision: committed.revision,
         }))
