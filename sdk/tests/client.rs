@@ -1,6 +1,6 @@
 //! The client serves a bootstrap export file and swaps snapshots atomically.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use flagstaff::{Client, Context, Error, Reason, Snapshot};
@@ -88,12 +88,16 @@ fn readers_never_see_half_of_a_swapped_snapshot() {
         Snapshot::from_text(&two_flags(true)).expect("valid"),
     ];
     let stop = Arc::new(AtomicBool::new(false));
+    // Each reader counts how many states it has observed both of; the writer keeps swapping
+    // until every reader has seen both, so the test cannot pass with readers that never ran.
+    let saw_both = Arc::new(AtomicUsize::new(0));
     let readers: Vec<_> = (0..2)
         .map(|_| {
-            let (client, stop) = (client.clone(), stop.clone());
+            let (client, stop, saw_both) = (client.clone(), stop.clone(), saw_both.clone());
             std::thread::spawn(move || {
                 let ctx = Context::new("u");
                 let mut seen = [0u64; 2];
+                let mut reported = false;
                 while !stop.load(Ordering::Relaxed) {
                     let snapshot = client.snapshot();
                     let (a, b) = (
@@ -102,17 +106,29 @@ fn readers_never_see_half_of_a_swapped_snapshot() {
                     );
                     assert_eq!(a, b, "a reader saw half of a change");
                     seen[usize::from(a)] += 1;
+                    if !reported && seen[0] > 0 && seen[1] > 0 {
+                        reported = true;
+                        saw_both.fetch_add(1, Ordering::Relaxed);
+                    }
                 }
                 seen
             })
         })
         .collect();
-    for i in 0..2000 {
-        client.replace_snapshot(snapshots[i % 2].clone());
+    let mut swaps = 0usize;
+    while saw_both.load(Ordering::Relaxed) < 2 && swaps < 50_000_000 {
+        client.replace_snapshot(snapshots[swaps % 2].clone());
+        swaps += 1;
+        if swaps.is_multiple_of(1024) {
+            std::thread::yield_now();
+        }
     }
     stop.store(true, Ordering::Relaxed);
     for reader in readers {
         let seen = reader.join().expect("reader");
-        assert!(seen[0] + seen[1] > 0);
+        assert!(
+            seen[0] > 0 && seen[1] > 0,
+            "a reader never saw both states: {seen:?}"
+        );
     }
 }

@@ -2,6 +2,9 @@
 //! refused; `admin-token` mints a token offline. (An in-process restart proves nothing: sled
 //! flushes when it is dropped.)
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
 use super::*;
 
 fn flag(key: &str) -> pb::Flag {
@@ -31,10 +34,13 @@ async fn every_acknowledged_write_survives_a_sigkill() {
         .await
         .expect("environment");
 
-    // Four writers create flags as fast as they are acknowledged, until the server is killed.
+    // Four writers create flags as fast as they are acknowledged, until the server is killed
+    // mid-stream, once enough writes are acknowledged to make the check meaningful.
+    let acknowledged_so_far = Arc::new(AtomicUsize::new(0));
     let writers: Vec<_> = (0..4)
         .map(|w| {
             let (mut client, token) = (client.clone(), token.clone());
+            let acknowledged_so_far = acknowledged_so_far.clone();
             tokio::spawn(async move {
                 let mut acknowledged = Vec::new();
                 for i in 0.. {
@@ -45,7 +51,10 @@ async fn every_acknowledged_write_survives_a_sigkill() {
                         ..Default::default()
                     };
                     match client.create_flag(authorized(request, &token)).await {
-                        Ok(_) => acknowledged.push(key),
+                        Ok(_) => {
+                            acknowledged.push(key);
+                            acknowledged_so_far.fetch_add(1, Ordering::Relaxed);
+                        }
                         Err(_) => break,
                     }
                 }
@@ -53,17 +62,17 @@ async fn every_acknowledged_write_survives_a_sigkill() {
             })
         })
         .collect();
-    tokio::time::sleep(Duration::from_millis(700)).await;
+    while acknowledged_so_far.load(Ordering::Relaxed) < 100
+        && !writers.iter().all(|w| w.is_finished())
+    {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     daemon.kill();
     let mut acknowledged = Vec::new();
     for writer in writers {
         acknowledged.extend(writer.await.expect("writer"));
     }
-    assert!(
-        acknowledged.len() > 20,
-        "only {} writes were acknowledged",
-        acknowledged.len()
-    );
+    assert!(acknowledged.len() >= 100, "{} writes", acknowledged.len());
 
     let daemon = Daemon::start(dir.path(), &[], &[]);
     let mut client = daemon.client().await;
