@@ -34,6 +34,7 @@ mod eval;
 mod format;
 mod keys;
 mod model;
+mod patch;
 mod problem;
 mod snapshot;
 mod validate;
@@ -50,6 +51,7 @@ pub use model::{
     Condition, Document, Flag, Kind, Op, Prerequisite, Rule, Segment, SegmentRule, Serve, Split,
     Variants, Weight,
 };
+pub use patch::KeyPatch;
 pub use problem::{Problem, ValidationError};
 pub use snapshot::{ChangeSet, Snapshot};
 pub use validate::{is_valid_key, MAX_FLAG_BYTES, MAX_PREREQUISITE_LINKS, MAX_SEGMENT_KEYS};
