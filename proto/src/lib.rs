@@ -18,6 +18,10 @@
 //! message left unset, an `UNSPECIFIED` enum value, a number that is not finite, or
 //! `json_value` text that is not JSON.
 //!
+//! [`watch`] frames the Watch stream at both ends: the server packs snapshots and deltas into
+//! messages within a byte budget, and the SDK's [`Assembler`](watch::Assembler) puts them back
+//! together, checking the protocol (revisions, parts, heartbeats) as it goes.
+//!
 //! ```
 //! use flagstaff_engine::Flag;
 //! use flagstaff_proto::pb;
@@ -39,6 +43,7 @@
 #![deny(missing_docs)]
 
 mod convert;
+pub mod watch;
 
 pub use convert::ConvertError;
 

@@ -68,6 +68,8 @@ pub struct Tokens<S> {
     /// Serialises [`Tokens::create_named`], so two tokens cannot take the same name at once.
     /// A std mutex: held on a blocking thread for one creation, never across an await.
     naming: Mutex<()>,
+    /// Counts revocations, so that streams holding a token notice when it is revoked.
+    revocations: tokio::sync::watch::Sender<u64>,
 }
 
 impl<S: Store> Tokens<S> {
@@ -82,6 +84,7 @@ impl<S: Store> Tokens<S> {
             store,
             by_hash: RwLock::new(by_hash),
             naming: Mutex::new(()),
+            revocations: tokio::sync::watch::Sender::new(0),
         })
     }
 
@@ -183,7 +186,25 @@ impl<S: Store> Tokens<S> {
         revoked.revoked = true;
         self.store.put_token(&revoked)?;
         *token = revoked.clone();
+        drop(map);
+        self.revocations.send_modify(|n| *n += 1);
         Ok(revoked)
+    }
+
+    /// A receiver woken whenever a token is revoked: streams then check
+    /// [`is_revoked`](Self::is_revoked) for their own.
+    pub fn revocations(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.revocations.subscribe()
+    }
+
+    /// Whether the token `id` is revoked (or does not exist).
+    pub fn is_revoked(&self, id: &str) -> bool {
+        !self
+            .by_hash
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .any(|t| t.id == id && !t.revoked)
     }
 
     /// The token whose secret is `secret`, if it exists and is not revoked.

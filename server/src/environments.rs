@@ -13,9 +13,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use arc_swap::ArcSwap;
-use flagstaff_engine::{ChangeSet, Document, Flag, Segment, Snapshot};
+use flagstaff_engine::{ChangeSet, Document, Flag, KeyPatch, Segment, Snapshot};
 
 use crate::error::ServerError;
+use crate::feed::{Event, Feed, DEFAULT_FEED_CAPACITY};
 use crate::storage::{
     now_ms, random_id, AuditChange, AuditEntry, Change, EnvironmentRecord, Store, StoreError,
 };
@@ -49,6 +50,8 @@ pub struct Environment {
     /// Serialises writes so each is built against the state it commits onto. A std mutex: it
     /// is held on a blocking thread for one write and never across an await.
     writer: Mutex<()>,
+    /// Every committed revision, for Watch streams and audit tails.
+    feed: Feed,
 }
 
 impl Environment {
@@ -61,6 +64,11 @@ impl Environment {
     /// created it. A write that changed nothing, or failed, is not counted.
     pub fn writes(&self) -> u64 {
         self.writes.load(Ordering::Relaxed)
+    }
+
+    /// The feed of revisions committed from now on.
+    pub fn feed(&self) -> &Feed {
+        &self.feed
     }
 }
 
@@ -124,11 +132,19 @@ pub struct Environments<S> {
     store: Arc<S>,
     /// Held only to look up, add or remove an environment, never during a write.
     map: RwLock<HashMap<String, Arc<Environment>>>,
+    /// How many recent revisions each environment's feed keeps in memory.
+    feed_capacity: usize,
 }
 
 impl<S: Store> Environments<S> {
     /// Loads every environment from `store` and compiles its snapshot.
     pub fn load(store: Arc<S>) -> Result<Environments<S>, ServerError> {
+        Environments::load_with(store, DEFAULT_FEED_CAPACITY)
+    }
+
+    /// Like [`load`](Self::load), keeping the last `feed_capacity` revisions of each
+    /// environment in memory for Watch streams.
+    pub fn load_with(store: Arc<S>, feed_capacity: usize) -> Result<Environments<S>, ServerError> {
         let mut map = HashMap::new();
         for record in store.environments()? {
             let docs = store.documents(&record.key)?;
@@ -145,12 +161,13 @@ impl<S: Store> Environments<S> {
             })?;
             map.insert(
                 record.key.clone(),
-                Arc::new(Environment::new(&record, snapshot)),
+                Arc::new(Environment::new(&record, snapshot, feed_capacity)),
             );
         }
         Ok(Environments {
             store,
             map: RwLock::new(map),
+            feed_capacity,
         })
     }
 
@@ -206,7 +223,11 @@ impl<S: Store> Environments<S> {
                 }
                 other => other.into(),
             })?;
-        let env = Arc::new(Environment::new(&record, Snapshot::new()));
+        let env = Arc::new(Environment::new(
+            &record,
+            Snapshot::new(),
+            self.feed_capacity,
+        ));
         self.write_map().insert(key.to_owned(), env.clone());
         Ok(env)
     }
@@ -224,6 +245,7 @@ impl<S: Store> Environments<S> {
         }
         self.store.delete_environment(key)?;
         self.write_map().remove(key);
+        env.feed.close();
         Ok(())
     }
 
@@ -256,27 +278,32 @@ impl<S: Store> Environments<S> {
             comment: ctx.comment.to_owned(),
             changes: staged.audit,
         };
+        let (segments, segment_patches, patched) =
+            as_patches(&current.snapshot, staged.changes.segments);
         let change = Change {
             revision,
             flags: staged.changes.flags,
             deleted_flags: staged.changes.deleted_flags,
-            segments: staged.changes.segments,
+            segments,
             deleted_segments: staged.changes.deleted_segments,
+            segment_patches,
         };
         self.store
-            .commit(&env.key, current.revision, &change, &audit)?;
+            .commit(&env.key, current.revision, &change, &patched, &audit)?;
         env.current.store(Arc::new(Current {
             revision,
             snapshot: Arc::new(staged.next),
         }));
         // Relaxed: the count orders nothing else; a scrape racing this write may see either.
         env.writes.fetch_add(1, Ordering::Relaxed);
-        Ok(Committed {
+        let committed = Committed {
             revision,
-            flags: change.flags,
-            segments: change.segments,
-            changes: audit.changes,
-        })
+            flags: change.flags.clone(),
+            segments: change.segments.iter().chain(&patched).cloned().collect(),
+            changes: audit.changes.clone(),
+        };
+        env.feed.publish(Event::new(change, audit));
+        Ok(committed)
     }
 
     /// Runs everything [`write`](Self::write) does except the commit: builds the change,
@@ -331,8 +358,31 @@ fn stage(
     }))
 }
 
+/// Splits written segments into those recorded whole and those whose key lists alone changed,
+/// recorded as patches (with their whole new documents, which the store still needs).
+fn as_patches(
+    before: &Snapshot,
+    segments: Vec<Segment>,
+) -> (Vec<Segment>, Vec<KeyPatch>, Vec<Segment>) {
+    let (mut whole, mut patches, mut patched) = (Vec::new(), Vec::new(), Vec::new());
+    for segment in segments {
+        let patch = before
+            .segment(&segment.key)
+            .and_then(|old| KeyPatch::between(old, &segment))
+            .filter(|p| p.len() <= segment.included.len() + segment.excluded.len());
+        match patch {
+            Some(patch) => {
+                patches.push(patch);
+                patched.push(segment);
+            }
+            None => whole.push(segment),
+        }
+    }
+    (whole, patches, patched)
+}
+
 impl Environment {
-    fn new(record: &EnvironmentRecord, snapshot: Snapshot) -> Environment {
+    fn new(record: &EnvironmentRecord, snapshot: Snapshot, feed_capacity: usize) -> Environment {
         Environment {
             key: record.key.clone(),
             epoch: record.epoch.clone(),
@@ -344,6 +394,7 @@ impl Environment {
             }),
             writes: AtomicU64::new(0),
             writer: Mutex::new(()),
+            feed: Feed::new(record.revision, feed_capacity),
         }
     }
 

@@ -8,8 +8,10 @@
 #![deny(missing_docs)]
 
 pub mod auth;
+pub mod clients;
 mod environments;
 mod error;
+pub mod feed;
 mod health;
 mod metrics;
 mod operations;
@@ -20,6 +22,7 @@ mod tls;
 use std::future::Future;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use flagstaff_proto::pb;
 use tokio::sync::watch;
@@ -31,12 +34,19 @@ pub use operations::{ApplyOptions, SegmentKeyPatch};
 pub use tls::{Tls, TlsError};
 
 use crate::auth::Tokens;
+use crate::clients::Clients;
+use crate::feed::DEFAULT_FEED_CAPACITY;
 use crate::metrics::{CountRequestsLayer, RequestCounts};
 use crate::service::admin::AdminService;
+use crate::service::sync::SyncService;
+use crate::service::watch::{Signals, Watcher, DEFAULT_HEARTBEAT};
 use crate::storage::{SledStore, DEFAULT_RETENTION};
 
 /// The Admin service as served, whose name health reports.
 type AdminServer = pb::admin_server::AdminServer<AdminService<SledStore>>;
+
+/// The Sync service as served, whose name health reports.
+type SyncServer = pb::sync_server::SyncServer<SyncService<SledStore>>;
 
 /// Largest Admin message accepted and sent: whole environments and 100,000-key segments
 /// exceed gRPC's default of 4 MiB.
@@ -49,6 +59,11 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// Change-log entries kept per environment.
     pub retention: u64,
+    /// How often a quiet Watch stream gets a heartbeat (announced to SDKs in snapshots).
+    pub heartbeat: Duration,
+    /// Recent revisions each environment keeps in memory for Watch streams; a stream that
+    /// falls further behind is sent a fresh snapshot.
+    pub feed_capacity: usize,
 }
 
 impl Config {
@@ -57,6 +72,8 @@ impl Config {
         Config {
             data_dir: data_dir.into(),
             retention: DEFAULT_RETENTION,
+            heartbeat: DEFAULT_HEARTBEAT,
+            feed_capacity: DEFAULT_FEED_CAPACITY,
         }
     }
 }
@@ -78,6 +95,9 @@ pub struct Server {
     tokens: Arc<Tokens<SledStore>>,
     /// gRPC calls by method and status code, for the metrics endpoint.
     requests: Arc<RequestCounts>,
+    /// The SDK instances watching.
+    clients: Arc<Clients>,
+    heartbeat: Duration,
 }
 
 impl Server {
@@ -91,7 +111,10 @@ impl Server {
             ))
         })?;
         let store = Arc::new(SledStore::open(&config.data_dir, config.retention)?);
-        let envs = Arc::new(Environments::load(store.clone())?);
+        let envs = Arc::new(Environments::load_with(
+            store.clone(),
+            config.feed_capacity,
+        )?);
         let tokens = Arc::new(Tokens::load(store)?);
         if tokens.is_empty() {
             let path = tokens.mint_admin_token_file(&config.data_dir, "admin")?;
@@ -102,6 +125,8 @@ impl Server {
             envs,
             tokens,
             requests,
+            clients: Arc::new(Clients::new()),
+            heartbeat: config.heartbeat,
         })
     }
 
@@ -113,6 +138,11 @@ impl Server {
     /// The tokens.
     pub fn tokens(&self) -> &Arc<Tokens<SledStore>> {
         &self.tokens
+    }
+
+    /// The SDK instances that watch, or watched, each environment.
+    pub fn clients(&self) -> &Arc<Clients> {
+        &self.clients
     }
 
     /// Serves gRPC in plain text on `listener`, without a metrics endpoint, until `shutdown`
@@ -139,13 +169,26 @@ impl Server {
         // Turns true once, when shutdown begins: health streams and the metrics endpoint end.
         let (stop, stopping) = watch::channel(false);
 
-        let admin = AdminServer::new(AdminService::new(self.envs.clone(), self.tokens.clone()))
-            .max_decoding_message_size(MAX_ADMIN_MESSAGE)
-            .max_encoding_message_size(MAX_ADMIN_MESSAGE);
+        let signals = Signals::new(stopping.clone());
+        let admin = AdminServer::new(AdminService::new(
+            self.envs.clone(),
+            self.tokens.clone(),
+            signals.clone(),
+        ))
+        .max_decoding_message_size(MAX_ADMIN_MESSAGE)
+        .max_encoding_message_size(MAX_ADMIN_MESSAGE);
+        let sync = SyncServer::new(SyncService::new(Watcher::new(
+            self.envs.clone(),
+            self.tokens.clone(),
+            self.clients.clone(),
+            signals,
+            self.heartbeat,
+        )));
 
         // The overall status ("") starts as SERVING; so does Admin's, once registered.
         let health_reporter = tonic_health::server::HealthReporter::new();
         health_reporter.set_serving::<AdminServer>().await;
+        health_reporter.set_serving::<SyncServer>().await;
         let health =
             tonic_health::pb::health_server::HealthServer::new(health::StoppingHealth::new(
                 tonic_health::server::HealthService::from_health_reporter(health_reporter.clone()),
@@ -160,9 +203,13 @@ impl Server {
         }
 
         let metrics = options.metrics.map(|listener| {
-            let (envs, requests) = (self.envs.clone(), self.requests.clone());
+            let (envs, requests, clients) = (
+                self.envs.clone(),
+                self.requests.clone(),
+                self.clients.clone(),
+            );
             let render: metrics::endpoint::Render =
-                Arc::new(move || metrics::render(&envs, &requests));
+                Arc::new(move || metrics::render(&envs, &requests, &clients));
             tokio::spawn(metrics::endpoint::serve(
                 listener,
                 render,
@@ -173,6 +220,7 @@ impl Server {
         let served = builder
             .layer(CountRequestsLayer::new(self.requests.clone()))
             .add_service(admin)
+            .add_service(sync)
             .add_service(health)
             .add_optional_service(reflection_v1)
             .add_optional_service(reflection_v1alpha)
@@ -181,6 +229,7 @@ impl Server {
                 async {
                     shutdown.await;
                     health_reporter.set_not_serving::<AdminServer>().await;
+                    health_reporter.set_not_serving::<SyncServer>().await;
                     health_reporter
                         .set_service_status("", ServingStatus::NotServing)
                         .await;

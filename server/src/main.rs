@@ -6,7 +6,7 @@
 //! flagstaffd admin-token --data-dir ./flagstaff-data    # mint a new admin token offline
 //! ```
 //! Every option is also an environment variable: `FLAGSTAFF_LISTEN`, `FLAGSTAFF_DATA_DIR`,
-//! `FLAGSTAFF_RETENTION`, `FLAGSTAFF_METRICS_LISTEN`, `FLAGSTAFF_TLS_CERT`,
+//! `FLAGSTAFF_RETENTION`, `FLAGSTAFF_HEARTBEAT_INTERVAL`, `FLAGSTAFF_METRICS_LISTEN`, `FLAGSTAFF_TLS_CERT`,
 //! `FLAGSTAFF_TLS_KEY`. Logs go to stderr; `RUST_LOG` filters them (default `info`). The
 //! addresses actually bound are logged (`address=`, `metrics_address=`), so port 0 works.
 
@@ -32,6 +32,12 @@ struct Args {
     /// Change-log entries kept per environment, for SDKs resuming without a full snapshot.
     #[arg(long, env = "FLAGSTAFF_RETENTION", default_value_t = flagstaff_server::storage::DEFAULT_RETENTION)]
     retention: u64,
+
+    /// Seconds between heartbeats on a quiet Watch stream; SDKs treat a stream silent for
+    /// three intervals as dead.
+    #[arg(long, env = "FLAGSTAFF_HEARTBEAT_INTERVAL", value_name = "SECONDS", default_value_t = 15,
+          value_parser = clap::value_parser!(u64).range(1..=3600))]
+    heartbeat_interval: u64,
 
     /// Address to serve Prometheus metrics on, over plain HTTP at /metrics. Off when not
     /// given.
@@ -88,8 +94,9 @@ fn main() -> ExitCode {
 
 fn run(args: Args) -> anyhow::Result<()> {
     let config = Config {
-        data_dir: args.data_dir.clone(),
         retention: args.retention,
+        heartbeat: std::time::Duration::from_secs(args.heartbeat_interval),
+        ..Config::new(&args.data_dir)
     };
     if let Some(Command::AdminToken) = args.command {
         let server = Server::open(&config)?;

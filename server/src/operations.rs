@@ -3,7 +3,7 @@
 //! validated, versioned, audited and durable in the same way. The gRPC layer only maps
 //! messages to these calls.
 
-use flagstaff_engine::{ChangeSet, Flag, Segment, Serve, Snapshot, Split};
+use flagstaff_engine::{ChangeSet, Flag, KeyPatch, Segment, Serve, Snapshot, Split};
 
 use crate::environments::{version_conflict, Committed, Environments, WriteContext};
 use crate::error::ServerError;
@@ -349,36 +349,16 @@ impl<S: Store> Environments<S> {
     ) -> Result<Committed, ServerError> {
         self.write(ctx, |current| {
             let segment = existing_segment(current, key, ctx.environment, patch.expected_version)?;
-            let apply = |list: &[String], add: &[String], remove: &[String]| -> Vec<String> {
-                let removed: std::collections::HashSet<&str> =
-                    remove.iter().map(String::as_str).collect();
-                let mut out: Vec<String> = list
-                    .iter()
-                    .filter(|k| !removed.contains(k.as_str()))
-                    .cloned()
-                    .collect();
-                let present: std::collections::HashSet<String> = out.iter().cloned().collect();
-                let mut added = std::collections::HashSet::new();
-                out.extend(
-                    add.iter()
-                        .filter(|k| !present.contains(*k) && added.insert(k.as_str()))
-                        .cloned(),
-                );
-                out
+            let keys = KeyPatch {
+                segment: key.to_owned(),
+                add_included: patch.add_included.clone(),
+                remove_included: patch.remove_included.clone(),
+                add_excluded: patch.add_excluded.clone(),
+                remove_excluded: patch.remove_excluded.clone(),
             };
             let patched = Segment {
-                included: apply(
-                    &segment.included,
-                    &patch.add_included,
-                    &patch.remove_included,
-                ),
-                excluded: apply(
-                    &segment.excluded,
-                    &patch.add_excluded,
-                    &patch.remove_excluded,
-                ),
                 version: None,
-                ..segment.clone()
+                ..keys.apply(segment)
             };
             Ok(ChangeSet {
                 segments: vec![patched],

@@ -1,6 +1,6 @@
 //! The sled store: atomic, ordered, durable commits; retention; history; tokens; locking.
 
-use flagstaff_engine::{flag_from_value, segment_from_value, Flag, Segment};
+use flagstaff_engine::{flag_from_value, segment_from_value, Flag, KeyPatch, Segment};
 use flagstaff_server::storage::{
     now_ms, random_id, AuditChange, AuditEntry, Change, EnvironmentRecord, Role, SledStore, Store,
     StoreError, TokenRecord,
@@ -55,6 +55,7 @@ fn set_flag(
         env,
         revision - 1,
         &change,
+        &[],
         &audit(revision, vec![AuditChange::flag(key, None, Some(&f))]),
     )
 }
@@ -197,7 +198,7 @@ fn a_segment_of_100000_keys_round_trips() {
             ..Change::default()
         };
         let entry = audit(1, vec![AuditChange::segment("big", None, Some(&segment))]);
-        store.commit("e", 0, &change, &entry).expect("commit");
+        store.commit("e", 0, &change, &[], &entry).expect("commit");
         // The audit entry lists the keys added instead of a second copy of the segment.
         let history = store.history("e", None, None, 1).expect("history");
         let AuditChange::Segment {
@@ -210,12 +211,35 @@ fn a_segment_of_100000_keys_round_trips() {
         };
         assert!(after.as_ref().expect("after").included.is_empty());
         assert_eq!(included_added.len(), 100_000);
+
+        // A change of one key: the log holds the patch, the documents the whole segment.
+        let patch = KeyPatch {
+            segment: "big".into(),
+            add_included: vec!["newcomer".into()],
+            ..KeyPatch::default()
+        };
+        segment = Segment {
+            version: Some(2),
+            ..patch.apply(&segment)
+        };
+        let change = Change {
+            revision: 2,
+            segment_patches: vec![patch.clone()],
+            ..Change::default()
+        };
+        let entry = audit(2, vec![]);
+        store
+            .commit("e", 1, &change, std::slice::from_ref(&segment), &entry)
+            .expect("commit");
+        let logged = store.changes_since("e", 1).expect("log").expect("kept");
+        assert_eq!(logged.len(), 1);
+        assert!(logged[0].segments.is_empty());
+        assert_eq!(logged[0].segment_patches, vec![patch]);
     }
     let store = SledStore::open(dir.path(), 100).expect("reopen");
-    assert_eq!(
-        store.documents("e").expect("documents").segments,
-        vec![segment]
-    );
+    let stored = store.documents("e").expect("documents").segments;
+    assert_eq!(stored, vec![segment]);
+    assert_eq!(stored[0].included.len(), 100_001);
 }
 
 #[test]

@@ -3,10 +3,17 @@
 //! token (or any other). [`TestServer::start_with`] adds the metrics endpoint or TLS.
 #![deny(missing_docs)]
 
+pub mod watcher;
+
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
 
 use flagstaff_proto::pb::admin_client::AdminClient;
-use flagstaff_server::{Config, ServeOptions, Server, Tls};
+use flagstaff_proto::pb::sync_client::SyncClient;
+use flagstaff_server::clients::Clients;
+use flagstaff_server::storage::SledStore;
+use flagstaff_server::{Config, Environments, ServeOptions, Server, Tls};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tonic::metadata::{Ascii, MetadataValue};
@@ -32,6 +39,9 @@ impl tonic::service::Interceptor for Bearer {
 /// An Admin client that sends a token.
 pub type Admin = AdminClient<InterceptedService<Channel, Bearer>>;
 
+/// A Sync client that sends a token.
+pub type Sync = SyncClient<InterceptedService<Channel, Bearer>>;
+
 /// What [`TestServer::start_with`] serves beyond gRPC in plain text.
 #[derive(Debug, Clone, Default)]
 pub struct Options {
@@ -39,6 +49,12 @@ pub struct Options {
     pub metrics: bool,
     /// Serve gRPC over TLS with this certificate; the server's clients trust it.
     pub tls: Option<TestTls>,
+    /// Heartbeat interval of Watch streams, instead of the default 15 s.
+    pub heartbeat: Option<Duration>,
+    /// Revisions each environment's feed keeps in memory, instead of the default.
+    pub feed_capacity: Option<usize>,
+    /// Change-log entries kept per environment, instead of the default.
+    pub retention: Option<u64>,
 }
 
 /// A PEM certificate and its key, for a server on loopback: the certificate must name
@@ -62,6 +78,10 @@ pub struct TestServer {
     pub data_dir: tempfile::TempDir,
     /// The admin token minted for the fresh data directory.
     pub admin_token: String,
+    /// The environments as the server holds them, to compare what clients received with.
+    pub environments: Arc<Environments<SledStore>>,
+    /// The SDK instances the server knows.
+    pub clients: Arc<Clients>,
     /// The certificate clients trust, when serving over TLS.
     tls_cert: Option<String>,
     shutdown: Option<oneshot::Sender<()>>,
@@ -88,7 +108,16 @@ impl TestServer {
 
     /// Starts a server on an existing data directory, serving what `options` ask for.
     pub async fn start_in_with(data_dir: tempfile::TempDir, options: Options) -> TestServer {
-        let server = Server::open(&Config::new(data_dir.path())).expect("server opens");
+        let defaults = Config::new(data_dir.path());
+        let config = Config {
+            heartbeat: options.heartbeat.unwrap_or(defaults.heartbeat),
+            feed_capacity: options.feed_capacity.unwrap_or(defaults.feed_capacity),
+            retention: options.retention.unwrap_or(defaults.retention),
+            ..defaults
+        };
+        let server = Server::open(&config).expect("server opens");
+        let environments = server.environments().clone();
+        let clients = server.clients().clone();
         let admin_token = std::fs::read_to_string(data_dir.path().join("admin.token"))
             .expect("admin token file")
             .trim()
@@ -126,6 +155,8 @@ impl TestServer {
             metrics_addr,
             data_dir,
             admin_token,
+            environments,
+            clients,
             tls_cert: options.tls.map(|tls| tls.cert),
             shutdown: Some(shutdown),
             task: Some(task),
@@ -161,6 +192,13 @@ impl TestServer {
         AdminClient::with_interceptor(channel, Bearer(bearer))
             .max_decoding_message_size(flagstaff_server::MAX_ADMIN_MESSAGE)
             .max_encoding_message_size(flagstaff_server::MAX_ADMIN_MESSAGE)
+    }
+
+    /// A Sync client authenticating with `token`.
+    pub async fn sync_with(&self, token: &str) -> Sync {
+        let channel = self.channel().await;
+        let bearer = format!("Bearer {token}").parse().expect("ascii token");
+        SyncClient::with_interceptor(channel, Bearer(Some(bearer)))
     }
 
     /// Stops the server gracefully and returns its data directory, for a restart.

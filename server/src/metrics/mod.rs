@@ -12,13 +12,18 @@ pub(crate) mod requests;
 
 use std::fmt::Write as _;
 
+use crate::clients::Clients;
 use crate::environments::Environments;
 use crate::storage::Store;
 
 pub(crate) use requests::{CountRequestsLayer, RequestCounts};
 
 /// Renders every metric as of now.
-pub(crate) fn render<S: Store>(envs: &Environments<S>, requests: &RequestCounts) -> String {
+pub(crate) fn render<S: Store>(
+    envs: &Environments<S>,
+    requests: &RequestCounts,
+    clients: &Clients,
+) -> String {
     let envs = envs.list();
     let mut out = Exposition::default();
 
@@ -62,11 +67,14 @@ pub(crate) fn render<S: Store>(envs: &Environments<S>, requests: &RequestCounts)
     out.family(
         "flagstaff_connected_sdks",
         "gauge",
-        "SDK instances with an open Watch stream to the environment. Always 0 for now: this \
-         server does not serve flagstaff.v1.Sync's Watch stream yet.",
+        "SDK instances with an open Watch stream to the environment.",
     );
     for env in &envs {
-        out.sample("flagstaff_connected_sdks", &[("environment", &env.key)], 0);
+        out.sample(
+            "flagstaff_connected_sdks",
+            &[("environment", &env.key)],
+            clients.connected(&env.key) as u64,
+        );
     }
 
     out.family(

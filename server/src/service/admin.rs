@@ -15,6 +15,7 @@ use flagstaff_proto::pb;
 use tonic::{Request, Response, Status};
 
 use super::paging::{page_size, Scope};
+use super::watch::{watch_changes, ChangesStream, Signals};
 use super::{authorize, wire};
 use crate::auth::{Access, Tokens};
 use crate::environments::{unconfirmed, Committed, Environments, WriteContext};
@@ -27,12 +28,22 @@ use crate::storage::{AuditChange, Role, Store, TokenRecord};
 pub struct AdminService<S> {
     envs: Arc<Environments<S>>,
     tokens: Arc<Tokens<S>>,
+    /// Ends `WatchChanges` tails on shutdown.
+    signals: Signals,
 }
 
 impl<S: Store> AdminService<S> {
-    /// The service over `envs` and `tokens`.
-    pub fn new(envs: Arc<Environments<S>>, tokens: Arc<Tokens<S>>) -> AdminService<S> {
-        AdminService { envs, tokens }
+    /// The service over `envs` and `tokens`; its audit tails end when `signals` say so.
+    pub fn new(
+        envs: Arc<Environments<S>>,
+        tokens: Arc<Tokens<S>>,
+        signals: Signals,
+    ) -> AdminService<S> {
+        AdminService {
+            envs,
+            tokens,
+            signals,
+        }
     }
 
     /// The request's token, checked for `access`; an environment-scoped access must name an
@@ -45,11 +56,6 @@ impl<S: Store> AdminService<S> {
         Ok(token)
     }
 }
-
-/// The live tail of audit entries `watch_changes` returns.
-pub type WatchChangesStream = std::pin::Pin<
-    Box<dyn tokio_stream::Stream<Item = Result<pb::WatchChangesResponse, Status>> + Send>,
->;
 
 /// Who writes where and why, owned, so that a write can move to a blocking thread.
 struct Writer {
@@ -220,7 +226,7 @@ fn unchanged<'a>(
 
 #[tonic::async_trait]
 impl<S: Store> pb::admin_server::Admin for AdminService<S> {
-    type WatchChangesStream = WatchChangesStream;
+    type WatchChangesStream = ChangesStream;
 
     // ---- Environments ----
 
@@ -820,10 +826,16 @@ impl<S: Store> pb::admin_server::Admin for AdminService<S> {
         &self,
         request: Request<pb::WatchChangesRequest>,
     ) -> Result<Response<Self::WatchChangesStream>, Status> {
-        self.allow(&request, Access::Read(&request.get_ref().environment))?;
-        Err(Status::unimplemented(
-            "WatchChanges arrives with the Watch stream",
-        ))
+        let token = self.allow(&request, Access::Read(&request.get_ref().environment))?;
+        let req = request.get_ref();
+        watch_changes(
+            &self.envs,
+            &self.tokens,
+            &self.signals,
+            &token,
+            &req.environment,
+            req.since_revision,
+        )
     }
 
     // ---- Evaluation ----

@@ -3,6 +3,8 @@
 
 pub mod admin;
 mod paging;
+pub mod sync;
+pub mod watch;
 mod wire;
 
 use tonic::{Code, Request, Status};
@@ -38,6 +40,19 @@ pub fn authorize<S: Store, T>(
     request: &Request<T>,
     access: Access<'_>,
 ) -> Result<TokenRecord, Status> {
+    let token = authenticate(tokens, request)?;
+    if !token.allows(access) {
+        return Err(permission_denied(&token, access));
+    }
+    Ok(token)
+}
+
+/// The token of a request's `authorization: Bearer <token>` metadata, if it exists and is
+/// not revoked; what it may do is checked separately.
+pub fn authenticate<S: Store, T>(
+    tokens: &Tokens<S>,
+    request: &Request<T>,
+) -> Result<TokenRecord, Status> {
     let header = request.metadata().get("authorization").ok_or_else(|| {
         Status::unauthenticated(
             "missing authorization metadata: send `authorization: Bearer <token>`",
@@ -50,18 +65,19 @@ pub fn authorize<S: Store, T>(
         .ok_or_else(|| {
             Status::unauthenticated("the authorization metadata must be `Bearer <token>`")
         })?;
-    let token = tokens.authenticate(secret.trim())?;
-    if !token.allows(access) {
-        let what = match access {
-            Access::Admin => "manage environments and tokens".to_owned(),
-            Access::Read(env) => format!("read environment {env:?}"),
-            Access::Write(env) => format!("write to environment {env:?}"),
-            Access::Sync(env) => format!("sync environment {env:?}"),
-        };
-        return Err(Status::permission_denied(format!(
-            "token {:?} ({:?}) may not {what}",
-            token.name, token.role
-        )));
-    }
-    Ok(token)
+    Ok(tokens.authenticate(secret.trim())?)
+}
+
+/// The refusal of `access` to `token`.
+pub fn permission_denied(token: &TokenRecord, access: Access<'_>) -> Status {
+    let what = match access {
+        Access::Admin => "manage environments and tokens".to_owned(),
+        Access::Read(env) => format!("read environment {env:?}"),
+        Access::Write(env) => format!("write to environment {env:?}"),
+        Access::Sync(env) => format!("sync environment {env:?}"),
+    };
+    Status::permission_denied(format!(
+        "token {:?} ({:?}) may not {what}",
+        token.name, token.role
+    ))
 }

@@ -8,7 +8,7 @@
 
 mod sled_store;
 
-use flagstaff_engine::{Flag, Segment};
+use flagstaff_engine::{Flag, KeyPatch, Segment};
 use serde::{Deserialize, Serialize};
 
 pub use sled_store::{SledStore, DEFAULT_RETENTION};
@@ -77,6 +77,9 @@ pub struct EnvironmentRecord {
 }
 
 /// One revision's changes to an environment's documents: the change-log entry SDKs replay.
+///
+/// A segment whose key lists alone changed is recorded as a [`KeyPatch`], not as the whole
+/// segment, so adding one key to a segment of 100,000 stores and streams one key.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Change {
     /// The revision this change produced.
@@ -85,10 +88,13 @@ pub struct Change {
     pub flags: Vec<Flag>,
     /// Keys of flags deleted.
     pub deleted_flags: Vec<String>,
-    /// Segments created or replaced, with `version` set to `revision`.
+    /// Segments created or replaced whole, with `version` set to `revision`.
     pub segments: Vec<Segment>,
     /// Keys of segments deleted.
     pub deleted_segments: Vec<String>,
+    /// Changes to the key lists of existing segments, whose version becomes `revision`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub segment_patches: Vec<KeyPatch>,
 }
 
 /// What one document looked like before and after a change.
@@ -293,12 +299,14 @@ pub trait Store: Send + Sync + 'static {
     /// Commits `change` (revision `expected_revision + 1`) with its audit entry, atomically
     /// and durably: when this returns `Ok`, the change survives a crash or power loss. Fails
     /// with [`StoreError::RevisionConflict`], changing nothing, when the environment is not at
-    /// `expected_revision`.
+    /// `expected_revision`. `patched` holds the whole new documents of the segments
+    /// `change.segment_patches` changes.
     fn commit(
         &self,
         environment: &str,
         expected_revision: u64,
         change: &Change,
+        patched: &[Segment],
         audit: &AuditEntry,
     ) -> Result<(), StoreError>;
 

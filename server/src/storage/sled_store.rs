@@ -26,6 +26,8 @@ use serde::Serialize;
 use sled::transaction::{ConflictableTransactionError, TransactionError};
 use sled::{Db, Transactional, Tree};
 
+use flagstaff_engine::Segment;
+
 use super::{AuditEntry, Change, Documents, EnvironmentRecord, Store, StoreError, TokenRecord};
 
 /// Change-log entries kept per environment unless configured otherwise.
@@ -242,6 +244,7 @@ impl Store for SledStore {
         environment: &str,
         expected_revision: u64,
         change: &Change,
+        patched: &[Segment],
         audit: &AuditEntry,
     ) -> Result<(), StoreError> {
         let mut synced = self.lock_writer();
@@ -260,6 +263,7 @@ impl Store for SledStore {
         let segment_values: Vec<(&str, Vec<u8>)> = change
             .segments
             .iter()
+            .chain(patched)
             .map(|s| (s.key.as_str(), encode(s)))
             .collect();
 

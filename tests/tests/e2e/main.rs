@@ -10,3 +10,5 @@ mod matrix;
 mod operations;
 mod segments;
 mod status;
+mod watch;
+mod watch_model;

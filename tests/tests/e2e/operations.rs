@@ -31,7 +31,7 @@ async fn health_status(client: &mut HealthClient<tonic::transport::Channel>, ser
 }
 
 #[tokio::test]
-async fn health_reports_the_server_and_the_admin_service_serving() {
+async fn health_reports_the_server_and_its_services_serving() {
     let server = TestServer::start().await;
     let mut health = HealthClient::new(server.channel().await);
     assert_eq!(
@@ -42,11 +42,15 @@ async fn health_reports_the_server_and_the_admin_service_serving() {
         health_status(&mut health, "flagstaff.v1.Admin").await,
         ServingStatus::Serving as i32
     );
-    // Sync is not served yet, so health does not claim it.
+    assert_eq!(
+        health_status(&mut health, "flagstaff.v1.Sync").await,
+        ServingStatus::Serving as i32
+    );
+    // A service this server does not have is not claimed.
     let message = refused(
         health
             .check(HealthCheckRequest {
-                service: "flagstaff.v1.Sync".into(),
+                service: "flagstaff.v1.Nothing".into(),
             })
             .await,
         Code::NotFound,
