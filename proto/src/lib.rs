@@ -42,6 +42,7 @@
 //! ```
 #![deny(missing_docs)]
 
+pub mod codec;
 mod convert;
 pub mod watch;
 

@@ -18,6 +18,7 @@ use flagstaff_proto::pb;
 use flagstaff_proto::watch::{pack_snapshot, SnapshotHeader, CHUNK_BUDGET};
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::StreamExt as _;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::{authenticate, permission_denied, wire};
@@ -122,16 +123,34 @@ impl From<ServerError> for End {
     }
 }
 
+/// What a stream's channel carries. Boxed, so that the channel's slots (allocated 32 at a
+/// time, and kept by every idle stream) are a pointer each rather than a whole message and
+/// status.
+type Item<T> = Box<Result<T, Status>>;
+
+/// A stream's receiving half, as tonic serves it.
+pub type Outgoing<T> =
+    std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<T, Status>> + Send>>;
+
+/// A bounded channel for a stream's messages, and the stream tonic serves from it.
+fn channel<T: Send + 'static>() -> (mpsc::Sender<Item<T>>, Outgoing<T>) {
+    let (tx, rx) = mpsc::channel(STREAM_BUFFER);
+    (
+        tx,
+        Box::pin(ReceiverStream::new(rx).map(|item: Item<T>| *item)),
+    )
+}
+
 /// The sending half of a stream, interruptible while it waits for a slow client.
 struct Outbox<T, S> {
-    tx: mpsc::Sender<Result<T, Status>>,
+    tx: mpsc::Sender<Item<T>>,
     interrupts: Interrupts<S>,
 }
 
 impl<T, S: Store> Outbox<T, S> {
     async fn send(&mut self, message: T) -> Result<(), End> {
         tokio::select! {
-            sent = self.tx.send(Ok(message)) => sent.map_err(|_| End::Gone),
+            sent = self.tx.send(Box::new(Ok(message))) => sent.map_err(|_| End::Gone),
             status = self.interrupts.interrupted() => Err(End::Status(status)),
         }
     }
@@ -140,7 +159,8 @@ impl<T, S: Store> Outbox<T, S> {
     async fn close(self, end: End) {
         if let End::Status(status) = end {
             // A client that reads nothing is not waited for long.
-            let _ = tokio::time::timeout(CLOSE_TIMEOUT, self.tx.send(Err(status))).await;
+            let closing = self.tx.send(Box::new(Err(status)));
+            let _ = tokio::time::timeout(CLOSE_TIMEOUT, closing).await;
         }
     }
 }
@@ -156,7 +176,7 @@ pub struct Watcher<S> {
 }
 
 /// The stream `Sync/Watch` returns.
-pub type WatchStream = ReceiverStream<Result<pb::WatchResponse, Status>>;
+pub type WatchStream = Outgoing<pb::WatchResponse>;
 
 impl<S: Store> Watcher<S> {
     /// Watch streams over `envs`, registering instances in `clients`, with a heartbeat every
@@ -183,7 +203,7 @@ impl<S: Store> Watcher<S> {
         request: Request<Streaming<pb::WatchRequest>>,
     ) -> Result<Response<WatchStream>, Status> {
         let token = authenticate(&self.tokens, &request)?;
-        let (tx, rx) = mpsc::channel(STREAM_BUFFER);
+        let (tx, outgoing) = channel();
         let outbox = Outbox {
             tx,
             interrupts: Interrupts::new(&self.signals, &self.tokens, &token),
@@ -191,7 +211,7 @@ impl<S: Store> Watcher<S> {
         let watcher = self.clone();
         let inbound = request.into_inner();
         tokio::spawn(async move { watcher.run(token, inbound, outbox).await });
-        Ok(Response::new(ReceiverStream::new(rx)))
+        Ok(Response::new(outgoing))
     }
 
     async fn run(
@@ -202,7 +222,7 @@ impl<S: Store> Watcher<S> {
     ) {
         let end = match self.subscribe(&token, &mut inbound).await {
             Ok((env, subscribe, connection)) => {
-                let mut stream = Stream {
+                let mut stream = Subscription {
                     watcher: self,
                     env,
                     connection,
@@ -271,7 +291,7 @@ impl<S: Store> Watcher<S> {
 }
 
 /// One subscribed Watch stream.
-struct Stream<'a, S> {
+struct Subscription<'a, S> {
     watcher: &'a Watcher<S>,
     env: Arc<Environment>,
     connection: Connection,
@@ -280,7 +300,7 @@ struct Stream<'a, S> {
     sent: u64,
 }
 
-impl<S: Store> Stream<'_, S> {
+impl<S: Store> Subscription<'_, S> {
     async fn serve(
         &mut self,
         subscribe: pb::Subscribe,
@@ -292,9 +312,11 @@ impl<S: Store> Stream<'_, S> {
         let since = subscribe.since_revision;
         if subscribe.epoch == self.env.epoch && since > 0 && since <= current.revision {
             self.sent = since;
-            self.resume(&current).await?;
+            // Boxed here and below: what runs once, or rarely, should not make every idle
+            // stream's task as big as its largest path.
+            Box::pin(self.resume(&current)).await?;
         } else {
-            self.snapshot(&current).await?;
+            Box::pin(self.snapshot(&current)).await?;
         }
         drop(current);
 
@@ -309,7 +331,7 @@ impl<S: Store> Stream<'_, S> {
                             "environment {:?} was deleted", self.env.key
                         )).into());
                     }
-                    self.catch_up().await?;
+                    Box::pin(self.catch_up()).await?;
                     quiet.as_mut().reset(tokio::time::Instant::now() + self.watcher.heartbeat);
                 }
                 message = inbound.message(), if inbound_open => match message {
@@ -441,7 +463,7 @@ impl<S: Store> Stream<'_, S> {
 }
 
 /// The stream `Admin/WatchChanges` returns.
-pub type ChangesStream = ReceiverStream<Result<pb::WatchChangesResponse, Status>>;
+pub type ChangesStream = Outgoing<pb::WatchChangesResponse>;
 
 /// Starts the audit tail of `environment` for `token` (already authorized to read it):
 /// the stored entries after `since` (none when it is 0), then every new one.
@@ -454,7 +476,7 @@ pub fn watch_changes<S: Store>(
     since: u64,
 ) -> Result<Response<ChangesStream>, Status> {
     let env = envs.get(environment)?;
-    let (tx, rx) = mpsc::channel(STREAM_BUFFER);
+    let (tx, outgoing) = channel();
     let mut outbox = Outbox {
         tx,
         interrupts: Interrupts::new(signals, tokens, token),
@@ -471,7 +493,7 @@ pub fn watch_changes<S: Store>(
         let end = tail(&envs, &env, head, start, &mut outbox).await;
         outbox.close(end).await;
     });
-    Ok(Response::new(ReceiverStream::new(rx)))
+    Ok(Response::new(outgoing))
 }
 
 async fn tail<S: Store>(
