@@ -69,7 +69,11 @@ use crate::ConvertError;
 /// The most a chunk or delta part holds, in encoded bytes, before the next starts: far below
 /// gRPC's default limit of 4 MiB. A flag bigger than that (validation keeps a flag's JSON
 /// within 1 MiB, [`MAX_FLAG_BYTES`](flagstaff_engine::MAX_FLAG_BYTES)) goes alone in its message.
-pub const CHUNK_BUDGET: usize = 1 << 20;
+///
+/// Small, 16 KiB (one HTTP/2 frame at the default frame size), because a gRPC stream keeps an
+/// encode buffer as big as the largest messages it has sent for as long as it lives: with
+/// 1 MiB chunks, every idle SDK stream of a large environment would hold a megabyte.
+pub const CHUNK_BUDGET: usize = 16 << 10;
 
 // ---------------------------------------------------------------------------------------------
 // Sizes. Every field of the Watch messages has a number below 16, so its tag is one byte.

@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use flagstaff_proto::pb;
+use flagstaff_proto::watch::CHUNK_BUDGET;
 use flagstaff_tests::watcher::{subscribe, State, Watcher};
 use flagstaff_tests::{Admin, Options, TestServer};
 use serde_json::json;
@@ -236,7 +237,7 @@ async fn a_segment_of_100000_keys_arrives_in_chunks_and_its_changes_as_patches()
     live.until(4, LIMIT).await;
     assert_eq!(live.state, server_state(&server, "production"));
     assert!(
-        live.received.largest_message <= 1_100_000,
+        live.received.largest_message <= CHUNK_BUDGET,
         "{:?}",
         live.received
     );
@@ -250,7 +251,7 @@ async fn a_segment_of_100000_keys_arrives_in_chunks_and_its_changes_as_patches()
         "the snapshot came in several chunks"
     );
     assert!(
-        fresh.received.largest_message <= 1_100_000,
+        fresh.received.largest_message <= CHUNK_BUDGET,
         "{:?}",
         fresh.received
     );
