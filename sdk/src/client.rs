@@ -1,76 +1,228 @@
-//! The client: a snapshot behind an `ArcSwap`, evaluated locally.
+//! The client: a snapshot behind an `ArcSwap`, evaluated locally, kept fresh by a background
+//! task when connected to flagstaffd.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
-use arc_swap::ArcSwap;
-use flagstaff_engine::{Context, Detail, Snapshot};
+use arc_swap::ArcSwapOption;
+use flagstaff_engine::{Context, Detail, ErrorKind, Reason, Snapshot};
+use tokio::sync::watch;
 
+use crate::cache;
+use crate::live::{self, Settings};
+use crate::status::{Source, State, Stats, Status};
 use crate::Error;
 
-/// Evaluates flags from the latest snapshot. Cheap to clone: clones share the snapshot.
-#[derive(Debug, Clone)]
-pub struct Client {
+/// What the client and its background task share.
+#[derive(Debug)]
+pub(crate) struct Core {
     /// Readers load it without a lock; an update builds a new snapshot off the hot path and
-    /// swaps it in, so no reader ever sees half of a change.
-    snapshot: Arc<ArcSwap<Snapshot>>,
+    /// swaps it in, so no reader ever sees half of a change. `None` until there is data.
+    pub(crate) snapshot: ArcSwapOption<Snapshot>,
+    pub(crate) status: watch::Sender<Status>,
+    pub(crate) stats: Counters,
+    /// Where the last good snapshot is kept between runs, if anywhere.
+    cache: Option<cache::Writer>,
 }
 
-impl Client {
-    /// A client serving `snapshot`.
-    pub fn from_snapshot(snapshot: Snapshot) -> Client {
-        Client {
-            snapshot: Arc::new(ArcSwap::from_pointee(snapshot)),
+/// [`Stats`], counted by the background task.
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    pub(crate) snapshots: AtomicU64,
+    pub(crate) deltas: AtomicU64,
+    pub(crate) connections: AtomicU64,
+    pub(crate) resyncs: AtomicU64,
+}
+
+impl Core {
+    fn new(snapshot: Option<Arc<Snapshot>>, status: Status, cache: Option<cache::Writer>) -> Core {
+        Core {
+            snapshot: ArcSwapOption::new(snapshot),
+            status: watch::Sender::new(status),
+            stats: Counters::default(),
+            cache,
         }
     }
 
-    /// A client serving an export document (JSON or YAML) read from `path`.
-    pub fn from_export_file(path: impl AsRef<Path>) -> Result<Client, Error> {
-        let path = path.as_ref();
-        let text = std::fs::read_to_string(path).map_err(|source| Error::Read {
-            path: path.to_owned(),
-            source,
-        })?;
-        Client::from_export_text(&text)
+    /// Serves `snapshot`, the server's `revision` of `epoch`, from now on.
+    pub(crate) fn publish(&self, snapshot: Arc<Snapshot>, epoch: &str, revision: u64) {
+        self.snapshot.store(Some(snapshot.clone()));
+        if let Some(cache) = &self.cache {
+            cache.save(snapshot, epoch, revision);
+        }
+        self.status.send_if_modified(|s| {
+            let became_ready = s.state != State::Ready;
+            if became_ready {
+                tracing::info!(revision, epoch, "flagstaff client ready");
+            }
+            s.state = State::Ready;
+            s.source = Source::Server;
+            if s.epoch != epoch {
+                s.epoch = epoch.to_owned();
+            }
+            s.revision = revision;
+            true
+        });
+    }
+}
+
+/// The part of a client that stops its background task when the last clone is dropped.
+#[derive(Debug)]
+struct Owner {
+    core: Arc<Core>,
+    /// Turns true to stop the background task; `None` for a client without one.
+    stop: Option<watch::Sender<bool>>,
+}
+
+impl Drop for Owner {
+    fn drop(&mut self) {
+        if let Some(stop) = &self.stop {
+            stop.send_replace(true);
+        }
+    }
+}
+
+/// Evaluates flags from the latest snapshot. Cheap to clone: clones share the snapshot and the
+/// connection, which closes when the last clone is dropped (or on [`close`](Self::close)).
+#[derive(Debug, Clone)]
+pub struct Client {
+    owner: Arc<Owner>,
+}
+
+impl Client {
+    /// A builder of a client connected to flagstaffd at `endpoint` (e.g.
+    /// `http://127.0.0.1:7878`) with an sdk token of the environment to serve.
+    pub fn builder(endpoint: impl Into<String>, sdk_key: impl Into<String>) -> ClientBuilder {
+        ClientBuilder {
+            endpoint: endpoint.into(),
+            sdk_key: sdk_key.into(),
+            application: String::new(),
+            connect_timeout: Duration::from_secs(5),
+            tls_ca: None,
+            tls_domain: None,
+            bootstrap: None,
+            cache_file: None,
+            backoff_base: Duration::from_millis(200),
+            backoff_cap: Duration::from_secs(30),
+        }
     }
 
-    /// A client serving an export document given as JSON or YAML text.
+    /// A client serving `snapshot`, with no server.
+    pub fn from_snapshot(snapshot: Snapshot) -> Client {
+        let status = Status {
+            state: State::Ready,
+            ..Status::starting(Source::Bootstrap)
+        };
+        Client::without_server(Core::new(Some(Arc::new(snapshot)), status, None))
+    }
+
+    fn without_server(core: Core) -> Client {
+        Client {
+            owner: Arc::new(Owner {
+                core: Arc::new(core),
+                stop: None,
+            }),
+        }
+    }
+
+    /// A client serving an export document (JSON or YAML) read from `path`, with no server.
+    pub fn from_export_file(path: impl AsRef<Path>) -> Result<Client, Error> {
+        Ok(Client::from_snapshot(read_export(path.as_ref())?))
+    }
+
+    /// A client serving an export document given as JSON or YAML text, with no server.
     pub fn from_export_text(text: &str) -> Result<Client, Error> {
         Ok(Client::from_snapshot(Snapshot::from_text(text)?))
     }
 
+    fn core(&self) -> &Core {
+        &self.owner.core
+    }
+
     /// Replaces the snapshot every clone of this client serves; evaluations in progress finish
-    /// on the one they started with.
+    /// on the one they started with. (A connected client replaces it again with the server's
+    /// next update.)
     pub fn replace_snapshot(&self, snapshot: Snapshot) {
-        self.snapshot.store(Arc::new(snapshot));
+        self.core().snapshot.store(Some(Arc::new(snapshot)));
     }
 
     /// The snapshot now served, for detailed or repeated evaluations against one consistent
-    /// state (`snapshot().bool_detail(...)`).
+    /// state (`snapshot().bool_detail(...)`); an empty one before the client has any data.
     pub fn snapshot(&self) -> Arc<Snapshot> {
-        self.snapshot.load_full()
+        self.core()
+            .snapshot
+            .load_full()
+            .unwrap_or_else(|| Arc::new(Snapshot::new()))
+    }
+
+    /// What the client is doing and what it serves.
+    pub fn status(&self) -> Status {
+        self.core().status.borrow().clone()
+    }
+
+    /// What the client has received so far.
+    pub fn stats(&self) -> Stats {
+        let counters = &self.core().stats;
+        Stats {
+            snapshots: counters.snapshots.load(Ordering::Relaxed),
+            deltas: counters.deltas.load(Ordering::Relaxed),
+            connections: counters.connections.load(Ordering::Relaxed),
+            resyncs: counters.resyncs.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Waits until the client holds the server's data, for at most `timeout`. Evaluations
+    /// work before that (on defaults, or on bootstrap or cached data); this is for services
+    /// that would rather not start serving until they have the live flags.
+    pub async fn wait_ready(&self, timeout: Duration) -> Result<(), Error> {
+        let mut status = self.core().status.subscribe();
+        let ready = async {
+            status
+                .wait_for(|s| matches!(s.state, State::Ready | State::Closed))
+                .await
+                .map(|s| s.state == State::Ready)
+                .unwrap_or(false)
+        };
+        match tokio::time::timeout(timeout, ready).await {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(Error::Closed),
+            Err(_) => Err(Error::NotReady { waited: timeout }),
+        }
+    }
+
+    /// Stops the background task: the client keeps serving its last snapshot, and no longer
+    /// updates it. Dropping the last clone does the same.
+    pub fn close(&self) {
+        if let Some(stop) = &self.owner.stop {
+            stop.send_replace(true);
+        }
     }
 
     /// The boolean value of flag `key` for `ctx`, or `default` when the flag is missing or not
-    /// boolean.
+    /// boolean (or the client has no data yet).
     #[inline]
     pub fn bool_value(&self, key: &str, ctx: &Context<'_>, default: bool) -> bool {
-        self.snapshot.load().bool_value(key, ctx, default)
+        match &*self.core().snapshot.load() {
+            Some(snapshot) => snapshot.bool_value(key, ctx, default),
+            None => default,
+        }
     }
 
     /// The number value of flag `key` for `ctx`, or `default`.
     #[inline]
     pub fn number_value(&self, key: &str, ctx: &Context<'_>, default: f64) -> f64 {
-        self.snapshot.load().number_value(key, ctx, default)
+        match &*self.core().snapshot.load() {
+            Some(snapshot) => snapshot.number_value(key, ctx, default),
+            None => default,
+        }
     }
 
     /// The string value of flag `key` for `ctx`, or `default`. Allocates the returned string;
     /// [`Client::with_string`] does not.
     pub fn string_value(&self, key: &str, ctx: &Context<'_>, default: &str) -> String {
-        self.snapshot
-            .load()
-            .string_value(key, ctx, default)
-            .to_owned()
+        self.with_string(key, ctx, default, str::to_owned)
     }
 
     /// Calls `f` with the string value of flag `key` for `ctx` (or `default`), borrowed from
@@ -83,7 +235,10 @@ impl Client {
         default: &str,
         f: impl FnOnce(&str) -> R,
     ) -> R {
-        f(self.snapshot.load().string_value(key, ctx, default))
+        match &*self.core().snapshot.load() {
+            Some(snapshot) => f(snapshot.string_value(key, ctx, default)),
+            None => f(default),
+        }
     }
 
     /// The JSON value of flag `key` for `ctx`, or `default`. Clones the value.
@@ -93,11 +248,15 @@ impl Client {
         ctx: &Context<'_>,
         default: serde_json::Value,
     ) -> serde_json::Value {
-        self.snapshot.load().json_value(key, ctx, default)
+        match &*self.core().snapshot.load() {
+            Some(snapshot) => snapshot.json_value(key, ctx, default),
+            None => default,
+        }
     }
 
     /// Calls `f` with the full detail of a boolean evaluation (variant, reason, version,
-    /// bucket), borrowed from the snapshot.
+    /// bucket), borrowed from the snapshot. Before the client has data: the default, with
+    /// reason `ERROR(CLIENT_NOT_READY)`.
     pub fn with_bool_detail<R>(
         &self,
         key: &str,
@@ -105,6 +264,194 @@ impl Client {
         default: bool,
         f: impl FnOnce(Detail<'_, bool>) -> R,
     ) -> R {
-        f(self.snapshot.load().bool_detail(key, ctx, default))
+        match &*self.core().snapshot.load() {
+            Some(snapshot) => f(snapshot.bool_detail(key, ctx, default)),
+            None => f(not_ready(default)),
+        }
     }
+}
+
+/// The detail of an evaluation before the client has any data.
+fn not_ready<T>(default: T) -> Detail<'static, T> {
+    Detail {
+        value: default,
+        variant: None,
+        reason: Reason::Error(ErrorKind::ClientNotReady),
+        version: None,
+        bucket: None,
+    }
+}
+
+fn read_export(path: &Path) -> Result<Snapshot, Error> {
+    let text = std::fs::read_to_string(path).map_err(|source| Error::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    Ok(Snapshot::from_text(&text)?)
+}
+
+/// Configures a [`Client`] connected to flagstaffd; [`build`](Self::build) starts it.
+#[derive(Debug, Clone)]
+#[must_use = "a builder does nothing until built"]
+pub struct ClientBuilder {
+    endpoint: String,
+    sdk_key: String,
+    application: String,
+    connect_timeout: Duration,
+    tls_ca: Option<String>,
+    tls_domain: Option<String>,
+    bootstrap: Option<Bootstrap>,
+    cache_file: Option<PathBuf>,
+    backoff_base: Duration,
+    backoff_cap: Duration,
+}
+
+#[derive(Debug, Clone)]
+enum Bootstrap {
+    File(PathBuf),
+    Text(String),
+}
+
+impl ClientBuilder {
+    /// The name of the application embedding the client, which the server lists among its
+    /// SDK instances (e.g. `checkout-service`).
+    pub fn application(mut self, name: impl Into<String>) -> Self {
+        self.application = name.into();
+        self
+    }
+
+    /// How long one connection attempt may take (5 s by default).
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    /// Trusts this PEM CA certificate for the server's TLS certificate (an `https://`
+    /// endpoint is required then).
+    pub fn tls_ca_certificate(mut self, pem: impl Into<String>) -> Self {
+        self.tls_ca = Some(pem.into());
+        self
+    }
+
+    /// The name to check the server's TLS certificate against, when it differs from the
+    /// endpoint's host.
+    pub fn tls_domain(mut self, domain: impl Into<String>) -> Self {
+        self.tls_domain = Some(domain.into());
+        self
+    }
+
+    /// An export file (DESIGN.md 6a) to serve until the server's data arrives.
+    pub fn bootstrap_file(mut self, path: impl Into<PathBuf>) -> Self {
+        self.bootstrap = Some(Bootstrap::File(path.into()));
+        self
+    }
+
+    /// An export document (JSON or YAML) to serve until the server's data arrives.
+    pub fn bootstrap_text(mut self, text: impl Into<String>) -> Self {
+        self.bootstrap = Some(Bootstrap::Text(text.into()));
+        self
+    }
+
+    /// Keeps the last good snapshot in `path` (written atomically), and serves it at the next
+    /// start until the server answers; the client then resumes from its revision, without a
+    /// full snapshot when the server still holds the revisions since.
+    pub fn cache_file(mut self, path: impl Into<PathBuf>) -> Self {
+        self.cache_file = Some(path.into());
+        self
+    }
+
+    /// The reconnection backoff: the first retry within `base`, doubling to at most `cap`,
+    /// each delay drawn at random below that (200 ms and 30 s by default).
+    pub fn backoff(mut self, base: Duration, cap: Duration) -> Self {
+        self.backoff_base = base.max(Duration::from_millis(1));
+        self.backoff_cap = cap.max(self.backoff_base);
+        self
+    }
+
+    /// Starts the client: its one background task connects, keeps the snapshot fresh and
+    /// reconnects as needed. Runs on the current Tokio runtime when there is one, else on a
+    /// thread of its own. Fails only on an unreadable or invalid bootstrap file; an unusable
+    /// cache file is logged and ignored.
+    pub fn build(self) -> Result<Client, Error> {
+        let bootstrap = match &self.bootstrap {
+            None => None,
+            Some(Bootstrap::File(path)) => Some(read_export(path)?),
+            Some(Bootstrap::Text(text)) => Some(Snapshot::from_text(text)?),
+        };
+        let cached = self.cache_file.as_deref().and_then(cache::load);
+        let (snapshot, status) = match (cached, bootstrap) {
+            (Some(cached), _) => (
+                Some(Arc::new(cached.snapshot)),
+                Status {
+                    epoch: cached.epoch,
+                    revision: cached.revision,
+                    ..Status::starting(Source::Cache)
+                },
+            ),
+            (None, Some(bootstrap)) => (
+                Some(Arc::new(bootstrap)),
+                Status::starting(Source::Bootstrap),
+            ),
+            (None, None) => (None, Status::starting(Source::None)),
+        };
+        let cache = self.cache_file.clone().map(cache::Writer::start);
+        let core = Arc::new(Core::new(snapshot, status, cache));
+        let (stop, stopping) = watch::channel(false);
+        let settings = Settings {
+            endpoint: self.endpoint,
+            sdk_key: self.sdk_key,
+            application: self.application,
+            connect_timeout: self.connect_timeout,
+            tls_ca: self.tls_ca,
+            tls_domain: self.tls_domain,
+            backoff_base: self.backoff_base,
+            backoff_cap: self.backoff_cap,
+            instance_id: instance_id(),
+            host: host(),
+        };
+        let task = live::run(core.clone(), settings, stopping);
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                runtime.spawn(task);
+            }
+            Err(_) => {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .map_err(Error::Runtime)?;
+                std::thread::Builder::new()
+                    .name("flagstaff".to_owned())
+                    .spawn(move || runtime.block_on(task))
+                    .map_err(Error::Runtime)?;
+            }
+        }
+        Ok(Client {
+            owner: Arc::new(Owner {
+                core,
+                stop: Some(stop),
+            }),
+        })
+    }
+}
+
+/// A random id for this client, e.g. for the server's list of instances.
+fn instance_id() -> String {
+    let mut bytes = [0u8; 16];
+    if getrandom::fill(&mut bytes).is_err() {
+        // No OS randomness: time and process id still tell instances apart.
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        bytes = (nanos ^ (u128::from(std::process::id()) << 64)).to_le_bytes();
+    }
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The host name, from `HOSTNAME` or `/etc/hostname`; empty when neither says.
+fn host() -> String {
+    std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_default()
 }

@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-/// What can go wrong setting up a client.
+/// What can go wrong setting up or waiting for a client.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
@@ -17,4 +17,16 @@ pub enum Error {
     /// A bootstrap document is not a valid export document.
     #[error("invalid bootstrap document:\n{0}")]
     Invalid(#[from] flagstaff_engine::ValidationError),
+    /// The client did not get the server's data in time.
+    #[error("no data from flagstaffd within {waited:?}")]
+    NotReady {
+        /// How long the caller waited.
+        waited: std::time::Duration,
+    },
+    /// The client was closed.
+    #[error("the client is closed")]
+    Closed,
+    /// No thread or runtime could be started for the client's background task.
+    #[error("cannot start the client's background task: {0}")]
+    Runtime(std::io::Error),
 }

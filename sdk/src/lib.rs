@@ -3,9 +3,9 @@
 //! Evaluation is local: the client holds the environment's compiled [`Snapshot`] behind a
 //! lock-free `ArcSwap`, so every call is one atomic load, one hash-map lookup and the engine's
 //! evaluation, with no lock, no I/O and (for boolean, string-by-reference and number flags) no
-//! allocation. This release serves a snapshot loaded from an export file (the bootstrap file of
-//! DESIGN.md 6a) or handed in directly; the streaming connection to flagstaffd builds on the
-//! same [`Client`].
+//! allocation. [`Client::builder`] connects to flagstaffd and keeps the snapshot fresh from its
+//! Watch stream; a client can also serve an export file (the bootstrap file of DESIGN.md 6a)
+//! with no server at all, as below.
 //!
 //! ```
 //! use flagstaff::{Client, Context};
@@ -32,9 +32,13 @@
 //! ```
 #![deny(missing_docs)]
 
+mod cache;
 mod client;
 mod error;
+mod live;
+mod status;
 
-pub use client::Client;
+pub use client::{Client, ClientBuilder};
 pub use error::Error;
 pub use flagstaff_engine::{AttrRef, AttrValue, Context, Detail, ErrorKind, Reason, Snapshot};
+pub use status::{Source, State, Stats, Status};

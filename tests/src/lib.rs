@@ -55,6 +55,9 @@ pub struct Options {
     pub feed_capacity: Option<usize>,
     /// Change-log entries kept per environment, instead of the default.
     pub retention: Option<u64>,
+    /// Listen on this address instead of a fresh loopback port (a restart on the same
+    /// address, for clients that reconnect).
+    pub listen: Option<SocketAddr>,
 }
 
 /// A PEM certificate and its key, for a server on loopback: the certificate must name
@@ -122,7 +125,10 @@ impl TestServer {
             .expect("admin token file")
             .trim()
             .to_owned();
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        let listen = options
+            .listen
+            .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0)));
+        let listener = tokio::net::TcpListener::bind(listen)
             .await
             .expect("bind loopback");
         let addr = listener.local_addr().expect("local address");
@@ -192,6 +198,11 @@ impl TestServer {
         AdminClient::with_interceptor(channel, Bearer(bearer))
             .max_decoding_message_size(flagstaff_server::MAX_ADMIN_MESSAGE)
             .max_encoding_message_size(flagstaff_server::MAX_ADMIN_MESSAGE)
+    }
+
+    /// The gRPC endpoint, e.g. `http://127.0.0.1:40123`.
+    pub fn endpoint(&self) -> String {
+        format!("http://{}", self.addr)
     }
 
     /// A Sync client authenticating with `token`.

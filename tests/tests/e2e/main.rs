@@ -8,6 +8,7 @@ mod fixtures;
 mod flags;
 mod matrix;
 mod operations;
+mod sdk;
 mod segments;
 mod status;
 mod watch;

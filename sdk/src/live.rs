@@ -1,0 +1,329 @@
+//! The background task that keeps a client's snapshot fresh from flagstaffd's Watch stream.
+//!
+//! One loop: connect, subscribe with the epoch and revision held, apply what arrives, and
+//! acknowledge each applied revision; on any failure keep serving the last snapshot, mark the
+//! client stale, and reconnect after a capped, jittered exponential backoff. The protocol
+//! itself (framing, consecutive revisions, epochs) is checked by
+//! [`Assembler`](flagstaff_proto::watch::Assembler); a violation makes the client resubscribe
+//! from revision 0, which always converges.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use flagstaff_engine::{Document, Snapshot};
+use flagstaff_proto::pb;
+use flagstaff_proto::watch::{Assembler, Update};
+use tokio::sync::{mpsc, watch};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
+use tonic::Request;
+
+use crate::client::Core;
+use crate::status::{Source, State};
+
+/// The heartbeat interval assumed until a snapshot announces one.
+const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(15);
+
+/// Silent heartbeat intervals after which a stream is taken for dead.
+const SILENT_INTERVALS: u32 = 3;
+
+/// How a client connects.
+#[derive(Debug, Clone)]
+pub(crate) struct Settings {
+    pub endpoint: String,
+    pub sdk_key: String,
+    pub application: String,
+    pub connect_timeout: Duration,
+    pub tls_ca: Option<String>,
+    pub tls_domain: Option<String>,
+    pub backoff_base: Duration,
+    pub backoff_cap: Duration,
+    pub instance_id: String,
+    pub host: String,
+}
+
+/// Where the client stands: the epoch and revision it holds, and the interval to expect
+/// heartbeats at.
+#[derive(Debug, Clone)]
+struct Position {
+    epoch: String,
+    revision: u64,
+    heartbeat: Duration,
+}
+
+/// Why a stream ended.
+#[derive(Debug)]
+enum Ended {
+    /// The client is closing.
+    Closing,
+    /// The connection failed or the server ended the stream; resume where we are.
+    Lost(String),
+    /// The server broke the protocol: start over from revision 0.
+    Resync(String),
+}
+
+/// Runs until `stop` turns true.
+pub(crate) async fn run(core: Arc<Core>, settings: Settings, mut stop: watch::Receiver<bool>) {
+    let endpoint = match endpoint(&settings) {
+        Ok(endpoint) => endpoint,
+        Err(e) => {
+            tracing::error!(endpoint = %settings.endpoint, error = %e, "unusable endpoint: the client stays on its bootstrap data");
+            return;
+        }
+    };
+    let status = core.status.borrow().clone();
+    let mut position =
+        (status.source != Source::Bootstrap && !status.epoch.is_empty()).then(|| Position {
+            epoch: status.epoch.clone(),
+            revision: status.revision,
+            heartbeat: DEFAULT_HEARTBEAT,
+        });
+    let mut jitter = Jitter::new(&settings.instance_id);
+    let mut failures: u32 = 0;
+    loop {
+        if *stop.borrow() {
+            break;
+        }
+        let ended = tokio::select! {
+            ended = stream(&core, &settings, &endpoint, &mut position, &mut failures) => ended,
+            _ = stop.wait_for(|s| *s) => Ended::Closing,
+        };
+        match ended {
+            Ended::Closing => break,
+            Ended::Lost(why) => {
+                tracing::info!(reason = %why, "flagstaff stream lost; serving the last snapshot");
+            }
+            Ended::Resync(why) => {
+                tracing::warn!(reason = %why, "flagstaff stream out of step; resubscribing from scratch");
+                core.stats.resyncs.fetch_add(1, Ordering::Relaxed);
+                position = None;
+            }
+        }
+        mark_stale(&core);
+        let delay = jitter.backoff(settings.backoff_base, settings.backoff_cap, failures);
+        failures = failures.saturating_add(1);
+        tokio::select! {
+            () = tokio::time::sleep(delay) => {}
+            _ = stop.wait_for(|s| *s) => break,
+        }
+    }
+    core.status.send_modify(|s| s.state = State::Closed);
+    tracing::debug!("flagstaff client closed");
+}
+
+fn endpoint(settings: &Settings) -> Result<Endpoint, tonic::transport::Error> {
+    let mut endpoint = Endpoint::from_shared(settings.endpoint.clone())?
+        .connect_timeout(settings.connect_timeout)
+        .tcp_nodelay(true);
+    if settings.tls_ca.is_some() || settings.endpoint.starts_with("https:") {
+        let mut tls = ClientTlsConfig::new();
+        if let Some(ca) = &settings.tls_ca {
+            tls = tls.ca_certificate(Certificate::from_pem(ca));
+        }
+        if let Some(domain) = &settings.tls_domain {
+            tls = tls.domain_name(domain.clone());
+        }
+        endpoint = endpoint.tls_config(tls)?;
+    }
+    Ok(endpoint)
+}
+
+fn mark_stale(core: &Core) {
+    core.status.send_if_modified(|s| match s.state {
+        State::Ready => {
+            s.state = State::Stale {
+                since: SystemTime::now(),
+            };
+            tracing::warn!(
+                revision = s.revision,
+                "flagstaff client stale: disconnected"
+            );
+            true
+        }
+        _ => false,
+    });
+}
+
+/// One connection and stream, until it ends.
+async fn stream(
+    core: &Arc<Core>,
+    settings: &Settings,
+    endpoint: &Endpoint,
+    position: &mut Option<Position>,
+    failures: &mut u32,
+) -> Ended {
+    let channel: Channel = match endpoint.connect().await {
+        Ok(channel) => channel,
+        Err(e) => return Ended::Lost(format!("cannot connect to {}: {e}", settings.endpoint)),
+    };
+    let mut client = pb::sync_client::SyncClient::new(channel);
+    let (requests, outbound) = mpsc::unbounded_channel();
+    let (epoch, since) = position
+        .as_ref()
+        .map_or((String::new(), 0), |p| (p.epoch.clone(), p.revision));
+    let subscribe = pb::Subscribe {
+        epoch: epoch.clone(),
+        since_revision: since,
+        instance_id: settings.instance_id.clone(),
+        application: settings.application.clone(),
+        sdk_version: concat!("flagstaff-rust/", env!("CARGO_PKG_VERSION")).to_owned(),
+        host: settings.host.clone(),
+        environment: String::new(),
+    };
+    let _ = requests.send(pb::WatchRequest {
+        request: Some(pb::watch_request::Request::Subscribe(subscribe)),
+    });
+    let mut request = Request::new(tokio_stream::wrappers::UnboundedReceiverStream::new(
+        outbound,
+    ));
+    match format!("Bearer {}", settings.sdk_key).parse() {
+        Ok(value) => {
+            request.metadata_mut().insert("authorization", value);
+        }
+        Err(_) => return Ended::Closing,
+    }
+    core.stats.connections.fetch_add(1, Ordering::Relaxed);
+    let mut inbound = match client.watch(request).await {
+        Ok(response) => response.into_inner(),
+        Err(status) => return Ended::Lost(format!("{}: {}", status.code(), status.message())),
+    };
+    let mut assembler = match position {
+        Some(p) => Assembler::resume(p.epoch.clone(), p.revision),
+        None => Assembler::new(),
+    };
+    loop {
+        let heartbeat = position.as_ref().map_or(DEFAULT_HEARTBEAT, |p| p.heartbeat);
+        let silence = heartbeat * SILENT_INTERVALS;
+        let message = match tokio::time::timeout(silence, inbound.message()).await {
+            Err(_) => return Ended::Lost(format!("no message for {silence:?}")),
+            Ok(Err(status)) => {
+                return Ended::Lost(format!("{}: {}", status.code(), status.message()))
+            }
+            Ok(Ok(None)) => return Ended::Lost("the server ended the stream".to_owned()),
+            Ok(Ok(Some(message))) => message,
+        };
+        let update = match assembler.receive(message) {
+            Ok(Some(update)) => update,
+            Ok(None) => continue,
+            Err(e) => return Ended::Resync(e.to_string()),
+        };
+        let applied = match update {
+            Update::Heartbeat { .. } => continue,
+            Update::Snapshot {
+                epoch,
+                revision,
+                heartbeat_interval_ms,
+                flags,
+                segments,
+            } => {
+                let document = Document {
+                    environment: String::new(),
+                    flags,
+                    segments,
+                };
+                let snapshot = match build_snapshot(document).await {
+                    Ok(snapshot) => snapshot,
+                    Err(why) => return Ended::Resync(why),
+                };
+                core.stats.snapshots.fetch_add(1, Ordering::Relaxed);
+                *position = Some(Position {
+                    epoch,
+                    revision,
+                    heartbeat: Duration::from_millis(heartbeat_interval_ms.max(1)),
+                });
+                snapshot
+            }
+            Update::Delta(delta) => {
+                let Some(current) = core.snapshot.load_full() else {
+                    return Ended::Resync("a delta before any snapshot".to_owned());
+                };
+                let revision = delta.revision;
+                let next = delta
+                    .resolve(&current)
+                    .map_err(|e| e.to_string())
+                    .and_then(|changes| current.apply(changes).map_err(|e| e.to_string()));
+                let next = match next {
+                    Ok(next) => next,
+                    Err(why) => return Ended::Resync(format!("revision {revision}: {why}")),
+                };
+                core.stats.deltas.fetch_add(1, Ordering::Relaxed);
+                if let Some(p) = position.as_mut() {
+                    p.revision = revision;
+                }
+                next
+            }
+        };
+        *failures = 0;
+        let Some(p) = position.as_ref() else {
+            return Ended::Resync("no position after an update".to_owned());
+        };
+        core.publish(Arc::new(applied), &p.epoch, p.revision);
+        let ack = pb::Ack {
+            epoch: p.epoch.clone(),
+            revision: p.revision,
+        };
+        let _ = requests.send(pb::WatchRequest {
+            request: Some(pb::watch_request::Request::Ack(ack)),
+        });
+    }
+}
+
+/// Compiles a snapshot document off the async threads (10,000 flags take milliseconds).
+async fn build_snapshot(document: Document) -> Result<Snapshot, String> {
+    tokio::task::spawn_blocking(move || Snapshot::from_document(document))
+        .await
+        .map_err(|e| format!("snapshot compilation failed: {e}"))?
+        .map_err(|e| format!("the server sent an invalid snapshot: {e}"))
+}
+
+/// Full jitter for the reconnection backoff: a delay drawn uniformly below the capped
+/// exponential, so a fleet that lost the server together does not return together.
+#[derive(Debug)]
+struct Jitter(u64);
+
+impl Jitter {
+    fn new(seed: &str) -> Jitter {
+        // FNV-1a of the instance id: instances differ, and the generator needs a non-zero state.
+        let hash = seed.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+        });
+        Jitter(hash | 1)
+    }
+
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    /// The delay before reconnection attempt `failures` (0 for the first).
+    fn backoff(&mut self, base: Duration, cap: Duration, failures: u32) -> Duration {
+        let ceiling = base
+            .saturating_mul(1u32.checked_shl(failures.min(20)).unwrap_or(u32::MAX))
+            .min(cap);
+        let millis = ceiling.as_millis().max(1) as u64;
+        Duration::from_millis(self.next() % millis + 1)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_to_the_cap_and_is_jittered() {
+        let mut jitter = Jitter::new("instance");
+        let (base, cap) = (Duration::from_millis(100), Duration::from_secs(5));
+        for failures in 0..30 {
+            let ceiling = (base * 2u32.pow(failures.min(20))).min(cap);
+            let delays: Vec<Duration> = (0..50)
+                .map(|_| jitter.backoff(base, cap, failures))
+                .collect();
+            assert!(delays
+                .iter()
+                .all(|d| *d <= ceiling + Duration::from_millis(1)));
+            assert!(delays.iter().any(|d| *d != delays[0]), "jittered");
+        }
+    }
+}

@@ -1,0 +1,343 @@
+//! The SDK's `Client` against the real server: readiness, live updates, acknowledgements,
+//! resumption across server restarts, a new epoch, the cache file, and atomic multi-flag
+//! revisions under concurrent readers.
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use flagstaff::{Client, Context, ErrorKind, Reason, Source, State};
+use flagstaff_proto::pb;
+use flagstaff_tests::{Admin, Options, TestServer};
+
+use super::fixtures::*;
+
+const LIMIT: Duration = Duration::from_secs(20);
+
+async fn sdk_token(server: &TestServer) -> String {
+    server
+        .admin()
+        .await
+        .create_token(pb::CreateTokenRequest {
+            name: "service".into(),
+            role: pb::Role::Sdk as i32,
+            environment: "production".into(),
+        })
+        .await
+        .expect("token")
+        .into_inner()
+        .secret
+}
+
+async fn production(server: &TestServer) -> (Admin, String) {
+    let mut admin = server.admin().await;
+    create_environment(&mut admin, "production").await;
+    create_flag(&mut admin, "production", boolean_flag("checkout")).await;
+    create_flag(&mut admin, "production", boolean_flag("banner")).await;
+    let token = sdk_token(server).await;
+    (admin, token)
+}
+
+/// Serves `on` to everyone when `enabled`, by flipping the flag's default.
+async fn serve_on(admin: &mut Admin, key: &str, on: bool) -> u64 {
+    admin
+        .set_default_serve(pb::SetDefaultServeRequest {
+            environment: "production".into(),
+            key: key.into(),
+            serve: Some(pb::Serve {
+                serve: Some(pb::serve::Serve::Variant(
+                    if on { "on" } else { "off" }.to_owned(),
+                )),
+            }),
+            ..Default::default()
+        })
+        .await
+        .expect("served")
+        .into_inner()
+        .revision
+}
+
+/// Waits until `check` holds for the client, failing after `LIMIT`.
+async fn eventually(what: &str, check: impl Fn() -> bool) {
+    let deadline = tokio::time::Instant::now() + LIMIT;
+    while !check() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+fn client(server: &TestServer, token: &str) -> Client {
+    Client::builder(server.endpoint(), token)
+        .application("checkout-service")
+        .backoff(Duration::from_millis(20), Duration::from_millis(200))
+        .build()
+        .expect("client")
+}
+
+#[tokio::test]
+async fn a_client_gets_ready_follows_every_change_and_acknowledges_it() {
+    let server = TestServer::start().await;
+    let (mut admin, token) = production(&server).await;
+    let client = client(&server, &token);
+    client.wait_ready(LIMIT).await.expect("ready");
+    let ctx = Context::new("user-1");
+    assert!(!client.bool_value("checkout", &ctx, true));
+    let status = client.status();
+    assert_eq!(
+        (status.state, status.source),
+        (State::Ready, Source::Server)
+    );
+
+    let revision = serve_on(&mut admin, "checkout", true).await;
+    eventually("the flip", || client.bool_value("checkout", &ctx, false)).await;
+    eventually("the revision", || client.status().revision == revision).await;
+    let stats = client.stats();
+    assert_eq!((stats.snapshots, stats.deltas, stats.resyncs), (1, 1, 0));
+
+    // The server knows the instance and, once the acknowledgement is in, its revision.
+    eventually("the acknowledgement", || {
+        server
+            .clients
+            .list("production")
+            .iter()
+            .any(|i| i.identity.application == "checkout-service" && i.applied_revision == revision)
+    })
+    .await;
+    client.close();
+    eventually("closed", || client.status().state == State::Closed).await;
+    // A closed client keeps serving its last snapshot.
+    assert!(client.bool_value("checkout", &ctx, false));
+}
+
+#[tokio::test]
+async fn before_any_data_a_client_serves_defaults_or_its_bootstrap() {
+    // Nothing listens on this port.
+    let unused = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let endpoint = format!("http://{}", unused.local_addr().expect("addr"));
+    drop(unused);
+    let ctx = Context::new("user-1");
+
+    let bare = Client::builder(&endpoint, "fs_unused")
+        .build()
+        .expect("client");
+    assert!(bare.bool_value("checkout", &ctx, true));
+    bare.with_bool_detail("checkout", &ctx, true, |d| {
+        assert_eq!(d.reason, Reason::Error(ErrorKind::ClientNotReady));
+        assert!(d.value);
+    });
+    assert_eq!(bare.status().source, Source::None);
+    assert_eq!(bare.status().state, State::Connecting);
+    let waited = bare.wait_ready(Duration::from_millis(100)).await;
+    assert!(
+        matches!(waited, Err(flagstaff::Error::NotReady { .. })),
+        "{waited:?}"
+    );
+
+    let bootstrapped = Client::builder(&endpoint, "fs_unused")
+        .bootstrap_file(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../examples/production.yaml"
+        ))
+        .build()
+        .expect("client");
+    assert_eq!(bootstrapped.status().source, Source::Bootstrap);
+    assert!(bootstrapped.snapshot().flag("checkout-v2").is_some());
+
+    let broken = Client::builder(&endpoint, "fs_unused")
+        .bootstrap_text("environment: x\nflags: [{key: a}]")
+        .build()
+        .expect_err("an invalid bootstrap is refused");
+    assert!(
+        broken.to_string().contains("missing required field"),
+        "{broken}"
+    );
+}
+
+#[tokio::test]
+async fn clients_resume_across_a_restart_and_take_one_snapshot_of_a_new_epoch() {
+    let server = TestServer::start().await;
+    let addr = server.addr;
+    let (mut admin, token) = production(&server).await;
+    let clients: Vec<Client> = (0..3).map(|_| client(&server, &token)).collect();
+    for c in &clients {
+        c.wait_ready(LIMIT).await.expect("ready");
+    }
+
+    // Stopped: every client goes stale and keeps serving.
+    serve_on(&mut admin, "checkout", true).await;
+    let ctx = Context::new("user-1");
+    for c in &clients {
+        eventually("the flip", || c.bool_value("checkout", &ctx, false)).await;
+    }
+    let dir = server.stop().await;
+    for c in &clients {
+        eventually("stale", || matches!(c.status().state, State::Stale { .. })).await;
+        assert!(c.bool_value("checkout", &ctx, false));
+    }
+
+    // Restarted on the same data directory and address: resumed, no snapshot.
+    let server = TestServer::start_in_with(
+        dir,
+        Options {
+            listen: Some(addr),
+            ..Options::default()
+        },
+    )
+    .await;
+    let mut admin = server.admin().await;
+    let revision = serve_on(&mut admin, "checkout", false).await;
+    for c in &clients {
+        eventually("the resume", || c.status().revision == revision).await;
+        assert!(!c.bool_value("checkout", &ctx, true));
+        assert_eq!(
+            c.stats().snapshots,
+            1,
+            "a resume inside the log costs no snapshot"
+        );
+        assert_eq!(c.status().state, State::Ready);
+    }
+
+    // The environment deleted and created again: a new epoch. Each client's stream ends, it
+    // reconnects with the old epoch, and takes exactly one snapshot of the new environment.
+    for key in ["checkout", "banner"] {
+        admin
+            .delete_flag(pb::DeleteFlagRequest {
+                environment: "production".into(),
+                key: key.into(),
+                ..Default::default()
+            })
+            .await
+            .expect("deleted");
+    }
+    let old_epoch = clients[0].status().epoch;
+    admin
+        .delete_environment(pb::DeleteEnvironmentRequest {
+            environment: "production".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("deleted");
+    create_environment(&mut admin, "production").await;
+    create_flag(&mut admin, "production", boolean_flag("fresh-only")).await;
+    for c in &clients {
+        eventually("the new epoch", || {
+            let status = c.status();
+            status.epoch != old_epoch && status.state == State::Ready
+        })
+        .await;
+        assert!(c.snapshot().flag("fresh-only").is_some());
+        assert!(c.snapshot().flag("checkout").is_none());
+        assert_eq!(c.stats().snapshots, 2, "one snapshot for the new epoch");
+    }
+}
+
+#[tokio::test]
+async fn a_cached_snapshot_serves_when_the_server_is_unreachable_at_start() {
+    let server = TestServer::start().await;
+    let (mut admin, token) = production(&server).await;
+    let cache = server.data_dir.path().join("client.cache");
+    let revision = serve_on(&mut admin, "banner", true).await;
+    let first = Client::builder(server.endpoint(), &token)
+        .cache_file(&cache)
+        .build()
+        .expect("client");
+    first.wait_ready(LIMIT).await.expect("ready");
+    eventually("the cache file", || {
+        std::fs::read_to_string(&cache)
+            .map(|t| t.contains(&format!("\"revision\":{revision}")))
+            .unwrap_or(false)
+    })
+    .await;
+    first.close();
+
+    let unused = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let nowhere = format!("http://{}", unused.local_addr().expect("addr"));
+    drop(unused);
+    let offline = Client::builder(nowhere, &token)
+        .cache_file(&cache)
+        .build()
+        .expect("client");
+    let status = offline.status();
+    assert_eq!((status.source, status.revision), (Source::Cache, revision));
+    assert!(offline.bool_value("banner", &Context::new("u"), false));
+
+    // Back online with the cache: it resumes from the cached revision, without a snapshot.
+    serve_on(&mut admin, "banner", false).await;
+    let resumed = Client::builder(server.endpoint(), &token)
+        .cache_file(&cache)
+        .build()
+        .expect("client");
+    resumed.wait_ready(LIMIT).await.expect("ready");
+    eventually("the change", || {
+        !resumed.bool_value("banner", &Context::new("u"), true)
+    })
+    .await;
+    assert_eq!(resumed.stats().snapshots, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readers_never_see_half_of_a_revision() {
+    let server = TestServer::start().await;
+    let (mut admin, token) = production(&server).await;
+    let client = client(&server, &token);
+    client.wait_ready(LIMIT).await.expect("ready");
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let seen_on = Arc::new(AtomicUsize::new(0));
+    let readers: Vec<_> = (0..2)
+        .map(|_| {
+            let (client, stop, seen_on) = (client.clone(), stop.clone(), seen_on.clone());
+            std::thread::spawn(move || {
+                let ctx = Context::new("u");
+                while !stop.load(Ordering::Relaxed) {
+                    let snapshot = client.snapshot();
+                    let a = snapshot.bool_value("checkout", &ctx, false);
+                    let b = snapshot.bool_value("banner", &ctx, false);
+                    assert_eq!(a, b, "a reader saw half of a revision");
+                    if a {
+                        seen_on.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            })
+        })
+        .collect();
+    // Each revision switches both flags together.
+    for i in 0..20 {
+        let on = i % 2 == 0;
+        let mut flags = Vec::new();
+        for key in ["checkout", "banner"] {
+            let mut flag = boolean_flag(key);
+            flag.default = Some(pb::Serve {
+                serve: Some(pb::serve::Serve::Variant(
+                    if on { "on" } else { "off" }.to_owned(),
+                )),
+            });
+            flags.push(flag);
+        }
+        let revision = admin
+            .apply(pb::ApplyRequest {
+                environment: "production".into(),
+                source: Some(pb::apply_request::Source::Documents(pb::DocumentSet {
+                    flags,
+                    ..Default::default()
+                })),
+                ..Default::default()
+            })
+            .await
+            .expect("applied")
+            .into_inner()
+            .revision;
+        eventually("the revision", || client.status().revision == revision).await;
+    }
+    stop.store(true, Ordering::Relaxed);
+    for reader in readers {
+        reader.join().expect("no reader saw half a revision");
+    }
+    assert!(
+        seen_on.load(Ordering::Relaxed) > 0,
+        "readers saw the flags on"
+    );
+}
