@@ -11,6 +11,7 @@ use flagstaff_engine::{Context, Detail, ErrorKind, Reason, Snapshot};
 use tokio::sync::watch;
 
 use crate::cache;
+use crate::detail::EvaluationDetail;
 use crate::live::{self, Settings};
 use crate::status::{Source, State, Stats, Status};
 use crate::Error;
@@ -267,6 +268,66 @@ impl Client {
         match &*self.core().snapshot.load() {
             Some(snapshot) => f(snapshot.bool_detail(key, ctx, default)),
             None => f(not_ready(default)),
+        }
+    }
+}
+
+impl Client {
+    /// The boolean value of flag `key` for `ctx` with why it was served (variant, reason,
+    /// version, bucket). Before the client has data: `default`, with reason
+    /// `ERROR(CLIENT_NOT_READY)`.
+    pub fn bool_detail(
+        &self,
+        key: &str,
+        ctx: &Context<'_>,
+        default: bool,
+    ) -> EvaluationDetail<bool> {
+        match &*self.core().snapshot.load() {
+            Some(s) => EvaluationDetail::from_engine(s.bool_detail(key, ctx, default), |v| v),
+            None => EvaluationDetail::from_engine(not_ready(default), |v| v),
+        }
+    }
+
+    /// Like [`bool_detail`](Self::bool_detail), for a string flag.
+    pub fn string_detail(
+        &self,
+        key: &str,
+        ctx: &Context<'_>,
+        default: &str,
+    ) -> EvaluationDetail<String> {
+        match &*self.core().snapshot.load() {
+            Some(s) => {
+                EvaluationDetail::from_engine(s.string_detail(key, ctx, default), str::to_owned)
+            }
+            None => EvaluationDetail::from_engine(not_ready(default), str::to_owned),
+        }
+    }
+
+    /// Like [`bool_detail`](Self::bool_detail), for a number flag.
+    pub fn number_detail(
+        &self,
+        key: &str,
+        ctx: &Context<'_>,
+        default: f64,
+    ) -> EvaluationDetail<f64> {
+        match &*self.core().snapshot.load() {
+            Some(s) => EvaluationDetail::from_engine(s.number_detail(key, ctx, default), |v| v),
+            None => EvaluationDetail::from_engine(not_ready(default), |v| v),
+        }
+    }
+
+    /// Like [`bool_detail`](Self::bool_detail), for a JSON flag.
+    pub fn json_detail(
+        &self,
+        key: &str,
+        ctx: &Context<'_>,
+        default: serde_json::Value,
+    ) -> EvaluationDetail<serde_json::Value> {
+        match &*self.core().snapshot.load() {
+            Some(s) => {
+                EvaluationDetail::from_engine(s.json_detail(key, ctx, &default), Clone::clone)
+            }
+            None => EvaluationDetail::from_engine(not_ready(default), |v| v),
         }
     }
 }

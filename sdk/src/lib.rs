@@ -34,11 +34,13 @@
 
 mod cache;
 mod client;
+mod detail;
 mod error;
 mod live;
 mod status;
 
 pub use client::{Client, ClientBuilder};
+pub use detail::{EvaluationDetail, EvaluationReason};
 pub use error::Error;
 pub use flagstaff_engine::{AttrRef, AttrValue, Context, Detail, ErrorKind, Reason, Snapshot};
 pub use status::{Source, State, Stats, Status};

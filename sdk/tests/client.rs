@@ -3,7 +3,7 @@
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use flagstaff::{Client, Context, Error, Reason, Snapshot};
+use flagstaff::{Client, Context, Error, ErrorKind, EvaluationReason, Reason, Snapshot};
 
 fn two_flags(value: bool) -> String {
     // Two flags changed together: a reader must never see one updated and not the other.
@@ -50,6 +50,43 @@ fn serves_the_bundled_example_file() {
         client.bool_value("no-such-flag", &staff, true),
         "missing flag serves the caller's default"
     );
+}
+
+#[test]
+fn details_are_owned_and_say_why() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/production.yaml");
+    let client = Client::from_export_file(path).expect("valid example");
+    let staff = Context::new("user-1");
+    let detail = client.bool_detail("checkout-v2", &staff, false);
+    assert!(detail.value);
+    assert_eq!(detail.variant.as_deref(), Some("on"));
+    assert_eq!(
+        detail.reason,
+        EvaluationReason::RuleMatch {
+            index: 0,
+            id: "staff".into()
+        }
+    );
+    assert_eq!(detail.reason.to_string(), "RULE_MATCH(0, staff)");
+    let eu = client.bool_detail(
+        "checkout-v2",
+        &Context::new("someone").with("country", "NL"),
+        false,
+    );
+    assert!(eu.bucket.is_some(), "a split decided it");
+
+    let missing = client.string_detail("no-such-flag", &staff, "fallback");
+    assert_eq!(missing.value, "fallback");
+    assert_eq!(missing.variant, None);
+    assert_eq!(
+        missing.reason,
+        EvaluationReason::Error(ErrorKind::FlagNotFound)
+    );
+    let mismatch = client.number_detail("checkout-v2", &staff, 7.0);
+    assert_eq!(mismatch.value, 7.0);
+    assert_eq!(mismatch.reason.to_string(), "ERROR(TYPE_MISMATCH)");
+    let json = client.json_detail("no-such-flag", &staff, serde_json::json!({"a": 1}));
+    assert_eq!(json.value, serde_json::json!({"a": 1}));
 }
 
 #[test]
