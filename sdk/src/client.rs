@@ -38,7 +38,11 @@ pub(crate) struct Counters {
 }
 
 impl Core {
-    fn new(snapshot: Option<Arc<Snapshot>>, status: Status, cache: Option<cache::Writer>) -> Core {
+    pub(crate) fn new(
+        snapshot: Option<Arc<Snapshot>>,
+        status: Status,
+        cache: Option<cache::Writer>,
+    ) -> Core {
         Core {
             snapshot: ArcSwapOption::new(snapshot),
             status: watch::Sender::new(status),
@@ -120,11 +124,13 @@ impl Client {
     }
 
     fn without_server(core: Core) -> Client {
+        Client::sharing(Arc::new(core))
+    }
+
+    /// A client without a background task, serving what `core` holds.
+    pub(crate) fn sharing(core: Arc<Core>) -> Client {
         Client {
-            owner: Arc::new(Owner {
-                core: Arc::new(core),
-                stop: None,
-            }),
+            owner: Arc::new(Owner { core, stop: None }),
         }
     }
 

@@ -38,9 +38,11 @@ mod detail;
 mod error;
 mod live;
 mod status;
+mod test_data;
 
 pub use client::{Client, ClientBuilder};
 pub use detail::{EvaluationDetail, EvaluationReason};
 pub use error::Error;
 pub use flagstaff_engine::{AttrRef, AttrValue, Context, Detail, ErrorKind, Reason, Snapshot};
 pub use status::{Source, State, Stats, Status};
+pub use test_data::TestData;
