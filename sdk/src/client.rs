@@ -51,6 +51,20 @@ impl Core {
         }
     }
 
+    /// Records that the server confirmed (by a heartbeat) that the client holds its current
+    /// `revision` of `epoch`: after a resume that missed nothing, the client is ready again.
+    pub(crate) fn confirm(&self, epoch: &str, revision: u64) {
+        self.status.send_if_modified(|s| {
+            if s.state == State::Ready || s.epoch != epoch || s.revision != revision {
+                return false;
+            }
+            tracing::info!(revision, epoch, "flagstaff client ready: up to date");
+            s.state = State::Ready;
+            s.source = Source::Server;
+            true
+        });
+    }
+
     /// Serves `snapshot`, the server's `revision` of `epoch`, from now on.
     pub(crate) fn publish(&self, snapshot: Arc<Snapshot>, epoch: &str, revision: u64) {
         self.snapshot.store(Some(snapshot.clone()));

@@ -152,9 +152,17 @@ async fn stream(
     position: &mut Option<Position>,
     failures: &mut u32,
 ) -> Ended {
-    let channel: Channel = match endpoint.connect().await {
-        Ok(channel) => channel,
-        Err(e) => return Ended::Lost(format!("cannot connect to {}: {e}", settings.endpoint)),
+    let heartbeat = position.as_ref().map_or(DEFAULT_HEARTBEAT, |p| p.heartbeat);
+    let connecting = tokio::time::timeout(settings.connect_timeout, endpoint.connect());
+    let channel: Channel = match connecting.await {
+        Ok(Ok(channel)) => channel,
+        Ok(Err(e)) => return Ended::Lost(format!("cannot connect to {}: {e}", settings.endpoint)),
+        Err(_) => {
+            return Ended::Lost(format!(
+                "cannot connect to {}: timed out",
+                settings.endpoint
+            ))
+        }
     };
     let mut client = pb::sync_client::SyncClient::new(channel);
     let (requests, outbound) = mpsc::unbounded_channel();
@@ -183,9 +191,12 @@ async fn stream(
         Err(_) => return Ended::Closing,
     }
     core.stats.connections.fetch_add(1, Ordering::Relaxed);
-    let mut inbound = match client.watch(request).await {
-        Ok(response) => response.into_inner(),
-        Err(status) => return Ended::Lost(format!("{}: {}", status.code(), status.message())),
+    // A path that accepts connections but carries nothing must not hang the client.
+    let answer = settings.connect_timeout + heartbeat * SILENT_INTERVALS;
+    let mut inbound = match tokio::time::timeout(answer, client.watch(request)).await {
+        Ok(Ok(response)) => response.into_inner(),
+        Ok(Err(status)) => return Ended::Lost(format!("{}: {}", status.code(), status.message())),
+        Err(_) => return Ended::Lost(format!("no answer to the subscription within {answer:?}")),
     };
     let mut assembler = match position {
         Some(p) => Assembler::resume(p.epoch.clone(), p.revision),
@@ -208,7 +219,13 @@ async fn stream(
             Err(e) => return Ended::Resync(e.to_string()),
         };
         let applied = match update {
-            Update::Heartbeat { .. } => continue,
+            Update::Heartbeat { .. } => {
+                // The server confirms the client holds its current revision.
+                if let Some(p) = position.as_ref() {
+                    core.confirm(&p.epoch, p.revision);
+                }
+                continue;
+            }
             Update::Snapshot {
                 epoch,
                 revision,

@@ -3,6 +3,7 @@
 //! token (or any other). [`TestServer::start_with`] adds the metrics endpoint or TLS.
 #![deny(missing_docs)]
 
+pub mod proxy;
 pub mod watcher;
 
 use std::net::SocketAddr;

@@ -315,6 +315,13 @@ impl<S: Store> Subscription<'_, S> {
             // Boxed here and below: what runs once, or rarely, should not make every idle
             // stream's task as big as its largest path.
             Box::pin(self.resume(&current)).await?;
+            // Tells the client at once that it is current, rather than at the next heartbeat
+            // (it may have missed nothing, and then got nothing).
+            let heartbeat = pb::Heartbeat {
+                revision: self.sent,
+            };
+            self.send(pb::watch_response::Response::Heartbeat(heartbeat))
+                .await?;
         } else {
             Box::pin(self.snapshot(&current)).await?;
         }

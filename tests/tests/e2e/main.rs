@@ -4,6 +4,7 @@
 mod auth;
 mod documents;
 mod evaluate;
+mod faults;
 mod fixtures;
 mod flags;
 mod matrix;
