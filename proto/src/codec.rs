@@ -1,24 +1,38 @@
-//! The gRPC codec of every Flagstaff service: prost's, with small starting buffers.
+//! The gRPC codec of every Flagstaff service: prost's, with buffers that stay small.
 //!
 //! tonic's default codec starts every call with an 8 KiB encode buffer and an 8 KiB decode
-//! buffer. A Watch stream lives for as long as its SDK instance does and mostly sits idle, so
-//! those 16 KiB, times every connected instance, would be most of the server's memory. Buffers
-//! here start at 1 KiB and grow to the message at hand, which big Admin messages do at the cost
-//! of a few reallocations.
+//! buffer, and packs every message that is ready into the encode buffer until it holds 32 KiB.
+//! A call keeps its encode buffer, at the largest size it ever grew to, for as long as it
+//! lives. A Watch stream lives for as long as its SDK instance does and mostly sits idle, so
+//! whatever its buffers grew to, times every connected instance, would be most of the server's
+//! memory.
+//!
+//! So here both buffers start small, and the encoder
+//! - reserves the exact size of each message before encoding it, instead of letting the buffer
+//!   double its way there, and
+//! - hands what it has encoded to the transport as soon as that is `START` bytes or more,
+//!   instead of packing up to 32 KiB: small messages still travel together, and a big one ends
+//!   the batch it joins.
+//!
+//! A big message (a snapshot chunk) then fills a buffer of exactly its size, and the message
+//! after it, encoded while the big one is still on its way out, starts a fresh small buffer: the
+//! big one is freed once sent instead of being kept by the stream for the rest of its life.
 
 use std::marker::PhantomData;
 
 use prost::Message;
-use tonic::codec::BufferSettings;
-use tonic_prost::{ProstCodec, ProstDecoder, ProstEncoder};
+use tonic::codec::{BufferSettings, EncodeBuf, Encoder};
+use tonic::Status;
+use tonic_prost::{ProstCodec, ProstDecoder};
 
-/// Where each call's encode and decode buffers start.
-const START: usize = 1024;
+/// Where each call's encode and decode buffers start: room for the small messages that most
+/// of a Watch stream's life is made of (heartbeats, acknowledgements, one-flag deltas).
+const START: usize = 256;
 
-/// When an encoder hands what it has encoded to the transport: tonic's default.
-const YIELD_THRESHOLD: usize = 32 * 1024;
+/// When an encoder hands what it has encoded to the transport: once it holds a buffer's worth.
+const YIELD_THRESHOLD: usize = START;
 
-/// prost's codec with 1 KiB starting buffers (see the module documentation).
+/// prost's codec with small buffers (see the module documentation).
 #[derive(Debug, Clone, Copy)]
 pub struct Codec<T, U>(PhantomData<(T, U)>);
 
@@ -35,14 +49,33 @@ where
 {
     type Encode = T;
     type Decode = U;
-    type Encoder = ProstEncoder<T>;
+    type Encoder = ExactEncoder<T>;
     type Decoder = ProstDecoder<U>;
 
     fn encoder(&mut self) -> Self::Encoder {
-        ProstCodec::<T, U>::raw_encoder(BufferSettings::new(START, YIELD_THRESHOLD))
+        ExactEncoder(PhantomData)
     }
 
     fn decoder(&mut self) -> Self::Decoder {
         ProstCodec::<T, U>::raw_decoder(BufferSettings::new(START, YIELD_THRESHOLD))
+    }
+}
+
+/// prost's encoder, reserving each message's exact size first (see the module documentation).
+#[derive(Debug, Clone, Copy)]
+pub struct ExactEncoder<T>(PhantomData<T>);
+
+impl<T: Message> Encoder for ExactEncoder<T> {
+    type Item = T;
+    type Error = Status;
+
+    fn encode(&mut self, item: T, buf: &mut EncodeBuf<'_>) -> Result<(), Status> {
+        buf.reserve(item.encoded_len());
+        item.encode(buf)
+            .map_err(|e| Status::internal(format!("cannot encode a message: {e}")))
+    }
+
+    fn buffer_settings(&self) -> BufferSettings {
+        BufferSettings::new(START, YIELD_THRESHOLD)
     }
 }

@@ -208,35 +208,45 @@ impl<S: Store> Watcher<S> {
             tx,
             interrupts: Interrupts::new(&self.signals, &self.tokens, &token),
         };
-        let watcher = self.clone();
         let inbound = request.into_inner();
-        tokio::spawn(async move { watcher.run(token, inbound, outbox).await });
+        // The task is `run` itself rather than a block calling it, which would hold every
+        // argument twice for the life of the stream.
+        tokio::spawn(Watcher::run(self.clone(), Box::new(token), inbound, outbox));
         Ok(Response::new(outgoing))
     }
 
+    /// A Watch stream's task. What it holds while it waits is what every idle stream costs, so
+    /// whatever is needed only at the start (the token, the Subscribe) is boxed and dropped
+    /// once used, and the rarer paths are boxed where they are taken.
     async fn run(
-        &self,
-        token: TokenRecord,
+        self: Arc<Self>,
+        token: Box<TokenRecord>,
         mut inbound: Streaming<pb::WatchRequest>,
         mut outbox: Outbox<pb::WatchResponse, S>,
     ) {
-        let end = match self.subscribe(&token, &mut inbound).await {
-            Ok((env, subscribe, connection)) => {
+        let subscribed = Box::pin(self.subscribe(&token, &mut inbound)).await;
+        drop(token);
+        let end = match subscribed {
+            Ok(Subscribed {
+                env,
+                start,
+                connection,
+            }) => {
                 let mut stream = Subscription {
-                    watcher: self,
+                    watcher: &self,
                     env,
                     connection,
                     outbox: &mut outbox,
                     sent: 0,
                 };
-                match stream.serve(subscribe, inbound).await {
+                match stream.serve(start, &mut inbound).await {
                     Ok(never) => match never {},
                     Err(end) => end,
                 }
             }
             Err(end) => end,
         };
-        outbox.close(end).await;
+        Box::pin(outbox.close(end)).await;
     }
 
     /// Reads and checks the Subscribe, and registers the instance.
@@ -244,7 +254,7 @@ impl<S: Store> Watcher<S> {
         &self,
         token: &TokenRecord,
         inbound: &mut Streaming<pb::WatchRequest>,
-    ) -> Result<(Arc<Environment>, pb::Subscribe, Connection), End> {
+    ) -> Result<Subscribed, End> {
         let first = tokio::time::timeout(SUBSCRIBE_TIMEOUT, inbound.message())
             .await
             .map_err(|_| {
@@ -277,17 +287,41 @@ impl<S: Store> Watcher<S> {
             return Err(permission_denied(token, Access::Sync(&environment)).into());
         }
         let env = self.envs.get(&environment)?;
+        let start = Start {
+            same_epoch: subscribe.epoch == env.epoch,
+            since: subscribe.since_revision,
+        };
         let connection = self.clients.connect(
             &environment,
             Identity {
-                instance_id: subscribe.instance_id.clone(),
-                application: subscribe.application.clone(),
-                sdk_version: subscribe.sdk_version.clone(),
-                host: subscribe.host.clone(),
+                instance_id: subscribe.instance_id,
+                application: subscribe.application,
+                sdk_version: subscribe.sdk_version,
+                host: subscribe.host,
             },
         );
-        Ok((env, subscribe, connection))
+        Ok(Subscribed {
+            env,
+            start,
+            connection,
+        })
     }
+}
+
+/// A stream whose Subscribe was accepted.
+struct Subscribed {
+    env: Arc<Environment>,
+    start: Start,
+    connection: Connection,
+}
+
+/// What the Subscribe asked to start from.
+#[derive(Debug, Clone, Copy)]
+struct Start {
+    /// Whether it names the environment's current epoch.
+    same_epoch: bool,
+    /// The revision the client has, of that epoch (0: none).
+    since: u64,
 }
 
 /// One subscribed Watch stream.
@@ -303,14 +337,14 @@ struct Subscription<'a, S> {
 impl<S: Store> Subscription<'_, S> {
     async fn serve(
         &mut self,
-        subscribe: pb::Subscribe,
-        mut inbound: Streaming<pb::WatchRequest>,
+        start: Start,
+        inbound: &mut Streaming<pb::WatchRequest>,
     ) -> Result<std::convert::Infallible, End> {
         // Subscribe to the feed before reading the state to start from.
         let mut head = self.env.feed().subscribe();
         let current = self.env.current();
-        let since = subscribe.since_revision;
-        if subscribe.epoch == self.env.epoch && since > 0 && since <= current.revision {
+        let since = start.since;
+        if start.same_epoch && since > 0 && since <= current.revision {
             self.sent = since;
             // Boxed here and below: what runs once, or rarely, should not make every idle
             // stream's task as big as its largest path.
@@ -350,7 +384,8 @@ impl<S: Store> Subscription<'_, S> {
                 },
                 () = &mut quiet => {
                     let heartbeat = pb::Heartbeat { revision: self.sent };
-                    self.send(pb::watch_response::Response::Heartbeat(heartbeat)).await?;
+                    Box::pin(self.send(pb::watch_response::Response::Heartbeat(heartbeat)))
+                        .await?;
                     quiet.as_mut().reset(tokio::time::Instant::now() + self.watcher.heartbeat);
                 }
                 status = self.outbox.interrupts.interrupted() => return Err(status.into()),
