@@ -8,6 +8,8 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
+use tokio::sync::watch;
+
 use crate::storage::now_ms;
 
 /// How long an instance is remembered after its last stream closed.
@@ -33,6 +35,8 @@ pub struct Instance {
     pub environment: String,
     /// Who it is.
     pub identity: Identity,
+    /// The name of the token its stream authenticated with.
+    pub token: String,
     /// Its open Watch streams (usually 0 or 1).
     pub streams: u32,
     /// When its current stream connected, or its last one did.
@@ -50,15 +54,35 @@ pub struct Instance {
 type Key = (String, String);
 
 /// Every SDK instance seen recently.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Clients {
     instances: Mutex<HashMap<Key, Instance>>,
+    /// Bumped whenever an instance connects, acknowledges or disconnects, for waiters.
+    changes: watch::Sender<u64>,
+}
+
+impl Default for Clients {
+    fn default() -> Self {
+        Clients::new()
+    }
 }
 
 impl Clients {
     /// No instances.
     pub fn new() -> Clients {
-        Clients::default()
+        Clients {
+            instances: Mutex::new(HashMap::new()),
+            changes: watch::Sender::new(0),
+        }
+    }
+
+    /// A receiver woken whenever an instance connects, acknowledges or disconnects.
+    pub fn changes(&self) -> watch::Receiver<u64> {
+        self.changes.subscribe()
+    }
+
+    fn changed(&self) {
+        self.changes.send_modify(|n| *n = n.wrapping_add(1));
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Key, Instance>> {
@@ -66,9 +90,14 @@ impl Clients {
         self.instances.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Registers a stream of `identity` on `environment`; the instance counts as connected
-    /// until the returned connection is dropped.
-    pub fn connect(self: &Arc<Self>, environment: &str, identity: Identity) -> Connection {
+    /// Registers a stream of `identity` on `environment`, authenticated with the token named
+    /// `token`; the instance counts as connected until the returned connection is dropped.
+    pub fn connect(
+        self: &Arc<Self>,
+        environment: &str,
+        identity: Identity,
+        token: &str,
+    ) -> Connection {
         let key = (environment.to_owned(), identity.instance_id.clone());
         let now = now_ms();
         let mut instances = self.lock();
@@ -79,6 +108,7 @@ impl Clients {
         let instance = instances.entry(key.clone()).or_insert_with(|| Instance {
             environment: environment.to_owned(),
             identity: identity.clone(),
+            token: String::new(),
             streams: 0,
             connected_ms: now,
             disconnected_ms: None,
@@ -87,9 +117,12 @@ impl Clients {
             applied_ms: 0,
         });
         instance.identity = identity;
+        token.clone_into(&mut instance.token);
         instance.streams += 1;
         instance.connected_ms = now;
         instance.disconnected_ms = None;
+        drop(instances);
+        self.changed();
         Connection {
             clients: self.clone(),
             key,
@@ -132,6 +165,7 @@ impl Connection {
             instance.applied_revision = revision;
             instance.applied_ms = now_ms();
         }
+        self.clients.changed();
     }
 }
 
@@ -143,6 +177,7 @@ impl Drop for Connection {
                 instance.disconnected_ms = Some(now_ms());
             }
         }
+        self.clients.changed();
     }
 }
 
@@ -161,9 +196,9 @@ mod tests {
     #[test]
     fn tracks_streams_acknowledgements_and_disconnections() {
         let clients = Arc::new(Clients::new());
-        let a = clients.connect("prod", identity("a"));
-        let b = clients.connect("prod", identity("b"));
-        let _other = clients.connect("staging", identity("a"));
+        let a = clients.connect("prod", identity("a"), "sdk");
+        let b = clients.connect("prod", identity("b"), "sdk");
+        let _other = clients.connect("staging", identity("a"), "sdk");
         assert_eq!(clients.connected("prod"), 2);
         a.applied("e1", 7);
         drop(b);
@@ -177,7 +212,7 @@ mod tests {
         assert!(listed[1].disconnected_ms.is_some());
         assert_eq!(clients.connected("prod"), 1);
         // A reconnection of the same instance is the same entry, connected again.
-        let _b = clients.connect("prod", identity("b"));
+        let _b = clients.connect("prod", identity("b"), "sdk");
         assert_eq!(clients.connected("prod"), 2);
         assert_eq!(clients.list("prod").len(), 2);
     }

@@ -173,6 +173,7 @@ impl Server {
         let admin = AdminServer::new(AdminService::new(
             self.envs.clone(),
             self.tokens.clone(),
+            self.clients.clone(),
             signals.clone(),
         ))
         .max_decoding_message_size(MAX_ADMIN_MESSAGE)

@@ -9,6 +9,7 @@
 
 use std::collections::HashSet;
 use std::sync::Arc;
+use std::time::Duration;
 
 use flagstaff_engine::{ChangeSet, Context, Flag, Segment};
 use flagstaff_proto::pb;
@@ -18,6 +19,7 @@ use super::paging::{page_size, Scope};
 use super::watch::{watch_changes, ChangesStream, Signals};
 use super::{authorize, wire};
 use crate::auth::{Access, Tokens};
+use crate::clients::{Clients, Instance};
 use crate::environments::{unconfirmed, Committed, Environments, WriteContext};
 use crate::error::ServerError;
 use crate::operations::{ApplyOptions, SegmentKeyPatch};
@@ -28,20 +30,25 @@ use crate::storage::{AuditChange, Role, Store, TokenRecord};
 pub struct AdminService<S> {
     envs: Arc<Environments<S>>,
     tokens: Arc<Tokens<S>>,
-    /// Ends `WatchChanges` tails on shutdown.
+    /// The SDK instances, for `ListClients` and `WaitForRevision`.
+    clients: Arc<Clients>,
+    /// Ends `WatchChanges` tails and waits on shutdown.
     signals: Signals,
 }
 
 impl<S: Store> AdminService<S> {
-    /// The service over `envs` and `tokens`; its audit tails end when `signals` say so.
+    /// The service over `envs`, `tokens` and the SDK instances `clients`; its audit tails and
+    /// waits end when `signals` say so.
     pub fn new(
         envs: Arc<Environments<S>>,
         tokens: Arc<Tokens<S>>,
+        clients: Arc<Clients>,
         signals: Signals,
     ) -> AdminService<S> {
         AdminService {
             envs,
             tokens,
+            clients,
             signals,
         }
     }
@@ -946,9 +953,29 @@ impl<S: Store> pb::admin_server::Admin for AdminService<S> {
         request: Request<pb::ListClientsRequest>,
     ) -> Result<Response<pb::ListClientsResponse>, Status> {
         self.allow(&request, Access::Read(&request.get_ref().environment))?;
-        Err(Status::unimplemented(
-            "ListClients arrives with the Watch stream, whose streams it reports",
-        ))
+        let env = self.envs.get(&request.get_ref().environment)?;
+        let mut instances = self.clients.list(&env.key);
+        instances.sort_by(|a, b| {
+            (
+                b.streams > 0,
+                &a.identity.application,
+                &a.identity.host,
+                &a.identity.instance_id,
+            )
+                .cmp(&(
+                    a.streams > 0,
+                    &b.identity.application,
+                    &b.identity.host,
+                    &b.identity.instance_id,
+                ))
+        });
+        Ok(Response::new(pb::ListClientsResponse {
+            revision: env.current().revision,
+            clients: instances
+                .iter()
+                .map(|i| wire::client_instance(i, &env.epoch))
+                .collect(),
+        }))
     }
 
     async fn wait_for_revision(
@@ -956,9 +983,46 @@ impl<S: Store> pb::admin_server::Admin for AdminService<S> {
         request: Request<pb::WaitForRevisionRequest>,
     ) -> Result<Response<pb::WaitForRevisionResponse>, Status> {
         self.allow(&request, Access::Read(&request.get_ref().environment))?;
-        Err(Status::unimplemented(
-            "WaitForRevision arrives with the Watch stream, whose acknowledgements it waits for",
-        ))
+        let req = request.into_inner();
+        let env = self.envs.get(&req.environment)?;
+        let current = env.current().revision;
+        let revision = match req.revision {
+            0 => current,
+            r if r > current => {
+                return Err(Status::invalid_argument(format!(
+                    "revision {r} is ahead of environment {:?}, which is at revision {current}",
+                    env.key
+                )))
+            }
+            r => r,
+        };
+        let timeout = match req.timeout_ms {
+            0 => DEFAULT_WAIT,
+            ms => Duration::from_millis(ms).min(MAX_WAIT),
+        };
+        let started = tokio::time::Instant::now();
+        let deadline = started + timeout;
+        let mut changes = self.clients.changes();
+        loop {
+            changes.borrow_and_update();
+            let instances = self.clients.list(&env.key);
+            let progress = Progress::of(&instances, &env.epoch, revision);
+            let complete = progress.pending.is_empty();
+            let timed_out = tokio::time::Instant::now() >= deadline;
+            if complete || timed_out {
+                let elapsed = started.elapsed().as_millis() as u64;
+                return Ok(Response::new(
+                    progress.response(&env.epoch, revision, elapsed),
+                ));
+            }
+            tokio::select! {
+                _ = changes.changed() => {}
+                () = tokio::time::sleep_until(deadline) => {}
+                () = self.signals.stopped() => {
+                    return Err(Status::unavailable("flagstaffd is shutting down"));
+                }
+            }
+        }
     }
 
     // ---- Rollout plans: served once staged rollouts exist ----
@@ -1025,4 +1089,64 @@ fn rollouts_pending(rpc: &str) -> Status {
     Status::unimplemented(format!(
         "{rpc} arrives with staged rollouts (rollout plans and their scheduler)"
     ))
+}
+
+/// How long `WaitForRevision` waits when the request does not say.
+const DEFAULT_WAIT: Duration = Duration::from_secs(10);
+
+/// The longest `WaitForRevision` waits.
+const MAX_WAIT: Duration = Duration::from_secs(5 * 60);
+
+/// How far back `WaitForRevision` reports instances that disconnected without the revision.
+const RECENTLY_GONE_MS: u64 = 10 * 60 * 1000;
+
+/// Where a revision stands among an environment's instances.
+struct Progress<'a> {
+    applied: usize,
+    connected: usize,
+    /// Connected, and not at the revision yet.
+    pending: Vec<&'a Instance>,
+    /// Disconnected in the last 10 minutes without having applied it.
+    gone: Vec<&'a Instance>,
+}
+
+impl<'a> Progress<'a> {
+    fn of(instances: &'a [Instance], epoch: &str, revision: u64) -> Progress<'a> {
+        let has = |i: &Instance| i.epoch == epoch && i.applied_revision >= revision;
+        let now = crate::storage::now_ms();
+        let connected: Vec<&Instance> = instances.iter().filter(|i| i.streams > 0).collect();
+        Progress {
+            applied: connected.iter().filter(|i| has(i)).count(),
+            connected: connected.len(),
+            pending: connected.iter().copied().filter(|i| !has(i)).collect(),
+            gone: instances
+                .iter()
+                .filter(|i| {
+                    i.disconnected_ms
+                        .is_some_and(|at| now.saturating_sub(at) < RECENTLY_GONE_MS)
+                        && !has(i)
+                })
+                .collect(),
+        }
+    }
+
+    fn response(&self, epoch: &str, revision: u64, elapsed_ms: u64) -> pb::WaitForRevisionResponse {
+        pb::WaitForRevisionResponse {
+            revision,
+            complete: self.pending.is_empty(),
+            applied: self.applied as u32,
+            connected: self.connected as u32,
+            elapsed_ms,
+            pending: self
+                .pending
+                .iter()
+                .map(|i| wire::client_instance(i, epoch))
+                .collect(),
+            disconnected: self
+                .gone
+                .iter()
+                .map(|i| wire::client_instance(i, epoch))
+                .collect(),
+        }
+    }
 }

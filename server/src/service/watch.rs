@@ -56,6 +56,13 @@ impl Signals {
     pub fn new(stopping: watch::Receiver<bool>) -> Signals {
         Signals { stopping }
     }
+
+    /// Completes when the server begins to shut down.
+    pub async fn stopped(&self) {
+        let mut stopping = self.stopping.clone();
+        // An error means the server is gone: stopped too.
+        let _ = stopping.wait_for(|stop| *stop).await;
+    }
 }
 
 /// A stream's view of the outside signals, for one token.
@@ -299,6 +306,7 @@ impl<S: Store> Watcher<S> {
                 sdk_version: subscribe.sdk_version,
                 host: subscribe.host,
             },
+            &token.name,
         );
         Ok(Subscribed {
             env,
@@ -389,6 +397,10 @@ impl<S: Store> Subscription<'_, S> {
                     quiet.as_mut().reset(tokio::time::Instant::now() + self.watcher.heartbeat);
                 }
                 status = self.outbox.interrupts.interrupted() => return Err(status.into()),
+                // The client reset the stream (or its connection went): hyper dropped our
+                // response, which a client that half-closed first would otherwise only reveal
+                // at the next heartbeat.
+                () = self.outbox.tx.closed() => return Err(End::Gone),
             }
         }
     }

@@ -232,3 +232,28 @@ pub fn token(token: &TokenRecord) -> pb::Token {
         created_by: String::new(),
     }
 }
+
+/// An SDK instance, with the revision it applied in `epoch` (0 when it applied none there).
+pub fn client_instance(instance: &crate::clients::Instance, epoch: &str) -> pb::ClientInstance {
+    let applied = instance.epoch == epoch;
+    pb::ClientInstance {
+        instance_id: instance.identity.instance_id.clone(),
+        application: instance.identity.application.clone(),
+        sdk_version: instance.identity.sdk_version.clone(),
+        host: instance.identity.host.clone(),
+        token: instance.token.clone(),
+        connected: instance.streams > 0,
+        connected_unix_ms: unix_ms(instance.connected_ms),
+        disconnected_unix_ms: instance.disconnected_ms.map_or(0, unix_ms),
+        applied_revision: if applied {
+            instance.applied_revision
+        } else {
+            0
+        },
+        applied_unix_ms: if applied {
+            unix_ms(instance.applied_ms)
+        } else {
+            0
+        },
+    }
+}

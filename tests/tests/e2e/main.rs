@@ -9,6 +9,7 @@ mod fixtures;
 mod flags;
 mod matrix;
 mod operations;
+mod propagation;
 mod sdk;
 mod segments;
 mod status;
