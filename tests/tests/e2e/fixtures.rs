@@ -4,7 +4,7 @@
 use std::fmt::Debug;
 
 use flagstaff_proto::pb;
-use flagstaff_tests::{Admin, TestServer};
+use flagstaff_tests::{Admin, TestServer, TestTls};
 use serde_json::{json, Value};
 use tonic::{Code, Response, Status};
 
@@ -154,4 +154,15 @@ pub fn refused<T: Debug>(result: Result<Response<T>, Status>, code: Code) -> Str
     let status = result.expect_err("the call is refused");
     assert_eq!(status.code(), code, "{}", status.message());
     status.message().to_owned()
+}
+
+/// A self-signed certificate for `localhost` and 127.0.0.1.
+pub fn self_signed() -> TestTls {
+    let certified =
+        rcgen::generate_simple_self_signed(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])
+            .expect("self-signed certificate");
+    TestTls {
+        cert: certified.cert.pem(),
+        key: certified.signing_key.serialize_pem(),
+    }
 }

@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use flagstaff_proto::pb;
-use flagstaff_tests::{Options, TestServer, TestTls};
+use flagstaff_tests::{Options, TestServer};
 use prost::Message as _;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tonic::transport::{Certificate, ClientTlsConfig, Endpoint};
@@ -15,7 +15,7 @@ use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 use tonic_health::pb::HealthCheckRequest;
 
-use crate::fixtures::{boolean_flag, create_environment, create_flag, refused};
+use crate::fixtures::{boolean_flag, create_environment, create_flag, refused, self_signed};
 
 // ---- Health ----
 
@@ -482,17 +482,6 @@ async fn the_metrics_endpoint_answers_only_get_metrics_and_stops_with_the_server
 }
 
 // ---- TLS ----
-
-/// A self-signed certificate for `localhost` and 127.0.0.1.
-fn self_signed() -> TestTls {
-    let certified =
-        rcgen::generate_simple_self_signed(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])
-            .expect("self-signed certificate");
-    TestTls {
-        cert: certified.cert.pem(),
-        key: certified.signing_key.serialize_pem(),
-    }
-}
 
 #[tokio::test]
 async fn tls_serves_clients_that_trust_the_certificate() {

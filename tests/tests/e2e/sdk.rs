@@ -341,3 +341,37 @@ async fn readers_never_see_half_of_a_revision() {
         "readers saw the flags on"
     );
 }
+
+#[tokio::test]
+async fn a_client_connects_over_tls_trusting_the_servers_certificate() {
+    let tls = self_signed();
+    let server = TestServer::start_with(Options {
+        tls: Some(tls.clone()),
+        ..Options::default()
+    })
+    .await;
+    let (mut admin, token) = production(&server).await;
+    let endpoint = format!("https://{}", server.addr);
+    let client = Client::builder(&endpoint, &token)
+        .tls_ca_certificate(tls.cert.clone())
+        .tls_domain("localhost")
+        .build()
+        .expect("client");
+    client.wait_ready(LIMIT).await.expect("ready over TLS");
+    serve_on(&mut admin, "checkout", true).await;
+    let ctx = Context::new("user-1");
+    eventually("the flip over TLS", || {
+        client.bool_value("checkout", &ctx, false)
+    })
+    .await;
+
+    // A client that does not trust the certificate never gets data.
+    let untrusting = Client::builder(&endpoint, &token)
+        .tls_ca_certificate(self_signed().cert)
+        .tls_domain("localhost")
+        .build()
+        .expect("client");
+    let waited = untrusting.wait_ready(Duration::from_millis(500)).await;
+    assert!(waited.is_err(), "{waited:?}");
+    assert!(!untrusting.status().has_data());
+}
