@@ -452,8 +452,16 @@ impl ClientBuilder {
     /// Starts the client: its one background task connects, keeps the snapshot fresh and
     /// reconnects as needed. Runs on the current Tokio runtime when there is one, else on a
     /// thread of its own. Fails only on an unreadable or invalid bootstrap file; an unusable
-    /// cache file is logged and ignored.
+    /// cache file is logged and ignored. An sdk key that cannot be sent (control characters,
+    /// non-ASCII) is refused here.
     pub fn build(self) -> Result<Client, Error> {
+        if self
+            .sdk_key
+            .parse::<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>()
+            .is_err()
+        {
+            return Err(Error::InvalidSdkKey);
+        }
         let bootstrap = match &self.bootstrap {
             None => None,
             Some(Bootstrap::File(path)) => Some(read_export(path)?),

@@ -23,6 +23,9 @@ pub enum Error {
         /// How long the caller waited.
         waited: std::time::Duration,
     },
+    /// The sdk key holds characters that cannot be sent in a request header.
+    #[error("the sdk key must be printable ASCII")]
+    InvalidSdkKey,
     /// The client was closed.
     #[error("the client is closed")]
     Closed,

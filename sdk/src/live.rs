@@ -188,7 +188,8 @@ async fn stream(
         Ok(value) => {
             request.metadata_mut().insert("authorization", value);
         }
-        Err(_) => return Ended::Closing,
+        // `build` checked the key; this cannot happen.
+        Err(_) => return Ended::Lost("the sdk key cannot be sent".to_owned()),
     }
     core.stats.connections.fetch_add(1, Ordering::Relaxed);
     // A path that accepts connections but carries nothing must not hang the client.

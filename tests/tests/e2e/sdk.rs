@@ -154,6 +154,13 @@ async fn before_any_data_a_client_serves_defaults_or_its_bootstrap() {
         broken.to_string().contains("missing required field"),
         "{broken}"
     );
+    let bad_key = Client::builder(&endpoint, "fs_line\nbreak")
+        .build()
+        .expect_err("a key that cannot be sent is refused");
+    assert!(
+        matches!(bad_key, flagstaff::Error::InvalidSdkKey),
+        "{bad_key}"
+    );
 }
 
 #[tokio::test]
