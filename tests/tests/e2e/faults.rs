@@ -13,8 +13,6 @@ use serde_json::json;
 
 use super::fixtures::*;
 
-const LIMIT: Duration = Duration::from_secs(20);
-
 /// A server with quick heartbeats (so a stalled stream is noticed in well under a second),
 /// `production` holding the flag `checkout` serving `off`, and an sdk token.
 async fn setup() -> (TestServer, Admin, String) {
@@ -26,54 +24,8 @@ async fn setup() -> (TestServer, Admin, String) {
     let mut admin = server.admin().await;
     create_environment(&mut admin, "production").await;
     create_flag(&mut admin, "production", boolean_flag("checkout")).await;
-    let token = admin
-        .create_token(pb::CreateTokenRequest {
-            name: "service".into(),
-            role: pb::Role::Sdk as i32,
-            environment: "production".into(),
-        })
-        .await
-        .expect("token")
-        .into_inner()
-        .secret;
+    let token = sdk_token(&server, "service", "production").await;
     (server, admin, token)
-}
-
-fn client(endpoint: String, token: &str) -> Client {
-    Client::builder(endpoint, token)
-        .connect_timeout(Duration::from_millis(500))
-        .backoff(Duration::from_millis(20), Duration::from_millis(200))
-        .build()
-        .expect("client")
-}
-
-async fn flip(admin: &mut Admin, on: bool) -> u64 {
-    admin
-        .set_default_serve(pb::SetDefaultServeRequest {
-            environment: "production".into(),
-            key: "checkout".into(),
-            serve: Some(pb::Serve {
-                serve: Some(pb::serve::Serve::Variant(
-                    if on { "on" } else { "off" }.to_owned(),
-                )),
-            }),
-            ..Default::default()
-        })
-        .await
-        .expect("flipped")
-        .into_inner()
-        .revision
-}
-
-async fn eventually(what: &str, check: impl Fn() -> bool) {
-    let deadline = tokio::time::Instant::now() + LIMIT;
-    while !check() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
 }
 
 fn is_stale(client: &Client) -> bool {
@@ -90,7 +42,7 @@ async fn survives(fault: Mode, proxy: &FaultProxy, admin: &mut Admin, client: &C
     proxy.set(fault);
     proxy.drop_connections();
     eventually("stale", || is_stale(client)).await;
-    let revision = flip(admin, on).await;
+    let revision = serve_on(admin, "checkout", on).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(
         is_stale(client),
@@ -112,8 +64,8 @@ async fn survives(fault: Mode, proxy: &FaultProxy, admin: &mut Admin, client: &C
 async fn clients_serve_through_drops_refusals_and_stalls_and_resume_without_a_snapshot() {
     let (server, mut admin, token) = setup().await;
     let proxy = FaultProxy::start(server.addr).await;
-    let client = client(proxy.endpoint(), &token);
-    client.wait_ready(LIMIT).await.expect("ready");
+    let client = sdk_client(proxy.endpoint(), &token, "service");
+    client.wait_ready(PATIENCE).await.expect("ready");
 
     // Dropped, and every reconnection refused for a while.
     survives(Mode::Refuse, &proxy, &mut admin, &client, true).await;
@@ -146,7 +98,7 @@ async fn a_reset_in_the_middle_of_a_snapshot_is_never_half_applied() {
     let proxy = FaultProxy::start(server.addr).await;
     // Every connection is reset after 200 kB from the server, well inside the snapshot.
     proxy.set(Mode::ResetAfter(200_000));
-    let client = client(proxy.endpoint(), &token);
+    let client = sdk_client(proxy.endpoint(), &token, "service");
     eventually("several attempts", || proxy.accepted() >= 3).await;
     assert!(
         !client.status().has_data(),
@@ -160,7 +112,7 @@ async fn a_reset_in_the_middle_of_a_snapshot_is_never_half_applied() {
 
     proxy.set(Mode::Pass);
     client
-        .wait_ready(LIMIT)
+        .wait_ready(PATIENCE)
         .await
         .expect("ready once the path is clean");
     assert_eq!(client.stats().snapshots, 1);
@@ -177,12 +129,12 @@ async fn a_reset_in_the_middle_of_a_snapshot_is_never_half_applied() {
 async fn a_slow_path_delays_but_does_not_break_the_stream() {
     let (server, mut admin, token) = setup().await;
     let proxy = FaultProxy::start(server.addr).await;
-    let client = client(proxy.endpoint(), &token);
-    client.wait_ready(LIMIT).await.expect("ready");
+    let client = sdk_client(proxy.endpoint(), &token, "service");
+    client.wait_ready(PATIENCE).await.expect("ready");
     // 30 ms per chunk each way, below the 300 ms the client allows for silence.
     proxy.set(Mode::Delay(Duration::from_millis(30)));
     for on in [true, false, true] {
-        let revision = flip(&mut admin, on).await;
+        let revision = serve_on(&mut admin, "checkout", on).await;
         eventually("the flip", || client.status().revision == revision).await;
         assert!(serves(&client, on));
     }
@@ -193,11 +145,13 @@ async fn a_slow_path_delays_but_does_not_break_the_stream() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flip_reaches_fifty_clients() {
     let (server, mut admin, token) = setup().await;
-    let clients: Vec<Client> = (0..50).map(|_| client(server.endpoint(), &token)).collect();
+    let clients: Vec<Client> = (0..50)
+        .map(|_| sdk_client(server.endpoint(), &token, "service"))
+        .collect();
     for c in &clients {
-        c.wait_ready(LIMIT).await.expect("ready");
+        c.wait_ready(PATIENCE).await.expect("ready");
     }
-    let revision = flip(&mut admin, true).await;
+    let revision = serve_on(&mut admin, "checkout", true).await;
     for c in &clients {
         eventually("the flip", || c.status().revision == revision).await;
         assert!(serves(c, true));

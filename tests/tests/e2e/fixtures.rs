@@ -2,6 +2,7 @@
 //! a refused call's status.
 
 use std::fmt::Debug;
+use std::time::Duration;
 
 use flagstaff_proto::pb;
 use flagstaff_tests::{Admin, TestServer, TestTls};
@@ -165,4 +166,66 @@ pub fn self_signed() -> TestTls {
         cert: certified.cert.pem(),
         key: certified.signing_key.serialize_pem(),
     }
+}
+
+/// Creates an sdk token named `name` for `environment` and returns its secret.
+pub async fn sdk_token(server: &TestServer, name: &str, environment: &str) -> String {
+    server
+        .admin()
+        .await
+        .create_token(pb::CreateTokenRequest {
+            name: name.into(),
+            role: pb::Role::Sdk as i32,
+            environment: environment.into(),
+        })
+        .await
+        .expect("token created")
+        .into_inner()
+        .secret
+}
+
+/// How long a test waits for something that should happen promptly before it fails.
+pub const PATIENCE: Duration = Duration::from_secs(20);
+
+/// Waits until `check` holds, failing after [`PATIENCE`].
+pub async fn eventually(what: &str, check: impl Fn() -> bool) {
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while !check() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// Makes the boolean flag `key` of `production` serve `on` (or `off`) by default; returns the
+/// revision.
+pub async fn serve_on(admin: &mut Admin, key: &str, on: bool) -> u64 {
+    admin
+        .set_default_serve(pb::SetDefaultServeRequest {
+            environment: "production".into(),
+            key: key.into(),
+            serve: Some(pb::Serve {
+                serve: Some(pb::serve::Serve::Variant(
+                    if on { "on" } else { "off" }.to_owned(),
+                )),
+            }),
+            ..Default::default()
+        })
+        .await
+        .expect("served")
+        .into_inner()
+        .revision
+}
+
+/// An SDK client of `endpoint` that gives up on a connection attempt after 500 ms and retries
+/// quickly, so fault tests run in moments.
+pub fn sdk_client(endpoint: String, token: &str, application: &str) -> flagstaff::Client {
+    flagstaff::Client::builder(endpoint, token)
+        .application(application)
+        .connect_timeout(Duration::from_millis(500))
+        .backoff(Duration::from_millis(20), Duration::from_millis(200))
+        .build()
+        .expect("client")
 }

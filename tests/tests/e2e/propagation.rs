@@ -3,7 +3,6 @@
 
 use std::time::Duration;
 
-use flagstaff::Client;
 use flagstaff_proto::pb;
 use flagstaff_tests::proxy::{FaultProxy, Mode};
 use flagstaff_tests::{Admin, TestServer};
@@ -11,32 +10,13 @@ use tonic::Code;
 
 use super::fixtures::*;
 
-const LIMIT: Duration = Duration::from_secs(20);
-
 async fn setup() -> (TestServer, Admin, String) {
     let server = TestServer::start().await;
     let mut admin = server.admin().await;
     create_environment(&mut admin, "production").await;
     create_flag(&mut admin, "production", boolean_flag("checkout")).await;
-    let token = admin
-        .create_token(pb::CreateTokenRequest {
-            name: "checkout-sdk".into(),
-            role: pb::Role::Sdk as i32,
-            environment: "production".into(),
-        })
-        .await
-        .expect("token")
-        .into_inner()
-        .secret;
+    let token = sdk_token(&server, "checkout-sdk", "production").await;
     (server, admin, token)
-}
-
-fn client(endpoint: String, token: &str, application: &str) -> Client {
-    Client::builder(endpoint, token)
-        .application(application)
-        .backoff(Duration::from_millis(20), Duration::from_millis(200))
-        .build()
-        .expect("client")
 }
 
 async fn flip(admin: &mut Admin) -> u64 {
@@ -70,15 +50,15 @@ async fn wait_for_revision_reports_every_client_the_frozen_one_and_the_gone_one(
     let (server, mut admin, token) = setup().await;
     let proxy = FaultProxy::start(server.addr).await;
     let clients = [
-        client(server.endpoint(), &token, "checkout"),
-        client(server.endpoint(), &token, "search"),
-        client(proxy.endpoint(), &token, "frozen"),
+        sdk_client(server.endpoint(), &token, "checkout"),
+        sdk_client(server.endpoint(), &token, "search"),
+        sdk_client(proxy.endpoint(), &token, "frozen"),
     ];
     for c in &clients {
-        c.wait_ready(LIMIT).await.expect("ready");
+        c.wait_ready(PATIENCE).await.expect("ready");
     }
-    let gone = client(server.endpoint(), &token, "gone");
-    gone.wait_ready(LIMIT).await.expect("ready");
+    let gone = sdk_client(server.endpoint(), &token, "gone");
+    gone.wait_ready(PATIENCE).await.expect("ready");
 
     // Everyone applied the current revision.
     let answer = wait(&mut admin, 0, 5_000).await;
@@ -88,7 +68,7 @@ async fn wait_for_revision_reports_every_client_the_frozen_one_and_the_gone_one(
     // One client closes; one's path freezes silently (its stream stays open on the server).
     gone.close();
     proxy.set(Mode::Stall);
-    let deadline = tokio::time::Instant::now() + LIMIT;
+    let deadline = tokio::time::Instant::now() + PATIENCE;
     loop {
         let listed = admin
             .list_clients(pb::ListClientsRequest {
@@ -144,7 +124,7 @@ async fn wait_for_revision_reports_every_client_the_frozen_one_and_the_gone_one(
 
     // The path thaws: the frozen client catches up (or gives up on the stream and resumes).
     proxy.set(Mode::Pass);
-    let answer = wait(&mut admin, revision, LIMIT.as_millis() as u64).await;
+    let answer = wait(&mut admin, revision, PATIENCE.as_millis() as u64).await;
     assert!(answer.complete, "{answer:?}");
     assert_eq!(answer.applied, answer.connected);
 }

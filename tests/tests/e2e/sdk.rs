@@ -12,77 +12,21 @@ use flagstaff_tests::{Admin, Options, TestServer};
 
 use super::fixtures::*;
 
-const LIMIT: Duration = Duration::from_secs(20);
-
-async fn sdk_token(server: &TestServer) -> String {
-    server
-        .admin()
-        .await
-        .create_token(pb::CreateTokenRequest {
-            name: "service".into(),
-            role: pb::Role::Sdk as i32,
-            environment: "production".into(),
-        })
-        .await
-        .expect("token")
-        .into_inner()
-        .secret
-}
-
 async fn production(server: &TestServer) -> (Admin, String) {
     let mut admin = server.admin().await;
     create_environment(&mut admin, "production").await;
     create_flag(&mut admin, "production", boolean_flag("checkout")).await;
     create_flag(&mut admin, "production", boolean_flag("banner")).await;
-    let token = sdk_token(server).await;
+    let token = sdk_token(server, "service", "production").await;
     (admin, token)
-}
-
-/// Serves `on` to everyone when `enabled`, by flipping the flag's default.
-async fn serve_on(admin: &mut Admin, key: &str, on: bool) -> u64 {
-    admin
-        .set_default_serve(pb::SetDefaultServeRequest {
-            environment: "production".into(),
-            key: key.into(),
-            serve: Some(pb::Serve {
-                serve: Some(pb::serve::Serve::Variant(
-                    if on { "on" } else { "off" }.to_owned(),
-                )),
-            }),
-            ..Default::default()
-        })
-        .await
-        .expect("served")
-        .into_inner()
-        .revision
-}
-
-/// Waits until `check` holds for the client, failing after `LIMIT`.
-async fn eventually(what: &str, check: impl Fn() -> bool) {
-    let deadline = tokio::time::Instant::now() + LIMIT;
-    while !check() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-}
-
-fn client(server: &TestServer, token: &str) -> Client {
-    Client::builder(server.endpoint(), token)
-        .application("checkout-service")
-        .backoff(Duration::from_millis(20), Duration::from_millis(200))
-        .build()
-        .expect("client")
 }
 
 #[tokio::test]
 async fn a_client_gets_ready_follows_every_change_and_acknowledges_it() {
     let server = TestServer::start().await;
     let (mut admin, token) = production(&server).await;
-    let client = client(&server, &token);
-    client.wait_ready(LIMIT).await.expect("ready");
+    let client = sdk_client(server.endpoint(), &token, "checkout-service");
+    client.wait_ready(PATIENCE).await.expect("ready");
     let ctx = Context::new("user-1");
     assert!(!client.bool_value("checkout", &ctx, true));
     let status = client.status();
@@ -168,9 +112,11 @@ async fn clients_resume_across_a_restart_and_take_one_snapshot_of_a_new_epoch() 
     let server = TestServer::start().await;
     let addr = server.addr;
     let (mut admin, token) = production(&server).await;
-    let clients: Vec<Client> = (0..3).map(|_| client(&server, &token)).collect();
+    let clients: Vec<Client> = (0..3)
+        .map(|_| sdk_client(server.endpoint(), &token, "checkout-service"))
+        .collect();
     for c in &clients {
-        c.wait_ready(LIMIT).await.expect("ready");
+        c.wait_ready(PATIENCE).await.expect("ready");
     }
 
     // Stopped: every client goes stale and keeps serving.
@@ -251,7 +197,7 @@ async fn a_cached_snapshot_serves_when_the_server_is_unreachable_at_start() {
         .cache_file(&cache)
         .build()
         .expect("client");
-    first.wait_ready(LIMIT).await.expect("ready");
+    first.wait_ready(PATIENCE).await.expect("ready");
     eventually("the cache file", || {
         std::fs::read_to_string(&cache)
             .map(|t| t.contains(&format!("\"revision\":{revision}")))
@@ -277,7 +223,7 @@ async fn a_cached_snapshot_serves_when_the_server_is_unreachable_at_start() {
         .cache_file(&cache)
         .build()
         .expect("client");
-    resumed.wait_ready(LIMIT).await.expect("ready");
+    resumed.wait_ready(PATIENCE).await.expect("ready");
     eventually("the change", || {
         !resumed.bool_value("banner", &Context::new("u"), true)
     })
@@ -289,8 +235,8 @@ async fn a_cached_snapshot_serves_when_the_server_is_unreachable_at_start() {
 async fn readers_never_see_half_of_a_revision() {
     let server = TestServer::start().await;
     let (mut admin, token) = production(&server).await;
-    let client = client(&server, &token);
-    client.wait_ready(LIMIT).await.expect("ready");
+    let client = sdk_client(server.endpoint(), &token, "checkout-service");
+    client.wait_ready(PATIENCE).await.expect("ready");
 
     let stop = Arc::new(AtomicBool::new(false));
     let seen_on = Arc::new(AtomicUsize::new(0));
@@ -364,7 +310,7 @@ async fn a_client_connects_over_tls_trusting_the_servers_certificate() {
         .tls_domain("localhost")
         .build()
         .expect("client");
-    client.wait_ready(LIMIT).await.expect("ready over TLS");
+    client.wait_ready(PATIENCE).await.expect("ready over TLS");
     serve_on(&mut admin, "checkout", true).await;
     let ctx = Context::new("user-1");
     eventually("the flip over TLS", || {

@@ -14,22 +14,6 @@ use super::fixtures::*;
 
 const LIMIT: Duration = Duration::from_secs(20);
 
-/// Creates an sdk token for `environment` and returns its secret.
-async fn sdk_token(server: &TestServer, name: &str, environment: &str) -> String {
-    server
-        .admin()
-        .await
-        .create_token(pb::CreateTokenRequest {
-            name: name.into(),
-            role: pb::Role::Sdk as i32,
-            environment: environment.into(),
-        })
-        .await
-        .expect("token created")
-        .into_inner()
-        .secret
-}
-
 /// What the server holds for `environment` now.
 fn server_state(server: &TestServer, environment: &str) -> State {
     let env = server

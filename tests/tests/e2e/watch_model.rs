@@ -67,21 +67,6 @@ fn options() -> Options {
     }
 }
 
-async fn sdk_token(server: &TestServer) -> String {
-    server
-        .admin()
-        .await
-        .create_token(pb::CreateTokenRequest {
-            name: "model-sdk".into(),
-            role: pb::Role::Sdk as i32,
-            environment: "production".into(),
-        })
-        .await
-        .expect("token")
-        .into_inner()
-        .secret
-}
-
 async fn prepare(server: &TestServer) -> String {
     let mut admin = server.admin().await;
     create_environment(&mut admin, "production").await;
@@ -95,7 +80,7 @@ async fn prepare(server: &TestServer) -> String {
         create_flag(&mut admin, "production", boolean_flag(&format!("f{i}"))).await;
     }
     create_flag(&mut admin, "production", targeting("t", "beta")).await;
-    sdk_token(server).await
+    sdk_token(server, "model-sdk", "production").await
 }
 
 fn server_state(envs: &Environments<SledStore>) -> State {
