@@ -30,7 +30,7 @@ use tonic_health::ServingStatus;
 
 pub use environments::{Committed, Current, Environment, Environments, WriteContext};
 pub use error::ServerError;
-pub use operations::{ApplyOptions, SegmentKeyPatch};
+pub use operations::ApplyOptions;
 pub use tls::{Tls, TlsError};
 
 use crate::auth::Tokens;

@@ -339,26 +339,19 @@ impl<S: Store> Environments<S> {
         })
     }
 
-    /// Adds and removes keys of a segment's `included` and `excluded` lists, without sending
-    /// the whole lists.
+    /// Adds and removes keys of the lists of the segment `patch.segment`, without sending the
+    /// whole lists; when `expected` is given, the segment must be at that version.
     pub fn patch_segment_keys(
         &self,
         ctx: WriteContext<'_>,
-        key: &str,
-        patch: &SegmentKeyPatch,
+        patch: &KeyPatch,
+        expected: Option<u64>,
     ) -> Result<Committed, ServerError> {
         self.write(ctx, |current| {
-            let segment = existing_segment(current, key, ctx.environment, patch.expected_version)?;
-            let keys = KeyPatch {
-                segment: key.to_owned(),
-                add_included: patch.add_included.clone(),
-                remove_included: patch.remove_included.clone(),
-                add_excluded: patch.add_excluded.clone(),
-                remove_excluded: patch.remove_excluded.clone(),
-            };
+            let segment = existing_segment(current, &patch.segment, ctx.environment, expected)?;
             let patched = Segment {
                 version: None,
-                ..keys.apply(segment)
+                ..patch.apply(segment)
             };
             Ok(ChangeSet {
                 segments: vec![patched],
@@ -460,19 +453,4 @@ fn duplicate_keys(changes: &ChangeSet) -> Vec<String> {
     let mut problems = repeated("flag", "flags", &changes.flags);
     problems.extend(repeated("segment", "segments", &changes.segments));
     problems
-}
-
-/// Keys to add to and remove from a segment's lists.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct SegmentKeyPatch {
-    /// Keys to add to `included`.
-    pub add_included: Vec<String>,
-    /// Keys to remove from `included`.
-    pub remove_included: Vec<String>,
-    /// Keys to add to `excluded`.
-    pub add_excluded: Vec<String>,
-    /// Keys to remove from `excluded`.
-    pub remove_excluded: Vec<String>,
-    /// The segment's current version, when the caller wants it checked.
-    pub expected_version: Option<u64>,
 }

@@ -3,9 +3,11 @@
 
 use std::sync::Arc;
 
-use flagstaff_engine::{flag_from_value, segment_from_value, Context, Flag, Segment, Serve};
+use flagstaff_engine::{
+    flag_from_value, segment_from_value, Context, Flag, KeyPatch, Segment, Serve,
+};
 use flagstaff_server::storage::SledStore;
-use flagstaff_server::{Environments, SegmentKeyPatch, ServerError, WriteContext};
+use flagstaff_server::{Environments, ServerError, WriteContext};
 use serde_json::json;
 
 fn flag(key: &str) -> Flag {
@@ -231,24 +233,21 @@ fn segment_keys_are_patched() {
     let (_dir, envs) = setup();
     envs.create_segment(ctx("staging"), segment("staff", &["a", "b"]))
         .expect("segment");
-    let patch = SegmentKeyPatch {
+    let patch = KeyPatch {
+        segment: "staff".into(),
         add_included: vec!["c".into(), "a".into(), "c".into()],
         remove_included: vec!["b".into()],
         add_excluded: vec!["z".into()],
-        ..SegmentKeyPatch::default()
+        ..KeyPatch::default()
     };
-    envs.patch_segment_keys(ctx("staging"), "staff", &patch)
+    envs.patch_segment_keys(ctx("staging"), &patch, None)
         .expect("patch");
     let current = envs.get("staging").expect("env").current();
     let staff = current.snapshot.segment("staff").expect("segment");
     assert_eq!(staff.included, ["a", "c"]);
     assert_eq!(staff.excluded, ["z"]);
-    let stale = SegmentKeyPatch {
-        expected_version: Some(1),
-        ..patch
-    };
     let err = envs
-        .patch_segment_keys(ctx("staging"), "staff", &stale)
+        .patch_segment_keys(ctx("staging"), &patch, Some(1))
         .expect_err("stale");
     assert!(matches!(err, ServerError::VersionConflict(_)));
 }

@@ -11,7 +11,7 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use flagstaff_engine::{ChangeSet, Context, Flag, Segment};
+use flagstaff_engine::{ChangeSet, Context, Flag, KeyPatch, Segment};
 use flagstaff_proto::pb;
 use tonic::{Request, Response, Status};
 
@@ -22,7 +22,7 @@ use crate::auth::{Access, Tokens};
 use crate::clients::{Clients, Instance};
 use crate::environments::{unconfirmed, Committed, Environments, WriteContext};
 use crate::error::ServerError;
-use crate::operations::{ApplyOptions, SegmentKeyPatch};
+use crate::operations::ApplyOptions;
 use crate::storage::{AuditChange, Role, Store, TokenRecord};
 
 /// The Admin service over the environments and tokens of one store.
@@ -661,19 +661,19 @@ impl<S: Store> pb::admin_server::Admin for AdminService<S> {
         if patch.segment.is_empty() {
             return Err(wire::missing("patch.segment").into());
         }
-        let key = patch.segment;
-        let keys = SegmentKeyPatch {
+        let expected = wire::expected(req.expected_version);
+        let keys = KeyPatch {
+            segment: patch.segment,
             add_included: patch.add_included,
             remove_included: patch.remove_included,
             add_excluded: patch.add_excluded,
             remove_excluded: patch.remove_excluded,
-            expected_version: wire::expected(req.expected_version),
         };
         let writer = Writer::new(&token, req.environment, req.comment, req.confirm_protected);
         let envs = self.envs.clone();
         let (committed, segment) = blocking(move || {
-            let committed = envs.patch_segment_keys(writer.ctx(), &key, &keys)?;
-            let segment = written_segment(&envs, &writer.environment, &key, &committed)?;
+            let committed = envs.patch_segment_keys(writer.ctx(), &keys, expected)?;
+            let segment = written_segment(&envs, &writer.environment, &keys.segment, &committed)?;
             Ok((committed, segment))
         })
         .await?;
