@@ -12,6 +12,7 @@ use tokio::sync::watch;
 
 use crate::cache;
 use crate::detail::EvaluationDetail;
+use crate::listeners::{FlagChange, Listeners, Subscription};
 use crate::live::{self, Settings};
 use crate::status::{Source, State, Stats, Status};
 use crate::Error;
@@ -24,6 +25,7 @@ pub(crate) struct Core {
     pub(crate) snapshot: ArcSwapOption<Snapshot>,
     pub(crate) status: watch::Sender<Status>,
     pub(crate) stats: Counters,
+    pub(crate) listeners: Listeners,
     /// Where the last good snapshot is kept between runs, if anywhere.
     cache: Option<cache::Writer>,
 }
@@ -47,6 +49,7 @@ impl Core {
             snapshot: ArcSwapOption::new(snapshot),
             status: watch::Sender::new(status),
             stats: Counters::default(),
+            listeners: Listeners::default(),
             cache,
         }
     }
@@ -65,9 +68,15 @@ impl Core {
         });
     }
 
-    /// Serves `snapshot`, the server's `revision` of `epoch`, from now on.
-    pub(crate) fn publish(&self, snapshot: Arc<Snapshot>, epoch: &str, revision: u64) {
-        self.snapshot.store(Some(snapshot.clone()));
+    /// Serves `snapshot`, the server's `revision` of `epoch`, from now on; returns the snapshot
+    /// it replaces, for [`Listeners::changed`].
+    pub(crate) fn publish(
+        &self,
+        snapshot: Arc<Snapshot>,
+        epoch: &str,
+        revision: u64,
+    ) -> Option<Arc<Snapshot>> {
+        let before = self.snapshot.swap(Some(snapshot.clone()));
         if let Some(cache) = &self.cache {
             cache.save(snapshot, epoch, revision);
         }
@@ -84,6 +93,7 @@ impl Core {
             s.revision = revision;
             true
         });
+        before
     }
 }
 
@@ -162,11 +172,25 @@ impl Client {
         &self.owner.core
     }
 
+    /// The snapshot served, if the client has any data.
+    #[cfg_attr(not(feature = "openfeature"), allow(dead_code))]
+    pub(crate) fn loaded(&self) -> Option<Arc<Snapshot>> {
+        self.core().snapshot.load_full()
+    }
+
+    pub(crate) fn listeners(&self) -> &Listeners {
+        &self.core().listeners
+    }
+
     /// Replaces the snapshot every clone of this client serves; evaluations in progress finish
     /// on the one they started with. (A connected client replaces it again with the server's
     /// next update.)
     pub fn replace_snapshot(&self, snapshot: Snapshot) {
-        self.core().snapshot.store(Some(Arc::new(snapshot)));
+        let core = self.core();
+        let after = Arc::new(snapshot);
+        let before = core.snapshot.swap(Some(after.clone()));
+        let revision = core.status.borrow().revision;
+        core.listeners.changed(before.as_deref(), &after, revision);
     }
 
     /// The snapshot now served, for detailed or repeated evaluations against one consistent
@@ -176,6 +200,41 @@ impl Client {
             .snapshot
             .load_full()
             .unwrap_or_else(|| Arc::new(Snapshot::new()))
+    }
+
+    /// Calls `listener` for every flag that may now evaluate differently: added, edited,
+    /// removed, or using a segment or prerequisite that changed. Calls run on a thread of the
+    /// client's, one at a time, never on the caller's nor on the stream's (a slow listener
+    /// delays other listeners, not updates: see [`Stats::dropped_notifications`]). The first
+    /// data a client receives is not a change; data that differs from a bootstrap or cache
+    /// file is. Dropping the returned [`Subscription`] unregisters the listener.
+    ///
+    /// ```
+    /// use std::sync::mpsc;
+    /// use flagstaff::TestData;
+    ///
+    /// let data = TestData::new();
+    /// let client = data.client();
+    /// let (tx, rx) = mpsc::channel();
+    /// let _listening = client.on_change(move |change| tx.send(change.key.clone()).unwrap());
+    /// data.set_bool("checkout-v2", true);
+    /// let key = rx.recv_timeout(std::time::Duration::from_secs(5)).unwrap();
+    /// assert_eq!(key, "checkout-v2");
+    /// ```
+    pub fn on_change(
+        &self,
+        listener: impl Fn(&FlagChange) + Send + Sync + 'static,
+    ) -> Subscription {
+        self.listeners().on_flag(None, listener)
+    }
+
+    /// Like [`on_change`](Self::on_change), for the changes of flag `key` only.
+    pub fn on_flag_change(
+        &self,
+        key: impl Into<String>,
+        listener: impl Fn(&FlagChange) + Send + Sync + 'static,
+    ) -> Subscription {
+        self.listeners().on_flag(Some(key.into()), listener)
     }
 
     /// What the client is doing and what it serves.
@@ -191,6 +250,7 @@ impl Client {
             deltas: counters.deltas.load(Ordering::Relaxed),
             connections: counters.connections.load(Ordering::Relaxed),
             resyncs: counters.resyncs.load(Ordering::Relaxed),
+            dropped_notifications: self.core().listeners.dropped.load(Ordering::Relaxed),
         }
     }
 

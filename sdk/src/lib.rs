@@ -36,7 +36,10 @@ mod cache;
 mod client;
 mod detail;
 mod error;
+mod listeners;
 mod live;
+#[cfg(feature = "openfeature")]
+pub mod openfeature;
 mod status;
 mod test_data;
 
@@ -44,5 +47,6 @@ pub use client::{Client, ClientBuilder};
 pub use detail::{EvaluationDetail, EvaluationReason};
 pub use error::Error;
 pub use flagstaff_engine::{AttrRef, AttrValue, Context, Detail, ErrorKind, Reason, Snapshot};
+pub use listeners::{FlagChange, Subscription, QUEUE_CAPACITY};
 pub use status::{Source, State, Stats, Status};
 pub use test_data::TestData;

@@ -275,7 +275,8 @@ async fn stream(
         let Some(p) = position.as_ref() else {
             return Ended::Resync("no position after an update".to_owned());
         };
-        core.publish(Arc::new(applied), &p.epoch, p.revision);
+        let applied = Arc::new(applied);
+        let before = core.publish(applied.clone(), &p.epoch, p.revision);
         let ack = pb::Ack {
             epoch: p.epoch.clone(),
             revision: p.revision,
@@ -283,6 +284,9 @@ async fn stream(
         let _ = requests.send(pb::WatchRequest {
             request: Some(pb::watch_request::Request::Ack(ack)),
         });
+        // After the acknowledgement: what changed is for listeners, not for the server.
+        core.listeners
+            .changed(before.as_deref(), &applied, p.revision);
     }
 }
 

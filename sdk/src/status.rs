@@ -75,4 +75,7 @@ pub struct Stats {
     /// Streams abandoned because the server broke the protocol (a gap, an unexpected epoch,
     /// a malformed message): the client resubscribed from scratch.
     pub resyncs: u64,
+    /// Flag changes not passed to change listeners because their queue was full: a listener
+    /// was too slow (see [`Client::on_change`](crate::Client::on_change)).
+    pub dropped_notifications: u64,
 }

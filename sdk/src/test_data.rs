@@ -139,8 +139,14 @@ impl TestData {
     fn change(&self, changes: ChangeSet) -> Result<(), Error> {
         let _writing = self.writing.lock().unwrap_or_else(|p| p.into_inner());
         let current = self.core.snapshot.load_full().unwrap_or_default();
-        let next = current.apply(changes)?;
-        self.core.snapshot.store(Some(Arc::new(next)));
+        let next = Arc::new(current.apply(changes)?);
+        self.core.snapshot.store(Some(next.clone()));
+        let mut revision = 0;
+        self.core.status.send_modify(|s| {
+            s.revision += 1;
+            revision = s.revision;
+        });
+        self.core.listeners.changed(Some(&current), &next, revision);
         Ok(())
     }
 }

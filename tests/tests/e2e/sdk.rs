@@ -328,3 +328,86 @@ async fn a_client_connects_over_tls_trusting_the_servers_certificate() {
     assert!(waited.is_err(), "{waited:?}");
     assert!(!untrusting.status().has_data());
 }
+
+#[tokio::test]
+async fn change_listeners_hear_each_change_from_the_server_once() {
+    let server = TestServer::start().await;
+    let (mut admin, token) = production(&server).await;
+    create_segment(&mut admin, "production", segment("beta", &["user-1"])).await;
+    create_flag(&mut admin, "production", targeting("beta-banner", "beta")).await;
+    let client = sdk_client(server.endpoint(), &token, "checkout-service");
+    client.wait_ready(PATIENCE).await.expect("ready");
+    let (tx, mut all) = tokio::sync::mpsc::unbounded_channel();
+    let _all = client.on_change(move |c| {
+        let _ = tx.send(c.clone());
+    });
+    let (tx, mut checkout) = tokio::sync::mpsc::unbounded_channel();
+    let _checkout = client.on_flag_change("checkout", move |c| {
+        let _ = tx.send(c.clone());
+    });
+
+    let revision = serve_on(&mut admin, "checkout", true).await;
+    let change = received(&mut all).await;
+    assert_eq!(
+        change,
+        flagstaff::FlagChange {
+            key: "checkout".into(),
+            revision,
+            removed: false
+        }
+    );
+    let change = received(&mut checkout).await;
+    assert_eq!(change.revision, revision);
+
+    // A key patch of the segment reaches the flag using it, through the delta's patch.
+    let revision = admin
+        .patch_segment_keys(pb::PatchSegmentKeysRequest {
+            environment: "production".into(),
+            patch: Some(pb::SegmentKeyPatch {
+                segment: "beta".into(),
+                add_included: vec!["user-2".into()],
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .expect("patched")
+        .into_inner()
+        .revision;
+    let change = received(&mut all).await;
+    assert_eq!(
+        (change.key.as_str(), change.revision),
+        ("beta-banner", revision)
+    );
+    assert!(client.bool_value("beta-banner", &Context::new("user-2"), false));
+
+    // Deleted: reported as removed.
+    let revision = admin
+        .delete_flag(pb::DeleteFlagRequest {
+            environment: "production".into(),
+            key: "banner".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("deleted")
+        .into_inner()
+        .revision;
+    let change = received(&mut all).await;
+    assert_eq!(
+        (change.key.as_str(), change.revision, change.removed),
+        ("banner", revision, true)
+    );
+    // Nothing else was reported: each change once, and only the flags it touched.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(all.try_recv().ok(), None);
+    assert_eq!(checkout.try_recv().ok(), None);
+}
+
+async fn received(
+    rx: &mut tokio::sync::mpsc::UnboundedReceiver<flagstaff::FlagChange>,
+) -> flagstaff::FlagChange {
+    tokio::time::timeout(PATIENCE, rx.recv())
+        .await
+        .expect("a notification in time")
+        .expect("listening")
+}
