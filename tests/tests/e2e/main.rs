@@ -8,6 +8,7 @@ mod faults;
 mod fixtures;
 mod flags;
 mod matrix;
+mod openfeature;
 mod operations;
 mod propagation;
 mod sdk;
