@@ -186,10 +186,9 @@ impl FeatureProvider for FlagstaffProvider {
         let status = self.client.status();
         match status.state {
             State::Ready => ProviderStatus::Ready,
-            _ if !status.has_data() => ProviderStatus::NotReady,
-            // Serving a bootstrap or cache file, or the last data while disconnected.
-            State::Connecting | State::Stale { .. } => ProviderStatus::STALE,
-            State::Closed => ProviderStatus::Error,
+            // Serving a bootstrap or cache file, or the last data while disconnected or closed.
+            _ if status.has_data() => ProviderStatus::STALE,
+            _ => ProviderStatus::NotReady,
         }
     }
 

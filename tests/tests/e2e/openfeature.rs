@@ -270,13 +270,17 @@ async fn live_changes_reach_openfeature_callers_with_a_configuration_changed_eve
     create_flag(&mut admin, "production", boolean_flag("banner")).await;
     let token = sdk_token(&server, "service", "production").await;
 
-    let provider = FlagstaffProvider::new(sdk_client(server.endpoint(), &token, "service"));
+    let client = sdk_client(server.endpoint(), &token, "service");
+    let provider = FlagstaffProvider::new(client.clone());
+    // A second provider over the same client, to read the status OpenFeature keeps to itself.
+    let probe = FlagstaffProvider::new(client);
     let (tx, mut events) = tokio::sync::mpsc::unbounded_channel();
     let _events = provider.on_event(move |event| {
         let _ = tx.send(event.clone());
     });
     // set_provider initialises the provider: it waits until the client is ready.
     let flags = open_feature_client(provider).await;
+    assert_eq!(probe.status(), ProviderStatus::Ready);
     let ctx = user("user-1");
     assert_eq!(
         flags.get_bool_value("checkout", Some(&ctx), None).await,
@@ -296,6 +300,14 @@ async fn live_changes_reach_openfeature_callers_with_a_configuration_changed_eve
         }
     );
     // The event follows the swap: evaluations already see the change.
+    assert_eq!(
+        flags.get_bool_value("checkout", Some(&ctx), None).await,
+        Ok(true)
+    );
+
+    // The server gone, the provider serves its last data and says it may be stale.
+    drop(server.stop().await);
+    eventually("stale", || probe.status() == ProviderStatus::STALE).await;
     assert_eq!(
         flags.get_bool_value("checkout", Some(&ctx), None).await,
         Ok(true)
