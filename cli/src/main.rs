@@ -1,6 +1,7 @@
 //! `flagstaff`: the command release managers use to create, flip, target, roll out and
-//! evaluate flags. Every failure prints one `error:` line (plus one line per problem of an
-//! invalid document) and exits non-zero.
+//! evaluate flags. Output goes to stdout; every failure prints one `error:` line (plus one
+//! line per problem of an invalid document) to stderr. Exit codes: 0 success, 1 failure,
+//! 2 usage.
 
 use std::io::Write;
 use std::process::ExitCode;
@@ -10,11 +11,16 @@ use clap::Parser;
 mod args;
 mod commands;
 mod output;
+mod session;
 
 fn main() -> ExitCode {
     let cli = args::Cli::parse();
-    let result = match &cli.command {
-        args::Command::Eval(eval) => commands::eval::run(eval, cli.output),
+    let result = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime.block_on(commands::run(cli)),
+        Err(e) => Err(anyhow::anyhow!("cannot start: {e}")),
     };
     match result {
         Ok(text) => {

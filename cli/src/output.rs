@@ -44,3 +44,16 @@ pub fn structured(value: &Value, output: Output) -> Option<String> {
         Output::Yaml => Some(flagstaff_engine::to_text(value, Format::Yaml)),
     }
 }
+
+/// A Unix-millisecond time as `2026-11-26 14:03:09 UTC`; `-` for 0 (not set).
+pub fn timestamp(unix_ms: i64) -> String {
+    if unix_ms == 0 {
+        return "-".to_owned();
+    }
+    let format =
+        time::macros::format_description!("[year]-[month]-[day] [hour]:[minute]:[second] UTC");
+    time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(unix_ms) * 1_000_000)
+        .ok()
+        .and_then(|t| t.format(&format).ok())
+        .unwrap_or_else(|| unix_ms.to_string())
+}

@@ -1,3 +1,31 @@
-//! One module per command.
+//! One module per command group.
 
+use crate::args::{Cli, Command};
+use crate::session::Session;
+
+pub mod env;
 pub mod eval;
+
+/// Runs the command; returns what to print.
+pub async fn run(cli: Cli) -> anyhow::Result<String> {
+    let global = &cli.global;
+    match &cli.command {
+        Command::Eval(args) if args.file.is_some() => eval::offline(args, global.output),
+        Command::Completions(args) => Ok(completions(args.shell)),
+        command => {
+            let mut session = Session::connect(global).await?;
+            match command {
+                Command::Env(command) => env::run(&mut session, command).await,
+                Command::Eval(args) => eval::online(&mut session, args).await,
+                _ => anyhow::bail!("this command is not available yet"),
+            }
+        }
+    }
+}
+
+fn completions(shell: clap_complete::Shell) -> String {
+    use clap::CommandFactory;
+    let mut out = Vec::new();
+    clap_complete::generate(shell, &mut Cli::command(), "flagstaff", &mut out);
+    String::from_utf8_lossy(&out).into_owned()
+}

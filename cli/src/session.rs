@@ -1,0 +1,223 @@
+//! A connection to flagstaffd for one command: the endpoint, the token, the environment, and
+//! turning the server's errors into one plain line each.
+
+use std::io::{BufRead, IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context as _};
+use flagstaff_proto::pb::admin_client::AdminClient;
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Code, Request, Status};
+
+use crate::args::{Global, Output};
+
+/// The largest Admin message the server sends (whole environments, big segments).
+const MAX_MESSAGE: usize = 64 * 1024 * 1024;
+
+/// Where the server writes a fresh data directory's admin token, relative to where it runs.
+const DEFAULT_TOKEN_FILE: &str = "flagstaff-data/admin.token";
+
+/// Adds `authorization: Bearer <token>` to every request.
+#[derive(Clone)]
+pub struct Bearer(MetadataValue<Ascii>);
+
+impl tonic::service::Interceptor for Bearer {
+    fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
+        request
+            .metadata_mut()
+            .insert("authorization", self.0.clone());
+        Ok(request)
+    }
+}
+
+pub type Admin = AdminClient<InterceptedService<Channel, Bearer>>;
+
+/// What every server command works with.
+pub struct Session {
+    pub admin: Admin,
+    pub output: Output,
+    endpoint: String,
+    env: Option<String>,
+    yes: bool,
+}
+
+impl Session {
+    /// Connects to the endpoint of `global` with its token.
+    pub async fn connect(global: &Global) -> anyhow::Result<Session> {
+        let token = token(global)?;
+        let bearer: MetadataValue<Ascii> = format!("Bearer {token}")
+            .parse()
+            .map_err(|_| anyhow!("the token holds characters that cannot be sent"))?;
+        let endpoint = global.endpoint.clone();
+        let channel = Endpoint::from_shared(endpoint.clone())
+            .map_err(|_| anyhow!("{endpoint:?} is not a valid endpoint URL (e.g. http://127.0.0.1:7878)"))?
+            .connect_timeout(Duration::from_secs(5))
+            .connect()
+            .await
+            .map_err(|_| {
+                anyhow!("cannot reach flagstaffd at {endpoint}: is it running? (--endpoint or FLAGSTAFF_ENDPOINT)")
+            })?;
+        let admin = AdminClient::with_interceptor(channel, Bearer(bearer))
+            .max_decoding_message_size(MAX_MESSAGE)
+            .max_encoding_message_size(MAX_MESSAGE);
+        Ok(Session {
+            admin,
+            output: global.output,
+            endpoint,
+            env: global.env.clone(),
+            yes: global.yes,
+        })
+    }
+
+    /// The environment the command works in.
+    pub fn env(&self) -> anyhow::Result<String> {
+        self.env
+            .clone()
+            .ok_or_else(|| anyhow!("no environment: pass --env NAME or set FLAGSTAFF_ENV"))
+    }
+
+    /// The server's error, as one plain sentence with the fix where there is one.
+    pub fn error(&self, status: Status) -> anyhow::Error {
+        explain(status, &self.endpoint)
+    }
+
+    /// Runs a write, confirming it first when the environment is protected: the write is
+    /// tried unconfirmed (unless --yes was given), and when the server says the environment
+    /// is protected, a person at a terminal is asked; a script must pass --yes.
+    pub async fn write<T, F, Fut>(&mut self, what: &str, mut call: F) -> anyhow::Result<T>
+    where
+        F: FnMut(Admin, bool) -> Fut,
+        Fut: std::future::Future<Output = Result<tonic::Response<T>, Status>>,
+    {
+        match call(self.admin.clone(), self.yes).await {
+            Ok(response) => return Ok(response.into_inner()),
+            Err(status) if !self.yes && is_unconfirmed(&status) => {}
+            Err(status) => return Err(self.error(status)),
+        }
+        let env = self.env.clone().unwrap_or_default();
+        if !confirm(&format!("{env} is a protected environment. {what}?"))? {
+            bail!("not confirmed: nothing changed (pass --yes to confirm without asking)");
+        }
+        call(self.admin.clone(), true)
+            .await
+            .map(tonic::Response::into_inner)
+            .map_err(|status| self.error(status))
+    }
+
+    /// Asks before something that cannot be undone (deletions), unless --yes was given.
+    pub fn confirm_always(&self, question: &str) -> anyhow::Result<()> {
+        if self.yes || confirm(question)? {
+            Ok(())
+        } else {
+            bail!("not confirmed: nothing changed (pass --yes to confirm without asking)")
+        }
+    }
+}
+
+/// Whether the server refused a write because the environment is protected and the write
+/// was not confirmed.
+fn is_unconfirmed(status: &Status) -> bool {
+    status.code() == Code::FailedPrecondition && status.message().contains("is protected")
+}
+
+/// Asks `question` on the terminal; without one, the answer is no, and says how to confirm.
+fn confirm(question: &str) -> anyhow::Result<bool> {
+    if !std::io::stdin().is_terminal() {
+        bail!("{question} Not asked (no terminal): pass --yes to confirm");
+    }
+    let mut err = std::io::stderr().lock();
+    write!(err, "{question} [y/N] ")?;
+    err.flush()?;
+    let mut answer = String::new();
+    std::io::stdin().lock().read_line(&mut answer)?;
+    Ok(matches!(answer.trim(), "y" | "Y" | "yes" | "YES" | "Yes"))
+}
+
+/// The token: --token / FLAGSTAFF_TOKEN, else --token-file, else the server's default admin
+/// token file in the current directory when readable.
+fn token(global: &Global) -> anyhow::Result<String> {
+    if let Some(token) = &global.token {
+        return Ok(token.trim().to_owned());
+    }
+    let read = |path: &Path| -> anyhow::Result<String> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read the token file {}", path.display()))?;
+        Ok(text.trim().to_owned())
+    };
+    if let Some(path) = &global.token_file {
+        return read(path);
+    }
+    let default = PathBuf::from(DEFAULT_TOKEN_FILE);
+    if default.is_file() {
+        return read(&default);
+    }
+    bail!("no token: pass --token, set FLAGSTAFF_TOKEN, or pass --token-file (flagstaffd writes an admin token to <data-dir>/admin.token)")
+}
+
+/// One line for a server error: what went wrong, and the fix where there is one.
+pub fn explain(status: Status, endpoint: &str) -> anyhow::Error {
+    let message = status.message().trim();
+    match status.code() {
+        Code::Unavailable | Code::Unknown if message.contains("transport") || message.contains("connect") => {
+            anyhow!("cannot reach flagstaffd at {endpoint}: {message}")
+        }
+        Code::Unavailable => anyhow!("flagstaffd at {endpoint} is unavailable: {message}"),
+        Code::Unauthenticated => {
+            anyhow!("not authenticated: {message} (check --token, FLAGSTAFF_TOKEN or --token-file)")
+        }
+        Code::PermissionDenied => anyhow!("not allowed: {message}"),
+        Code::Aborted => anyhow!(
+            "{message}: someone changed it meanwhile; re-run the command, or use `flagstaff flag edit` to merge by hand"
+        ),
+        Code::InvalidArgument => anyhow!("{message}"),
+        _ => anyhow!("{message}"),
+    }
+}
+
+/// Up to three of `candidates` closest to `key`, for "did you mean" hints.
+pub fn closest<'a>(key: &str, candidates: impl IntoIterator<Item = &'a str>) -> Vec<&'a str> {
+    let mut scored: Vec<(usize, &str)> = candidates
+        .into_iter()
+        .map(|c| (distance(key, c), c))
+        .filter(|(d, c)| *d <= key.len().max(c.len()) / 2 || c.contains(key) || key.contains(c))
+        .collect();
+    scored.sort();
+    scored.into_iter().take(3).map(|(_, c)| c).collect()
+}
+
+/// Levenshtein distance, by characters.
+fn distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut previous = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let current = row[j + 1];
+            row[j + 1] = if ca == *cb {
+                previous
+            } else {
+                1 + previous.min(row[j]).min(row[j + 1])
+            };
+            previous = current;
+        }
+    }
+    row[b.len()]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn closest_keys_are_the_near_ones() {
+        let keys = ["checkout-v2", "checkout-v3", "banner", "dark-mode"];
+        assert_eq!(closest("checkout-v1", keys), ["checkout-v2", "checkout-v3"]);
+        assert_eq!(closest("baner", keys), ["banner"]);
+        assert!(closest("zzzzzzzz", keys).is_empty());
+        assert_eq!(distance("kitten", "sitting"), 3);
+    }
+}

@@ -1,0 +1,92 @@
+//! A real flagstaffd on loopback for the CLI's tests, and the `flagstaff` binary pointed at it.
+
+#![allow(dead_code)] // Each test file uses part of it.
+
+use flagstaff_tests::{Options, TestServer};
+
+/// A server running on a runtime of its own, so tests run the CLI as a plain blocking process.
+pub struct Server {
+    pub server: TestServer,
+    /// A directory without `flagstaff-data/admin.token`, where commands run.
+    pub cwd: tempfile::TempDir,
+    runtime: tokio::runtime::Runtime,
+}
+
+impl Server {
+    pub fn start() -> Server {
+        Server::start_with(Options::default())
+    }
+
+    pub fn start_with(options: Options) -> Server {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("a runtime");
+        let server = runtime.block_on(TestServer::start_with(options));
+        Server {
+            server,
+            cwd: tempfile::tempdir().expect("a directory"),
+            runtime,
+        }
+    }
+
+    /// `flagstaff` with the server's endpoint and admin token, and nothing from the
+    /// environment of the test run.
+    pub fn cmd(&self) -> assert_cmd::Command {
+        let mut cmd = assert_cmd::Command::cargo_bin("flagstaff").expect("the binary");
+        cmd.current_dir(self.cwd.path())
+            .env_remove("FLAGSTAFF_ENV")
+            .env_remove("FLAGSTAFF_TOKEN")
+            .env("NO_COLOR", "1")
+            .env("FLAGSTAFF_ENDPOINT", self.server.endpoint())
+            .env("FLAGSTAFF_TOKEN", &self.server.admin_token);
+        cmd
+    }
+
+    /// `flagstaff --env production ARGS`, which must succeed; its stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self
+            .cmd()
+            .args(["--env", "production"])
+            .args(args)
+            .output()
+            .expect("runs");
+        assert!(
+            out.status.success(),
+            "flagstaff {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).expect("utf-8")
+    }
+
+    /// `flagstaff --env production ARGS`, which must fail with exit code 1; its stderr.
+    pub fn fails(&self, args: &[&str]) -> String {
+        let out = self
+            .cmd()
+            .args(["--env", "production"])
+            .args(args)
+            .output()
+            .expect("runs");
+        assert_eq!(
+            out.status.code(),
+            Some(1),
+            "flagstaff {args:?} should fail: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        String::from_utf8(out.stderr).expect("utf-8")
+    }
+
+    /// Runs `f` on the server's runtime (e.g. to drive an SDK client or an Admin call).
+    pub fn block_on<F: std::future::Future>(&self, f: F) -> F::Output {
+        self.runtime.block_on(f)
+    }
+}
+
+/// Snapshot settings replacing what changes from run to run (times) with placeholders:
+/// `redacted().bind(|| insta::assert_snapshot!(out, @"..."))`.
+pub fn redacted() -> insta::Settings {
+    let mut settings = insta::Settings::clone_current();
+    settings.add_filter(r"\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2} UTC", "[time]");
+    settings
+}
