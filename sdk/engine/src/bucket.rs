@@ -139,11 +139,48 @@ impl SaltedHasher {
         self.bucket_bytes(value.as_bytes())
     }
 
+    /// [`Murmur3::write`] and [`Murmur3::finish`] specialised for one write after the prefix:
+    /// the prefix's partial block is completed with one word load, the value's last 1–3 bytes
+    /// are gathered with three byte loads, and no byte-at-a-time loop runs.
     #[inline]
     fn bucket_bytes(&self, value: &[u8]) -> u32 {
-        let mut h = self.prefix;
-        h.write(value);
-        h.finish() % BUCKETS
+        let prefix = self.prefix;
+        let mut h = prefix.h;
+        let mut rest = value;
+        if prefix.pending_len > 0 {
+            let [a, b, c, d, ..] = *rest else {
+                // Shorter than a word: rare enough for the general path.
+                let mut general = prefix;
+                general.write(value);
+                return general.finish() % BUCKETS;
+            };
+            // The word's bytes beyond the 4 - pending_len the block needs shift out of it.
+            let word = u32::from_le_bytes([a, b, c, d]) << (8 * prefix.pending_len);
+            h = mix_block(h, (prefix.pending | word).to_le_bytes());
+            rest = &rest[4 - prefix.pending_len as usize..];
+        }
+        let mut blocks = rest.chunks_exact(4);
+        for block in &mut blocks {
+            h = mix_block(h, [block[0], block[1], block[2], block[3]]);
+        }
+        let tail = blocks.remainder();
+        let n = tail.len();
+        let pending = match n {
+            0 => 0,
+            // Byte 0, the middle byte and the last: every byte of a 1–3 byte tail.
+            _ => {
+                u32::from(tail[0])
+                    | u32::from(tail[n / 2]) << (8 * (n / 2))
+                    | u32::from(tail[n - 1]) << (8 * (n - 1))
+            }
+        };
+        let state = Murmur3 {
+            h,
+            pending,
+            pending_len: n as u32,
+            total_len: prefix.total_len.wrapping_add(value.len() as u32),
+        };
+        state.finish() % BUCKETS
     }
 
     /// The bucket of an attribute value, or `None` when it cannot be bucketed: an empty string,

@@ -36,6 +36,22 @@ fn incremental_writes_equal_one_write_at_every_split_point() {
     }
 }
 
+#[test]
+fn salted_hasher_equals_hashing_the_concatenation_for_every_length_pair() {
+    let data = "abcdefghijklmnopqrstuvwxyz0123456789ABCDEFGHIJ";
+    for salt_len in 0..12 {
+        for value_len in 1..28 {
+            let (salt, value) = (&data[..salt_len], &data[salt_len..salt_len + value_len]);
+            let expected = reference(format!("{salt}.{value}").as_bytes(), 0) % 100_000;
+            assert_eq!(
+                SaltedHasher::new(salt).bucket_str(value),
+                expected,
+                "salt {salt:?}, value {value:?}"
+            );
+        }
+    }
+}
+
 proptest! {
     #[test]
     fn matches_the_murmur3_crate(bytes in proptest::collection::vec(any::<u8>(), 0..300), seed in any::<u32>()) {
