@@ -63,24 +63,77 @@ struct InSet {
 /// Short lists are scanned (faster than hashing for a handful of values); long ones are hashed.
 #[derive(Debug)]
 enum StrSet {
+    /// Every value at most 8 bytes long, the usual case (country codes, plans, tiers): each is
+    /// compared as one word and a length.
+    Short(Box<[ShortStr]>),
     Small(Box<[Box<[u8]>]>),
     Large(FxHashSet<Box<[u8]>>),
+}
+
+/// A string of at most 8 bytes as its bytes zero-padded into a little-endian word, with its
+/// length: two strings are equal exactly when both are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct ShortStr {
+    word: u64,
+    len: u64,
+}
+
+impl ShortStr {
+    const MAX: usize = 8;
+
+    /// `None` when `s` is longer than [`ShortStr::MAX`]. Loads overlapping words or bytes rather
+    /// than copying, so that it compiles to a handful of instructions.
+    #[inline(always)]
+    fn new(s: &[u8]) -> Option<ShortStr> {
+        let n = s.len();
+        let word = match *s {
+            [] => 0,
+            [a, b, c, d, ref rest @ ..] => {
+                if rest.len() > Self::MAX - 4 {
+                    return None;
+                }
+                // The first four bytes and the last four, at their places; where they overlap
+                // they hold the same bytes.
+                let head = u32::from_le_bytes([a, b, c, d]);
+                let tail = &s[n - 4..];
+                let tail = u32::from_le_bytes([tail[0], tail[1], tail[2], tail[3]]);
+                u64::from(head) | u64::from(tail) << (8 * (n - 4))
+            }
+            // One to three bytes: the first, the middle and the last are all of them.
+            _ => {
+                u64::from(s[0])
+                    | u64::from(s[n / 2]) << (8 * (n / 2))
+                    | u64::from(s[n - 1]) << (8 * (n - 1))
+            }
+        };
+        Some(ShortStr {
+            word,
+            len: n as u64,
+        })
+    }
 }
 
 impl StrSet {
     const SCAN_LIMIT: usize = 8;
 
     fn new(items: Vec<Box<[u8]>>) -> StrSet {
-        if items.len() <= Self::SCAN_LIMIT {
-            StrSet::Small(items.into_boxed_slice())
-        } else {
-            StrSet::Large(items.into_iter().collect())
+        if items.len() > Self::SCAN_LIMIT {
+            return StrSet::Large(items.into_iter().collect());
+        }
+        match items.iter().map(|s| ShortStr::new(s)).collect() {
+            Some(short) => StrSet::Short(short),
+            None => StrSet::Small(items.into_boxed_slice()),
         }
     }
 
     #[inline(always)]
     fn contains(&self, s: &[u8]) -> bool {
         match self {
+            StrSet::Short(items) => match ShortStr::new(s) {
+                Some(s) => items.contains(&s),
+                // Longer than every value.
+                None => false,
+            },
             StrSet::Small(items) => {
                 for item in items.iter() {
                     if keys::eq_bytes(item, s) {
@@ -221,18 +274,40 @@ impl CompiledCondition {
 
     /// DESIGN.md section 2: a missing attribute is false whatever `negate` says; otherwise the
     /// op holds when it holds for the value or any element of a list, and `negate` inverts that.
+    ///
+    /// The commonest condition, `in` on a string attribute, is decided here inline; every other
+    /// op and value type goes out of line, so the rare operators do not weigh on the hot loop.
     #[inline(always)]
     pub(crate) fn matches(&self, ctx: &Context<'_>) -> bool {
+        if let Test::In(set) = &self.test {
+            return match ctx.select(&self.attribute) {
+                None => false,
+                Some(Raw::Str(s)) => set.strings.contains(s) != self.negate,
+                Some(value) => self.matches_value(value),
+            };
+        }
+        self.matches_other(ctx)
+    }
+
+    /// [`CompiledCondition::matches`] for every op but `in`.
+    #[inline(never)]
+    fn matches_other(&self, ctx: &Context<'_>) -> bool {
         match &self.test {
             Test::Exists => ctx.select(&self.attribute).is_some() != self.negate,
             Test::InSegment(segments) => segments.iter().any(|s| s.contains(ctx)) != self.negate,
             _ => match ctx.select(&self.attribute) {
                 None => false,
-                Some(Raw::List(items)) => {
-                    items.iter().any(|v| self.test(v.as_ref().into())) != self.negate
-                }
-                Some(value) => self.test(value) != self.negate,
+                Some(value) => self.matches_value(value),
             },
+        }
+    }
+
+    /// Whether the op holds for a present value, with `negate` applied.
+    #[inline(never)]
+    fn matches_value(&self, value: Raw<'_>) -> bool {
+        match value {
+            Raw::List(items) => items.iter().any(|v| self.test(v.as_ref().into())) != self.negate,
+            value => self.test(value) != self.negate,
         }
     }
 
@@ -289,5 +364,52 @@ fn instant(value: Raw<'_>) -> Option<i128> {
         Raw::Str(s) => std::str::from_utf8(s).ok().and_then(parse_rfc3339),
         Raw::Number(n) => millis_to_nanos(n),
         _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn short_strings_are_equal_exactly_when_their_bytes_are() {
+        let data = b"abcdefghij";
+        let mut all = Vec::new();
+        for n in 0..=ShortStr::MAX {
+            for start in 0..=data.len() - n {
+                all.push(&data[start..start + n]);
+            }
+            let mut zeros = vec![0u8; n];
+            all.push(Box::leak(zeros.clone().into_boxed_slice()));
+            if n > 0 {
+                zeros[n - 1] = b'a';
+                all.push(Box::leak(zeros.into_boxed_slice()));
+            }
+        }
+        for a in &all {
+            for b in &all {
+                assert_eq!(ShortStr::new(a) == ShortStr::new(b), a == b, "{a:?} {b:?}");
+            }
+        }
+        assert_eq!(ShortStr::new(b"123456789"), None);
+    }
+
+    #[test]
+    fn string_sets_of_every_kind_contain_exactly_their_members() {
+        let items = |list: &[&str]| list.iter().map(|s| Box::from(s.as_bytes())).collect();
+        let short = StrSet::new(items(&["NL", "DE", "", "abcdefgh"]));
+        let small = StrSet::new(items(&["NL", "a long string here"]));
+        let large = StrSet::new(items(&["a", "b", "c", "d", "e", "f", "g", "h", "NL"]));
+        assert!(matches!(short, StrSet::Short(_)));
+        assert!(matches!(small, StrSet::Small(_)));
+        assert!(matches!(large, StrSet::Large(_)));
+        for set in [&short, &small, &large] {
+            assert!(set.contains(b"NL"));
+            for absent in [&b"N"[..], b"NLX", b"nl", b"abcdefghi", b"a long string her"] {
+                assert!(!set.contains(absent), "{absent:?}");
+            }
+        }
+        assert!(short.contains(b"") && short.contains(b"abcdefgh") && !short.contains(b"abcdefg"));
+        assert!(small.contains(b"a long string here"));
     }
 }

@@ -193,12 +193,17 @@ impl CompiledFlag {
                 return off(Why::Prerequisite(failed));
             }
         }
-        for (index, rule) in self.rules.iter().enumerate() {
-            if rule.conditions.iter().all(|c| c.matches(ctx)) {
-                return self.serve(&rule.serve, Why::Rule(index as u32), ctx);
-            }
-        }
-        self.serve(&self.default, Why::Default, ctx)
+        // One call of `serve`, so that it is inlined.
+        let matched = self
+            .rules
+            .iter()
+            .enumerate()
+            .find(|(_, rule)| rule.matches(ctx));
+        let (serve, why) = match matched {
+            Some((index, rule)) => (&rule.serve, Why::Rule(index as u32)),
+            None => (&self.default, Why::Default),
+        };
+        self.serve(serve, why, ctx)
     }
 
     /// The index of the first prerequisite not satisfied, if any. Out of line: most flags

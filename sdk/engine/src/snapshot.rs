@@ -56,6 +56,23 @@ pub(crate) struct CompiledRule {
     pub(crate) serve: CompiledServe,
 }
 
+impl CompiledRule {
+    /// Whether every condition holds. Most rules have one condition, tested inline; longer
+    /// lists go out of line.
+    #[inline(always)]
+    pub(crate) fn matches(&self, ctx: &Context<'_>) -> bool {
+        match &*self.conditions {
+            [only] => only.matches(ctx),
+            conditions => all_match(conditions, ctx),
+        }
+    }
+}
+
+#[inline(never)]
+fn all_match(conditions: &[CompiledCondition], ctx: &Context<'_>) -> bool {
+    conditions.iter().all(|c| c.matches(ctx))
+}
+
 #[derive(Debug)]
 pub(crate) struct CompiledPrerequisite {
     pub(crate) flag: Arc<CompiledFlag>,
