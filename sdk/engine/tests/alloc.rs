@@ -10,6 +10,7 @@ use flagstaff_engine::{Context, Snapshot};
 thread_local! {
     /// Per thread, so the test harness's other threads cannot disturb the count.
     static ALLOCATIONS: Cell<usize> = const { Cell::new(0) };
+    static FREES: Cell<usize> = const { Cell::new(0) };
 }
 
 struct Counting;
@@ -22,12 +23,15 @@ unsafe impl GlobalAlloc for Counting {
     }
 
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        FREES.with(|c| c.set(c.get() + 1));
         // SAFETY: forwarded unchanged to the system allocator.
         unsafe { System.dealloc(ptr, layout) }
     }
 
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        // A new block for an old one: an allocation and a free.
         ALLOCATIONS.with(|c| c.set(c.get() + 1));
+        FREES.with(|c| c.set(c.get() + 1));
         // SAFETY: forwarded unchanged to the system allocator.
         unsafe { System.realloc(ptr, layout, new_size) }
     }
@@ -38,6 +42,10 @@ static GLOBAL: Counting = Counting;
 
 fn allocations() -> usize {
     ALLOCATIONS.with(Cell::get)
+}
+
+fn frees() -> usize {
+    FREES.with(Cell::get)
 }
 
 const DOC: &str = r#"
@@ -184,4 +192,37 @@ fn building_a_context_from_borrowed_strings_allocates_nothing() {
         allocated, 0,
         "building 100 contexts allocated {allocated} times"
     );
+}
+
+#[test]
+fn dropping_a_context_frees_everything_it_owns() {
+    let (allocated, freed) = (allocations(), frees());
+    for round in 0..4 {
+        let mut ctx = Context::new(format!("user-{round}"))
+            .with("country", "NL")
+            .with(String::from("owned-name"), "borrowed")
+            .with("owned-value", String::from("x"))
+            .with("list", vec!["a", "b"]);
+        // Replacing owned values, spilling past the inline attributes, cloning, making owned.
+        ctx.set("owned-value", "now borrowed");
+        ctx.set("list", 3);
+        if round % 2 == 0 {
+            ctx.set("fifth", String::from("y"));
+            ctx.remove("country");
+        }
+        let copy = ctx.clone();
+        let owned = copy.clone().into_owned();
+        assert_eq!(owned, ctx);
+        drop((ctx, copy, owned));
+    }
+    // Spilled, all borrowed.
+    let spilled = Context::new("k")
+        .with("a", "1")
+        .with("b", "2")
+        .with("c", "3")
+        .with("d", "4");
+    drop(spilled);
+    let allocated = allocations() - allocated;
+    assert!(allocated > 0);
+    assert_eq!(frees() - freed, allocated, "every allocation is freed");
 }
