@@ -87,7 +87,22 @@ impl Session {
     /// Runs a write, confirming it first when the environment is protected: the write is
     /// tried unconfirmed (unless --yes was given), and when the server says the environment
     /// is protected, a person at a terminal is asked; a script must pass --yes.
-    pub async fn write<T, F, Fut>(&mut self, what: &str, mut call: F) -> anyhow::Result<T>
+    pub async fn write<T, F, Fut>(&mut self, what: &str, call: F) -> anyhow::Result<T>
+    where
+        F: FnMut(Admin, bool) -> Fut,
+        Fut: std::future::Future<Output = Result<tonic::Response<T>, Status>>,
+    {
+        let env = self.env.clone().unwrap_or_default();
+        self.write_in(&env, what, call).await
+    }
+
+    /// [`write`](Self::write) to environment `env` rather than --env's.
+    pub async fn write_in<T, F, Fut>(
+        &mut self,
+        env: &str,
+        what: &str,
+        mut call: F,
+    ) -> anyhow::Result<T>
     where
         F: FnMut(Admin, bool) -> Fut,
         Fut: std::future::Future<Output = Result<tonic::Response<T>, Status>>,
@@ -97,7 +112,6 @@ impl Session {
             Err(status) if !self.yes && is_unconfirmed(&status) => {}
             Err(status) => return Err(self.error(status)),
         }
-        let env = self.env.clone().unwrap_or_default();
         if !confirm(&format!("{env} is a protected environment. {what}?"))? {
             bail!("not confirmed: nothing changed (pass --yes to confirm without asking)");
         }

@@ -293,6 +293,12 @@ fn condition_to_pb(condition: &Condition) -> pb::Condition {
     }
 }
 
+impl From<&Serve> for pb::Serve {
+    fn from(serve: &Serve) -> pb::Serve {
+        serve_to_pb(serve)
+    }
+}
+
 fn serve_to_pb(serve: &Serve) -> pb::Serve {
     let serve = match serve {
         Serve::Variant(variant) => pb::serve::Serve::Variant(variant.clone()),

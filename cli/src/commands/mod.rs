@@ -5,6 +5,7 @@ use crate::session::Session;
 
 pub mod env;
 pub mod eval;
+pub mod flag;
 
 /// Runs the command; returns what to print.
 pub async fn run(cli: Cli) -> anyhow::Result<String> {
@@ -17,6 +18,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<String> {
             match command {
                 Command::Env(command) => env::run(&mut session, command).await,
                 Command::Eval(args) => eval::online(&mut session, args).await,
+                Command::Flag(command) => flag::run(&mut session, command).await,
                 _ => anyhow::bail!("this command is not available yet"),
             }
         }

@@ -1,0 +1,1015 @@
+//! `flagstaff flag ...`: create, read, flip, roll out, edit and delete flags.
+
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context as _};
+use flagstaff_engine::{Flag, Format, Input, Kind, Serve, Split, Weight};
+use flagstaff_proto::pb;
+use serde_json::{json, Value};
+
+use crate::args::{FlagCommand, FlagCreateArgs, RolloutArgs, WriteOptions};
+use crate::output;
+use crate::session::{closest, Session};
+
+pub async fn run(session: &mut Session, command: &FlagCommand) -> anyhow::Result<String> {
+    match command {
+        FlagCommand::Create(args) => create(session, args).await,
+        FlagCommand::List { tag, search } => list(session, tag.as_deref(), search.as_deref()).await,
+        FlagCommand::Get { key } => get(session, key).await,
+        FlagCommand::On { key, write } => set_enabled(session, key, true, write).await,
+        FlagCommand::Off { key, write } => set_enabled(session, key, false, write).await,
+        FlagCommand::Serve {
+            key,
+            variant,
+            write,
+        } => {
+            let flag = fetch(session, key).await?.0;
+            if !flag.variants.0.iter().any(|(name, _)| name == variant) {
+                bail!(
+                    "flag {key} has no variant {variant:?}; its variants: {}",
+                    variant_names(&flag)
+                );
+            }
+            let serve = Serve::Variant(variant.clone());
+            set_default(session, &flag, serve, false, write).await
+        }
+        FlagCommand::Rollout(args) => rollout(session, args).await,
+        FlagCommand::Revert {
+            key,
+            to_version,
+            message,
+        } => {
+            let environment = session.env()?;
+            let (key, to_version) = (key.clone(), *to_version);
+            let comment = message.clone().unwrap_or_default();
+            let response = session
+                .write("Revert the flag", |mut admin, confirm_protected| {
+                    let request = pb::RevertFlagRequest {
+                        environment: environment.clone(),
+                        key: key.clone(),
+                        to_version,
+                        comment: comment.clone(),
+                        confirm_protected,
+                        ..Default::default()
+                    };
+                    async move { admin.revert_flag(request).await }
+                })
+                .await?;
+            Ok(format!(
+                "{key} restored as of version {to_version} in {environment} (revision {})\n",
+                response.revision
+            ))
+        }
+        FlagCommand::Delete { key } => {
+            let environment = session.env()?;
+            session.confirm_always(&format!("Delete flag {key} from {environment}?"))?;
+            let key = key.clone();
+            let result = session
+                .write("Delete the flag", |mut admin, confirm_protected| {
+                    let request = pb::DeleteFlagRequest {
+                        environment: environment.clone(),
+                        key: key.clone(),
+                        confirm_protected,
+                        ..Default::default()
+                    };
+                    async move { admin.delete_flag(request).await }
+                })
+                .await;
+            let response = match result {
+                Ok(response) => response,
+                Err(e) => return Err(suggest(session, &key, e).await),
+            };
+            Ok(format!(
+                "deleted {key} from {environment} (revision {})\n",
+                response.revision
+            ))
+        }
+        FlagCommand::Promote {
+            key,
+            from,
+            to,
+            message,
+        } => {
+            let (key, from, to) = (key.clone(), from.clone(), to.clone());
+            let comment = message.clone().unwrap_or_default();
+            let response = session
+                .write_in(&to, "Promote the flag", |mut admin, confirm_protected| {
+                    let request = pb::PromoteFlagRequest {
+                        environment: to.clone(),
+                        from_environment: from.clone(),
+                        key: key.clone(),
+                        comment: comment.clone(),
+                        confirm_protected,
+                        ..Default::default()
+                    };
+                    async move { admin.promote_flag(request).await }
+                })
+                .await?;
+            Ok(format!(
+                "{key} copied from {from} to {to} (revision {} of {to})\n",
+                response.revision
+            ))
+        }
+        FlagCommand::Apply { file, message } => {
+            apply(session, file, message.as_deref(), false).await
+        }
+        FlagCommand::Diff { file } => apply(session, file, None, true).await,
+        FlagCommand::Edit { key, message } => edit(session, key, message.as_deref()).await,
+    }
+}
+
+/// `flag create`: without variants, a boolean flag that is off and serves `off`.
+async fn create(session: &mut Session, args: &FlagCreateArgs) -> anyhow::Result<String> {
+    let environment = session.env()?;
+    let flag = new_flag(args)?;
+    let comment = args.message.clone().unwrap_or_default();
+    let document = pb::Flag::from(&flag);
+    let response = session
+        .write("Create the flag", |mut admin, confirm_protected| {
+            let request = pb::CreateFlagRequest {
+                environment: environment.clone(),
+                flag: Some(document.clone()),
+                comment: comment.clone(),
+                confirm_protected,
+            };
+            async move { admin.create_flag(request).await }
+        })
+        .await?;
+    Ok(format!(
+        "created {} in {environment}: {} flag, off, serving {} when on (revision {})\n",
+        flag.key,
+        flag.kind.as_str(),
+        serve_summary(&flag.default),
+        response.revision
+    ))
+}
+
+/// The flag `flag create` describes, validated as the server validates it.
+fn new_flag(args: &FlagCreateArgs) -> anyhow::Result<Flag> {
+    let kind = args.kind.map_or(Kind::Boolean, |k| match k {
+        crate::args::Kind::Boolean => Kind::Boolean,
+        crate::args::Kind::String => Kind::String,
+        crate::args::Kind::Number => Kind::Number,
+        crate::args::Kind::Json => Kind::Json,
+    });
+    let mut variants = serde_json::Map::new();
+    for variant in &args.variants {
+        let (name, raw) = variant
+            .split_once('=')
+            .ok_or_else(|| anyhow!("--variant {variant:?} must look like NAME=VALUE"))?;
+        let value = match kind {
+            Kind::String => Value::String(raw.to_owned()),
+            _ => serde_json::from_str(raw).map_err(|_| {
+                anyhow!("--variant {name}: {raw:?} is not a {} value", kind.as_str())
+            })?,
+        };
+        if variants.insert(name.to_owned(), value).is_some() {
+            bail!("--variant {name} is given twice");
+        }
+    }
+    if variants.is_empty() {
+        if kind != Kind::Boolean {
+            bail!(
+                "a {} flag needs its variants: --variant NAME=VALUE, once per variant",
+                kind.as_str()
+            );
+        }
+        variants.insert("on".into(), json!(true));
+        variants.insert("off".into(), json!(false));
+    }
+    // Off and served by default: the variant that is `false` for a boolean flag, else the
+    // first one listed. A new flag never turns a feature on.
+    let off = variants
+        .iter()
+        .find(|(_, v)| kind == Kind::Boolean && **v == json!(false))
+        .or_else(|| variants.iter().next())
+        .map(|(name, _)| name.clone())
+        .unwrap_or_default();
+    let mut document = json!({
+        "key": args.key,
+        "kind": kind.as_str(),
+        "variants": variants,
+        "off_variant": off,
+        "enabled": false,
+        "default": {"variant": off},
+        "tags": args.tags,
+        "temporary": args.temporary,
+    });
+    if let Some(description) = &args.description {
+        document["description"] = json!(description);
+    }
+    if let Some(owner) = &args.owner {
+        document["owner"] = json!(owner);
+    }
+    flagstaff_engine::flag_from_value(&document)
+        .map_err(|e| anyhow!("the flag would not be valid:\n{e}"))
+}
+
+async fn list(
+    session: &mut Session,
+    tag: Option<&str>,
+    search: Option<&str>,
+) -> anyhow::Result<String> {
+    let environment = session.env()?;
+    let mut entries = Vec::new();
+    let mut page_token = String::new();
+    loop {
+        let page = session
+            .admin
+            .list_flags(pb::ListFlagsRequest {
+                environment: environment.clone(),
+                tag: tag.unwrap_or_default().to_owned(),
+                text: search.unwrap_or_default().to_owned(),
+                page_size: 1000,
+                page_token,
+            })
+            .await
+            .map_err(|s| session.error(s))?
+            .into_inner();
+        entries.extend(page.flags);
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        page_token = page.next_page_token;
+    }
+    let flags: Vec<(Flag, pb::ChangeInfo)> = entries
+        .into_iter()
+        .map(|e| {
+            let flag = Flag::try_from(e.flag.unwrap_or_default())
+                .map_err(|e| anyhow!("the server sent an invalid flag: {e}"))?;
+            Ok((flag, e.last_change.unwrap_or_default()))
+        })
+        .collect::<anyhow::Result<_>>()?;
+    let document = Value::Array(
+        flags
+            .iter()
+            .map(|(flag, change)| {
+                json!({
+                    "key": flag.key,
+                    "kind": flag.kind.as_str(),
+                    "enabled": flag.enabled,
+                    "serves": serve_json(&flag.default),
+                    "rules": flag.rules.len(),
+                    "tags": flag.tags,
+                    "temporary": flag.temporary,
+                    "version": flag.version,
+                    "last_change": change_json(change),
+                })
+            })
+            .collect(),
+    );
+    if let Some(text) = output::structured(&document, session.output) {
+        return Ok(text);
+    }
+    let rows: Vec<Vec<String>> = flags
+        .iter()
+        .map(|(flag, change)| {
+            vec![
+                flag.key.clone(),
+                state(flag).to_owned(),
+                serve_summary(&flag.default),
+                flag.rules.len().to_string(),
+                flag.version.map_or("-".to_owned(), |v| v.to_string()),
+                output::timestamp(change.time_unix_ms),
+                change.actor.clone(),
+            ]
+        })
+        .collect();
+    Ok(output::table(
+        &[
+            "FLAG", "STATE", "DEFAULT", "RULES", "VERSION", "CHANGED", "BY",
+        ],
+        &rows,
+    ))
+}
+
+async fn get(session: &mut Session, key: &str) -> anyhow::Result<String> {
+    let (flag, change) = fetch(session, key).await?;
+    let document = json!({
+        "flag": flag,
+        "last_change": change_json(&change),
+    });
+    if let Some(text) = output::structured(&document, session.output) {
+        return Ok(text);
+    }
+    let by = if change.comment.is_empty() {
+        change.actor.clone()
+    } else {
+        format!("{}: {}", change.actor, change.comment)
+    };
+    Ok(format!(
+        "# {} is {}, default {}, {} rule(s); version {}, changed {} by {by}\n{}",
+        flag.key,
+        state(&flag),
+        serve_summary(&flag.default),
+        flag.rules.len(),
+        flag.version.unwrap_or(0),
+        output::timestamp(change.time_unix_ms),
+        flagstaff_engine::to_text(
+            &Flag {
+                version: None,
+                ..flag.clone()
+            },
+            Format::Yaml
+        )
+    ))
+}
+
+/// Reads flag `key`, with the closest keys in the error when there is no such flag.
+async fn fetch(session: &mut Session, key: &str) -> anyhow::Result<(Flag, pb::ChangeInfo)> {
+    let environment = session.env()?;
+    let response = session
+        .admin
+        .get_flag(pb::GetFlagRequest {
+            environment,
+            key: key.to_owned(),
+        })
+        .await;
+    let response = match response {
+        Ok(response) => response.into_inner(),
+        Err(status) => {
+            let error = session.error(status);
+            return Err(suggest(session, key, error).await);
+        }
+    };
+    let flag = Flag::try_from(response.flag.unwrap_or_default())
+        .map_err(|e| anyhow!("the server sent an invalid flag: {e}"))?;
+    Ok((flag, response.last_change.unwrap_or_default()))
+}
+
+/// `error`, with "did you mean" keys when it says flag `key` does not exist.
+async fn suggest(session: &mut Session, key: &str, error: anyhow::Error) -> anyhow::Error {
+    let text = error.to_string();
+    if !text.contains("not found") && !text.contains("no flag") {
+        return error;
+    }
+    let Ok(environment) = session.env() else {
+        return error;
+    };
+    let keys: Vec<String> = match session
+        .admin
+        .list_flags(pb::ListFlagsRequest {
+            environment,
+            page_size: 1000,
+            ..Default::default()
+        })
+        .await
+    {
+        Ok(page) => page
+            .into_inner()
+            .flags
+            .into_iter()
+            .filter_map(|e| e.flag.map(|f| f.key))
+            .collect(),
+        Err(_) => return error,
+    };
+    let near = closest(key, keys.iter().map(String::as_str));
+    if near.is_empty() {
+        error
+    } else {
+        anyhow!("{text}; did you mean {}?", near.join(", "))
+    }
+}
+
+async fn set_enabled(
+    session: &mut Session,
+    key: &str,
+    enabled: bool,
+    options: &WriteOptions,
+) -> anyhow::Result<String> {
+    let environment = session.env()?;
+    let comment = options.message.clone().unwrap_or_default();
+    let owned_key = key.to_owned();
+    let result = session
+        .write(
+            if enabled {
+                "Turn the flag on"
+            } else {
+                "Turn the flag off"
+            },
+            |mut admin, confirm_protected| {
+                let request = pb::SetFlagEnabledRequest {
+                    environment: environment.clone(),
+                    key: owned_key.clone(),
+                    enabled,
+                    comment: comment.clone(),
+                    confirm_protected,
+                    ..Default::default()
+                };
+                async move { admin.set_flag_enabled(request).await }
+            },
+        )
+        .await;
+    let response = match result {
+        Ok(response) => response,
+        Err(e) => return Err(suggest(session, key, e).await),
+    };
+    let said = format!(
+        "{key} is {} in {environment} (revision {})\n",
+        if enabled { "on" } else { "off" },
+        response.revision
+    );
+    wait(session, said, response.revision, options.wait).await
+}
+
+/// Writes `serve` as the default serve of `flag`, checked against the version read.
+async fn set_default(
+    session: &mut Session,
+    flag: &Flag,
+    serve: Serve,
+    force: bool,
+    options: &WriteOptions,
+) -> anyhow::Result<String> {
+    let environment = session.env()?;
+    let comment = options.message.clone().unwrap_or_default();
+    let key = flag.key.clone();
+    let expected_version = flag.version.unwrap_or(0);
+    let wire = pb::Serve::from(&serve);
+    let response = session
+        .write(
+            "Change what the flag serves",
+            |mut admin, confirm_protected| {
+                let request = pb::SetDefaultServeRequest {
+                    environment: environment.clone(),
+                    key: key.clone(),
+                    serve: Some(wire.clone()),
+                    force,
+                    expected_version,
+                    comment: comment.clone(),
+                    confirm_protected,
+                };
+                async move { admin.set_default_serve(request).await }
+            },
+        )
+        .await?;
+    let off = if flag.enabled {
+        ""
+    } else {
+        " (the flag is off: it serves its off variant until `flag on`)"
+    };
+    let said = format!(
+        "{key} serves {} by default in {environment} (revision {}){off}\n",
+        serve_summary(&serve),
+        response.revision
+    );
+    wait(session, said, response.revision, options.wait).await
+}
+
+/// `flag rollout KEY PERCENT`: the variant first in the default split, and only the boundary
+/// between it and the next variant moves, so raising the percentage only adds contexts.
+async fn rollout(session: &mut Session, args: &RolloutArgs) -> anyhow::Result<String> {
+    let weight = parse_percent(&args.percent)?;
+    let (flag, _) = fetch(session, &args.key).await?;
+    let serve = rollout_serve(
+        &flag,
+        args.variant.as_deref(),
+        args.bucket_by.as_deref(),
+        weight,
+    )?;
+    set_default(session, &flag, serve, args.force, &args.write).await
+}
+
+/// The default serve that gives `weight` (in 1/1000 %) to the rolled-out variant.
+fn rollout_serve(
+    flag: &Flag,
+    variant: Option<&str>,
+    bucket_by: Option<&str>,
+    weight: u32,
+) -> anyhow::Result<Serve> {
+    let target = variant.unwrap_or("on");
+    if !flag.variants.0.iter().any(|(name, _)| name == target) {
+        bail!(
+            "flag {} has no variant {target:?}{}; its variants: {}",
+            flag.key,
+            if variant.is_none() {
+                " (the default; name one with --variant)"
+            } else {
+                ""
+            },
+            variant_names(flag)
+        );
+    }
+    // Keep a split that already leads with the target: move its first boundary.
+    if let Serve::Split(split) = &flag.default {
+        if split.weights.first().map(|w| w.variant.as_str()) == Some(target)
+            && split.weights.len() >= 2
+        {
+            let mut split = split.clone();
+            if let Some(attr) = bucket_by {
+                split.bucket_by = attr.to_owned();
+            }
+            let movable = split.weights[0].weight + split.weights[1].weight;
+            if weight > movable {
+                bail!(
+                    "the split also serves {} to {}: {target} can have at most {} without moving them",
+                    split.weights[2..]
+                        .iter()
+                        .map(|w| w.variant.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    percent(100_000 - movable),
+                    percent(movable)
+                );
+            }
+            if weight == 100_000 {
+                return Ok(Serve::Variant(target.to_owned()));
+            }
+            if weight == 0 && split.weights.len() == 2 {
+                return Ok(Serve::Variant(split.weights[1].variant.clone()));
+            }
+            split.weights[0].weight = weight;
+            split.weights[1].weight = movable - weight;
+            return Ok(Serve::Split(split));
+        }
+    }
+    // Otherwise the baseline is what the default serves now (or, for a split, its first
+    // variant other than the target), else the off variant.
+    let baseline = match &flag.default {
+        Serve::Variant(v) if v != target => v.clone(),
+        Serve::Split(split) => split
+            .weights
+            .iter()
+            .map(|w| w.variant.clone())
+            .find(|v| v != target)
+            .unwrap_or_else(|| flag.off_variant.clone()),
+        _ => flag
+            .variants
+            .0
+            .iter()
+            .map(|(name, _)| name.clone())
+            .find(|name| name != target && *name == flag.off_variant)
+            .or_else(|| {
+                flag.variants
+                    .0
+                    .iter()
+                    .map(|(name, _)| name.clone())
+                    .find(|name| name != target)
+            })
+            .ok_or_else(|| anyhow!("flag {} has no variant besides {target}", flag.key))?,
+    };
+    Ok(match weight {
+        0 => Serve::Variant(baseline),
+        100_000 => Serve::Variant(target.to_owned()),
+        _ => Serve::Split(Split {
+            bucket_by: bucket_by
+                .map(str::to_owned)
+                .or_else(|| match &flag.default {
+                    Serve::Split(split) => Some(split.bucket_by.clone()),
+                    Serve::Variant(_) => None,
+                })
+                .unwrap_or_else(|| "key".to_owned()),
+            weights: vec![
+                Weight {
+                    variant: target.to_owned(),
+                    weight,
+                },
+                Weight {
+                    variant: baseline,
+                    weight: 100_000 - weight,
+                },
+            ],
+        }),
+    })
+}
+
+/// `12.5`, `12.5%` → 12500 (1/1000 of a percent); 0 to 100 in steps of 0.001.
+fn parse_percent(text: &str) -> anyhow::Result<u32> {
+    let number = text.trim().trim_end_matches('%').trim();
+    let invalid = || {
+        anyhow!("{text:?} is not a percentage from 0 to 100 in steps of 0.001 (e.g. 12.5 or 12.5%)")
+    };
+    let (whole, fraction) = number.split_once('.').unwrap_or((number, ""));
+    if whole.is_empty()
+        || fraction.len() > 3
+        || !whole.bytes().all(|b| b.is_ascii_digit())
+        || !fraction.bytes().all(|b| b.is_ascii_digit())
+    {
+        return Err(invalid());
+    }
+    let whole: u32 = whole.parse().map_err(|_| invalid())?;
+    let fraction: u32 = format!("{fraction:0<3}").parse().map_err(|_| invalid())?;
+    let weight = whole
+        .checked_mul(1000)
+        .and_then(|w| w.checked_add(fraction))
+        .ok_or_else(invalid)?;
+    if weight > 100_000 {
+        return Err(invalid());
+    }
+    Ok(weight)
+}
+
+/// 12500 → `12.5%`.
+fn percent(weight: u32) -> String {
+    let text = format!("{}.{:03}", weight / 1000, weight % 1000);
+    format!("{}%", text.trim_end_matches('0').trim_end_matches('.'))
+}
+
+fn state(flag: &Flag) -> &'static str {
+    if flag.enabled {
+        "on"
+    } else {
+        "off"
+    }
+}
+
+fn variant_names(flag: &Flag) -> String {
+    flag.variants
+        .0
+        .iter()
+        .map(|(name, _)| name.as_str())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// `on`, or `on 12.5% / off 87.5%`, or with another bucketing attribute `... by team`.
+fn serve_summary(serve: &Serve) -> String {
+    match serve {
+        Serve::Variant(v) => v.clone(),
+        Serve::Split(split) => {
+            let shares: Vec<String> = split
+                .weights
+                .iter()
+                .map(|w| format!("{} {}", w.variant, percent(w.weight)))
+                .collect();
+            let by = if split.bucket_by == "key" {
+                String::new()
+            } else {
+                format!(" by {}", split.bucket_by)
+            };
+            format!("{}{by}", shares.join(" / "))
+        }
+    }
+}
+
+fn serve_json(serve: &Serve) -> Value {
+    serde_json::to_value(serve).unwrap_or(Value::Null)
+}
+
+fn change_json(change: &pb::ChangeInfo) -> Value {
+    json!({
+        "revision": change.revision,
+        "time_unix_ms": change.time_unix_ms,
+        "actor": change.actor,
+        "comment": change.comment,
+    })
+}
+
+/// With `--wait`: `said`, then whether every connected SDK instance applied `revision`;
+/// a failure (exit 1) naming the instances that did not.
+pub async fn wait(
+    session: &mut Session,
+    said: String,
+    revision: u64,
+    wait: Option<Duration>,
+) -> anyhow::Result<String> {
+    let Some(timeout) = wait else {
+        return Ok(said);
+    };
+    let environment = session.env()?;
+    let response = session
+        .admin
+        .wait_for_revision(pb::WaitForRevisionRequest {
+            environment,
+            revision,
+            timeout_ms: u64::try_from(timeout.as_millis())
+                .unwrap_or(u64::MAX)
+                .max(1),
+        })
+        .await
+        .map_err(|s| session.error(s))?
+        .into_inner();
+    let summary = format!(
+        "applied by {}/{} instances in {} ms",
+        response.applied, response.connected, response.elapsed_ms
+    );
+    if response.complete && response.disconnected.is_empty() {
+        return Ok(format!("{said}{summary}\n"));
+    }
+    let mut report = format!("{said}{summary}");
+    if !response.complete {
+        report.push_str(&format!(
+            "\nnot applied after {} by {} connected instance(s):",
+            humantime(timeout),
+            response.pending.len()
+        ));
+        for i in &response.pending {
+            report.push_str(&format!("\n  {}", instance(i)));
+        }
+    }
+    if !response.disconnected.is_empty() {
+        report.push_str(&format!(
+            "\ndisconnected in the last 10 minutes without it (may still serve revision {} or older):",
+            revision.saturating_sub(1)
+        ));
+        for i in &response.disconnected {
+            report.push_str(&format!("\n  {}", instance(i)));
+        }
+    }
+    // The write itself succeeded: say so on stdout, and fail for the part that did not.
+    println!("{report}");
+    Err(anyhow!(
+        "revision {revision} has not reached every SDK instance"
+    ))
+}
+
+fn instance(i: &pb::ClientInstance) -> String {
+    let name = if i.application.is_empty() {
+        "(no application name)"
+    } else {
+        i.application.as_str()
+    };
+    format!(
+        "{name} on {} ({}): at revision {}",
+        if i.host.is_empty() { "?" } else { &i.host },
+        i.instance_id,
+        i.applied_revision
+    )
+}
+
+fn humantime(d: Duration) -> String {
+    if d.as_millis() < 1000 {
+        format!("{} ms", d.as_millis())
+    } else {
+        format!("{} s", d.as_secs_f64())
+    }
+}
+
+/// `flag apply -f FILE` (or with `dry_run`, `flag diff -f FILE`).
+async fn apply(
+    session: &mut Session,
+    file: &std::path::Path,
+    message: Option<&str>,
+    dry_run: bool,
+) -> anyhow::Result<String> {
+    let environment = session.env()?;
+    let text =
+        std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
+    let source = match flagstaff_engine::parse_input(&text)
+        .map_err(|e| anyhow!("{} is not valid:\n{e}", file.display()))?
+    {
+        Input::Document(document) => {
+            pb::apply_request::Source::Document(pb::Document::from(&document))
+        }
+        Input::Flag(flag) => pb::apply_request::Source::Documents(pb::DocumentSet {
+            flags: vec![pb::Flag::from(&flag)],
+            ..Default::default()
+        }),
+        Input::Segment(segment) => pb::apply_request::Source::Documents(pb::DocumentSet {
+            segments: vec![pb::Segment::from(&segment)],
+            ..Default::default()
+        }),
+    };
+    let comment = message.unwrap_or_default().to_owned();
+    let request = |confirm_protected: bool| pb::ApplyRequest {
+        environment: environment.clone(),
+        source: Some(source.clone()),
+        dry_run,
+        comment: comment.clone(),
+        confirm_protected,
+        ..Default::default()
+    };
+    let response = if dry_run {
+        session
+            .admin
+            .apply(request(false))
+            .await
+            .map_err(|s| session.error(s))?
+            .into_inner()
+    } else {
+        session
+            .write("Apply the file", |mut admin, confirm| {
+                let request = request(confirm);
+                async move { admin.apply(request).await }
+            })
+            .await?
+    };
+    let document = json!({
+        "changed": response.changed,
+        "revision": response.revision,
+        "changes": response.changes.iter().map(change_summary).collect::<Vec<_>>(),
+        "unchanged_flags": response.unchanged_flags,
+        "unchanged_segments": response.unchanged_segments,
+    });
+    if let Some(text) = output::structured(&document, session.output) {
+        return Ok(text);
+    }
+    if !response.changed {
+        return Ok(format!(
+            "no changes: {environment} already matches {}\n",
+            file.display()
+        ));
+    }
+    let mut out = String::new();
+    for change in &response.changes {
+        out.push_str(&diff(change));
+    }
+    if dry_run {
+        out.push_str(&format!(
+            "{} document(s) would change; nothing was written\n",
+            response.changes.len()
+        ));
+    } else {
+        out.push_str(&format!(
+            "applied {} change(s) to {environment} (revision {})\n",
+            response.changes.len(),
+            response.revision
+        ));
+    }
+    Ok(out)
+}
+
+fn change_summary(change: &pb::Change) -> Value {
+    match &change.document {
+        Some(pb::change::Document::Flag(f)) => json!({
+            "flag": f.key,
+            "action": action(f.before.is_some(), f.after.is_some()),
+        }),
+        Some(pb::change::Document::Segment(s)) => json!({
+            "segment": s.key,
+            "action": action(s.before.is_some(), s.after.is_some()),
+        }),
+        None => Value::Null,
+    }
+}
+
+fn action(before: bool, after: bool) -> &'static str {
+    match (before, after) {
+        (false, _) => "create",
+        (_, false) => "delete",
+        _ => "update",
+    }
+}
+
+/// A change as a unified diff of the documents' YAML, versions left out.
+fn diff(change: &pb::Change) -> String {
+    let yaml_flag = |f: &Option<pb::Flag>| -> String {
+        f.clone()
+            .and_then(|f| Flag::try_from(f).ok())
+            .map(|f| flagstaff_engine::to_text(&Flag { version: None, ..f }, Format::Yaml))
+            .unwrap_or_default()
+    };
+    let yaml_segment = |s: &Option<pb::SegmentSummary>| -> String {
+        s.as_ref()
+            .and_then(|s| s.segment.clone())
+            .and_then(|s| flagstaff_engine::Segment::try_from(s).ok())
+            .map(|s| {
+                flagstaff_engine::to_text(
+                    &flagstaff_engine::Segment { version: None, ..s },
+                    Format::Yaml,
+                )
+            })
+            .unwrap_or_default()
+    };
+    let (what, key, before, after) = match &change.document {
+        Some(pb::change::Document::Flag(f)) => {
+            ("flag", &f.key, yaml_flag(&f.before), yaml_flag(&f.after))
+        }
+        Some(pb::change::Document::Segment(s)) => (
+            "segment",
+            &s.key,
+            yaml_segment(&s.before),
+            yaml_segment(&s.after),
+        ),
+        None => return String::new(),
+    };
+    let label = |exists: bool| {
+        if exists {
+            format!("{what} {key}")
+        } else {
+            "/dev/null".to_owned()
+        }
+    };
+    similar::TextDiff::from_lines(&before, &after)
+        .unified_diff()
+        .context_radius(3)
+        .header(&label(!before.is_empty()), &label(!after.is_empty()))
+        .to_string()
+}
+
+/// `flag edit KEY`: the flag's YAML in $EDITOR, re-validated on save; reopened on error.
+async fn edit(session: &mut Session, key: &str, message: Option<&str>) -> anyhow::Result<String> {
+    let environment = session.env()?;
+    let (flag, _) = fetch(session, key).await?;
+    let version = flag.version.unwrap_or(0);
+    let original = flagstaff_engine::to_text(
+        &Flag {
+            version: None,
+            ..flag
+        },
+        Format::Yaml,
+    );
+    let dir = tempfile::tempdir().context("cannot create a temporary directory")?;
+    let path = dir.path().join(format!("{key}.yaml"));
+    let mut text = original.clone();
+    let edited = loop {
+        std::fs::write(&path, &text).with_context(|| format!("cannot write {}", path.display()))?;
+        run_editor(&path)?;
+        text = std::fs::read_to_string(&path)
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        if text == original {
+            return Ok(format!("no changes to {key}\n"));
+        }
+        match flagstaff_engine::flag_from_value(
+            &flagstaff_engine::parse_value(&text).map_err(|e| anyhow!("{e}"))?,
+        ) {
+            Ok(edited) if edited.key != key => {
+                problem(&format!(
+                    "the key must stay {key:?} (create a new flag to rename)"
+                ))?;
+            }
+            // Checked by the server against the environment (variants, segments,
+            // prerequisites), writing nothing.
+            Ok(edited) => match session
+                .admin
+                .apply(pb::ApplyRequest {
+                    environment: environment.clone(),
+                    source: Some(pb::apply_request::Source::Documents(pb::DocumentSet {
+                        flags: vec![pb::Flag::from(&edited)],
+                        ..Default::default()
+                    })),
+                    dry_run: true,
+                    ..Default::default()
+                })
+                .await
+            {
+                Ok(_) => break edited,
+                Err(status) if status.code() == tonic::Code::InvalidArgument => {
+                    problem(status.message())?;
+                }
+                Err(status) => return Err(session.error(status)),
+            },
+            Err(e) => problem(&e.to_string())?,
+        }
+    };
+    let comment = message.unwrap_or_default().to_owned();
+    let document = pb::Flag::from(&edited);
+    let response = session
+        .write("Save the flag", |mut admin, confirm_protected| {
+            let request = pb::UpdateFlagRequest {
+                environment: environment.clone(),
+                flag: Some(document.clone()),
+                expected_version: version,
+                comment: comment.clone(),
+                confirm_protected,
+            };
+            async move { admin.update_flag(request).await }
+        })
+        .await?;
+    Ok(format!(
+        "saved {key} in {environment} (revision {})\n",
+        response.revision
+    ))
+}
+
+/// Reports what is wrong with an edit; asks to reopen the editor (on a terminal) or fails.
+fn problem(message: &str) -> anyhow::Result<()> {
+    eprintln!("the flag is not valid:\n{message}");
+    if !std::io::IsTerminal::is_terminal(&std::io::stdin()) {
+        bail!("the edited flag is not valid; nothing was saved");
+    }
+    eprint!("reopen the editor? [Y/n] ");
+    let mut answer = String::new();
+    std::io::stdin().read_line(&mut answer)?;
+    if matches!(answer.trim(), "n" | "N" | "no") {
+        bail!("nothing was saved");
+    }
+    Ok(())
+}
+
+/// Runs $VISUAL or $EDITOR (default `vi`) on `path`, through the shell so it may hold options.
+fn run_editor(path: &std::path::Path) -> anyhow::Result<()> {
+    let editor = std::env::var("VISUAL")
+        .or_else(|_| std::env::var("EDITOR"))
+        .unwrap_or_else(|_| "vi".to_owned());
+    let status = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!("{editor} \"$1\""))
+        .arg("flagstaff-edit")
+        .arg(path)
+        .status()
+        .with_context(|| format!("cannot run the editor {editor:?}"))?;
+    if !status.success() {
+        bail!("the editor {editor:?} failed ({status}); nothing was saved");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentages() {
+        assert_eq!(parse_percent("12.5").unwrap(), 12_500);
+        assert_eq!(parse_percent("12.5%").unwrap(), 12_500);
+        assert_eq!(parse_percent("0.001").unwrap(), 1);
+        assert_eq!(parse_percent("100").unwrap(), 100_000);
+        assert_eq!(parse_percent("0").unwrap(), 0);
+        for bad in ["100.001", "-1", "12.0001", "abc", "", "%", "1e2", ".5"] {
+            assert!(parse_percent(bad).is_err(), "{bad}");
+        }
+        assert_eq!(percent(12_500), "12.5%");
+        assert_eq!(percent(100_000), "100%");
+        assert_eq!(percent(1), "0.001%");
+    }
+}
