@@ -5,8 +5,29 @@ use serde_json::Value;
 
 use crate::args::Output;
 
-/// Rows as aligned columns under a header.
+/// Rows as aligned columns under a header; on a terminal (and without `NO_COLOR`), the header
+/// is bold and on/off states are green/red.
 pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
+    render(header, rows, colour())
+}
+
+/// Whether to colour output: only on a terminal, and never with `NO_COLOR` set (no-color.org).
+fn colour() -> bool {
+    use std::io::IsTerminal;
+    std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
+}
+
+/// The ANSI style of a cell, if it has one.
+fn style(header: bool, cell: &str) -> Option<&'static str> {
+    match (header, cell) {
+        (true, _) => Some("\x1b[1m"),
+        (false, "on") => Some("\x1b[32m"),
+        (false, "off") => Some("\x1b[31m"),
+        _ => None,
+    }
+}
+
+fn render(header: &[&str], rows: &[Vec<String>], colour: bool) -> String {
     let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
     for row in rows {
         for (w, cell) in widths.iter_mut().zip(row) {
@@ -14,13 +35,20 @@ pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
         }
     }
     let mut out = String::new();
-    let mut line = |cells: &mut dyn Iterator<Item = &str>| {
+    let mut line = |is_header: bool, cells: &mut dyn Iterator<Item = &str>| {
         let mut text = String::new();
         for (i, cell) in cells.enumerate() {
             if i > 0 {
                 text.push_str("  ");
             }
-            text.push_str(cell);
+            match style(is_header, cell).filter(|_| colour) {
+                Some(code) => {
+                    text.push_str(code);
+                    text.push_str(cell);
+                    text.push_str("\x1b[0m");
+                }
+                None => text.push_str(cell),
+            }
             text.extend(std::iter::repeat_n(
                 ' ',
                 widths[i].saturating_sub(cell.chars().count()),
@@ -29,9 +57,9 @@ pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
         out.push_str(text.trim_end());
         out.push('\n');
     };
-    line(&mut header.iter().copied());
+    line(true, &mut header.iter().copied());
     for row in rows {
-        line(&mut row.iter().map(String::as_str));
+        line(false, &mut row.iter().map(String::as_str));
     }
     out
 }
@@ -56,4 +84,32 @@ pub fn timestamp(unix_ms: i64) -> String {
         .ok()
         .and_then(|t| t.format(&format).ok())
         .unwrap_or_else(|| unix_ms.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn columns_align_with_and_without_colour() {
+        let rows = vec![
+            vec!["checkout-v2".to_owned(), "on".to_owned(), "x".to_owned()],
+            vec!["b".to_owned(), "off".to_owned(), "y".to_owned()],
+        ];
+        assert_eq!(
+            render(&["FLAG", "STATE", "V"], &rows, false),
+            "FLAG         STATE  V\ncheckout-v2  on     x\nb            off    y\n"
+        );
+        let coloured = render(&["FLAG", "STATE", "V"], &rows, true);
+        assert_eq!(
+            coloured.lines().nth(1),
+            Some("checkout-v2  \x1b[32mon\x1b[0m     x")
+        );
+        let plain: String = coloured
+            .replace("\x1b[1m", "")
+            .replace("\x1b[32m", "")
+            .replace("\x1b[31m", "")
+            .replace("\x1b[0m", "");
+        assert_eq!(plain, render(&["FLAG", "STATE", "V"], &rows, false));
+    }
 }
