@@ -140,14 +140,64 @@ pub(crate) enum Why {
 
 /// Which variant a flag serves a context, before it is turned into a typed value.
 ///
-/// Kept to 16 bytes so it is returned in registers: a larger result went through the stack and
-/// cost a store-forwarding stall per evaluation.
+/// Two words, so that it is a pair of scalars, which is returned in registers: as three fields
+/// (16 bytes) it went through the stack, with a store and a load per field.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Resolution {
-    variant: u32,
-    why: Why,
-    /// `NO_BUCKET` unless a split decided.
-    bucket: u32,
+    /// The variant index in the low 32 bits; the bucket in the high 32, `NO_BUCKET` unless a
+    /// split decided.
+    served: u64,
+    /// The [`Why`], as [`Why::code`] gives it.
+    why: u64,
+}
+
+impl Resolution {
+    #[inline(always)]
+    fn new(variant: usize, why: Why, bucket: u32) -> Resolution {
+        Resolution {
+            served: u64::from(variant as u32) | u64::from(bucket) << 32,
+            why: why.code(),
+        }
+    }
+
+    #[inline(always)]
+    fn variant(self) -> usize {
+        self.served as u32 as usize
+    }
+
+    fn why(self) -> Why {
+        Why::from_code(self.why)
+    }
+
+    fn bucket(self) -> Option<u32> {
+        let bucket = (self.served >> 32) as u32;
+        (bucket != NO_BUCKET).then_some(bucket)
+    }
+}
+
+impl Why {
+    /// The kind in the low 32 bits, the index in the high 32.
+    #[inline(always)]
+    fn code(self) -> u64 {
+        match self {
+            Why::Off => 0,
+            Why::Default => 1,
+            Why::MissingBucket => 2,
+            Why::Rule(i) => 3 | u64::from(i) << 32,
+            Why::Prerequisite(i) => 4 | u64::from(i) << 32,
+        }
+    }
+
+    fn from_code(code: u64) -> Why {
+        let index = (code >> 32) as u32;
+        match code as u32 {
+            0 => Why::Off,
+            1 => Why::Default,
+            3 => Why::Rule(index),
+            4 => Why::Prerequisite(index),
+            _ => Why::MissingBucket,
+        }
+    }
 }
 
 const NO_BUCKET: u32 = u32::MAX;
@@ -158,18 +208,12 @@ impl CompiledFlag {
     /// rolled-out flags, the commonest flags, take this path.
     pub(crate) fn fixed_resolution(&self) -> Option<Resolution> {
         if !self.enabled {
-            return Some(Resolution {
-                variant: self.off_variant as u32,
-                why: Why::Off,
-                bucket: NO_BUCKET,
-            });
+            return Some(Resolution::new(self.off_variant, Why::Off, NO_BUCKET));
         }
         match (&*self.prerequisites, &*self.rules, &self.default) {
-            ([], [], CompiledServe::Variant(v)) => Some(Resolution {
-                variant: *v as u32,
-                why: Why::Default,
-                bucket: NO_BUCKET,
-            }),
+            ([], [], CompiledServe::Variant(v)) => {
+                Some(Resolution::new(*v, Why::Default, NO_BUCKET))
+            }
             _ => None,
         }
     }
@@ -183,11 +227,7 @@ impl CompiledFlag {
 
     /// [`CompiledFlag::resolve`] for a flag whose answer depends on the context.
     fn resolve_rules(&self, ctx: &Context<'_>) -> Resolution {
-        let off = |why| Resolution {
-            variant: self.off_variant as u32,
-            why,
-            bucket: NO_BUCKET,
-        };
+        let off = |why| Resolution::new(self.off_variant, why, NO_BUCKET);
         if !self.prerequisites.is_empty() {
             if let Some(failed) = self.failed_prerequisite(ctx) {
                 return off(Why::Prerequisite(failed));
@@ -210,7 +250,7 @@ impl CompiledFlag {
             .iter()
             .position(|prerequisite| {
                 // Validation bounds chains to 8 links, so this recursion is at most 8 deep.
-                let served = prerequisite.flag.resolve(ctx).variant as usize;
+                let served = prerequisite.flag.resolve(ctx).variant();
                 !prerequisite.allowed.get(served).copied().unwrap_or(false)
             })
             .map(|i| i as u32)
@@ -219,31 +259,19 @@ impl CompiledFlag {
     #[inline]
     fn serve(&self, serve: &CompiledServe, why: Why, ctx: &Context<'_>) -> Resolution {
         match serve {
-            CompiledServe::Variant(variant) => Resolution {
-                variant: *variant as u32,
-                why,
-                bucket: NO_BUCKET,
-            },
+            CompiledServe::Variant(variant) => Resolution::new(*variant, why, NO_BUCKET),
             CompiledServe::Split { bucket_by, ranges } => {
                 match ctx
                     .select(bucket_by)
                     .and_then(|v| self.hasher.bucket_raw(v))
                 {
-                    None => Resolution {
-                        variant: self.off_variant as u32,
-                        why: Why::MissingBucket,
-                        bucket: NO_BUCKET,
-                    },
+                    None => Resolution::new(self.off_variant, Why::MissingBucket, NO_BUCKET),
                     Some(bucket) => {
                         let variant = ranges
                             .iter()
                             .find(|(upper, _)| bucket < *upper)
                             .map_or(self.off_variant, |(_, v)| *v);
-                        Resolution {
-                            variant: variant as u32,
-                            why,
-                            bucket,
-                        }
+                        Resolution::new(variant, why, bucket)
                     }
                 }
             }
@@ -266,12 +294,6 @@ impl CompiledFlag {
                     .map_or("", |p| &p.flag.doc.key),
             },
         }
-    }
-}
-
-impl Resolution {
-    fn bucket(self) -> Option<u32> {
-        (self.bucket != NO_BUCKET).then_some(self.bucket)
     }
 }
 
@@ -384,10 +406,7 @@ impl Snapshot {
         };
         // Neither can fail: compilation resolves every variant reference to a valid index and
         // types every value by the flag's kind.
-        let variant = flag
-            .variants
-            .get(resolution.variant as usize)
-            .ok_or(mismatch)?;
+        let variant = flag.variants.get(resolution.variant()).ok_or(mismatch)?;
         let value = T::from_variant(&variant.value).ok_or(mismatch)?;
         Ok(Served {
             flag,
@@ -413,7 +432,7 @@ impl Snapshot {
             Ok(s) => Detail {
                 value: s.value,
                 variant: Some(&s.variant.key),
-                reason: s.flag.reason(s.resolution.why),
+                reason: s.flag.reason(s.resolution.why()),
                 version: s.flag.version,
                 bucket: s.resolution.bucket(),
             },
@@ -487,15 +506,40 @@ impl Snapshot {
             return caller_default(Value::Null, ErrorKind::FlagNotFound, None);
         };
         let resolution = flag.resolve(ctx);
-        let Some(variant) = flag.variants.get(resolution.variant as usize) else {
+        let Some(variant) = flag.variants.get(resolution.variant()) else {
             return caller_default(Value::Null, ErrorKind::TypeMismatch, flag.version);
         };
         Detail {
             value: variant.value.to_json(),
             variant: Some(&variant.key),
-            reason: flag.reason(resolution.why),
+            reason: flag.reason(resolution.why()),
             version: flag.version,
             bucket: resolution.bucket(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_resolution_gives_back_what_it_was_made_of() {
+        let whys = [
+            Why::Off,
+            Why::Default,
+            Why::MissingBucket,
+            Why::Rule(0),
+            Why::Rule(u32::MAX),
+            Why::Prerequisite(7),
+            Why::Prerequisite(u32::MAX),
+        ];
+        for why in whys {
+            for (variant, bucket) in [(0, NO_BUCKET), (3, 0), (u32::MAX as usize, 99_999)] {
+                let r = Resolution::new(variant, why, bucket);
+                assert_eq!((r.variant(), r.why()), (variant, why));
+                assert_eq!(r.bucket(), (bucket != NO_BUCKET).then_some(bucket));
+            }
         }
     }
 }
