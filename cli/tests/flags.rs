@@ -503,3 +503,34 @@ fn wait_reports_every_sdk_instance_and_fails_for_a_disconnected_one() {
         @"error: revision 3 has not reached every SDK instance"
     );
 }
+
+#[test]
+fn a_conflicting_change_is_refused_and_says_what_to_do() {
+    let s = production(false);
+    s.ok(&["flag", "create", "checkout-v2"]);
+    // Someone turns the flag on while it is open in the editor.
+    let binary = env!("CARGO_BIN_EXE_flagstaff");
+    let editor = format!(
+        "{binary} --env production flag on checkout-v2 >/dev/null; sed -i 's/^description: .*//; s/^key: checkout-v2/key: checkout-v2\\ndescription: edited/'"
+    );
+    let out = s
+        .cmd()
+        .env("EDITOR", editor)
+        .env_remove("VISUAL")
+        .args(["--env", "production", "flag", "edit", "checkout-v2"])
+        .output()
+        .expect("runs");
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.ends_with("someone changed it meanwhile; re-run the command, or use `flagstaff flag edit` to merge by hand\n"),
+        "{err}"
+    );
+    let flag = json(&s.ok(&["flag", "get", "checkout-v2", "-o", "json"]));
+    assert_eq!(flag["flag"]["enabled"], true, "the other change stands");
+    assert_eq!(
+        flag["flag"].get("description"),
+        None,
+        "the edit was not saved"
+    );
+}
