@@ -6,6 +6,9 @@ use crate::session::Session;
 pub mod env;
 pub mod eval;
 pub mod flag;
+pub mod history;
+pub mod io;
+pub mod segment;
 
 /// Runs the command; returns what to print.
 pub async fn run(cli: Cli) -> anyhow::Result<String> {
@@ -19,6 +22,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<String> {
                 Command::Env(command) => env::run(&mut session, command).await,
                 Command::Eval(args) => eval::online(&mut session, args).await,
                 Command::Flag(command) => flag::run(&mut session, command).await,
+                Command::Segment(command) => segment::run(&mut session, command).await,
+                Command::History(args) => history::history(&mut session, args).await,
+                Command::Watch => history::watch(&mut session).await,
+                Command::Clients => history::clients(&mut session).await,
+                Command::Export => io::export(&mut session).await,
+                Command::Import(args) => io::import(&mut session, args).await,
                 _ => anyhow::bail!("this command is not available yet"),
             }
         }

@@ -1,0 +1,549 @@
+//! `flagstaff history`, `watch` and `clients`: what changed, as it happens, and which SDK
+//! instances run which revision. Also how changes are described everywhere (import, apply,
+//! history).
+//!
+//! JSON fields of a history entry (`history -o json` lists them, `watch -o json` prints one
+//! per line): `revision`, `time` (as tables show it), `time_unix_ms`, `actor`, `operation`
+//! and `comment` (null for none) and `changes`, each change being
+//! `{type: flag|segment, key, action: created|updated|deleted, version_before,
+//! version_after, details: [text]}`, plus for segments `included_count`, `excluded_count`
+//! (after the change) and `keys: {add_included, remove_included, add_excluded,
+//! remove_excluded}`.
+
+use std::io::Write;
+
+use flagstaff_proto::pb;
+use serde_json::{json, Value};
+use tonic::Code;
+
+use crate::args::{HistoryArgs, Output};
+use crate::output;
+use crate::session::{closest, Session};
+
+/// The most entries one ListHistory page returns.
+const MAX_PAGE: u32 = 1000;
+
+/// How many changes an entry's row names before it only counts them.
+const CHANGES_SHOWN: usize = 3;
+
+/// `flagstaff history [KEY] [--limit N]`: newest first. KEY names a flag, or else a segment.
+pub async fn history(session: &mut Session, args: &HistoryArgs) -> anyhow::Result<String> {
+    let environment = session.env()?;
+    let entries = match &args.key {
+        Some(key) => {
+            let mut entries = list_history(session, &environment, key, "", args.limit).await?;
+            if entries.is_empty() {
+                entries = list_history(session, &environment, "", key, args.limit).await?;
+            }
+            if entries.is_empty() {
+                return Err(unknown_document(session, &environment, key).await);
+            }
+            entries
+        }
+        None => list_history(session, &environment, "", "", args.limit).await?,
+    };
+    let document = Value::Array(entries.iter().map(entry_json).collect());
+    if let Some(text) = output::structured(&document, session.output) {
+        return Ok(text);
+    }
+    if entries.is_empty() {
+        return Ok(format!("no changes in {environment} yet\n"));
+    }
+    // Servers that do not record operations leave the column out.
+    let operations = entries.iter().any(|e| !e.operation.is_empty());
+    let rows: Vec<Vec<String>> = entries
+        .iter()
+        .map(|e| {
+            let mut row = vec![
+                e.revision.to_string(),
+                output::timestamp(e.time_unix_ms),
+                e.actor.clone(),
+            ];
+            if operations {
+                row.push(e.operation.clone());
+            }
+            row.push(changes_summary(&e.changes));
+            row.push(e.comment.clone());
+            row
+        })
+        .collect();
+    let mut header = vec!["REVISION", "TIME", "ACTOR"];
+    if operations {
+        header.push("OPERATION");
+    }
+    header.extend(["CHANGES", "COMMENT"]);
+    Ok(output::table(&header, &rows))
+}
+
+/// Up to `limit` entries of the audit log, newest first, across pages.
+async fn list_history(
+    session: &mut Session,
+    environment: &str,
+    flag: &str,
+    segment: &str,
+    limit: u32,
+) -> anyhow::Result<Vec<pb::AuditEntry>> {
+    let mut entries = Vec::new();
+    let mut page_token = String::new();
+    while entries.len() < limit as usize {
+        let wanted = (limit as usize - entries.len()).min(MAX_PAGE as usize) as u32;
+        let page = session
+            .admin
+            .list_history(pb::ListHistoryRequest {
+                environment: environment.to_owned(),
+                flag: flag.to_owned(),
+                segment: segment.to_owned(),
+                page_size: wanted,
+                page_token,
+            })
+            .await
+            .map_err(|s| session.error(s))?
+            .into_inner();
+        entries.extend(page.entries);
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        page_token = page.next_page_token;
+    }
+    entries.truncate(limit as usize);
+    Ok(entries)
+}
+
+/// A key with no history: not a flag or segment that ever existed. Names the closest keys.
+async fn unknown_document(session: &mut Session, environment: &str, key: &str) -> anyhow::Error {
+    let mut keys: Vec<String> = Vec::new();
+    let mut page_token = String::new();
+    loop {
+        let Ok(page) = session
+            .admin
+            .list_flags(pb::ListFlagsRequest {
+                environment: environment.to_owned(),
+                page_size: MAX_PAGE,
+                page_token,
+                ..Default::default()
+            })
+            .await
+        else {
+            break;
+        };
+        let page = page.into_inner();
+        keys.extend(page.flags.into_iter().filter_map(|f| f.flag.map(|f| f.key)));
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        page_token = page.next_page_token;
+    }
+    if let Ok(segments) = segment_keys(session, environment).await {
+        keys.extend(segments);
+    }
+    let message =
+        format!("no flag or segment {key:?} in environment {environment:?} has any history");
+    anyhow::anyhow!("{message}{}", did_you_mean(key, &keys))
+}
+
+/// Every segment key of the environment, for "did you mean" hints.
+pub async fn segment_keys(session: &mut Session, environment: &str) -> anyhow::Result<Vec<String>> {
+    let mut keys = Vec::new();
+    let mut page_token = String::new();
+    loop {
+        let page = session
+            .admin
+            .list_segments(pb::ListSegmentsRequest {
+                environment: environment.to_owned(),
+                page_size: MAX_PAGE,
+                page_token,
+                ..Default::default()
+            })
+            .await
+            .map_err(|s| session.error(s))?
+            .into_inner();
+        keys.extend(
+            page.segments
+                .into_iter()
+                .filter_map(|e| e.segment.and_then(|s| s.segment).map(|s| s.key)),
+        );
+        if page.next_page_token.is_empty() {
+            return Ok(keys);
+        }
+        page_token = page.next_page_token;
+    }
+}
+
+/// ` (did you mean a or b?)`, or nothing when no key is close.
+pub fn did_you_mean(key: &str, candidates: &[String]) -> String {
+    let near = closest(key, candidates.iter().map(String::as_str));
+    match near.as_slice() {
+        [] => String::new(),
+        [one] => format!(" (did you mean {one}?)"),
+        [init @ .., last] => format!(" (did you mean {} or {last}?)", init.join(", ")),
+    }
+}
+
+/// `flagstaff watch`: prints each change as it is committed, until interrupted or until the
+/// server ends the stream. Lines go straight to stdout; nothing is left to print at the end.
+pub async fn watch(session: &mut Session) -> anyhow::Result<String> {
+    let environment = session.env()?;
+    // Start after the newest entry, so that nothing committed from here on is missed.
+    let mut after = list_history(session, &environment, "", "", 1)
+        .await?
+        .first()
+        .map_or(0, |e| e.revision);
+    eprintln!("watching {environment} after revision {after} (Ctrl-C to stop)");
+    let mut out = std::io::stdout().lock();
+    loop {
+        let mut stream = session
+            .admin
+            .watch_changes(pb::WatchChangesRequest {
+                environment: environment.clone(),
+                since_revision: after,
+            })
+            .await
+            .map_err(|s| session.error(s))?
+            .into_inner();
+        loop {
+            match stream.message().await {
+                Ok(Some(message)) => {
+                    let Some(entry) = message.entry else { continue };
+                    after = entry.revision;
+                    let line = watch_line(&entry, session.output);
+                    if out
+                        .write_all(line.as_bytes())
+                        .and_then(|()| out.flush())
+                        .is_err()
+                    {
+                        // The reader left (`flagstaff watch | head -1`).
+                        return Ok(String::new());
+                    }
+                }
+                Ok(None) => {
+                    eprintln!("the server ended the stream");
+                    return Ok(String::new());
+                }
+                // Fell behind: resume after the last entry printed.
+                Err(status) if status.code() == Code::ResourceExhausted => break,
+                Err(status) => return Err(session.error(status)),
+            }
+        }
+    }
+}
+
+/// One change as `watch` prints it: a line of text, a line of JSON, or a YAML document.
+fn watch_line(entry: &pb::AuditEntry, out: Output) -> String {
+    match out {
+        Output::Json => format!("{}\n", entry_json(entry)),
+        Output::Yaml => format!(
+            "---\n{}",
+            flagstaff_engine::to_text(&entry_json(entry), flagstaff_engine::Format::Yaml)
+        ),
+        Output::Table => {
+            let comment = if entry.comment.is_empty() {
+                String::new()
+            } else {
+                format!("  ({})", entry.comment)
+            };
+            let operation = if entry.operation.is_empty() {
+                String::new()
+            } else {
+                format!("{}  ", entry.operation)
+            };
+            format!(
+                "{}  revision {}  {}  {operation}{}{comment}\n",
+                output::timestamp(entry.time_unix_ms),
+                entry.revision,
+                entry.actor,
+                changes_summary(&entry.changes),
+            )
+        }
+    }
+}
+
+/// `flagstaff clients`: the environment's SDK instances and the revision each has applied.
+pub async fn clients(session: &mut Session) -> anyhow::Result<String> {
+    let environment = session.env()?;
+    let listed = session
+        .admin
+        .list_clients(pb::ListClientsRequest {
+            environment: environment.clone(),
+        })
+        .await
+        .map_err(|s| session.error(s))?
+        .into_inner();
+    let current = listed.revision;
+    let document = json!({
+        "environment": environment,
+        "revision": current,
+        "clients": listed.clients.iter().map(|c| json!({
+            "application": c.application,
+            "host": c.host,
+            "instance_id": c.instance_id,
+            "sdk_version": c.sdk_version,
+            "token": c.token,
+            "connected": c.connected,
+            "connected_since": (c.connected).then(|| output::timestamp(c.connected_unix_ms)),
+            "disconnected_since": (!c.connected).then(|| output::timestamp(c.disconnected_unix_ms)),
+            "applied_revision": c.applied_revision,
+            "up_to_date": c.applied_revision >= current,
+        })).collect::<Vec<_>>(),
+    });
+    if let Some(text) = output::structured(&document, session.output) {
+        return Ok(text);
+    }
+    if listed.clients.is_empty() {
+        return Ok(format!(
+            "no SDK instance of {environment} seen in the last 24 hours (revision {current})\n"
+        ));
+    }
+    let rows: Vec<Vec<String>> = listed
+        .clients
+        .iter()
+        .map(|c| {
+            vec![
+                c.application.clone(),
+                c.host.clone(),
+                c.instance_id.clone(),
+                c.sdk_version.clone(),
+                if c.connected {
+                    "connected".to_owned()
+                } else {
+                    format!(
+                        "disconnected since {}",
+                        output::timestamp(c.disconnected_unix_ms)
+                    )
+                },
+                applied(c.applied_revision, current),
+            ]
+        })
+        .collect();
+    let mut text = format!("{environment} is at revision {current}\n");
+    text.push_str(&output::table(
+        &[
+            "APPLICATION",
+            "HOST",
+            "INSTANCE",
+            "SDK",
+            "STATUS",
+            "REVISION",
+        ],
+        &rows,
+    ));
+    Ok(text)
+}
+
+/// The revision an instance applied, against the current one: `12 (current)`, `10 (2
+/// behind)`, `none`.
+fn applied(revision: u64, current: u64) -> String {
+    match revision {
+        0 if current > 0 => "none".to_owned(),
+        r if r >= current => format!("{r} (current)"),
+        r => format!("{r} ({} behind)", current - r),
+    }
+}
+
+/// An audit entry's JSON form (see the module's documentation).
+pub fn entry_json(entry: &pb::AuditEntry) -> Value {
+    json!({
+        "revision": entry.revision,
+        "time": output::timestamp(entry.time_unix_ms),
+        "time_unix_ms": entry.time_unix_ms,
+        "actor": entry.actor,
+        "operation": (!entry.operation.is_empty()).then_some(&entry.operation),
+        "comment": (!entry.comment.is_empty()).then_some(&entry.comment),
+        "changes": entry.changes.iter().map(change_json).collect::<Vec<_>>(),
+    })
+}
+
+/// One document's change as JSON (see the module's documentation).
+pub fn change_json(change: &pb::Change) -> Value {
+    match &change.document {
+        Some(pb::change::Document::Flag(f)) => json!({
+            "type": "flag",
+            "key": f.key,
+            "action": action(f.before.is_some(), f.after.is_some()),
+            "version_before": f.before.as_ref().and_then(|b| b.version),
+            "version_after": f.after.as_ref().and_then(|a| a.version),
+            "details": flag_details(f),
+        }),
+        Some(pb::change::Document::Segment(s)) => {
+            let keys = s.keys.clone().unwrap_or_default();
+            let after = s.after.as_ref();
+            json!({
+                "type": "segment",
+                "key": s.key,
+                "action": action(s.before.is_some(), s.after.is_some()),
+                "version_before": s.before.as_ref().and_then(|b| b.segment.as_ref()).and_then(|b| b.version),
+                "version_after": after.and_then(|a| a.segment.as_ref()).and_then(|a| a.version),
+                "details": segment_details(s),
+                "included_count": after.map_or(0, |a| a.included_count),
+                "excluded_count": after.map_or(0, |a| a.excluded_count),
+                "keys": {
+                    "add_included": keys.add_included,
+                    "remove_included": keys.remove_included,
+                    "add_excluded": keys.add_excluded,
+                    "remove_excluded": keys.remove_excluded,
+                },
+            })
+        }
+        None => json!({"type": "unknown"}),
+    }
+}
+
+fn action(before: bool, after: bool) -> &'static str {
+    match (before, after) {
+        (false, _) => "created",
+        (true, true) => "updated",
+        (true, false) => "deleted",
+    }
+}
+
+/// One document's change as text: `+ flag checkout-v2 created`, `~ segment beta updated: +2
+/// included`, `- flag banner deleted`.
+pub fn change_line(change: &pb::Change) -> String {
+    let (kind, key, before, after, details) = match &change.document {
+        Some(pb::change::Document::Flag(f)) => (
+            "flag",
+            &f.key,
+            f.before.is_some(),
+            f.after.is_some(),
+            flag_details(f),
+        ),
+        Some(pb::change::Document::Segment(s)) => (
+            "segment",
+            &s.key,
+            s.before.is_some(),
+            s.after.is_some(),
+            segment_details(s),
+        ),
+        None => return "? an unknown document changed".to_owned(),
+    };
+    let sign = match action(before, after) {
+        "created" => '+',
+        "deleted" => '-',
+        _ => '~',
+    };
+    let mut line = format!("{sign} {kind} {key} {}", action(before, after));
+    if !details.is_empty() {
+        line.push_str(": ");
+        line.push_str(&details.join(", "));
+    }
+    line
+}
+
+/// An entry's changes in a table cell: each one for a few, else counts.
+fn changes_summary(changes: &[pb::Change]) -> String {
+    if changes.len() <= CHANGES_SHOWN {
+        return changes
+            .iter()
+            .map(|c| change_line(c)[2..].to_owned())
+            .collect::<Vec<_>>()
+            .join("; ");
+    }
+    let count = |kind: &str| {
+        changes
+            .iter()
+            .filter(|c| {
+                matches!(
+                    (&c.document, kind),
+                    (Some(pb::change::Document::Flag(_)), "flag")
+                        | (Some(pb::change::Document::Segment(_)), "segment")
+                )
+            })
+            .count()
+    };
+    let plural = |n: usize, word: &str| format!("{n} {word}{}", if n == 1 { "" } else { "s" });
+    format!(
+        "{}, {} changed",
+        plural(count("flag"), "flag"),
+        plural(count("segment"), "segment")
+    )
+}
+
+/// What changed in a flag, for people: `turned on`, `default serve on 25%, off 75%`,
+/// `changed rules, tags`.
+fn flag_details(change: &pb::FlagChange) -> Vec<String> {
+    let (Some(before), Some(after)) = (&change.before, &change.after) else {
+        return Vec::new();
+    };
+    let mut details = Vec::new();
+    if before.enabled != after.enabled {
+        details.push(
+            if after.enabled {
+                "turned on"
+            } else {
+                "turned off"
+            }
+            .to_owned(),
+        );
+    }
+    if before.default != after.default {
+        details.push(format!(
+            "default serve {}",
+            serve_text(after.default.as_ref())
+        ));
+    }
+    let mut fields = Vec::new();
+    let mut differs = |name: &'static str, differ: bool| {
+        if differ {
+            fields.push(name);
+        }
+    };
+    differs("kind", before.kind != after.kind);
+    differs("variants", before.variants != after.variants);
+    differs("off variant", before.off_variant != after.off_variant);
+    differs("salt", before.salt != after.salt);
+    differs("prerequisites", before.prerequisites != after.prerequisites);
+    differs("rules", before.rules != after.rules);
+    differs("description", before.description != after.description);
+    differs("tags", before.tags != after.tags);
+    differs("owner", before.owner != after.owner);
+    differs("temporary", before.temporary != after.temporary);
+    if !fields.is_empty() {
+        details.push(format!("changed {}", fields.join(", ")));
+    }
+    details
+}
+
+/// A serve as text: `on`, or `on 25%, off 75%`.
+fn serve_text(serve: Option<&pb::Serve>) -> String {
+    match serve.and_then(|s| s.serve.as_ref()) {
+        Some(pb::serve::Serve::Variant(v)) => v.clone(),
+        Some(pb::serve::Serve::Split(split)) => split
+            .weights
+            .iter()
+            .map(|w| format!("{} {}%", w.variant, f64::from(w.weight) / 1000.0))
+            .collect::<Vec<_>>()
+            .join(", "),
+        None => "-".to_owned(),
+    }
+}
+
+/// What changed in a segment: `+2 included`, `-1 excluded`, `changed rules`.
+fn segment_details(change: &pb::SegmentChange) -> Vec<String> {
+    let mut details = Vec::new();
+    if let Some(keys) = &change.keys {
+        for (n, what) in [
+            (keys.add_included.len(), "+{} included"),
+            (keys.remove_included.len(), "-{} included"),
+            (keys.add_excluded.len(), "+{} excluded"),
+            (keys.remove_excluded.len(), "-{} excluded"),
+        ] {
+            if n > 0 {
+                details.push(what.replace("{}", &n.to_string()));
+            }
+        }
+    }
+    let before = change.before.as_ref().and_then(|b| b.segment.as_ref());
+    let after = change.after.as_ref().and_then(|a| a.segment.as_ref());
+    if let (Some(before), Some(after)) = (before, after) {
+        let mut fields = Vec::new();
+        if before.description != after.description {
+            fields.push("description");
+        }
+        if before.rules != after.rules {
+            fields.push("rules");
+        }
+        if !fields.is_empty() {
+            details.push(format!("changed {}", fields.join(", ")));
+        }
+    }
+    details
+}

@@ -1,0 +1,328 @@
+//! `flagstaff segment`, `import` and `export` against a real server.
+
+mod common;
+
+use common::{redacted, Server};
+use insta::assert_snapshot;
+use serde_json::Value;
+
+const EXAMPLE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/production.yaml");
+
+fn json(text: &str) -> Value {
+    serde_json::from_str(text).expect("JSON")
+}
+
+#[test]
+fn segments_are_created_changed_listed_shown_and_deleted() {
+    let s = Server::start();
+    s.ok(&["env", "create", "production"]);
+    assert_snapshot!(s.ok(&["segment", "list"]), @"no segments in production");
+    assert_snapshot!(
+        s.ok(&[
+            "segment", "create", "beta-users", "--description", "Early adopters",
+            "--include", "u1", "--include", "u2", "--exclude", "u9",
+        ]),
+        @"created segment beta-users (2 included, 1 excluded) at revision 1"
+    );
+    assert_snapshot!(
+        s.ok(&["segment", "add", "beta-users", "u3", "u1", "-m", "more testers"]),
+        @"added 1 key to the included keys of beta-users (1 was already there): 3 included, 1 excluded; revision 2"
+    );
+    assert_snapshot!(
+        s.ok(&["segment", "remove", "beta-users", "u9", "--excluded"]),
+        @"removed 1 key from the excluded keys of beta-users: 3 included, 0 excluded; revision 3"
+    );
+    assert_snapshot!(
+        s.ok(&["segment", "remove", "beta-users", "u9", "--excluded"]),
+        @"removed 0 keys from the excluded keys of beta-users (1 was not there): 3 included, 0 excluded; revision 3"
+    );
+    s.ok(&["segment", "create", "staff"]);
+    redacted().bind(|| {
+        assert_snapshot!(s.ok(&["segment", "list"]), @r"
+        SEGMENT     INCLUDED  EXCLUDED  RULES  VERSION  DESCRIPTION     CHANGED
+        beta-users  3         0         0      3        Early adopters  [time]
+        staff       0         0         0      4        -               [time]
+        ");
+        assert_snapshot!(s.ok(&["segment", "get", "beta-users"]), @r"
+        # segment beta-users in production: version 3, changed [time] by admin
+        key: beta-users
+        description: Early adopters
+        included:
+        - u1
+        - u2
+        - u3
+        excluded: []
+        rules: []
+        version: 3
+        ");
+    });
+    let listed = json(&s.ok(&["segment", "list", "-o", "json"]));
+    assert_eq!(listed[0]["key"], "beta-users");
+    assert_eq!(listed[0]["included_count"], 3);
+    assert_eq!(listed[0]["excluded_count"], 0);
+    assert_eq!(listed[0]["rule_count"], 0);
+    assert_eq!(listed[0]["version"], 3);
+    assert_eq!(listed[0]["changed_by"], "admin");
+    assert_eq!(listed[1]["description"], Value::Null);
+    let shown = json(&s.ok(&["segment", "get", "beta-users", "-o", "json"]));
+    assert_eq!(shown["included"], serde_json::json!(["u1", "u2", "u3"]));
+    assert_eq!(shown["version"], 3);
+
+    // Unknown segments: the closest keys are suggested.
+    assert_snapshot!(
+        s.fails(&["segment", "get", "beta-user"]),
+        @r#"error: no segment "beta-user" in environment "production" (did you mean beta-users?)"#
+    );
+    assert_snapshot!(
+        s.fails(&["segment", "add", "betta-users", "u4"]),
+        @r#"error: no segment "betta-users" in environment "production" (did you mean beta-users?)"#
+    );
+    assert_snapshot!(
+        s.fails(&["segment", "delete", "zzzz", "--yes"]),
+        @r#"error: no segment "zzzz" in environment "production""#
+    );
+    assert_snapshot!(
+        s.fails(&["segment", "create", "beta-users"]),
+        @r#"error: segment "beta-users" already exists in environment "production""#
+    );
+
+    // Deleting always asks.
+    assert_snapshot!(
+        s.fails(&["segment", "delete", "staff"]),
+        @"error: Delete segment staff? Not asked (no terminal): pass --yes to confirm"
+    );
+    assert_snapshot!(s.ok(&["segment", "delete", "staff", "--yes"]), @"deleted segment staff at revision 5");
+    assert_eq!(
+        json(&s.ok(&["segment", "list", "-o", "json"]))
+            .as_array()
+            .map(Vec::len),
+        Some(1)
+    );
+}
+
+#[test]
+fn segments_are_applied_from_files_and_environments_imported_and_exported() {
+    let s = Server::start();
+    s.ok(&["env", "create", "production"]);
+    let dir = tempfile::tempdir().expect("dir");
+    let file = dir.path().join("staff.yaml");
+    let path = file.to_str().expect("a UTF-8 path");
+    std::fs::write(
+        &file,
+        "key: staff\ndescription: Employees\nincluded: [a, b]\nexcluded: []\nrules:\n  - conditions: [{ attribute: email, op: ends_with, values: ['@example.com'] }]\n",
+    )
+    .expect("file");
+    assert_snapshot!(s.ok(&["segment", "apply", "-f", path]), @r"
+    + segment staff created: +2 included
+    production is at revision 1
+    ");
+    assert_snapshot!(s.ok(&["segment", "apply", "-f", path]), @r"
+    = 1 segment unchanged
+    nothing changed: production stays at revision 1
+    ");
+    std::fs::write(
+        &file,
+        "key: staff\ndescription: Employees\nincluded: [a, c]\nexcluded: []\nrules: []\n",
+    )
+    .expect("file");
+    assert_snapshot!(s.ok(&["segment", "apply", "-f", path]), @r"
+    ~ segment staff updated: +1 included, -1 included, changed rules
+    production is at revision 2
+    ");
+
+    // An export document: its segments only, in one revision.
+    assert_snapshot!(s.ok(&["segment", "apply", "-f", EXAMPLE]), @r"
+    + segment internal-staff created: +2 included, +1 excluded
+    production is at revision 3
+    ");
+    let flags = json(&s.ok(&["export", "-o", "json"]));
+    assert_eq!(flags["flags"], serde_json::json!([]));
+
+    // Every problem the server finds is printed; nothing is stored.
+    std::fs::write(
+        &file,
+        "environment: production\nsegments:\n- key: a\n  included: []\n  excluded: []\n  rules:\n  - conditions: [{ op: in_segment, values: [x] }]\n- key: b\n  included: []\n  excluded: []\n  rules:\n  - conditions: [{ attribute: v, op: semver_gt, values: ['notsemver'] }]\n",
+    )
+    .expect("file");
+    assert_snapshot!(s.fails(&["segment", "apply", "-f", path]), @r#"
+    error: segments[a].rules[0].conditions[0].op: in_segment is not allowed in a segment's rules; list the keys or copy the conditions
+    segments[b].rules[0].conditions[0].values[0]: "notsemver" is not a semantic version (strict semver 2.0, e.g. 1.2.3 or 2.0.0-beta.1)
+    "#);
+    // So is every problem found before sending.
+    std::fs::write(
+        &file,
+        "key: x\nincluded: a\nexcluded: []\nrules: []\nextra: 1\n",
+    )
+    .expect("file");
+    let err = s.fails(&["segment", "apply", "-f", path]);
+    assert!(
+        err.starts_with(&format!("error: {path} is not a valid document:\n")),
+        "{err}"
+    );
+    assert_eq!(err.lines().count(), 3, "{err}");
+    let err = s.fails(&["import", path]);
+    assert!(err.contains("is not a valid document"), "{err}");
+
+    // import: a dry run changes nothing, then one revision.
+    assert_snapshot!(s.ok(&["import", EXAMPLE, "--dry-run"]), @r"
+    + flag checkout-v2 created
+    + flag maintenance-mode created
+    + flag search-page-size created
+    + flag welcome-banner created
+    = 1 segment unchanged
+    dry run: production would be at revision 4; nothing changed
+    ");
+    assert_eq!(
+        json(&s.ok(&["export", "-o", "json"]))["flags"],
+        serde_json::json!([])
+    );
+    let imported = json(&s.ok(&["import", EXAMPLE, "-m", "initial", "-o", "json"]));
+    assert_eq!(imported["changed"], true);
+    assert_eq!(imported["dry_run"], false);
+    assert_eq!(imported["revision"], 4);
+    assert_eq!(imported["changes"][0]["type"], "flag");
+    assert_eq!(imported["changes"][0]["key"], "checkout-v2");
+    assert_eq!(imported["changes"][0]["action"], "created");
+    assert_eq!(
+        imported["unchanged_segments"],
+        serde_json::json!(["internal-staff"])
+    );
+    assert_snapshot!(s.ok(&["import", EXAMPLE]), @r"
+    = 4 flags and 1 segment unchanged
+    nothing changed: production stays at revision 4
+    ");
+    let missing = dir.path().join("missing.yaml");
+    let err = s.fails(&["import", missing.to_str().expect("path")]);
+    assert_snapshot!(
+        err.replace(dir.path().to_str().expect("path"), "[dir]"),
+        @"error: cannot read [dir]/missing.yaml: No such file or directory (os error 2)"
+    );
+
+    // A segment a flag uses cannot be deleted; the error names the flag.
+    assert_snapshot!(
+        s.fails(&["segment", "delete", "internal-staff", "--yes"]),
+        @r#"error: segment "internal-staff" is used by the rules of "checkout-v2"; remove it from them first"#
+    );
+
+    // export: YAML by default, which imports into another environment unchanged.
+    let exported = s.ok(&["export"]);
+    assert!(
+        exported.starts_with("environment: production\nflags:\n- key: checkout-v2\n"),
+        "{exported}"
+    );
+    let yaml = dir.path().join("export.yaml");
+    std::fs::write(&yaml, &exported).expect("file");
+    assert_eq!(exported, s.ok(&["export", "-o", "yaml"]));
+    s.ok(&["env", "create", "staging"]);
+    let out = s
+        .cmd()
+        .args(["--env", "staging", "import", yaml.to_str().expect("path")])
+        .output()
+        .expect("runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let staging = s
+        .cmd()
+        .args(["--env", "staging", "export"])
+        .output()
+        .expect("runs");
+    assert_eq!(
+        String::from_utf8_lossy(&staging.stdout),
+        exported.replace("environment: production", "environment: staging")
+    );
+
+    // Flag documents are for `flag apply`.
+    std::fs::write(&file, "key: f\nkind: boolean\nvariants: {\"on\": true, \"off\": false}\noff_variant: \"off\"\nenabled: true\ndefault: {variant: \"off\"}\n").expect("file");
+    assert_snapshot!(
+        s.fails(&["segment", "apply", "-f", path]).replace(path, "[file]"),
+        @"error: [file] is a flag document (f): use `flagstaff flag apply -f [file]`"
+    );
+}
+
+#[test]
+fn protected_environments_need_confirmation() {
+    let s = Server::start();
+    s.ok(&["env", "create", "production", "--protected"]);
+    assert_snapshot!(
+        s.fails(&["segment", "create", "beta", "--include", "u1"]),
+        @"error: production is a protected environment. Create segment beta? Not asked (no terminal): pass --yes to confirm"
+    );
+    assert_snapshot!(s.ok(&["segment", "list"]), @"no segments in production");
+    assert_snapshot!(
+        s.ok(&["segment", "create", "beta", "--include", "u1", "--yes"]),
+        @"created segment beta (1 included, 0 excluded) at revision 1"
+    );
+
+    assert_snapshot!(
+        s.fails(&["segment", "add", "beta", "u2"]),
+        @"error: production is a protected environment. Add 1 key(s) to the included keys of segment beta? Not asked (no terminal): pass --yes to confirm"
+    );
+    let shown = json(&s.ok(&["segment", "get", "beta", "-o", "json"]));
+    assert_eq!(shown["included"], serde_json::json!(["u1"]));
+    assert_eq!(shown["version"], 1);
+    assert_snapshot!(
+        s.ok(&["segment", "add", "beta", "u2", "--yes"]),
+        @"added 1 key to the included keys of beta: 2 included, 0 excluded; revision 2"
+    );
+
+    // An import is checked (a dry run needs no confirmation) before it asks.
+    assert_snapshot!(s.ok(&["import", EXAMPLE, "--dry-run"]).lines().last().unwrap_or_default(), @"dry run: production would be at revision 3; nothing changed");
+    let err = s.fails(&["import", EXAMPLE]);
+    assert!(
+        err.starts_with("error: production is a protected environment. Import "),
+        "{err}"
+    );
+    assert!(
+        err.ends_with("? Not asked (no terminal): pass --yes to confirm\n"),
+        "{err}"
+    );
+    assert_eq!(
+        json(&s.ok(&["export", "-o", "json"]))["flags"],
+        serde_json::json!([])
+    );
+    assert_snapshot!(s.ok(&["import", EXAMPLE, "--yes"]).lines().last().unwrap_or_default(), @"production is at revision 3");
+
+    // Deletion asks once, whether or not the environment is protected; --yes answers both.
+    assert!(s
+        .fails(&["segment", "delete", "beta"])
+        .contains("pass --yes"));
+    assert_snapshot!(s.ok(&["segment", "delete", "beta", "--yes"]), @"deleted segment beta at revision 4");
+}
+
+#[test]
+fn big_segments_are_listed_by_size_and_patched_by_key() {
+    let s = Server::start();
+    s.ok(&["env", "create", "production"]);
+    let dir = tempfile::tempdir().expect("dir");
+    let file = dir.path().join("big.json");
+    let keys: Vec<String> = (0..100_000).map(|i| format!("user-{i}")).collect();
+    let document = serde_json::json!({
+        "key": "everyone",
+        "included": keys,
+        "excluded": [],
+        "rules": [],
+    });
+    std::fs::write(&file, document.to_string()).expect("file");
+    assert_snapshot!(s.ok(&["segment", "apply", "-f", file.to_str().expect("path")]), @r"
+    + segment everyone created: +100000 included
+    production is at revision 1
+    ");
+    let listed = s.ok(&["segment", "list"]);
+    assert!(listed.len() < 200, "{listed}");
+    assert!(listed.contains("everyone  100000"), "{listed}");
+    let err = s.fails(&["segment", "add", "everyone", "one-too-many"]);
+    assert!(
+        err.starts_with("error: ") && err.contains("100000"),
+        "{err}"
+    );
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert_snapshot!(
+        s.ok(&["segment", "remove", "everyone", "user-7", "user-8"]),
+        @"removed 2 keys from the included keys of everyone: 99998 included, 0 excluded; revision 2"
+    );
+    let shown = json(&s.ok(&["segment", "get", "everyone", "-o", "json"]));
+    assert_eq!(shown["included"].as_array().map(Vec::len), Some(99_998));
+}
