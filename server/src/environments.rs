@@ -17,8 +17,10 @@ use flagstaff_engine::{ChangeSet, Document, Flag, KeyPatch, Segment, Snapshot};
 
 use crate::error::ServerError;
 use crate::feed::{Event, Feed, DEFAULT_FEED_CAPACITY};
+use crate::rollouts::{self, Clock, SystemClock};
 use crate::storage::{
-    now_ms, random_id, AuditChange, AuditEntry, Change, EnvironmentRecord, Store, StoreError,
+    now_ms, random_id, AuditChange, AuditEntry, Change, EnvironmentRecord, RolloutRecord, Store,
+    StoreError,
 };
 
 /// An environment's state as readers see it.
@@ -52,6 +54,9 @@ pub struct Environment {
     writer: Mutex<()>,
     /// Every committed revision, for Watch streams and audit tails.
     feed: Feed,
+    /// Each flag's most recent rollout plan, as stored. Changed only by a writer (holding
+    /// `writer`), after the store has it.
+    rollouts: Mutex<BTreeMap<String, RolloutRecord>>,
 }
 
 impl Environment {
@@ -69,6 +74,21 @@ impl Environment {
     /// The feed of revisions committed from now on.
     pub fn feed(&self) -> &Feed {
         &self.feed
+    }
+
+    /// Each flag's most recent rollout plan, by flag key.
+    pub fn rollouts(&self) -> BTreeMap<String, RolloutRecord> {
+        self.lock_rollouts().clone()
+    }
+
+    /// The most recent rollout plan of `flag`.
+    pub fn rollout(&self, flag: &str) -> Option<RolloutRecord> {
+        self.lock_rollouts().get(flag).cloned()
+    }
+
+    fn lock_rollouts(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, RolloutRecord>> {
+        // Records are replaced whole: a panicking holder left the map consistent.
+        self.rollouts.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 
@@ -134,6 +154,10 @@ pub struct Environments<S> {
     map: RwLock<HashMap<String, Arc<Environment>>>,
     /// How many recent revisions each environment's feed keeps in memory.
     feed_capacity: usize,
+    /// The time rollout plans go by (a manual clock in tests).
+    clock: Arc<dyn Clock>,
+    /// Woken whenever a rollout plan changes, so the scheduler looks again.
+    rollouts_changed: Arc<tokio::sync::Notify>,
 }
 
 impl<S: Store> Environments<S> {
@@ -145,6 +169,15 @@ impl<S: Store> Environments<S> {
     /// Like [`load`](Self::load), keeping the last `feed_capacity` revisions of each
     /// environment in memory for Watch streams.
     pub fn load_with(store: Arc<S>, feed_capacity: usize) -> Result<Environments<S>, ServerError> {
+        Environments::load_with_clock(store, feed_capacity, Arc::new(SystemClock))
+    }
+
+    /// Like [`load_with`](Self::load_with), with rollout plans going by `clock`.
+    pub fn load_with_clock(
+        store: Arc<S>,
+        feed_capacity: usize,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Environments<S>, ServerError> {
         let mut map = HashMap::new();
         for record in store.environments()? {
             let docs = store.documents(&record.key)?;
@@ -159,16 +192,31 @@ impl<S: Store> Environments<S> {
                     detail: e.to_string(),
                 })
             })?;
-            map.insert(
-                record.key.clone(),
-                Arc::new(Environment::new(&record, snapshot, feed_capacity)),
-            );
+            let env = Environment::new(&record, snapshot, feed_capacity);
+            *env.lock_rollouts() = store
+                .rollouts(&record.key)?
+                .into_iter()
+                .map(|plan| (plan.flag.clone(), plan))
+                .collect();
+            map.insert(record.key.clone(), Arc::new(env));
         }
         Ok(Environments {
             store,
             map: RwLock::new(map),
             feed_capacity,
+            clock,
+            rollouts_changed: Arc::new(tokio::sync::Notify::new()),
         })
+    }
+
+    /// The clock rollout plans go by.
+    pub fn clock(&self) -> &Arc<dyn Clock> {
+        &self.clock
+    }
+
+    /// Notified whenever a rollout plan changes.
+    pub fn rollouts_changed(&self) -> &Arc<tokio::sync::Notify> {
+        &self.rollouts_changed
     }
 
     /// The store behind these environments.
@@ -261,23 +309,73 @@ impl<S: Store> Environments<S> {
         ctx: WriteContext<'_>,
         build: impl FnOnce(&Snapshot) -> Result<ChangeSet, ServerError>,
     ) -> Result<Committed, ServerError> {
+        self.write_with_rollout(ctx, |current, _, _| Ok((build(current)?, None)))
+            .map(|(committed, _)| committed)
+    }
+
+    /// [`write`](Self::write), where `build` also sees the environment's rollout plans and
+    /// the revision the change will make, and may return a plan to store in the same
+    /// transaction as the change (a plan's step). A change by anyone else to a flag whose
+    /// plan is running pauses that plan, in the same transaction. A plan returned with no
+    /// change is stored on its own; one whose change turns out to change nothing is stored
+    /// with the version the flag has.
+    pub(crate) fn write_with_rollout(
+        &self,
+        ctx: WriteContext<'_>,
+        build: impl FnOnce(
+            &Snapshot,
+            &BTreeMap<String, RolloutRecord>,
+            u64,
+        ) -> Result<(ChangeSet, Option<RolloutRecord>), ServerError>,
+    ) -> Result<(Committed, Option<RolloutRecord>), ServerError> {
         let env = self.get(ctx.environment)?;
         if env.protected && !ctx.confirmed {
             return Err(unconfirmed(&env.key));
         }
         let _writing = env.lock_writer();
         let current = env.current();
-        let Some(staged) = stage(&current, build)? else {
-            return Ok(Committed::nothing(current.revision));
+        let plans = env.rollouts();
+        let mut plan = None;
+        let mut changing = false;
+        let staged = stage(&current, |snapshot| {
+            let (changes, p) = build(snapshot, &plans, current.revision + 1)?;
+            plan = p;
+            changing = !changes.is_empty();
+            Ok(changes)
+        })?;
+        let Some(staged) = staged else {
+            if let Some(plan) = &mut plan {
+                if changing {
+                    plan.flag_version = current
+                        .snapshot
+                        .flag(&plan.flag)
+                        .and_then(|f| f.version)
+                        .unwrap_or(0);
+                }
+                self.store.put_rollout(&env.key, plan)?;
+                env.lock_rollouts().insert(plan.flag.clone(), plan.clone());
+                self.rollouts_changed.notify_one();
+            }
+            return Ok((Committed::nothing(current.revision), plan));
         };
         let revision = staged.revision;
+        let time_ms = now_ms();
         let audit = AuditEntry {
             revision,
-            time_ms: now_ms(),
+            time_ms,
             actor: ctx.actor.to_owned(),
             comment: ctx.comment.to_owned(),
             changes: staged.audit,
         };
+        let mut plan_writes: Vec<RolloutRecord> = plan.iter().cloned().collect();
+        plan_writes.extend(rollouts::paused_by_edit(
+            &plans,
+            &staged.changes,
+            plan.as_ref().map(|p| p.flag.as_str()),
+            ctx.actor,
+            revision,
+            self.clock.now_ms(),
+        ));
         let (segments, segment_patches, patched) =
             as_patches(&current.snapshot, staged.changes.segments);
         let change = Change {
@@ -288,12 +386,26 @@ impl<S: Store> Environments<S> {
             deleted_segments: staged.changes.deleted_segments,
             segment_patches,
         };
-        self.store
-            .commit(&env.key, current.revision, &change, &patched, &audit)?;
+        self.store.commit(
+            &env.key,
+            current.revision,
+            &change,
+            &patched,
+            &audit,
+            &plan_writes,
+        )?;
         env.current.store(Arc::new(Current {
             revision,
             snapshot: Arc::new(staged.next),
         }));
+        if !plan_writes.is_empty() {
+            let mut stored = env.lock_rollouts();
+            for p in &plan_writes {
+                stored.insert(p.flag.clone(), p.clone());
+            }
+            drop(stored);
+            self.rollouts_changed.notify_one();
+        }
         // Relaxed: the count orders nothing else; a scrape racing this write may see either.
         env.writes.fetch_add(1, Ordering::Relaxed);
         let committed = Committed {
@@ -303,7 +415,28 @@ impl<S: Store> Environments<S> {
             changes: audit.changes.clone(),
         };
         env.feed.publish(Event::new(change, audit));
-        Ok(committed)
+        Ok((committed, plan))
+    }
+
+    /// Stores a change of `flag`'s rollout plan that writes no flag (a pause, a resume), under
+    /// the environment's writer lock: `update` gets the current snapshot and plan.
+    pub(crate) fn update_rollout(
+        &self,
+        ctx: WriteContext<'_>,
+        flag: &str,
+        update: impl FnOnce(&Snapshot, Option<&RolloutRecord>) -> Result<RolloutRecord, ServerError>,
+    ) -> Result<RolloutRecord, ServerError> {
+        let env = self.get(ctx.environment)?;
+        if env.protected && !ctx.confirmed {
+            return Err(unconfirmed(&env.key));
+        }
+        let _writing = env.lock_writer();
+        let current = env.current();
+        let plan = update(&current.snapshot, env.rollout(flag).as_ref())?;
+        self.store.put_rollout(&env.key, &plan)?;
+        env.lock_rollouts().insert(plan.flag.clone(), plan.clone());
+        self.rollouts_changed.notify_one();
+        Ok(plan)
     }
 
     /// Runs everything [`write`](Self::write) does except the commit: builds the change,
@@ -395,6 +528,7 @@ impl Environment {
             writes: AtomicU64::new(0),
             writer: Mutex::new(()),
             feed: Feed::new(record.revision, feed_capacity),
+            rollouts: Mutex::new(BTreeMap::new()),
         }
     }
 

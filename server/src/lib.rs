@@ -15,6 +15,7 @@ pub mod feed;
 mod health;
 mod metrics;
 mod operations;
+pub mod rollouts;
 pub mod service;
 pub mod storage;
 mod tls;
@@ -64,6 +65,8 @@ pub struct Config {
     /// Recent revisions each environment keeps in memory for Watch streams; a stream that
     /// falls further behind is sent a fresh snapshot.
     pub feed_capacity: usize,
+    /// The time rollout plans go by: the system clock, or a manual one in tests.
+    pub clock: Arc<dyn rollouts::Clock>,
 }
 
 impl Config {
@@ -74,6 +77,7 @@ impl Config {
             retention: DEFAULT_RETENTION,
             heartbeat: DEFAULT_HEARTBEAT,
             feed_capacity: DEFAULT_FEED_CAPACITY,
+            clock: Arc::new(rollouts::SystemClock),
         }
     }
 }
@@ -111,9 +115,10 @@ impl Server {
             ))
         })?;
         let store = Arc::new(SledStore::open(&config.data_dir, config.retention)?);
-        let envs = Arc::new(Environments::load_with(
+        let envs = Arc::new(Environments::load_with_clock(
             store.clone(),
             config.feed_capacity,
+            config.clock.clone(),
         )?);
         let tokens = Arc::new(Tokens::load(store)?);
         if tokens.is_empty() {
@@ -218,6 +223,12 @@ impl Server {
             ))
         });
 
+        // Rollout plans advance while the server serves.
+        let scheduler = tokio::spawn(rollouts::schedule(
+            self.envs.clone(),
+            health::stopped(stopping.clone()),
+        ));
+
         let served = builder
             .layer(CountRequestsLayer::new(self.requests.clone()))
             .add_service(admin)
@@ -240,6 +251,9 @@ impl Server {
             .await;
         // Also when serving failed before the shutdown signal.
         stop.send_replace(true);
+        if let Err(e) = scheduler.await {
+            tracing::error!(error = %e, "the rollout scheduler failed");
+        }
         if let Some(metrics) = metrics {
             if let Err(e) = metrics.await {
                 tracing::error!(error = %e, "the metrics endpoint failed");

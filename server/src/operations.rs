@@ -12,7 +12,7 @@ use crate::storage::{AuditChange, Store};
 /// The flag `key`, which must exist and, when a version is expected, be at that version. A
 /// flag that does not exist has no version, so an expectation for it is a conflict, not
 /// "not found".
-fn existing_flag<'a>(
+pub(crate) fn existing_flag<'a>(
     snapshot: &'a Snapshot,
     key: &str,
     environment: &str,
@@ -71,7 +71,7 @@ fn reshuffle(old: &Split, new: &Split) -> Option<String> {
     })
 }
 
-fn flags_only(flags: Vec<Flag>) -> ChangeSet {
+pub(crate) fn flags_only(flags: Vec<Flag>) -> ChangeSet {
     ChangeSet {
         flags,
         ..ChangeSet::default()

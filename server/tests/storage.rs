@@ -57,6 +57,7 @@ fn set_flag(
         &change,
         &[],
         &audit(revision, vec![AuditChange::flag(key, None, Some(&f))]),
+        &[],
     )
 }
 
@@ -198,7 +199,9 @@ fn a_segment_of_100000_keys_round_trips() {
             ..Change::default()
         };
         let entry = audit(1, vec![AuditChange::segment("big", None, Some(&segment))]);
-        store.commit("e", 0, &change, &[], &entry).expect("commit");
+        store
+            .commit("e", 0, &change, &[], &entry, &[])
+            .expect("commit");
         // The audit entry lists the keys added instead of a second copy of the segment.
         let history = store.history("e", None, None, 1).expect("history");
         let AuditChange::Segment {
@@ -229,7 +232,7 @@ fn a_segment_of_100000_keys_round_trips() {
         };
         let entry = audit(2, vec![]);
         store
-            .commit("e", 1, &change, std::slice::from_ref(&segment), &entry)
+            .commit("e", 1, &change, std::slice::from_ref(&segment), &entry, &[])
             .expect("commit");
         let logged = store.changes_since("e", 1).expect("log").expect("kept");
         assert_eq!(logged.len(), 1);

@@ -59,6 +59,9 @@ pub struct Options {
     /// Listen on this address instead of a fresh loopback port (a restart on the same
     /// address, for clients that reconnect).
     pub listen: Option<SocketAddr>,
+    /// The clock rollout plans go by, instead of the system's (a
+    /// [`ManualClock`](flagstaff_server::rollouts::ManualClock) runs plans in milliseconds).
+    pub clock: Option<Arc<dyn flagstaff_server::rollouts::Clock>>,
 }
 
 /// A PEM certificate and its key, for a server on loopback: the certificate must name
@@ -117,6 +120,7 @@ impl TestServer {
             heartbeat: options.heartbeat.unwrap_or(defaults.heartbeat),
             feed_capacity: options.feed_capacity.unwrap_or(defaults.feed_capacity),
             retention: options.retention.unwrap_or(defaults.retention),
+            clock: options.clock.clone().unwrap_or(defaults.clock.clone()),
             ..defaults
         };
         let server = Server::open(&config).expect("server opens");

@@ -23,7 +23,8 @@ use crate::clients::{Clients, Instance};
 use crate::environments::{unconfirmed, Committed, Environments, WriteContext};
 use crate::error::ServerError;
 use crate::operations::ApplyOptions;
-use crate::storage::{AuditChange, Role, Store, TokenRecord};
+use crate::rollouts::StartPlan;
+use crate::storage::{AuditChange, Role, RolloutStage, Store, TokenRecord};
 
 /// The Admin service over the environments and tokens of one store.
 #[derive(Debug)]
@@ -1025,14 +1026,51 @@ impl<S: Store> pb::admin_server::Admin for AdminService<S> {
         }
     }
 
-    // ---- Rollout plans: served once staged rollouts exist ----
+    // ---- Rollout plans ----
 
     async fn start_rollout(
         &self,
         request: Request<pb::StartRolloutRequest>,
     ) -> Result<Response<pb::StartRolloutResponse>, Status> {
-        self.allow(&request, Access::Write(&request.get_ref().environment))?;
-        Err(rollouts_pending("StartRollout"))
+        let token = self.allow(&request, Access::Write(&request.get_ref().environment))?;
+        let req = request.into_inner();
+        wire::required_str(&req.flag, "flag")?;
+        wire::required_str(&req.target_variant, "target_variant")?;
+        if req.guard.is_some() {
+            return Err(Status::unimplemented(
+                "guarded rollouts arrive with SDK metrics; start the plan without a guard",
+            ));
+        }
+        let plan = StartPlan {
+            flag: req.flag.clone(),
+            rule_id: req.rule_id.filter(|r| !r.is_empty()),
+            target: req.target_variant,
+            baseline: req.baseline_variant.filter(|b| !b.is_empty()),
+            bucket_by: req.bucket_by.filter(|b| !b.is_empty()),
+            stages: req
+                .stages
+                .iter()
+                .map(|s| RolloutStage {
+                    percent: s.percent,
+                    hold_ms: s.hold_ms,
+                })
+                .collect(),
+            force: req.force,
+            expected_version: wire::expected(req.expected_version),
+        };
+        let writer = Writer::new(&token, req.environment, req.comment, req.confirm_protected);
+        let envs = self.envs.clone();
+        let (revision, flag, plan) = blocking(move || {
+            let step = envs.start_rollout(writer.ctx(), &plan)?;
+            let flag = written_flag(&envs, &writer.environment, &plan.flag, &step.committed)?;
+            Ok((step.committed.revision, flag, step.plan))
+        })
+        .await?;
+        Ok(Response::new(pb::StartRolloutResponse {
+            revision,
+            flag: Some(flag),
+            plan: Some(wire::rollout(&plan)),
+        }))
     }
 
     async fn get_rollout(
@@ -1040,7 +1078,18 @@ impl<S: Store> pb::admin_server::Admin for AdminService<S> {
         request: Request<pb::GetRolloutRequest>,
     ) -> Result<Response<pb::GetRolloutResponse>, Status> {
         self.allow(&request, Access::Read(&request.get_ref().environment))?;
-        Err(rollouts_pending("GetRollout"))
+        let req = request.into_inner();
+        wire::required_str(&req.flag, "flag")?;
+        let env = self.envs.get(&req.environment)?;
+        let plan = env.rollout(&req.flag).ok_or_else(|| {
+            ServerError::NotFound(format!(
+                "flag {:?} has no rollout plan in environment {:?}",
+                req.flag, req.environment
+            ))
+        })?;
+        Ok(Response::new(pb::GetRolloutResponse {
+            plan: Some(wire::rollout(&plan)),
+        }))
     }
 
     async fn list_rollouts(
@@ -1048,47 +1097,90 @@ impl<S: Store> pb::admin_server::Admin for AdminService<S> {
         request: Request<pb::ListRolloutsRequest>,
     ) -> Result<Response<pb::ListRolloutsResponse>, Status> {
         self.allow(&request, Access::Read(&request.get_ref().environment))?;
-        Err(rollouts_pending("ListRollouts"))
+        let req = request.into_inner();
+        let env = self.envs.get(&req.environment)?;
+        let plans = env
+            .rollouts()
+            .values()
+            .filter(|p| req.include_finished || p.is_active())
+            .map(wire::rollout)
+            .collect();
+        Ok(Response::new(pb::ListRolloutsResponse { plans }))
     }
 
     async fn pause_rollout(
         &self,
         request: Request<pb::PauseRolloutRequest>,
     ) -> Result<Response<pb::PauseRolloutResponse>, Status> {
-        self.allow(&request, Access::Write(&request.get_ref().environment))?;
-        Err(rollouts_pending("PauseRollout"))
+        let token = self.allow(&request, Access::Write(&request.get_ref().environment))?;
+        let req = request.into_inner();
+        wire::required_str(&req.flag, "flag")?;
+        let writer = Writer::new(&token, req.environment, req.comment, req.confirm_protected);
+        let envs = self.envs.clone();
+        let plan = blocking(move || envs.pause_rollout(writer.ctx(), &req.flag)).await?;
+        Ok(Response::new(pb::PauseRolloutResponse {
+            plan: Some(wire::rollout(&plan)),
+        }))
     }
 
     async fn resume_rollout(
         &self,
         request: Request<pb::ResumeRolloutRequest>,
     ) -> Result<Response<pb::ResumeRolloutResponse>, Status> {
-        self.allow(&request, Access::Write(&request.get_ref().environment))?;
-        Err(rollouts_pending("ResumeRollout"))
+        let token = self.allow(&request, Access::Write(&request.get_ref().environment))?;
+        let req = request.into_inner();
+        wire::required_str(&req.flag, "flag")?;
+        let writer = Writer::new(&token, req.environment, req.comment, req.confirm_protected);
+        let envs = self.envs.clone();
+        let plan = blocking(move || envs.resume_rollout(writer.ctx(), &req.flag)).await?;
+        Ok(Response::new(pb::ResumeRolloutResponse {
+            plan: Some(wire::rollout(&plan)),
+        }))
     }
 
     async fn rollback_rollout(
         &self,
         request: Request<pb::RollbackRolloutRequest>,
     ) -> Result<Response<pb::RollbackRolloutResponse>, Status> {
-        self.allow(&request, Access::Write(&request.get_ref().environment))?;
-        Err(rollouts_pending("RollbackRollout"))
+        let token = self.allow(&request, Access::Write(&request.get_ref().environment))?;
+        let req = request.into_inner();
+        wire::required_str(&req.flag, "flag")?;
+        let writer = Writer::new(&token, req.environment, req.comment, req.confirm_protected);
+        let envs = self.envs.clone();
+        let (revision, flag, plan) = blocking(move || {
+            let step = envs.rollback_rollout(writer.ctx(), &req.flag)?;
+            let flag = written_flag(&envs, &writer.environment, &req.flag, &step.committed)?;
+            Ok((step.committed.revision, flag, step.plan))
+        })
+        .await?;
+        Ok(Response::new(pb::RollbackRolloutResponse {
+            revision,
+            flag: Some(flag),
+            plan: Some(wire::rollout(&plan)),
+        }))
     }
 
     async fn promote_rollout(
         &self,
         request: Request<pb::PromoteRolloutRequest>,
     ) -> Result<Response<pb::PromoteRolloutResponse>, Status> {
-        self.allow(&request, Access::Write(&request.get_ref().environment))?;
-        Err(rollouts_pending("PromoteRollout"))
+        let token = self.allow(&request, Access::Write(&request.get_ref().environment))?;
+        let req = request.into_inner();
+        wire::required_str(&req.flag, "flag")?;
+        let writer = Writer::new(&token, req.environment, req.comment, req.confirm_protected);
+        let envs = self.envs.clone();
+        let (revision, flag, plan) = blocking(move || {
+            let step = envs.promote_rollout(writer.ctx(), &req.flag)?;
+            let flag = written_flag(&envs, &writer.environment, &req.flag, &step.committed)?;
+            Ok((step.committed.revision, flag, step.plan))
+        })
+        .await?;
+        Ok(Response::new(pb::PromoteRolloutResponse {
+            revision,
+            flag: Some(flag),
+            plan: Some(wire::rollout(&plan)),
+        }))
     }
-}
-
-/// The answer of a rollout RPC until staged rollouts are built.
-fn rollouts_pending(rpc: &str) -> Status {
-    Status::unimplemented(format!(
-        "{rpc} arrives with staged rollouts (rollout plans and their scheduler)"
-    ))
 }
 
 /// How long `WaitForRevision` waits when the request does not say.

@@ -257,3 +257,60 @@ pub fn client_instance(instance: &crate::clients::Instance, epoch: &str) -> pb::
         },
     }
 }
+
+/// A stored rollout plan as the Admin API's `RolloutPlan`.
+pub fn rollout(plan: &crate::storage::RolloutRecord) -> pb::RolloutPlan {
+    use crate::storage::{RolloutEventKind as K, RolloutState as S};
+    let state = match plan.state {
+        S::Running => pb::RolloutState::Running,
+        S::Paused => pb::RolloutState::Paused,
+        S::Completed => pb::RolloutState::Completed,
+        S::RolledBack => pb::RolloutState::RolledBack,
+    };
+    pb::RolloutPlan {
+        flag: plan.flag.clone(),
+        rule_id: plan.rule_id.clone(),
+        target_variant: plan.target.clone(),
+        baseline_variant: plan.baseline.clone(),
+        bucket_by: plan.bucket_by.clone(),
+        stages: plan
+            .stages
+            .iter()
+            .map(|s| pb::RolloutStage {
+                percent: s.percent,
+                hold_ms: s.hold_ms,
+            })
+            .collect(),
+        guard: None,
+        state: state as i32,
+        stage_index: count(plan.stage_index),
+        percent: plan.percent,
+        stage_started_unix_ms: unix_ms(plan.stage_started_ms),
+        next_stage_unix_ms: unix_ms(plan.next_stage_ms),
+        state_message: plan.state_message.clone(),
+        flag_version: plan.flag_version,
+        created_unix_ms: unix_ms(plan.created_ms),
+        created_by: plan.created_by.clone(),
+        history: plan
+            .history
+            .iter()
+            .map(|e| pb::RolloutEvent {
+                time_unix_ms: unix_ms(e.time_ms),
+                actor: e.actor.clone(),
+                kind: match e.kind {
+                    K::Started => pb::RolloutEventKind::Started,
+                    K::Advanced => pb::RolloutEventKind::Advanced,
+                    K::Paused => pb::RolloutEventKind::Paused,
+                    K::Resumed => pb::RolloutEventKind::Resumed,
+                    K::RolledBack => pb::RolloutEventKind::RolledBack,
+                    K::Promoted => pb::RolloutEventKind::Promoted,
+                    K::Completed => pb::RolloutEventKind::Completed,
+                } as i32,
+                stage_index: count(e.stage_index),
+                percent: e.percent,
+                revision: e.revision,
+                comment: e.comment.clone(),
+            })
+            .collect(),
+    }
+}

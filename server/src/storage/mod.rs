@@ -242,6 +242,114 @@ pub struct AuditEntry {
     pub changes: Vec<AuditChange>,
 }
 
+/// A staged rollout plan as stored (the Admin API's `RolloutPlan`; docs/rollouts.md).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RolloutRecord {
+    /// The flag's key.
+    pub flag: String,
+    /// The rule whose serve the plan moves; `None` for the default serve.
+    pub rule_id: Option<String>,
+    /// The variant rolled out: first in the split.
+    pub target: String,
+    /// The variant it replaces: right after the target.
+    pub baseline: String,
+    /// The context attribute the split hashes.
+    pub bucket_by: String,
+    /// The split's other variants and their weights, after the pair, left as they are.
+    pub others: Vec<(String, u32)>,
+    /// The stages: the target's weight (1/1000 %) and how long each is held.
+    pub stages: Vec<RolloutStage>,
+    /// Where the plan is.
+    pub state: RolloutState,
+    /// The current stage.
+    pub stage_index: usize,
+    /// The target's weight now.
+    pub percent: u32,
+    /// When the current stage began or was last resumed, in Unix milliseconds.
+    pub stage_started_ms: u64,
+    /// When the next stage is due; 0 unless running.
+    pub next_stage_ms: u64,
+    /// Why the plan is in its state; "" when there is nothing to add.
+    pub state_message: String,
+    /// The flag version the plan last wrote (or found); its next advance expects it.
+    pub flag_version: u64,
+    /// When the plan was started, in Unix milliseconds.
+    pub created_ms: u64,
+    /// The name of the token that started it.
+    pub created_by: String,
+    /// What happened, oldest first.
+    pub history: Vec<RolloutEvent>,
+}
+
+/// One stage of a plan.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RolloutStage {
+    /// The target's weight during the stage, in 1/1000 of a percent.
+    pub percent: u32,
+    /// How long the stage lasts, in milliseconds.
+    pub hold_ms: u64,
+}
+
+/// A plan's state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RolloutState {
+    /// Advancing on schedule.
+    Running,
+    /// Held at its stage until resumed.
+    Paused,
+    /// Finished: the scope serves the target.
+    Completed,
+    /// Finished: the scope serves the baseline.
+    RolledBack,
+}
+
+/// Something that happened to a plan.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RolloutEvent {
+    /// When, in Unix milliseconds.
+    pub time_ms: u64,
+    /// A token's name, or `rollout:<flag>` for the plan's own steps.
+    pub actor: String,
+    /// What happened.
+    pub kind: RolloutEventKind,
+    /// The stage afterwards.
+    pub stage_index: usize,
+    /// The target's weight afterwards.
+    pub percent: u32,
+    /// The revision of the flag change it made; 0 for none.
+    pub revision: u64,
+    /// The comment given or the server's explanation.
+    pub comment: String,
+}
+
+/// The kind of a [`RolloutEvent`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RolloutEventKind {
+    /// Started, with its first stage applied.
+    Started,
+    /// Moved to its next stage.
+    Advanced,
+    /// Paused, by a person or by a manual edit of the flag.
+    Paused,
+    /// Resumed.
+    Resumed,
+    /// Rolled back.
+    RolledBack,
+    /// Promoted: the target served at once.
+    Promoted,
+    /// Reached its last stage.
+    Completed,
+}
+
+impl RolloutRecord {
+    /// Whether the plan still moves (running) or may (paused).
+    pub fn is_active(&self) -> bool {
+        matches!(self.state, RolloutState::Running | RolloutState::Paused)
+    }
+}
+
 /// A role a token grants.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -300,7 +408,8 @@ pub trait Store: Send + Sync + 'static {
     /// and durably: when this returns `Ok`, the change survives a crash or power loss. Fails
     /// with [`StoreError::RevisionConflict`], changing nothing, when the environment is not at
     /// `expected_revision`. `patched` holds the whole new documents of the segments
-    /// `change.segment_patches` changes.
+    /// `change.segment_patches` changes; `rollouts`, rollout plans written in the same
+    /// transaction (a plan's step and the flag change it makes are one).
     fn commit(
         &self,
         environment: &str,
@@ -308,7 +417,14 @@ pub trait Store: Send + Sync + 'static {
         change: &Change,
         patched: &[Segment],
         audit: &AuditEntry,
+        rollouts: &[RolloutRecord],
     ) -> Result<(), StoreError>;
+
+    /// Stores a rollout plan (replacing the flag's previous one), durably.
+    fn put_rollout(&self, environment: &str, plan: &RolloutRecord) -> Result<(), StoreError>;
+
+    /// An environment's rollout plans: each flag's most recent, by flag key.
+    fn rollouts(&self, environment: &str) -> Result<Vec<RolloutRecord>, StoreError>;
 
     /// The changes after `revision`, oldest first; `None` when some of them are no longer
     /// retained (the caller needs a full snapshot).

@@ -9,6 +9,7 @@
 //! | `segments/<env>` | segment key | segment document as JSON, `version` set |
 //! | `changes/<env>` | revision, 8 bytes big-endian | [`Change`] as JSON |
 //! | `audit/<env>` | revision, 8 bytes big-endian | [`AuditEntry`] as JSON |
+//! | `rollouts/<env>` | flag key | [`RolloutRecord`] as JSON: the flag's most recent plan |
 //! | `tokens` | token id | [`TokenRecord`] as JSON |
 //!
 //! Durability: sled 0.34's `flush` writes its buffers and calls `sync_file_range` on the
@@ -28,7 +29,9 @@ use sled::{Db, Transactional, Tree};
 
 use flagstaff_engine::Segment;
 
-use super::{AuditEntry, Change, Documents, EnvironmentRecord, Store, StoreError, TokenRecord};
+use super::{
+    AuditEntry, Change, Documents, EnvironmentRecord, RolloutRecord, Store, StoreError, TokenRecord,
+};
 
 /// Change-log entries kept per environment unless configured otherwise.
 pub const DEFAULT_RETENTION: u64 = 10_000;
@@ -211,7 +214,7 @@ impl Store for SledStore {
         if self.environments.remove(environment)?.is_none() {
             return Err(StoreError::NoEnvironment(environment.to_owned()));
         }
-        for kind in ["flags", "segments", "changes", "audit"] {
+        for kind in ["flags", "segments", "changes", "audit", "rollouts"] {
             self.db.drop_tree(tree_name(kind, environment))?;
         }
         self.sync(&mut synced, false)
@@ -246,8 +249,14 @@ impl Store for SledStore {
         change: &Change,
         patched: &[Segment],
         audit: &AuditEntry,
+        rollouts: &[RolloutRecord],
     ) -> Result<(), StoreError> {
         let mut synced = self.lock_writer();
+        let plans = self.tree("rollouts", environment)?;
+        let plan_values: Vec<(&str, Vec<u8>)> = rollouts
+            .iter()
+            .map(|p| (p.flag.as_str(), encode(p)))
+            .collect();
         let flags = self.tree("flags", environment)?;
         let segments = self.tree("segments", environment)?;
         let changes = self.tree("changes", environment)?;
@@ -267,46 +276,56 @@ impl Store for SledStore {
             .map(|s| (s.key.as_str(), encode(s)))
             .collect();
 
-        let result =
-            [&self.environments, &flags, &segments, &changes, &audits].transaction(|trees| {
-                let (envs, flags, segments, changes, audits) =
-                    (&trees[0], &trees[1], &trees[2], &trees[3], &trees[4]);
-                let Some(bytes) = envs.get(environment)? else {
-                    return Err(ConflictableTransactionError::Abort(
-                        StoreError::NoEnvironment(environment.to_owned()),
-                    ));
-                };
-                let mut record: EnvironmentRecord =
-                    decode(&format!("environments/{environment}"), &bytes)
-                        .map_err(ConflictableTransactionError::Abort)?;
-                if record.revision != expected_revision || change.revision != expected_revision + 1
-                {
-                    return Err(ConflictableTransactionError::Abort(
-                        StoreError::RevisionConflict {
-                            environment: environment.to_owned(),
-                            expected: expected_revision,
-                            actual: record.revision,
-                        },
-                    ));
-                }
-                for (key, value) in &flag_values {
-                    flags.insert(*key, value.as_slice())?;
-                }
-                for key in &change.deleted_flags {
-                    flags.remove(key.as_str())?;
-                }
-                for (key, value) in &segment_values {
-                    segments.insert(*key, value.as_slice())?;
-                }
-                for key in &change.deleted_segments {
-                    segments.remove(key.as_str())?;
-                }
-                changes.insert(&revision_key, change_bytes.as_slice())?;
-                audits.insert(&revision_key, audit_bytes.as_slice())?;
-                record.revision = change.revision;
-                envs.insert(environment, encode(&record))?;
-                Ok(())
-            });
+        let result = [
+            &self.environments,
+            &flags,
+            &segments,
+            &changes,
+            &audits,
+            &plans,
+        ]
+        .transaction(|trees| {
+            let (envs, flags, segments, changes, audits, plans) = (
+                &trees[0], &trees[1], &trees[2], &trees[3], &trees[4], &trees[5],
+            );
+            let Some(bytes) = envs.get(environment)? else {
+                return Err(ConflictableTransactionError::Abort(
+                    StoreError::NoEnvironment(environment.to_owned()),
+                ));
+            };
+            let mut record: EnvironmentRecord =
+                decode(&format!("environments/{environment}"), &bytes)
+                    .map_err(ConflictableTransactionError::Abort)?;
+            if record.revision != expected_revision || change.revision != expected_revision + 1 {
+                return Err(ConflictableTransactionError::Abort(
+                    StoreError::RevisionConflict {
+                        environment: environment.to_owned(),
+                        expected: expected_revision,
+                        actual: record.revision,
+                    },
+                ));
+            }
+            for (key, value) in &flag_values {
+                flags.insert(*key, value.as_slice())?;
+            }
+            for key in &change.deleted_flags {
+                flags.remove(key.as_str())?;
+            }
+            for (key, value) in &segment_values {
+                segments.insert(*key, value.as_slice())?;
+            }
+            for key in &change.deleted_segments {
+                segments.remove(key.as_str())?;
+            }
+            for (key, value) in &plan_values {
+                plans.insert(*key, value.as_slice())?;
+            }
+            changes.insert(&revision_key, change_bytes.as_slice())?;
+            audits.insert(&revision_key, audit_bytes.as_slice())?;
+            record.revision = change.revision;
+            envs.insert(environment, encode(&record))?;
+            Ok(())
+        });
         match result {
             Ok(()) => {}
             Err(TransactionError::Abort(e)) => return Err(e),
@@ -369,6 +388,28 @@ impl Store for SledStore {
         self.history_where(environment, before, limit, |entry| {
             entry.changes.iter().any(|c| c.is_segment(segment))
         })
+    }
+
+    fn put_rollout(&self, environment: &str, plan: &RolloutRecord) -> Result<(), StoreError> {
+        let mut synced = self.lock_writer();
+        self.environment(environment)?;
+        self.tree("rollouts", environment)?
+            .insert(plan.flag.as_str(), encode(plan))?;
+        self.sync(&mut synced, false)
+    }
+
+    fn rollouts(&self, environment: &str) -> Result<Vec<RolloutRecord>, StoreError> {
+        self.environment(environment)?;
+        self.tree("rollouts", environment)?
+            .iter()
+            .map(|kv| {
+                let (k, v) = kv?;
+                decode(
+                    &format!("rollouts/{environment}/{}", String::from_utf8_lossy(&k)),
+                    &v,
+                )
+            })
+            .collect()
     }
 
     fn put_token(&self, token: &TokenRecord) -> Result<(), StoreError> {

@@ -11,6 +11,7 @@ mod matrix;
 mod openfeature;
 mod operations;
 mod propagation;
+mod rollouts;
 mod sdk;
 mod segments;
 mod status;
