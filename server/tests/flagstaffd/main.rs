@@ -1,9 +1,11 @@
 //! flagstaffd as a separate process, the real binary: durability across SIGKILL, the data
-//! directory lock, `admin-token`, and the operational options (metrics, TLS, SIGTERM).
+//! directory lock, `admin-token`, the operational options (metrics, TLS, SIGTERM), and rollout
+//! plans across a restart.
 
 mod daemon;
 mod durability;
 mod options;
+mod rollouts;
 
 pub use daemon::*;
 
