@@ -9,10 +9,15 @@
 //! Runs one million iterations of one benchmark scenario (`s1`, `s2`, `s3` or `c`, as in
 //! `benches/eval.rs`), or of the bare loop (`none`); the difference between a scenario's total
 //! and the bare loop's, divided by a million, is the scenario's instructions per iteration.
+//!
+//! `d` applies a one-flag change to a 10,000-flag snapshot 1,000 times, dropping each result
+//! (scenario D); `d0` builds the same snapshot and change without applying it. The difference
+//! divided by 1,000 is the instructions per delta.
 
 use std::hint::black_box;
 
-use flagstaff_engine::{Context, Snapshot};
+use flagstaff_engine::{document_from_value, ChangeSet, Context, Snapshot};
+use serde_json::json;
 
 const DOC: &str = r#"
 environment: bench
@@ -36,6 +41,13 @@ flags:
 
 fn main() {
     let scenario = std::env::args().nth(1).unwrap_or_else(|| "none".to_owned());
+    if let Some(applies) = match scenario.as_str() {
+        "d" => Some(1_000),
+        "d0" => Some(0),
+        _ => None,
+    } {
+        return delta(applies);
+    }
     let snapshot = Snapshot::from_text(DOC).expect("valid document");
     let countries = ["NL", "DE", "FR", "US", "GB"];
     let plans = ["free", "pro", "enterprise"];
@@ -73,4 +85,44 @@ fn run(mut iteration: impl FnMut(usize) -> usize) -> usize {
         total = total.wrapping_add(iteration(black_box(i)));
     }
     total
+}
+
+/// Scenario D: a one-flag change applied `applies` times to a 10,000-flag snapshot.
+fn delta(applies: usize) {
+    let flags: Vec<_> = (0..10_000)
+        .map(|i| {
+            let mut flag = match i % 3 {
+                0 => json!({"kind": "boolean", "variants": {"on": true, "off": false},
+                            "off_variant": "off", "enabled": true, "default": {"variant": "on"}}),
+                1 => json!({"kind": "boolean", "variants": {"on": true, "off": false},
+                            "off_variant": "off", "enabled": true,
+                            "rules": [{"id": "eu", "conditions": [{"attribute": "country", "op": "in", "values": ["NL", "DE"]}],
+                                       "serve": {"variant": "on"}}],
+                            "default": {"split": {"weights": [
+                                {"variant": "on", "weight": 10000}, {"variant": "off", "weight": 90000}]}}}),
+                _ => json!({"kind": "string", "variants": {"control": "Welcome", "a": "Hello", "b": "Hi"},
+                            "off_variant": "control", "enabled": true,
+                            "default": {"split": {"weights": [
+                                {"variant": "control", "weight": 50000}, {"variant": "a", "weight": 30000},
+                                {"variant": "b", "weight": 20000}]}}}),
+            };
+            flag["key"] = json!(format!("flag-{i:05}"));
+            flag
+        })
+        .collect();
+    let doc = json!({"environment": "bench", "flags": flags});
+    let snapshot = Snapshot::from_document(document_from_value(&doc).expect("decodes"))
+        .expect("valid document");
+    let mut changed = snapshot.flag("flag-05001").expect("exists").clone();
+    changed.enabled = false;
+    let change = ChangeSet {
+        flags: vec![changed],
+        ..ChangeSet::default()
+    };
+    for _ in 0..applies {
+        drop(black_box(
+            snapshot.apply(black_box(change.clone())).expect("valid"),
+        ));
+    }
+    black_box(&snapshot);
 }
