@@ -30,6 +30,7 @@ mod bucket;
 mod condition;
 mod context;
 mod decode;
+mod dependents;
 mod diff;
 mod eval;
 mod format;

@@ -3,7 +3,10 @@
 //! Each flag and segment compiles into its own immutable unit behind an `Arc`. Applying a
 //! [`ChangeSet`] clones the two maps of `Arc`s (cheap) and recompiles only the documents that
 //! changed, the flags that use a changed segment, and the flags that (transitively) have a
-//! changed flag as a prerequisite, since those hold direct references to what they use.
+//! changed flag as a prerequisite, since those hold direct references to what they use. The
+//! snapshot keeps those reverse edges ([`Dependents`]), so finding them, and checking a change
+//! against the rest of the environment, costs what the change touches rather than a walk over
+//! every flag.
 
 use std::sync::Arc;
 
@@ -13,6 +16,7 @@ use crate::bucket::SaltedHasher;
 use crate::condition::CompiledCondition;
 use crate::context::{Context, Selector};
 use crate::decode::{self, Undecoded};
+use crate::dependents::Dependents;
 use crate::eval::Resolution;
 use crate::model::{Document, Flag, Kind, Segment, Serve};
 use crate::problem::{Problems, ValidationError};
@@ -273,6 +277,9 @@ impl From<Document> for ChangeSet {
 pub struct Snapshot {
     pub(crate) flags: Map<CompiledFlag>,
     pub(crate) segments: Map<CompiledSegment>,
+    /// Which flags use each segment and require each flag; shared with the snapshot this one
+    /// was applied to when the change did not alter any of those edges.
+    dependents: Arc<Dependents>,
 }
 
 /// The environment as it will be after a change, for cross-document checks.
@@ -358,7 +365,9 @@ impl Snapshot {
             next.segments.remove(key.as_str());
         }
         for key in &changes.deleted_flags {
-            next.flags.remove(key.as_str());
+            if let Some((key, old)) = next.flags.remove_entry(key.as_str()) {
+                Dependents::replace(&mut next.dependents, &key, Some(&old.doc), None);
+            }
         }
         for segment in changes.segments {
             let key: Arc<str> = segment.key.as_str().into();
@@ -372,7 +381,11 @@ impl Snapshot {
             .collect();
         for key in order {
             let doc = match upserts.remove(&key) {
-                Some(doc) => doc,
+                Some(doc) => {
+                    let old = self.flags.get(&key).map(|f| &*f.doc);
+                    Dependents::replace(&mut next.dependents, &key, old, Some(&doc));
+                    doc
+                }
                 None => match next.flags.get(&key) {
                     Some(existing) => existing.doc.clone(),
                     None => continue,
@@ -468,18 +481,24 @@ impl Snapshot {
         pending
     }
 
-    /// A deleted flag may not be a remaining flag's prerequisite, nor a deleted segment be used.
+    /// A deleted flag may not be a remaining flag's prerequisite, nor a deleted segment be used:
+    /// neither by an unchanged flag (found through the reverse edges) nor by a changed one.
     fn check_deleted_unused(&self, pending: &Pending<'_>, problems: &mut Problems) {
-        let remaining = self
-            .flags
-            .iter()
-            .filter(|(k, _)| {
-                !pending.flags.contains_key(&***k) && !pending.deleted_flags.contains(&***k)
-            })
-            .map(|(_, f)| &*f.doc)
-            .chain(pending.flags.values().copied());
+        let unchanged = |key: &&Arc<str>| {
+            !pending.flags.contains_key(&***key) && !pending.deleted_flags.contains(&***key)
+        };
         let mut users: Vec<(String, String)> = Vec::new();
-        for flag in remaining {
+        for &deleted in &pending.deleted_flags {
+            for user in self.dependents.requiring(deleted).iter().filter(unchanged) {
+                users.push((format!("flags[{deleted}]"), format!("flag {user:?}")));
+            }
+        }
+        for &deleted in &pending.deleted_segments {
+            for user in self.dependents.using(deleted).iter().filter(unchanged) {
+                users.push((format!("segments[{deleted}]"), format!("flag {user:?}")));
+            }
+        }
+        for flag in pending.flags.values() {
             for p in &flag.prerequisites {
                 if pending.deleted_flags.contains(p.flag.as_str()) {
                     users.push((format!("flags[{}]", p.flag), format!("flag {:?}", flag.key)));
@@ -504,41 +523,31 @@ impl Snapshot {
     }
 
     /// The flags to (re)compile: those changed, those using a changed segment, and every flag
-    /// that has one of those as a prerequisite, transitively.
+    /// that has one of those as a prerequisite, transitively. Changed flags come first, in the
+    /// order of the change; the others in the order of the reverse edges.
     fn affected<'a>(&'a self, changes: &'a ChangeSet, pending: &Pending<'a>) -> Vec<&'a str> {
         let mut affected: Vec<&'a str> = changes.flags.iter().map(|f| f.key.as_str()).collect();
         let mut seen: FxHashSet<&'a str> = affected.iter().copied().collect();
-        let changed_segments: FxHashSet<&str> =
-            changes.segments.iter().map(|s| s.key.as_str()).collect();
-        // Reverse prerequisite edges among unchanged flags; most flags have none.
-        let mut required_by: FxHashMap<&'a str, Vec<&'a str>> = FxHashMap::default();
-        for (key, flag) in &self.flags {
-            let key = &**key;
-            if pending.flags.contains_key(key) || pending.deleted_flags.contains(key) {
-                continue;
+        // Only unchanged flags: a changed flag is already in, and a deleted one is gone. The
+        // reverse edges are those of this snapshot, which a changed flag's new version may not
+        // have, but every flag that still has them is unchanged.
+        let mut add = |dependents: &'a [Arc<str>], affected: &mut Vec<&'a str>| {
+            for d in dependents {
+                let d = &**d;
+                if !pending.flags.contains_key(d)
+                    && !pending.deleted_flags.contains(d)
+                    && seen.insert(d)
+                {
+                    affected.push(d);
+                }
             }
-            for p in &flag.doc.prerequisites {
-                required_by.entry(p.flag.as_str()).or_default().push(key);
-            }
-            if !changed_segments.is_empty()
-                && flag
-                    .doc
-                    .segment_refs()
-                    .any(|s| changed_segments.contains(s))
-                && seen.insert(key)
-            {
-                affected.push(key);
-            }
+        };
+        for segment in &changes.segments {
+            add(self.dependents.using(&segment.key), &mut affected);
         }
         let mut i = 0;
         while i < affected.len() {
-            if let Some(dependents) = required_by.get(affected[i]) {
-                for d in dependents {
-                    if seen.insert(d) {
-                        affected.push(d);
-                    }
-                }
-            }
+            add(self.dependents.requiring(affected[i]), &mut affected);
             i += 1;
         }
         affected
@@ -592,6 +601,206 @@ impl Snapshot {
             environment: environment.to_owned(),
             flags,
             segments,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use proptest::prelude::*;
+    use serde_json::json;
+
+    use super::*;
+    use crate::format::{flag_from_value, segment_from_value};
+
+    /// What one step does to one flag or segment key.
+    #[derive(Debug, Clone)]
+    enum Op {
+        /// Create or replace it: for a flag, its prerequisites (flag indices), the segments its
+        /// rule uses (segment indices) and whether its variants are `on`/`off` (or `yes`/`no`,
+        /// which the flags requiring it to serve `on` refuse); for a segment, its members.
+        Upsert {
+            prerequisites: Vec<usize>,
+            segments: Vec<usize>,
+            on_off: bool,
+        },
+        Delete,
+    }
+
+    const FLAGS: usize = 10;
+    const SEGMENTS: usize = 4;
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            3 => (
+                proptest::collection::vec(0..FLAGS, 0..3),
+                proptest::collection::vec(0..SEGMENTS, 0..3),
+                proptest::bool::weighted(0.9),
+            )
+                .prop_map(|(prerequisites, segments, on_off)| Op::Upsert {
+                    prerequisites,
+                    segments,
+                    on_off,
+                }),
+            1 => Just(Op::Delete),
+        ]
+    }
+
+    /// One change: operations on flags and on segments, by index (later ones on the same key
+    /// are ignored, so a change never names a key twice), and whether its flags may name flags
+    /// and segments that will not exist.
+    type Change = (Vec<(usize, Op)>, Vec<(usize, Op)>, bool);
+
+    fn change() -> impl Strategy<Value = Change> {
+        (
+            proptest::collection::vec((0..FLAGS, op()), 0..4),
+            proptest::collection::vec((0..SEGMENTS, op()), 0..2),
+            proptest::bool::weighted(0.1),
+        )
+    }
+
+    /// The keys that exist after `ops` on `existing`, counting the first op on each key only.
+    fn after<T>(existing: &BTreeMap<usize, T>, ops: &[(usize, Op)]) -> FxHashSet<usize> {
+        let mut keys: FxHashSet<usize> = existing.keys().copied().collect();
+        let mut named = FxHashSet::default();
+        for (i, op) in ops {
+            if named.insert(*i) {
+                match op {
+                    Op::Upsert { .. } => keys.insert(*i),
+                    Op::Delete => keys.remove(i),
+                };
+            }
+        }
+        keys
+    }
+
+    fn flag(i: usize, prerequisites: &[usize], segments: &[usize], on_off: bool) -> Flag {
+        let (on, off) = if on_off { ("on", "off") } else { ("yes", "no") };
+        let mut prerequisites: Vec<usize> = prerequisites.to_vec();
+        prerequisites.sort_unstable();
+        prerequisites.dedup();
+        let prerequisites: Vec<_> = prerequisites
+            .iter()
+            .map(|p| json!({"flag": format!("f{p}"), "variants": ["on"]}))
+            .collect();
+        let segments: Vec<_> = segments.iter().map(|s| format!("s{s}")).collect();
+        let rules = if segments.is_empty() {
+            json!([])
+        } else {
+            json!([{"id": "r", "conditions": [{"op": "in_segment", "values": segments}],
+                    "serve": {"variant": off}}])
+        };
+        flag_from_value(&json!({
+            "key": format!("f{i}"), "kind": "boolean", "enabled": true,
+            "variants": {on: true, off: false}, "off_variant": off,
+            "prerequisites": prerequisites, "rules": rules, "default": {"variant": on},
+        }))
+        .expect("a valid flag")
+    }
+
+    fn segment(i: usize, members: &[usize]) -> Segment {
+        let included: Vec<_> = members.iter().map(|m| format!("user-{m}")).collect();
+        segment_from_value(&json!({"key": format!("s{i}"), "included": included}))
+            .expect("a valid segment")
+    }
+
+    /// Every flag's evaluation for a few users, as text.
+    fn served(snapshot: &Snapshot) -> Vec<String> {
+        let mut keys: Vec<&str> = snapshot.flags.keys().map(|k| &**k).collect();
+        keys.sort_unstable();
+        let mut served = Vec::new();
+        for key in keys {
+            for user in 0..4 {
+                let ctx = Context::new(format!("user-{user}"));
+                served.push(format!("{key} {user} {:?}", snapshot.evaluate(key, &ctx)));
+            }
+        }
+        served
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+
+        /// A run of changes, each applied to the previous snapshot, ends where compiling the
+        /// resulting document from scratch does: the same refusals, documents, evaluations and
+        /// reverse edges. Refusals come from prerequisite cycles and chains, missing variants,
+        /// and deleting what is still used.
+        #[test]
+        fn applying_changes_matches_compiling_the_result(
+            changes in proptest::collection::vec(change(), 1..24),
+        ) {
+            let mut snapshot = Snapshot::new();
+            let mut flags: BTreeMap<usize, Flag> = BTreeMap::new();
+            let mut segments: BTreeMap<usize, Segment> = BTreeMap::new();
+            for (flag_ops, segment_ops, unknown) in changes {
+                let flags_after = after(&flags, &flag_ops);
+                let segments_after = after(&segments, &segment_ops);
+                let mut changes = ChangeSet::default();
+                let (mut next_flags, mut next_segments) = (flags.clone(), segments.clone());
+                let mut named = FxHashSet::default();
+                for (i, op) in flag_ops {
+                    if !named.insert(("f", i)) {
+                        continue;
+                    }
+                    match op {
+                        Op::Upsert { mut prerequisites, mut segments, on_off } => {
+                            if !unknown {
+                                prerequisites.retain(|p| flags_after.contains(p));
+                                segments.retain(|s| segments_after.contains(s));
+                            }
+                            let f = flag(i, &prerequisites, &segments, on_off);
+                            next_flags.insert(i, f.clone());
+                            changes.flags.push(f);
+                        }
+                        Op::Delete if flags.contains_key(&i) => {
+                            next_flags.remove(&i);
+                            changes.deleted_flags.push(format!("f{i}"));
+                        }
+                        Op::Delete => {}
+                    }
+                }
+                for (i, op) in segment_ops {
+                    if !named.insert(("s", i)) {
+                        continue;
+                    }
+                    match op {
+                        Op::Upsert { prerequisites, .. } => {
+                            let s = segment(i, &prerequisites);
+                            next_segments.insert(i, s.clone());
+                            changes.segments.push(s);
+                        }
+                        Op::Delete if segments.contains_key(&i) => {
+                            next_segments.remove(&i);
+                            changes.deleted_segments.push(format!("s{i}"));
+                        }
+                        Op::Delete => {}
+                    }
+                }
+                let whole = Snapshot::from_document(Document {
+                    environment: "test".to_owned(),
+                    flags: next_flags.values().cloned().collect(),
+                    segments: next_segments.values().cloned().collect(),
+                });
+                let applied = snapshot.apply(changes.clone());
+                match (applied, whole) {
+                    (Ok(applied), Ok(whole)) => {
+                        prop_assert_eq!(applied.to_document("test"), whole.to_document("test"));
+                        prop_assert_eq!(&applied.dependents, &whole.dependents);
+                        prop_assert_eq!(served(&applied), served(&whole));
+                        snapshot = applied;
+                        (flags, segments) = (next_flags, next_segments);
+                    }
+                    (Err(_), Err(_)) => {}
+                    (applied, whole) => prop_assert!(
+                        false,
+                        "{changes:?}: applied {:?}, whole document {:?}",
+                        applied.err(),
+                        whole.err()
+                    ),
+                }
+            }
         }
     }
 }

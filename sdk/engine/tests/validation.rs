@@ -826,3 +826,179 @@ fn deleting_a_segment_with_every_flag_using_it_is_accepted() {
         .expect("nothing uses what is deleted");
     assert!(next.is_empty());
 }
+
+// A change is checked against the flags it touches: those it changes or deletes, the flags that
+// use a changed segment and those that require a changed flag, through the snapshot's reverse
+// edges. These pin that the problems found that way are the same as a whole-document check's.
+
+/// `flags` and `segments` as a change set of upserts.
+fn upserts(flags: Vec<Value>, segments: Vec<Value>) -> ChangeSet {
+    ChangeSet {
+        flags: flags
+            .iter()
+            .map(|f| flag_from_value(f).expect("a valid flag"))
+            .collect(),
+        segments: segments
+            .iter()
+            .map(|s| flagstaff_engine::segment_from_value(s).expect("a valid segment"))
+            .collect(),
+        ..ChangeSet::default()
+    }
+}
+
+/// The messages `changes` to `snapshot` are refused with; asserts `snapshot` is left as it was.
+fn refused_by(snapshot: &Snapshot, changes: ChangeSet) -> Vec<String> {
+    let documents = snapshot.to_document("test");
+    let messages = match snapshot.apply(changes) {
+        Ok(_) => panic!("the change was applied, expected it to be refused"),
+        Err(e) => e.messages(),
+    };
+    assert_eq!(snapshot.to_document("test"), documents);
+    messages
+}
+
+#[test]
+fn deleting_a_segment_is_refused_while_an_unchanged_flag_still_uses_it() {
+    let banner = flag_with_condition("banner", in_segment(json!(["staff"])));
+    let environment = environment()
+        .apply(upserts(vec![banner], vec![]))
+        .expect("banner uses an existing segment");
+    // `checkout` stops using `staff` in the same change, `banner` does not.
+    let mut changes = upserts(vec![requiring("checkout", &["payments"])], vec![]);
+    changes.deleted_segments = vec!["staff".to_owned()];
+    assert_eq!(
+        refused_by(&environment, changes),
+        [r#"segments[staff]: cannot be deleted: it is used by flag "banner""#]
+    );
+}
+
+#[test]
+fn deleting_a_segment_a_changed_flag_starts_using_is_refused() {
+    let mut changes = upserts(
+        vec![
+            requiring("checkout", &["payments"]),
+            flag_with_condition("payments", in_segment(json!(["staff"]))),
+        ],
+        vec![],
+    );
+    changes.deleted_segments = vec!["staff".to_owned()];
+    assert_eq!(
+        refused_by(&environment(), changes),
+        [
+            r#"segments[staff]: cannot be deleted: it is used by flag "payments""#,
+            r#"flags[payments].rules[0].conditions[0].values[0]: unknown segment "staff""#,
+        ]
+    );
+}
+
+#[test]
+fn deleting_a_flag_and_its_only_dependent_is_accepted_and_forgets_the_edge() {
+    let changes = ChangeSet {
+        deleted_flags: vec!["checkout".to_owned(), "payments".to_owned()],
+        ..ChangeSet::default()
+    };
+    let next = environment()
+        .apply(changes)
+        .expect("nothing else requires them");
+    // A new `payments` may be deleted again: nothing requires it any more.
+    let next = next
+        .apply(upserts(vec![flag("payments")], vec![]))
+        .expect("a new flag");
+    let changes = ChangeSet {
+        deleted_flags: vec!["payments".to_owned()],
+        deleted_segments: vec!["staff".to_owned()],
+        ..ChangeSet::default()
+    };
+    assert!(next.apply(changes).expect("unused").is_empty());
+}
+
+#[test]
+fn a_flag_requiring_a_changed_flag_is_checked_against_its_new_variants() {
+    let payments = with(
+        flag("payments"),
+        json!({
+            "variants": { "yes": true, "no": false },
+            "off_variant": "no",
+            "default": { "variant": "yes" },
+        }),
+    );
+    assert_eq!(
+        refused_by(&environment(), upserts(vec![payments], vec![])),
+        [
+            r#"flags[checkout].prerequisites[0].variants[0]: flag "payments" has no variant "on"; its variants are yes, no"#
+        ]
+    );
+}
+
+#[test]
+fn a_cycle_closed_by_a_change_through_unchanged_flags_is_refused() {
+    let environment = accepted(&document(chain(4), vec![]));
+    // f1 -> f2 -> f3 -> f4 stays; f4 now requires f2.
+    assert_eq!(
+        refused_by(
+            &environment,
+            upserts(vec![requiring("f4", &["f2"])], vec![])
+        ),
+        ["flags[f4].prerequisites: prerequisite cycle f4 -> f2 -> f3 -> f4"]
+    );
+}
+
+/// Flags `{name}1` .. `{name}{len}`, each requiring the next to serve `on` and serving `on`.
+fn serving_chain(name: &str, len: usize) -> Vec<Value> {
+    (1..=len)
+        .map(|i| {
+            let next = format!("{name}{}", i + 1);
+            let prerequisites: &[&str] = if i < len { &[&next] } else { &[] };
+            let flag = requiring(&format!("{name}{i}"), prerequisites);
+            with(flag, json!({ "default": { "variant": "on" } }))
+        })
+        .collect()
+}
+
+#[test]
+fn a_chain_of_9_links_made_by_joining_two_chains_is_refused() {
+    let mut flags = serving_chain("f", 5);
+    flags.extend(serving_chain("g", 5));
+    let environment = accepted(&document(flags, vec![]));
+    let joined = |to: &str| {
+        with(
+            requiring("f5", &[to]),
+            json!({ "default": { "variant": "on" } }),
+        )
+    };
+    // f1 -> .. -> f5 and g1 -> .. -> g5 have 4 links each; f5 -> g1 makes f1's chain 9.
+    assert_eq!(
+        refused_by(&environment, upserts(vec![joined("g1")], vec![])),
+        [
+            "flags[f1].prerequisites: prerequisite chain f1 -> f2 -> f3 -> f4 -> f5 -> g1 -> g2 -> g3 -> g4 -> g5 \
+             has 9 links, at most 8 allowed"
+        ]
+    );
+    // One link fewer is accepted, and the flags above f5 are compiled against the new chain.
+    let user = Context::new("user-1");
+    let next = environment
+        .apply(upserts(vec![joined("g2")], vec![]))
+        .expect("8 links");
+    assert!(next.bool_value("f1", &user, false));
+    let off = with(flag("g5"), json!({ "enabled": false }));
+    let next = next.apply(upserts(vec![off], vec![])).expect("valid");
+    let failed = |key: &str| next.bool_detail(key, &user, true).reason;
+    assert_eq!(
+        failed("f5"),
+        Reason::PrerequisiteFailed { prerequisite: "g2" }
+    );
+    assert_eq!(
+        failed("f1"),
+        Reason::PrerequisiteFailed { prerequisite: "f2" }
+    );
+}
+
+#[test]
+fn flags_using_a_changed_segment_serve_its_new_members() {
+    let staff = segment("staff", json!({ "included": ["user-2"] }));
+    let next = environment()
+        .apply(upserts(vec![], vec![staff]))
+        .expect("a valid segment");
+    assert!(!next.bool_value("checkout", &Context::new("user-1"), true));
+    assert!(next.bool_value("checkout", &Context::new("user-2"), false));
+}
