@@ -83,6 +83,9 @@ pub enum Command {
     Export,
     /// Apply an export document to the environment as one revision.
     Import(ImportArgs),
+    /// Staged rollouts: plans that move a flag to a variant stage by stage, on schedule.
+    #[command(subcommand)]
+    Rollout(RolloutCommand),
     /// Create, list and revoke API tokens.
     #[command(subcommand)]
     Token(TokenCommand),
@@ -374,6 +377,71 @@ pub struct ImportArgs {
     /// Check the document and show what would change; change nothing.
     #[arg(long)]
     pub dry_run: bool,
+    #[arg(short = 'm', long = "message", value_name = "MESSAGE")]
+    /// A reason, recorded in the history.
+    pub message: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RolloutCommand {
+    /// Start a plan: the variant goes to a growing share of contexts, stage by stage.
+    Start(RolloutStartArgs),
+    /// Where a plan is: state, stage, percent now, time to the next stage, history.
+    Status {
+        /// The flag's key.
+        key: String,
+        /// Keep printing each change of the plan until it finishes.
+        #[arg(long)]
+        watch: bool,
+    },
+    /// Hold a running plan at its stage.
+    Pause(RolloutActionArgs),
+    /// Resume a paused plan; its stage gets its full hold again.
+    Resume(RolloutActionArgs),
+    /// Serve the baseline variant again, now, and end the plan.
+    Rollback(RolloutActionArgs),
+    /// Serve the target variant to everyone, now, and end the plan.
+    Promote(RolloutActionArgs),
+    /// List the environment's plans.
+    List {
+        /// Also list finished plans (completed or rolled back).
+        #[arg(long)]
+        all: bool,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct RolloutStartArgs {
+    /// The flag's key.
+    pub key: String,
+    /// The variant to roll out.
+    #[arg(long, value_name = "VARIANT")]
+    pub to: String,
+    /// The variant it replaces [default: what the flag serves now].
+    #[arg(long, value_name = "VARIANT")]
+    pub from: Option<String>,
+    /// The stages: PERCENT:HOLD,..., ending at 100%, e.g. 1%:10m,5%:30m,25%:1h,100%
+    /// (holds in s, m, h or d).
+    #[arg(long, value_name = "SPEC")]
+    pub stages: String,
+    /// Roll out in this rule's serve instead of the default serve.
+    #[arg(long, value_name = "ID")]
+    pub rule: Option<String>,
+    /// The context attribute contexts are bucketed by [default: the split's, or key].
+    #[arg(long, value_name = "ATTR")]
+    pub bucket_by: Option<String>,
+    /// Allow a plan that reshuffles contexts (reorders a live split, changes its bucketing).
+    #[arg(long)]
+    pub force: bool,
+    #[arg(short = 'm', long = "message", value_name = "MESSAGE")]
+    /// A reason, recorded in the history.
+    pub message: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct RolloutActionArgs {
+    /// The flag's key.
+    pub key: String,
     #[arg(short = 'm', long = "message", value_name = "MESSAGE")]
     /// A reason, recorded in the history.
     pub message: Option<String>,

@@ -573,7 +573,7 @@ fn rollout_serve(
 }
 
 /// `12.5`, `12.5%` → 12500 (1/1000 of a percent); 0 to 100 in steps of 0.001.
-fn parse_percent(text: &str) -> anyhow::Result<u32> {
+pub(crate) fn parse_percent(text: &str) -> anyhow::Result<u32> {
     let number = text.trim().trim_end_matches('%').trim();
     let invalid = || {
         anyhow!("{text:?} is not a percentage from 0 to 100 in steps of 0.001 (e.g. 12.5 or 12.5%)")
@@ -599,7 +599,7 @@ fn parse_percent(text: &str) -> anyhow::Result<u32> {
 }
 
 /// 12500 → `12.5%`.
-fn percent(weight: u32) -> String {
+pub(crate) fn percent(weight: u32) -> String {
     let text = format!("{}.{:03}", weight / 1000, weight % 1000);
     format!("{}%", text.trim_end_matches('0').trim_end_matches('.'))
 }

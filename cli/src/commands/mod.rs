@@ -8,6 +8,7 @@ pub mod eval;
 pub mod flag;
 pub mod history;
 pub mod io;
+pub mod rollout;
 pub mod segment;
 
 /// Runs the command; returns what to print.
@@ -28,6 +29,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<String> {
                 Command::Clients => history::clients(&mut session).await,
                 Command::Export => io::export(&mut session).await,
                 Command::Import(args) => io::import(&mut session, args).await,
+                Command::Rollout(command) => rollout::run(&mut session, command).await,
                 _ => anyhow::bail!("this command is not available yet"),
             }
         }

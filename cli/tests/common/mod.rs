@@ -77,6 +77,25 @@ impl Server {
         String::from_utf8(out.stderr).expect("utf-8")
     }
 
+    /// Stops the server and starts it again on the same data directory and address.
+    pub fn restart(&mut self, options: Options) {
+        let addr = self.server.addr;
+        let placeholder = self.runtime.block_on(TestServer::start());
+        let server = std::mem::replace(&mut self.server, placeholder);
+        let dir = self.runtime.block_on(server.stop());
+        let placeholder = std::mem::replace(
+            &mut self.server,
+            self.runtime.block_on(TestServer::start_in_with(
+                dir,
+                Options {
+                    listen: Some(addr),
+                    ..options
+                },
+            )),
+        );
+        drop(self.runtime.block_on(placeholder.stop()));
+    }
+
     /// Runs `f` on the server's runtime (e.g. to drive an SDK client or an Admin call).
     pub fn block_on<F: std::future::Future>(&self, f: F) -> F::Output {
         self.runtime.block_on(f)

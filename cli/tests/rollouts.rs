@@ -1,0 +1,263 @@
+//! `flagstaff rollout ...` against a real server on a manual clock, with a real SDK client
+//! watching: a plan runs across a restart, pauses on a manual edit, and rolls back on command.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::Server;
+use flagstaff_proto::pb;
+use flagstaff_server::rollouts::ManualClock;
+use flagstaff_tests::Options;
+use insta::assert_snapshot;
+use serde_json::Value;
+
+const HOUR: Duration = Duration::from_secs(3600);
+
+fn json(text: &str) -> Value {
+    serde_json::from_str(text).expect("JSON output")
+}
+
+fn options(clock: &Arc<ManualClock>) -> Options {
+    Options {
+        clock: Some(clock.clone()),
+        ..Options::default()
+    }
+}
+
+/// Polls `rollout status -o json` until `done` holds; returns that status.
+fn until(s: &Server, key: &str, done: impl Fn(&Value) -> bool) -> Value {
+    for _ in 0..1000 {
+        let status = json(&s.ok(&["rollout", "status", key, "-o", "json"]));
+        if done(&status) {
+            return status;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    panic!(
+        "the plan of {key} never got there: {}",
+        s.ok(&["rollout", "status", key])
+    );
+}
+
+/// What the SDK client serves each of `keys`, once it has `version` of the flag.
+fn served(s: &Server, client: &flagstaff::Client, version: u64, keys: &[String]) -> Vec<bool> {
+    s.block_on(async {
+        while client.status().revision < version {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    });
+    keys.iter()
+        .map(|k| client.bool_value("checkout-v2", &flagstaff::Context::new(k.as_str()), false))
+        .collect()
+}
+
+fn sdk_client(s: &Server) -> flagstaff::Client {
+    s.block_on(async {
+        let token = s
+            .server
+            .admin()
+            .await
+            .create_token(pb::CreateTokenRequest {
+                name: "service".into(),
+                role: pb::Role::Sdk as i32,
+                environment: "production".into(),
+            })
+            .await
+            .expect("token")
+            .into_inner()
+            .secret;
+        let client = flagstaff::Client::builder(s.server.endpoint(), token)
+            .application("checkout")
+            .backoff(Duration::from_millis(20), Duration::from_millis(200))
+            .build()
+            .expect("client");
+        client
+            .wait_ready(Duration::from_secs(20))
+            .await
+            .expect("ready");
+        client
+    })
+}
+
+#[test]
+fn a_plan_runs_across_a_restart_and_stays_sticky() {
+    let clock = Arc::new(ManualClock::new(1_800_000_000_000));
+    let mut s = Server::start_with(options(&clock));
+    s.ok(&["env", "create", "production"]);
+    s.ok(&["flag", "create", "checkout-v2"]);
+    s.ok(&["flag", "on", "checkout-v2"]);
+    let client = sdk_client(&s);
+    let keys: Vec<String> = (0..2000).map(|i| format!("user-{i}")).collect();
+
+    let out = s.ok(&[
+        "rollout",
+        "start",
+        "checkout-v2",
+        "--to",
+        "on",
+        "--stages",
+        "10%:1h,50%:2h,100%",
+        "-m",
+        "canary",
+    ]);
+    assert!(
+        out.starts_with("started rolling out on of checkout-v2 in production (revision 3): running, stage 1 of 3: on 10%, next 50% "),
+        "{out}"
+    );
+    let status = json(&s.ok(&["rollout", "status", "checkout-v2", "-o", "json"]));
+    assert_eq!(status["state"], "running");
+    assert_eq!(status["percent"], 10.0);
+    assert_eq!(status["baseline"], "off");
+    assert_eq!(status["history"][0]["comment"], "canary");
+    let at_10 = served(&s, &client, 3, &keys);
+    let on = at_10.iter().filter(|v| **v).count();
+    assert!((140..=260).contains(&on), "about 10%: {on}");
+
+    // flagstaffd restarts; the plan goes on from where it was, and the client reconnects.
+    s.restart(options(&clock));
+    clock.advance(HOUR);
+    let status = until(&s, "checkout-v2", |p| p["stage"] == 2);
+    assert_eq!(status["percent"], 50.0);
+    let at_50 = served(
+        &s,
+        &client,
+        status["flag_version"].as_u64().expect("version"),
+        &keys,
+    );
+    for ((key, before), after) in keys.iter().zip(&at_10).zip(&at_50) {
+        assert!(!before || *after, "{key} lost the new checkout at 50%");
+    }
+
+    clock.advance(2 * HOUR);
+    let status = until(&s, "checkout-v2", |p| p["state"] == "completed");
+    let done = served(
+        &s,
+        &client,
+        status["flag_version"].as_u64().expect("version"),
+        &keys,
+    );
+    assert!(done.iter().all(|v| *v), "everyone at 100%");
+    let plans = json(&s.ok(&["rollout", "list", "--all", "-o", "json"]));
+    assert_eq!(plans[0]["state"], "completed");
+    let events: Vec<&str> = status["history"]
+        .as_array()
+        .expect("history")
+        .iter()
+        .map(|e| e["event"].as_str().expect("event"))
+        .collect();
+    assert_eq!(events, ["started", "advanced", "completed"]);
+    assert_eq!(
+        json(&s.ok(&["rollout", "list", "-o", "json"])),
+        serde_json::json!([])
+    );
+}
+
+#[test]
+fn a_manual_edit_pauses_and_a_rollback_restores_the_baseline() {
+    let clock = Arc::new(ManualClock::new(1_800_000_000_000));
+    let s = Server::start_with(options(&clock));
+    s.ok(&["env", "create", "production"]);
+    s.ok(&["flag", "create", "checkout-v2"]);
+    s.ok(&["flag", "on", "checkout-v2"]);
+    let client = sdk_client(&s);
+    s.ok(&[
+        "rollout",
+        "start",
+        "checkout-v2",
+        "--to",
+        "on",
+        "--stages",
+        "20%:1h,60%:1h,100%",
+    ]);
+
+    // The kill switch, by hand: the plan pauses and holds.
+    s.ok(&["flag", "off", "checkout-v2"]);
+    let status = json(&s.ok(&["rollout", "status", "checkout-v2", "-o", "json"]));
+    assert_eq!(status["state"], "paused");
+    assert_eq!(
+        status["state_message"],
+        "paused: the flag was edited by admin at revision 4"
+    );
+    clock.advance(2 * HOUR);
+    std::thread::sleep(Duration::from_millis(50));
+    assert_eq!(
+        json(&s.ok(&["rollout", "status", "checkout-v2", "-o", "json"]))["stage"],
+        1
+    );
+    let listed = s.ok(&["rollout", "list"]);
+    assert_snapshot!(listed, @r"
+    FLAG         STATE   STAGE   NOW     NEXT
+    checkout-v2  paused  1 of 3  on 20%  -
+    ");
+
+    // Resumed and back on: it advances after a full hold.
+    s.ok(&["flag", "on", "checkout-v2"]);
+    let out = s.ok(&["rollout", "resume", "checkout-v2", "-m", "false alarm"]);
+    assert!(
+        out.starts_with(
+            "resumed the rollout of checkout-v2 in production: running, stage 1 of 3: on 20%"
+        ),
+        "{out}"
+    );
+    clock.advance(HOUR);
+    until(&s, "checkout-v2", |p| p["stage"] == 2);
+
+    // Rolled back: everyone gets the baseline, at once.
+    let out = s.ok(&["rollout", "rollback", "checkout-v2", "-m", "errors up"]);
+    assert!(
+        out.starts_with(
+            "rolled back the rollout of checkout-v2 in production (revision 7): rolled back"
+        ),
+        "{out}"
+    );
+    let status = json(&s.ok(&["rollout", "status", "checkout-v2", "-o", "json"]));
+    assert_eq!(
+        (status["state"].as_str(), status["percent"].as_f64()),
+        (Some("rolled back"), Some(0.0))
+    );
+    let keys: Vec<String> = (0..500).map(|i| format!("user-{i}")).collect();
+    assert!(
+        served(&s, &client, 7, &keys).iter().all(|v| !v),
+        "nobody keeps the new checkout"
+    );
+    let human = s.ok(&["rollout", "status", "checkout-v2"]);
+    assert!(
+        human.starts_with("checkout-v2: rolled back, stage 2 of 3: on 0%\n"),
+        "{human}"
+    );
+    assert!(
+        human.contains("rolled back  stage 2       0%  by admin  revision 7  errors up"),
+        "{human}"
+    );
+
+    // Bad input says what is wrong and changes nothing.
+    let err = s.fails(&[
+        "rollout",
+        "start",
+        "checkout-v2",
+        "--to",
+        "on",
+        "--stages",
+        "5%:1h,50%",
+    ]);
+    assert_snapshot!(err, @"error: --stages must end with 100% (no hold): e.g. 1%:10m,5%:30m,100%");
+    let err = s.fails(&["rollout", "pause", "checkout-v2"]);
+    assert_snapshot!(err, @r#"error: the plan of flag "checkout-v2" is rolled back, not running"#);
+    let err = s.fails(&["rollout", "status", "banner"]);
+    assert_snapshot!(err, @r#"error: flag "banner" has no rollout plan in environment "production""#);
+    s.ok(&["flag", "create", "banner"]);
+    let out = s.ok(&[
+        "rollout",
+        "start",
+        "banner",
+        "--to",
+        "on",
+        "--stages",
+        "50%:1d,100%",
+    ]);
+    assert!(out.contains("stage 1 of 2: on 50%"), "{out}");
+    let out = s.ok(&["rollout", "promote", "banner"]);
+    assert!(out.contains(": completed, stage 1 of 2: on 100%"), "{out}");
+}
