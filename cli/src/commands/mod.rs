@@ -10,6 +10,7 @@ pub mod history;
 pub mod io;
 pub mod rollout;
 pub mod segment;
+pub mod token;
 
 /// Runs the command; returns what to print.
 pub async fn run(cli: Cli) -> anyhow::Result<String> {
@@ -24,13 +25,15 @@ pub async fn run(cli: Cli) -> anyhow::Result<String> {
                 Command::Eval(args) => eval::online(&mut session, args).await,
                 Command::Flag(command) => flag::run(&mut session, command).await,
                 Command::Segment(command) => segment::run(&mut session, command).await,
+                Command::Token(command) => token::run(&mut session, command).await,
                 Command::History(args) => history::history(&mut session, args).await,
                 Command::Watch => history::watch(&mut session).await,
                 Command::Clients => history::clients(&mut session).await,
                 Command::Export => io::export(&mut session).await,
                 Command::Import(args) => io::import(&mut session, args).await,
                 Command::Rollout(command) => rollout::run(&mut session, command).await,
-                _ => anyhow::bail!("this command is not available yet"),
+                // Answered above without a server.
+                Command::Completions(args) => Ok(completions(args.shell)),
             }
         }
     }
