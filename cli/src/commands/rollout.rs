@@ -320,6 +320,22 @@ fn span(ms: u64) -> String {
     }
 }
 
+/// A hold as the largest unit that states it exactly: `10m`, `1h`, `2d`, `90s`.
+fn hold_text(ms: u64) -> String {
+    let units = [
+        (86_400_000, "d"),
+        (3_600_000, "h"),
+        (60_000, "m"),
+        (1000, "s"),
+    ];
+    for (size, unit) in units {
+        if ms % size == 0 {
+            return format!("{}{unit}", ms / size);
+        }
+    }
+    format!("{ms}ms")
+}
+
 /// One line: `running, stage 2 of 4: on 5%, next 25% in 29m 58s`.
 fn headline(plan: &pb::RolloutPlan, now: i64) -> String {
     let mut line = format!(
@@ -388,7 +404,7 @@ fn render(plan: &pb::RolloutPlan, out: crate::args::Output, now: i64) -> String 
             if s.hold_ms == 0 {
                 percent(s.percent)
             } else {
-                format!("{}:{}", percent(s.percent), span(s.hold_ms))
+                format!("{}:{}", percent(s.percent), hold_text(s.hold_ms))
             }
         })
         .collect();
@@ -484,6 +500,14 @@ mod tests {
             let error = parse_stages(bad).expect_err(bad).to_string();
             assert!(error.contains(says), "{bad}: {error}");
         }
+    }
+
+    #[test]
+    fn holds() {
+        assert_eq!(hold_text(600_000), "10m");
+        assert_eq!(hold_text(5_400_000), "90m");
+        assert_eq!(hold_text(172_800_000), "2d");
+        assert_eq!(hold_text(1_500), "1500ms");
     }
 
     #[test]
