@@ -258,6 +258,38 @@ fn a_manual_edit_pauses_and_a_rollback_restores_the_baseline() {
         "50%:1d,100%",
     ]);
     assert!(out.contains("stage 1 of 2: on 50%"), "{out}");
+
+    // `status --watch` follows the plan until it finishes.
+    let watching = s
+        .process()
+        .args([
+            "--env",
+            "production",
+            "rollout",
+            "status",
+            "banner",
+            "--watch",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("watch starts");
+    std::thread::sleep(Duration::from_millis(300));
     let out = s.ok(&["rollout", "promote", "banner"]);
     assert!(out.contains(": completed, stage 1 of 2: on 100%"), "{out}");
+    let watched = watching.wait_with_output().expect("watch ends");
+    assert!(watched.status.success());
+    let watched = String::from_utf8_lossy(&watched.stdout);
+    assert!(
+        watched.starts_with("banner: running, stage 1 of 2: on 50%"),
+        "{watched}"
+    );
+    let promoted = watched
+        .lines()
+        .find(|l| l.contains("promoted"))
+        .expect("a promoted line");
+    assert!(promoted.contains("stage 1     100%  by admin"), "{watched}");
+    assert!(
+        watched.ends_with("completed, stage 1 of 2: on 100%\n"),
+        "{watched}"
+    );
 }

@@ -44,6 +44,17 @@ impl Server {
         cmd
     }
 
+    /// Like [`cmd`](Self::cmd), as a plain process to spawn and read while it runs.
+    pub fn process(&self) -> std::process::Command {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_flagstaff"));
+        cmd.current_dir(self.cwd.path())
+            .env_remove("FLAGSTAFF_ENV")
+            .env("NO_COLOR", "1")
+            .env("FLAGSTAFF_ENDPOINT", self.server.endpoint())
+            .env("FLAGSTAFF_TOKEN", &self.server.admin_token);
+        cmd
+    }
+
     /// `flagstaff --env production ARGS`, which must succeed; its stdout.
     pub fn ok(&self, args: &[&str]) -> String {
         let out = self
