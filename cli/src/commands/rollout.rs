@@ -329,7 +329,7 @@ fn hold_text(ms: u64) -> String {
         (1000, "s"),
     ];
     for (size, unit) in units {
-        if ms % size == 0 {
+        if ms.is_multiple_of(size) {
             return format!("{}{unit}", ms / size);
         }
     }
