@@ -32,7 +32,7 @@ impl Snapshot {
             before
                 .flags
                 .keys()
-                .filter(|key| !self.flags.contains_key(&***key))
+                .filter(|key| !self.flags.contains_key(key))
                 .map(|key| key.to_string()),
         );
         changed.sort_unstable();

@@ -9,7 +9,6 @@ use std::fmt;
 use serde_json::Value;
 
 use crate::context::Context;
-use crate::keys::KeyRef;
 use crate::model::Kind;
 use crate::snapshot::{CompiledFlag, CompiledServe, CompiledVariant, Snapshot, VariantValue};
 
@@ -391,10 +390,7 @@ impl Snapshot {
         key: &str,
         ctx: &Context<'_>,
     ) -> Result<Served<'a, T>, Unserved> {
-        let flag = self
-            .flags
-            .get(&KeyRef(key))
-            .ok_or((ErrorKind::FlagNotFound, None))?;
+        let flag = self.flags.get(key).ok_or((ErrorKind::FlagNotFound, None))?;
         let mismatch = (ErrorKind::TypeMismatch, flag.version);
         if flag.kind != T::KIND {
             return Err(mismatch);

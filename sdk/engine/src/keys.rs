@@ -5,9 +5,6 @@
 //! compared here costs more than the comparison itself; profiles of evaluation showed a quarter
 //! of the time there. This compares with a few overlapping word loads instead.
 
-use std::hash::{Hash, Hasher};
-use std::sync::Arc;
-
 /// Whether `a` and `b` are the same string.
 #[inline(always)]
 pub(crate) fn eq(a: &str, b: &str) -> bool {
@@ -38,24 +35,6 @@ pub(crate) fn eq_bytes(a: &[u8], b: &[u8]) -> bool {
         8..=16 => word(a, 0) == word(b, 0) && word(a, n - 8) == word(b, n - 8),
         // Longer strings are rare here; the library call is fine for them.
         _ => a == b,
-    }
-}
-
-/// A borrowed key that looks up `Arc<str>` map keys with [`eq`].
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct KeyRef<'a>(pub(crate) &'a str);
-
-impl Hash for KeyRef<'_> {
-    fn hash<H: Hasher>(&self, state: &mut H) {
-        // Must hash exactly as `Arc<str>` does, which is as `str`.
-        self.0.hash(state);
-    }
-}
-
-impl hashbrown::Equivalent<Arc<str>> for KeyRef<'_> {
-    #[inline(always)]
-    fn equivalent(&self, key: &Arc<str>) -> bool {
-        eq(self.0, key)
     }
 }
 

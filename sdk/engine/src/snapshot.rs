@@ -22,10 +22,110 @@ use crate::model::{Document, Flag, Kind, Segment, Serve};
 use crate::problem::{Problems, ValidationError};
 use crate::validate::{self, PrerequisiteGraph, Resolve};
 
-/// Flag and segment maps. Keys come from our own server or a validated document, never from
-/// the calling service, so the fast non-cryptographic Fx hasher is safe here: nobody can choose
-/// keys to force collisions.
-type Map<V> = hashbrown::HashMap<Arc<str>, Arc<V>, rustc_hash::FxBuildHasher>;
+/// Compiled flags or segments by key: a hash table of `Arc`s, each holding its own key.
+///
+/// Applying a change clones the table, and dropping the old snapshot drops it; one reference
+/// count per entry (rather than one for an `Arc<str>` map key and one for the value) halves what
+/// both cost. A lookup reads the key from the flag it finds, which evaluation reads next anyway.
+///
+/// Keys come from our own server or a validated document, never from the calling service, so
+/// the fast non-cryptographic Fx hasher is safe here: nobody can choose keys to force collisions.
+#[derive(Debug)]
+pub(crate) struct Table<V> {
+    table: hashbrown::HashTable<Arc<V>>,
+}
+
+/// What a [`Table`] holds: something with a key.
+pub(crate) trait Keyed {
+    fn key(&self) -> &str;
+}
+
+impl<V> Clone for Table<V> {
+    fn clone(&self) -> Self {
+        Table {
+            table: self.table.clone(),
+        }
+    }
+}
+
+impl<V> Default for Table<V> {
+    fn default() -> Self {
+        Table {
+            table: hashbrown::HashTable::new(),
+        }
+    }
+}
+
+impl<V: Keyed> Table<V> {
+    #[inline(always)]
+    fn hash(key: &str) -> u64 {
+        use std::hash::BuildHasher;
+        rustc_hash::FxBuildHasher.hash_one(key)
+    }
+
+    /// The entry with key `key`.
+    #[inline(always)]
+    pub(crate) fn get(&self, key: &str) -> Option<&Arc<V>> {
+        self.table
+            .find(Self::hash(key), |v| crate::keys::eq(key, v.key()))
+    }
+
+    pub(crate) fn contains_key(&self, key: &str) -> bool {
+        self.get(key).is_some()
+    }
+
+    /// Adds `value`, replacing (and returning) the entry with its key.
+    pub(crate) fn insert(&mut self, value: Arc<V>) -> Option<Arc<V>> {
+        let hash = Self::hash(value.key());
+        match self
+            .table
+            .entry(hash, |v| v.key() == value.key(), |v| Self::hash(v.key()))
+        {
+            hashbrown::hash_table::Entry::Occupied(mut entry) => {
+                Some(std::mem::replace(entry.get_mut(), value))
+            }
+            hashbrown::hash_table::Entry::Vacant(entry) => {
+                entry.insert(value);
+                None
+            }
+        }
+    }
+
+    /// Removes (and returns) the entry with key `key`.
+    pub(crate) fn remove(&mut self, key: &str) -> Option<Arc<V>> {
+        let entry = self.table.find_entry(Self::hash(key), |v| v.key() == key);
+        entry.ok().map(|entry| entry.remove().0)
+    }
+
+    pub(crate) fn values(&self) -> impl Iterator<Item = &Arc<V>> {
+        self.table.iter()
+    }
+
+    pub(crate) fn keys(&self) -> impl Iterator<Item = &str> {
+        self.table.iter().map(|v| v.key())
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.table.len()
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.table.is_empty()
+    }
+}
+
+impl Keyed for CompiledFlag {
+    #[inline(always)]
+    fn key(&self) -> &str {
+        &self.key
+    }
+}
+
+impl Keyed for CompiledSegment {
+    fn key(&self) -> &str {
+        &self.key
+    }
+}
 
 /// A variant value, typed by the flag's kind.
 #[derive(Debug)]
@@ -87,6 +187,8 @@ pub(crate) struct CompiledPrerequisite {
 /// A flag ready to evaluate.
 #[derive(Debug)]
 pub(crate) struct CompiledFlag {
+    /// The flag's key, which the snapshot's table finds it by.
+    pub(crate) key: Arc<str>,
     pub(crate) doc: Arc<Flag>,
     pub(crate) kind: Kind,
     pub(crate) enabled: bool,
@@ -104,6 +206,7 @@ pub(crate) struct CompiledFlag {
 /// A segment ready to test membership in constant time, whatever the size of its key lists.
 #[derive(Debug)]
 pub(crate) struct CompiledSegment {
+    key: Arc<str>,
     pub(crate) doc: Arc<Segment>,
     /// Context keys are chosen by callers, but these sets are built from the segment's own keys,
     /// so lookups of arbitrary keys cannot degrade them.
@@ -113,10 +216,11 @@ pub(crate) struct CompiledSegment {
 }
 
 impl CompiledSegment {
-    fn compile(doc: Arc<Segment>) -> CompiledSegment {
+    fn compile(key: Arc<str>, doc: Arc<Segment>) -> CompiledSegment {
         let keys = |list: &[String]| list.iter().map(|k| Box::from(k.as_bytes())).collect();
         let no_segments = |_: &str| None;
         CompiledSegment {
+            key,
             included: keys(&doc.included),
             excluded: keys(&doc.excluded),
             rules: doc
@@ -151,7 +255,12 @@ impl CompiledSegment {
 
 impl CompiledFlag {
     /// Compiles a validated flag whose prerequisites and segments are in `flags` and `segments`.
-    fn compile(doc: Arc<Flag>, flags: &Map<CompiledFlag>, segments: &Map<CompiledSegment>) -> Self {
+    fn compile(
+        key: Arc<str>,
+        doc: Arc<Flag>,
+        flags: &Table<CompiledFlag>,
+        segments: &Table<CompiledSegment>,
+    ) -> Self {
         let index = |variant: &str| {
             doc.variants
                 .0
@@ -220,6 +329,7 @@ impl CompiledFlag {
             })
             .collect();
         let mut flag = CompiledFlag {
+            key,
             kind: doc.kind,
             enabled: doc.enabled,
             version: doc.version,
@@ -275,8 +385,8 @@ impl From<Document> for ChangeSet {
 /// Immutable and `Send + Sync`; share it behind an `Arc` (the SDK keeps it in an `ArcSwap`).
 #[derive(Debug, Clone, Default)]
 pub struct Snapshot {
-    pub(crate) flags: Map<CompiledFlag>,
-    pub(crate) segments: Map<CompiledSegment>,
+    pub(crate) flags: Table<CompiledFlag>,
+    pub(crate) segments: Table<CompiledSegment>,
     /// Which flags use each segment and require each flag; shared with the snapshot this one
     /// was applied to when the change did not alter any of those edges.
     dependents: Arc<Dependents>,
@@ -365,14 +475,14 @@ impl Snapshot {
             next.segments.remove(key.as_str());
         }
         for key in &changes.deleted_flags {
-            if let Some((key, old)) = next.flags.remove_entry(key.as_str()) {
-                Dependents::replace(&mut next.dependents, &key, Some(&old.doc), None);
+            if let Some(old) = next.flags.remove(key.as_str()) {
+                Dependents::replace(&mut next.dependents, &old.key, Some(&old.doc), None);
             }
         }
         for segment in changes.segments {
             let key: Arc<str> = segment.key.as_str().into();
             next.segments
-                .insert(key, Arc::new(CompiledSegment::compile(Arc::new(segment))));
+                .insert(Arc::new(CompiledSegment::compile(key, Arc::new(segment))));
         }
         let mut upserts: FxHashMap<Arc<str>, Arc<Flag>> = changes
             .flags
@@ -391,8 +501,8 @@ impl Snapshot {
                     None => continue,
                 },
             };
-            let compiled = CompiledFlag::compile(doc, &next.flags, &next.segments);
-            next.flags.insert(key, Arc::new(compiled));
+            let compiled = CompiledFlag::compile(key, doc, &next.flags, &next.segments);
+            next.flags.insert(Arc::new(compiled));
         }
         next
     }
@@ -708,7 +818,7 @@ mod tests {
 
     /// Every flag's evaluation for a few users, as text.
     fn served(snapshot: &Snapshot) -> Vec<String> {
-        let mut keys: Vec<&str> = snapshot.flags.keys().map(|k| &**k).collect();
+        let mut keys: Vec<&str> = snapshot.flags.keys().collect();
         keys.sort_unstable();
         let mut served = Vec::new();
         for key in keys {
