@@ -274,7 +274,7 @@ async fn watch(session: &mut Session, key: &str) -> anyhow::Result<String> {
         tokio::time::sleep(Duration::from_millis(500)).await;
         plan = get(session, key).await?;
         for event in plan.history.iter().skip(seen) {
-            println!("{}", event_line(event));
+            println!("  {}", event_line(event));
         }
         seen = plan.history.len();
         let _ = std::io::stdout().flush();
