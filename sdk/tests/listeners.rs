@@ -16,7 +16,7 @@ fn collect() -> (
     let (tx, rx) = mpsc::channel();
     let tx = Mutex::new(tx);
     let f = move |c: &FlagChange| {
-        let _ = tx.lock().unwrap().send(c.clone());
+        let _ = tx.lock().expect("not poisoned").send(c.clone());
     };
     (f, rx)
 }
@@ -128,7 +128,7 @@ fn a_stuck_listener_never_holds_back_changes_and_drops_are_counted() {
         move |c: &FlagChange| {
             if c.revision == 1 {
                 entered.wait();
-                let _ = released.lock().unwrap().recv();
+                let _ = released.lock().expect("not poisoned").recv();
             }
         }
     };
