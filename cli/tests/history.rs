@@ -57,20 +57,20 @@ fn history_lists_changes_newest_first() {
     });
     aligned().bind(|| {
         assert_snapshot!(s.ok(&["history"]), @r"
-        REVISION  TIME                     ACTOR  CHANGES                                      COMMENT
-        3         [time.................]  admin  flag checkout-v2 updated: turned off         incident 42
-        2         [time.................]  admin  segment internal-staff updated: +1 included  new hire
-        1         [time.................]  admin  4 flags, 1 segment changed                   initial import
+        REVISION  TIME                     ACTOR  OPERATION         CHANGES                                      COMMENT
+        3         [time.................]  admin  SetFlagEnabled    flag checkout-v2 updated: turned off         incident 42
+        2         [time.................]  admin  PatchSegmentKeys  segment internal-staff updated: +1 included  new hire
+        1         [time.................]  admin  Apply             4 flags, 1 segment changed                   initial import
         ");
         assert_snapshot!(s.ok(&["history", "checkout-v2"]), @r"
-        REVISION  TIME                     ACTOR  CHANGES                               COMMENT
-        3         [time.................]  admin  flag checkout-v2 updated: turned off  incident 42
-        1         [time.................]  admin  flag checkout-v2 created              initial import
+        REVISION  TIME                     ACTOR  OPERATION       CHANGES                               COMMENT
+        3         [time.................]  admin  SetFlagEnabled  flag checkout-v2 updated: turned off  incident 42
+        1         [time.................]  admin  Apply           flag checkout-v2 created              initial import
         ");
         // A segment's key works too.
         assert_snapshot!(s.ok(&["history", "internal-staff", "--limit", "1"]), @r"
-        REVISION  TIME                     ACTOR  CHANGES                                      COMMENT
-        2         [time.................]  admin  segment internal-staff updated: +1 included  new hire
+        REVISION  TIME                     ACTOR  OPERATION         CHANGES                                      COMMENT
+        2         [time.................]  admin  PatchSegmentKeys  segment internal-staff updated: +1 included  new hire
         ");
     });
     let entries: Value =
@@ -144,12 +144,12 @@ fn watch_prints_each_change_as_it_happens() {
     s.ok(&["segment", "add", "beta", "u1", "u2", "-m", "testers"]);
     let line = lines.recv_timeout(PATIENCE).expect("a line");
     redacted().bind(|| {
-        assert_snapshot!(line, @"[time]  revision 2  admin  segment beta updated: +2 included  (testers)");
+        assert_snapshot!(line, @"[time]  revision 2  admin  PatchSegmentKeys  segment beta updated: +2 included  (testers)");
     });
     s.ok(&["segment", "delete", "beta", "--yes"]);
     let line = lines.recv_timeout(PATIENCE).expect("a line");
     assert!(
-        line.ends_with("revision 3  admin  segment beta deleted: -2 included"),
+        line.ends_with("revision 3  admin  DeleteSegment  segment beta deleted: -2 included"),
         "{line}"
     );
     child.kill().expect("killed");

@@ -26,6 +26,7 @@ fn write(envs: &Environments<SledStore>, key: &str, enabled: bool) -> Duration {
     let ctx = WriteContext {
         environment: "bench",
         actor: "bench",
+        operation: "SetFlagEnabled",
         comment: "",
         confirmed: false,
     };
@@ -69,6 +70,7 @@ fn main() {
         let ctx = WriteContext {
             environment: "bench",
             actor: "bench",
+            operation: "SetFlagEnabled",
             comment: "",
             confirmed: false,
         };

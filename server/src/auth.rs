@@ -103,6 +103,17 @@ impl<S: Store> Tokens<S> {
         role: Role,
         environment: Option<&str>,
     ) -> Result<(TokenRecord, String), ServerError> {
+        self.create_by(name, role, environment, "")
+    }
+
+    /// [`create`](Self::create), recording the name of the token that asked.
+    fn create_by(
+        &self,
+        name: &str,
+        role: Role,
+        environment: Option<&str>,
+        created_by: &str,
+    ) -> Result<(TokenRecord, String), ServerError> {
         if name.trim().is_empty() {
             return Err(ServerError::Invalid("a token needs a name".to_owned()));
         }
@@ -129,6 +140,7 @@ impl<S: Store> Tokens<S> {
             hash: hash(&secret),
             created_ms: now_ms(),
             revoked: false,
+            created_by: created_by.to_owned(),
         };
         self.store.put_token(&record)?;
         self.by_hash
@@ -146,6 +158,7 @@ impl<S: Store> Tokens<S> {
         name: &str,
         role: Role,
         environment: Option<&str>,
+        created_by: &str,
     ) -> Result<(TokenRecord, String), ServerError> {
         if !name.trim().is_empty() && !flagstaff_engine::is_valid_key(name) {
             return Err(ServerError::Invalid(format!(
@@ -160,7 +173,7 @@ impl<S: Store> Tokens<S> {
                 "a token named {name:?} exists; revoke it first or choose another name"
             )));
         }
-        self.create(name, role, environment)
+        self.create_by(name, role, environment, created_by)
     }
 
     /// Every token, oldest first.

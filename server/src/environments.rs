@@ -99,6 +99,8 @@ pub struct WriteContext<'a> {
     pub environment: &'a str,
     /// The token name, for the audit log.
     pub actor: &'a str,
+    /// What made the change, for the audit log: the Admin rpc's name, or a rollout step's.
+    pub operation: &'a str,
     /// The reason given, for the audit log.
     pub comment: &'a str,
     /// The caller confirmed a write to a protected environment.
@@ -365,6 +367,7 @@ impl<S: Store> Environments<S> {
             time_ms,
             actor: ctx.actor.to_owned(),
             comment: ctx.comment.to_owned(),
+            operation: ctx.operation.to_owned(),
             changes: staged.audit,
         };
         let mut plan_writes: Vec<RolloutRecord> = plan.iter().cloned().collect();

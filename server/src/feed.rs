@@ -168,6 +168,7 @@ mod tests {
                 time_ms: 0,
                 actor: String::new(),
                 comment: String::new(),
+                operation: String::new(),
                 changes: Vec::new(),
             },
         )

@@ -645,11 +645,20 @@ impl<S: Store> Environments<S> {
     ) -> Result<Option<Step>, ServerError> {
         let actor = actor(key);
         let env = self.get(environment)?;
+        // Read again under the writer lock below; this only names the step for the log.
+        let completes = env
+            .rollout(key)
+            .is_some_and(|p| p.stage_index + 2 >= p.stages.len());
         let mut due = false;
         let result = self.write_with_rollout(
             WriteContext {
                 environment,
                 actor: &actor,
+                operation: if completes {
+                    "RolloutComplete"
+                } else {
+                    "RolloutAdvance"
+                },
                 comment: "",
                 // The person who started the plan confirmed its steps.
                 confirmed: true,

@@ -20,6 +20,7 @@ fn ctx<'a>(environment: &'a str, comment: &'a str) -> WriteContext<'a> {
     WriteContext {
         environment,
         actor: "alice",
+        operation: "Test",
         comment,
         confirmed: false,
     }

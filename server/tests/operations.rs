@@ -44,6 +44,7 @@ fn ctx(environment: &str) -> WriteContext<'_> {
     WriteContext {
         environment,
         actor: "alice",
+        operation: "Test",
         comment: "",
         confirmed: false,
     }

@@ -33,6 +33,7 @@ fn audit(revision: u64, changes: Vec<AuditChange>) -> AuditEntry {
         time_ms: now_ms(),
         actor: "test".into(),
         comment: format!("r{revision}"),
+        operation: "SetFlagEnabled".into(),
         changes,
     }
 }
@@ -256,6 +257,7 @@ fn tokens_persist_and_revoke() {
         hash: "ab".repeat(32),
         created_ms: now_ms(),
         revoked: false,
+        created_by: "admin".into(),
     };
     {
         let store = SledStore::open(dir.path(), 100).expect("open");

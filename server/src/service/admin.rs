@@ -69,16 +69,25 @@ impl<S: Store> AdminService<S> {
 struct Writer {
     environment: String,
     actor: String,
+    /// The rpc's name, for the audit log.
+    operation: &'static str,
     comment: String,
     confirmed: bool,
 }
 
 impl Writer {
     /// A write by `token`: its name is the actor of the audit entry.
-    fn new(token: &TokenRecord, environment: String, comment: String, confirmed: bool) -> Writer {
+    fn new(
+        token: &TokenRecord,
+        operation: &'static str,
+        environment: String,
+        comment: String,
+        confirmed: bool,
+    ) -> Writer {
         Writer {
             environment,
             actor: token.name.clone(),
+            operation,
             comment,
             confirmed,
         }
@@ -88,6 +97,7 @@ impl Writer {
         WriteContext {
             environment: &self.environment,
             actor: &self.actor,
+            operation: self.operation,
             comment: &self.comment,
             confirmed: self.confirmed,
         }
@@ -296,7 +306,13 @@ impl<S: Store> pb::admin_server::Admin for AdminService<S> {
         let req = request.into_inner();
         let flag = wire::flag(wire::required(req.flag, "flag")?)?;
         let key = flag.key.clone();
-        let writer = Writer::new(&token, req.environment, req.comment, req.confirm_protected);
+        let writer = Writer::new(
+            &token,
+            "CreateFlag",
+            req.environment,
+            req.comment,
+            req.confirm_protected,
+        );
         let envs = self.envs.clone();
         let (revision, flag) = blocking(move || {
             let committed = envs.create_flag(writer.ctx(), flag)?;
@@ -387,7 +403,13 @@ impl<S: Store> pb::admin_server::Admin for AdminService<S> {
         let mut flag = wire::flag(wire::required(req.flag, "flag")?)?;
         flag.version = wire::expected_of(flag.version, req.expected_version, "flag")?;
         let key = flag.key.clone();
-        let writer = Writer::new(&token, req.environment, req.comment, req.confirm_protected);
+        let writer = Writer::new(
+            &token,
+            "UpdateFlag",
+            req.environment,
+            req.comment,
+            req.confirm_protected,
+        );
         let envs = self.envs.clone();
         let (revision, flag) = blocking(move || {
             let committed = envs.update_flag(writer.ctx(), flag)?;
@@ -409,7 +431,13 @@ impl<S: Store> pb::admin_server::Admin for AdminService<S> {
         let req = request.into_inner();
         wire::required_str(&req.key, "key")?;
         let expected = wire::expected(req.expected_version);
-        let writer = Writer::new(&token, req.environment, req.comment, req.confirm_protected);
+        let writer = Writer::new(
+            &token,
+            "DeleteFlag",
+            req.environment,
+            req.comment,
+            req.confirm_protected,
+        );
         let envs = self.envs.clone();
         let committed =
             blocking(move || envs.delete_flag(writer.ctx(), &req.key, expected)).await?;
@@ -426,7 +454,13 @@ impl<S: Store> pb::admin_server::Admin for AdminService<S> {
         let req = request.into_inner();
         wire::required_str(&req.key, "key")?;
         let expected = wire::expected(req.expected_version);
-        let writer = Writer::new(&token, req.environment, req.comment, req.confirm_protected);
+        let writer = Writer::new(
+            &token,
+            "SetFlagEnabled",
+            req.environment,
+            req.comment,
+            req.confirm_protected,
+        );
         let envs = self.envs.clone();
         let (revision, flag) = blocking(move || {
             let committed = envs.set_flag_enabled(writer.ctx(), &req.key, req.enabled, expected)?;
@@ -449,7 +483,13 @@ impl<S: Store> pb::admin_server::Admin for AdminService<S> {
         wire::required_str(&req.key, "key")?;
         let serve = wire::serve(wire::required(req.serve, "serve")?, "serve")?;
         let expected = wire::expected(req.expected_version);
-        let writer = Writer::new(&token, req.environment, req.comment, req.confirm_protected);
+        let writer = Writer::new(
+            &token,
+            "SetDefaultServe",
+            req.environment,
+            req.comment,
+            req.confirm_protected,
+        );
         let envs = self.envs.clone();
         let (revision, flag) = blocking(move || {
             let committed =
@@ -475,7 +515,13 @@ impl<S: Store> pb::admin_server::Admin for AdminService<S> {
             return Err(wire::missing("to_version").into());
         }
         let expected = wire::expected(req.expected_version);
-        let writer = Writer::new(&token, req.environment, req.comment, req.confirm_protected);
+        let writer = Writer::new(
+            &token,
+            "RevertFlag",
+            req.environment,
+            req.comment,
+            req.confirm_protected,
+        );
         let envs = self.envs.clone();
         let (revision, flag) = blocking(move || {
             let committed = envs.revert_flag(writer.ctx(), &req.key, req.to_version, expected)?;
@@ -509,7 +555,13 @@ impl<S: Store> pb::admin_server::Admin for AdminService<S> {
             )));
         }
         let expected = wire::expected(req.expected_version);
-        let writer = Writer::new(&token, req.environment, req.comment, req.confirm_protected);
+        let writer = Writer::new(
+            &token,
+            "PromoteFlag",
+            req.environment,
+            req.comment,
+            req.confirm_protected,
+        );
         let envs = self.envs.clone();
         let (revision, flag) = blocking(move || {
             let committed =
@@ -534,7 +586,13 @@ impl<S: Store> pb::admin_server::Admin for AdminService<S> {
         let req = request.into_inner();
         let segment = wire::segment(wire::required(req.segment, "segment")?)?;
         let key = segment.key.clone();
-        let writer = Writer::new(&token, req.environment, req.comment, req.confirm_protected);
+        let writer = Writer::new(
+            &token,
+            "CreateSegment",
+            req.environment,
+            req.comment,
+            req.confirm_protected,
+        );
         let envs = self.envs.clone();
         let (revision, segment) = blocking(move || {
             let committed = envs.create_segment(writer.ctx(), segment)?;
@@ -621,7 +679,13 @@ impl<S: Store> pb::admin_server::Admin for AdminService<S> {
         let mut segment = wire::segment(wire::required(req.segment, "segment")?)?;
         segment.version = wire::expected_of(segment.version, req.expected_version, "segment")?;
         let key = segment.key.clone();
-        let writer = Writer::new(&token, req.environment, req.comment, req.confirm_protected);
+        let writer = Writer::new(
+            &token,
+            "UpdateSegment",
+            req.environment,
+            req.comment,
+            req.confirm_protected,
+        );
         let envs = self.envs.clone();
         let (revision, segment) = blocking(move || {
             let committed = envs.update_segment(writer.ctx(), segment)?;
@@ -643,7 +707,13 @@ impl<S: Store> pb::admin_server::Admin for AdminService<S> {
         let req = request.into_inner();
         wire::required_str(&req.key, "key")?;
         let expected = wire::expected(req.expected_version);
-        let writer = Writer::new(&token, req.environment, req.comment, req.confirm_protected);
+        let writer = Writer::new(
+            &token,
+            "DeleteSegment",
+            req.environment,
+            req.comment,
+            req.confirm_protected,
+        );
         let envs = self.envs.clone();
         let committed =
             blocking(move || envs.delete_segment(writer.ctx(), &req.key, expected)).await?;
@@ -670,7 +740,13 @@ impl<S: Store> pb::admin_server::Admin for AdminService<S> {
             add_excluded: patch.add_excluded,
             remove_excluded: patch.remove_excluded,
         };
-        let writer = Writer::new(&token, req.environment, req.comment, req.confirm_protected);
+        let writer = Writer::new(
+            &token,
+            "PatchSegmentKeys",
+            req.environment,
+            req.comment,
+            req.confirm_protected,
+        );
         let envs = self.envs.clone();
         let (committed, segment) = blocking(move || {
             let committed = envs.patch_segment_keys(writer.ctx(), &keys, expected)?;
@@ -732,7 +808,13 @@ impl<S: Store> pb::admin_server::Admin for AdminService<S> {
         };
         let flag_keys: Vec<String> = changes.flags.iter().map(|f| f.key.clone()).collect();
         let segment_keys: Vec<String> = changes.segments.iter().map(|s| s.key.clone()).collect();
-        let writer = Writer::new(&token, req.environment, req.comment, req.confirm_protected);
+        let writer = Writer::new(
+            &token,
+            "Apply",
+            req.environment,
+            req.comment,
+            req.confirm_protected,
+        );
         let envs = self.envs.clone();
         let committed = blocking(move || envs.apply_with(writer.ctx(), changes, options)).await?;
         Ok(Response::new(pb::ApplyResponse {
@@ -901,7 +983,7 @@ impl<S: Store> pb::admin_server::Admin for AdminService<S> {
         &self,
         request: Request<pb::CreateTokenRequest>,
     ) -> Result<Response<pb::CreateTokenResponse>, Status> {
-        self.allow(&request, Access::Admin)?;
+        let creator = self.allow(&request, Access::Admin)?;
         let req = request.into_inner();
         let role = wire::role(req.role)?;
         let environment = Some(req.environment).filter(|e| !e.is_empty());
@@ -909,8 +991,10 @@ impl<S: Store> pb::admin_server::Admin for AdminService<S> {
             self.envs.get(environment)?;
         }
         let tokens = self.tokens.clone();
-        let (token, secret) =
-            blocking(move || tokens.create_named(&req.name, role, environment.as_deref())).await?;
+        let (token, secret) = blocking(move || {
+            tokens.create_named(&req.name, role, environment.as_deref(), &creator.name)
+        })
+        .await?;
         Ok(Response::new(pb::CreateTokenResponse {
             token: Some(wire::token(&token)),
             secret,
@@ -1058,7 +1142,13 @@ impl<S: Store> pb::admin_server::Admin for AdminService<S> {
             force: req.force,
             expected_version: wire::expected(req.expected_version),
         };
-        let writer = Writer::new(&token, req.environment, req.comment, req.confirm_protected);
+        let writer = Writer::new(
+            &token,
+            "StartRollout",
+            req.environment,
+            req.comment,
+            req.confirm_protected,
+        );
         let envs = self.envs.clone();
         let (revision, flag, plan) = blocking(move || {
             let step = envs.start_rollout(writer.ctx(), &plan)?;
@@ -1115,7 +1205,13 @@ impl<S: Store> pb::admin_server::Admin for AdminService<S> {
         let token = self.allow(&request, Access::Write(&request.get_ref().environment))?;
         let req = request.into_inner();
         wire::required_str(&req.flag, "flag")?;
-        let writer = Writer::new(&token, req.environment, req.comment, req.confirm_protected);
+        let writer = Writer::new(
+            &token,
+            "PauseRollout",
+            req.environment,
+            req.comment,
+            req.confirm_protected,
+        );
         let envs = self.envs.clone();
         let plan = blocking(move || envs.pause_rollout(writer.ctx(), &req.flag)).await?;
         Ok(Response::new(pb::PauseRolloutResponse {
@@ -1130,7 +1226,13 @@ impl<S: Store> pb::admin_server::Admin for AdminService<S> {
         let token = self.allow(&request, Access::Write(&request.get_ref().environment))?;
         let req = request.into_inner();
         wire::required_str(&req.flag, "flag")?;
-        let writer = Writer::new(&token, req.environment, req.comment, req.confirm_protected);
+        let writer = Writer::new(
+            &token,
+            "ResumeRollout",
+            req.environment,
+            req.comment,
+            req.confirm_protected,
+        );
         let envs = self.envs.clone();
         let plan = blocking(move || envs.resume_rollout(writer.ctx(), &req.flag)).await?;
         Ok(Response::new(pb::ResumeRolloutResponse {
@@ -1145,7 +1247,13 @@ impl<S: Store> pb::admin_server::Admin for AdminService<S> {
         let token = self.allow(&request, Access::Write(&request.get_ref().environment))?;
         let req = request.into_inner();
         wire::required_str(&req.flag, "flag")?;
-        let writer = Writer::new(&token, req.environment, req.comment, req.confirm_protected);
+        let writer = Writer::new(
+            &token,
+            "RollbackRollout",
+            req.environment,
+            req.comment,
+            req.confirm_protected,
+        );
         let envs = self.envs.clone();
         let (revision, flag, plan) = blocking(move || {
             let step = envs.rollback_rollout(writer.ctx(), &req.flag)?;
@@ -1167,7 +1275,13 @@ impl<S: Store> pb::admin_server::Admin for AdminService<S> {
         let token = self.allow(&request, Access::Write(&request.get_ref().environment))?;
         let req = request.into_inner();
         wire::required_str(&req.flag, "flag")?;
-        let writer = Writer::new(&token, req.environment, req.comment, req.confirm_protected);
+        let writer = Writer::new(
+            &token,
+            "PromoteRollout",
+            req.environment,
+            req.comment,
+            req.confirm_protected,
+        );
         let envs = self.envs.clone();
         let (revision, flag, plan) = blocking(move || {
             let step = envs.promote_rollout(writer.ctx(), &req.flag)?;

@@ -194,8 +194,7 @@ pub fn audit_entry(
         time_unix_ms: unix_ms(entry.time_ms),
         actor: entry.actor.clone(),
         comment: entry.comment.clone(),
-        // The store does not record the operation yet; the contract allows any string.
-        operation: String::new(),
+        operation: entry.operation.clone(),
         changes: entry
             .changes
             .iter()
@@ -228,8 +227,7 @@ pub fn token(token: &TokenRecord) -> pb::Token {
         role: role as i32,
         environment: token.environment.clone().unwrap_or_default(),
         created_unix_ms: unix_ms(token.created_ms),
-        // The store does not record who created a token yet.
-        created_by: String::new(),
+        created_by: token.created_by.clone(),
     }
 }
 

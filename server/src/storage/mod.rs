@@ -238,6 +238,10 @@ pub struct AuditEntry {
     pub actor: String,
     /// The reason given with the change.
     pub comment: String,
+    /// What made the change: the Admin rpc's name, or a rollout step's (`RolloutAdvance`,
+    /// `RolloutComplete`). Empty in entries written before it was recorded.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub operation: String,
     /// The documents changed.
     pub changes: Vec<AuditChange>,
 }
@@ -379,6 +383,11 @@ pub struct TokenRecord {
     pub created_ms: u64,
     /// Whether it has been revoked.
     pub revoked: bool,
+    /// The name of the token that created it; empty for one minted by flagstaffd itself (a
+    /// fresh data directory's, `flagstaffd admin-token`) and in records from before it was
+    /// recorded.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub created_by: String,
 }
 
 /// An environment's committed documents, as stored.

@@ -132,6 +132,9 @@ async fn tokens_are_listed_without_secrets_and_bound_to_an_existing_environment(
     );
     // The message has no field that could carry a secret or its hash.
     assert_eq!(tokens[1], created.token.expect("token"));
+    // Who created each: the admin token made the sdk one; flagstaffd minted the admin one.
+    let creators: Vec<&str> = tokens.iter().map(|t| t.created_by.as_str()).collect();
+    assert_eq!(creators, ["", "admin"]);
 
     let message = refused(
         admin

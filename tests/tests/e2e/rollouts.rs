@@ -190,6 +190,21 @@ async fn a_plan_runs_to_completion_and_no_context_ever_moves_back_or_sideways() 
         .into_inner();
     let actors: Vec<&str> = history.entries.iter().map(|e| e.actor.as_str()).collect();
     assert_eq!(actors[..3], ["rollout:checkout"; 3]);
+    let operations: Vec<&str> = history
+        .entries
+        .iter()
+        .map(|e| e.operation.as_str())
+        .collect();
+    assert_eq!(
+        operations[..5],
+        [
+            "RolloutComplete",
+            "RolloutAdvance",
+            "RolloutAdvance",
+            "StartRollout",
+            "CreateFlag"
+        ]
+    );
 }
 
 #[tokio::test]
