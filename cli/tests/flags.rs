@@ -6,7 +6,6 @@ mod common;
 use std::time::Duration;
 
 use common::{redacted, Server};
-use flagstaff_proto::pb;
 use insta::assert_snapshot;
 use serde_json::Value;
 
@@ -428,20 +427,7 @@ fn revert_and_promote() {
 fn wait_reports_every_sdk_instance_and_fails_for_a_disconnected_one() {
     let s = production(false);
     s.ok(&["flag", "create", "checkout-v2"]);
-    let token = s.block_on(async {
-        s.server
-            .admin()
-            .await
-            .create_token(pb::CreateTokenRequest {
-                name: "service".into(),
-                role: pb::Role::Sdk as i32,
-                environment: "production".into(),
-            })
-            .await
-            .expect("token")
-            .into_inner()
-            .secret
-    });
+    let token = s.sdk_token("service");
     let clients: Vec<flagstaff::Client> = s.block_on(async {
         let mut clients = Vec::new();
         for app in ["checkout", "search"] {

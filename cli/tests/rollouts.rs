@@ -7,7 +7,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::Server;
-use flagstaff_proto::pb;
 use flagstaff_server::rollouts::ManualClock;
 use flagstaff_tests::Options;
 use insta::assert_snapshot;
@@ -54,20 +53,8 @@ fn served(s: &Server, client: &flagstaff::Client, version: u64, keys: &[String])
 }
 
 fn sdk_client(s: &Server) -> flagstaff::Client {
+    let token = s.sdk_token("service");
     s.block_on(async {
-        let token = s
-            .server
-            .admin()
-            .await
-            .create_token(pb::CreateTokenRequest {
-                name: "service".into(),
-                role: pb::Role::Sdk as i32,
-                environment: "production".into(),
-            })
-            .await
-            .expect("token")
-            .into_inner()
-            .secret;
         let client = flagstaff::Client::builder(s.server.endpoint(), token)
             .application("checkout")
             .backoff(Duration::from_millis(20), Duration::from_millis(200))

@@ -19,18 +19,15 @@
 //!   records when it first shows the write's revision (applied, before the acknowledgement is
 //!   sent), in microseconds. Off by default: on 2 cores the polling slows what it measures.
 
-#[path = "../tests/flagstaffd/daemon.rs"]
-#[allow(dead_code)] // The tests' process helper: only part of it is used here.
-mod daemon;
+mod support;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use daemon::{authorized, Daemon};
 use flagstaff_proto::pb;
-use flagstaff_proto::pb::admin_client::AdminClient;
-use tonic::transport::Channel;
+use support::daemon::authorized;
+use support::{server, Bench};
 
 /// Writes measured per client count.
 const WRITES: usize = 200;
@@ -40,83 +37,6 @@ const WARMUP: usize = 10;
 
 /// The application name the clients give, to tell them apart in `ListClients`.
 const APPLICATION: &str = "bench-propagation";
-
-fn flag(key: &str) -> pb::Flag {
-    let flag = flagstaff_engine::flag_from_value(&serde_json::json!({
-        "key": key, "kind": "boolean", "variants": {"on": true, "off": false},
-        "off_variant": "off", "enabled": true, "default": {"variant": "on"},
-    }))
-    .expect("flag");
-    pb::Flag::from(&flag)
-}
-
-/// A running flagstaffd with environment `bench` holding 100 flags.
-struct Bench {
-    _daemon: Daemon,
-    /// Removed when the benchmark ends (after the server).
-    _dir: tempfile::TempDir,
-    admin: AdminClient<Channel>,
-    /// The admin token.
-    token: String,
-    /// Where clients connect.
-    endpoint: String,
-    /// An sdk token for `bench`.
-    sdk: String,
-}
-
-async fn server() -> Bench {
-    let dir = tempfile::tempdir().expect("data dir");
-    let daemon = Daemon::start(dir.path(), &[], &[]);
-    let addr = daemon.logged("address");
-    let mut admin = AdminClient::connect(format!("http://{addr}"))
-        .await
-        .expect("connects");
-    let token = daemon::token(dir.path());
-    admin
-        .create_environment(authorized(
-            pb::CreateEnvironmentRequest {
-                environment: "bench".into(),
-                protected: false,
-            },
-            &token,
-        ))
-        .await
-        .expect("environment");
-    for i in 0..100 {
-        admin
-            .create_flag(authorized(
-                pb::CreateFlagRequest {
-                    environment: "bench".into(),
-                    flag: Some(flag(&format!("flag-{i}"))),
-                    ..Default::default()
-                },
-                &token,
-            ))
-            .await
-            .expect("flag");
-    }
-    let sdk = admin
-        .create_token(authorized(
-            pb::CreateTokenRequest {
-                name: "bench-sdk".into(),
-                role: pb::Role::Sdk as i32,
-                environment: "bench".into(),
-            },
-            &token,
-        ))
-        .await
-        .expect("token")
-        .into_inner()
-        .secret;
-    Bench {
-        _daemon: daemon,
-        _dir: dir,
-        admin,
-        token,
-        endpoint: format!("http://{addr}"),
-        sdk,
-    }
-}
 
 impl Bench {
     /// Flips flag `flag-{i % 100}`; the revision of the write.

@@ -11,99 +11,20 @@
 //! - idle: the server's resident memory before and after 10,000 streams have subscribed and
 //!   received their snapshot. The open-file limit is raised to its hard limit first.
 
-#[path = "../tests/flagstaffd/daemon.rs"]
-#[allow(dead_code)] // The tests' process helper: only part of it is used here.
-mod daemon;
+mod support;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use daemon::{authorized, Daemon};
 use flagstaff_proto::pb;
-use flagstaff_proto::pb::admin_client::AdminClient;
 use flagstaff_proto::pb::sync_client::SyncClient;
+use support::daemon::authorized;
+use support::server;
 use tokio::sync::{mpsc, Barrier};
 use tonic::transport::{Channel, Endpoint};
 
 /// Writes measured per stream count.
 const WRITES: usize = 200;
-
-fn flag(key: &str) -> pb::Flag {
-    let flag = flagstaff_engine::flag_from_value(&serde_json::json!({
-        "key": key, "kind": "boolean", "variants": {"on": true, "off": false},
-        "off_variant": "off", "enabled": true, "default": {"variant": "on"},
-    }))
-    .expect("flag");
-    pb::Flag::from(&flag)
-}
-
-/// A running flagstaffd with environment `bench` holding 100 flags.
-struct Bench {
-    daemon: Daemon,
-    /// Removed when the benchmark ends (after the server).
-    _dir: tempfile::TempDir,
-    admin: AdminClient<Channel>,
-    /// The admin token.
-    token: String,
-    /// Where streams connect.
-    endpoint: String,
-    /// An sdk token for `bench`.
-    sdk: Arc<String>,
-}
-
-async fn server() -> Bench {
-    let dir = tempfile::tempdir().expect("data dir");
-    let daemon = Daemon::start(dir.path(), &[], &[]);
-    let addr = daemon.logged("address");
-    let mut admin = AdminClient::connect(format!("http://{addr}"))
-        .await
-        .expect("connects");
-    let token = daemon::token(dir.path());
-    admin
-        .create_environment(authorized(
-            pb::CreateEnvironmentRequest {
-                environment: "bench".into(),
-                protected: false,
-            },
-            &token,
-        ))
-        .await
-        .expect("environment");
-    for i in 0..100 {
-        admin
-            .create_flag(authorized(
-                pb::CreateFlagRequest {
-                    environment: "bench".into(),
-                    flag: Some(flag(&format!("flag-{i}"))),
-                    ..Default::default()
-                },
-                &token,
-            ))
-            .await
-            .expect("flag");
-    }
-    let sdk = admin
-        .create_token(authorized(
-            pb::CreateTokenRequest {
-                name: "bench-sdk".into(),
-                role: pb::Role::Sdk as i32,
-                environment: "bench".into(),
-            },
-            &token,
-        ))
-        .await
-        .expect("token")
-        .into_inner()
-        .secret;
-    Bench {
-        daemon,
-        _dir: dir,
-        admin,
-        token,
-        endpoint: format!("http://{addr}"),
-        sdk: Arc::new(sdk),
-    }
-}
 
 /// The connection a stream uses.
 enum Connection {
@@ -180,7 +101,7 @@ fn percentiles(mut samples: Vec<Duration>) -> (Duration, Duration, Duration) {
 
 async fn latency(streams: usize) {
     let mut bench = server().await;
-    let (endpoint, sdk) = (bench.endpoint.clone(), bench.sdk.clone());
+    let (endpoint, sdk) = (bench.endpoint.clone(), Arc::new(bench.sdk.clone()));
     let ready = Arc::new(Barrier::new(streams + 1));
     let (arrivals, mut received) = mpsc::unbounded_channel();
     for id in 0..streams {
@@ -245,7 +166,7 @@ fn rss_kib(pid: u32) -> u64 {
 /// streams to a connection.
 async fn idle(streams: usize, per_connection: usize) {
     let bench = server().await;
-    let (endpoint, sdk) = (bench.endpoint.clone(), bench.sdk.clone());
+    let (endpoint, sdk) = (bench.endpoint.clone(), Arc::new(bench.sdk.clone()));
     tokio::time::sleep(Duration::from_millis(500)).await;
     let before = rss_kib(bench.daemon.pid());
     let ready = Arc::new(Barrier::new(streams + 1));

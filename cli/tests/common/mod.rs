@@ -107,6 +107,24 @@ impl Server {
         drop(self.runtime.block_on(placeholder.stop()));
     }
 
+    /// A new sdk token of `production`, named `name`.
+    pub fn sdk_token(&self, name: &str) -> String {
+        self.block_on(async {
+            self.server
+                .admin()
+                .await
+                .create_token(flagstaff_proto::pb::CreateTokenRequest {
+                    name: name.into(),
+                    role: flagstaff_proto::pb::Role::Sdk as i32,
+                    environment: "production".into(),
+                })
+                .await
+                .expect("token")
+                .into_inner()
+                .secret
+        })
+    }
+
     /// Runs `f` on the server's runtime (e.g. to drive an SDK client or an Admin call).
     pub fn block_on<F: std::future::Future>(&self, f: F) -> F::Output {
         self.runtime.block_on(f)
