@@ -348,6 +348,12 @@ impl<S: Store> Environments<S> {
         let Some(staged) = staged else {
             if let Some(plan) = &mut plan {
                 if changing {
+                    // The step's change made no revision: its event names none.
+                    for event in &mut plan.history {
+                        if event.revision == current.revision + 1 {
+                            event.revision = 0;
+                        }
+                    }
                     plan.flag_version = current
                         .snapshot
                         .flag(&plan.flag)

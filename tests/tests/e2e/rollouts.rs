@@ -384,3 +384,37 @@ async fn bad_plans_are_refused_and_change_nothing() {
     let twice = refuse(forced, Code::FailedPrecondition).await;
     assert!(twice.contains("already has a running plan"), "{twice}");
 }
+
+#[tokio::test]
+async fn a_first_stage_the_flag_already_serves_writes_nothing() {
+    let clock = Arc::new(ManualClock::new(1_800_000_000_000));
+    let (_server, mut admin) = server(&clock).await;
+    create_flag(&mut admin, "production", boolean_flag("banner")).await;
+    let before = admin
+        .set_default_serve(pb::SetDefaultServeRequest {
+            environment: "production".into(),
+            key: "banner".into(),
+            serve: Some(split(&[("on", 10_000), ("off", 90_000)])),
+            ..Default::default()
+        })
+        .await
+        .expect("split")
+        .into_inner()
+        .revision;
+    let started = admin
+        .start_rollout(start(
+            "banner",
+            "on",
+            stages(&[(10_000, HOUR), (100_000, 0)]),
+        ))
+        .await
+        .expect("started")
+        .into_inner();
+    assert_eq!(started.revision, before, "no revision");
+    let p = started.plan.expect("plan");
+    assert_eq!(p.flag_version, before, "the plan takes the flag's version");
+    assert_eq!(p.history[0].revision, 0, "the start made no revision");
+    // And it advances from there.
+    clock.advance(Duration::from_millis(HOUR));
+    reaches(&mut admin, "banner", 1, pb::RolloutState::Completed).await;
+}
