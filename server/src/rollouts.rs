@@ -718,7 +718,6 @@ impl<S: Store> Environments<S> {
                 Ok((changes, Some(plan)))
             },
         );
-        drop(env);
         let (committed, plan) = result?;
         match (due, plan) {
             (true, Some(plan)) => Ok(Some(Step { committed, plan })),
