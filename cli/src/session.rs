@@ -202,6 +202,16 @@ pub fn closest<'a>(key: &str, candidates: impl IntoIterator<Item = &'a str>) -> 
     scored.into_iter().take(3).map(|(_, c)| c).collect()
 }
 
+/// ` (did you mean a or b?)`, or nothing when no key is close.
+pub fn did_you_mean(key: &str, candidates: &[String]) -> String {
+    let near = closest(key, candidates.iter().map(String::as_str));
+    match near.as_slice() {
+        [] => String::new(),
+        [one] => format!(" (did you mean {one}?)"),
+        [init @ .., last] => format!(" (did you mean {} or {last}?)", init.join(", ")),
+    }
+}
+
 /// Levenshtein distance, by characters.
 fn distance(a: &str, b: &str) -> usize {
     let b: Vec<char> = b.chars().collect();

@@ -149,9 +149,9 @@ fn flips_serve_and_unknown_flags() {
     );
     let err = s.fails(&["flag", "on", "checkout-v3"]);
     assert!(err.starts_with("error: "), "{err}");
-    assert!(err.ends_with("did you mean checkout-v2?\n"), "{err}");
+    assert!(err.ends_with("(did you mean checkout-v2?)\n"), "{err}");
     let err = s.fails(&["flag", "get", "chekout-v2"]);
-    assert!(err.ends_with("did you mean checkout-v2?\n"), "{err}");
+    assert!(err.ends_with("(did you mean checkout-v2?)\n"), "{err}");
 }
 
 #[test]

@@ -9,7 +9,7 @@ use serde_json::{json, Value};
 
 use crate::args::{FlagCommand, FlagCreateArgs, RolloutArgs, WriteOptions};
 use crate::output;
-use crate::session::{closest, Session};
+use crate::session::{did_you_mean, Session};
 
 pub async fn run(session: &mut Session, command: &FlagCommand) -> anyhow::Result<String> {
     match command {
@@ -363,12 +363,7 @@ async fn suggest(session: &mut Session, key: &str, error: anyhow::Error) -> anyh
             .collect(),
         Err(_) => return error,
     };
-    let near = closest(key, keys.iter().map(String::as_str));
-    if near.is_empty() {
-        error
-    } else {
-        anyhow!("{text}; did you mean {}?", near.join(", "))
-    }
+    anyhow!("{text}{}", did_you_mean(key, &keys))
 }
 
 async fn set_enabled(

@@ -18,7 +18,7 @@ use tonic::Code;
 
 use crate::args::{HistoryArgs, Output};
 use crate::output;
-use crate::session::{closest, Session};
+use crate::session::{did_you_mean, Session};
 
 /// The most entries one ListHistory page returns.
 const MAX_PAGE: u32 = 1000;
@@ -166,16 +166,6 @@ pub async fn segment_keys(session: &mut Session, environment: &str) -> anyhow::R
             return Ok(keys);
         }
         page_token = page.next_page_token;
-    }
-}
-
-/// ` (did you mean a or b?)`, or nothing when no key is close.
-pub fn did_you_mean(key: &str, candidates: &[String]) -> String {
-    let near = closest(key, candidates.iter().map(String::as_str));
-    match near.as_slice() {
-        [] => String::new(),
-        [one] => format!(" (did you mean {one}?)"),
-        [init @ .., last] => format!(" (did you mean {} or {last}?)", init.join(", ")),
     }
 }
 

@@ -12,9 +12,10 @@ use flagstaff_proto::pb;
 use serde_json::{json, Value};
 
 use crate::args::{Output, SegmentCommand, SegmentKeysArgs};
-use crate::commands::history::{did_you_mean, segment_keys};
+use crate::commands::history::segment_keys;
 use crate::commands::io::{apply, read_input};
 use crate::output;
+use crate::session::did_you_mean;
 use crate::session::Session;
 
 /// The most entries one ListSegments page returns.
