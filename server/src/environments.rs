@@ -19,8 +19,8 @@ use crate::error::ServerError;
 use crate::feed::{Event, Feed, DEFAULT_FEED_CAPACITY};
 use crate::rollouts::{self, Clock, SystemClock};
 use crate::storage::{
-    now_ms, random_id, AuditChange, AuditEntry, Change, EnvironmentRecord, RolloutRecord, Store,
-    StoreError,
+    now_ms, random_id, AuditChange, AuditEntry, Change, EnvironmentRecord, FlagUsage,
+    RolloutRecord, Store, StoreError,
 };
 
 /// An environment's state as readers see it.
@@ -57,6 +57,8 @@ pub struct Environment {
     /// Each flag's most recent rollout plan, as stored. Changed only by a writer (holding
     /// `writer`), after the store has it.
     rollouts: Mutex<BTreeMap<String, RolloutRecord>>,
+    /// How SDKs have used each flag, as reported; written through to the store.
+    usage: Mutex<HashMap<String, FlagUsage>>,
 }
 
 impl Environment {
@@ -86,7 +88,19 @@ impl Environment {
         self.lock_rollouts().get(flag).cloned()
     }
 
-    fn lock_rollouts(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, RolloutRecord>> {
+    /// How SDKs have used flag `key`; `None` when no SDK has reported an evaluation of it.
+    pub fn usage(&self, key: &str) -> Option<FlagUsage> {
+        self.lock_usage().get(key).copied()
+    }
+
+    pub(crate) fn lock_usage(&self) -> std::sync::MutexGuard<'_, HashMap<String, FlagUsage>> {
+        // Entries are replaced whole.
+        self.usage.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub(crate) fn lock_rollouts(
+        &self,
+    ) -> std::sync::MutexGuard<'_, BTreeMap<String, RolloutRecord>> {
         // Records are replaced whole: a panicking holder left the map consistent.
         self.rollouts.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -200,6 +214,7 @@ impl<S: Store> Environments<S> {
                 .into_iter()
                 .map(|plan| (plan.flag.clone(), plan))
                 .collect();
+            *env.lock_usage() = store.usage(&record.key)?.into_iter().collect();
             map.insert(record.key.clone(), Arc::new(env));
         }
         Ok(Environments {
@@ -538,10 +553,11 @@ impl Environment {
             writer: Mutex::new(()),
             feed: Feed::new(record.revision, feed_capacity),
             rollouts: Mutex::new(BTreeMap::new()),
+            usage: Mutex::new(HashMap::new()),
         }
     }
 
-    fn lock_writer(&self) -> std::sync::MutexGuard<'_, ()> {
+    pub(crate) fn lock_writer(&self) -> std::sync::MutexGuard<'_, ()> {
         // The guarded state is the commit order, which a panicking writer cannot corrupt:
         // its change was either committed and published or not at all.
         self.writer.lock().unwrap_or_else(|p| p.into_inner())

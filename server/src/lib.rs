@@ -12,6 +12,7 @@ pub mod clients;
 mod environments;
 mod error;
 pub mod feed;
+pub mod guard;
 mod health;
 mod metrics;
 mod operations;
@@ -19,6 +20,7 @@ pub mod rollouts;
 pub mod service;
 pub mod storage;
 mod tls;
+pub mod usage;
 
 use std::future::Future;
 use std::path::PathBuf;

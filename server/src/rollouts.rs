@@ -25,7 +25,8 @@ use crate::environments::{Committed, Environments, WriteContext};
 use crate::error::ServerError;
 use crate::operations::{existing_flag, flags_only};
 use crate::storage::{
-    now_ms, RolloutEvent, RolloutEventKind, RolloutRecord, RolloutStage, RolloutState, Store,
+    now_ms, GuardRecord, GuardTally, RolloutEvent, RolloutEventKind, RolloutRecord, RolloutStage,
+    RolloutState, Store,
 };
 
 /// 100% in split weights (1/1000 of a percent).
@@ -112,6 +113,43 @@ pub struct StartPlan {
     pub force: bool,
     /// The version the flag must have; `None` for no check.
     pub expected_version: Option<u64>,
+    /// A guard; `None` for none.
+    pub guard: Option<GuardSpec>,
+}
+
+/// What a plan's guard watches.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GuardSpec {
+    /// The application event, e.g. `checkout_error`.
+    pub event: String,
+    /// The largest acceptable ratio of the target's event rate to the baseline's; at least 1.
+    pub max_ratio: f64,
+    /// Events a stage must have seen before the guard decides anything.
+    pub min_events: u64,
+}
+
+/// Checks a guard: an event key people can type, and a ratio of at least 1.
+fn check_guard(guard: &GuardSpec) -> Result<(), ServerError> {
+    let event = &guard.event;
+    if event.is_empty()
+        || event.len() > 128
+        || !event
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | ':' | '/'))
+    {
+        return Err(ServerError::Invalid(format!(
+            "guard.event: {event:?} is not an event key: use 1 to 128 letters, digits, \
+             '_', '-', '.', ':' or '/'"
+        )));
+    }
+    if !guard.max_ratio.is_finite() || guard.max_ratio < 1.0 {
+        return Err(ServerError::Invalid(format!(
+            "guard.max_ratio: {} must be a number of at least 1 (1.5 allows the target a 50% \
+             higher event rate than the baseline)",
+            guard.max_ratio
+        )));
+    }
+    Ok(())
 }
 
 /// A plan's step that wrote the flag: the write and the plan afterwards.
@@ -316,6 +354,9 @@ fn plan_for(
         }
     }
     check_stages(&request.stages)?;
+    if let Some(guard) = &request.guard {
+        check_guard(guard)?;
+    }
     let reshuffles = |why: String| -> Result<(), ServerError> {
         if request.force {
             Ok(())
@@ -411,6 +452,13 @@ fn plan_for(
         created_ms: now,
         created_by: actor.to_owned(),
         history: Vec::new(),
+        guard: request.guard.as_ref().map(|g| GuardRecord {
+            event: g.event.clone(),
+            max_ratio: g.max_ratio,
+            min_events: g.min_events,
+            tally: GuardTally::default(),
+            rejected: false,
+        }),
     };
     let pair = pair_weight(&plan);
     if let Some(stage) = plan

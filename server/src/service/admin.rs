@@ -23,7 +23,7 @@ use crate::clients::{Clients, Instance};
 use crate::environments::{unconfirmed, Committed, Environments, WriteContext};
 use crate::error::ServerError;
 use crate::operations::ApplyOptions;
-use crate::rollouts::StartPlan;
+use crate::rollouts::{GuardSpec, StartPlan};
 use crate::storage::{AuditChange, Role, RolloutStage, Store, TokenRecord};
 
 /// The Admin service over the environments and tokens of one store.
@@ -375,12 +375,18 @@ impl<S: Store> pb::admin_server::Admin for AdminService<S> {
             let scope = Scope(&["flags", &req.environment, &req.tag, &req.text]);
             let (flags, next_page_token) =
                 page(matching, |f| &f.key, scope, &req.page_token, req.page_size)?;
+            let env = envs.get(&req.environment)?;
             let flags = flags
                 .into_iter()
                 .map(|flag| {
+                    let usage = env.usage(&flag.key).unwrap_or_default();
                     Ok(pb::FlagEntry {
                         flag: Some(pb::Flag::from(flag)),
                         last_change: last_change(&**envs.store(), &req.environment, flag.version)?,
+                        usage: Some(pb::FlagUsage {
+                            evaluations: usage.evaluations,
+                            last_evaluated_unix_ms: wire::unix_ms(usage.last_evaluated_ms),
+                        }),
                     })
                 })
                 .collect::<Result<_, ServerError>>()?;
@@ -1120,11 +1126,6 @@ impl<S: Store> pb::admin_server::Admin for AdminService<S> {
         let req = request.into_inner();
         wire::required_str(&req.flag, "flag")?;
         wire::required_str(&req.target_variant, "target_variant")?;
-        if req.guard.is_some() {
-            return Err(Status::unimplemented(
-                "guarded rollouts arrive with SDK metrics; start the plan without a guard",
-            ));
-        }
         let plan = StartPlan {
             flag: req.flag.clone(),
             rule_id: req.rule_id.filter(|r| !r.is_empty()),
@@ -1141,6 +1142,11 @@ impl<S: Store> pb::admin_server::Admin for AdminService<S> {
                 .collect(),
             force: req.force,
             expected_version: wire::expected(req.expected_version),
+            guard: req.guard.map(|g| GuardSpec {
+                event: g.event,
+                max_ratio: g.max_ratio,
+                min_events: g.min_events,
+            }),
         };
         let writer = Writer::new(
             &token,

@@ -204,6 +204,16 @@ impl<S: Store> Watcher<S> {
         }
     }
 
+    /// The environments streamed.
+    pub fn environments(&self) -> &Arc<Environments<S>> {
+        &self.envs
+    }
+
+    /// The tokens requests are checked against.
+    pub fn tokens(&self) -> &Arc<Tokens<S>> {
+        &self.tokens
+    }
+
     /// Authenticates the call and starts its stream task.
     pub fn watch(
         self: &Arc<Self>,

@@ -11,7 +11,7 @@ use crate::error::ServerError;
 use crate::storage::{AuditChange, AuditEntry, KeyCounts, Role, TokenRecord};
 
 /// Milliseconds as the contract's `int64` times.
-fn unix_ms(ms: u64) -> i64 {
+pub fn unix_ms(ms: u64) -> i64 {
     i64::try_from(ms).unwrap_or(i64::MAX)
 }
 
@@ -279,7 +279,27 @@ pub fn rollout(plan: &crate::storage::RolloutRecord) -> pb::RolloutPlan {
                 hold_ms: s.hold_ms,
             })
             .collect(),
-        guard: None,
+        guard: plan.guard.as_ref().map(|g| pb::RolloutGuard {
+            event: g.event.clone(),
+            max_ratio: g.max_ratio,
+            min_events: g.min_events,
+        }),
+        guard_status: crate::guard::of_plan(plan).map(|(tally, v)| pb::GuardStatus {
+            flag_version: tally.flag_version,
+            target_exposures: tally.target_exposures,
+            baseline_exposures: tally.baseline_exposures,
+            target_events: tally.target_events,
+            baseline_events: tally.baseline_events,
+            null_share: v.null_share,
+            observed_share: v.observed_share,
+            statistic: v.statistic,
+            threshold: v.threshold,
+            state: match v.state {
+                crate::guard::State::Collecting => pb::GuardState::Collecting,
+                crate::guard::State::Monitoring => pb::GuardState::Monitoring,
+                crate::guard::State::Rejected => pb::GuardState::Rejected,
+            } as i32,
+        }),
         state: state as i32,
         stage_index: count(plan.stage_index),
         percent: plan.percent,

@@ -283,6 +283,54 @@ pub struct RolloutRecord {
     pub created_by: String,
     /// What happened, oldest first.
     pub history: Vec<RolloutEvent>,
+    /// The guard that rolls the plan back when the target does worse; `None` for none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub guard: Option<GuardRecord>,
+}
+
+/// A plan's guard as stored: what it watches, and what SDKs reported in the current stage.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GuardRecord {
+    /// The application event watched, e.g. `checkout_error`.
+    pub event: String,
+    /// The largest acceptable ratio of the target's event rate to the baseline's.
+    pub max_ratio: f64,
+    /// Events of the pair the stage must have seen before the test decides anything.
+    pub min_events: u64,
+    /// The counts of the current stage (of the stage it rejected, once it has).
+    #[serde(default)]
+    pub tally: GuardTally,
+    /// Whether the guard rejected the target and rolled the plan back.
+    #[serde(default)]
+    pub rejected: bool,
+}
+
+/// What SDKs reported for one stage of a guarded plan: for the flag version the stage wrote.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GuardTally {
+    /// The flag version the counts are for; counts of any other version are not the stage's.
+    pub flag_version: u64,
+    /// The target's weight in the stage, in 1/1000 of a percent.
+    pub target_weight: u32,
+    /// The baseline's weight in the stage.
+    pub baseline_weight: u32,
+    /// Evaluations that served the target.
+    pub target_exposures: u64,
+    /// Evaluations that served the baseline.
+    pub baseline_exposures: u64,
+    /// Guard events of contexts that got the target.
+    pub target_events: u64,
+    /// Guard events of contexts that got the baseline.
+    pub baseline_events: u64,
+}
+
+/// How SDKs have used a flag in one environment.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FlagUsage {
+    /// Evaluations reported, every version and variant together.
+    pub evaluations: u64,
+    /// The end of the last report window with an evaluation, in Unix milliseconds; 0 for none.
+    pub last_evaluated_ms: u64,
 }
 
 /// One stage of a plan.
@@ -434,6 +482,13 @@ pub trait Store: Send + Sync + 'static {
 
     /// An environment's rollout plans: each flag's most recent, by flag key.
     fn rollouts(&self, environment: &str) -> Result<Vec<RolloutRecord>, StoreError>;
+
+    /// Stores the usage of the flags given (others keep theirs). Not flushed: a crash may lose
+    /// the last moments of usage, never a change.
+    fn put_usage(&self, environment: &str, usage: &[(&str, FlagUsage)]) -> Result<(), StoreError>;
+
+    /// Every flag's stored usage in `environment`.
+    fn usage(&self, environment: &str) -> Result<Vec<(String, FlagUsage)>, StoreError>;
 
     /// The changes after `revision`, oldest first; `None` when some of them are no longer
     /// retained (the caller needs a full snapshot).

@@ -10,6 +10,7 @@
 //! | `changes/<env>` | revision, 8 bytes big-endian | [`Change`] as JSON |
 //! | `audit/<env>` | revision, 8 bytes big-endian | [`AuditEntry`] as JSON |
 //! | `rollouts/<env>` | flag key | [`RolloutRecord`] as JSON: the flag's most recent plan |
+//! | `usage/<env>` | flag key | [`FlagUsage`] as JSON: evaluations SDKs reported |
 //! | `tokens` | token id | [`TokenRecord`] as JSON |
 //!
 //! Durability: sled 0.34's `flush` writes its buffers and calls `sync_file_range` on the
@@ -30,7 +31,8 @@ use sled::{Db, Transactional, Tree};
 use flagstaff_engine::Segment;
 
 use super::{
-    AuditEntry, Change, Documents, EnvironmentRecord, RolloutRecord, Store, StoreError, TokenRecord,
+    AuditEntry, Change, Documents, EnvironmentRecord, FlagUsage, RolloutRecord, Store, StoreError,
+    TokenRecord,
 };
 
 /// Change-log entries kept per environment unless configured otherwise.
@@ -214,7 +216,7 @@ impl Store for SledStore {
         if self.environments.remove(environment)?.is_none() {
             return Err(StoreError::NoEnvironment(environment.to_owned()));
         }
-        for kind in ["flags", "segments", "changes", "audit", "rollouts"] {
+        for kind in ["flags", "segments", "changes", "audit", "rollouts", "usage"] {
             self.db.drop_tree(tree_name(kind, environment))?;
         }
         self.sync(&mut synced, false)
@@ -408,6 +410,29 @@ impl Store for SledStore {
                     &format!("rollouts/{environment}/{}", String::from_utf8_lossy(&k)),
                     &v,
                 )
+            })
+            .collect()
+    }
+
+    fn put_usage(&self, environment: &str, usage: &[(&str, FlagUsage)]) -> Result<(), StoreError> {
+        let tree = self.tree("usage", environment)?;
+        let mut batch = sled::Batch::default();
+        for (flag, usage) in usage {
+            batch.insert(*flag, encode(usage));
+        }
+        // Not synced: sled writes it out within its flush interval; usage is not a change.
+        tree.apply_batch(batch)?;
+        Ok(())
+    }
+
+    fn usage(&self, environment: &str) -> Result<Vec<(String, FlagUsage)>, StoreError> {
+        self.tree("usage", environment)?
+            .iter()
+            .map(|kv| {
+                let (k, v) = kv?;
+                let flag = String::from_utf8_lossy(&k).into_owned();
+                let usage = decode(&format!("usage/{environment}/{flag}"), &v)?;
+                Ok((flag, usage))
             })
             .collect()
     }

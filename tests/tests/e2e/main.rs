@@ -7,6 +7,7 @@ mod evaluate;
 mod faults;
 mod fixtures;
 mod flags;
+mod guard;
 mod matrix;
 mod openfeature;
 mod operations;

@@ -348,13 +348,29 @@ async fn bad_plans_are_refused_and_change_nothing() {
     assert!(unknown.contains("no variant \"maybe\""), "{unknown}");
     let missing = refuse(start("nope", "on", stages(&[(100_000, 0)])), Code::NotFound).await;
     assert!(missing.contains("nope"), "{missing}");
-    let mut guarded = start("banner", "on", stages(&[(100_000, 0)]));
-    guarded.guard = Some(pb::RolloutGuard {
-        event: "checkout_error".into(),
-        max_ratio: 1.5,
-        min_events: 100,
-    });
-    refuse(guarded, Code::Unimplemented).await;
+    let guarded = |event: &str, max_ratio: f64| {
+        let mut request = start("banner", "on", stages(&[(10_000, HOUR), (100_000, 0)]));
+        request.guard = Some(pb::RolloutGuard {
+            event: event.into(),
+            max_ratio,
+            min_events: 100,
+        });
+        request
+    };
+    let below_one = refuse(guarded("checkout_error", 0.5), Code::InvalidArgument).await;
+    assert!(
+        below_one.contains("guard.max_ratio: 0.5 must be a number of at least 1"),
+        "{below_one}"
+    );
+    let not_a_number = refuse(guarded("checkout_error", f64::NAN), Code::InvalidArgument).await;
+    assert!(not_a_number.contains("guard.max_ratio"), "{not_a_number}");
+    let no_event = refuse(guarded("", 1.5), Code::InvalidArgument).await;
+    assert!(no_event.contains("guard.event"), "{no_event}");
+    let bad_event = refuse(guarded("checkout error", 1.5), Code::InvalidArgument).await;
+    assert!(
+        bad_event.contains("guard.event: \"checkout error\" is not an event key"),
+        "{bad_event}"
+    );
     assert_eq!(
         revision(&mut admin, "production").await,
         1,
