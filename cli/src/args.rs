@@ -138,6 +138,13 @@ pub enum FlagCommand {
         #[arg(long)]
         search: Option<String>,
     },
+    /// List flags ready to be removed from code: temporary flags serving one variant to
+    /// everyone, and flags no SDK has evaluated, for N days.
+    Stale {
+        /// How many days.
+        #[arg(long, value_name = "N", default_value_t = 30)]
+        days: u64,
+    },
     /// Show a flag.
     Get {
         /// The flag's key.
@@ -433,9 +440,71 @@ pub struct RolloutStartArgs {
     /// Allow a plan that reshuffles contexts (reorders a live split, changes its bucketing).
     #[arg(long)]
     pub force: bool,
+    /// Roll back by itself when the target's rate of application event EVENT exceeds the
+    /// baseline's by more than RATIO (e.g. checkout_error:1.5), once a stage has seen N events
+    /// of the pair (min=N, 100 by default).
+    #[arg(long, value_name = "EVENT:RATIO[:min=N]", value_parser = parse_guard)]
+    pub guard: Option<Guard>,
     #[arg(short = 'm', long = "message", value_name = "MESSAGE")]
     /// A reason, recorded in the history.
     pub message: Option<String>,
+}
+
+/// A plan's guard, as given on the command line.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Guard {
+    /// The application event.
+    pub event: String,
+    /// The largest acceptable ratio of the target's event rate to the baseline's.
+    pub max_ratio: f64,
+    /// Events of the pair a stage must see before the guard decides.
+    pub min_events: u64,
+}
+
+/// Events a stage sees before a guard decides, unless `min=N` says otherwise.
+pub const DEFAULT_MIN_EVENTS: u64 = 100;
+
+/// `EVENT:RATIO[:min=N]`, e.g. `checkout_error:1.5:min=500`.
+fn parse_guard(text: &str) -> Result<Guard, String> {
+    let usage = "expected EVENT:RATIO[:min=N], e.g. checkout_error:1.5:min=500";
+    let mut parts = text.split(':');
+    let event = parts.next().unwrap_or_default().trim();
+    if event.is_empty() {
+        return Err(format!("no event name: {usage}"));
+    }
+    let ratio = parts
+        .next()
+        .ok_or_else(|| format!("no ratio: {usage}"))?
+        .trim();
+    let max_ratio: f64 = ratio
+        .parse()
+        .ok()
+        .filter(|r: &f64| r.is_finite())
+        .ok_or_else(|| format!("{ratio:?} is not a ratio: {usage}"))?;
+    if max_ratio < 1.0 {
+        return Err(format!(
+            "the ratio {ratio} is below 1: the target may have at most RATIO times the \
+             baseline's rate, so 1 means no worse (1.5: up to 50% worse)"
+        ));
+    }
+    let mut min_events = DEFAULT_MIN_EVENTS;
+    if let Some(min) = parts.next() {
+        let n = min
+            .trim()
+            .strip_prefix("min=")
+            .ok_or_else(|| format!("{min:?} is not min=N: {usage}"))?;
+        min_events = n
+            .parse()
+            .map_err(|_| format!("min={n} is not a whole number: {usage}"))?;
+    }
+    if let Some(extra) = parts.next() {
+        return Err(format!("unexpected {extra:?}: {usage}"));
+    }
+    Ok(Guard {
+        event: event.to_owned(),
+        max_ratio,
+        min_events,
+    })
 }
 
 #[derive(Debug, Args)]

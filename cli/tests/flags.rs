@@ -87,10 +87,10 @@ fn a_new_flag_is_a_boolean_that_is_off() {
     ]);
     redacted().bind(|| {
         assert_snapshot!(s.ok(&["flag", "list"]), @r"
-        FLAG         STATE  DEFAULT  RULES  VERSION  CHANGED                  BY
-        checkout-v2  off    off      0      1        [time]  admin
-        limits       off    small    0      3        [time]  admin
-        theme        off    light    0      2        [time]  admin
+        FLAG         STATE  DEFAULT  RULES  VERSION  CHANGED                  BY     EVALUATIONS  LAST EVALUATED
+        checkout-v2  off    off      0      1        [time]  admin  0            never
+        limits       off    small    0      3        [time]  admin  0            never
+        theme        off    light    0      2        [time]  admin  0            never
         ");
     });
     let listed = json(&s.ok(&["flag", "list", "--tag", "web", "-o", "json"]));

@@ -16,6 +16,7 @@ pub async fn run(session: &mut Session, command: &FlagCommand) -> anyhow::Result
         FlagCommand::Create(args) => create(session, args).await,
         FlagCommand::List { tag, search } => list(session, tag.as_deref(), search.as_deref()).await,
         FlagCommand::Get { key } => get(session, key).await,
+        FlagCommand::Stale { days } => super::stale::stale(session, *days).await,
         FlagCommand::On { key, write } => set_enabled(session, key, true, write).await,
         FlagCommand::Off { key, write } => set_enabled(session, key, false, write).await,
         FlagCommand::Serve {
@@ -205,11 +206,19 @@ fn new_flag(args: &FlagCreateArgs) -> anyhow::Result<Flag> {
         .map_err(|e| anyhow!("the flag would not be valid:\n{e}"))
 }
 
-async fn list(
+/// A flag as `flag list` shows it: with its last change and its usage.
+pub(crate) struct Listed {
+    pub(crate) flag: Flag,
+    pub(crate) change: pb::ChangeInfo,
+    pub(crate) usage: pb::FlagUsage,
+}
+
+/// Every flag of the session's environment with `tag` and containing `search`, by key.
+pub(crate) async fn list_all(
     session: &mut Session,
     tag: Option<&str>,
     search: Option<&str>,
-) -> anyhow::Result<String> {
+) -> anyhow::Result<Vec<Listed>> {
     let environment = session.env()?;
     let mut entries = Vec::new();
     let mut page_token = String::new();
@@ -232,30 +241,52 @@ async fn list(
         }
         page_token = page.next_page_token;
     }
-    let flags: Vec<(Flag, pb::ChangeInfo)> = entries
+    entries
         .into_iter()
         .map(|e| {
             let flag = Flag::try_from(e.flag.unwrap_or_default())
                 .map_err(|e| anyhow!("the server sent an invalid flag: {e}"))?;
-            Ok((flag, e.last_change.unwrap_or_default()))
+            Ok(Listed {
+                flag,
+                change: e.last_change.unwrap_or_default(),
+                usage: e.usage.unwrap_or_default(),
+            })
         })
-        .collect::<anyhow::Result<_>>()?;
+        .collect()
+}
+
+async fn list(
+    session: &mut Session,
+    tag: Option<&str>,
+    search: Option<&str>,
+) -> anyhow::Result<String> {
+    let flags = list_all(session, tag, search).await?;
     let document = Value::Array(
         flags
             .iter()
-            .map(|(flag, change)| {
-                json!({
-                    "key": flag.key,
-                    "kind": flag.kind.as_str(),
-                    "enabled": flag.enabled,
-                    "serves": serve_json(&flag.default),
-                    "rules": flag.rules.len(),
-                    "tags": flag.tags,
-                    "temporary": flag.temporary,
-                    "version": flag.version,
-                    "last_change": change_json(change),
-                })
-            })
+            .map(
+                |Listed {
+                     flag,
+                     change,
+                     usage,
+                 }| {
+                    json!({
+                        "key": flag.key,
+                        "kind": flag.kind.as_str(),
+                        "enabled": flag.enabled,
+                        "serves": serve_json(&flag.default),
+                        "rules": flag.rules.len(),
+                        "tags": flag.tags,
+                        "temporary": flag.temporary,
+                        "version": flag.version,
+                        "last_change": change_json(change),
+                        "usage": {
+                            "evaluations": usage.evaluations,
+                            "last_evaluated_unix_ms": usage.last_evaluated_unix_ms,
+                        },
+                    })
+                },
+            )
             .collect(),
     );
     if let Some(text) = output::structured(&document, session.output) {
@@ -263,21 +294,41 @@ async fn list(
     }
     let rows: Vec<Vec<String>> = flags
         .iter()
-        .map(|(flag, change)| {
-            vec![
-                flag.key.clone(),
-                state(flag).to_owned(),
-                serve_summary(&flag.default),
-                flag.rules.len().to_string(),
-                flag.version.map_or("-".to_owned(), |v| v.to_string()),
-                output::timestamp(change.time_unix_ms),
-                change.actor.clone(),
-            ]
-        })
+        .map(
+            |Listed {
+                 flag,
+                 change,
+                 usage,
+             }| {
+                vec![
+                    flag.key.clone(),
+                    state(flag).to_owned(),
+                    serve_summary(&flag.default),
+                    flag.rules.len().to_string(),
+                    flag.version.map_or("-".to_owned(), |v| v.to_string()),
+                    output::timestamp(change.time_unix_ms),
+                    change.actor.clone(),
+                    usage.evaluations.to_string(),
+                    if usage.last_evaluated_unix_ms == 0 {
+                        "never".to_owned()
+                    } else {
+                        output::timestamp(usage.last_evaluated_unix_ms)
+                    },
+                ]
+            },
+        )
         .collect();
     Ok(output::table(
         &[
-            "FLAG", "STATE", "DEFAULT", "RULES", "VERSION", "CHANGED", "BY",
+            "FLAG",
+            "STATE",
+            "DEFAULT",
+            "RULES",
+            "VERSION",
+            "CHANGED",
+            "BY",
+            "EVALUATIONS",
+            "LAST EVALUATED",
         ],
         &rows,
     ))

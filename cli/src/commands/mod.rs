@@ -10,6 +10,7 @@ pub mod history;
 pub mod io;
 pub mod rollout;
 pub mod segment;
+pub mod stale;
 pub mod token;
 
 /// Runs the command; returns what to print.

@@ -93,6 +93,11 @@ async fn start(session: &mut Session, args: &RolloutStartArgs) -> anyhow::Result
         bucket_by: args.bucket_by.clone(),
         stages,
         force: args.force,
+        guard: args.guard.as_ref().map(|g| pb::RolloutGuard {
+            event: g.event.clone(),
+            max_ratio: g.max_ratio,
+            min_events: g.min_events,
+        }),
         comment: args.message.clone().unwrap_or_default(),
         ..Default::default()
     };
@@ -424,7 +429,80 @@ fn render(plan: &pb::RolloutPlan, out: crate::args::Output, now: i64) -> String 
         text.push_str(&event_line(event));
         text.push('\n');
     }
+    if let (Some(guard), Some(status)) = (&plan.guard, &plan.guard_status) {
+        text.push_str(&guard_text(
+            guard,
+            status,
+            &plan.target_variant,
+            &plan.baseline_variant,
+        ));
+    }
     text
+}
+
+/// The guard's counts in the current stage and where its test stands:
+///
+/// ```text
+/// guard: checkout_error, at most 1.5x the baseline's rate, deciding after 100 events
+///   VARIANT   EXPOSURES  EVENTS  RATE
+///   new       1200       30      2.500%
+///   old       10800      110     1.019%
+///   target share of events 0.214 (at most 0.143 allowed); statistic 3.2 of 40.0: monitoring
+/// ```
+fn guard_text(
+    guard: &pb::RolloutGuard,
+    status: &pb::GuardStatus,
+    target: &str,
+    baseline: &str,
+) -> String {
+    let rate = |events: u64, exposures: u64| {
+        if exposures == 0 {
+            "-".to_owned()
+        } else {
+            format!("{:.3}%", 100.0 * events as f64 / exposures as f64)
+        }
+    };
+    let rows = vec![
+        vec![
+            target.to_owned(),
+            status.target_exposures.to_string(),
+            status.target_events.to_string(),
+            rate(status.target_events, status.target_exposures),
+        ],
+        vec![
+            baseline.to_owned(),
+            status.baseline_exposures.to_string(),
+            status.baseline_events.to_string(),
+            rate(status.baseline_events, status.baseline_exposures),
+        ],
+    ];
+    let mut text = format!(
+        "guard: {}, at most {}x the baseline's rate, deciding after {} events (counts of flag version {})\n",
+        guard.event, guard.max_ratio, guard.min_events, status.flag_version
+    );
+    for line in output::table(&["VARIANT", "EXPOSURES", "EVENTS", "RATE"], &rows).lines() {
+        text.push_str("  ");
+        text.push_str(line);
+        text.push('\n');
+    }
+    text.push_str(&format!(
+        "  target share of events {:.3} (at most {:.3} allowed); statistic {:.1} of {:.1}: {}\n",
+        status.observed_share,
+        status.null_share,
+        status.statistic,
+        status.threshold,
+        guard_state(status)
+    ));
+    text
+}
+
+fn guard_state(status: &pb::GuardStatus) -> &'static str {
+    match pb::GuardState::try_from(status.state) {
+        Ok(pb::GuardState::Collecting) => "collecting events",
+        Ok(pb::GuardState::Monitoring) => "monitoring",
+        Ok(pb::GuardState::Rejected) => "rejected: the target does worse than allowed",
+        _ => "unknown",
+    }
 }
 
 fn plan_json(plan: &pb::RolloutPlan, now: i64) -> Value {
@@ -445,6 +523,23 @@ fn plan_json(plan: &pb::RolloutPlan, now: i64) -> Value {
         "flag_version": plan.flag_version,
         "created_unix_ms": plan.created_unix_ms,
         "created_by": plan.created_by,
+        "guard": plan.guard.as_ref().map(|g| json!({
+            "event": g.event,
+            "max_ratio": g.max_ratio,
+            "min_events": g.min_events,
+            "status": plan.guard_status.as_ref().map(|s| json!({
+                "flag_version": s.flag_version,
+                "target_exposures": s.target_exposures,
+                "baseline_exposures": s.baseline_exposures,
+                "target_events": s.target_events,
+                "baseline_events": s.baseline_events,
+                "null_share": s.null_share,
+                "observed_share": s.observed_share,
+                "statistic": s.statistic,
+                "threshold": s.threshold,
+                "state": guard_state(s),
+            })),
+        })),
         "history": plan.history.iter().map(|e| json!({
             "time_unix_ms": e.time_unix_ms,
             "actor": e.actor,

@@ -1,0 +1,268 @@
+//! `flag stale`: the flags ready to be removed from code.
+
+use std::collections::BTreeSet;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use flagstaff_engine::{Flag, Serve};
+use serde_json::{json, Value};
+
+use super::flag::{list_all, Listed};
+use crate::output;
+use crate::session::Session;
+
+const DAY_MS: i64 = 24 * 60 * 60 * 1000;
+
+/// Why a flag is ready to go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Staleness {
+    /// A temporary flag that has served `variant` to every context since its last change.
+    OneVariant { variant: String, since_ms: i64 },
+    /// No SDK has reported evaluating the flag since `since_ms` (its last evaluation, or, if
+    /// none was ever reported, its last change).
+    NotEvaluated { since_ms: i64, ever: bool },
+}
+
+/// The variant `flag` serves every context, whatever the context, if there is one: it is off,
+/// or every serve it can reach names the same variant (a split counts each variant with
+/// weight, and the off variant for contexts without the bucketing attribute; prerequisites
+/// may serve the off variant).
+pub fn single_variant(flag: &Flag) -> Option<&str> {
+    if !flag.enabled {
+        return Some(&flag.off_variant);
+    }
+    let mut served: BTreeSet<&str> = BTreeSet::new();
+    if !flag.prerequisites.is_empty() {
+        served.insert(&flag.off_variant);
+    }
+    for serve in flag
+        .rules
+        .iter()
+        .map(|r| &r.serve)
+        .chain(std::iter::once(&flag.default))
+    {
+        match serve {
+            Serve::Variant(v) => {
+                served.insert(v);
+            }
+            Serve::Split(split) => {
+                served.insert(&flag.off_variant);
+                served.extend(
+                    split
+                        .weights
+                        .iter()
+                        .filter(|w| w.weight > 0)
+                        .map(|w| w.variant.as_str()),
+                );
+            }
+        }
+    }
+    match served.len() {
+        1 => served.into_iter().next(),
+        _ => None,
+    }
+}
+
+/// Why `listed` is stale at `now_ms` after `days` days, if it is: a temporary flag serving
+/// one variant to everyone for that long, or any flag no SDK has evaluated for that long.
+pub fn staleness(listed: &Listed, days: u64, now_ms: i64) -> Option<Staleness> {
+    let cutoff = now_ms.saturating_sub(i64::try_from(days).unwrap_or(i64::MAX / DAY_MS) * DAY_MS);
+    let changed = listed.change.time_unix_ms;
+    if listed.flag.temporary && changed <= cutoff {
+        if let Some(variant) = single_variant(&listed.flag) {
+            return Some(Staleness::OneVariant {
+                variant: variant.to_owned(),
+                since_ms: changed,
+            });
+        }
+    }
+    let evaluated = listed.usage.last_evaluated_unix_ms;
+    let ever = evaluated != 0;
+    let since_ms = if ever { evaluated } else { changed };
+    (since_ms <= cutoff).then_some(Staleness::NotEvaluated { since_ms, ever })
+}
+
+/// `flagstaff flag stale [--days N]`.
+pub async fn stale(session: &mut Session, days: u64) -> anyhow::Result<String> {
+    let now_ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+    let flags = list_all(session, None, None).await?;
+    let stale: Vec<(&Listed, Staleness)> = flags
+        .iter()
+        .filter_map(|l| staleness(l, days, now_ms).map(|s| (l, s)))
+        .collect();
+    let document = Value::Array(
+        stale
+            .iter()
+            .map(|(l, why)| {
+                let (reason, variant, since) = match why {
+                    Staleness::OneVariant { variant, since_ms } => {
+                        ("one_variant", Some(variant.as_str()), *since_ms)
+                    }
+                    Staleness::NotEvaluated { since_ms, .. } => ("not_evaluated", None, *since_ms),
+                };
+                json!({
+                    "key": l.flag.key,
+                    "temporary": l.flag.temporary,
+                    "reason": reason,
+                    "variant": variant,
+                    "since_unix_ms": since,
+                    "evaluations": l.usage.evaluations,
+                })
+            })
+            .collect(),
+    );
+    if let Some(text) = output::structured(&document, session.output) {
+        return Ok(text);
+    }
+    if stale.is_empty() {
+        return Ok(format!(
+            "no stale flags: every temporary flag serves more than one variant or changed in \
+             the last {days} days, and every flag was evaluated in the last {days} days\n"
+        ));
+    }
+    let rows: Vec<Vec<String>> = stale
+        .iter()
+        .map(|(l, why)| {
+            let (reason, since) = match why {
+                Staleness::OneVariant { variant, since_ms } => {
+                    (format!("serves {variant} to everyone"), *since_ms)
+                }
+                Staleness::NotEvaluated { since_ms, ever } => (
+                    if *ever {
+                        "not evaluated".to_owned()
+                    } else {
+                        "never evaluated".to_owned()
+                    },
+                    *since_ms,
+                ),
+            };
+            vec![
+                l.flag.key.clone(),
+                if l.flag.temporary {
+                    "temporary"
+                } else {
+                    "permanent"
+                }
+                .to_owned(),
+                reason,
+                output::timestamp(since),
+            ]
+        })
+        .collect();
+    Ok(output::table(&["FLAG", "LIFETIME", "WHY", "SINCE"], &rows))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use flagstaff_proto::pb;
+
+    fn flag(yaml: &str) -> Flag {
+        let text = format!(
+            "key: f\nkind: boolean\nvariants: {{on: true, off: false}}\noff_variant: off\n{yaml}"
+        );
+        let value = flagstaff_engine::parse_value(&text).expect("YAML");
+        flagstaff_engine::flag_from_value(&value).expect("a flag")
+    }
+
+    fn listed(flag: Flag, changed_ms: i64, evaluated_ms: i64) -> Listed {
+        Listed {
+            flag,
+            change: pb::ChangeInfo {
+                time_unix_ms: changed_ms,
+                ..Default::default()
+            },
+            usage: pb::FlagUsage {
+                evaluations: u64::from(evaluated_ms != 0),
+                last_evaluated_unix_ms: evaluated_ms,
+            },
+        }
+    }
+
+    #[test]
+    fn one_variant_means_every_reachable_serve_names_it() {
+        let off = flag("enabled: false\ndefault: {variant: on}");
+        assert_eq!(single_variant(&off), Some("off"));
+        let fixed = flag("enabled: true\ndefault: {variant: on}");
+        assert_eq!(single_variant(&fixed), Some("on"));
+        let rule_differs = flag(
+            "enabled: true\nrules: [{id: nl, conditions: [{attribute: country, op: in, values: [NL]}], serve: {variant: off}}]\ndefault: {variant: on}",
+        );
+        assert_eq!(single_variant(&rule_differs), None);
+        let rule_same = flag(
+            "enabled: true\nrules: [{id: nl, conditions: [{attribute: country, op: in, values: [NL]}], serve: {variant: on}}]\ndefault: {variant: on}",
+        );
+        assert_eq!(single_variant(&rule_same), Some("on"));
+        // Contexts without the bucketing attribute get the off variant.
+        let full_split = flag(
+            "enabled: true\ndefault: {split: {bucket_by: key, weights: [{variant: on, weight: 100000}, {variant: off, weight: 0}]}}",
+        );
+        assert_eq!(single_variant(&full_split), None);
+        let off_split = flag(
+            "enabled: true\ndefault: {split: {bucket_by: key, weights: [{variant: off, weight: 100000}, {variant: on, weight: 0}]}}",
+        );
+        assert_eq!(single_variant(&off_split), Some("off"));
+    }
+
+    #[test]
+    fn temporary_flags_serving_one_variant_long_enough_are_stale() {
+        let now = 100 * DAY_MS;
+        let mut f = flag("enabled: true\ndefault: {variant: on}\ntemporary: true");
+        let recent = now - DAY_MS;
+        assert_eq!(
+            staleness(&listed(f.clone(), now - 31 * DAY_MS, recent), 30, now),
+            Some(Staleness::OneVariant {
+                variant: "on".to_owned(),
+                since_ms: now - 31 * DAY_MS
+            })
+        );
+        // Changed 29 days ago: not yet.
+        assert_eq!(
+            staleness(&listed(f.clone(), now - 29 * DAY_MS, recent), 30, now),
+            None
+        );
+        // A permanent flag serving one variant is an ops flag: kept.
+        f.temporary = false;
+        assert_eq!(
+            staleness(&listed(f, now - 31 * DAY_MS, recent), 30, now),
+            None
+        );
+    }
+
+    #[test]
+    fn flags_nobody_evaluates_are_stale() {
+        let now = 100 * DAY_MS;
+        let split = flag(
+            "enabled: true\ndefault: {split: {bucket_by: key, weights: [{variant: on, weight: 50000}, {variant: off, weight: 50000}]}}",
+        );
+        assert_eq!(
+            staleness(
+                &listed(split.clone(), now - 90 * DAY_MS, now - 8 * DAY_MS),
+                7,
+                now
+            ),
+            Some(Staleness::NotEvaluated {
+                since_ms: now - 8 * DAY_MS,
+                ever: true
+            })
+        );
+        assert_eq!(
+            staleness(
+                &listed(split.clone(), now - 90 * DAY_MS, now - 6 * DAY_MS),
+                7,
+                now
+            ),
+            None
+        );
+        // Never evaluated: stale once it has gone unchanged that long.
+        assert_eq!(
+            staleness(&listed(split.clone(), now - 8 * DAY_MS, 0), 7, now),
+            Some(Staleness::NotEvaluated {
+                since_ms: now - 8 * DAY_MS,
+                ever: false
+            })
+        );
+        assert_eq!(staleness(&listed(split, now - 6 * DAY_MS, 0), 7, now), None);
+    }
+}
