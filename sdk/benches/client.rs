@@ -3,13 +3,19 @@
 //!
 //! S1–S3 are the engine benchmark's flags (a plain boolean; a rule then a 10% split; a
 //! three-way string split behind a rule) in a 1,000-flag snapshot, evaluated for contexts
-//! drawn from 10,000 keys, once through `Client` and once on the bare snapshot. The delta
-//! benchmark resolves and applies a one-flag delta, as received from the Watch stream, to a
-//! 10,000-flag snapshot.
+//! drawn from 10,000 keys, through `Client` (which counts every evaluation for its usage
+//! reports), on the bare snapshot, and on the snapshot loaded from an `ArcSwapOption` for each
+//! evaluation (how the client read its snapshot before it counted). The two-thread group runs the same evaluations on
+//! two threads at once, sharing one client (or one snapshot), and reports the time per
+//! evaluation on each thread: with no shared write on the hot path it matches one thread's.
+//! `track` counts an application event. The delta benchmark resolves and applies a one-flag
+//! delta, as received from the Watch stream, to a 10,000-flag snapshot.
 
 use std::hint::black_box;
-use std::sync::Arc;
+use std::sync::{Arc, Barrier};
+use std::time::{Duration, Instant};
 
+use arc_swap::ArcSwapOption;
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
 use flagstaff::{Client, Context, Snapshot};
 use flagstaff_engine::{document_from_value, flag_from_value};
@@ -72,6 +78,7 @@ fn contexts() -> Vec<Context<'static>> {
 fn client_versus_engine(c: &mut Criterion) {
     let snap = Arc::new(snapshot(997));
     let client = Client::from_snapshot((*snap).clone());
+    let swapped = ArcSwapOption::new(Some(snap.clone()));
     let contexts = contexts();
     let mut group = c.benchmark_group("client vs engine");
     let mut i = 0usize;
@@ -85,11 +92,29 @@ fn client_versus_engine(c: &mut Criterion) {
     group.bench_function("S1 client", |b| {
         b.iter(|| client.bool_value(black_box("s1"), &contexts[next()], false))
     });
+    group.bench_function("S1 arc-swap", |b| {
+        b.iter(|| {
+            let ctx = &contexts[next()];
+            swapped
+                .load()
+                .as_ref()
+                .is_some_and(|s| s.bool_value(black_box("s1"), ctx, false))
+        })
+    });
     group.bench_function("S2 engine", |b| {
         b.iter(|| snap.bool_value(black_box("s2"), &contexts[next()], false))
     });
     group.bench_function("S2 client", |b| {
         b.iter(|| client.bool_value(black_box("s2"), &contexts[next()], false))
+    });
+    group.bench_function("S2 arc-swap", |b| {
+        b.iter(|| {
+            let ctx = &contexts[next()];
+            swapped
+                .load()
+                .as_ref()
+                .is_some_and(|s| s.bool_value(black_box("s2"), ctx, false))
+        })
     });
     group.bench_function("S3 engine", |b| {
         b.iter(|| {
@@ -100,7 +125,144 @@ fn client_versus_engine(c: &mut Criterion) {
     group.bench_function("S3 client", |b| {
         b.iter(|| client.with_string(black_box("s3"), &contexts[next()], "", str::len))
     });
+    group.bench_function("S3 arc-swap", |b| {
+        b.iter(|| {
+            let ctx = &contexts[next()];
+            swapped
+                .load()
+                .as_ref()
+                .map_or(0, |s| s.string_value(black_box("s3"), ctx, "").len())
+        })
+    });
     group.finish();
+}
+
+/// Runs `work(thread, i)` for `i` in `0..iters` on each of two threads started together; the
+/// longer of the two threads' times. Each thread runs `work` once before the clock starts, so
+/// that what a thread sets up at its first evaluation (its thread-local entry) is not
+/// measured: the threads are new in every sample.
+fn two_threads(iters: u64, work: &(impl Fn(usize, u64) + Sync)) -> Duration {
+    let barrier = Barrier::new(2);
+    std::thread::scope(|scope| {
+        let threads: Vec<_> = (0..2)
+            .map(|thread| {
+                let barrier = &barrier;
+                scope.spawn(move || {
+                    work(thread, 0);
+                    barrier.wait();
+                    let start = Instant::now();
+                    for i in 0..iters {
+                        work(thread, i);
+                    }
+                    start.elapsed()
+                })
+            })
+            .collect();
+        threads
+            .into_iter()
+            .map(|t| t.join().expect("a benchmark thread"))
+            .max()
+            .unwrap_or_default()
+    })
+}
+
+fn two_threads_client_versus_engine(c: &mut Criterion) {
+    let snap = Arc::new(snapshot(997));
+    let client = Client::from_snapshot((*snap).clone());
+    let swapped = ArcSwapOption::new(Some(snap.clone()));
+    let contexts = contexts();
+    // Each thread walks the contexts from its own starting point.
+    let ctx = |thread: usize, i: u64| &contexts[(thread * 5_000 + i as usize) % 10_000];
+    let mut group = c.benchmark_group("two threads: client vs engine");
+    group.bench_function("S1 engine", |b| {
+        b.iter_custom(|iters| {
+            two_threads(iters, &|t, i| {
+                black_box(snap.bool_value(black_box("s1"), ctx(t, i), false));
+            })
+        })
+    });
+    group.bench_function("S1 client", |b| {
+        b.iter_custom(|iters| {
+            two_threads(iters, &|t, i| {
+                black_box(client.bool_value(black_box("s1"), ctx(t, i), false));
+            })
+        })
+    });
+    group.bench_function("S1 arc-swap", |b| {
+        b.iter_custom(|iters| {
+            two_threads(iters, &|t, i| {
+                let on = swapped
+                    .load()
+                    .as_ref()
+                    .is_some_and(|s| s.bool_value(black_box("s1"), ctx(t, i), false));
+                black_box(on);
+            })
+        })
+    });
+    group.bench_function("S2 engine", |b| {
+        b.iter_custom(|iters| {
+            two_threads(iters, &|t, i| {
+                black_box(snap.bool_value(black_box("s2"), ctx(t, i), false));
+            })
+        })
+    });
+    group.bench_function("S2 client", |b| {
+        b.iter_custom(|iters| {
+            two_threads(iters, &|t, i| {
+                black_box(client.bool_value(black_box("s2"), ctx(t, i), false));
+            })
+        })
+    });
+    group.bench_function("S2 arc-swap", |b| {
+        b.iter_custom(|iters| {
+            two_threads(iters, &|t, i| {
+                let on = swapped
+                    .load()
+                    .as_ref()
+                    .is_some_and(|s| s.bool_value(black_box("s2"), ctx(t, i), false));
+                black_box(on);
+            })
+        })
+    });
+    group.bench_function("S3 engine", |b| {
+        b.iter_custom(|iters| {
+            two_threads(iters, &|t, i| {
+                black_box(snap.string_value(black_box("s3"), ctx(t, i), "").len());
+            })
+        })
+    });
+    group.bench_function("S3 client", |b| {
+        b.iter_custom(|iters| {
+            two_threads(iters, &|t, i| {
+                black_box(client.with_string(black_box("s3"), ctx(t, i), "", str::len));
+            })
+        })
+    });
+    group.bench_function("S3 arc-swap", |b| {
+        b.iter_custom(|iters| {
+            two_threads(iters, &|t, i| {
+                let len = swapped
+                    .load()
+                    .as_ref()
+                    .map_or(0, |s| s.string_value(black_box("s3"), ctx(t, i), "").len());
+                black_box(len);
+            })
+        })
+    });
+    group.finish();
+}
+
+fn track(c: &mut Criterion) {
+    let client = Client::from_snapshot(snapshot(997));
+    let contexts = contexts();
+    let mut i = 0usize;
+    c.bench_function("track", |b| {
+        b.iter(|| {
+            // 10,000 contexts: each stays under the per-minute cap for a while, then is capped.
+            i = (i + 1) % 10_000;
+            client.track(black_box("checkout_error"), &contexts[i]);
+        })
+    });
 }
 
 fn delta(c: &mut Criterion) {
@@ -125,5 +287,11 @@ fn delta(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, client_versus_engine, delta);
+criterion_group!(
+    benches,
+    client_versus_engine,
+    two_threads_client_versus_engine,
+    track,
+    delta
+);
 criterion_main!(benches);

@@ -1,5 +1,5 @@
 //! The client: a snapshot behind an `ArcSwap`, evaluated locally, kept fresh by a background
-//! task when connected to flagstaffd.
+//! task when connected to flagstaffd, which also reports what the client evaluated.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -8,24 +8,31 @@ use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
 use flagstaff_engine::{Context, Detail, ErrorKind, Reason, Snapshot};
-use tokio::sync::watch;
+use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::cache;
 use crate::detail::EvaluationDetail;
 use crate::listeners::{FlagChange, Listeners, Subscription};
 use crate::live::{self, Settings};
+use crate::metrics::{Flush, Metrics};
 use crate::status::{Source, State, Stats, Status};
+use crate::tally;
 use crate::Error;
 
 /// What the client and its background task share.
 #[derive(Debug)]
 pub(crate) struct Core {
     /// Readers load it without a lock; an update builds a new snapshot off the hot path and
-    /// swaps it in, so no reader ever sees half of a change. `None` until there is data.
+    /// swaps it in (with [`Core::swap_snapshot`]), so no reader ever sees half of a change.
+    /// `None` until there is data. Evaluating threads keep the snapshot of the current
+    /// generation in a thread-local entry ([`crate::tally`]) and load it again only after a
+    /// swap.
     pub(crate) snapshot: ArcSwapOption<Snapshot>,
     pub(crate) status: watch::Sender<Status>,
     pub(crate) stats: Counters,
     pub(crate) listeners: Listeners,
+    /// Evaluation counts and events, until reported.
+    pub(crate) metrics: Metrics,
     /// Where the last good snapshot is kept between runs, if anywhere.
     cache: Option<cache::Writer>,
 }
@@ -44,14 +51,24 @@ impl Core {
         snapshot: Option<Arc<Snapshot>>,
         status: Status,
         cache: Option<cache::Writer>,
+        flushes: Option<mpsc::Sender<Flush>>,
     ) -> Core {
         Core {
             snapshot: ArcSwapOption::new(snapshot),
             status: watch::Sender::new(status),
             stats: Counters::default(),
             listeners: Listeners::default(),
+            metrics: Metrics::new(flushes),
             cache,
         }
+    }
+
+    /// Serves `snapshot` from now on; returns the one it replaces.
+    pub(crate) fn swap_snapshot(&self, snapshot: Arc<Snapshot>) -> Option<Arc<Snapshot>> {
+        let before = self.snapshot.swap(Some(snapshot));
+        // After the store: a thread that sees the new generation loads the new snapshot.
+        self.metrics.advance();
+        before
     }
 
     /// Records that the server confirmed (by a heartbeat) that the client holds its current
@@ -76,7 +93,7 @@ impl Core {
         epoch: &str,
         revision: u64,
     ) -> Option<Arc<Snapshot>> {
-        let before = self.snapshot.swap(Some(snapshot.clone()));
+        let before = self.swap_snapshot(snapshot.clone());
         if let Some(cache) = &self.cache {
             cache.save(snapshot, epoch, revision);
         }
@@ -135,6 +152,7 @@ impl Client {
             cache_file: None,
             backoff_base: Duration::from_millis(200),
             backoff_cap: Duration::from_secs(30),
+            metrics_interval: Duration::from_secs(10),
         }
     }
 
@@ -144,7 +162,7 @@ impl Client {
             state: State::Ready,
             ..Status::starting(Source::Bootstrap)
         };
-        Client::without_server(Core::new(Some(Arc::new(snapshot)), status, None))
+        Client::without_server(Core::new(Some(Arc::new(snapshot)), status, None, None))
     }
 
     fn without_server(core: Core) -> Client {
@@ -168,14 +186,8 @@ impl Client {
         Ok(Client::from_snapshot(Snapshot::from_text(text)?))
     }
 
-    fn core(&self) -> &Core {
+    pub(crate) fn core(&self) -> &Arc<Core> {
         &self.owner.core
-    }
-
-    /// The snapshot served, if the client has any data.
-    #[cfg_attr(not(feature = "openfeature"), allow(dead_code))]
-    pub(crate) fn loaded(&self) -> Option<Arc<Snapshot>> {
-        self.core().snapshot.load_full()
     }
 
     pub(crate) fn listeners(&self) -> &Listeners {
@@ -188,7 +200,7 @@ impl Client {
     pub fn replace_snapshot(&self, snapshot: Snapshot) {
         let core = self.core();
         let after = Arc::new(snapshot);
-        let before = core.snapshot.swap(Some(after.clone()));
+        let before = core.swap_snapshot(after.clone());
         let revision = core.status.borrow().revision;
         core.listeners.changed(before.as_deref(), &after, revision);
     }
@@ -245,12 +257,17 @@ impl Client {
     /// What the client has received so far.
     pub fn stats(&self) -> Stats {
         let counters = &self.core().stats;
+        let metrics = self.core().metrics.totals();
         Stats {
             snapshots: counters.snapshots.load(Ordering::Relaxed),
             deltas: counters.deltas.load(Ordering::Relaxed),
             connections: counters.connections.load(Ordering::Relaxed),
             resyncs: counters.resyncs.load(Ordering::Relaxed),
             dropped_notifications: self.core().listeners.dropped.load(Ordering::Relaxed),
+            metrics_reports: metrics.reports,
+            metrics_report_failures: metrics.report_failures,
+            metrics_dropped: metrics.dropped,
+            capped_events: metrics.capped,
         }
     }
 
@@ -274,7 +291,8 @@ impl Client {
     }
 
     /// Stops the background task: the client keeps serving its last snapshot, and no longer
-    /// updates it. Dropping the last clone does the same.
+    /// updates it. Dropping the last clone does the same. The task reports usage metrics a
+    /// last time (waiting at most 2 s for the server) before the state turns `Closed`.
     pub fn close(&self) {
         if let Some(stop) = &self.owner.stop {
             stop.send_replace(true);
@@ -283,21 +301,26 @@ impl Client {
 
     /// The boolean value of flag `key` for `ctx`, or `default` when the flag is missing or not
     /// boolean (or the client has no data yet).
-    #[inline]
+    // Out of line, with the thread-local access, the evaluation and the count inlined into
+    // it: inlined into every caller instead, the thread-local access ends up in a shared
+    // out-of-line copy, called with its arguments spilled to the stack, which costs more.
+    #[inline(never)]
     pub fn bool_value(&self, key: &str, ctx: &Context<'_>, default: bool) -> bool {
-        match &*self.core().snapshot.load() {
-            Some(snapshot) => snapshot.bool_value(key, ctx, default),
-            None => default,
-        }
+        tally::evaluate(self.core(), key, |s, _, counting| {
+            let (value, id) = s.bool_value_id(key, ctx, default);
+            counting.count(id);
+            value
+        })
     }
 
     /// The number value of flag `key` for `ctx`, or `default`.
-    #[inline]
+    #[inline(never)]
     pub fn number_value(&self, key: &str, ctx: &Context<'_>, default: f64) -> f64 {
-        match &*self.core().snapshot.load() {
-            Some(snapshot) => snapshot.number_value(key, ctx, default),
-            None => default,
-        }
+        tally::evaluate(self.core(), key, |s, _, counting| {
+            let (value, id) = s.number_value_id(key, ctx, default);
+            counting.count(id);
+            value
+        })
     }
 
     /// The string value of flag `key` for `ctx`, or `default`. Allocates the returned string;
@@ -307,7 +330,7 @@ impl Client {
     }
 
     /// Calls `f` with the string value of flag `key` for `ctx` (or `default`), borrowed from
-    /// the snapshot: no allocation.
+    /// the snapshot: no allocation. `f` may evaluate flags itself.
     #[inline]
     pub fn with_string<R>(
         &self,
@@ -316,10 +339,11 @@ impl Client {
         default: &str,
         f: impl FnOnce(&str) -> R,
     ) -> R {
-        match &*self.core().snapshot.load() {
-            Some(snapshot) => f(snapshot.string_value(key, ctx, default)),
-            None => f(default),
-        }
+        tally::evaluate(self.core(), key, |s, _, counting| {
+            let (value, id) = s.string_value_id(key, ctx, default);
+            counting.count(id);
+            f(value)
+        })
     }
 
     /// The JSON value of flag `key` for `ctx`, or `default`. Clones the value.
@@ -329,15 +353,16 @@ impl Client {
         ctx: &Context<'_>,
         default: serde_json::Value,
     ) -> serde_json::Value {
-        match &*self.core().snapshot.load() {
-            Some(snapshot) => snapshot.json_value(key, ctx, default),
-            None => default,
-        }
+        tally::evaluate(self.core(), key, |s, _, counting| {
+            let (value, id) = s.json_value_id(key, ctx, default);
+            counting.count(id);
+            value
+        })
     }
 
     /// Calls `f` with the full detail of a boolean evaluation (variant, reason, version,
     /// bucket), borrowed from the snapshot. Before the client has data: the default, with
-    /// reason `ERROR(CLIENT_NOT_READY)`.
+    /// reason `ERROR(CLIENT_NOT_READY)`. `f` may evaluate flags itself.
     pub fn with_bool_detail<R>(
         &self,
         key: &str,
@@ -345,9 +370,47 @@ impl Client {
         default: bool,
         f: impl FnOnce(Detail<'_, bool>) -> R,
     ) -> R {
-        match &*self.core().snapshot.load() {
-            Some(snapshot) => f(snapshot.bool_detail(key, ctx, default)),
-            None => f(not_ready(default)),
+        tally::evaluate(self.core(), key, |s, ready, counting| {
+            let (detail, id) = if ready {
+                s.bool_detail_id(key, ctx, default)
+            } else {
+                (not_ready(default), None)
+            };
+            counting.count(id);
+            f(detail)
+        })
+    }
+
+    /// Counts application event `event` (e.g. `checkout_error`) for `ctx`, for the rollout
+    /// guards that watch it (DESIGN.md 6) and usage statistics; the next usage report sends
+    /// it. At most 10 events of one key per context key per minute count; for every flag the
+    /// server guards on `event`, the event is also attributed to the variant that flag serves
+    /// `ctx` now. Takes a lock, and never blocks on I/O.
+    pub fn track(&self, event: &str, ctx: &Context<'_>) {
+        let core = self.core();
+        let snapshot = core.snapshot.load();
+        core.metrics.track(event, ctx, snapshot.as_deref());
+    }
+
+    /// Closes the current window of usage metrics and reports every window kept now, waiting
+    /// for the server's answer, which also updates the flags whose guards `track` attributes
+    /// events to. The client reports by itself every [`ClientBuilder::metrics_interval`];
+    /// this is for tests and for services that want their counts in before they go on.
+    ///
+    /// A client without a server (from an export file, a snapshot or [`TestData`](crate::TestData))
+    /// counts but never reports: this returns `Ok` at once. Fails when the server does not
+    /// answer or refuses the report (the windows are kept for the next report), or when the
+    /// client is closed.
+    pub async fn flush_metrics(&self) -> Result<(), Error> {
+        let Some(flushes) = self.core().metrics.flushes() else {
+            return Ok(());
+        };
+        let (answer, answered) = oneshot::channel();
+        flushes.send(answer).await.map_err(|_| Error::Closed)?;
+        match answered.await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(reason)) => Err(Error::Report(reason)),
+            Err(_) => Err(Error::Closed),
         }
     }
 }
@@ -362,10 +425,15 @@ impl Client {
         ctx: &Context<'_>,
         default: bool,
     ) -> EvaluationDetail<bool> {
-        match &*self.core().snapshot.load() {
-            Some(s) => EvaluationDetail::from_engine(s.bool_detail(key, ctx, default), |v| v),
-            None => EvaluationDetail::from_engine(not_ready(default), |v| v),
-        }
+        tally::evaluate(self.core(), key, |s, ready, counting| {
+            let (detail, id) = if ready {
+                s.bool_detail_id(key, ctx, default)
+            } else {
+                (not_ready(default), None)
+            };
+            counting.count(id);
+            EvaluationDetail::from_engine(detail, |v| v)
+        })
     }
 
     /// Like [`bool_detail`](Self::bool_detail), for a string flag.
@@ -375,12 +443,15 @@ impl Client {
         ctx: &Context<'_>,
         default: &str,
     ) -> EvaluationDetail<String> {
-        match &*self.core().snapshot.load() {
-            Some(s) => {
-                EvaluationDetail::from_engine(s.string_detail(key, ctx, default), str::to_owned)
-            }
-            None => EvaluationDetail::from_engine(not_ready(default), str::to_owned),
-        }
+        tally::evaluate(self.core(), key, |s, ready, counting| {
+            let (detail, id) = if ready {
+                s.string_detail_id(key, ctx, default)
+            } else {
+                (not_ready(default), None)
+            };
+            counting.count(id);
+            EvaluationDetail::from_engine(detail, str::to_owned)
+        })
     }
 
     /// Like [`bool_detail`](Self::bool_detail), for a number flag.
@@ -390,10 +461,15 @@ impl Client {
         ctx: &Context<'_>,
         default: f64,
     ) -> EvaluationDetail<f64> {
-        match &*self.core().snapshot.load() {
-            Some(s) => EvaluationDetail::from_engine(s.number_detail(key, ctx, default), |v| v),
-            None => EvaluationDetail::from_engine(not_ready(default), |v| v),
-        }
+        tally::evaluate(self.core(), key, |s, ready, counting| {
+            let (detail, id) = if ready {
+                s.number_detail_id(key, ctx, default)
+            } else {
+                (not_ready(default), None)
+            };
+            counting.count(id);
+            EvaluationDetail::from_engine(detail, |v| v)
+        })
     }
 
     /// Like [`bool_detail`](Self::bool_detail), for a JSON flag.
@@ -403,12 +479,15 @@ impl Client {
         ctx: &Context<'_>,
         default: serde_json::Value,
     ) -> EvaluationDetail<serde_json::Value> {
-        match &*self.core().snapshot.load() {
-            Some(s) => {
-                EvaluationDetail::from_engine(s.json_detail(key, ctx, &default), Clone::clone)
+        tally::evaluate(self.core(), key, |s, ready, counting| {
+            if !ready {
+                counting.count(None);
+                return EvaluationDetail::from_engine(not_ready(default), |v| v);
             }
-            None => EvaluationDetail::from_engine(not_ready(default), |v| v),
-        }
+            let (detail, id) = s.json_detail_id(key, ctx, &default);
+            counting.count(id);
+            EvaluationDetail::from_engine(detail, Clone::clone)
+        })
     }
 }
 
@@ -445,6 +524,7 @@ pub struct ClientBuilder {
     cache_file: Option<PathBuf>,
     backoff_base: Duration,
     backoff_cap: Duration,
+    metrics_interval: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -509,8 +589,15 @@ impl ClientBuilder {
         self
     }
 
-    /// Starts the client: its one background task connects, keeps the snapshot fresh and
-    /// reconnects as needed. Runs on the current Tokio runtime when there is one, else on a
+    /// How often the client reports usage metrics (evaluation counts and tracked events) to
+    /// the server: 10 s by default, at least 10 ms.
+    pub fn metrics_interval(mut self, interval: Duration) -> Self {
+        self.metrics_interval = interval.max(Duration::from_millis(10));
+        self
+    }
+
+    /// Starts the client: its one background task connects, keeps the snapshot fresh,
+    /// reconnects as needed and reports usage metrics. Runs on the current Tokio runtime when there is one, else on a
     /// thread of its own. Fails only on an unreadable or invalid bootstrap file; an unusable
     /// cache file is logged and ignored. An sdk key that cannot be sent (control characters,
     /// non-ASCII) is refused here.
@@ -544,7 +631,9 @@ impl ClientBuilder {
             (None, None) => (None, Status::starting(Source::None)),
         };
         let cache = self.cache_file.clone().map(cache::Writer::start);
-        let core = Arc::new(Core::new(snapshot, status, cache));
+        // Flush requests wait for the reporter; a few at a time is plenty.
+        let (flushes, flushing) = mpsc::channel(8);
+        let core = Arc::new(Core::new(snapshot, status, cache, Some(flushes)));
         let (stop, stopping) = watch::channel(false);
         let settings = Settings {
             endpoint: self.endpoint,
@@ -557,8 +646,9 @@ impl ClientBuilder {
             backoff_cap: self.backoff_cap,
             instance_id: instance_id(),
             host: host(),
+            metrics_interval: self.metrics_interval,
         };
-        let task = live::run(core.clone(), settings, stopping);
+        let task = live::run(core.clone(), settings, stopping, flushing);
         match tokio::runtime::Handle::try_current() {
             Ok(runtime) => {
                 runtime.spawn(task);

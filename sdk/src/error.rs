@@ -29,6 +29,10 @@ pub enum Error {
     /// The client was closed.
     #[error("the client is closed")]
     Closed,
+    /// A usage report (`Client::flush_metrics`) did not reach the server or was refused; its
+    /// counts are kept for the next report.
+    #[error("usage metrics not reported: {0}")]
+    Report(String),
     /// No thread or runtime could be started for the client's background task.
     #[error("cannot start the client's background task: {0}")]
     Runtime(std::io::Error),

@@ -1,11 +1,13 @@
 //! Flagstaff's SDK: the crate services embed to evaluate feature flags.
 //!
 //! Evaluation is local: the client holds the environment's compiled [`Snapshot`] behind a
-//! lock-free `ArcSwap`, so every call is one atomic load, one hash-map lookup and the engine's
-//! evaluation, with no lock, no I/O and (for boolean, string-by-reference and number flags) no
-//! allocation. [`Client::builder`] connects to flagstaffd and keeps the snapshot fresh from its
-//! Watch stream; a client can also serve an export file (the bootstrap file of DESIGN.md 6a)
-//! with no server at all, as below.
+//! lock-free `ArcSwap`, which each evaluating thread caches until the snapshot changes, so
+//! every call is a thread-local lookup, one hash-map lookup, the engine's evaluation and a
+//! count of the variant served, with no lock, no I/O and (for boolean, string-by-reference and
+//! number flags) no allocation. [`Client::builder`] connects to flagstaffd, keeps the snapshot
+//! fresh from its Watch stream and reports what was evaluated ([`Client::track`] adds
+//! application events); a client can also serve an export file (the bootstrap file of
+//! DESIGN.md 6a) with no server at all, as below.
 //!
 //! ```
 //! use flagstaff::{Client, Context};
@@ -38,9 +40,12 @@ mod detail;
 mod error;
 mod listeners;
 mod live;
+mod metrics;
 #[cfg(feature = "openfeature")]
 pub mod openfeature;
+mod report;
 mod status;
+mod tally;
 mod test_data;
 
 pub use client::{Client, ClientBuilder};

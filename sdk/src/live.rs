@@ -6,6 +6,9 @@
 //! itself (framing, consecutive revisions, epochs) is checked by
 //! [`Assembler`](flagstaff_proto::watch::Assembler); a violation makes the client resubscribe
 //! from revision 0, which always converges.
+//!
+//! The same task reports usage metrics ([`crate::report`]): the stream's loop and the
+//! reporter run side by side in it, and share the stream's connection.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -19,6 +22,8 @@ use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 use tonic::Request;
 
 use crate::client::Core;
+use crate::metrics::Flush;
+use crate::report::{self, Link};
 use crate::status::{Source, State};
 
 /// The heartbeat interval assumed until a snapshot announces one.
@@ -40,6 +45,7 @@ pub(crate) struct Settings {
     pub backoff_cap: Duration,
     pub instance_id: String,
     pub host: String,
+    pub metrics_interval: Duration,
 }
 
 /// Where the client stands: the epoch and revision it holds, and the interval to expect
@@ -62,9 +68,31 @@ enum Ended {
     Resync(String),
 }
 
-/// Runs until `stop` turns true.
-pub(crate) async fn run(core: Arc<Core>, settings: Settings, mut stop: watch::Receiver<bool>) {
-    let endpoint = match endpoint(&settings) {
+/// Runs until `stop` turns true, then reports usage metrics a last time and marks the client
+/// closed.
+pub(crate) async fn run(
+    core: Arc<Core>,
+    settings: Settings,
+    stop: watch::Receiver<bool>,
+    flushes: mpsc::Receiver<Flush>,
+) {
+    let link = Link::default();
+    tokio::join!(
+        keep_fresh(&core, &settings, &link, stop.clone()),
+        report::run(&core, &settings, &link, stop, flushes),
+    );
+    core.status.send_modify(|s| s.state = State::Closed);
+    tracing::debug!("flagstaff client closed");
+}
+
+/// Keeps the snapshot fresh from the Watch stream until `stop` turns true.
+async fn keep_fresh(
+    core: &Arc<Core>,
+    settings: &Settings,
+    link: &Link,
+    mut stop: watch::Receiver<bool>,
+) {
+    let endpoint = match endpoint(settings) {
         Ok(endpoint) => endpoint,
         Err(e) => {
             tracing::error!(endpoint = %settings.endpoint, error = %e, "unusable endpoint: the client stays on its bootstrap data");
@@ -85,7 +113,7 @@ pub(crate) async fn run(core: Arc<Core>, settings: Settings, mut stop: watch::Re
             break;
         }
         let ended = tokio::select! {
-            ended = stream(&core, &settings, &endpoint, &mut position, &mut failures) => ended,
+            ended = stream(core, settings, &endpoint, link, &mut position, &mut failures) => ended,
             _ = stop.wait_for(|s| *s) => Ended::Closing,
         };
         match ended {
@@ -99,7 +127,7 @@ pub(crate) async fn run(core: Arc<Core>, settings: Settings, mut stop: watch::Re
                 position = None;
             }
         }
-        mark_stale(&core);
+        mark_stale(core);
         let delay = jitter.backoff(settings.backoff_base, settings.backoff_cap, failures);
         failures = failures.saturating_add(1);
         tokio::select! {
@@ -107,8 +135,6 @@ pub(crate) async fn run(core: Arc<Core>, settings: Settings, mut stop: watch::Re
             _ = stop.wait_for(|s| *s) => break,
         }
     }
-    core.status.send_modify(|s| s.state = State::Closed);
-    tracing::debug!("flagstaff client closed");
 }
 
 fn endpoint(settings: &Settings) -> Result<Endpoint, tonic::transport::Error> {
@@ -149,6 +175,7 @@ async fn stream(
     core: &Arc<Core>,
     settings: &Settings,
     endpoint: &Endpoint,
+    link: &Link,
     position: &mut Option<Position>,
     failures: &mut u32,
 ) -> Ended {
@@ -164,6 +191,8 @@ async fn stream(
             ))
         }
     };
+    // Usage reports share the connection (and, while the stream is down, reconnect it).
+    link.set(channel.clone());
     let mut client = pb::sync_client::SyncClient::new(channel);
     let (requests, outbound) = mpsc::unbounded_channel();
     let (epoch, since) = position

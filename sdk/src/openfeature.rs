@@ -45,7 +45,7 @@
 
 use std::time::Duration;
 
-use flagstaff_engine::{Context, Detail, ErrorKind, Reason, Snapshot};
+use flagstaff_engine::{Context, Detail, ErrorKind, Reason, Snapshot, VariantId};
 use open_feature::provider::{
     FeatureProvider, ProviderMetadata, ProviderStatus, ResolutionDetails,
 };
@@ -56,7 +56,7 @@ use open_feature::{
 
 use crate::listeners::Subscription;
 use crate::status::State;
-use crate::Client;
+use crate::{tally, Client};
 
 /// A provider event, named as in the OpenFeature specification.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -117,61 +117,78 @@ impl FlagstaffProvider {
         &self,
         key: &str,
         ctx: &EvaluationContext,
-        evaluate: impl for<'s> FnOnce(&'s Snapshot, &Context<'_>) -> Detail<'s, Option<T>>,
+        evaluate: impl for<'s> FnOnce(
+            &'s Snapshot,
+            &Context<'_>,
+        ) -> (Detail<'s, Option<T>>, Option<VariantId>),
     ) -> EvaluationResult<ResolutionDetails<T>> {
-        let Some(snapshot) = self.client.loaded() else {
-            return Err(error(
-                EvaluationErrorCode::ProviderNotReady,
-                "the Flagstaff client has no data yet",
-            ));
-        };
         let context = context(ctx);
-        let detail = evaluate(&snapshot, &context);
-        let mut metadata = FlagMetadata::default();
-        if let Some(version) = detail.version {
-            metadata.add_value("version", i64::try_from(version).unwrap_or(i64::MAX));
-        }
-        let reason = match detail.reason {
-            Reason::Off => EvaluationReason::Disabled,
-            _ if detail.bucket.is_some() => EvaluationReason::Split,
-            Reason::RuleMatch { id, .. } => {
-                metadata.add_value("ruleId", id);
-                EvaluationReason::TargetingMatch
+        // Counted in the client's usage metrics like its own typed calls.
+        tally::evaluate(self.client.core(), key, |snapshot, ready, counting| {
+            if !ready {
+                counting.count(None);
+                return Err(error(
+                    EvaluationErrorCode::ProviderNotReady,
+                    "the Flagstaff client has no data yet",
+                ));
             }
-            Reason::Default => EvaluationReason::Default,
-            Reason::PrerequisiteFailed { prerequisite } => {
-                metadata.add_value("prerequisite", prerequisite);
-                EvaluationReason::Other("PREREQUISITE_FAILED".to_owned())
-            }
-            Reason::Error(ErrorKind::MissingBucketingAttribute) => {
-                let code = if ctx.targeting_key.is_none() {
-                    EvaluationErrorCode::TargetingKeyMissing
-                } else {
-                    EvaluationErrorCode::InvalidContext
-                };
-                metadata.add_value("errorCode", code.to_string());
-                metadata.add_value(
-                    "errorMessage",
-                    "the split's bucketing attribute is missing, empty, or not a string or \
-                     number: the flag's off variant is served",
-                );
-                EvaluationReason::Error
-            }
-            Reason::Error(kind) => return Err(error_of(kind, key)),
-        };
-        let Some(value) = detail.value else {
-            return Err(error(
-                EvaluationErrorCode::TypeMismatch,
-                format!("flag {key:?} does not have a value of the type asked for"),
-            ));
-        };
-        Ok(ResolutionDetails {
-            value,
-            variant: detail.variant.map(str::to_owned),
-            reason: Some(reason),
-            flag_metadata: Some(metadata),
+            let (detail, id) = evaluate(snapshot, &context);
+            counting.count(id);
+            resolution(key, ctx, detail)
         })
     }
+}
+
+/// OpenFeature's resolution of a Flagstaff evaluation.
+fn resolution<T>(
+    key: &str,
+    ctx: &EvaluationContext,
+    detail: Detail<'_, Option<T>>,
+) -> EvaluationResult<ResolutionDetails<T>> {
+    let mut metadata = FlagMetadata::default();
+    if let Some(version) = detail.version {
+        metadata.add_value("version", i64::try_from(version).unwrap_or(i64::MAX));
+    }
+    let reason = match detail.reason {
+        Reason::Off => EvaluationReason::Disabled,
+        _ if detail.bucket.is_some() => EvaluationReason::Split,
+        Reason::RuleMatch { id, .. } => {
+            metadata.add_value("ruleId", id);
+            EvaluationReason::TargetingMatch
+        }
+        Reason::Default => EvaluationReason::Default,
+        Reason::PrerequisiteFailed { prerequisite } => {
+            metadata.add_value("prerequisite", prerequisite);
+            EvaluationReason::Other("PREREQUISITE_FAILED".to_owned())
+        }
+        Reason::Error(ErrorKind::MissingBucketingAttribute) => {
+            let code = if ctx.targeting_key.is_none() {
+                EvaluationErrorCode::TargetingKeyMissing
+            } else {
+                EvaluationErrorCode::InvalidContext
+            };
+            metadata.add_value("errorCode", code.to_string());
+            metadata.add_value(
+                "errorMessage",
+                "the split's bucketing attribute is missing, empty, or not a string or \
+                     number: the flag's off variant is served",
+            );
+            EvaluationReason::Error
+        }
+        Reason::Error(kind) => return Err(error_of(kind, key)),
+    };
+    let Some(value) = detail.value else {
+        return Err(error(
+            EvaluationErrorCode::TypeMismatch,
+            format!("flag {key:?} does not have a value of the type asked for"),
+        ));
+    };
+    Ok(ResolutionDetails {
+        value,
+        variant: detail.variant.map(str::to_owned),
+        reason: Some(reason),
+        flag_metadata: Some(metadata),
+    })
 }
 
 #[async_trait]
@@ -201,7 +218,9 @@ impl FeatureProvider for FlagstaffProvider {
         key: &str,
         ctx: &EvaluationContext,
     ) -> EvaluationResult<ResolutionDetails<bool>> {
-        self.resolve(key, ctx, |s, c| typed(s.bool_detail(key, c, false), Some))
+        self.resolve(key, ctx, |s, c| {
+            typed(s.bool_detail_id(key, c, false), Some)
+        })
     }
 
     async fn resolve_int_value(
@@ -209,7 +228,9 @@ impl FeatureProvider for FlagstaffProvider {
         key: &str,
         ctx: &EvaluationContext,
     ) -> EvaluationResult<ResolutionDetails<i64>> {
-        self.resolve(key, ctx, |s, c| typed(s.number_detail(key, c, 0.0), whole))
+        self.resolve(key, ctx, |s, c| {
+            typed(s.number_detail_id(key, c, 0.0), whole)
+        })
     }
 
     async fn resolve_float_value(
@@ -217,7 +238,9 @@ impl FeatureProvider for FlagstaffProvider {
         key: &str,
         ctx: &EvaluationContext,
     ) -> EvaluationResult<ResolutionDetails<f64>> {
-        self.resolve(key, ctx, |s, c| typed(s.number_detail(key, c, 0.0), Some))
+        self.resolve(key, ctx, |s, c| {
+            typed(s.number_detail_id(key, c, 0.0), Some)
+        })
     }
 
     async fn resolve_string_value(
@@ -226,7 +249,7 @@ impl FeatureProvider for FlagstaffProvider {
         ctx: &EvaluationContext,
     ) -> EvaluationResult<ResolutionDetails<String>> {
         self.resolve(key, ctx, |s, c| {
-            typed(s.string_detail(key, c, ""), |v| Some(v.to_owned()))
+            typed(s.string_detail_id(key, c, ""), |v| Some(v.to_owned()))
         })
     }
 
@@ -237,27 +260,30 @@ impl FeatureProvider for FlagstaffProvider {
     ) -> EvaluationResult<ResolutionDetails<StructValue>> {
         self.resolve(key, ctx, |s, c| {
             static NONE: serde_json::Value = serde_json::Value::Null;
-            typed(s.json_detail(key, c, &NONE), |v| match Value::try_from(v) {
-                Ok(Value::Struct(fields)) => Some(fields),
-                _ => None,
+            typed(s.json_detail_id(key, c, &NONE), |v| {
+                match Value::try_from(v) {
+                    Ok(Value::Struct(fields)) => Some(fields),
+                    _ => None,
+                }
             })
         })
     }
 }
 
 /// The detail with its value converted: `None` when the caller's default was served (no
-/// variant) or the value does not convert.
+/// variant) or the value does not convert; with the id of the variant served.
 fn typed<'a, T, U>(
-    detail: Detail<'a, T>,
+    (detail, id): (Detail<'a, T>, Option<VariantId>),
     convert: impl FnOnce(T) -> Option<U>,
-) -> Detail<'a, Option<U>> {
-    Detail {
+) -> (Detail<'a, Option<U>>, Option<VariantId>) {
+    let detail = Detail {
         value: detail.variant.and_then(|_| convert(detail.value)),
         variant: detail.variant,
         reason: detail.reason,
         version: detail.version,
         bucket: detail.bucket,
-    }
+    };
+    (detail, id)
 }
 
 /// `n` as an integer, when it is a whole number in `i64`'s range.
@@ -308,5 +334,42 @@ fn error_of(kind: ErrorKind, key: &str) -> EvaluationError {
             "the Flagstaff client has no data yet",
         ),
         other => error(EvaluationErrorCode::General(other.as_str().to_owned()), ""),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::TestData;
+
+    #[tokio::test]
+    async fn resolutions_are_counted_like_the_clients_own_evaluations() {
+        let data = TestData::new();
+        data.set_bool("checkout-v2", true);
+        let client = data.client();
+        let provider = FlagstaffProvider::new(client.clone());
+        let ctx = EvaluationContext::default().with_targeting_key("user-1");
+        for _ in 0..3 {
+            let resolved = provider
+                .resolve_bool_value("checkout-v2", &ctx)
+                .await
+                .expect("resolves");
+            assert!(resolved.value);
+        }
+        assert!(provider.resolve_bool_value("missing", &ctx).await.is_err());
+        let (windows, ..) = client.core().metrics.take();
+        let mut counts: Vec<(String, String, u64)> = windows
+            .iter()
+            .flat_map(|w| &w.evaluations)
+            .map(|e| (e.flag.clone(), e.variant.clone(), e.count))
+            .collect();
+        counts.sort();
+        assert_eq!(
+            counts,
+            [
+                ("checkout-v2".to_owned(), "value".to_owned(), 3),
+                ("missing".to_owned(), String::new(), 1)
+            ]
+        );
     }
 }

@@ -78,4 +78,16 @@ pub struct Stats {
     /// Flag changes not passed to change listeners because their queue was full: a listener
     /// was too slow (see [`Client::on_change`](crate::Client::on_change)).
     pub dropped_notifications: u64,
+    /// Usage reports the server accepted (`ReportMetrics` calls, periodic and
+    /// [`flush_metrics`](crate::Client::flush_metrics)).
+    pub metrics_reports: u64,
+    /// Usage reports that failed; their counts were kept for the next report.
+    pub metrics_report_failures: u64,
+    /// Evaluation counts and events dropped because a bound was reached: windows kept too
+    /// long while reports failed, too many distinct flags, variants or event keys in a window
+    /// (docs/sdk.md, "Usage metrics and events").
+    pub metrics_dropped: u64,
+    /// Events not counted because their context had already tracked 10 events of that key in
+    /// the minute.
+    pub capped_events: u64,
 }

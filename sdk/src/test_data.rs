@@ -62,7 +62,12 @@ impl TestData {
             ..Status::starting(Source::Bootstrap)
         };
         TestData {
-            core: Arc::new(Core::new(Some(Arc::new(Snapshot::new())), status, None)),
+            core: Arc::new(Core::new(
+                Some(Arc::new(Snapshot::new())),
+                status,
+                None,
+                None,
+            )),
             writing: Arc::new(Mutex::new(())),
         }
     }
@@ -140,7 +145,7 @@ impl TestData {
         let _writing = self.writing.lock().unwrap_or_else(|p| p.into_inner());
         let current = self.core.snapshot.load_full().unwrap_or_default();
         let next = Arc::new(current.apply(changes)?);
-        self.core.snapshot.store(Some(next.clone()));
+        self.core.swap_snapshot(next.clone());
         let mut revision = 0;
         self.core.status.send_modify(|s| {
             s.revision += 1;

@@ -5,6 +5,8 @@
 //! string or number flag allocates nothing and takes no lock. `json_value` clones its value.
 
 use std::fmt;
+use std::num::NonZeroUsize;
+use std::ptr::NonNull;
 
 use serde_json::Value;
 
@@ -124,6 +126,30 @@ pub struct Detail<'a, T> {
     pub version: Option<u64>,
     /// The bucket (0..99999), when a split decided the variant.
     pub bucket: Option<u32>,
+}
+
+/// Which compiled variant of which flag served an evaluation: the address of that variant in
+/// the snapshot, so learning it costs nothing on the hot path.
+///
+/// An id is unique and stable while the snapshot that served it lives (hold the snapshot's
+/// `Arc` to keep ids meaningful); [`Snapshot::variant_ids`] names the ids of a snapshot. Every
+/// compilation of a flag gets new ids, so a flag's new version never shares an id with its old
+/// one; a snapshot applied from another shares the ids of the flags the change did not
+/// recompile. Once every snapshot holding a variant is dropped, its id may be reused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct VariantId(NonZeroUsize);
+
+impl VariantId {
+    #[inline(always)]
+    fn of(variant: &CompiledVariant) -> VariantId {
+        VariantId(NonNull::from(variant).addr())
+    }
+
+    /// The id as a number, never 0: e.g. a key for a table of counts.
+    #[inline(always)]
+    pub fn get(self) -> usize {
+        self.0.get()
+    }
 }
 
 /// Why a variant was chosen, by index into the flag's rules or prerequisites; turned into a
@@ -418,21 +444,47 @@ impl Snapshot {
     }
 
     #[inline]
+    fn value_id<'a, T: Typed<'a>>(
+        &'a self,
+        key: &str,
+        ctx: &Context<'_>,
+        default: T,
+    ) -> (T, Option<VariantId>) {
+        match self.served(key, ctx) {
+            Ok(s) => (s.value, Some(VariantId::of(s.variant))),
+            Err(_) => (default, None),
+        }
+    }
+
+    #[inline]
     fn typed<'a, T: Typed<'a>>(
         &'a self,
         key: &str,
         ctx: &Context<'_>,
         default: T,
     ) -> Detail<'a, T> {
+        self.typed_id(key, ctx, default).0
+    }
+
+    #[inline]
+    fn typed_id<'a, T: Typed<'a>>(
+        &'a self,
+        key: &str,
+        ctx: &Context<'_>,
+        default: T,
+    ) -> (Detail<'a, T>, Option<VariantId>) {
         match self.served(key, ctx) {
-            Ok(s) => Detail {
-                value: s.value,
-                variant: Some(&s.variant.key),
-                reason: s.flag.reason(s.resolution.why()),
-                version: s.flag.version,
-                bucket: s.resolution.bucket(),
-            },
-            Err((error, version)) => caller_default(default, error, version),
+            Ok(s) => (
+                Detail {
+                    value: s.value,
+                    variant: Some(&s.variant.key),
+                    reason: s.flag.reason(s.resolution.why()),
+                    version: s.flag.version,
+                    bucket: s.resolution.bucket(),
+                },
+                Some(VariantId::of(s.variant)),
+            ),
+            Err((error, version)) => (caller_default(default, error, version), None),
         }
     }
 
@@ -495,6 +547,107 @@ impl Snapshot {
         self.typed(key, ctx, default)
     }
 
+    /// [`bool_value`](Self::bool_value) with the [`VariantId`] that served; `None` when
+    /// `default` was served (no such flag, or not a boolean flag).
+    #[inline]
+    pub fn bool_value_id(
+        &self,
+        key: &str,
+        ctx: &Context<'_>,
+        default: bool,
+    ) -> (bool, Option<VariantId>) {
+        self.value_id(key, ctx, default)
+    }
+
+    /// [`string_value`](Self::string_value) with the [`VariantId`] that served.
+    #[inline]
+    pub fn string_value_id<'a>(
+        &'a self,
+        key: &str,
+        ctx: &Context<'_>,
+        default: &'a str,
+    ) -> (&'a str, Option<VariantId>) {
+        self.value_id(key, ctx, default)
+    }
+
+    /// [`number_value`](Self::number_value) with the [`VariantId`] that served.
+    #[inline]
+    pub fn number_value_id(
+        &self,
+        key: &str,
+        ctx: &Context<'_>,
+        default: f64,
+    ) -> (f64, Option<VariantId>) {
+        self.value_id(key, ctx, default)
+    }
+
+    /// [`json_value`](Self::json_value) with the [`VariantId`] that served. Clones the value.
+    pub fn json_value_id(
+        &self,
+        key: &str,
+        ctx: &Context<'_>,
+        default: Value,
+    ) -> (Value, Option<VariantId>) {
+        match self.served::<&Value>(key, ctx) {
+            Ok(s) => (s.value.clone(), Some(VariantId::of(s.variant))),
+            Err(_) => (default, None),
+        }
+    }
+
+    /// [`bool_detail`](Self::bool_detail) with the [`VariantId`] that served.
+    #[inline]
+    pub fn bool_detail_id(
+        &self,
+        key: &str,
+        ctx: &Context<'_>,
+        default: bool,
+    ) -> (Detail<'_, bool>, Option<VariantId>) {
+        self.typed_id(key, ctx, default)
+    }
+
+    /// [`string_detail`](Self::string_detail) with the [`VariantId`] that served.
+    #[inline]
+    pub fn string_detail_id<'a>(
+        &'a self,
+        key: &str,
+        ctx: &Context<'_>,
+        default: &'a str,
+    ) -> (Detail<'a, &'a str>, Option<VariantId>) {
+        self.typed_id(key, ctx, default)
+    }
+
+    /// [`number_detail`](Self::number_detail) with the [`VariantId`] that served.
+    #[inline]
+    pub fn number_detail_id(
+        &self,
+        key: &str,
+        ctx: &Context<'_>,
+        default: f64,
+    ) -> (Detail<'_, f64>, Option<VariantId>) {
+        self.typed_id(key, ctx, default)
+    }
+
+    /// [`json_detail`](Self::json_detail) with the [`VariantId`] that served.
+    pub fn json_detail_id<'a>(
+        &'a self,
+        key: &str,
+        ctx: &Context<'_>,
+        default: &'a Value,
+    ) -> (Detail<'a, &'a Value>, Option<VariantId>) {
+        self.typed_id(key, ctx, default)
+    }
+
+    /// Every variant of every flag, with its [`VariantId`]: `(id, flag key, flag version,
+    /// variant key)`, in no particular order. For naming the ids an evaluation returned, off
+    /// the hot path.
+    pub fn variant_ids(&self) -> impl Iterator<Item = (VariantId, &str, Option<u64>, &str)> {
+        self.flags.values().flat_map(|flag| {
+            flag.variants
+                .iter()
+                .map(move |v| (VariantId::of(v), &*flag.key, flag.version, &*v.key))
+        })
+    }
+
     /// Evaluates flag `key` whatever its kind, with the value as JSON; `Value::Null` and
     /// `FLAG_NOT_FOUND` when there is no such flag. For debugging tools, not the hot path.
     pub fn evaluate(&self, key: &str, ctx: &Context<'_>) -> Detail<'_, Value> {
@@ -537,5 +690,100 @@ mod tests {
                 assert_eq!(r.bucket(), (bucket != NO_BUCKET).then_some(bucket));
             }
         }
+    }
+
+    fn two_flags(banner_version: u64) -> Snapshot {
+        Snapshot::from_text(&format!(
+            r#"
+environment: test
+flags:
+  - key: gate
+    kind: boolean
+    version: 3
+    variants: {{ "on": true, "off": false }}
+    off_variant: "off"
+    enabled: true
+    rules:
+      - id: staff
+        conditions: [{{ attribute: staff, op: in, values: [yes] }}]
+        serve: {{ variant: "on" }}
+    default: {{ variant: "off" }}
+  - key: banner
+    kind: string
+    version: {banner_version}
+    variants: {{ control: Welcome, a: Hello }}
+    off_variant: control
+    enabled: true
+    default: {{ variant: a }}
+"#
+        ))
+        .expect("valid document")
+    }
+
+    #[test]
+    fn variant_ids_tell_served_variants_apart_and_name_them() {
+        let snapshot = two_flags(7);
+        let staff = Context::new("u1").with("staff", "yes");
+        let other = Context::new("u2");
+        let (on, on_id) = snapshot.bool_value_id("gate", &staff, false);
+        let (off, off_id) = snapshot.bool_value_id("gate", &other, true);
+        assert!(on && !off);
+        let (on_id, off_id) = (on_id.expect("served"), off_id.expect("served"));
+        assert_ne!(on_id, off_id);
+        assert_eq!(snapshot.bool_value_id("gate", &staff, false).1, Some(on_id));
+        assert_eq!(
+            snapshot.bool_detail_id("gate", &staff, false).1,
+            Some(on_id)
+        );
+        let (banner, banner_id) = snapshot.string_value_id("banner", &other, "");
+        assert_eq!(banner, "Hello");
+        let (detail, detail_id) = snapshot.string_detail_id("banner", &other, "");
+        assert_eq!((detail.variant, detail_id), (Some("a"), banner_id));
+
+        // The caller's default has no id.
+        assert_eq!(
+            snapshot.bool_value_id("missing", &staff, true),
+            (true, None)
+        );
+        assert_eq!(snapshot.number_value_id("gate", &staff, 1.0), (1.0, None));
+        let (value, id) = snapshot.json_value_id("banner", &staff, Value::Null);
+        assert_eq!((value, id), (Value::Null, None));
+
+        let names: Vec<_> = snapshot.variant_ids().collect();
+        assert_eq!(names.len(), 4);
+        let name = |id: VariantId| {
+            names
+                .iter()
+                .find(|(i, ..)| *i == id)
+                .map(|(_, flag, version, variant)| (*flag, *version, *variant))
+        };
+        assert_eq!(name(on_id), Some(("gate", Some(3), "on")));
+        assert_eq!(name(off_id), Some(("gate", Some(3), "off")));
+        assert_eq!(
+            name(banner_id.expect("served")),
+            Some(("banner", Some(7), "a"))
+        );
+    }
+
+    #[test]
+    fn a_recompiled_flag_gets_new_ids_and_an_unchanged_one_keeps_them() {
+        let before = two_flags(7);
+        let after = before
+            .apply(crate::ChangeSet {
+                flags: two_flags(8).flag("banner").cloned().into_iter().collect(),
+                ..crate::ChangeSet::default()
+            })
+            .expect("applies");
+        let ctx = Context::new("u1");
+        assert_eq!(
+            before.bool_value_id("gate", &ctx, false).1,
+            after.bool_value_id("gate", &ctx, false).1
+        );
+        let (old, new) = (
+            before.string_value_id("banner", &ctx, "").1,
+            after.string_value_id("banner", &ctx, "").1,
+        );
+        assert!(old.is_some() && new.is_some());
+        assert_ne!(old, new);
     }
 }

@@ -44,7 +44,7 @@ mod yaml;
 
 pub use bucket::{bucket, murmur3_x86_32, write_number, Murmur3, SaltedHasher, BUCKETS};
 pub use context::{AttrInput, AttrRef, AttrValue, Context};
-pub use eval::{Detail, ErrorKind, Reason};
+pub use eval::{Detail, ErrorKind, Reason, VariantId};
 pub use format::{
     document_from_value, flag_from_value, parse_document, parse_input, parse_value,
     segment_from_value, to_text, Format, Input,
