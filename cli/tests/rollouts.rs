@@ -280,3 +280,122 @@ fn a_manual_edit_pauses_and_a_rollback_restores_the_baseline() {
         "{watched}"
     );
 }
+
+#[test]
+fn a_guarded_plan_rolls_itself_back_when_the_target_errs_more() {
+    let clock = Arc::new(ManualClock::new(1_800_000_000_000));
+    let s = Server::start_with(options(&clock));
+    s.ok(&["env", "create", "production"]);
+    s.ok(&["flag", "create", "checkout-v2"]);
+    s.ok(&["flag", "on", "checkout-v2"]);
+    let client = sdk_client(&s);
+
+    // A guard the CLI cannot make sense of is a usage mistake: nothing starts.
+    for (guard, problem) in [
+        ("checkout_error", "no ratio"),
+        ("checkout_error:0.5", "the ratio 0.5 is below 1"),
+        ("checkout_error:x", "\"x\" is not a ratio"),
+        ("checkout_error:1.5:max=3", "\"max=3\" is not min=N"),
+    ] {
+        let mut cmd = s.cmd();
+        cmd.args([
+            "rollout",
+            "start",
+            "checkout-v2",
+            "--to",
+            "on",
+            "--stages",
+            "20%:1h,100%",
+            "--guard",
+            guard,
+        ]);
+        let out = cmd.assert().code(2).get_output().clone();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(problem), "{guard}: {stderr}");
+    }
+    assert_eq!(
+        json(&s.ok(&["rollout", "list", "--all", "-o", "json"])),
+        serde_json::json!([])
+    );
+
+    s.ok(&[
+        "rollout",
+        "start",
+        "checkout-v2",
+        "--to",
+        "on",
+        "--stages",
+        "20%:1h,100%",
+        "--guard",
+        "checkout_error:1.5:min=50",
+    ]);
+    let status = json(&s.ok(&["rollout", "status", "checkout-v2", "-o", "json"]));
+    assert_eq!(status["guard"]["event"], "checkout_error");
+    assert_eq!(status["guard"]["min_events"], 50);
+    assert_eq!(status["guard"]["status"]["state"], "collecting events");
+    let version = status["flag_version"].as_u64().expect("version");
+
+    // The service: one report teaches it which flags are guarded; then every context on the
+    // new checkout hits an error, one in ten on the old one.
+    let keys: Vec<String> = (0..2000).map(|i| format!("user-{i}")).collect();
+    let on = served(&s, &client, version, &keys);
+    s.block_on(client.flush_metrics()).expect("reported");
+    for (i, (key, on)) in keys.iter().zip(&on).enumerate() {
+        let ctx = flagstaff::Context::new(key.as_str());
+        assert_eq!(client.bool_value("checkout-v2", &ctx, false), *on);
+        if *on || i % 10 == 0 {
+            client.track("checkout_error", &ctx);
+        }
+    }
+    s.block_on(client.flush_metrics()).expect("reported");
+
+    let status = until(&s, "checkout-v2", |p| p["state"] == "rolled back");
+    assert_eq!(
+        status["guard"]["status"]["state"],
+        "rejected: the target does worse than allowed"
+    );
+    let targets = on.iter().filter(|v| **v).count() as u64;
+    assert_eq!(status["guard"]["status"]["target_events"], targets);
+    assert!(
+        status["guard"]["status"]["statistic"].as_f64()
+            >= status["guard"]["status"]["threshold"].as_f64()
+    );
+    let text = s.ok(&["rollout", "status", "checkout-v2"]);
+    assert!(
+        text.contains("guard: checkout_error, at most 1.5x the baseline's rate"),
+        "{text}"
+    );
+    assert!(
+        text.contains("rejected: the target does worse than allowed"),
+        "{text}"
+    );
+    let history = s.ok(&["history", "checkout-v2", "-o", "json"]);
+    let history = json(&history);
+    assert_eq!(history[0]["actor"], "rollout:checkout-v2");
+    assert_eq!(history[0]["operation"], "RolloutGuardRollback");
+    let comment = history[0]["comment"].as_str().expect("a comment");
+    assert!(
+        comment.starts_with("guard \"checkout_error\" rejected the target: target "),
+        "{comment}"
+    );
+    // Everyone is back on the old checkout.
+    let after = served(
+        &s,
+        &client,
+        status["flag_version"].as_u64().expect("version"),
+        &keys,
+    );
+    assert!(after.iter().all(|v| !v), "everyone on the baseline");
+
+    // The evaluations made it into the flag's usage.
+    s.block_on(client.flush_metrics()).expect("reported");
+    let listed = json(&s.ok(&["flag", "list", "-o", "json"]));
+    let evaluations = listed[0]["usage"]["evaluations"].as_u64().expect("count");
+    assert!(evaluations >= 3 * 2000, "{evaluations}");
+    assert!(listed[0]["usage"]["last_evaluated_unix_ms"].as_i64() > Some(0));
+    // In use and just changed: not stale.
+    assert_eq!(
+        json(&s.ok(&["flag", "stale", "--days", "1", "-o", "json"])),
+        serde_json::json!([])
+    );
+}

@@ -8,6 +8,7 @@ mod faults;
 mod fixtures;
 mod flags;
 mod guard;
+mod guard_simulation;
 mod matrix;
 mod openfeature;
 mod operations;
