@@ -65,7 +65,8 @@ pub fn single_variant(flag: &Flag) -> Option<&str> {
 /// Why `listed` is stale at `now_ms` after `days` days, if it is: a temporary flag serving
 /// one variant to everyone for that long, or any flag no SDK has evaluated for that long.
 pub fn staleness(listed: &Listed, days: u64, now_ms: i64) -> Option<Staleness> {
-    let cutoff = now_ms.saturating_sub(i64::try_from(days).unwrap_or(i64::MAX / DAY_MS) * DAY_MS);
+    let span = i64::try_from(days).map_or(i64::MAX, |d| d.saturating_mul(DAY_MS));
+    let cutoff = now_ms.saturating_sub(span);
     let changed = listed.change.time_unix_ms;
     if listed.flag.temporary && changed <= cutoff {
         if let Some(variant) = single_variant(&listed.flag) {
@@ -263,6 +264,11 @@ mod tests {
                 ever: false
             })
         );
-        assert_eq!(staleness(&listed(split, now - 6 * DAY_MS, 0), 7, now), None);
+        assert_eq!(
+            staleness(&listed(split.clone(), now - 6 * DAY_MS, 0), 7, now),
+            None
+        );
+        // More days than time has: nothing is that old.
+        assert_eq!(staleness(&listed(split, 1, 0), u64::MAX, now), None);
     }
 }
