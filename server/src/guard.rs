@@ -14,6 +14,7 @@
 //! part of the plan's false-alarm probability [`FALSE_ALARM`], so a whole plan rolls back
 //! by mistake with a probability of at most 5%.
 
+use crate::rollouts::{pair_weight, ALL};
 use crate::storage::{GuardTally, RolloutRecord};
 
 /// The probability that a plan whose target is no worse than allowed is rolled back by its
@@ -24,9 +25,6 @@ pub const FALSE_ALARM: f64 = 0.05;
 /// may be. Equal weights; a spread from barely to far worse keeps the test quick for large
 /// effects and still able to find small ones.
 const WORSE_BY: [f64; 8] = [1.1, 1.25, 1.5, 2.0, 3.0, 5.0, 10.0, 30.0];
-
-/// The whole split, in 1/1000 of a percent.
-const ALL: u32 = 100_000;
 
 /// Where a guard's test stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -134,11 +132,10 @@ pub fn of_plan(plan: &RolloutRecord) -> Option<(GuardTally, Verdict)> {
 
 /// Empty counts for `plan`'s current stage.
 pub fn stage_tally(plan: &RolloutRecord) -> GuardTally {
-    let pair = ALL - plan.others.iter().map(|(_, w)| w).sum::<u32>();
     GuardTally {
         flag_version: plan.flag_version,
         target_weight: plan.percent,
-        baseline_weight: pair.saturating_sub(plan.percent),
+        baseline_weight: pair_weight(plan).saturating_sub(plan.percent),
         ..GuardTally::default()
     }
 }

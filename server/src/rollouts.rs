@@ -30,7 +30,7 @@ use crate::storage::{
 };
 
 /// 100% in split weights (1/1000 of a percent).
-const ALL: u32 = 100_000;
+pub(crate) const ALL: u32 = 100_000;
 
 /// The time rollout plans go by: the system's, or one a test moves by hand.
 pub trait Clock: Send + Sync + std::fmt::Debug + 'static {
@@ -286,7 +286,7 @@ fn serve_at(plan: &RolloutRecord, percent: u32) -> Serve {
 }
 
 /// The weight the target and baseline share: all but the other variants'.
-fn pair_weight(plan: &RolloutRecord) -> u32 {
+pub(crate) fn pair_weight(plan: &RolloutRecord) -> u32 {
     ALL - plan.others.iter().map(|(_, w)| w).sum::<u32>()
 }
 

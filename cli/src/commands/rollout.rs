@@ -552,7 +552,8 @@ fn plan_json(plan: &pb::RolloutPlan, now: i64) -> Value {
     })
 }
 
-fn now_ms() -> i64 {
+/// Now, in Unix milliseconds.
+pub(crate) fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))

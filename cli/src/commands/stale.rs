@@ -1,7 +1,6 @@
 //! `flag stale`: the flags ready to be removed from code.
 
 use std::collections::BTreeSet;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use flagstaff_engine::{Flag, Serve};
 use serde_json::{json, Value};
@@ -84,9 +83,7 @@ pub fn staleness(listed: &Listed, days: u64, now_ms: i64) -> Option<Staleness> {
 
 /// `flagstaff flag stale [--days N]`.
 pub async fn stale(session: &mut Session, days: u64) -> anyhow::Result<String> {
-    let now_ms = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+    let now_ms = super::rollout::now_ms();
     let flags = list_all(session, None, None).await?;
     let stale: Vec<(&Listed, Staleness)> = flags
         .iter()

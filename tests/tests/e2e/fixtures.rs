@@ -128,6 +128,20 @@ pub async fn revision(client: &mut Admin, environment: &str) -> u64 {
         .revision
 }
 
+/// A server whose rollout plans go by `clock`, with environment `production`.
+pub async fn server_on(
+    clock: &std::sync::Arc<flagstaff_server::rollouts::ManualClock>,
+) -> (TestServer, Admin) {
+    let server = TestServer::start_with(flagstaff_tests::Options {
+        clock: Some(clock.clone()),
+        ..flagstaff_tests::Options::default()
+    })
+    .await;
+    let mut admin = server.admin().await;
+    create_environment(&mut admin, "production").await;
+    (server, admin)
+}
+
 /// Creates a token and returns a client that sends it.
 pub async fn client_with_token(
     server: &TestServer,

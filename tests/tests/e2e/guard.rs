@@ -13,17 +13,6 @@ use super::fixtures::*;
 
 const HOUR: u64 = 3_600_000;
 
-async fn server(clock: &Arc<ManualClock>) -> (TestServer, Admin) {
-    let server = TestServer::start_with(Options {
-        clock: Some(clock.clone()),
-        ..Options::default()
-    })
-    .await;
-    let mut admin = server.admin().await;
-    create_environment(&mut admin, "production").await;
-    (server, admin)
-}
-
 /// Starts a plan rolling `on` out to `checkout` at 10% then 50%, guarded by `checkout_error`
 /// at a ratio of 1.5, deciding after 50 events.
 async fn start_guarded(admin: &mut Admin) -> pb::RolloutPlan {
@@ -134,7 +123,7 @@ async fn report(sync: &mut Sync, windows: Vec<pb::MetricsWindow>) -> pb::ReportM
 #[tokio::test]
 async fn a_guard_rolls_back_a_target_with_too_many_events_and_records_why() {
     let clock = Arc::new(ManualClock::new(1_800_000_000_000));
-    let (server, mut admin) = server(&clock).await;
+    let (server, mut admin) = server_on(&clock).await;
     create_flag(&mut admin, "production", boolean_flag("checkout")).await;
     let started = start_guarded(&mut admin).await;
     let version = started.flag_version;
@@ -232,7 +221,7 @@ async fn a_guard_rolls_back_a_target_with_too_many_events_and_records_why() {
 #[tokio::test]
 async fn counts_start_again_at_each_stage() {
     let clock = Arc::new(ManualClock::new(1_800_000_000_000));
-    let (server, mut admin) = server(&clock).await;
+    let (server, mut admin) = server_on(&clock).await;
     create_flag(&mut admin, "production", boolean_flag("checkout")).await;
     let first = start_guarded(&mut admin).await.flag_version;
     let token = sdk_token(&server, "checkout-service", "production").await;
@@ -277,7 +266,7 @@ async fn counts_start_again_at_each_stage() {
 #[tokio::test]
 async fn reports_feed_flag_usage() {
     let clock = Arc::new(ManualClock::new(1_800_000_000_000));
-    let (server, mut admin) = server(&clock).await;
+    let (server, mut admin) = server_on(&clock).await;
     create_flag(&mut admin, "production", boolean_flag("checkout")).await;
     create_flag(&mut admin, "production", boolean_flag("unused")).await;
     let token = sdk_token(&server, "checkout-service", "production").await;
@@ -311,7 +300,7 @@ async fn reports_feed_flag_usage() {
 #[tokio::test]
 async fn bad_reports_are_refused_and_count_nothing() {
     let clock = Arc::new(ManualClock::new(1_800_000_000_000));
-    let (server, mut admin) = server(&clock).await;
+    let (server, mut admin) = server_on(&clock).await;
     create_environment(&mut admin, "staging").await;
     create_flag(&mut admin, "production", boolean_flag("checkout")).await;
     let token = sdk_token(&server, "checkout-service", "production").await;

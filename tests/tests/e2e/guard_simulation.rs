@@ -16,7 +16,7 @@ use std::time::Duration;
 use flagstaff::{Client, Context};
 use flagstaff_proto::pb;
 use flagstaff_server::rollouts::ManualClock;
-use flagstaff_tests::{Admin, Options, TestServer};
+use flagstaff_tests::Admin;
 
 use super::fixtures::*;
 
@@ -112,13 +112,7 @@ async fn batch(clients: &[Client], random: &mut Random, target_rate: f64) {
 /// at `target_rate`.
 async fn simulate(target_rate: f64) -> Outcome {
     let clock = Arc::new(ManualClock::new(START_MS));
-    let server = TestServer::start_with(Options {
-        clock: Some(clock.clone()),
-        ..Options::default()
-    })
-    .await;
-    let mut admin = server.admin().await;
-    create_environment(&mut admin, "production").await;
+    let (server, mut admin) = server_on(&clock).await;
     for i in 0..PLANS {
         create_flag(&mut admin, "production", boolean_flag(&flag_key(i))).await;
     }

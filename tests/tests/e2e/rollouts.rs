@@ -7,25 +7,13 @@ use std::time::Duration;
 use flagstaff::Context;
 use flagstaff_proto::pb;
 use flagstaff_server::rollouts::ManualClock;
-use flagstaff_tests::{Admin, Options, TestServer};
+use flagstaff_tests::Admin;
 use serde_json::json;
 use tonic::Code;
 
 use super::fixtures::*;
 
 const HOUR: u64 = 3_600_000;
-
-/// A server whose plans go by `clock`, with environment `production`.
-async fn server(clock: &Arc<ManualClock>) -> (TestServer, Admin) {
-    let server = TestServer::start_with(Options {
-        clock: Some(clock.clone()),
-        ..Options::default()
-    })
-    .await;
-    let mut admin = server.admin().await;
-    create_environment(&mut admin, "production").await;
-    (server, admin)
-}
 
 fn stages(spec: &[(u32, u64)]) -> Vec<pb::RolloutStage> {
     spec.iter()
@@ -87,7 +75,7 @@ async fn served(
 #[tokio::test]
 async fn a_plan_runs_to_completion_and_no_context_ever_moves_back_or_sideways() {
     let clock = Arc::new(ManualClock::new(1_800_000_000_000));
-    let (server, mut admin) = server(&clock).await;
+    let (server, mut admin) = server_on(&clock).await;
     // Three variants: `new` is rolled out over `old`; `legacy` keeps its 20%.
     let flag = flag(json!({
         "key": "checkout", "kind": "string",
@@ -210,7 +198,7 @@ async fn a_plan_runs_to_completion_and_no_context_ever_moves_back_or_sideways() 
 #[tokio::test]
 async fn a_manual_edit_pauses_the_plan_and_a_rollback_wins_over_a_due_advance() {
     let clock = Arc::new(ManualClock::new(1_800_000_000_000));
-    let (_server, mut admin) = server(&clock).await;
+    let (_server, mut admin) = server_on(&clock).await;
     create_flag(&mut admin, "production", boolean_flag("banner")).await;
     admin
         .start_rollout(start(
@@ -308,7 +296,7 @@ async fn a_manual_edit_pauses_the_plan_and_a_rollback_wins_over_a_due_advance() 
 #[tokio::test]
 async fn bad_plans_are_refused_and_change_nothing() {
     let clock = Arc::new(ManualClock::new(1_800_000_000_000));
-    let (_server, mut admin) = server(&clock).await;
+    let (_server, mut admin) = server_on(&clock).await;
     create_flag(&mut admin, "production", boolean_flag("banner")).await;
     let base = admin.clone();
     let refuse = move |request: pb::StartRolloutRequest, code: Code| {
@@ -404,7 +392,7 @@ async fn bad_plans_are_refused_and_change_nothing() {
 #[tokio::test]
 async fn a_first_stage_the_flag_already_serves_writes_nothing() {
     let clock = Arc::new(ManualClock::new(1_800_000_000_000));
-    let (_server, mut admin) = server(&clock).await;
+    let (_server, mut admin) = server_on(&clock).await;
     create_flag(&mut admin, "production", boolean_flag("banner")).await;
     let before = admin
         .set_default_serve(pb::SetDefaultServeRequest {
