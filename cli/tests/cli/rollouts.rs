@@ -1,12 +1,10 @@
 //! `flagstaff rollout ...` against a real server on a manual clock, with a real SDK client
 //! watching: a plan runs across a restart, pauses on a manual edit, and rolls back on command.
 
-mod common;
-
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::Server;
+use crate::common::Server;
 use flagstaff_server::rollouts::ManualClock;
 use flagstaff_tests::Options;
 use insta::assert_snapshot;

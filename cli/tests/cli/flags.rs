@@ -1,11 +1,9 @@
 //! `flagstaff flag ...` against a real server: creation defaults, flips, rollouts that stay
 //! sticky, files, editing, protected environments, `--wait` with SDK clients, and failures.
 
-mod common;
-
 use std::time::Duration;
 
-use common::{redacted, Server};
+use crate::common::{redacted, Server};
 use insta::assert_snapshot;
 use serde_json::Value;
 

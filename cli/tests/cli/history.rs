@@ -1,13 +1,11 @@
 //! `flagstaff history`, `watch` and `clients` against a real server.
 
-mod common;
-
 use std::io::{BufRead, BufReader, Read};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
-use common::{redacted, Server};
+use crate::common::{redacted, Server};
 use flagstaff_proto::pb;
 use insta::assert_snapshot;
 use serde_json::Value;

@@ -1,7 +1,5 @@
 //! A real flagstaffd on loopback for the CLI's tests, and the `flagstaff` binary pointed at it.
 
-#![allow(dead_code)] // Each test file uses part of it.
-
 use flagstaff_tests::{Options, TestServer};
 
 /// A server running on a runtime of its own, so tests run the CLI as a plain blocking process.

@@ -1,11 +1,9 @@
 //! docs/cli.md cannot rot: its `sh` blocks run, in order, as one script against a real server.
 
-mod common;
-
-use common::Server;
+use crate::common::Server;
 use flagstaff_proto::pb;
 
-const DOC: &str = include_str!("../../docs/cli.md");
+const DOC: &str = include_str!("../../../docs/cli.md");
 
 /// The contents of every fenced block opened with exactly ```sh, in order.
 fn sh_blocks(markdown: &str) -> Vec<String> {

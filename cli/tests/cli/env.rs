@@ -1,8 +1,6 @@
 //! `flagstaff env`, global options and failures, against a real server.
 
-mod common;
-
-use common::{redacted, Server};
+use crate::common::{redacted, Server};
 use insta::assert_snapshot;
 
 #[test]
