@@ -8,9 +8,10 @@ use std::io;
 /// The include root: `.proto` files are named relative to it, e.g. `flagstaff/v1/model.proto`.
 const INCLUDE: &str = ".";
 
-/// The `.proto` files of package `flagstaff.v1`. All of them generate into one Rust file,
-/// `flagstaff.v1.rs`: the messages, and for each service a server module (`admin_server`,
-/// `sync_server`) and a client module (`admin_client`, `sync_client`).
+/// The `.proto` files of package `flagstaff.v1`. They generate into two Rust files, both
+/// named `flagstaff.v1.rs`: the messages and a client module per service (`admin_client`,
+/// `sync_client`) in `OUT_DIR`, and a server module per service (`admin_server`,
+/// `sync_server`) in `OUT_DIR/servers`.
 const PROTOS: &[&str] = &[
     "flagstaff/v1/model.proto",
     "flagstaff/v1/sync.proto",
@@ -31,10 +32,26 @@ fn main() -> io::Result<()> {
     let out_dir = std::path::PathBuf::from(std::env::var_os("OUT_DIR").ok_or_else(|| {
         io::Error::other("OUT_DIR is not set: run this build script through cargo")
     })?);
+    // The messages and the clients.
     tonic_prost_build::configure()
         .emit_rerun_if_changed(false)
+        .build_server(false)
         // Small starting buffers: see src/codec.rs.
         .codec_path("crate::codec::Codec")
         .file_descriptor_set_path(out_dir.join("flagstaff.v1.bin"))
+        .compile_protos(PROTOS, &[INCLUDE])?;
+
+    // The servers, into a directory of their own, over the messages above; except that the
+    // Watch stream's server sends `WatchMessage`s, which go on the wire as `WatchResponse`s
+    // but may be encoded once and shared by every stream (see src/watch.rs).
+    let servers = out_dir.join("servers");
+    std::fs::create_dir_all(&servers)?;
+    tonic_prost_build::configure()
+        .emit_rerun_if_changed(false)
+        .build_client(false)
+        .out_dir(servers)
+        .codec_path("crate::codec::Codec")
+        .extern_path(".flagstaff.v1", "crate::generated")
+        .extern_path(".flagstaff.v1.WatchResponse", "crate::watch::WatchMessage")
         .compile_protos(PROTOS, &[INCLUDE])
 }

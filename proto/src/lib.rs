@@ -53,6 +53,7 @@ pub use convert::ConvertError;
 #[allow(missing_docs, clippy::all)]
 mod generated {
     include!(concat!(env!("OUT_DIR"), "/flagstaff.v1.rs"));
+    include!(concat!(env!("OUT_DIR"), "/servers/flagstaff.v1.rs"));
 }
 
 /// The encoded `google.protobuf.FileDescriptorSet` of `model.proto`, `sync.proto` and

@@ -60,7 +60,8 @@ use std::iter::{Fuse, FusedIterator};
 use std::mem;
 
 use flagstaff_engine::{ChangeSet, Flag, KeyPatch, Segment, Snapshot};
-use prost::encoding::encoded_len_varint;
+use prost::bytes::{Buf, BufMut, Bytes};
+use prost::encoding::{encoded_len_varint, DecodeContext, WireType};
 use prost::Message;
 
 use crate::pb::{self, watch_response::Response};
@@ -220,6 +221,28 @@ fn fold_patches<'a>(
     (segments, rest)
 }
 
+/// The SnapshotChunk messages of a snapshot alone, lazily, as [`pack_snapshot`] packs them:
+/// for a server that sends the same chunks to many streams, each between a SnapshotBegin and a
+/// SnapshotEnd of its own.
+pub fn snapshot_chunks<'a, F, S>(
+    flags: F,
+    segments: S,
+    budget: usize,
+) -> SnapshotMessages<F::IntoIter, S::IntoIter>
+where
+    F: IntoIterator<Item = &'a Flag>,
+    S: IntoIterator<Item = &'a Segment>,
+{
+    SnapshotMessages {
+        begin: None,
+        flags: flags.into_iter().fuse(),
+        segments: segments.into_iter().fuse(),
+        packer: Packer::new(budget, 0),
+        packed: false,
+        ended: true,
+    }
+}
+
 /// The messages of a snapshot, lazily: SnapshotBegin, SnapshotChunk messages of at most
 /// `budget` encoded bytes each, SnapshotEnd.
 ///
@@ -263,7 +286,7 @@ pub struct SnapshotMessages<F, S> {
     packer: Packer,
     /// Whether every flag and segment is packed, the last chunk included.
     packed: bool,
-    /// Whether SnapshotEnd is sent.
+    /// Whether SnapshotEnd is sent (or is not to be: chunks only).
     ended: bool,
 }
 
@@ -1144,4 +1167,84 @@ fn merge(into: &mut KeyPatch, next: KeyPatch) -> Result<(), KeyPatch> {
     into.remove_excluded.extend(next.remove_excluded);
     into.add_excluded.extend(next.add_excluded);
     Ok(())
+}
+
+/// A Watch stream message as the server sends it: made for one stream, or encoded once and
+/// shared by every stream that sends it.
+///
+/// On the wire it is a `WatchResponse` either way (flagstaffd's `Sync` service is generated to
+/// send this type in its place). A revision's delta goes to every stream and a snapshot's
+/// chunks to every stream that subscribes at that revision; encoded once, each stream sends a
+/// shared, reference-counted copy instead of cloning, converting and encoding the messages
+/// itself, which costs the server CPU per stream and leaves its heap fragmented by thousands
+/// of short-lived allocations per stream.
+#[derive(Debug, Clone, PartialEq)]
+pub enum WatchMessage {
+    /// A message made for one stream.
+    Message(pb::WatchResponse),
+    /// The encoding of a `WatchResponse`.
+    Encoded(Bytes),
+}
+
+impl WatchMessage {
+    /// `message`, encoded now.
+    pub fn encoded(message: &pb::WatchResponse) -> WatchMessage {
+        WatchMessage::Encoded(Bytes::from(message.encode_to_vec()))
+    }
+
+    /// The message, decoded if it is encoded.
+    pub fn decode(&self) -> Result<pb::WatchResponse, prost::DecodeError> {
+        match self {
+            WatchMessage::Message(message) => Ok(message.clone()),
+            WatchMessage::Encoded(bytes) => pb::WatchResponse::decode(bytes.clone()),
+        }
+    }
+}
+
+impl Default for WatchMessage {
+    fn default() -> Self {
+        WatchMessage::Message(pb::WatchResponse::default())
+    }
+}
+
+impl From<pb::WatchResponse> for WatchMessage {
+    fn from(message: pb::WatchResponse) -> Self {
+        WatchMessage::Message(message)
+    }
+}
+
+impl Message for WatchMessage {
+    fn encode_raw(&self, buf: &mut impl BufMut) {
+        match self {
+            WatchMessage::Message(message) => message.encode_raw(buf),
+            WatchMessage::Encoded(bytes) => buf.put_slice(bytes),
+        }
+    }
+
+    fn merge_field(
+        &mut self,
+        tag: u32,
+        wire_type: WireType,
+        buf: &mut impl Buf,
+        ctx: DecodeContext,
+    ) -> Result<(), prost::DecodeError> {
+        let mut message = match mem::take(self) {
+            WatchMessage::Message(message) => message,
+            WatchMessage::Encoded(bytes) => pb::WatchResponse::decode(bytes)?,
+        };
+        let merged = message.merge_field(tag, wire_type, buf, ctx);
+        *self = WatchMessage::Message(message);
+        merged
+    }
+
+    fn encoded_len(&self) -> usize {
+        match self {
+            WatchMessage::Message(message) => message.encoded_len(),
+            WatchMessage::Encoded(bytes) => bytes.len(),
+        }
+    }
+
+    fn clear(&mut self) {
+        *self = WatchMessage::default();
+    }
 }

@@ -1,12 +1,15 @@
 //! The generated services are real: a tiny Sync server, served by tonic on 127.0.0.1:0,
-//! answers the generated client's Watch subscribe with a chunked snapshot, reads the client's
-//! acknowledgement and answers it with a heartbeat; and a unary call works the same way.
+//! answers the generated client's Watch subscribe with a chunked snapshot (sent as encoded
+//! `WatchMessage`s, as flagstaffd shares them between streams), reads the client's
+//! acknowledgement and answers it with a heartbeat (a message made for the stream); and a
+//! unary call works the same way.
 
 use std::pin::Pin;
 
 use flagstaff_proto::pb::{
     self, sync_client::SyncClient, sync_server::SyncServer, watch_request, watch_response,
 };
+use flagstaff_proto::watch::WatchMessage;
 use tokio_stream::{wrappers::ReceiverStream, Stream, StreamExt};
 use tonic::transport::{server::TcpIncoming, Server};
 use tonic::{Request, Response, Status, Streaming};
@@ -54,7 +57,7 @@ fn snapshot() -> Vec<watch_response::Response> {
 
 struct TinySync;
 
-type WatchStream = Pin<Box<dyn Stream<Item = Result<pb::WatchResponse, Status>> + Send>>;
+type WatchStream = Pin<Box<dyn Stream<Item = Result<WatchMessage, Status>> + Send>>;
 
 #[tonic::async_trait]
 impl pb::sync_server::Sync for TinySync {
@@ -70,7 +73,11 @@ impl pb::sync_server::Sync for TinySync {
             other => return Err(Status::invalid_argument(format!("{other:?}"))),
         }
         // The snapshot, then a heartbeat answering the first acknowledgement.
-        let snapshot = tokio_stream::iter(snapshot()).map(Some);
+        let snapshot = tokio_stream::iter(snapshot()).map(|response| {
+            WatchMessage::encoded(&pb::WatchResponse {
+                response: Some(response),
+            })
+        });
         let heartbeat = requests
             .filter_map(|request| match request.ok()?.request? {
                 watch_request::Request::Ack(ack) => {
@@ -81,10 +88,12 @@ impl pb::sync_server::Sync for TinySync {
                 watch_request::Request::Subscribe(_) => None,
             })
             .take(1)
-            .map(Some);
-        let responses = snapshot
-            .chain(heartbeat)
-            .map(|response| Ok(pb::WatchResponse { response }));
+            .map(|response| {
+                WatchMessage::Message(pb::WatchResponse {
+                    response: Some(response),
+                })
+            });
+        let responses = snapshot.chain(heartbeat).map(Ok);
         Ok(Response::new(Box::pin(responses)))
     }
 

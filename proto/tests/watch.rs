@@ -8,8 +8,8 @@ use std::cell::Cell;
 use flagstaff_engine::{flag_from_value, Document, Flag, KeyPatch, Segment, Snapshot};
 use flagstaff_proto::pb::{self, watch_response::Response};
 use flagstaff_proto::watch::{
-    pack_delta, pack_snapshot, Assembler, Delta, DeltaParts, ProtocolError, SnapshotHeader, Update,
-    CHUNK_BUDGET,
+    pack_delta, pack_snapshot, snapshot_chunks, Assembler, Delta, DeltaParts, ProtocolError,
+    SnapshotHeader, Update, WatchMessage, CHUNK_BUDGET,
 };
 use flagstaff_proto::ConvertError;
 use prost::Message;
@@ -290,6 +290,38 @@ fn many_small_flags_fill_chunks_up_to_the_budget() {
         }
     );
     assert_eq!(assembler.position(), Some(("e1", 9)));
+}
+
+#[test]
+fn shared_chunks_are_the_snapshot_s_chunks_and_encode_as_the_messages() {
+    let flags = flags(300, 40, 9);
+    let segments = vec![segment("staff", keys("staff", 0..2_000), vec![], 4)];
+    let messages = snapshot_messages("e1", 9, &flags, &segments, 4_096);
+    let shared: Vec<pb::WatchResponse> = snapshot_chunks(&flags, &segments, 4_096).collect();
+    assert!(shared.len() >= 5, "{} chunks", shared.len());
+    // What pack_snapshot sends between its SnapshotBegin and SnapshotEnd.
+    assert_eq!(shared.as_slice(), &messages[1..messages.len() - 1]);
+
+    // Encoded once, each goes on the wire exactly as the message would, and decodes back.
+    for message in &shared {
+        let encoded = WatchMessage::encoded(message);
+        assert_eq!(encoded.encoded_len(), message.encoded_len());
+        assert_eq!(encoded.encode_to_vec(), message.encode_to_vec());
+        assert_eq!(encoded.decode().expect("decodes"), *message);
+        let made = WatchMessage::from(message.clone());
+        assert_eq!(made.encode_to_vec(), message.encode_to_vec());
+    }
+
+    // Decoding into one (as prost merges a message) replaces what it held.
+    let mut merged = WatchMessage::encoded(&shared[0]);
+    merged
+        .merge(shared[1].encode_to_vec().as_slice())
+        .expect("merges");
+    let mut expected = shared[0].clone();
+    expected
+        .merge(shared[1].encode_to_vec().as_slice())
+        .expect("merges");
+    assert_eq!(merged, WatchMessage::Message(expected));
 }
 
 #[test]

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use flagstaff::{Client, Context, Error, State};
 use flagstaff_proto::pb;
+use flagstaff_proto::watch::WatchMessage;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status, Streaming};
 
@@ -55,7 +56,7 @@ impl StandIn {
     }
 }
 
-type WatchStream = Pin<Box<dyn Stream<Item = Result<pb::WatchResponse, Status>> + Send>>;
+type WatchStream = Pin<Box<dyn Stream<Item = Result<WatchMessage, Status>> + Send>>;
 
 #[tonic::async_trait]
 impl pb::sync_server::Sync for StandIn {

@@ -10,10 +10,11 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 
 use arc_swap::ArcSwap;
 use flagstaff_engine::{ChangeSet, Document, Flag, KeyPatch, Segment, Snapshot};
+use flagstaff_proto::watch::{snapshot_chunks, WatchMessage, CHUNK_BUDGET};
 
 use crate::error::ServerError;
 use crate::feed::{Event, Feed, DEFAULT_FEED_CAPACITY};
@@ -30,6 +31,34 @@ pub struct Current {
     pub revision: u64,
     /// The documents as of `revision`, compiled.
     pub snapshot: Arc<Snapshot>,
+    /// The snapshot's Watch chunks, encoded when a stream first needs them.
+    chunks: OnceLock<Box<[WatchMessage]>>,
+}
+
+impl Current {
+    /// The state at `revision`.
+    pub fn new(revision: u64, snapshot: Arc<Snapshot>) -> Current {
+        Current {
+            revision,
+            snapshot,
+            chunks: OnceLock::new(),
+        }
+    }
+
+    /// The SnapshotChunk messages of the snapshot, encoded by the first stream that sends a
+    /// snapshot at this revision and shared by every stream after it: a fleet reconnecting at
+    /// once costs one encoding, not one per instance.
+    pub fn snapshot_chunks(&self) -> &[WatchMessage] {
+        self.chunks.get_or_init(|| {
+            snapshot_chunks(
+                self.snapshot.flags(),
+                self.snapshot.segments(),
+                CHUNK_BUDGET,
+            )
+            .map(|chunk| WatchMessage::encoded(&chunk))
+            .collect()
+        })
+    }
 }
 
 /// One environment.
@@ -418,10 +447,8 @@ impl<S: Store> Environments<S> {
             &audit,
             &plan_writes,
         )?;
-        env.current.store(Arc::new(Current {
-            revision,
-            snapshot: Arc::new(staged.next),
-        }));
+        env.current
+            .store(Arc::new(Current::new(revision, Arc::new(staged.next))));
         if !plan_writes.is_empty() {
             let mut stored = env.lock_rollouts();
             for p in &plan_writes {
@@ -545,10 +572,7 @@ impl Environment {
             epoch: record.epoch.clone(),
             protected: record.protected,
             created_ms: record.created_ms,
-            current: ArcSwap::from_pointee(Current {
-                revision: record.revision,
-                snapshot: Arc::new(snapshot),
-            }),
+            current: ArcSwap::from_pointee(Current::new(record.revision, Arc::new(snapshot))),
             writes: AtomicU64::new(0),
             writer: Mutex::new(()),
             feed: Feed::new(record.revision, feed_capacity),

@@ -11,7 +11,7 @@ use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 
 use flagstaff_proto::pb;
-use flagstaff_proto::watch::{pack_delta, DeltaParts, CHUNK_BUDGET};
+use flagstaff_proto::watch::{pack_delta, DeltaParts, WatchMessage, CHUNK_BUDGET};
 use tokio::sync::watch;
 
 use crate::storage::{AuditEntry, Change};
@@ -27,13 +27,16 @@ pub struct Event {
     /// The audit entry.
     pub audit: AuditEntry,
     /// The Watch messages of the revision, encoded once for every stream.
-    pub messages: Vec<pb::WatchResponse>,
+    pub messages: Vec<WatchMessage>,
 }
 
 impl Event {
     /// The event of a committed change, with its Watch messages.
     pub fn new(change: Change, audit: AuditEntry) -> Event {
-        let messages = delta_messages(&change);
+        let messages = delta_messages(&change)
+            .iter()
+            .map(WatchMessage::encoded)
+            .collect();
         Event {
             change,
             audit,

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use flagstaff_proto::pb;
-use flagstaff_proto::watch::{pack_snapshot, SnapshotHeader, CHUNK_BUDGET};
+use flagstaff_proto::watch::WatchMessage;
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::StreamExt as _;
@@ -183,7 +183,7 @@ pub struct Watcher<S> {
 }
 
 /// The stream `Sync/Watch` returns.
-pub type WatchStream = Outgoing<pb::WatchResponse>;
+pub type WatchStream = Outgoing<WatchMessage>;
 
 impl<S: Store> Watcher<S> {
     /// Watch streams over `envs`, registering instances in `clients`, with a heartbeat every
@@ -239,7 +239,7 @@ impl<S: Store> Watcher<S> {
         self: Arc<Self>,
         token: Box<TokenRecord>,
         mut inbound: Streaming<pb::WatchRequest>,
-        mut outbox: Outbox<pb::WatchResponse, S>,
+        mut outbox: Outbox<WatchMessage, S>,
     ) {
         let subscribed = Box::pin(self.subscribe(&token, &mut inbound)).await;
         drop(token);
@@ -347,7 +347,7 @@ struct Subscription<'a, S> {
     watcher: &'a Watcher<S>,
     env: Arc<Environment>,
     connection: Connection,
-    outbox: &'a mut Outbox<pb::WatchResponse, S>,
+    outbox: &'a mut Outbox<WatchMessage, S>,
     /// The last revision sent in full.
     sent: u64,
 }
@@ -437,9 +437,9 @@ impl<S: Store> Subscription<'_, S> {
 
     async fn send(&mut self, response: pb::watch_response::Response) -> Result<(), End> {
         self.outbox
-            .send(pb::WatchResponse {
+            .send(WatchMessage::Message(pb::WatchResponse {
                 response: Some(response),
-            })
+            }))
             .await
     }
 
@@ -465,7 +465,7 @@ impl<S: Store> Subscription<'_, S> {
                         return self.snapshot(&self.env.current()).await;
                     }
                     for message in delta_messages(&change) {
-                        self.outbox.send(message).await?;
+                        self.outbox.send(message.into()).await?;
                     }
                     self.sent = change.revision;
                 }
@@ -509,18 +509,24 @@ impl<S: Store> Subscription<'_, S> {
     }
 
     async fn snapshot(&mut self, current: &Current) -> Result<(), End> {
-        let snapshot = current.snapshot.clone();
-        let header = SnapshotHeader {
-            epoch: self.env.epoch.clone(),
-            revision: current.revision,
-            heartbeat_interval_ms: self.watcher.heartbeat.as_millis() as u64,
-            flag_count: snapshot.len() as u32,
-            segment_count: snapshot.segments().count() as u32,
-        };
-        let messages = pack_snapshot(header, snapshot.flags(), snapshot.segments(), CHUNK_BUDGET);
-        for message in messages {
-            self.outbox.send(message).await?;
+        let snapshot = &current.snapshot;
+        self.send(pb::watch_response::Response::SnapshotBegin(
+            pb::SnapshotBegin {
+                epoch: self.env.epoch.clone(),
+                revision: current.revision,
+                heartbeat_interval_ms: self.watcher.heartbeat.as_millis() as u64,
+                flag_count: snapshot.len() as u32,
+                segment_count: snapshot.segments().count() as u32,
+            },
+        ))
+        .await?;
+        for chunk in current.snapshot_chunks() {
+            self.outbox.send(chunk.clone()).await?;
         }
+        self.send(pb::watch_response::Response::SnapshotEnd(
+            pb::SnapshotEnd {},
+        ))
+        .await?;
         self.sent = current.revision;
         Ok(())
     }
