@@ -108,7 +108,7 @@ async fn before_any_data_a_client_serves_defaults_or_its_bootstrap() {
 }
 
 #[tokio::test]
-async fn clients_resume_across_a_restart_and_take_one_snapshot_of_a_new_epoch() {
+async fn clients_resume_across_a_restart_and_take_one_snapshot_of_a_new_epoch_or_data_dir() {
     let server = TestServer::start().await;
     let addr = server.addr;
     let (mut admin, token) = production(&server).await;
@@ -185,6 +185,56 @@ async fn clients_resume_across_a_restart_and_take_one_snapshot_of_a_new_epoch() 
         assert!(c.snapshot().flag("checkout").is_none());
         assert_eq!(c.stats().snapshots, 2, "one snapshot for the new epoch");
     }
+
+    // Restarted on a fresh data directory, at the same address, with the tokens restored from
+    // the old one (an operator rebuilding a lost server): every environment has a new epoch.
+    // The clients serve their last snapshot while it is down and until the environment exists
+    // again, then take exactly one snapshot of it.
+    let old_epoch = clients[0].status().epoch;
+    let old_dir = server.stop().await;
+    let fresh_dir = tempfile::tempdir().expect("fresh data directory");
+    restore_tokens(old_dir.path(), fresh_dir.path());
+    let server = TestServer::start_in_with(
+        fresh_dir,
+        Options {
+            listen: Some(addr),
+            ..Options::default()
+        },
+    )
+    .await;
+    let mut admin = server.admin().await;
+    for c in &clients {
+        assert!(c.snapshot().flag("fresh-only").is_some());
+    }
+    create_environment(&mut admin, "production").await;
+    create_flag(&mut admin, "production", boolean_flag("rebuilt")).await;
+    for c in &clients {
+        eventually("the rebuilt server's epoch", || {
+            let status = c.status();
+            status.epoch != old_epoch && status.state == State::Ready
+        })
+        .await;
+        assert!(c.snapshot().flag("rebuilt").is_some());
+        assert!(c.snapshot().flag("fresh-only").is_none());
+        assert_eq!(
+            c.stats().snapshots,
+            3,
+            "one snapshot for the rebuilt server"
+        );
+    }
+}
+
+/// Copies every token of the data directory `from` (and its admin token file) into the fresh
+/// data directory `to`.
+fn restore_tokens(from: &std::path::Path, to: &std::path::Path) {
+    use flagstaff_server::storage::{SledStore, Store};
+    let retention = flagstaff_server::Config::new(from).retention;
+    let old = SledStore::open(from, retention).expect("old store");
+    let new = SledStore::open(to, retention).expect("new store");
+    for token in old.tokens().expect("tokens") {
+        new.put_token(&token).expect("restored");
+    }
+    std::fs::copy(from.join("admin.token"), to.join("admin.token")).expect("admin token file");
 }
 
 #[tokio::test]
