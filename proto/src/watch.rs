@@ -268,11 +268,8 @@ where
             flag_count: header.flag_count,
             segment_count: header.segment_count,
         }),
-        flags: flags.into_iter().fuse(),
-        segments: segments.into_iter().fuse(),
-        packer: Packer::new(budget, 0),
-        packed: false,
         ended: false,
+        ..snapshot_chunks(flags, segments, budget)
     }
 }
 

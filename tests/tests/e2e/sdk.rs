@@ -176,14 +176,7 @@ async fn clients_resume_across_a_restart_and_take_one_snapshot_of_a_new_epoch_or
     create_environment(&mut admin, "production").await;
     create_flag(&mut admin, "production", boolean_flag("fresh-only")).await;
     for c in &clients {
-        eventually("the new epoch", || {
-            let status = c.status();
-            status.epoch != old_epoch && status.state == State::Ready
-        })
-        .await;
-        assert!(c.snapshot().flag("fresh-only").is_some());
-        assert!(c.snapshot().flag("checkout").is_none());
-        assert_eq!(c.stats().snapshots, 2, "one snapshot for the new epoch");
+        took_the_new_epoch(c, &old_epoch, "fresh-only", "checkout", 2).await;
     }
 
     // Restarted on a fresh data directory, at the same address, with the tokens restored from
@@ -209,19 +202,32 @@ async fn clients_resume_across_a_restart_and_take_one_snapshot_of_a_new_epoch_or
     create_environment(&mut admin, "production").await;
     create_flag(&mut admin, "production", boolean_flag("rebuilt")).await;
     for c in &clients {
-        eventually("the rebuilt server's epoch", || {
-            let status = c.status();
-            status.epoch != old_epoch && status.state == State::Ready
-        })
-        .await;
-        assert!(c.snapshot().flag("rebuilt").is_some());
-        assert!(c.snapshot().flag("fresh-only").is_none());
-        assert_eq!(
-            c.stats().snapshots,
-            3,
-            "one snapshot for the rebuilt server"
-        );
+        took_the_new_epoch(c, &old_epoch, "rebuilt", "fresh-only", 3).await;
     }
+}
+
+/// Waits until `client` is ready on an epoch other than `old_epoch`, then checks that it
+/// serves the new environment (`present`, not `gone`) and has taken `snapshots` in all: one
+/// more than before the new epoch.
+async fn took_the_new_epoch(
+    client: &Client,
+    old_epoch: &str,
+    present: &str,
+    gone: &str,
+    snapshots: u64,
+) {
+    eventually("the new epoch", || {
+        let status = client.status();
+        status.epoch != old_epoch && status.state == State::Ready
+    })
+    .await;
+    assert!(client.snapshot().flag(present).is_some());
+    assert!(client.snapshot().flag(gone).is_none());
+    assert_eq!(
+        client.stats().snapshots,
+        snapshots,
+        "one snapshot for the new epoch"
+    );
 }
 
 /// Copies every token of the data directory `from` (and its admin token file) into the fresh
