@@ -128,6 +128,37 @@ pub async fn revision(client: &mut Admin, environment: &str) -> u64 {
         .revision
 }
 
+/// The rollout plan of flag `flag` of `production`.
+pub async fn plan(admin: &mut Admin, flag: &str) -> pb::RolloutPlan {
+    admin
+        .get_rollout(pb::GetRolloutRequest {
+            environment: "production".into(),
+            flag: flag.into(),
+        })
+        .await
+        .expect("a plan")
+        .into_inner()
+        .plan
+        .expect("a plan")
+}
+
+/// The usage `ListFlags` reports for flag `key` of `production`.
+pub async fn usage(admin: &mut Admin, key: &str) -> pb::FlagUsage {
+    admin
+        .list_flags(pb::ListFlagsRequest {
+            environment: "production".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("flags")
+        .into_inner()
+        .flags
+        .into_iter()
+        .find(|e| e.flag.as_ref().is_some_and(|f| f.key == key))
+        .and_then(|e| e.usage)
+        .expect("usage")
+}
+
 /// A server whose rollout plans go by `clock`, with environment `production`.
 pub async fn server_on(
     clock: &std::sync::Arc<flagstaff_server::rollouts::ManualClock>,
@@ -236,10 +267,15 @@ pub async fn serve_on(admin: &mut Admin, key: &str, on: bool) -> u64 {
 /// An SDK client of `endpoint` that gives up on a connection attempt after 500 ms and retries
 /// quickly, so fault tests run in moments.
 pub fn sdk_client(endpoint: String, token: &str, application: &str) -> flagstaff::Client {
+    sdk_builder(endpoint, token, application)
+        .build()
+        .expect("client")
+}
+
+/// The builder of [`sdk_client`], for a test that sets more.
+pub fn sdk_builder(endpoint: String, token: &str, application: &str) -> flagstaff::ClientBuilder {
     flagstaff::Client::builder(endpoint, token)
         .application(application)
         .connect_timeout(Duration::from_millis(500))
         .backoff(Duration::from_millis(20), Duration::from_millis(200))
-        .build()
-        .expect("client")
 }

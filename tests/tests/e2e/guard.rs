@@ -49,19 +49,6 @@ async fn start_guarded(admin: &mut Admin) -> pb::RolloutPlan {
         .expect("a plan")
 }
 
-async fn plan(admin: &mut Admin) -> pb::RolloutPlan {
-    admin
-        .get_rollout(pb::GetRolloutRequest {
-            environment: "production".into(),
-            flag: "checkout".into(),
-        })
-        .await
-        .expect("a plan")
-        .into_inner()
-        .plan
-        .expect("a plan")
-}
-
 /// One window of `checkout` at `version`: exposures and `checkout_error` events of the target
 /// (`on`) and the baseline (`off`).
 fn window(version: u64, exposures: (u64, u64), events: (u64, u64)) -> pb::MetricsWindow {
@@ -90,23 +77,6 @@ fn window(version: u64, exposures: (u64, u64), events: (u64, u64)) -> pb::Metric
             attributions: vec![attribution("on", events.0), attribution("off", events.1)],
         }],
     }
-}
-
-/// The usage `ListFlags` reports for flag `key` of `production`.
-async fn usage(admin: &mut Admin, key: &str) -> pb::FlagUsage {
-    admin
-        .list_flags(pb::ListFlagsRequest {
-            environment: "production".into(),
-            ..Default::default()
-        })
-        .await
-        .expect("flags")
-        .into_inner()
-        .flags
-        .into_iter()
-        .find(|e| e.flag.as_ref().is_some_and(|f| f.key == key))
-        .and_then(|e| e.usage)
-        .expect("usage")
 }
 
 async fn report(sync: &mut Sync, windows: Vec<pb::MetricsWindow>) -> pb::ReportMetricsResponse {
@@ -139,7 +109,7 @@ async fn a_guard_rolls_back_a_target_with_too_many_events_and_records_why() {
             event: "checkout_error".into()
         }]
     );
-    let watched = plan(&mut admin).await;
+    let watched = plan(&mut admin, "checkout").await;
     assert_eq!(watched.state, pb::RolloutState::Running as i32);
     let status = watched.guard_status.expect("a guard status");
     assert_eq!(
@@ -162,7 +132,10 @@ async fn a_guard_rolls_back_a_target_with_too_many_events_and_records_why() {
 
     // Counts of another version are not this stage's.
     report(&mut sync, vec![window(version - 1, (0, 0), (500, 0))]).await;
-    let status = plan(&mut admin).await.guard_status.expect("a guard status");
+    let status = plan(&mut admin, "checkout")
+        .await
+        .guard_status
+        .expect("a guard status");
     assert_eq!(
         status.target_events, 10,
         "another version's events are ignored"
@@ -171,7 +144,7 @@ async fn a_guard_rolls_back_a_target_with_too_many_events_and_records_why() {
     // The target at 6% against the baseline's 1%: rolled back by this very report.
     let answer = report(&mut sync, vec![window(version, (1_000, 9_000), (60, 90))]).await;
     assert!(answer.guards.is_empty(), "{answer:?}");
-    let rolled_back = plan(&mut admin).await;
+    let rolled_back = plan(&mut admin, "checkout").await;
     assert_eq!(rolled_back.state, pb::RolloutState::RolledBack as i32);
     let status = rolled_back.guard_status.expect("a guard status");
     assert_eq!(status.state, pb::GuardState::Rejected as i32);
@@ -229,13 +202,13 @@ async fn counts_start_again_at_each_stage() {
     report(&mut sync, vec![window(first, (1_000, 9_000), (20, 100))]).await;
 
     clock.advance(std::time::Duration::from_millis(HOUR));
-    let mut second = plan(&mut admin).await;
+    let mut second = plan(&mut admin, "checkout").await;
     for _ in 0..500 {
         if second.stage_index == 1 {
             break;
         }
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-        second = plan(&mut admin).await;
+        second = plan(&mut admin, "checkout").await;
     }
     assert_eq!(second.stage_index, 1, "advanced to 50%");
     let status = second.guard_status.expect("a guard status");
@@ -258,7 +231,10 @@ async fn counts_start_again_at_each_stage() {
         vec![window(second.flag_version, (5_000, 5_000), (30, 30))],
     )
     .await;
-    let status = plan(&mut admin).await.guard_status.expect("a guard status");
+    let status = plan(&mut admin, "checkout")
+        .await
+        .guard_status
+        .expect("a guard status");
     assert_eq!((status.target_events, status.baseline_events), (30, 30));
     assert_eq!(status.state, pb::GuardState::Monitoring as i32);
 }

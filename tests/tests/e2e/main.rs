@@ -10,6 +10,7 @@ mod flags;
 mod guard;
 mod guard_simulation;
 mod matrix;
+mod metrics;
 mod openfeature;
 mod operations;
 mod propagation;

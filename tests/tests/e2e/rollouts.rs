@@ -31,19 +31,6 @@ fn start(flag: &str, target: &str, stages: Vec<pb::RolloutStage>) -> pb::StartRo
     }
 }
 
-async fn plan(admin: &mut Admin, flag: &str) -> pb::RolloutPlan {
-    admin
-        .get_rollout(pb::GetRolloutRequest {
-            environment: "production".into(),
-            flag: flag.into(),
-        })
-        .await
-        .expect("a plan")
-        .into_inner()
-        .plan
-        .expect("a plan")
-}
-
 /// Waits until the plan of `flag` is at `stage` in `state`.
 async fn reaches(admin: &mut Admin, flag: &str, stage: u32, state: pb::RolloutState) {
     for _ in 0..2000 {
