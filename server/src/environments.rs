@@ -10,7 +10,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 
 use arc_swap::ArcSwap;
 use flagstaff_engine::{ChangeSet, Document, Flag, KeyPatch, Segment, Snapshot};
@@ -32,7 +32,7 @@ pub struct Current {
     /// The documents as of `revision`, compiled.
     pub snapshot: Arc<Snapshot>,
     /// The snapshot's Watch chunks, encoded when a stream first needs them.
-    chunks: OnceLock<Box<[WatchMessage]>>,
+    chunks: tokio::sync::OnceCell<Box<[WatchMessage]>>,
 }
 
 impl Current {
@@ -41,24 +41,33 @@ impl Current {
         Current {
             revision,
             snapshot,
-            chunks: OnceLock::new(),
+            chunks: tokio::sync::OnceCell::new(),
         }
     }
 
     /// The SnapshotChunk messages of the snapshot, encoded by the first stream that sends a
     /// snapshot at this revision and shared by every stream after it: a fleet reconnecting at
-    /// once costs one encoding, not one per instance.
-    pub fn snapshot_chunks(&self) -> &[WatchMessage] {
-        self.chunks.get_or_init(|| {
-            snapshot_chunks(
-                self.snapshot.flags(),
-                self.snapshot.segments(),
-                CHUNK_BUDGET,
-            )
-            .map(|chunk| WatchMessage::encoded(&chunk))
-            .collect()
-        })
+    /// once costs one encoding, not one per instance. The encoding runs on the blocking pool
+    /// (a large environment takes milliseconds), and the streams that ask meanwhile wait for
+    /// it without holding a runtime thread.
+    pub async fn snapshot_chunks(&self) -> &[WatchMessage] {
+        self.chunks
+            .get_or_init(|| async {
+                let snapshot = self.snapshot.clone();
+                tokio::task::spawn_blocking(move || encode_chunks(&snapshot))
+                    .await
+                    // Only if the blocking pool is shutting down: encode here instead.
+                    .unwrap_or_else(|_| encode_chunks(&self.snapshot))
+            })
+            .await
     }
+}
+
+/// The SnapshotChunk messages of `snapshot`, encoded.
+fn encode_chunks(snapshot: &Snapshot) -> Box<[WatchMessage]> {
+    snapshot_chunks(snapshot.flags(), snapshot.segments(), CHUNK_BUDGET)
+        .map(|chunk| WatchMessage::encoded(&chunk))
+        .collect()
 }
 
 /// One environment.

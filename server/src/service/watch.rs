@@ -366,7 +366,7 @@ impl<S: Store> Subscription<'_, S> {
             self.sent = since;
             // Boxed here and below: what runs once, or rarely, should not make every idle
             // stream's task as big as its largest path.
-            Box::pin(self.resume(&current)).await?;
+            Box::pin(self.resume()).await?;
             // Tells the client at once that it is current, rather than at the next heartbeat
             // (it may have missed nothing, and then got nothing).
             let heartbeat = pb::Heartbeat {
@@ -444,35 +444,38 @@ impl<S: Store> Subscription<'_, S> {
     }
 
     /// Sends the revisions after `self.sent` the client missed while away: from the feed's
-    /// ring, else from the stored change log, else as a snapshot.
-    async fn resume(&mut self, current: &Current) -> Result<(), End> {
-        if let Backlog::Events(events) = self.env.feed().since(self.sent) {
-            return self.send_events(events).await;
-        }
-        let (store, key, since) = (
-            self.watcher.envs.store().clone(),
-            self.env.key.clone(),
-            self.sent,
-        );
-        let logged = tokio::task::spawn_blocking(move || store.changes_since(&key, since))
-            .await
-            .map_err(|e| Status::internal(format!("a blocking task failed: {e}")))?
-            .map_err(ServerError::from)?;
-        match logged {
-            Some(changes) => {
-                for change in changes {
-                    if change.revision != self.sent + 1 {
-                        return self.snapshot(&self.env.current()).await;
-                    }
-                    for message in delta_messages(&change) {
-                        self.outbox.send(message.into()).await?;
-                    }
-                    self.sent = change.revision;
-                }
-                // Anything committed since the log was read comes from the feed.
-                self.catch_up().await
+    /// ring, else from the stored change log, else as a snapshot. What is committed while the
+    /// stored revisions go out comes from the feed, or the log again if the feed has moved on
+    /// meanwhile: a resume inside the retained log never costs a snapshot, however many writes
+    /// land while it is served.
+    async fn resume(&mut self) -> Result<(), End> {
+        loop {
+            if let Backlog::Events(events) = self.env.feed().since(self.sent) {
+                return self.send_events(events).await;
             }
-            None => self.snapshot(current).await,
+            let (store, key, since) = (
+                self.watcher.envs.store().clone(),
+                self.env.key.clone(),
+                self.sent,
+            );
+            let logged = tokio::task::spawn_blocking(move || store.changes_since(&key, since))
+                .await
+                .map_err(|e| Status::internal(format!("a blocking task failed: {e}")))?
+                .map_err(ServerError::from)?;
+            let changes = match logged {
+                Some(changes) if !changes.is_empty() => changes,
+                // Trimmed past `since` (or empty, which the feed says it cannot be).
+                _ => return self.snapshot(&self.env.current()).await,
+            };
+            for change in changes {
+                if change.revision != self.sent + 1 {
+                    return self.snapshot(&self.env.current()).await;
+                }
+                for message in delta_messages(&change) {
+                    self.outbox.send(message.into()).await?;
+                }
+                self.sent = change.revision;
+            }
         }
     }
 
@@ -520,7 +523,7 @@ impl<S: Store> Subscription<'_, S> {
             },
         ))
         .await?;
-        for chunk in current.snapshot_chunks() {
+        for chunk in current.snapshot_chunks().await {
             self.outbox.send(chunk.clone()).await?;
         }
         self.send(pb::watch_response::Response::SnapshotEnd(

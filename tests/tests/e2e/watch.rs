@@ -165,6 +165,48 @@ async fn a_resume_inside_the_log_gets_only_the_missed_deltas_also_after_a_restar
 }
 
 #[tokio::test]
+async fn a_resume_from_the_log_costs_no_snapshot_while_writes_outrun_the_feed() {
+    // A feed of two revisions, and 100 stored revisions of a 64 KB flag each: more than the
+    // stream's buffer and the client's HTTP/2 window hold, so the server is still sending them,
+    // waiting on a client that does not read yet, when five more writes land and the feed
+    // moves past them all.
+    let (server, mut admin) = populated(Options {
+        feed_capacity: Some(2),
+        ..Options::default()
+    })
+    .await;
+    let token = sdk_token(&server, "sdk", "production").await;
+    let mut watcher = open(&server, &token, "i", State::default()).await;
+    let start = server_state(&server, "production").revision;
+    watcher.until(start, LIMIT).await;
+    let held = watcher.state.clone();
+    drop(watcher);
+
+    let description = "x".repeat(64 * 1024);
+    for i in 0..100 {
+        let mut flag = boolean_flag(&format!("big-{i}"));
+        flag.description = Some(description.clone());
+        create_flag(&mut admin, "production", flag).await;
+    }
+    let mut watcher = open(&server, &token, "i", held).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    for i in 0..5 {
+        set_enabled(&mut admin, "checkout", i % 2 == 1).await;
+    }
+    let end = server_state(&server, "production").revision;
+    watcher.until(end, LIMIT).await;
+    assert_eq!(
+        watcher.received.snapshots, 0,
+        "a resume inside the log needs no snapshot"
+    );
+    assert_eq!(
+        watcher.received.deltas,
+        (start + 1..=end).collect::<Vec<u64>>()
+    );
+    assert_eq!(watcher.state, server_state(&server, "production"));
+}
+
+#[tokio::test]
 async fn another_epoch_a_trimmed_log_or_a_future_revision_gets_a_snapshot() {
     let (server, mut admin) = populated(Options {
         retention: Some(3),
