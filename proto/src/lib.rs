@@ -74,7 +74,9 @@ pub const FILE_DESCRIPTOR_SET: &[u8] =
 /// representation, which keeps values this version does not know); the enums' `TryFrom<i32>`
 /// reads them. Each service has a server module (a trait to implement and a tower service
 /// wrapping it, e.g. [`pb::sync_server::Sync`] and [`pb::sync_server::SyncServer`]) and a
-/// client module (e.g. [`pb::sync_client::SyncClient`]).
+/// client module (e.g. [`pb::sync_client::SyncClient`]). A `Sync` server's Watch stream yields
+/// [`watch::WatchMessage`]s, which go on the wire as the `WatchResponse`s its client receives,
+/// so that a server can encode a message once for many streams.
 pub mod pb {
     // model.proto: the domain documents.
     pub use crate::generated::{
