@@ -1188,14 +1188,6 @@ impl WatchMessage {
     pub fn encoded(message: &pb::WatchResponse) -> WatchMessage {
         WatchMessage::Encoded(Bytes::from(message.encode_to_vec()))
     }
-
-    /// The message, decoded if it is encoded.
-    pub fn decode(&self) -> Result<pb::WatchResponse, prost::DecodeError> {
-        match self {
-            WatchMessage::Message(message) => Ok(message.clone()),
-            WatchMessage::Encoded(bytes) => pb::WatchResponse::decode(bytes.clone()),
-        }
-    }
 }
 
 impl Default for WatchMessage {

@@ -307,7 +307,8 @@ fn shared_chunks_are_the_snapshot_s_chunks_and_encode_as_the_messages() {
         let encoded = WatchMessage::encoded(message);
         assert_eq!(encoded.encoded_len(), message.encoded_len());
         assert_eq!(encoded.encode_to_vec(), message.encode_to_vec());
-        assert_eq!(encoded.decode().expect("decodes"), *message);
+        let decoded = pb::WatchResponse::decode(encoded.encode_to_vec().as_slice());
+        assert_eq!(decoded.expect("decodes"), *message);
         let made = WatchMessage::from(message.clone());
         assert_eq!(made.encode_to_vec(), message.encode_to_vec());
     }

@@ -142,6 +142,42 @@ pub async fn plan(admin: &mut Admin, flag: &str) -> pb::RolloutPlan {
         .expect("a plan")
 }
 
+/// Starts a plan rolling `on` out to `checkout` at 10% then 50%, guarded by `checkout_error`
+/// at a ratio of 1.5, deciding after 50 events; each stage holds for an hour.
+pub async fn start_guarded(admin: &mut Admin) -> pb::RolloutPlan {
+    admin
+        .start_rollout(pb::StartRolloutRequest {
+            environment: "production".into(),
+            flag: "checkout".into(),
+            target_variant: "on".into(),
+            stages: vec![
+                pb::RolloutStage {
+                    percent: 10_000,
+                    hold_ms: 3_600_000,
+                },
+                pb::RolloutStage {
+                    percent: 50_000,
+                    hold_ms: 3_600_000,
+                },
+                pb::RolloutStage {
+                    percent: 100_000,
+                    hold_ms: 0,
+                },
+            ],
+            guard: Some(pb::RolloutGuard {
+                event: "checkout_error".into(),
+                max_ratio: 1.5,
+                min_events: 50,
+            }),
+            ..Default::default()
+        })
+        .await
+        .expect("plan started")
+        .into_inner()
+        .plan
+        .expect("a plan")
+}
+
 /// The usage `ListFlags` reports for flag `key` of `production`.
 pub async fn usage(admin: &mut Admin, key: &str) -> pb::FlagUsage {
     admin

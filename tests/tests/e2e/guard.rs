@@ -6,48 +6,12 @@ use std::sync::Arc;
 
 use flagstaff_proto::pb;
 use flagstaff_server::rollouts::ManualClock;
-use flagstaff_tests::{Admin, Options, Sync, TestServer};
+use flagstaff_tests::{Options, Sync, TestServer};
 use tonic::Code;
 
 use super::fixtures::*;
 
 const HOUR: u64 = 3_600_000;
-
-/// Starts a plan rolling `on` out to `checkout` at 10% then 50%, guarded by `checkout_error`
-/// at a ratio of 1.5, deciding after 50 events.
-async fn start_guarded(admin: &mut Admin) -> pb::RolloutPlan {
-    admin
-        .start_rollout(pb::StartRolloutRequest {
-            environment: "production".into(),
-            flag: "checkout".into(),
-            target_variant: "on".into(),
-            stages: vec![
-                pb::RolloutStage {
-                    percent: 10_000,
-                    hold_ms: HOUR,
-                },
-                pb::RolloutStage {
-                    percent: 50_000,
-                    hold_ms: HOUR,
-                },
-                pb::RolloutStage {
-                    percent: 100_000,
-                    hold_ms: 0,
-                },
-            ],
-            guard: Some(pb::RolloutGuard {
-                event: "checkout_error".into(),
-                max_ratio: 1.5,
-                min_events: 50,
-            }),
-            ..Default::default()
-        })
-        .await
-        .expect("plan started")
-        .into_inner()
-        .plan
-        .expect("a plan")
-}
 
 /// One window of `checkout` at `version`: exposures and `checkout_error` events of the target
 /// (`on`) and the baseline (`off`).

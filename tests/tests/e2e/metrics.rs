@@ -68,35 +68,9 @@ async fn guard_counts(admin: &mut Admin) -> (u64, u64, u64, u64, u64) {
 #[tokio::test]
 async fn a_report_carries_the_counts_and_the_answer_names_the_guards() {
     let (server, mut admin, token) = production().await;
-    // Half of the contexts get `on`, guarded by `checkout_error`; deciding after 50 events, so
-    // the few events here never roll it back.
-    let started = admin
-        .start_rollout(pb::StartRolloutRequest {
-            environment: "production".into(),
-            flag: "checkout".into(),
-            target_variant: "on".into(),
-            stages: vec![
-                pb::RolloutStage {
-                    percent: 50_000,
-                    hold_ms: 3_600_000,
-                },
-                pb::RolloutStage {
-                    percent: 100_000,
-                    hold_ms: 0,
-                },
-            ],
-            guard: Some(pb::RolloutGuard {
-                event: "checkout_error".into(),
-                max_ratio: 1.5,
-                min_events: 50,
-            }),
-            ..Default::default()
-        })
-        .await
-        .expect("plan started")
-        .into_inner()
-        .plan
-        .expect("a plan");
+    // A tenth of the contexts get `on`, guarded by `checkout_error`; deciding after 50
+    // events, so the few events here never roll it back.
+    let started = start_guarded(&mut admin).await;
     let version = started.flag_version;
     let client = reporting_client(&server, &token, HOURLY).await;
     let target_key = key_served(&client, "on");
