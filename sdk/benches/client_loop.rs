@@ -5,11 +5,13 @@
 //! ```sh
 //! cargo bench -p flagstaff --bench client_loop --no-run   # prints the executable's path
 //! valgrind --tool=callgrind <executable> c2               # e1..e3, c1..c3, a1..a3, none
+//! <executable> paired                                     # engine and client, alternating
 //! ```
 //!
 //! The difference between a scenario's total and the bare loop's (`none`), divided by a
 //! million, is the scenario's instructions per evaluation. Run without valgrind, it prints the
-//! time per evaluation.
+//! time per evaluation; `paired` times engine and client in alternating batches and prints the
+//! median difference, which the machine's changes of speed disturb least.
 
 use std::hint::black_box;
 use std::time::Instant;
@@ -61,6 +63,10 @@ fn main() {
         })
         .collect();
     let ctx = |i: usize| &contexts[i % contexts.len()];
+    if scenario == "paired" {
+        paired(&snapshot, &client, &contexts);
+        return;
+    }
     let start = Instant::now();
     let mut n = 0usize;
     match scenario.as_str() {
@@ -105,4 +111,67 @@ fn main() {
         "{scenario}: {:.1} ns per iteration ({n})",
         elapsed.as_nanos() as f64 / ITERATIONS as f64
     );
+}
+
+/// A case's name, one evaluation on the bare snapshot, the same through the client.
+type Case<'a> = (
+    &'static str,
+    &'a dyn Fn(usize) -> usize,
+    &'a dyn Fn(usize) -> usize,
+);
+
+/// Engine and client in alternating batches of 10,000 evaluations, 400 rounds per case: what
+/// slows the machine down meanwhile slows both alike, so the median of the differences of
+/// neighbouring batches is steadier than a difference of separate runs.
+fn paired(snapshot: &Snapshot, client: &Client, contexts: &[Context<'_>]) {
+    const BATCH: usize = 10_000;
+    const ROUNDS: usize = 400;
+    let ctx = |i: usize| &contexts[i % contexts.len()];
+    let time = |f: &dyn Fn(usize) -> usize| {
+        let start = Instant::now();
+        let n: usize = (0..BATCH).map(|i| f(black_box(i))).sum();
+        black_box(n);
+        start.elapsed().as_nanos() as f64 / BATCH as f64
+    };
+    let cases: [Case<'_>; 3] = [
+        (
+            "S1",
+            &|i| usize::from(snapshot.bool_value(black_box("s1"), ctx(i), false)),
+            &|i| usize::from(client.bool_value(black_box("s1"), ctx(i), false)),
+        ),
+        (
+            "S2",
+            &|i| usize::from(snapshot.bool_value(black_box("s2"), ctx(i), false)),
+            &|i| usize::from(client.bool_value(black_box("s2"), ctx(i), false)),
+        ),
+        (
+            "S3",
+            &|i| snapshot.string_value(black_box("s3"), ctx(i), "").len(),
+            &|i| client.with_string(black_box("s3"), ctx(i), "", |s| s.len()),
+        ),
+    ];
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    for (name, engine, through_client) in cases {
+        let (mut e, mut c, mut d) = (Vec::new(), Vec::new(), Vec::new());
+        for _ in 0..ROUNDS {
+            let (te, tc) = (time(engine), time(through_client));
+            e.push(te);
+            c.push(tc);
+            d.push(tc - te);
+        }
+        let (e_min, c_min) = (
+            e.iter().copied().fold(f64::MAX, f64::min),
+            c.iter().copied().fold(f64::MAX, f64::min),
+        );
+        println!(
+            "{name}: engine {:.1} ns (fastest {e_min:.1}), client {:.1} ns (fastest {c_min:.1}), client - engine {:+.1} ns (median of pairs), {:+.1} ns (fastest)",
+            median(&mut e),
+            median(&mut c),
+            median(&mut d),
+            c_min - e_min,
+        );
+    }
 }

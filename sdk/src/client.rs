@@ -16,7 +16,7 @@ use crate::listeners::{FlagChange, Listeners, Subscription};
 use crate::live::{self, Settings};
 use crate::metrics::{Flush, Metrics};
 use crate::status::{Source, State, Stats, Status};
-use crate::tally;
+use crate::tally::{self, Counting};
 use crate::Error;
 
 /// What the client and its background task share.
@@ -117,7 +117,6 @@ impl Core {
 /// The part of a client that stops its background task when the last clone is dropped.
 #[derive(Debug)]
 struct Owner {
-    core: Arc<Core>,
     /// Turns true to stop the background task; `None` for a client without one.
     stop: Option<watch::Sender<bool>>,
 }
@@ -134,6 +133,8 @@ impl Drop for Owner {
 /// connection, which closes when the last clone is dropped (or on [`close`](Self::close)).
 #[derive(Debug, Clone)]
 pub struct Client {
+    /// Held here rather than through `owner`: evaluations read it, one pointer closer.
+    core: Arc<Core>,
     owner: Arc<Owner>,
 }
 
@@ -172,7 +173,8 @@ impl Client {
     /// A client without a background task, serving what `core` holds.
     pub(crate) fn sharing(core: Arc<Core>) -> Client {
         Client {
-            owner: Arc::new(Owner { core, stop: None }),
+            core,
+            owner: Arc::new(Owner { stop: None }),
         }
     }
 
@@ -187,7 +189,7 @@ impl Client {
     }
 
     pub(crate) fn core(&self) -> &Arc<Core> {
-        &self.owner.core
+        &self.core
     }
 
     pub(crate) fn listeners(&self) -> &Listeners {
@@ -301,26 +303,37 @@ impl Client {
 
     /// The boolean value of flag `key` for `ctx`, or `default` when the flag is missing or not
     /// boolean (or the client has no data yet).
-    // Out of line, with the thread-local access, the evaluation and the count inlined into
-    // it: inlined into every caller instead, the thread-local access ends up in a shared
-    // out-of-line copy, called with its arguments spilled to the stack, which costs more.
+    // Out of line, with the thread-local access, the check and the count inlined into it:
+    // inlined into every caller instead, the thread-local access ends up in a shared
+    // out-of-line copy, called with its arguments spilled to the stack, which costs more. The
+    // rare path is a call with the same arguments, so that they stay in their registers.
     #[inline(never)]
     pub fn bool_value(&self, key: &str, ctx: &Context<'_>, default: bool) -> bool {
-        tally::evaluate(self.core(), key, |s, _, counting| {
-            let (value, id) = s.bool_value_id(key, ctx, default);
-            counting.count(id);
-            value
-        })
+        match tally::evaluate_quickly(self.core(), key, bool_value(key, ctx, default)) {
+            Ok(value) => value,
+            Err(_) => self.bool_value_slowly(key, ctx, default),
+        }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn bool_value_slowly(&self, key: &str, ctx: &Context<'_>, default: bool) -> bool {
+        tally::evaluate_slowly(self.core(), key, bool_value(key, ctx, default))
     }
 
     /// The number value of flag `key` for `ctx`, or `default`.
     #[inline(never)]
     pub fn number_value(&self, key: &str, ctx: &Context<'_>, default: f64) -> f64 {
-        tally::evaluate(self.core(), key, |s, _, counting| {
-            let (value, id) = s.number_value_id(key, ctx, default);
-            counting.count(id);
-            value
-        })
+        match tally::evaluate_quickly(self.core(), key, number_value(key, ctx, default)) {
+            Ok(value) => value,
+            Err(_) => self.number_value_slowly(key, ctx, default),
+        }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn number_value_slowly(&self, key: &str, ctx: &Context<'_>, default: f64) -> f64 {
+        tally::evaluate_slowly(self.core(), key, number_value(key, ctx, default))
     }
 
     /// The string value of flag `key` for `ctx`, or `default`. Allocates the returned string;
@@ -665,11 +678,37 @@ impl ClientBuilder {
             }
         }
         Ok(Client {
-            owner: Arc::new(Owner {
-                core,
-                stop: Some(stop),
-            }),
+            core,
+            owner: Arc::new(Owner { stop: Some(stop) }),
         })
+    }
+}
+
+/// What [`Client::bool_value`] runs on a snapshot: the evaluation, counted.
+#[inline(always)]
+fn bool_value<'a, 'c>(
+    key: &'a str,
+    ctx: &'a Context<'c>,
+    default: bool,
+) -> impl FnOnce(&Snapshot, bool, Counting<'_>) -> bool + Copy + use<'a, 'c> {
+    move |s, _, counting| {
+        let (value, id) = s.bool_value_id(key, ctx, default);
+        counting.count(id);
+        value
+    }
+}
+
+/// What [`Client::number_value`] runs on a snapshot: the evaluation, counted.
+#[inline(always)]
+fn number_value<'a, 'c>(
+    key: &'a str,
+    ctx: &'a Context<'c>,
+    default: f64,
+) -> impl FnOnce(&Snapshot, bool, Counting<'_>) -> f64 + Copy + use<'a, 'c> {
+    move |s, _, counting| {
+        let (value, id) = s.number_value_id(key, ctx, default);
+        counting.count(id);
+        value
     }
 }
 

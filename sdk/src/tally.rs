@@ -24,7 +24,12 @@
 //! caller's default (no such flag, another type, no data yet) carry no id: they are counted
 //! in that map too, by flag key, which costs a lock and a hash lookup.
 //!
-//! Evaluations borrow the thread's list shared, also while a callback form (`with_string`,
+//! The entry the thread used last sits in the thread-local itself, the others in a list behind
+//! it. The thread-local has no destructor of its own, so reaching it costs no check of whether
+//! it still exists: a second thread-local, registered by the thread's first entry, empties it
+//! when the thread exits.
+//!
+//! Evaluations borrow the thread's entries shared, also while a callback form (`with_string`,
 //! `with_bool_detail`) runs the caller's code, which may evaluate again: only making or
 //! replacing an entry borrows it mutably. An evaluation nested in such a callback that needs
 //! that, or one on a thread whose thread-locals are being destroyed, counts on a one-off tally
@@ -32,6 +37,7 @@
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
+use std::mem::ManuallyDrop;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 
@@ -58,13 +64,22 @@ const MAX_DEFAULT_KEYS: usize = 256;
 pub(crate) struct Tally {
     /// Keeps the counted ids valid until the collector names them.
     snapshot: Arc<Snapshot>,
-    /// Open addressing, linear probing; written by the owning thread only. In whole cache
-    /// lines, so that no other thread's data shares a line with the counts it writes.
-    lines: Box<[Line]>,
+    /// The counts; the thread's [`Entry`] holds the table too, and counts on it directly.
+    table: Table,
     /// Counts that do not fit the table, and served defaults. Taken by the owning thread on
     /// those slower paths and by the collector; never held across an `.await`.
     spill: Mutex<Spill>,
 }
+
+/// Open addressing, linear probing; written by the owning thread only. A power of two of
+/// slots, between [`PAD`] unused slots on either side: every cache line holding a slot in use
+/// lies inside the table's own allocation, so no other thread's data shares a line with the
+/// counts this thread writes.
+#[derive(Debug, Clone)]
+struct Table(Arc<[Slot]>);
+
+/// Unused slots before and after a table's: one cache line.
+const PAD: usize = 4;
 
 /// A variant's count. `id` is 0 while the slot is free; once set it never changes.
 #[derive(Debug, Default)]
@@ -72,14 +87,6 @@ struct Slot {
     id: AtomicUsize,
     count: AtomicU64,
 }
-
-/// Slots per [`Line`].
-const LINE_SLOTS: usize = 4;
-
-/// One cache line of slots.
-#[derive(Debug, Default)]
-#[repr(align(64))]
-struct Line([Slot; LINE_SLOTS]);
 
 /// The counts a tally keeps behind its mutex.
 #[derive(Debug, Default)]
@@ -92,30 +99,22 @@ pub(crate) struct Spill {
     pub(crate) dropped: u64,
 }
 
-impl Tally {
-    /// A tally of at least `slots` slots (a power of two, whole cache lines).
-    fn new(snapshot: Arc<Snapshot>, slots: usize) -> Tally {
-        let lines = slots.max(LINE_SLOTS).next_power_of_two() / LINE_SLOTS;
-        Tally {
-            snapshot,
-            lines: (0..lines).map(|_| Line::default()).collect(),
-            spill: Mutex::new(Spill::default()),
-        }
+impl Table {
+    /// A table of at least `slots` slots (a power of two, at least a cache line's worth).
+    fn new(slots: usize) -> Table {
+        let slots = slots.max(PAD).next_power_of_two();
+        Table((0..slots + 2 * PAD).map(|_| Slot::default()).collect())
     }
 
+    /// How many slots it has.
     #[inline(always)]
-    fn slot(&self, i: usize) -> Option<&Slot> {
-        self.lines.get(i / LINE_SLOTS).map(|l| &l.0[i % LINE_SLOTS])
+    fn slots(&self) -> usize {
+        self.0.len() - 2 * PAD
     }
 
-    /// The snapshot whose variant ids this tally counts.
-    pub(crate) fn snapshot(&self) -> &Arc<Snapshot> {
-        &self.snapshot
-    }
-
-    /// How many table slots it has.
-    pub(crate) fn slots(&self) -> usize {
-        self.lines.len() * LINE_SLOTS
+    /// The slots in use, without the padding.
+    fn in_use(&self) -> &[Slot] {
+        &self.0[PAD..self.0.len() - PAD]
     }
 
     #[inline(always)]
@@ -131,7 +130,7 @@ impl Tally {
         let mask = self.slots() - 1;
         let mut i = self.home(id);
         // The table always keeps a free slot (see `Entry::add`), so the probe ends.
-        while let Some(slot) = self.slot(i) {
+        while let Some(slot) = self.0.get(PAD + i) {
             let held = slot.id.load(Ordering::Relaxed);
             if held == id {
                 // Only this thread writes the count: a load and a store, no read-modify-write.
@@ -151,7 +150,7 @@ impl Tally {
     fn insert(&self, id: usize) {
         let mask = self.slots() - 1;
         let mut i = self.home(id);
-        while let Some(slot) = self.slot(i) {
+        while let Some(slot) = self.0.get(PAD + i) {
             if slot.id.load(Ordering::Relaxed) == 0 {
                 slot.count.store(1, Ordering::Relaxed);
                 // Release: a collector that sees the id sees its first count.
@@ -162,14 +161,9 @@ impl Tally {
         }
     }
 
-    pub(crate) fn spill(&self) -> MutexGuard<'_, Spill> {
-        self.spill.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
     /// Calls `each(id, new counts)` for every id counted since `seen`, which it updates.
-    pub(crate) fn read(&self, seen: &mut [u64], mut each: impl FnMut(usize, u64)) {
-        let slots = self.lines.iter().flat_map(|l| &l.0);
-        for (slot, seen) in slots.zip(seen) {
+    fn read(&self, seen: &mut [u64], mut each: impl FnMut(usize, u64)) {
+        for (slot, seen) in self.in_use().iter().zip(seen) {
             let id = slot.id.load(Ordering::Acquire);
             if id == 0 {
                 continue;
@@ -180,6 +174,36 @@ impl Tally {
                 *seen = count;
             }
         }
+    }
+}
+
+impl Tally {
+    /// A tally of at least `slots` slots (a power of two, whole cache lines).
+    fn new(snapshot: Arc<Snapshot>, slots: usize) -> Tally {
+        Tally {
+            snapshot,
+            table: Table::new(slots),
+            spill: Mutex::new(Spill::default()),
+        }
+    }
+
+    /// The snapshot whose variant ids this tally counts.
+    pub(crate) fn snapshot(&self) -> &Arc<Snapshot> {
+        &self.snapshot
+    }
+
+    /// How many table slots it has.
+    pub(crate) fn slots(&self) -> usize {
+        self.table.slots()
+    }
+
+    pub(crate) fn spill(&self) -> MutexGuard<'_, Spill> {
+        self.spill.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Calls `each(id, new counts)` for every id counted since `seen`, which it updates.
+    pub(crate) fn read(&self, seen: &mut [u64], each: impl FnMut(usize, u64)) {
+        self.table.read(seen, each);
     }
 
     #[inline(never)]
@@ -202,20 +226,22 @@ impl Tally {
 /// What a thread holds for one client.
 #[derive(Debug)]
 struct Entry {
-    client: u64,
-    /// To forget the entries of clients that are gone.
-    owner: Weak<Core>,
-    /// The client's generation when the snapshot was loaded (unique across clients).
-    loaded: u64,
     /// `loaded`, or 0 (never a generation) while the entry needs [`refresh`]: its table is
     /// half full.
     generation: Cell<u64>,
     snapshot: Arc<Snapshot>,
+    /// The tally's table.
+    table: Table,
     /// Whether the client had data (else the snapshot is empty).
     ready: bool,
-    tally: Arc<Tally>,
     /// Table slots this thread has filled.
     used: Cell<usize>,
+    /// The client's generation when the snapshot was loaded (unique across clients).
+    loaded: u64,
+    client: u64,
+    /// To forget the entries of clients that are gone.
+    owner: Weak<Core>,
+    tally: Arc<Tally>,
 }
 
 impl Entry {
@@ -227,14 +253,15 @@ impl Entry {
         let tally = Arc::new(Tally::new(snapshot.clone(), slots));
         core.metrics.register(&tally);
         Entry {
-            client: core.metrics.id(),
-            owner: Arc::downgrade(core),
-            loaded: generation,
             generation: Cell::new(generation),
             snapshot,
+            table: tally.table.clone(),
             ready,
-            tally,
             used: Cell::new(0),
+            loaded: generation,
+            client: core.metrics.id(),
+            owner: Arc::downgrade(core),
+            tally,
         }
     }
 
@@ -249,7 +276,7 @@ impl Entry {
     fn count(&self, key: &str, id: Option<VariantId>) {
         match id {
             Some(id) => {
-                if !self.tally.bump(id.get()) {
+                if !self.table.bump(id.get()) {
                     self.add(id.get());
                 }
             }
@@ -263,16 +290,26 @@ impl Entry {
     #[cold]
     #[inline(never)]
     fn add(&self, id: usize) {
-        let (slots, used) = (self.tally.slots(), self.used.get());
+        let (slots, used) = (self.table.slots(), self.used.get());
         if used * 2 >= slots && slots < MAX_SLOTS {
             self.generation.set(0);
         }
         if (used + 1) * 4 <= slots * 3 {
-            self.tally.insert(id);
+            self.table.insert(id);
             self.used.set(used + 1);
         } else {
             *self.tally.spill().ids.entry(id).or_insert(0) += 1;
         }
+    }
+
+    /// Counts on a tally twice the size from now on; its table is half full.
+    fn grow(&mut self, core: &Core) {
+        let bigger = Arc::new(Tally::new(self.snapshot.clone(), self.tally.slots() * 2));
+        core.metrics.register(&bigger);
+        self.table = bigger.table.clone();
+        self.tally = bigger;
+        self.used.set(0);
+        self.generation.set(self.loaded);
     }
 }
 
@@ -297,23 +334,107 @@ fn empty() -> Arc<Snapshot> {
     EMPTY.get_or_init(|| Arc::new(Snapshot::new())).clone()
 }
 
+/// A thread's entries, at most `MAX_ENTRIES`: the one used last in place, so that an
+/// evaluation reads it at a fixed offset from the thread's base, the others in a list.
+#[derive(Debug)]
+struct Entries {
+    first: Option<Entry>,
+    /// The one used longest ago first.
+    rest: Vec<Entry>,
+}
+
+impl Entries {
+    /// The entry of generation `generation`, wherever it is.
+    fn find(&self, generation: u64) -> Option<&Entry> {
+        self.first
+            .iter()
+            .chain(&self.rest)
+            .find(|e| e.loaded == generation)
+    }
+}
+
+impl Entries {
+    const NONE: Entries = Entries {
+        first: None,
+        rest: Vec::new(),
+    };
+}
+
 thread_local! {
-    /// This thread's entries, at most `MAX_ENTRIES`, the one used last first. Evaluations
-    /// borrow it shared (also while a callback form runs user code, which may evaluate again);
-    /// only the rare changes of an entry borrow it mutably.
-    static ENTRIES: RefCell<Vec<Entry>> = const { RefCell::new(Vec::new()) };
+    /// This thread's entries. Evaluations borrow them shared (also while a callback form runs
+    /// user code, which may evaluate again); only the rare changes of an entry borrow them
+    /// mutably. Not dropped by the thread-local machinery, so that an evaluation reaches them
+    /// without first checking whether they still exist: [`RELEASE`] empties them instead.
+    static ENTRIES: ManuallyDrop<RefCell<Entries>> = const {
+        ManuallyDrop::new(RefCell::new(Entries::NONE))
+    };
+
+    /// Empties [`ENTRIES`] when the thread exits. Its destructor is registered by the first
+    /// entry the thread makes; once it has run, the thread makes no more.
+    static RELEASE: Release = const { Release };
+}
+
+/// Drops the thread's entries (and with them its hold on their snapshots and tallies).
+struct Release;
+
+impl Drop for Release {
+    fn drop(&mut self) {
+        let entries = ENTRIES.with(|cell| match cell.try_borrow_mut() {
+            Ok(mut entries) => std::mem::replace(&mut *entries, Entries::NONE),
+            Err(_) => Entries::NONE,
+        });
+        drop(entries);
+    }
 }
 
 /// Evaluates with `eval` on the client's current snapshot, for flag `key`: `eval` gets the
 /// snapshot, whether the client has data, and the [`Counting`] to count what it served with.
-///
-/// The hot path: the thread's first entry is the client's, for the current generation. Else
-/// the entry is made or replaced first (see [`refresh`]). An evaluation nested in a callback,
-/// which cannot change the entries, uses the client's entry wherever it is in the list; if
-/// there is none for the current generation, or the thread's entries are gone (it is
-/// exiting), it counts on a one-off entry instead.
 #[inline(always)]
-pub(crate) fn evaluate<R>(
+pub(crate) fn evaluate<R, F>(core: &Arc<Core>, key: &str, eval: F) -> R
+where
+    F: FnOnce(&Snapshot, bool, Counting<'_>) -> R,
+{
+    match evaluate_quickly(core, key, eval) {
+        Ok(value) => value,
+        Err(eval) => evaluate_slowly(core, key, eval),
+    }
+}
+
+/// The hot path of [`evaluate`]: when the thread's first entry is the client's, for the
+/// current generation. Else `eval` comes back, for [`evaluate_slowly`] (out of line, so that
+/// the hot path keeps few values live across the evaluation).
+#[inline(always)]
+pub(crate) fn evaluate_quickly<R, F>(core: &Arc<Core>, key: &str, eval: F) -> Result<R, F>
+where
+    F: FnOnce(&Snapshot, bool, Counting<'_>) -> R,
+{
+    let generation = core.metrics.generation();
+    let mut eval = Some(eval);
+    let done = ENTRIES.try_with(|cell| {
+        let entries = cell.try_borrow().ok()?;
+        let entry = entries.first.as_ref()?;
+        if !entry.current(generation) {
+            return None;
+        }
+        let eval = eval.take()?;
+        Some(eval(&entry.snapshot, entry.ready, Counting { key, entry }))
+    });
+    match (done, eval) {
+        (Ok(Some(value)), _) => Ok(value),
+        (_, Some(eval)) => Err(eval),
+        // `eval` is taken only just before it runs and returns a value.
+        (_, None) => unreachable!("the evaluation ran but returned nothing"),
+    }
+}
+
+/// [`evaluate`] when the thread's first entry is not the client's current one: the entry is
+/// made or replaced first (see [`refresh`]). An evaluation nested in a callback, which cannot
+/// change the entries, uses the client's entry wherever it is; if there is none for the
+/// current generation, or the thread's entries are gone (it is exiting), it counts on a
+/// one-off entry instead.
+#[cold]
+#[inline(never)]
+pub(crate) fn evaluate_slowly<R>(
     core: &Arc<Core>,
     key: &str,
     eval: impl FnOnce(&Snapshot, bool, Counting<'_>) -> R,
@@ -321,27 +442,15 @@ pub(crate) fn evaluate<R>(
     let generation = core.metrics.generation();
     let mut eval = Some(eval);
     let done = ENTRIES.try_with(|cell| {
-        let entries = match cell.try_borrow() {
-            Ok(entries) if entries.first().is_some_and(|e| e.current(generation)) => entries,
-            stale => {
-                drop(stale);
-                refresh(core, cell, generation);
-                cell.try_borrow().ok()?
-            }
-        };
-        // After `refresh`, first; nested in a callback, wherever it is, and maybe due to grow.
-        let entry = match entries.first() {
-            Some(e) if e.current(generation) => e,
-            _ => entries.iter().find(|e| e.loaded == generation)?,
-        };
-        // One call site of `eval`, so that this stays small enough to inline.
+        refresh(core, cell, generation);
+        let entries = cell.try_borrow().ok()?;
+        let entry = entries.find(generation)?;
         let eval = eval.take()?;
         Some(eval(&entry.snapshot, entry.ready, Counting { key, entry }))
     });
     match (done, eval) {
         (Ok(Some(value)), _) => value,
         (_, Some(eval)) => once(core, key, generation, eval),
-        // `eval` is taken only just before it runs and returns a value.
         (_, None) => unreachable!("the evaluation ran but returned nothing"),
     }
 }
@@ -349,41 +458,46 @@ pub(crate) fn evaluate<R>(
 /// Puts this thread's entry for `core` first: moved there, replaced by a new one (with a new
 /// tally) if the client's snapshot changed since it was made, given a tally twice the size if
 /// its table filled up, or made. Does nothing while the entries are borrowed (an evaluation
-/// nested in a callback).
+/// nested in a callback), or once the thread has begun to exit.
 #[cold]
 #[inline(never)]
-fn refresh(core: &Arc<Core>, entries: &RefCell<Vec<Entry>>, generation: u64) {
+fn refresh(core: &Arc<Core>, entries: &RefCell<Entries>, generation: u64) {
+    if RELEASE.try_with(|_| ()).is_err() {
+        return;
+    }
     let Ok(mut entries) = entries.try_borrow_mut() else {
         return;
     };
+    let Entries { first, rest } = &mut *entries;
     let client = core.metrics.id();
-    match entries.iter().position(|e| e.client == client) {
-        Some(i) => {
-            entries.swap(0, i);
-            let entry = &mut entries[0];
-            if entry.loaded != generation {
-                // The thread needs about as many slots as on the previous snapshot.
-                let slots = entry.tally.slots().max(FIRST_SLOTS);
-                *entry = Entry::new(core, generation, slots);
-            } else if entry.generation.get() != generation {
-                // Its table is half full.
-                let bigger = Arc::new(Tally::new(entry.snapshot.clone(), entry.tally.slots() * 2));
-                core.metrics.register(&bigger);
-                entry.tally = bigger;
-                entry.used.set(0);
-                entry.generation.set(generation);
+    if first.as_ref().is_none_or(|e| e.client != client) {
+        let found = rest.iter().position(|e| e.client == client);
+        let mine = match found {
+            Some(i) => Some(rest.remove(i)),
+            None => {
+                rest.retain(|e| e.owner.strong_count() > 0);
+                None
+            }
+        };
+        if let Some(previous) = std::mem::replace(first, mine) {
+            if previous.owner.strong_count() > 0 {
+                if rest.len() + 1 >= MAX_ENTRIES {
+                    rest.remove(0);
+                }
+                rest.push(previous);
             }
         }
-        None => {
-            entries.retain(|e| e.owner.strong_count() > 0);
-            if entries.len() >= MAX_ENTRIES {
-                // The one used longest ago, roughly: each use moves an entry to the front.
-                entries.pop();
-            }
-            entries.push(Entry::new(core, generation, FIRST_SLOTS));
-            let last = entries.len() - 1;
-            entries.swap(0, last);
+    }
+    match first {
+        Some(entry) if entry.loaded != generation => {
+            // The thread needs about as many slots as on the previous snapshot.
+            let slots = entry.tally.slots().max(FIRST_SLOTS);
+            *entry = Entry::new(core, generation, slots);
         }
+        // Its table is half full.
+        Some(entry) if entry.generation.get() != generation => entry.grow(core),
+        Some(_) => {}
+        None => *first = Some(Entry::new(core, generation, FIRST_SLOTS)),
     }
 }
 
@@ -408,39 +522,42 @@ fn once<R>(
 mod tests {
     use super::*;
 
-    fn snapshot() -> Arc<Snapshot> {
-        Arc::new(Snapshot::new())
-    }
-
     #[test]
     fn a_table_counts_each_id_in_its_slot() {
-        let tally = Tally::new(snapshot(), 8);
+        let table = Table::new(8);
         for id in [8usize, 16, 24] {
-            assert!(!tally.bump(id));
-            tally.insert(id);
-            assert!(tally.bump(id));
+            assert!(!table.bump(id));
+            table.insert(id);
+            assert!(table.bump(id));
         }
-        let mut seen = vec![0; tally.slots()];
+        let mut seen = vec![0; table.slots()];
         let mut counts = Vec::new();
-        tally.read(&mut seen, |id, n| counts.push((id, n)));
+        table.read(&mut seen, |id, n| counts.push((id, n)));
         counts.sort_unstable();
         assert_eq!(counts, [(8, 2), (16, 2), (24, 2)]);
-        assert!(tally.bump(16));
+        assert!(table.bump(16));
         let mut again = Vec::new();
-        tally.read(&mut seen, |id, n| again.push((id, n)));
+        table.read(&mut seen, |id, n| again.push((id, n)));
         assert_eq!(again, [(16, 1)], "only what is new since the last read");
     }
 
     #[test]
-    fn tables_are_whole_cache_lines_and_the_probe_ends() {
-        let tally = Tally::new(snapshot(), 1);
-        assert_eq!(tally.slots(), LINE_SLOTS);
-        assert_eq!(std::mem::align_of::<Line>(), 64);
-        assert_eq!(std::mem::size_of::<Line>(), 64);
-        for id in [8, 16, 24] {
-            tally.insert(id);
+    fn a_table_keeps_a_cache_line_free_on_either_side_and_the_probe_ends() {
+        let table = Table::new(1);
+        assert_eq!(table.slots(), 4);
+        assert_eq!(PAD * std::mem::size_of::<Slot>(), 64);
+        assert_eq!(table.0.len(), 4 + 2 * PAD);
+        for id in [8, 16, 24, 32] {
+            table.insert(id);
+            assert!(table.bump(id));
         }
-        assert!(!tally.bump(32), "a free slot ends the probe");
-        assert!(tally.bump(24));
+        let mut pads = table.0[..PAD].iter().chain(&table.0[PAD + 4..]);
+        assert!(pads.all(|s| s.id.load(Ordering::Relaxed) == 0));
+        let table = Table::new(1);
+        for id in [8, 16, 24] {
+            table.insert(id);
+        }
+        assert!(!table.bump(32), "a free slot ends the probe");
+        assert!(table.bump(24));
     }
 }
