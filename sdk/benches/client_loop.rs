@@ -64,7 +64,7 @@ fn main() {
         .collect();
     let ctx = |i: usize| &contexts[i % contexts.len()];
     if scenario == "paired" {
-        paired(&snapshot, &client, &contexts);
+        paired(&snapshot, &client, &swapped, &contexts);
         return;
     }
     let start = Instant::now();
@@ -113,17 +113,22 @@ fn main() {
     );
 }
 
-/// A case's name, one evaluation on the bare snapshot, the same through the client.
-type Case<'a> = (
-    &'static str,
-    &'a dyn Fn(usize) -> usize,
-    &'a dyn Fn(usize) -> usize,
-);
+/// One evaluation of `i`'s context, returning something of its result.
+type Eval<'a> = &'a dyn Fn(usize) -> usize;
 
-/// Engine and client in alternating batches of 10,000 evaluations, 400 rounds per case: what
-/// slows the machine down meanwhile slows both alike, so the median of the differences of
-/// neighbouring batches is steadier than a difference of separate runs.
-fn paired(snapshot: &Snapshot, client: &Client, contexts: &[Context<'_>]) {
+/// A case's name, and one evaluation on the bare snapshot, through the client, and on the
+/// snapshot loaded from an `ArcSwapOption`.
+type Case<'a> = (&'static str, Eval<'a>, Eval<'a>, Eval<'a>);
+
+/// Engine, client and arc-swap in alternating batches of 10,000 evaluations, 400 rounds per
+/// case: what slows the machine down meanwhile slows them alike, so the median of the
+/// differences of neighbouring batches is steadier than a difference of separate runs.
+fn paired(
+    snapshot: &Snapshot,
+    client: &Client,
+    swapped: &ArcSwapOption<Snapshot>,
+    contexts: &[Context<'_>],
+) {
     const BATCH: usize = 10_000;
     const ROUNDS: usize = 400;
     let ctx = |i: usize| &contexts[i % contexts.len()];
@@ -138,40 +143,54 @@ fn paired(snapshot: &Snapshot, client: &Client, contexts: &[Context<'_>]) {
             "S1",
             &|i| usize::from(snapshot.bool_value(black_box("s1"), ctx(i), false)),
             &|i| usize::from(client.bool_value(black_box("s1"), ctx(i), false)),
+            &|i| {
+                let s = swapped.load();
+                usize::from(
+                    s.as_ref()
+                        .is_some_and(|s| s.bool_value(black_box("s1"), ctx(i), false)),
+                )
+            },
         ),
         (
             "S2",
             &|i| usize::from(snapshot.bool_value(black_box("s2"), ctx(i), false)),
             &|i| usize::from(client.bool_value(black_box("s2"), ctx(i), false)),
+            &|i| {
+                let s = swapped.load();
+                usize::from(
+                    s.as_ref()
+                        .is_some_and(|s| s.bool_value(black_box("s2"), ctx(i), false)),
+                )
+            },
         ),
         (
             "S3",
             &|i| snapshot.string_value(black_box("s3"), ctx(i), "").len(),
             &|i| client.with_string(black_box("s3"), ctx(i), "", |s| s.len()),
+            &|i| {
+                let s = swapped.load();
+                s.as_ref()
+                    .map_or(0, |s| s.string_value(black_box("s3"), ctx(i), "").len())
+            },
         ),
     ];
     let median = |v: &mut Vec<f64>| {
         v.sort_by(f64::total_cmp);
         v[v.len() / 2]
     };
-    for (name, engine, through_client) in cases {
-        let (mut e, mut c, mut d) = (Vec::new(), Vec::new(), Vec::new());
+    for (name, engine, through_client, arc_swap) in cases {
+        let (mut e, mut c, mut a) = (Vec::new(), Vec::new(), Vec::new());
         for _ in 0..ROUNDS {
-            let (te, tc) = (time(engine), time(through_client));
+            let (te, tc, ta) = (time(engine), time(through_client), time(arc_swap));
             e.push(te);
-            c.push(tc);
-            d.push(tc - te);
+            c.push(tc - te);
+            a.push(ta - te);
         }
-        let (e_min, c_min) = (
-            e.iter().copied().fold(f64::MAX, f64::min),
-            c.iter().copied().fold(f64::MAX, f64::min),
-        );
         println!(
-            "{name}: engine {:.1} ns (fastest {e_min:.1}), client {:.1} ns (fastest {c_min:.1}), client - engine {:+.1} ns (median of pairs), {:+.1} ns (fastest)",
+            "{name}: engine {:.1} ns, client - engine {:+.1} ns, arc-swap - engine {:+.1} ns (medians)",
             median(&mut e),
             median(&mut c),
-            median(&mut d),
-            c_min - e_min,
+            median(&mut a),
         );
     }
 }
