@@ -410,7 +410,7 @@ fn caller_default<'a, T>(value: T, error: ErrorKind, version: Option<u64>) -> De
 impl Snapshot {
     /// The flag, the variant it serves `ctx` and that variant's value; or why the caller's
     /// default is served, with the flag's version when it exists.
-    #[inline]
+    #[inline(always)]
     fn served<'a, T: Typed<'a>>(
         &'a self,
         key: &str,
