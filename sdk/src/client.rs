@@ -303,10 +303,11 @@ impl Client {
 
     /// The boolean value of flag `key` for `ctx`, or `default` when the flag is missing or not
     /// boolean (or the client has no data yet).
-    // Out of line, with the thread-local access, the check and the count inlined into it:
-    // inlined into every caller instead, the thread-local access ends up in a shared
-    // out-of-line copy, called with its arguments spilled to the stack, which costs more. The
-    // rare path is a call with the same arguments, so that they stay in their registers.
+    // Out of line, with the thread-local access, the check, the engine's evaluation and the
+    // count inlined into it: inlined into every caller instead, the thread-local access ends
+    // up in a shared out-of-line copy, called with its arguments spilled to the stack, which
+    // costs more. The rare path is a function of its own taking the same arguments (a jump),
+    // so that the hot path builds nothing for it.
     #[inline(never)]
     pub fn bool_value(&self, key: &str, ctx: &Context<'_>, default: bool) -> bool {
         match tally::evaluate_quickly(self.core(), key, bool_value(key, ctx, default)) {
