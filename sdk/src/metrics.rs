@@ -949,6 +949,46 @@ default: { variant: "off" }
         assert_eq!(client.stats().metrics_dropped, 10);
     }
 
+    /// Evaluates once when dropped: kept in a thread-local, it evaluates while the thread's
+    /// thread-locals are destroyed.
+    struct EvaluatesOnDrop(Client);
+
+    impl Drop for EvaluatesOnDrop {
+        fn drop(&mut self) {
+            self.0.bool_value("f0", &Context::new("u"), false);
+        }
+    }
+
+    thread_local! {
+        static LATE: std::cell::RefCell<Option<EvaluatesOnDrop>> =
+            const { std::cell::RefCell::new(None) };
+    }
+
+    #[test]
+    fn evaluations_while_a_thread_exits_are_counted() {
+        let client = Client::from_snapshot(splits(1, 1));
+        // Destructors run in the reverse order of registration: the late evaluation comes
+        // after the thread's entries were emptied when `LATE` is registered first, and before
+        // when the thread evaluated first.
+        for late_registered_first in [true, false] {
+            let client = client.clone();
+            std::thread::spawn(move || {
+                let late = EvaluatesOnDrop(client.clone());
+                if late_registered_first {
+                    LATE.with(|l| *l.borrow_mut() = Some(late));
+                    client.bool_value("f0", &Context::new("u"), false);
+                } else {
+                    client.bool_value("f0", &Context::new("u"), false);
+                    LATE.with(|l| *l.borrow_mut() = Some(late));
+                }
+            })
+            .join()
+            .expect("thread");
+        }
+        let (windows, ..) = client.core().metrics.take();
+        assert_eq!(evaluations(&windows).values().sum::<u64>(), 4);
+    }
+
     #[test]
     fn the_registry_forgets_the_tallies_of_threads_that_are_gone() {
         let client = Client::from_snapshot(splits(1, 1));
