@@ -178,7 +178,7 @@ impl Table {
 }
 
 impl Tally {
-    /// A tally of at least `slots` slots (a power of two, whole cache lines).
+    /// A tally of at least `slots` slots (see [`Table::new`]).
     fn new(snapshot: Arc<Snapshot>, slots: usize) -> Tally {
         Tally {
             snapshot,
@@ -344,6 +344,11 @@ struct Entries {
 }
 
 impl Entries {
+    const NONE: Entries = Entries {
+        first: None,
+        rest: Vec::new(),
+    };
+
     /// The entry of generation `generation`, wherever it is.
     fn find(&self, generation: u64) -> Option<&Entry> {
         self.first
@@ -351,13 +356,6 @@ impl Entries {
             .chain(&self.rest)
             .find(|e| e.loaded == generation)
     }
-}
-
-impl Entries {
-    const NONE: Entries = Entries {
-        first: None,
-        rest: Vec::new(),
-    };
 }
 
 thread_local! {
