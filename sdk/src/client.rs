@@ -691,7 +691,7 @@ fn bool_value<'a, 'c>(
     key: &'a str,
     ctx: &'a Context<'c>,
     default: bool,
-) -> impl FnOnce(&Snapshot, bool, Counting<'_>) -> bool + Copy + use<'a, 'c> {
+) -> impl FnOnce(&Snapshot, bool, Counting<'_>) -> bool + use<'a, 'c> {
     move |s, _, counting| {
         let (value, id) = s.bool_value_id(key, ctx, default);
         counting.count(id);
@@ -705,7 +705,7 @@ fn number_value<'a, 'c>(
     key: &'a str,
     ctx: &'a Context<'c>,
     default: f64,
-) -> impl FnOnce(&Snapshot, bool, Counting<'_>) -> f64 + Copy + use<'a, 'c> {
+) -> impl FnOnce(&Snapshot, bool, Counting<'_>) -> f64 + use<'a, 'c> {
     move |s, _, counting| {
         let (value, id) = s.number_value_id(key, ctx, default);
         counting.count(id);
