@@ -113,6 +113,16 @@ impl TestServer {
         TestServer::start_in_with(data_dir, Options::default()).await
     }
 
+    /// Starts a server on an existing data directory and a given address, e.g. the one a
+    /// stopped server listened on, so that its clients reconnect.
+    pub async fn start_in_at(data_dir: tempfile::TempDir, addr: SocketAddr) -> TestServer {
+        let options = Options {
+            listen: Some(addr),
+            ..Options::default()
+        };
+        TestServer::start_in_with(data_dir, options).await
+    }
+
     /// Starts a server on an existing data directory, serving what `options` ask for.
     pub async fn start_in_with(data_dir: tempfile::TempDir, options: Options) -> TestServer {
         let defaults = Config::new(data_dir.path());

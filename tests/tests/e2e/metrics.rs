@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use flagstaff::{Client, Context, Error, State};
 use flagstaff_proto::pb;
-use flagstaff_tests::{Admin, Options, TestServer};
+use flagstaff_tests::{Admin, TestServer};
 
 use super::fixtures::*;
 
@@ -158,14 +158,7 @@ async fn windows_are_kept_while_reports_fail_and_sent_together_later() {
 
     // Back on the same data directory and address: the client reconnects, and one report
     // carries both windows.
-    let server = TestServer::start_in_with(
-        dir,
-        Options {
-            listen: Some(addr),
-            ..Options::default()
-        },
-    )
-    .await;
+    let server = TestServer::start_in_at(dir, addr).await;
     eventually("the reconnection", || client.status().state == State::Ready).await;
     client.flush_metrics().await.expect("reported");
     let mut admin = server.admin().await;

@@ -132,14 +132,7 @@ async fn clients_resume_across_a_restart_and_take_one_snapshot_of_a_new_epoch_or
     }
 
     // Restarted on the same data directory and address: resumed, no snapshot.
-    let server = TestServer::start_in_with(
-        dir,
-        Options {
-            listen: Some(addr),
-            ..Options::default()
-        },
-    )
-    .await;
+    let server = TestServer::start_in_at(dir, addr).await;
     let mut admin = server.admin().await;
     let revision = serve_on(&mut admin, "checkout", false).await;
     for c in &clients {
@@ -187,14 +180,7 @@ async fn clients_resume_across_a_restart_and_take_one_snapshot_of_a_new_epoch_or
     let old_dir = server.stop().await;
     let fresh_dir = tempfile::tempdir().expect("fresh data directory");
     restore_tokens(old_dir.path(), fresh_dir.path());
-    let server = TestServer::start_in_with(
-        fresh_dir,
-        Options {
-            listen: Some(addr),
-            ..Options::default()
-        },
-    )
-    .await;
+    let server = TestServer::start_in_at(fresh_dir, addr).await;
     let mut admin = server.admin().await;
     for c in &clients {
         assert!(c.snapshot().flag("fresh-only").is_some());
