@@ -124,7 +124,7 @@ impl fmt::Display for Path<'_> {
             Path::Field(Path::Root, name) => f.write_str(name),
             Path::Field(parent, name) => write!(f, "{parent}.{name}"),
             Path::Index(parent, index) => write!(f, "{parent}[{index}]"),
-            Path::Key(parent, key) => write!(f, "{parent}[{key}]"),
+            Path::Key(parent, key) => write!(f, "{parent}[{}]", flagstaff_engine::clip(key)),
         }
     }
 }
@@ -544,7 +544,7 @@ fn variant_value_from_pb(value: pb::VariantValue, path: &Path<'_>) -> Result<Val
             number_from_f64(n, &path.field("number_value")).map(Value::Number)
         }
         Some(V::JsonValue(text)) => {
-            serde_json::from_str(&text).map_err(|e| ConvertError::InvalidJson {
+            flagstaff_engine::parse_json(&text).map_err(|e| ConvertError::InvalidJson {
                 path: path.field("json_value").to_string(),
                 detail: e.to_string(),
             })

@@ -541,7 +541,7 @@ fn stage(
     for segment in &mut changes.segments {
         segment.version = Some(revision);
     }
-    let next = before.apply(changes.clone())?;
+    let next = before.apply_within_limits(changes.clone())?;
     let audit = audit_changes(before, &changes);
     Ok(Some(Staged {
         revision,

@@ -149,24 +149,65 @@ impl StrSet {
 
 /// A compiled regex. Patterns that fit a small fully built DFA are searched without any mutable
 /// state (no cache pool, so no lock and no allocation per search); others, such as those using
-/// Unicode word boundaries, fall back to the `regex` crate.
+/// Unicode word boundaries, use the regex crate's meta engine.
 #[derive(Debug)]
-enum Matcher {
+pub(crate) enum Matcher {
     Dfa(Box<dense::DFA<Vec<u32>>>),
-    Regex(regex::bytes::Regex),
+    Meta(regex_automata::meta::Regex),
+}
+
+/// Why a pattern did not compile.
+#[derive(Debug)]
+pub(crate) enum RegexError {
+    /// Its compiled form would be over the limit.
+    TooLarge,
+    /// It is not a valid pattern.
+    Invalid,
 }
 
 impl Matcher {
     const DFA_LIMIT: usize = 256 * 1024;
 
+    /// Compiles a stored pattern: no limit beyond the regex engine's own, so that a document
+    /// accepted before a limit existed still loads and evaluates as it did.
     fn new(pattern: &str) -> Option<Matcher> {
+        Matcher::build(pattern, None).ok()
+    }
+
+    /// Compiles `pattern`, refusing it when its automaton would take more than `limit` bytes
+    /// (`None`: the regex engine's default limit).
+    pub(crate) fn build(pattern: &str, limit: Option<usize>) -> Result<Matcher, RegexError> {
+        let dfa_limit = limit.map_or(Self::DFA_LIMIT, |l| l.min(Self::DFA_LIMIT));
         let config = dense::Config::new()
             .start_kind(StartKind::Unanchored)
-            .dfa_size_limit(Some(Self::DFA_LIMIT))
-            .determinize_size_limit(Some(Self::DFA_LIMIT));
-        match dense::Builder::new().configure(config).build(pattern) {
-            Ok(dfa) => Some(Matcher::Dfa(Box::new(dfa))),
-            Err(_) => regex::bytes::Regex::new(pattern).ok().map(Matcher::Regex),
+            .dfa_size_limit(Some(dfa_limit))
+            .determinize_size_limit(Some(dfa_limit));
+        if let Ok(dfa) = dense::Builder::new().configure(config).build(pattern) {
+            return Ok(Matcher::Dfa(Box::new(dfa)));
+        }
+        let mut config = regex_automata::meta::Config::new();
+        if let Some(limit) = limit {
+            config = config
+                .nfa_size_limit(Some(limit))
+                .onepass_size_limit(Some(limit));
+        }
+        regex_automata::meta::Builder::new()
+            .configure(config)
+            // As the regex crate's `bytes::Regex`: haystacks are the bytes of UTF-8 strings.
+            .syntax(regex_automata::util::syntax::Config::new().utf8(false))
+            .build(pattern)
+            .map(Matcher::Meta)
+            .map_err(|e| match e.size_limit() {
+                Some(_) => RegexError::TooLarge,
+                None => RegexError::Invalid,
+            })
+    }
+
+    /// The heap memory the compiled pattern holds.
+    pub(crate) fn memory_usage(&self) -> usize {
+        match self {
+            Matcher::Dfa(dfa) => dfa.memory_usage(),
+            Matcher::Meta(re) => re.memory_usage(),
         }
     }
 
@@ -177,7 +218,7 @@ impl Matcher {
                 dfa.try_search_fwd(&Input::new(haystack).earliest(true)),
                 Ok(Some(_))
             ),
-            Matcher::Regex(re) => re.is_match(haystack),
+            Matcher::Meta(re) => re.is_match(Input::new(haystack).earliest(true)),
         }
     }
 }

@@ -173,7 +173,7 @@ fn edit_distance(a: &str, b: &str) -> usize {
 /// key, else `flags[INDEX]`.
 pub(crate) fn keyed_path(list: &str, index: usize, value: &Value) -> String {
     match value.get("key").and_then(Value::as_str) {
-        Some(key) if !key.is_empty() => format!("{list}[{key}]"),
+        Some(key) if !key.is_empty() => crate::problem::keyed(list, key),
         _ => format!("{list}[{index}]"),
     }
 }

@@ -50,6 +50,12 @@ pub fn parse_value(text: &str) -> Result<Value, ValidationError> {
     }
 }
 
+/// Parses JSON text (RFC 8259) into a value, refusing an object member name repeated in one
+/// object, which a value tree cannot hold.
+pub fn parse_json(text: &str) -> Result<Value, serde_json::Error> {
+    serde_json::from_str::<Strict>(text).map(|s| s.0)
+}
+
 /// A JSON value deserialised from any format, refusing duplicate keys.
 struct Strict(Value);
 

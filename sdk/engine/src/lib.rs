@@ -35,6 +35,7 @@ mod diff;
 mod eval;
 mod format;
 mod keys;
+mod limits;
 mod model;
 mod patch;
 mod problem;
@@ -46,8 +47,13 @@ pub use bucket::{bucket, murmur3_x86_32, write_number, Murmur3, SaltedHasher, BU
 pub use context::{AttrInput, AttrRef, AttrValue, Context};
 pub use eval::{Detail, ErrorKind, Reason, VariantId};
 pub use format::{
-    document_from_value, flag_from_value, parse_document, parse_input, parse_value,
+    document_from_value, flag_from_value, parse_document, parse_input, parse_json, parse_value,
     segment_from_value, to_text, Format, Input,
+};
+pub use limits::{
+    clip, quote, MAX_CONDITIONS, MAX_CONDITION_VALUES, MAX_DOCUMENT_REGEX_BYTES, MAX_JSON_DEPTH,
+    MAX_NAME_BYTES, MAX_PREREQUISITES, MAX_REGEX_BYTES, MAX_RULES, MAX_TAGS, MAX_TEXT_BYTES,
+    MAX_VARIANTS, QUOTE_BYTES,
 };
 pub use model::{
     Condition, Document, Flag, Kind, Op, Prerequisite, Rule, Segment, SegmentRule, Serve, Split,

@@ -87,6 +87,12 @@ impl Problems {
     }
 }
 
+/// The path of a keyed list's element, `flags[KEY]`, with at most the first bytes of a long
+/// key.
+pub(crate) fn keyed(list: &str, key: &str) -> String {
+    format!("{list}[{}]", crate::limits::clip(key))
+}
+
 /// Describes a JSON value for messages: `string "yes"`, `number 5`, `a list`.
 pub(crate) fn describe(value: &serde_json::Value) -> String {
     use serde_json::Value;
@@ -94,7 +100,7 @@ pub(crate) fn describe(value: &serde_json::Value) -> String {
         Value::Null => "null".to_owned(),
         Value::Bool(b) => format!("boolean {b}"),
         Value::Number(n) => format!("number {n}"),
-        Value::String(s) => format!("string {s:?}"),
+        Value::String(s) => format!("string {}", crate::limits::quote(s)),
         Value::Array(_) => "a list".to_owned(),
         Value::Object(_) => "an object".to_owned(),
     }

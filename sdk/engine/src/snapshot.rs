@@ -18,8 +18,9 @@ use crate::context::{Context, Selector};
 use crate::decode::{self, Undecoded};
 use crate::dependents::Dependents;
 use crate::eval::Resolution;
+use crate::limits::quote;
 use crate::model::{Document, Flag, Kind, Segment, Serve};
-use crate::problem::{Problems, ValidationError};
+use crate::problem::{keyed, Problems, ValidationError};
 use crate::validate::{self, PrerequisiteGraph, Resolve};
 
 /// Compiled flags or segments by key: a hash table of `Arc`s, each holding its own key.
@@ -380,6 +381,13 @@ impl From<Document> for ChangeSet {
     }
 }
 
+/// Whether a change must keep the limits of a write, beyond being valid.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Limits {
+    Ignore,
+    Enforce,
+}
+
 /// An environment's flags and segments, validated and compiled: what evaluation reads.
 ///
 /// Immutable and `Send + Sync`; share it behind an `Arc` (the SDK keeps it in an `ArcSwap`).
@@ -454,15 +462,32 @@ impl Snapshot {
         };
         let empty = Snapshot::new();
         let changes = ChangeSet::from(doc);
-        let order = empty.validate(&changes, &undecoded, &mut problems);
+        let order = empty.validate(&changes, &undecoded, Limits::Ignore, &mut problems);
         problems.into_result()?;
         Ok(empty.build(changes, order))
     }
 
     /// The snapshot after `changes`, or every problem they have; `self` is never modified.
     pub fn apply(&self, changes: ChangeSet) -> Result<Snapshot, ValidationError> {
+        self.apply_checked(changes, Limits::Ignore)
+    }
+
+    /// Like [`apply`](Self::apply), and the changed documents must also keep the limits of a
+    /// write (counts, text sizes, NUL characters, nesting, compiled regex size; see
+    /// [`MAX_RULES`](crate::MAX_RULES) and its neighbours). A server checks every write with
+    /// this; documents already stored load with [`apply`](Self::apply), so data accepted
+    /// before a limit existed still loads.
+    pub fn apply_within_limits(&self, changes: ChangeSet) -> Result<Snapshot, ValidationError> {
+        self.apply_checked(changes, Limits::Enforce)
+    }
+
+    fn apply_checked(
+        &self,
+        changes: ChangeSet,
+        limits: Limits,
+    ) -> Result<Snapshot, ValidationError> {
         let mut problems = Problems::default();
-        let order = self.validate(&changes, &Undecoded::default(), &mut problems);
+        let order = self.validate(&changes, &Undecoded::default(), limits, &mut problems);
         problems.into_result()?;
         Ok(self.build(changes, order))
     }
@@ -513,13 +538,14 @@ impl Snapshot {
         &self,
         changes: &ChangeSet,
         undecoded: &Undecoded,
+        limits: Limits,
         problems: &mut Problems,
     ) -> Vec<Arc<str>> {
-        let pending = self.check(changes, undecoded, problems);
+        let pending = self.check(changes, undecoded, limits, problems);
         let affected = self.affected(changes, &pending);
         for key in &affected {
             if let Some(flag) = pending.flag(key) {
-                validate::check_references(flag, &format!("flags[{key}]"), &pending, problems);
+                validate::check_references(flag, &keyed("flags", key), &pending, problems);
             }
         }
         let graph = PrerequisiteGraph::walk(affected.iter().copied(), &pending, problems);
@@ -538,6 +564,7 @@ impl Snapshot {
         &'a self,
         changes: &'a ChangeSet,
         undecoded: &'a Undecoded,
+        limits: Limits,
         problems: &mut Problems,
     ) -> Pending<'a> {
         let mut pending = Pending {
@@ -553,12 +580,15 @@ impl Snapshot {
                 .collect(),
         };
         for segment in &changes.segments {
-            let path = format!("segments[{}]", segment.key);
+            let path = keyed("segments", &segment.key);
             validate::check_segment(segment, &path, problems);
+            if limits == Limits::Enforce {
+                validate::check_segment_limits(segment, &path, problems);
+            }
             if !pending.segments.insert(&segment.key) {
                 problems.push(
                     path.clone(),
-                    format!("duplicate segment key {:?}", segment.key),
+                    format!("duplicate segment key {}", quote(&segment.key)),
                 );
             }
             if pending.deleted_segments.contains(segment.key.as_str()) {
@@ -566,10 +596,16 @@ impl Snapshot {
             }
         }
         for flag in &changes.flags {
-            let path = format!("flags[{}]", flag.key);
+            let path = keyed("flags", &flag.key);
             validate::check_flag(flag, &path, problems);
+            if limits == Limits::Enforce {
+                validate::check_flag_limits(flag, &path, problems);
+            }
             if pending.flags.insert(&flag.key, flag).is_some() {
-                problems.push(path.clone(), format!("duplicate flag key {:?}", flag.key));
+                problems.push(
+                    path.clone(),
+                    format!("duplicate flag key {}", quote(&flag.key)),
+                );
             }
             if pending.deleted_flags.contains(flag.key.as_str()) {
                 problems.push(path, "the flag is both changed and deleted");
@@ -577,12 +613,12 @@ impl Snapshot {
         }
         for key in &changes.deleted_flags {
             if !self.flags.contains_key(key.as_str()) {
-                problems.push(format!("flags[{key}]"), "no such flag to delete");
+                problems.push(keyed("flags", key), "no such flag to delete");
             }
         }
         for key in &changes.deleted_segments {
             if !self.segments.contains_key(key.as_str()) {
-                problems.push(format!("segments[{key}]"), "no such segment to delete");
+                problems.push(keyed("segments", key), "no such segment to delete");
             }
         }
         if !pending.deleted_flags.is_empty() || !pending.deleted_segments.is_empty() {

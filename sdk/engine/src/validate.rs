@@ -4,11 +4,17 @@
 //! [`check_references`] and [`PrerequisiteGraph`] look across documents through a [`Resolve`],
 //! so a change can be checked against an existing snapshot without rebuilding it.
 
-use rustc_hash::FxHashMap;
+use rustc_hash::{FxHashMap, FxHashSet};
 use serde_json::Value;
 
+use crate::condition::{Matcher, RegexError};
+use crate::limits::{
+    clip, json_problem, name_problem, quote, text_problem, MAX_CONDITIONS, MAX_CONDITION_VALUES,
+    MAX_DOCUMENT_REGEX_BYTES, MAX_PREREQUISITES, MAX_REGEX_BYTES, MAX_RULES, MAX_TAGS,
+    MAX_TEXT_BYTES, MAX_VARIANTS,
+};
 use crate::model::{Condition, Flag, Op, Segment, Serve};
-use crate::problem::{describe, Problems};
+use crate::problem::{describe, keyed, Problems};
 
 /// Longest allowed prerequisite chain, in links (prerequisite edges).
 pub const MAX_PREREQUISITE_LINKS: usize = 8;
@@ -33,10 +39,35 @@ pub(crate) fn check_key(key: &str, path: String, problems: &mut Problems) {
         problems.push(
             path,
             format!(
-                "{key:?} is not a valid key: use 1 to 128 lower-case letters, digits, '.', '_' \
-                 or '-', starting with a letter or digit"
+                "{} is not a valid key: use 1 to 128 lower-case letters, digits, '.', '_' \
+                 or '-', starting with a letter or digit",
+                quote(key)
             ),
         );
+    }
+}
+
+/// The index `key` was first seen at, or `None` (and `i` remembered) when it is new.
+fn first_index<'a>(seen: &mut FxHashMap<&'a str, usize>, key: &'a str, i: usize) -> Option<usize> {
+    match seen.entry(key) {
+        std::collections::hash_map::Entry::Occupied(e) => Some(*e.get()),
+        std::collections::hash_map::Entry::Vacant(e) => {
+            e.insert(i);
+            None
+        }
+    }
+}
+
+/// Reports a list longer than `max` items; returns whether it is within the limit.
+fn check_count(len: usize, max: usize, what: &str, path: String, problems: &mut Problems) {
+    if len > max {
+        problems.push(path, format!("{len} {what}, at most {max} allowed"));
+    }
+}
+
+fn check_text(text: Option<&str>, path: String, problems: &mut Problems) {
+    if let Some(problem) = text.and_then(|t| text_problem(t, MAX_TEXT_BYTES)) {
+        problems.push(path, problem);
     }
 }
 
@@ -73,15 +104,47 @@ pub(crate) fn millis_to_nanos(ms: f64) -> Option<i128> {
     }
 }
 
-/// The first line of a regex error that says what is wrong.
+/// The first line of a regex syntax error that says what is wrong. Only parses the pattern:
+/// compiling it is left to the snapshot and, for writes, to [`check_regex`] within its limit.
 pub(crate) fn regex_problem(pattern: &str) -> Option<String> {
-    let err = regex::Regex::new(pattern).err()?;
+    let err = regex_automata::util::syntax::parse(pattern).err()?;
     let text = err.to_string();
     let reason = text
         .lines()
         .find_map(|l| l.strip_prefix("error: "))
         .unwrap_or(text.lines().last().unwrap_or_default());
-    Some(format!("{pattern:?} is not a valid regex: {reason}"))
+    Some(format!("{} is not a valid regex: {reason}", quote(pattern)))
+}
+
+/// Compiles `pattern` as a snapshot would, within [`MAX_REGEX_BYTES`]; the compiled size, or
+/// what is wrong.
+fn check_regex(pattern: &str) -> Result<usize, String> {
+    // The limit bounds each automaton while it is built; the total is checked after.
+    match Matcher::build(pattern, Some(MAX_REGEX_BYTES)) {
+        Ok(matcher) if matcher.memory_usage() <= MAX_REGEX_BYTES => Ok(matcher.memory_usage()),
+        Ok(_) | Err(RegexError::TooLarge) => Err(format!(
+            "{}: regex too large when compiled (at most {} MiB)",
+            quote(pattern),
+            MAX_REGEX_BYTES >> 20
+        )),
+        Err(RegexError::Invalid) => Err(regex_problem(pattern)
+            .unwrap_or_else(|| format!("{} is not a valid regex", quote(pattern)))),
+    }
+}
+
+/// The compiled size of a document's regexes, reported when over [`MAX_DOCUMENT_REGEX_BYTES`].
+fn check_regex_total(bytes: usize, path: &str, problems: &mut Problems) {
+    if bytes > MAX_DOCUMENT_REGEX_BYTES {
+        problems.push(
+            path,
+            format!(
+                "regexes too large when compiled: more than {} MiB together, at most {} MiB per \
+                 document",
+                MAX_DOCUMENT_REGEX_BYTES >> 20,
+                MAX_DOCUMENT_REGEX_BYTES >> 20
+            ),
+        );
+    }
 }
 
 /// Checks one flag on its own: keys, variants, values, rules, conditions, splits, size.
@@ -93,9 +156,16 @@ pub(crate) fn check_flag(flag: &Flag, path: &str, problems: &mut Problems) {
             "a flag needs at least one variant",
         );
     }
+    let mut seen: FxHashSet<&str> = FxHashSet::default();
     for (name, value) in &flag.variants.0 {
-        let vpath = format!("{path}.variants[{name}]");
+        let vpath = format!("{path}.variants[{}]", clip(name));
         check_key(name, vpath.clone(), problems);
+        if !seen.insert(name) {
+            problems.push(
+                vpath.clone(),
+                format!("duplicate variant key {}", quote(name)),
+            );
+        }
         if !flag.kind.accepts(value) {
             problems.push(
                 vpath,
@@ -119,32 +189,31 @@ pub(crate) fn check_flag(flag: &Flag, path: &str, problems: &mut Problems) {
             "must not be empty; leave it out to use the flag key",
         );
     }
+    let mut seen: FxHashMap<&str, usize> = FxHashMap::default();
     for (i, prerequisite) in flag.prerequisites.iter().enumerate() {
         let ppath = format!("{path}.prerequisites[{i}]");
         check_key(&prerequisite.flag, format!("{ppath}.flag"), problems);
         if prerequisite.variants.is_empty() {
             problems.push(format!("{ppath}.variants"), "list at least one variant");
         }
-        if let Some(j) = flag.prerequisites[..i]
-            .iter()
-            .position(|p| p.flag == prerequisite.flag)
-        {
+        if let Some(j) = first_index(&mut seen, &prerequisite.flag, i) {
             problems.push(
                 format!("{ppath}.flag"),
                 format!(
-                    "flag {:?} is already a prerequisite (prerequisites[{j}])",
-                    prerequisite.flag
+                    "flag {} is already a prerequisite (prerequisites[{j}])",
+                    quote(&prerequisite.flag)
                 ),
             );
         }
     }
+    let mut ids: FxHashMap<&str, usize> = FxHashMap::default();
     for (i, rule) in flag.rules.iter().enumerate() {
         let rpath = format!("{path}.rules[{i}]");
         check_key(&rule.id, format!("{rpath}.id"), problems);
-        if let Some(j) = flag.rules[..i].iter().position(|r| r.id == rule.id) {
+        if let Some(j) = first_index(&mut ids, &rule.id, i) {
             problems.push(
                 format!("{rpath}.id"),
-                format!("duplicate rule id {:?} (also rules[{j}])", rule.id),
+                format!("duplicate rule id {} (also rules[{j}])", quote(&rule.id)),
             );
         }
         for (j, condition) in rule.conditions.iter().enumerate() {
@@ -169,6 +238,89 @@ pub(crate) fn check_flag(flag: &Flag, path: &str, problems: &mut Problems) {
     }
 }
 
+/// Checks the limits of DESIGN.md section 4a that a flag written to a server must keep,
+/// beyond being valid: counts, text sizes, NUL characters, nesting and compiled regex size.
+pub(crate) fn check_flag_limits(flag: &Flag, path: &str, problems: &mut Problems) {
+    check_text(
+        flag.description.as_deref(),
+        format!("{path}.description"),
+        problems,
+    );
+    check_text(flag.owner.as_deref(), format!("{path}.owner"), problems);
+    check_count(
+        flag.tags.len(),
+        MAX_TAGS,
+        "tags",
+        format!("{path}.tags"),
+        problems,
+    );
+    for (i, tag) in flag.tags.iter().enumerate() {
+        check_text(Some(tag), format!("{path}.tags[{i}]"), problems);
+    }
+    check_count(
+        flag.variants.0.len(),
+        MAX_VARIANTS,
+        "variants",
+        format!("{path}.variants"),
+        problems,
+    );
+    for (name, value) in &flag.variants.0 {
+        if let Some(problem) = json_problem(value) {
+            problems.push(format!("{path}.variants[{}]", clip(name)), problem);
+        }
+    }
+    if let Some(problem) = flag.salt.as_deref().and_then(name_problem) {
+        problems.push(format!("{path}.salt"), problem);
+    }
+    check_count(
+        flag.prerequisites.len(),
+        MAX_PREREQUISITES,
+        "prerequisites",
+        format!("{path}.prerequisites"),
+        problems,
+    );
+    for (i, prerequisite) in flag.prerequisites.iter().enumerate() {
+        check_count(
+            prerequisite.variants.len(),
+            MAX_VARIANTS,
+            "variants",
+            format!("{path}.prerequisites[{i}].variants"),
+            problems,
+        );
+    }
+    check_count(
+        flag.rules.len(),
+        MAX_RULES,
+        "rules",
+        format!("{path}.rules"),
+        problems,
+    );
+    let mut regex_bytes = 0;
+    for (i, rule) in flag.rules.iter().enumerate() {
+        check_conditions_limits(
+            &rule.conditions,
+            &format!("{path}.rules[{i}].conditions"),
+            &mut regex_bytes,
+            problems,
+        );
+        if let Serve::Split(split) = &rule.serve {
+            check_bucket_by(split, &format!("{path}.rules[{i}].serve"), problems);
+        }
+    }
+    if let Serve::Split(split) = &flag.default {
+        check_bucket_by(split, &format!("{path}.default"), problems);
+    }
+    check_regex_total(regex_bytes, path, problems);
+}
+
+fn check_bucket_by(split: &crate::model::Split, path: &str, problems: &mut Problems) {
+    if !split.bucket_by.is_empty() {
+        if let Some(problem) = name_problem(&split.bucket_by) {
+            problems.push(format!("{path}.split.bucket_by"), problem);
+        }
+    }
+}
+
 fn json_size(flag: &Flag) -> usize {
     struct Count(usize);
     impl std::io::Write for Count {
@@ -186,15 +338,27 @@ fn json_size(flag: &Flag) -> usize {
     count.0
 }
 
+/// A flag's variant keys for a message: the first ten, and how many more there are.
+fn list_variants(flag: &Flag) -> String {
+    const SHOWN: usize = 10;
+    let mut list: Vec<_> = flag.variants.keys().take(SHOWN).collect::<Vec<_>>();
+    let more = flag.variants.0.len().saturating_sub(SHOWN);
+    let more = format!("and {more} more");
+    if flag.variants.0.len() > SHOWN {
+        list.push(&more);
+    }
+    list.join(", ")
+}
+
 fn check_variant_ref(flag: &Flag, variant: &str, path: String, problems: &mut Problems) {
     // A flag without variants is reported once, at `variants`.
     if !flag.variants.0.is_empty() && !flag.variants.contains(variant) {
-        let known: Vec<_> = flag.variants.keys().collect();
         problems.push(
             path,
             format!(
-                "unknown variant {variant:?}; the flag's variants are {}",
-                known.join(", ")
+                "unknown variant {}; the flag's variants are {}",
+                quote(variant),
+                list_variants(flag)
             ),
         );
     }
@@ -215,11 +379,15 @@ fn check_serve(flag: &Flag, serve: &Serve, path: &str, problems: &mut Problems) 
                 );
                 return;
             }
+            let mut seen: FxHashSet<&str> = FxHashSet::default();
             for (i, w) in split.weights.iter().enumerate() {
                 let wpath = format!("{spath}.weights[{i}].variant");
                 check_variant_ref(flag, &w.variant, wpath.clone(), problems);
-                if split.weights[..i].iter().any(|o| o.variant == w.variant) {
-                    problems.push(wpath, format!("variant {:?} is listed twice", w.variant));
+                if !seen.insert(&w.variant) {
+                    problems.push(
+                        wpath,
+                        format!("variant {} is listed twice", quote(&w.variant)),
+                    );
                 }
             }
             let sum: u64 = split.weights.iter().map(|w| u64::from(w.weight)).sum();
@@ -255,14 +423,16 @@ fn value_problem(op: Op, value: &Value) -> Option<String> {
         },
         Op::SemverEq | Op::SemverLt | Op::SemverGt => match value {
             Value::String(s) if parse_semver(s).is_none() => Some(format!(
-                "{s:?} is not a semantic version (strict semver 2.0, e.g. 1.2.3 or 2.0.0-beta.1)"
+                "{} is not a semantic version (strict semver 2.0, e.g. 1.2.3 or 2.0.0-beta.1)",
+                quote(s)
             )),
             Value::String(_) => None,
             _ => wrong("semantic version strings"),
         },
         Op::Before | Op::After => match value {
             Value::String(s) if parse_rfc3339(s).is_none() => Some(format!(
-                "{s:?} is not an RFC 3339 time (e.g. 2025-01-01T00:00:00Z)"
+                "{} is not an RFC 3339 time (e.g. 2025-01-01T00:00:00Z)",
+                quote(s)
             )),
             Value::String(_) => None,
             Value::Number(n) if n.as_f64().and_then(millis_to_nanos).is_none() => {
@@ -274,7 +444,7 @@ fn value_problem(op: Op, value: &Value) -> Option<String> {
         Op::Exists => None,
         Op::InSegment => match value {
             Value::String(s) if !is_valid_key(s) => {
-                Some(format!("{s:?} is not a valid segment key"))
+                Some(format!("{} is not a valid segment key", quote(s)))
             }
             Value::String(_) => None,
             _ => wrong("segment keys"),
@@ -325,6 +495,71 @@ pub(crate) fn check_condition(
     }
 }
 
+/// The limits of a rule's conditions: their number, each one's values, attribute names, the
+/// compiled size of regexes (added to `regex_bytes`).
+fn check_conditions_limits(
+    conditions: &[Condition],
+    path: &str,
+    regex_bytes: &mut usize,
+    problems: &mut Problems,
+) {
+    check_count(
+        conditions.len(),
+        MAX_CONDITIONS,
+        "conditions",
+        path.to_owned(),
+        problems,
+    );
+    for (j, condition) in conditions.iter().enumerate() {
+        let path = format!("{path}[{j}]");
+        if let Some(problem) = condition.attribute.as_deref().and_then(name_problem) {
+            problems.push(format!("{path}.attribute"), problem);
+        }
+        check_count(
+            condition.values.len(),
+            MAX_CONDITION_VALUES,
+            "values",
+            format!("{path}.values"),
+            problems,
+        );
+        for (i, value) in condition.values.iter().enumerate() {
+            // `exists` ignores its values, but they are stored: they must be scalars.
+            let problem = match value {
+                Value::String(s) if s.contains('\0') => {
+                    Some(format!("{} contains a NUL character", quote(s)))
+                }
+                // Past the document's budget, the rest are not compiled at all: the cost of
+                // checking a document is bounded too.
+                Value::String(_)
+                    if condition.op == Op::Matches && *regex_bytes > MAX_DOCUMENT_REGEX_BYTES =>
+                {
+                    None
+                }
+                Value::String(s) if condition.op == Op::Matches => match check_regex(s) {
+                    Ok(bytes) => {
+                        *regex_bytes += bytes;
+                        None
+                    }
+                    Err(problem) => {
+                        // A pattern over the limit cost about the limit to find out.
+                        *regex_bytes += MAX_REGEX_BYTES;
+                        Some(problem)
+                    }
+                },
+                Value::Array(_) | Value::Object(_) | Value::Null => Some(format!(
+                    "op {} needs strings, numbers or booleans, got {}",
+                    condition.op,
+                    describe(value)
+                )),
+                _ => None,
+            };
+            if let Some(message) = problem {
+                problems.push(format!("{path}.values[{i}]"), message);
+            }
+        }
+    }
+}
+
 /// Checks one segment on its own.
 pub(crate) fn check_segment(segment: &Segment, path: &str, problems: &mut Problems) {
     check_key(&segment.key, format!("{path}.key"), problems);
@@ -346,6 +581,51 @@ pub(crate) fn check_segment(segment: &Segment, path: &str, problems: &mut Proble
                 &format!("{path}.rules[{i}].conditions[{j}]"),
                 false,
                 problems,
+            );
+        }
+    }
+}
+
+/// Checks the limits of DESIGN.md section 4a that a segment written to a server must keep:
+/// its description, its key lists' keys, its rules.
+pub(crate) fn check_segment_limits(segment: &Segment, path: &str, problems: &mut Problems) {
+    check_text(
+        segment.description.as_deref(),
+        format!("{path}.description"),
+        problems,
+    );
+    check_context_keys(&segment.included, &format!("{path}.included"), problems);
+    check_context_keys(&segment.excluded, &format!("{path}.excluded"), problems);
+    check_count(
+        segment.rules.len(),
+        MAX_RULES,
+        "rules",
+        format!("{path}.rules"),
+        problems,
+    );
+    let mut regex_bytes = 0;
+    for (i, rule) in segment.rules.iter().enumerate() {
+        check_conditions_limits(
+            &rule.conditions,
+            &format!("{path}.rules[{i}].conditions"),
+            &mut regex_bytes,
+            problems,
+        );
+    }
+    check_regex_total(regex_bytes, path, problems);
+}
+
+/// Checks the context keys of a segment's list: each 1 to 256 bytes without control
+/// characters, none twice.
+pub(crate) fn check_context_keys(keys: &[String], path: &str, problems: &mut Problems) {
+    let mut seen: FxHashMap<&str, usize> = FxHashMap::default();
+    for (i, key) in keys.iter().enumerate() {
+        if let Some(problem) = name_problem(key) {
+            problems.push(format!("{path}[{i}]"), problem);
+        } else if let Some(j) = first_index(&mut seen, key, i) {
+            problems.push(
+                format!("{path}[{i}]"),
+                format!("duplicate key {} (also {path}[{j}])", quote(key)),
             );
         }
     }
@@ -375,18 +655,18 @@ pub(crate) fn check_references(
             None if env.is_undecoded_flag(&prerequisite.flag) => {}
             None => problems.push(
                 format!("{ppath}.flag"),
-                format!("unknown flag {:?}", prerequisite.flag),
+                format!("unknown flag {}", quote(&prerequisite.flag)),
             ),
             Some(required) => {
                 for (j, v) in prerequisite.variants.iter().enumerate() {
                     if !required.variants.contains(v) {
-                        let known: Vec<_> = required.variants.keys().collect();
                         problems.push(
                             format!("{ppath}.variants[{j}]"),
                             format!(
-                                "flag {:?} has no variant {v:?}; its variants are {}",
+                                "flag {:?} has no variant {}; its variants are {}",
                                 prerequisite.flag,
-                                known.join(", ")
+                                quote(v),
+                                list_variants(required)
                             ),
                         );
                     }
@@ -404,7 +684,7 @@ pub(crate) fn check_references(
                     if is_valid_key(segment) && !env.has_segment(segment) {
                         problems.push(
                             format!("{path}.rules[{i}].conditions[{j}].values[{k}]"),
-                            format!("unknown segment {segment:?}"),
+                            format!("unknown segment {}", quote(segment)),
                         );
                     }
                 }
@@ -464,7 +744,7 @@ impl<'a> PrerequisiteGraph<'a> {
                                 stack[start..].iter().map(|(k, _)| *k).collect();
                             cycle.push(child);
                             problems.push(
-                                format!("flags[{child}].prerequisites"),
+                                format!("{}.prerequisites", keyed("flags", child)),
                                 format!("prerequisite cycle {}", cycle.join(" -> ")),
                             );
                         }
@@ -487,7 +767,7 @@ impl<'a> PrerequisiteGraph<'a> {
             let links = depth.get(root).copied().unwrap_or(0);
             if links > MAX_PREREQUISITE_LINKS {
                 problems.push(
-                    format!("flags[{root}].prerequisites"),
+                    format!("{}.prerequisites", keyed("flags", root)),
                     format!(
                         "prerequisite chain {} has {links} links, at most {MAX_PREREQUISITE_LINKS} allowed",
                         longest_chain(root, &depth, env).join(" -> ")

@@ -475,6 +475,7 @@ fn bad_key_syntax() {
     accepted(&document(vec![flag(&longest)], vec![]));
 
     let too_long = "k".repeat(129);
+    let clipped = "k".repeat(64);
     let bad_variant = with(
         flag("checkout"),
         json!({ "variants": { "on": true, "Off": false, "off": false } }),
@@ -483,7 +484,8 @@ fn bad_key_syntax() {
         flag_messages(vec![flag("Checkout V2"), flag(&too_long), bad_variant]),
         [
             format!(r#"flags[Checkout V2].key: "Checkout V2" {KEY_RULE}"#),
-            format!(r#"flags[{too_long}].key: "{too_long}" {KEY_RULE}"#),
+            // A message quotes at most the first 64 bytes of what it refuses.
+            format!(r#"flags[{clipped}…].key: "{clipped}…" (129 bytes) {KEY_RULE}"#),
             format!(r#"flags[checkout].variants[Off]: "Off" {KEY_RULE}"#),
         ]
     );
