@@ -50,7 +50,8 @@ fn main() -> io::Result<()> {
         .emit_rerun_if_changed(false)
         .build_client(false)
         .out_dir(servers)
-        .codec_path("crate::codec::Codec")
+        // Requests that do not decode are INVALID_ARGUMENT; each has a size limit.
+        .codec_path("crate::codec::ServerCodec")
         .extern_path(".flagstaff.v1", "crate::generated")
         .extern_path(".flagstaff.v1.WatchResponse", "crate::watch::WatchMessage")
         .compile_protos(PROTOS, &[INCLUDE])

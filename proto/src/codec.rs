@@ -18,12 +18,21 @@
 //! after it, encoded while the big one is still on its way out, starts a fresh small buffer: the
 //! big one is freed once sent instead of being kept by the stream for the rest of its life.
 
+use std::any::TypeId;
 use std::marker::PhantomData;
 
 use prost::Message;
-use tonic::codec::{BufferSettings, EncodeBuf, Encoder};
+use tonic::codec::{BufferSettings, DecodeBuf, Decoder, EncodeBuf, Encoder};
 use tonic::Status;
 use tonic_prost::{ProstCodec, ProstDecoder};
+
+/// The largest request a server decodes (DESIGN.md section 4a), but for those below.
+pub const MAX_REQUEST_BYTES: usize = 8 * 1024 * 1024;
+/// The largest `ApplyRequest`: a whole environment in one revision.
+pub const MAX_APPLY_REQUEST_BYTES: usize = 64 * 1024 * 1024;
+/// The largest client message on a Watch stream (a subscribe or an acknowledgement, both a few
+/// hundred bytes).
+pub const MAX_WATCH_REQUEST_BYTES: usize = 64 * 1024;
 
 /// Where each call's encode and decode buffers start: room for the small messages that most
 /// of a Watch stream's life is made of (heartbeats, acknowledgements, one-flag deltas).
@@ -78,4 +87,91 @@ impl<T: Message> Encoder for ExactEncoder<T> {
     fn buffer_settings(&self) -> BufferSettings {
         BufferSettings::new(START, YIELD_THRESHOLD)
     }
+}
+
+/// The codec of the generated servers: [`Codec`], and a request that does not decode is the
+/// client's error (`INVALID_ARGUMENT`, e.g. a string that is not UTF-8), not the server's
+/// (`INTERNAL`, prost's codec); a request over its size limit is `RESOURCE_EXHAUSTED` naming the
+/// limit: [`MAX_REQUEST_BYTES`], or [`MAX_APPLY_REQUEST_BYTES`] for an `ApplyRequest` and
+/// [`MAX_WATCH_REQUEST_BYTES`] for a Watch stream's messages. The server's transport must let
+/// messages of the largest limit through to it.
+#[derive(Debug, Clone, Copy)]
+pub struct ServerCodec<T, U>(PhantomData<(T, U)>);
+
+impl<T, U> Default for ServerCodec<T, U> {
+    fn default() -> Self {
+        ServerCodec(PhantomData)
+    }
+}
+
+impl<T, U> tonic::codec::Codec for ServerCodec<T, U>
+where
+    T: Message + Send + 'static,
+    U: Message + Default + Send + 'static,
+{
+    type Encode = T;
+    type Decode = U;
+    type Encoder = ExactEncoder<T>;
+    type Decoder = RequestDecoder<U>;
+
+    fn encoder(&mut self) -> Self::Encoder {
+        ExactEncoder(PhantomData)
+    }
+
+    fn decoder(&mut self) -> Self::Decoder {
+        RequestDecoder(PhantomData)
+    }
+}
+
+/// The size limit of a request of type `U`.
+pub fn request_limit<U: 'static>() -> usize {
+    let id = TypeId::of::<U>();
+    if id == TypeId::of::<crate::generated::ApplyRequest>() {
+        MAX_APPLY_REQUEST_BYTES
+    } else if id == TypeId::of::<crate::generated::WatchRequest>() {
+        MAX_WATCH_REQUEST_BYTES
+    } else {
+        MAX_REQUEST_BYTES
+    }
+}
+
+/// Decodes requests for [`ServerCodec`].
+#[derive(Debug, Clone, Copy)]
+pub struct RequestDecoder<U>(PhantomData<U>);
+
+impl<U: Message + Default + 'static> Decoder for RequestDecoder<U> {
+    type Item = U;
+    type Error = Status;
+
+    fn decode(&mut self, buf: &mut DecodeBuf<'_>) -> Result<Option<U>, Status> {
+        use prost::bytes::Buf as _;
+        let limit = request_limit::<U>();
+        if buf.remaining() > limit {
+            return Err(too_large(buf.remaining(), limit));
+        }
+        U::decode(buf)
+            .map(Some)
+            .map_err(|e| Status::invalid_argument(format!("the request does not decode: {e}")))
+    }
+
+    fn buffer_settings(&self) -> BufferSettings {
+        BufferSettings::new(START, YIELD_THRESHOLD)
+    }
+}
+
+/// The status of a request of `size` bytes over `limit`.
+pub fn too_large(size: usize, limit: usize) -> Status {
+    let limit_text = if limit.is_multiple_of(1 << 20) {
+        format!("{} MiB", limit >> 20)
+    } else {
+        format!("{} KiB", limit >> 10)
+    };
+    Status::resource_exhausted(format!(
+        "the request is {size} bytes, over the limit of {limit_text}{}",
+        if limit == MAX_REQUEST_BYTES {
+            "; write a big segment in parts with PatchSegmentKeys"
+        } else {
+            ""
+        }
+    ))
 }

@@ -628,13 +628,13 @@ impl<'a> From<&'a pb::Context> for Context<'a> {
     /// fail: an attribute without a value is missing (like JSON `null`), list elements without
     /// one are left out, and an attribute named `key` is ignored.
     fn from(context: &'a pb::Context) -> Self {
-        let mut ctx = Context::new(context.key.as_str());
-        for attribute in &context.attributes {
-            if let Some(value) = attribute.value.as_ref().and_then(attr_input_from_pb) {
-                ctx.set(attribute.name.as_str(), value);
-            }
-        }
-        ctx
+        Context::from_attributes(
+            context.key.as_str(),
+            context.attributes.iter().filter_map(|attribute| {
+                let value = attribute.value.as_ref().and_then(attr_input_from_pb)?;
+                Some((Cow::Borrowed(attribute.name.as_str()), value))
+            }),
+        )
     }
 }
 

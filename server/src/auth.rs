@@ -204,6 +204,30 @@ impl<S: Store> Tokens<S> {
         Ok(revoked)
     }
 
+    /// Revokes every token of `environment`, durably; they stop working at once and their
+    /// streams end. Deleting an environment does this first, so that its tokens never work
+    /// for a new environment of the same name (a crash between the two leaves the tokens
+    /// revoked and the environment in place, never the reverse). Returns how many it revoked.
+    pub fn revoke_environment(&self, environment: &str) -> Result<usize, ServerError> {
+        let mut map = self.by_hash.write().unwrap_or_else(|p| p.into_inner());
+        let mut revoked = 0;
+        for token in map
+            .values_mut()
+            .filter(|t| !t.revoked && t.environment.as_deref() == Some(environment))
+        {
+            let mut record = token.clone();
+            record.revoked = true;
+            self.store.put_token(&record)?;
+            *token = record;
+            revoked += 1;
+        }
+        drop(map);
+        if revoked > 0 {
+            self.revocations.send_modify(|n| *n += 1);
+        }
+        Ok(revoked)
+    }
+
     /// A receiver woken whenever a token is revoked: streams then check
     /// [`is_revoked`](Self::is_revoked) for their own.
     pub fn revocations(&self) -> tokio::sync::watch::Receiver<u64> {

@@ -337,6 +337,17 @@ impl<S: Store> Environments<S> {
 
     /// Deletes an environment that holds no flags and no segments.
     pub fn delete(&self, key: &str) -> Result<(), ServerError> {
+        self.delete_with(key, || Ok(()))
+    }
+
+    /// Deletes an environment that holds no flags and no segments, running `before` once it
+    /// is known to be deletable and before it is deleted (the environment's writes wait
+    /// meanwhile); an error from `before` keeps the environment.
+    pub fn delete_with(
+        &self,
+        key: &str,
+        before: impl FnOnce() -> Result<(), ServerError>,
+    ) -> Result<(), ServerError> {
         let env = self.get(key)?;
         let _writing = env.lock_writer();
         let current = env.current();
@@ -346,6 +357,7 @@ impl<S: Store> Environments<S> {
                 "environment {key:?} still holds {flags} flags and {segments} segments; delete them first"
             )));
         }
+        before()?;
         self.store.delete_environment(key)?;
         self.write_map().remove(key);
         env.feed.close();

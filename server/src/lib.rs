@@ -53,7 +53,7 @@ type SyncServer = pb::sync_server::SyncServer<SyncService<SledStore>>;
 
 /// Largest Admin message accepted and sent: whole environments and 100,000-key segments
 /// exceed gRPC's default of 4 MiB.
-pub const MAX_ADMIN_MESSAGE: usize = 64 * 1024 * 1024;
+pub const MAX_ADMIN_MESSAGE: usize = flagstaff_proto::codec::MAX_APPLY_REQUEST_BYTES;
 
 /// How flagstaffd runs.
 #[derive(Debug, Clone)]
@@ -185,13 +185,16 @@ impl Server {
         ))
         .max_decoding_message_size(MAX_ADMIN_MESSAGE)
         .max_encoding_message_size(MAX_ADMIN_MESSAGE);
+        // The transport lets each request through up to the largest limit of its service;
+        // the codec applies each request's own (flagstaff_proto::codec).
         let sync = SyncServer::new(SyncService::new(Watcher::new(
             self.envs.clone(),
             self.tokens.clone(),
             self.clients.clone(),
             signals,
             self.heartbeat,
-        )));
+        )))
+        .max_decoding_message_size(flagstaff_proto::codec::MAX_REQUEST_BYTES);
 
         // The overall status ("") starts as SERVING; so does Admin's, once registered.
         let health_reporter = tonic_health::server::HealthReporter::new();
@@ -233,6 +236,7 @@ impl Server {
 
         let served = builder
             .layer(CountRequestsLayer::new(self.requests.clone()))
+            .layer(service::oversize::OversizeLayer)
             .add_service(admin)
             .add_service(sync)
             .add_service(health)

@@ -293,3 +293,42 @@ fn environments_are_created_once_and_deleted_whole() {
         "nothing left behind"
     );
 }
+
+#[test]
+fn an_entry_s_head_is_read_without_its_documents() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    {
+        let store = SledStore::open(dir.path(), 100).expect("open");
+        store
+            .create_environment(&environment("production"))
+            .expect("create");
+        set_flag(&store, "production", 1, "checkout", true).expect("commit 1");
+        set_flag(&store, "production", 2, "checkout", false).expect("commit 2");
+    }
+    // The documents of revision 1 become unreadable, and revision 2 loses its head, as an
+    // entry written before heads were stored apart has none.
+    {
+        let db = sled::open(dir.path()).expect("sled");
+        db.open_tree("audit/production")
+            .expect("tree")
+            .insert(1u64.to_be_bytes(), b"not an entry".as_slice())
+            .expect("insert");
+        db.open_tree("audit_heads/production")
+            .expect("tree")
+            .remove(2u64.to_be_bytes())
+            .expect("remove");
+        db.flush().expect("flush");
+    }
+    let store = SledStore::open(dir.path(), 100).expect("reopen");
+    let head = store
+        .audit_head("production", 1)
+        .expect("the head reads without the entry")
+        .expect("there is one");
+    assert_eq!((head.revision, head.comment.as_str()), (1, "r1"));
+    let head = store
+        .audit_head("production", 2)
+        .expect("read from the whole entry")
+        .expect("there is one");
+    assert_eq!((head.revision, head.comment.as_str()), (2, "r2"));
+    assert_eq!(store.audit_head("production", 3).expect("read"), None);
+}

@@ -378,6 +378,32 @@ impl<'a> Context<'a> {
         }
     }
 
+    /// A context of `key` and `attributes`, built in time linear in their number (setting
+    /// them one by one compares each name with every name before it, which is fastest for the
+    /// handful of attributes a context usually has). As with [`set`](Self::set), a repeated
+    /// name keeps its last value at its first position, and `key` is ignored.
+    pub fn from_attributes(
+        key: impl Into<Cow<'a, str>>,
+        attributes: impl IntoIterator<Item = (Cow<'a, str>, AttrInput<'a>)>,
+    ) -> Context<'a> {
+        let mut ctx = Context::new(key);
+        let mut index: rustc_hash::FxHashMap<Cow<'a, str>, usize> = Default::default();
+        for (name, value) in attributes {
+            if name == "key" {
+                continue;
+            }
+            ctx.owns |= matches!(name, Cow::Owned(_)) || value.is_owned();
+            match index.entry(name) {
+                std::collections::hash_map::Entry::Occupied(at) => ctx.attrs[*at.get()].1 = value,
+                std::collections::hash_map::Entry::Vacant(at) => {
+                    ctx.attrs.push((at.key().clone(), value));
+                    at.insert(ctx.attrs.len() - 1);
+                }
+            }
+        }
+        ctx
+    }
+
     /// Sets an attribute and returns the context (builder style).
     #[inline(always)]
     pub fn with(mut self, name: impl Into<Cow<'a, str>>, value: impl Into<AttrInput<'a>>) -> Self {
@@ -498,7 +524,7 @@ impl<'a> Context<'a> {
             Some(Value::String(s)) => s.as_str(),
             Some(_) => return Err("the context key must be a string".to_owned()),
         };
-        let mut ctx = Context::new(key);
+        let mut attributes = Vec::new();
         match obj.get("attributes") {
             None | Some(Value::Null) => {}
             Some(Value::Object(attrs)) => {
@@ -510,13 +536,13 @@ impl<'a> Context<'a> {
                             .map(AttrInput::from),
                     };
                     if let Some(value) = value {
-                        ctx.set(name.as_str(), value);
+                        attributes.push((Cow::Borrowed(name.as_str()), value));
                     }
                 }
             }
             Some(_) => return Err("context attributes must be an object".to_owned()),
         }
-        Ok(ctx)
+        Ok(Context::from_attributes(key, attributes))
     }
 }
 

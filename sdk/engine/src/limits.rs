@@ -33,6 +33,12 @@ pub const MAX_TAGS: usize = 64;
 /// Longest context key in a segment's lists, attribute name, `bucket_by` and salt.
 pub const MAX_NAME_BYTES: usize = 256;
 
+/// Most attributes of a context a server evaluates for a request.
+pub const MAX_CONTEXT_ATTRIBUTES: usize = 1_000;
+/// Longest string in a context a server evaluates for a request (its key, a value, a list
+/// element).
+pub const MAX_CONTEXT_STRING_BYTES: usize = 64 * 1024;
+
 /// At most this many bytes of an offending value are quoted in a message.
 pub const QUOTE_BYTES: usize = 64;
 

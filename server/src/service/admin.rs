@@ -15,7 +15,7 @@ use flagstaff_engine::{ChangeSet, Context, Flag, KeyPatch, Segment};
 use flagstaff_proto::pb;
 use tonic::{Request, Response, Status};
 
-use super::paging::{page_size, Scope};
+use super::paging::{fit, page_size, Scope};
 use super::watch::{watch_changes, ChangesStream, Signals};
 use super::{authorize, wire};
 use crate::auth::{Access, Tokens};
@@ -58,8 +58,8 @@ impl<S: Store> AdminService<S> {
     /// environment.
     fn allow<T>(&self, request: &Request<T>, access: Access<'_>) -> Result<TokenRecord, Status> {
         let token = authorize(&self.tokens, request, access)?;
-        if let Access::Read("") | Access::Write("") = access {
-            return Err(wire::missing("environment").into());
+        if let Access::Read(environment) | Access::Write(environment) = access {
+            wire::key(environment, "environment")?;
         }
         Ok(token)
     }
@@ -76,21 +76,23 @@ struct Writer {
 }
 
 impl Writer {
-    /// A write by `token`: its name is the actor of the audit entry.
+    /// A write by `token`: its name is the actor of the audit entry; the comment is checked
+    /// against its limits.
     fn new(
         token: &TokenRecord,
         operation: &'static str,
         environment: String,
         comment: String,
         confirmed: bool,
-    ) -> Writer {
-        Writer {
+    ) -> Result<Writer, ServerError> {
+        wire::comment(&comment)?;
+        Ok(Writer {
             environment,
             actor: token.name.clone(),
             operation,
             comment,
             confirmed,
-        }
+        })
     }
 
     fn ctx(&self) -> WriteContext<'_> {
@@ -155,7 +157,8 @@ fn written_segment<S: Store>(
         })
 }
 
-/// Who made the change that gave a document `version`, from the audit log.
+/// Who made the change that gave a document `version`, from the audit log's heads (never
+/// the documents of the change, which may be a whole environment's).
 fn last_change<S: Store>(
     store: &S,
     environment: &str,
@@ -164,10 +167,9 @@ fn last_change<S: Store>(
     let Some(version) = version else {
         return Ok(None);
     };
-    let entries = store.history(environment, None, Some(version + 1), 1)?;
-    Ok(Some(match entries.first() {
-        Some(entry) if entry.revision == version => wire::change_info(entry),
-        _ => pb::ChangeInfo {
+    Ok(Some(match store.audit_head(environment, version)? {
+        Some(head) => wire::change_info(&head),
+        None => pb::ChangeInfo {
             revision: version,
             ..pb::ChangeInfo::default()
         },
@@ -287,12 +289,18 @@ impl<S: Store> pb::admin_server::Admin for AdminService<S> {
             environment,
             confirm_protected,
         } = request.into_inner();
-        wire::required_str(&environment, "environment")?;
+        wire::key(&environment, "environment")?;
         if self.envs.get(&environment)?.protected && !confirm_protected {
             return Err(unconfirmed(&environment).into());
         }
-        let envs = self.envs.clone();
-        blocking(move || envs.delete(&environment)).await?;
+        let (envs, tokens) = (self.envs.clone(), self.tokens.clone());
+        // Its tokens belong to this environment, not to its name (DESIGN.md section 4a).
+        blocking(move || {
+            envs.delete_with(&environment, || {
+                tokens.revoke_environment(&environment).map(|_| ())
+            })
+        })
+        .await?;
         Ok(Response::new(pb::DeleteEnvironmentResponse {}))
     }
 
@@ -312,7 +320,7 @@ impl<S: Store> pb::admin_server::Admin for AdminService<S> {
             req.environment,
             req.comment,
             req.confirm_protected,
-        );
+        )?;
         let envs = self.envs.clone();
         let (revision, flag) = blocking(move || {
             let committed = envs.create_flag(writer.ctx(), flag)?;
@@ -332,7 +340,7 @@ impl<S: Store> pb::admin_server::Admin for AdminService<S> {
     ) -> Result<Response<pb::GetFlagResponse>, Status> {
         self.allow(&request, Access::Read(&request.get_ref().environment))?;
         let pb::GetFlagRequest { environment, key } = request.into_inner();
-        wire::required_str(&key, "key")?;
+        wire::key(&key, "key")?;
         let envs = self.envs.clone();
         let response = blocking(move || {
             let current = envs.get(&environment)?.current();
@@ -376,7 +384,7 @@ impl<S: Store> pb::admin_server::Admin for AdminService<S> {
             let (flags, next_page_token) =
                 page(matching, |f| &f.key, scope, &req.page_token, req.page_size)?;
             let env = envs.get(&req.environment)?;
-            let flags = flags
+            let mut flags: Vec<pb::FlagEntry> = flags
                 .into_iter()
                 .map(|flag| {
                     let usage = env.usage(&flag.key).unwrap_or_default();
@@ -390,6 +398,11 @@ impl<S: Store> pb::admin_server::Admin for AdminService<S> {
                     })
                 })
                 .collect::<Result<_, ServerError>>()?;
+            let cut = fit(&mut flags);
+            let next_page_token = match flags.last().and_then(|e| e.flag.as_ref()) {
+                Some(last) if cut => scope.token(&last.key),
+                _ => next_page_token,
+            };
             Ok(pb::ListFlagsResponse {
                 flags,
                 next_page_token,
@@ -415,7 +428,7 @@ impl<S: Store> pb::admin_server::Admin for AdminService<S> {
             req.environment,
             req.comment,
             req.confirm_protected,
-        );
+        )?;
         let envs = self.envs.clone();
         let (revision, flag) = blocking(move || {
             let committed = envs.update_flag(writer.ctx(), flag)?;
@@ -435,7 +448,7 @@ impl<S: Store> pb::admin_server::Admin for AdminService<S> {
     ) -> Result<Response<pb::DeleteFlagResponse>, Status> {
         let token = self.allow(&request, Access::Write(&request.get_ref().environment))?;
         let req = request.into_inner();
-        wire::required_str(&req.key, "key")?;
+        wire::key(&req.key, "key")?;
         let expected = wire::expected(req.expected_version);
         let writer = Writer::new(
             &token,
@@ -443,7 +456,7 @@ impl<S: Store> pb::admin_server::Admin for AdminService<S> {
             req.environment,
             req.comment,
             req.confirm_protected,
-        );
+        )?;
         let envs = self.envs.clone();
         let committed =
             blocking(move || envs.delete_flag(writer.ctx(), &req.key, expected)).await?;
@@ -458,7 +471,7 @@ impl<S: Store> pb::admin_server::Admin for AdminService<S> {
     ) -> Result<Response<pb::SetFlagEnabledResponse>, Status> {
         let token = self.allow(&request, Access::Write(&request.get_ref().environment))?;
         let req = request.into_inner();
-        wire::required_str(&req.key, "key")?;
+        wire::key(&req.key, "key")?;
         let expected = wire::expected(req.expected_version);
         let writer = Writer::new(
             &token,
@@ -466,7 +479,7 @@ impl<S: Store> pb::admin_server::Admin for AdminService<S> {
             req.environment,
             req.comment,
             req.confirm_protected,
-        );
+        )?;
         let envs = self.envs.clone();
         let (revision, flag) = blocking(move || {
             let committed = envs.set_flag_enabled(writer.ctx(), &req.key, req.enabled, expected)?;
@@ -486,7 +499,7 @@ impl<S: Store> pb::admin_server::Admin for AdminService<S> {
     ) -> Result<Response<pb::SetDefaultServeResponse>, Status> {
         let token = self.allow(&request, Access::Write(&request.get_ref().environment))?;
         let req = request.into_inner();
-        wire::required_str(&req.key, "key")?;
+        wire::key(&req.key, "key")?;
         let serve = wire::serve(wire::required(req.serve, "serve")?, "serve")?;
         let expected = wire::expected(req.expected_version);
         let writer = Writer::new(
@@ -495,7 +508,7 @@ impl<S: Store> pb::admin_server::Admin for AdminService<S> {
             req.environment,
             req.comment,
             req.confirm_protected,
-        );
+        )?;
         let envs = self.envs.clone();
         let (revision, flag) = blocking(move || {
             let committed =
@@ -516,7 +529,7 @@ impl<S: Store> pb::admin_server::Admin for AdminService<S> {
     ) -> Result<Response<pb::RevertFlagResponse>, Status> {
         let token = self.allow(&request, Access::Write(&request.get_ref().environment))?;
         let req = request.into_inner();
-        wire::required_str(&req.key, "key")?;
+        wire::key(&req.key, "key")?;
         if req.to_version == 0 {
             return Err(wire::missing("to_version").into());
         }
@@ -527,7 +540,7 @@ impl<S: Store> pb::admin_server::Admin for AdminService<S> {
             req.environment,
             req.comment,
             req.confirm_protected,
-        );
+        )?;
         let envs = self.envs.clone();
         let (revision, flag) = blocking(move || {
             let committed = envs.revert_flag(writer.ctx(), &req.key, req.to_version, expected)?;
@@ -552,7 +565,7 @@ impl<S: Store> pb::admin_server::Admin for AdminService<S> {
         }
         self.allow(&request, Access::Read(&req.from_environment))?;
         let req = request.into_inner();
-        wire::required_str(&req.key, "key")?;
+        wire::key(&req.key, "key")?;
         if req.from_environment == req.environment {
             return Err(Status::invalid_argument(format!(
                 "from_environment and environment are both {:?}: a flag is promoted to another \
@@ -567,7 +580,7 @@ impl<S: Store> pb::admin_server::Admin for AdminService<S> {
             req.environment,
             req.comment,
             req.confirm_protected,
-        );
+        )?;
         let envs = self.envs.clone();
         let (revision, flag) = blocking(move || {
             let committed =
@@ -598,7 +611,7 @@ impl<S: Store> pb::admin_server::Admin for AdminService<S> {
             req.environment,
             req.comment,
             req.confirm_protected,
-        );
+        )?;
         let envs = self.envs.clone();
         let (revision, segment) = blocking(move || {
             let committed = envs.create_segment(writer.ctx(), segment)?;
@@ -618,7 +631,7 @@ impl<S: Store> pb::admin_server::Admin for AdminService<S> {
     ) -> Result<Response<pb::GetSegmentResponse>, Status> {
         self.allow(&request, Access::Read(&request.get_ref().environment))?;
         let pb::GetSegmentRequest { environment, key } = request.into_inner();
-        wire::required_str(&key, "key")?;
+        wire::key(&key, "key")?;
         let envs = self.envs.clone();
         let response = blocking(move || {
             let current = envs.get(&environment)?.current();
@@ -653,7 +666,7 @@ impl<S: Store> pb::admin_server::Admin for AdminService<S> {
             let scope = Scope(&["segments", &req.environment, &req.text]);
             let (segments, next_page_token) =
                 page(matching, |s| &s.key, scope, &req.page_token, req.page_size)?;
-            let segments = segments
+            let mut segments: Vec<pb::SegmentEntry> = segments
                 .into_iter()
                 .map(|segment| {
                     Ok(pb::SegmentEntry {
@@ -666,6 +679,15 @@ impl<S: Store> pb::admin_server::Admin for AdminService<S> {
                     })
                 })
                 .collect::<Result<_, ServerError>>()?;
+            let cut = fit(&mut segments);
+            let next_page_token = match segments
+                .last()
+                .and_then(|e| e.segment.as_ref())
+                .and_then(|s| s.segment.as_ref())
+            {
+                Some(last) if cut => scope.token(&last.key),
+                _ => next_page_token,
+            };
             Ok(pb::ListSegmentsResponse {
                 segments,
                 next_page_token,
@@ -691,7 +713,7 @@ impl<S: Store> pb::admin_server::Admin for AdminService<S> {
             req.environment,
             req.comment,
             req.confirm_protected,
-        );
+        )?;
         let envs = self.envs.clone();
         let (revision, segment) = blocking(move || {
             let committed = envs.update_segment(writer.ctx(), segment)?;
@@ -711,7 +733,7 @@ impl<S: Store> pb::admin_server::Admin for AdminService<S> {
     ) -> Result<Response<pb::DeleteSegmentResponse>, Status> {
         let token = self.allow(&request, Access::Write(&request.get_ref().environment))?;
         let req = request.into_inner();
-        wire::required_str(&req.key, "key")?;
+        wire::key(&req.key, "key")?;
         let expected = wire::expected(req.expected_version);
         let writer = Writer::new(
             &token,
@@ -719,7 +741,7 @@ impl<S: Store> pb::admin_server::Admin for AdminService<S> {
             req.environment,
             req.comment,
             req.confirm_protected,
-        );
+        )?;
         let envs = self.envs.clone();
         let committed =
             blocking(move || envs.delete_segment(writer.ctx(), &req.key, expected)).await?;
@@ -735,9 +757,7 @@ impl<S: Store> pb::admin_server::Admin for AdminService<S> {
         let token = self.allow(&request, Access::Write(&request.get_ref().environment))?;
         let req = request.into_inner();
         let patch = wire::required(req.patch, "patch")?;
-        if patch.segment.is_empty() {
-            return Err(wire::missing("patch.segment").into());
-        }
+        wire::key(&patch.segment, "patch.segment")?;
         let expected = wire::expected(req.expected_version);
         let keys = KeyPatch {
             segment: patch.segment,
@@ -752,7 +772,7 @@ impl<S: Store> pb::admin_server::Admin for AdminService<S> {
             req.environment,
             req.comment,
             req.confirm_protected,
-        );
+        )?;
         let envs = self.envs.clone();
         let (committed, segment) = blocking(move || {
             let committed = envs.patch_segment_keys(writer.ctx(), &keys, expected)?;
@@ -804,6 +824,11 @@ impl<S: Store> pb::admin_server::Admin for AdminService<S> {
                 apply_documents(set.flags, set.segments)?
             }
             Some(pb::apply_request::Source::Document(document)) => {
+                // Informational, but a key like any environment's (an export's is empty
+                // nowhere, so empty is let through for documents built by hand).
+                if !document.environment.is_empty() {
+                    wire::key(&document.environment, "document.environment")?;
+                }
                 apply_documents(document.flags, document.segments)?
             }
             None => return Err(wire::missing("documents or document").into()),
@@ -820,7 +845,7 @@ impl<S: Store> pb::admin_server::Admin for AdminService<S> {
             req.environment,
             req.comment,
             req.confirm_protected,
-        );
+        )?;
         let envs = self.envs.clone();
         let committed = blocking(move || envs.apply_with(writer.ctx(), changes, options)).await?;
         Ok(Response::new(pb::ApplyResponse {
@@ -891,12 +916,8 @@ impl<S: Store> pb::admin_server::Admin for AdminService<S> {
                 let flag = Some(req.flag.as_str()).filter(|f| !f.is_empty());
                 store.history(&req.environment, flag, before, size + 1)?
             };
-            let more = entries.len() > size;
+            let mut more = entries.len() > size;
             entries.truncate(size);
-            let next_page_token = match entries.last() {
-                Some(last) if more => scope.token(&last.revision.to_string()),
-                _ => String::new(),
-            };
             let keep = |change: &AuditChange| {
                 if !req.flag.is_empty() {
                     change.is_flag(&req.flag)
@@ -906,11 +927,17 @@ impl<S: Store> pb::admin_server::Admin for AdminService<S> {
                     true
                 }
             };
+            let mut entries: Vec<pb::AuditEntry> = entries
+                .iter()
+                .map(|entry| wire::audit_entry(&req.environment, entry, keep))
+                .collect();
+            more |= fit(&mut entries);
+            let next_page_token = match entries.last() {
+                Some(last) if more => scope.token(&last.revision.to_string()),
+                _ => String::new(),
+            };
             Ok(pb::ListHistoryResponse {
-                entries: entries
-                    .iter()
-                    .map(|entry| wire::audit_entry(&req.environment, entry, keep))
-                    .collect(),
+                entries,
                 next_page_token,
             })
         })
@@ -943,6 +970,10 @@ impl<S: Store> pb::admin_server::Admin for AdminService<S> {
         self.allow(&request, Access::Read(&request.get_ref().environment))?;
         let req = request.into_inner();
         let context = wire::required(req.context, "context")?;
+        wire::context(&context)?;
+        if !req.flag.is_empty() {
+            wire::key(&req.flag, "flag")?;
+        }
         let envs = self.envs.clone();
         let response = blocking(move || {
             let current = envs.get(&req.environment)?.current();
@@ -1124,8 +1155,8 @@ impl<S: Store> pb::admin_server::Admin for AdminService<S> {
     ) -> Result<Response<pb::StartRolloutResponse>, Status> {
         let token = self.allow(&request, Access::Write(&request.get_ref().environment))?;
         let req = request.into_inner();
-        wire::required_str(&req.flag, "flag")?;
-        wire::required_str(&req.target_variant, "target_variant")?;
+        wire::key(&req.flag, "flag")?;
+        wire::key(&req.target_variant, "target_variant")?;
         let plan = StartPlan {
             flag: req.flag.clone(),
             rule_id: req.rule_id.filter(|r| !r.is_empty()),
@@ -1154,7 +1185,7 @@ impl<S: Store> pb::admin_server::Admin for AdminService<S> {
             req.environment,
             req.comment,
             req.confirm_protected,
-        );
+        )?;
         let envs = self.envs.clone();
         let (revision, flag, plan) = blocking(move || {
             let step = envs.start_rollout(writer.ctx(), &plan)?;
@@ -1175,7 +1206,7 @@ impl<S: Store> pb::admin_server::Admin for AdminService<S> {
     ) -> Result<Response<pb::GetRolloutResponse>, Status> {
         self.allow(&request, Access::Read(&request.get_ref().environment))?;
         let req = request.into_inner();
-        wire::required_str(&req.flag, "flag")?;
+        wire::key(&req.flag, "flag")?;
         let env = self.envs.get(&req.environment)?;
         let plan = env.rollout(&req.flag).ok_or_else(|| {
             ServerError::NotFound(format!(
@@ -1210,14 +1241,14 @@ impl<S: Store> pb::admin_server::Admin for AdminService<S> {
     ) -> Result<Response<pb::PauseRolloutResponse>, Status> {
         let token = self.allow(&request, Access::Write(&request.get_ref().environment))?;
         let req = request.into_inner();
-        wire::required_str(&req.flag, "flag")?;
+        wire::key(&req.flag, "flag")?;
         let writer = Writer::new(
             &token,
             "PauseRollout",
             req.environment,
             req.comment,
             req.confirm_protected,
-        );
+        )?;
         let envs = self.envs.clone();
         let plan = blocking(move || envs.pause_rollout(writer.ctx(), &req.flag)).await?;
         Ok(Response::new(pb::PauseRolloutResponse {
@@ -1231,14 +1262,14 @@ impl<S: Store> pb::admin_server::Admin for AdminService<S> {
     ) -> Result<Response<pb::ResumeRolloutResponse>, Status> {
         let token = self.allow(&request, Access::Write(&request.get_ref().environment))?;
         let req = request.into_inner();
-        wire::required_str(&req.flag, "flag")?;
+        wire::key(&req.flag, "flag")?;
         let writer = Writer::new(
             &token,
             "ResumeRollout",
             req.environment,
             req.comment,
             req.confirm_protected,
-        );
+        )?;
         let envs = self.envs.clone();
         let plan = blocking(move || envs.resume_rollout(writer.ctx(), &req.flag)).await?;
         Ok(Response::new(pb::ResumeRolloutResponse {
@@ -1252,14 +1283,14 @@ impl<S: Store> pb::admin_server::Admin for AdminService<S> {
     ) -> Result<Response<pb::RollbackRolloutResponse>, Status> {
         let token = self.allow(&request, Access::Write(&request.get_ref().environment))?;
         let req = request.into_inner();
-        wire::required_str(&req.flag, "flag")?;
+        wire::key(&req.flag, "flag")?;
         let writer = Writer::new(
             &token,
             "RollbackRollout",
             req.environment,
             req.comment,
             req.confirm_protected,
-        );
+        )?;
         let envs = self.envs.clone();
         let (revision, flag, plan) = blocking(move || {
             let step = envs.rollback_rollout(writer.ctx(), &req.flag)?;
@@ -1280,14 +1311,14 @@ impl<S: Store> pb::admin_server::Admin for AdminService<S> {
     ) -> Result<Response<pb::PromoteRolloutResponse>, Status> {
         let token = self.allow(&request, Access::Write(&request.get_ref().environment))?;
         let req = request.into_inner();
-        wire::required_str(&req.flag, "flag")?;
+        wire::key(&req.flag, "flag")?;
         let writer = Writer::new(
             &token,
             "PromoteRollout",
             req.environment,
             req.comment,
             req.confirm_protected,
-        );
+        )?;
         let envs = self.envs.clone();
         let (revision, flag, plan) = blocking(move || {
             let step = envs.promote_rollout(writer.ctx(), &req.flag)?;

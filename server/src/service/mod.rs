@@ -2,6 +2,7 @@
 //! [`Environments`](crate::Environments) and [`Tokens`](crate::auth::Tokens).
 
 pub mod admin;
+pub(crate) mod oversize;
 mod paging;
 pub mod sync;
 pub mod watch;
@@ -30,8 +31,80 @@ impl From<ServerError> for Status {
                 Code::Internal
             }
         };
-        Status::new(code, err.to_string())
+        Status::new(code, bounded_message(&err.to_string()))
     }
+}
+
+/// Quoted values longer than this are cut in a status message.
+const LONGEST_QUOTE: usize = 128;
+/// A status message longer than this keeps its first lines (problems) only.
+const LONGEST_MESSAGE: usize = 4 * 1024;
+
+/// `message` as a status message: every quoted value (`"..."`, as `{:?}` writes it) longer than
+/// a key may be cut to its first 64 bytes, and a message of many lines (validation problems) cut
+/// after the lines that fit in 4 KiB, saying how many more there were. So whatever a request
+/// holds, an error quoting it stays small: a client's default limit on metadata is 8 to 16
+/// KiB, and over it the client sees RESOURCE_EXHAUSTED instead of the error.
+pub(crate) fn bounded_message(message: &str) -> String {
+    let mut out = String::with_capacity(message.len().min(LONGEST_MESSAGE + 64));
+    let mut rest = message;
+    while let Some(open) = rest.find('"') {
+        out.push_str(&rest[..open]);
+        let quoted = &rest[open + 1..];
+        // The closing quote: the first one not escaped by a backslash.
+        let mut escaped = false;
+        let close = quoted.char_indices().find_map(|(i, c)| {
+            let end = c == '"' && !escaped;
+            escaped = c == '\\' && !escaped;
+            end.then_some(i)
+        });
+        let Some(close) = close else {
+            out.push('"');
+            rest = quoted;
+            break;
+        };
+        let content = &quoted[..close];
+        if content.len() > LONGEST_QUOTE {
+            out.push_str(&format!(
+                "\"{}\" ({} bytes)",
+                flagstaff_engine::clip(content),
+                content.len()
+            ));
+        } else {
+            out.push('"');
+            out.push_str(content);
+            out.push('"');
+        }
+        rest = &quoted[close + 1..];
+    }
+    out.push_str(rest);
+    if out.len() <= LONGEST_MESSAGE {
+        return out;
+    }
+    let mut kept = String::new();
+    let lines: Vec<&str> = out.lines().collect();
+    let mut shown = 0;
+    for line in &lines {
+        if kept.len() + line.len() + 1 > LONGEST_MESSAGE - 64 {
+            break;
+        }
+        kept.push_str(line);
+        kept.push('\n');
+        shown += 1;
+    }
+    if shown == 0 {
+        // One very long line: its start.
+        kept.push_str(&flagstaff_engine::clip(
+            &out[..LONGEST_MESSAGE.min(out.len())],
+        ));
+        kept.push('\n');
+    }
+    kept.push_str(&format!(
+        "… and {} more lines ({} bytes in all)",
+        lines.len() - shown.max(1),
+        out.len()
+    ));
+    kept
 }
 
 /// The token of a request's `authorization: Bearer <token>` metadata, checked for `access`.
@@ -76,8 +149,46 @@ pub fn permission_denied(token: &TokenRecord, access: Access<'_>) -> Status {
         Access::Write(env) => format!("write to environment {env:?}"),
         Access::Sync(env) => format!("sync environment {env:?}"),
     };
-    Status::permission_denied(format!(
+    Status::permission_denied(bounded_message(&format!(
         "token {:?} ({:?}) may not {what}",
         token.name, token.role
-    ))
+    )))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn long_quotes_are_cut_and_long_messages_keep_their_first_lines() {
+        let key = "k".repeat(10_000);
+        let message = bounded_message(&format!("no flag {key:?} in environment \"production\""));
+        assert_eq!(
+            message,
+            format!(
+                "no flag \"{}…\" (10000 bytes) in environment \"production\"",
+                "k".repeat(64)
+            )
+        );
+        // Escaped quotes inside a value do not end it.
+        let tricky = format!("{:?}", format!("a\"{}", "b".repeat(200)));
+        assert!(bounded_message(&format!("x {tricky} y")).ends_with("(203 bytes) y"));
+        // A key of 128 bytes is quoted whole.
+        let longest = "k".repeat(128);
+        assert_eq!(
+            bounded_message(&format!("{longest:?}")),
+            format!("{longest:?}")
+        );
+
+        let problems: Vec<String> = (0..1000)
+            .map(|i| format!("flags[f].rules[{i}]: bad"))
+            .collect();
+        let message = bounded_message(&problems.join("\n"));
+        assert!(message.len() <= LONGEST_MESSAGE, "{}", message.len());
+        assert!(message.starts_with("flags[f].rules[0]: bad\n"));
+        assert!(
+            message.ends_with("… and 835 more lines (24889 bytes in all)"),
+            "{message}"
+        );
+    }
 }

@@ -17,6 +17,26 @@ pub const DEFAULT_PAGE_SIZE: usize = 100;
 /// The largest page size served.
 pub const MAX_PAGE_SIZE: usize = 1000;
 
+/// The most bytes a page's entries take, encoded: a page fits gRPC's default receive limit of
+/// 4 MiB, so that any client can read it, whatever the documents hold.
+pub const MAX_PAGE_BYTES: usize = 4 * 1024 * 1024 - 64 * 1024;
+
+/// Cuts `entries` to those that fit in [`MAX_PAGE_BYTES`], but never below one, so that paging
+/// always moves on; returns whether it cut any.
+pub fn fit<T: prost::Message>(entries: &mut Vec<T>) -> bool {
+    let mut bytes = 0;
+    let fitting = entries
+        .iter()
+        .position(|entry| {
+            bytes += entry.encoded_len() + 8;
+            bytes > MAX_PAGE_BYTES
+        })
+        .map_or(entries.len(), |over| over.max(1));
+    let cut = fitting < entries.len();
+    entries.truncate(fitting);
+    cut
+}
+
 /// The number of entries to return for a requested `page_size`.
 pub fn page_size(requested: u32) -> usize {
     match requested {
@@ -83,6 +103,27 @@ fn unhex(text: &str) -> Option<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pages_are_cut_to_fit_but_keep_one_entry() {
+        let big = |n: usize| flagstaff_proto::pb::ChangeInfo {
+            comment: "c".repeat(n),
+            ..Default::default()
+        };
+        let mut entries = vec![
+            big(MAX_PAGE_BYTES / 3),
+            big(MAX_PAGE_BYTES / 3),
+            big(MAX_PAGE_BYTES / 3),
+        ];
+        assert!(fit(&mut entries));
+        assert_eq!(entries.len(), 2);
+        let mut one = vec![big(MAX_PAGE_BYTES * 2), big(1)];
+        assert!(fit(&mut one));
+        assert_eq!(one.len(), 1);
+        let mut small = vec![big(10); 1000];
+        assert!(!fit(&mut small));
+        assert_eq!(small.len(), 1000);
+    }
 
     #[test]
     fn sizes_default_and_cap() {

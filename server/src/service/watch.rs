@@ -14,14 +14,15 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use flagstaff_engine::quote;
 use flagstaff_proto::pb;
 use flagstaff_proto::watch::WatchMessage;
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::StreamExt as _;
-use tonic::{Request, Response, Status, Streaming};
+use tonic::{Code, Request, Response, Status, Streaming};
 
-use super::{authenticate, permission_denied, wire};
+use super::{authenticate, oversize, permission_denied, wire};
 use crate::auth::{Access, Tokens};
 use crate::clients::{Clients, Connection, Identity};
 use crate::environments::{Current, Environment, Environments};
@@ -290,10 +291,19 @@ impl<S: Store> Watcher<S> {
                 )
                 .into())
             }
-            Ok(None) | Err(_) => return Err(End::Gone),
+            Ok(None) => return Err(End::Gone),
+            Err(status) => return Err(inbound_failed(status)),
         };
         if subscribe.instance_id.trim().is_empty() {
             return Err(Status::from(wire::missing("subscribe.instance_id")).into());
+        }
+        for (field, value) in [
+            ("subscribe.instance_id", &subscribe.instance_id),
+            ("subscribe.application", &subscribe.application),
+            ("subscribe.sdk_version", &subscribe.sdk_version),
+            ("subscribe.host", &subscribe.host),
+        ] {
+            wire::identity(value, field)?;
         }
         let environment = match (&token.environment, subscribe.environment.as_str()) {
             (Some(own), "") => own.clone(),
@@ -364,6 +374,9 @@ impl<S: Store> Subscription<'_, S> {
         let since = start.since;
         if start.same_epoch && since > 0 && since <= current.revision {
             self.sent = since;
+            // The client holds `since`: so it is shown, and counted by WaitForRevision, also
+            // when it missed nothing and so acknowledges nothing.
+            self.connection.applied(&self.env.epoch, since);
             // Boxed here and below: what runs once, or rarely, should not make every idle
             // stream's task as big as its largest path.
             Box::pin(self.resume()).await?;
@@ -398,7 +411,7 @@ impl<S: Store> Subscription<'_, S> {
                     // The client closed its half: it sends no more acknowledgements, but may
                     // still read.
                     Ok(None) => inbound_open = false,
-                    Err(_) => return Err(End::Gone),
+                    Err(status) => return Err(inbound_failed(status)),
                 },
                 () = &mut quiet => {
                     let heartbeat = pb::Heartbeat { revision: self.sent };
@@ -418,11 +431,24 @@ impl<S: Store> Subscription<'_, S> {
     fn received(&mut self, request: pb::WatchRequest) -> Result<(), End> {
         match request.request {
             Some(pb::watch_request::Request::Ack(ack)) => {
-                // An acknowledgement of another epoch is of state this environment no longer
-                // has.
-                if ack.epoch == self.env.epoch {
-                    self.connection.applied(&ack.epoch, ack.revision);
+                // A client can only have applied what this stream sent it, of this
+                // environment's epoch (a stream ends when its environment is deleted).
+                if ack.epoch != self.env.epoch {
+                    return Err(Status::invalid_argument(format!(
+                        "ack of epoch {}, but this stream serves epoch {}",
+                        quote(&ack.epoch),
+                        self.env.epoch
+                    ))
+                    .into());
                 }
+                if ack.revision > self.sent {
+                    return Err(Status::invalid_argument(format!(
+                        "ack of revision {}, but this stream has sent up to revision {}",
+                        ack.revision, self.sent
+                    ))
+                    .into());
+                }
+                self.connection.applied(&ack.epoch, ack.revision);
                 Ok(())
             }
             Some(pb::watch_request::Request::Subscribe(_)) => Err(Status::invalid_argument(
@@ -532,6 +558,19 @@ impl<S: Store> Subscription<'_, S> {
         .await?;
         self.sent = current.revision;
         Ok(())
+    }
+}
+
+/// How a stream ends when reading the client's next message failed: a message that does not
+/// decode or is over its size limit is the client's protocol error (`INVALID_ARGUMENT`, as
+/// sync.proto says); anything else means the client or its connection went away.
+fn inbound_failed(status: Status) -> End {
+    let status = oversize::inbound_error(status, Code::InvalidArgument);
+    match status.code() {
+        Code::InvalidArgument | Code::ResourceExhausted => {
+            Status::invalid_argument(status.message().to_owned()).into()
+        }
+        _ => End::Gone,
     }
 }
 

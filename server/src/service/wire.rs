@@ -3,12 +3,15 @@
 //! documents, contexts and reasons convert in `flagstaff-proto`, the one place for the
 //! engine's types; this module only applies what admin.proto adds around them.
 
-use flagstaff_engine::{Flag, Segment, Serve};
+use flagstaff_engine::{
+    clip, quote, Flag, Segment, Serve, MAX_CONTEXT_ATTRIBUTES, MAX_CONTEXT_STRING_BYTES,
+    MAX_NAME_BYTES, MAX_TEXT_BYTES,
+};
 use flagstaff_proto::pb;
 
 use crate::environments::Environment;
 use crate::error::ServerError;
-use crate::storage::{AuditChange, AuditEntry, KeyCounts, Role, TokenRecord};
+use crate::storage::{AuditChange, AuditEntry, AuditHead, KeyCounts, Role, TokenRecord};
 
 /// Milliseconds as the contract's `int64` times.
 pub fn unix_ms(ms: u64) -> i64 {
@@ -43,6 +46,104 @@ pub fn required_str(value: &str, field: &str) -> Result<(), ServerError> {
     } else {
         Ok(())
     }
+}
+
+/// A field naming something by key (a flag, a segment, an environment): set, and a valid key,
+/// so that a lookup of anything else is refused as such rather than quoted back as "not found".
+pub fn key(value: &str, field: &str) -> Result<(), ServerError> {
+    required_str(value, field)?;
+    if flagstaff_engine::is_valid_key(value) {
+        Ok(())
+    } else {
+        Err(ServerError::Invalid(format!(
+            "{field}: {} is not a valid key: use 1 to 128 lower-case letters, digits, '.', '_' \
+             or '-', starting with a letter or digit",
+            quote(value)
+        )))
+    }
+}
+
+/// A field of an SDK's identity (instance id, application, host, SDK version): at most 256
+/// bytes, no control characters.
+pub fn identity(value: &str, field: &str) -> Result<(), ServerError> {
+    if value.len() > MAX_NAME_BYTES {
+        return Err(ServerError::Invalid(format!(
+            "{field}: {} is {} bytes, over the limit of {MAX_NAME_BYTES}",
+            quote(value),
+            value.len()
+        )));
+    }
+    if value.chars().any(char::is_control) {
+        return Err(ServerError::Invalid(format!(
+            "{field}: {} contains a control character",
+            quote(value)
+        )));
+    }
+    Ok(())
+}
+
+/// A context to evaluate for (DESIGN.md section 4a): at most 1,000 attributes, names of at
+/// most 256 bytes, strings (the key, values, list elements) of at most 64 KiB.
+pub fn context(context: &pb::Context) -> Result<(), ServerError> {
+    use pb::attribute_value::Value as V;
+    let long_string = |s: &str, field: String| -> Result<(), ServerError> {
+        if s.len() > MAX_CONTEXT_STRING_BYTES {
+            return Err(ServerError::Invalid(format!(
+                "{field}: {} is {} bytes, over the limit of {} KiB",
+                quote(s),
+                s.len(),
+                MAX_CONTEXT_STRING_BYTES >> 10
+            )));
+        }
+        Ok(())
+    };
+    long_string(&context.key, "context.key".to_owned())?;
+    if context.attributes.len() > MAX_CONTEXT_ATTRIBUTES {
+        return Err(ServerError::Invalid(format!(
+            "context.attributes: {} attributes, at most {MAX_CONTEXT_ATTRIBUTES} allowed",
+            context.attributes.len()
+        )));
+    }
+    for (i, attribute) in context.attributes.iter().enumerate() {
+        if attribute.name.len() > MAX_NAME_BYTES {
+            return Err(ServerError::Invalid(format!(
+                "context.attributes[{i}].name: {} is {} bytes, over the limit of {MAX_NAME_BYTES}",
+                quote(&attribute.name),
+                attribute.name.len()
+            )));
+        }
+        let field = || format!("context.attributes[{}]", clip(&attribute.name));
+        match attribute.value.as_ref().and_then(|v| v.value.as_ref()) {
+            Some(V::StringValue(s)) => long_string(s, field())?,
+            Some(V::ListValue(list)) => {
+                for element in &list.values {
+                    if let Some(V::StringValue(s)) = &element.value {
+                        long_string(s, field())?;
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// A change's comment: at most 4 KiB, no NUL character.
+pub fn comment(value: &str) -> Result<(), ServerError> {
+    if value.len() > MAX_TEXT_BYTES {
+        return Err(ServerError::Invalid(format!(
+            "comment: {} is {} bytes, over the limit of {MAX_TEXT_BYTES}",
+            quote(value),
+            value.len()
+        )));
+    }
+    if value.contains('\0') {
+        return Err(ServerError::Invalid(format!(
+            "comment: {} contains a NUL character",
+            quote(value)
+        )));
+    }
+    Ok(())
 }
 
 /// A flag from a request: converted (an error names the field), its version read as an
@@ -205,7 +306,7 @@ pub fn audit_entry(
 }
 
 /// Who made a change, and when.
-pub fn change_info(entry: &AuditEntry) -> pb::ChangeInfo {
+pub fn change_info(entry: &AuditHead) -> pb::ChangeInfo {
     pb::ChangeInfo {
         revision: entry.revision,
         time_unix_ms: unix_ms(entry.time_ms),

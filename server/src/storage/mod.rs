@@ -246,6 +246,37 @@ pub struct AuditEntry {
     pub changes: Vec<AuditChange>,
 }
 
+/// Who made a change, when and why: an [`AuditEntry`] without its documents. Stored apart
+/// from the entry, so that showing the last change of each listed flag costs what the page
+/// lists, not the size of the change (an import of 5,000 flags is one entry).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditHead {
+    /// The revision the change produced.
+    pub revision: u64,
+    /// When, in Unix milliseconds.
+    pub time_ms: u64,
+    /// Who: the token's name, or `rollout:<flag>`.
+    pub actor: String,
+    /// The reason given with the change.
+    pub comment: String,
+    /// What made the change; empty in entries written before it was recorded.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub operation: String,
+}
+
+impl AuditEntry {
+    /// The entry without its documents.
+    pub fn head(&self) -> AuditHead {
+        AuditHead {
+            revision: self.revision,
+            time_ms: self.time_ms,
+            actor: self.actor.clone(),
+            comment: self.comment.clone(),
+            operation: self.operation.clone(),
+        }
+    }
+}
+
 /// A staged rollout plan as stored (the Admin API's `RolloutPlan`; docs/rollouts.md).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RolloutRecord {
@@ -497,6 +528,11 @@ pub trait Store: Send + Sync + 'static {
         environment: &str,
         revision: u64,
     ) -> Result<Option<Vec<Change>>, StoreError>;
+
+    /// Who made the change of `revision`, when and why, without reading its documents;
+    /// `None` when there is no such entry.
+    fn audit_head(&self, environment: &str, revision: u64)
+        -> Result<Option<AuditHead>, StoreError>;
 
     /// Audit entries, newest first: of the whole environment, or those touching `flag`; only
     /// revisions below `before` when given; at most `limit`.

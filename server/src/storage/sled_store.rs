@@ -9,6 +9,7 @@
 //! | `segments/<env>` | segment key | segment document as JSON, `version` set |
 //! | `changes/<env>` | revision, 8 bytes big-endian | [`Change`] as JSON |
 //! | `audit/<env>` | revision, 8 bytes big-endian | [`AuditEntry`] as JSON |
+//! | `audit_heads/<env>` | revision, 8 bytes big-endian | [`AuditHead`] as JSON: the entry without its documents |
 //! | `rollouts/<env>` | flag key | [`RolloutRecord`] as JSON: the flag's most recent plan |
 //! | `usage/<env>` | flag key | [`FlagUsage`] as JSON: evaluations SDKs reported |
 //! | `tokens` | token id | [`TokenRecord`] as JSON |
@@ -31,8 +32,8 @@ use sled::{Db, Transactional, Tree};
 use flagstaff_engine::Segment;
 
 use super::{
-    AuditEntry, Change, Documents, EnvironmentRecord, FlagUsage, RolloutRecord, Store, StoreError,
-    TokenRecord,
+    AuditEntry, AuditHead, Change, Documents, EnvironmentRecord, FlagUsage, RolloutRecord, Store,
+    StoreError, TokenRecord,
 };
 
 /// Change-log entries kept per environment unless configured otherwise.
@@ -216,7 +217,15 @@ impl Store for SledStore {
         if self.environments.remove(environment)?.is_none() {
             return Err(StoreError::NoEnvironment(environment.to_owned()));
         }
-        for kind in ["flags", "segments", "changes", "audit", "rollouts", "usage"] {
+        for kind in [
+            "flags",
+            "segments",
+            "changes",
+            "audit",
+            "audit_heads",
+            "rollouts",
+            "usage",
+        ] {
             self.db.drop_tree(tree_name(kind, environment))?;
         }
         self.sync(&mut synced, false)
@@ -263,9 +272,11 @@ impl Store for SledStore {
         let segments = self.tree("segments", environment)?;
         let changes = self.tree("changes", environment)?;
         let audits = self.tree("audit", environment)?;
+        let heads = self.tree("audit_heads", environment)?;
         let revision_key = change.revision.to_be_bytes();
         let change_bytes = encode(change);
         let audit_bytes = encode(audit);
+        let head_bytes = encode(&audit.head());
         let flag_values: Vec<(&str, Vec<u8>)> = change
             .flags
             .iter()
@@ -285,10 +296,11 @@ impl Store for SledStore {
             &changes,
             &audits,
             &plans,
+            &heads,
         ]
         .transaction(|trees| {
-            let (envs, flags, segments, changes, audits, plans) = (
-                &trees[0], &trees[1], &trees[2], &trees[3], &trees[4], &trees[5],
+            let (envs, flags, segments, changes, audits, plans, heads) = (
+                &trees[0], &trees[1], &trees[2], &trees[3], &trees[4], &trees[5], &trees[6],
             );
             let Some(bytes) = envs.get(environment)? else {
                 return Err(ConflictableTransactionError::Abort(
@@ -324,6 +336,7 @@ impl Store for SledStore {
             }
             changes.insert(&revision_key, change_bytes.as_slice())?;
             audits.insert(&revision_key, audit_bytes.as_slice())?;
+            heads.insert(&revision_key, head_bytes.as_slice())?;
             record.revision = change.revision;
             envs.insert(environment, encode(&record))?;
             Ok(())
@@ -366,6 +379,23 @@ impl Store for SledStore {
             Some(first) if first.revision == revision + 1 => Some(entries),
             _ => None,
         })
+    }
+
+    fn audit_head(
+        &self,
+        environment: &str,
+        revision: u64,
+    ) -> Result<Option<AuditHead>, StoreError> {
+        let key = revision.to_be_bytes();
+        if let Some(bytes) = self.tree("audit_heads", environment)?.get(key)? {
+            return decode(&format!("audit_heads/{environment}/{revision}"), &bytes).map(Some);
+        }
+        // Entries written before heads were stored apart: read the whole entry.
+        match self.tree("audit", environment)?.get(key)? {
+            Some(bytes) => decode::<AuditEntry>(&format!("audit/{environment}/{revision}"), &bytes)
+                .map(|entry| Some(entry.head())),
+            None => Ok(None),
+        }
     }
 
     fn history(

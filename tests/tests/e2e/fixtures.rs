@@ -23,6 +23,18 @@ pub fn boolean_flag(key: &str) -> pb::Flag {
     }))
 }
 
+/// A boolean flag of about `bytes` bytes, serving `off`: a rule matching no context holds a
+/// long value, which ends with `marker` (so that documents of the same size can differ).
+pub fn bulky_flag(key: &str, bytes: usize, marker: &str) -> pb::Flag {
+    flag(json!({
+        "key": key, "kind": "boolean", "variants": {"on": true, "off": false},
+        "off_variant": "off", "enabled": true, "default": {"variant": "off"},
+        "rules": [{"id": "bulk", "serve": {"variant": "on"}, "conditions": [
+            {"attribute": "bulk", "op": "in", "values": [format!("{}{marker}", "x".repeat(bytes))]}
+        ]}],
+    }))
+}
+
 /// A boolean flag that needs `prerequisite` to serve `on`.
 pub fn requiring(key: &str, prerequisite: &str) -> pb::Flag {
     flag(json!({

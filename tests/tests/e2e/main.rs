@@ -9,6 +9,7 @@ mod fixtures;
 mod flags;
 mod guard;
 mod guard_simulation;
+mod hardening;
 mod matrix;
 mod metrics;
 mod openfeature;

@@ -146,32 +146,6 @@ async fn clients_resume_across_a_restart_and_take_one_snapshot_of_a_new_epoch_or
         assert_eq!(c.status().state, State::Ready);
     }
 
-    // The environment deleted and created again: a new epoch. Each client's stream ends, it
-    // reconnects with the old epoch, and takes exactly one snapshot of the new environment.
-    for key in ["checkout", "banner"] {
-        admin
-            .delete_flag(pb::DeleteFlagRequest {
-                environment: "production".into(),
-                key: key.into(),
-                ..Default::default()
-            })
-            .await
-            .expect("deleted");
-    }
-    let old_epoch = clients[0].status().epoch;
-    admin
-        .delete_environment(pb::DeleteEnvironmentRequest {
-            environment: "production".into(),
-            ..Default::default()
-        })
-        .await
-        .expect("deleted");
-    create_environment(&mut admin, "production").await;
-    create_flag(&mut admin, "production", boolean_flag("fresh-only")).await;
-    for c in &clients {
-        took_the_new_epoch(c, &old_epoch, "fresh-only", "checkout", 2).await;
-    }
-
     // Restarted on a fresh data directory, at the same address, with the tokens restored from
     // the old one (an operator rebuilding a lost server): every environment has a new epoch.
     // The clients serve their last snapshot while it is down and until the environment exists
@@ -183,12 +157,40 @@ async fn clients_resume_across_a_restart_and_take_one_snapshot_of_a_new_epoch_or
     let server = TestServer::start_in_at(fresh_dir, addr).await;
     let mut admin = server.admin().await;
     for c in &clients {
-        assert!(c.snapshot().flag("fresh-only").is_some());
+        assert!(!c.bool_value("checkout", &ctx, true));
     }
     create_environment(&mut admin, "production").await;
     create_flag(&mut admin, "production", boolean_flag("rebuilt")).await;
     for c in &clients {
-        took_the_new_epoch(c, &old_epoch, "rebuilt", "fresh-only", 3).await;
+        took_the_new_epoch(c, &old_epoch, "rebuilt", "checkout", 2).await;
+    }
+
+    // The environment deleted and created again: its tokens were revoked with it, so the
+    // clients' streams end and they keep serving their last snapshot, refused by the new
+    // environment of the same name.
+    let epoch = clients[0].status().epoch;
+    admin
+        .delete_flag(pb::DeleteFlagRequest {
+            environment: "production".into(),
+            key: "rebuilt".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("deleted");
+    admin
+        .delete_environment(pb::DeleteEnvironmentRequest {
+            environment: "production".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("deleted");
+    create_environment(&mut admin, "production").await;
+    create_flag(&mut admin, "production", boolean_flag("fresh-only")).await;
+    for c in &clients {
+        eventually("refused", || c.status().state != State::Ready).await;
+        assert_eq!(c.status().epoch, epoch);
+        assert!(c.snapshot().flag("fresh-only").is_none());
+        assert_eq!(c.stats().snapshots, 2);
     }
 }
 

@@ -182,10 +182,8 @@ async fn a_resume_from_the_log_costs_no_snapshot_while_writes_outrun_the_feed() 
     let held = watcher.state.clone();
     drop(watcher);
 
-    let description = "x".repeat(64 * 1024);
     for i in 0..100 {
-        let mut flag = boolean_flag(&format!("big-{i}"));
-        flag.description = Some(description.clone());
+        let flag = bulky_flag(&format!("big-{i}"), 64 * 1024, "");
         create_flag(&mut admin, "production", flag).await;
     }
     let mut watcher = open(&server, &token, "i", held).await;
@@ -342,11 +340,9 @@ async fn a_slow_consumer_gets_a_fresh_snapshot_and_slows_nobody() {
 
     // Big flags (100 kB), so the stalled stream's HTTP/2 windows (2 MB per stream with
     // tonic's defaults) and its buffer fill quickly.
-    let description = "x".repeat(100_000);
     let mut last = 0;
     for i in 0..120 {
-        let mut flag = boolean_flag("checkout");
-        flag.description = Some(format!("{description} {i}"));
+        let flag = bulky_flag("checkout", 100_000, &i.to_string());
         last = admin
             .update_flag(pb::UpdateFlagRequest {
                 environment: "production".into(),
