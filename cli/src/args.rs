@@ -32,6 +32,11 @@ pub struct Global {
     )]
     pub endpoint: String,
 
+    /// The CA certificate (PEM) that signed flagstaffd's TLS certificate, for an https://
+    /// endpoint whose certificate the system does not trust [default: the system's roots].
+    #[arg(long, global = true, env = "FLAGSTAFF_CA_CERT", value_name = "FILE")]
+    pub ca_cert: Option<PathBuf>,
+
     /// The API token [default: --token-file, else ./flagstaff-data/admin.token if readable].
     #[arg(long, global = true, env = "FLAGSTAFF_TOKEN", hide_env_values = true)]
     pub token: Option<String>,

@@ -9,7 +9,7 @@ use anyhow::{anyhow, bail, Context as _};
 use flagstaff_proto::pb::admin_client::AdminClient;
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 use tonic::{Code, Request, Status};
 
 use crate::args::{Global, Output};
@@ -52,14 +52,10 @@ impl Session {
             .parse()
             .map_err(|_| anyhow!("the token holds characters that cannot be sent"))?;
         let endpoint = global.endpoint.clone();
-        let channel = Endpoint::from_shared(endpoint.clone())
-            .map_err(|_| anyhow!("{endpoint:?} is not a valid endpoint URL (e.g. http://127.0.0.1:7878)"))?
-            .connect_timeout(Duration::from_secs(5))
+        let channel = channel(&endpoint, global.ca_cert.as_deref())?
             .connect()
             .await
-            .map_err(|_| {
-                anyhow!("cannot reach flagstaffd at {endpoint}: is it running? (--endpoint or FLAGSTAFF_ENDPOINT)")
-            })?;
+            .map_err(|e| connect_error(&endpoint, global.ca_cert.as_deref(), &e))?;
         let admin = AdminClient::with_interceptor(channel, Bearer(bearer))
             .max_decoding_message_size(MAX_MESSAGE)
             .max_encoding_message_size(MAX_MESSAGE);
@@ -131,6 +127,147 @@ impl Session {
     }
 }
 
+/// The endpoint to connect to: plain text for `http://`; TLS for `https://`, trusting the CA
+/// certificate of `ca_cert` when given, else the system's roots.
+fn channel(endpoint: &str, ca_cert: Option<&Path>) -> anyhow::Result<Endpoint> {
+    let invalid =
+        || anyhow!("{endpoint:?} is not a valid endpoint URL (e.g. http://127.0.0.1:7878)");
+    let channel = Endpoint::from_shared(endpoint.to_owned())
+        .map_err(|_| invalid())?
+        .connect_timeout(Duration::from_secs(5));
+    let https = match channel.uri().scheme_str() {
+        Some("https") => true,
+        Some("http") => false,
+        _ => return Err(invalid()),
+    };
+    if !https {
+        if let Some(path) = ca_cert {
+            bail!(
+                "--ca-cert {} (or FLAGSTAFF_CA_CERT) is for TLS, but {endpoint} is plain text: \
+                 use https://",
+                path.display()
+            );
+        }
+        return Ok(channel);
+    }
+    let tls = match ca_cert {
+        Some(path) => ClientTlsConfig::new().ca_certificate(ca_certificate(path)?),
+        None => ClientTlsConfig::new().with_native_roots(),
+    };
+    channel.tls_config(tls).map_err(|e| {
+        anyhow!(
+            "cannot set up TLS for {endpoint}: {}{}",
+            causes(&e),
+            if ca_cert.is_none() {
+                " (pass --ca-cert FILE or set FLAGSTAFF_CA_CERT)"
+            } else {
+                ""
+            }
+        )
+    })
+}
+
+/// The PEM certificates of `path`, checked here so that a wrong file is named (tonic would
+/// skip what it cannot parse and fail later with an untrusted certificate).
+fn ca_certificate(path: &Path) -> anyhow::Result<Certificate> {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::CertificateDer;
+    let pem = std::fs::read(path)
+        .with_context(|| format!("cannot read the CA certificate {}", path.display()))?;
+    let certificates = CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| anyhow!("{}: not a PEM certificate: {e}", path.display()))?;
+    if certificates.is_empty() {
+        bail!(
+            "{}: no certificate found: expected a PEM block `-----BEGIN CERTIFICATE-----`",
+            path.display()
+        );
+    }
+    Ok(Certificate::from_pem(pem))
+}
+
+/// One line for a connection that failed: TLS trust, a TLS handshake, or no server, with
+/// what went wrong underneath (tonic's own message is only "transport error").
+fn connect_error(
+    endpoint: &str,
+    ca_cert: Option<&Path>,
+    error: &tonic::transport::Error,
+) -> anyhow::Error {
+    let cause = causes(error);
+    let https = endpoint.starts_with("https:");
+    if cause.contains("CaUsedAsEndEntity") {
+        return anyhow!(
+            "TLS: flagstaffd at {endpoint} presents a CA certificate as its own ({cause}): \
+             serve a certificate signed by the CA, not the CA itself (docs/operations.md, TLS)"
+        );
+    }
+    if cause.contains("invalid peer certificate") {
+        let fix = match ca_cert {
+            Some(path) => format!(
+                "is {} the CA certificate that signed it, and does the certificate name the \
+                 endpoint's host?",
+                path.display()
+            ),
+            None => "pass --ca-cert FILE (or set FLAGSTAFF_CA_CERT) with the CA certificate \
+                     that signed it"
+                .to_owned(),
+        };
+        return anyhow!(
+            "TLS: flagstaffd's certificate at {endpoint} is not trusted ({cause}): {fix}"
+        );
+    }
+    let refused = error_chain(error).any(|e| {
+        e.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::ConnectionRefused)
+    });
+    if refused {
+        return anyhow!(
+            "cannot reach flagstaffd at {endpoint} (connection refused): is it running? \
+             (--endpoint or FLAGSTAFF_ENDPOINT)"
+        );
+    }
+    if cause.contains("timed out") || cause.contains("dns error") {
+        return anyhow!(
+            "cannot reach flagstaffd at {endpoint} ({cause}): is it running? (--endpoint or \
+             FLAGSTAFF_ENDPOINT)"
+        );
+    }
+    if https {
+        return anyhow!(
+            "TLS handshake with {endpoint} failed ({cause}): does flagstaffd serve TLS there? \
+             (a plain-text server takes http://)"
+        );
+    }
+    anyhow!(
+        "cannot talk to flagstaffd at {endpoint} ({cause}): if it serves TLS, use https:// \
+         (and --ca-cert FILE for a private CA)"
+    )
+}
+
+/// `error` and its sources.
+fn error_chain<'a>(
+    error: &'a (dyn std::error::Error + 'static),
+) -> impl Iterator<Item = &'a (dyn std::error::Error + 'static)> {
+    std::iter::successors(Some(error), |e| e.source())
+}
+
+/// What went wrong, from the deepest useful cause up: the messages of `error`'s sources,
+/// `: `-separated, without tonic's bare "transport error" and repeats.
+pub fn causes(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    for e in error_chain(error) {
+        let text = e.to_string();
+        if text == "transport error" || parts.iter().any(|p| p.contains(&text)) {
+            continue;
+        }
+        parts.push(text);
+    }
+    if parts.is_empty() {
+        return error.to_string();
+    }
+    parts.join(": ")
+}
+
 /// Whether the server refused a write because the environment is protected and the write
 /// was not confirmed.
 fn is_unconfirmed(status: &Status) -> bool {
@@ -173,10 +310,23 @@ fn token(global: &Global) -> anyhow::Result<String> {
 
 /// One line for a server error: what went wrong, and the fix where there is one.
 pub fn explain(status: Status, endpoint: &str) -> anyhow::Error {
+    use std::error::Error as _;
     let message = status.message().trim();
     match status.code() {
-        Code::Unavailable | Code::Unknown if message.contains("transport") || message.contains("connect") => {
-            anyhow!("cannot reach flagstaffd at {endpoint}: {message}")
+        // A failure of the connection itself (the server's own errors carry no source).
+        _ if status.source().is_some()
+            || (matches!(status.code(), Code::Unavailable | Code::Unknown)
+                && (message.contains("transport") || message.contains("connect"))) =>
+        {
+            let cause = status.source().map_or_else(|| message.to_owned(), causes);
+            if endpoint.starts_with("http:") {
+                anyhow!(
+                    "cannot talk to flagstaffd at {endpoint} ({cause}): if it serves TLS, use \
+                     https:// (and --ca-cert FILE for a private CA)"
+                )
+            } else {
+                anyhow!("cannot reach flagstaffd at {endpoint}: {cause}")
+            }
         }
         Code::Unavailable => anyhow!("flagstaffd at {endpoint} is unavailable: {message}"),
         Code::Unauthenticated => {

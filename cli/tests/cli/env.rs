@@ -85,7 +85,7 @@ fn failures_name_the_cause_and_the_fix() {
     assert_eq!(out.status.code(), Some(1));
     assert_snapshot!(
         String::from_utf8_lossy(&out.stderr),
-        @"error: cannot reach flagstaffd at http://127.0.0.1:9: is it running? (--endpoint or FLAGSTAFF_ENDPOINT)"
+        @"error: cannot reach flagstaffd at http://127.0.0.1:9 (connection refused): is it running? (--endpoint or FLAGSTAFF_ENDPOINT)"
     );
     // Usage errors exit with 2.
     let out = s.cmd().args(["env", "frobnicate"]).output().expect("runs");

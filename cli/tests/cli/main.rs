@@ -9,4 +9,5 @@ mod flags;
 mod history;
 mod rollouts;
 mod segments;
+mod tls;
 mod tokens;
