@@ -33,8 +33,20 @@ pub(crate) struct Core {
     pub(crate) listeners: Listeners,
     /// Evaluation counts and events, until reported.
     pub(crate) metrics: Metrics,
+    /// Why the last attempt to get the server's data failed; `None` once data arrives.
+    /// [`Client::wait_ready`] reports it.
+    pub(crate) failure: watch::Sender<Option<Failure>>,
     /// Where the last good snapshot is kept between runs, if anywhere.
     cache: Option<cache::Writer>,
+}
+
+/// Why an attempt to get the server's data failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Failure {
+    /// The error and its causes.
+    pub(crate) reason: String,
+    /// The server refused the sdk key: waiting longer will not help.
+    pub(crate) refused: bool,
 }
 
 /// [`Stats`], counted by the background task.
@@ -59,6 +71,7 @@ impl Core {
             stats: Counters::default(),
             listeners: Listeners::default(),
             metrics: Metrics::new(flushes),
+            failure: watch::Sender::new(None),
             cache,
         }
     }
@@ -79,6 +92,7 @@ impl Core {
                 return false;
             }
             tracing::info!(revision, epoch, "flagstaff client ready: up to date");
+            self.failure.send_if_modified(|f| f.take().is_some());
             s.state = State::Ready;
             s.source = Source::Server;
             true
@@ -94,6 +108,7 @@ impl Core {
         revision: u64,
     ) -> Option<Arc<Snapshot>> {
         let before = self.swap_snapshot(snapshot.clone());
+        self.failure.send_if_modified(|f| f.take().is_some());
         if let Some(cache) = &self.cache {
             cache.save(snapshot, epoch, revision);
         }
@@ -276,8 +291,13 @@ impl Client {
     /// Waits until the client holds the server's data, for at most `timeout`. Evaluations
     /// work before that (on defaults, or on bootstrap or cached data); this is for services
     /// that would rather not start serving until they have the live flags.
+    ///
+    /// Fails at once with [`Error::Unauthorized`] when flagstaffd refuses the sdk key; after
+    /// `timeout`, with [`Error::NotReady`] naming why the last attempt failed (a TLS
+    /// certificate not trusted, a connection refused...).
     pub async fn wait_ready(&self, timeout: Duration) -> Result<(), Error> {
         let mut status = self.core().status.subscribe();
+        let mut failure = self.core().failure.subscribe();
         let ready = async {
             status
                 .wait_for(|s| matches!(s.state, State::Ready | State::Closed))
@@ -285,10 +305,35 @@ impl Client {
                 .map(|s| s.state == State::Ready)
                 .unwrap_or(false)
         };
-        match tokio::time::timeout(timeout, ready).await {
-            Ok(true) => Ok(()),
-            Ok(false) => Err(Error::Closed),
-            Err(_) => Err(Error::NotReady { waited: timeout }),
+        // A refused key will not become valid by waiting: say so at once.
+        let refused = async {
+            let reason = failure
+                .wait_for(|f| f.as_ref().is_some_and(|f| f.refused))
+                .await
+                .map(|f| f.as_ref().map(|f| f.reason.clone()).unwrap_or_default());
+            match reason {
+                Ok(reason) => reason,
+                // The background task ended; `ready` answers.
+                Err(_) => std::future::pending().await,
+            }
+        };
+        let outcome = tokio::time::timeout(timeout, async {
+            tokio::select! {
+                ready = ready => if ready { Ok(()) } else { Err(Error::Closed) },
+                reason = refused => Err(Error::Unauthorized { reason }),
+            }
+        });
+        match outcome.await {
+            Ok(outcome) => outcome,
+            Err(_) => Err(Error::NotReady {
+                waited: timeout,
+                cause: self
+                    .core()
+                    .failure
+                    .borrow()
+                    .as_ref()
+                    .map(|f| f.reason.clone()),
+            }),
         }
     }
 

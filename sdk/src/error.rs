@@ -18,10 +18,24 @@ pub enum Error {
     #[error("invalid bootstrap document:\n{0}")]
     Invalid(#[from] flagstaff_engine::ValidationError),
     /// The client did not get the server's data in time.
-    #[error("no data from flagstaffd within {waited:?}")]
+    #[error("no data from flagstaffd within {waited:?}{}", cause.as_ref().map_or(String::new(), |c| format!(": {c}")))]
     NotReady {
         /// How long the caller waited.
         waited: std::time::Duration,
+        /// Why the last attempt to get the data failed (TLS, connection, stream), when one
+        /// did: the error and its causes.
+        cause: Option<String>,
+    },
+    /// flagstaffd refused the sdk key (`UNAUTHENTICATED` or `PERMISSION_DENIED`): it is
+    /// unknown, revoked, or not an sdk token of an environment. The client keeps retrying, backing
+    /// off to its cap, in case the key becomes valid.
+    #[error(
+        "flagstaffd refused the sdk key: {reason}; give the client the secret of an sdk token \
+         of its environment (`flagstaff token create --name NAME --role sdk --env ENV`)"
+    )]
+    Unauthorized {
+        /// What the server said.
+        reason: String,
     },
     /// The sdk key holds characters that cannot be sent in a request header.
     #[error("the sdk key must be printable ASCII")]

@@ -21,7 +21,7 @@ use tokio::sync::{mpsc, watch};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 use tonic::Request;
 
-use crate::client::Core;
+use crate::client::{Core, Failure};
 use crate::metrics::Flush;
 use crate::report::{self, Link};
 use crate::status::{Source, State};
@@ -64,6 +64,8 @@ enum Ended {
     Closing,
     /// The connection failed or the server ended the stream; resume where we are.
     Lost(String),
+    /// The server refused the sdk key (`UNAUTHENTICATED`, `PERMISSION_DENIED`).
+    Refused(String),
     /// The server broke the protocol: start over from revision 0.
     Resync(String),
 }
@@ -95,7 +97,7 @@ async fn keep_fresh(
     let endpoint = match endpoint(settings) {
         Ok(endpoint) => endpoint,
         Err(e) => {
-            tracing::error!(endpoint = %settings.endpoint, error = %e, "unusable endpoint: the client stays on its bootstrap data");
+            tracing::error!(endpoint = %settings.endpoint, error = %causes(&e), "unusable endpoint: the client stays on its bootstrap data");
             return;
         }
     };
@@ -116,17 +118,55 @@ async fn keep_fresh(
             ended = stream(core, settings, &endpoint, link, &mut position, &mut failures) => ended,
             _ = stop.wait_for(|s| *s) => Ended::Closing,
         };
-        match ended {
+        let has_data = core.status.borrow().has_data();
+        let failure = match ended {
             Ended::Closing => break,
+            Ended::Refused(why) => {
+                tracing::error!(
+                    endpoint = %settings.endpoint,
+                    reason = %why,
+                    "flagstaffd refused the sdk key: give the client the secret of an sdk token of \
+                     its environment (`flagstaff token create --name NAME --role sdk --env ENV`); \
+                     retrying with backoff"
+                );
+                Failure {
+                    reason: why,
+                    refused: true,
+                }
+            }
             Ended::Lost(why) => {
-                tracing::info!(reason = %why, "flagstaff stream lost; serving the last snapshot");
+                let repeated = core
+                    .failure
+                    .borrow()
+                    .as_ref()
+                    .is_some_and(|f| f.reason == why);
+                match (has_data, repeated) {
+                    (_, true) => {
+                        tracing::debug!(reason = %why, "flagstaff stream still down");
+                    }
+                    (true, false) => {
+                        tracing::info!(reason = %why, "flagstaff stream lost; serving the last snapshot");
+                    }
+                    (false, false) => {
+                        tracing::warn!(reason = %why, "flagstaff has no data yet: serving the callers' defaults; retrying");
+                    }
+                }
+                Failure {
+                    reason: why,
+                    refused: false,
+                }
             }
             Ended::Resync(why) => {
                 tracing::warn!(reason = %why, "flagstaff stream out of step; resubscribing from scratch");
                 core.stats.resyncs.fetch_add(1, Ordering::Relaxed);
                 position = None;
+                Failure {
+                    reason: why,
+                    refused: false,
+                }
             }
-        }
+        };
+        core.failure.send_replace(Some(failure));
         mark_stale(core);
         let delay = jitter.backoff(settings.backoff_base, settings.backoff_cap, failures);
         failures = failures.saturating_add(1);
@@ -183,7 +223,13 @@ async fn stream(
     let connecting = tokio::time::timeout(settings.connect_timeout, endpoint.connect());
     let channel: Channel = match connecting.await {
         Ok(Ok(channel)) => channel,
-        Ok(Err(e)) => return Ended::Lost(format!("cannot connect to {}: {e}", settings.endpoint)),
+        Ok(Err(e)) => {
+            return Ended::Lost(format!(
+                "cannot connect to {}: {}",
+                settings.endpoint,
+                causes(&e)
+            ))
+        }
         Err(_) => {
             return Ended::Lost(format!(
                 "cannot connect to {}: timed out",
@@ -225,7 +271,7 @@ async fn stream(
     let answer = settings.connect_timeout + heartbeat * SILENT_INTERVALS;
     let mut inbound = match tokio::time::timeout(answer, client.watch(request)).await {
         Ok(Ok(response)) => response.into_inner(),
-        Ok(Err(status)) => return Ended::Lost(format!("{}: {}", status.code(), status.message())),
+        Ok(Err(status)) => return ended(&status),
         Err(_) => return Ended::Lost(format!("no answer to the subscription within {answer:?}")),
     };
     let mut assembler = match position {
@@ -237,9 +283,7 @@ async fn stream(
         let silence = heartbeat * SILENT_INTERVALS;
         let message = match tokio::time::timeout(silence, inbound.message()).await {
             Err(_) => return Ended::Lost(format!("no message for {silence:?}")),
-            Ok(Err(status)) => {
-                return Ended::Lost(format!("{}: {}", status.code(), status.message()))
-            }
+            Ok(Err(status)) => return ended(&status),
             Ok(Ok(None)) => return Ended::Lost("the server ended the stream".to_owned()),
             Ok(Ok(Some(message))) => message,
         };
@@ -317,6 +361,39 @@ async fn stream(
         core.listeners
             .changed(before.as_deref(), &applied, p.revision);
     }
+}
+
+/// A stream that failed with `status`: refused for a key the server does not accept, else
+/// lost, with what failed underneath (tonic's own message for a broken connection is only
+/// "transport error").
+fn ended(status: &tonic::Status) -> Ended {
+    use std::error::Error as _;
+    let mut reason = format!("{:?}: {}", status.code(), status.message());
+    if let Some(source) = status.source() {
+        reason = format!("{reason}: {}", causes(source));
+    }
+    match status.code() {
+        tonic::Code::Unauthenticated | tonic::Code::PermissionDenied => Ended::Refused(reason),
+        _ => Ended::Lost(reason),
+    }
+}
+
+/// `error`'s message and those of its sources, `: `-separated, leaving out tonic's bare
+/// "transport error" and messages that repeat one already said: a TLS failure reads
+/// `invalid peer certificate: UnknownIssuer`, not `transport error`.
+pub(crate) fn causes(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    for e in std::iter::successors(Some(error), |e| e.source()) {
+        let text = e.to_string();
+        if text == "transport error" || parts.iter().any(|p| p.contains(&text)) {
+            continue;
+        }
+        parts.push(text);
+    }
+    if parts.is_empty() {
+        return error.to_string();
+    }
+    parts.join(": ")
 }
 
 /// Compiles a snapshot document off the async threads (10,000 flags take milliseconds).

@@ -455,3 +455,93 @@ async fn received(
         .expect("a notification in time")
         .expect("listening")
 }
+
+#[tokio::test]
+async fn a_refused_sdk_key_is_an_error_naming_the_fix_and_retries_back_off() {
+    let server = TestServer::start().await;
+    let (mut admin, token) = production(&server).await;
+    let client = Client::builder(server.endpoint(), &token)
+        .backoff(Duration::from_millis(20), Duration::from_millis(400))
+        .build()
+        .expect("client");
+    client.wait_ready(PATIENCE).await.expect("ready");
+    let id = admin
+        .list_tokens(pb::ListTokensRequest::default())
+        .await
+        .expect("tokens")
+        .into_inner()
+        .tokens
+        .into_iter()
+        .find(|t| t.name == "service")
+        .expect("listed")
+        .id;
+    admin
+        .revoke_token(pb::RevokeTokenRequest { id })
+        .await
+        .expect("revoked");
+    eventually("the revocation", || client.status().state != State::Ready).await;
+    // Refused at once, not after the timeout, and named as such.
+    let waited = tokio::time::timeout(Duration::from_secs(5), client.wait_ready(PATIENCE))
+        .await
+        .expect("answered before the timeout");
+    let Err(error @ flagstaff::Error::Unauthorized { .. }) = &waited else {
+        panic!("{waited:?}");
+    };
+    let text = error.to_string();
+    assert!(text.contains("revoked"), "{text}");
+    assert!(
+        text.contains("flagstaff token create --name NAME --role sdk --env ENV"),
+        "{text}"
+    );
+    // The client keeps what it had, and retries ever more slowly: the delays grow to the
+    // cap (400 ms here), so 2 s hold far fewer attempts than the 100 of the first delay.
+    assert!(!client.bool_value("banner", &Context::new("u"), true));
+    let before = client.stats().connections;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let attempts = client.stats().connections - before;
+    assert!((1..=25).contains(&attempts), "{attempts} attempts in 2 s");
+
+    // A key that never was one: the same, with no data ever.
+    let stranger = Client::builder(server.endpoint(), "fs_not_a_token")
+        .build()
+        .expect("client");
+    let waited = stranger.wait_ready(PATIENCE).await;
+    assert!(
+        matches!(&waited, Err(flagstaff::Error::Unauthorized { reason }) if reason.contains("Unauthenticated")),
+        "{waited:?}"
+    );
+    assert!(!stranger.status().has_data());
+}
+
+#[tokio::test]
+async fn a_client_that_cannot_connect_says_why_when_not_ready() {
+    // What `openssl req -x509` makes without a CA: a self-signed certificate marked CA:TRUE,
+    // which rustls refuses as a server's certificate.
+    let mut params =
+        rcgen::CertificateParams::new(vec!["localhost".to_owned()]).expect("parameters");
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let key = rcgen::KeyPair::generate().expect("key");
+    let cert = params.self_signed(&key).expect("certificate").pem();
+    let server = TestServer::start_with(Options {
+        tls: Some(flagstaff_tests::TestTls {
+            cert: cert.clone(),
+            key: key.serialize_pem(),
+        }),
+        ..Options::default()
+    })
+    .await;
+    let client = Client::builder(format!("https://localhost:{}", server.addr.port()), "fs_x")
+        .tls_ca_certificate(cert)
+        .build()
+        .expect("client");
+    let waited = client.wait_ready(Duration::from_secs(1)).await;
+    let Err(error @ flagstaff::Error::NotReady { .. }) = &waited else {
+        panic!("{waited:?}");
+    };
+    assert!(
+        error
+            .to_string()
+            .contains("invalid peer certificate: Other(OtherError(CaUsedAsEndEntity))"),
+        "{error}"
+    );
+}
