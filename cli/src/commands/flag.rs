@@ -450,11 +450,12 @@ async fn set_enabled(
         Ok(response) => response,
         Err(e) => return Err(suggest(session, key, e).await),
     };
-    let said = format!(
+    let mut said = format!(
         "{key} is {} in {environment} (revision {})\n",
         if enabled { "on" } else { "off" },
         response.revision
     );
+    said.push_str(&paused_plan(session, key, response.revision).await);
     wait(session, said, response.revision, options.wait).await
 }
 
@@ -493,12 +494,50 @@ async fn set_default(
     } else {
         " (the flag is off: it serves its off variant until `flag on`)"
     };
-    let said = format!(
+    let mut said = format!(
         "{key} serves {} by default in {environment} (revision {}){off}\n",
         serve_summary(&serve),
         response.revision
     );
+    said.push_str(&paused_plan(session, &key, response.revision).await);
     wait(session, said, response.revision, options.wait).await
+}
+
+/// A line saying that the write of `revision` paused the running rollout plan of flag `key`
+/// (the server pauses a plan whose flag is edited by hand, in the same commit), or nothing.
+async fn paused_plan(session: &mut Session, key: &str, revision: u64) -> String {
+    let Ok(environment) = session.env() else {
+        return String::new();
+    };
+    // No plan (NOT_FOUND) or a failed read: nothing to say about one.
+    let Ok(response) = session
+        .admin
+        .get_rollout(pb::GetRolloutRequest {
+            environment,
+            flag: key.to_owned(),
+        })
+        .await
+    else {
+        return String::new();
+    };
+    let Some(plan) = response.into_inner().plan else {
+        return String::new();
+    };
+    let paused_here = plan.state == pb::RolloutState::Paused as i32
+        && plan
+            .state_message
+            .ends_with(&format!(" at revision {revision}"));
+    if !paused_here {
+        return String::new();
+    }
+    format!(
+        "this paused the rollout plan of {key} at stage {} of {} ({} {}): \
+         `flagstaff rollout resume {key}` continues it, `flagstaff rollout rollback {key}` ends it\n",
+        plan.stage_index + 1,
+        plan.stages.len(),
+        plan.target_variant,
+        percent(plan.percent)
+    )
 }
 
 /// `flag rollout KEY PERCENT`: the variant first in the default split, and only the boundary

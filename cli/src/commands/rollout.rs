@@ -114,8 +114,14 @@ async fn start(session: &mut Session, args: &RolloutStartArgs) -> anyhow::Result
     if session.output != crate::args::Output::Table {
         return Ok(render(&plan, session.output, now_ms()));
     }
+    // As `flag rollout` says it.
+    let off = if response.flag.as_ref().is_some_and(|f| !f.enabled) {
+        " (the flag is off: it serves its off variant until `flag on`)"
+    } else {
+        ""
+    };
     Ok(format!(
-        "started rolling out {} of {} in {environment} (revision {}): {}\n",
+        "started rolling out {} of {} in {environment} (revision {}): {}{off}\n",
         plan.target_variant,
         plan.flag,
         response.revision,

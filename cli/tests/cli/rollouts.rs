@@ -157,8 +157,11 @@ fn a_manual_edit_pauses_and_a_rollback_restores_the_baseline() {
         "20%:1h,60%:1h,100%",
     ]);
 
-    // The kill switch, by hand: the plan pauses and holds.
-    s.ok(&["flag", "off", "checkout-v2"]);
+    // The kill switch, by hand: the plan pauses and holds, and the command says so.
+    assert_snapshot!(s.ok(&["flag", "off", "checkout-v2"]), @r"
+    checkout-v2 is off in production (revision 4)
+    this paused the rollout plan of checkout-v2 at stage 1 of 3 (on 20%): `flagstaff rollout resume checkout-v2` continues it, `flagstaff rollout rollback checkout-v2` ends it
+    ");
     let status = json(&s.ok(&["rollout", "status", "checkout-v2", "-o", "json"]));
     assert_eq!(status["state"], "paused");
     assert_eq!(
@@ -277,6 +280,40 @@ fn a_manual_edit_pauses_and_a_rollback_restores_the_baseline() {
         watched.ends_with("completed, stage 1 of 2: on 100%\n"),
         "{watched}"
     );
+}
+
+#[test]
+fn a_plan_on_an_off_flag_warns_and_writes_that_pause_a_plan_say_so() {
+    let clock = Arc::new(ManualClock::new(1_800_000_000_000));
+    let s = Server::start_with(options(&clock));
+    s.ok(&["env", "create", "production"]);
+    s.ok(&["flag", "create", "checkout-v2"]);
+    let started = s.ok(&[
+        "rollout",
+        "start",
+        "checkout-v2",
+        "--to",
+        "on",
+        "--stages",
+        "20%:1h,100%",
+    ]);
+    // (The plan runs on the manual clock; the CLI counts from the real one.)
+    let mut settings = insta::Settings::clone_current();
+    settings.add_filter(r"in \d+[dhms]( \d+[dhms])?", "in [time]");
+    settings.bind(|| assert_snapshot!(started, @"started rolling out on of checkout-v2 in production (revision 2): running, stage 1 of 2: on 20%, next 100% in [time] (the flag is off: it serves its off variant until `flag on`)"));
+    let on = s.ok(&["flag", "on", "checkout-v2"]);
+    assert_snapshot!(on, @r"
+    checkout-v2 is on in production (revision 3)
+    this paused the rollout plan of checkout-v2 at stage 1 of 2 (on 20%): `flagstaff rollout resume checkout-v2` continues it, `flagstaff rollout rollback checkout-v2` ends it
+    ");
+    s.ok(&["rollout", "resume", "checkout-v2"]);
+    let rollout = s.ok(&["flag", "rollout", "checkout-v2", "50"]);
+    assert_snapshot!(rollout, @r"
+    checkout-v2 serves on 50% / off 50% by default in production (revision 4)
+    this paused the rollout plan of checkout-v2 at stage 1 of 2 (on 20%): `flagstaff rollout resume checkout-v2` continues it, `flagstaff rollout rollback checkout-v2` ends it
+    ");
+    // Without a running plan, nothing more is said.
+    assert_snapshot!(s.ok(&["flag", "off", "checkout-v2"]), @"checkout-v2 is off in production (revision 5)");
 }
 
 #[test]
