@@ -299,8 +299,8 @@ fn check_stages(stages: &[RolloutStage]) -> Result<(), ServerError> {
     };
     if last.percent != ALL {
         return invalid(format!(
-            "the last stage must be 100% (100000), not {}",
-            last.percent
+            "the last stage must be 100%, not {}",
+            percent_text(last.percent)
         ));
     }
     if last.hold_ms != 0 {
@@ -312,9 +312,10 @@ fn check_stages(stages: &[RolloutStage]) -> Result<(), ServerError> {
     for (i, stage) in stages.iter().enumerate() {
         if stage.percent <= previous {
             return invalid(format!(
-                "stage {} ({}) must be above the stage before it ({previous}) and above 0",
+                "stage {} ({}) must be above the stage before it ({}) and above 0%",
                 i + 1,
-                stage.percent
+                percent_text(stage.percent),
+                percent_text(previous)
             ));
         }
         if stage.percent < ALL && stage.hold_ms == 0 {
@@ -817,7 +818,7 @@ pub async fn schedule<S: Store>(
                     environment,
                     flag,
                     stage = step.plan.stage_index + 1,
-                    percent = step.plan.percent,
+                    percent = %percent_text(step.plan.percent),
                     revision = step.committed.revision,
                     state = state_name(step.plan.state),
                     "rollout plan stepped"

@@ -56,6 +56,17 @@ pub(crate) fn parse_stages(spec: &str) -> anyhow::Result<Vec<pb::RolloutStage>> 
     if last.percent != 100_000 || last.hold_ms != 0 {
         bail!("--stages must end with 100% (no hold): e.g. 1%:10m,5%:30m,100%");
     }
+    let mut previous = 0;
+    for stage in &stages {
+        if stage.percent <= previous {
+            bail!(
+                "--stages: {} must be above the stage before it ({}): stages only grow",
+                percent(stage.percent),
+                percent(previous)
+            );
+        }
+        previous = stage.percent;
+    }
     if let Some(stage) = stages[..stages.len() - 1].iter().find(|s| s.hold_ms == 0) {
         bail!(
             "--stages: the {} stage needs a hold, e.g. {}:10m",
@@ -598,6 +609,11 @@ mod tests {
             ("ten:1h,100%", "not a percentage"),
             ("", "not a percentage"),
             ("1%:1h,100%:1h", "must end with 100%"),
+            (
+                "10%:1h,5%:1h,100%",
+                "--stages: 5% must be above the stage before it (10%): stages only grow",
+            ),
+            ("0%:1h,100%", "0% must be above the stage before it (0%)"),
         ] {
             let error = parse_stages(bad).expect_err(bad).to_string();
             assert!(error.contains(says), "{bad}: {error}");

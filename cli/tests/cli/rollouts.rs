@@ -434,3 +434,41 @@ fn a_guarded_plan_rolls_itself_back_when_the_target_errs_more() {
         serde_json::json!([])
     );
 }
+
+#[test]
+fn stages_are_checked_in_percent_not_in_internal_units() {
+    let s = Server::start();
+    s.ok(&["env", "create", "production"]);
+    s.ok(&["flag", "create", "checkout-v2"]);
+    let out = s.fails(&[
+        "rollout",
+        "start",
+        "checkout-v2",
+        "--to",
+        "on",
+        "--stages",
+        "10%:1h,5%:1h,100%",
+    ]);
+    assert_snapshot!(out, @"error: --stages: 5% must be above the stage before it (10%): stages only grow");
+    // The server's own check, for clients that send stages as they are.
+    let status = s.block_on(async {
+        let stage = |percent, hold_ms| flagstaff_proto::pb::RolloutStage { percent, hold_ms };
+        s.server
+            .admin()
+            .await
+            .start_rollout(flagstaff_proto::pb::StartRolloutRequest {
+                environment: "production".into(),
+                flag: "checkout-v2".into(),
+                target_variant: "on".into(),
+                stages: vec![
+                    stage(10_000, 60_000),
+                    stage(5_000, 60_000),
+                    stage(100_000, 0),
+                ],
+                ..Default::default()
+            })
+            .await
+            .expect_err("refused")
+    });
+    assert_snapshot!(status.message(), @"stages: stage 2 (5%) must be above the stage before it (10%) and above 0%");
+}
