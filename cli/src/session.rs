@@ -117,6 +117,20 @@ impl Session {
             .map_err(|status| self.error(status))
     }
 
+    /// A deletion: asked about once (unless --yes was given), and that answer also confirms
+    /// it for a protected environment, so a person is never asked twice.
+    pub async fn delete<T, F, Fut>(&mut self, question: &str, mut call: F) -> anyhow::Result<T>
+    where
+        F: FnMut(Admin, bool) -> Fut,
+        Fut: std::future::Future<Output = Result<tonic::Response<T>, Status>>,
+    {
+        self.confirm_always(question)?;
+        call(self.admin.clone(), true)
+            .await
+            .map(tonic::Response::into_inner)
+            .map_err(|status| self.error(status))
+    }
+
     /// Asks before something that cannot be undone (deletions), unless --yes was given.
     pub fn confirm_always(&self, question: &str) -> anyhow::Result<()> {
         if self.yes || confirm(question)? {

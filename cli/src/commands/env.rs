@@ -76,20 +76,22 @@ pub async fn run(session: &mut Session, command: &EnvCommand) -> anyhow::Result<
             ))
         }
         EnvCommand::Delete { name } => {
-            session.confirm_always(&format!("Delete environment {name}?"))?;
             let name = name.clone();
             session
-                .write("Delete it", |mut admin, confirm_protected| {
-                    let environment = name.clone();
-                    async move {
-                        admin
-                            .delete_environment(pb::DeleteEnvironmentRequest {
-                                environment,
-                                confirm_protected,
-                            })
-                            .await
-                    }
-                })
+                .delete(
+                    &format!("Delete environment {name}?"),
+                    |mut admin, confirm_protected| {
+                        let environment = name.clone();
+                        async move {
+                            admin
+                                .delete_environment(pb::DeleteEnvironmentRequest {
+                                    environment,
+                                    confirm_protected,
+                                })
+                                .await
+                        }
+                    },
+                )
                 .await?;
             Ok(format!("deleted environment {name}\n"))
         }

@@ -63,10 +63,10 @@ pub async fn run(session: &mut Session, command: &FlagCommand) -> anyhow::Result
         }
         FlagCommand::Delete { key } => {
             let environment = session.env()?;
-            session.confirm_always(&format!("Delete flag {key} from {environment}?"))?;
             let key = key.clone();
+            let question = format!("Delete flag {key} from {environment}?");
             let result = session
-                .write("Delete the flag", |mut admin, confirm_protected| {
+                .delete(&question, |mut admin, confirm_protected| {
                     let request = pb::DeleteFlagRequest {
                         environment: environment.clone(),
                         key: key.clone(),

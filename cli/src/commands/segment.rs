@@ -102,9 +102,9 @@ pub async fn run(session: &mut Session, command: &SegmentCommand) -> anyhow::Res
         }
         SegmentCommand::Delete { key } => {
             let environment = session.env()?;
-            session.confirm_always(&format!("Delete segment {key}?"))?;
+            let question = format!("Delete segment {key} from {environment}?");
             let deleted = session
-                .write("Delete it", |mut admin, confirm_protected| {
+                .delete(&question, |mut admin, confirm_protected| {
                     let request = pb::DeleteSegmentRequest {
                         environment: environment.clone(),
                         key: key.clone(),

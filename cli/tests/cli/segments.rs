@@ -87,7 +87,7 @@ fn segments_are_created_changed_listed_shown_and_deleted() {
     // Deleting always asks.
     assert_snapshot!(
         s.fails(&["segment", "delete", "staff"]),
-        @"error: Delete segment staff? Not asked (no terminal): pass --yes to confirm"
+        @"error: Delete segment staff from production? Not asked (no terminal): pass --yes to confirm"
     );
     assert_snapshot!(s.ok(&["segment", "delete", "staff", "--yes"]), @"deleted segment staff at revision 5");
     assert_eq!(
@@ -288,6 +288,36 @@ fn protected_environments_need_confirmation() {
         .fails(&["segment", "delete", "beta"])
         .contains("pass --yes"));
     assert_snapshot!(s.ok(&["segment", "delete", "beta", "--yes"]), @"deleted segment beta at revision 4");
+}
+
+#[test]
+fn a_deletion_in_a_protected_environment_asks_once() {
+    let s = Server::start();
+    s.ok(&["env", "create", "production", "--protected"]);
+    s.ok(&["segment", "create", "beta", "--yes"]);
+    s.ok(&["flag", "create", "banner", "--yes"]);
+    let Some((deleted, shown)) = s.at_terminal(&["segment", "delete", "beta"], "y\n") else {
+        eprintln!("skipped: no `script` to make a terminal with");
+        return;
+    };
+    assert!(deleted, "{shown}");
+    assert_eq!(shown.matches("[y/N]").count(), 1, "{shown}");
+    assert!(
+        shown.contains("Delete segment beta from production? [y/N] "),
+        "{shown}"
+    );
+    let (deleted, shown) = s
+        .at_terminal(&["flag", "delete", "banner"], "y\n")
+        .expect("script");
+    assert!(deleted, "{shown}");
+    assert_eq!(shown.matches("[y/N]").count(), 1, "{shown}");
+    // No is no.
+    s.ok(&["flag", "create", "banner", "--yes"]);
+    let (deleted, shown) = s
+        .at_terminal(&["flag", "delete", "banner"], "n\n")
+        .expect("script");
+    assert!(!deleted, "{shown}");
+    assert!(shown.contains("not confirmed: nothing changed"), "{shown}");
 }
 
 #[test]

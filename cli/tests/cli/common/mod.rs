@@ -53,6 +53,41 @@ impl Server {
         cmd
     }
 
+    /// `flagstaff --env production ARGS` at a terminal (a pseudo-terminal made by `script`),
+    /// typing `input`: whether it succeeded, and what the terminal showed (prompts, output
+    /// and errors together). `None` where `script` (util-linux) is not installed.
+    pub fn at_terminal(&self, args: &[&str], input: &str) -> Option<(bool, String)> {
+        use std::io::Write;
+        use std::process::Stdio;
+        let quote = |a: &str| format!("'{}'", a.replace('\'', r"'\''"));
+        let mut line = quote(env!("CARGO_BIN_EXE_flagstaff"));
+        for arg in ["--env", "production"].iter().chain(args) {
+            line.push(' ');
+            line.push_str(&quote(arg));
+        }
+        let mut child = std::process::Command::new("script")
+            .args(["-qec", &line, "/dev/null"])
+            .current_dir(self.cwd.path())
+            .env_remove("FLAGSTAFF_ENV")
+            .env("NO_COLOR", "1")
+            .env("FLAGSTAFF_ENDPOINT", self.server.endpoint())
+            .env("FLAGSTAFF_TOKEN", &self.server.admin_token)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .ok()?;
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(input.as_bytes())
+            .expect("typed");
+        let out = child.wait_with_output().expect("runs");
+        let text = String::from_utf8_lossy(&out.stdout).replace("\r\n", "\n");
+        Some((out.status.success(), text))
+    }
+
     /// `flagstaff --env production ARGS`, which must succeed; its stdout.
     pub fn ok(&self, args: &[&str]) -> String {
         let out = self
