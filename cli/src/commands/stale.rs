@@ -3,6 +3,7 @@
 use std::collections::BTreeSet;
 
 use flagstaff_engine::{Flag, Serve};
+use flagstaff_proto::pb;
 use serde_json::{json, Value};
 
 use super::flag::{list_all, Listed};
@@ -17,7 +18,7 @@ pub enum Staleness {
     /// A temporary flag that has served `variant` to every context since its last change.
     OneVariant { variant: String, since_ms: i64 },
     /// No SDK has reported evaluating the flag since `since_ms` (its last evaluation, or, if
-    /// none was ever reported, its last change).
+    /// none was ever reported, its creation).
     NotEvaluated { since_ms: i64, ever: bool },
 }
 
@@ -62,8 +63,9 @@ pub fn single_variant(flag: &Flag) -> Option<&str> {
 }
 
 /// Why `listed` is stale at `now_ms` after `days` days, if it is: a temporary flag serving
-/// one variant to everyone for that long, or any flag no SDK has evaluated for that long.
-pub fn staleness(listed: &Listed, days: u64, now_ms: i64) -> Option<Staleness> {
+/// one variant to everyone for that long, or any flag no SDK has evaluated for that long (a
+/// flag never evaluated: since `created_ms`, its creation).
+pub fn staleness(listed: &Listed, created_ms: i64, days: u64, now_ms: i64) -> Option<Staleness> {
     let span = i64::try_from(days).map_or(i64::MAX, |d| d.saturating_mul(DAY_MS));
     let cutoff = now_ms.saturating_sub(span);
     let changed = listed.change.time_unix_ms;
@@ -77,7 +79,7 @@ pub fn staleness(listed: &Listed, days: u64, now_ms: i64) -> Option<Staleness> {
     }
     let evaluated = listed.usage.last_evaluated_unix_ms;
     let ever = evaluated != 0;
-    let since_ms = if ever { evaluated } else { changed };
+    let since_ms = if ever { evaluated } else { created_ms };
     (since_ms <= cutoff).then_some(Staleness::NotEvaluated { since_ms, ever })
 }
 
@@ -85,10 +87,24 @@ pub fn staleness(listed: &Listed, days: u64, now_ms: i64) -> Option<Staleness> {
 pub async fn stale(session: &mut Session, days: u64) -> anyhow::Result<String> {
     let now_ms = super::rollout::now_ms();
     let flags = list_all(session, None, None).await?;
-    let stale: Vec<(&Listed, Staleness)> = flags
-        .iter()
-        .filter_map(|l| staleness(l, days, now_ms).map(|s| (l, s)))
-        .collect();
+    let mut stale: Vec<(&Listed, Staleness)> = Vec::new();
+    // Flags no SDK ever evaluated, but created less than `days` ago: not stale yet.
+    let mut young: Vec<&str> = Vec::new();
+    for listed in &flags {
+        // Only a flag never evaluated needs its creation time (from its history).
+        let created_ms = if listed.usage.last_evaluated_unix_ms == 0 {
+            created(session, &listed.flag.key)
+                .await?
+                .unwrap_or(listed.change.time_unix_ms)
+        } else {
+            listed.change.time_unix_ms
+        };
+        match staleness(listed, created_ms, days, now_ms) {
+            Some(why) => stale.push((listed, why)),
+            None if listed.usage.last_evaluated_unix_ms == 0 => young.push(&listed.flag.key),
+            None => {}
+        }
+    }
     let document = Value::Array(
         stale
             .iter()
@@ -114,10 +130,18 @@ pub async fn stale(session: &mut Session, days: u64) -> anyhow::Result<String> {
         return Ok(text);
     }
     if stale.is_empty() {
-        return Ok(format!(
+        let mut text = format!(
             "no stale flags: every temporary flag serves more than one variant or changed in \
-             the last {days} days, and every flag was evaluated in the last {days} days\n"
-        ));
+             the last {days} days, and every flag was evaluated in the last {days} days"
+        );
+        if !young.is_empty() {
+            text.push_str(&format!(
+                " or created in them (never evaluated yet: {})",
+                young.join(", ")
+            ));
+        }
+        text.push('\n');
+        return Ok(text);
     }
     let rows: Vec<Vec<String>> = stale
         .iter()
@@ -151,6 +175,36 @@ pub async fn stale(session: &mut Session, days: u64) -> anyhow::Result<String> {
     Ok(output::table(&["FLAG", "LIFETIME", "WHY", "SINCE"], &rows))
 }
 
+/// When flag `key` was created: the time of its oldest entry in the history the server
+/// keeps; `None` when it keeps none.
+async fn created(session: &mut Session, key: &str) -> anyhow::Result<Option<i64>> {
+    let environment = session.env()?;
+    let mut oldest = None;
+    let mut page_token = String::new();
+    loop {
+        let page = session
+            .admin
+            .list_history(pb::ListHistoryRequest {
+                environment: environment.clone(),
+                flag: key.to_owned(),
+                page_size: 1000,
+                page_token,
+                ..Default::default()
+            })
+            .await
+            .map_err(|s| session.error(s))?
+            .into_inner();
+        // Newest first: the page's last entry is the oldest so far.
+        if let Some(entry) = page.entries.last() {
+            oldest = Some(entry.time_unix_ms);
+        }
+        if page.next_page_token.is_empty() {
+            return Ok(oldest);
+        }
+        page_token = page.next_page_token;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -176,6 +230,11 @@ mod tests {
                 last_evaluated_unix_ms: evaluated_ms,
             },
         }
+    }
+
+    /// [`staleness`] of a flag created at its last change.
+    fn check(listed: &Listed, days: u64, now: i64) -> Option<Staleness> {
+        staleness(listed, listed.change.time_unix_ms, days, now)
     }
 
     #[test]
@@ -209,7 +268,7 @@ mod tests {
         let mut f = flag("enabled: true\ndefault: {variant: on}\ntemporary: true");
         let recent = now - DAY_MS;
         assert_eq!(
-            staleness(&listed(f.clone(), now - 31 * DAY_MS, recent), 30, now),
+            check(&listed(f.clone(), now - 31 * DAY_MS, recent), 30, now),
             Some(Staleness::OneVariant {
                 variant: "on".to_owned(),
                 since_ms: now - 31 * DAY_MS
@@ -217,15 +276,12 @@ mod tests {
         );
         // Changed 29 days ago: not yet.
         assert_eq!(
-            staleness(&listed(f.clone(), now - 29 * DAY_MS, recent), 30, now),
+            check(&listed(f.clone(), now - 29 * DAY_MS, recent), 30, now),
             None
         );
         // A permanent flag serving one variant is an ops flag: kept.
         f.temporary = false;
-        assert_eq!(
-            staleness(&listed(f, now - 31 * DAY_MS, recent), 30, now),
-            None
-        );
+        assert_eq!(check(&listed(f, now - 31 * DAY_MS, recent), 30, now), None);
     }
 
     #[test]
@@ -235,7 +291,7 @@ mod tests {
             "enabled: true\ndefault: {split: {bucket_by: key, weights: [{variant: on, weight: 50000}, {variant: off, weight: 50000}]}}",
         );
         assert_eq!(
-            staleness(
+            check(
                 &listed(split.clone(), now - 90 * DAY_MS, now - 8 * DAY_MS),
                 7,
                 now
@@ -246,7 +302,7 @@ mod tests {
             })
         );
         assert_eq!(
-            staleness(
+            check(
                 &listed(split.clone(), now - 90 * DAY_MS, now - 6 * DAY_MS),
                 7,
                 now
@@ -255,17 +311,26 @@ mod tests {
         );
         // Never evaluated: stale once it has gone unchanged that long.
         assert_eq!(
-            staleness(&listed(split.clone(), now - 8 * DAY_MS, 0), 7, now),
+            check(&listed(split.clone(), now - 8 * DAY_MS, 0), 7, now),
             Some(Staleness::NotEvaluated {
                 since_ms: now - 8 * DAY_MS,
                 ever: false
             })
         );
         assert_eq!(
-            staleness(&listed(split.clone(), now - 6 * DAY_MS, 0), 7, now),
+            check(&listed(split.clone(), now - 6 * DAY_MS, 0), 7, now),
             None
         );
+        // Never evaluated since its creation, though changed since: stale, since its creation.
+        let changed = listed(split.clone(), now - 2 * DAY_MS, 0);
+        assert_eq!(
+            staleness(&changed, now - 40 * DAY_MS, 30, now),
+            Some(Staleness::NotEvaluated {
+                since_ms: now - 40 * DAY_MS,
+                ever: false
+            })
+        );
         // More days than time has: nothing is that old.
-        assert_eq!(staleness(&listed(split, 1, 0), u64::MAX, now), None);
+        assert_eq!(check(&listed(split, 1, 0), u64::MAX, now), None);
     }
 }

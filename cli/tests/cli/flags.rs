@@ -518,3 +518,24 @@ fn a_conflicting_change_is_refused_and_says_what_to_do() {
         "the edit was not saved"
     );
 }
+
+#[test]
+fn flags_never_evaluated_are_stale_since_their_creation() {
+    let s = Server::start();
+    s.ok(&["env", "create", "production"]);
+    s.ok(&["flag", "create", "banner"]);
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    s.ok(&["flag", "on", "banner"]);
+    // Young and never evaluated: not stale yet, and not said to have been evaluated.
+    assert_snapshot!(s.ok(&["flag", "stale"]), @"no stale flags: every temporary flag serves more than one variant or changed in the last 30 days, and every flag was evaluated in the last 30 days or created in them (never evaluated yet: banner)");
+    // Stale since its creation, not since its last change.
+    let history: serde_json::Value =
+        serde_json::from_str(&s.ok(&["history", "banner", "-o", "json"])).expect("JSON");
+    let created = history[1]["time_unix_ms"].clone();
+    assert_ne!(created, history[0]["time_unix_ms"]);
+    let stale: serde_json::Value =
+        serde_json::from_str(&s.ok(&["flag", "stale", "--days", "0", "-o", "json"])).expect("JSON");
+    assert_eq!(stale[0]["key"], "banner");
+    assert_eq!(stale[0]["reason"], "not_evaluated");
+    assert_eq!(stale[0]["since_unix_ms"], created);
+}
