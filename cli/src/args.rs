@@ -128,6 +128,11 @@ pub struct WriteOptions {
     #[arg(long, value_name = "DURATION", num_args = 0..=1, require_equals = true,
           default_missing_value = "30s", value_parser = parse_duration)]
     pub wait: Option<Duration>,
+
+    /// With --wait: succeed when no SDK instance is connected (none to wait for) instead of
+    /// failing.
+    #[arg(long, requires = "wait")]
+    pub allow_none: bool,
 }
 
 #[derive(Debug, Subcommand)]

@@ -456,7 +456,7 @@ async fn set_enabled(
         response.revision
     );
     said.push_str(&paused_plan(session, key, response.revision).await);
-    wait(session, said, response.revision, options.wait).await
+    wait(session, said, response.revision, options).await
 }
 
 /// Writes `serve` as the default serve of `flag`, checked against the version read.
@@ -500,7 +500,7 @@ async fn set_default(
         response.revision
     );
     said.push_str(&paused_plan(session, &key, response.revision).await);
-    wait(session, said, response.revision, options.wait).await
+    wait(session, said, response.revision, options).await
 }
 
 /// A line saying that the write of `revision` paused the running rollout plan of flag `key`
@@ -745,16 +745,16 @@ pub async fn wait(
     session: &mut Session,
     said: String,
     revision: u64,
-    wait: Option<Duration>,
+    options: &WriteOptions,
 ) -> anyhow::Result<String> {
-    let Some(timeout) = wait else {
+    let (Some(timeout), allow_none) = (options.wait, options.allow_none) else {
         return Ok(said);
     };
     let environment = session.env()?;
     let response = session
         .admin
         .wait_for_revision(pb::WaitForRevisionRequest {
-            environment,
+            environment: environment.clone(),
             revision,
             timeout_ms: u64::try_from(timeout.as_millis())
                 .unwrap_or(u64::MAX)
@@ -763,6 +763,23 @@ pub async fn wait(
         .await
         .map_err(|s| session.error(s))?
         .into_inner();
+    if response.connected == 0 {
+        let mut report = format!("{said}no SDK instance of {environment} is connected");
+        for i in &response.disconnected {
+            report.push_str(&format!(
+                "\n  disconnected in the last 10 minutes without revision {revision}: {}",
+                instance(i)
+            ));
+        }
+        if allow_none {
+            return Ok(format!("{report}: nothing to wait for\n"));
+        }
+        println!("{report}");
+        bail!(
+            "no SDK instance has applied revision {revision}, as none is connected to \
+             {environment} (pass --allow-none when none is expected)"
+        );
+    }
     let summary = format!(
         "applied by {}/{} instances in {} ms",
         response.applied, response.connected, response.elapsed_ms

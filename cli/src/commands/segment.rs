@@ -331,7 +331,7 @@ async fn patch(session: &mut Session, args: &SegmentKeysArgs, add: bool) -> anyh
         ": {} included, {} excluded; revision {}\n",
         summary.included_count, summary.excluded_count, patched.revision
     ));
-    crate::commands::flag::wait(session, text, patched.revision, args.write.wait).await
+    crate::commands::flag::wait(session, text, patched.revision, &args.write).await
 }
 
 /// A NOT_FOUND for segment `key`, with the closest segment keys; other errors as they are.

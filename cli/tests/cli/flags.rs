@@ -539,3 +539,25 @@ fn flags_never_evaluated_are_stale_since_their_creation() {
     assert_eq!(stale[0]["reason"], "not_evaluated");
     assert_eq!(stale[0]["since_unix_ms"], created);
 }
+
+#[test]
+fn wait_with_no_sdk_instance_connected_says_so_and_fails_unless_allowed() {
+    let s = Server::start();
+    s.ok(&["env", "create", "production"]);
+    s.ok(&["flag", "create", "banner"]);
+    let out = s
+        .cmd()
+        .args(["--env", "production", "flag", "on", "banner", "--wait=1s"])
+        .output()
+        .expect("runs");
+    assert_eq!(out.status.code(), Some(1));
+    assert_snapshot!(String::from_utf8_lossy(&out.stdout), @r"
+    banner is on in production (revision 2)
+    no SDK instance of production is connected
+    ");
+    assert_snapshot!(String::from_utf8_lossy(&out.stderr), @"error: no SDK instance has applied revision 2, as none is connected to production (pass --allow-none when none is expected)");
+    assert_snapshot!(s.ok(&["flag", "off", "banner", "--wait", "--allow-none"]), @r"
+    banner is off in production (revision 3)
+    no SDK instance of production is connected: nothing to wait for
+    ");
+}
