@@ -80,8 +80,8 @@ pub enum Command {
     Eval(EvalArgs),
     /// The environment's change history, newest first.
     History(HistoryArgs),
-    /// Follow the environment's changes as they happen.
-    Watch,
+    /// Follow the environment's changes as they happen, across server restarts.
+    Watch(WatchArgs),
     /// The SDK instances of the environment and the revision each runs.
     Clients,
     /// Print the environment as an export document.
@@ -385,6 +385,14 @@ pub struct HistoryArgs {
     /// How many entries at most.
     #[arg(long, default_value_t = 20)]
     pub limit: u32,
+}
+
+#[derive(Debug, Args)]
+pub struct WatchArgs {
+    /// Print the changes after this revision first (as far as the history keeps them)
+    /// [default: only changes from now on].
+    #[arg(long, value_name = "REVISION")]
+    pub since: Option<u64>,
 }
 
 #[derive(Debug, Args)]

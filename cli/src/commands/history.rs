@@ -11,12 +11,13 @@
 //! remove_excluded}`.
 
 use std::io::Write;
+use std::time::Duration;
 
 use flagstaff_proto::pb;
 use serde_json::{json, Value};
 use tonic::Code;
 
-use crate::args::{HistoryArgs, Output};
+use crate::args::{HistoryArgs, Output, WatchArgs};
 use crate::output;
 use crate::session::{did_you_mean, Session};
 
@@ -169,52 +170,101 @@ pub async fn segment_keys(session: &mut Session, environment: &str) -> anyhow::R
     }
 }
 
-/// `flagstaff watch`: prints each change as it is committed, until interrupted or until the
-/// server ends the stream. Lines go straight to stdout; nothing is left to print at the end.
-pub async fn watch(session: &mut Session) -> anyhow::Result<String> {
+/// `flagstaff watch [--since REVISION]`: prints each change as it is committed, until
+/// interrupted. When the stream breaks (flagstaffd restarts, the network drops) it reconnects
+/// with a capped exponential backoff and resumes after the last change printed, so nothing is
+/// missed or printed twice. Lines go straight to stdout; nothing is left to print at the end.
+pub async fn watch(session: &mut Session, args: &WatchArgs) -> anyhow::Result<String> {
     let environment = session.env()?;
-    // Start after the newest entry, so that nothing committed from here on is missed.
-    let mut after = list_history(session, &environment, "", "", 1)
-        .await?
-        .first()
-        .map_or(0, |e| e.revision);
+    // Start after the newest entry (or --since), so that nothing committed from here on is
+    // missed.
+    let mut after = match args.since {
+        Some(since) => since,
+        None => list_history(session, &environment, "", "", 1)
+            .await?
+            .first()
+            .map_or(0, |e| e.revision),
+    };
     eprintln!("watching {environment} after revision {after} (Ctrl-C to stop)");
     let mut out = std::io::stdout().lock();
+    // Failed attempts in a row: the backoff grows with them, and a message is the sign of a
+    // working stream again.
+    let mut failures: u32 = 0;
     loop {
-        let mut stream = session
+        let why = match session
             .admin
             .watch_changes(pb::WatchChangesRequest {
                 environment: environment.clone(),
                 since_revision: after,
             })
             .await
-            .map_err(|s| session.error(s))?
-            .into_inner();
-        loop {
-            match stream.message().await {
-                Ok(Some(message)) => {
-                    let Some(entry) = message.entry else { continue };
-                    after = entry.revision;
-                    let line = watch_line(&entry, session.output);
-                    if out
-                        .write_all(line.as_bytes())
-                        .and_then(|()| out.flush())
-                        .is_err()
-                    {
-                        // The reader left (`flagstaff watch | head -1`).
-                        return Ok(String::new());
+        {
+            Err(status) if retryable(&status) => session.error(status).to_string(),
+            Err(status) => return Err(session.error(status)),
+            Ok(response) => {
+                if failures > 0 {
+                    eprintln!("reconnected: resuming after revision {after}");
+                    failures = 0;
+                }
+                let mut stream = response.into_inner();
+                loop {
+                    match stream.message().await {
+                        Ok(Some(message)) => {
+                            let Some(entry) = message.entry else { continue };
+                            after = entry.revision;
+                            let line = watch_line(&entry, session.output);
+                            if out
+                                .write_all(line.as_bytes())
+                                .and_then(|()| out.flush())
+                                .is_err()
+                            {
+                                // The reader left (`flagstaff watch | head -1`).
+                                return Ok(String::new());
+                            }
+                        }
+                        Ok(None) => break "the server ended the stream".to_owned(),
+                        // Fell behind: resume after the last entry printed, at once.
+                        Err(status) if status.code() == Code::ResourceExhausted => {
+                            break String::new();
+                        }
+                        Err(status) if retryable(&status) => {
+                            break session.error(status).to_string();
+                        }
+                        Err(status) => return Err(session.error(status)),
                     }
                 }
-                Ok(None) => {
-                    eprintln!("the server ended the stream");
-                    return Ok(String::new());
-                }
-                // Fell behind: resume after the last entry printed.
-                Err(status) if status.code() == Code::ResourceExhausted => break,
-                Err(status) => return Err(session.error(status)),
             }
+        };
+        if why.is_empty() {
+            continue;
         }
+        let delay = backoff(failures);
+        if failures == 0 {
+            eprintln!("{why}; reconnecting (retrying with backoff, up to every {MAX_BACKOFF:?})");
+        }
+        failures = failures.saturating_add(1);
+        tokio::time::sleep(delay).await;
     }
+}
+
+/// The longest wait between two attempts to reconnect `watch`.
+const MAX_BACKOFF: Duration = Duration::from_secs(10);
+
+/// The wait before reconnection attempt `failures` (0 for the first): 200 ms, doubling, at
+/// most [`MAX_BACKOFF`].
+fn backoff(failures: u32) -> Duration {
+    Duration::from_millis(200)
+        .saturating_mul(1u32 << failures.min(10))
+        .min(MAX_BACKOFF)
+}
+
+/// Whether `watch` should reconnect after `status`: the connection or the server went away,
+/// as opposed to an answer that stays the same (no such environment, a bad token).
+fn retryable(status: &tonic::Status) -> bool {
+    matches!(
+        status.code(),
+        Code::Unavailable | Code::Unknown | Code::Cancelled | Code::Internal | Code::Aborted
+    )
 }
 
 /// One change as `watch` prints it: a line of text, a line of JSON, or a YAML document.

@@ -28,7 +28,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<String> {
                 Command::Segment(command) => segment::run(&mut session, command).await,
                 Command::Token(command) => token::run(&mut session, command).await,
                 Command::History(args) => history::history(&mut session, args).await,
-                Command::Watch => history::watch(&mut session).await,
+                Command::Watch(args) => history::watch(&mut session, args).await,
                 Command::Clients => history::clients(&mut session).await,
                 Command::Export => io::export(&mut session).await,
                 Command::Import(args) => io::import(&mut session, args).await,

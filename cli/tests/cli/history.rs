@@ -155,6 +155,61 @@ fn watch_prints_each_change_as_it_happens() {
 }
 
 #[test]
+fn watch_survives_a_server_restart_and_replays_from_since() {
+    let mut s = Server::start();
+    s.ok(&["env", "create", "production"]);
+    s.ok(&["segment", "create", "beta"]);
+    let (mut child, _, lines) = watch(&s, "production", &[]);
+    s.ok(&["segment", "add", "beta", "u1"]);
+    let line = lines.recv_timeout(PATIENCE).expect("a line");
+    assert!(line.contains("revision 2  admin"), "{line}");
+
+    // flagstaffd restarts: watch reconnects and resumes after revision 2.
+    s.restart(flagstaff_tests::Options::default());
+    s.ok(&["segment", "add", "beta", "u2"]);
+    let line = lines
+        .recv_timeout(PATIENCE)
+        .expect("a line after the restart");
+    assert!(line.contains("revision 3  admin"), "{line}");
+    s.ok(&["segment", "add", "beta", "u3"]);
+    let line = lines.recv_timeout(PATIENCE).expect("a line");
+    assert!(line.contains("revision 4  admin"), "{line}");
+    child.kill().expect("killed");
+    let _ = child.wait();
+    let mut err = String::new();
+    child
+        .stderr
+        .take()
+        .expect("stderr")
+        .read_to_string(&mut err)
+        .expect("stderr");
+    assert!(err.contains("reconnecting"), "{err}");
+    assert!(
+        err.contains("reconnected: resuming after revision 2"),
+        "{err}"
+    );
+
+    // --since replays what came after a revision, then follows.
+    let (mut child, first, lines) = watch(&s, "production", &["--since", "2"]);
+    assert_eq!(
+        first,
+        "watching production after revision 2 (Ctrl-C to stop)\n"
+    );
+    for revision in [3, 4] {
+        let line = lines.recv_timeout(PATIENCE).expect("a replayed line");
+        assert!(
+            line.contains(&format!("revision {revision}  admin")),
+            "{line}"
+        );
+    }
+    s.ok(&["segment", "add", "beta", "u4"]);
+    let line = lines.recv_timeout(PATIENCE).expect("a line");
+    assert!(line.contains("revision 5  admin"), "{line}");
+    child.kill().expect("killed");
+    let _ = child.wait();
+}
+
+#[test]
 fn watch_prints_json_lines_and_ends_with_the_environment() {
     let s = Server::start();
     s.ok(&["env", "create", "staging"]);
