@@ -21,7 +21,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<String> {
         Command::Completions(args) => Ok(completions(args.shell)),
         command => {
             let mut session = Session::connect(global).await?;
-            match command {
+            let result = match command {
                 Command::Env(command) => env::run(&mut session, command).await,
                 Command::Eval(args) => eval::online(&mut session, args).await,
                 Command::Flag(command) => flag::run(&mut session, command).await,
@@ -35,9 +35,49 @@ pub async fn run(cli: Cli) -> anyhow::Result<String> {
                 Command::Rollout(command) => rollout::run(&mut session, command).await,
                 // Answered above without a server.
                 Command::Completions(args) => Ok(completions(args.shell)),
+            };
+            match result {
+                Err(error) if error.to_string().contains("no environment \"") => {
+                    Err(environments_hint(&mut session, error).await)
+                }
+                result => result,
             }
         }
     }
+}
+
+/// `error`, about an environment that does not exist, with the closest ones that do (or all
+/// of them, when none is close).
+async fn environments_hint(session: &mut Session, error: anyhow::Error) -> anyhow::Error {
+    let text = error.to_string();
+    let Some(name) = text
+        .split("no environment \"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+    else {
+        return error;
+    };
+    let Ok(listed) = session
+        .admin
+        .list_environments(flagstaff_proto::pb::ListEnvironmentsRequest {})
+        .await
+    else {
+        return error;
+    };
+    let keys: Vec<String> = listed
+        .into_inner()
+        .environments
+        .into_iter()
+        .map(|e| e.key)
+        .collect();
+    let hint = crate::session::did_you_mean(name, &keys);
+    if !hint.is_empty() {
+        return anyhow::anyhow!("{text}{hint}");
+    }
+    if keys.is_empty() {
+        return anyhow::anyhow!("{text}: there is none yet (flagstaff env create NAME)");
+    }
+    anyhow::anyhow!("{text}; the environments: {}", keys.join(", "))
 }
 
 fn completions(shell: clap_complete::Shell) -> String {

@@ -112,3 +112,29 @@ fn completions_are_printed_for_each_shell() {
         assert!(script.contains("rollout"), "{shell}: {script}");
     }
 }
+
+#[test]
+fn an_unknown_environment_names_the_ones_that_exist() {
+    let s = Server::start();
+    let none = s
+        .cmd()
+        .args(["--env", "prod", "flag", "list"])
+        .output()
+        .expect("runs");
+    assert_snapshot!(String::from_utf8_lossy(&none.stderr), @r#"error: no environment "prod": there is none yet (flagstaff env create NAME)"#);
+    s.ok(&["env", "create", "production"]);
+    s.ok(&["env", "create", "staging"]);
+    let near = s
+        .cmd()
+        .args(["--env", "prod", "flag", "list"])
+        .output()
+        .expect("runs");
+    assert_eq!(near.status.code(), Some(1));
+    assert_snapshot!(String::from_utf8_lossy(&near.stderr), @r#"error: no environment "prod" (did you mean production?)"#);
+    let far = s
+        .cmd()
+        .args(["--env", "qa", "flag", "create", "x"])
+        .output()
+        .expect("runs");
+    assert_snapshot!(String::from_utf8_lossy(&far.stderr), @r#"error: no environment "qa"; the environments: production, staging"#);
+}

@@ -120,7 +120,7 @@ fn environment_tokens_need_an_environment() {
     // An unknown environment, and an invalid name.
     assert_snapshot!(
         s.fails(&["token", "create", "--name", "x", "--role", "editor"]),
-        @r#"error: no environment "production""#
+        @r#"error: no environment "production": there is none yet (flagstaff env create NAME)"#
     );
     let err = s.fails(&["token", "create", "--name", "Not Valid", "--role", "admin"]);
     assert!(
