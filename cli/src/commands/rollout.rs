@@ -447,12 +447,7 @@ fn render(plan: &pb::RolloutPlan, out: crate::args::Output, now: i64) -> String 
         text.push('\n');
     }
     if let (Some(guard), Some(status)) = (&plan.guard, &plan.guard_status) {
-        text.push_str(&guard_text(
-            guard,
-            status,
-            &plan.target_variant,
-            &plan.baseline_variant,
-        ));
+        text.push_str(&guard_text(guard, status, plan));
     }
     text
 }
@@ -469,9 +464,9 @@ fn render(plan: &pb::RolloutPlan, out: crate::args::Output, now: i64) -> String 
 fn guard_text(
     guard: &pb::RolloutGuard,
     status: &pb::GuardStatus,
-    target: &str,
-    baseline: &str,
+    plan: &pb::RolloutPlan,
 ) -> String {
+    let (target, baseline) = (&plan.target_variant, &plan.baseline_variant);
     let rate = |events: u64, exposures: u64| {
         if exposures == 0 {
             "-".to_owned()
@@ -503,14 +498,43 @@ fn guard_text(
         text.push('\n');
     }
     text.push_str(&format!(
-        "  target share of events {:.3} (at most {:.3} allowed); statistic {:.1} of {:.1}: {}\n",
+        "  target share of events {:.3} (at most {:.3} allowed); statistic {} of {}: {}\n",
         status.observed_share,
         status.null_share,
-        status.statistic,
-        status.threshold,
-        guard_state(status)
+        statistic(status.statistic),
+        statistic(status.threshold),
+        verdict(plan, status)
     ));
     text
+}
+
+/// The guard's statistic as people read it: `3.2`, `40.0`, and beyond a million (where the
+/// exact value says nothing more: the test rejected long before) `> 10^6`.
+fn statistic(value: f64) -> String {
+    if value.is_nan() {
+        "-".to_owned()
+    } else if value >= 1e6 {
+        "> 10^6".to_owned()
+    } else {
+        format!("{value:.1}")
+    }
+}
+
+/// Where the guard stands, or for a finished plan, its final verdict.
+fn verdict(plan: &pb::RolloutPlan, status: &pb::GuardStatus) -> &'static str {
+    let rejected = status.state == pb::GuardState::Rejected as i32;
+    match pb::RolloutState::try_from(plan.state) {
+        Ok(pb::RolloutState::Completed) => {
+            "passed: the plan completed without the guard finding the target worse than allowed"
+        }
+        Ok(pb::RolloutState::RolledBack) if rejected => {
+            "rejected: the target did worse than allowed, so the plan rolled back"
+        }
+        Ok(pb::RolloutState::RolledBack) => {
+            "not decided: the plan was rolled back before the guard found the target worse"
+        }
+        _ => guard_state(status),
+    }
 }
 
 fn guard_state(status: &pb::GuardStatus) -> &'static str {
@@ -618,6 +642,55 @@ mod tests {
             let error = parse_stages(bad).expect_err(bad).to_string();
             assert!(error.contains(says), "{bad}: {error}");
         }
+    }
+
+    #[test]
+    fn finished_plans_show_the_guards_verdict_and_big_statistics_read_well() {
+        let guard = pb::RolloutGuard {
+            event: "checkout_error".into(),
+            max_ratio: 1.5,
+            min_events: 40,
+        };
+        let status = |state: pb::GuardState, statistic: f64| pb::GuardStatus {
+            state: state as i32,
+            statistic,
+            threshold: 40.0,
+            ..Default::default()
+        };
+        let plan = |state: pb::RolloutState| pb::RolloutPlan {
+            state: state as i32,
+            target_variant: "on".into(),
+            baseline_variant: "off".into(),
+            ..Default::default()
+        };
+        let last = |text: String| text.lines().last().unwrap_or_default().to_owned();
+        let completed = guard_text(
+            &guard,
+            &status(pb::GuardState::Collecting, 1.0),
+            &plan(pb::RolloutState::Completed),
+        );
+        assert_eq!(
+            last(completed),
+            "  target share of events 0.000 (at most 0.000 allowed); statistic 1.0 of 40.0: \
+             passed: the plan completed without the guard finding the target worse than allowed"
+        );
+        let rejected = guard_text(
+            &guard,
+            &status(pb::GuardState::Rejected, 19_692_689_226_718.8),
+            &plan(pb::RolloutState::RolledBack),
+        );
+        assert_eq!(
+            last(rejected),
+            "  target share of events 0.000 (at most 0.000 allowed); statistic > 10^6 of 40.0: \
+             rejected: the target did worse than allowed, so the plan rolled back"
+        );
+        let running = guard_text(
+            &guard,
+            &status(pb::GuardState::Monitoring, 3.25),
+            &plan(pb::RolloutState::Running),
+        );
+        assert!(last(running).ends_with("statistic 3.2 of 40.0: monitoring"));
+        assert_eq!(statistic(999_999.0), "999999.0");
     }
 
     #[test]

@@ -400,8 +400,12 @@ fn a_guarded_plan_rolls_itself_back_when_the_target_errs_more() {
         text.contains("guard: checkout_error, at most 1.5x the baseline's rate"),
         "{text}"
     );
+    // The final verdict, and the statistic in a form people read.
     assert!(
-        text.contains("rejected: the target does worse than allowed"),
+        text.contains(
+            "statistic > 10^6 of 20.0: rejected: the target did worse than allowed, so the plan \
+             rolled back"
+        ),
         "{text}"
     );
     let history = s.ok(&["history", "checkout-v2", "-o", "json"]);
