@@ -10,6 +10,7 @@
 //! `FLAGSTAFF_TLS_KEY`. Logs go to stderr; `RUST_LOG` filters them (default `info`). The
 //! addresses actually bound are logged (`address=`, `metrics_address=`), so port 0 works.
 
+use std::io::IsTerminal as _;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -26,11 +27,16 @@ struct Args {
     listen: SocketAddr,
 
     /// Directory of the database and the admin token file.
-    #[arg(long, env = "FLAGSTAFF_DATA_DIR", default_value = "./flagstaff-data")]
+    #[arg(
+        long,
+        env = "FLAGSTAFF_DATA_DIR",
+        default_value = "./flagstaff-data",
+        global = true
+    )]
     data_dir: PathBuf,
 
     /// Change-log entries kept per environment, for SDKs resuming without a full snapshot.
-    #[arg(long, env = "FLAGSTAFF_RETENTION", default_value_t = flagstaff_server::storage::DEFAULT_RETENTION)]
+    #[arg(long, env = "FLAGSTAFF_RETENTION", default_value_t = flagstaff_server::storage::DEFAULT_RETENTION, global = true)]
     retention: u64,
 
     /// Seconds between heartbeats on a quiet Watch stream; SDKs treat a stream silent for
@@ -82,6 +88,8 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
+        // Colour only for a person at a terminal: a log file or pipe gets plain text.
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
     match run(args) {
         Ok(()) => ExitCode::SUCCESS,

@@ -28,14 +28,16 @@ impl fmt::Debug for Tls {
 #[non_exhaustive]
 pub enum TlsError {
     /// A file could not be read.
-    #[error("cannot read {what} {}: {source}", path.display())]
+    // The cause is said in the message and not exposed as a source, so that a report of the
+    // error with its causes (anyhow's `{:#}`) says it once.
+    #[error("cannot read {what} {}: {cause}", path.display())]
     Read {
         /// "TLS certificate" or "TLS private key".
         what: &'static str,
         /// The file.
         path: PathBuf,
         /// Why.
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     /// A file (or PEM text) holds no usable certificate or key.
     #[error("{source_name}: {problem}")]
@@ -63,10 +65,10 @@ impl Tls {
     /// (PKCS#8, PKCS#1 or SEC1) from files.
     pub fn from_pem_files(cert: &Path, key: &Path) -> Result<Tls, TlsError> {
         let read = |what, path: &Path| {
-            std::fs::read(path).map_err(|source| TlsError::Read {
+            std::fs::read(path).map_err(|cause| TlsError::Read {
                 what,
                 path: path.to_owned(),
-                source,
+                cause,
             })
         };
         let cert_pem = read("TLS certificate", cert)?;

@@ -209,3 +209,84 @@ fn unusable_tls_files_are_named_and_nothing_is_created() {
     );
     assert!(!dir.path().join("data").exists(), "nothing created");
 }
+
+#[test]
+fn admin_token_takes_its_options_before_or_after_the_subcommand() {
+    let dir = tempfile::tempdir().expect("data dir");
+    let data = dir.path().join("data");
+    let mint = |args: &[&std::ffi::OsStr]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_flagstaffd"))
+            .args(args)
+            .output()
+            .expect("runs");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        std::fs::read_to_string(data.join("admin.token")).expect("the token file")
+    };
+    let after = mint(&[
+        "admin-token".as_ref(),
+        "--data-dir".as_ref(),
+        data.as_os_str(),
+    ]);
+    let before = mint(&[
+        "--data-dir".as_ref(),
+        data.as_os_str(),
+        "admin-token".as_ref(),
+    ]);
+    assert_ne!(after, before, "each run mints a new token");
+}
+
+#[test]
+fn a_missing_tls_key_says_its_cause_once() {
+    let dir = tempfile::tempdir().expect("data dir");
+    let certified = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()])
+        .expect("self-signed certificate");
+    let cert = dir.path().join("cert.pem");
+    std::fs::write(&cert, certified.cert.pem()).expect("write");
+    let out = Command::new(env!("CARGO_BIN_EXE_flagstaffd"))
+        .args(["--listen", "127.0.0.1:0", "--tls-cert"])
+        .arg(&cert)
+        .arg("--tls-key")
+        .arg(dir.path().join("missing.pem"))
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .output()
+        .expect("runs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert_eq!(stderr.matches("os error 2").count(), 1, "{stderr}");
+}
+
+#[test]
+fn logs_written_to_a_pipe_have_no_colour_codes() {
+    let dir = tempfile::tempdir().expect("data dir");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_flagstaffd"))
+        .args(["--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.path())
+        .env("RUST_LOG", "info")
+        .env_remove("NO_COLOR")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("flagstaffd starts");
+    let stderr = child.stderr.take().expect("stderr");
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(stderr));
+    let mut seen = Vec::new();
+    for line in lines.by_ref() {
+        let line = line.expect("a log line");
+        let serving = line.contains("flagstaffd serving");
+        seen.push(line);
+        if serving {
+            break;
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(
+        seen.iter().any(|l| l.contains("flagstaffd serving")),
+        "{seen:?}"
+    );
+    assert!(seen.iter().all(|l| !l.contains('\u{1b}')), "{seen:?}");
+}
