@@ -20,7 +20,7 @@ use crate::error::ServerError;
 use crate::feed::{Event, Feed, DEFAULT_FEED_CAPACITY};
 use crate::rollouts::{self, Clock, SystemClock};
 use crate::storage::{
-    now_ms, random_id, AuditChange, AuditEntry, Change, EnvironmentRecord, FlagUsage,
+    now_ms, random_id, AuditChange, AuditEntry, Change, Damage, EnvironmentRecord, FlagUsage,
     RolloutRecord, Store, StoreError,
 };
 
@@ -100,6 +100,44 @@ pub struct Environment {
 }
 
 impl Environment {
+    /// Reads an environment's documents, rollout plans and usage from `store` and compiles
+    /// its snapshot; the first record that cannot be read (or documents that no longer
+    /// validate together) is the damage that keeps it from being served.
+    fn load<S: Store>(
+        store: &S,
+        record: &EnvironmentRecord,
+        feed_capacity: usize,
+    ) -> Result<Environment, Damage> {
+        let key = record.key.as_str();
+        let damage = |err: StoreError| {
+            Damage::of(Some(key), &err).unwrap_or_else(|| Damage {
+                environment: Some(key.to_owned()),
+                record: format!("environments/{key}"),
+                detail: err.to_string(),
+            })
+        };
+        let docs = store.documents(key).map_err(damage)?;
+        let doc = Document {
+            environment: key.to_owned(),
+            flags: docs.flags,
+            segments: docs.segments,
+        };
+        let snapshot = Snapshot::from_document(doc).map_err(|e| Damage {
+            environment: Some(key.to_owned()),
+            record: format!("environments/{key}"),
+            detail: format!("its documents do not validate together: {e}"),
+        })?;
+        let env = Environment::new(record, snapshot, feed_capacity);
+        *env.lock_rollouts() = store
+            .rollouts(key)
+            .map_err(damage)?
+            .into_iter()
+            .map(|plan| (plan.flag.clone(), plan))
+            .collect();
+        *env.lock_usage() = store.usage(key).map_err(damage)?.into_iter().collect();
+        Ok(env)
+    }
+
     /// The current revision and snapshot, without locking.
     pub fn current(&self) -> Arc<Current> {
         self.current.load_full()
@@ -212,6 +250,10 @@ pub struct Environments<S> {
     clock: Arc<dyn Clock>,
     /// Woken whenever a rollout plan changes, so the scheduler looks again.
     rollouts_changed: Arc<tokio::sync::Notify>,
+    /// Environments not served because a record of theirs could not be read at start, with
+    /// the first such record (DESIGN.md section 4a). Fixed at start: `flagstaffd repair`
+    /// works on a stopped server.
+    damaged: BTreeMap<String, Damage>,
 }
 
 impl<S: Store> Environments<S> {
@@ -233,27 +275,26 @@ impl<S: Store> Environments<S> {
         clock: Arc<dyn Clock>,
     ) -> Result<Environments<S>, ServerError> {
         let mut map = HashMap::new();
-        for record in store.environments()? {
-            let docs = store.documents(&record.key)?;
-            let doc = Document {
-                environment: record.key.clone(),
-                flags: docs.flags,
-                segments: docs.segments,
-            };
-            let snapshot = Snapshot::from_document(doc).map_err(|e| {
-                ServerError::Store(StoreError::Corrupt {
-                    what: format!("environment {}", record.key),
-                    detail: e.to_string(),
-                })
-            })?;
-            let env = Environment::new(&record, snapshot, feed_capacity);
-            *env.lock_rollouts() = store
-                .rollouts(&record.key)?
-                .into_iter()
-                .map(|plan| (plan.flag.clone(), plan))
-                .collect();
-            *env.lock_usage() = store.usage(&record.key)?.into_iter().collect();
-            map.insert(record.key.clone(), Arc::new(env));
+        let mut damaged = BTreeMap::new();
+        for (key, record) in store.environment_records()? {
+            let loaded = record.and_then(|record| {
+                Environment::load(&*store, &record, feed_capacity).map(|env| (record, env))
+            });
+            match loaded {
+                Ok((record, env)) => {
+                    map.insert(record.key.clone(), Arc::new(env));
+                }
+                Err(damage) => {
+                    tracing::error!(
+                        environment = %key,
+                        record = %damage.record,
+                        error = %damage.detail,
+                        "a damaged record: the environment is not served; `flagstaffd check` \
+                         lists what is damaged and `flagstaffd repair` restores it"
+                    );
+                    damaged.insert(key, damage);
+                }
+            }
         }
         Ok(Environments {
             store,
@@ -261,7 +302,14 @@ impl<S: Store> Environments<S> {
             feed_capacity,
             clock,
             rollouts_changed: Arc::new(tokio::sync::Notify::new()),
+            damaged,
         })
+    }
+
+    /// The environments not served because a record of theirs is damaged, each with the first
+    /// damaged record found.
+    pub fn damaged(&self) -> &BTreeMap<String, Damage> {
+        &self.damaged
     }
 
     /// The clock rollout plans go by.
@@ -290,10 +338,17 @@ impl<S: Store> Environments<S> {
 
     /// The environment `key`.
     pub fn get(&self, key: &str) -> Result<Arc<Environment>, ServerError> {
-        self.read_map()
-            .get(key)
-            .cloned()
-            .ok_or_else(|| ServerError::NotFound(format!("no environment {key:?}")))
+        if let Some(env) = self.read_map().get(key) {
+            return Ok(env.clone());
+        }
+        Err(match self.damaged.get(key) {
+            Some(damage) => ServerError::Unavailable(format!(
+                "environment {key:?} is not served: its record {} is damaged ({}); an operator \
+                 runs `flagstaffd check` and `flagstaffd repair`",
+                damage.record, damage.detail
+            )),
+            None => ServerError::NotFound(format!("no environment {key:?}")),
+        })
     }
 
     /// Every environment, sorted by key.

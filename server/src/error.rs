@@ -34,6 +34,10 @@ pub enum ServerError {
     /// The token may not do this (`PERMISSION_DENIED`).
     #[error("{0}")]
     PermissionDenied(String),
+    /// What the request names cannot be served now (`UNAVAILABLE`): an environment holding
+    /// a damaged record.
+    #[error("{0}")]
+    Unavailable(String),
     /// The storage failed (`INTERNAL`).
     #[error(transparent)]
     Store(#[from] StoreError),

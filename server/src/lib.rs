@@ -16,6 +16,7 @@ pub mod guard;
 mod health;
 mod metrics;
 mod operations;
+pub mod repair;
 pub mod rollouts;
 pub mod service;
 pub mod storage;

@@ -4,6 +4,8 @@
 //! flagstaffd [--listen 127.0.0.1:7878] [--data-dir ./flagstaff-data]
 //!            [--metrics-listen 127.0.0.1:9187] [--tls-cert cert.pem --tls-key key.pem]
 //! flagstaffd admin-token --data-dir ./flagstaff-data    # mint a new admin token offline
+//! flagstaffd check --data-dir ./flagstaff-data          # list damaged records
+//! flagstaffd repair --data-dir ./flagstaff-data         # restore them from the audit log
 //! ```
 //! Every option is also an environment variable: `FLAGSTAFF_LISTEN`, `FLAGSTAFF_DATA_DIR`,
 //! `FLAGSTAFF_RETENTION`, `FLAGSTAFF_HEARTBEAT_INTERVAL`, `FLAGSTAFF_METRICS_LISTEN`, `FLAGSTAFF_TLS_CERT`,
@@ -17,6 +19,7 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
+use flagstaff_server::storage::SledStore;
 use flagstaff_server::{Config, ServeOptions, Server, Tls};
 
 #[derive(Debug, Parser)]
@@ -78,6 +81,12 @@ enum Command {
     /// Mint a new admin token into <data-dir>/admin.token, for when the old one is lost.
     /// Run it while flagstaffd is stopped: the data directory is opened directly.
     AdminToken,
+    /// List the stored records that cannot be read back (exit status 1 when there are any).
+    /// Run it while flagstaffd is stopped.
+    Check,
+    /// Restore damaged records from the audit log, as an audited change per environment, and
+    /// remove those whose loss costs no change. Run it while flagstaffd is stopped.
+    Repair,
 }
 
 fn main() -> ExitCode {
@@ -100,12 +109,72 @@ fn main() -> ExitCode {
     }
 }
 
+/// The store of an existing data directory, opened for `check` or `repair`.
+fn existing_store(data_dir: &std::path::Path, retention: u64) -> anyhow::Result<SledStore> {
+    if !data_dir.join("db").exists() {
+        anyhow::bail!("{} holds no flagstaffd data", data_dir.display());
+    }
+    Ok(SledStore::open(data_dir, retention)?)
+}
+
+/// `flagstaffd check`.
+fn check(data_dir: &std::path::Path, retention: u64) -> anyhow::Result<()> {
+    let store = existing_store(data_dir, retention)?;
+    let damaged = flagstaff_server::repair::check(&store)?;
+    if damaged.is_empty() {
+        println!("no damaged records in {}", data_dir.display());
+        return Ok(());
+    }
+    for damage in &damaged {
+        println!("{damage}");
+    }
+    anyhow::bail!(
+        "{} damaged record(s); `flagstaffd repair --data-dir {}` restores them from the audit log",
+        damaged.len(),
+        data_dir.display()
+    )
+}
+
+/// `flagstaffd repair`.
+fn repair(data_dir: &std::path::Path, retention: u64) -> anyhow::Result<()> {
+    let store = existing_store(data_dir, retention)?;
+    let outcomes = flagstaff_server::repair::repair(&store)?;
+    if outcomes.is_empty() {
+        println!("no damaged records in {}", data_dir.display());
+        return Ok(());
+    }
+    let mut left = 0;
+    for (damage, outcome) in &outcomes {
+        println!("{}: {outcome}", damage.record);
+        if matches!(outcome, flagstaff_server::repair::Outcome::Left(_)) {
+            left += 1;
+        }
+    }
+    // What the restorations left: documents that do not validate together, say.
+    let remaining = flagstaff_server::repair::check(&store)?;
+    for damage in &remaining {
+        println!("still damaged: {damage}");
+    }
+    if left > 0 || !remaining.is_empty() {
+        anyhow::bail!(
+            "{} record(s) could not be repaired",
+            left.max(remaining.len())
+        );
+    }
+    Ok(())
+}
+
 fn run(args: Args) -> anyhow::Result<()> {
     let config = Config {
         retention: args.retention,
         heartbeat: std::time::Duration::from_secs(args.heartbeat_interval),
         ..Config::new(&args.data_dir)
     };
+    match args.command {
+        Some(Command::Check) => return check(&args.data_dir, args.retention),
+        Some(Command::Repair) => return repair(&args.data_dir, args.retention),
+        _ => {}
+    }
     if let Some(Command::AdminToken) = args.command {
         let server = Server::open(&config)?;
         let path = server

@@ -24,8 +24,20 @@ pub(crate) fn render<S: Store>(
     requests: &RequestCounts,
     clients: &Clients,
 ) -> String {
+    let damaged = envs.damaged();
     let envs = envs.list();
     let mut out = Exposition::default();
+
+    out.family(
+        "flagstaff_environment_damaged",
+        "gauge",
+        "1 for an environment not served because a stored record of it could not be read at \
+         start (`flagstaffd check` lists them, `flagstaffd repair` restores them); listed only \
+         for such environments.",
+    );
+    for key in damaged.keys() {
+        out.sample("flagstaff_environment_damaged", &[("environment", key)], 1);
+    }
 
     out.family(
         "flagstaff_writes_total",

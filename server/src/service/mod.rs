@@ -24,6 +24,7 @@ impl From<ServerError> for Status {
             ServerError::Precondition(_) => Code::FailedPrecondition,
             ServerError::Unauthenticated(_) => Code::Unauthenticated,
             ServerError::PermissionDenied(_) => Code::PermissionDenied,
+            ServerError::Unavailable(_) => Code::Unavailable,
             // The environment was deleted while the request was under way.
             ServerError::Store(StoreError::NoEnvironment(_)) => Code::NotFound,
             ServerError::Store(e) => {

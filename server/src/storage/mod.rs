@@ -60,6 +60,41 @@ pub enum StoreError {
     },
 }
 
+/// A stored record that cannot be read back: which one, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Damage {
+    /// The environment it belongs to; `None` for a token.
+    pub environment: Option<String>,
+    /// The record, as `tree/key`: `flags/production/checkout`, `environments/production`,
+    /// `audit/production/42`.
+    pub record: String,
+    /// What reading it said.
+    pub detail: String,
+}
+
+impl std::fmt::Display for Damage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.record, self.detail)
+    }
+}
+
+impl Damage {
+    /// The damage a [`StoreError::Corrupt`] describes, of `environment`.
+    pub fn of(environment: Option<&str>, err: &StoreError) -> Option<Damage> {
+        match err {
+            StoreError::Corrupt { what, detail } => Some(Damage {
+                environment: environment.map(str::to_owned),
+                record: what.clone(),
+                detail: detail.clone(),
+            }),
+            _ => None,
+        }
+    }
+}
+
+/// A stored record as read: the value, or the damage that keeps it from being read.
+pub type Readable<T> = Result<T, Damage>;
+
 /// An environment's settings and position.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EnvironmentRecord {
@@ -480,8 +515,40 @@ pub struct Documents {
 
 /// What the control plane needs from its database. Every method may block.
 pub trait Store: Send + Sync + 'static {
-    /// Every environment.
-    fn environments(&self) -> Result<Vec<EnvironmentRecord>, StoreError>;
+    /// Every environment's record by key, or the damage that keeps it from being read.
+    fn environment_records(&self)
+        -> Result<Vec<(String, Readable<EnvironmentRecord>)>, StoreError>;
+
+    /// Every environment whose record can be read.
+    fn environments(&self) -> Result<Vec<EnvironmentRecord>, StoreError> {
+        Ok(self
+            .environment_records()?
+            .into_iter()
+            .filter_map(|(_, record)| record.ok())
+            .collect())
+    }
+
+    /// Every stored record that cannot be read back, in every tree: what `flagstaffd check`
+    /// lists. Reads everything, the whole audit log included.
+    fn check(&self) -> Result<Vec<Damage>, StoreError>;
+
+    /// Removes a damaged record that [`check`](Self::check) reported, of a kind that can go
+    /// without losing a change: a token (it stops working), a change-log entry (SDKs resuming
+    /// across it take a snapshot), an audit head (read from its entry instead), a rollout
+    /// plan, a flag's usage counts. Durable when it returns.
+    fn remove_damaged(&self, damage: &Damage) -> Result<(), StoreError>;
+
+    /// Writes an environment's record, replacing one that cannot be read. Durable when it
+    /// returns.
+    fn put_environment(&self, record: &EnvironmentRecord) -> Result<(), StoreError>;
+
+    /// Every audit entry of `environment`, oldest first, each read or the damage that keeps
+    /// it from being read, passed to `visit` one at a time.
+    fn visit_audit(
+        &self,
+        environment: &str,
+        visit: &mut dyn FnMut(Result<AuditEntry, Damage>),
+    ) -> Result<(), StoreError>;
 
     /// Creates an environment at revision 0.
     fn create_environment(&self, record: &EnvironmentRecord) -> Result<(), StoreError>;
@@ -557,7 +624,8 @@ pub trait Store: Send + Sync + 'static {
     /// Stores a token (new, or updated such as revoked), durably.
     fn put_token(&self, token: &TokenRecord) -> Result<(), StoreError>;
 
-    /// Every token, revoked ones included.
+    /// Every token, revoked ones included; a token record that cannot be read is left out
+    /// (and logged): it does not work.
     fn tokens(&self) -> Result<Vec<TokenRecord>, StoreError>;
 }
 

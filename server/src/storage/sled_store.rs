@@ -32,8 +32,8 @@ use sled::{Db, Transactional, Tree};
 use flagstaff_engine::Segment;
 
 use super::{
-    AuditEntry, AuditHead, Change, Documents, EnvironmentRecord, FlagUsage, RolloutRecord, Store,
-    StoreError, TokenRecord,
+    AuditEntry, AuditHead, Change, Damage, Documents, EnvironmentRecord, FlagUsage, Readable,
+    RolloutRecord, Store, StoreError, TokenRecord,
 };
 
 /// Change-log entries kept per environment unless configured otherwise.
@@ -69,6 +69,19 @@ fn encode<T: Serialize>(value: &T) -> Vec<u8> {
 fn decode<T: DeserializeOwned>(what: &str, bytes: &[u8]) -> Result<T, StoreError> {
     serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt {
         what: what.to_owned(),
+        detail: e.to_string(),
+    })
+}
+
+/// Like [`decode`], a failure described as the damage of `record` of `environment`.
+fn read_record<T: DeserializeOwned>(
+    environment: Option<&str>,
+    record: &str,
+    bytes: &[u8],
+) -> Result<T, Damage> {
+    serde_json::from_slice(bytes).map_err(|e| Damage {
+        environment: environment.map(str::to_owned),
+        record: record.to_owned(),
         detail: e.to_string(),
     })
 }
@@ -185,18 +198,135 @@ impl SledStore {
     }
 }
 
+/// What each tree holds, for checking that its records read back: the tree's kind (the name
+/// before `/`), and a reader of one value.
+/// Reads one stored value of a kind, for [`reader`].
+type Reader = fn(&str, &[u8]) -> Result<(), StoreError>;
+
+fn reader(kind: &str) -> Option<Reader> {
+    fn read<T: DeserializeOwned>(what: &str, bytes: &[u8]) -> Result<(), StoreError> {
+        decode::<T>(what, bytes).map(|_| ())
+    }
+    Some(match kind {
+        "environments" => read::<EnvironmentRecord>,
+        "tokens" => read::<TokenRecord>,
+        "flags" => read::<flagstaff_engine::Flag>,
+        "segments" => read::<Segment>,
+        "changes" => read::<Change>,
+        "audit" => read::<AuditEntry>,
+        "audit_heads" => read::<AuditHead>,
+        "rollouts" => read::<RolloutRecord>,
+        "usage" => read::<FlagUsage>,
+        _ => return None,
+    })
+}
+
+/// A record's name for messages: `kind/env/key`, revisions in decimal.
+fn record_name(tree: &str, key: &[u8]) -> String {
+    let kind = tree.split('/').next().unwrap_or(tree);
+    let key = match kind {
+        "changes" | "audit" | "audit_heads" => <[u8; 8]>::try_from(key)
+            .map(|b| u64::from_be_bytes(b).to_string())
+            .unwrap_or_else(|_| String::from_utf8_lossy(key).into_owned()),
+        _ => String::from_utf8_lossy(key).into_owned(),
+    };
+    format!("{tree}/{key}")
+}
+
 impl Store for SledStore {
-    fn environments(&self) -> Result<Vec<EnvironmentRecord>, StoreError> {
+    fn environment_records(
+        &self,
+    ) -> Result<Vec<(String, Readable<EnvironmentRecord>)>, StoreError> {
         self.environments
             .iter()
             .map(|kv| {
                 let (key, bytes) = kv?;
-                decode(
-                    &format!("environments/{}", String::from_utf8_lossy(&key)),
-                    &bytes,
-                )
+                let key = String::from_utf8_lossy(&key).into_owned();
+                let record = read_record(Some(&key), &format!("environments/{key}"), &bytes);
+                Ok((key, record))
             })
             .collect()
+    }
+
+    fn check(&self) -> Result<Vec<Damage>, StoreError> {
+        let mut damaged = Vec::new();
+        for name in self.db.tree_names() {
+            let tree_name = String::from_utf8_lossy(&name).into_owned();
+            let mut parts = tree_name.splitn(2, '/');
+            let kind = parts.next().unwrap_or_default();
+            let environment = parts.next().map(str::to_owned);
+            let Some(read) = reader(kind) else {
+                continue;
+            };
+            let environment = match kind {
+                "tokens" => None,
+                "environments" => None,
+                _ => environment,
+            };
+            for kv in self.db.open_tree(&name)?.iter() {
+                let (key, value) = kv?;
+                let record = record_name(&tree_name, &key);
+                if let Err(err) = read(&record, &value) {
+                    let environment = environment.clone().or_else(|| {
+                        (kind == "environments").then(|| String::from_utf8_lossy(&key).into_owned())
+                    });
+                    damaged.extend(Damage::of(environment.as_deref(), &err));
+                }
+            }
+        }
+        damaged.sort_by(|a, b| a.record.cmp(&b.record));
+        Ok(damaged)
+    }
+
+    fn remove_damaged(&self, damage: &Damage) -> Result<(), StoreError> {
+        let (tree, key) = damage
+            .record
+            .rsplit_once('/')
+            .ok_or_else(|| StoreError::Corrupt {
+                what: damage.record.clone(),
+                detail: "not a record name".to_owned(),
+            })?;
+        let kind = tree.split('/').next().unwrap_or(tree);
+        let key: Vec<u8> = match kind {
+            "changes" | "audit_heads" => key
+                .parse::<u64>()
+                .map(|r| r.to_be_bytes().to_vec())
+                .map_err(|_| StoreError::Corrupt {
+                    what: damage.record.clone(),
+                    detail: "not a revision".to_owned(),
+                })?,
+            "tokens" | "rollouts" | "usage" => key.as_bytes().to_vec(),
+            _ => {
+                return Err(StoreError::Corrupt {
+                    what: damage.record.clone(),
+                    detail: "a record of this kind is restored, not removed".to_owned(),
+                })
+            }
+        };
+        let mut synced = self.lock_writer();
+        self.db.open_tree(tree)?.remove(key)?;
+        self.sync(&mut synced, false)
+    }
+
+    fn put_environment(&self, record: &EnvironmentRecord) -> Result<(), StoreError> {
+        let mut synced = self.lock_writer();
+        self.environments
+            .insert(record.key.as_str(), encode(record))?;
+        self.sync(&mut synced, false)
+    }
+
+    fn visit_audit(
+        &self,
+        environment: &str,
+        visit: &mut dyn FnMut(Result<AuditEntry, Damage>),
+    ) -> Result<(), StoreError> {
+        let tree_name = tree_name("audit", environment);
+        for kv in self.tree("audit", environment)?.iter() {
+            let (key, value) = kv?;
+            let record = record_name(&tree_name, &key);
+            visit(read_record(Some(environment), &record, &value));
+        }
+        Ok(())
     }
 
     fn create_environment(&self, record: &EnvironmentRecord) -> Result<(), StoreError> {
@@ -474,12 +604,17 @@ impl Store for SledStore {
     }
 
     fn tokens(&self) -> Result<Vec<TokenRecord>, StoreError> {
-        self.tokens
-            .iter()
-            .map(|kv| {
-                let (k, v) = kv?;
-                decode(&format!("tokens/{}", String::from_utf8_lossy(&k)), &v)
-            })
-            .collect()
+        let mut tokens = Vec::new();
+        for kv in self.tokens.iter() {
+            let (k, v) = kv?;
+            match decode(&format!("tokens/{}", String::from_utf8_lossy(&k)), &v) {
+                Ok(token) => tokens.push(token),
+                // A token that cannot be read does not work; the rest do.
+                Err(e) => {
+                    tracing::error!(error = %e, "a damaged token record is skipped; `flagstaffd check` lists it and `flagstaffd repair` removes it")
+                }
+            }
+        }
+        Ok(tokens)
     }
 }

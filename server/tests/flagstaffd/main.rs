@@ -5,6 +5,7 @@
 mod daemon;
 mod durability;
 mod options;
+mod repair;
 mod rollouts;
 
 pub use daemon::*;

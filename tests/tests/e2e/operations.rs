@@ -557,3 +557,187 @@ async fn tls_refuses_plain_text_and_clients_that_do_not_trust_the_certificate() 
         ServingStatus::Serving as i32
     );
 }
+
+/// Overwrites records of a stopped server's data directory with bytes that do not read back.
+fn damage(data_dir: &std::path::Path, records: &[(&str, &str)]) {
+    let db = sled::open(data_dir).expect("the data directory opens");
+    for (tree, key) in records {
+        db.open_tree(tree)
+            .expect("tree")
+            .insert(key.as_bytes(), b"{\"key\": 7, garbage".as_slice())
+            .expect("damaged");
+    }
+    db.flush().expect("flushed");
+}
+
+#[tokio::test]
+async fn a_damaged_record_takes_only_its_environment_out_of_service_until_repaired() {
+    use crate::fixtures::{eventually, get_flag, sdk_client, sdk_token, segment};
+    let server = TestServer::start().await;
+    let addr = server.addr;
+    let mut admin = server.admin().await;
+    for environment in ["production", "staging"] {
+        create_environment(&mut admin, environment).await;
+        create_flag(&mut admin, environment, boolean_flag("checkout")).await;
+    }
+    admin
+        .create_segment(pb::CreateSegmentRequest {
+            environment: "production".into(),
+            segment: Some(segment("staff", &["u1", "u2", "u3"])),
+            ..Default::default()
+        })
+        .await
+        .expect("segment");
+    admin
+        .patch_segment_keys(pb::PatchSegmentKeysRequest {
+            environment: "production".into(),
+            patch: Some(pb::SegmentKeyPatch {
+                segment: "staff".into(),
+                add_included: vec!["u4".into()],
+                remove_included: vec!["u2".into()],
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .expect("patched");
+    let enabled = admin
+        .set_flag_enabled(pb::SetFlagEnabledRequest {
+            environment: "production".into(),
+            key: "checkout".into(),
+            enabled: false,
+            ..Default::default()
+        })
+        .await
+        .expect("switched off")
+        .into_inner()
+        .revision;
+    let before_flag = get_flag(&mut admin, "production", "checkout").await;
+    let token = sdk_token(&server, "checkout-service", "production").await;
+    let client = sdk_client(server.endpoint(), &token, "checkout-service");
+    client
+        .wait_ready(crate::fixtures::PATIENCE)
+        .await
+        .expect("ready");
+    assert_eq!(client.status().revision, enabled);
+
+    let data_dir = server.stop().await;
+    damage(
+        data_dir.path(),
+        &[
+            ("flags/production", "checkout"),
+            ("segments/production", "staff"),
+        ],
+    );
+
+    // The server starts; staging serves; production answers UNAVAILABLE naming the record.
+    let server = TestServer::start_in_with(
+        data_dir,
+        Options {
+            metrics: true,
+            listen: Some(addr),
+            ..Options::default()
+        },
+    )
+    .await;
+    let mut admin = server.admin().await;
+    get_flag(&mut admin, "staging", "checkout").await;
+    let message = refused(
+        admin
+            .get_flag(pb::GetFlagRequest {
+                environment: "production".into(),
+                key: "checkout".into(),
+            })
+            .await,
+        Code::Unavailable,
+    );
+    assert!(message.contains("flags/production/checkout"), "{message}");
+    let (_, _, metrics) = http(server.metrics_addr.expect("metrics"), "GET", "/metrics").await;
+    assert!(
+        metrics.contains("flagstaff_environment_damaged{environment=\"production\"} 1"),
+        "{metrics}"
+    );
+    assert!(!metrics.contains("flagstaff_environment_damaged{environment=\"staging\"}"));
+    // The SDK keeps serving its last snapshot.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!client.bool_value("checkout", &flagstaff::Context::new("u"), true));
+    assert_eq!(client.status().revision, enabled);
+
+    // check names both records; repair restores them from the audit log.
+    let data_dir = server.stop().await;
+    {
+        let store =
+            flagstaff_server::storage::SledStore::open(data_dir.path(), 100).expect("store");
+        let damaged: Vec<String> = flagstaff_server::repair::check(&store)
+            .expect("checked")
+            .into_iter()
+            .map(|d| d.record)
+            .collect();
+        assert_eq!(
+            damaged,
+            ["flags/production/checkout", "segments/production/staff"]
+        );
+        let outcomes = flagstaff_server::repair::repair(&store).expect("repaired");
+        assert_eq!(outcomes.len(), 2);
+        assert!(
+            outcomes.iter().all(|(_, outcome)| matches!(
+                outcome,
+                flagstaff_server::repair::Outcome::Restored { .. }
+            )),
+            "{outcomes:?}"
+        );
+        assert!(flagstaff_server::repair::check(&store)
+            .expect("checked")
+            .is_empty());
+    }
+
+    // Served again, as it was, one audited revision later; the SDK receives it as a delta.
+    let server = TestServer::start_in_with(
+        data_dir,
+        Options {
+            listen: Some(addr),
+            ..Options::default()
+        },
+    )
+    .await;
+    let mut admin = server.admin().await;
+    let restored = get_flag(&mut admin, "production", "checkout").await;
+    assert_eq!(restored.version, Some(enabled + 1));
+    assert_eq!(
+        pb::Flag {
+            version: None,
+            ..restored
+        },
+        pb::Flag {
+            version: None,
+            ..before_flag
+        }
+    );
+    let staff = admin
+        .get_segment(pb::GetSegmentRequest {
+            environment: "production".into(),
+            key: "staff".into(),
+        })
+        .await
+        .expect("segment")
+        .into_inner()
+        .segment
+        .expect("segment");
+    assert_eq!(staff.included, ["u1", "u3", "u4"]);
+    let history = admin
+        .list_history(pb::ListHistoryRequest {
+            environment: "production".into(),
+            page_size: 1,
+            ..Default::default()
+        })
+        .await
+        .expect("history")
+        .into_inner()
+        .entries;
+    assert_eq!(history[0].actor, "flagstaffd repair");
+    eventually("the repair's revision", || {
+        client.status().revision == enabled + 1
+    })
+    .await;
+    assert_eq!(client.stats().snapshots, 1, "the repair arrives as a delta");
+}

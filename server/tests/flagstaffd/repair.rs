@@ -1,0 +1,118 @@
+//! `flagstaffd check` and `flagstaffd repair` on a stopped server's data directory: what they
+//! print and how they exit.
+
+use super::*;
+
+fn flagstaffd(args: &[&str], data_dir: &Path) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_flagstaffd"))
+        .args(args)
+        .arg("--data-dir")
+        .arg(data_dir)
+        .output()
+        .expect("runs");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+// Multi-threaded: the client's connection must answer the server's goodbye while this
+// thread waits for the server to exit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_lists_damaged_records_and_repair_restores_or_removes_them() {
+    let dir = tempfile::tempdir().expect("data dir");
+    let daemon = Daemon::start(dir.path(), &[], &[]);
+    let mut admin = daemon.client().await;
+    let admin_token = token(dir.path());
+    admin
+        .create_environment(authorized(
+            pb::CreateEnvironmentRequest {
+                environment: "production".into(),
+                protected: false,
+            },
+            &admin_token,
+        ))
+        .await
+        .expect("created");
+    let flag = flagstaff_engine::flag_from_value(&serde_json::json!({
+        "key": "checkout", "kind": "boolean", "variants": {"on": true, "off": false},
+        "off_variant": "off", "enabled": true, "default": {"variant": "on"},
+    }))
+    .expect("flag");
+    admin
+        .create_flag(authorized(
+            pb::CreateFlagRequest {
+                environment: "production".into(),
+                flag: Some(pb::Flag::from(&flag)),
+                ..Default::default()
+            },
+            &admin_token,
+        ))
+        .await
+        .expect("created");
+    drop(admin);
+    let (status, _) = daemon.terminate();
+    assert!(status.success());
+
+    let (ok, stdout, _) = flagstaffd(&["check"], dir.path());
+    assert!(ok);
+    assert_eq!(
+        stdout,
+        format!("no damaged records in {}\n", dir.path().display())
+    );
+
+    {
+        let db = sled::open(dir.path()).expect("sled");
+        db.open_tree("flags/production")
+            .expect("tree")
+            .insert("checkout", b"not json".as_slice())
+            .expect("damaged");
+        db.open_tree("tokens")
+            .expect("tree")
+            .insert("broken-token", b"not json".as_slice())
+            .expect("damaged");
+        db.flush().expect("flushed");
+    }
+    let (ok, stdout, stderr) = flagstaffd(&["check"], dir.path());
+    assert!(!ok);
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 2, "{stdout}");
+    assert!(
+        lines[0].starts_with("flags/production/checkout: "),
+        "{stdout}"
+    );
+    assert!(lines[1].starts_with("tokens/broken-token: "), "{stdout}");
+    assert!(stderr.contains("2 damaged record(s)"), "{stderr}");
+    assert!(stderr.contains("flagstaffd repair"), "{stderr}");
+
+    let (ok, stdout, stderr) = flagstaffd(&["repair"], dir.path());
+    assert!(ok, "{stdout}{stderr}");
+    assert_eq!(
+        stdout,
+        "flags/production/checkout: restored at revision 2 from its version of revision 1\n\
+         tokens/broken-token: removed\n"
+    );
+    let (ok, _, _) = flagstaffd(&["check"], dir.path());
+    assert!(ok);
+
+    // The server serves the restored flag, and the repair is in the audit log.
+    let daemon = Daemon::start(dir.path(), &[], &[]);
+    let mut admin = daemon.client().await;
+    let restored = admin
+        .get_flag(authorized(
+            pb::GetFlagRequest {
+                environment: "production".into(),
+                key: "checkout".into(),
+            },
+            &admin_token,
+        ))
+        .await
+        .expect("served")
+        .into_inner();
+    assert_eq!(restored.flag.expect("flag").version, Some(2));
+    assert_eq!(
+        restored.last_change.expect("last change").actor,
+        "flagstaffd repair"
+    );
+}
