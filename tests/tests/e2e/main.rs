@@ -2,6 +2,7 @@
 //! real generated clients. One test binary; one module per area.
 
 mod auth;
+mod codec;
 mod documents;
 mod evaluate;
 mod faults;
