@@ -234,6 +234,10 @@ pub enum FlagCommand {
         /// The environment to copy to.
         #[arg(long)]
         to: String,
+        /// Also copy the segments the flag's rules use, in the same revision (created
+        /// where missing, replaced where different).
+        #[arg(long)]
+        with_segments: bool,
         #[arg(short = 'm', long = "message", value_name = "MESSAGE")]
         /// A reason, recorded in the history.
         message: Option<String>,
@@ -333,6 +337,20 @@ pub enum SegmentCommand {
     Add(SegmentKeysArgs),
     /// Remove context keys from a segment.
     Remove(SegmentKeysArgs),
+    /// Copy a segment, key lists included, from one environment to another.
+    Promote {
+        /// The segment's key.
+        key: String,
+        /// The environment to copy from.
+        #[arg(long)]
+        from: String,
+        /// The environment to copy to.
+        #[arg(long)]
+        to: String,
+        #[arg(short = 'm', long = "message", value_name = "MESSAGE")]
+        /// A reason, recorded in the history.
+        message: Option<String>,
+    },
 }
 
 #[derive(Debug, Args)]

@@ -100,6 +100,70 @@ fn using_segment<'a>(snapshot: &'a Snapshot, key: &str) -> Vec<&'a str> {
     keys
 }
 
+/// A promotion from one environment to another, for naming what the target lacks and the
+/// commands that copy it.
+struct Promotion<'a> {
+    from: &'a str,
+    to: &'a str,
+    source: &'a Snapshot,
+    target: &'a Snapshot,
+}
+
+impl Promotion<'_> {
+    /// The refusal to promote flag `key` to a target that lacks the prerequisite flags
+    /// `prerequisites` and the segments `segments` (each sorted), with the commands that copy
+    /// them: prerequisites first (a flag is never promoted along with another), segments
+    /// along with the flag or one by one.
+    fn lacking(&self, key: &str, prerequisites: &[&str], segments: &[&str]) -> ServerError {
+        let (from, to) = (self.from, self.to);
+        let mut needs: Vec<String> = prerequisites
+            .iter()
+            .map(|p| format!("prerequisite flag {p:?}"))
+            .chain(segments.iter().map(|s| format!("segment {s:?}")))
+            .collect();
+        needs.sort();
+        let mut steps = Vec::new();
+        if !prerequisites.is_empty() {
+            let commands: Vec<String> = prerequisites
+                .iter()
+                .map(|p| {
+                    let lacks_segments = self.source.flag(p).is_some_and(|f| {
+                        f.segment_refs().any(|s| self.target.segment(s).is_none())
+                    });
+                    format!(
+                        "`flagstaff flag promote {p} --from {from} --to {to}{}`",
+                        if lacks_segments {
+                            " --with-segments"
+                        } else {
+                            ""
+                        }
+                    )
+                })
+                .collect();
+            steps.push(format!(
+                "promote the prerequisite flags first: {}",
+                commands.join(", ")
+            ));
+        }
+        if !segments.is_empty() {
+            let commands: Vec<String> = segments
+                .iter()
+                .map(|s| format!("`flagstaff segment promote {s} --from {from} --to {to}`"))
+                .collect();
+            steps.push(format!(
+                "copy the segments along with the flag (`flagstaff flag promote {key} --from \
+                 {from} --to {to} --with-segments`) or before it ({})",
+                commands.join(", ")
+            ));
+        }
+        ServerError::Precondition(format!(
+            "environment {to:?} lacks what flag {key:?} needs: {}; {}",
+            needs.join(", "),
+            steps.join("; then ")
+        ))
+    }
+}
+
 fn quoted(keys: &[&str]) -> String {
     keys.iter()
         .map(|k| format!("{k:?}"))
@@ -241,9 +305,75 @@ impl<S: Store> Environments<S> {
     }
 
     /// Copies a flag from one environment into another, refusing when the target lacks a
-    /// segment or prerequisite flag it needs; when `expected` is given, the flag must be at
-    /// that version in the target.
+    /// prerequisite flag it requires, or a segment its rules use; with `with_segments`, the
+    /// segments its rules use are copied along, in the same revision (created when missing,
+    /// replaced when different). When `expected` is given, the flag must be at that version
+    /// in the target.
     pub fn promote_flag(
+        &self,
+        ctx: WriteContext<'_>,
+        key: &str,
+        from: &str,
+        expected: Option<u64>,
+        with_segments: bool,
+    ) -> Result<Committed, ServerError> {
+        let source = self.get(from)?.current();
+        let source = &source.snapshot;
+        let flag = existing_flag(source, key, from, None)?.clone();
+        self.write(ctx, |target| {
+            let mut used: Vec<&str> = flag.segment_refs().collect();
+            used.sort_unstable();
+            used.dedup();
+            let mut prerequisites: Vec<&str> = flag
+                .prerequisites
+                .iter()
+                .map(|p| p.flag.as_str())
+                .filter(|p| target.flag(p).is_none())
+                .collect();
+            prerequisites.sort_unstable();
+            prerequisites.dedup();
+            let segments: Vec<&str> = used
+                .iter()
+                .copied()
+                .filter(|s| !with_segments && target.segment(s).is_none())
+                .collect();
+            if !prerequisites.is_empty() || !segments.is_empty() {
+                let promotion = Promotion {
+                    from,
+                    to: ctx.environment,
+                    source,
+                    target,
+                };
+                return Err(promotion.lacking(key, &prerequisites, &segments));
+            }
+            let segments = if with_segments {
+                used.iter()
+                    .map(|s| {
+                        let segment = existing_segment(source, s, from, None)?;
+                        Ok(Segment {
+                            version: None,
+                            ..segment.clone()
+                        })
+                    })
+                    .collect::<Result<_, ServerError>>()?
+            } else {
+                Vec::new()
+            };
+            Ok(ChangeSet {
+                flags: vec![Flag {
+                    version: expected,
+                    ..flag
+                }],
+                segments,
+                ..ChangeSet::default()
+            })
+        })
+    }
+
+    /// Copies a segment, key lists included, from one environment into another, creating or
+    /// replacing it there; when `expected` is given, the segment must be at that version in
+    /// the target.
+    pub fn promote_segment(
         &self,
         ctx: WriteContext<'_>,
         key: &str,
@@ -251,32 +381,15 @@ impl<S: Store> Environments<S> {
         expected: Option<u64>,
     ) -> Result<Committed, ServerError> {
         let source = self.get(from)?.current();
-        let flag = existing_flag(&source.snapshot, key, from, None)?.clone();
-        self.write(ctx, |target| {
-            let mut missing: Vec<String> = flag
-                .segment_refs()
-                .filter(|s| target.segment(s).is_none())
-                .map(|s| format!("segment {s:?}"))
-                .collect();
-            missing.extend(
-                flag.prerequisites
-                    .iter()
-                    .filter(|p| target.flag(&p.flag).is_none())
-                    .map(|p| format!("prerequisite flag {:?}", p.flag)),
-            );
-            missing.sort();
-            missing.dedup();
-            if !missing.is_empty() {
-                return Err(ServerError::Precondition(format!(
-                    "environment {:?} lacks what flag {key:?} needs: {}; promote those first",
-                    ctx.environment,
-                    missing.join(", ")
-                )));
-            }
-            Ok(flags_only(vec![Flag {
-                version: expected,
-                ..flag.clone()
-            }]))
+        let segment = existing_segment(&source.snapshot, key, from, None)?;
+        self.write(ctx, |_| {
+            Ok(ChangeSet {
+                segments: vec![Segment {
+                    version: expected,
+                    ..segment.clone()
+                }],
+                ..ChangeSet::default()
+            })
         })
     }
 

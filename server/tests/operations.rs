@@ -208,24 +208,95 @@ fn promotion_needs_what_the_flag_uses() {
     envs.create_flag(ctx("staging"), checkout).expect("flag");
 
     let err = envs
-        .promote_flag(ctx("production"), "checkout", "staging", None)
+        .promote_flag(ctx("production"), "checkout", "staging", None, false)
         .expect_err("missing");
     assert!(matches!(err, ServerError::Precondition(_)));
     assert_eq!(
         err.to_string(),
         "environment \"production\" lacks what flag \"checkout\" needs: prerequisite flag \"payments\", \
-         segment \"staff\"; promote those first"
+         segment \"staff\"; promote the prerequisite flags first: `flagstaff flag promote payments \
+         --from staging --to production`; then copy the segments along with the flag (`flagstaff \
+         flag promote checkout --from staging --to production --with-segments`) or before it \
+         (`flagstaff segment promote staff --from staging --to production`)"
     );
+    // Segments come along on request; prerequisite flags never do.
+    let err = envs
+        .promote_flag(ctx("production"), "checkout", "staging", None, true)
+        .expect_err("missing");
+    assert_eq!(
+        err.to_string(),
+        "environment \"production\" lacks what flag \"checkout\" needs: prerequisite flag \"payments\"; \
+         promote the prerequisite flags first: `flagstaff flag promote payments --from staging --to \
+         production`"
+    );
+    assert_eq!(envs.get("production").expect("env").current().revision, 0);
     envs.create_segment(ctx("production"), segment("staff", &["user-1"]))
         .expect("segment");
-    envs.promote_flag(ctx("production"), "payments", "staging", None)
+    envs.promote_flag(ctx("production"), "payments", "staging", None, false)
         .expect("prerequisite");
-    envs.promote_flag(ctx("production"), "checkout", "staging", None)
+    envs.promote_flag(ctx("production"), "checkout", "staging", None, false)
         .expect("promote");
     let promoted = envs.get("production").expect("env").current();
     assert_eq!(
         promoted.snapshot.flag("checkout").map(|f| f.rules.len()),
         Some(1)
+    );
+}
+
+#[test]
+fn a_flag_is_promoted_with_its_segments_in_one_revision() {
+    let (_dir, envs) = setup();
+    envs.create_segment(ctx("staging"), segment("staff", &["user-1", "user-2"]))
+        .expect("segment");
+    envs.create_flag(ctx("staging"), staff_flag("checkout"))
+        .expect("flag");
+    envs.create_segment(ctx("production"), segment("staff", &["user-9"]))
+        .expect("an older segment");
+    envs.create_segment(ctx("production"), segment("other", &["user-3"]))
+        .expect("unrelated");
+
+    let committed = envs
+        .promote_flag(ctx("production"), "checkout", "staging", None, true)
+        .expect("promoted");
+    assert_eq!(committed.revision, 3);
+    assert_eq!(committed.flags.len(), 1);
+    let keys: Vec<&str> = committed.segments.iter().map(|s| s.key.as_str()).collect();
+    assert_eq!(keys, ["staff"], "only the segments the flag uses");
+    let production = envs.get("production").expect("env").current();
+    let staff = production.snapshot.segment("staff").expect("copied");
+    assert_eq!(staff.included, ["user-1", "user-2"]);
+    assert_eq!(staff.version, Some(3));
+    assert_eq!(
+        production.snapshot.segment("other").map(|s| s.version),
+        Some(Some(2))
+    );
+    // Promoted again, nothing differs: no revision.
+    let again = envs
+        .promote_flag(ctx("production"), "checkout", "staging", None, true)
+        .expect("promoted");
+    assert_eq!(again.revision, 3);
+    assert!(!again.changed());
+}
+
+#[test]
+fn a_segment_is_promoted_with_its_keys() {
+    let (_dir, envs) = setup();
+    envs.create_segment(ctx("staging"), segment("staff", &["user-1"]))
+        .expect("segment");
+    let committed = envs
+        .promote_segment(ctx("production"), "staff", "staging", None)
+        .expect("promoted");
+    assert_eq!(committed.revision, 1);
+    let err = envs
+        .promote_segment(ctx("production"), "staff", "staging", Some(7))
+        .expect_err("a version the target does not have");
+    assert!(matches!(err, ServerError::VersionConflict(_)), "{err}");
+    let err = envs
+        .promote_segment(ctx("production"), "nobody", "staging", None)
+        .expect_err("not in the source");
+    assert_eq!(
+        err.to_string(),
+        "no segment \"nobody\" in environment \"staging\""
     );
 }
 

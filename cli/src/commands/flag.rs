@@ -89,25 +89,43 @@ pub async fn run(session: &mut Session, command: &FlagCommand) -> anyhow::Result
             key,
             from,
             to,
+            with_segments,
             message,
         } => {
             let (key, from, to) = (key.clone(), from.clone(), to.clone());
             let comment = message.clone().unwrap_or_default();
+            let what = if *with_segments {
+                "Promote the flag and its segments"
+            } else {
+                "Promote the flag"
+            };
             let response = session
-                .write_in(&to, "Promote the flag", |mut admin, confirm_protected| {
+                .write_in(&to, what, |mut admin, confirm_protected| {
                     let request = pb::PromoteFlagRequest {
                         environment: to.clone(),
                         from_environment: from.clone(),
                         key: key.clone(),
                         comment: comment.clone(),
                         confirm_protected,
+                        with_segments: *with_segments,
                         ..Default::default()
                     };
                     async move { admin.promote_flag(request).await }
                 })
                 .await?;
+            let segments: Vec<&str> = response
+                .segments
+                .iter()
+                .filter_map(|s| s.segment.as_ref())
+                .map(|s| s.key.as_str())
+                .collect();
+            let along = match segments.as_slice() {
+                [] => String::new(),
+                [one] => format!(" with segment {one}"),
+                many => format!(" with segments {}", many.join(", ")),
+            };
             Ok(format!(
-                "{key} copied from {from} to {to} (revision {} of {to})\n",
+                "{key} copied from {from} to {to}{along} (revision {} of {to})\n",
                 response.revision
             ))
         }

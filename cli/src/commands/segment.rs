@@ -1,4 +1,4 @@
-//! `flagstaff segment create|get|list|apply|delete|add|remove`.
+//! `flagstaff segment create|get|list|apply|delete|add|remove|promote`.
 //!
 //! `get` prints the segment's document, key lists included (YAML, or JSON with `-o json`),
 //! with its version: edited and given to `apply`, it is written only if nobody changed the
@@ -125,7 +125,45 @@ pub async fn run(session: &mut Session, command: &SegmentCommand) -> anyhow::Res
         }
         SegmentCommand::Add(args) => patch(session, args, true).await,
         SegmentCommand::Remove(args) => patch(session, args, false).await,
+        SegmentCommand::Promote {
+            key,
+            from,
+            to,
+            message,
+        } => promote(session, key, from, to, message.as_deref()).await,
     }
+}
+
+/// `segment promote`: the server copies the segment, so its key lists never travel.
+async fn promote(
+    session: &mut Session,
+    key: &str,
+    from: &str,
+    to: &str,
+    message: Option<&str>,
+) -> anyhow::Result<String> {
+    let result = session
+        .write_in(to, "Promote the segment", |mut admin, confirm_protected| {
+            let request = pb::PromoteSegmentRequest {
+                environment: to.to_owned(),
+                from_environment: from.to_owned(),
+                key: key.to_owned(),
+                comment: message.unwrap_or_default().to_owned(),
+                confirm_protected,
+                ..Default::default()
+            };
+            async move { admin.promote_segment(request).await }
+        })
+        .await;
+    let response = match result {
+        Ok(response) => response,
+        Err(err) => return Err(hint(session, from, key, err).await),
+    };
+    let summary = response.segment.unwrap_or_default();
+    Ok(format!(
+        "segment {key} copied from {from} to {to} ({} included, {} excluded; revision {} of {to})\n",
+        summary.included_count, summary.excluded_count, response.revision
+    ))
 }
 
 /// `segment get`: the document, with its version.

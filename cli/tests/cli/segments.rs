@@ -359,3 +359,115 @@ fn big_segments_are_listed_by_size_and_patched_by_key() {
     let shown = json(&s.ok(&["segment", "get", "everyone", "-o", "json"]));
     assert_eq!(shown["included"].as_array().map(Vec::len), Some(99_998));
 }
+
+#[test]
+fn segments_are_promoted_on_their_own_or_with_the_flags_that_use_them() {
+    let s = Server::start();
+    s.ok(&["env", "create", "staging"]);
+    s.ok(&["env", "create", "production", "--protected"]);
+    let dir = tempfile::tempdir().expect("dir");
+    let keys: Vec<String> = (0..100_000).map(|i| format!("user-{i}")).collect();
+    let document = serde_json::json!({
+        "environment": "staging",
+        "segments": [
+            { "key": "everyone", "included": keys, "excluded": [], "rules": [] },
+            { "key": "staff", "included": ["user-1"], "excluded": [], "rules": [] },
+        ],
+        "flags": [{
+            "key": "checkout",
+            "kind": "boolean",
+            "variants": { "on": true, "off": false },
+            "off_variant": "off",
+            "enabled": true,
+            "rules": [
+                { "id": "all", "conditions": [{ "op": "in_segment", "values": ["everyone"] }],
+                  "serve": { "variant": "on" } },
+                { "id": "staff", "conditions": [{ "op": "in_segment", "values": ["staff"] }],
+                  "serve": { "variant": "on" } },
+            ],
+            "default": { "variant": "off" },
+        }],
+    });
+    let file = dir.path().join("staging.json");
+    std::fs::write(&file, document.to_string()).expect("file");
+    s.cmd()
+        .args(["--env", "staging", "import", file.to_str().expect("path")])
+        .assert()
+        .success();
+    let promote = [
+        "flag",
+        "promote",
+        "checkout",
+        "--from",
+        "staging",
+        "--to",
+        "production",
+    ];
+
+    // Without its segments, the flag is refused with the commands that fix it.
+    let err = s.fails(&[&promote[..], &["--yes"]].concat());
+    assert!(
+        err.contains("segment \"everyone\", segment \"staff\""),
+        "{err}"
+    );
+    assert!(
+        err.contains(
+            "`flagstaff flag promote checkout --from staging --to production --with-segments`"
+        ),
+        "{err}"
+    );
+    assert!(
+        err.contains("`flagstaff segment promote everyone --from staging --to production`"),
+        "{err}"
+    );
+    assert!(!err.contains("promote those first"), "{err}");
+
+    // One segment on its own: 100,000 keys, copied by the server.
+    assert_snapshot!(
+        s.ok(&["segment", "promote", "everyone", "--from", "staging", "--to", "production", "--yes"]),
+        @"segment everyone copied from staging to production (100000 included, 0 excluded; revision 1 of production)"
+    );
+    let err = s.fails(&[
+        "segment",
+        "promote",
+        "everyone",
+        "--from",
+        "staging",
+        "--to",
+        "production",
+    ]);
+    assert!(err.contains("pass --yes to confirm"), "{err}");
+    let err = s.fails(&[
+        "segment",
+        "promote",
+        "staf",
+        "--from",
+        "staging",
+        "--to",
+        "production",
+        "--yes",
+    ]);
+    assert_snapshot!(err.trim(), @r#"error: no segment "staf" in environment "staging" (did you mean staff?)"#);
+
+    // The flag with the segments it uses, in one revision: staff is created, everyone is
+    // replaced (it changed in staging meanwhile).
+    s.cmd()
+        .args([
+            "--env", "staging", "segment", "remove", "everyone", "user-1",
+        ])
+        .assert()
+        .success();
+    assert_snapshot!(
+        s.ok(&[&promote[..], &["--with-segments", "--yes"]].concat()),
+        @"checkout copied from staging to production with segments everyone, staff (revision 2 of production)"
+    );
+    let history: Value = json(&s.ok(&["history", "--limit", "1", "-o", "json"]));
+    let entry = &history[0];
+    assert_eq!(entry["revision"], 2, "{entry}");
+    assert_eq!(entry["operation"], "PromoteFlag", "{entry}");
+    let shown = json(&s.ok(&["segment", "get", "everyone", "-o", "json"]));
+    assert_eq!(shown["included"].as_array().map(Vec::len), Some(99_999));
+    assert_eq!(shown["version"], 2);
+    let shown = json(&s.ok(&["segment", "get", "staff", "-o", "json"]));
+    assert_eq!(shown["version"], 2);
+}

@@ -157,6 +157,17 @@ fn written_segment<S: Store>(
         })
 }
 
+/// A promotion must copy a `what` (flag, segment) to another environment than its own.
+fn same_environments(from: &str, to: &str, what: &str) -> Result<(), Status> {
+    if from == to {
+        return Err(Status::invalid_argument(format!(
+            "from_environment and environment are both {to:?}: a {what} is promoted to another \
+             environment"
+        )));
+    }
+    Ok(())
+}
+
 /// Who made the change that gave a document `version`, from the audit log's heads (never
 /// the documents of the change, which may be a whole environment's).
 fn last_change<S: Store>(
@@ -566,13 +577,7 @@ impl<S: Store> pb::admin_server::Admin for AdminService<S> {
         self.allow(&request, Access::Read(&req.from_environment))?;
         let req = request.into_inner();
         wire::key(&req.key, "key")?;
-        if req.from_environment == req.environment {
-            return Err(Status::invalid_argument(format!(
-                "from_environment and environment are both {:?}: a flag is promoted to another \
-                 environment",
-                req.environment
-            )));
-        }
+        same_environments(&req.from_environment, &req.environment, "flag")?;
         let expected = wire::expected(req.expected_version);
         let writer = Writer::new(
             &token,
@@ -582,16 +587,25 @@ impl<S: Store> pb::admin_server::Admin for AdminService<S> {
             req.confirm_protected,
         )?;
         let envs = self.envs.clone();
-        let (revision, flag) = blocking(move || {
-            let committed =
-                envs.promote_flag(writer.ctx(), &req.key, &req.from_environment, expected)?;
+        let (revision, flag, segments) = blocking(move || {
+            let committed = envs.promote_flag(
+                writer.ctx(),
+                &req.key,
+                &req.from_environment,
+                expected,
+                req.with_segments,
+            )?;
             let flag = written_flag(&envs, &writer.environment, &req.key, &committed)?;
-            Ok((committed.revision, flag))
+            let mut segments: Vec<&Segment> = committed.segments.iter().collect();
+            segments.sort_by(|a, b| a.key.cmp(&b.key));
+            let segments = segments.into_iter().map(wire::segment_summary).collect();
+            Ok((committed.revision, flag, segments))
         })
         .await?;
         Ok(Response::new(pb::PromoteFlagResponse {
             revision,
             flag: Some(flag),
+            segments,
         }))
     }
 
@@ -802,6 +816,41 @@ impl<S: Store> pb::admin_server::Admin for AdminService<S> {
             revision: committed.revision,
             segment: Some(segment),
             applied: Some(applied),
+        }))
+    }
+
+    async fn promote_segment(
+        &self,
+        request: Request<pb::PromoteSegmentRequest>,
+    ) -> Result<Response<pb::PromoteSegmentResponse>, Status> {
+        let req = request.get_ref();
+        let token = self.allow(&request, Access::Write(&req.environment))?;
+        if req.from_environment.is_empty() {
+            return Err(wire::missing("from_environment").into());
+        }
+        self.allow(&request, Access::Read(&req.from_environment))?;
+        let req = request.into_inner();
+        wire::key(&req.key, "key")?;
+        same_environments(&req.from_environment, &req.environment, "segment")?;
+        let expected = wire::expected(req.expected_version);
+        let writer = Writer::new(
+            &token,
+            "PromoteSegment",
+            req.environment,
+            req.comment,
+            req.confirm_protected,
+        )?;
+        let envs = self.envs.clone();
+        let (revision, segment) = blocking(move || {
+            let committed =
+                envs.promote_segment(writer.ctx(), &req.key, &req.from_environment, expected)?;
+            let segment = written_segment(&envs, &writer.environment, &req.key, &committed)?;
+            Ok((committed.revision, segment))
+        })
+        .await?;
+        Ok(Response::new(pb::PromoteSegmentResponse {
+            revision,
+            segment: Some(segment),
         }))
     }
 

@@ -8,7 +8,7 @@ use tonic::Code;
 
 use crate::fixtures::{
     boolean_flag, client_with_token, create_environment, create_flag, create_segment, flag,
-    get_flag, refused, requiring, segment, split, targeting,
+    get_flag, refused, requiring, revision, segment, split, targeting,
 };
 
 /// Creates `checkout` in staging, turns it off, rolls `on` out to 10% and reverts to the
@@ -387,8 +387,28 @@ async fn promotion_is_refused_until_the_target_has_what_the_flag_uses() {
     assert_eq!(
         message,
         "environment \"production\" lacks what flag \"checkout\" needs: prerequisite flag \
-         \"payments\", segment \"staff\"; promote those first"
+         \"payments\", segment \"staff\"; promote the prerequisite flags first: `flagstaff flag \
+         promote payments --from staging --to production`; then copy the segments along with \
+         the flag (`flagstaff flag promote checkout --from staging --to production \
+         --with-segments`) or before it (`flagstaff segment promote staff --from staging --to \
+         production`)"
     );
+    // with_segments copies segments, never prerequisite flags.
+    let message = refused(
+        admin
+            .promote_flag(pb::PromoteFlagRequest {
+                with_segments: true,
+                ..promote()
+            })
+            .await,
+        Code::FailedPrecondition,
+    );
+    assert!(
+        message.contains("needs: prerequisite flag \"payments\"; "),
+        "{message}"
+    );
+    assert!(!message.contains("segment \"staff\""), "{message}");
+    assert_eq!(revision(&mut admin, "production").await, 0);
 
     create_segment(&mut admin, "production", segment("staff", &["u1"])).await;
     admin
@@ -415,6 +435,54 @@ async fn promotion_is_refused_until_the_target_has_what_the_flag_uses() {
         get_flag(&mut admin, "production", "checkout").await.version,
         Some(3)
     );
+}
+
+#[tokio::test]
+async fn a_flag_is_promoted_with_its_segments_in_one_revision() {
+    let server = TestServer::start().await;
+    let mut admin = server.admin().await;
+    create_environment(&mut admin, "staging").await;
+    create_environment(&mut admin, "production").await;
+    create_segment(&mut admin, "staging", segment("staff", &["u1", "u2"])).await;
+    create_flag(&mut admin, "staging", targeting("checkout", "staff")).await;
+    create_segment(&mut admin, "production", segment("staff", &["u9"])).await;
+
+    let promoted = admin
+        .promote_flag(pb::PromoteFlagRequest {
+            environment: "production".into(),
+            from_environment: "staging".into(),
+            key: "checkout".into(),
+            with_segments: true,
+            ..Default::default()
+        })
+        .await
+        .expect("promoted")
+        .into_inner();
+    assert_eq!(promoted.revision, 2);
+    assert_eq!(promoted.flag.expect("flag").version, Some(2));
+    let segments: Vec<(String, u32, Option<u64>)> = promoted
+        .segments
+        .into_iter()
+        .map(|s| {
+            let doc = s.segment.expect("segment");
+            (doc.key, s.included_count, doc.version)
+        })
+        .collect();
+    assert_eq!(segments, [("staff".to_owned(), 2, Some(2))]);
+
+    let history = admin
+        .list_history(pb::ListHistoryRequest {
+            environment: "production".into(),
+            page_size: 1,
+            ..Default::default()
+        })
+        .await
+        .expect("history")
+        .into_inner()
+        .entries;
+    assert_eq!(history[0].revision, 2);
+    assert_eq!(history[0].operation, "PromoteFlag");
+    assert_eq!(history[0].changes.len(), 2, "{:?}", history[0].changes);
 }
 
 #[tokio::test]

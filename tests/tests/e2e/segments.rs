@@ -150,3 +150,115 @@ async fn segments_are_listed_without_keys_and_have_their_own_history() {
     );
     assert_eq!((before.included_count, after.included_count), (2, 3));
 }
+
+#[tokio::test]
+async fn a_big_segment_is_promoted_by_the_server_as_one_audited_revision() {
+    use prost::Message;
+    let server = TestServer::start().await;
+    let mut admin = server.admin().await;
+    create_environment(&mut admin, "staging").await;
+    admin
+        .create_environment(pb::CreateEnvironmentRequest {
+            environment: "production".into(),
+            protected: true,
+        })
+        .await
+        .expect("environment");
+    let keys: Vec<String> = (0..100_000).map(|i| format!("user-{i:06}")).collect();
+    create_segment(
+        &mut admin,
+        "staging",
+        pb::Segment {
+            included: keys.clone(),
+            excluded: keys[..100_000].iter().map(|k| format!("x{k}")).collect(),
+            ..segment("everyone", &[])
+        },
+    )
+    .await;
+    let promote = || pb::PromoteSegmentRequest {
+        environment: "production".into(),
+        from_environment: "staging".into(),
+        key: "everyone".into(),
+        comment: "launch".into(),
+        confirm_protected: true,
+        ..Default::default()
+    };
+    // Nothing big travels: the request names the segment.
+    assert!(promote().encoded_len() < 100);
+
+    let message = refused(
+        admin
+            .promote_segment(pb::PromoteSegmentRequest {
+                confirm_protected: false,
+                ..promote()
+            })
+            .await,
+        Code::FailedPrecondition,
+    );
+    assert!(message.contains("is protected"), "{message}");
+    let message = refused(
+        admin
+            .promote_segment(pb::PromoteSegmentRequest {
+                expected_version: 3,
+                ..promote()
+            })
+            .await,
+        Code::Aborted,
+    );
+    assert!(message.contains("\"everyone\""), "{message}");
+    let message = refused(
+        admin
+            .promote_segment(pb::PromoteSegmentRequest {
+                from_environment: "production".into(),
+                ..promote()
+            })
+            .await,
+        Code::InvalidArgument,
+    );
+    assert!(message.contains("another environment"), "{message}");
+
+    let promoted = admin
+        .promote_segment(promote())
+        .await
+        .expect("promoted")
+        .into_inner();
+    assert_eq!(promoted.revision, 1);
+    let summary = promoted.segment.expect("summary");
+    assert_eq!(
+        (summary.included_count, summary.excluded_count),
+        (100_000, 100_000)
+    );
+    let stored = admin
+        .get_segment(pb::GetSegmentRequest {
+            environment: "production".into(),
+            key: "everyone".into(),
+        })
+        .await
+        .expect("segment")
+        .into_inner()
+        .segment
+        .expect("segment");
+    assert_eq!(stored.included, keys);
+    assert_eq!(stored.version, Some(1));
+
+    let history = admin
+        .list_history(pb::ListHistoryRequest {
+            environment: "production".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("history")
+        .into_inner()
+        .entries;
+    assert_eq!(history.len(), 1);
+    assert_eq!(history[0].operation, "PromoteSegment");
+    assert_eq!(history[0].comment, "launch");
+
+    // Promoted again unchanged: no new revision.
+    let again = admin
+        .promote_segment(promote())
+        .await
+        .expect("promoted")
+        .into_inner();
+    assert_eq!(again.revision, 1);
+}
