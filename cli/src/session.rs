@@ -347,9 +347,9 @@ pub fn explain(status: Status, endpoint: &str) -> anyhow::Error {
             anyhow!("not authenticated: {message} (check --token, FLAGSTAFF_TOKEN or --token-file)")
         }
         Code::PermissionDenied => anyhow!("not allowed: {message}"),
-        Code::Aborted => anyhow!(
-            "{message}: someone changed it meanwhile; re-run the command, or use `flagstaff flag edit` to merge by hand"
-        ),
+        // A version conflict: the server names both versions, whether someone changed the
+        // document meanwhile, and what to do.
+        Code::Aborted => anyhow!("{message}"),
         Code::InvalidArgument => anyhow!("{message}"),
         _ => anyhow!("{message}"),
     }

@@ -435,6 +435,23 @@ impl<S: Store> Environments<S> {
             .map(|(committed, _)| committed)
     }
 
+    /// [`write`](Self::write), where `build` also gets the environment and its current
+    /// revision, to check expected versions against.
+    pub(crate) fn write_at(
+        &self,
+        ctx: WriteContext<'_>,
+        build: impl FnOnce(&Snapshot, At<'_>) -> Result<ChangeSet, ServerError>,
+    ) -> Result<Committed, ServerError> {
+        self.write_with_rollout(ctx, |current, _, next| {
+            let at = At {
+                environment: ctx.environment,
+                revision: next - 1,
+            };
+            Ok((build(current, at)?, None))
+        })
+        .map(|(committed, _)| committed)
+    }
+
     /// [`write`](Self::write), where `build` also sees the environment's rollout plans and
     /// the revision the change will make, and may return a plan to store in the same
     /// transaction as the change (a plan's step). A change by anyone else to a flag whose
@@ -459,7 +476,7 @@ impl<S: Store> Environments<S> {
         let plans = env.rollouts();
         let mut plan = None;
         let mut changing = false;
-        let staged = stage(&current, |snapshot| {
+        let staged = stage(&current, &env.key, |snapshot| {
             let (changes, p) = build(snapshot, &plans, current.revision + 1)?;
             plan = p;
             changing = !changes.is_empty();
@@ -576,7 +593,7 @@ impl<S: Store> Environments<S> {
         build: impl FnOnce(&Snapshot) -> Result<ChangeSet, ServerError>,
     ) -> Result<Committed, ServerError> {
         let current = self.get(environment)?.current();
-        let Some(staged) = stage(&current, build)? else {
+        let Some(staged) = stage(&current, environment, build)? else {
             return Ok(Committed::nothing(current.revision));
         };
         Ok(Committed {
@@ -592,11 +609,16 @@ impl<S: Store> Environments<S> {
 /// not change, versions and validates the rest; `None` when nothing would change.
 fn stage(
     current: &Current,
+    environment: &str,
     build: impl FnOnce(&Snapshot) -> Result<ChangeSet, ServerError>,
 ) -> Result<Option<Staged>, ServerError> {
     let before = &current.snapshot;
     let mut changes = build(before)?;
-    check_versions(before, &changes)?;
+    let at = At {
+        environment,
+        revision: current.revision,
+    };
+    check_versions(before, &changes, at)?;
     drop_unchanged(before, &mut changes);
     if changes.is_empty() {
         return Ok(None);
@@ -671,40 +693,94 @@ pub(crate) fn unconfirmed(key: &str) -> ServerError {
     ))
 }
 
+/// Where an expected version is checked: an environment and its current revision (every
+/// version a document there ever had is at most that revision).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct At<'a> {
+    /// The environment's key.
+    pub environment: &'a str,
+    /// Its current revision.
+    pub revision: u64,
+}
+
 /// The conflict, if any, between an expected version and a document's current one
-/// (`actual`: `None` when the document does not exist, else its version). No expectation is
-/// never a conflict; an expectation of 0 means "must not exist".
+/// (`actual`: `None` when the document does not exist, else its version) in the environment
+/// `at`. No expectation is never a conflict; an expectation of 0 means "must not exist".
+///
+/// The message names both versions and what to do, and claims a concurrent change only when
+/// there was one: when the document changed after the revision it was expected at. An
+/// expectation beyond the environment's revision, or one the document cannot have had (its
+/// versions only grow, and it is at an earlier one), was read elsewhere: in another
+/// environment, typically from `flag get` or `segment get` output applied there.
 pub(crate) fn version_conflict(
     what: &str,
     key: &str,
     expected: Option<u64>,
     actual: Option<Option<u64>>,
+    at: At<'_>,
 ) -> Option<ServerError> {
     let expected = expected?;
-    match actual {
-        None if expected == 0 => None,
-        None => Some(ServerError::VersionConflict(format!(
-            "{what} {key:?} does not exist, but version {expected} was expected"
-        ))),
-        Some(actual) if actual == Some(expected) => None,
-        Some(actual) => Some(ServerError::VersionConflict(format!(
-            "{what} {key:?} is at version {}, not {expected}: it changed since it was read",
-            actual.unwrap_or(0)
-        ))),
-    }
+    let At {
+        environment,
+        revision,
+    } = at;
+    let elsewhere = |to: &str| {
+        format!(
+            "the document was read in another environment; drop `version:` (the expected \
+             version) to {to} the {what} whatever its version, or copy it with `flagstaff {what} \
+             promote`"
+        )
+    };
+    let message = match actual.map(|v| v.unwrap_or(0)) {
+        None if expected == 0 => return None,
+        Some(actual) if actual == expected => return None,
+        None if expected > revision => format!(
+            "{what} {key:?} does not exist in {environment}, and version {expected} is not a \
+             revision of {environment} (now {revision}): {}",
+            elsewhere("create")
+        ),
+        Some(actual) if expected > revision => format!(
+            "{what} {key:?} is at version {actual} in {environment}, and version {expected} is \
+             not a revision of {environment} (now {revision}): {}",
+            elsewhere("replace")
+        ),
+        None => format!(
+            "{what} {key:?} does not exist in {environment}, so it is not at version \
+             {expected}: it was deleted since, or {}",
+            elsewhere("create")
+        ),
+        Some(actual) if expected == 0 => format!(
+            "{what} {key:?} already exists in {environment}, at version {actual}, but version 0 \
+             was given, which means it must not exist yet; drop `version:` to replace it"
+        ),
+        Some(actual) if actual > expected => format!(
+            "{what} {key:?} is at version {actual} in {environment}, not {expected}: someone \
+             changed it at revision {actual}, after version {expected} was read; read it again \
+             and redo the change, or drop `version:` (the expected version) to overwrite that \
+             change"
+        ),
+        Some(actual) => format!(
+            "{what} {key:?} is at version {actual} in {environment}, not {expected}, and never \
+             had version {expected} (its versions only grow): {}",
+            elsewhere("replace")
+        ),
+    };
+    Some(ServerError::VersionConflict(message))
 }
 
 /// An expected version that does not match the current document is a conflict.
-fn check_versions(current: &Snapshot, changes: &ChangeSet) -> Result<(), ServerError> {
+fn check_versions(current: &Snapshot, changes: &ChangeSet, at: At<'_>) -> Result<(), ServerError> {
     for flag in &changes.flags {
         let actual = current.flag(&flag.key).map(|f| f.version);
-        if let Some(conflict) = version_conflict("flag", &flag.key, flag.version, actual) {
+        if let Some(conflict) = version_conflict("flag", &flag.key, flag.version, actual, at) {
             return Err(conflict);
         }
     }
     for segment in &changes.segments {
         let actual = current.segment(&segment.key).map(|s| s.version);
-        if let Some(conflict) = version_conflict("segment", &segment.key, segment.version, actual) {
+        if let Some(conflict) =
+            version_conflict("segment", &segment.key, segment.version, actual, at)
+        {
             return Err(conflict);
         }
     }

@@ -5,9 +5,31 @@
 
 use flagstaff_engine::{ChangeSet, Flag, KeyPatch, Segment, Serve, Snapshot, Split};
 
-use crate::environments::{version_conflict, Committed, Environments, WriteContext};
+use crate::environments::{version_conflict, At, Committed, Environments, WriteContext};
 use crate::error::ServerError;
 use crate::storage::{AuditChange, Store};
+
+/// The flag `key` of `environment`, which must exist.
+pub(crate) fn flag_in<'a>(
+    snapshot: &'a Snapshot,
+    key: &str,
+    environment: &str,
+) -> Result<&'a Flag, ServerError> {
+    snapshot.flag(key).ok_or_else(|| {
+        ServerError::NotFound(format!("no flag {key:?} in environment {environment:?}"))
+    })
+}
+
+/// The segment `key` of `environment`, which must exist.
+fn segment_in<'a>(
+    snapshot: &'a Snapshot,
+    key: &str,
+    environment: &str,
+) -> Result<&'a Segment, ServerError> {
+    snapshot.segment(key).ok_or_else(|| {
+        ServerError::NotFound(format!("no segment {key:?} in environment {environment:?}"))
+    })
+}
 
 /// The flag `key`, which must exist and, when a version is expected, be at that version. A
 /// flag that does not exist has no version, so an expectation for it is a conflict, not
@@ -15,32 +37,28 @@ use crate::storage::{AuditChange, Store};
 pub(crate) fn existing_flag<'a>(
     snapshot: &'a Snapshot,
     key: &str,
-    environment: &str,
+    at: At<'_>,
     expected: Option<u64>,
 ) -> Result<&'a Flag, ServerError> {
-    let flag = snapshot.flag(key);
-    if let Some(conflict) = version_conflict("flag", key, expected, flag.map(|f| f.version)) {
+    let actual = snapshot.flag(key).map(|f| f.version);
+    if let Some(conflict) = version_conflict("flag", key, expected, actual, at) {
         return Err(conflict);
     }
-    flag.ok_or_else(|| {
-        ServerError::NotFound(format!("no flag {key:?} in environment {environment:?}"))
-    })
+    flag_in(snapshot, key, at.environment)
 }
 
 /// The segment `key`, which must exist and, when a version is expected, be at that version.
 fn existing_segment<'a>(
     snapshot: &'a Snapshot,
     key: &str,
-    environment: &str,
+    at: At<'_>,
     expected: Option<u64>,
 ) -> Result<&'a Segment, ServerError> {
-    let segment = snapshot.segment(key);
-    if let Some(conflict) = version_conflict("segment", key, expected, segment.map(|s| s.version)) {
+    let actual = snapshot.segment(key).map(|s| s.version);
+    if let Some(conflict) = version_conflict("segment", key, expected, actual, at) {
         return Err(conflict);
     }
-    segment.ok_or_else(|| {
-        ServerError::NotFound(format!("no segment {key:?} in environment {environment:?}"))
-    })
+    segment_in(snapshot, key, at.environment)
 }
 
 /// Why replacing the split `old` by `new` would move contexts that neither variant's weight
@@ -187,8 +205,8 @@ impl<S: Store> Environments<S> {
 
     /// Replaces an existing flag; its `version`, when given, must be the current one.
     pub fn update_flag(&self, ctx: WriteContext<'_>, flag: Flag) -> Result<Committed, ServerError> {
-        self.write(ctx, |current| {
-            existing_flag(current, &flag.key, ctx.environment, flag.version)?;
+        self.write_at(ctx, |current, at| {
+            existing_flag(current, &flag.key, at, flag.version)?;
             Ok(flags_only(vec![flag]))
         })
     }
@@ -201,8 +219,8 @@ impl<S: Store> Environments<S> {
         key: &str,
         expected: Option<u64>,
     ) -> Result<Committed, ServerError> {
-        self.write(ctx, |current| {
-            existing_flag(current, key, ctx.environment, expected)?;
+        self.write_at(ctx, |current, at| {
+            existing_flag(current, key, at, expected)?;
             let dependents = requiring(current, key);
             if !dependents.is_empty() {
                 return Err(ServerError::Precondition(format!(
@@ -226,8 +244,8 @@ impl<S: Store> Environments<S> {
         enabled: bool,
         expected: Option<u64>,
     ) -> Result<Committed, ServerError> {
-        self.write(ctx, |current| {
-            let flag = existing_flag(current, key, ctx.environment, expected)?;
+        self.write_at(ctx, |current, at| {
+            let flag = existing_flag(current, key, at, expected)?;
             Ok(flags_only(vec![Flag {
                 enabled,
                 version: None,
@@ -248,8 +266,8 @@ impl<S: Store> Environments<S> {
         force: bool,
         expected: Option<u64>,
     ) -> Result<Committed, ServerError> {
-        self.write(ctx, |current| {
-            let flag = existing_flag(current, key, ctx.environment, expected)?;
+        self.write_at(ctx, |current, at| {
+            let flag = existing_flag(current, key, at, expected)?;
             if let (false, Serve::Split(old), Serve::Split(new)) = (force, &flag.default, &serve) {
                 if let Some(why) = reshuffle(old, new) {
                     return Err(ServerError::Precondition(format!(
@@ -319,7 +337,7 @@ impl<S: Store> Environments<S> {
     ) -> Result<Committed, ServerError> {
         let source = self.get(from)?.current();
         let source = &source.snapshot;
-        let flag = existing_flag(source, key, from, None)?.clone();
+        let flag = flag_in(source, key, from)?.clone();
         self.write(ctx, |target| {
             let mut used: Vec<&str> = flag.segment_refs().collect();
             used.sort_unstable();
@@ -349,7 +367,7 @@ impl<S: Store> Environments<S> {
             let segments = if with_segments {
                 used.iter()
                     .map(|s| {
-                        let segment = existing_segment(source, s, from, None)?;
+                        let segment = segment_in(source, s, from)?;
                         Ok(Segment {
                             version: None,
                             ..segment.clone()
@@ -381,7 +399,7 @@ impl<S: Store> Environments<S> {
         expected: Option<u64>,
     ) -> Result<Committed, ServerError> {
         let source = self.get(from)?.current();
-        let segment = existing_segment(&source.snapshot, key, from, None)?;
+        let segment = segment_in(&source.snapshot, key, from)?;
         self.write(ctx, |_| {
             Ok(ChangeSet {
                 segments: vec![Segment {
@@ -419,8 +437,8 @@ impl<S: Store> Environments<S> {
         ctx: WriteContext<'_>,
         segment: Segment,
     ) -> Result<Committed, ServerError> {
-        self.write(ctx, |current| {
-            existing_segment(current, &segment.key, ctx.environment, segment.version)?;
+        self.write_at(ctx, |current, at| {
+            existing_segment(current, &segment.key, at, segment.version)?;
             Ok(ChangeSet {
                 segments: vec![segment],
                 ..ChangeSet::default()
@@ -436,8 +454,8 @@ impl<S: Store> Environments<S> {
         key: &str,
         expected: Option<u64>,
     ) -> Result<Committed, ServerError> {
-        self.write(ctx, |current| {
-            existing_segment(current, key, ctx.environment, expected)?;
+        self.write_at(ctx, |current, at| {
+            existing_segment(current, key, at, expected)?;
             let users = using_segment(current, key);
             if !users.is_empty() {
                 return Err(ServerError::Precondition(format!(
@@ -460,8 +478,8 @@ impl<S: Store> Environments<S> {
         patch: &KeyPatch,
         expected: Option<u64>,
     ) -> Result<Committed, ServerError> {
-        self.write(ctx, |current| {
-            let segment = existing_segment(current, &patch.segment, ctx.environment, expected)?;
+        self.write_at(ctx, |current, at| {
+            let segment = existing_segment(current, &patch.segment, at, expected)?;
             let patched = Segment {
                 version: None,
                 ..patch.apply(segment)

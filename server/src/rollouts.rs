@@ -21,9 +21,9 @@ use std::time::Duration;
 
 use flagstaff_engine::{ChangeSet, Flag, Serve, Split, Weight};
 
-use crate::environments::{Committed, Environments, WriteContext};
+use crate::environments::{At, Committed, Environments, WriteContext};
 use crate::error::ServerError;
-use crate::operations::{existing_flag, flags_only};
+use crate::operations::{existing_flag, flag_in, flags_only};
 use crate::storage::{
     now_ms, GuardRecord, GuardTally, RolloutEvent, RolloutEventKind, RolloutRecord, RolloutStage,
     RolloutState, Store,
@@ -541,12 +541,11 @@ impl<S: Store> Environments<S> {
                     state_name(plan.state)
                 )));
             }
-            let flag = existing_flag(
-                current,
-                &request.flag,
-                ctx.environment,
-                request.expected_version,
-            )?;
+            let at = At {
+                environment: ctx.environment,
+                revision: revision - 1,
+            };
+            let flag = existing_flag(current, &request.flag, at, request.expected_version)?;
             let mut plan = plan_for(flag, request, ctx.actor, now)?;
             plan.flag_version = revision;
             let changes = flags_only(vec![with_scope(
@@ -593,7 +592,7 @@ impl<S: Store> Environments<S> {
         let (committed, plan) = self.write_with_rollout(ctx, |current, plans, revision| {
             let mut plan = active_plan(plans, key, ctx.environment)?;
             // A manual edit made while paused is overwritten only in the plan's scope.
-            let flag = existing_flag(current, key, ctx.environment, None)?;
+            let flag = flag_in(current, key, ctx.environment)?;
             let (percent, serve, kind) = match state {
                 RolloutState::RolledBack => (
                     0,
@@ -666,7 +665,7 @@ impl<S: Store> Environments<S> {
                     state_name(plan.state)
                 )));
             }
-            let flag = existing_flag(current, key, ctx.environment, None)?;
+            let flag = flag_in(current, key, ctx.environment)?;
             adopt(&mut plan, flag)?;
             plan.state = RolloutState::Running;
             plan.state_message = String::new();

@@ -146,7 +146,9 @@ fn a_stale_expected_version_is_a_conflict() {
         .expect_err("stale");
     assert_eq!(
         err.to_string(),
-        "flag \"a\" is at version 2, not 1: it changed since it was read"
+        "flag \"a\" is at version 2 in e, not 1: someone changed it at revision 2, after version \
+         1 was read; read it again and redo the change, or drop `version:` (the expected \
+         version) to overwrite that change"
     );
     let mut fresh = flag("a", true);
     fresh.version = Some(2);
@@ -169,8 +171,65 @@ fn a_stale_expected_version_is_a_conflict() {
         .expect_err("exists now");
     assert_eq!(
         err.to_string(),
-        "flag \"new\" is at version 4, not 0: it changed since it was read"
+        "flag \"new\" already exists in e, at version 4, but version 0 was given, which means it \
+         must not exist yet; drop `version:` to replace it"
     );
+}
+
+#[test]
+fn a_version_read_elsewhere_is_not_called_a_concurrent_change() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let envs = open(dir.path());
+    envs.create("production", false).expect("create");
+    // Revision 1 writes "a", revision 2 "b", revision 3 "a" again.
+    for (key, enabled) in [("a", true), ("b", true), ("a", false)] {
+        envs.write(ctx("production", ""), put(vec![flag(key, enabled)]))
+            .expect("write");
+    }
+    let conflict = |key: &str, version: u64| {
+        let mut document = flag(key, false);
+        document.version = Some(version);
+        let err = envs
+            .write(ctx("production", ""), put(vec![document]))
+            .expect_err("a conflict");
+        assert!(matches!(err, ServerError::VersionConflict(_)), "{err}");
+        err.to_string()
+    };
+    let elsewhere = "the document was read in another environment; drop `version:` (the \
+                     expected version) to replace the flag whatever its version, or copy it \
+                     with `flagstaff flag promote`";
+
+    // A version beyond the environment's revision.
+    assert_eq!(
+        conflict("a", 40),
+        format!(
+            "flag \"a\" is at version 3 in production, and version 40 is not a revision of \
+             production (now 3): {elsewhere}"
+        )
+    );
+    // A revision of the environment that changed another document: "b" is at 2, never at 3.
+    assert_eq!(
+        conflict("b", 3),
+        format!(
+            "flag \"b\" is at version 2 in production, not 3, and never had version 3 (its \
+             versions only grow): {elsewhere}"
+        )
+    );
+    // A document that does not exist.
+    assert_eq!(
+        conflict("c", 40),
+        "flag \"c\" does not exist in production, and version 40 is not a revision of \
+         production (now 3): the document was read in another environment; drop `version:` \
+         (the expected version) to create the flag whatever its version, or copy it with \
+         `flagstaff flag promote`"
+    );
+    assert!(conflict("c", 2).starts_with(
+        "flag \"c\" does not exist in production, so it is not at version 2: it was deleted \
+         since, or the document was read in another environment"
+    ));
+    // Only a document changed after the version given changed meanwhile.
+    assert!(conflict("a", 1).contains("someone changed it at revision 3, after version 1"));
+    assert_eq!(envs.get("production").expect("env").current().revision, 3);
 }
 
 #[test]

@@ -506,9 +506,9 @@ fn a_conflicting_change_is_refused_and_says_what_to_do() {
         .expect("runs");
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        err.ends_with("someone changed it meanwhile; re-run the command, or use `flagstaff flag edit` to merge by hand\n"),
-        "{err}"
+    assert_snapshot!(
+        err,
+        @"error: flag \"checkout-v2\" is at version 2 in production, not 1: someone changed it at revision 2, after version 1 was read; read it again and redo the change, or drop `version:` (the expected version) to overwrite that change"
     );
     let flag = json(&s.ok(&["flag", "get", "checkout-v2", "-o", "json"]));
     assert_eq!(flag["flag"]["enabled"], true, "the other change stands");

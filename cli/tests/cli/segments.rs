@@ -471,3 +471,77 @@ fn segments_are_promoted_on_their_own_or_with_the_flags_that_use_them() {
     let shown = json(&s.ok(&["segment", "get", "staff", "-o", "json"]));
     assert_eq!(shown["version"], 2);
 }
+
+#[test]
+fn a_document_read_in_another_environment_is_not_called_a_concurrent_change() {
+    let s = Server::start();
+    s.ok(&["env", "create", "staging"]);
+    s.ok(&["env", "create", "production"]);
+    let staging = |args: &[&str]| {
+        s.cmd()
+            .args(["--env", "staging"])
+            .args(args)
+            .assert()
+            .success();
+    };
+    // In staging, segment beta gets to version 5 and flag checkout to version 7.
+    staging(&["segment", "create", "beta", "--include", "u1"]);
+    for key in ["u2", "u3", "u4", "u5"] {
+        staging(&["segment", "add", "beta", key]);
+    }
+    staging(&["flag", "create", "checkout"]);
+    staging(&["flag", "on", "checkout"]);
+    // In production, both exist at earlier versions: production is at revision 2.
+    s.ok(&["segment", "create", "beta"]);
+    s.ok(&["flag", "create", "checkout"]);
+
+    let dir = tempfile::tempdir().expect("dir");
+    let segment_file = dir.path().join("beta.yaml");
+    let out = s
+        .cmd()
+        .args(["--env", "staging", "segment", "get", "beta"])
+        .output()
+        .expect("runs");
+    let segment = String::from_utf8(out.stdout).expect("utf-8");
+    assert!(segment.contains("\nversion: 5\n"), "{segment}");
+    std::fs::write(&segment_file, &segment).expect("file");
+    let segment_path = segment_file.to_str().expect("path");
+    let flag_file = dir.path().join("checkout.json");
+    let out = s
+        .cmd()
+        .args(["--env", "staging", "flag", "get", "checkout", "-o", "json"])
+        .output()
+        .expect("runs");
+    let flag = json(&String::from_utf8(out.stdout).expect("utf-8"))["flag"].clone();
+    assert_eq!(flag["version"], 7);
+    std::fs::write(&flag_file, flag.to_string()).expect("file");
+    let flag_path = flag_file.to_str().expect("path");
+
+    // Versions beyond production's revision.
+    assert_snapshot!(
+        s.fails(&["segment", "apply", "-f", segment_path]),
+        @"error: segment \"beta\" is at version 1 in production, and version 5 is not a revision of production (now 2): the document was read in another environment; drop `version:` (the expected version) to replace the segment whatever its version, or copy it with `flagstaff segment promote`"
+    );
+    assert_snapshot!(
+        s.fails(&["flag", "apply", "-f", flag_path]),
+        @"error: flag \"checkout\" is at version 2 in production, and version 7 is not a revision of production (now 2): the document was read in another environment; drop `version:` (the expected version) to replace the flag whatever its version, or copy it with `flagstaff flag promote`"
+    );
+
+    // Revisions of production that changed other documents.
+    for key in ["x1", "x2", "x3", "x4", "x5"] {
+        s.ok(&["segment", "create", key]);
+    }
+    assert_snapshot!(
+        s.fails(&["segment", "apply", "-f", segment_path]),
+        @"error: segment \"beta\" is at version 1 in production, not 5, and never had version 5 (its versions only grow): the document was read in another environment; drop `version:` (the expected version) to replace the segment whatever its version, or copy it with `flagstaff segment promote`"
+    );
+    assert_snapshot!(
+        s.fails(&["flag", "apply", "-f", flag_path]),
+        @"error: flag \"checkout\" is at version 2 in production, not 7, and never had version 7 (its versions only grow): the document was read in another environment; drop `version:` (the expected version) to replace the flag whatever its version, or copy it with `flagstaff flag promote`"
+    );
+
+    // Without `version:`, the document replaces what is there.
+    std::fs::write(&segment_file, segment.replace("\nversion: 5\n", "\n")).expect("file");
+    let applied = s.ok(&["segment", "apply", "-f", segment_path]);
+    assert!(applied.contains("production is at revision 8"), "{applied}");
+}

@@ -79,7 +79,9 @@ async fn segment_keys_are_patched_without_sending_the_lists() {
     );
     assert_eq!(
         message,
-        "segment \"staff\" is at version 2, not 1: it changed since it was read"
+        "segment \"staff\" is at version 2 in staging, not 1: someone changed it at revision \
+         2, after version 1 was read; read it again and redo the change, or drop `version:` (the \
+         expected version) to overwrite that change"
     );
 }
 

@@ -270,7 +270,9 @@ async fn a_stale_version_is_aborted_and_nothing_is_stored() {
     );
     assert_eq!(
         message,
-        "flag \"checkout\" is at version 2, not 1: it changed since it was read"
+        "flag \"checkout\" is at version 2 in staging, not 1: someone changed it at revision \
+         2, after version 1 was read; read it again and redo the change, or drop `version:` (the \
+         expected version) to overwrite that change"
     );
 
     let message = refused(
@@ -287,7 +289,9 @@ async fn a_stale_version_is_aborted_and_nothing_is_stored() {
     );
     assert_eq!(
         message,
-        "flag \"checkout\" is at version 2, not 1: it changed since it was read"
+        "flag \"checkout\" is at version 2 in staging, not 1: someone changed it at revision \
+         2, after version 1 was read; read it again and redo the change, or drop `version:` (the \
+         expected version) to overwrite that change"
     );
 
     let message = refused(
@@ -303,7 +307,10 @@ async fn a_stale_version_is_aborted_and_nothing_is_stored() {
     );
     assert_eq!(
         message,
-        "flag \"missing\" does not exist, but version 2 was expected"
+        "flag \"missing\" does not exist in staging, so it is not at version 2: it was \
+         deleted since, or the document was read in another environment; drop `version:` (the \
+         expected version) to create the flag whatever its version, or copy it with \
+         `flagstaff flag promote`"
     );
 
     assert_eq!(revision(&mut admin, "staging").await, 2, "nothing stored");
