@@ -154,16 +154,29 @@ pub fn describe(tally: &GuardTally, event: &str, verdict: &Verdict) -> String {
     };
     format!(
         "guard {event:?} rejected the target: target {} events ({}), baseline {} events ({}); \
-         target share {:.4} against at most {:.4}; statistic {:.1} >= {:.1}",
+         target share {:.4} against at most {:.4}; statistic {} of {}",
         tally.target_events,
         rate(tally.target_events, tally.target_exposures),
         tally.baseline_events,
         rate(tally.baseline_events, tally.baseline_exposures),
         verdict.observed_share,
         verdict.null_share,
-        verdict.statistic,
-        verdict.threshold,
+        statistic(verdict.statistic),
+        statistic(verdict.threshold),
     )
+}
+
+/// A statistic as people read it, the way `flagstaff rollout status` shows it: `3.2`,
+/// `40.0`, and from a million on (where the exact value, up to 309 digits, says nothing more:
+/// the test rejected long before) `> 10^6`.
+fn statistic(value: f64) -> String {
+    if value.is_nan() {
+        "-".to_owned()
+    } else if value >= 1e6 {
+        "> 10^6".to_owned()
+    } else {
+        format!("{value:.1}")
+    }
 }
 
 #[cfg(test)]
@@ -219,6 +232,30 @@ mod tests {
         let four = test(&tally(40, 200), 1.5, 0, 10_000, 90_000, 4);
         assert_eq!(one.statistic, four.statistic);
         assert_eq!(four.threshold, 4.0 * one.threshold);
+    }
+
+    #[test]
+    fn the_audit_comment_shows_huge_statistics_readably() {
+        let t = GuardTally {
+            target_exposures: 2000,
+            baseline_exposures: 18_000,
+            ..tally(2000, 0)
+        };
+        let v = test(&t, 1.5, 100, 10_000, 90_000, 1);
+        assert!(v.statistic > 1e100, "{v:?}");
+        let comment = describe(&t, "checkout_error", &v);
+        assert!(comment.ends_with("; statistic > 10^6 of 20.0"), "{comment}");
+        assert!(comment.len() < 300, "{comment}");
+        let v = test(&tally(40, 200), 1.5, 100, 10_000, 90_000, 3);
+        assert!(v.statistic < 1e6, "{v:?}");
+        let comment = describe(&tally(40, 200), "e", &v);
+        assert!(
+            comment.ends_with(&format!("; statistic {:.1} of 60.0", v.statistic)),
+            "{comment}"
+        );
+        assert_eq!(statistic(f64::MAX), "> 10^6");
+        assert_eq!(statistic(999_999.94), "999999.9");
+        assert_eq!(statistic(f64::NAN), "-");
     }
 
     #[test]

@@ -417,6 +417,8 @@ fn a_guarded_plan_rolls_itself_back_when_the_target_errs_more() {
         comment.starts_with("guard \"checkout_error\" rejected the target: target "),
         "{comment}"
     );
+    // Its statistic as `rollout status` shows it, not a number of hundreds of digits.
+    assert!(comment.ends_with("; statistic > 10^6 of 20.0"), "{comment}");
     // Everyone is back on the old checkout.
     let after = served(
         &s,
