@@ -576,6 +576,36 @@ mod tests {
     }
 
     #[test]
+    fn from_attributes_is_set_one_by_one() {
+        let attributes = [("b", "1"), ("key", "x"), ("a", "2"), ("b", "3"), ("c", "4")];
+        let built = Context::from_attributes(
+            "k",
+            attributes
+                .iter()
+                .map(|(n, v)| (Cow::Borrowed(*n), AttrInput::from(*v))),
+        );
+        let mut set = Context::new("k");
+        for (name, value) in attributes {
+            set.set(name, value);
+        }
+        assert_eq!(built, set);
+        assert_eq!(built.get("b"), Some(AttrRef::Str("3")));
+        assert_eq!(built.get("key"), Some(AttrRef::Str("k")));
+
+        // Many attributes, each name twice: linear, and the same as setting them one by one.
+        let many: Vec<(String, String)> = (0..20_000)
+            .map(|i| (format!("n{}", i % 10_000), format!("v{i}")))
+            .collect();
+        let built = Context::from_attributes(
+            "k",
+            many.iter()
+                .map(|(n, v)| (Cow::Borrowed(n.as_str()), AttrInput::from(v.as_str()))),
+        );
+        assert_eq!(built.attributes().count(), 10_000);
+        assert_eq!(built.get("n7"), Some(AttrRef::Str("v10007")));
+    }
+
+    #[test]
     fn from_json_drops_nulls_and_rejects_objects() {
         let json = serde_json::json!({
             "key": "u", "attributes": {"a": null, "b": [1, null, "x"], "key": "other"}
