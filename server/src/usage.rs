@@ -66,8 +66,15 @@ impl<S: Store> Environments<S> {
         report: &MetricsReport,
     ) -> Result<ReportOutcome, ServerError> {
         let env = self.get(environment)?;
+        // Usage is kept for the environment's flags only: counts of names that are no flag
+        // (a stale SDK's, or made up) would grow the store without bound.
+        let current = env.current();
         let mut used: HashMap<&str, FlagUsage> = HashMap::new();
-        for e in report.evaluations.iter().filter(|e| e.count > 0) {
+        for e in report
+            .evaluations
+            .iter()
+            .filter(|e| e.count > 0 && current.snapshot.flag(&e.flag).is_some())
+        {
             let u = used.entry(e.flag.as_str()).or_default();
             u.evaluations = u.evaluations.saturating_add(e.count);
             u.last_evaluated_ms = u.last_evaluated_ms.max(e.window_end_ms);

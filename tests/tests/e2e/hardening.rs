@@ -734,3 +734,46 @@ async fn pages_are_cut_to_fit_a_default_client() {
     let expected: Vec<String> = (0..10).map(|i| format!("f{i}")).collect();
     assert_eq!(seen, expected);
 }
+
+#[tokio::test]
+async fn usage_is_kept_only_for_flags_that_exist() {
+    let (server, mut admin) = production().await;
+    create_flag(&mut admin, "production", boolean_flag("checkout")).await;
+    let token = sdk_token(&server, "service", "production").await;
+    let mut sync = server.sync_with(&token).await;
+    let now = i64::try_from(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("after 1970")
+            .as_millis(),
+    )
+    .expect("in range");
+    let count = |flag: String| pb::EvaluationCount {
+        flag,
+        variant: "off".into(),
+        version: 1,
+        count: 3,
+    };
+    let mut evaluations: Vec<_> = (0..1000).map(|i| count(format!("made-up-{i}"))).collect();
+    evaluations.push(count("checkout".into()));
+    sync.report_metrics(pb::ReportMetricsRequest {
+        instance_id: "i".into(),
+        windows: vec![pb::MetricsWindow {
+            start_unix_ms: now - 1000,
+            end_unix_ms: now,
+            evaluations,
+            events: vec![],
+        }],
+        ..Default::default()
+    })
+    .await
+    .expect("reported");
+    let env = server.environments.get("production").expect("production");
+    assert_eq!(env.usage("checkout").map(|u| u.evaluations), Some(3));
+    assert_eq!(env.usage("made-up-7"), None);
+    let data_dir = server.stop().await;
+    let server = TestServer::start_in(data_dir).await;
+    let env = server.environments.get("production").expect("production");
+    assert_eq!(env.usage("checkout").map(|u| u.evaluations), Some(3));
+    assert_eq!(env.usage("made-up-7"), None);
+}
