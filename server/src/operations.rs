@@ -578,7 +578,13 @@ fn duplicate_keys(changes: &ChangeSet) -> Vec<String> {
         docs.iter()
             .map(Keyed::key)
             .filter(|k| !seen.insert(*k) && reported.insert(*k))
-            .map(|k| format!("{list}[{k}]: duplicate {what} key {k:?}"))
+            .map(|k| {
+                format!(
+                    "{list}[{}]: duplicate {what} key {}",
+                    flagstaff_engine::clip(k),
+                    flagstaff_engine::quote(k)
+                )
+            })
             .collect()
     }
     let mut problems = repeated("flag", "flags", &changes.flags);

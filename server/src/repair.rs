@@ -199,6 +199,7 @@ fn restore_documents<S: Store>(
                 }
                 AuditChange::Segment {
                     key,
+                    before,
                     after,
                     included_added,
                     included_removed,
@@ -206,7 +207,12 @@ fn restore_documents<S: Store>(
                     excluded_removed,
                     ..
                 } if segment_keys.contains(&key) => {
-                    let previous = segments.remove(&key).and_then(|last| last.document);
+                    // A change recorded without a before (a creation, or an earlier repair)
+                    // lists every key as added: the lists start again from nothing.
+                    let previous = segments
+                        .remove(&key)
+                        .and_then(|last| last.document)
+                        .filter(|_| before.is_some());
                     let document = after.map(|after| {
                         let (included, excluded) = previous
                             .map(|p| (p.included, p.excluded))

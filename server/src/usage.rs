@@ -122,19 +122,22 @@ impl<S: Store> Environments<S> {
                 for e in &report.evaluations {
                     if e.flag == *flag && e.version == version {
                         if e.variant == *target {
-                            g.tally.target_exposures += e.count;
+                            g.tally.target_exposures =
+                                g.tally.target_exposures.saturating_add(e.count);
                         } else if e.variant == *baseline {
-                            g.tally.baseline_exposures += e.count;
+                            g.tally.baseline_exposures =
+                                g.tally.baseline_exposures.saturating_add(e.count);
                         }
                     }
                 }
                 for a in &report.attributions {
                     if a.flag == *flag && a.version == version && a.event == g.event {
                         if a.variant == *target {
-                            g.tally.target_events += a.count;
+                            g.tally.target_events = g.tally.target_events.saturating_add(a.count);
                             counted = true;
                         } else if a.variant == *baseline {
-                            g.tally.baseline_events += a.count;
+                            g.tally.baseline_events =
+                                g.tally.baseline_events.saturating_add(a.count);
                             counted = true;
                         }
                     }

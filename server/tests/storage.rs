@@ -304,6 +304,7 @@ fn an_entry_s_head_is_read_without_its_documents() {
             .expect("create");
         set_flag(&store, "production", 1, "checkout", true).expect("commit 1");
         set_flag(&store, "production", 2, "checkout", false).expect("commit 2");
+        set_flag(&store, "production", 3, "checkout", true).expect("commit 3");
     }
     // The documents of revision 1 become unreadable, and revision 2 loses its head, as an
     // entry written before heads were stored apart has none.
@@ -317,6 +318,11 @@ fn an_entry_s_head_is_read_without_its_documents() {
             .expect("tree")
             .remove(2u64.to_be_bytes())
             .expect("remove");
+        // Revision 3: its head damaged, read from its entry.
+        db.open_tree("audit_heads/production")
+            .expect("tree")
+            .insert(3u64.to_be_bytes(), b"not a head".as_slice())
+            .expect("insert");
         db.flush().expect("flush");
     }
     let store = SledStore::open(dir.path(), 100).expect("reopen");
@@ -330,5 +336,10 @@ fn an_entry_s_head_is_read_without_its_documents() {
         .expect("read from the whole entry")
         .expect("there is one");
     assert_eq!((head.revision, head.comment.as_str()), (2, "r2"));
-    assert_eq!(store.audit_head("production", 3).expect("read"), None);
+    let head = store
+        .audit_head("production", 3)
+        .expect("read from the whole entry")
+        .expect("there is one");
+    assert_eq!((head.revision, head.comment.as_str()), (3, "r3"));
+    assert_eq!(store.audit_head("production", 4).expect("read"), None);
 }

@@ -66,24 +66,42 @@ impl fmt::Display for ValidationError {
     }
 }
 
-/// Collects problems while a document is checked.
+/// Most problems kept for one document set; the rest are counted.
+const MAX_PROBLEMS: usize = 1_000;
+
+/// Collects problems while a document is checked: the first [`MAX_PROBLEMS`], and how many
+/// more there were, so a document of a million mistakes costs no more than a thousand.
 #[derive(Debug, Default)]
-pub(crate) struct Problems(pub(crate) Vec<Problem>);
+pub(crate) struct Problems(pub(crate) Vec<Problem>, usize);
 
 impl Problems {
     pub(crate) fn push(&mut self, path: impl Into<String>, message: impl Into<String>) {
+        if self.0.len() >= MAX_PROBLEMS {
+            self.1 += 1;
+            return;
+        }
         self.0.push(Problem {
             path: path.into(),
             message: message.into(),
         });
     }
 
-    pub(crate) fn into_result(self) -> Result<(), ValidationError> {
+    /// How many problems were found so far.
+    pub(crate) fn len(&self) -> usize {
+        self.0.len() + self.1
+    }
+
+    pub(crate) fn into_result(mut self) -> Result<(), ValidationError> {
         if self.0.is_empty() {
-            Ok(())
-        } else {
-            Err(ValidationError::new(self.0))
+            return Ok(());
         }
+        if self.1 > 0 {
+            self.0.push(Problem {
+                path: String::new(),
+                message: format!("and {} more problems", self.1),
+            });
+        }
+        Err(ValidationError::new(self.0))
     }
 }
 

@@ -381,6 +381,13 @@ impl From<Document> for ChangeSet {
     }
 }
 
+/// Runs `check`; whether it found no problem.
+fn within(problems: &mut Problems, check: impl FnOnce(&mut Problems)) -> bool {
+    let before = problems.len();
+    check(problems);
+    problems.len() == before
+}
+
 /// Whether a change must keep the limits of a write, beyond being valid.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Limits {
@@ -581,9 +588,14 @@ impl Snapshot {
         };
         for segment in &changes.segments {
             let path = keyed("segments", &segment.key);
-            validate::check_segment(segment, &path, problems);
-            if limits == Limits::Enforce {
-                validate::check_segment_limits(segment, &path, problems);
+            // Limits first: a document over them is not checked further, so that the cost of
+            // checking a write is bounded by the limits, whatever it holds.
+            if limits == Limits::Ignore
+                || within(problems, |p| {
+                    validate::check_segment_limits(segment, &path, p)
+                })
+            {
+                validate::check_segment(segment, &path, problems);
             }
             if !pending.segments.insert(&segment.key) {
                 problems.push(
@@ -597,9 +609,10 @@ impl Snapshot {
         }
         for flag in &changes.flags {
             let path = keyed("flags", &flag.key);
-            validate::check_flag(flag, &path, problems);
-            if limits == Limits::Enforce {
-                validate::check_flag_limits(flag, &path, problems);
+            if limits == Limits::Ignore
+                || within(problems, |p| validate::check_flag_limits(flag, &path, p))
+            {
+                validate::check_flag(flag, &path, problems);
             }
             if pending.flags.insert(&flag.key, flag).is_some() {
                 problems.push(

@@ -156,11 +156,11 @@ pub(crate) fn check_flag(flag: &Flag, path: &str, problems: &mut Problems) {
             "a flag needs at least one variant",
         );
     }
-    let mut seen: FxHashSet<&str> = FxHashSet::default();
+    let mut known: Known<'_> = FxHashSet::default();
     for (name, value) in &flag.variants.0 {
         let vpath = format!("{path}.variants[{}]", clip(name));
         check_key(name, vpath.clone(), problems);
-        if !seen.insert(name) {
+        if !known.insert(name) {
             problems.push(
                 vpath.clone(),
                 format!("duplicate variant key {}", quote(name)),
@@ -179,6 +179,7 @@ pub(crate) fn check_flag(flag: &Flag, path: &str, problems: &mut Problems) {
     }
     check_variant_ref(
         flag,
+        &known,
         &flag.off_variant,
         format!("{path}.off_variant"),
         problems,
@@ -224,9 +225,21 @@ pub(crate) fn check_flag(flag: &Flag, path: &str, problems: &mut Problems) {
                 problems,
             );
         }
-        check_serve(flag, &rule.serve, &format!("{rpath}.serve"), problems);
+        check_serve(
+            flag,
+            &known,
+            &rule.serve,
+            &format!("{rpath}.serve"),
+            problems,
+        );
     }
-    check_serve(flag, &flag.default, &format!("{path}.default"), problems);
+    check_serve(
+        flag,
+        &known,
+        &flag.default,
+        &format!("{path}.default"),
+        problems,
+    );
     let size = json_size(flag);
     if size > MAX_FLAG_BYTES {
         problems.push(
@@ -314,6 +327,14 @@ pub(crate) fn check_flag_limits(flag: &Flag, path: &str, problems: &mut Problems
 }
 
 fn check_bucket_by(split: &crate::model::Split, path: &str, problems: &mut Problems) {
+    // Each variant at most once: more weights than the variant limit cannot be valid.
+    check_count(
+        split.weights.len(),
+        MAX_VARIANTS,
+        "weights",
+        format!("{path}.split.weights"),
+        problems,
+    );
     if !split.bucket_by.is_empty() {
         if let Some(problem) = name_problem(&split.bucket_by) {
             problems.push(format!("{path}.split.bucket_by"), problem);
@@ -350,9 +371,18 @@ fn list_variants(flag: &Flag) -> String {
     list.join(", ")
 }
 
-fn check_variant_ref(flag: &Flag, variant: &str, path: String, problems: &mut Problems) {
+/// A flag's variant keys, for lookups in time independent of their number.
+type Known<'a> = FxHashSet<&'a str>;
+
+fn check_variant_ref(
+    flag: &Flag,
+    known: &Known<'_>,
+    variant: &str,
+    path: String,
+    problems: &mut Problems,
+) {
     // A flag without variants is reported once, at `variants`.
-    if !flag.variants.0.is_empty() && !flag.variants.contains(variant) {
+    if !flag.variants.0.is_empty() && !known.contains(variant) {
         problems.push(
             path,
             format!(
@@ -364,9 +394,9 @@ fn check_variant_ref(flag: &Flag, variant: &str, path: String, problems: &mut Pr
     }
 }
 
-fn check_serve(flag: &Flag, serve: &Serve, path: &str, problems: &mut Problems) {
+fn check_serve(flag: &Flag, known: &Known<'_>, serve: &Serve, path: &str, problems: &mut Problems) {
     match serve {
-        Serve::Variant(v) => check_variant_ref(flag, v, format!("{path}.variant"), problems),
+        Serve::Variant(v) => check_variant_ref(flag, known, v, format!("{path}.variant"), problems),
         Serve::Split(split) => {
             let spath = format!("{path}.split");
             if split.bucket_by.is_empty() {
@@ -382,7 +412,7 @@ fn check_serve(flag: &Flag, serve: &Serve, path: &str, problems: &mut Problems) 
             let mut seen: FxHashSet<&str> = FxHashSet::default();
             for (i, w) in split.weights.iter().enumerate() {
                 let wpath = format!("{spath}.weights[{i}].variant");
-                check_variant_ref(flag, &w.variant, wpath.clone(), problems);
+                check_variant_ref(flag, known, &w.variant, wpath.clone(), problems);
                 if !seen.insert(&w.variant) {
                     problems.push(
                         wpath,
@@ -658,8 +688,9 @@ pub(crate) fn check_references(
                 format!("unknown flag {}", quote(&prerequisite.flag)),
             ),
             Some(required) => {
+                let known: Known<'_> = required.variants.keys().collect();
                 for (j, v) in prerequisite.variants.iter().enumerate() {
-                    if !required.variants.contains(v) {
+                    if !known.contains(v.as_str()) {
                         problems.push(
                             format!("{ppath}.variants[{j}]"),
                             format!(

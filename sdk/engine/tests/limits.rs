@@ -272,3 +272,27 @@ fn messages_quote_at_most_64_bytes_of_what_they_refuse() {
     assert!(text.len() < 600, "{} bytes: {text}", text.len());
     assert!(text.contains("(10000 bytes) is not a valid key"), "{text}");
 }
+
+#[test]
+fn a_document_over_a_count_limit_is_not_checked_further() {
+    // 2,000 weights naming variants that do not exist: checked one by one, each a problem.
+    let weights: Vec<Value> = (0..2000)
+        .map(|i| json!({ "variant": format!("missing-{i}"), "weight": 50 }))
+        .collect();
+    let split = flag(json!({ "default": { "split": { "weights": weights } } }));
+    assert_eq!(
+        refused(write_flag(split.clone())),
+        ["flags[f].default.split.weights: 2000 weights, at most 1000 allowed"]
+    );
+    // Without limits (loading what is stored), every problem is found, the first thousand
+    // kept and the rest counted.
+    let messages = refused(Snapshot::new().apply(ChangeSet {
+        flags: vec![split],
+        ..ChangeSet::default()
+    }));
+    assert_eq!(messages.len(), 1001);
+    assert_eq!(
+        messages.last().map(String::as_str),
+        Some("and 1000 more problems")
+    );
+}

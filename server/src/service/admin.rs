@@ -65,6 +65,9 @@ impl<S: Store> AdminService<S> {
     }
 }
 
+/// Most stages of a rollout plan.
+const MAX_STAGES: usize = 100;
+
 /// Who writes where and why, owned, so that a write can move to a blocking thread.
 struct Writer {
     environment: String,
@@ -945,6 +948,11 @@ impl<S: Store> pb::admin_server::Admin for AdminService<S> {
                 "flag and segment are both set: ask for the history of at most one document",
             ));
         }
+        for (field, value) in [("flag", &req.flag), ("segment", &req.segment)] {
+            if !value.is_empty() {
+                wire::key(value, field)?;
+            }
+        }
         let size = page_size(req.page_size);
         let envs = self.envs.clone();
         let response = blocking(move || {
@@ -1206,6 +1214,23 @@ impl<S: Store> pb::admin_server::Admin for AdminService<S> {
         let req = request.into_inner();
         wire::key(&req.flag, "flag")?;
         wire::key(&req.target_variant, "target_variant")?;
+        for (field, value) in [
+            ("rule_id", &req.rule_id),
+            ("baseline_variant", &req.baseline_variant),
+        ] {
+            if let Some(value) = value.as_deref().filter(|v| !v.is_empty()) {
+                wire::key(value, field)?;
+            }
+        }
+        if let Some(bucket_by) = req.bucket_by.as_deref().filter(|b| !b.is_empty()) {
+            wire::name(bucket_by, "bucket_by")?;
+        }
+        if req.stages.len() > MAX_STAGES {
+            return Err(Status::invalid_argument(format!(
+                "stages: {} stages, at most {MAX_STAGES} allowed",
+                req.stages.len()
+            )));
+        }
         let plan = StartPlan {
             flag: req.flag.clone(),
             rule_id: req.rule_id.filter(|r| !r.is_empty()),

@@ -94,11 +94,13 @@ pub(crate) fn bounded_message(message: &str) -> String {
         shown += 1;
     }
     if shown == 0 {
-        // One very long line: its start.
-        kept.push_str(&flagstaff_engine::clip(
-            &out[..LONGEST_MESSAGE.min(out.len())],
-        ));
-        kept.push('\n');
+        // One very long line: its start, cut at a character boundary.
+        let mut end = (LONGEST_MESSAGE - 64).min(out.len());
+        while !out.is_char_boundary(end) {
+            end -= 1;
+        }
+        kept.push_str(&out[..end]);
+        kept.push_str("…\n");
     }
     kept.push_str(&format!(
         "… and {} more lines ({} bytes in all)",

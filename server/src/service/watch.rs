@@ -28,7 +28,7 @@ use crate::clients::{Clients, Connection, Identity};
 use crate::environments::{Current, Environment, Environments};
 use crate::error::ServerError;
 use crate::feed::{delta_messages, Backlog, Event};
-use crate::storage::{AuditEntry, Store, TokenRecord};
+use crate::storage::{AuditEntry, Store, StoreError, TokenRecord};
 
 /// The default interval between heartbeats on a quiet Watch stream.
 pub const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(15);
@@ -486,8 +486,16 @@ impl<S: Store> Subscription<'_, S> {
             );
             let logged = tokio::task::spawn_blocking(move || store.changes_since(&key, since))
                 .await
-                .map_err(|e| Status::internal(format!("a blocking task failed: {e}")))?
-                .map_err(ServerError::from)?;
+                .map_err(|e| Status::internal(format!("a blocking task failed: {e}")))?;
+            let logged = match logged {
+                // A damaged change-log entry: what it held is in the current state, which a
+                // snapshot carries (and `flagstaffd repair` removes the entry).
+                Err(StoreError::Corrupt { what, detail }) => {
+                    tracing::warn!(record = %what, error = %detail, "a damaged change-log entry: sending a snapshot");
+                    None
+                }
+                other => other.map_err(ServerError::from)?,
+            };
             let changes = match logged {
                 Some(changes) if !changes.is_empty() => changes,
                 // Trimmed past `since` (or empty, which the feed says it cannot be).

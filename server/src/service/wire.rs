@@ -63,6 +63,14 @@ pub fn key(value: &str, field: &str) -> Result<(), ServerError> {
     }
 }
 
+/// A field naming a context attribute (`bucket_by`): 1 to 256 bytes, no control characters.
+pub fn name(value: &str, field: &str) -> Result<(), ServerError> {
+    match flagstaff_engine::name_problem(value) {
+        Some(problem) => Err(ServerError::Invalid(format!("{field}: {problem}"))),
+        None => Ok(()),
+    }
+}
+
 /// A field of an SDK's identity (instance id, application, host, SDK version): at most 256
 /// bytes, no control characters.
 pub fn identity(value: &str, field: &str) -> Result<(), ServerError> {

@@ -518,12 +518,24 @@ impl Store for SledStore {
     ) -> Result<Option<AuditHead>, StoreError> {
         let key = revision.to_be_bytes();
         if let Some(bytes) = self.tree("audit_heads", environment)?.get(key)? {
-            return decode(&format!("audit_heads/{environment}/{revision}"), &bytes).map(Some);
+            match decode(&format!("audit_heads/{environment}/{revision}"), &bytes) {
+                Ok(head) => return Ok(Some(head)),
+                // A damaged head is read from its entry, as one never stored.
+                Err(e) => tracing::warn!(error = %e, "a damaged audit head; reading its entry"),
+            }
         }
-        // Entries written before heads were stored apart: read the whole entry.
+        // Entries written before heads were stored apart: read the whole entry. One that
+        // cannot be read leaves the change unknown, never the read that asked failing.
         match self.tree("audit", environment)?.get(key)? {
-            Some(bytes) => decode::<AuditEntry>(&format!("audit/{environment}/{revision}"), &bytes)
-                .map(|entry| Some(entry.head())),
+            Some(bytes) => {
+                match decode::<AuditEntry>(&format!("audit/{environment}/{revision}"), &bytes) {
+                    Ok(entry) => Ok(Some(entry.head())),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "a damaged audit entry");
+                        Ok(None)
+                    }
+                }
+            }
             None => Ok(None),
         }
     }

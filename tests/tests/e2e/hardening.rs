@@ -441,6 +441,61 @@ async fn errors_quote_at_most_a_short_prefix_of_what_they_refuse() {
         Code::InvalidArgument,
     );
     assert!(message.len() < 300, "{} bytes: {message}", message.len());
+    // Two documents of one long multibyte key: a one-line message, cut where a character
+    // allows.
+    let euros = "€".repeat(3000);
+    let message = refused(
+        admin
+            .apply(pb::ApplyRequest {
+                environment: "production".into(),
+                source: Some(pb::apply_request::Source::Documents(pb::DocumentSet {
+                    flags: vec![boolean_flag(&euros), boolean_flag(&euros)],
+                    segments: vec![],
+                })),
+                ..Default::default()
+            })
+            .await,
+        Code::InvalidArgument,
+    );
+    assert!(message.len() < 4200, "{} bytes", message.len());
+}
+
+#[tokio::test]
+async fn rollout_plans_are_checked_at_the_edge() {
+    let (_server, mut admin) = production().await;
+    create_flag(&mut admin, "production", boolean_flag("checkout")).await;
+    let start = |bucket_by: &str, stages: usize| pb::StartRolloutRequest {
+        environment: "production".into(),
+        flag: "checkout".into(),
+        target_variant: "on".into(),
+        bucket_by: Some(bucket_by.to_owned()),
+        stages: (0..stages)
+            .map(|_| pb::RolloutStage {
+                percent: 100_000,
+                hold_ms: 0,
+            })
+            .collect(),
+        ..Default::default()
+    };
+    let message = refused(
+        admin.start_rollout(start("user\0id", 1)).await,
+        Code::InvalidArgument,
+    );
+    assert!(message.starts_with("bucket_by: "), "{message}");
+    let message = refused(
+        admin.start_rollout(start(&"b".repeat(300), 1)).await,
+        Code::InvalidArgument,
+    );
+    assert!(message.contains("over the limit of 256"), "{message}");
+    let message = refused(
+        admin.start_rollout(start("key", 101)).await,
+        Code::InvalidArgument,
+    );
+    assert!(
+        message.contains("101 stages, at most 100 allowed"),
+        "{message}"
+    );
+    assert_eq!(revision(&mut admin, "production").await, 1);
 }
 
 #[tokio::test]
@@ -776,4 +831,49 @@ async fn usage_is_kept_only_for_flags_that_exist() {
     let env = server.environments.get("production").expect("production");
     assert_eq!(env.usage("checkout").map(|u| u.evaluations), Some(3));
     assert_eq!(env.usage("made-up-7"), None);
+}
+
+#[tokio::test]
+async fn a_resume_across_a_damaged_change_log_entry_gets_a_snapshot() {
+    let (server, mut admin) = production().await;
+    create_flag(&mut admin, "production", boolean_flag("f")).await;
+    for enabled in [false, true] {
+        admin
+            .set_flag_enabled(pb::SetFlagEnabledRequest {
+                environment: "production".into(),
+                key: "f".into(),
+                enabled,
+                ..Default::default()
+            })
+            .await
+            .expect("switched");
+    }
+    let token = sdk_token(&server, "service", "production").await;
+    let epoch = server
+        .environments
+        .get("production")
+        .expect("production")
+        .epoch
+        .clone();
+    let data_dir = server.stop().await;
+    {
+        let db = sled::open(data_dir.path()).expect("sled");
+        db.open_tree("changes/production")
+            .expect("tree")
+            .insert(2u64.to_be_bytes(), b"not a change".as_slice())
+            .expect("damaged");
+        db.flush().expect("flushed");
+    }
+    let server = TestServer::start_in(data_dir).await;
+    let mut sync = server.sync_with(&token).await;
+    let held = State {
+        epoch,
+        revision: 1,
+        ..State::default()
+    };
+    let mut watcher = Watcher::open(&mut sync, subscribe("i", "", &held), held)
+        .await
+        .expect("opens");
+    watcher.until(3, LIMIT).await;
+    assert_eq!(watcher.received.first_was_snapshot, Some(true));
 }

@@ -740,4 +740,28 @@ async fn a_damaged_record_takes_only_its_environment_out_of_service_until_repair
     })
     .await;
     assert_eq!(client.stats().snapshots, 1, "the repair arrives as a delta");
+    drop(client);
+
+    // Damaged again and repaired again: the earlier repair's entry lists every key as added,
+    // and the lists are rebuilt from it, not doubled.
+    let data_dir = server.stop().await;
+    damage(data_dir.path(), &[("segments/production", "staff")]);
+    {
+        let store =
+            flagstaff_server::storage::SledStore::open(data_dir.path(), 100).expect("store");
+        flagstaff_server::repair::repair(&store).expect("repaired");
+    }
+    let server = TestServer::start_in(data_dir).await;
+    let mut admin = server.admin().await;
+    let staff = admin
+        .get_segment(pb::GetSegmentRequest {
+            environment: "production".into(),
+            key: "staff".into(),
+        })
+        .await
+        .expect("segment")
+        .into_inner()
+        .segment
+        .expect("segment");
+    assert_eq!(staff.included, ["u1", "u3", "u4"]);
 }
