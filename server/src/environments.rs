@@ -390,6 +390,23 @@ impl<S: Store> Environments<S> {
         Ok(env)
     }
 
+    /// Runs `work` while the environment `key` exists and cannot be deleted (its writes wait
+    /// meanwhile): what `work` creates for it, such as a token, is never left behind by a
+    /// deletion that ran at the same time.
+    pub fn while_exists<T>(
+        &self,
+        key: &str,
+        work: impl FnOnce() -> Result<T, ServerError>,
+    ) -> Result<T, ServerError> {
+        let env = self.get(key)?;
+        let _writing = env.lock_writer();
+        // Deleted (or deleted and created again) while this waited for the lock.
+        match self.get(key) {
+            Ok(now) if Arc::ptr_eq(&now, &env) => work(),
+            Ok(_) | Err(_) => Err(ServerError::NotFound(format!("no environment {key:?}"))),
+        }
+    }
+
     /// Deletes an environment that holds no flags and no segments.
     pub fn delete(&self, key: &str) -> Result<(), ServerError> {
         self.delete_with(key, || Ok(()))

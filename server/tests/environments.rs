@@ -337,3 +337,44 @@ fn concurrent_writers_get_consecutive_revisions() {
         Some(40)
     );
 }
+
+#[test]
+fn a_token_created_while_its_environment_is_deleted_is_revoked_with_it() {
+    use flagstaff_server::auth::Tokens;
+    use flagstaff_server::storage::Role;
+
+    let dir = tempfile::tempdir().expect("temp dir");
+    let store = Arc::new(SledStore::open(dir.path(), 100).expect("store"));
+    let envs = Arc::new(Environments::load(store.clone()).expect("load"));
+    let tokens = Arc::new(Tokens::load(store).expect("tokens"));
+    envs.create("production", false).expect("create");
+    let (token, _secret) = envs
+        .while_exists("production", || {
+            // A deletion that starts now waits for this creation, then revokes what it made.
+            let deleting = {
+                let (envs, tokens) = (envs.clone(), tokens.clone());
+                std::thread::spawn(move || {
+                    envs.delete_with("production", || {
+                        tokens.revoke_environment("production").map(|_| ())
+                    })
+                })
+            };
+            std::thread::sleep(std::time::Duration::from_millis(100));
+            assert!(!deleting.is_finished(), "the deletion waits");
+            let created = tokens.create_named("service", Role::Sdk, Some("production"), "admin");
+            // Let the deletion go on once this returns.
+            std::thread::spawn(move || deleting.join());
+            created
+        })
+        .expect("created");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while envs.get("production").is_ok() {
+        assert!(std::time::Instant::now() < deadline, "the deletion ran");
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    assert!(tokens.is_revoked(&token.id));
+    assert!(matches!(
+        envs.while_exists("production", || Ok(())),
+        Err(ServerError::NotFound(_))
+    ));
+}

@@ -1081,12 +1081,19 @@ impl<S: Store> pb::admin_server::Admin for AdminService<S> {
         let req = request.into_inner();
         let role = wire::role(req.role)?;
         let environment = Some(req.environment).filter(|e| !e.is_empty());
-        if let (Role::Editor | Role::Sdk, Some(environment)) = (role, &environment) {
-            self.envs.get(environment)?;
+        if let Some(environment) = &environment {
+            wire::key(environment, "environment")?;
         }
-        let tokens = self.tokens.clone();
+        let (envs, tokens) = (self.envs.clone(), self.tokens.clone());
         let (token, secret) = blocking(move || {
-            tokens.create_named(&req.name, role, environment.as_deref(), &creator.name)
+            let create =
+                || tokens.create_named(&req.name, role, environment.as_deref(), &creator.name);
+            match (role, &environment) {
+                // Created while the environment cannot be deleted: a deletion revokes its
+                // tokens, and one created during it would outlive it.
+                (Role::Editor | Role::Sdk, Some(key)) => envs.while_exists(key, create),
+                _ => create(),
+            }
         })
         .await?;
         Ok(Response::new(pb::CreateTokenResponse {
