@@ -1,4 +1,4 @@
-//! One codec (DESIGN.md section 4a): generated flags, sent through the wire types to the real
+//! One codec (DESIGN.md section 4a): generated flags and segments, sent through the wire types to the real
 //! server, are either refused with INVALID_ARGUMENT (or RESOURCE_EXHAUSTED) changing nothing,
 //! or read back exactly as accepted (the canonical document the server validated), before and
 //! after a restart on the same data directory.
@@ -19,7 +19,7 @@ use tonic::Code;
 use super::fixtures::{create_environment, revision};
 
 /// Cases run by default: enough to meet every kind of value each run, in seconds.
-const DEFAULT_CASES: usize = 150;
+const DEFAULT_CASES: usize = 100;
 
 fn text() -> impl Strategy<Value = String> {
     prop_oneof![
@@ -180,6 +180,35 @@ fn flag() -> impl Strategy<Value = pb::Flag> {
     )
 }
 
+/// A segment as a client might send it, `key` aside: key lists with repeats, empty keys, NUL
+/// and long keys; rules with conditions.
+fn segment() -> impl Strategy<Value = pb::Segment> {
+    let context_key = prop_oneof![
+        8 => "[a-z0-9-]{1,8}",
+        1 => Just(String::new()),
+        1 => Just("a\u{0}b".to_owned()),
+        1 => Just("k".repeat(257)),
+        1 => "\\PC{1,6}",
+    ];
+    (
+        prop::option::of(text()),
+        prop::collection::vec(context_key.clone(), 0..6),
+        prop::collection::vec(context_key, 0..3),
+        prop::collection::vec(prop::collection::vec(condition(), 0..3), 0..2),
+    )
+        .prop_map(|(description, included, excluded, rules)| pb::Segment {
+            key: String::new(),
+            description,
+            included,
+            excluded,
+            rules: rules
+                .into_iter()
+                .map(|conditions| pb::SegmentRule { conditions })
+                .collect(),
+            version: None,
+        })
+}
+
 /// Every flag of `production` as the server answers GetFlag, by key.
 async fn read_all(admin: &mut Admin, keys: &[String]) -> Vec<pb::Flag> {
     let mut flags = Vec::new();
@@ -198,6 +227,26 @@ async fn read_all(admin: &mut Admin, keys: &[String]) -> Vec<pb::Flag> {
         );
     }
     flags
+}
+
+/// Every segment of `production` named, as the server answers GetSegment.
+async fn read_segments(admin: &mut Admin, keys: &[String]) -> Vec<pb::Segment> {
+    let mut segments = Vec::new();
+    for key in keys {
+        segments.push(
+            admin
+                .get_segment(pb::GetSegmentRequest {
+                    environment: "production".into(),
+                    key: key.clone(),
+                })
+                .await
+                .unwrap_or_else(|e| panic!("segment {key} reads back: {e}"))
+                .into_inner()
+                .segment
+                .expect("segment"),
+        );
+    }
+    segments
 }
 
 /// Fails naming the first flag read back unlike the one expected.
@@ -232,11 +281,47 @@ async fn what_is_accepted_reads_back_exactly_before_and_after_a_restart() {
     let server = TestServer::start().await;
     let mut admin = server.admin().await;
     create_environment(&mut admin, "production").await;
-    let strategy = (flag(), key());
+    let strategy = (flag(), key(), segment());
     let mut accepted: Vec<(String, pb::Flag)> = Vec::new();
+    let mut accepted_segments: Vec<(String, pb::Segment)> = Vec::new();
     let mut refused = 0;
     for case in 0..cases {
-        let (mut sent, key) = strategy.new_tree(&mut runner).expect("a value").current();
+        let (mut sent, key, mut sent_segment) =
+            strategy.new_tree(&mut runner).expect("a value").current();
+        sent_segment.key = format!("s-{case}");
+        let before = revision(&mut admin, "production").await;
+        match admin
+            .create_segment(pb::CreateSegmentRequest {
+                environment: "production".into(),
+                segment: Some(sent_segment.clone()),
+                ..Default::default()
+            })
+            .await
+        {
+            Ok(response) => {
+                let canonical = flagstaff_engine::Segment::try_from(sent_segment.clone())
+                    .unwrap_or_else(|e| panic!("case {case}: accepted, but does not convert: {e}"));
+                let expected = pb::Segment {
+                    version: Some(response.get_ref().revision),
+                    ..pb::Segment::from(&canonical)
+                };
+                accepted_segments.push((sent_segment.key.clone(), expected));
+            }
+            Err(status) => {
+                assert!(
+                    matches!(
+                        status.code(),
+                        Code::InvalidArgument | Code::ResourceExhausted
+                    ),
+                    "case {case}: {status:?} for {sent_segment:?}"
+                );
+                assert_eq!(
+                    revision(&mut admin, "production").await,
+                    before,
+                    "case {case}: a refused write changes nothing"
+                );
+            }
+        }
         // A key that is valid and new, or one that is not a key at all.
         sent.key = if flagstaff_engine::is_valid_key(&key) {
             format!("{key}-{case}")
@@ -295,6 +380,14 @@ async fn what_is_accepted_reads_back_exactly_before_and_after_a_restart() {
     let keys: Vec<String> = accepted.iter().map(|(k, _)| k.clone()).collect();
     let expected: Vec<pb::Flag> = accepted.into_iter().map(|(_, f)| f).collect();
     same(&read_all(&mut admin, &keys).await, &expected, "as accepted");
+    let segment_keys: Vec<String> = accepted_segments.iter().map(|(k, _)| k.clone()).collect();
+    let expected_segments: Vec<pb::Segment> =
+        accepted_segments.into_iter().map(|(_, s)| s).collect();
+    assert!(!expected_segments.is_empty(), "some segments are accepted");
+    assert_eq!(
+        read_segments(&mut admin, &segment_keys).await,
+        expected_segments
+    );
     let exported = admin
         .export(pb::ExportRequest {
             environment: "production".into(),
