@@ -240,6 +240,14 @@ fn precedence(a: &semver::Version, b: &semver::Version) -> Ordering {
 }
 
 impl CompiledCondition {
+    /// The heap memory its compiled regexes hold (0 for an op other than `matches`).
+    pub(crate) fn regex_bytes(&self) -> usize {
+        match &self.test {
+            Test::Matches(matchers) => matchers.iter().map(Matcher::memory_usage).sum(),
+            _ => 0,
+        }
+    }
+
     /// Compiles a validated condition; `segment` resolves `in_segment` keys.
     pub(crate) fn compile(
         condition: &Condition,

@@ -26,6 +26,8 @@ pub const MAX_JSON_DEPTH: usize = 64;
 pub const MAX_REGEX_BYTES: usize = 1024 * 1024;
 /// Largest compiled form of all the regexes of one flag or segment.
 pub const MAX_DOCUMENT_REGEX_BYTES: usize = 8 * 1024 * 1024;
+/// Largest compiled form of all the regexes of one environment's flags and segments.
+pub const MAX_ENVIRONMENT_REGEX_BYTES: usize = 64 * 1024 * 1024;
 /// Longest description, owner or tag, and longest comment on a change.
 pub const MAX_TEXT_BYTES: usize = 4 * 1024;
 /// Most tags on a flag.

@@ -238,6 +238,15 @@ impl CompiledSegment {
         }
     }
 
+    /// The heap memory its rules' compiled regexes hold.
+    fn regex_bytes(&self) -> usize {
+        self.rules
+            .iter()
+            .flat_map(|conditions| conditions.iter())
+            .map(CompiledCondition::regex_bytes)
+            .sum()
+    }
+
     /// Excluded wins; then included; then any rule.
     #[inline]
     pub(crate) fn contains(&self, ctx: &Context<'_>) -> bool {
@@ -255,6 +264,15 @@ impl CompiledSegment {
 }
 
 impl CompiledFlag {
+    /// The heap memory its rules' compiled regexes hold.
+    fn regex_bytes(&self) -> usize {
+        self.rules
+            .iter()
+            .flat_map(|rule| rule.conditions.iter())
+            .map(CompiledCondition::regex_bytes)
+            .sum()
+    }
+
     /// Compiles a validated flag whose prerequisites and segments are in `flags` and `segments`.
     fn compile(
         key: Arc<str>,
@@ -586,13 +604,15 @@ impl Snapshot {
                 .map(String::as_str)
                 .collect(),
         };
+        // The compiled size of the changed documents' regexes, as the limits measured it.
+        let mut regex_bytes = 0;
         for segment in &changes.segments {
             let path = keyed("segments", &segment.key);
             // Limits first: a document over them is not checked further, so that the cost of
             // checking a write is bounded by the limits, whatever it holds.
             if limits == Limits::Ignore
                 || within(problems, |p| {
-                    validate::check_segment_limits(segment, &path, p)
+                    regex_bytes += validate::check_segment_limits(segment, &path, p);
                 })
             {
                 validate::check_segment(segment, &path, problems);
@@ -610,7 +630,9 @@ impl Snapshot {
         for flag in &changes.flags {
             let path = keyed("flags", &flag.key);
             if limits == Limits::Ignore
-                || within(problems, |p| validate::check_flag_limits(flag, &path, p))
+                || within(problems, |p| {
+                    regex_bytes += validate::check_flag_limits(flag, &path, p);
+                })
             {
                 validate::check_flag(flag, &path, problems);
             }
@@ -637,7 +659,56 @@ impl Snapshot {
         if !pending.deleted_flags.is_empty() || !pending.deleted_segments.is_empty() {
             self.check_deleted_unused(&pending, problems);
         }
+        if limits == Limits::Enforce {
+            self.check_regex_budget(changes, regex_bytes, problems);
+        }
         pending
+    }
+
+    /// The heap memory every compiled regex of the snapshot holds.
+    pub fn regex_bytes(&self) -> usize {
+        self.flags.values().map(|f| f.regex_bytes()).sum::<usize>()
+            + self
+                .segments
+                .values()
+                .map(|s| s.regex_bytes())
+                .sum::<usize>()
+    }
+
+    /// The environment's regexes after `changes` (whose own take `added` bytes) must fit in
+    /// [`MAX_ENVIRONMENT_REGEX_BYTES`](crate::MAX_ENVIRONMENT_REGEX_BYTES); a change that does
+    /// not grow them is let through, so an environment over the limit can still shrink.
+    fn check_regex_budget(&self, changes: &ChangeSet, added: usize, problems: &mut Problems) {
+        use crate::limits::MAX_ENVIRONMENT_REGEX_BYTES;
+        let before = self.regex_bytes();
+        let replaced: usize = changes
+            .flags
+            .iter()
+            .map(|f| f.key.as_str())
+            .chain(changes.deleted_flags.iter().map(String::as_str))
+            .filter_map(|key| self.flags.get(key))
+            .map(|f| f.regex_bytes())
+            .sum::<usize>()
+            + changes
+                .segments
+                .iter()
+                .map(|s| s.key.as_str())
+                .chain(changes.deleted_segments.iter().map(String::as_str))
+                .filter_map(|key| self.segments.get(key))
+                .map(|s| s.regex_bytes())
+                .sum::<usize>();
+        let after = before.saturating_sub(replaced) + added;
+        if after > MAX_ENVIRONMENT_REGEX_BYTES && after > before {
+            problems.push(
+                "",
+                format!(
+                    "the environment's regexes would take {} MiB compiled, over the limit of {} \
+                     MiB for an environment; remove or simplify `matches` conditions",
+                    after.div_ceil(1 << 20),
+                    MAX_ENVIRONMENT_REGEX_BYTES >> 20
+                ),
+            );
+        }
     }
 
     /// A deleted flag may not be a remaining flag's prerequisite, nor a deleted segment be used:

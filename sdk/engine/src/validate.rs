@@ -253,7 +253,8 @@ pub(crate) fn check_flag(flag: &Flag, path: &str, problems: &mut Problems) {
 
 /// Checks the limits of DESIGN.md section 4a that a flag written to a server must keep,
 /// beyond being valid: counts, text sizes, NUL characters, nesting and compiled regex size.
-pub(crate) fn check_flag_limits(flag: &Flag, path: &str, problems: &mut Problems) {
+/// Returns the compiled size of its regexes.
+pub(crate) fn check_flag_limits(flag: &Flag, path: &str, problems: &mut Problems) -> usize {
     check_text(
         flag.description.as_deref(),
         format!("{path}.description"),
@@ -324,6 +325,7 @@ pub(crate) fn check_flag_limits(flag: &Flag, path: &str, problems: &mut Problems
         check_bucket_by(split, &format!("{path}.default"), problems);
     }
     check_regex_total(regex_bytes, path, problems);
+    regex_bytes
 }
 
 fn check_bucket_by(split: &crate::model::Split, path: &str, problems: &mut Problems) {
@@ -618,7 +620,12 @@ pub(crate) fn check_segment(segment: &Segment, path: &str, problems: &mut Proble
 
 /// Checks the limits of DESIGN.md section 4a that a segment written to a server must keep:
 /// its description, its key lists' keys, its rules.
-pub(crate) fn check_segment_limits(segment: &Segment, path: &str, problems: &mut Problems) {
+/// Returns the compiled size of its regexes.
+pub(crate) fn check_segment_limits(
+    segment: &Segment,
+    path: &str,
+    problems: &mut Problems,
+) -> usize {
     check_text(
         segment.description.as_deref(),
         format!("{path}.description"),
@@ -643,6 +650,7 @@ pub(crate) fn check_segment_limits(segment: &Segment, path: &str, problems: &mut
         );
     }
     check_regex_total(regex_bytes, path, problems);
+    regex_bytes
 }
 
 /// Checks the context keys of a segment's list: each 1 to 256 bytes without control

@@ -296,3 +296,61 @@ fn a_document_over_a_count_limit_is_not_checked_further() {
         Some("and 1000 more problems")
     );
 }
+
+#[test]
+fn an_environment_s_regexes_have_a_budget_too() {
+    // Fourteen patterns of about 550 KiB each: 7.5 MiB, within a flag's 8 MiB.
+    let heavy = |key: &str| {
+        let conditions: Vec<Value> = (0..14)
+            .map(
+                |i| json!({ "attribute": format!("a{i}"), "op": "matches", "values": [r"\w{10}"] }),
+            )
+            .collect();
+        let mut f = with_conditions(json!(conditions));
+        f.key = key.to_owned();
+        f
+    };
+    let mut snapshot = Snapshot::new();
+    for i in 0..8 {
+        snapshot = snapshot
+            .apply_within_limits(ChangeSet {
+                flags: vec![heavy(&format!("f{i}"))],
+                ..ChangeSet::default()
+            })
+            .expect("within the environment's budget");
+    }
+    assert!(
+        snapshot.regex_bytes() > 56 << 20,
+        "{}",
+        snapshot.regex_bytes()
+    );
+    let messages = refused(snapshot.apply_within_limits(ChangeSet {
+        flags: vec![heavy("f8")],
+        ..ChangeSet::default()
+    }));
+    assert_eq!(messages.len(), 1, "{messages:?}");
+    assert!(
+        messages[0].starts_with("the environment's regexes would take ")
+            && messages[0].contains("over the limit of 64 MiB for an environment"),
+        "{messages:?}"
+    );
+    // Replacing one flag by the same does not grow them; removing one makes room.
+    let snapshot = snapshot
+        .apply_within_limits(ChangeSet {
+            flags: vec![heavy("f0")],
+            ..ChangeSet::default()
+        })
+        .expect("no growth");
+    let snapshot = snapshot
+        .apply_within_limits(ChangeSet {
+            deleted_flags: vec!["f0".to_owned()],
+            ..ChangeSet::default()
+        })
+        .expect("deleted");
+    snapshot
+        .apply_within_limits(ChangeSet {
+            flags: vec![heavy("f8")],
+            ..ChangeSet::default()
+        })
+        .expect("room again");
+}
