@@ -130,6 +130,7 @@ pub fn apply_report(
         "changes": applied.changes.iter().map(change_json).collect::<Vec<_>>(),
         "unchanged_flags": applied.unchanged_flags,
         "unchanged_segments": applied.unchanged_segments,
+        "changes_abridged": applied.changes_abridged,
     });
     if let Some(text) = output::structured(&document, out) {
         return text;
@@ -138,6 +139,12 @@ pub fn apply_report(
     for change in &applied.changes {
         text.push_str(&change_line(change));
         text.push('\n');
+    }
+    if applied.changes_abridged {
+        text.push_str(
+            "(what changed in each document is left out: the documents are too big for one \
+             answer; `flagstaff history` shows them)\n",
+        );
     }
     let plural = |n: usize, word: &str| format!("{n} {word}{}", if n == 1 { "" } else { "s" });
     let unchanged: Vec<String> = [

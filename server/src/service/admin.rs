@@ -245,6 +245,46 @@ fn apply_documents(
     })
 }
 
+/// The most bytes of documents an Apply response carries; beyond, it carries keys and
+/// versions only. Half the message limit, so the rest of the response always fits.
+const MAX_RESPONSE_DOCUMENT_BYTES: usize = crate::MAX_ADMIN_MESSAGE / 2;
+
+/// Leaves the documents (and segments' key lists) out of `changes`, but their keys and
+/// versions, when they take more than
+/// [`MAX_RESPONSE_DOCUMENT_BYTES`]; returns whether it did.
+fn abridge(changes: &mut [pb::Change]) -> bool {
+    let bytes: usize = changes.iter().map(prost::Message::encoded_len).sum();
+    if bytes <= MAX_RESPONSE_DOCUMENT_BYTES {
+        return false;
+    }
+    let stub = |flag: &mut pb::Flag| {
+        *flag = pb::Flag {
+            key: std::mem::take(&mut flag.key),
+            version: flag.version,
+            ..pb::Flag::default()
+        }
+    };
+    for change in changes {
+        match &mut change.document {
+            Some(pb::change::Document::Flag(flag)) => {
+                flag.before.iter_mut().for_each(stub);
+                flag.after.iter_mut().for_each(stub);
+            }
+            // The summaries keep the key counts; the keys themselves go.
+            Some(pb::change::Document::Segment(segment)) => {
+                if let Some(keys) = &mut segment.keys {
+                    *keys = pb::SegmentKeyPatch {
+                        segment: std::mem::take(&mut keys.segment),
+                        ..pb::SegmentKeyPatch::default()
+                    };
+                }
+            }
+            None => {}
+        }
+    }
+    true
+}
+
 /// The keys of `requested` that the write left out because they were identical to what is
 /// stored, in request order.
 fn unchanged<'a>(
@@ -900,10 +940,13 @@ impl<S: Store> pb::admin_server::Admin for AdminService<S> {
         )?;
         let envs = self.envs.clone();
         let committed = blocking(move || envs.apply_with(writer.ctx(), changes, options)).await?;
+        let mut changes: Vec<pb::Change> = committed.changes.iter().map(wire::change).collect();
+        let changes_abridged = abridge(&mut changes);
         Ok(Response::new(pb::ApplyResponse {
             revision: committed.revision,
             changed: committed.changed(),
-            changes: committed.changes.iter().map(wire::change).collect(),
+            changes,
+            changes_abridged,
             unchanged_flags: unchanged(
                 flag_keys.iter().map(String::as_str),
                 committed.flags.iter().map(|f| f.key.as_str()),

@@ -877,3 +877,53 @@ async fn a_resume_across_a_damaged_change_log_entry_gets_a_snapshot() {
     watcher.until(3, LIMIT).await;
     assert_eq!(watcher.received.first_was_snapshot, Some(true));
 }
+
+#[tokio::test]
+async fn an_apply_whose_changes_would_not_fit_a_response_is_answered_abridged() {
+    let (_server, mut admin) = production().await;
+    // Twenty flags of about 950 KB: their afters fit a response, afters and befores do not.
+    let documents = |marker: &str| pb::DocumentSet {
+        flags: (0..20)
+            .map(|i| {
+                flag(json!({
+                    "key": format!("f{i}"), "kind": "string",
+                    "variants": {"big": format!("{marker}{}", "x".repeat(950_000)), "small": ""},
+                    "off_variant": "small", "enabled": true, "default": {"variant": "small"},
+                }))
+            })
+            .collect(),
+        segments: vec![],
+    };
+    let apply = |set: pb::DocumentSet| pb::ApplyRequest {
+        environment: "production".into(),
+        source: Some(pb::apply_request::Source::Documents(set)),
+        ..Default::default()
+    };
+    let created = admin
+        .apply(apply(documents("a")))
+        .await
+        .expect("created")
+        .into_inner();
+    assert!(!created.changes_abridged);
+    assert_eq!(created.changes.len(), 20);
+    let replaced = admin
+        .apply(apply(documents("b")))
+        .await
+        .expect("replaced, and the answer fits")
+        .into_inner();
+    assert!(replaced.changes_abridged);
+    assert_eq!(replaced.revision, 2);
+    assert_eq!(replaced.changes.len(), 20);
+    for change in &replaced.changes {
+        let Some(pb::change::Document::Flag(flag)) = &change.document else {
+            panic!("a flag change");
+        };
+        assert!(flag.key.starts_with('f'));
+        let (before, after) = (
+            flag.before.as_ref().expect("before"),
+            flag.after.as_ref().expect("after"),
+        );
+        assert_eq!((before.version, after.version), (Some(1), Some(2)));
+        assert!(after.variants.is_empty());
+    }
+}
