@@ -209,23 +209,34 @@ impl<S: Store> Tokens<S> {
     /// for a new environment of the same name (a crash between the two leaves the tokens
     /// revoked and the environment in place, never the reverse). Returns how many it revoked.
     pub fn revoke_environment(&self, environment: &str) -> Result<usize, ServerError> {
-        let mut map = self.by_hash.write().unwrap_or_else(|p| p.into_inner());
-        let mut revoked = 0;
-        for token in map
-            .values_mut()
+        // Written with one sync, outside the map's lock, so that authentication never waits
+        // for the disk. No token of the environment is created meanwhile: tokens are created
+        // while their environment cannot be deleted (Environments::while_exists).
+        let revoked: Vec<TokenRecord> = self
+            .by_hash
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
             .filter(|t| !t.revoked && t.environment.as_deref() == Some(environment))
-        {
-            let mut record = token.clone();
-            record.revoked = true;
-            self.store.put_token(&record)?;
-            *token = record;
-            revoked += 1;
+            .map(|t| TokenRecord {
+                revoked: true,
+                ..t.clone()
+            })
+            .collect();
+        if revoked.is_empty() {
+            return Ok(0);
+        }
+        self.store.put_tokens(&revoked)?;
+        let ids: std::collections::HashSet<&str> = revoked.iter().map(|t| t.id.as_str()).collect();
+        let mut map = self.by_hash.write().unwrap_or_else(|p| p.into_inner());
+        for token in map.values_mut() {
+            if ids.contains(token.id.as_str()) {
+                token.revoked = true;
+            }
         }
         drop(map);
-        if revoked > 0 {
-            self.revocations.send_modify(|n| *n += 1);
-        }
-        Ok(revoked)
+        self.revocations.send_modify(|n| *n += 1);
+        Ok(revoked.len())
     }
 
     /// A receiver woken whenever a token is revoked: streams then check

@@ -624,6 +624,9 @@ pub trait Store: Send + Sync + 'static {
     /// Stores a token (new, or updated such as revoked), durably.
     fn put_token(&self, token: &TokenRecord) -> Result<(), StoreError>;
 
+    /// Stores several tokens, durably, with one sync.
+    fn put_tokens(&self, tokens: &[TokenRecord]) -> Result<(), StoreError>;
+
     /// Every token, revoked ones included; a token record that cannot be read is left out
     /// (and logged): it does not work.
     fn tokens(&self) -> Result<Vec<TokenRecord>, StoreError>;

@@ -615,6 +615,16 @@ impl Store for SledStore {
         self.sync(&mut synced, false)
     }
 
+    fn put_tokens(&self, tokens: &[TokenRecord]) -> Result<(), StoreError> {
+        let mut synced = self.lock_writer();
+        let mut batch = sled::Batch::default();
+        for token in tokens {
+            batch.insert(token.id.as_str(), encode(token));
+        }
+        self.tokens.apply_batch(batch)?;
+        self.sync(&mut synced, false)
+    }
+
     fn tokens(&self) -> Result<Vec<TokenRecord>, StoreError> {
         let mut tokens = Vec::new();
         for kv in self.tokens.iter() {
