@@ -176,21 +176,35 @@ pub async fn segment_keys(session: &mut Session, environment: &str) -> anyhow::R
 /// missed or printed twice. Lines go straight to stdout; nothing is left to print at the end.
 pub async fn watch(session: &mut Session, args: &WatchArgs) -> anyhow::Result<String> {
     let environment = session.env()?;
+    let mut out = std::io::stdout().lock();
     // Start after the newest entry (or --since), so that nothing committed from here on is
     // missed.
     let mut after = match args.since {
         Some(since) => since,
-        None => list_history(session, &environment, "", "", 1)
-            .await?
-            .first()
-            .map_or(0, |e| e.revision),
+        None => newest_revision(session, &environment).await?,
     };
     eprintln!("watching {environment} after revision {after} (Ctrl-C to stop)");
-    let mut out = std::io::stdout().lock();
-    // Failed attempts in a row: the backoff grows with them, and a message is the sign of a
-    // working stream again.
+    // Failed attempts in a row: the backoff grows with them, and a message (or a stream that
+    // stays up) is the sign of a working stream again.
     let mut failures: u32 = 0;
     loop {
+        // The server reads `since_revision` 0 as "from now on": changes committed after
+        // revision 0 (a new environment's first, while this was away; or all of them, for
+        // --since 0) come from the history first. And a position past the environment's
+        // revision (a typo, a server restored from an older backup) would wait in silence.
+        match catch_up(session, &environment, after, &mut out).await {
+            Ok(Some(printed)) => after = printed,
+            Ok(None) => return Ok(String::new()),
+            // Reconnecting: flagstaffd is still away; try again after the backoff.
+            Err(_) if failures > 0 => {
+                let delay = backoff(failures);
+                failures = failures.saturating_add(1);
+                tokio::time::sleep(delay).await;
+                continue;
+            }
+            Err(e) => return Err(e),
+        }
+        let opened = tokio::time::Instant::now();
         let why = match session
             .admin
             .watch_changes(pb::WatchChangesRequest {
@@ -204,20 +218,15 @@ pub async fn watch(session: &mut Session, args: &WatchArgs) -> anyhow::Result<St
             Ok(response) => {
                 if failures > 0 {
                     eprintln!("reconnected: resuming after revision {after}");
-                    failures = 0;
                 }
                 let mut stream = response.into_inner();
                 loop {
                     match stream.message().await {
                         Ok(Some(message)) => {
+                            failures = 0;
                             let Some(entry) = message.entry else { continue };
                             after = entry.revision;
-                            let line = watch_line(&entry, session.output);
-                            if out
-                                .write_all(line.as_bytes())
-                                .and_then(|()| out.flush())
-                                .is_err()
-                            {
+                            if print_line(&mut out, &watch_line(&entry, session.output)).is_err() {
                                 // The reader left (`flagstaff watch | head -1`).
                                 return Ok(String::new());
                             }
@@ -235,6 +244,10 @@ pub async fn watch(session: &mut Session, args: &WatchArgs) -> anyhow::Result<St
                 }
             }
         };
+        // A stream that stayed up a while was working, even if quiet.
+        if opened.elapsed() >= MAX_BACKOFF {
+            failures = 0;
+        }
         if why.is_empty() {
             continue;
         }
@@ -245,6 +258,50 @@ pub async fn watch(session: &mut Session, args: &WatchArgs) -> anyhow::Result<St
         failures = failures.saturating_add(1);
         tokio::time::sleep(delay).await;
     }
+}
+
+/// The revision of the environment's newest history entry (0 when it has none).
+async fn newest_revision(session: &mut Session, environment: &str) -> anyhow::Result<u64> {
+    Ok(list_history(session, environment, "", "", 1)
+        .await?
+        .first()
+        .map_or(0, |e| e.revision))
+}
+
+/// Writes one line of `watch` output; an error means the reader left.
+fn print_line(out: &mut impl Write, line: &str) -> std::io::Result<()> {
+    out.write_all(line.as_bytes()).and_then(|()| out.flush())
+}
+
+/// Before (re)subscribing after revision `after`: prints from the history what a stream
+/// from `after` would not send (everything after revision 0, which the server reads as "from
+/// now on"), and moves a position past the environment's newest revision back to it, saying
+/// so. Returns the revision to subscribe after, or `None` when the reader left.
+async fn catch_up(
+    session: &mut Session,
+    environment: &str,
+    after: u64,
+    out: &mut impl Write,
+) -> anyhow::Result<Option<u64>> {
+    let newest = newest_revision(session, environment).await?;
+    if after > newest {
+        eprintln!(
+            "revision {after} is ahead of {environment}, which is at revision {newest}: \
+             watching after {newest}"
+        );
+        return Ok(Some(newest));
+    }
+    if after > 0 || newest == 0 {
+        return Ok(Some(after));
+    }
+    let mut entries = list_history(session, environment, "", "", u32::MAX).await?;
+    entries.reverse();
+    for entry in &entries {
+        if print_line(out, &watch_line(entry, session.output)).is_err() {
+            return Ok(None);
+        }
+    }
+    Ok(Some(entries.last().map_or(after, |e| e.revision)))
 }
 
 /// The longest wait between two attempts to reconnect `watch`.

@@ -210,6 +210,47 @@ fn watch_survives_a_server_restart_and_replays_from_since() {
 }
 
 #[test]
+fn watch_of_a_new_environment_misses_nothing_committed_while_it_reconnects() {
+    let mut s = Server::start();
+    s.ok(&["env", "create", "production"]);
+    let (mut child, first, lines) = watch(&s, "production", &[]);
+    assert_eq!(
+        first,
+        "watching production after revision 0 (Ctrl-C to stop)\n"
+    );
+    // Committed right after the restart, while watch waits to reconnect (or just after).
+    s.restart(flagstaff_tests::Options::default());
+    s.ok(&["segment", "create", "beta"]);
+    let line = lines.recv_timeout(PATIENCE).expect("revision 1");
+    assert!(line.contains("revision 1  admin"), "{line}");
+    child.kill().expect("killed");
+    let _ = child.wait();
+
+    // A position past the environment's revision is said, and watching goes on from there.
+    let (mut child, first, lines) = watch(&s, "production", &["--since", "99"]);
+    assert_eq!(
+        first,
+        "watching production after revision 99 (Ctrl-C to stop)\n"
+    );
+    s.ok(&["segment", "add", "beta", "u1"]);
+    let line = lines.recv_timeout(PATIENCE).expect("revision 2");
+    assert!(line.contains("revision 2  admin"), "{line}");
+    child.kill().expect("killed");
+    let _ = child.wait();
+    let mut err = String::new();
+    child
+        .stderr
+        .take()
+        .expect("stderr")
+        .read_to_string(&mut err)
+        .expect("stderr");
+    assert!(
+        err.contains("revision 99 is ahead of production, which is at revision 1"),
+        "{err}"
+    );
+}
+
+#[test]
 fn watch_prints_json_lines_and_ends_with_the_environment() {
     let s = Server::start();
     s.ok(&["env", "create", "staging"]);
