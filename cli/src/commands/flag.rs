@@ -789,10 +789,18 @@ pub async fn wait(
                 instance(i)
             ));
         }
-        if allow_none {
+        // --allow-none allows none at all, never a partitioned one: an instance that left
+        // without the revision still fails the wait.
+        if allow_none && response.disconnected.is_empty() {
             return Ok(format!("{report}: nothing to wait for\n"));
         }
         println!("{report}");
+        if !response.disconnected.is_empty() {
+            bail!(
+                "revision {revision} did not reach {} instance(s) that disconnected without it",
+                response.disconnected.len()
+            );
+        }
         bail!(
             "no SDK instance has applied revision {revision}, as none is connected to \
              {environment} (pass --allow-none when none is expected)"

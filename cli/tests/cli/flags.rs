@@ -486,6 +486,37 @@ fn wait_reports_every_sdk_instance_and_fails_for_a_disconnected_one() {
         String::from_utf8_lossy(&out.stderr),
         @"error: revision 3 has not reached every SDK instance"
     );
+
+    // Every instance gone: --allow-none allows none connected, not a partitioned one.
+    clients[0].close();
+    s.block_on(async {
+        while s.server.clients.connected("production") > 0 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    });
+    let out = s
+        .cmd()
+        .args([
+            "--env",
+            "production",
+            "flag",
+            "off",
+            "checkout-v2",
+            "--wait=5s",
+            "--allow-none",
+        ])
+        .output()
+        .expect("runs");
+    assert_eq!(out.status.code(), Some(1));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("no SDK instance of production is connected"),
+        "{stdout}"
+    );
+    assert_snapshot!(
+        String::from_utf8_lossy(&out.stderr),
+        @"error: revision 4 did not reach 2 instance(s) that disconnected without it"
+    );
 }
 
 #[test]
