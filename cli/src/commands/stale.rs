@@ -175,8 +175,9 @@ pub async fn stale(session: &mut Session, days: u64) -> anyhow::Result<String> {
     Ok(output::table(&["FLAG", "LIFETIME", "WHY", "SINCE"], &rows))
 }
 
-/// When flag `key` was created: the time of its oldest entry in the history the server
-/// keeps; `None` when it keeps none.
+/// When flag `key` was created: the time of the newest history entry that created it (a flag
+/// deleted and created again counts from its last creation), else of its oldest entry the
+/// server keeps; `None` when it keeps none.
 async fn created(session: &mut Session, key: &str) -> anyhow::Result<Option<i64>> {
     let environment = session.env()?;
     let mut oldest = None;
@@ -194,9 +195,9 @@ async fn created(session: &mut Session, key: &str) -> anyhow::Result<Option<i64>
             .await
             .map_err(|s| session.error(s))?
             .into_inner();
-        // Newest first: the page's last entry is the oldest so far.
-        if let Some(entry) = page.entries.last() {
-            oldest = Some(entry.time_unix_ms);
+        match creation(&page.entries, key) {
+            Found::Created(time) => return Ok(Some(time)),
+            Found::Oldest(time) => oldest = time.or(oldest),
         }
         if page.next_page_token.is_empty() {
             return Ok(oldest);
@@ -205,10 +206,57 @@ async fn created(session: &mut Session, key: &str) -> anyhow::Result<Option<i64>
     }
 }
 
+/// What a page of a flag's history, newest first, says of its creation.
+#[derive(Debug, PartialEq)]
+enum Found {
+    /// The time of the newest entry that created the flag.
+    Created(i64),
+    /// No creation on the page: the time of its oldest entry, if any.
+    Oldest(Option<i64>),
+}
+
+fn creation(entries: &[pb::AuditEntry], key: &str) -> Found {
+    for entry in entries {
+        let creates = entry.changes.iter().any(|c| {
+            matches!(&c.document, Some(pb::change::Document::Flag(f))
+                if f.key == key && f.before.is_none() && f.after.is_some())
+        });
+        if creates {
+            return Found::Created(entry.time_unix_ms);
+        }
+    }
+    Found::Oldest(entries.last().map(|e| e.time_unix_ms))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use flagstaff_proto::pb;
+
+    #[test]
+    fn a_flag_created_again_counts_from_its_last_creation() {
+        let entry = |time: i64, before: bool, after: bool| pb::AuditEntry {
+            time_unix_ms: time,
+            changes: vec![pb::Change {
+                document: Some(pb::change::Document::Flag(pb::FlagChange {
+                    key: "f".into(),
+                    before: before.then(pb::Flag::default),
+                    after: after.then(pb::Flag::default),
+                })),
+            }],
+            ..Default::default()
+        };
+        // Newest first: edited, created again, deleted, created.
+        let history = [
+            entry(40, true, true),
+            entry(30, false, true),
+            entry(20, true, false),
+            entry(10, false, true),
+        ];
+        assert_eq!(creation(&history, "f"), Found::Created(30));
+        assert_eq!(creation(&history[..1], "f"), Found::Oldest(Some(40)));
+        assert_eq!(creation(&[], "f"), Found::Oldest(None));
+    }
 
     fn flag(yaml: &str) -> Flag {
         let text = format!(
