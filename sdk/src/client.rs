@@ -659,7 +659,8 @@ impl ClientBuilder {
     /// reconnects as needed and reports usage metrics. Runs on the current Tokio runtime when there is one, else on a
     /// thread of its own. Fails only on an unreadable or invalid bootstrap file; an unusable
     /// cache file is logged and ignored. An sdk key that cannot be sent (control characters,
-    /// non-ASCII) is refused here.
+    /// non-ASCII) is refused here, and so is a TLS CA certificate with an endpoint that is not
+    /// `https://`.
     pub fn build(self) -> Result<Client, Error> {
         if self
             .sdk_key
@@ -667,6 +668,14 @@ impl ClientBuilder {
             .is_err()
         {
             return Err(Error::InvalidSdkKey);
+        }
+        if self.tls_ca.is_some()
+            && !self
+                .endpoint
+                .get(..8)
+                .is_some_and(|scheme| scheme.eq_ignore_ascii_case("https://"))
+        {
+            return Err(Error::TlsWithoutHttps(self.endpoint));
         }
         let bootstrap = match &self.bootstrap {
             None => None,

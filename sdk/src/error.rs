@@ -40,6 +40,13 @@ pub enum Error {
     /// The sdk key holds characters that cannot be sent in a request header.
     #[error("the sdk key must be printable ASCII")]
     InvalidSdkKey,
+    /// A TLS CA certificate was given with an endpoint that is not `https://`, over which the
+    /// client would talk plain text.
+    #[error(
+        "a TLS CA certificate was given, but the endpoint {0} is not https://: the connection \
+         would not use TLS"
+    )]
+    TlsWithoutHttps(String),
     /// The client was closed.
     #[error("the client is closed")]
     Closed,

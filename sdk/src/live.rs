@@ -183,9 +183,10 @@ fn endpoint(settings: &Settings) -> Result<Endpoint, tonic::transport::Error> {
         .tcp_nodelay(true);
     if settings.tls_ca.is_some() || settings.endpoint.starts_with("https:") {
         let mut tls = ClientTlsConfig::new();
-        if let Some(ca) = &settings.tls_ca {
-            tls = tls.ca_certificate(Certificate::from_pem(ca));
-        }
+        tls = match &settings.tls_ca {
+            Some(ca) => tls.ca_certificate(Certificate::from_pem(ca)),
+            None => tls.with_native_roots(),
+        };
         if let Some(domain) = &settings.tls_domain {
             tls = tls.domain_name(domain.clone());
         }
@@ -270,7 +271,12 @@ async fn stream(
     // A path that accepts connections but carries nothing must not hang the client.
     let answer = settings.connect_timeout + heartbeat * SILENT_INTERVALS;
     let mut inbound = match tokio::time::timeout(answer, client.watch(request)).await {
-        Ok(Ok(response)) => response.into_inner(),
+        Ok(Ok(response)) => {
+            // The server took the key: a refusal of it is over, whatever the data does next.
+            core.failure
+                .send_if_modified(|f| f.take_if(|f| f.refused).is_some());
+            response.into_inner()
+        }
         Ok(Err(status)) => return ended(&status),
         Err(_) => return Ended::Lost(format!("no answer to the subscription within {answer:?}")),
     };

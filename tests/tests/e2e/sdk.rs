@@ -105,6 +105,15 @@ async fn before_any_data_a_client_serves_defaults_or_its_bootstrap() {
         matches!(bad_key, flagstaff::Error::InvalidSdkKey),
         "{bad_key}"
     );
+    // A CA certificate is for TLS: with an http:// endpoint it would be silently unused.
+    let plain = Client::builder(&endpoint, "fs_unused")
+        .tls_ca_certificate(self_signed().cert)
+        .build()
+        .expect_err("a CA with a plain-text endpoint is refused");
+    assert!(
+        matches!(plain, flagstaff::Error::TlsWithoutHttps(_)),
+        "{plain}"
+    );
 }
 
 #[tokio::test]
