@@ -208,7 +208,9 @@ fn connect_error(
     error: &tonic::transport::Error,
 ) -> anyhow::Error {
     let cause = causes(error);
-    let https = endpoint.starts_with("https:");
+    let https = endpoint
+        .get(..6)
+        .is_some_and(|scheme| scheme.eq_ignore_ascii_case("https:"));
     if cause.contains("CaUsedAsEndEntity") {
         return anyhow!(
             "TLS: flagstaffd at {endpoint} presents a CA certificate as its own ({cause}): \
@@ -217,6 +219,11 @@ fn connect_error(
     }
     if cause.contains("invalid peer certificate") {
         let fix = match ca_cert {
+            // Signed by a CA the client does not know: which one to trust is the fix.
+            _ if !cause.contains("UnknownIssuer") => {
+                "its certificate itself is the problem (expired, or not for this host name?)"
+                    .to_owned()
+            }
             Some(path) => format!(
                 "is {} the CA certificate that signed it, and does the certificate name the \
                  endpoint's host?",

@@ -17,13 +17,18 @@ struct Pki {
 }
 
 fn pki(ca_name: &str) -> Pki {
+    pki_for(ca_name, &["localhost", "127.0.0.1"])
+}
+
+/// Like [`pki`], the server certificate naming only `names`.
+fn pki_for(ca_name: &str, names: &[&str]) -> Pki {
     let mut ca = CertificateParams::new(Vec::<String>::new()).expect("CA parameters");
     ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
     ca.distinguished_name.push(DnType::CommonName, ca_name);
     let ca_key = KeyPair::generate().expect("CA key");
     let ca_pem = ca.self_signed(&ca_key).expect("CA certificate").pem();
     let issuer = Issuer::new(ca, ca_key);
-    let leaf = CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])
+    let leaf = CertificateParams::new(names.iter().map(|n| (*n).to_owned()).collect::<Vec<_>>())
         .expect("server parameters");
     let leaf_key = KeyPair::generate().expect("server key");
     let leaf_pem = leaf
@@ -202,4 +207,30 @@ fn a_ca_certificate_served_as_the_servers_own_is_named() {
     let ca = file(&s, "cert.pem", &cert);
     let ca = ca.to_str().expect("utf-8 path");
     assert_snapshot!(run(&s, &[], &["--endpoint", &endpoint, "--ca-cert", ca, "env", "list"]).expect_err("refused"), @"error: TLS: flagstaffd at https://localhost:[port] presents a CA certificate as its own (invalid peer certificate: Other(OtherError(CaUsedAsEndEntity))): serve a certificate signed by the CA, not the CA itself (docs/operations.md, TLS)");
+}
+
+#[test]
+fn a_certificate_for_another_name_is_not_blamed_on_the_ca() {
+    let pki = pki_for("Flagstaff test CA", &["localhost"]);
+    let (s, _) = serve(pki.server);
+    let ca = file(&s, "ca.pem", &pki.ca);
+    let by_ip = format!("https://127.0.0.1:{}", s.server.addr.port());
+    let error = run(
+        &s,
+        &[],
+        &[
+            "--endpoint",
+            &by_ip,
+            "--ca-cert",
+            ca.to_str().expect("path"),
+            "env",
+            "list",
+        ],
+    )
+    .expect_err("refused");
+    assert!(error.contains("not valid for name"), "{error}");
+    assert!(
+        error.contains("its certificate itself is the problem"),
+        "{error}"
+    );
 }
