@@ -210,6 +210,8 @@ pub struct Committed {
     /// Every document created, replaced or deleted, as the audit entry records it: flags
     /// first, then segments, each by key. Empty when the write changed nothing.
     pub changes: Vec<AuditChange>,
+    /// The flags whose running rollout plan the write paused, by editing them by hand.
+    pub paused_rollouts: Vec<String>,
 }
 
 impl Committed {
@@ -224,6 +226,7 @@ impl Committed {
             flags: Vec::new(),
             segments: Vec::new(),
             changes: Vec::new(),
+            paused_rollouts: Vec::new(),
         }
     }
 }
@@ -530,15 +533,17 @@ impl<S: Store> Environments<S> {
             operation: ctx.operation.to_owned(),
             changes: staged.audit,
         };
-        let mut plan_writes: Vec<RolloutRecord> = plan.iter().cloned().collect();
-        plan_writes.extend(rollouts::paused_by_edit(
+        let paused = rollouts::paused_by_edit(
             &plans,
             &staged.changes,
             plan.as_ref().map(|p| p.flag.as_str()),
             ctx.actor,
             revision,
             self.clock.now_ms(),
-        ));
+        );
+        let paused_rollouts: Vec<String> = paused.iter().map(|p| p.flag.clone()).collect();
+        let mut plan_writes: Vec<RolloutRecord> = plan.iter().cloned().collect();
+        plan_writes.extend(paused);
         let (segments, segment_patches, patched) =
             as_patches(&current.snapshot, staged.changes.segments);
         let change = Change {
@@ -574,6 +579,7 @@ impl<S: Store> Environments<S> {
             flags: change.flags.clone(),
             segments: change.segments.iter().chain(&patched).cloned().collect(),
             changes: audit.changes.clone(),
+            paused_rollouts,
         };
         env.feed.publish(Event::new(change, audit));
         Ok((committed, plan))
@@ -618,6 +624,8 @@ impl<S: Store> Environments<S> {
             flags: staged.changes.flags,
             segments: staged.changes.segments,
             changes: staged.audit,
+            // A plan is a dry run: nothing is paused.
+            paused_rollouts: Vec::new(),
         })
     }
 }

@@ -56,10 +56,11 @@ pub async fn run(session: &mut Session, command: &FlagCommand) -> anyhow::Result
                     async move { admin.revert_flag(request).await }
                 })
                 .await?;
-            Ok(format!(
+            let said = format!(
                 "{key} restored as of version {to_version} in {environment} (revision {})\n",
                 response.revision
-            ))
+            );
+            Ok(said + &paused_plans(session, &response.paused_rollouts).await)
         }
         FlagCommand::Delete { key } => {
             let environment = session.env()?;
@@ -473,7 +474,7 @@ async fn set_enabled(
         if enabled { "on" } else { "off" },
         response.revision
     );
-    said.push_str(&paused_plan(session, key, response.revision).await);
+    said.push_str(&paused_plans(session, &response.paused_rollouts).await);
     wait(session, said, response.revision, options).await
 }
 
@@ -517,17 +518,29 @@ async fn set_default(
         serve_summary(&serve),
         response.revision
     );
-    said.push_str(&paused_plan(session, &key, response.revision).await);
+    said.push_str(&paused_plans(session, &response.paused_rollouts).await);
     wait(session, said, response.revision, options).await
 }
 
-/// A line saying that the write of `revision` paused the running rollout plan of flag `key`
-/// (the server pauses a plan whose flag is edited by hand, in the same commit), or nothing.
-async fn paused_plan(session: &mut Session, key: &str, revision: u64) -> String {
+/// A line for each flag whose running rollout plan the write paused (the server pauses a plan
+/// whose flag is edited by hand, in the same commit, and says which in its answer).
+pub async fn paused_plans(session: &mut Session, paused: &[String]) -> String {
+    let mut said = String::new();
+    for key in paused {
+        said.push_str(&paused_plan(session, key).await);
+    }
+    said
+}
+
+/// The line of [`paused_plans`] for flag `key`, with its plan's stage.
+async fn paused_plan(session: &mut Session, key: &str) -> String {
+    let resume = format!(
+        "`flagstaff rollout resume {key}` continues it, `flagstaff rollout rollback {key}` ends it"
+    );
     let Ok(environment) = session.env() else {
-        return String::new();
+        return format!("this paused the rollout plan of {key}: {resume}\n");
     };
-    // No plan (NOT_FOUND) or a failed read: nothing to say about one.
+    // A failed read of the plan still leaves the pause to say.
     let Ok(response) = session
         .admin
         .get_rollout(pb::GetRolloutRequest {
@@ -536,21 +549,13 @@ async fn paused_plan(session: &mut Session, key: &str, revision: u64) -> String 
         })
         .await
     else {
-        return String::new();
+        return format!("this paused the rollout plan of {key}: {resume}\n");
     };
     let Some(plan) = response.into_inner().plan else {
-        return String::new();
+        return format!("this paused the rollout plan of {key}: {resume}\n");
     };
-    let paused_here = plan.state == pb::RolloutState::Paused as i32
-        && plan
-            .state_message
-            .ends_with(&format!(" at revision {revision}"));
-    if !paused_here {
-        return String::new();
-    }
     format!(
-        "this paused the rollout plan of {key} at stage {} of {} ({} {}): \
-         `flagstaff rollout resume {key}` continues it, `flagstaff rollout rollback {key}` ends it\n",
+        "this paused the rollout plan of {key} at stage {} of {} ({} {}): {resume}\n",
         plan.stage_index + 1,
         plan.stages.len(),
         plan.target_variant,
@@ -1083,10 +1088,11 @@ async fn edit(session: &mut Session, key: &str, message: Option<&str>) -> anyhow
             async move { admin.update_flag(request).await }
         })
         .await?;
-    Ok(format!(
+    let said = format!(
         "saved {key} in {environment} (revision {})\n",
         response.revision
-    ))
+    );
+    Ok(said + &paused_plans(session, &response.paused_rollouts).await)
 }
 
 /// Reports what is wrong with an edit; asks to reopen the editor (on a terminal) or fails.

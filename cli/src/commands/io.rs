@@ -131,6 +131,7 @@ pub fn apply_report(
         "unchanged_flags": applied.unchanged_flags,
         "unchanged_segments": applied.unchanged_segments,
         "changes_abridged": applied.changes_abridged,
+        "paused_rollouts": applied.paused_rollouts,
     });
     if let Some(text) = output::structured(&document, out) {
         return text;
@@ -139,6 +140,12 @@ pub fn apply_report(
     for change in &applied.changes {
         text.push_str(&change_line(change));
         text.push('\n');
+    }
+    for key in &applied.paused_rollouts {
+        text.push_str(&format!(
+            "this paused the rollout plan of {key}: `flagstaff rollout resume {key}` continues \
+             it, `flagstaff rollout rollback {key}` ends it\n"
+        ));
     }
     if applied.changes_abridged {
         text.push_str(

@@ -314,6 +314,14 @@ fn a_plan_on_an_off_flag_warns_and_writes_that_pause_a_plan_say_so() {
     ");
     // Without a running plan, nothing more is said.
     assert_snapshot!(s.ok(&["flag", "off", "checkout-v2"]), @"checkout-v2 is off in production (revision 5)");
+
+    // A revert pauses a running plan as any other edit, and says so.
+    s.ok(&["rollout", "resume", "checkout-v2"]);
+    let reverted = s.ok(&["flag", "revert", "checkout-v2", "--to-version", "3"]);
+    assert!(
+        reverted.contains("this paused the rollout plan of checkout-v2 at stage 1 of 2"),
+        "{reverted}"
+    );
 }
 
 #[test]

@@ -484,15 +484,16 @@ impl<S: Store> pb::admin_server::Admin for AdminService<S> {
             req.confirm_protected,
         )?;
         let envs = self.envs.clone();
-        let (revision, flag) = blocking(move || {
+        let (revision, flag, paused_rollouts) = blocking(move || {
             let committed = envs.update_flag(writer.ctx(), flag)?;
             let flag = written_flag(&envs, &writer.environment, &key, &committed)?;
-            Ok((committed.revision, flag))
+            Ok((committed.revision, flag, committed.paused_rollouts))
         })
         .await?;
         Ok(Response::new(pb::UpdateFlagResponse {
             revision,
             flag: Some(flag),
+            paused_rollouts,
         }))
     }
 
@@ -535,15 +536,16 @@ impl<S: Store> pb::admin_server::Admin for AdminService<S> {
             req.confirm_protected,
         )?;
         let envs = self.envs.clone();
-        let (revision, flag) = blocking(move || {
+        let (revision, flag, paused_rollouts) = blocking(move || {
             let committed = envs.set_flag_enabled(writer.ctx(), &req.key, req.enabled, expected)?;
             let flag = written_flag(&envs, &writer.environment, &req.key, &committed)?;
-            Ok((committed.revision, flag))
+            Ok((committed.revision, flag, committed.paused_rollouts))
         })
         .await?;
         Ok(Response::new(pb::SetFlagEnabledResponse {
             revision,
             flag: Some(flag),
+            paused_rollouts,
         }))
     }
 
@@ -564,16 +566,17 @@ impl<S: Store> pb::admin_server::Admin for AdminService<S> {
             req.confirm_protected,
         )?;
         let envs = self.envs.clone();
-        let (revision, flag) = blocking(move || {
+        let (revision, flag, paused_rollouts) = blocking(move || {
             let committed =
                 envs.set_default_serve(writer.ctx(), &req.key, serve, req.force, expected)?;
             let flag = written_flag(&envs, &writer.environment, &req.key, &committed)?;
-            Ok((committed.revision, flag))
+            Ok((committed.revision, flag, committed.paused_rollouts))
         })
         .await?;
         Ok(Response::new(pb::SetDefaultServeResponse {
             revision,
             flag: Some(flag),
+            paused_rollouts,
         }))
     }
 
@@ -596,15 +599,16 @@ impl<S: Store> pb::admin_server::Admin for AdminService<S> {
             req.confirm_protected,
         )?;
         let envs = self.envs.clone();
-        let (revision, flag) = blocking(move || {
+        let (revision, flag, paused_rollouts) = blocking(move || {
             let committed = envs.revert_flag(writer.ctx(), &req.key, req.to_version, expected)?;
             let flag = written_flag(&envs, &writer.environment, &req.key, &committed)?;
-            Ok((committed.revision, flag))
+            Ok((committed.revision, flag, committed.paused_rollouts))
         })
         .await?;
         Ok(Response::new(pb::RevertFlagResponse {
             revision,
             flag: Some(flag),
+            paused_rollouts,
         }))
     }
 
@@ -947,6 +951,7 @@ impl<S: Store> pb::admin_server::Admin for AdminService<S> {
             changed: committed.changed(),
             changes,
             changes_abridged,
+            paused_rollouts: committed.paused_rollouts.clone(),
             unchanged_flags: unchanged(
                 flag_keys.iter().map(String::as_str),
                 committed.flags.iter().map(|f| f.key.as_str()),
