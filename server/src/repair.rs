@@ -246,72 +246,44 @@ fn restore_documents<S: Store>(
         revision,
         ..Change::default()
     };
-    let mut audit = Vec::new();
+    let mut done = Restorations {
+        revision,
+        unreadable: &unreadable,
+        audit: Vec::new(),
+        restored: Vec::new(),
+    };
     let mut outcomes = Vec::new();
-    let mut restored = Vec::new();
     for damage in damaged {
         let key = key_of(&damage);
-        let is_flag = damage.record.starts_with("flags/");
-        let outcome = if is_flag {
-            match flags.remove(&key) {
-                Some(Last {
-                    document: Some(mut flag),
-                    revision: from,
-                }) => {
-                    flag.version = Some(revision);
-                    audit.push(AuditChange::flag(&key, None, Some(&flag)));
-                    change.flags.push(flag);
-                    restored.push(format!("{} (revision {from})", damage.record));
-                    restored_from(revision, from, &unreadable)
-                }
-                Some(Last {
-                    document: None,
-                    revision: from,
-                }) => {
-                    audit.push(AuditChange::flag(&key, None, None));
-                    change.deleted_flags.push(key.clone());
-                    restored.push(format!("{} (deleted at revision {from})", damage.record));
-                    Outcome::Restored {
-                        revision,
-                        from: format!("its deletion at revision {from}: the record is deleted"),
-                    }
-                }
-                None => Outcome::Left("the audit log holds no version of it".to_owned()),
-            }
+        let outcome = if damage.record.starts_with("flags/") {
+            done.restore(
+                &damage.record,
+                &key,
+                flags.remove(&key),
+                (&mut change.flags, &mut change.deleted_flags),
+                AuditChange::flag,
+                |f| &mut f.version,
+            )
         } else if !unreadable.is_empty() {
             Outcome::Left(format!(
                 "its key lists cannot be rebuilt: the audit entries of revisions {unreadable:?} \
                  cannot be read"
             ))
         } else {
-            match segments.remove(&key) {
-                Some(Last {
-                    document: Some(mut segment),
-                    revision: from,
-                }) => {
-                    segment.version = Some(revision);
-                    audit.push(AuditChange::segment(&key, None, Some(&segment)));
-                    change.segments.push(segment);
-                    restored.push(format!("{} (revision {from})", damage.record));
-                    restored_from(revision, from, &unreadable)
-                }
-                Some(Last {
-                    document: None,
-                    revision: from,
-                }) => {
-                    audit.push(AuditChange::segment(&key, None, None));
-                    change.deleted_segments.push(key.clone());
-                    restored.push(format!("{} (deleted at revision {from})", damage.record));
-                    Outcome::Restored {
-                        revision,
-                        from: format!("its deletion at revision {from}: the record is deleted"),
-                    }
-                }
-                None => Outcome::Left("the audit log holds no version of it".to_owned()),
-            }
+            done.restore(
+                &damage.record,
+                &key,
+                segments.remove(&key),
+                (&mut change.segments, &mut change.deleted_segments),
+                AuditChange::segment,
+                |s| &mut s.version,
+            )
         };
         outcomes.push((damage, outcome));
     }
+    let Restorations {
+        audit, restored, ..
+    } = done;
     if !audit.is_empty() {
         let entry = AuditEntry {
             revision,
@@ -327,6 +299,60 @@ fn restore_documents<S: Store>(
         store.commit(environment, record.revision, &change, &[], &entry, &[])?;
     }
     Ok(outcomes)
+}
+
+/// The restorations of one environment, written as one change.
+struct Restorations<'a> {
+    /// The revision of the repair.
+    revision: u64,
+    /// Revisions whose audit entries cannot be read.
+    unreadable: &'a [u64],
+    /// The repair's audit changes.
+    audit: Vec<AuditChange>,
+    /// What was restored, for the repair's comment.
+    restored: Vec<String>,
+}
+
+impl Restorations<'_> {
+    /// Restores the damaged `record` of document `key` to `last`, what the audit log last
+    /// left of it: written (into `written`) at the repair's revision, or deleted (into
+    /// `deleted`) when the log's last word on it is its deletion.
+    fn restore<T>(
+        &mut self,
+        record: &str,
+        key: &str,
+        last: Option<Last<T>>,
+        (written, deleted): (&mut Vec<T>, &mut Vec<String>),
+        audited: fn(&str, Option<&T>, Option<&T>) -> AuditChange,
+        version: fn(&mut T) -> &mut Option<u64>,
+    ) -> Outcome {
+        let Some(Last {
+            document,
+            revision: from,
+        }) = last
+        else {
+            return Outcome::Left("the audit log holds no version of it".to_owned());
+        };
+        match document {
+            Some(mut document) => {
+                *version(&mut document) = Some(self.revision);
+                self.audit.push(audited(key, None, Some(&document)));
+                written.push(document);
+                self.restored.push(format!("{record} (revision {from})"));
+                restored_from(self.revision, from, self.unreadable)
+            }
+            None => {
+                self.audit.push(audited(key, None, None));
+                deleted.push(key.to_owned());
+                self.restored
+                    .push(format!("{record} (deleted at revision {from})"));
+                Outcome::Restored {
+                    revision: self.revision,
+                    from: format!("its deletion at revision {from}: the record is deleted"),
+                }
+            }
+        }
+    }
 }
 
 /// The outcome of restoring a document to its version of revision `from`, in `revision`.

@@ -74,20 +74,11 @@ pub fn name(value: &str, field: &str) -> Result<(), ServerError> {
 /// A field of an SDK's identity (instance id, application, host, SDK version): at most 256
 /// bytes, no control characters.
 pub fn identity(value: &str, field: &str) -> Result<(), ServerError> {
-    if value.len() > MAX_NAME_BYTES {
-        return Err(ServerError::Invalid(format!(
-            "{field}: {} is {} bytes, over the limit of {MAX_NAME_BYTES}",
-            quote(value),
-            value.len()
-        )));
+    if value.is_empty() {
+        Ok(())
+    } else {
+        name(value, field)
     }
-    if value.chars().any(char::is_control) {
-        return Err(ServerError::Invalid(format!(
-            "{field}: {} contains a control character",
-            quote(value)
-        )));
-    }
-    Ok(())
 }
 
 /// A context to evaluate for (DESIGN.md section 4a): at most 1,000 attributes, names of at
@@ -138,20 +129,10 @@ pub fn context(context: &pb::Context) -> Result<(), ServerError> {
 
 /// A change's comment: at most 4 KiB, no NUL character.
 pub fn comment(value: &str) -> Result<(), ServerError> {
-    if value.len() > MAX_TEXT_BYTES {
-        return Err(ServerError::Invalid(format!(
-            "comment: {} is {} bytes, over the limit of {MAX_TEXT_BYTES}",
-            quote(value),
-            value.len()
-        )));
+    match flagstaff_engine::text_problem(value, MAX_TEXT_BYTES) {
+        Some(problem) => Err(ServerError::Invalid(format!("comment: {problem}"))),
+        None => Ok(()),
     }
-    if value.contains('\0') {
-        return Err(ServerError::Invalid(format!(
-            "comment: {} contains a NUL character",
-            quote(value)
-        )));
-    }
-    Ok(())
 }
 
 /// A flag from a request: converted (an error names the field), its version read as an
