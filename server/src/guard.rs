@@ -14,7 +14,9 @@
 //! part of the plan's false-alarm probability [`FALSE_ALARM`], so a whole plan rolls back
 //! by mistake with a probability of at most 5%.
 
-use crate::rollouts::{pair_weight, ALL};
+use flagstaff_engine::BUCKETS;
+
+use crate::rollouts::pair_weight;
 use crate::storage::{GuardTally, RolloutRecord};
 
 /// The probability that a plan whose target is no worse than allowed is rolled back by its
@@ -109,7 +111,7 @@ pub fn test(
 /// the test on them; `None` when the plan has no guard.
 pub fn of_plan(plan: &RolloutRecord) -> Option<(GuardTally, Verdict)> {
     let guard = plan.guard.as_ref()?;
-    let tested = plan.stages.iter().filter(|s| s.percent < ALL).count();
+    let tested = plan.stages.iter().filter(|s| s.percent < BUCKETS).count();
     let tally = if guard.rejected || guard.tally.flag_version == plan.flag_version {
         guard.tally
     } else {

@@ -3,7 +3,7 @@
 //! validated, versioned, audited and durable in the same way. The gRPC layer only maps
 //! messages to these calls.
 
-use flagstaff_engine::{ChangeSet, Flag, KeyPatch, Segment, Serve, Snapshot, Split};
+use flagstaff_engine::{reshuffle, ChangeSet, Flag, KeyPatch, Segment, Serve, Snapshot};
 
 use crate::environments::{version_conflict, At, Committed, Environments, WriteContext};
 use crate::error::ServerError;
@@ -59,34 +59,6 @@ fn existing_segment<'a>(
         return Err(conflict);
     }
     segment_in(snapshot, key, at.environment)
-}
-
-/// Why replacing the split `old` by `new` would move contexts that neither variant's weight
-/// change explains, if it would: a different bucketing attribute, or the variants both
-/// splits list in another order (buckets are handed out in the order of the weights).
-fn reshuffle(old: &Split, new: &Split) -> Option<String> {
-    if old.bucket_by != new.bucket_by {
-        return Some(format!(
-            "it buckets by {:?} instead of {:?}",
-            new.bucket_by, old.bucket_by
-        ));
-    }
-    let order = |split: &Split, other: &Split| -> Vec<String> {
-        split
-            .weights
-            .iter()
-            .filter(|w| other.weights.iter().any(|o| o.variant == w.variant))
-            .map(|w| w.variant.clone())
-            .collect()
-    };
-    let (before, after) = (order(old, new), order(new, old));
-    (before != after).then(|| {
-        format!(
-            "it orders the variants {} instead of {}",
-            after.join(", "),
-            before.join(", ")
-        )
-    })
 }
 
 pub(crate) fn flags_only(flags: Vec<Flag>) -> ChangeSet {

@@ -19,7 +19,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use flagstaff_engine::{ChangeSet, Flag, Serve, Split, Weight};
+use flagstaff_engine::{
+    format_percent, move_boundary, ChangeSet, Flag, Serve, Split, Weight, BUCKETS,
+};
 
 use crate::environments::{At, Committed, Environments, WriteContext};
 use crate::error::ServerError;
@@ -28,9 +30,6 @@ use crate::storage::{
     now_ms, GuardRecord, GuardTally, RolloutEvent, RolloutEventKind, RolloutRecord, RolloutStage,
     RolloutState, Store,
 };
-
-/// 100% in split weights (1/1000 of a percent).
-pub(crate) const ALL: u32 = 100_000;
 
 /// The time rollout plans go by: the system's, or one a test moves by hand.
 pub trait Clock: Send + Sync + std::fmt::Debug + 'static {
@@ -256,38 +255,50 @@ fn with_scope(flag: &Flag, rule_id: Option<&str>, serve: Serve) -> Flag {
     flag
 }
 
-/// What a plan's scope serves at `percent` of the target.
-fn serve_at(plan: &RolloutRecord, percent: u32) -> Serve {
-    let pair = pair_weight(plan);
-    if percent >= ALL {
-        return Serve::Variant(plan.target.clone());
-    }
-    if percent == 0 && pair == ALL {
-        return Serve::Variant(plan.baseline.clone());
+/// What a plan's scope serves at `percent` of the target; `None` when that is more than the
+/// target and baseline share (the split's other variants keep their weights).
+fn serve_at(plan: &RolloutRecord, percent: u32) -> Option<Serve> {
+    if percent >= BUCKETS {
+        return Some(Serve::Variant(plan.target.clone()));
     }
     let mut weights = vec![
         Weight {
             variant: plan.target.clone(),
-            weight: percent,
+            weight: 0,
         },
         Weight {
             variant: plan.baseline.clone(),
-            weight: pair - percent,
+            weight: pair_weight(plan),
         },
     ];
     weights.extend(plan.others.iter().map(|(variant, weight)| Weight {
         variant: variant.clone(),
         weight: *weight,
     }));
-    Serve::Split(Split {
+    let split = Split {
         bucket_by: plan.bucket_by.clone(),
         weights,
+    };
+    move_boundary(&split, percent)
+}
+
+/// [`serve_at`] the plan's current percentage, for a write.
+fn current_serve(plan: &RolloutRecord) -> Result<Serve, ServerError> {
+    serve_at(plan, plan.percent).ok_or_else(|| {
+        ServerError::Precondition(format!(
+            "the split of flag {:?} also serves {} to other variants: {:?} can have at most {}, not {}",
+            plan.flag,
+            format_percent(BUCKETS - pair_weight(plan)),
+            plan.target,
+            format_percent(pair_weight(plan)),
+            format_percent(plan.percent)
+        ))
     })
 }
 
 /// The weight the target and baseline share: all but the other variants'.
 pub(crate) fn pair_weight(plan: &RolloutRecord) -> u32 {
-    ALL - plan.others.iter().map(|(_, w)| w).sum::<u32>()
+    BUCKETS - plan.others.iter().map(|(_, w)| w).sum::<u32>()
 }
 
 /// Checks stages: at least one; percents strictly increasing, above 0, up to 100%, the last
@@ -297,10 +308,10 @@ fn check_stages(stages: &[RolloutStage]) -> Result<(), ServerError> {
     let Some(last) = stages.last() else {
         return invalid("a plan needs at least one stage".to_owned());
     };
-    if last.percent != ALL {
+    if last.percent != BUCKETS {
         return invalid(format!(
             "the last stage must be 100%, not {}",
-            percent_text(last.percent)
+            format_percent(last.percent)
         ));
     }
     if last.hold_ms != 0 {
@@ -314,11 +325,11 @@ fn check_stages(stages: &[RolloutStage]) -> Result<(), ServerError> {
             return invalid(format!(
                 "stage {} ({}) must be above the stage before it ({}) and above 0%",
                 i + 1,
-                percent_text(stage.percent),
-                percent_text(previous)
+                format_percent(stage.percent),
+                format_percent(previous)
             ));
         }
-        if stage.percent < ALL && stage.hold_ms == 0 {
+        if stage.percent < BUCKETS && stage.hold_ms == 0 {
             return invalid(format!("stage {} needs a hold longer than 0", i + 1));
         }
         previous = stage.percent;
@@ -465,11 +476,11 @@ fn plan_for(
     if let Some(stage) = plan
         .stages
         .iter()
-        .find(|s| s.percent < ALL && s.percent > pair)
+        .find(|s| s.percent < BUCKETS && s.percent > pair)
     {
         return Err(ServerError::Precondition(format!(
             "the split also serves {} to other variants: stages before the last can give {:?} at most {pair}, not {}",
-            ALL - pair,
+            BUCKETS - pair,
             plan.target,
             stage.percent
         )));
@@ -484,7 +495,7 @@ fn enter_stage(plan: &mut RolloutRecord, index: usize, now: u64) {
     plan.stage_index = index;
     plan.percent = stage.percent;
     plan.stage_started_ms = now;
-    if stage.percent >= ALL {
+    if stage.percent >= BUCKETS {
         plan.state = RolloutState::Completed;
         plan.next_stage_ms = 0;
     } else {
@@ -511,6 +522,21 @@ fn adopt(plan: &mut RolloutRecord, flag: &Flag) -> Result<(), ServerError> {
                 .map(|w| (w.variant.clone(), w.weight))
                 .collect();
             plan.percent = split.weights[0].weight;
+            let pair = pair_weight(plan);
+            if let Some(stage) = plan.stages[plan.stage_index..]
+                .iter()
+                .find(|s| s.percent < BUCKETS && s.percent > pair)
+            {
+                return Err(ServerError::Precondition(format!(
+                    "flag {key:?} was edited so that its split also serves {} to other variants: \
+                     {:?} can have at most {}, not the {} of a stage to come; \
+                     roll the plan back or start a new one",
+                    format_percent(BUCKETS - pair),
+                    plan.target,
+                    format_percent(pair),
+                    format_percent(stage.percent)
+                )));
+            }
         }
         Serve::Variant(v) if *v == plan.baseline => plan.percent = 0,
         _ => {
@@ -551,7 +577,7 @@ impl<S: Store> Environments<S> {
             let changes = flags_only(vec![with_scope(
                 flag,
                 plan.rule_id.as_deref(),
-                serve_at(&plan, plan.percent),
+                current_serve(&plan)?,
             )]);
             let kind = RolloutEventKind::Started;
             plan.history
@@ -600,7 +626,7 @@ impl<S: Store> Environments<S> {
                     RolloutEventKind::RolledBack,
                 ),
                 _ => (
-                    ALL,
+                    BUCKETS,
                     Serve::Variant(plan.target.clone()),
                     RolloutEventKind::Promoted,
                 ),
@@ -749,7 +775,7 @@ impl<S: Store> Environments<S> {
                     "stage {} of {}: {}",
                     next + 1,
                     plan.stages.len(),
-                    percent_text(plan.percent)
+                    format_percent(plan.percent)
                 );
                 let kind = if plan.state == RolloutState::Completed {
                     RolloutEventKind::Completed
@@ -761,7 +787,7 @@ impl<S: Store> Environments<S> {
                 let changes = flags_only(vec![with_scope(
                     flag,
                     plan.rule_id.as_deref(),
-                    serve_at(&plan, plan.percent),
+                    current_serve(&plan)?,
                 )]);
                 Ok((changes, Some(plan)))
             },
@@ -817,7 +843,7 @@ pub async fn schedule<S: Store>(
                     environment,
                     flag,
                     stage = step.plan.stage_index + 1,
-                    percent = %percent_text(step.plan.percent),
+                    percent = %format_percent(step.plan.percent),
                     revision = step.committed.revision,
                     state = state_name(step.plan.state),
                     "rollout plan stepped"
@@ -898,10 +924,4 @@ pub fn state_name(state: RolloutState) -> &'static str {
         RolloutState::Completed => "completed",
         RolloutState::RolledBack => "rolled back",
     }
-}
-
-/// 12500 → `12.5%`.
-fn percent_text(weight: u32) -> String {
-    let text = format!("{}.{:03}", weight / 1000, weight % 1000);
-    format!("{}%", text.trim_end_matches('0').trim_end_matches('.'))
 }

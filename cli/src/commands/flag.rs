@@ -3,7 +3,10 @@
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context as _};
-use flagstaff_engine::{Flag, Format, Input, Kind, Serve, Split, Weight};
+use flagstaff_engine::{
+    format_percent, move_boundary, pair_weight, parse_percent, Flag, Format, Input, Kind, Serve,
+    Split, Weight, BUCKETS,
+};
 use flagstaff_proto::pb;
 use serde_json::{json, Value};
 
@@ -559,7 +562,7 @@ async fn paused_plan(session: &mut Session, key: &str) -> String {
         plan.stage_index + 1,
         plan.stages.len(),
         plan.target_variant,
-        percent(plan.percent)
+        format_percent(plan.percent)
     )
 }
 
@@ -606,28 +609,19 @@ fn rollout_serve(
             if let Some(attr) = bucket_by {
                 split.bucket_by = attr.to_owned();
             }
-            let movable = split.weights[0].weight + split.weights[1].weight;
-            if weight > movable {
-                bail!(
+            return move_boundary(&split, weight).ok_or_else(|| {
+                let movable = pair_weight(&split);
+                anyhow!(
                     "the split also serves {} to {}: {target} can have at most {} without moving them",
                     split.weights[2..]
                         .iter()
                         .map(|w| w.variant.as_str())
                         .collect::<Vec<_>>()
                         .join(", "),
-                    percent(100_000 - movable),
-                    percent(movable)
-                );
-            }
-            if weight == 100_000 {
-                return Ok(Serve::Variant(target.to_owned()));
-            }
-            if weight == 0 && split.weights.len() == 2 {
-                return Ok(Serve::Variant(split.weights[1].variant.clone()));
-            }
-            split.weights[0].weight = weight;
-            split.weights[1].weight = movable - weight;
-            return Ok(Serve::Split(split));
+                    format_percent(BUCKETS - movable),
+                    format_percent(movable)
+                )
+            });
         }
     }
     // Otherwise the baseline is what the default serves now (or, for a split, its first
@@ -655,61 +649,26 @@ fn rollout_serve(
             })
             .ok_or_else(|| anyhow!("flag {} has no variant besides {target}", flag.key))?,
     };
-    Ok(match weight {
-        0 => Serve::Variant(baseline),
-        100_000 => Serve::Variant(target.to_owned()),
-        _ => Serve::Split(Split {
-            bucket_by: bucket_by
-                .map(str::to_owned)
-                .or_else(|| match &flag.default {
-                    Serve::Split(split) => Some(split.bucket_by.clone()),
-                    Serve::Variant(_) => None,
-                })
-                .unwrap_or_else(|| "key".to_owned()),
-            weights: vec![
-                Weight {
-                    variant: target.to_owned(),
-                    weight,
-                },
-                Weight {
-                    variant: baseline,
-                    weight: 100_000 - weight,
-                },
-            ],
-        }),
-    })
-}
-
-/// `12.5`, `12.5%` → 12500 (1/1000 of a percent); 0 to 100 in steps of 0.001.
-pub(crate) fn parse_percent(text: &str) -> anyhow::Result<u32> {
-    let number = text.trim().trim_end_matches('%').trim();
-    let invalid = || {
-        anyhow!("{text:?} is not a percentage from 0 to 100 in steps of 0.001 (e.g. 12.5 or 12.5%)")
+    let split = Split {
+        bucket_by: bucket_by
+            .map(str::to_owned)
+            .or_else(|| match &flag.default {
+                Serve::Split(split) => Some(split.bucket_by.clone()),
+                Serve::Variant(_) => None,
+            })
+            .unwrap_or_else(|| "key".to_owned()),
+        weights: vec![
+            Weight {
+                variant: target.to_owned(),
+                weight: 0,
+            },
+            Weight {
+                variant: baseline,
+                weight: BUCKETS,
+            },
+        ],
     };
-    let (whole, fraction) = number.split_once('.').unwrap_or((number, ""));
-    if whole.is_empty()
-        || fraction.len() > 3
-        || !whole.bytes().all(|b| b.is_ascii_digit())
-        || !fraction.bytes().all(|b| b.is_ascii_digit())
-    {
-        return Err(invalid());
-    }
-    let whole: u32 = whole.parse().map_err(|_| invalid())?;
-    let fraction: u32 = format!("{fraction:0<3}").parse().map_err(|_| invalid())?;
-    let weight = whole
-        .checked_mul(1000)
-        .and_then(|w| w.checked_add(fraction))
-        .ok_or_else(invalid)?;
-    if weight > 100_000 {
-        return Err(invalid());
-    }
-    Ok(weight)
-}
-
-/// 12500 → `12.5%`.
-pub(crate) fn percent(weight: u32) -> String {
-    let text = format!("{}.{:03}", weight / 1000, weight % 1000);
-    format!("{}%", text.trim_end_matches('0').trim_end_matches('.'))
+    Ok(move_boundary(&split, weight).expect("a two-variant split can hand out up to 100%"))
 }
 
 fn state(flag: &Flag) -> &'static str {
@@ -737,7 +696,7 @@ fn serve_summary(serve: &Serve) -> String {
             let shares: Vec<String> = split
                 .weights
                 .iter()
-                .map(|w| format!("{} {}", w.variant, percent(w.weight)))
+                .map(|w| format!("{} {}", w.variant, format_percent(w.weight)))
                 .collect();
             let by = if split.bucket_by == "key" {
                 String::new()
@@ -1126,24 +1085,4 @@ fn run_editor(path: &std::path::Path) -> anyhow::Result<()> {
         bail!("the editor {editor:?} failed ({status}); nothing was saved");
     }
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn percentages() {
-        assert_eq!(parse_percent("12.5").unwrap(), 12_500);
-        assert_eq!(parse_percent("12.5%").unwrap(), 12_500);
-        assert_eq!(parse_percent("0.001").unwrap(), 1);
-        assert_eq!(parse_percent("100").unwrap(), 100_000);
-        assert_eq!(parse_percent("0").unwrap(), 0);
-        for bad in ["100.001", "-1", "12.0001", "abc", "", "%", "1e2", ".5"] {
-            assert!(parse_percent(bad).is_err(), "{bad}");
-        }
-        assert_eq!(percent(12_500), "12.5%");
-        assert_eq!(percent(100_000), "100%");
-        assert_eq!(percent(1), "0.001%");
-    }
 }

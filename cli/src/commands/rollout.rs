@@ -3,11 +3,11 @@
 use std::time::Duration;
 
 use anyhow::{anyhow, bail};
+use flagstaff_engine::{format_percent, parse_percent, BUCKETS};
 use flagstaff_proto::pb;
 use serde_json::{json, Value};
 
 use crate::args::{RolloutActionArgs, RolloutCommand, RolloutStartArgs};
-use crate::commands::flag::{parse_percent, percent};
 use crate::output;
 use crate::session::Session;
 
@@ -53,7 +53,7 @@ pub(crate) fn parse_stages(spec: &str) -> anyhow::Result<Vec<pb::RolloutStage>> 
     let Some(last) = stages.last() else {
         bail!("--stages is empty");
     };
-    if last.percent != 100_000 || last.hold_ms != 0 {
+    if last.percent != BUCKETS || last.hold_ms != 0 {
         bail!("--stages must end with 100% (no hold): e.g. 1%:10m,5%:30m,100%");
     }
     let mut previous = 0;
@@ -61,8 +61,8 @@ pub(crate) fn parse_stages(spec: &str) -> anyhow::Result<Vec<pb::RolloutStage>> 
         if stage.percent <= previous {
             bail!(
                 "--stages: {} must be above the stage before it ({}): stages only grow",
-                percent(stage.percent),
-                percent(previous)
+                format_percent(stage.percent),
+                format_percent(previous)
             );
         }
         previous = stage.percent;
@@ -70,8 +70,8 @@ pub(crate) fn parse_stages(spec: &str) -> anyhow::Result<Vec<pb::RolloutStage>> 
     if let Some(stage) = stages[..stages.len() - 1].iter().find(|s| s.hold_ms == 0) {
         bail!(
             "--stages: the {} stage needs a hold, e.g. {}:10m",
-            percent(stage.percent),
-            percent(stage.percent)
+            format_percent(stage.percent),
+            format_percent(stage.percent)
         );
     }
     Ok(stages)
@@ -271,7 +271,7 @@ async fn list(session: &mut Session, all: bool) -> anyhow::Result<String> {
                 p.flag.clone(),
                 state(p).to_owned(),
                 format!("{} of {}", p.stage_index + 1, p.stages.len()),
-                format!("{} {}", p.target_variant, percent(p.percent)),
+                format!("{} {}", p.target_variant, format_percent(p.percent)),
                 next(p, now),
             ]
         })
@@ -322,7 +322,7 @@ fn next(plan: &pb::RolloutPlan, now: i64) -> String {
     let stage = plan
         .stages
         .get(plan.stage_index as usize + 1)
-        .map_or(String::new(), |s| format!("{} ", percent(s.percent)));
+        .map_or(String::new(), |s| format!("{} ", format_percent(s.percent)));
     let left = plan.next_stage_unix_ms - now;
     if left <= 0 {
         return format!("{stage}due now");
@@ -366,7 +366,7 @@ fn headline(plan: &pb::RolloutPlan, now: i64) -> String {
         plan.stage_index + 1,
         plan.stages.len(),
         plan.target_variant,
-        percent(plan.percent)
+        format_percent(plan.percent)
     );
     if plan.next_stage_unix_ms != 0 {
         line.push_str(&format!(", next {}", next(plan, now)));
@@ -406,7 +406,7 @@ fn event_line(e: &pb::RolloutEvent) -> String {
         "{}  {kind:<11}  stage {}  {:>7}  by {}{revision}{comment}",
         output::timestamp(e.time_unix_ms),
         e.stage_index + 1,
-        percent(e.percent),
+        format_percent(e.percent),
         e.actor
     )
 }
@@ -424,9 +424,9 @@ fn render(plan: &pb::RolloutPlan, out: crate::args::Output, now: i64) -> String 
         .iter()
         .map(|s| {
             if s.hold_ms == 0 {
-                percent(s.percent)
+                format_percent(s.percent)
             } else {
-                format!("{}:{}", percent(s.percent), hold_text(s.hold_ms))
+                format!("{}:{}", format_percent(s.percent), hold_text(s.hold_ms))
             }
         })
         .collect();
@@ -614,7 +614,7 @@ mod tests {
                 (1_000, 600_000),
                 (5_000, 1_800_000),
                 (25_000, 3_600_000),
-                (100_000, 0)
+                (BUCKETS, 0)
             ]
         );
         assert_eq!(

@@ -6,6 +6,7 @@
 
 use serde_json::{Map, Value};
 
+use crate::bucket::BUCKETS;
 use crate::model::{
     Condition, Document, Flag, Kind, Op, Prerequisite, Rule, Segment, SegmentRule, Serve, Split,
     Variants, Weight,
@@ -475,7 +476,7 @@ fn decode_weight(value: &Value, path: &str, problems: &mut Problems) -> Option<W
         } else if n < 0.0 {
             problems.push(path, format!("{v} is negative"));
             None
-        } else if n > 100_000.0 {
+        } else if n > f64::from(BUCKETS) {
             problems.push(path, format!("{v} is over 100000 (100%)"));
             None
         } else {

@@ -40,6 +40,7 @@ mod model;
 mod patch;
 mod problem;
 mod snapshot;
+mod split;
 mod validate;
 mod yaml;
 
@@ -63,4 +64,7 @@ pub use model::{
 pub use patch::KeyPatch;
 pub use problem::{Problem, ValidationError};
 pub use snapshot::{ChangeSet, Snapshot};
+pub use split::{
+    format_percent, move_boundary, pair_weight, parse_percent, reshuffle, InvalidPercent,
+};
 pub use validate::{is_valid_key, MAX_FLAG_BYTES, MAX_PREREQUISITE_LINKS, MAX_SEGMENT_KEYS};

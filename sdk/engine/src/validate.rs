@@ -7,6 +7,7 @@
 use rustc_hash::{FxHashMap, FxHashSet};
 use serde_json::Value;
 
+use crate::bucket::BUCKETS;
 use crate::condition::{Matcher, RegexError};
 use crate::limits::{
     clip, json_problem, name_problem, quote, text_problem, MAX_CONDITIONS, MAX_CONDITION_VALUES,
@@ -423,7 +424,7 @@ fn check_serve(flag: &Flag, known: &Known<'_>, serve: &Serve, path: &str, proble
                 }
             }
             let sum: u64 = split.weights.iter().map(|w| u64::from(w.weight)).sum();
-            if sum != 100_000 {
+            if sum != u64::from(BUCKETS) {
                 problems.push(
                     format!("{spath}.weights"),
                     format!("sum is {sum}, must be 100000"),

@@ -409,3 +409,64 @@ async fn a_first_stage_the_flag_already_serves_writes_nothing() {
     clock.advance(Duration::from_millis(HOUR));
     reaches(&mut admin, "banner", 1, pb::RolloutState::Completed).await;
 }
+
+#[tokio::test]
+async fn a_plan_does_not_resume_on_a_split_whose_other_variants_took_its_later_stages() {
+    let clock = Arc::new(ManualClock::new(1_800_000_000_000));
+    let (_server, mut admin) = server_on(&clock).await;
+    let flag = flag(json!({
+        "key": "checkout", "kind": "string",
+        "variants": {"new": "new", "old": "old", "legacy": "legacy"},
+        "off_variant": "old", "enabled": true,
+        "default": {"variant": "old"},
+    }));
+    create_flag(&mut admin, "production", flag).await;
+    admin
+        .start_rollout(start(
+            "checkout",
+            "new",
+            stages(&[(10_000, HOUR), (75_000, HOUR), (100_000, 0)]),
+        ))
+        .await
+        .expect("started");
+
+    // By hand, half of the contexts go to `legacy`: the plan pauses, and its next stage (75%)
+    // no longer fits beside legacy's 50%.
+    admin
+        .set_default_serve(pb::SetDefaultServeRequest {
+            environment: "production".into(),
+            key: "checkout".into(),
+            serve: Some(split(&[
+                ("new", 10_000),
+                ("old", 40_000),
+                ("legacy", 50_000),
+            ])),
+            ..Default::default()
+        })
+        .await
+        .expect("edited");
+    assert_eq!(
+        plan(&mut admin, "checkout").await.state,
+        pb::RolloutState::Paused as i32
+    );
+    let refused = refused(
+        admin
+            .resume_rollout(pb::ResumeRolloutRequest {
+                environment: "production".into(),
+                flag: "checkout".into(),
+                ..Default::default()
+            })
+            .await,
+        Code::FailedPrecondition,
+    );
+    assert!(
+        refused.contains("also serves 50% to other variants")
+            && refused.contains("at most 50%, not the 75%"),
+        "{refused}"
+    );
+    let p = plan(&mut admin, "checkout").await;
+    assert_eq!(
+        (p.state, p.stage_index),
+        (pb::RolloutState::Paused as i32, 0)
+    );
+}
