@@ -5,6 +5,12 @@
 //! not sum to 100000, a condition value of the wrong type) is left to the engine's validation,
 //! so it is reported the same way whichever way a document arrived.
 //!
+//! What converts: flags, segments and documents both ways; a serve both ways, for requests
+//! that carry one alone; a segment key patch (`SegmentKeyPatch`, the engine's `KeyPatch`) both
+//! ways, which never fails; contexts and reasons (below). Whoever sends or receives these
+//! types (the server, the SDK, the Watch framing in `watch`) converts them here and nowhere
+//! else.
+//!
 //! Values: a variant value or a condition value is a JSON value in the domain. Booleans,
 //! strings and numbers map to the typed alternatives of the wire messages; numbers travel as
 //! doubles, and a whole double within ±2^53 comes back as an integer, so `18` stays `18` (and
@@ -18,8 +24,8 @@ use std::borrow::Cow;
 use std::fmt;
 
 use flagstaff_engine::{
-    AttrInput, AttrRef, AttrValue, Condition, Context, Document, ErrorKind, Flag, Kind, Op,
-    Prerequisite, Reason, Rule, Segment, SegmentRule, Serve, Split, Variants, Weight,
+    AttrInput, AttrRef, AttrValue, Condition, Context, Document, ErrorKind, Flag, KeyPatch, Kind,
+    Op, Prerequisite, Reason, Rule, Segment, SegmentRule, Serve, Split, Variants, Weight,
 };
 use serde_json::{Number, Value};
 
@@ -317,6 +323,18 @@ fn serve_to_pb(serve: &Serve) -> pb::Serve {
     pb::Serve { serve: Some(serve) }
 }
 
+impl From<&KeyPatch> for pb::SegmentKeyPatch {
+    fn from(patch: &KeyPatch) -> Self {
+        pb::SegmentKeyPatch {
+            segment: patch.segment.clone(),
+            add_included: patch.add_included.clone(),
+            remove_included: patch.remove_included.clone(),
+            add_excluded: patch.add_excluded.clone(),
+            remove_excluded: patch.remove_excluded.clone(),
+        }
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Wire to domain.
 
@@ -360,6 +378,29 @@ impl TryFrom<pb::Document> for Document {
                 .map(|(i, segment)| segment_from_pb(segment, &segments_path, i))
                 .collect::<Result<_, _>>()?,
         })
+    }
+}
+
+impl TryFrom<pb::Serve> for Serve {
+    type Error = ConvertError;
+
+    /// Converts a serve sent alone (as `SetDefaultServeRequest.serve`); error paths start
+    /// `serve`.
+    fn try_from(serve: pb::Serve) -> Result<Self, ConvertError> {
+        serve_from_pb(serve, &Path::Root.field("serve"))
+    }
+}
+
+impl From<pb::SegmentKeyPatch> for KeyPatch {
+    /// Cannot fail: every list of keys is a list of keys.
+    fn from(patch: pb::SegmentKeyPatch) -> Self {
+        KeyPatch {
+            segment: patch.segment,
+            add_included: patch.add_included,
+            remove_included: patch.remove_included,
+            add_excluded: patch.add_excluded,
+            remove_excluded: patch.remove_excluded,
+        }
     }
 }
 

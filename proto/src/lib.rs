@@ -7,9 +7,11 @@
 //! clients only as [`pb`], so that the rest of Flagstaff (and its users) depend on the
 //! engine's domain types, not on generated code. The conversions between the two live in one
 //! place: `From<&Flag> for pb::Flag` and `TryFrom<pb::Flag> for Flag`, and the same for
-//! [`Segment`](flagstaff_engine::Segment) and [`Document`](flagstaff_engine::Document); an
-//! evaluation [`Context`](flagstaff_engine::Context) converts both ways, and an evaluation
-//! [`Reason`](flagstaff_engine::Reason) to its wire form.
+//! [`Segment`](flagstaff_engine::Segment), [`Document`](flagstaff_engine::Document) and
+//! [`Serve`](flagstaff_engine::Serve); a segment key patch converts both ways
+//! (`pb::SegmentKeyPatch`, [`KeyPatch`](flagstaff_engine::KeyPatch)), so does an evaluation
+//! [`Context`](flagstaff_engine::Context), and an evaluation
+//! [`Reason`](flagstaff_engine::Reason) converts to its wire form.
 //!
 //! Conversion maps shapes only. It does not validate: a wire document becomes a domain
 //! document that the receiver validates like any JSON or YAML document (for example by

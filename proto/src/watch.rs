@@ -475,7 +475,7 @@ impl Packer {
             + keys_len(&patch.remove_excluded);
         if self.fits_alone(field_len(whole)) {
             self.make_room(field_len(whole));
-            self.current.patches.push(key_patch_to_pb(patch));
+            self.current.patches.push(pb::SegmentKeyPatch::from(patch));
             self.len += field_len(whole);
             return;
         }
@@ -584,26 +584,6 @@ impl<'k, const N: usize> KeyCursor<'k, N> {
     /// The encoded size of the next key in its list; 0 when there is none.
     fn next_len(&mut self) -> usize {
         self.peek().map_or(0, |(_, key)| field_len(key.len()))
-    }
-}
-
-fn key_patch_to_pb(patch: &KeyPatch) -> pb::SegmentKeyPatch {
-    pb::SegmentKeyPatch {
-        segment: patch.segment.clone(),
-        add_included: patch.add_included.clone(),
-        remove_included: patch.remove_included.clone(),
-        add_excluded: patch.add_excluded.clone(),
-        remove_excluded: patch.remove_excluded.clone(),
-    }
-}
-
-fn key_patch_from_pb(patch: pb::SegmentKeyPatch) -> KeyPatch {
-    KeyPatch {
-        segment: patch.segment,
-        add_included: patch.add_included,
-        remove_included: patch.remove_included,
-        add_excluded: patch.add_excluded,
-        remove_excluded: patch.remove_excluded,
     }
 }
 
@@ -987,7 +967,7 @@ impl Assembler {
         // Kept as sent until the last part: patches apply after all upserts.
         delta
             .patches
-            .extend(part.segment_patches.into_iter().map(key_patch_from_pb));
+            .extend(part.segment_patches.into_iter().map(KeyPatch::from));
         if more {
             self.open = Open::Delta(delta);
             return Ok(None);

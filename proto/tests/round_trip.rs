@@ -1,12 +1,13 @@
 //! Every flag and segment of the conformance vectors survives domain → wire → bytes → wire →
 //! domain unchanged and in order, and every way a wire message can fail to convert names the
-//! field. Evaluation contexts survive the same trip, and reasons reach the wire whole.
+//! field. Evaluation contexts survive the same trip, and reasons reach the wire whole; so do
+//! serves and segment key patches converted on their own.
 
 use std::path::{Path, PathBuf};
 
 use flagstaff_engine::{
     document_from_value, flag_from_value, AttrRef, AttrValue, Context, Document, ErrorKind, Flag,
-    Reason, Segment, Serve,
+    KeyPatch, Reason, Segment, Serve,
 };
 use flagstaff_proto::{pb, ConvertError};
 use prost::Message;
@@ -492,6 +493,34 @@ fn an_empty_serve_is_named() {
         err.to_string(),
         "flags[checkout-v2].default: must have one of variant or split, got none"
     );
+}
+
+#[test]
+fn a_serve_sent_alone_round_trips_and_an_empty_one_is_named() {
+    let flag = Flag::try_from(sample_flag()).expect("the sample flag converts");
+    for serve in domain_serves(&flag) {
+        let wire = over_the_wire(&pb::Serve::from(&serve));
+        assert_eq!(Serve::try_from(wire).expect("converts back"), serve);
+    }
+    let err = Serve::try_from(pb::Serve { serve: None }).expect_err("an empty serve");
+    assert_eq!(
+        err.to_string(),
+        "serve: must have one of variant or split, got none"
+    );
+}
+
+#[test]
+fn a_key_patch_round_trips() {
+    let patch = KeyPatch {
+        segment: "beta-users".to_owned(),
+        add_included: vec!["u1".to_owned(), "u2".to_owned()],
+        remove_included: vec!["u3".to_owned()],
+        add_excluded: vec![],
+        remove_excluded: vec!["u4".to_owned()],
+    };
+    let wire = over_the_wire(&pb::SegmentKeyPatch::from(&patch));
+    assert_eq!(wire.add_included, patch.add_included);
+    assert_eq!(KeyPatch::from(wire), patch);
 }
 
 #[test]

@@ -556,7 +556,7 @@ impl<S: Store> pb::admin_server::Admin for AdminService<S> {
         let token = self.allow(&request, Access::Write(&request.get_ref().environment))?;
         let req = request.into_inner();
         wire::key(&req.key, "key")?;
-        let serve = wire::serve(wire::required(req.serve, "serve")?, "serve")?;
+        let serve = wire::serve(wire::required(req.serve, "serve")?)?;
         let expected = wire::expected(req.expected_version);
         let writer = Writer::new(
             &token,

@@ -151,22 +151,9 @@ pub fn segment(segment: pb::Segment) -> Result<Segment, ServerError> {
     Ok(segment)
 }
 
-/// A serve from a request's field `field`. The proto crate converts serves only as part of a
-/// flag, so the serve travels in a flag that carries nothing else.
-pub fn serve(serve: pb::Serve, field: &str) -> Result<Serve, ServerError> {
-    if serve.serve.is_none() {
-        return Err(ServerError::Invalid(format!(
-            "{field}: must have one of variant or split, got none"
-        )));
-    }
-    let carrier = pb::Flag {
-        kind: pb::Kind::Json as i32,
-        default: Some(serve),
-        ..pb::Flag::default()
-    };
-    Flag::try_from(carrier)
-        .map(|flag| flag.default)
-        .map_err(|e| ServerError::Invalid(format!("{field}: {e}")))
+/// A serve from a request's field `serve` (an error names it).
+pub fn serve(serve: pb::Serve) -> Result<Serve, ServerError> {
+    Serve::try_from(serve).map_err(|e| ServerError::Invalid(e.to_string()))
 }
 
 /// The version a write request expects: `expected_version`, or the document's own version;
