@@ -43,7 +43,7 @@ fn main() -> io::Result<()> {
 
     // The servers, into a directory of their own, over the messages above; except that the
     // Watch stream's server sends `WatchMessage`s, which go on the wire as `WatchResponse`s
-    // but may be encoded once and shared by every stream (see src/watch.rs).
+    // but may be encoded once and shared by every stream (see src/watch/message.rs).
     let servers = out_dir.join("servers");
     std::fs::create_dir_all(&servers)?;
     tonic_prost_build::configure()
