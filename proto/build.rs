@@ -36,7 +36,7 @@ fn main() -> io::Result<()> {
     tonic_prost_build::configure()
         .emit_rerun_if_changed(false)
         .build_server(false)
-        // Small starting buffers: see src/codec.rs.
+        // Small starting buffers: see src/codec.rs (`Codec` is the clients' `SmallCodec`).
         .codec_path("crate::codec::Codec")
         .file_descriptor_set_path(out_dir.join("flagstaff.v1.bin"))
         .compile_protos(PROTOS, &[INCLUDE])?;

@@ -41,32 +41,59 @@ const START: usize = 256;
 /// When an encoder hands what it has encoded to the transport: once it holds a buffer's worth.
 const YIELD_THRESHOLD: usize = START;
 
-/// prost's codec with small buffers (see the module documentation).
+/// prost's codec with small buffers (see the module documentation), reading messages with the
+/// decoder `D` of its end of the call: [`Codec`] for the clients, [`ServerCodec`] for the
+/// servers. Both encode the same way, with [`ExactEncoder`].
 #[derive(Debug, Clone, Copy)]
-pub struct Codec<T, U>(PhantomData<(T, U)>);
+pub struct SmallCodec<T, D>(PhantomData<(T, D)>);
 
-impl<T, U> Default for Codec<T, U> {
+/// The codec of the generated clients: [`SmallCodec`] with prost's decoder, so that a response
+/// that does not decode is `INTERNAL`, as with tonic's own codec.
+pub type Codec<T, U> = SmallCodec<T, ProstDecoder<U>>;
+
+/// The codec of the generated servers: [`SmallCodec`] with [`RequestDecoder`], so that a request
+/// that does not decode is the client's error (`INVALID_ARGUMENT`, e.g. a string that is not
+/// UTF-8), not the server's (`INTERNAL`, prost's codec); a request over its size limit is
+/// `RESOURCE_EXHAUSTED` naming the limit: [`MAX_REQUEST_BYTES`], or [`MAX_APPLY_REQUEST_BYTES`]
+/// for an `ApplyRequest` and [`MAX_WATCH_REQUEST_BYTES`] for a Watch stream's messages. The
+/// server's transport must let messages of the largest limit through to it.
+pub type ServerCodec<T, U> = SmallCodec<T, RequestDecoder<U>>;
+
+impl<T, D> Default for SmallCodec<T, D> {
     fn default() -> Self {
-        Codec(PhantomData)
+        SmallCodec(PhantomData)
     }
 }
 
-impl<T, U> tonic::codec::Codec for Codec<T, U>
+impl<T, D> tonic::codec::Codec for SmallCodec<T, D>
 where
     T: Message + Send + 'static,
-    U: Message + Default + Send + 'static,
+    D: SmallDecoder + Send + 'static,
+    D::Item: Send + 'static,
 {
     type Encode = T;
-    type Decode = U;
+    type Decode = D::Item;
     type Encoder = ExactEncoder<T>;
-    type Decoder = ProstDecoder<U>;
+    type Decoder = D;
 
     fn encoder(&mut self) -> Self::Encoder {
         ExactEncoder(PhantomData)
     }
 
     fn decoder(&mut self) -> Self::Decoder {
-        ProstCodec::<T, U>::raw_decoder(BufferSettings::new(START, YIELD_THRESHOLD))
+        D::small()
+    }
+}
+
+/// A decoder whose buffer starts small: what a [`SmallCodec`] reads messages with.
+pub trait SmallDecoder: Decoder<Error = Status> {
+    /// The decoder, with a buffer of `START` bytes to begin with.
+    fn small() -> Self;
+}
+
+impl<U: Message + Default + Send + 'static> SmallDecoder for ProstDecoder<U> {
+    fn small() -> Self {
+        ProstCodec::<U, U>::raw_decoder(BufferSettings::new(START, YIELD_THRESHOLD))
     }
 }
 
@@ -89,40 +116,6 @@ impl<T: Message> Encoder for ExactEncoder<T> {
     }
 }
 
-/// The codec of the generated servers: [`Codec`], and a request that does not decode is the
-/// client's error (`INVALID_ARGUMENT`, e.g. a string that is not UTF-8), not the server's
-/// (`INTERNAL`, prost's codec); a request over its size limit is `RESOURCE_EXHAUSTED` naming the
-/// limit: [`MAX_REQUEST_BYTES`], or [`MAX_APPLY_REQUEST_BYTES`] for an `ApplyRequest` and
-/// [`MAX_WATCH_REQUEST_BYTES`] for a Watch stream's messages. The server's transport must let
-/// messages of the largest limit through to it.
-#[derive(Debug, Clone, Copy)]
-pub struct ServerCodec<T, U>(PhantomData<(T, U)>);
-
-impl<T, U> Default for ServerCodec<T, U> {
-    fn default() -> Self {
-        ServerCodec(PhantomData)
-    }
-}
-
-impl<T, U> tonic::codec::Codec for ServerCodec<T, U>
-where
-    T: Message + Send + 'static,
-    U: Message + Default + Send + 'static,
-{
-    type Encode = T;
-    type Decode = U;
-    type Encoder = ExactEncoder<T>;
-    type Decoder = RequestDecoder<U>;
-
-    fn encoder(&mut self) -> Self::Encoder {
-        ExactEncoder(PhantomData)
-    }
-
-    fn decoder(&mut self) -> Self::Decoder {
-        RequestDecoder(PhantomData)
-    }
-}
-
 /// The size limit of a request of type `U`.
 pub fn request_limit<U: 'static>() -> usize {
     let id = TypeId::of::<U>();
@@ -138,6 +131,12 @@ pub fn request_limit<U: 'static>() -> usize {
 /// Decodes requests for [`ServerCodec`].
 #[derive(Debug, Clone, Copy)]
 pub struct RequestDecoder<U>(PhantomData<U>);
+
+impl<U: Message + Default + 'static> SmallDecoder for RequestDecoder<U> {
+    fn small() -> Self {
+        RequestDecoder(PhantomData)
+    }
+}
 
 impl<U: Message + Default + 'static> Decoder for RequestDecoder<U> {
     type Item = U;
