@@ -4,16 +4,14 @@
 use std::cmp::Ordering;
 use std::sync::Arc;
 
-use regex_automata::dfa::{dense, Automaton, StartKind};
-use regex_automata::Input;
 use rustc_hash::FxHashSet;
 use serde_json::Value;
 
 use crate::context::{Context, Raw, Selector};
 use crate::keys;
-use crate::model::{Condition, Op};
-use crate::snapshot::CompiledSegment;
-use crate::validate::{millis_to_nanos, parse_rfc3339, parse_semver, parse_time};
+use crate::model::{Condition, Op, Segment};
+use crate::operand::{millis_to_nanos, parse_rfc3339, parse_semver, parse_time, Matcher};
+use crate::table::Keyed;
 
 /// A condition ready to test contexts.
 #[derive(Debug)]
@@ -143,82 +141,6 @@ impl StrSet {
                 false
             }
             StrSet::Large(set) => set.contains(s),
-        }
-    }
-}
-
-/// A compiled regex. Patterns that fit a small fully built DFA are searched without any mutable
-/// state (no cache pool, so no lock and no allocation per search); others, such as those using
-/// Unicode word boundaries, use the regex crate's meta engine.
-#[derive(Debug)]
-pub(crate) enum Matcher {
-    Dfa(Box<dense::DFA<Vec<u32>>>),
-    Meta(regex_automata::meta::Regex),
-}
-
-/// Why a pattern did not compile.
-#[derive(Debug)]
-pub(crate) enum RegexError {
-    /// Its compiled form would be over the limit.
-    TooLarge,
-    /// It is not a valid pattern.
-    Invalid,
-}
-
-impl Matcher {
-    const DFA_LIMIT: usize = 256 * 1024;
-
-    /// Compiles a stored pattern: no limit beyond the regex engine's own, so that a document
-    /// accepted before a limit existed still loads and evaluates as it did.
-    fn new(pattern: &str) -> Option<Matcher> {
-        Matcher::build(pattern, None).ok()
-    }
-
-    /// Compiles `pattern`, refusing it when its automaton would take more than `limit` bytes
-    /// (`None`: the regex engine's default limit).
-    pub(crate) fn build(pattern: &str, limit: Option<usize>) -> Result<Matcher, RegexError> {
-        let dfa_limit = limit.map_or(Self::DFA_LIMIT, |l| l.min(Self::DFA_LIMIT));
-        let config = dense::Config::new()
-            .start_kind(StartKind::Unanchored)
-            .dfa_size_limit(Some(dfa_limit))
-            .determinize_size_limit(Some(dfa_limit));
-        if let Ok(dfa) = dense::Builder::new().configure(config).build(pattern) {
-            return Ok(Matcher::Dfa(Box::new(dfa)));
-        }
-        let mut config = regex_automata::meta::Config::new();
-        if let Some(limit) = limit {
-            config = config
-                .nfa_size_limit(Some(limit))
-                .onepass_size_limit(Some(limit));
-        }
-        regex_automata::meta::Builder::new()
-            .configure(config)
-            // As the regex crate's `bytes::Regex`: haystacks are the bytes of UTF-8 strings.
-            .syntax(regex_automata::util::syntax::Config::new().utf8(false))
-            .build(pattern)
-            .map(Matcher::Meta)
-            .map_err(|e| match e.size_limit() {
-                Some(_) => RegexError::TooLarge,
-                None => RegexError::Invalid,
-            })
-    }
-
-    /// The heap memory the compiled pattern holds.
-    pub(crate) fn memory_usage(&self) -> usize {
-        match self {
-            Matcher::Dfa(dfa) => dfa.memory_usage(),
-            Matcher::Meta(re) => re.memory_usage(),
-        }
-    }
-
-    #[inline]
-    fn is_match(&self, haystack: &[u8]) -> bool {
-        match self {
-            Matcher::Dfa(dfa) => matches!(
-                dfa.try_search_fwd(&Input::new(haystack).earliest(true)),
-                Ok(Some(_))
-            ),
-            Matcher::Meta(re) => re.is_match(Input::new(haystack).earliest(true)),
         }
     }
 }
@@ -413,6 +335,71 @@ fn instant(value: Raw<'_>) -> Option<i128> {
         Raw::Str(s) => std::str::from_utf8(s).ok().and_then(parse_rfc3339),
         Raw::Number(n) => millis_to_nanos(n),
         _ => None,
+    }
+}
+
+/// A segment ready to test membership in constant time, whatever the size of its key lists.
+#[derive(Debug)]
+pub(crate) struct CompiledSegment {
+    key: Arc<str>,
+    pub(crate) doc: Arc<Segment>,
+    /// Context keys are chosen by callers, but these sets are built from the segment's own keys,
+    /// so lookups of arbitrary keys cannot degrade them.
+    included: FxHashSet<Box<[u8]>>,
+    excluded: FxHashSet<Box<[u8]>>,
+    rules: Box<[Box<[CompiledCondition]>]>,
+}
+
+impl CompiledSegment {
+    pub(crate) fn compile(key: Arc<str>, doc: Arc<Segment>) -> CompiledSegment {
+        let keys = |list: &[String]| list.iter().map(|k| Box::from(k.as_bytes())).collect();
+        let no_segments = |_: &str| None;
+        CompiledSegment {
+            key,
+            included: keys(&doc.included),
+            excluded: keys(&doc.excluded),
+            rules: doc
+                .rules
+                .iter()
+                .map(|r| {
+                    r.conditions
+                        .iter()
+                        .map(|c| CompiledCondition::compile(c, &no_segments))
+                        .collect()
+                })
+                .collect(),
+            doc,
+        }
+    }
+
+    /// The heap memory its rules' compiled regexes hold.
+    pub(crate) fn regex_bytes(&self) -> usize {
+        self.rules
+            .iter()
+            .flat_map(|conditions| conditions.iter())
+            .map(CompiledCondition::regex_bytes)
+            .sum()
+    }
+
+    /// Excluded wins; then included; then any rule.
+    #[inline]
+    pub(crate) fn contains(&self, ctx: &Context<'_>) -> bool {
+        let key = ctx.key().as_bytes();
+        if !self.excluded.is_empty() && self.excluded.contains(key) {
+            return false;
+        }
+        if !self.included.is_empty() && self.included.contains(key) {
+            return true;
+        }
+        self.rules
+            .iter()
+            .any(|conditions| conditions.iter().all(|c| c.matches(ctx)))
+    }
+}
+
+impl Keyed for CompiledSegment {
+    fn key(&self) -> &str {
+        &self.key
     }
 }
 

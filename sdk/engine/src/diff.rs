@@ -4,7 +4,8 @@ use std::sync::Arc;
 
 use rustc_hash::FxHashMap;
 
-use crate::snapshot::{CompiledFlag, Snapshot};
+use crate::compiled::CompiledFlag;
+use crate::snapshot::Snapshot;
 
 impl Snapshot {
     /// The keys of the flags that may evaluate differently here than in `before`, sorted:

@@ -10,9 +10,11 @@ use std::ptr::NonNull;
 
 use serde_json::Value;
 
+use crate::compiled::{CompiledFlag, CompiledServe, CompiledVariant, VariantValue};
 use crate::context::Context;
 use crate::model::Kind;
-use crate::snapshot::{CompiledFlag, CompiledServe, CompiledVariant, Snapshot, VariantValue};
+use crate::resolution::{Resolution, Why, NO_BUCKET};
+use crate::snapshot::Snapshot;
 
 /// Why an evaluation could not proceed normally.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -152,97 +154,7 @@ impl VariantId {
     }
 }
 
-/// Why a variant was chosen, by index into the flag's rules or prerequisites; turned into a
-/// [`Reason`] borrowing the names only when the caller gets its detail.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Why {
-    Off,
-    Rule(u32),
-    Default,
-    Prerequisite(u32),
-    MissingBucket,
-}
-
-/// Which variant a flag serves a context, before it is turned into a typed value.
-///
-/// Two words, so that it is a pair of scalars, which is returned in registers: as three fields
-/// (16 bytes) it went through the stack, with a store and a load per field.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Resolution {
-    /// The variant index in the low 32 bits; the bucket in the high 32, `NO_BUCKET` unless a
-    /// split decided.
-    served: u64,
-    /// The [`Why`], as [`Why::code`] gives it.
-    why: u64,
-}
-
-impl Resolution {
-    #[inline(always)]
-    fn new(variant: usize, why: Why, bucket: u32) -> Resolution {
-        Resolution {
-            served: u64::from(variant as u32) | u64::from(bucket) << 32,
-            why: why.code(),
-        }
-    }
-
-    #[inline(always)]
-    fn variant(self) -> usize {
-        self.served as u32 as usize
-    }
-
-    fn why(self) -> Why {
-        Why::from_code(self.why)
-    }
-
-    fn bucket(self) -> Option<u32> {
-        let bucket = (self.served >> 32) as u32;
-        (bucket != NO_BUCKET).then_some(bucket)
-    }
-}
-
-impl Why {
-    /// The kind in the low 32 bits, the index in the high 32.
-    #[inline(always)]
-    fn code(self) -> u64 {
-        match self {
-            Why::Off => 0,
-            Why::Default => 1,
-            Why::MissingBucket => 2,
-            Why::Rule(i) => 3 | u64::from(i) << 32,
-            Why::Prerequisite(i) => 4 | u64::from(i) << 32,
-        }
-    }
-
-    fn from_code(code: u64) -> Why {
-        let index = (code >> 32) as u32;
-        match code as u32 {
-            0 => Why::Off,
-            1 => Why::Default,
-            3 => Why::Rule(index),
-            4 => Why::Prerequisite(index),
-            _ => Why::MissingBucket,
-        }
-    }
-}
-
-const NO_BUCKET: u32 = u32::MAX;
-
 impl CompiledFlag {
-    /// What the flag serves every context, when that does not depend on the context: it is
-    /// off, or has no prerequisites, no rules and a fixed default. Kill switches and fully
-    /// rolled-out flags, the commonest flags, take this path.
-    pub(crate) fn fixed_resolution(&self) -> Option<Resolution> {
-        if !self.enabled {
-            return Some(Resolution::new(self.off_variant, Why::Off, NO_BUCKET));
-        }
-        match (&*self.prerequisites, &*self.rules, &self.default) {
-            ([], [], CompiledServe::Variant(v)) => {
-                Some(Resolution::new(*v, Why::Default, NO_BUCKET))
-            }
-            _ => None,
-        }
-    }
-
     fn resolve(&self, ctx: &Context<'_>) -> Resolution {
         if let Some(fixed) = self.fixed {
             return fixed;

@@ -27,6 +27,7 @@
 #![deny(missing_docs)]
 
 mod bucket;
+mod compiled;
 mod condition;
 mod context;
 mod decode;
@@ -37,10 +38,13 @@ mod format;
 mod keys;
 mod limits;
 mod model;
+mod operand;
 mod patch;
 mod problem;
+mod resolution;
 mod snapshot;
 mod split;
+mod table;
 mod validate;
 mod yaml;
 

@@ -1,10 +1,10 @@
 //! The canonical documents: flags, segments and the export document.
 //!
 //! These types are what users write in JSON or YAML and what the server stores. They carry no
-//! compiled state; [`crate::Snapshot`] compiles them. Deserialisation goes through
-//! [`crate::decode`], which rejects unknown fields and reports every structural problem of a
-//! document at once; serialisation writes the canonical shape of DESIGN.md, keeping the order of
-//! variants, rules and weights.
+//! compiled state; [`crate::Snapshot`] compiles them. Deserialisation goes through the
+//! structural decoder (`decode.rs`), which rejects unknown fields and reports every structural
+//! problem of a document at once; serialisation writes the canonical shape of DESIGN.md,
+//! keeping the order of variants, rules and weights.
 
 use serde::{Serialize, Serializer};
 use serde_json::Value;

@@ -8,13 +8,13 @@ use rustc_hash::{FxHashMap, FxHashSet};
 use serde_json::Value;
 
 use crate::bucket::BUCKETS;
-use crate::condition::{Matcher, RegexError};
 use crate::limits::{
     clip, json_problem, name_problem, quote, text_problem, MAX_CONDITIONS, MAX_CONDITION_VALUES,
     MAX_DOCUMENT_REGEX_BYTES, MAX_PREREQUISITES, MAX_REGEX_BYTES, MAX_RULES, MAX_TAGS,
     MAX_TEXT_BYTES, MAX_VARIANTS,
 };
 use crate::model::{Condition, Flag, Op, Segment, Serve};
+use crate::operand::{millis_to_nanos, parse_rfc3339, parse_semver, Matcher, RegexError};
 use crate::problem::{describe, keyed, Problems};
 
 /// Longest allowed prerequisite chain, in links (prerequisite edges).
@@ -69,39 +69,6 @@ fn check_count(len: usize, max: usize, what: &str, path: String, problems: &mut 
 fn check_text(text: Option<&str>, path: String, problems: &mut Problems) {
     if let Some(problem) = text.and_then(|t| text_problem(t, MAX_TEXT_BYTES)) {
         problems.push(path, problem);
-    }
-}
-
-/// Parses a strict semver 2.0 version.
-pub(crate) fn parse_semver(s: &str) -> Option<semver::Version> {
-    semver::Version::parse(s).ok()
-}
-
-/// Parses a time: an RFC 3339 string or a number of Unix milliseconds, as Unix nanoseconds.
-pub(crate) fn parse_time(value: &Value) -> Option<i128> {
-    match value {
-        Value::String(s) => parse_rfc3339(s),
-        Value::Number(n) => n.as_f64().and_then(millis_to_nanos),
-        _ => None,
-    }
-}
-
-pub(crate) fn parse_rfc3339(s: &str) -> Option<i128> {
-    use time::format_description::well_known::Rfc3339;
-    time::OffsetDateTime::parse(s, &Rfc3339)
-        .ok()
-        .map(|t| t.unix_timestamp_nanos())
-}
-
-pub(crate) fn millis_to_nanos(ms: f64) -> Option<i128> {
-    if !ms.is_finite() {
-        return None;
-    }
-    if ms.fract() == 0.0 && ms.abs() < 9_007_199_254_740_992.0 {
-        Some(i128::from(ms as i64) * 1_000_000)
-    } else {
-        // Fractional milliseconds: f64 keeps about 0.25 µs of precision near the present.
-        Some((ms * 1e6) as i128)
     }
 }
 
