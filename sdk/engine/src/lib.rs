@@ -48,7 +48,7 @@ mod table;
 mod validate;
 mod yaml;
 
-pub use bucket::{bucket, murmur3_x86_32, write_number, Murmur3, SaltedHasher, BUCKETS};
+pub use bucket::{bucket, BUCKETS};
 pub use context::{AttrInput, AttrRef, AttrValue, Context};
 pub use eval::{Detail, ErrorKind, Reason, VariantId};
 pub use format::{
@@ -72,3 +72,11 @@ pub use split::{
     format_percent, move_boundary, pair_weight, parse_percent, reshuffle, InvalidPercent,
 };
 pub use validate::{is_valid_key, MAX_FLAG_BYTES, MAX_PREREQUISITE_LINKS, MAX_SEGMENT_KEYS};
+
+/// Not part of the API: the hashing internals behind [`bucket`], public only so that the
+/// crate's own tests can check them against a reference implementation and the conformance
+/// vectors. They may change in any release.
+#[doc(hidden)]
+pub mod __internal {
+    pub use crate::bucket::{murmur3_x86_32, write_number, Murmur3, SaltedHasher};
+}

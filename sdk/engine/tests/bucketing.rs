@@ -2,9 +2,8 @@
 
 use std::io::Cursor;
 
-use flagstaff_engine::{
-    bucket, murmur3_x86_32, write_number, AttrRef, AttrValue, Murmur3, SaltedHasher,
-};
+use flagstaff_engine::__internal::{murmur3_x86_32, write_number, Murmur3, SaltedHasher};
+use flagstaff_engine::{bucket, AttrRef, AttrValue};
 use proptest::prelude::*;
 
 fn reference(bytes: &[u8], seed: u32) -> u32 {

@@ -53,7 +53,7 @@ impl Run {
             let salt = v["salt"].as_str().expect("salt");
             let value = v["value"].as_str().expect("value");
             let input = format!("{salt}.{value}");
-            let hash = flagstaff_engine::murmur3_x86_32(input.as_bytes(), 0);
+            let hash = flagstaff_engine::__internal::murmur3_x86_32(input.as_bytes(), 0);
             let bucket = flagstaff_engine::bucket(salt, value);
             if Some(u64::from(hash)) != v["hash"].as_u64()
                 || Some(u64::from(bucket)) != v["bucket"].as_u64()
