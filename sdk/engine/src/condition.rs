@@ -1,5 +1,9 @@
 //! Compiled conditions: everything an operator needs prepared when the snapshot is built, so an
 //! evaluation only compares.
+//!
+//! Compiled segments live here too, because the two are one recursive concept: a segment is a
+//! list of condition lists, and `in_segment` is a condition that holds the segments it tests.
+//! Kept in one file, neither module has to import the other.
 
 use std::cmp::Ordering;
 use std::sync::Arc;

@@ -24,6 +24,34 @@
 //! assert!(detail.value);
 //! assert_eq!(detail.reason, Reason::RuleMatch { index: 0, id: "eu" });
 //! ```
+//!
+//! # Where things are
+//!
+//! Modules from the bottom up; each uses only modules listed before it.
+//!
+//! | module | holds |
+//! |---|---|
+//! | `keys` | equality for the short strings evaluation compares |
+//! | `limits` | the limits a written document must keep, and how messages quote values |
+//! | `problem` | validation problems: a path and a sentence; [`ValidationError`] |
+//! | `model` | the documents users write: [`Flag`], [`Segment`], [`Document`] |
+//! | `operand` | condition operands: semver versions, times, regexes |
+//! | `yaml` | the YAML emitter for document trees |
+//! | `patch` | [`KeyPatch`]: changes to a segment's key lists |
+//! | `context` | the evaluation [`Context`] and attribute values |
+//! | `bucket` | bucketing: [`bucket()`], the salted MurmurHash3 |
+//! | `split` | percentages and split arithmetic for rollouts and the CLI |
+//! | `table` | compiled flags or segments by key |
+//! | `resolution` | the compact result of resolving a flag: variant, bucket, why |
+//! | `dependents` | reverse edges: which flags use a segment or require a flag |
+//! | `validate` | semantic validation: one document, write limits, references across documents |
+//! | `decode` | structural decoding of a JSON value tree into the model |
+//! | `format` | reading and writing documents as JSON or YAML text |
+//! | `condition` | compiled conditions and compiled segments |
+//! | `compiled` | compiled flags |
+//! | `snapshot` | [`Snapshot`] and [`ChangeSet`]: checking and applying changes |
+//! | `eval` | evaluation: typed values, [`Detail`] and [`Reason`] |
+//! | `diff` | which flags two snapshots evaluate differently |
 #![deny(missing_docs)]
 
 mod bucket;
@@ -73,7 +101,7 @@ pub use split::{
 };
 pub use validate::{is_valid_key, MAX_FLAG_BYTES, MAX_PREREQUISITE_LINKS, MAX_SEGMENT_KEYS};
 
-/// Not part of the API: the hashing internals behind [`bucket`], public only so that the
+/// Not part of the API: the hashing internals behind [`bucket()`], public only so that the
 /// crate's own tests can check them against a reference implementation and the conformance
 /// vectors. They may change in any release.
 #[doc(hidden)]

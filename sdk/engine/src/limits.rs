@@ -4,7 +4,8 @@
 //! Limits apply to what is written: [`crate::Snapshot::apply`] and the other validating entry
 //! points check them, so a server refuses a document over a limit before storing it. Loading
 //! what is already stored (a snapshot from the wire, a restart) does not check them, so data
-//! accepted before a limit existed still loads.
+//! accepted before a limit existed still loads. The checks themselves are in
+//! `validate/limits.rs`.
 
 use std::borrow::Cow;
 

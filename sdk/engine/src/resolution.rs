@@ -3,7 +3,7 @@
 //! it for flags whose answer does not depend on the context; evaluation produces it otherwise.
 
 /// Why a variant was chosen, by index into the flag's rules or prerequisites; turned into a
-/// [`Reason`] borrowing the names only when the caller gets its detail.
+/// [`Reason`](crate::Reason) borrowing the names only when the caller gets its detail.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Why {
     Off,

@@ -7,6 +7,11 @@
 //! snapshot keeps those reverse edges ([`Dependents`]), so finding them, and checking a change
 //! against the rest of the environment, costs what the change touches rather than a walk over
 //! every flag.
+//!
+//! This file holds the container and the way a change gets into it: [`ChangeSet`], checking a
+//! change against the environment it would produce, and building the next snapshot. The
+//! compiled forms it holds are in `compiled.rs` (flags) and `condition.rs` (conditions and
+//! segments), the table that finds them by key in `table.rs`, evaluation in `eval.rs`.
 
 use std::sync::Arc;
 
