@@ -9,9 +9,13 @@ use std::process::ExitCode;
 use clap::Parser;
 
 mod args;
+mod changes;
 mod commands;
+mod documents;
+mod fetch;
 mod output;
 mod session;
+mod write_report;
 
 fn main() -> ExitCode {
     let cli = args::Cli::parse();

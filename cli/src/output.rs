@@ -1,4 +1,4 @@
-//! Rendering results as a table, JSON or YAML.
+//! Rendering results as a table, JSON or YAML, and times as tables show them.
 
 use flagstaff_engine::Format;
 use serde_json::Value;
@@ -71,6 +71,13 @@ pub fn structured(value: &Value, output: Output) -> Option<String> {
         Output::Json => Some(flagstaff_engine::to_text(value, Format::Json)),
         Output::Yaml => Some(flagstaff_engine::to_text(value, Format::Yaml)),
     }
+}
+
+/// Now, in Unix milliseconds.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
 /// A Unix-millisecond time as `2026-11-26 14:03:09 UTC`; `-` for 0 (not set).

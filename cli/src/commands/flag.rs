@@ -1,7 +1,5 @@
 //! `flagstaff flag ...`: create, read, flip, roll out, edit and delete flags.
 
-use std::time::Duration;
-
 use anyhow::{anyhow, bail, Context as _};
 use flagstaff_engine::{
     format_percent, move_boundary, pair_weight, parse_percent, Flag, Format, Input, Kind, Serve,
@@ -11,8 +9,10 @@ use flagstaff_proto::pb;
 use serde_json::{json, Value};
 
 use crate::args::{FlagCommand, FlagCreateArgs, RolloutArgs, WriteOptions};
+use crate::fetch::{fetch_flag, list_flags, suggest_flag_keys, Listed};
 use crate::output;
-use crate::session::{did_you_mean, Session};
+use crate::session::Session;
+use crate::write_report::{paused_plans, wait};
 
 pub async fn run(session: &mut Session, command: &FlagCommand) -> anyhow::Result<String> {
     match command {
@@ -27,7 +27,7 @@ pub async fn run(session: &mut Session, command: &FlagCommand) -> anyhow::Result
             variant,
             write,
         } => {
-            let flag = fetch(session, key).await?.0;
+            let flag = fetch_flag(session, key).await?.0;
             if !flag.variants.0.iter().any(|(name, _)| name == variant) {
                 bail!(
                     "flag {key} has no variant {variant:?}; its variants: {}",
@@ -82,7 +82,7 @@ pub async fn run(session: &mut Session, command: &FlagCommand) -> anyhow::Result
                 .await;
             let response = match result {
                 Ok(response) => response,
-                Err(e) => return Err(suggest(session, &key, e).await),
+                Err(e) => return Err(suggest_flag_keys(session, &key, e).await),
             };
             Ok(format!(
                 "deleted {key} from {environment} (revision {})\n",
@@ -228,61 +228,12 @@ fn new_flag(args: &FlagCreateArgs) -> anyhow::Result<Flag> {
         .map_err(|e| anyhow!("the flag would not be valid:\n{e}"))
 }
 
-/// A flag as `flag list` shows it: with its last change and its usage.
-pub(crate) struct Listed {
-    pub(crate) flag: Flag,
-    pub(crate) change: pb::ChangeInfo,
-    pub(crate) usage: pb::FlagUsage,
-}
-
-/// Every flag of the session's environment with `tag` and containing `search`, by key.
-pub(crate) async fn list_all(
-    session: &mut Session,
-    tag: Option<&str>,
-    search: Option<&str>,
-) -> anyhow::Result<Vec<Listed>> {
-    let environment = session.env()?;
-    let mut entries = Vec::new();
-    let mut page_token = String::new();
-    loop {
-        let page = session
-            .admin
-            .list_flags(pb::ListFlagsRequest {
-                environment: environment.clone(),
-                tag: tag.unwrap_or_default().to_owned(),
-                text: search.unwrap_or_default().to_owned(),
-                page_size: 1000,
-                page_token,
-            })
-            .await
-            .map_err(|s| session.error(s))?
-            .into_inner();
-        entries.extend(page.flags);
-        if page.next_page_token.is_empty() {
-            break;
-        }
-        page_token = page.next_page_token;
-    }
-    entries
-        .into_iter()
-        .map(|e| {
-            let flag = Flag::try_from(e.flag.unwrap_or_default())
-                .map_err(|e| anyhow!("the server sent an invalid flag: {e}"))?;
-            Ok(Listed {
-                flag,
-                change: e.last_change.unwrap_or_default(),
-                usage: e.usage.unwrap_or_default(),
-            })
-        })
-        .collect()
-}
-
 async fn list(
     session: &mut Session,
     tag: Option<&str>,
     search: Option<&str>,
 ) -> anyhow::Result<String> {
-    let flags = list_all(session, tag, search).await?;
+    let flags = list_flags(session, tag, search).await?;
     let document = Value::Array(
         flags
             .iter()
@@ -357,7 +308,7 @@ async fn list(
 }
 
 async fn get(session: &mut Session, key: &str) -> anyhow::Result<String> {
-    let (flag, change) = fetch(session, key).await?;
+    let (flag, change) = fetch_flag(session, key).await?;
     let document = json!({
         "flag": flag,
         "last_change": change_json(&change),
@@ -386,57 +337,6 @@ async fn get(session: &mut Session, key: &str) -> anyhow::Result<String> {
             Format::Yaml
         )
     ))
-}
-
-/// Reads flag `key`, with the closest keys in the error when there is no such flag.
-async fn fetch(session: &mut Session, key: &str) -> anyhow::Result<(Flag, pb::ChangeInfo)> {
-    let environment = session.env()?;
-    let response = session
-        .admin
-        .get_flag(pb::GetFlagRequest {
-            environment,
-            key: key.to_owned(),
-        })
-        .await;
-    let response = match response {
-        Ok(response) => response.into_inner(),
-        Err(status) => {
-            let error = session.error(status);
-            return Err(suggest(session, key, error).await);
-        }
-    };
-    let flag = Flag::try_from(response.flag.unwrap_or_default())
-        .map_err(|e| anyhow!("the server sent an invalid flag: {e}"))?;
-    Ok((flag, response.last_change.unwrap_or_default()))
-}
-
-/// `error`, with "did you mean" keys when it says flag `key` does not exist.
-async fn suggest(session: &mut Session, key: &str, error: anyhow::Error) -> anyhow::Error {
-    let text = error.to_string();
-    if !text.contains("not found") && !text.contains("no flag") {
-        return error;
-    }
-    let Ok(environment) = session.env() else {
-        return error;
-    };
-    let keys: Vec<String> = match session
-        .admin
-        .list_flags(pb::ListFlagsRequest {
-            environment,
-            page_size: 1000,
-            ..Default::default()
-        })
-        .await
-    {
-        Ok(page) => page
-            .into_inner()
-            .flags
-            .into_iter()
-            .filter_map(|e| e.flag.map(|f| f.key))
-            .collect(),
-        Err(_) => return error,
-    };
-    anyhow!("{text}{}", did_you_mean(key, &keys))
 }
 
 async fn set_enabled(
@@ -470,7 +370,7 @@ async fn set_enabled(
         .await;
     let response = match result {
         Ok(response) => response,
-        Err(e) => return Err(suggest(session, key, e).await),
+        Err(e) => return Err(suggest_flag_keys(session, key, e).await),
     };
     let mut said = format!(
         "{key} is {} in {environment} (revision {})\n",
@@ -525,52 +425,11 @@ async fn set_default(
     wait(session, said, response.revision, options).await
 }
 
-/// A line for each flag whose running rollout plan the write paused (the server pauses a plan
-/// whose flag is edited by hand, in the same commit, and says which in its answer).
-pub async fn paused_plans(session: &mut Session, paused: &[String]) -> String {
-    let mut said = String::new();
-    for key in paused {
-        said.push_str(&paused_plan(session, key).await);
-    }
-    said
-}
-
-/// The line of [`paused_plans`] for flag `key`, with its plan's stage.
-async fn paused_plan(session: &mut Session, key: &str) -> String {
-    let resume = format!(
-        "`flagstaff rollout resume {key}` continues it, `flagstaff rollout rollback {key}` ends it"
-    );
-    let Ok(environment) = session.env() else {
-        return format!("this paused the rollout plan of {key}: {resume}\n");
-    };
-    // A failed read of the plan still leaves the pause to say.
-    let Ok(response) = session
-        .admin
-        .get_rollout(pb::GetRolloutRequest {
-            environment,
-            flag: key.to_owned(),
-        })
-        .await
-    else {
-        return format!("this paused the rollout plan of {key}: {resume}\n");
-    };
-    let Some(plan) = response.into_inner().plan else {
-        return format!("this paused the rollout plan of {key}: {resume}\n");
-    };
-    format!(
-        "this paused the rollout plan of {key} at stage {} of {} ({} {}): {resume}\n",
-        plan.stage_index + 1,
-        plan.stages.len(),
-        plan.target_variant,
-        format_percent(plan.percent)
-    )
-}
-
 /// `flag rollout KEY PERCENT`: the variant first in the default split, and only the boundary
 /// between it and the next variant moves, so raising the percentage only adds contexts.
 async fn rollout(session: &mut Session, args: &RolloutArgs) -> anyhow::Result<String> {
     let weight = parse_percent(&args.percent)?;
-    let (flag, _) = fetch(session, &args.key).await?;
+    let (flag, _) = fetch_flag(session, &args.key).await?;
     let serve = rollout_serve(
         &flag,
         args.variant.as_deref(),
@@ -719,111 +578,6 @@ fn change_json(change: &pb::ChangeInfo) -> Value {
         "actor": change.actor,
         "comment": change.comment,
     })
-}
-
-/// With `--wait`: `said`, then whether every connected SDK instance applied `revision`;
-/// a failure (exit 1) naming the instances that did not.
-pub async fn wait(
-    session: &mut Session,
-    said: String,
-    revision: u64,
-    options: &WriteOptions,
-) -> anyhow::Result<String> {
-    let (Some(timeout), allow_none) = (options.wait, options.allow_none) else {
-        return Ok(said);
-    };
-    let environment = session.env()?;
-    let response = session
-        .admin
-        .wait_for_revision(pb::WaitForRevisionRequest {
-            environment: environment.clone(),
-            revision,
-            timeout_ms: u64::try_from(timeout.as_millis())
-                .unwrap_or(u64::MAX)
-                .max(1),
-        })
-        .await
-        .map_err(|s| session.error(s))?
-        .into_inner();
-    if response.connected == 0 {
-        let mut report = format!("{said}no SDK instance of {environment} is connected");
-        for i in &response.disconnected {
-            report.push_str(&format!(
-                "\n  disconnected in the last 10 minutes without revision {revision}: {}",
-                instance(i)
-            ));
-        }
-        // --allow-none allows none at all, never a partitioned one: an instance that left
-        // without the revision still fails the wait.
-        if allow_none && response.disconnected.is_empty() {
-            return Ok(format!("{report}: nothing to wait for\n"));
-        }
-        println!("{report}");
-        if !response.disconnected.is_empty() {
-            bail!(
-                "revision {revision} did not reach {} instance(s) that disconnected without it",
-                response.disconnected.len()
-            );
-        }
-        bail!(
-            "no SDK instance has applied revision {revision}, as none is connected to \
-             {environment} (pass --allow-none when none is expected)"
-        );
-    }
-    let summary = format!(
-        "applied by {}/{} instances in {} ms",
-        response.applied, response.connected, response.elapsed_ms
-    );
-    if response.complete && response.disconnected.is_empty() {
-        return Ok(format!("{said}{summary}\n"));
-    }
-    let mut report = format!("{said}{summary}");
-    if !response.complete {
-        report.push_str(&format!(
-            "\nnot applied after {} by {} connected instance(s):",
-            humantime(timeout),
-            response.pending.len()
-        ));
-        for i in &response.pending {
-            report.push_str(&format!("\n  {}", instance(i)));
-        }
-    }
-    if !response.disconnected.is_empty() {
-        report.push_str(&format!(
-            "\ndisconnected in the last 10 minutes without it (may still serve revision {} or older):",
-            revision.saturating_sub(1)
-        ));
-        for i in &response.disconnected {
-            report.push_str(&format!("\n  {}", instance(i)));
-        }
-    }
-    // The write itself succeeded: say so on stdout, and fail for the part that did not.
-    println!("{report}");
-    Err(anyhow!(
-        "revision {revision} has not reached every SDK instance"
-    ))
-}
-
-fn instance(i: &pb::ClientInstance) -> String {
-    let name = if i.application.is_empty() {
-        "(no application name)"
-    } else {
-        i.application.as_str()
-    };
-    format!(
-        "{name} on {} ({}): at revision {}",
-        if i.host.is_empty() { "?" } else { &i.host },
-        i.instance_id,
-        i.applied_revision
-    )
-}
-
-fn humantime(d: Duration) -> String {
-    if d.as_millis() < 1000 {
-        format!("{} ms", d.as_millis())
-    } else {
-        format!("{} s", d.as_secs_f64())
-    }
 }
 
 /// `flag apply -f FILE` (or with `dry_run`, `flag diff -f FILE`).
@@ -981,7 +735,7 @@ fn diff(change: &pb::Change) -> String {
 /// `flag edit KEY`: the flag's YAML in $EDITOR, re-validated on save; reopened on error.
 async fn edit(session: &mut Session, key: &str, message: Option<&str>) -> anyhow::Result<String> {
     let environment = session.env()?;
-    let (flag, _) = fetch(session, key).await?;
+    let (flag, _) = fetch_flag(session, key).await?;
     let version = flag.version.unwrap_or(0);
     let original = flagstaff_engine::to_text(
         &Flag {

@@ -3,11 +3,13 @@
 use crate::args::{Cli, Command};
 use crate::session::Session;
 
+pub mod clients;
 pub mod env;
 pub mod eval;
+pub mod export;
 pub mod flag;
 pub mod history;
-pub mod io;
+pub mod import;
 pub mod rollout;
 pub mod segment;
 pub mod stale;
@@ -29,9 +31,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<String> {
                 Command::Token(command) => token::run(&mut session, command).await,
                 Command::History(args) => history::history(&mut session, args).await,
                 Command::Watch(args) => history::watch(&mut session, args).await,
-                Command::Clients => history::clients(&mut session).await,
-                Command::Export => io::export(&mut session).await,
-                Command::Import(args) => io::import(&mut session, args).await,
+                Command::Clients => clients::clients(&mut session).await,
+                Command::Export => export::export(&mut session).await,
+                Command::Import(args) => import::import(&mut session, args).await,
                 Command::Rollout(command) => rollout::run(&mut session, command).await,
                 // Answered above without a server.
                 Command::Completions(args) => Ok(completions(args.shell)),

@@ -8,7 +8,7 @@ use flagstaff_proto::pb;
 use serde_json::{json, Value};
 
 use crate::args::{RolloutActionArgs, RolloutCommand, RolloutStartArgs};
-use crate::output;
+use crate::output::{self, now_ms};
 use crate::session::Session;
 
 pub async fn run(session: &mut Session, command: &RolloutCommand) -> anyhow::Result<String> {
@@ -591,13 +591,6 @@ fn plan_json(plan: &pb::RolloutPlan, now: i64) -> Value {
             "comment": e.comment,
         })).collect::<Vec<_>>(),
     })
-}
-
-/// Now, in Unix milliseconds.
-pub(crate) fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
 #[cfg(test)]

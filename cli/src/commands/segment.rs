@@ -12,11 +12,12 @@ use flagstaff_proto::pb;
 use serde_json::{json, Value};
 
 use crate::args::{Output, SegmentCommand, SegmentKeysArgs};
-use crate::commands::history::segment_keys;
-use crate::commands::io::{apply, read_input};
+use crate::documents::{apply, read_input};
+use crate::fetch::segment_keys;
 use crate::output;
 use crate::session::did_you_mean;
 use crate::session::Session;
+use crate::write_report::wait;
 
 /// The most entries one ListSegments page returns.
 const MAX_PAGE: u32 = 1000;
@@ -369,7 +370,7 @@ async fn patch(session: &mut Session, args: &SegmentKeysArgs, add: bool) -> anyh
         ": {} included, {} excluded; revision {}\n",
         summary.included_count, summary.excluded_count, patched.revision
     ));
-    crate::commands::flag::wait(session, text, patched.revision, &args.write).await
+    wait(session, text, patched.revision, &args.write).await
 }
 
 /// A NOT_FOUND for segment `key`, with the closest segment keys; other errors as they are.

@@ -6,7 +6,7 @@ use flagstaff_engine::{Flag, Serve};
 use flagstaff_proto::pb;
 use serde_json::{json, Value};
 
-use super::flag::{list_all, Listed};
+use crate::fetch::{list_flags, Listed};
 use crate::output;
 use crate::session::Session;
 
@@ -85,8 +85,8 @@ pub fn staleness(listed: &Listed, created_ms: i64, days: u64, now_ms: i64) -> Op
 
 /// `flagstaff flag stale [--days N]`.
 pub async fn stale(session: &mut Session, days: u64) -> anyhow::Result<String> {
-    let now_ms = super::rollout::now_ms();
-    let flags = list_all(session, None, None).await?;
+    let now_ms = output::now_ms();
+    let flags = list_flags(session, None, None).await?;
     let mut stale: Vec<(&Listed, Staleness)> = Vec::new();
     // Flags no SDK ever evaluated, but created less than `days` ago: not stale yet.
     let mut young: Vec<&str> = Vec::new();

@@ -1,72 +1,21 @@
-//! `flagstaff export` and `flagstaff import`: an environment as one document, and back.
+//! Flag, segment and export documents: read from a JSON or YAML file, applied through the
+//! server (the dry run first), and what an Apply changed, document by document.
 //!
-//! `import` creates or replaces the document's flags and segments in one revision and leaves
-//! the environment's other flags and segments as they are. Its JSON fields (and those of
-//! `segment apply`) are `dry_run`, `changed`, `revision`, `changes` (as `history` describes
-//! them), `unchanged_flags` and `unchanged_segments`.
+//! The JSON fields of an Apply's report ([`apply_report`], for `import` and `segment apply`)
+//! are `dry_run`, `changed`, `revision`, `changes` (as [`crate::changes`] describes them),
+//! `unchanged_flags`, `unchanged_segments`, `changes_abridged` and `paused_rollouts`.
 
 use std::path::Path;
 
-use anyhow::{anyhow, bail, Context as _};
-use flagstaff_engine::{Document, Format, Input};
+use anyhow::{anyhow, Context as _};
+use flagstaff_engine::Input;
 use flagstaff_proto::pb;
 use serde_json::json;
 
-use crate::args::{ImportArgs, Output};
-use crate::commands::history::{change_json, change_line};
+use crate::args::Output;
+use crate::changes::{change_json, change_line};
 use crate::output;
 use crate::session::Session;
-
-/// `flagstaff export`: YAML unless `-o json`.
-pub async fn export(session: &mut Session) -> anyhow::Result<String> {
-    let environment = session.env()?;
-    let exported = session
-        .admin
-        .export(pb::ExportRequest { environment })
-        .await
-        .map_err(|s| session.error(s))?
-        .into_inner();
-    let document = Document::try_from(exported.document.unwrap_or_default())
-        .map_err(|e| anyhow!("the server sent a document this CLI cannot read: {e}"))?;
-    let format = match session.output {
-        Output::Json => Format::Json,
-        Output::Table | Output::Yaml => Format::Yaml,
-    };
-    Ok(flagstaff_engine::to_text(&document, format))
-}
-
-/// `flagstaff import FILE [--dry-run]`: one Apply, or its dry run.
-pub async fn import(session: &mut Session, args: &ImportArgs) -> anyhow::Result<String> {
-    let environment = session.env()?;
-    let file = &args.file;
-    let document = match read_input(file)? {
-        Input::Document(document) => document,
-        Input::Flag(flag) => bail!(
-            "{} is a flag document ({}), not an export document: use `flagstaff flag apply -f {}`",
-            file.display(),
-            flag.key,
-            file.display()
-        ),
-        Input::Segment(segment) => bail!(
-            "{} is a segment document ({}), not an export document: use `flagstaff segment apply -f {}`",
-            file.display(),
-            segment.key,
-            file.display()
-        ),
-    };
-    let request = pb::ApplyRequest {
-        environment: environment.clone(),
-        source: Some(pb::apply_request::Source::Document(pb::Document::from(
-            &document,
-        ))),
-        prune: false,
-        dry_run: false,
-        comment: args.message.clone().unwrap_or_default(),
-        confirm_protected: false,
-    };
-    let what = format!("Import {}", file.display());
-    apply(session, request, &what, args.dry_run).await
-}
 
 /// Applies `request` (or only its dry run), reporting what changed. The dry run always comes
 /// first: an invalid document fails, and one that changes nothing succeeds, before anyone is
