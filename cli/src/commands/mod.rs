@@ -12,7 +12,6 @@ pub mod history;
 pub mod import;
 pub mod rollout;
 pub mod segment;
-pub mod stale;
 pub mod token;
 
 /// Runs the command; returns what to print.
