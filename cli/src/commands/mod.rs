@@ -1,4 +1,8 @@
-//! One module per command group.
+//! One module per command group (`flag/` one file per kind of flag subcommand). What
+//! several groups share lives beside them at the crate root, so that no group imports
+//! another: the connection (`session`), reads from the server (`fetch`), documents from files
+//! and their Apply (`documents`), the description of changes (`changes`), what follows a write
+//! (`write_report`) and rendering (`output`).
 
 use crate::args::{Cli, Command};
 use crate::session::Session;
