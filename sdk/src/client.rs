@@ -1,146 +1,46 @@
-//! The client: a snapshot behind an `ArcSwap`, evaluated locally, kept fresh by a background
-//! task when connected to flagstaffd, which also reports what the client evaluated.
+//! The client users embed: [`Client`], its constructors (with or without a server) and its
+//! public API. The typed evaluation methods are thin: each is [`crate::evaluation`]'s one
+//! generic path for its type.
 
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::path::Path;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use arc_swap::ArcSwapOption;
-use flagstaff_engine::{Context, Detail, ErrorKind, Reason, Snapshot};
+use flagstaff_engine::{Context, Detail, Snapshot};
+use serde_json::Value;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::cache;
+use crate::config::{read_export, ClientBuilder};
+use crate::core::Core;
 use crate::detail::EvaluationDetail;
+use crate::evaluation::per_thread::{evaluate, evaluate_quickly, evaluate_slowly};
+use crate::evaluation::{counted, with_detail, with_value, Bool, FlagType, Json, Number, Str};
 use crate::listeners::{FlagChange, Listeners, Subscription};
-use crate::live::{self, Settings};
-use crate::metrics::{Flush, Metrics};
 use crate::status::{Source, State, Stats, Status};
-use crate::tally::{self, Counting};
+use crate::sync;
 use crate::Error;
 
-/// What the client and its background task share.
+/// A client's background task, as its clones share it: stopped when the last clone drops this
+/// (or on [`Client::close`]).
 #[derive(Debug)]
-pub(crate) struct Core {
-    /// Readers load it without a lock; an update builds a new snapshot off the hot path and
-    /// swaps it in (with [`Core::swap_snapshot`]), so no reader ever sees half of a change.
-    /// `None` until there is data. Evaluating threads keep the snapshot of the current
-    /// generation in a thread-local entry ([`crate::tally`]) and load it again only after a
-    /// swap.
-    pub(crate) snapshot: ArcSwapOption<Snapshot>,
-    pub(crate) status: watch::Sender<Status>,
-    pub(crate) stats: Counters,
-    pub(crate) listeners: Listeners,
-    /// Evaluation counts and events, until reported.
-    pub(crate) metrics: Metrics,
-    /// Why the last attempt to get the server's data failed; `None` once data arrives.
-    /// [`Client::wait_ready`] reports it.
-    pub(crate) failure: watch::Sender<Option<Failure>>,
-    /// Where the last good snapshot is kept between runs, if anywhere.
-    cache: Option<cache::Writer>,
-}
-
-/// Why an attempt to get the server's data failed.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Failure {
-    /// The error and its causes.
-    pub(crate) reason: String,
-    /// The server refused the sdk key: waiting longer will not help.
-    pub(crate) refused: bool,
-}
-
-/// [`Stats`], counted by the background task.
-#[derive(Debug, Default)]
-pub(crate) struct Counters {
-    pub(crate) snapshots: AtomicU64,
-    pub(crate) deltas: AtomicU64,
-    pub(crate) connections: AtomicU64,
-    pub(crate) resyncs: AtomicU64,
-}
-
-impl Core {
-    pub(crate) fn new(
-        snapshot: Option<Arc<Snapshot>>,
-        status: Status,
-        cache: Option<cache::Writer>,
-        flushes: Option<mpsc::Sender<Flush>>,
-    ) -> Core {
-        Core {
-            snapshot: ArcSwapOption::new(snapshot),
-            status: watch::Sender::new(status),
-            stats: Counters::default(),
-            listeners: Listeners::default(),
-            metrics: Metrics::new(flushes),
-            failure: watch::Sender::new(None),
-            cache,
-        }
-    }
-
-    /// Serves `snapshot` from now on; returns the one it replaces.
-    pub(crate) fn swap_snapshot(&self, snapshot: Arc<Snapshot>) -> Option<Arc<Snapshot>> {
-        let before = self.snapshot.swap(Some(snapshot));
-        // After the store: a thread that sees the new generation loads the new snapshot.
-        self.metrics.advance();
-        before
-    }
-
-    /// Records that the server confirmed (by a heartbeat) that the client holds its current
-    /// `revision` of `epoch`: after a resume that missed nothing, the client is ready again.
-    pub(crate) fn confirm(&self, epoch: &str, revision: u64) {
-        self.status.send_if_modified(|s| {
-            if s.state == State::Ready || s.epoch != epoch || s.revision != revision {
-                return false;
-            }
-            tracing::info!(revision, epoch, "flagstaff client ready: up to date");
-            self.failure.send_if_modified(|f| f.take().is_some());
-            s.state = State::Ready;
-            s.source = Source::Server;
-            true
-        });
-    }
-
-    /// Serves `snapshot`, the server's `revision` of `epoch`, from now on; returns the snapshot
-    /// it replaces, for [`Listeners::changed`].
-    pub(crate) fn publish(
-        &self,
-        snapshot: Arc<Snapshot>,
-        epoch: &str,
-        revision: u64,
-    ) -> Option<Arc<Snapshot>> {
-        let before = self.swap_snapshot(snapshot.clone());
-        self.failure.send_if_modified(|f| f.take().is_some());
-        if let Some(cache) = &self.cache {
-            cache.save(snapshot, epoch, revision);
-        }
-        self.status.send_if_modified(|s| {
-            let became_ready = s.state != State::Ready;
-            if became_ready {
-                tracing::info!(revision, epoch, "flagstaff client ready");
-            }
-            s.state = State::Ready;
-            s.source = Source::Server;
-            if s.epoch != epoch {
-                s.epoch = epoch.to_owned();
-            }
-            s.revision = revision;
-            true
-        });
-        before
-    }
-}
-
-/// The part of a client that stops its background task when the last clone is dropped.
-#[derive(Debug)]
-struct Owner {
+struct BackgroundTask {
     /// Turns true to stop the background task; `None` for a client without one.
     stop: Option<watch::Sender<bool>>,
 }
 
-impl Drop for Owner {
-    fn drop(&mut self) {
+impl BackgroundTask {
+    fn stop(&self) {
         if let Some(stop) = &self.stop {
             stop.send_replace(true);
         }
+    }
+}
+
+impl Drop for BackgroundTask {
+    fn drop(&mut self) {
+        self.stop();
     }
 }
 
@@ -148,28 +48,16 @@ impl Drop for Owner {
 /// connection, which closes when the last clone is dropped (or on [`close`](Self::close)).
 #[derive(Debug, Clone)]
 pub struct Client {
-    /// Held here rather than through `owner`: evaluations read it, one pointer closer.
+    /// Held here rather than through `task`: evaluations read it, one pointer closer.
     core: Arc<Core>,
-    owner: Arc<Owner>,
+    task: Arc<BackgroundTask>,
 }
 
 impl Client {
     /// A builder of a client connected to flagstaffd at `endpoint` (e.g.
     /// `http://127.0.0.1:7878`) with an sdk token of the environment to serve.
     pub fn builder(endpoint: impl Into<String>, sdk_key: impl Into<String>) -> ClientBuilder {
-        ClientBuilder {
-            endpoint: endpoint.into(),
-            sdk_key: sdk_key.into(),
-            application: String::new(),
-            connect_timeout: Duration::from_secs(5),
-            tls_ca: None,
-            tls_domain: None,
-            bootstrap: None,
-            cache_file: None,
-            backoff_base: Duration::from_millis(200),
-            backoff_cap: Duration::from_secs(30),
-            metrics_interval: Duration::from_secs(10),
-        }
+        ClientBuilder::new(endpoint.into(), sdk_key.into())
     }
 
     /// A client serving `snapshot`, with no server.
@@ -189,7 +77,7 @@ impl Client {
     pub(crate) fn sharing(core: Arc<Core>) -> Client {
         Client {
             core,
-            owner: Arc::new(Owner { stop: None }),
+            task: Arc::new(BackgroundTask { stop: None }),
         }
     }
 
@@ -274,7 +162,7 @@ impl Client {
     /// What the client has received so far.
     pub fn stats(&self) -> Stats {
         let counters = &self.core().stats;
-        let metrics = self.core().metrics.totals();
+        let metrics = self.core().usage.totals();
         Stats {
             snapshots: counters.snapshots.load(Ordering::Relaxed),
             deltas: counters.deltas.load(Ordering::Relaxed),
@@ -341,9 +229,7 @@ impl Client {
     /// updates it. Dropping the last clone does the same. The task reports usage metrics a
     /// last time (waiting at most 2 s for the server) before the state turns `Closed`.
     pub fn close(&self) {
-        if let Some(stop) = &self.owner.stop {
-            stop.send_replace(true);
-        }
+        self.task.stop();
     }
 
     /// The boolean value of flag `key` for `ctx`, or `default` when the flag is missing or not
@@ -355,31 +241,13 @@ impl Client {
     // so that the hot path builds nothing for it.
     #[inline(never)]
     pub fn bool_value(&self, key: &str, ctx: &Context<'_>, default: bool) -> bool {
-        match tally::evaluate_quickly(self.core(), key, bool_value(key, ctx, default)) {
-            Ok(value) => value,
-            Err(_) => self.bool_value_slowly(key, ctx, default),
-        }
-    }
-
-    #[cold]
-    #[inline(never)]
-    fn bool_value_slowly(&self, key: &str, ctx: &Context<'_>, default: bool) -> bool {
-        tally::evaluate_slowly(self.core(), key, bool_value(key, ctx, default))
+        self.copied_value::<Bool>(key, ctx, default)
     }
 
     /// The number value of flag `key` for `ctx`, or `default`.
     #[inline(never)]
     pub fn number_value(&self, key: &str, ctx: &Context<'_>, default: f64) -> f64 {
-        match tally::evaluate_quickly(self.core(), key, number_value(key, ctx, default)) {
-            Ok(value) => value,
-            Err(_) => self.number_value_slowly(key, ctx, default),
-        }
-    }
-
-    #[cold]
-    #[inline(never)]
-    fn number_value_slowly(&self, key: &str, ctx: &Context<'_>, default: f64) -> f64 {
-        tally::evaluate_slowly(self.core(), key, number_value(key, ctx, default))
+        self.copied_value::<Number>(key, ctx, default)
     }
 
     /// The string value of flag `key` for `ctx`, or `default`. Allocates the returned string;
@@ -398,25 +266,63 @@ impl Client {
         default: &str,
         f: impl FnOnce(&str) -> R,
     ) -> R {
-        tally::evaluate(self.core(), key, |s, _, counting| {
-            let (value, id) = s.string_value_id(key, ctx, default);
-            counting.count(id);
-            f(value)
-        })
+        with_value::<Str, R>(self.core(), key, ctx, default, f)
     }
 
     /// The JSON value of flag `key` for `ctx`, or `default`. Clones the value.
-    pub fn json_value(
+    pub fn json_value(&self, key: &str, ctx: &Context<'_>, default: Value) -> Value {
+        // The one form that owns its default: it is returned as it is, not cloned.
+        static NONE: Value = Value::Null;
+        evaluate(self.core(), key, |s, _, counter| {
+            let (value, id) = flagstaff_engine::counting::evaluate::<&Value>(s, key, ctx, &NONE);
+            counter.count(id);
+            match id {
+                Some(_) => value.clone(),
+                None => default,
+            }
+        })
+    }
+
+    /// The boolean value of flag `key` for `ctx` with why it was served (variant, reason,
+    /// version, bucket). Before the client has data: `default`, with reason
+    /// `ERROR(CLIENT_NOT_READY)`.
+    pub fn bool_detail(
         &self,
         key: &str,
         ctx: &Context<'_>,
-        default: serde_json::Value,
-    ) -> serde_json::Value {
-        tally::evaluate(self.core(), key, |s, _, counting| {
-            let (value, id) = s.json_value_id(key, ctx, default);
-            counting.count(id);
-            value
-        })
+        default: bool,
+    ) -> EvaluationDetail<bool> {
+        self.owned_detail::<Bool>(key, ctx, default)
+    }
+
+    /// Like [`bool_detail`](Self::bool_detail), for a string flag.
+    pub fn string_detail(
+        &self,
+        key: &str,
+        ctx: &Context<'_>,
+        default: &str,
+    ) -> EvaluationDetail<String> {
+        self.owned_detail::<Str>(key, ctx, default)
+    }
+
+    /// Like [`bool_detail`](Self::bool_detail), for a number flag.
+    pub fn number_detail(
+        &self,
+        key: &str,
+        ctx: &Context<'_>,
+        default: f64,
+    ) -> EvaluationDetail<f64> {
+        self.owned_detail::<Number>(key, ctx, default)
+    }
+
+    /// Like [`bool_detail`](Self::bool_detail), for a JSON flag. Clones the value.
+    pub fn json_detail(
+        &self,
+        key: &str,
+        ctx: &Context<'_>,
+        default: Value,
+    ) -> EvaluationDetail<Value> {
+        self.owned_detail::<Json>(key, ctx, &default)
     }
 
     /// Calls `f` with the full detail of a boolean evaluation (variant, reason, version,
@@ -429,14 +335,88 @@ impl Client {
         default: bool,
         f: impl FnOnce(Detail<'_, bool>) -> R,
     ) -> R {
-        tally::evaluate(self.core(), key, |s, ready, counting| {
-            let (detail, id) = if ready {
-                s.bool_detail_id(key, ctx, default)
-            } else {
-                (not_ready(default), None)
-            };
-            counting.count(id);
-            f(detail)
+        with_detail::<Bool, R>(self.core(), key, ctx, default, f)
+    }
+
+    /// Like [`with_bool_detail`](Self::with_bool_detail), for a string flag: the value, like
+    /// the variant and the reason, borrowed from the snapshot.
+    pub fn with_string_detail<R>(
+        &self,
+        key: &str,
+        ctx: &Context<'_>,
+        default: &str,
+        f: impl FnOnce(Detail<'_, &str>) -> R,
+    ) -> R {
+        with_detail::<Str, R>(self.core(), key, ctx, default, f)
+    }
+
+    /// Like [`with_bool_detail`](Self::with_bool_detail), for a number flag.
+    pub fn with_number_detail<R>(
+        &self,
+        key: &str,
+        ctx: &Context<'_>,
+        default: f64,
+        f: impl FnOnce(Detail<'_, f64>) -> R,
+    ) -> R {
+        with_detail::<Number, R>(self.core(), key, ctx, default, f)
+    }
+
+    /// Like [`with_bool_detail`](Self::with_bool_detail), for a JSON flag: the value borrowed
+    /// from the snapshot, not cloned.
+    pub fn with_json_detail<R>(
+        &self,
+        key: &str,
+        ctx: &Context<'_>,
+        default: &Value,
+        f: impl FnOnce(Detail<'_, &Value>) -> R,
+    ) -> R {
+        with_detail::<Json, R>(self.core(), key, ctx, default, f)
+    }
+
+    /// The value of flag `key` as a `T` that is a plain copy (`bool`, `f64`): the hot path,
+    /// with the rare path a function of its own taking the same arguments.
+    #[inline(always)]
+    fn copied_value<T>(&self, key: &str, ctx: &Context<'_>, default: T::Value<'_>) -> T::Owned
+    where
+        T: FlagType,
+    {
+        match evaluate_quickly(
+            self.core(),
+            key,
+            counted::<T, _, _>(key, ctx, default, T::to_owned),
+        ) {
+            Ok(value) => value,
+            Err(_) => self.copied_value_slowly::<T>(key, ctx, default),
+        }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn copied_value_slowly<T>(
+        &self,
+        key: &str,
+        ctx: &Context<'_>,
+        default: T::Value<'_>,
+    ) -> T::Owned
+    where
+        T: FlagType,
+    {
+        evaluate_slowly(
+            self.core(),
+            key,
+            counted::<T, _, _>(key, ctx, default, T::to_owned),
+        )
+    }
+
+    /// The detail of flag `key` as a `T`, owned.
+    fn owned_detail<T: FlagType>(
+        &self,
+        key: &str,
+        ctx: &Context<'_>,
+        default: T::Value<'_>,
+    ) -> EvaluationDetail<T::Owned> {
+        with_detail::<T, _>(self.core(), key, ctx, default, |detail| {
+            EvaluationDetail::from_engine(detail, T::to_owned)
         })
     }
 
@@ -448,7 +428,7 @@ impl Client {
     pub fn track(&self, event: &str, ctx: &Context<'_>) {
         let core = self.core();
         let snapshot = core.snapshot.load();
-        core.metrics.track(event, ctx, snapshot.as_deref());
+        core.usage.track(event, ctx, snapshot.as_deref());
     }
 
     /// Closes the current window of usage metrics and reports every window kept now, waiting
@@ -461,7 +441,7 @@ impl Client {
     /// answer or refuses the report (the windows are kept for the next report), or when the
     /// client is closed.
     pub async fn flush_metrics(&self) -> Result<(), Error> {
-        let Some(flushes) = self.core().metrics.flushes() else {
+        let Some(flushes) = self.core().usage.flushes() else {
             return Ok(());
         };
         let (answer, answered) = oneshot::channel();
@@ -474,249 +454,24 @@ impl Client {
     }
 }
 
-impl Client {
-    /// The boolean value of flag `key` for `ctx` with why it was served (variant, reason,
-    /// version, bucket). Before the client has data: `default`, with reason
-    /// `ERROR(CLIENT_NOT_READY)`.
-    pub fn bool_detail(
-        &self,
-        key: &str,
-        ctx: &Context<'_>,
-        default: bool,
-    ) -> EvaluationDetail<bool> {
-        tally::evaluate(self.core(), key, |s, ready, counting| {
-            let (detail, id) = if ready {
-                s.bool_detail_id(key, ctx, default)
-            } else {
-                (not_ready(default), None)
-            };
-            counting.count(id);
-            EvaluationDetail::from_engine(detail, |v| v)
-        })
-    }
-
-    /// Like [`bool_detail`](Self::bool_detail), for a string flag.
-    pub fn string_detail(
-        &self,
-        key: &str,
-        ctx: &Context<'_>,
-        default: &str,
-    ) -> EvaluationDetail<String> {
-        tally::evaluate(self.core(), key, |s, ready, counting| {
-            let (detail, id) = if ready {
-                s.string_detail_id(key, ctx, default)
-            } else {
-                (not_ready(default), None)
-            };
-            counting.count(id);
-            EvaluationDetail::from_engine(detail, str::to_owned)
-        })
-    }
-
-    /// Like [`bool_detail`](Self::bool_detail), for a number flag.
-    pub fn number_detail(
-        &self,
-        key: &str,
-        ctx: &Context<'_>,
-        default: f64,
-    ) -> EvaluationDetail<f64> {
-        tally::evaluate(self.core(), key, |s, ready, counting| {
-            let (detail, id) = if ready {
-                s.number_detail_id(key, ctx, default)
-            } else {
-                (not_ready(default), None)
-            };
-            counting.count(id);
-            EvaluationDetail::from_engine(detail, |v| v)
-        })
-    }
-
-    /// Like [`bool_detail`](Self::bool_detail), for a JSON flag.
-    pub fn json_detail(
-        &self,
-        key: &str,
-        ctx: &Context<'_>,
-        default: serde_json::Value,
-    ) -> EvaluationDetail<serde_json::Value> {
-        tally::evaluate(self.core(), key, |s, ready, counting| {
-            if !ready {
-                counting.count(None);
-                return EvaluationDetail::from_engine(not_ready(default), |v| v);
-            }
-            let (detail, id) = s.json_detail_id(key, ctx, &default);
-            counting.count(id);
-            EvaluationDetail::from_engine(detail, Clone::clone)
-        })
-    }
-}
-
-/// The detail of an evaluation before the client has any data.
-fn not_ready<T>(default: T) -> Detail<'static, T> {
-    Detail {
-        value: default,
-        variant: None,
-        reason: Reason::Error(ErrorKind::ClientNotReady),
-        version: None,
-        bucket: None,
-    }
-}
-
-fn read_export(path: &Path) -> Result<Snapshot, Error> {
-    let text = std::fs::read_to_string(path).map_err(|source| Error::Read {
-        path: path.to_owned(),
-        source,
-    })?;
-    Ok(Snapshot::from_text(&text)?)
-}
-
-/// Configures a [`Client`] connected to flagstaffd; [`build`](Self::build) starts it.
-#[derive(Debug, Clone)]
-#[must_use = "a builder does nothing until built"]
-pub struct ClientBuilder {
-    endpoint: String,
-    sdk_key: String,
-    application: String,
-    connect_timeout: Duration,
-    tls_ca: Option<String>,
-    tls_domain: Option<String>,
-    bootstrap: Option<Bootstrap>,
-    cache_file: Option<PathBuf>,
-    backoff_base: Duration,
-    backoff_cap: Duration,
-    metrics_interval: Duration,
-}
-
-#[derive(Debug, Clone)]
-enum Bootstrap {
-    File(PathBuf),
-    Text(String),
-}
-
 impl ClientBuilder {
-    /// The name of the application embedding the client, which the server lists among its
-    /// SDK instances (e.g. `checkout-service`).
-    pub fn application(mut self, name: impl Into<String>) -> Self {
-        self.application = name.into();
-        self
-    }
-
-    /// How long one connection attempt may take (5 s by default).
-    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
-        self.connect_timeout = timeout;
-        self
-    }
-
-    /// Trusts this PEM CA certificate for the server's TLS certificate (an `https://`
-    /// endpoint is required then).
-    pub fn tls_ca_certificate(mut self, pem: impl Into<String>) -> Self {
-        self.tls_ca = Some(pem.into());
-        self
-    }
-
-    /// The name to check the server's TLS certificate against, when it differs from the
-    /// endpoint's host.
-    pub fn tls_domain(mut self, domain: impl Into<String>) -> Self {
-        self.tls_domain = Some(domain.into());
-        self
-    }
-
-    /// An export file (DESIGN.md 6a) to serve until the server's data arrives.
-    pub fn bootstrap_file(mut self, path: impl Into<PathBuf>) -> Self {
-        self.bootstrap = Some(Bootstrap::File(path.into()));
-        self
-    }
-
-    /// An export document (JSON or YAML) to serve until the server's data arrives.
-    pub fn bootstrap_text(mut self, text: impl Into<String>) -> Self {
-        self.bootstrap = Some(Bootstrap::Text(text.into()));
-        self
-    }
-
-    /// Keeps the last good snapshot in `path` (written atomically), and serves it at the next
-    /// start until the server answers; the client then resumes from its revision, without a
-    /// full snapshot when the server still holds the revisions since.
-    pub fn cache_file(mut self, path: impl Into<PathBuf>) -> Self {
-        self.cache_file = Some(path.into());
-        self
-    }
-
-    /// The reconnection backoff: the first retry within `base`, doubling to at most `cap`,
-    /// each delay drawn at random below that (200 ms and 30 s by default).
-    pub fn backoff(mut self, base: Duration, cap: Duration) -> Self {
-        self.backoff_base = base.max(Duration::from_millis(1));
-        self.backoff_cap = cap.max(self.backoff_base);
-        self
-    }
-
-    /// How often the client reports usage metrics (evaluation counts and tracked events) to
-    /// the server: 10 s by default, at least 10 ms.
-    pub fn metrics_interval(mut self, interval: Duration) -> Self {
-        self.metrics_interval = interval.max(Duration::from_millis(10));
-        self
-    }
-
     /// Starts the client: its one background task connects, keeps the snapshot fresh,
-    /// reconnects as needed and reports usage metrics. Runs on the current Tokio runtime when there is one, else on a
-    /// thread of its own. Fails only on an unreadable or invalid bootstrap file; an unusable
-    /// cache file is logged and ignored. An sdk key that cannot be sent (control characters,
-    /// non-ASCII) is refused here, and so is a TLS CA certificate with an endpoint that is not
-    /// `https://`.
+    /// reconnects as needed and reports usage metrics. Runs on the current Tokio runtime when
+    /// there is one, else on a thread of its own. Fails only on an unreadable or invalid
+    /// bootstrap file; an unusable cache file is logged and ignored. An sdk key that cannot be
+    /// sent (control characters, non-ASCII) is refused here, and so is a TLS CA certificate
+    /// with an endpoint that is not `https://`.
     pub fn build(self) -> Result<Client, Error> {
-        if self
-            .sdk_key
-            .parse::<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>()
-            .is_err()
-        {
-            return Err(Error::InvalidSdkKey);
-        }
-        if self.tls_ca.is_some()
-            && !self
-                .endpoint
-                .get(..8)
-                .is_some_and(|scheme| scheme.eq_ignore_ascii_case("https://"))
-        {
-            return Err(Error::TlsWithoutHttps(self.endpoint));
-        }
-        let bootstrap = match &self.bootstrap {
-            None => None,
-            Some(Bootstrap::File(path)) => Some(read_export(path)?),
-            Some(Bootstrap::Text(text)) => Some(Snapshot::from_text(text)?),
-        };
-        let cached = self.cache_file.as_deref().and_then(cache::load);
-        let (snapshot, status) = match (cached, bootstrap) {
-            (Some(cached), _) => (
-                Some(Arc::new(cached.snapshot)),
-                Status {
-                    epoch: cached.epoch,
-                    revision: cached.revision,
-                    ..Status::starting(Source::Cache)
-                },
-            ),
-            (None, Some(bootstrap)) => (
-                Some(Arc::new(bootstrap)),
-                Status::starting(Source::Bootstrap),
-            ),
-            (None, None) => (None, Status::starting(Source::None)),
-        };
-        let cache = self.cache_file.clone().map(cache::Writer::start);
+        self.check()?;
+        let (snapshot, status) = self.first_snapshot()?;
+        let cache = self
+            .cache_path()
+            .map(|path| cache::Writer::start(path.to_owned()));
         // Flush requests wait for the reporter; a few at a time is plenty.
         let (flushes, flushing) = mpsc::channel(8);
         let core = Arc::new(Core::new(snapshot, status, cache, Some(flushes)));
         let (stop, stopping) = watch::channel(false);
-        let settings = Settings {
-            endpoint: self.endpoint,
-            sdk_key: self.sdk_key,
-            application: self.application,
-            connect_timeout: self.connect_timeout,
-            tls_ca: self.tls_ca,
-            tls_domain: self.tls_domain,
-            backoff_base: self.backoff_base,
-            backoff_cap: self.backoff_cap,
-            instance_id: instance_id(),
-            host: host(),
-            metrics_interval: self.metrics_interval,
-        };
-        let task = live::run(core.clone(), settings, stopping, flushing);
+        let task = sync::run(core.clone(), self.into_settings(), stopping, flushing);
         match tokio::runtime::Handle::try_current() {
             Ok(runtime) => {
                 runtime.spawn(task);
@@ -734,57 +489,7 @@ impl ClientBuilder {
         }
         Ok(Client {
             core,
-            owner: Arc::new(Owner { stop: Some(stop) }),
+            task: Arc::new(BackgroundTask { stop: Some(stop) }),
         })
     }
-}
-
-/// What [`Client::bool_value`] runs on a snapshot: the evaluation, counted.
-#[inline(always)]
-fn bool_value<'a, 'c>(
-    key: &'a str,
-    ctx: &'a Context<'c>,
-    default: bool,
-) -> impl FnOnce(&Snapshot, bool, Counting<'_>) -> bool + use<'a, 'c> {
-    move |s, _, counting| {
-        let (value, id) = s.bool_value_id(key, ctx, default);
-        counting.count(id);
-        value
-    }
-}
-
-/// What [`Client::number_value`] runs on a snapshot: the evaluation, counted.
-#[inline(always)]
-fn number_value<'a, 'c>(
-    key: &'a str,
-    ctx: &'a Context<'c>,
-    default: f64,
-) -> impl FnOnce(&Snapshot, bool, Counting<'_>) -> f64 + use<'a, 'c> {
-    move |s, _, counting| {
-        let (value, id) = s.number_value_id(key, ctx, default);
-        counting.count(id);
-        value
-    }
-}
-
-/// A random id for this client, e.g. for the server's list of instances.
-fn instance_id() -> String {
-    let mut bytes = [0u8; 16];
-    if getrandom::fill(&mut bytes).is_err() {
-        // No OS randomness: time and process id still tell instances apart.
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos());
-        bytes = (nanos ^ (u128::from(std::process::id()) << 64)).to_le_bytes();
-    }
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// The host name, from `HOSTNAME` or `/etc/hostname`; empty when neither says.
-fn host() -> String {
-    std::env::var("HOSTNAME")
-        .ok()
-        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
-        .map(|h| h.trim().to_owned())
-        .unwrap_or_default()
 }

@@ -1,4 +1,9 @@
-//! Owned evaluation details, for callers that keep or send them on (logs, responses).
+//! Owned evaluation details, for callers that keep or send them on (logs, responses):
+//! [`EvaluationDetail`] and [`EvaluationReason`] are the owned forms of the engine's
+//! [`Detail`] and [`Reason`], which borrow the variant key, rule id and prerequisite from the
+//! snapshot (the client's `with_*_detail` methods hand those out, allocating nothing). The
+//! owned form is made from the borrowed one in one place, [`EvaluationDetail::from_engine`];
+//! [`EvaluationReason::as_reason`] goes back.
 
 use std::fmt;
 

@@ -32,23 +32,47 @@
 //! assert!(!client.bool_value("checkout-v2", &Context::new("user-7"), false));
 //! # Ok::<(), flagstaff::Error>(())
 //! ```
+//!
+//! # Where things are
+//!
+//! Each module depends only on those listed after it.
+//!
+//! - `client`: [`Client`], its constructors and its public API; [`ClientBuilder::build`]
+//!   starts a connected client.
+//! - `openfeature` (cargo feature `openfeature`): the OpenFeature provider.
+//! - `test_data`: [`TestData`], flags for unit tests without a server.
+//! - `sync`: a connected client's background task: the Watch stream (`sync::stream`), its
+//!   reconnection backoff (`sync::backoff`) and the usage reporter (`sync::report`).
+//! - `evaluation`: the one generic evaluation path behind the typed methods, and
+//!   `evaluation::per_thread`, each thread's copy of the snapshot and its count of what it
+//!   served: the hot path.
+//! - `core`: what a client, its clones and its background task share: the snapshot and its
+//!   generation, status, counters, listeners, usage metrics.
+//! - `usage`: usage metrics: per-thread tallies (`usage::tally`), their collection, and the
+//!   windows of counts and events that reports carry (`usage::windows`).
+//! - `config`: [`ClientBuilder`]'s options and the settings the background task runs with.
+//! - `listeners`: change listeners ([`Client::on_change`]).
+//! - `cache`: the cache file of the last good snapshot.
+//! - `detail`, `status`, `error`: [`EvaluationDetail`], [`Status`] and [`Stats`], [`Error`].
 #![deny(missing_docs)]
 
 mod cache;
 mod client;
+mod config;
+mod core;
 mod detail;
 mod error;
+mod evaluation;
 mod listeners;
-mod live;
-mod metrics;
 #[cfg(feature = "openfeature")]
 pub mod openfeature;
-mod report;
 mod status;
-mod tally;
+mod sync;
 mod test_data;
+mod usage;
 
-pub use client::{Client, ClientBuilder};
+pub use client::Client;
+pub use config::ClientBuilder;
 pub use detail::{EvaluationDetail, EvaluationReason};
 pub use error::Error;
 pub use flagstaff_engine::{AttrRef, AttrValue, Context, Detail, ErrorKind, Reason, Snapshot};

@@ -45,7 +45,7 @@
 
 use std::time::Duration;
 
-use flagstaff_engine::{Context, Detail, ErrorKind, Reason, Snapshot, VariantId};
+use flagstaff_engine::{Context, Detail, ErrorKind, Reason};
 use open_feature::provider::{
     FeatureProvider, ProviderMetadata, ProviderStatus, ResolutionDetails,
 };
@@ -54,9 +54,10 @@ use open_feature::{
     EvaluationErrorCode, EvaluationReason, EvaluationResult, FlagMetadata, StructValue, Value,
 };
 
+use crate::evaluation::{with_detail, Bool, FlagType, Json, Number, Str};
 use crate::listeners::Subscription;
 use crate::status::State;
-use crate::{tally, Client};
+use crate::Client;
 
 /// A provider event, named as in the OpenFeature specification.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -113,28 +114,19 @@ impl FlagstaffProvider {
         })
     }
 
-    fn resolve<T>(
+    /// Resolves flag `key` as a `T`, its value converted by `convert` (`None`: a type
+    /// mismatch), counted in the client's usage metrics like its own typed calls. Before the
+    /// client has data: `PROVIDER_NOT_READY`.
+    fn resolve<T: FlagType, U>(
         &self,
         key: &str,
         ctx: &EvaluationContext,
-        evaluate: impl for<'s> FnOnce(
-            &'s Snapshot,
-            &Context<'_>,
-        ) -> (Detail<'s, Option<T>>, Option<VariantId>),
-    ) -> EvaluationResult<ResolutionDetails<T>> {
+        default: T::Value<'_>,
+        convert: impl for<'s> FnOnce(T::Value<'s>) -> Option<U>,
+    ) -> EvaluationResult<ResolutionDetails<U>> {
         let context = context(ctx);
-        // Counted in the client's usage metrics like its own typed calls.
-        tally::evaluate(self.client.core(), key, |snapshot, ready, counting| {
-            if !ready {
-                counting.count(None);
-                return Err(error(
-                    EvaluationErrorCode::ProviderNotReady,
-                    "the Flagstaff client has no data yet",
-                ));
-            }
-            let (detail, id) = evaluate(snapshot, &context);
-            counting.count(id);
-            resolution(key, ctx, detail)
+        with_detail::<T, _>(self.client.core(), key, &context, default, |detail| {
+            resolution(key, ctx, typed(detail, convert))
         })
     }
 }
@@ -218,9 +210,7 @@ impl FeatureProvider for FlagstaffProvider {
         key: &str,
         ctx: &EvaluationContext,
     ) -> EvaluationResult<ResolutionDetails<bool>> {
-        self.resolve(key, ctx, |s, c| {
-            typed(s.bool_detail_id(key, c, false), Some)
-        })
+        self.resolve::<Bool, _>(key, ctx, false, Some)
     }
 
     async fn resolve_int_value(
@@ -228,9 +218,7 @@ impl FeatureProvider for FlagstaffProvider {
         key: &str,
         ctx: &EvaluationContext,
     ) -> EvaluationResult<ResolutionDetails<i64>> {
-        self.resolve(key, ctx, |s, c| {
-            typed(s.number_detail_id(key, c, 0.0), whole)
-        })
+        self.resolve::<Number, _>(key, ctx, 0.0, whole)
     }
 
     async fn resolve_float_value(
@@ -238,9 +226,7 @@ impl FeatureProvider for FlagstaffProvider {
         key: &str,
         ctx: &EvaluationContext,
     ) -> EvaluationResult<ResolutionDetails<f64>> {
-        self.resolve(key, ctx, |s, c| {
-            typed(s.number_detail_id(key, c, 0.0), Some)
-        })
+        self.resolve::<Number, _>(key, ctx, 0.0, Some)
     }
 
     async fn resolve_string_value(
@@ -248,9 +234,7 @@ impl FeatureProvider for FlagstaffProvider {
         key: &str,
         ctx: &EvaluationContext,
     ) -> EvaluationResult<ResolutionDetails<String>> {
-        self.resolve(key, ctx, |s, c| {
-            typed(s.string_detail_id(key, c, ""), |v| Some(v.to_owned()))
-        })
+        self.resolve::<Str, _>(key, ctx, "", |v| Some(v.to_owned()))
     }
 
     async fn resolve_struct_value(
@@ -258,32 +242,31 @@ impl FeatureProvider for FlagstaffProvider {
         key: &str,
         ctx: &EvaluationContext,
     ) -> EvaluationResult<ResolutionDetails<StructValue>> {
-        self.resolve(key, ctx, |s, c| {
-            static NONE: serde_json::Value = serde_json::Value::Null;
-            typed(s.json_detail_id(key, c, &NONE), |v| {
-                match Value::try_from(v) {
-                    Ok(Value::Struct(fields)) => Some(fields),
-                    _ => None,
-                }
-            })
-        })
+        self.resolve::<Json, _>(
+            key,
+            ctx,
+            &serde_json::Value::Null,
+            |v| match Value::try_from(v) {
+                Ok(Value::Struct(fields)) => Some(fields),
+                _ => None,
+            },
+        )
     }
 }
 
 /// The detail with its value converted: `None` when the caller's default was served (no
-/// variant) or the value does not convert; with the id of the variant served.
+/// variant) or the value does not convert.
 fn typed<'a, T, U>(
-    (detail, id): (Detail<'a, T>, Option<VariantId>),
+    detail: Detail<'a, T>,
     convert: impl FnOnce(T) -> Option<U>,
-) -> (Detail<'a, Option<U>>, Option<VariantId>) {
-    let detail = Detail {
+) -> Detail<'a, Option<U>> {
+    Detail {
         value: detail.variant.and_then(|_| convert(detail.value)),
         variant: detail.variant,
         reason: detail.reason,
         version: detail.version,
         bucket: detail.bucket,
-    };
-    (detail, id)
+    }
 }
 
 /// `n` as an integer, when it is a whole number in `i64`'s range.
@@ -357,7 +340,7 @@ mod tests {
             assert!(resolved.value);
         }
         assert!(provider.resolve_bool_value("missing", &ctx).await.is_err());
-        let (windows, ..) = client.core().metrics.take();
+        let (windows, ..) = client.core().usage.take();
         let mut counts: Vec<(String, String, u64)> = windows
             .iter()
             .flat_map(|w| &w.evaluations)

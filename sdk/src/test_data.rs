@@ -5,7 +5,8 @@ use std::sync::{Arc, Mutex};
 use flagstaff_engine::{ChangeSet, Input, Snapshot};
 use serde_json::{json, Value};
 
-use crate::client::{Client, Core};
+use crate::client::Client;
+use crate::core::Core;
 use crate::status::{Source, State, Status};
 use crate::Error;
 

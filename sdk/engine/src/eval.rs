@@ -5,11 +5,10 @@
 //! string or number flag allocates nothing and takes no lock. `json_value` clones its value.
 
 use std::fmt;
-use std::num::NonZeroUsize;
-use std::ptr::NonNull;
 
 use serde_json::Value;
 
+use self::counting::VariantId;
 use crate::compiled::{CompiledFlag, CompiledServe, CompiledVariant, VariantValue};
 use crate::context::Context;
 use crate::model::Kind;
@@ -128,30 +127,6 @@ pub struct Detail<'a, T> {
     pub version: Option<u64>,
     /// The bucket (0..99999), when a split decided the variant.
     pub bucket: Option<u32>,
-}
-
-/// Which compiled variant of which flag served an evaluation: the address of that variant in
-/// the snapshot, so learning it costs nothing on the hot path.
-///
-/// An id is unique and stable while the snapshot that served it lives (hold the snapshot's
-/// `Arc` to keep ids meaningful); [`Snapshot::variant_ids`] names the ids of a snapshot. Every
-/// compilation of a flag gets new ids, so a flag's new version never shares an id with its old
-/// one; a snapshot applied from another shares the ids of the flags the change did not
-/// recompile. Once every snapshot holding a variant is dropped, its id may be reused.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct VariantId(NonZeroUsize);
-
-impl VariantId {
-    #[inline(always)]
-    fn of(variant: &CompiledVariant) -> VariantId {
-        VariantId(NonNull::from(variant).addr())
-    }
-
-    /// The id as a number, never 0: e.g. a key for a table of counts.
-    #[inline(always)]
-    pub fn get(self) -> usize {
-        self.0.get()
-    }
 }
 
 impl CompiledFlag {
@@ -459,112 +434,6 @@ impl Snapshot {
         self.typed(key, ctx, default)
     }
 
-    /// [`bool_value`](Self::bool_value) with the [`VariantId`] that served; `None` when
-    /// `default` was served (no such flag, or not a boolean flag).
-    ///
-    /// Always inlined, with the lookup and resolution it shares with the other forms: the
-    /// SDK's client evaluates and counts in one function, with one prologue (19 instructions
-    /// fewer per evaluation than calling it out of line).
-    #[inline(always)]
-    pub fn bool_value_id(
-        &self,
-        key: &str,
-        ctx: &Context<'_>,
-        default: bool,
-    ) -> (bool, Option<VariantId>) {
-        self.value_id(key, ctx, default)
-    }
-
-    /// [`string_value`](Self::string_value) with the [`VariantId`] that served.
-    #[inline]
-    pub fn string_value_id<'a>(
-        &'a self,
-        key: &str,
-        ctx: &Context<'_>,
-        default: &'a str,
-    ) -> (&'a str, Option<VariantId>) {
-        self.value_id(key, ctx, default)
-    }
-
-    /// [`number_value`](Self::number_value) with the [`VariantId`] that served. Always
-    /// inlined, as [`bool_value_id`](Self::bool_value_id) is.
-    #[inline(always)]
-    pub fn number_value_id(
-        &self,
-        key: &str,
-        ctx: &Context<'_>,
-        default: f64,
-    ) -> (f64, Option<VariantId>) {
-        self.value_id(key, ctx, default)
-    }
-
-    /// [`json_value`](Self::json_value) with the [`VariantId`] that served. Clones the value.
-    pub fn json_value_id(
-        &self,
-        key: &str,
-        ctx: &Context<'_>,
-        default: Value,
-    ) -> (Value, Option<VariantId>) {
-        match self.served::<&Value>(key, ctx) {
-            Ok(s) => (s.value.clone(), Some(VariantId::of(s.variant))),
-            Err(_) => (default, None),
-        }
-    }
-
-    /// [`bool_detail`](Self::bool_detail) with the [`VariantId`] that served.
-    #[inline]
-    pub fn bool_detail_id(
-        &self,
-        key: &str,
-        ctx: &Context<'_>,
-        default: bool,
-    ) -> (Detail<'_, bool>, Option<VariantId>) {
-        self.typed_id(key, ctx, default)
-    }
-
-    /// [`string_detail`](Self::string_detail) with the [`VariantId`] that served.
-    #[inline]
-    pub fn string_detail_id<'a>(
-        &'a self,
-        key: &str,
-        ctx: &Context<'_>,
-        default: &'a str,
-    ) -> (Detail<'a, &'a str>, Option<VariantId>) {
-        self.typed_id(key, ctx, default)
-    }
-
-    /// [`number_detail`](Self::number_detail) with the [`VariantId`] that served.
-    #[inline]
-    pub fn number_detail_id(
-        &self,
-        key: &str,
-        ctx: &Context<'_>,
-        default: f64,
-    ) -> (Detail<'_, f64>, Option<VariantId>) {
-        self.typed_id(key, ctx, default)
-    }
-
-    /// [`json_detail`](Self::json_detail) with the [`VariantId`] that served.
-    pub fn json_detail_id<'a>(
-        &'a self,
-        key: &str,
-        ctx: &Context<'_>,
-        default: &'a Value,
-    ) -> (Detail<'a, &'a Value>, Option<VariantId>) {
-        self.typed_id(key, ctx, default)
-    }
-
-    /// Every variant of every flag, with its [`VariantId`]: `(id, flag key, flag version,
-    /// variant key)`, in no particular order. For naming the ids an evaluation returned, off
-    /// the hot path.
-    pub fn variant_ids(&self) -> impl Iterator<Item = (VariantId, &str, Option<u64>, &str)> {
-        self.flags.values().flat_map(|flag| {
-            flag.variants
-                .iter()
-                .map(move |v| (VariantId::of(v), &*flag.key, flag.version, &*v.key))
-        })
-    }
-
     /// Evaluates flag `key` whatever its kind, with the value as JSON; `Value::Null` and
     /// `FLAG_NOT_FOUND` when there is no such flag. For debugging tools, not the hot path.
     pub fn evaluate(&self, key: &str, ctx: &Context<'_>) -> Detail<'_, Value> {
@@ -585,8 +454,135 @@ impl Snapshot {
     }
 }
 
+#[doc(hidden)]
+pub mod counting {
+    //! Evaluation with the id of the variant served, for the SDK's usage counts: hidden from the
+    //! engine's documentation, and not part of its API.
+    //!
+    //! [`evaluate`] evaluates a flag as the typed calls do ([`Snapshot::bool_value`],
+    //! [`Snapshot::bool_detail`] and the like; the [`Outcome`] asked for picks which) and also
+    //! returns the [`VariantId`] of the variant served, or `None` when the caller's default was
+    //! served; [`variant_ids`] names a snapshot's ids, off the hot path.
+
+    use std::num::NonZeroUsize;
+    use std::ptr::NonNull;
+
+    use serde_json::Value;
+
+    use super::Detail;
+    use crate::compiled::CompiledVariant;
+    use crate::context::Context;
+    use crate::snapshot::Snapshot;
+
+    /// Which compiled variant of which flag served an evaluation: the address of that variant
+    /// in the snapshot, so learning it costs nothing on the hot path.
+    ///
+    /// An id is unique and stable while the snapshot that served it lives (hold the
+    /// snapshot's `Arc` to keep ids meaningful); [`variant_ids`] names the ids of a snapshot.
+    /// Every compilation of a flag gets new ids, so a flag's new version never shares an id
+    /// with its old one; a snapshot applied from another shares the ids of the flags the
+    /// change did not recompile. Once every snapshot holding a variant is dropped, its id may
+    /// be reused.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+    pub struct VariantId(NonZeroUsize);
+
+    impl VariantId {
+        #[inline(always)]
+        pub(super) fn of(variant: &CompiledVariant) -> VariantId {
+            VariantId(NonNull::from(variant).addr())
+        }
+
+        /// The id as a number, never 0: e.g. a key for a table of counts.
+        #[inline(always)]
+        pub fn get(self) -> usize {
+            self.0.get()
+        }
+    }
+
+    /// What a counted evaluation returns: a flag's value (`bool`, `&str`, `f64` or `&Value`,
+    /// borrowed from the snapshot) as [`Snapshot::bool_value`] and the like return it, or its
+    /// [`Detail`] as [`Snapshot::bool_detail`] and the like do.
+    pub trait Outcome<'a>: Sized {
+        /// The caller's default: a value of the flag's type.
+        type Default;
+
+        /// See [`evaluate`].
+        fn evaluate(
+            snapshot: &'a Snapshot,
+            key: &str,
+            ctx: &Context<'_>,
+            default: Self::Default,
+        ) -> (Self, Option<VariantId>);
+    }
+
+    macro_rules! outcomes {
+        ($($value:ty),*) => {$(
+            impl<'a> Outcome<'a> for $value {
+                type Default = $value;
+
+                #[inline(always)]
+                fn evaluate(
+                    snapshot: &'a Snapshot,
+                    key: &str,
+                    ctx: &Context<'_>,
+                    default: $value,
+                ) -> ($value, Option<VariantId>) {
+                    snapshot.value_id(key, ctx, default)
+                }
+            }
+
+            impl<'a> Outcome<'a> for Detail<'a, $value> {
+                type Default = $value;
+
+                #[inline(always)]
+                fn evaluate(
+                    snapshot: &'a Snapshot,
+                    key: &str,
+                    ctx: &Context<'_>,
+                    default: $value,
+                ) -> (Detail<'a, $value>, Option<VariantId>) {
+                    snapshot.typed_id(key, ctx, default)
+                }
+            }
+        )*};
+    }
+
+    outcomes!(bool, &'a str, f64, &'a Value);
+
+    /// Evaluates flag `key` for `ctx` as the typed calls do (`T` picks the type, and the value
+    /// or the detail), with the [`VariantId`] of the variant served; `None` when `default` was
+    /// served (no such flag, or not of that type).
+    ///
+    /// Always inlined, with the lookup and resolution it shares with the other forms: the
+    /// SDK's client evaluates and counts in one function, with one prologue (19 instructions
+    /// fewer per evaluation than calling it out of line).
+    #[inline(always)]
+    pub fn evaluate<'a, T: Outcome<'a>>(
+        snapshot: &'a Snapshot,
+        key: &str,
+        ctx: &Context<'_>,
+        default: T::Default,
+    ) -> (T, Option<VariantId>) {
+        T::evaluate(snapshot, key, ctx, default)
+    }
+
+    /// Every variant of every flag, with its [`VariantId`]: `(id, flag key, flag version,
+    /// variant key)`, in no particular order. For naming the ids an evaluation returned, off
+    /// the hot path.
+    pub fn variant_ids(
+        snapshot: &Snapshot,
+    ) -> impl Iterator<Item = (VariantId, &str, Option<u64>, &str)> {
+        snapshot.flags.values().flat_map(|flag| {
+            flag.variants
+                .iter()
+                .map(move |v| (VariantId::of(v), &*flag.key, flag.version, &*v.key))
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    use super::counting::{evaluate, variant_ids};
     use super::*;
 
     #[test]
@@ -642,31 +638,34 @@ flags:
         let snapshot = two_flags(7);
         let staff = Context::new("u1").with("staff", "yes");
         let other = Context::new("u2");
-        let (on, on_id) = snapshot.bool_value_id("gate", &staff, false);
-        let (off, off_id) = snapshot.bool_value_id("gate", &other, true);
+        let (on, on_id) = evaluate::<bool>(&snapshot, "gate", &staff, false);
+        let (off, off_id) = evaluate::<bool>(&snapshot, "gate", &other, true);
         assert!(on && !off);
         let (on_id, off_id) = (on_id.expect("served"), off_id.expect("served"));
         assert_ne!(on_id, off_id);
-        assert_eq!(snapshot.bool_value_id("gate", &staff, false).1, Some(on_id));
         assert_eq!(
-            snapshot.bool_detail_id("gate", &staff, false).1,
+            evaluate::<bool>(&snapshot, "gate", &staff, false).1,
             Some(on_id)
         );
-        let (banner, banner_id) = snapshot.string_value_id("banner", &other, "");
+        assert_eq!(
+            evaluate::<Detail<'_, bool>>(&snapshot, "gate", &staff, false).1,
+            Some(on_id)
+        );
+        let (banner, banner_id) = evaluate::<&str>(&snapshot, "banner", &other, "");
         assert_eq!(banner, "Hello");
-        let (detail, detail_id) = snapshot.string_detail_id("banner", &other, "");
+        let (detail, detail_id) = evaluate::<Detail<'_, &str>>(&snapshot, "banner", &other, "");
         assert_eq!((detail.variant, detail_id), (Some("a"), banner_id));
 
         // The caller's default has no id.
         assert_eq!(
-            snapshot.bool_value_id("missing", &staff, true),
+            evaluate::<bool>(&snapshot, "missing", &staff, true),
             (true, None)
         );
-        assert_eq!(snapshot.number_value_id("gate", &staff, 1.0), (1.0, None));
-        let (value, id) = snapshot.json_value_id("banner", &staff, Value::Null);
-        assert_eq!((value, id), (Value::Null, None));
+        assert_eq!(evaluate::<f64>(&snapshot, "gate", &staff, 1.0), (1.0, None));
+        let (value, id) = evaluate::<&Value>(&snapshot, "banner", &staff, &Value::Null);
+        assert_eq!((value, id), (&Value::Null, None));
 
-        let names: Vec<_> = snapshot.variant_ids().collect();
+        let names: Vec<_> = variant_ids(&snapshot).collect();
         assert_eq!(names.len(), 4);
         let name = |id: VariantId| {
             names
@@ -693,12 +692,12 @@ flags:
             .expect("applies");
         let ctx = Context::new("u1");
         assert_eq!(
-            before.bool_value_id("gate", &ctx, false).1,
-            after.bool_value_id("gate", &ctx, false).1
+            evaluate::<bool>(&before, "gate", &ctx, false).1,
+            evaluate::<bool>(&after, "gate", &ctx, false).1
         );
         let (old, new) = (
-            before.string_value_id("banner", &ctx, "").1,
-            after.string_value_id("banner", &ctx, "").1,
+            evaluate::<&str>(&before, "banner", &ctx, "").1,
+            evaluate::<&str>(&after, "banner", &ctx, "").1,
         );
         assert!(old.is_some() && new.is_some());
         assert_ne!(old, new);

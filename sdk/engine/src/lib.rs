@@ -78,7 +78,9 @@ mod yaml;
 
 pub use bucket::{bucket, BUCKETS};
 pub use context::{AttrInput, AttrRef, AttrValue, Context};
-pub use eval::{Detail, ErrorKind, Reason, VariantId};
+#[doc(hidden)]
+pub use eval::counting;
+pub use eval::{Detail, ErrorKind, Reason};
 pub use format::{
     document_from_value, flag_from_value, parse_document, parse_input, parse_json, parse_value,
     segment_from_value, to_text, Format, Input,

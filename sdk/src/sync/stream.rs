@@ -1,14 +1,11 @@
-//! The background task that keeps a client's snapshot fresh from flagstaffd's Watch stream.
+//! The Watch stream that keeps a client's snapshot fresh from flagstaffd.
 //!
 //! One loop: connect, subscribe with the epoch and revision held, apply what arrives, and
 //! acknowledge each applied revision; on any failure keep serving the last snapshot, mark the
-//! client stale, and reconnect after a capped, jittered exponential backoff. The protocol
-//! itself (framing, consecutive revisions, epochs) is checked by
-//! [`Assembler`](flagstaff_proto::watch::Assembler); a violation makes the client resubscribe
-//! from revision 0, which always converges.
-//!
-//! The same task reports usage metrics ([`crate::report`]): the stream's loop and the
-//! reporter run side by side in it, and share the stream's connection.
+//! client stale, and reconnect after a capped, jittered exponential backoff
+//! ([`super::backoff`]). The protocol itself (framing, consecutive revisions, epochs) is
+//! checked by [`Assembler`]; a violation makes the client
+//! resubscribe from revision 0, which always converges.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -21,9 +18,10 @@ use tokio::sync::{mpsc, watch};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 use tonic::Request;
 
-use crate::client::{Core, Failure};
-use crate::metrics::Flush;
-use crate::report::{self, Link};
+use super::backoff::Jitter;
+use super::LatestChannel;
+use crate::config::Settings;
+use crate::core::{Core, Failure};
 use crate::status::{Source, State};
 
 /// The heartbeat interval assumed until a snapshot announces one.
@@ -31,22 +29,6 @@ const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(15);
 
 /// Silent heartbeat intervals after which a stream is taken for dead.
 const SILENT_INTERVALS: u32 = 3;
-
-/// How a client connects.
-#[derive(Debug, Clone)]
-pub(crate) struct Settings {
-    pub endpoint: String,
-    pub sdk_key: String,
-    pub application: String,
-    pub connect_timeout: Duration,
-    pub tls_ca: Option<String>,
-    pub tls_domain: Option<String>,
-    pub backoff_base: Duration,
-    pub backoff_cap: Duration,
-    pub instance_id: String,
-    pub host: String,
-    pub metrics_interval: Duration,
-}
 
 /// Where the client stands: the epoch and revision it holds, and the interval to expect
 /// heartbeats at.
@@ -70,28 +52,11 @@ enum Ended {
     Resync(String),
 }
 
-/// Runs until `stop` turns true, then reports usage metrics a last time and marks the client
-/// closed.
-pub(crate) async fn run(
-    core: Arc<Core>,
-    settings: Settings,
-    stop: watch::Receiver<bool>,
-    flushes: mpsc::Receiver<Flush>,
-) {
-    let link = Link::default();
-    tokio::join!(
-        keep_fresh(&core, &settings, &link, stop.clone()),
-        report::run(&core, &settings, &link, stop, flushes),
-    );
-    core.status.send_modify(|s| s.state = State::Closed);
-    tracing::debug!("flagstaff client closed");
-}
-
 /// Keeps the snapshot fresh from the Watch stream until `stop` turns true.
-async fn keep_fresh(
+pub(super) async fn keep_fresh(
     core: &Arc<Core>,
     settings: &Settings,
-    link: &Link,
+    latest: &LatestChannel,
     mut stop: watch::Receiver<bool>,
 ) {
     let endpoint = match endpoint(settings) {
@@ -115,7 +80,7 @@ async fn keep_fresh(
             break;
         }
         let ended = tokio::select! {
-            ended = stream(core, settings, &endpoint, link, &mut position, &mut failures) => ended,
+            ended = stream(core, settings, &endpoint, latest, &mut position, &mut failures) => ended,
             _ = stop.wait_for(|s| *s) => Ended::Closing,
         };
         let has_data = core.status.borrow().has_data();
@@ -216,7 +181,7 @@ async fn stream(
     core: &Arc<Core>,
     settings: &Settings,
     endpoint: &Endpoint,
-    link: &Link,
+    latest: &LatestChannel,
     position: &mut Option<Position>,
     failures: &mut u32,
 ) -> Ended {
@@ -239,7 +204,7 @@ async fn stream(
         }
     };
     // Usage reports share the connection (and, while the stream is down, reconnect it).
-    link.set(channel.clone());
+    latest.set(channel.clone());
     let mut client = pb::sync_client::SyncClient::new(channel);
     let (requests, outbound) = mpsc::unbounded_channel();
     let (epoch, since) = position
@@ -408,56 +373,4 @@ async fn build_snapshot(document: Document) -> Result<Snapshot, String> {
         .await
         .map_err(|e| format!("snapshot compilation failed: {e}"))?
         .map_err(|e| format!("the server sent an invalid snapshot: {e}"))
-}
-
-/// Full jitter for the reconnection backoff: a delay drawn uniformly below the capped
-/// exponential, so a fleet that lost the server together does not return together.
-#[derive(Debug)]
-struct Jitter(u64);
-
-impl Jitter {
-    fn new(seed: &str) -> Jitter {
-        // FNV-1a of the instance id: instances differ, and the generator needs a non-zero state.
-        let hash = seed.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
-            (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-        });
-        Jitter(hash | 1)
-    }
-
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-
-    /// The delay before reconnection attempt `failures` (0 for the first).
-    fn backoff(&mut self, base: Duration, cap: Duration, failures: u32) -> Duration {
-        let ceiling = base
-            .saturating_mul(1u32.checked_shl(failures.min(20)).unwrap_or(u32::MAX))
-            .min(cap);
-        let millis = ceiling.as_millis().max(1) as u64;
-        Duration::from_millis(self.next() % millis + 1)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn backoff_grows_to_the_cap_and_is_jittered() {
-        let mut jitter = Jitter::new("instance");
-        let (base, cap) = (Duration::from_millis(100), Duration::from_secs(5));
-        for failures in 0..30 {
-            let ceiling = (base * 2u32.pow(failures.min(20))).min(cap);
-            let delays: Vec<Duration> = (0..50)
-                .map(|_| jitter.backoff(base, cap, failures))
-                .collect();
-            assert!(delays
-                .iter()
-                .all(|d| *d <= ceiling + Duration::from_millis(1)));
-            assert!(delays.iter().any(|d| *d != delays[0]), "jittered");
-        }
-    }
 }

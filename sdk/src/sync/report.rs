@@ -1,5 +1,6 @@
-//! Reporting usage metrics to flagstaffd (`Sync.ReportMetrics`), inside the client's one
-//! background task, next to the Watch stream.
+//! The reporter of usage metrics to flagstaffd (`Sync.ReportMetrics`), inside the client's
+//! one background task, next to the Watch stream. What a report carries is
+//! [`crate::usage`]'s business.
 //!
 //! Every metrics interval (and on [`Client::flush_metrics`](crate::Client::flush_metrics)) the
 //! reporter closes the current window and sends the windows kept, on the channel of the
@@ -7,18 +8,19 @@
 //! itself for a unary call. A failed report keeps its windows for the next one. When the
 //! client closes, one last report, with a short timeout.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use flagstaff_proto::pb;
 use tokio::sync::{mpsc, watch};
 use tokio::time::{Instant, MissedTickBehavior};
-use tonic::transport::Channel;
 use tonic::Request;
 
-use crate::client::Core;
-use crate::live::Settings;
-use crate::metrics::{unix_ms, Flush};
+use super::LatestChannel;
+use crate::config::Settings;
+use crate::core::Core;
+use crate::usage::windows::unix_ms;
+use crate::usage::Flush;
 
 /// How long a report may take.
 const REPORT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -26,27 +28,12 @@ const REPORT_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long the last report, when the client closes, may take.
 const FINAL_REPORT_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// The channel of the latest Watch connection, which reports use too. A std mutex, held only
-/// to clone or replace the channel, never across an `.await`.
-#[derive(Debug, Default)]
-pub(crate) struct Link(Mutex<Option<Channel>>);
-
-impl Link {
-    pub(crate) fn set(&self, channel: Channel) {
-        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = Some(channel);
-    }
-
-    fn get(&self) -> Option<Channel> {
-        self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
-    }
-}
-
 /// Reports every `settings.metrics_interval` and on request, until `stop` turns true; then
 /// reports once more.
-pub(crate) async fn run(
+pub(super) async fn run(
     core: &Arc<Core>,
     settings: &Settings,
-    link: &Link,
+    latest: &LatestChannel,
     mut stop: watch::Receiver<bool>,
     mut flushes: mpsc::Receiver<Flush>,
 ) {
@@ -60,7 +47,7 @@ pub(crate) async fn run(
             Some(flush) = flushes.recv() => Some(flush),
             _ = stop.wait_for(|s| *s) => break,
         };
-        let result = report(core, settings, link, flush.is_some(), REPORT_TIMEOUT).await;
+        let result = report(core, settings, latest, flush.is_some(), REPORT_TIMEOUT).await;
         if let Some(flush) = flush {
             let _ = flush.send(result.clone());
         }
@@ -76,7 +63,7 @@ pub(crate) async fn run(
             _ => {}
         }
     }
-    if let Err(why) = report(core, settings, link, false, FINAL_REPORT_TIMEOUT).await {
+    if let Err(why) = report(core, settings, latest, false, FINAL_REPORT_TIMEOUT).await {
         tracing::debug!(reason = %why, "flagstaff's last usage report failed");
     }
 }
@@ -86,20 +73,20 @@ pub(crate) async fn run(
 async fn report(
     core: &Core,
     settings: &Settings,
-    link: &Link,
+    latest: &LatestChannel,
     always: bool,
     timeout: Duration,
 ) -> Result<(), String> {
-    let metrics = &core.metrics;
-    metrics.close_window(unix_ms());
+    let usage = &core.usage;
+    usage.close_window(unix_ms());
     let mut always = always;
     loop {
-        let Some((request, sent)) = metrics.request(&settings.instance_id, always) else {
+        let Some((request, sent)) = usage.request(&settings.instance_id, always) else {
             return Ok(());
         };
         always = false;
-        let Some(channel) = link.get() else {
-            metrics.failed();
+        let Some(channel) = latest.get() else {
+            usage.failed();
             return Err("not connected to flagstaffd yet".to_owned());
         };
         let mut request = Request::new(request);
@@ -114,17 +101,17 @@ async fn report(
         let mut client = pb::sync_client::SyncClient::new(channel);
         match tokio::time::timeout(timeout, client.report_metrics(request)).await {
             Ok(Ok(response)) => {
-                metrics.reported(sent, response.into_inner().guards);
+                usage.reported(sent, response.into_inner().guards);
                 if !sent.more {
                     return Ok(());
                 }
             }
             Ok(Err(status)) => {
-                metrics.failed();
+                usage.failed();
                 return Err(format!("{}: {}", status.code(), status.message()));
             }
             Err(_) => {
-                metrics.failed();
+                usage.failed();
                 return Err(format!("no answer within {timeout:?}"));
             }
         }
