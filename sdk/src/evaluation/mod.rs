@@ -191,3 +191,62 @@ fn not_ready<T>(default: T) -> Detail<'static, T> {
         bucket: None,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::{EvaluationDetail, EvaluationReason, TestData};
+
+    /// Whether `borrowed` and `owned` say the same, `value` turning the borrowed value.
+    fn same<T: PartialEq + std::fmt::Debug, V>(
+        borrowed: Detail<'_, V>,
+        owned: &EvaluationDetail<T>,
+        value: impl FnOnce(V) -> T,
+    ) {
+        assert_eq!(value(borrowed.value), owned.value);
+        assert_eq!(borrowed.variant, owned.variant.as_deref());
+        assert_eq!(EvaluationReason::from(borrowed.reason), owned.reason);
+        assert_eq!(
+            (borrowed.version, borrowed.bucket),
+            (owned.version, owned.bucket)
+        );
+    }
+
+    #[test]
+    fn every_type_has_its_borrowed_detail_and_it_agrees_with_the_owned_one() {
+        let data = TestData::new();
+        data.set_bool("b", true);
+        data.set_string("s", "hello");
+        data.set_number("n", 2.5);
+        data.set_json("j", json!({"a": 1}));
+        let client = data.client();
+        let ctx = Context::new("user-1");
+        for key in ["b", "missing"] {
+            let owned = client.bool_detail(key, &ctx, false);
+            client.with_bool_detail(key, &ctx, false, |d| same(d, &owned, |v| v));
+        }
+        for key in ["s", "b"] {
+            let owned = client.string_detail(key, &ctx, "default");
+            client.with_string_detail(key, &ctx, "default", |d| same(d, &owned, str::to_owned));
+        }
+        for key in ["n", "missing"] {
+            let owned = client.number_detail(key, &ctx, 1.0);
+            client.with_number_detail(key, &ctx, 1.0, |d| same(d, &owned, |v| v));
+        }
+        for key in ["j", "s"] {
+            let owned = client.json_detail(key, &ctx, json!(null));
+            client.with_json_detail(key, &ctx, &json!(null), |d| same(d, &owned, Clone::clone));
+        }
+        assert_eq!(client.json_value("j", &ctx, json!(null)), json!({"a": 1}));
+        assert_eq!(client.json_value("s", &ctx, json!(7)), json!(7));
+        let (windows, ..) = client.core().usage.take();
+        let counted: u64 = windows
+            .iter()
+            .flat_map(|w| &w.evaluations)
+            .map(|e| e.count)
+            .sum();
+        assert_eq!(counted, 2 * 8 + 2, "every evaluation is counted");
+    }
+}
