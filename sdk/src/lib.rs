@@ -37,10 +37,10 @@
 //!
 //! Each module depends only on those listed after it.
 //!
-//! - `client`: [`Client`], its constructors and its public API; [`ClientBuilder::build`]
-//!   starts a connected client.
 //! - `openfeature` (cargo feature `openfeature`): the OpenFeature provider.
 //! - `test_data`: [`TestData`], flags for unit tests without a server.
+//! - `client`: [`Client`], its constructors and its public API; [`ClientBuilder::build`]
+//!   starts a connected client.
 //! - `sync`: a connected client's background task: the Watch stream (`sync::stream`), its
 //!   reconnection backoff (`sync::backoff`) and the usage reporter (`sync::report`).
 //! - `evaluation`: the one generic evaluation path behind the typed methods, and
