@@ -7,6 +7,10 @@
 //! change only once it is on disk, and a change that fails anywhere leaves both the store and
 //! memory as they were. Writes block (compilation, sled, fsync): async callers run them in
 //! `spawn_blocking`.
+//!
+//! Expected versions are checked by [`crate::versions`]. What a commit does to rollout plans
+//! (a manual edit pauses its flag's running plan) it asks of `crate::rollout::hook` alone;
+//! the plans' operations (`crate::rollout`) build on this module, not the other way round.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -16,13 +20,15 @@ use arc_swap::ArcSwap;
 use flagstaff_engine::{ChangeSet, Document, Flag, KeyPatch, Segment, Snapshot};
 use flagstaff_proto::watch::{snapshot_chunks, WatchMessage, CHUNK_BUDGET};
 
+use crate::clock::{Clock, SystemClock};
 use crate::error::ServerError;
 use crate::feed::{Event, Feed, DEFAULT_FEED_CAPACITY};
-use crate::rollouts::{self, Clock, SystemClock};
+use crate::rollout::hook::{made_no_revision, paused_by_edit};
 use crate::storage::{
     now_ms, random_id, AuditChange, AuditEntry, Change, Damage, EnvironmentRecord, FlagUsage,
     RolloutRecord, Store, StoreError,
 };
+use crate::versions::{check_versions, At};
 
 /// An environment's state as readers see it.
 #[derive(Debug)]
@@ -505,17 +511,8 @@ impl<S: Store> Environments<S> {
         let Some(staged) = staged else {
             if let Some(plan) = &mut plan {
                 if changing {
-                    // The step's change made no revision: its event names none.
-                    for event in &mut plan.history {
-                        if event.revision == current.revision + 1 {
-                            event.revision = 0;
-                        }
-                    }
-                    plan.flag_version = current
-                        .snapshot
-                        .flag(&plan.flag)
-                        .and_then(|f| f.version)
-                        .unwrap_or(0);
+                    let version = current.snapshot.flag(&plan.flag).and_then(|f| f.version);
+                    made_no_revision(plan, current.revision + 1, version.unwrap_or(0));
                 }
                 self.store.put_rollout(&env.key, plan)?;
                 env.lock_rollouts().insert(plan.flag.clone(), plan.clone());
@@ -533,7 +530,7 @@ impl<S: Store> Environments<S> {
             operation: ctx.operation.to_owned(),
             changes: staged.audit,
         };
-        let paused = rollouts::paused_by_edit(
+        let paused = paused_by_edit(
             &plans,
             &staged.changes,
             plan.as_ref().map(|p| p.flag.as_str()),
@@ -716,100 +713,6 @@ pub(crate) fn unconfirmed(key: &str) -> ServerError {
     ServerError::Precondition(format!(
         "environment {key:?} is protected: confirm the write (the CLI asks, or takes --yes)"
     ))
-}
-
-/// Where an expected version is checked: an environment and its current revision (every
-/// version a document there ever had is at most that revision).
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct At<'a> {
-    /// The environment's key.
-    pub environment: &'a str,
-    /// Its current revision.
-    pub revision: u64,
-}
-
-/// The conflict, if any, between an expected version and a document's current one
-/// (`actual`: `None` when the document does not exist, else its version) in the environment
-/// `at`. No expectation is never a conflict; an expectation of 0 means "must not exist".
-///
-/// The message names both versions and what to do, and claims a concurrent change only when
-/// there was one: when the document changed after the revision it was expected at. An
-/// expectation beyond the environment's revision, or one the document cannot have had (its
-/// versions only grow, and it is at an earlier one), was read elsewhere: in another
-/// environment, typically from `flag get` or `segment get` output applied there.
-pub(crate) fn version_conflict(
-    what: &str,
-    key: &str,
-    expected: Option<u64>,
-    actual: Option<Option<u64>>,
-    at: At<'_>,
-) -> Option<ServerError> {
-    let expected = expected?;
-    let At {
-        environment,
-        revision,
-    } = at;
-    let elsewhere = |to: &str| {
-        format!(
-            "the document was read in another environment; drop `version:` (the expected \
-             version) to {to} the {what} whatever its version, or copy it with `flagstaff {what} \
-             promote`"
-        )
-    };
-    let message = match actual.map(|v| v.unwrap_or(0)) {
-        None if expected == 0 => return None,
-        Some(actual) if actual == expected => return None,
-        None if expected > revision => format!(
-            "{what} {key:?} does not exist in {environment}, and version {expected} is not a \
-             revision of {environment} (now {revision}): {}",
-            elsewhere("create")
-        ),
-        Some(actual) if expected > revision => format!(
-            "{what} {key:?} is at version {actual} in {environment}, and version {expected} is \
-             not a revision of {environment} (now {revision}): {}",
-            elsewhere("replace")
-        ),
-        None => format!(
-            "{what} {key:?} does not exist in {environment}, so it is not at version \
-             {expected}: it was deleted since, or {}",
-            elsewhere("create")
-        ),
-        Some(actual) if expected == 0 => format!(
-            "{what} {key:?} already exists in {environment}, at version {actual}, but version 0 \
-             was given, which means it must not exist yet; drop `version:` to replace it"
-        ),
-        Some(actual) if actual > expected => format!(
-            "{what} {key:?} is at version {actual} in {environment}, not {expected}: someone \
-             changed it at revision {actual}, after version {expected} was read; read it again \
-             and redo the change, or drop `version:` (the expected version) to overwrite that \
-             change"
-        ),
-        Some(actual) => format!(
-            "{what} {key:?} is at version {actual} in {environment}, not {expected}, and never \
-             had version {expected} (its versions only grow): {}",
-            elsewhere("replace")
-        ),
-    };
-    Some(ServerError::VersionConflict(message))
-}
-
-/// An expected version that does not match the current document is a conflict.
-fn check_versions(current: &Snapshot, changes: &ChangeSet, at: At<'_>) -> Result<(), ServerError> {
-    for flag in &changes.flags {
-        let actual = current.flag(&flag.key).map(|f| f.version);
-        if let Some(conflict) = version_conflict("flag", &flag.key, flag.version, actual, at) {
-            return Err(conflict);
-        }
-    }
-    for segment in &changes.segments {
-        let actual = current.segment(&segment.key).map(|s| s.version);
-        if let Some(conflict) =
-            version_conflict("segment", &segment.key, segment.version, actual, at)
-        {
-            return Err(conflict);
-        }
-    }
-    Ok(())
 }
 
 /// Removes upserts identical (apart from `version`) to the current documents.

@@ -9,19 +9,20 @@
 
 pub mod auth;
 pub mod clients;
+pub mod clock;
 mod environments;
 mod error;
 pub mod feed;
-pub mod guard;
 mod health;
 mod metrics;
 mod operations;
 pub mod repair;
-pub mod rollouts;
+pub mod rollout;
 pub mod service;
 pub mod storage;
 mod tls;
 pub mod usage;
+mod versions;
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -69,7 +70,7 @@ pub struct Config {
     /// falls further behind is sent a fresh snapshot.
     pub feed_capacity: usize,
     /// The time rollout plans go by: the system clock, or a manual one in tests.
-    pub clock: Arc<dyn rollouts::Clock>,
+    pub clock: Arc<dyn clock::Clock>,
 }
 
 impl Config {
@@ -80,7 +81,7 @@ impl Config {
             retention: DEFAULT_RETENTION,
             heartbeat: DEFAULT_HEARTBEAT,
             feed_capacity: DEFAULT_FEED_CAPACITY,
-            clock: Arc::new(rollouts::SystemClock),
+            clock: Arc::new(clock::SystemClock),
         }
     }
 }
@@ -230,7 +231,7 @@ impl Server {
         });
 
         // Rollout plans advance while the server serves.
-        let scheduler = tokio::spawn(rollouts::schedule(
+        let scheduler = tokio::spawn(rollout::schedule(
             self.envs.clone(),
             health::stopped(stopping.clone()),
         ));

@@ -5,9 +5,10 @@
 
 use flagstaff_engine::{reshuffle, ChangeSet, Flag, KeyPatch, Segment, Serve, Snapshot};
 
-use crate::environments::{version_conflict, At, Committed, Environments, WriteContext};
+use crate::environments::{Committed, Environments, WriteContext};
 use crate::error::ServerError;
 use crate::storage::{AuditChange, Store};
+use crate::versions::{version_conflict, At};
 
 /// The flag `key` of `environment`, which must exist.
 pub(crate) fn flag_in<'a>(

@@ -5,8 +5,8 @@ use std::collections::HashMap;
 
 use crate::environments::{Environments, WriteContext};
 use crate::error::ServerError;
-use crate::guard::{self, State};
-use crate::rollouts;
+use crate::rollout;
+use crate::rollout::guard::{self, State};
 use crate::storage::{FlagUsage, RolloutState, Store};
 
 /// One SDK instance's report, in the server's terms.
@@ -165,7 +165,7 @@ impl<S: Store> Environments<S> {
             rolled_back: Vec::new(),
         };
         for (flag, comment) in rejected {
-            let actor = rollouts::actor(&flag);
+            let actor = rollout::actor(&flag);
             let ctx = WriteContext {
                 environment,
                 actor: &actor,

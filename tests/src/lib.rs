@@ -60,8 +60,8 @@ pub struct Options {
     /// address, for clients that reconnect).
     pub listen: Option<SocketAddr>,
     /// The clock rollout plans go by, instead of the system's (a
-    /// [`ManualClock`](flagstaff_server::rollouts::ManualClock) runs plans in milliseconds).
-    pub clock: Option<Arc<dyn flagstaff_server::rollouts::Clock>>,
+    /// [`ManualClock`](flagstaff_server::clock::ManualClock) runs plans in milliseconds).
+    pub clock: Option<Arc<dyn flagstaff_server::clock::Clock>>,
 }
 
 /// A PEM certificate and its key, for a server on loopback: the certificate must name

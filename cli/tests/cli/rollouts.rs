@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::common::Server;
-use flagstaff_server::rollouts::ManualClock;
+use flagstaff_server::clock::ManualClock;
 use flagstaff_tests::Options;
 use insta::assert_snapshot;
 use serde_json::Value;

@@ -23,7 +23,7 @@ use crate::clients::{Clients, Instance};
 use crate::environments::{unconfirmed, Committed, Environments, WriteContext};
 use crate::error::ServerError;
 use crate::operations::ApplyOptions;
-use crate::rollouts::{GuardSpec, StartPlan};
+use crate::rollout::{GuardSpec, StartPlan};
 use crate::storage::{AuditChange, Role, RolloutStage, Store, TokenRecord};
 
 /// The Admin service over the environments and tokens of one store.

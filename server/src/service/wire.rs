@@ -361,7 +361,7 @@ pub fn rollout(plan: &crate::storage::RolloutRecord) -> pb::RolloutPlan {
             max_ratio: g.max_ratio,
             min_events: g.min_events,
         }),
-        guard_status: crate::guard::of_plan(plan).map(|(tally, v)| pb::GuardStatus {
+        guard_status: crate::rollout::guard::of_plan(plan).map(|(tally, v)| pb::GuardStatus {
             flag_version: tally.flag_version,
             target_exposures: tally.target_exposures,
             baseline_exposures: tally.baseline_exposures,
@@ -372,9 +372,9 @@ pub fn rollout(plan: &crate::storage::RolloutRecord) -> pb::RolloutPlan {
             statistic: v.statistic,
             threshold: v.threshold,
             state: match v.state {
-                crate::guard::State::Collecting => pb::GuardState::Collecting,
-                crate::guard::State::Monitoring => pb::GuardState::Monitoring,
-                crate::guard::State::Rejected => pb::GuardState::Rejected,
+                crate::rollout::guard::State::Collecting => pb::GuardState::Collecting,
+                crate::rollout::guard::State::Monitoring => pb::GuardState::Monitoring,
+                crate::rollout::guard::State::Rejected => pb::GuardState::Rejected,
             } as i32,
         }),
         state: state as i32,

@@ -209,7 +209,7 @@ pub async fn usage(admin: &mut Admin, key: &str) -> pb::FlagUsage {
 
 /// A server whose rollout plans go by `clock`, with environment `production`.
 pub async fn server_on(
-    clock: &std::sync::Arc<flagstaff_server::rollouts::ManualClock>,
+    clock: &std::sync::Arc<flagstaff_server::clock::ManualClock>,
 ) -> (TestServer, Admin) {
     let server = TestServer::start_with(flagstaff_tests::Options {
         clock: Some(clock.clone()),

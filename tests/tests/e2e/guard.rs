@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use flagstaff_proto::pb;
-use flagstaff_server::rollouts::ManualClock;
+use flagstaff_server::clock::ManualClock;
 use flagstaff_tests::{Options, Sync, TestServer};
 use tonic::Code;
 

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use flagstaff::{Client, Context};
 use flagstaff_proto::pb;
-use flagstaff_server::rollouts::ManualClock;
+use flagstaff_server::clock::ManualClock;
 use flagstaff_tests::Admin;
 
 use super::fixtures::*;

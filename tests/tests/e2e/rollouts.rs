@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use flagstaff::Context;
 use flagstaff_proto::pb;
-use flagstaff_server::rollouts::ManualClock;
+use flagstaff_server::clock::ManualClock;
 use flagstaff_tests::Admin;
 use serde_json::json;
 use tonic::Code;

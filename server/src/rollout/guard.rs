@@ -16,7 +16,7 @@
 
 use flagstaff_engine::BUCKETS;
 
-use crate::rollouts::pair_weight;
+use super::plan::pair_weight;
 use crate::storage::{GuardTally, RolloutRecord};
 
 /// The probability that a plan whose target is no worse than allowed is rolled back by its
