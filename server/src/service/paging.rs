@@ -86,6 +86,31 @@ impl Scope<'_> {
     }
 }
 
+/// One page of `items`, sorted by key, after the position of `page_token`: the page and the
+/// token of the next one ("" on the last page).
+pub fn page<'a, T>(
+    mut items: Vec<&'a T>,
+    key: impl Fn(&T) -> &str,
+    scope: Scope<'_>,
+    page_token: &str,
+    requested_size: u32,
+) -> Result<(Vec<&'a T>, String), ServerError> {
+    items.sort_unstable_by(|a, b| key(a).cmp(key(b)));
+    let start = match scope.position(page_token)? {
+        Some(after) => items.partition_point(|item| key(item) <= after.as_str()),
+        None => 0,
+    };
+    let size = page_size(requested_size);
+    let rest = items.split_off(start);
+    let more = rest.len() > size;
+    let page: Vec<&T> = rest.into_iter().take(size).collect();
+    let next = match page.last() {
+        Some(last) if more => scope.token(key(last)),
+        _ => String::new(),
+    };
+    Ok((page, next))
+}
+
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }

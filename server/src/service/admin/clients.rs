@@ -1,0 +1,150 @@
+//! Admin calls on the SDK instances that watch an environment: listing them, and waiting
+//! until they have a revision (`WaitForRevision`, with its [`Progress`]).
+
+use std::time::Duration;
+
+use flagstaff_proto::pb;
+use tonic::{Request, Response, Status};
+
+use super::AdminService;
+use crate::auth::Access;
+use crate::clients::Instance;
+use crate::service::wire;
+use crate::storage::Store;
+
+pub(super) async fn list_clients<S: Store>(
+    admin: &AdminService<S>,
+    request: Request<pb::ListClientsRequest>,
+) -> Result<Response<pb::ListClientsResponse>, Status> {
+    admin.allow(&request, Access::Read(&request.get_ref().environment))?;
+    let env = admin.envs.get(&request.get_ref().environment)?;
+    let mut instances = admin.clients.list(&env.key);
+    instances.sort_by(|a, b| {
+        (
+            b.streams > 0,
+            &a.identity.application,
+            &a.identity.host,
+            &a.identity.instance_id,
+        )
+            .cmp(&(
+                a.streams > 0,
+                &b.identity.application,
+                &b.identity.host,
+                &b.identity.instance_id,
+            ))
+    });
+    Ok(Response::new(pb::ListClientsResponse {
+        revision: env.current().revision,
+        clients: instances
+            .iter()
+            .map(|i| wire::client_instance(i, &env.epoch))
+            .collect(),
+    }))
+}
+
+pub(super) async fn wait_for_revision<S: Store>(
+    admin: &AdminService<S>,
+    request: Request<pb::WaitForRevisionRequest>,
+) -> Result<Response<pb::WaitForRevisionResponse>, Status> {
+    admin.allow(&request, Access::Read(&request.get_ref().environment))?;
+    let req = request.into_inner();
+    let env = admin.envs.get(&req.environment)?;
+    let current = env.current().revision;
+    let revision = match req.revision {
+        0 => current,
+        r if r > current => {
+            return Err(Status::invalid_argument(format!(
+                "revision {r} is ahead of environment {:?}, which is at revision {current}",
+                env.key
+            )))
+        }
+        r => r,
+    };
+    let timeout = match req.timeout_ms {
+        0 => DEFAULT_WAIT,
+        ms => Duration::from_millis(ms).min(MAX_WAIT),
+    };
+    let started = tokio::time::Instant::now();
+    let deadline = started + timeout;
+    let mut changes = admin.clients.changes();
+    loop {
+        changes.borrow_and_update();
+        let instances = admin.clients.list(&env.key);
+        let progress = Progress::of(&instances, &env.epoch, revision);
+        let complete = progress.pending.is_empty();
+        let timed_out = tokio::time::Instant::now() >= deadline;
+        if complete || timed_out {
+            let elapsed = started.elapsed().as_millis() as u64;
+            return Ok(Response::new(
+                progress.response(&env.epoch, revision, elapsed),
+            ));
+        }
+        tokio::select! {
+            _ = changes.changed() => {}
+            () = tokio::time::sleep_until(deadline) => {}
+            () = admin.signals.stopped() => {
+                return Err(Status::unavailable("flagstaffd is shutting down"));
+            }
+        }
+    }
+}
+
+/// How long `WaitForRevision` waits when the request does not say.
+const DEFAULT_WAIT: Duration = Duration::from_secs(10);
+
+/// The longest `WaitForRevision` waits.
+const MAX_WAIT: Duration = Duration::from_secs(5 * 60);
+
+/// How far back `WaitForRevision` reports instances that disconnected without the revision.
+const RECENTLY_GONE_MS: u64 = 10 * 60 * 1000;
+
+/// Where a revision stands among an environment's instances.
+struct Progress<'a> {
+    applied: usize,
+    connected: usize,
+    /// Connected, and not at the revision yet.
+    pending: Vec<&'a Instance>,
+    /// Disconnected in the last 10 minutes without having applied it.
+    gone: Vec<&'a Instance>,
+}
+
+impl<'a> Progress<'a> {
+    fn of(instances: &'a [Instance], epoch: &str, revision: u64) -> Progress<'a> {
+        let has = |i: &Instance| i.epoch == epoch && i.applied_revision >= revision;
+        let now = crate::storage::now_ms();
+        let connected: Vec<&Instance> = instances.iter().filter(|i| i.streams > 0).collect();
+        Progress {
+            applied: connected.iter().filter(|i| has(i)).count(),
+            connected: connected.len(),
+            pending: connected.iter().copied().filter(|i| !has(i)).collect(),
+            gone: instances
+                .iter()
+                .filter(|i| {
+                    i.disconnected_ms
+                        .is_some_and(|at| now.saturating_sub(at) < RECENTLY_GONE_MS)
+                        && !has(i)
+                })
+                .collect(),
+        }
+    }
+
+    fn response(&self, epoch: &str, revision: u64, elapsed_ms: u64) -> pb::WaitForRevisionResponse {
+        pb::WaitForRevisionResponse {
+            revision,
+            complete: self.pending.is_empty(),
+            applied: self.applied as u32,
+            connected: self.connected as u32,
+            elapsed_ms,
+            pending: self
+                .pending
+                .iter()
+                .map(|i| wire::client_instance(i, epoch))
+                .collect(),
+            disconnected: self
+                .gone
+                .iter()
+                .map(|i| wire::client_instance(i, epoch))
+                .collect(),
+        }
+    }
+}

@@ -1,0 +1,216 @@
+//! Admin calls on rollout plans: starting, reading, listing, pausing, resuming, rolling back
+//! and promoting them.
+
+use flagstaff_proto::pb;
+use tonic::{Request, Response, Status};
+
+use super::{blocking, written_flag, AdminService, Writer};
+use crate::auth::Access;
+use crate::error::ServerError;
+use crate::rollout::{GuardSpec, StartPlan};
+use crate::service::wire;
+use crate::storage::{RolloutStage, Store};
+
+/// Most stages of a rollout plan.
+const MAX_STAGES: usize = 100;
+
+pub(super) async fn start_rollout<S: Store>(
+    admin: &AdminService<S>,
+    request: Request<pb::StartRolloutRequest>,
+) -> Result<Response<pb::StartRolloutResponse>, Status> {
+    let token = admin.allow(&request, Access::Write(&request.get_ref().environment))?;
+    let req = request.into_inner();
+    wire::key(&req.flag, "flag")?;
+    wire::key(&req.target_variant, "target_variant")?;
+    for (field, value) in [
+        ("rule_id", &req.rule_id),
+        ("baseline_variant", &req.baseline_variant),
+    ] {
+        if let Some(value) = value.as_deref().filter(|v| !v.is_empty()) {
+            wire::key(value, field)?;
+        }
+    }
+    if let Some(bucket_by) = req.bucket_by.as_deref().filter(|b| !b.is_empty()) {
+        wire::name(bucket_by, "bucket_by")?;
+    }
+    if req.stages.len() > MAX_STAGES {
+        return Err(Status::invalid_argument(format!(
+            "stages: {} stages, at most {MAX_STAGES} allowed",
+            req.stages.len()
+        )));
+    }
+    let plan = StartPlan {
+        flag: req.flag.clone(),
+        rule_id: req.rule_id.filter(|r| !r.is_empty()),
+        target: req.target_variant,
+        baseline: req.baseline_variant.filter(|b| !b.is_empty()),
+        bucket_by: req.bucket_by.filter(|b| !b.is_empty()),
+        stages: req
+            .stages
+            .iter()
+            .map(|s| RolloutStage {
+                percent: s.percent,
+                hold_ms: s.hold_ms,
+            })
+            .collect(),
+        force: req.force,
+        expected_version: wire::expected(req.expected_version),
+        guard: req.guard.map(|g| GuardSpec {
+            event: g.event,
+            max_ratio: g.max_ratio,
+            min_events: g.min_events,
+        }),
+    };
+    let writer = Writer::new(
+        &token,
+        "StartRollout",
+        req.environment,
+        req.comment,
+        req.confirm_protected,
+    )?;
+    let envs = admin.envs.clone();
+    let (revision, flag, plan) = blocking(move || {
+        let step = envs.start_rollout(writer.ctx(), &plan)?;
+        let flag = written_flag(&envs, &writer.environment, &plan.flag, &step.committed)?;
+        Ok((step.committed.revision, flag, step.plan))
+    })
+    .await?;
+    Ok(Response::new(pb::StartRolloutResponse {
+        revision,
+        flag: Some(flag),
+        plan: Some(wire::rollout(&plan)),
+    }))
+}
+
+pub(super) async fn get_rollout<S: Store>(
+    admin: &AdminService<S>,
+    request: Request<pb::GetRolloutRequest>,
+) -> Result<Response<pb::GetRolloutResponse>, Status> {
+    admin.allow(&request, Access::Read(&request.get_ref().environment))?;
+    let req = request.into_inner();
+    wire::key(&req.flag, "flag")?;
+    let env = admin.envs.get(&req.environment)?;
+    let plan = env.rollout(&req.flag).ok_or_else(|| {
+        ServerError::NotFound(format!(
+            "flag {:?} has no rollout plan in environment {:?}",
+            req.flag, req.environment
+        ))
+    })?;
+    Ok(Response::new(pb::GetRolloutResponse {
+        plan: Some(wire::rollout(&plan)),
+    }))
+}
+
+pub(super) async fn list_rollouts<S: Store>(
+    admin: &AdminService<S>,
+    request: Request<pb::ListRolloutsRequest>,
+) -> Result<Response<pb::ListRolloutsResponse>, Status> {
+    admin.allow(&request, Access::Read(&request.get_ref().environment))?;
+    let req = request.into_inner();
+    let env = admin.envs.get(&req.environment)?;
+    let plans = env
+        .rollouts()
+        .values()
+        .filter(|p| req.include_finished || p.is_active())
+        .map(wire::rollout)
+        .collect();
+    Ok(Response::new(pb::ListRolloutsResponse { plans }))
+}
+
+pub(super) async fn pause_rollout<S: Store>(
+    admin: &AdminService<S>,
+    request: Request<pb::PauseRolloutRequest>,
+) -> Result<Response<pb::PauseRolloutResponse>, Status> {
+    let token = admin.allow(&request, Access::Write(&request.get_ref().environment))?;
+    let req = request.into_inner();
+    wire::key(&req.flag, "flag")?;
+    let writer = Writer::new(
+        &token,
+        "PauseRollout",
+        req.environment,
+        req.comment,
+        req.confirm_protected,
+    )?;
+    let envs = admin.envs.clone();
+    let plan = blocking(move || envs.pause_rollout(writer.ctx(), &req.flag)).await?;
+    Ok(Response::new(pb::PauseRolloutResponse {
+        plan: Some(wire::rollout(&plan)),
+    }))
+}
+
+pub(super) async fn resume_rollout<S: Store>(
+    admin: &AdminService<S>,
+    request: Request<pb::ResumeRolloutRequest>,
+) -> Result<Response<pb::ResumeRolloutResponse>, Status> {
+    let token = admin.allow(&request, Access::Write(&request.get_ref().environment))?;
+    let req = request.into_inner();
+    wire::key(&req.flag, "flag")?;
+    let writer = Writer::new(
+        &token,
+        "ResumeRollout",
+        req.environment,
+        req.comment,
+        req.confirm_protected,
+    )?;
+    let envs = admin.envs.clone();
+    let plan = blocking(move || envs.resume_rollout(writer.ctx(), &req.flag)).await?;
+    Ok(Response::new(pb::ResumeRolloutResponse {
+        plan: Some(wire::rollout(&plan)),
+    }))
+}
+
+pub(super) async fn rollback_rollout<S: Store>(
+    admin: &AdminService<S>,
+    request: Request<pb::RollbackRolloutRequest>,
+) -> Result<Response<pb::RollbackRolloutResponse>, Status> {
+    let token = admin.allow(&request, Access::Write(&request.get_ref().environment))?;
+    let req = request.into_inner();
+    wire::key(&req.flag, "flag")?;
+    let writer = Writer::new(
+        &token,
+        "RollbackRollout",
+        req.environment,
+        req.comment,
+        req.confirm_protected,
+    )?;
+    let envs = admin.envs.clone();
+    let (revision, flag, plan) = blocking(move || {
+        let step = envs.rollback_rollout(writer.ctx(), &req.flag)?;
+        let flag = written_flag(&envs, &writer.environment, &req.flag, &step.committed)?;
+        Ok((step.committed.revision, flag, step.plan))
+    })
+    .await?;
+    Ok(Response::new(pb::RollbackRolloutResponse {
+        revision,
+        flag: Some(flag),
+        plan: Some(wire::rollout(&plan)),
+    }))
+}
+
+pub(super) async fn promote_rollout<S: Store>(
+    admin: &AdminService<S>,
+    request: Request<pb::PromoteRolloutRequest>,
+) -> Result<Response<pb::PromoteRolloutResponse>, Status> {
+    let token = admin.allow(&request, Access::Write(&request.get_ref().environment))?;
+    let req = request.into_inner();
+    wire::key(&req.flag, "flag")?;
+    let writer = Writer::new(
+        &token,
+        "PromoteRollout",
+        req.environment,
+        req.comment,
+        req.confirm_protected,
+    )?;
+    let envs = admin.envs.clone();
+    let (revision, flag, plan) = blocking(move || {
+        let step = envs.promote_rollout(writer.ctx(), &req.flag)?;
+        let flag = written_flag(&envs, &writer.environment, &req.flag, &step.committed)?;
+        Ok((step.committed.revision, flag, step.plan))
+    })
+    .await?;
+    Ok(Response::new(pb::PromoteRolloutResponse {
+        revision,
+        flag: Some(flag),
+        plan: Some(wire::rollout(&plan)),
+    }))
+}

@@ -1,0 +1,67 @@
+//! Admin calls on tokens: creating, listing and revoking them.
+
+use flagstaff_proto::pb;
+use tonic::{Request, Response, Status};
+
+use super::{blocking, AdminService};
+use crate::auth::Access;
+use crate::service::wire;
+use crate::storage::{Role, Store, TokenRecord};
+
+pub(super) async fn create_token<S: Store>(
+    admin: &AdminService<S>,
+    request: Request<pb::CreateTokenRequest>,
+) -> Result<Response<pb::CreateTokenResponse>, Status> {
+    let creator = admin.allow(&request, Access::Admin)?;
+    let req = request.into_inner();
+    let role = wire::role(req.role)?;
+    let environment = Some(req.environment).filter(|e| !e.is_empty());
+    if let Some(environment) = &environment {
+        wire::key(environment, "environment")?;
+    }
+    let (envs, tokens) = (admin.envs.clone(), admin.tokens.clone());
+    let (token, secret) = blocking(move || {
+        let create = || tokens.create_named(&req.name, role, environment.as_deref(), &creator.name);
+        match (role, &environment) {
+            // Created while the environment cannot be deleted: a deletion revokes its
+            // tokens, and one created during it would outlive it.
+            (Role::Editor | Role::Sdk, Some(key)) => envs.while_exists(key, create),
+            _ => create(),
+        }
+    })
+    .await?;
+    Ok(Response::new(pb::CreateTokenResponse {
+        token: Some(wire::token(&token)),
+        secret,
+    }))
+}
+
+pub(super) async fn list_tokens<S: Store>(
+    admin: &AdminService<S>,
+    request: Request<pb::ListTokensRequest>,
+) -> Result<Response<pb::ListTokensResponse>, Status> {
+    admin.allow(&request, Access::Admin)?;
+    let mut live: Vec<TokenRecord> = admin
+        .tokens
+        .list()
+        .into_iter()
+        .filter(|t| !t.revoked)
+        .collect();
+    // By name; oldest first among the same name (the offline admin-token tool reuses one).
+    live.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(Response::new(pb::ListTokensResponse {
+        tokens: live.iter().map(wire::token).collect(),
+    }))
+}
+
+pub(super) async fn revoke_token<S: Store>(
+    admin: &AdminService<S>,
+    request: Request<pb::RevokeTokenRequest>,
+) -> Result<Response<pb::RevokeTokenResponse>, Status> {
+    admin.allow(&request, Access::Admin)?;
+    let id = request.into_inner().id;
+    wire::required_str(&id, "id")?;
+    let tokens = admin.tokens.clone();
+    blocking(move || tokens.revoke(&id)).await?;
+    Ok(Response::new(pb::RevokeTokenResponse {}))
+}
