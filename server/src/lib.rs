@@ -5,6 +5,27 @@
 //! reflection (`grpc.reflection.v1` and `v1alpha`), optionally over TLS ([`Tls`]); a second,
 //! optional listener serves the server's own metrics in the Prometheus text format
 //! ([`ServeOptions::metrics`]). docs/operations.md describes them for operators.
+//!
+//! # Where things are
+//!
+//! Each module depends only on those listed before it, but for the commit hook of
+//! `rollout`, which `environments` calls (pure: it sees plan records only).
+//!
+//! - `error`: the server's errors; `storage`: the [`Store`](storage::Store) trait and its sled
+//!   implementation (records, change log, audit log, tokens); `clock`: the time rollout plans
+//!   go by.
+//! - `feed`: each environment's ring of committed revisions, for streams.
+//! - `versions`: expected versions and the conflicts they report.
+//! - `environments`: environments in memory and the one commit path every write takes.
+//! - `operations`: the Admin writes on flags, segments and whole documents.
+//! - `rollout`: staged rollout plans (their arithmetic, the hook every commit calls, the
+//!   guard's statistics, the plans' operations and the scheduler).
+//! - `auth`: tokens and what they may do; `clients`: the SDK instances watching; `usage`:
+//!   what SDKs report (flag usage, guard counts).
+//! - `repair`: `flagstaffd check` and `repair`.
+//! - `service`: the gRPC services (`admin/`, one file per resource; `sync` and `watch`;
+//!   paging and wire conversion); `health`, `metrics` and `tls` around them.
+//! - This file: [`Config`] and [`Server`], which open the store and serve.
 #![deny(missing_docs)]
 
 pub mod auth;

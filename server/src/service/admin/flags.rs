@@ -5,9 +5,7 @@ use flagstaff_engine::{Flag, Segment};
 use flagstaff_proto::pb;
 use tonic::{Request, Response, Status};
 
-use super::{
-    blocking, contains_text, last_change, same_environments, written_flag, AdminService, Writer,
-};
+use super::{blocking, contains_text, last_change, AdminService, Writer};
 use crate::auth::Access;
 use crate::error::ServerError;
 use crate::service::paging::{fit, page, Scope};
@@ -29,15 +27,11 @@ pub(super) async fn create_flag<S: Store>(
         req.comment,
         req.confirm_protected,
     )?;
-    let envs = admin.envs.clone();
-    let (revision, flag) = blocking(move || {
-        let committed = envs.create_flag(writer.ctx(), flag)?;
-        let flag = written_flag(&envs, &writer.environment, &key, &committed)?;
-        Ok((committed.revision, flag))
-    })
-    .await?;
+    let (committed, flag) = admin
+        .write_flag(writer, key, move |envs, ctx| envs.create_flag(ctx, flag))
+        .await?;
     Ok(Response::new(pb::CreateFlagResponse {
-        revision,
+        revision: committed.revision,
         flag: Some(flag),
     }))
 }
@@ -137,17 +131,13 @@ pub(super) async fn update_flag<S: Store>(
         req.comment,
         req.confirm_protected,
     )?;
-    let envs = admin.envs.clone();
-    let (revision, flag, paused_rollouts) = blocking(move || {
-        let committed = envs.update_flag(writer.ctx(), flag)?;
-        let flag = written_flag(&envs, &writer.environment, &key, &committed)?;
-        Ok((committed.revision, flag, committed.paused_rollouts))
-    })
-    .await?;
+    let (committed, flag) = admin
+        .write_flag(writer, key, move |envs, ctx| envs.update_flag(ctx, flag))
+        .await?;
     Ok(Response::new(pb::UpdateFlagResponse {
-        revision,
+        revision: committed.revision,
         flag: Some(flag),
-        paused_rollouts,
+        paused_rollouts: committed.paused_rollouts,
     }))
 }
 
@@ -188,17 +178,16 @@ pub(super) async fn set_flag_enabled<S: Store>(
         req.comment,
         req.confirm_protected,
     )?;
-    let envs = admin.envs.clone();
-    let (revision, flag, paused_rollouts) = blocking(move || {
-        let committed = envs.set_flag_enabled(writer.ctx(), &req.key, req.enabled, expected)?;
-        let flag = written_flag(&envs, &writer.environment, &req.key, &committed)?;
-        Ok((committed.revision, flag, committed.paused_rollouts))
-    })
-    .await?;
+    let key = req.key.clone();
+    let (committed, flag) = admin
+        .write_flag(writer, key, move |envs, ctx| {
+            envs.set_flag_enabled(ctx, &req.key, req.enabled, expected)
+        })
+        .await?;
     Ok(Response::new(pb::SetFlagEnabledResponse {
-        revision,
+        revision: committed.revision,
         flag: Some(flag),
-        paused_rollouts,
+        paused_rollouts: committed.paused_rollouts,
     }))
 }
 
@@ -218,18 +207,16 @@ pub(super) async fn set_default_serve<S: Store>(
         req.comment,
         req.confirm_protected,
     )?;
-    let envs = admin.envs.clone();
-    let (revision, flag, paused_rollouts) = blocking(move || {
-        let committed =
-            envs.set_default_serve(writer.ctx(), &req.key, serve, req.force, expected)?;
-        let flag = written_flag(&envs, &writer.environment, &req.key, &committed)?;
-        Ok((committed.revision, flag, committed.paused_rollouts))
-    })
-    .await?;
+    let key = req.key.clone();
+    let (committed, flag) = admin
+        .write_flag(writer, key, move |envs, ctx| {
+            envs.set_default_serve(ctx, &req.key, serve, req.force, expected)
+        })
+        .await?;
     Ok(Response::new(pb::SetDefaultServeResponse {
-        revision,
+        revision: committed.revision,
         flag: Some(flag),
-        paused_rollouts,
+        paused_rollouts: committed.paused_rollouts,
     }))
 }
 
@@ -251,17 +238,16 @@ pub(super) async fn revert_flag<S: Store>(
         req.comment,
         req.confirm_protected,
     )?;
-    let envs = admin.envs.clone();
-    let (revision, flag, paused_rollouts) = blocking(move || {
-        let committed = envs.revert_flag(writer.ctx(), &req.key, req.to_version, expected)?;
-        let flag = written_flag(&envs, &writer.environment, &req.key, &committed)?;
-        Ok((committed.revision, flag, committed.paused_rollouts))
-    })
-    .await?;
+    let key = req.key.clone();
+    let (committed, flag) = admin
+        .write_flag(writer, key, move |envs, ctx| {
+            envs.revert_flag(ctx, &req.key, req.to_version, expected)
+        })
+        .await?;
     Ok(Response::new(pb::RevertFlagResponse {
-        revision,
+        revision: committed.revision,
         flag: Some(flag),
-        paused_rollouts,
+        paused_rollouts: committed.paused_rollouts,
     }))
 }
 
@@ -269,15 +255,7 @@ pub(super) async fn promote_flag<S: Store>(
     admin: &AdminService<S>,
     request: Request<pb::PromoteFlagRequest>,
 ) -> Result<Response<pb::PromoteFlagResponse>, Status> {
-    let req = request.get_ref();
-    let token = admin.allow(&request, Access::Write(&req.environment))?;
-    if req.from_environment.is_empty() {
-        return Err(wire::missing("from_environment").into());
-    }
-    admin.allow(&request, Access::Read(&req.from_environment))?;
-    let req = request.into_inner();
-    wire::key(&req.key, "key")?;
-    same_environments(&req.from_environment, &req.environment, "flag")?;
+    let (token, req) = admin.allow_promotion(request, "flag")?;
     let expected = wire::expected(req.expected_version);
     let writer = Writer::new(
         &token,
@@ -286,24 +264,23 @@ pub(super) async fn promote_flag<S: Store>(
         req.comment,
         req.confirm_protected,
     )?;
-    let envs = admin.envs.clone();
-    let (revision, flag, segments) = blocking(move || {
-        let committed = envs.promote_flag(
-            writer.ctx(),
-            &req.key,
-            &req.from_environment,
-            expected,
-            req.with_segments,
-        )?;
-        let flag = written_flag(&envs, &writer.environment, &req.key, &committed)?;
-        let mut segments: Vec<&Segment> = committed.segments.iter().collect();
-        segments.sort_by(|a, b| a.key.cmp(&b.key));
-        let segments = segments.into_iter().map(wire::segment_summary).collect();
-        Ok((committed.revision, flag, segments))
-    })
-    .await?;
+    let key = req.key.clone();
+    let (committed, flag) = admin
+        .write_flag(writer, key, move |envs, ctx| {
+            envs.promote_flag(
+                ctx,
+                &req.key,
+                &req.from_environment,
+                expected,
+                req.with_segments,
+            )
+        })
+        .await?;
+    let mut segments: Vec<&Segment> = committed.segments.iter().collect();
+    segments.sort_by(|a, b| a.key.cmp(&b.key));
+    let segments = segments.into_iter().map(wire::segment_summary).collect();
     Ok(Response::new(pb::PromoteFlagResponse {
-        revision,
+        revision: committed.revision,
         flag: Some(flag),
         segments,
     }))

@@ -72,6 +72,107 @@ impl<S: Store> AdminService<S> {
         }
         Ok(token)
     }
+
+    /// The checks every promotion opens with, in this order: the token writes the environment
+    /// and reads the one promoted from, which the request must name; the key; and two
+    /// different environments (a `what`, flag or segment, is promoted to another one).
+    fn allow_promotion<T: Promotion>(
+        &self,
+        request: Request<T>,
+        what: &str,
+    ) -> Result<(TokenRecord, T), Status> {
+        let req = request.get_ref();
+        let token = self.allow(&request, Access::Write(req.environment()))?;
+        if req.source().is_empty() {
+            return Err(wire::missing("from_environment").into());
+        }
+        self.allow(&request, Access::Read(req.source()))?;
+        let req = request.into_inner();
+        wire::key(req.key(), "key")?;
+        same_environments(req.source(), req.environment(), what)?;
+        Ok((token, req))
+    }
+
+    /// Runs `write` as `writer` on a blocking thread; returns what it committed and the flag
+    /// `key` as written (see [`written_flag`]).
+    async fn write_flag(
+        &self,
+        writer: Writer,
+        key: String,
+        write: impl FnOnce(&Environments<S>, WriteContext<'_>) -> Result<Committed, ServerError>
+            + Send
+            + 'static,
+    ) -> Result<(Committed, pb::Flag), Status> {
+        self.write_document(writer, key, write, written_flag).await
+    }
+
+    /// Like [`write_flag`](Self::write_flag), for the segment `key` (see [`written_segment`]).
+    async fn write_segment(
+        &self,
+        writer: Writer,
+        key: String,
+        write: impl FnOnce(&Environments<S>, WriteContext<'_>) -> Result<Committed, ServerError>
+            + Send
+            + 'static,
+    ) -> Result<(Committed, pb::SegmentSummary), Status> {
+        self.write_document(writer, key, write, written_segment)
+            .await
+    }
+
+    /// Runs `write` as `writer` on a blocking thread; returns what it committed and the
+    /// document `key` as `written` reads it afterwards, on the same thread.
+    async fn write_document<T: Send + 'static>(
+        &self,
+        writer: Writer,
+        key: String,
+        write: impl FnOnce(&Environments<S>, WriteContext<'_>) -> Result<Committed, ServerError>
+            + Send
+            + 'static,
+        written: fn(&Environments<S>, &str, &str, &Committed) -> Result<T, ServerError>,
+    ) -> Result<(Committed, T), Status> {
+        let envs = self.envs.clone();
+        blocking(move || {
+            let committed = write(&envs, writer.ctx())?;
+            let document = written(&envs, &writer.environment, &key, &committed)?;
+            Ok((committed, document))
+        })
+        .await
+    }
+}
+
+/// A request to promote a document: the environment written, the one the document is copied
+/// from, and the document's key.
+trait Promotion {
+    /// The environment written.
+    fn environment(&self) -> &str;
+    /// The environment the document is copied from (`from_environment`).
+    fn source(&self) -> &str;
+    /// The document's key.
+    fn key(&self) -> &str;
+}
+
+impl Promotion for pb::PromoteFlagRequest {
+    fn environment(&self) -> &str {
+        &self.environment
+    }
+    fn source(&self) -> &str {
+        &self.from_environment
+    }
+    fn key(&self) -> &str {
+        &self.key
+    }
+}
+
+impl Promotion for pb::PromoteSegmentRequest {
+    fn environment(&self) -> &str {
+        &self.environment
+    }
+    fn source(&self) -> &str {
+        &self.from_environment
+    }
+    fn key(&self) -> &str {
+        &self.key
+    }
 }
 
 /// Who writes where and why, owned, so that a write can move to a blocking thread.

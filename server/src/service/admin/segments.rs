@@ -5,9 +5,7 @@ use flagstaff_engine::{KeyPatch, Segment};
 use flagstaff_proto::pb;
 use tonic::{Request, Response, Status};
 
-use super::{
-    blocking, contains_text, last_change, same_environments, written_segment, AdminService, Writer,
-};
+use super::{blocking, contains_text, last_change, AdminService, Writer};
 use crate::auth::Access;
 use crate::error::ServerError;
 use crate::service::paging::{fit, page, Scope};
@@ -29,15 +27,13 @@ pub(super) async fn create_segment<S: Store>(
         req.comment,
         req.confirm_protected,
     )?;
-    let envs = admin.envs.clone();
-    let (revision, segment) = blocking(move || {
-        let committed = envs.create_segment(writer.ctx(), segment)?;
-        let segment = written_segment(&envs, &writer.environment, &key, &committed)?;
-        Ok((committed.revision, segment))
-    })
-    .await?;
+    let (committed, segment) = admin
+        .write_segment(writer, key, move |envs, ctx| {
+            envs.create_segment(ctx, segment)
+        })
+        .await?;
     Ok(Response::new(pb::CreateSegmentResponse {
-        revision,
+        revision: committed.revision,
         segment: Some(segment),
     }))
 }
@@ -125,15 +121,13 @@ pub(super) async fn update_segment<S: Store>(
         req.comment,
         req.confirm_protected,
     )?;
-    let envs = admin.envs.clone();
-    let (revision, segment) = blocking(move || {
-        let committed = envs.update_segment(writer.ctx(), segment)?;
-        let segment = written_segment(&envs, &writer.environment, &key, &committed)?;
-        Ok((committed.revision, segment))
-    })
-    .await?;
+    let (committed, segment) = admin
+        .write_segment(writer, key, move |envs, ctx| {
+            envs.update_segment(ctx, segment)
+        })
+        .await?;
     Ok(Response::new(pb::UpdateSegmentResponse {
-        revision,
+        revision: committed.revision,
         segment: Some(segment),
     }))
 }
@@ -183,13 +177,12 @@ pub(super) async fn patch_segment_keys<S: Store>(
         req.comment,
         req.confirm_protected,
     )?;
-    let envs = admin.envs.clone();
-    let (committed, segment) = blocking(move || {
-        let committed = envs.patch_segment_keys(writer.ctx(), &keys, expected)?;
-        let segment = written_segment(&envs, &writer.environment, &keys.segment, &committed)?;
-        Ok((committed, segment))
-    })
-    .await?;
+    let key = keys.segment.clone();
+    let (committed, segment) = admin
+        .write_segment(writer, key, move |envs, ctx| {
+            envs.patch_segment_keys(ctx, &keys, expected)
+        })
+        .await?;
     // What the patch did is the audit record's key diff; a patch that changed nothing
     // applied nothing.
     let applied = committed
@@ -219,15 +212,7 @@ pub(super) async fn promote_segment<S: Store>(
     admin: &AdminService<S>,
     request: Request<pb::PromoteSegmentRequest>,
 ) -> Result<Response<pb::PromoteSegmentResponse>, Status> {
-    let req = request.get_ref();
-    let token = admin.allow(&request, Access::Write(&req.environment))?;
-    if req.from_environment.is_empty() {
-        return Err(wire::missing("from_environment").into());
-    }
-    admin.allow(&request, Access::Read(&req.from_environment))?;
-    let req = request.into_inner();
-    wire::key(&req.key, "key")?;
-    same_environments(&req.from_environment, &req.environment, "segment")?;
+    let (token, req) = admin.allow_promotion(request, "segment")?;
     let expected = wire::expected(req.expected_version);
     let writer = Writer::new(
         &token,
@@ -236,16 +221,14 @@ pub(super) async fn promote_segment<S: Store>(
         req.comment,
         req.confirm_protected,
     )?;
-    let envs = admin.envs.clone();
-    let (revision, segment) = blocking(move || {
-        let committed =
-            envs.promote_segment(writer.ctx(), &req.key, &req.from_environment, expected)?;
-        let segment = written_segment(&envs, &writer.environment, &req.key, &committed)?;
-        Ok((committed.revision, segment))
-    })
-    .await?;
+    let key = req.key.clone();
+    let (committed, segment) = admin
+        .write_segment(writer, key, move |envs, ctx| {
+            envs.promote_segment(ctx, &req.key, &req.from_environment, expected)
+        })
+        .await?;
     Ok(Response::new(pb::PromoteSegmentResponse {
-        revision,
+        revision: committed.revision,
         segment: Some(segment),
     }))
 }
