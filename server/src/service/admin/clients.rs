@@ -6,7 +6,7 @@ use std::time::Duration;
 use flagstaff_proto::pb;
 use tonic::{Request, Response, Status};
 
-use super::AdminService;
+use super::service::AdminService;
 use crate::auth::Access;
 use crate::clients::Instance;
 use crate::service::wire;

@@ -7,7 +7,7 @@ use flagstaff_engine::ChangeSet;
 use flagstaff_proto::pb;
 use tonic::{Request, Response, Status};
 
-use super::{blocking, AdminService, Writer};
+use super::service::{blocking, AdminService, Writer};
 use crate::auth::Access;
 use crate::error::ServerError;
 use crate::operations::ApplyOptions;
@@ -238,7 +238,7 @@ pub(super) async fn watch_changes<S: Store>(
 ) -> Result<Response<ChangesStream>, Status> {
     let token = admin.allow(&request, Access::Read(&request.get_ref().environment))?;
     let req = request.get_ref();
-    super::super::watch::watch_changes(
+    crate::service::watch::watch_changes(
         &admin.envs,
         &admin.tokens,
         &admin.signals,

@@ -4,7 +4,7 @@ use flagstaff_engine::Context;
 use flagstaff_proto::pb;
 use tonic::{Request, Response, Status};
 
-use super::{blocking, AdminService};
+use super::service::{blocking, AdminService};
 use crate::auth::Access;
 use crate::error::ServerError;
 use crate::service::wire;

@@ -5,7 +5,7 @@ use flagstaff_engine::{Flag, Segment};
 use flagstaff_proto::pb;
 use tonic::{Request, Response, Status};
 
-use super::{blocking, contains_text, last_change, AdminService, Writer};
+use super::service::{blocking, contains_text, last_change, AdminService, Writer};
 use crate::auth::Access;
 use crate::error::ServerError;
 use crate::service::paging::{fit, page, Scope};

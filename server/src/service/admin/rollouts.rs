@@ -4,15 +4,33 @@
 use flagstaff_proto::pb;
 use tonic::{Request, Response, Status};
 
-use super::{blocking, written_flag, AdminService, Writer};
+use super::service::{blocking, written_flag, AdminService, Writer};
 use crate::auth::Access;
+use crate::environments::{Environments, WriteContext};
 use crate::error::ServerError;
-use crate::rollout::{GuardSpec, StartPlan};
+use crate::rollout::{GuardSpec, StartPlan, Step};
 use crate::service::wire;
-use crate::storage::{RolloutStage, Store};
+use crate::storage::{RolloutRecord, RolloutStage, Store};
 
 /// Most stages of a rollout plan.
 const MAX_STAGES: usize = 100;
+
+/// Runs a plan's `step` that writes the flag `key`, as `writer`, on a blocking thread; returns
+/// the revision, the flag as written (see [`written_flag`]) and the plan after the step.
+async fn run_step<S: Store>(
+    admin: &AdminService<S>,
+    writer: Writer,
+    key: String,
+    step: impl FnOnce(&Environments<S>, WriteContext<'_>) -> Result<Step, ServerError> + Send + 'static,
+) -> Result<(u64, pb::Flag, RolloutRecord), Status> {
+    let envs = admin.envs.clone();
+    blocking(move || {
+        let step = step(&envs, writer.ctx())?;
+        let flag = written_flag(&envs, &writer.environment, &key, &step.committed)?;
+        Ok((step.committed.revision, flag, step.plan))
+    })
+    .await
+}
 
 pub(super) async fn start_rollout<S: Store>(
     admin: &AdminService<S>,
@@ -68,11 +86,9 @@ pub(super) async fn start_rollout<S: Store>(
         req.comment,
         req.confirm_protected,
     )?;
-    let envs = admin.envs.clone();
-    let (revision, flag, plan) = blocking(move || {
-        let step = envs.start_rollout(writer.ctx(), &plan)?;
-        let flag = written_flag(&envs, &writer.environment, &plan.flag, &step.committed)?;
-        Ok((step.committed.revision, flag, step.plan))
+    let key = plan.flag.clone();
+    let (revision, flag, plan) = run_step(admin, writer, key, move |envs, ctx| {
+        envs.start_rollout(ctx, &plan)
     })
     .await?;
     Ok(Response::new(pb::StartRolloutResponse {
@@ -173,11 +189,9 @@ pub(super) async fn rollback_rollout<S: Store>(
         req.comment,
         req.confirm_protected,
     )?;
-    let envs = admin.envs.clone();
-    let (revision, flag, plan) = blocking(move || {
-        let step = envs.rollback_rollout(writer.ctx(), &req.flag)?;
-        let flag = written_flag(&envs, &writer.environment, &req.flag, &step.committed)?;
-        Ok((step.committed.revision, flag, step.plan))
+    let key = req.flag.clone();
+    let (revision, flag, plan) = run_step(admin, writer, key, move |envs, ctx| {
+        envs.rollback_rollout(ctx, &req.flag)
     })
     .await?;
     Ok(Response::new(pb::RollbackRolloutResponse {
@@ -201,11 +215,9 @@ pub(super) async fn promote_rollout<S: Store>(
         req.comment,
         req.confirm_protected,
     )?;
-    let envs = admin.envs.clone();
-    let (revision, flag, plan) = blocking(move || {
-        let step = envs.promote_rollout(writer.ctx(), &req.flag)?;
-        let flag = written_flag(&envs, &writer.environment, &req.flag, &step.committed)?;
-        Ok((step.committed.revision, flag, step.plan))
+    let key = req.flag.clone();
+    let (revision, flag, plan) = run_step(admin, writer, key, move |envs, ctx| {
+        envs.promote_rollout(ctx, &req.flag)
     })
     .await?;
     Ok(Response::new(pb::PromoteRolloutResponse {

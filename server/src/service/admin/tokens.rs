@@ -3,7 +3,7 @@
 use flagstaff_proto::pb;
 use tonic::{Request, Response, Status};
 
-use super::{blocking, AdminService};
+use super::service::{blocking, AdminService};
 use crate::auth::Access;
 use crate::service::wire;
 use crate::storage::{Role, Store, TokenRecord};
