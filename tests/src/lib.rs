@@ -1,10 +1,15 @@
 //! A real flagstaffd for tests: [`TestServer`] runs the server in-process on `127.0.0.1:0`
 //! with a temporary data directory, and hands out clients that authenticate with its admin
-//! token (or any other). [`TestServer::start_with`] adds the metrics endpoint or TLS.
+//! token (or any other). [`TestServer::builder`] adds the metrics endpoint, TLS, a manual
+//! clock or other settings, and restarts a server on its data directory and address.
+//! [`eventually`] waits for what a test expects to happen.
 #![deny(missing_docs)]
 
 pub mod proxy;
+mod wait;
 pub mod watcher;
+
+pub use wait::{eventually, eventually_within, Condition, PATIENCE};
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -13,6 +18,7 @@ use std::time::Duration;
 use flagstaff_proto::pb::admin_client::AdminClient;
 use flagstaff_proto::pb::sync_client::SyncClient;
 use flagstaff_server::clients::Clients;
+use flagstaff_server::clock::Clock;
 use flagstaff_server::storage::SledStore;
 use flagstaff_server::{Config, Environments, ServeOptions, Server, Tls};
 use tokio::sync::oneshot;
@@ -43,94 +49,85 @@ pub type Admin = AdminClient<InterceptedService<Channel, Bearer>>;
 /// A Sync client that sends a token.
 pub type Sync = SyncClient<InterceptedService<Channel, Bearer>>;
 
-/// What [`TestServer::start_with`] serves beyond gRPC in plain text.
-#[derive(Debug, Clone, Default)]
-pub struct Options {
-    /// Serve the metrics endpoint on another loopback port ([`TestServer::metrics_addr`]).
-    pub metrics: bool,
-    /// Serve gRPC over TLS with this certificate; the server's clients trust it.
-    pub tls: Option<TestTls>,
-    /// Heartbeat interval of Watch streams, instead of the default 15 s.
-    pub heartbeat: Option<Duration>,
-    /// Revisions each environment's feed keeps in memory, instead of the default.
-    pub feed_capacity: Option<usize>,
-    /// Change-log entries kept per environment, instead of the default.
-    pub retention: Option<u64>,
-    /// Listen on this address instead of a fresh loopback port (a restart on the same
-    /// address, for clients that reconnect).
-    pub listen: Option<SocketAddr>,
+/// How to start a [`TestServer`]: where (data directory, address), what it serves beyond
+/// gRPC in plain text, and the settings tests change. Made by [`TestServer::builder`].
+#[derive(Debug, Default)]
+#[must_use = "a builder starts nothing until `start` is called"]
+pub struct TestServerBuilder {
+    data_dir: Option<tempfile::TempDir>,
+    addr: Option<SocketAddr>,
+    metrics: bool,
+    tls: Option<TestTls>,
+    heartbeat: Option<Duration>,
+    feed_capacity: Option<usize>,
+    retention: Option<u64>,
+    clock: Option<Arc<dyn Clock>>,
+}
+
+impl TestServerBuilder {
+    /// Runs on an existing data directory, e.g. the one [`TestServer::stop`] returned (a
+    /// restart keeps it), instead of a fresh one.
+    pub fn data_dir(mut self, data_dir: tempfile::TempDir) -> Self {
+        self.data_dir = Some(data_dir);
+        self
+    }
+
+    /// Listens on `addr` instead of a fresh loopback port, e.g. the one a stopped server
+    /// listened on, so that its clients reconnect.
+    pub fn addr(mut self, addr: SocketAddr) -> Self {
+        self.addr = Some(addr);
+        self
+    }
+
+    /// Serves the metrics endpoint on another loopback port ([`TestServer::metrics_addr`]).
+    pub fn metrics(mut self) -> Self {
+        self.metrics = true;
+        self
+    }
+
+    /// Serves gRPC over TLS with this certificate; the server's clients trust it.
+    pub fn tls(mut self, tls: TestTls) -> Self {
+        self.tls = Some(tls);
+        self
+    }
+
+    /// The heartbeat interval of Watch streams, instead of the default 15 s.
+    pub fn heartbeat(mut self, every: Duration) -> Self {
+        self.heartbeat = Some(every);
+        self
+    }
+
+    /// The revisions each environment's feed keeps in memory, instead of the default.
+    pub fn feed_capacity(mut self, revisions: usize) -> Self {
+        self.feed_capacity = Some(revisions);
+        self
+    }
+
+    /// The change-log entries kept per environment, instead of the default.
+    pub fn retention(mut self, entries: u64) -> Self {
+        self.retention = Some(entries);
+        self
+    }
+
     /// The clock rollout plans go by, instead of the system's (a
     /// [`ManualClock`](flagstaff_server::clock::ManualClock) runs plans in milliseconds).
-    pub clock: Option<Arc<dyn flagstaff_server::clock::Clock>>,
-}
-
-/// A PEM certificate and its key, for a server on loopback: the certificate must name
-/// `localhost`, the name clients check it against.
-#[derive(Debug, Clone)]
-pub struct TestTls {
-    /// The certificate, PEM.
-    pub cert: String,
-    /// Its private key, PEM.
-    pub key: String,
-}
-
-/// A running flagstaffd on loopback.
-#[derive(Debug)]
-pub struct TestServer {
-    /// Where it listens.
-    pub addr: SocketAddr,
-    /// Where the metrics endpoint listens, when [`Options::metrics`] asked for it.
-    pub metrics_addr: Option<SocketAddr>,
-    /// Its data directory, removed when the server is dropped.
-    pub data_dir: tempfile::TempDir,
-    /// The admin token minted for the fresh data directory.
-    pub admin_token: String,
-    /// The environments as the server holds them, to compare what clients received with.
-    pub environments: Arc<Environments<SledStore>>,
-    /// The SDK instances the server knows.
-    pub clients: Arc<Clients>,
-    /// The certificate clients trust, when serving over TLS.
-    tls_cert: Option<String>,
-    shutdown: Option<oneshot::Sender<()>>,
-    task: Option<JoinHandle<()>>,
-}
-
-impl TestServer {
-    /// Starts a server with a fresh data directory.
-    pub async fn start() -> TestServer {
-        let data_dir = tempfile::tempdir().expect("temporary data directory");
-        TestServer::start_in(data_dir).await
+    pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = Some(clock);
+        self
     }
 
-    /// Starts a server with a fresh data directory, serving what `options` ask for.
-    pub async fn start_with(options: Options) -> TestServer {
-        let data_dir = tempfile::tempdir().expect("temporary data directory");
-        TestServer::start_in_with(data_dir, options).await
-    }
-
-    /// Starts a server on an existing data directory (a restart keeps it).
-    pub async fn start_in(data_dir: tempfile::TempDir) -> TestServer {
-        TestServer::start_in_with(data_dir, Options::default()).await
-    }
-
-    /// Starts a server on an existing data directory and a given address, e.g. the one a
-    /// stopped server listened on, so that its clients reconnect.
-    pub async fn start_in_at(data_dir: tempfile::TempDir, addr: SocketAddr) -> TestServer {
-        let options = Options {
-            listen: Some(addr),
-            ..Options::default()
+    /// Opens the server and serves it on a task of the current runtime.
+    pub async fn start(self) -> TestServer {
+        let data_dir = match self.data_dir {
+            Some(dir) => dir,
+            None => tempfile::tempdir().expect("temporary data directory"),
         };
-        TestServer::start_in_with(data_dir, options).await
-    }
-
-    /// Starts a server on an existing data directory, serving what `options` ask for.
-    pub async fn start_in_with(data_dir: tempfile::TempDir, options: Options) -> TestServer {
         let defaults = Config::new(data_dir.path());
         let config = Config {
-            heartbeat: options.heartbeat.unwrap_or(defaults.heartbeat),
-            feed_capacity: options.feed_capacity.unwrap_or(defaults.feed_capacity),
-            retention: options.retention.unwrap_or(defaults.retention),
-            clock: options.clock.clone().unwrap_or(defaults.clock.clone()),
+            heartbeat: self.heartbeat.unwrap_or(defaults.heartbeat),
+            feed_capacity: self.feed_capacity.unwrap_or(defaults.feed_capacity),
+            retention: self.retention.unwrap_or(defaults.retention),
+            clock: self.clock.unwrap_or(defaults.clock.clone()),
             ..defaults
         };
         let server = Server::open(&config).expect("server opens");
@@ -140,14 +137,14 @@ impl TestServer {
             .expect("admin token file")
             .trim()
             .to_owned();
-        let listen = options
-            .listen
+        let listen = self
+            .addr
             .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0)));
         let listener = tokio::net::TcpListener::bind(listen)
             .await
             .expect("bind loopback");
         let addr = listener.local_addr().expect("local address");
-        let metrics = match options.metrics {
+        let metrics = match self.metrics {
             true => Some(
                 tokio::net::TcpListener::bind("127.0.0.1:0")
                     .await
@@ -158,7 +155,7 @@ impl TestServer {
         let metrics_addr = metrics
             .as_ref()
             .map(|l| l.local_addr().expect("metrics address"));
-        let tls = options
+        let tls = self
             .tls
             .as_ref()
             .map(|tls| Tls::from_pem(&tls.cert, &tls.key).expect("a usable certificate and key"));
@@ -178,10 +175,55 @@ impl TestServer {
             admin_token,
             environments,
             clients,
-            tls_cert: options.tls.map(|tls| tls.cert),
+            tls_cert: self.tls.map(|tls| tls.cert),
             shutdown: Some(shutdown),
             task: Some(task),
         }
+    }
+}
+
+/// A PEM certificate and its key, for a server on loopback: the certificate must name
+/// `localhost`, the name clients check it against.
+#[derive(Debug, Clone)]
+pub struct TestTls {
+    /// The certificate, PEM.
+    pub cert: String,
+    /// Its private key, PEM.
+    pub key: String,
+}
+
+/// A running flagstaffd on loopback.
+#[derive(Debug)]
+pub struct TestServer {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    /// Where the metrics endpoint listens, when [`TestServerBuilder::metrics`] asked for it.
+    pub metrics_addr: Option<SocketAddr>,
+    /// Its data directory, removed when the server is dropped.
+    pub data_dir: tempfile::TempDir,
+    /// The admin token minted for the fresh data directory.
+    pub admin_token: String,
+    /// The environments as the server holds them, to compare what clients received with.
+    pub environments: Arc<Environments<SledStore>>,
+    /// The SDK instances the server knows.
+    pub clients: Arc<Clients>,
+    /// The certificate clients trust, when serving over TLS.
+    tls_cert: Option<String>,
+    shutdown: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<()>>,
+}
+
+impl TestServer {
+    /// Starts a server with a fresh data directory and the defaults: the common case of
+    /// `TestServer::builder().start()`.
+    pub async fn start() -> TestServer {
+        TestServer::builder().start().await
+    }
+
+    /// A server to start: on a fresh data directory and a fresh loopback port, serving gRPC in
+    /// plain text with the server's defaults, unless told otherwise.
+    pub fn builder() -> TestServerBuilder {
+        TestServerBuilder::default()
     }
 
     /// An Admin client authenticating with the admin token.

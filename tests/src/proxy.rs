@@ -146,6 +146,7 @@ async fn pump(
             match mode {
                 Mode::Pass | Mode::Refuse => break,
                 Mode::Delay(delay) => {
+                    // Real time: this is the network delay the proxy simulates.
                     tokio::time::sleep(delay).await;
                     break;
                 }

@@ -1,9 +1,10 @@
 //! `flagstaff flag ...` against a real server: creation defaults, flips, rollouts that stay
 //! sticky, files, editing, protected environments, `--wait` with SDK clients, and failures.
 
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use crate::common::{redacted, Server};
+use flagstaff_tests::eventually;
 use insta::assert_snapshot;
 use serde_json::Value;
 
@@ -456,11 +457,9 @@ fn wait_reports_every_sdk_instance_and_fails_for_a_disconnected_one() {
 
     // One instance goes away before the next change: the wait names it and fails.
     clients[1].close();
-    s.block_on(async {
-        while s.server.clients.connected("production") > 1 {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    });
+    s.block_on(eventually("the close", async || {
+        s.server.clients.connected("production") <= 1
+    }));
     let out = s
         .cmd()
         .args([
@@ -489,11 +488,9 @@ fn wait_reports_every_sdk_instance_and_fails_for_a_disconnected_one() {
 
     // Every instance gone: --allow-none allows none connected, not a partitioned one.
     clients[0].close();
-    s.block_on(async {
-        while s.server.clients.connected("production") > 0 {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    });
+    s.block_on(eventually("the close", async || {
+        s.server.clients.connected("production") == 0
+    }));
     let out = s
         .cmd()
         .args([
@@ -555,7 +552,12 @@ fn flags_never_evaluated_are_stale_since_their_creation() {
     let s = Server::start();
     s.ok(&["env", "create", "production"]);
     s.ok(&["flag", "create", "banner"]);
-    std::thread::sleep(std::time::Duration::from_millis(20));
+    // The change is stamped in a later millisecond than the creation.
+    let created_by = SystemTime::now();
+    s.block_on(eventually("the next millisecond", async || {
+        let passed = created_by.elapsed().unwrap_or_default();
+        passed >= Duration::from_millis(1)
+    }));
     s.ok(&["flag", "on", "banner"]);
     // Young and never evaluated: not stale yet, and not said to have been evaluated.
     assert_snapshot!(s.ok(&["flag", "stale"]), @"no stale flags: every temporary flag serves more than one variant or changed in the last 30 days, and every flag was evaluated in the last 30 days or created in them (never evaluated yet: banner)");

@@ -3,10 +3,10 @@
 use std::io::{BufRead, BufReader, Read};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
-use std::time::Duration;
 
 use crate::common::{redacted, Server};
 use flagstaff_proto::pb;
+use flagstaff_tests::{eventually, TestServer, PATIENCE};
 use insta::assert_snapshot;
 use serde_json::Value;
 
@@ -21,9 +21,6 @@ fn aligned() -> insta::Settings {
     );
     settings
 }
-
-/// How long a test waits for something that should happen promptly.
-const PATIENCE: Duration = Duration::from_secs(20);
 
 #[test]
 fn history_lists_changes_newest_first() {
@@ -165,7 +162,7 @@ fn watch_survives_a_server_restart_and_replays_from_since() {
     assert!(line.contains("revision 2  admin"), "{line}");
 
     // flagstaffd restarts: watch reconnects and resumes after revision 2.
-    s.restart(flagstaff_tests::Options::default());
+    s.restart(TestServer::builder());
     s.ok(&["segment", "add", "beta", "u2"]);
     let line = lines
         .recv_timeout(PATIENCE)
@@ -219,7 +216,7 @@ fn watch_of_a_new_environment_misses_nothing_committed_while_it_reconnects() {
         "watching production after revision 0 (Ctrl-C to stop)\n"
     );
     // Committed right after the restart, while watch waits to reconnect (or just after).
-    s.restart(flagstaff_tests::Options::default());
+    s.restart(TestServer::builder());
     s.ok(&["segment", "create", "beta"]);
     let line = lines.recv_timeout(PATIENCE).expect("revision 1");
     assert!(line.contains("revision 1  admin"), "{line}");
@@ -320,10 +317,14 @@ fn clients_lists_sdk_instances_and_their_revisions() {
         client
     });
     // The instance acknowledges the revision it applied shortly after it is ready.
-    let listed = eventually(|| {
-        let listed: Value = serde_json::from_str(&s.ok(&["clients", "-o", "json"])).expect("JSON");
-        (listed["clients"][0]["applied_revision"] == 1).then_some(listed)
-    });
+    let listed = s.block_on(eventually(
+        "the acknowledgement of revision 1",
+        async || {
+            let listed: Value =
+                serde_json::from_str(&s.ok(&["clients", "-o", "json"])).expect("JSON");
+            (listed["clients"][0]["applied_revision"] == 1).then_some(listed)
+        },
+    ));
     assert_eq!(listed["environment"], "production");
     assert_eq!(listed["revision"], 1);
     let instance = &listed["clients"][0];
@@ -355,19 +356,23 @@ fn clients_lists_sdk_instances_and_their_revisions() {
     let waited = s.ok(&["segment", "add", "beta", "u0", "--wait=20s"]);
     assert!(waited.starts_with("added 1 key to the included keys of beta: 1 included, 0 excluded; revision 2\napplied by 1/1 instances in "), "{waited}");
     s.ok(&["segment", "remove", "beta", "u0"]);
-    eventually(|| {
-        let listed: Value = serde_json::from_str(&s.ok(&["clients", "-o", "json"])).expect("JSON");
-        (listed["clients"][0]["applied_revision"] == 3).then_some(())
-    });
+    s.block_on(eventually(
+        "the acknowledgement of revision 3",
+        async || {
+            let listed: Value =
+                serde_json::from_str(&s.ok(&["clients", "-o", "json"])).expect("JSON");
+            listed["clients"][0]["applied_revision"] == 3
+        },
+    ));
 
     // A change it has not applied yet shows as behind (the instance is gone, so it never
     // will).
     client.close();
     s.ok(&["segment", "add", "beta", "u1"]);
-    let out = eventually(|| {
+    let out = s.block_on(eventually("the instance shown disconnected", async || {
         let out = table(&s);
         out.contains("disconnected").then_some(out)
-    });
+    }));
     redacted().bind(|| {
         assert_snapshot!(out, @r"
         production is at revision 4
@@ -389,16 +394,4 @@ fn cells(text: &str) -> String {
         })
         .collect::<Vec<_>>()
         .join("\n")
-}
-
-/// Polls `check` until it returns a value, failing after [`PATIENCE`].
-fn eventually<T>(check: impl Fn() -> Option<T>) -> T {
-    let deadline = std::time::Instant::now() + PATIENCE;
-    loop {
-        if let Some(value) = check() {
-            return value;
-        }
-        assert!(std::time::Instant::now() < deadline, "timed out");
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }

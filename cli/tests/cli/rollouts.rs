@@ -1,12 +1,13 @@
 //! `flagstaff rollout ...` against a real server on a manual clock, with a real SDK client
 //! watching: a plan runs across a restart, pauses on a manual edit, and rolls back on command.
 
+use std::io::{BufRead, BufReader, Read};
 use std::sync::Arc;
 use std::time::Duration;
 
 use crate::common::Server;
 use flagstaff_server::clock::ManualClock;
-use flagstaff_tests::Options;
+use flagstaff_tests::{eventually, TestServer, TestServerBuilder};
 use insta::assert_snapshot;
 use serde_json::Value;
 
@@ -16,35 +17,24 @@ fn json(text: &str) -> Value {
     serde_json::from_str(text).expect("JSON output")
 }
 
-fn options(clock: &Arc<ManualClock>) -> Options {
-    Options {
-        clock: Some(clock.clone()),
-        ..Options::default()
-    }
+fn on_clock(clock: &Arc<ManualClock>) -> TestServerBuilder {
+    TestServer::builder().clock(clock.clone())
 }
 
 /// Polls `rollout status -o json` until `done` holds; returns that status.
 fn until(s: &Server, key: &str, done: impl Fn(&Value) -> bool) -> Value {
-    for _ in 0..1000 {
+    s.block_on(eventually(&format!("the plan of {key}"), async || {
         let status = json(&s.ok(&["rollout", "status", key, "-o", "json"]));
-        if done(&status) {
-            return status;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    panic!(
-        "the plan of {key} never got there: {}",
-        s.ok(&["rollout", "status", key])
-    );
+        done(&status).then_some(status)
+    }))
 }
 
 /// What the SDK client serves each of `keys`, once it has `version` of the flag.
 fn served(s: &Server, client: &flagstaff::Client, version: u64, keys: &[String]) -> Vec<bool> {
-    s.block_on(async {
-        while client.status().revision < version {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-    });
+    s.block_on(eventually(
+        &format!("version {version} at the client"),
+        async || client.status().revision >= version,
+    ));
     keys.iter()
         .map(|k| client.bool_value("checkout-v2", &flagstaff::Context::new(k.as_str()), false))
         .collect()
@@ -69,7 +59,7 @@ fn sdk_client(s: &Server) -> flagstaff::Client {
 #[test]
 fn a_plan_runs_across_a_restart_and_stays_sticky() {
     let clock = Arc::new(ManualClock::new(1_800_000_000_000));
-    let mut s = Server::start_with(options(&clock));
+    let mut s = Server::start_with(on_clock(&clock));
     s.ok(&["env", "create", "production"]);
     s.ok(&["flag", "create", "checkout-v2"]);
     s.ok(&["flag", "on", "checkout-v2"]);
@@ -101,7 +91,7 @@ fn a_plan_runs_across_a_restart_and_stays_sticky() {
     assert!((140..=260).contains(&on), "about 10%: {on}");
 
     // flagstaffd restarts; the plan goes on from where it was, and the client reconnects.
-    s.restart(options(&clock));
+    s.restart(on_clock(&clock));
     clock.advance(HOUR);
     let status = until(&s, "checkout-v2", |p| p["stage"] == 2);
     assert_eq!(status["percent"], 50.0);
@@ -142,7 +132,7 @@ fn a_plan_runs_across_a_restart_and_stays_sticky() {
 #[test]
 fn a_manual_edit_pauses_and_a_rollback_restores_the_baseline() {
     let clock = Arc::new(ManualClock::new(1_800_000_000_000));
-    let s = Server::start_with(options(&clock));
+    let s = Server::start_with(on_clock(&clock));
     s.ok(&["env", "create", "production"]);
     s.ok(&["flag", "create", "checkout-v2"]);
     s.ok(&["flag", "on", "checkout-v2"]);
@@ -169,6 +159,7 @@ fn a_manual_edit_pauses_and_a_rollback_restores_the_baseline() {
         "paused: the flag was edited by admin at revision 4"
     );
     clock.advance(2 * HOUR);
+    // Real time, to prove the scheduler does not advance a paused plan.
     std::thread::sleep(Duration::from_millis(50));
     assert_eq!(
         json(&s.ok(&["rollout", "status", "checkout-v2", "-o", "json"]))["stage"],
@@ -248,7 +239,7 @@ fn a_manual_edit_pauses_and_a_rollback_restores_the_baseline() {
     assert!(out.contains("stage 1 of 2: on 50%"), "{out}");
 
     // `status --watch` follows the plan until it finishes.
-    let watching = s
+    let mut watching = s
         .process()
         .args([
             "--env",
@@ -261,12 +252,14 @@ fn a_manual_edit_pauses_and_a_rollback_restores_the_baseline() {
         .stdout(std::process::Stdio::piped())
         .spawn()
         .expect("watch starts");
-    std::thread::sleep(Duration::from_millis(300));
+    // Promoted once the watch has shown the plan as it was.
+    let mut stdout = BufReader::new(watching.stdout.take().expect("stdout"));
+    let mut watched = String::new();
+    stdout.read_line(&mut watched).expect("the status");
     let out = s.ok(&["rollout", "promote", "banner"]);
     assert!(out.contains(": completed, stage 1 of 2: on 100%"), "{out}");
-    let watched = watching.wait_with_output().expect("watch ends");
-    assert!(watched.status.success());
-    let watched = String::from_utf8_lossy(&watched.stdout);
+    stdout.read_to_string(&mut watched).expect("the rest");
+    assert!(watching.wait().expect("watch ends").success());
     assert!(
         watched.starts_with("banner: running, stage 1 of 2: on 50%"),
         "{watched}"
@@ -285,7 +278,7 @@ fn a_manual_edit_pauses_and_a_rollback_restores_the_baseline() {
 #[test]
 fn a_plan_on_an_off_flag_warns_and_writes_that_pause_a_plan_say_so() {
     let clock = Arc::new(ManualClock::new(1_800_000_000_000));
-    let s = Server::start_with(options(&clock));
+    let s = Server::start_with(on_clock(&clock));
     s.ok(&["env", "create", "production"]);
     s.ok(&["flag", "create", "checkout-v2"]);
     let started = s.ok(&[
@@ -327,7 +320,7 @@ fn a_plan_on_an_off_flag_warns_and_writes_that_pause_a_plan_say_so() {
 #[test]
 fn a_guarded_plan_rolls_itself_back_when_the_target_errs_more() {
     let clock = Arc::new(ManualClock::new(1_800_000_000_000));
-    let s = Server::start_with(options(&clock));
+    let s = Server::start_with(on_clock(&clock));
     s.ok(&["env", "create", "production"]);
     s.ok(&["flag", "create", "checkout-v2"]);
     s.ok(&["flag", "on", "checkout-v2"]);

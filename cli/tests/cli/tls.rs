@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use flagstaff_tests::{Options, TestTls};
+use flagstaff_tests::{TestServer, TestTls};
 use insta::assert_snapshot;
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
 
@@ -46,10 +46,7 @@ fn pki_for(ca_name: &str, names: &[&str]) -> Pki {
 
 /// A server over TLS with `tls`, and `https://localhost:PORT`.
 fn serve(tls: TestTls) -> (Server, String) {
-    let s = Server::start_with(Options {
-        tls: Some(tls),
-        ..Options::default()
-    });
+    let s = Server::start_with(TestServer::builder().tls(tls));
     let endpoint = format!("https://localhost:{}", s.server.addr.port());
     (s, endpoint)
 }

@@ -397,7 +397,7 @@ async fn what_is_accepted_reads_back_exactly_before_and_after_a_restart() {
         .into_inner();
 
     let data_dir = server.stop().await;
-    let server = TestServer::start_in(data_dir).await;
+    let server = TestServer::builder().data_dir(data_dir).start().await;
     let mut admin = server.admin().await;
     same(
         &read_all(&mut admin, &keys).await,

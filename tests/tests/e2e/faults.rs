@@ -8,7 +8,7 @@ use std::time::Duration;
 use flagstaff::{Client, Context, State};
 use flagstaff_proto::pb;
 use flagstaff_tests::proxy::{FaultProxy, Mode};
-use flagstaff_tests::{Admin, Options, TestServer};
+use flagstaff_tests::{Admin, TestServer};
 use serde_json::json;
 
 use super::fixtures::*;
@@ -16,11 +16,10 @@ use super::fixtures::*;
 /// A server with quick heartbeats (so a stalled stream is noticed in well under a second),
 /// `production` holding the flag `checkout` serving `off`, and an sdk token.
 async fn setup() -> (TestServer, Admin, String) {
-    let server = TestServer::start_with(Options {
-        heartbeat: Some(Duration::from_millis(100)),
-        ..Options::default()
-    })
-    .await;
+    let server = TestServer::builder()
+        .heartbeat(Duration::from_millis(100))
+        .start()
+        .await;
     let mut admin = server.admin().await;
     create_environment(&mut admin, "production").await;
     create_flag(&mut admin, "production", boolean_flag("checkout")).await;
@@ -41,8 +40,10 @@ fn serves(client: &Client, on: bool) -> bool {
 async fn survives(fault: Mode, proxy: &FaultProxy, admin: &mut Admin, client: &Client, on: bool) {
     proxy.set(fault);
     proxy.drop_connections();
-    eventually("stale", || is_stale(client)).await;
+    eventually("stale", async || is_stale(client)).await;
     let revision = serve_on(admin, "checkout", on).await;
+    // Real time: the client must not recover while the fault lasts, which takes a while to
+    // show (its retries run on real sockets and timers).
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(
         is_stale(client),
@@ -53,7 +54,7 @@ async fn survives(fault: Mode, proxy: &FaultProxy, admin: &mut Admin, client: &C
         "{fault:?}: the last snapshot keeps serving"
     );
     proxy.set(Mode::Pass);
-    eventually("recovery", || {
+    eventually("recovery", async || {
         client.status().state == State::Ready && client.status().revision == revision
     })
     .await;
@@ -81,9 +82,9 @@ async fn clients_serve_through_drops_refusals_and_stalls_and_resume_without_a_sn
 
     // An established stream stalled silently, without being dropped.
     proxy.set(Mode::Stall);
-    eventually("stale after silence", || is_stale(&client)).await;
+    eventually("stale after silence", async || is_stale(&client)).await;
     proxy.set(Mode::Pass);
-    eventually("ready", || client.status().state == State::Ready).await;
+    eventually("ready", async || client.status().state == State::Ready).await;
     assert_eq!(client.stats().snapshots, 1);
 }
 
@@ -99,7 +100,7 @@ async fn a_reset_in_the_middle_of_a_snapshot_is_never_half_applied() {
     // Every connection is reset after 200 kB from the server, well inside the snapshot.
     proxy.set(Mode::ResetAfter(200_000));
     let client = sdk_client(proxy.endpoint(), &token, "service");
-    eventually("several attempts", || proxy.accepted() >= 3).await;
+    eventually("several attempts", async || proxy.accepted() >= 3).await;
     assert!(
         !client.status().has_data(),
         "no half snapshot is ever served"
@@ -135,7 +136,7 @@ async fn a_slow_path_delays_but_does_not_break_the_stream() {
     proxy.set(Mode::Delay(Duration::from_millis(30)));
     for on in [true, false, true] {
         let revision = serve_on(&mut admin, "checkout", on).await;
-        eventually("the flip", || client.status().revision == revision).await;
+        eventually("the flip", async || client.status().revision == revision).await;
         assert!(serves(&client, on));
     }
     assert_eq!(client.stats().snapshots, 1);
@@ -153,10 +154,10 @@ async fn a_flip_reaches_fifty_clients() {
     }
     let revision = serve_on(&mut admin, "checkout", true).await;
     for c in &clients {
-        eventually("the flip", || c.status().revision == revision).await;
+        eventually("the flip", async || c.status().revision == revision).await;
         assert!(serves(c, true));
     }
-    eventually("every acknowledgement", || {
+    eventually("every acknowledgement", async || {
         let instances = server.clients.list("production");
         instances.len() == 50 && instances.iter().all(|i| i.applied_revision == revision)
     })

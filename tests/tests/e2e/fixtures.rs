@@ -5,6 +5,7 @@ use std::fmt::Debug;
 use std::time::Duration;
 
 use flagstaff_proto::pb;
+pub use flagstaff_tests::{eventually, eventually_within, PATIENCE};
 use flagstaff_tests::{Admin, TestServer, TestTls};
 use serde_json::{json, Value};
 use tonic::{Code, Response, Status};
@@ -211,11 +212,7 @@ pub async fn usage(admin: &mut Admin, key: &str) -> pb::FlagUsage {
 pub async fn server_on(
     clock: &std::sync::Arc<flagstaff_server::clock::ManualClock>,
 ) -> (TestServer, Admin) {
-    let server = TestServer::start_with(flagstaff_tests::Options {
-        clock: Some(clock.clone()),
-        ..flagstaff_tests::Options::default()
-    })
-    .await;
+    let server = TestServer::builder().clock(clock.clone()).start().await;
     let mut admin = server.admin().await;
     create_environment(&mut admin, "production").await;
     (server, admin)
@@ -275,21 +272,6 @@ pub async fn sdk_token(server: &TestServer, name: &str, environment: &str) -> St
         .expect("token created")
         .into_inner()
         .secret
-}
-
-/// How long a test waits for something that should happen promptly before it fails.
-pub const PATIENCE: Duration = Duration::from_secs(20);
-
-/// Waits until `check` holds, failing after [`PATIENCE`].
-pub async fn eventually(what: &str, check: impl Fn() -> bool) {
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    while !check() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
 }
 
 /// Makes the boolean flag `key` of `production` serve `on` (or `off`) by default; returns the

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use flagstaff_proto::pb;
 use flagstaff_server::clock::ManualClock;
-use flagstaff_tests::{Options, Sync, TestServer};
+use flagstaff_tests::{Sync, TestServer};
 use tonic::Code;
 
 use super::fixtures::*;
@@ -166,14 +166,11 @@ async fn counts_start_again_at_each_stage() {
     report(&mut sync, vec![window(first, (1_000, 9_000), (20, 100))]).await;
 
     clock.advance(std::time::Duration::from_millis(HOUR));
-    let mut second = plan(&mut admin, "checkout").await;
-    for _ in 0..500 {
-        if second.stage_index == 1 {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-        second = plan(&mut admin, "checkout").await;
-    }
+    let second = eventually("the advance to 50%", async || {
+        let p = plan(&mut admin, "checkout").await;
+        (p.stage_index == 1).then_some(p)
+    })
+    .await;
     assert_eq!(second.stage_index, 1, "advanced to 50%");
     let status = second.guard_status.expect("a guard status");
     assert_eq!(
@@ -225,14 +222,11 @@ async fn reports_feed_flag_usage() {
 
     // Usage survives a restart.
     let data = server.stop().await;
-    let server = TestServer::start_in_with(
-        data,
-        Options {
-            clock: Some(clock.clone()),
-            ..Options::default()
-        },
-    )
-    .await;
+    let server = TestServer::builder()
+        .data_dir(data)
+        .clock(clock.clone())
+        .start()
+        .await;
     let checkout = usage(&mut server.admin().await, "checkout").await;
     assert_eq!(checkout.evaluations, 14);
 }

@@ -147,7 +147,10 @@ async fn simulate(target_rate: f64) -> Outcome {
         let revision = revision(&mut admin, "production").await;
         for client in &clients {
             client.wait_ready(PATIENCE).await.expect("ready");
-            eventually("the stage's flags", || client.status().revision >= revision).await;
+            eventually("the stage's flags", async || {
+                client.status().revision >= revision
+            })
+            .await;
             // The server names the guarded flags in its answer to a report: one before the
             // traffic, so that the first batch's events are attributed.
             client.flush_metrics().await.expect("metrics reported");
@@ -158,22 +161,17 @@ async fn simulate(target_rate: f64) -> Outcome {
         }
         if stage_index == 0 {
             // Every plan still running moves to its second stage.
-            let deadline = tokio::time::Instant::now() + PATIENCE * 3;
-            loop {
-                let all = plans(&mut admin).await;
-                let behind = all
-                    .iter()
-                    .filter(|p| p.state == pb::RolloutState::Running as i32 && p.stage_index == 0)
-                    .count();
-                if behind == 0 {
-                    break;
-                }
-                assert!(
-                    tokio::time::Instant::now() < deadline,
-                    "{behind} plans did not advance"
-                );
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
+            eventually_within(
+                "every running plan's second stage",
+                PATIENCE * 3,
+                async || {
+                    plans(&mut admin)
+                        .await
+                        .iter()
+                        .all(|p| p.state != pb::RolloutState::Running as i32 || p.stage_index != 0)
+                },
+            )
+            .await;
         }
     }
     let all = plans(&mut admin).await;

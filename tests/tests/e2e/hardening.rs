@@ -215,7 +215,7 @@ async fn everything(admin: &mut Admin) -> (Vec<pb::FlagEntry>, pb::ExportRespons
 /// A server on the same data directory as `server`, after a clean stop.
 async fn restarted(server: TestServer) -> TestServer {
     let data_dir = server.stop().await;
-    TestServer::start_in(data_dir).await
+    TestServer::builder().data_dir(data_dir).start().await
 }
 
 async fn production() -> (TestServer, Admin) {
@@ -827,7 +827,7 @@ async fn usage_is_kept_only_for_flags_that_exist() {
     assert_eq!(env.usage("checkout").map(|u| u.evaluations), Some(3));
     assert_eq!(env.usage("made-up-7"), None);
     let data_dir = server.stop().await;
-    let server = TestServer::start_in(data_dir).await;
+    let server = TestServer::builder().data_dir(data_dir).start().await;
     let env = server.environments.get("production").expect("production");
     assert_eq!(env.usage("checkout").map(|u| u.evaluations), Some(3));
     assert_eq!(env.usage("made-up-7"), None);
@@ -864,7 +864,7 @@ async fn a_resume_across_a_damaged_change_log_entry_gets_a_snapshot() {
             .expect("damaged");
         db.flush().expect("flushed");
     }
-    let server = TestServer::start_in(data_dir).await;
+    let server = TestServer::builder().data_dir(data_dir).start().await;
     let mut sync = server.sync_with(&token).await;
     let held = State {
         epoch,

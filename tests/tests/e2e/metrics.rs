@@ -139,7 +139,7 @@ async fn windows_are_kept_while_reports_fail_and_sent_together_later() {
     let ctx = Context::new("user-1");
 
     let dir = server.stop().await;
-    eventually("stale", || {
+    eventually("stale", async || {
         matches!(client.status().state, State::Stale { .. })
     })
     .await;
@@ -158,8 +158,11 @@ async fn windows_are_kept_while_reports_fail_and_sent_together_later() {
 
     // Back on the same data directory and address: the client reconnects, and one report
     // carries both windows.
-    let server = TestServer::start_in_at(dir, addr).await;
-    eventually("the reconnection", || client.status().state == State::Ready).await;
+    let server = TestServer::builder().data_dir(dir).addr(addr).start().await;
+    eventually("the reconnection", async || {
+        client.status().state == State::Ready
+    })
+    .await;
     client.flush_metrics().await.expect("reported");
     let mut admin = server.admin().await;
     assert_eq!(
@@ -187,7 +190,7 @@ async fn the_client_reports_every_interval_and_once_more_when_closed() {
 
     // No flush: the client reports by itself.
     assert!(!client.bool_value("checkout", &ctx, true));
-    eventually("a periodic report", || {
+    eventually("a periodic report", async || {
         production
             .usage("checkout")
             .is_some_and(|u| u.evaluations >= 1)
@@ -198,7 +201,7 @@ async fn the_client_reports_every_interval_and_once_more_when_closed() {
     // Evaluated just before closing: reported by the time the client is closed.
     assert!(!client.bool_value("checkout", &ctx, true));
     client.close();
-    eventually("closed", || client.status().state == State::Closed).await;
+    eventually("closed", async || client.status().state == State::Closed).await;
     assert_eq!(usage(&mut admin, "checkout").await.evaluations, 2);
     let flushed = client.flush_metrics().await;
     assert!(matches!(flushed, Err(Error::Closed)), "{flushed:?}");

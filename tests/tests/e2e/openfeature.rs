@@ -307,7 +307,7 @@ async fn live_changes_reach_openfeature_callers_with_a_configuration_changed_eve
 
     // The server gone, the provider serves its last data and says it may be stale.
     drop(server.stop().await);
-    eventually("stale", || probe.status() == ProviderStatus::STALE).await;
+    eventually("stale", async || probe.status() == ProviderStatus::STALE).await;
     assert_eq!(
         flags.get_bool_value("checkout", Some(&ctx), None).await,
         Ok(true)

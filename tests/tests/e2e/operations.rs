@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use flagstaff_proto::pb;
-use flagstaff_tests::{Options, TestServer};
+use flagstaff_tests::TestServer;
 use prost::Message as _;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tonic::transport::{Certificate, ClientTlsConfig, Endpoint};
@@ -322,11 +322,7 @@ async fn scrape(server: &TestServer) -> Scrape {
 
 #[tokio::test]
 async fn metrics_count_writes_revisions_flags_and_requests() {
-    let server = TestServer::start_with(Options {
-        metrics: true,
-        ..Options::default()
-    })
-    .await;
+    let server = TestServer::builder().metrics().start().await;
     let mut admin = server.admin().await;
 
     let empty = scrape(&server).await;
@@ -448,11 +444,7 @@ async fn metrics_count_writes_revisions_flags_and_requests() {
 
 #[tokio::test]
 async fn the_metrics_endpoint_answers_only_get_metrics_and_stops_with_the_server() {
-    let server = TestServer::start_with(Options {
-        metrics: true,
-        ..Options::default()
-    })
-    .await;
+    let server = TestServer::builder().metrics().start().await;
     let addr = server.metrics_addr.expect("metrics served");
 
     let (status, _, body) = http(addr, "GET", "/").await;
@@ -485,11 +477,7 @@ async fn the_metrics_endpoint_answers_only_get_metrics_and_stops_with_the_server
 
 #[tokio::test]
 async fn tls_serves_clients_that_trust_the_certificate() {
-    let server = TestServer::start_with(Options {
-        tls: Some(self_signed()),
-        ..Options::default()
-    })
-    .await;
+    let server = TestServer::builder().tls(self_signed()).start().await;
     // The server's clients connect with https and trust its certificate.
     let mut admin = server.admin().await;
     create_environment(&mut admin, "staging").await;
@@ -508,11 +496,7 @@ async fn tls_serves_clients_that_trust_the_certificate() {
 
 #[tokio::test]
 async fn tls_refuses_plain_text_and_clients_that_do_not_trust_the_certificate() {
-    let server = TestServer::start_with(Options {
-        tls: Some(self_signed()),
-        ..Options::default()
-    })
-    .await;
+    let server = TestServer::builder().tls(self_signed()).start().await;
 
     let plain = async {
         let channel = Endpoint::from_shared(format!("http://{}", server.addr))
@@ -631,15 +615,12 @@ async fn a_damaged_record_takes_only_its_environment_out_of_service_until_repair
     );
 
     // The server starts; staging serves; production answers UNAVAILABLE naming the record.
-    let server = TestServer::start_in_with(
-        data_dir,
-        Options {
-            metrics: true,
-            listen: Some(addr),
-            ..Options::default()
-        },
-    )
-    .await;
+    let server = TestServer::builder()
+        .data_dir(data_dir)
+        .addr(addr)
+        .metrics()
+        .start()
+        .await;
     let mut admin = server.admin().await;
     get_flag(&mut admin, "staging", "checkout").await;
     let message = refused(
@@ -658,7 +639,8 @@ async fn a_damaged_record_takes_only_its_environment_out_of_service_until_repair
         "{metrics}"
     );
     assert!(!metrics.contains("flagstaff_environment_damaged{environment=\"staging\"}"));
-    // The SDK keeps serving its last snapshot.
+    // The SDK keeps serving its last snapshot (real time: for a refresh to have had the
+    // chance to replace it).
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(!client.bool_value("checkout", &flagstaff::Context::new("u"), true));
     assert_eq!(client.status().revision, enabled);
@@ -692,14 +674,11 @@ async fn a_damaged_record_takes_only_its_environment_out_of_service_until_repair
     }
 
     // Served again, as it was, one audited revision later; the SDK receives it as a delta.
-    let server = TestServer::start_in_with(
-        data_dir,
-        Options {
-            listen: Some(addr),
-            ..Options::default()
-        },
-    )
-    .await;
+    let server = TestServer::builder()
+        .data_dir(data_dir)
+        .addr(addr)
+        .start()
+        .await;
     let mut admin = server.admin().await;
     let restored = get_flag(&mut admin, "production", "checkout").await;
     assert_eq!(restored.version, Some(enabled + 1));
@@ -735,7 +714,7 @@ async fn a_damaged_record_takes_only_its_environment_out_of_service_until_repair
         .into_inner()
         .entries;
     assert_eq!(history[0].actor, "flagstaffd repair");
-    eventually("the repair's revision", || {
+    eventually("the repair's revision", async || {
         client.status().revision == enabled + 1
     })
     .await;
@@ -751,7 +730,7 @@ async fn a_damaged_record_takes_only_its_environment_out_of_service_until_repair
             flagstaff_server::storage::SledStore::open(data_dir.path(), 100).expect("store");
         flagstaff_server::repair::repair(&store).expect("repaired");
     }
-    let server = TestServer::start_in(data_dir).await;
+    let server = TestServer::builder().data_dir(data_dir).start().await;
     let mut admin = server.admin().await;
     let staff = admin
         .get_segment(pb::GetSegmentRequest {

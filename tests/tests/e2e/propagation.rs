@@ -1,8 +1,6 @@
 //! "Has my change reached every service?": `ListClients` and `WaitForRevision` with real SDK
 //! clients, one of them behind a stalled path, one closed before the change.
 
-use std::time::Duration;
-
 use flagstaff_proto::pb;
 use flagstaff_tests::proxy::{FaultProxy, Mode};
 use flagstaff_tests::{Admin, TestServer};
@@ -68,8 +66,7 @@ async fn wait_for_revision_reports_every_client_the_frozen_one_and_the_gone_one(
     // One client closes; one's path freezes silently (its stream stays open on the server).
     gone.close();
     proxy.set(Mode::Stall);
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    loop {
+    let listed = eventually("the close", async || {
         let listed = admin
             .list_clients(pb::ListClientsRequest {
                 environment: "production".into(),
@@ -77,25 +74,19 @@ async fn wait_for_revision_reports_every_client_the_frozen_one_and_the_gone_one(
             .await
             .expect("listed")
             .into_inner();
-        if listed.clients.iter().filter(|c| c.connected).count() == 3 {
-            assert_eq!(listed.clients.len(), 4, "the closed one is still listed");
-            assert!(
-                listed.clients[..3].iter().all(|c| c.connected),
-                "connected first"
-            );
-            let closed = &listed.clients[3];
-            assert_eq!(closed.application, "gone");
-            assert!(closed.disconnected_unix_ms > 0);
-            assert_eq!(closed.token, "checkout-sdk");
-            assert!(closed.sdk_version.starts_with("flagstaff-rust/"));
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the close was not seen"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+        (listed.clients.iter().filter(|c| c.connected).count() == 3).then_some(listed)
+    })
+    .await;
+    assert_eq!(listed.clients.len(), 4, "the closed one is still listed");
+    assert!(
+        listed.clients[..3].iter().all(|c| c.connected),
+        "connected first"
+    );
+    let closed = &listed.clients[3];
+    assert_eq!(closed.application, "gone");
+    assert!(closed.disconnected_unix_ms > 0);
+    assert_eq!(closed.token, "checkout-sdk");
+    assert!(closed.sdk_version.starts_with("flagstaff-rust/"));
 
     let revision = flip(&mut admin).await;
     let answer = wait(&mut admin, revision, 700).await;

@@ -33,17 +33,12 @@ fn start(flag: &str, target: &str, stages: Vec<pb::RolloutStage>) -> pb::StartRo
 
 /// Waits until the plan of `flag` is at `stage` in `state`.
 async fn reaches(admin: &mut Admin, flag: &str, stage: u32, state: pb::RolloutState) {
-    for _ in 0..2000 {
+    let what = format!("the plan of {flag} to reach stage {stage} ({state:?})");
+    eventually(&what, async || {
         let p = plan(admin, flag).await;
-        if p.stage_index == stage && p.state == state as i32 {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    panic!(
-        "the plan of {flag} did not reach stage {stage} ({state:?}): {:?}",
-        plan(admin, flag).await
-    );
+        p.stage_index == stage && p.state == state as i32
+    })
+    .await;
 }
 
 /// What each of `keys` gets from `flag`, once the client has `revision`.
@@ -53,7 +48,10 @@ async fn served(
     revision: u64,
     keys: &[String],
 ) -> Vec<String> {
-    eventually("the revision", || client.status().revision >= revision).await;
+    eventually("the revision", async || {
+        client.status().revision >= revision
+    })
+    .await;
     keys.iter()
         .map(|k| client.string_value(flag, &Context::new(k.as_str()), "?"))
         .collect()
@@ -120,6 +118,8 @@ async fn a_plan_runs_to_completion_and_no_context_ever_moves_back_or_sideways() 
 
     // Not yet due: nothing moves.
     clock.advance(Duration::from_millis(HOUR - 1));
+    // Real time: the scheduler runs on the server's tasks, and proving it does not move needs
+    // a moment in which it could have.
     tokio::time::sleep(Duration::from_millis(50)).await;
     assert_eq!(plan(&mut admin, "checkout").await.stage_index, 0);
 
@@ -217,6 +217,7 @@ async fn a_manual_edit_pauses_the_plan_and_a_rollback_wins_over_a_due_advance() 
         )
     );
     clock.advance(Duration::from_millis(2 * HOUR));
+    // Real time, to prove the scheduler does not advance a paused plan.
     tokio::time::sleep(Duration::from_millis(50)).await;
     assert_eq!(
         plan(&mut admin, "banner").await.stage_index,
@@ -266,6 +267,7 @@ async fn a_manual_edit_pauses_the_plan_and_a_rollback_wins_over_a_due_advance() 
         Some(pb::serve::Serve::Variant("off".into()))
     );
     clock.advance(Duration::from_millis(3 * HOUR));
+    // Real time, to prove the scheduler writes nothing after a rollback.
     tokio::time::sleep(Duration::from_millis(50)).await;
     let p = plan(&mut admin, "banner").await;
     assert_eq!(p.state, pb::RolloutState::RolledBack as i32);

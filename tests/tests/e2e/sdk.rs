@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use flagstaff::{Client, Context, ErrorKind, Reason, Source, State};
 use flagstaff_proto::pb;
-use flagstaff_tests::{Admin, Options, TestServer};
+use flagstaff_tests::{Admin, TestServer};
 
 use super::fixtures::*;
 
@@ -36,13 +36,19 @@ async fn a_client_gets_ready_follows_every_change_and_acknowledges_it() {
     );
 
     let revision = serve_on(&mut admin, "checkout", true).await;
-    eventually("the flip", || client.bool_value("checkout", &ctx, false)).await;
-    eventually("the revision", || client.status().revision == revision).await;
+    eventually("the flip", async || {
+        client.bool_value("checkout", &ctx, false)
+    })
+    .await;
+    eventually("the revision", async || {
+        client.status().revision == revision
+    })
+    .await;
     let stats = client.stats();
     assert_eq!((stats.snapshots, stats.deltas, stats.resyncs), (1, 1, 0));
 
     // The server knows the instance and, once the acknowledgement is in, its revision.
-    eventually("the acknowledgement", || {
+    eventually("the acknowledgement", async || {
         server
             .clients
             .list("production")
@@ -51,7 +57,7 @@ async fn a_client_gets_ready_follows_every_change_and_acknowledges_it() {
     })
     .await;
     client.close();
-    eventually("closed", || client.status().state == State::Closed).await;
+    eventually("closed", async || client.status().state == State::Closed).await;
     // A closed client keeps serving its last snapshot.
     assert!(client.bool_value("checkout", &ctx, false));
 }
@@ -132,20 +138,23 @@ async fn clients_resume_across_a_restart_and_take_one_snapshot_of_a_new_epoch_or
     serve_on(&mut admin, "checkout", true).await;
     let ctx = Context::new("user-1");
     for c in &clients {
-        eventually("the flip", || c.bool_value("checkout", &ctx, false)).await;
+        eventually("the flip", async || c.bool_value("checkout", &ctx, false)).await;
     }
     let dir = server.stop().await;
     for c in &clients {
-        eventually("stale", || matches!(c.status().state, State::Stale { .. })).await;
+        eventually("stale", async || {
+            matches!(c.status().state, State::Stale { .. })
+        })
+        .await;
         assert!(c.bool_value("checkout", &ctx, false));
     }
 
     // Restarted on the same data directory and address: resumed, no snapshot.
-    let server = TestServer::start_in_at(dir, addr).await;
+    let server = TestServer::builder().data_dir(dir).addr(addr).start().await;
     let mut admin = server.admin().await;
     let revision = serve_on(&mut admin, "checkout", false).await;
     for c in &clients {
-        eventually("the resume", || c.status().revision == revision).await;
+        eventually("the resume", async || c.status().revision == revision).await;
         assert!(!c.bool_value("checkout", &ctx, true));
         assert_eq!(
             c.stats().snapshots,
@@ -163,7 +172,11 @@ async fn clients_resume_across_a_restart_and_take_one_snapshot_of_a_new_epoch_or
     let old_dir = server.stop().await;
     let fresh_dir = tempfile::tempdir().expect("fresh data directory");
     restore_tokens(old_dir.path(), fresh_dir.path());
-    let server = TestServer::start_in_at(fresh_dir, addr).await;
+    let server = TestServer::builder()
+        .data_dir(fresh_dir)
+        .addr(addr)
+        .start()
+        .await;
     let mut admin = server.admin().await;
     for c in &clients {
         assert!(!c.bool_value("checkout", &ctx, true));
@@ -196,7 +209,7 @@ async fn clients_resume_across_a_restart_and_take_one_snapshot_of_a_new_epoch_or
     create_environment(&mut admin, "production").await;
     create_flag(&mut admin, "production", boolean_flag("fresh-only")).await;
     for c in &clients {
-        eventually("refused", || c.status().state != State::Ready).await;
+        eventually("refused", async || c.status().state != State::Ready).await;
         assert_eq!(c.status().epoch, epoch);
         assert!(c.snapshot().flag("fresh-only").is_none());
         assert_eq!(c.stats().snapshots, 2);
@@ -213,7 +226,7 @@ async fn took_the_new_epoch(
     gone: &str,
     snapshots: u64,
 ) {
-    eventually("the new epoch", || {
+    eventually("the new epoch", async || {
         let status = client.status();
         status.epoch != old_epoch && status.state == State::Ready
     })
@@ -251,7 +264,7 @@ async fn a_cached_snapshot_serves_when_the_server_is_unreachable_at_start() {
         .build()
         .expect("client");
     first.wait_ready(PATIENCE).await.expect("ready");
-    eventually("the cache file", || {
+    eventually("the cache file", async || {
         std::fs::read_to_string(&cache)
             .map(|t| t.contains(&format!("\"revision\":{revision}")))
             .unwrap_or(false)
@@ -277,7 +290,7 @@ async fn a_cached_snapshot_serves_when_the_server_is_unreachable_at_start() {
         .build()
         .expect("client");
     resumed.wait_ready(PATIENCE).await.expect("ready");
-    eventually("the change", || {
+    eventually("the change", async || {
         !resumed.bool_value("banner", &Context::new("u"), true)
     })
     .await;
@@ -336,7 +349,10 @@ async fn readers_never_see_half_of_a_revision() {
             .expect("applied")
             .into_inner()
             .revision;
-        eventually("the revision", || client.status().revision == revision).await;
+        eventually("the revision", async || {
+            client.status().revision == revision
+        })
+        .await;
     }
     stop.store(true, Ordering::Relaxed);
     for reader in readers {
@@ -351,11 +367,7 @@ async fn readers_never_see_half_of_a_revision() {
 #[tokio::test]
 async fn a_client_connects_over_tls_trusting_the_servers_certificate() {
     let tls = self_signed();
-    let server = TestServer::start_with(Options {
-        tls: Some(tls.clone()),
-        ..Options::default()
-    })
-    .await;
+    let server = TestServer::builder().tls(tls.clone()).start().await;
     let (mut admin, token) = production(&server).await;
     let endpoint = format!("https://{}", server.addr);
     let client = Client::builder(&endpoint, &token)
@@ -366,7 +378,7 @@ async fn a_client_connects_over_tls_trusting_the_servers_certificate() {
     client.wait_ready(PATIENCE).await.expect("ready over TLS");
     serve_on(&mut admin, "checkout", true).await;
     let ctx = Context::new("user-1");
-    eventually("the flip over TLS", || {
+    eventually("the flip over TLS", async || {
         client.bool_value("checkout", &ctx, false)
     })
     .await;
@@ -450,7 +462,8 @@ async fn change_listeners_hear_each_change_from_the_server_once() {
         (change.key.as_str(), change.revision, change.removed),
         ("banner", revision, true)
     );
-    // Nothing else was reported: each change once, and only the flags it touched.
+    // Nothing else was reported: each change once, and only the flags it touched. Real time,
+    // for a late duplicate to have had the chance to arrive.
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert_eq!(all.try_recv().ok(), None);
     assert_eq!(checkout.try_recv().ok(), None);
@@ -488,7 +501,10 @@ async fn a_refused_sdk_key_is_an_error_naming_the_fix_and_retries_back_off() {
         .revoke_token(pb::RevokeTokenRequest { id })
         .await
         .expect("revoked");
-    eventually("the revocation", || client.status().state != State::Ready).await;
+    eventually("the revocation", async || {
+        client.status().state != State::Ready
+    })
+    .await;
     // Refused at once, not after the timeout, and named as such.
     let waited = tokio::time::timeout(Duration::from_secs(5), client.wait_ready(PATIENCE))
         .await
@@ -506,6 +522,7 @@ async fn a_refused_sdk_key_is_an_error_naming_the_fix_and_retries_back_off() {
     // cap (400 ms here), so 2 s hold far fewer attempts than the 100 of the first delay.
     assert!(!client.bool_value("banner", &Context::new("u"), true));
     let before = client.stats().connections;
+    // Real time: the retries are real connections to the server, counted over a real span.
     tokio::time::sleep(Duration::from_secs(2)).await;
     let attempts = client.stats().connections - before;
     assert!((1..=25).contains(&attempts), "{attempts} attempts in 2 s");
@@ -531,14 +548,13 @@ async fn a_client_that_cannot_connect_says_why_when_not_ready() {
     params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
     let key = rcgen::KeyPair::generate().expect("key");
     let cert = params.self_signed(&key).expect("certificate").pem();
-    let server = TestServer::start_with(Options {
-        tls: Some(flagstaff_tests::TestTls {
+    let server = TestServer::builder()
+        .tls(flagstaff_tests::TestTls {
             cert: cert.clone(),
             key: key.serialize_pem(),
-        }),
-        ..Options::default()
-    })
-    .await;
+        })
+        .start()
+        .await;
     let client = Client::builder(format!("https://localhost:{}", server.addr.port()), "fs_x")
         .tls_ca_certificate(cert)
         .build()

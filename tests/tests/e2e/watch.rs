@@ -6,7 +6,7 @@ use std::time::Duration;
 use flagstaff_proto::pb;
 use flagstaff_proto::watch::CHUNK_BUDGET;
 use flagstaff_tests::watcher::{subscribe, State, Watcher};
-use flagstaff_tests::{Admin, Options, TestServer};
+use flagstaff_tests::{Admin, TestServer, TestServerBuilder};
 use serde_json::json;
 use tonic::Code;
 
@@ -65,8 +65,8 @@ async fn patch_keys(admin: &mut Admin, segment: &str, add: &[&str], remove: &[&s
 }
 
 /// A server with `production` holding two flags and a segment.
-async fn populated(options: Options) -> (TestServer, Admin) {
-    let server = TestServer::start_with(options).await;
+async fn populated(server: TestServerBuilder) -> (TestServer, Admin) {
+    let server = server.start().await;
     let mut admin = server.admin().await;
     create_environment(&mut admin, "production").await;
     create_segment(&mut admin, "production", segment("beta", &["u1", "u2"])).await;
@@ -77,7 +77,7 @@ async fn populated(options: Options) -> (TestServer, Admin) {
 
 #[tokio::test]
 async fn a_new_subscriber_gets_a_snapshot_then_every_change_in_order() {
-    let (server, mut admin) = populated(Options::default()).await;
+    let (server, mut admin) = populated(TestServer::builder()).await;
     let token = sdk_token(&server, "checkout-sdk", "production").await;
     let mut watcher = open(&server, &token, "instance-1", State::default()).await;
     watcher.until(3, LIMIT).await;
@@ -105,25 +105,20 @@ async fn a_new_subscriber_gets_a_snapshot_then_every_change_in_order() {
     assert_eq!(watcher.state.segments["beta"].included, ["u2", "u3"]);
 
     // The server recorded the instance and, once its ack arrives, the revision it applied.
-    let mut applied = 0;
-    for _ in 0..200 {
+    eventually("the acknowledgement of the last revision", async || {
         let instances = server.clients.list("production");
         assert_eq!(instances.len(), 1);
         assert_eq!(instances[0].identity.instance_id, "instance-1");
-        applied = instances[0].applied_revision;
-        if applied == last {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    assert_eq!(applied, last);
+        instances[0].applied_revision == last
+    })
+    .await;
     assert_eq!(server.clients.connected("production"), 1);
     drop(watcher);
 }
 
 #[tokio::test]
 async fn a_resume_inside_the_log_gets_only_the_missed_deltas_also_after_a_restart() {
-    let (server, mut admin) = populated(Options::default()).await;
+    let (server, mut admin) = populated(TestServer::builder()).await;
     let token = sdk_token(&server, "sdk", "production").await;
     let mut watcher = open(&server, &token, "i", State::default()).await;
     watcher.until(3, LIMIT).await;
@@ -145,7 +140,7 @@ async fn a_resume_inside_the_log_gets_only_the_missed_deltas_also_after_a_restar
 
     // After a restart the feed is empty: the missed deltas come from the stored change log.
     let dir = server.stop().await;
-    let server = TestServer::start_in(dir).await;
+    let server = TestServer::builder().data_dir(dir).start().await;
     let mut admin = server.admin().await;
     set_enabled(&mut admin, "checkout", true).await;
     create_flag(&mut admin, "production", boolean_flag("banner")).await;
@@ -170,11 +165,7 @@ async fn a_resume_from_the_log_costs_no_snapshot_while_writes_outrun_the_feed() 
     // stream's buffer and the client's HTTP/2 window hold, so the server is still sending them,
     // waiting on a client that does not read yet, when five more writes land and the feed
     // moves past them all.
-    let (server, mut admin) = populated(Options {
-        feed_capacity: Some(2),
-        ..Options::default()
-    })
-    .await;
+    let (server, mut admin) = populated(TestServer::builder().feed_capacity(2)).await;
     let token = sdk_token(&server, "sdk", "production").await;
     let mut watcher = open(&server, &token, "i", State::default()).await;
     let start = server_state(&server, "production").revision;
@@ -187,7 +178,9 @@ async fn a_resume_from_the_log_costs_no_snapshot_while_writes_outrun_the_feed() 
         create_flag(&mut admin, "production", flag).await;
     }
     let mut watcher = open(&server, &token, "i", held).await;
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // A first message means the server has started sending the stored revisions; it stops
+    // once the buffers are full, and the writes land while it waits.
+    watcher.step().await.expect("the resume starts");
     for i in 0..5 {
         set_enabled(&mut admin, "checkout", i % 2 == 1).await;
     }
@@ -206,12 +199,7 @@ async fn a_resume_from_the_log_costs_no_snapshot_while_writes_outrun_the_feed() 
 
 #[tokio::test]
 async fn another_epoch_a_trimmed_log_or_a_future_revision_gets_a_snapshot() {
-    let (server, mut admin) = populated(Options {
-        retention: Some(3),
-        feed_capacity: Some(2),
-        ..Options::default()
-    })
-    .await;
+    let (server, mut admin) = populated(TestServer::builder().retention(3).feed_capacity(2)).await;
     let token = sdk_token(&server, "sdk", "production").await;
     for _ in 0..3 {
         set_enabled(&mut admin, "checkout", false).await;
@@ -249,7 +237,7 @@ async fn another_epoch_a_trimmed_log_or_a_future_revision_gets_a_snapshot() {
 
 #[tokio::test]
 async fn a_segment_of_100000_keys_arrives_in_chunks_and_its_changes_as_patches() {
-    let (server, mut admin) = populated(Options::default()).await;
+    let (server, mut admin) = populated(TestServer::builder()).await;
     let keys: Vec<String> = (0..100_000).map(|i| format!("user-{i:08}")).collect();
     let big = flagstaff_engine::segment_from_value(&json!({"key": "everyone", "included": keys}))
         .expect("segment");
@@ -309,11 +297,8 @@ async fn a_segment_of_100000_keys_arrives_in_chunks_and_its_changes_as_patches()
 
 #[tokio::test]
 async fn quiet_streams_get_heartbeats_at_the_announced_interval() {
-    let (server, _admin) = populated(Options {
-        heartbeat: Some(Duration::from_millis(50)),
-        ..Options::default()
-    })
-    .await;
+    let (server, _admin) =
+        populated(TestServer::builder().heartbeat(Duration::from_millis(50))).await;
     let token = sdk_token(&server, "sdk", "production").await;
     let mut watcher = open(&server, &token, "i", State::default()).await;
     watcher.until(3, LIMIT).await;
@@ -327,11 +312,7 @@ async fn quiet_streams_get_heartbeats_at_the_announced_interval() {
 
 #[tokio::test]
 async fn a_slow_consumer_gets_a_fresh_snapshot_and_slows_nobody() {
-    let (server, mut admin) = populated(Options {
-        feed_capacity: Some(8),
-        ..Options::default()
-    })
-    .await;
+    let (server, mut admin) = populated(TestServer::builder().feed_capacity(8)).await;
     let token = sdk_token(&server, "sdk", "production").await;
     let mut stalled = open(&server, &token, "stalled", State::default()).await;
     stalled.until(3, LIMIT).await;
@@ -370,7 +351,7 @@ async fn a_slow_consumer_gets_a_fresh_snapshot_and_slows_nobody() {
 
 #[tokio::test]
 async fn revoking_a_token_closes_its_streams_and_only_its_own() {
-    let (server, mut admin) = populated(Options::default()).await;
+    let (server, mut admin) = populated(TestServer::builder()).await;
     let doomed = sdk_token(&server, "doomed", "production").await;
     let kept = sdk_token(&server, "kept", "production").await;
     let mut a = open(&server, &doomed, "a", State::default()).await;
@@ -414,7 +395,7 @@ async fn revoking_a_token_closes_its_streams_and_only_its_own() {
 
 #[tokio::test]
 async fn shutdown_ends_streams_with_unavailable() {
-    let (server, _admin) = populated(Options::default()).await;
+    let (server, _admin) = populated(TestServer::builder()).await;
     let token = sdk_token(&server, "sdk", "production").await;
     let mut watcher = open(&server, &token, "i", State::default()).await;
     watcher.until(3, LIMIT).await;
@@ -430,7 +411,7 @@ async fn shutdown_ends_streams_with_unavailable() {
 
 #[tokio::test]
 async fn bad_subscriptions_are_refused_with_a_reason() {
-    let (server, mut admin) = populated(Options::default()).await;
+    let (server, mut admin) = populated(TestServer::builder()).await;
     create_environment(&mut admin, "staging").await;
     let token = sdk_token(&server, "sdk", "production").await;
     let editor = server
@@ -567,11 +548,7 @@ async fn bad_subscriptions_are_refused_with_a_reason() {
 
 #[tokio::test]
 async fn watch_changes_tails_the_audit_log() {
-    let (server, mut admin) = populated(Options {
-        feed_capacity: Some(2),
-        ..Options::default()
-    })
-    .await;
+    let (server, mut admin) = populated(TestServer::builder().feed_capacity(2)).await;
     // From revision 1: the stored entries 2 and 3 (older than the feed holds), then live.
     let mut tail = admin
         .watch_changes(pb::WatchChangesRequest {

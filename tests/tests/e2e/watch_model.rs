@@ -14,7 +14,7 @@ use flagstaff_proto::pb;
 use flagstaff_server::storage::SledStore;
 use flagstaff_server::Environments;
 use flagstaff_tests::watcher::{subscribe, State, Watcher};
-use flagstaff_tests::{Admin, Options, TestServer};
+use flagstaff_tests::{Admin, TestServer, TestServerBuilder};
 use futures_util::future::join_all;
 use tokio::sync::watch;
 
@@ -59,12 +59,10 @@ struct Log {
     applied: Vec<(String, u64)>,
 }
 
-fn options() -> Options {
-    Options {
-        retention: Some(RETENTION),
-        feed_capacity: Some(FEED),
-        ..Options::default()
-    }
+fn settings() -> TestServerBuilder {
+    TestServer::builder()
+        .retention(RETENTION)
+        .feed_capacity(FEED)
 }
 
 async fn prepare(server: &TestServer) -> String {
@@ -203,6 +201,8 @@ async fn roam(
         if *stop.borrow_and_update() {
             return held;
         }
+        // Real time, a random pause: the writers keep going meanwhile, and this jitter is
+        // what varies where a watcher's resume lands against the feed and the log.
         tokio::time::sleep(Duration::from_millis(rng.below(30))).await;
     }
 }
@@ -325,7 +325,7 @@ async fn settle(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn watchers_always_end_with_the_servers_state() {
-    let server = TestServer::start_with(options()).await;
+    let server = settings().start().await;
     let token = prepare(&server).await;
     let mut logs: Vec<Log> = (0..WATCHERS).map(|_| Log::default()).collect();
     let held = vec![State::default(); WATCHERS];
@@ -342,7 +342,7 @@ async fn watchers_always_end_with_the_servers_state() {
         write(&mut admin, &mut rng, 9, n).await;
     }
     let epoch = server_state(&server.environments).epoch;
-    let server = TestServer::start_in_with(server.stop().await, options()).await;
+    let server = settings().data_dir(server.stop().await).start().await;
     assert_eq!(server_state(&server.environments).epoch, epoch);
     let before = logs
         .iter()
@@ -374,7 +374,7 @@ async fn watchers_always_end_with_the_servers_state() {
 
     // 4. A fresh data directory: a new epoch; every watcher gets a snapshot.
     drop(server);
-    let fresh = TestServer::start_with(options()).await;
+    let fresh = settings().start().await;
     let token = prepare(&fresh).await;
     assert_ne!(server_state(&fresh.environments).epoch, epoch);
     let mut fresh_logs: Vec<Log> = (0..WATCHERS).map(|_| Log::default()).collect();

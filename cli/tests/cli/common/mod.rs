@@ -1,6 +1,6 @@
 //! A real flagstaffd on loopback for the CLI's tests, and the `flagstaff` binary pointed at it.
 
-use flagstaff_tests::{Options, TestServer};
+use flagstaff_tests::{TestServer, TestServerBuilder};
 
 /// A server running on a runtime of its own, so tests run the CLI as a plain blocking process.
 pub struct Server {
@@ -12,16 +12,16 @@ pub struct Server {
 
 impl Server {
     pub fn start() -> Server {
-        Server::start_with(Options::default())
+        Server::start_with(TestServer::builder())
     }
 
-    pub fn start_with(options: Options) -> Server {
+    pub fn start_with(server: TestServerBuilder) -> Server {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
             .build()
             .expect("a runtime");
-        let server = runtime.block_on(TestServer::start_with(options));
+        let server = runtime.block_on(server.start());
         Server {
             server,
             cwd: tempfile::tempdir().expect("a directory"),
@@ -121,21 +121,16 @@ impl Server {
         String::from_utf8(out.stderr).expect("utf-8")
     }
 
-    /// Stops the server and starts it again on the same data directory and address.
-    pub fn restart(&mut self, options: Options) {
+    /// Stops the server and starts `again` on the same data directory and address.
+    pub fn restart(&mut self, again: TestServerBuilder) {
         let addr = self.server.addr;
         let placeholder = self.runtime.block_on(TestServer::start());
         let server = std::mem::replace(&mut self.server, placeholder);
         let dir = self.runtime.block_on(server.stop());
         let placeholder = std::mem::replace(
             &mut self.server,
-            self.runtime.block_on(TestServer::start_in_with(
-                dir,
-                Options {
-                    listen: Some(addr),
-                    ..options
-                },
-            )),
+            self.runtime
+                .block_on(again.data_dir(dir).addr(addr).start()),
         );
         drop(self.runtime.block_on(placeholder.stop()));
     }
