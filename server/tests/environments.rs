@@ -359,6 +359,7 @@ fn a_token_created_while_its_environment_is_deleted_is_revoked_with_it() {
                     })
                 })
             };
+            // Real time, for a deletion that did not wait to have had the chance to finish.
             std::thread::sleep(std::time::Duration::from_millis(100));
             assert!(!deleting.is_finished(), "the deletion waits");
             let created = tokens.create_named("service", Role::Sdk, Some("production"), "admin");

@@ -14,6 +14,23 @@ use tonic::Request;
 /// How long anything here may take before the test fails instead of hanging.
 pub const PATIENCE: Duration = Duration::from_secs(20);
 
+/// Checks `check` until it returns a value and returns it; panics, naming `what`, after
+/// [`PATIENCE`]. (`flagstaff_tests::eventually` for a test of this crate, which cannot depend on
+/// the end-to-end tests' crate: that one depends on this.)
+pub async fn eventually<T>(what: &str, mut check: impl AsyncFnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {PATIENCE:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
 /// A flagstaffd process and its log, line by line.
 #[derive(Debug)]
 pub struct Daemon {

@@ -73,22 +73,26 @@ async fn a_plan_survives_a_restart_without_skipping_a_stage() {
         .start_rollout(authorized(request, &token))
         .await
         .expect("started");
+    let due = plan(&mut client, &token).await.next_stage_unix_ms;
     daemon.kill();
 
-    // Down for longer than the first stage: it is overdue when the server returns.
-    tokio::time::sleep(Duration::from_millis(2_000)).await;
+    // Down until the first stage has fallen due: it is overdue when the server returns. Real
+    // time: the server is another process, on the system clock.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("after 1970")
+        .as_millis() as i64;
+    tokio::time::sleep(Duration::from_millis((due - now).max(0) as u64 + 1)).await;
     let daemon = Daemon::start(dir.path(), &[], &[]);
     let mut client = daemon.client().await;
-    let mut advanced = None;
-    for _ in 0..500 {
-        let p = plan(&mut client, &token).await;
-        if p.stage_index > 0 {
-            advanced = Some(p);
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    let p = advanced.expect("the overdue stage advanced after the restart");
+    let p = eventually(
+        "the overdue stage to advance after the restart",
+        async || {
+            let p = plan(&mut client, &token).await;
+            (p.stage_index > 0).then_some(p)
+        },
+    )
+    .await;
     assert_eq!(
         (p.stage_index, p.percent),
         (1, 60_000),
@@ -101,16 +105,11 @@ async fn a_plan_survives_a_restart_without_skipping_a_stage() {
         "the next stage gets its full hold"
     );
 
-    let mut completed = None;
-    for _ in 0..1_000 {
+    let p = eventually("the plan to complete", async || {
         let p = plan(&mut client, &token).await;
-        if p.state == pb::RolloutState::Completed as i32 {
-            completed = Some(p);
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    let p = completed.expect("the plan completed");
+        (p.state == pb::RolloutState::Completed as i32).then_some(p)
+    })
+    .await;
     let steps: Vec<(i32, u32)> = p.history.iter().map(|e| (e.kind, e.percent)).collect();
     use pb::RolloutEventKind as K;
     assert_eq!(
