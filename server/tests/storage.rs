@@ -343,3 +343,22 @@ fn an_entry_s_head_is_read_without_its_documents() {
     assert_eq!((head.revision, head.comment.as_str()), (3, "r3"));
     assert_eq!(store.audit_head("production", 4).expect("read"), None);
 }
+
+#[test]
+fn opening_waits_a_moment_for_a_lock_being_released_and_then_reports_it_held() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let held = SledStore::open(dir.path(), 100).expect("open");
+    // Released a moment later, as sled does once the last handle's background thread stops.
+    let release = std::thread::spawn(move || {
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        drop(held);
+    });
+    let reopened = SledStore::open(dir.path(), 100).expect("the lock is waited for");
+    release.join().expect("released");
+
+    let started = std::time::Instant::now();
+    let refused = SledStore::open(dir.path(), 100).map(|_| ()).unwrap_err();
+    assert!(matches!(refused, StoreError::Locked { .. }), "{refused}");
+    assert!(started.elapsed() >= flagstaff_server::storage::LOCK_WAIT);
+    drop(reopened);
+}

@@ -11,7 +11,7 @@ mod sled_store;
 use flagstaff_engine::{Flag, KeyPatch, Segment};
 use serde::{Deserialize, Serialize};
 
-pub use sled_store::{SledStore, DEFAULT_RETENTION};
+pub use sled_store::{SledStore, DEFAULT_RETENTION, LOCK_WAIT};
 
 /// What can go wrong talking to the store.
 #[derive(Debug, thiserror::Error)]

@@ -23,6 +23,7 @@ use std::collections::HashSet;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -95,22 +96,35 @@ fn sync_path(path: &Path) -> Result<(), StoreError> {
         })
 }
 
+/// How long [`SledStore::open`] waits for a data directory's lock before reporting it held.
+pub const LOCK_WAIT: Duration = Duration::from_secs(1);
+
 impl SledStore {
     /// Opens (creating if needed) the store in `path`, keeping `retention` change-log entries
     /// per environment. Fails with [`StoreError::Locked`] when another process has it open.
+    ///
+    /// sled releases a directory's lock only once the background thread of the last handle
+    /// has stopped, a moment after the handle is dropped; so a store closed and opened again
+    /// in one process (a restart in tests, `flagstaffd repair` after `check`) would find its
+    /// own lock. A held lock is therefore tried again for up to [`LOCK_WAIT`] before it is
+    /// reported.
     pub fn open(path: impl AsRef<Path>, retention: u64) -> Result<SledStore, StoreError> {
         let path = path.as_ref().to_owned();
-        let db = sled::Config::new()
-            .path(&path)
-            .open()
-            .map_err(|e| match e {
-                sled::Error::Io(io) if io.to_string().contains("could not acquire lock") => {
-                    StoreError::Locked {
-                        path: path.display().to_string(),
+        let waiting_until = Instant::now() + LOCK_WAIT;
+        let db = loop {
+            match sled::Config::new().path(&path).open() {
+                Ok(db) => break db,
+                Err(sled::Error::Io(io)) if io.to_string().contains("could not acquire lock") => {
+                    if Instant::now() >= waiting_until {
+                        return Err(StoreError::Locked {
+                            path: path.display().to_string(),
+                        });
                     }
+                    std::thread::sleep(Duration::from_millis(10));
                 }
-                other => StoreError::Database(other),
-            })?;
+                Err(other) => return Err(StoreError::Database(other)),
+            }
+        };
         let store = SledStore {
             environments: db.open_tree("environments")?,
             tokens: db.open_tree("tokens")?,
