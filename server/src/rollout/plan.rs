@@ -400,8 +400,10 @@ pub(crate) fn adopt(plan: &mut RolloutRecord, flag: &Flag) -> Result<(), ServerE
                 .map(|w| (w.variant.clone(), w.weight))
                 .collect();
             plan.percent = split.weights[0].weight;
+            // The stages still to come must fit beside the other variants (the last, 100%,
+            // serves the target alone and always does).
             let pair = pair_weight(plan);
-            if let Some(stage) = plan.stages[plan.stage_index..]
+            if let Some(stage) = plan.stages[plan.stage_index + 1..]
                 .iter()
                 .find(|s| s.percent < BUCKETS && s.percent > pair)
             {
