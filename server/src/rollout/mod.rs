@@ -18,5 +18,6 @@ mod plan;
 mod scheduler;
 
 pub use operations::Step;
+pub(crate) use plan::no_plan;
 pub use plan::{actor, state_name, GuardSpec, StartPlan};
 pub use scheduler::schedule;

@@ -8,7 +8,7 @@ use super::service::{blocking, written_flag, AdminService, Writer};
 use crate::auth::Access;
 use crate::environments::{Environments, WriteContext};
 use crate::error::ServerError;
-use crate::rollout::{GuardSpec, StartPlan, Step};
+use crate::rollout::{no_plan, GuardSpec, StartPlan, Step};
 use crate::service::wire;
 use crate::storage::{RolloutRecord, RolloutStage, Store};
 
@@ -106,12 +106,9 @@ pub(super) async fn get_rollout<S: Store>(
     let req = request.into_inner();
     wire::key(&req.flag, "flag")?;
     let env = admin.envs.get(&req.environment)?;
-    let plan = env.rollout(&req.flag).ok_or_else(|| {
-        ServerError::NotFound(format!(
-            "flag {:?} has no rollout plan in environment {:?}",
-            req.flag, req.environment
-        ))
-    })?;
+    let plan = env
+        .rollout(&req.flag)
+        .ok_or_else(|| no_plan(&req.flag, &req.environment))?;
     Ok(Response::new(pb::GetRolloutResponse {
         plan: Some(wire::rollout(&plan)),
     }))
