@@ -362,3 +362,75 @@ fn opening_waits_a_moment_for_a_lock_being_released_and_then_reports_it_held() {
     assert!(started.elapsed() >= flagstaff_server::storage::LOCK_WAIT);
     drop(reopened);
 }
+
+#[test]
+fn the_ticket_key_is_made_once_and_kept() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let key = {
+        let store = std::sync::Arc::new(SledStore::open(dir.path(), 100).expect("open"));
+        // Callers racing on a fresh store agree on one key.
+        let keys: Vec<[u8; 32]> = std::thread::scope(|scope| {
+            let racers: Vec<_> = (0..8)
+                .map(|_| scope.spawn(|| store.ticket_key().expect("ticket key")))
+                .collect();
+            racers
+                .into_iter()
+                .map(|racer| racer.join().expect("no panic"))
+                .collect()
+        });
+        assert!(keys.iter().all(|k| *k == keys[0]), "{keys:?}");
+        assert_ne!(keys[0], [0u8; 32]);
+        assert_eq!(store.ticket_key().expect("again"), keys[0]);
+        keys[0]
+    };
+    let store = SledStore::open(dir.path(), 100).expect("reopen");
+    assert_eq!(store.ticket_key().expect("after reopening"), key);
+    assert_eq!(store.check().expect("check"), vec![]);
+}
+
+#[test]
+fn a_damaged_ticket_key_is_reported_and_replaced_once_removed() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let key = {
+        let store = SledStore::open(dir.path(), 100).expect("open");
+        store.ticket_key().expect("ticket key")
+    };
+    {
+        let db = open_raw(dir.path());
+        db.open_tree("secrets")
+            .expect("tree")
+            .insert("ofrep_ticket_key", b"short".as_slice())
+            .expect("insert");
+        db.flush().expect("flush");
+    }
+    let store = SledStore::open(dir.path(), 100).expect("reopen");
+    let err = store.ticket_key().expect_err("a 5-byte key is not used");
+    assert_eq!(
+        err.to_string(),
+        "corrupt record secrets/ofrep_ticket_key: 5 bytes, not 32"
+    );
+    let damage = store.check().expect("check");
+    assert_eq!(damage.len(), 1, "{damage:?}");
+    assert_eq!(damage[0].record, "secrets/ofrep_ticket_key");
+    assert_eq!(damage[0].environment, None);
+    store.remove_damaged(&damage[0]).expect("remove");
+    let fresh = store.ticket_key().expect("a new key");
+    assert_ne!(fresh, key);
+    assert_eq!(store.check().expect("check"), vec![]);
+}
+
+/// The sled database in `dir`, once the store closed on it has released its lock (sled frees
+/// it when its background thread stops, a moment after the last handle is dropped).
+fn open_raw(dir: &std::path::Path) -> sled::Db {
+    let mut tries = 0;
+    loop {
+        match sled::open(dir) {
+            Ok(db) => return db,
+            Err(_) if tries < 500 => {
+                tries += 1;
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            Err(e) => panic!("sled: {e}"),
+        }
+    }
+}

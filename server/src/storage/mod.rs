@@ -630,7 +630,16 @@ pub trait Store: Send + Sync + 'static {
     /// Every token, revoked ones included; a token record that cannot be read is left out
     /// (and logged): it does not work.
     fn tokens(&self) -> Result<Vec<TokenRecord>, StoreError>;
+
+    /// The key that signs OFREP event-stream tickets (`crate::ofrep::ticket`): 32 random
+    /// bytes, created by the first call on a fresh store and the same on every later call,
+    /// after a restart and on every replica of the store. Two callers racing on a fresh store
+    /// get the same key (it is created with a compare-and-swap). Durable when it returns.
+    fn ticket_key(&self) -> Result<[u8; TICKET_KEY_BYTES], StoreError>;
 }
+
+/// The length of the key [`Store::ticket_key`] keeps.
+pub const TICKET_KEY_BYTES: usize = 32;
 
 /// Now, in Unix milliseconds.
 pub fn now_ms() -> u64 {

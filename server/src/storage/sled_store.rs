@@ -13,6 +13,7 @@
 //! | `rollouts/<env>` | flag key | [`RolloutRecord`] as JSON: the flag's most recent plan |
 //! | `usage/<env>` | flag key | [`FlagUsage`] as JSON: evaluations SDKs reported |
 //! | `tokens` | token id | [`TokenRecord`] as JSON |
+//! | `secrets` | `ofrep_ticket_key` | the 32 bytes of [`Store::ticket_key`], raw |
 //!
 //! Durability: sled 0.34's `flush` writes its buffers and calls `sync_file_range` on the
 //! `db` file, which does not make the data power-loss safe, and never syncs `blobs/`, where
@@ -34,8 +35,11 @@ use flagstaff_engine::Segment;
 
 use super::{
     AuditEntry, AuditHead, Change, Damage, Documents, EnvironmentRecord, FlagUsage, Readable,
-    RolloutRecord, Store, StoreError, TokenRecord,
+    RolloutRecord, Store, StoreError, TokenRecord, TICKET_KEY_BYTES,
 };
+
+/// The key of the OFREP ticket key in the `secrets` tree.
+const TICKET_KEY: &str = "ofrep_ticket_key";
 
 /// Change-log entries kept per environment unless configured otherwise.
 pub const DEFAULT_RETENTION: u64 = 10_000;
@@ -231,7 +235,20 @@ fn reader(kind: &str) -> Option<Reader> {
         "audit_heads" => read::<AuditHead>,
         "rollouts" => read::<RolloutRecord>,
         "usage" => read::<FlagUsage>,
+        "secrets" => read_ticket_key,
         _ => return None,
+    })
+}
+
+/// The ticket key as stored, or why it cannot be used.
+fn read_ticket_key(what: &str, bytes: &[u8]) -> Result<(), StoreError> {
+    ticket_key_of(what, bytes).map(|_| ())
+}
+
+fn ticket_key_of(what: &str, bytes: &[u8]) -> Result<[u8; TICKET_KEY_BYTES], StoreError> {
+    <[u8; TICKET_KEY_BYTES]>::try_from(bytes).map_err(|_| StoreError::Corrupt {
+        what: what.to_owned(),
+        detail: format!("{} bytes, not {TICKET_KEY_BYTES}", bytes.len()),
     })
 }
 
@@ -309,7 +326,9 @@ impl Store for SledStore {
                     what: damage.record.clone(),
                     detail: "not a revision".to_owned(),
                 })?,
-            "tokens" | "rollouts" | "usage" => key.as_bytes().to_vec(),
+            // A new ticket key is made on next use: outstanding tickets stop working, and
+            // OFREP providers fetch a fresh one.
+            "tokens" | "rollouts" | "usage" | "secrets" => key.as_bytes().to_vec(),
             _ => {
                 return Err(StoreError::Corrupt {
                     what: damage.record.clone(),
@@ -637,6 +656,33 @@ impl Store for SledStore {
         }
         self.tokens.apply_batch(batch)?;
         self.sync(&mut synced, false)
+    }
+
+    fn ticket_key(&self) -> Result<[u8; TICKET_KEY_BYTES], StoreError> {
+        let what = format!("secrets/{TICKET_KEY}");
+        let secrets = self.db.open_tree("secrets")?;
+        if let Some(stored) = secrets.get(TICKET_KEY)? {
+            return ticket_key_of(&what, &stored);
+        }
+        let mut fresh = [0u8; TICKET_KEY_BYTES];
+        // The OS random source failing is not something a server can carry on without.
+        getrandom::fill(&mut fresh).expect("the operating system's random source works");
+        let mut synced = self.lock_writer();
+        match secrets.compare_and_swap(TICKET_KEY, None as Option<&[u8]>, Some(&fresh[..]))? {
+            Ok(()) => {
+                // On disk before any ticket signed with it goes out.
+                self.sync(&mut synced, false)?;
+                Ok(fresh)
+            }
+            // Another caller created it first: everyone uses theirs.
+            Err(raced) => match raced.current {
+                Some(stored) => ticket_key_of(&what, &stored),
+                None => Err(StoreError::Corrupt {
+                    what,
+                    detail: "removed while being created".to_owned(),
+                }),
+            },
+        }
     }
 
     fn tokens(&self) -> Result<Vec<TokenRecord>, StoreError> {
