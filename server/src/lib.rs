@@ -25,6 +25,8 @@
 //! - `repair`: `flagstaffd check` and `repair`.
 //! - `service`: the gRPC services (`admin/`, one file per resource; `sync` and `watch`;
 //!   paging and wire conversion); `health`, `metrics` and `tls` around them.
+//! - `ofrep`: OpenFeature remote evaluation over HTTP (event-stream tickets, rate limits,
+//!   the change-notification stream).
 //! - This file: [`Config`] and [`Server`], which open the store and serve.
 #![deny(missing_docs)]
 
@@ -36,6 +38,7 @@ mod error;
 pub mod feed;
 mod health;
 mod metrics;
+pub mod ofrep;
 mod operations;
 pub mod repair;
 pub mod rollout;

@@ -1,0 +1,3 @@
+//! OpenFeature remote evaluation (OFREP) over HTTP, DESIGN.md section 10.
+
+pub mod ticket;
