@@ -1,3 +1,4 @@
 //! OpenFeature remote evaluation (OFREP) over HTTP, DESIGN.md section 10.
 
+pub mod limit;
 pub mod ticket;
