@@ -184,6 +184,7 @@ impl From<&Flag> for pb::Flag {
             tags: flag.tags.clone(),
             owner: flag.owner.clone(),
             temporary: flag.temporary,
+            client_side: flag.client_side,
             version: flag.version,
         }
     }
@@ -419,6 +420,7 @@ fn flag_from_pb(flag: pb::Flag, list: &Path<'_>, index: usize) -> Result<Flag, C
         tags,
         owner,
         temporary,
+        client_side,
         version,
     } = flag;
     let path = list.keyed(&key, index);
@@ -473,6 +475,7 @@ fn flag_from_pb(flag: pb::Flag, list: &Path<'_>, index: usize) -> Result<Flag, C
         tags,
         owner,
         temporary,
+        client_side,
         version,
         key,
     })

@@ -372,6 +372,16 @@ fn optional_fields_keep_absent_apart_from_empty() {
     assert_eq!(round_trip(&flag).version, None);
 }
 
+#[test]
+fn client_side_crosses_the_wire_both_ways() {
+    let mut flag = flag_with_variants("boolean", json!({ "on": true, "off": false }));
+    assert!(!pb::Flag::from(&flag).client_side);
+    assert!(!round_trip(&flag).client_side);
+    flag.client_side = true;
+    assert!(pb::Flag::from(&flag).client_side);
+    assert_eq!(round_trip(&flag), flag);
+}
+
 // ---------------------------------------------------------------------------------------------
 // Errors.
 

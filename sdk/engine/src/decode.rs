@@ -277,6 +277,7 @@ pub(crate) fn decode_flag(value: &Value, path: &str, problems: &mut Problems) ->
             "tags",
             "owner",
             "temporary",
+            "client_side",
             "version",
         ],
         problems,
@@ -324,6 +325,7 @@ pub(crate) fn decode_flag(value: &Value, path: &str, problems: &mut Problems) ->
     let tags = obj.strings("tags", problems);
     let owner = obj.string("owner", problems);
     let temporary = obj.bool("temporary", problems);
+    let client_side = obj.bool("client_side", problems);
     let version = obj.version(problems);
     Some(Flag {
         key: key?,
@@ -339,6 +341,7 @@ pub(crate) fn decode_flag(value: &Value, path: &str, problems: &mut Problems) ->
         tags: tags.unwrap_or_default(),
         owner,
         temporary: temporary.unwrap_or(false),
+        client_side: client_side.unwrap_or(false),
         version,
     })
 }

@@ -128,6 +128,10 @@ pub struct Flag {
     /// A release flag expected to be removed (`true`) or a permanent one (`false`).
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub temporary: bool,
+    /// Whether `client` tokens may evaluate the flag over OFREP: code on users' devices sees
+    /// only flags marked `client_side`. Written only when true.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub client_side: bool,
     /// The environment revision of the flag's last change; on input, the expected version.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub version: Option<u64>,

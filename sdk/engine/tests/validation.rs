@@ -6,7 +6,8 @@
 //! refused changes to an existing snapshot and check it is left as it was.
 
 use flagstaff_engine::{
-    flag_from_value, ChangeSet, Context, Reason, Snapshot, MAX_FLAG_BYTES, MAX_SEGMENT_KEYS,
+    flag_from_value, parse_document, to_text, ChangeSet, Context, Format, Reason, Snapshot,
+    MAX_FLAG_BYTES, MAX_SEGMENT_KEYS,
 };
 use serde_json::{json, Value};
 
@@ -372,6 +373,51 @@ fn unknown_field_with_a_suggestion() {
             r#"flags[checkout].rules[0]: unknown field "condtions" (did you mean "conditions"?)"#,
             r#"flags[search]: unknown field "colour""#,
         ]
+    );
+}
+
+/// `client_side` is optional (false when absent), read from JSON and YAML, written only when
+/// true (as `temporary` is), and must be a boolean.
+#[test]
+fn client_side_is_an_optional_boolean_written_only_when_true() {
+    let yaml = "
+environment: test
+flags:
+  - key: banner
+    kind: boolean
+    variants: { on: true, off: false }
+    off_variant: off
+    enabled: true
+    default: { variant: off }
+    client_side: true
+  - key: checkout
+    kind: boolean
+    variants: { on: true, off: false }
+    off_variant: off
+    enabled: true
+    default: { variant: off }
+";
+    let doc = parse_document(yaml).expect("valid");
+    let flags: Vec<(&str, bool)> = doc
+        .flags
+        .iter()
+        .map(|f| (f.key.as_str(), f.client_side))
+        .collect();
+    assert_eq!(flags, [("banner", true), ("checkout", false)]);
+    for format in [Format::Json, Format::Yaml] {
+        let text = to_text(&doc, format);
+        assert_eq!(text.matches("client_side").count(), 1, "{text}");
+        assert_eq!(parse_document(&text).expect("reads back"), doc, "{text}");
+    }
+    let json = to_text(&doc.flags[0], Format::Json);
+    assert!(json.contains(r#""client_side": true"#), "{json}");
+
+    let explicit_false = with(flag("checkout"), json!({ "client_side": false }));
+    assert!(!flag_from_value(&explicit_false).expect("valid").client_side);
+    let not_a_bool = with(flag("checkout"), json!({ "client_side": "yes" }));
+    assert_eq!(
+        flag_messages(vec![not_a_bool]),
+        [r#"flags[checkout].client_side: must be true or false, got string "yes""#]
     );
 }
 

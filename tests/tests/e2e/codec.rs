@@ -135,10 +135,11 @@ fn flag() -> impl Strategy<Value = pb::Flag> {
             prop::collection::vec(condition(), 0..3),
             prop::option::of(key()),
             any::<bool>(),
+            any::<bool>(),
         )
     })
     .prop_map(
-        |(kind, variants, description, tags, owner, conditions, salt, enabled)| {
+        |(kind, variants, description, tags, owner, conditions, salt, enabled, client_side)| {
             let keys: Vec<String> = variants.iter().map(|(k, _)| (*k).to_owned()).collect();
             let first = keys[0].clone();
             let last = keys[keys.len() - 1].clone();
@@ -174,6 +175,7 @@ fn flag() -> impl Strategy<Value = pb::Flag> {
                 tags,
                 owner,
                 temporary: false,
+                client_side,
                 version: None,
             }
         },
