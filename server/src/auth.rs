@@ -2,9 +2,10 @@
 //!
 //! A token is a random 256-bit secret, shown once when created; the store keeps its SHA-256.
 //! Roles: `admin` may do everything, including managing tokens and environments; `editor`
-//! reads and writes in its one environment; `sdk` may only `Watch` and `ReportMetrics` in its
-//! one environment. A fresh data directory gets an admin token in the 0600 file
-//! `<data-dir>/admin.token`.
+//! reads and writes in its one environment; `sdk` may only `Watch`, `ReportMetrics` and
+//! evaluate over OFREP in its one environment; `client` may only evaluate the `client_side`
+//! flags of its one environment over OFREP and passes no gRPC access check. A fresh data
+//! directory gets an admin token in the 0600 file `<data-dir>/admin.token`.
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -32,8 +33,18 @@ pub enum Access<'a> {
     Sync(&'a str),
 }
 
+/// Which flags a token may evaluate over OFREP.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Visibility {
+    /// Every flag (an `sdk` token).
+    All,
+    /// Only flags marked `client_side` (a `client` token).
+    ClientSide,
+}
+
 impl TokenRecord {
-    /// Whether this token allows `access`.
+    /// Whether this token allows `access`. A `client` token allows none: it only evaluates
+    /// over OFREP (see [`evaluation_scope`](Self::evaluation_scope)).
     pub fn allows(&self, access: Access<'_>) -> bool {
         if self.revoked {
             return false;
@@ -45,6 +56,20 @@ impl TokenRecord {
             (Role::Sdk, Access::Sync(env)) => own(env),
             _ => false,
         }
+    }
+
+    /// The environment and visibility of OFREP evaluation with this token; `None` for roles
+    /// that must not evaluate over HTTP (`admin`, `editor`) and for a revoked token.
+    pub fn evaluation_scope(&self) -> Option<(&str, Visibility)> {
+        if self.revoked {
+            return None;
+        }
+        let visibility = match self.role {
+            Role::Sdk => Visibility::All,
+            Role::Client => Visibility::ClientSide,
+            Role::Admin | Role::Editor => return None,
+        };
+        Some((self.environment.as_deref()?, visibility))
     }
 }
 
@@ -123,10 +148,14 @@ impl<S: Store> Tokens<S> {
                     "an admin token covers every environment; leave out the environment".to_owned(),
                 ))
             }
-            (Role::Editor | Role::Sdk, None) => {
+            (Role::Editor | Role::Sdk | Role::Client, None) => {
                 return Err(ServerError::Invalid(format!(
-                    "an {} token needs the environment it may use",
-                    if role == Role::Sdk { "sdk" } else { "editor" }
+                    "{} token needs the environment it may use",
+                    match role {
+                        Role::Sdk => "an sdk",
+                        Role::Client => "a client",
+                        _ => "an editor",
+                    }
                 )))
             }
             _ => {}

@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use flagstaff_server::auth::{Access, Tokens, ADMIN_TOKEN_FILE};
+use flagstaff_server::auth::{Access, Tokens, Visibility, ADMIN_TOKEN_FILE};
 use flagstaff_server::storage::{Role, SledStore, Store};
 use flagstaff_server::ServerError;
 
@@ -10,14 +10,15 @@ fn tokens(dir: &std::path::Path) -> Tokens<SledStore> {
     Tokens::load(Arc::new(SledStore::open(dir, 100).expect("store"))).expect("tokens")
 }
 
-/// The role × access table, written out: `Y` allowed, `-` refused. Editor and SDK tokens
-/// belong to `prod`.
+/// The role × access table, written out: `Y` allowed, `-` refused. Editor, SDK and client
+/// tokens belong to `prod`. A client token passes no gRPC check: it only evaluates over OFREP.
 #[rustfmt::skip]
 const MATRIX: &[(&str, [&str; 7])] = &[
     //          Admin Read(prod) Write(prod) Sync(prod) Read(dev) Write(dev) Sync(dev)
     ("admin",  ["Y",  "Y",       "Y",        "Y",       "Y",      "Y",       "Y"]),
     ("editor", ["-",  "Y",       "Y",        "-",       "-",      "-",       "-"]),
     ("sdk",    ["-",  "-",       "-",        "Y",       "-",      "-",       "-"]),
+    ("client", ["-",  "-",       "-",        "-",       "-",      "-",       "-"]),
 ];
 
 #[test]
@@ -37,7 +38,8 @@ fn each_role_allows_exactly_its_table_row() {
         let (role, env) = match *role_name {
             "admin" => (Role::Admin, None),
             "editor" => (Role::Editor, Some("prod")),
-            _ => (Role::Sdk, Some("prod")),
+            "sdk" => (Role::Sdk, Some("prod")),
+            _ => (Role::Client, Some("prod")),
         };
         let (_, secret) = tokens.create(role_name, role, env).expect("create");
         let token = tokens.authenticate(&secret).expect("authenticates");
@@ -120,6 +122,39 @@ fn tokens_need_a_name_and_the_right_scope() {
         message(tokens.create("e", Role::Editor, None)),
         "an editor token needs the environment it may use"
     );
+    assert_eq!(
+        message(tokens.create("c", Role::Client, None)),
+        "a client token needs the environment it may use"
+    );
+}
+
+#[test]
+fn only_sdk_and_client_tokens_evaluate_over_ofrep_each_in_its_environment() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let tokens = tokens(dir.path());
+    let scope = |name: &str, role: Role, env: Option<&str>| {
+        let (record, _) = tokens.create(name, role, env).expect("create");
+        (
+            record.id.clone(),
+            record
+                .evaluation_scope()
+                .map(|(env, visibility)| (env.to_owned(), visibility)),
+        )
+    };
+    assert_eq!(scope("admin", Role::Admin, None).1, None);
+    assert_eq!(scope("editor", Role::Editor, Some("prod")).1, None);
+    assert_eq!(
+        scope("sdk", Role::Sdk, Some("prod")).1,
+        Some(("prod".to_owned(), Visibility::All))
+    );
+    let (client, client_scope) = scope("web", Role::Client, Some("staging"));
+    assert_eq!(
+        client_scope,
+        Some(("staging".to_owned(), Visibility::ClientSide))
+    );
+    // A revoked token evaluates nothing.
+    let revoked = tokens.revoke(&client).expect("revoke");
+    assert_eq!(revoked.evaluation_scope(), None);
 }
 
 #[test]

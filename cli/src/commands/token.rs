@@ -1,8 +1,8 @@
 //! `flagstaff token create|list|revoke`.
 //!
-//! JSON fields of a token: `id`, `name`, `role` (admin, editor or sdk), `environment` (null
-//! for an admin token), `created` and `created_by` (null when unknown); `token create` adds
-//! `secret`.
+//! JSON fields of a token: `id`, `name`, `role` (admin, editor, sdk or client), `environment`
+//! (null for an admin token), `created` and `created_by` (null when unknown); `token create`
+//! adds `secret`.
 
 use anyhow::bail;
 use flagstaff_proto::pb;
@@ -138,6 +138,7 @@ fn role_name(role: i32) -> &'static str {
         Ok(pb::Role::Admin) => "admin",
         Ok(pb::Role::Editor) => "editor",
         Ok(pb::Role::Sdk) => "sdk",
+        Ok(pb::Role::Client) => "client",
         _ => "unknown",
     }
 }

@@ -178,6 +178,7 @@ pub fn role(role: i32) -> Result<Role, ServerError> {
         Ok(pb::Role::Admin) => Ok(Role::Admin),
         Ok(pb::Role::Editor) => Ok(Role::Editor),
         Ok(pb::Role::Sdk) => Ok(Role::Sdk),
+        Ok(pb::Role::Client) => Ok(Role::Client),
         Ok(pb::Role::Unspecified) => Err(ServerError::Invalid(
             "role: must be set, got ROLE_UNSPECIFIED".to_owned(),
         )),
@@ -297,6 +298,7 @@ pub fn token(token: &TokenRecord) -> pb::Token {
         Role::Admin => pb::Role::Admin,
         Role::Editor => pb::Role::Editor,
         Role::Sdk => pb::Role::Sdk,
+        Role::Client => pb::Role::Client,
     };
     pb::Token {
         id: token.id.clone(),

@@ -476,8 +476,11 @@ pub enum Role {
     Admin,
     /// Writes in its environment.
     Editor,
-    /// Exactly `Watch` and `ReportMetrics` in its environment.
+    /// Exactly `Watch`, `ReportMetrics` and OFREP evaluation in its environment.
     Sdk,
+    /// OFREP evaluation of the `client_side` flags of its environment, nothing else; not a
+    /// secret (embedded in web pages and apps).
+    Client,
 }
 
 /// A token as stored: its SHA-256 hash, never the secret.
@@ -489,7 +492,7 @@ pub struct TokenRecord {
     pub name: String,
     /// What the token may do.
     pub role: Role,
-    /// The environment an editor or SDK token is limited to.
+    /// The environment an editor, SDK or client token is limited to.
     pub environment: Option<String>,
     /// SHA-256 of the secret, hex.
     pub hash: String,

@@ -1,10 +1,18 @@
 //! Who may call what.
 
+use std::time::Duration;
+
 use flagstaff_proto::pb;
 use flagstaff_tests::TestServer;
 use tonic::Code;
 
-use crate::fixtures::{boolean_flag, client_with_token, create_environment, refused, revision};
+use crate::fixtures::{
+    boolean_flag, client_with_token, create_environment, create_flag, refused, revision,
+};
+
+/// How long a refused Watch may take to say so before the test gives up (a hang, not a
+/// measurement).
+const LIMIT: Duration = Duration::from_secs(20);
 
 #[tokio::test]
 async fn calls_need_a_valid_token() {
@@ -158,4 +166,112 @@ async fn tokens_are_listed_without_secrets_and_bound_to_an_existing_environment(
         Code::InvalidArgument,
     );
     assert_eq!(message, "role: must be set, got ROLE_UNSPECIFIED");
+}
+
+#[tokio::test]
+async fn a_client_token_passes_no_grpc_check() {
+    let server = TestServer::start().await;
+    let mut admin = server.admin().await;
+    create_environment(&mut admin, "production").await;
+    let mut flag = boolean_flag("checkout");
+    flag.client_side = true;
+    create_flag(&mut admin, "production", flag).await;
+    let created = admin
+        .create_token(pb::CreateTokenRequest {
+            name: "web".into(),
+            role: pb::Role::Client as i32,
+            environment: "production".into(),
+        })
+        .await
+        .expect("a client token for its environment")
+        .into_inner();
+    assert_eq!(
+        created.token.as_ref().map(|t| t.role),
+        Some(pb::Role::Client as i32)
+    );
+
+    // Watch, in its own environment.
+    let mut sync = server.sync_with(&created.secret).await;
+    let subscribe = pb::WatchRequest {
+        request: Some(pb::watch_request::Request::Subscribe(pb::Subscribe {
+            instance_id: "browser-1".into(),
+            ..Default::default()
+        })),
+    };
+    let status = match sync
+        .watch(tokio_stream::StreamExt::chain(
+            tokio_stream::iter([subscribe]),
+            tokio_stream::pending(),
+        ))
+        .await
+    {
+        Err(status) => status,
+        Ok(response) => {
+            let mut inbound = response.into_inner();
+            loop {
+                match tokio::time::timeout(LIMIT, inbound.message()).await {
+                    Ok(Ok(Some(_))) => continue,
+                    Ok(Ok(None)) => panic!("the stream ended without an error"),
+                    Ok(Err(status)) => break status,
+                    Err(_) => panic!("no answer within {LIMIT:?}"),
+                }
+            }
+        }
+    };
+    assert_eq!(
+        status.code(),
+        Code::PermissionDenied,
+        "{}",
+        status.message()
+    );
+    assert_eq!(
+        status.message(),
+        "token \"web\" (Client) may not sync environment \"production\""
+    );
+
+    // ReportMetrics.
+    let message = refused(
+        sync.report_metrics(pb::ReportMetricsRequest {
+            instance_id: "browser-1".into(),
+            ..Default::default()
+        })
+        .await,
+        Code::PermissionDenied,
+    );
+    assert_eq!(
+        message,
+        "token \"web\" (Client) may not sync environment \"production\""
+    );
+
+    // Admin reads, even of the client_side flag in its own environment, and token management.
+    let mut web = server.admin_with(Some(&created.secret)).await;
+    let message = refused(
+        web.get_flag(pb::GetFlagRequest {
+            environment: "production".into(),
+            key: "checkout".into(),
+        })
+        .await,
+        Code::PermissionDenied,
+    );
+    assert_eq!(
+        message,
+        "token \"web\" (Client) may not read environment \"production\""
+    );
+    refused(
+        web.list_tokens(pb::ListTokensRequest::default()).await,
+        Code::PermissionDenied,
+    );
+
+    // Like sdk and editor tokens, it needs its environment.
+    let message = refused(
+        admin
+            .create_token(pb::CreateTokenRequest {
+                name: "nowhere".into(),
+                role: pb::Role::Client as i32,
+                environment: String::new(),
+            })
+            .await,
+        Code::InvalidArgument,
+    );
+    assert_eq!(message, "a client token needs the environment it may use");
 }

@@ -23,12 +23,13 @@ const CALLS: [&str; 10] = [
 
 /// Y: allowed (any answer but PERMISSION_DENIED or UNAUTHENTICATED); -: PERMISSION_DENIED.
 #[rustfmt::skip]
-const MATRIX: [(&str, [&str; 10]); 4] = [
+const MATRIX: [(&str, [&str; 10]); 5] = [
     //            ListEnv CreateEnv CreateTok ListTok GetFlag SetEnabled History Evaluate Export Apply
     ("admin",    ["Y",    "Y",      "Y",      "Y",    "Y",    "Y",       "Y",    "Y",     "Y",   "Y"]),
     ("editor-a", ["-",    "-",      "-",      "-",    "Y",    "Y",       "Y",    "Y",     "Y",   "Y"]),
     ("editor-b", ["-",    "-",      "-",      "-",    "-",    "-",       "-",    "-",     "-",   "-"]),
     ("sdk-a",    ["-",    "-",      "-",      "-",    "-",    "-",       "-",    "-",     "-",   "-"]),
+    ("client-a", ["-",    "-",      "-",      "-",    "-",    "-",       "-",    "-",     "-",   "-"]),
 ];
 
 /// Makes `call` as the token of `row`; names made up for the cell keep cells independent.
@@ -124,6 +125,7 @@ async fn every_role_may_call_exactly_its_row() {
             "editor-a" => client_with_token(&server, row, pb::Role::Editor, "a").await,
             "editor-b" => client_with_token(&server, row, pb::Role::Editor, "b").await,
             "sdk-a" => client_with_token(&server, row, pb::Role::Sdk, "a").await,
+            "client-a" => client_with_token(&server, row, pb::Role::Client, "a").await,
             other => panic!("no row {other}"),
         };
         for (name, cell) in CALLS.iter().zip(expected) {

@@ -25,7 +25,7 @@ pub(super) async fn create_token<S: Store>(
         match (role, &environment) {
             // Created while the environment cannot be deleted: a deletion revokes its
             // tokens, and one created during it would outlive it.
-            (Role::Editor | Role::Sdk, Some(key)) => envs.while_exists(key, create),
+            (Role::Editor | Role::Sdk | Role::Client, Some(key)) => envs.while_exists(key, create),
             _ => create(),
         }
     })
