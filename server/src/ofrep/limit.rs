@@ -54,6 +54,11 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+/// The longest time to earn back one request: a day. It keeps a bucket's arithmetic far from
+/// overflowing an instant whatever the configuration (a day's interval times the largest burst
+/// is millions of years, not billions).
+pub const MAX_INTERVAL: Duration = Duration::from_secs(24 * 60 * 60);
+
 /// A rate: `burst` requests at once, then one every `per / requests`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Rate {
@@ -75,9 +80,11 @@ impl Rate {
         }
     }
 
-    /// The time to earn back one request; `None` when the limit is off.
+    /// The time to earn back one request, between 1 ns and [`MAX_INTERVAL`]; `None` when the
+    /// limit is off.
     pub fn interval(&self) -> Option<Duration> {
-        (self.requests > 0).then(|| (self.per / self.requests).max(Duration::from_nanos(1)))
+        (self.requests > 0)
+            .then(|| (self.per / self.requests).clamp(Duration::from_nanos(1), MAX_INTERVAL))
     }
 }
 
@@ -427,6 +434,15 @@ mod tests {
         assert_eq!(limiter.check(TOKEN, v4(1), at), Ok(()));
         assert_eq!(limiter.check(TOKEN, v4(1), at), Err(RetryAfter(10)));
         assert_eq!(RetryAfter(7).to_string(), "7");
+        // However long the configured period, a bucket's arithmetic stays in range.
+        let slow = Rate {
+            requests: 1,
+            per: Duration::MAX,
+            burst: u32::MAX,
+        };
+        assert_eq!(slow.interval(), Some(MAX_INTERVAL));
+        let limiter = Limiter::new(limits(slow, slow));
+        assert_eq!(limiter.check(TOKEN, v4(1), start), Ok(()));
         assert_eq!(RetryAfter::covering(Duration::ZERO).seconds(), 1);
         assert_eq!(RetryAfter::covering(Duration::from_millis(1)).seconds(), 1);
         assert_eq!(
