@@ -29,23 +29,24 @@
 //!   number flags as `f64`, and as `i64` when the value is a whole number in range (else
 //!   `TYPE_MISMATCH`). A JSON flag whose value is not an object is a `TYPE_MISMATCH` for
 //!   struct resolution.
-//! - Reasons: a disabled flag is `DISABLED`; a split decided it, `SPLIT`; a matching rule,
-//!   `TARGETING_MATCH`; no rule matched, `DEFAULT`; a failed prerequisite, `PREREQUISITE_FAILED`
-//!   (with the prerequisite in the flag metadata).
+//! - Reasons and flag metadata are those of flagstaffd's OFREP endpoints (one mapping,
+//!   [`flagstaff_engine::OpenFeatureOutcome`]): a disabled flag is `DISABLED`; a split decided
+//!   it, `SPLIT` (with `bucket`); a matching rule, `TARGETING_MATCH` (with `ruleId`); no rule
+//!   matched, `DEFAULT`; a failed prerequisite, `TARGETING_MATCH` with `prerequisite` naming
+//!   it. The flag's version is in the metadata as `version`.
 //! - Errors: a missing flag is `FLAG_NOT_FOUND`, the wrong type `TYPE_MISMATCH`, no data yet
 //!   `PROVIDER_NOT_READY`; OpenFeature then serves the caller's default. A split whose
 //!   bucketing attribute is missing is different: Flagstaff serves the flag's off variant, and
-//!   so does the provider, with reason `ERROR` and the error code (`TARGETING_KEY_MISSING` when
-//!   the context has no targeting key, else `INVALID_CONTEXT`) and message in the flag metadata
-//!   under `errorCode` and `errorMessage`: the `open-feature` crate's resolutions have no error
-//!   field of their own.
+//!   so does the provider, with reason `ERROR` and, in the flag metadata, `errorCode`
+//!   `MISSING_BUCKETING_ATTRIBUTE` and an `errorMessage`: the `open-feature` crate's
+//!   resolutions have no error field of their own.
 //! - Events: the `open-feature` crate has no provider-event API yet, so the provider offers its
 //!   own: [`FlagstaffProvider::on_event`] delivers `PROVIDER_CONFIGURATION_CHANGED` with the
 //!   flags each revision changed, from the client's change listeners.
 
 use std::time::Duration;
 
-use flagstaff_engine::{Context, Detail, ErrorKind, Reason};
+use flagstaff_engine::{Context, Detail, ErrorKind, OpenFeatureOutcome, OpenFeatureReason};
 use open_feature::provider::{
     FeatureProvider, ProviderMetadata, ProviderStatus, ResolutionDetails,
 };
@@ -126,7 +127,7 @@ impl FlagstaffProvider {
     ) -> EvaluationResult<ResolutionDetails<U>> {
         let context = context(ctx);
         with_detail::<T, _>(self.client.core(), key, &context, default, |detail| {
-            resolution(key, ctx, typed(detail, convert))
+            resolution(key, typed(detail, convert))
         })
     }
 }
@@ -134,40 +135,40 @@ impl FlagstaffProvider {
 /// OpenFeature's resolution of a Flagstaff evaluation.
 fn resolution<T>(
     key: &str,
-    ctx: &EvaluationContext,
     detail: Detail<'_, Option<T>>,
 ) -> EvaluationResult<ResolutionDetails<T>> {
     let mut metadata = FlagMetadata::default();
     if let Some(version) = detail.version {
         metadata.add_value("version", i64::try_from(version).unwrap_or(i64::MAX));
     }
-    let reason = match detail.reason {
-        Reason::Off => EvaluationReason::Disabled,
-        _ if detail.bucket.is_some() => EvaluationReason::Split,
-        Reason::RuleMatch { id, .. } => {
-            metadata.add_value("ruleId", id);
-            EvaluationReason::TargetingMatch
-        }
-        Reason::Default => EvaluationReason::Default,
-        Reason::PrerequisiteFailed { prerequisite } => {
-            metadata.add_value("prerequisite", prerequisite);
-            EvaluationReason::Other("PREREQUISITE_FAILED".to_owned())
-        }
-        Reason::Error(ErrorKind::MissingBucketingAttribute) => {
-            let code = if ctx.targeting_key.is_none() {
-                EvaluationErrorCode::TargetingKeyMissing
-            } else {
-                EvaluationErrorCode::InvalidContext
-            };
-            metadata.add_value("errorCode", code.to_string());
+    let outcome = OpenFeatureOutcome::of(&detail);
+    if let Some(id) = outcome.rule_id {
+        metadata.add_value("ruleId", id);
+    }
+    if let Some(bucket) = outcome.bucket {
+        metadata.add_value("bucket", i64::from(bucket));
+    }
+    if let Some(prerequisite) = outcome.prerequisite {
+        metadata.add_value("prerequisite", prerequisite);
+    }
+    match outcome.error {
+        None => {}
+        Some(ErrorKind::MissingBucketingAttribute) => {
+            metadata.add_value("errorCode", ErrorKind::MissingBucketingAttribute.as_str());
             metadata.add_value(
                 "errorMessage",
                 "the split's bucketing attribute is missing, empty, or not a string or \
                      number: the flag's off variant is served",
             );
-            EvaluationReason::Error
         }
-        Reason::Error(kind) => return Err(error_of(kind, key)),
+        Some(kind) => return Err(error_of(kind, key)),
+    }
+    let reason = match outcome.reason {
+        OpenFeatureReason::Disabled => EvaluationReason::Disabled,
+        OpenFeatureReason::TargetingMatch => EvaluationReason::TargetingMatch,
+        OpenFeatureReason::Split => EvaluationReason::Split,
+        OpenFeatureReason::Default => EvaluationReason::Default,
+        OpenFeatureReason::Error => EvaluationReason::Error,
     };
     let Some(value) = detail.value else {
         return Err(error(

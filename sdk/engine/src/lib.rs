@@ -52,6 +52,7 @@
 //! | `snapshot` | [`Snapshot`] and [`ChangeSet`]: checking and applying changes |
 //! | `eval` | evaluation: typed values, [`Detail`] and [`Reason`] |
 //! | `diff` | which flags two snapshots evaluate differently |
+//! | `openfeature` | an evaluation in OpenFeature's terms: reasons and flag metadata |
 #![deny(missing_docs)]
 
 mod bucket;
@@ -66,6 +67,7 @@ mod format;
 mod keys;
 mod limits;
 mod model;
+mod openfeature;
 mod operand;
 mod patch;
 mod problem;
@@ -95,6 +97,7 @@ pub use model::{
     Condition, Document, Flag, Kind, Op, Prerequisite, Rule, Segment, SegmentRule, Serve, Split,
     Variants, Weight,
 };
+pub use openfeature::{OpenFeatureOutcome, OpenFeatureReason};
 pub use patch::KeyPatch;
 pub use problem::{Problem, ValidationError};
 pub use snapshot::{ChangeSet, Snapshot};

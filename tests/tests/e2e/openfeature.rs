@@ -218,10 +218,12 @@ async fn a_missing_bucketing_attribute_serves_the_off_variant_not_the_default() 
     assert_eq!(detail.reason, Some(EvaluationReason::Error));
     assert_eq!(
         detail.flag_metadata.values.get("errorCode"),
-        Some(&FlagMetadataValue::String("TARGETING_KEY_MISSING".into()))
+        Some(&FlagMetadataValue::String(
+            "MISSING_BUCKETING_ATTRIBUTE".into()
+        ))
     );
 
-    // A targeting key but no `team`: an invalid context, still the off variant.
+    // A targeting key but no `team`: still the off variant, for the same reason.
     let detail = flags
         .get_string_details("team-banner", Some(&user("user-1")), None)
         .await
@@ -232,7 +234,9 @@ async fn a_missing_bucketing_attribute_serves_the_off_variant_not_the_default() 
     );
     assert_eq!(
         detail.flag_metadata.values.get("errorCode"),
-        Some(&FlagMetadataValue::String("INVALID_CONTEXT".into()))
+        Some(&FlagMetadataValue::String(
+            "MISSING_BUCKETING_ATTRIBUTE".into()
+        ))
     );
     let team = user("user-1").with_custom_field("team", "payments");
     assert_eq!(
