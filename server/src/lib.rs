@@ -1,10 +1,12 @@
 //! flagstaffd, Flagstaff's control plane: environments, flags, segments, tokens and the audit
-//! log, stored durably and served over gRPC.
+//! log, stored durably and served over gRPC and HTTP on one port.
 //!
-//! Besides `flagstaff.v1.Admin`, the gRPC listener serves `grpc.health.v1.Health` and server
-//! reflection (`grpc.reflection.v1` and `v1alpha`), optionally over TLS ([`Tls`]); a second,
+//! Besides `flagstaff.v1.Admin` and `flagstaff.v1.Sync`, the listener serves
+//! `grpc.health.v1.Health` and server reflection (`grpc.reflection.v1` and `v1alpha`), and,
+//! to requests that are not gRPC, OpenFeature remote evaluation (OFREP) under `/ofrep/v1/` and
+//! `/healthz` and `/readyz`, over HTTP/1.1 and h2, optionally over TLS ([`Tls`]); a second,
 //! optional listener serves the server's own metrics in the Prometheus text format
-//! ([`ServeOptions::metrics`]). docs/operations.md describes them for operators.
+//! ([`ServeOptions::metrics`]). docs/operations.md and docs/ofrep.md describe them.
 //!
 //! # Where things are
 //!
@@ -25,8 +27,10 @@
 //! - `repair`: `flagstaffd check` and `repair`.
 //! - `service`: the gRPC services (`admin/`, one file per resource; `sync` and `watch`;
 //!   paging and wire conversion); `health`, `metrics` and `tls` around them.
-//! - `ofrep`: OpenFeature remote evaluation over HTTP (event-stream tickets, rate limits,
-//!   the change-notification stream).
+//! - `http`: the one port: accepting plain or TLS connections, sending each request to gRPC
+//!   or to the HTTP routes by its content type, and the HTTP routes' own answers.
+//! - `ofrep`: OpenFeature remote evaluation over HTTP (the evaluation endpoints, contexts,
+//!   usage counts, event-stream tickets, rate limits, the change-notification stream).
 //! - This file: [`Config`] and [`Server`], which open the store and serve.
 #![deny(missing_docs)]
 
@@ -37,6 +41,7 @@ mod environments;
 mod error;
 pub mod feed;
 mod health;
+mod http;
 mod metrics;
 pub mod ofrep;
 mod operations;
@@ -110,14 +115,16 @@ impl Config {
     }
 }
 
-/// What [`Server::serve_with`] serves besides plain gRPC.
+/// What [`Server::serve_with`] serves besides plain gRPC and HTTP.
 #[derive(Debug, Default)]
 pub struct ServeOptions {
     /// Serve the metrics endpoint (`GET /metrics`, Prometheus text format, plain HTTP/1.1)
     /// on this listener. Off when `None`.
     pub metrics: Option<tokio::net::TcpListener>,
-    /// Serve gRPC over TLS with this certificate and key. Plain text when `None`.
+    /// Serve gRPC and HTTP over TLS with this certificate and key. Plain text when `None`.
     pub tls: Option<Tls>,
+    /// How OFREP serves browsers and client tokens.
+    pub ofrep: ofrep::OfrepOptions,
 }
 
 /// A server's state, opened from its data directory.
@@ -178,7 +185,7 @@ impl Server {
         &self.clients
     }
 
-    /// Serves gRPC in plain text on `listener`, without a metrics endpoint, until `shutdown`
+    /// Serves gRPC and HTTP in plain text on `listener`, without a metrics endpoint, until `shutdown`
     /// completes; see [`serve_with`](Self::serve_with).
     pub async fn serve(
         self,
@@ -189,10 +196,11 @@ impl Server {
             .await
     }
 
-    /// Serves gRPC on `listener` (Admin, health and reflection; over TLS if `options` say
-    /// so) and the metrics endpoint if `options` give it a listener, until `shutdown`
-    /// completes. Then health reports `NOT_SERVING` and ends its `Watch` streams, the
-    /// metrics endpoint closes, and the gRPC requests in flight finish before this returns.
+    /// Serves gRPC (Admin, Sync, health and reflection) and HTTP (OFREP, `/healthz`,
+    /// `/readyz`) on `listener`, over TLS if `options` say so, and the metrics endpoint if
+    /// `options` give it a listener, until `shutdown` completes. Then health reports
+    /// `NOT_SERVING` and ends its `Watch` streams, `/readyz` answers 503, the metrics endpoint
+    /// closes, OFREP usage is recorded, and the requests in flight finish before this returns.
     pub async fn serve_with(
         self,
         listener: tokio::net::TcpListener,
@@ -233,11 +241,33 @@ impl Server {
             ));
 
         let (reflection_v1, reflection_v1alpha) = reflection();
-
-        let mut builder = tonic::transport::Server::builder();
-        if let Some(tls) = &options.tls {
-            builder = builder.tls_config(tls.config())?;
+        let mut grpc = tonic::service::Routes::new(admin)
+            .add_service(sync)
+            .add_service(health);
+        if let Some(v1) = reflection_v1 {
+            grpc = grpc.add_service(v1);
         }
+        if let Some(v1alpha) = reflection_v1alpha {
+            grpc = grpc.add_service(v1alpha);
+        }
+        let grpc = tower::ServiceBuilder::new()
+            .layer(CountRequestsLayer::new(self.requests.clone()))
+            .layer(service::oversize::OversizeLayer)
+            .service(grpc.prepare());
+
+        // OFREP evaluations count toward flag usage, recorded every few seconds.
+        let tally = Arc::new(ofrep::Tally::default());
+        let ofrep = ofrep::routes(
+            Arc::new(ofrep::Ofrep::new(
+                self.envs.clone(),
+                self.tokens.clone(),
+                tally.clone(),
+                options.ofrep.limits,
+            )),
+            &options.ofrep.cors_origins,
+        );
+        let usage = tokio::spawn(tally.run(self.envs.clone(), health::stopped(stopping.clone())));
+        let service = http::dispatch::Dispatch::new(grpc, http::routes(ofrep, stopping.clone()));
 
         let metrics = options.metrics.map(|listener| {
             let (envs, requests, clients) = (
@@ -260,31 +290,36 @@ impl Server {
             health::stopped(stopping.clone()),
         ));
 
-        let served = builder
-            .layer(CountRequestsLayer::new(self.requests.clone()))
-            .layer(service::oversize::OversizeLayer)
-            .add_service(admin)
-            .add_service(sync)
-            .add_service(health)
-            .add_optional_service(reflection_v1)
-            .add_optional_service(reflection_v1alpha)
-            .serve_with_incoming_shutdown(
-                tokio_stream::wrappers::TcpListenerStream::new(listener),
-                async {
-                    shutdown.await;
-                    health_reporter.set_not_serving::<AdminServer>().await;
-                    health_reporter.set_not_serving::<SyncServer>().await;
-                    health_reporter
-                        .set_service_status("", ServingStatus::NotServing)
-                        .await;
-                    stop.send_replace(true);
-                },
-            )
-            .await;
+        let signal = async {
+            shutdown.await;
+            health_reporter.set_not_serving::<AdminServer>().await;
+            health_reporter.set_not_serving::<SyncServer>().await;
+            health_reporter
+                .set_service_status("", ServingStatus::NotServing)
+                .await;
+            stop.send_replace(true);
+        };
+        // HTTP/1.1 beside h2: OFREP clients and browsers speak either.
+        let builder = tonic::transport::Server::builder().accept_http1(true);
+        let served = match &options.tls {
+            Some(tls) => {
+                builder
+                    .serve_with_incoming_shutdown(service, http::listen::tls(listener, tls), signal)
+                    .await
+            }
+            None => {
+                builder
+                    .serve_with_incoming_shutdown(service, http::listen::plain(listener), signal)
+                    .await
+            }
+        };
         // Also when serving failed before the shutdown signal.
         stop.send_replace(true);
         if let Err(e) = scheduler.await {
             tracing::error!(error = %e, "the rollout scheduler failed");
+        }
+        if let Err(e) = usage.await {
+            tracing::error!(error = %e, "recording OFREP usage failed");
         }
         if let Some(metrics) = metrics {
             if let Err(e) = metrics.await {

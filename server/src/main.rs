@@ -3,13 +3,15 @@
 //! ```sh
 //! flagstaffd [--listen 127.0.0.1:7878] [--data-dir ./flagstaff-data]
 //!            [--metrics-listen 127.0.0.1:9187] [--tls-cert cert.pem --tls-key key.pem]
+//!            [--cors-origin https://app.example.com]...
 //! flagstaffd admin-token --data-dir ./flagstaff-data    # mint a new admin token offline
 //! flagstaffd check --data-dir ./flagstaff-data          # list damaged records
 //! flagstaffd repair --data-dir ./flagstaff-data         # restore them from the audit log
 //! ```
 //! Every option is also an environment variable: `FLAGSTAFF_LISTEN`, `FLAGSTAFF_DATA_DIR`,
 //! `FLAGSTAFF_RETENTION`, `FLAGSTAFF_HEARTBEAT_INTERVAL`, `FLAGSTAFF_METRICS_LISTEN`, `FLAGSTAFF_TLS_CERT`,
-//! `FLAGSTAFF_TLS_KEY`. Logs go to stderr; `RUST_LOG` filters them (default `info`). The
+//! `FLAGSTAFF_TLS_KEY`, `FLAGSTAFF_CORS_ORIGINS`, `FLAGSTAFF_CLIENT_TOKEN_RATE`,
+//! `FLAGSTAFF_CLIENT_ADDRESS_RATE`, `FLAGSTAFF_CLIENT_STREAMS`. Logs go to stderr; `RUST_LOG` filters them (default `info`). The
 //! addresses actually bound are logged (`address=`, `metrics_address=`), so port 0 works.
 
 use std::io::IsTerminal as _;
@@ -19,15 +21,45 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
+use flagstaff_server::ofrep::limit::Rate;
+use flagstaff_server::ofrep::{OfrepOptions, RateLimits};
 use flagstaff_server::storage::SledStore;
 use flagstaff_server::{Config, ServeOptions, Server, Tls};
 
 #[derive(Debug, Parser)]
 #[command(name = "flagstaffd", version, about = "Flagstaff's control plane")]
 struct Args {
-    /// Address to serve gRPC on.
+    /// Address to serve gRPC and HTTP (OFREP, /healthz, /readyz) on.
     #[arg(long, env = "FLAGSTAFF_LISTEN", default_value = "127.0.0.1:7878")]
     listen: SocketAddr,
+
+    /// An origin whose web pages may call OFREP from browsers (CORS), e.g.
+    /// https://app.example.com. Repeat for several; the environment variable takes them
+    /// comma-separated.
+    #[arg(
+        long = "cors-origin",
+        env = "FLAGSTAFF_CORS_ORIGINS",
+        value_name = "ORIGIN",
+        value_delimiter = ','
+    )]
+    cors_origins: Vec<String>,
+
+    /// OFREP requests per second one client token may make in all (bursts of twice as many);
+    /// 0 for no limit.
+    #[arg(long, env = "FLAGSTAFF_CLIENT_TOKEN_RATE", value_name = "PER_SECOND",
+          default_value_t = RateLimits::default().per_token.requests)]
+    client_token_rate: u32,
+
+    /// OFREP requests per second one client token may make from one address (an IPv6 /64;
+    /// bursts of three times as many); 0 for no limit.
+    #[arg(long, env = "FLAGSTAFF_CLIENT_ADDRESS_RATE", value_name = "PER_SECOND",
+          default_value_t = RateLimits::default().per_address.requests)]
+    client_address_rate: u32,
+
+    /// OFREP event streams one client token may hold open at once.
+    #[arg(long, env = "FLAGSTAFF_CLIENT_STREAMS", value_name = "STREAMS",
+          default_value_t = RateLimits::default().streams_per_token)]
+    client_streams: usize,
 
     /// Directory of the database and the admin token file.
     #[arg(
@@ -53,7 +85,7 @@ struct Args {
     #[arg(long, env = "FLAGSTAFF_METRICS_LISTEN", value_name = "ADDR")]
     metrics_listen: Option<SocketAddr>,
 
-    /// PEM certificate chain to serve gRPC over TLS with (the server's certificate first).
+    /// PEM certificate chain to serve gRPC and HTTP over TLS with (the server's certificate first).
     /// Needs --tls-key.
     #[arg(
         long,
@@ -214,7 +246,28 @@ fn run(args: Args) -> anyhow::Result<()> {
             let addr = metrics.local_addr()?;
             tracing::info!(metrics_address = %addr, "metrics at http://{addr}/metrics");
         }
-        let options = ServeOptions { metrics, tls };
+        let defaults = RateLimits::default();
+        let ofrep = OfrepOptions {
+            cors_origins: args.cors_origins.clone(),
+            limits: RateLimits {
+                per_token: Rate::per_second(
+                    args.client_token_rate,
+                    args.client_token_rate.saturating_mul(2),
+                ),
+                per_address: Rate::per_second(
+                    args.client_address_rate,
+                    args.client_address_rate.saturating_mul(3),
+                ),
+                streams_per_token: args.client_streams,
+                ..defaults
+            },
+        };
+        ofrep.check()?;
+        let options = ServeOptions {
+            metrics,
+            tls,
+            ofrep,
+        };
         server
             .serve_with(listener, options, shutdown_signal())
             .await?;

@@ -1,18 +1,22 @@
-//! TLS for the gRPC listener: a certificate chain and its private key in PEM, served with
-//! rustls (through tonic). The files are read and parsed when flagstaffd starts, so a wrong
-//! path or a wrong file is an error that names the file, before anything is served.
+//! TLS for the one port that serves gRPC and HTTP: a certificate chain and its private key in
+//! PEM, served with rustls. flagstaffd terminates TLS itself and offers both `h2` and
+//! `http/1.1` by ALPN: tonic's own TLS setting offers only `h2`, which would turn away
+//! HTTP/1.1 clients such as browsers' `fetch` over HTTP/1.1 or Python's requests. The files
+//! are read and parsed when flagstaffd starts, so a wrong path or a wrong file is an error that
+//! names the file, before anything is served.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use rustls_pki_types::pem::{self, PemObject};
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
-use tonic::transport::{Identity, ServerTlsConfig};
+use tokio_rustls::rustls;
 
-/// A certificate chain and private key to serve gRPC over TLS with.
+/// A certificate chain and private key to serve gRPC and HTTP over TLS with.
 #[derive(Clone)]
 pub struct Tls {
-    config: ServerTlsConfig,
+    config: Arc<rustls::ServerConfig>,
 }
 
 impl fmt::Debug for Tls {
@@ -91,8 +95,8 @@ impl Tls {
         )
     }
 
-    /// Checks both PEM texts here, where the error can name them, then lets tonic build its
-    /// rustls configuration once to catch a key that does not belong to the certificate.
+    /// Checks both PEM texts here, where the error can name them, then builds the rustls
+    /// configuration, which catches a key that does not belong to the certificate.
     fn parse(
         cert_pem: &[u8],
         key_pem: &[u8],
@@ -113,43 +117,43 @@ impl Tls {
                     .to_owned(),
             });
         }
-        if let Err(e) = PrivateKeyDer::from_pem_slice(key_pem) {
+        let key = PrivateKeyDer::from_pem_slice(key_pem).map_err(|e| {
             let problem = match e {
                 pem::Error::NoItemsFound => "no private key found: expected a PEM block \
                      `-----BEGIN PRIVATE KEY-----` (or RSA PRIVATE KEY, EC PRIVATE KEY)"
                     .to_owned(),
                 other => format!("not a PEM private key: {other}"),
             };
-            return Err(TlsError::Parse {
-                source_name: key_name,
+            TlsError::Parse {
+                source_name: key_name.clone(),
                 problem,
-            });
-        }
-        let config = ServerTlsConfig::new().identity(Identity::from_pem(cert_pem, key_pem));
-        tonic::transport::Server::builder()
-            .tls_config(config.clone())
+            }
+        })?;
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .and_then(|builder| builder.with_no_client_auth().with_single_cert(certs, key))
             .map_err(|e| TlsError::Identity {
                 cert: cert_name,
                 key: key_name,
                 detail: error_chain(&e),
             })?;
-        Ok(Tls { config })
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        Ok(Tls {
+            config: Arc::new(config),
+        })
     }
 
-    /// The configuration tonic serves with.
-    pub(crate) fn config(&self) -> ServerTlsConfig {
+    /// The rustls configuration connections are accepted with.
+    pub(crate) fn config(&self) -> Arc<rustls::ServerConfig> {
         self.config.clone()
     }
 }
 
-/// What went wrong below tonic's transport error (which itself says only "transport
-/// error"): its sources, `: `-separated.
+/// What rustls said, with its sources, `: `-separated.
 fn error_chain(err: &dyn std::error::Error) -> String {
-    let Some(first) = err.source() else {
-        return err.to_string();
-    };
-    let mut text = first.to_string();
-    let mut source = first.source();
+    let mut text = err.to_string();
+    let mut source = err.source();
     while let Some(e) = source {
         text.push_str(": ");
         text.push_str(&e.to_string());

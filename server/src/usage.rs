@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 
-use crate::environments::{Environments, WriteContext};
+use crate::environments::{Environment, Environments, WriteContext};
 use crate::error::ServerError;
 use crate::rollout;
 use crate::rollout::guard::{self, State};
@@ -58,6 +58,43 @@ pub struct ReportOutcome {
 }
 
 impl<S: Store> Environments<S> {
+    /// Adds evaluations to the usage of `env`'s flags: `(flag, count, last evaluated in Unix
+    /// milliseconds)` each, from SDK reports or from OFREP.
+    pub fn record_usage<'a>(
+        &self,
+        env: &Environment,
+        evaluations: impl IntoIterator<Item = (&'a str, u64, u64)>,
+    ) -> Result<(), ServerError> {
+        // Usage is kept for the environment's flags only: counts of names that are no flag
+        // (a stale SDK's, or made up) would grow the store without bound.
+        let current = env.current();
+        let mut used: HashMap<&str, FlagUsage> = HashMap::new();
+        for (flag, count, at_ms) in evaluations {
+            if count == 0 || current.snapshot.flag(flag).is_none() {
+                continue;
+            }
+            let u = used.entry(flag).or_default();
+            u.evaluations = u.evaluations.saturating_add(count);
+            u.last_evaluated_ms = u.last_evaluated_ms.max(at_ms);
+        }
+        if used.is_empty() {
+            return Ok(());
+        }
+        let merged: Vec<(&str, FlagUsage)> = {
+            let mut usage = env.lock_usage();
+            used.iter()
+                .map(|(flag, add)| {
+                    let u = usage.entry((*flag).to_owned()).or_default();
+                    u.evaluations = u.evaluations.saturating_add(add.evaluations);
+                    u.last_evaluated_ms = u.last_evaluated_ms.max(add.last_evaluated_ms);
+                    (*flag, *u)
+                })
+                .collect()
+        };
+        self.store().put_usage(&env.key, &merged)?;
+        Ok(())
+    }
+
     /// Records `report` from an SDK of `environment`: flag usage, and the counts of guarded
     /// plans; rolls back every plan whose guard now rejects its target.
     pub fn record_metrics(
@@ -66,33 +103,13 @@ impl<S: Store> Environments<S> {
         report: &MetricsReport,
     ) -> Result<ReportOutcome, ServerError> {
         let env = self.get(environment)?;
-        // Usage is kept for the environment's flags only: counts of names that are no flag
-        // (a stale SDK's, or made up) would grow the store without bound.
-        let current = env.current();
-        let mut used: HashMap<&str, FlagUsage> = HashMap::new();
-        for e in report
-            .evaluations
-            .iter()
-            .filter(|e| e.count > 0 && current.snapshot.flag(&e.flag).is_some())
-        {
-            let u = used.entry(e.flag.as_str()).or_default();
-            u.evaluations = u.evaluations.saturating_add(e.count);
-            u.last_evaluated_ms = u.last_evaluated_ms.max(e.window_end_ms);
-        }
-        if !used.is_empty() {
-            let merged: Vec<(&str, FlagUsage)> = {
-                let mut usage = env.lock_usage();
-                used.iter()
-                    .map(|(flag, add)| {
-                        let u = usage.entry((*flag).to_owned()).or_default();
-                        u.evaluations = u.evaluations.saturating_add(add.evaluations);
-                        u.last_evaluated_ms = u.last_evaluated_ms.max(add.last_evaluated_ms);
-                        (*flag, *u)
-                    })
-                    .collect()
-            };
-            self.store().put_usage(&env.key, &merged)?;
-        }
+        self.record_usage(
+            &env,
+            report
+                .evaluations
+                .iter()
+                .map(|e| (e.flag.as_str(), e.count, e.window_end_ms)),
+        )?;
 
         // Guard counts, under the writer lock so no plan write in between loses them; kept in
         // memory and stored with the plan's next write.

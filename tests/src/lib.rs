@@ -19,6 +19,7 @@ use flagstaff_proto::pb::admin_client::AdminClient;
 use flagstaff_proto::pb::sync_client::SyncClient;
 use flagstaff_server::clients::Clients;
 use flagstaff_server::clock::Clock;
+use flagstaff_server::ofrep::OfrepOptions;
 use flagstaff_server::storage::SledStore;
 use flagstaff_server::{Config, Environments, ServeOptions, Server, Tls};
 use tokio::sync::oneshot;
@@ -62,6 +63,7 @@ pub struct TestServerBuilder {
     feed_capacity: Option<usize>,
     retention: Option<u64>,
     clock: Option<Arc<dyn Clock>>,
+    ofrep: OfrepOptions,
 }
 
 impl TestServerBuilder {
@@ -85,7 +87,7 @@ impl TestServerBuilder {
         self
     }
 
-    /// Serves gRPC over TLS with this certificate; the server's clients trust it.
+    /// Serves gRPC and HTTP over TLS with this certificate; the server's clients trust it.
     pub fn tls(mut self, tls: TestTls) -> Self {
         self.tls = Some(tls);
         self
@@ -113,6 +115,13 @@ impl TestServerBuilder {
     /// [`ManualClock`](flagstaff_server::clock::ManualClock) runs plans in milliseconds).
     pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
         self.clock = Some(clock);
+        self
+    }
+
+    /// How OFREP serves browsers (CORS origins) and client tokens (rate limits), instead of
+    /// no CORS and the default limits.
+    pub fn ofrep(mut self, options: OfrepOptions) -> Self {
+        self.ofrep = options;
         self
     }
 
@@ -160,9 +169,14 @@ impl TestServerBuilder {
             .as_ref()
             .map(|tls| Tls::from_pem(&tls.cert, &tls.key).expect("a usable certificate and key"));
         let (shutdown, stopped) = oneshot::channel::<()>();
+        let options = ServeOptions {
+            metrics,
+            tls,
+            ofrep: self.ofrep,
+        };
         let task = tokio::spawn(async move {
             server
-                .serve_with(listener, ServeOptions { metrics, tls }, async {
+                .serve_with(listener, options, async {
                     let _ = stopped.await;
                 })
                 .await

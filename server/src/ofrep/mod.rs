@@ -1,5 +1,231 @@
-//! OpenFeature remote evaluation (OFREP) over HTTP, DESIGN.md section 10.
+//! OpenFeature remote evaluation (OFREP 0.3.0) over HTTP, on the gRPC port (DESIGN.md
+//! section 10): `POST /ofrep/v1/evaluate/flags/{key}` evaluates one flag,
+//! `POST /ofrep/v1/evaluate/flags` every flag the token sees. docs/ofrep.md describes them for
+//! users.
+//!
+//! - `context`: the request's context, flattened into the engine's.
+//! - `error`: the error answers.
+//! - `evaluate`: the two evaluation endpoints.
+//! - `events`: the change-notification event stream.
+//! - `limit`: rate limits and event-stream caps for client tokens.
+//! - `ticket`: the signed tickets in event-stream URLs.
+//! - `usage`: evaluations counted toward flag usage.
 
+mod context;
+mod error;
+mod evaluate;
 pub mod events;
 pub mod limit;
 pub mod ticket;
+mod usage;
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::routing::post;
+use http::request::Parts;
+use http::{header, HeaderMap, HeaderName, HeaderValue, Method};
+use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
+use tower_http::cors::{AllowOrigin, CorsLayer};
+
+use crate::auth::{Tokens, Visibility};
+use crate::environments::Environments;
+use crate::storage::{Role, Store};
+use error::OfrepError;
+use limit::Limiter;
+pub use limit::RateLimits;
+pub(crate) use usage::Tally;
+
+/// The largest request body accepted: a context within the limits of DESIGN.md section 4a.
+const MAX_BODY_BYTES: usize = 8 << 20;
+
+/// What the OFREP routes share.
+#[derive(Debug)]
+pub(crate) struct Ofrep<S> {
+    envs: Arc<Environments<S>>,
+    tokens: Arc<Tokens<S>>,
+    tally: Arc<Tally>,
+    limiter: Limiter,
+}
+
+impl<S: Store> Ofrep<S> {
+    /// OFREP over `envs`, for the holders of `tokens`, counting evaluations in `tally` and
+    /// limiting client tokens to `limits`.
+    pub(crate) fn new(
+        envs: Arc<Environments<S>>,
+        tokens: Arc<Tokens<S>>,
+        tally: Arc<Tally>,
+        limits: RateLimits,
+    ) -> Ofrep<S> {
+        Ofrep {
+            envs,
+            tokens,
+            tally,
+            limiter: Limiter::new(limits),
+        }
+    }
+
+    /// Who is asking: the token of `Authorization: Bearer …` or `X-API-Key`, which must be an
+    /// `sdk` or `client` token. A client token is public, so its requests are limited per
+    /// token and per client address (429 beyond); an sdk token is a service's secret and is
+    /// not limited.
+    fn caller(&self, parts: &Parts) -> Result<Caller, OfrepError> {
+        let secret = presented_token(&parts.headers)?;
+        let token = self
+            .tokens
+            .authenticate(secret)
+            .map_err(|e| OfrepError::unauthenticated(e.to_string()))?;
+        let Some((environment, visibility)) = token.evaluation_scope() else {
+            let role = match token.role {
+                Role::Admin => "an admin",
+                Role::Editor => "an editor",
+                _ => "this",
+            };
+            return Err(OfrepError::forbidden(format!(
+                "{role} token cannot evaluate over OFREP: use an sdk token (services) or a \
+                 client token (browsers and apps); admin and editor tokens must never be \
+                 embedded in evaluation clients"
+            )));
+        };
+        if visibility == Visibility::ClientSide {
+            if let Some(addr) = peer_address(parts) {
+                self.limiter
+                    .check(&token.id, addr, tokio::time::Instant::now())
+                    .map_err(|wait| {
+                        OfrepError::too_many_requests(
+                            "too many requests with this client token from this address or \
+                             in all; retry after the time given in Retry-After",
+                            wait.seconds(),
+                        )
+                    })?;
+            }
+        }
+        Ok(Caller {
+            environment: environment.to_owned(),
+            visibility,
+        })
+    }
+}
+
+/// The address of the client a request came from, as the connection says (a reverse proxy's
+/// own address when flagstaffd is behind one).
+fn peer_address(parts: &Parts) -> Option<IpAddr> {
+    let tcp = parts.extensions.get::<TcpConnectInfo>().or_else(|| {
+        parts
+            .extensions
+            .get::<TlsConnectInfo<TcpConnectInfo>>()
+            .map(TlsConnectInfo::get_ref)
+    })?;
+    tcp.remote_addr().map(|a| a.ip())
+}
+
+/// The environment and visibility of the token a request came with.
+#[derive(Debug, Clone)]
+struct Caller {
+    environment: String,
+    visibility: Visibility,
+}
+
+/// The token a request presents: `Authorization: Bearer <token>` or `X-API-Key: <token>`.
+fn presented_token(headers: &HeaderMap) -> Result<&str, OfrepError> {
+    if let Some(value) = headers.get(header::AUTHORIZATION) {
+        let value = value.to_str().unwrap_or_default().trim();
+        return match value.split_once(' ') {
+            Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") => Ok(token.trim()),
+            _ => Err(OfrepError::unauthenticated(
+                "the Authorization header must be `Bearer <token>`",
+            )),
+        };
+    }
+    if let Some(value) = headers.get("x-api-key") {
+        return Ok(value.to_str().unwrap_or_default().trim());
+    }
+    Err(OfrepError::unauthenticated(
+        "no token: send `Authorization: Bearer <token>` or `X-API-Key: <token>` with an sdk or \
+         client token",
+    ))
+}
+
+/// How the OFREP routes serve browsers and public tokens.
+#[derive(Debug, Clone, Default)]
+pub struct OfrepOptions {
+    /// Origins whose web pages may call OFREP (CORS), e.g. `https://app.example.com`. No
+    /// other route answers cross-origin requests.
+    pub cors_origins: Vec<String>,
+    /// The limits on client tokens.
+    pub limits: RateLimits,
+}
+
+/// Why an [`OfrepOptions`] cannot be served.
+#[derive(Debug, thiserror::Error)]
+#[error("--cors-origin {origin:?}: {problem}")]
+pub struct OptionsError {
+    origin: String,
+    problem: &'static str,
+}
+
+impl OfrepOptions {
+    /// Checks the options: each CORS origin must be `scheme://host[:port]`, as browsers send
+    /// it in `Origin`, or `null` is refused.
+    pub fn check(&self) -> Result<(), OptionsError> {
+        for origin in &self.cors_origins {
+            let problem = if HeaderValue::from_str(origin).is_err() {
+                Some("not a valid header value")
+            } else {
+                match origin.split_once("://") {
+                    Some((scheme, host))
+                        if !scheme.is_empty() && !host.is_empty() && !host.contains('/') =>
+                    {
+                        None
+                    }
+                    _ => Some(
+                        "an origin is a scheme and a host, with an optional port and no path, \
+                         e.g. https://app.example.com",
+                    ),
+                }
+            };
+            if let Some(problem) = problem {
+                return Err(OptionsError {
+                    origin: origin.clone(),
+                    problem,
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The OFREP routes, under `/ofrep/v1`, answering cross-origin requests from
+/// `cors_origins`: preflights answered; `Authorization`, `X-API-Key`, `Content-Type` and
+/// `If-None-Match` allowed; `ETag` and `Retry-After` exposed.
+pub(crate) fn routes<S: Store>(ofrep: Arc<Ofrep<S>>, cors_origins: &[String]) -> axum::Router {
+    let routes = axum::Router::new()
+        .route(
+            "/ofrep/v1/evaluate/flags/{key}",
+            post(evaluate::single::<S>),
+        )
+        .route("/ofrep/v1/evaluate/flags", post(evaluate::bulk::<S>))
+        .method_not_allowed_fallback(|| async { crate::http::method_not_allowed() })
+        .with_state(ofrep);
+    let origins: Vec<HeaderValue> = cors_origins
+        .iter()
+        .filter_map(|o| HeaderValue::from_str(o).ok())
+        .collect();
+    if origins.is_empty() {
+        return routes;
+    }
+    routes.layer(
+        CorsLayer::new()
+            .allow_origin(AllowOrigin::list(origins))
+            .allow_methods([Method::GET, Method::POST])
+            .allow_headers([
+                header::AUTHORIZATION,
+                HeaderName::from_static("x-api-key"),
+                header::CONTENT_TYPE,
+                header::IF_NONE_MATCH,
+            ])
+            .expose_headers([header::ETAG, header::RETRY_AFTER])
+            .max_age(Duration::from_secs(600)),
+    )
+}

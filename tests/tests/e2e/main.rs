@@ -13,6 +13,7 @@ mod guard_simulation;
 mod hardening;
 mod matrix;
 mod metrics;
+mod ofrep;
 mod openfeature;
 mod operations;
 mod propagation;

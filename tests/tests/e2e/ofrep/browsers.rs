@@ -1,0 +1,217 @@
+//! What OFREP does for code on users' devices: client tokens that see only client-side flags,
+//! rate limits on them, and CORS for the origins flagstaffd is told to allow.
+
+use flagstaff_proto::pb;
+use flagstaff_server::ofrep::limit::Rate;
+use flagstaff_server::ofrep::{OfrepOptions, RateLimits};
+use flagstaff_tests::TestServer;
+use reqwest::StatusCode;
+use serde_json::json;
+
+use super::{load, token, Http, FLAGS};
+
+const ONE: &str = "/ofrep/v1/evaluate/flags/";
+const ALL: &str = "/ofrep/v1/evaluate/flags";
+
+#[tokio::test]
+async fn a_client_token_sees_only_client_side_flags() {
+    let server = TestServer::start().await;
+    load(&mut server.admin().await, "production", FLAGS).await;
+    let client = token(&server, "web", pb::Role::Client, "production").await;
+    let sdk = token(&server, "service", pb::Role::Sdk, "production").await;
+    let http = Http::new(&server);
+    let context = json!({"context": {"targetingKey": "u1", "country": "NL"}});
+
+    let checkout = http
+        .post(&format!("{ONE}checkout"), Some(&client), &context)
+        .await;
+    assert_eq!(checkout.status, StatusCode::OK, "{}", checkout.body);
+    assert_eq!(checkout.body["value"], true);
+    // A server-side flag does not exist for a client token.
+    let limit = http
+        .post(&format!("{ONE}limit"), Some(&client), &context)
+        .await;
+    assert_eq!(limit.status, StatusCode::NOT_FOUND);
+    assert_eq!(limit.body["errorCode"], "FLAG_NOT_FOUND");
+    assert_eq!(limit.body["key"], "limit");
+    // The sdk token sees it.
+    let limit = http
+        .post(&format!("{ONE}limit"), Some(&sdk), &context)
+        .await;
+    assert_eq!(limit.status, StatusCode::OK);
+
+    let bulk = http.post(ALL, Some(&client), &context).await;
+    assert_eq!(bulk.status, StatusCode::OK);
+    let keys: Vec<&str> = bulk.body["flags"]
+        .as_array()
+        .expect("flags")
+        .iter()
+        .map(|f| f["key"].as_str().expect("key"))
+        .collect();
+    assert_eq!(keys, ["checkout", "theme"]);
+    // What a token sees is part of the ETag: the sdk token's answer is another.
+    let all = http.post(ALL, Some(&sdk), &context).await;
+    assert_ne!(all.headers["etag"], bulk.headers["etag"]);
+
+    // A client token reaches nothing but OFREP.
+    let denied = server
+        .admin_with(Some(&client))
+        .await
+        .list_flags(pb::ListFlagsRequest {
+            environment: "production".into(),
+            ..Default::default()
+        })
+        .await
+        .expect_err("a client token cannot read over gRPC");
+    assert_eq!(denied.code(), tonic::Code::PermissionDenied);
+}
+
+#[tokio::test]
+async fn a_client_token_beyond_its_rate_gets_429_with_retry_after() {
+    let server = TestServer::builder()
+        .ofrep(OfrepOptions {
+            limits: RateLimits {
+                per_address: Rate {
+                    requests: 1,
+                    per: std::time::Duration::from_secs(60),
+                    burst: 3,
+                },
+                ..RateLimits::default()
+            },
+            ..OfrepOptions::default()
+        })
+        .start()
+        .await;
+    load(&mut server.admin().await, "production", FLAGS).await;
+    let client = token(&server, "web", pb::Role::Client, "production").await;
+    let sdk = token(&server, "service", pb::Role::Sdk, "production").await;
+    let http = Http::new(&server);
+    let context = json!({"context": {"targetingKey": "u1"}});
+    let path = format!("{ONE}checkout");
+    for _ in 0..3 {
+        let answer = http.post(&path, Some(&client), &context).await;
+        assert_eq!(answer.status, StatusCode::OK);
+    }
+    let refused = http.post(&path, Some(&client), &context).await;
+    assert_eq!(refused.status, StatusCode::TOO_MANY_REQUESTS);
+    let retry: u64 = refused.headers["retry-after"]
+        .to_str()
+        .expect("ascii")
+        .parse()
+        .expect("seconds");
+    assert!((1..=60).contains(&retry), "{retry}");
+    assert!(refused.body["errorDetails"].is_string());
+    // The bulk endpoint shares the limit; sdk tokens are services' secrets and not limited.
+    let bulk = http.post(ALL, Some(&client), &context).await;
+    assert_eq!(bulk.status, StatusCode::TOO_MANY_REQUESTS);
+    for _ in 0..5 {
+        assert_eq!(
+            http.post(&path, Some(&sdk), &context).await.status,
+            StatusCode::OK
+        );
+    }
+}
+
+#[tokio::test]
+async fn allowed_origins_get_cors_headers_and_others_none() {
+    let server = TestServer::builder()
+        .ofrep(OfrepOptions {
+            cors_origins: vec!["https://app.example.com".into()],
+            ..OfrepOptions::default()
+        })
+        .start()
+        .await;
+    load(&mut server.admin().await, "production", FLAGS).await;
+    let client = token(&server, "web", pb::Role::Client, "production").await;
+    let http = Http::new(&server);
+
+    // The preflight a browser sends before a POST with Authorization.
+    let preflight = |origin: &'static str, path: &str| {
+        http.client()
+            .request(reqwest::Method::OPTIONS, http.url(path))
+            .header("origin", origin)
+            .header("access-control-request-method", "POST")
+            .header(
+                "access-control-request-headers",
+                "authorization, content-type, if-none-match",
+            )
+            .send()
+    };
+    let allowed = preflight("https://app.example.com", ALL)
+        .await
+        .expect("answered");
+    assert!(allowed.status().is_success(), "{}", allowed.status());
+    let headers = allowed.headers();
+    assert_eq!(
+        headers["access-control-allow-origin"],
+        "https://app.example.com"
+    );
+    let methods = headers["access-control-allow-methods"]
+        .to_str()
+        .expect("ascii");
+    assert!(methods.contains("POST"), "{methods}");
+    let allowed_headers = headers["access-control-allow-headers"]
+        .to_str()
+        .expect("ascii")
+        .to_lowercase();
+    for header in [
+        "authorization",
+        "x-api-key",
+        "content-type",
+        "if-none-match",
+    ] {
+        assert!(allowed_headers.contains(header), "{allowed_headers}");
+    }
+
+    // The request itself: the origin allowed, ETag exposed.
+    let answer = http
+        .client()
+        .post(http.url(ALL))
+        .header("origin", "https://app.example.com")
+        .bearer_auth(&client)
+        .body(json!({"context": {}}).to_string())
+        .send()
+        .await
+        .expect("answered");
+    assert_eq!(answer.status(), StatusCode::OK);
+    assert_eq!(
+        answer.headers()["access-control-allow-origin"],
+        "https://app.example.com"
+    );
+    let exposed = answer.headers()["access-control-expose-headers"]
+        .to_str()
+        .expect("ascii")
+        .to_lowercase();
+    assert!(exposed.contains("etag"), "{exposed}");
+
+    // Another origin gets no CORS headers at all.
+    let stranger = preflight("https://evil.example.net", ALL)
+        .await
+        .expect("answered");
+    assert!(stranger
+        .headers()
+        .get("access-control-allow-origin")
+        .is_none());
+    let stranger = http
+        .client()
+        .post(http.url(ALL))
+        .header("origin", "https://evil.example.net")
+        .bearer_auth(&client)
+        .body(json!({"context": {}}).to_string())
+        .send()
+        .await
+        .expect("answered");
+    assert!(stranger
+        .headers()
+        .get("access-control-allow-origin")
+        .is_none());
+
+    // Routes other than OFREP never answer cross-origin requests.
+    let health = preflight("https://app.example.com", "/healthz")
+        .await
+        .expect("answered");
+    assert!(health
+        .headers()
+        .get("access-control-allow-origin")
+        .is_none());
+}
