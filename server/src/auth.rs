@@ -1,6 +1,8 @@
 //! Tokens and what they may do (DESIGN.md section 4).
 //!
 //! A token is a random 256-bit secret, shown once when created; the store keeps its SHA-256.
+//! A `client` token is the exception: it is embedded in web pages and apps, so it is not a
+//! secret, and the store keeps it too, so that it can be shown again.
 //! Roles: `admin` may do everything, including managing tokens and environments; `editor`
 //! reads and writes in its one environment; `sdk` may only `Watch`, `ReportMetrics` and
 //! evaluate over OFREP in its one environment; `client` may only evaluate the `client_side`
@@ -121,7 +123,7 @@ impl<S: Store> Tokens<S> {
             .is_empty()
     }
 
-    /// Creates a token; returns it and its secret, which is not stored.
+    /// Creates a token; returns it and its secret, which is stored for a `client` token only.
     pub fn create(
         &self,
         name: &str,
@@ -170,6 +172,7 @@ impl<S: Store> Tokens<S> {
             created_ms: now_ms(),
             revoked: false,
             created_by: created_by.to_owned(),
+            client_secret: (role == Role::Client).then(|| secret.clone()),
         };
         self.store.put_token(&record)?;
         self.by_hash
@@ -181,7 +184,7 @@ impl<S: Store> Tokens<S> {
 
     /// Creates a token as the Admin API does: its name must match the key pattern and be
     /// unused among tokens that are not revoked (it is the actor audit entries name). Returns
-    /// the token and its secret, which is not stored.
+    /// the token and its secret, which is stored for a `client` token only.
     pub fn create_named(
         &self,
         name: &str,
@@ -218,7 +221,39 @@ impl<S: Store> Tokens<S> {
         all
     }
 
-    /// Revokes the token `id`; it stops working at once.
+    /// The client token `id` and its secret, shown again: `NotFound` for an unknown id,
+    /// `Precondition` for a token of another role (stored as a hash only), a revoked one, or
+    /// a client token whose secret was not kept.
+    pub fn client_token(&self, id: &str) -> Result<(TokenRecord, String), ServerError> {
+        let map = self.by_hash.read().unwrap_or_else(|p| p.into_inner());
+        let Some(token) = map.values().find(|t| t.id == id) else {
+            return Err(ServerError::NotFound(format!("no token {id:?}")));
+        };
+        if token.role != Role::Client {
+            return Err(ServerError::Precondition(format!(
+                "token {:?} is not a client token: only client tokens can be shown again; \
+                 other tokens are stored as hashes",
+                token.name
+            )));
+        }
+        if token.revoked {
+            return Err(ServerError::Precondition(format!(
+                "client token {:?} is revoked; create a new one",
+                token.name
+            )));
+        }
+        let Some(secret) = token.client_secret.clone() else {
+            return Err(ServerError::Precondition(format!(
+                "the secret of client token {:?} was not kept (it was created before client \
+                 tokens could be shown again); revoke it and create a new one",
+                token.name
+            )));
+        };
+        Ok((token.clone(), secret))
+    }
+
+    /// Revokes the token `id`; it stops working at once. A client token's kept secret is
+    /// dropped: it will never be shown again.
     pub fn revoke(&self, id: &str) -> Result<TokenRecord, ServerError> {
         let mut map = self.by_hash.write().unwrap_or_else(|p| p.into_inner());
         let Some(token) = map.values_mut().find(|t| t.id == id) else {
@@ -226,6 +261,7 @@ impl<S: Store> Tokens<S> {
         };
         let mut revoked = token.clone();
         revoked.revoked = true;
+        revoked.client_secret = None;
         self.store.put_token(&revoked)?;
         *token = revoked.clone();
         drop(map);
@@ -249,6 +285,7 @@ impl<S: Store> Tokens<S> {
             .filter(|t| !t.revoked && t.environment.as_deref() == Some(environment))
             .map(|t| TokenRecord {
                 revoked: true,
+                client_secret: None,
                 ..t.clone()
             })
             .collect();
@@ -261,6 +298,7 @@ impl<S: Store> Tokens<S> {
         for token in map.values_mut() {
             if ids.contains(token.id.as_str()) {
                 token.revoked = true;
+                token.client_secret = None;
             }
         }
         drop(map);

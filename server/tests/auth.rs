@@ -177,3 +177,69 @@ fn the_admin_token_file_is_private_and_works() {
     assert!(token.allows(Access::Admin));
     assert!(!tokens.is_empty());
 }
+
+#[test]
+fn only_client_tokens_are_kept_and_shown_again() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (client_id, client_secret, sdk_id) = {
+        let tokens = tokens(dir.path());
+        let (client, client_secret) = tokens
+            .create("web", Role::Client, Some("production"))
+            .expect("create");
+        let (sdk, _) = tokens
+            .create("checkout", Role::Sdk, Some("production"))
+            .expect("create");
+        tokens.create("ci", Role::Admin, None).expect("create");
+        tokens
+            .create("bot", Role::Editor, Some("production"))
+            .expect("create");
+        (client.id, client_secret, sdk.id)
+    };
+    // Stored: the client token's secret, and no other.
+    let store = SledStore::open(dir.path(), 100).expect("store");
+    let kept: Vec<(Role, Option<String>)> = store
+        .tokens()
+        .expect("tokens")
+        .into_iter()
+        .map(|t| (t.role, t.client_secret))
+        .filter(|(_, secret)| secret.is_some())
+        .collect();
+    assert_eq!(kept, [(Role::Client, Some(client_secret.clone()))]);
+    drop(store);
+
+    // Shown again after a restart; it is the secret that authenticates.
+    let tokens = tokens(dir.path());
+    let (shown, secret) = tokens.client_token(&client_id).expect("shown again");
+    assert_eq!(
+        (shown.name.as_str(), secret.as_str()),
+        ("web", client_secret.as_str())
+    );
+    assert_eq!(tokens.authenticate(&secret).expect("works").id, client_id);
+
+    let message = |r: Result<_, ServerError>| r.map(|_| ()).expect_err("refused");
+    let err = message(tokens.client_token(&sdk_id));
+    assert!(matches!(err, ServerError::Precondition(_)), "{err:?}");
+    assert_eq!(
+        err.to_string(),
+        "token \"checkout\" is not a client token: only client tokens can be shown again; \
+         other tokens are stored as hashes"
+    );
+    let err = message(tokens.client_token("no-such-id"));
+    assert!(matches!(err, ServerError::NotFound(_)), "{err:?}");
+
+    // Revoked: its secret is dropped from the store, and it is not shown again.
+    tokens.revoke(&client_id).expect("revoke");
+    let err = message(tokens.client_token(&client_id));
+    assert!(matches!(err, ServerError::Precondition(_)), "{err:?}");
+    assert_eq!(
+        err.to_string(),
+        "client token \"web\" is revoked; create a new one"
+    );
+    drop(tokens);
+    let store = SledStore::open(dir.path(), 100).expect("store");
+    assert!(store
+        .tokens()
+        .expect("tokens")
+        .iter()
+        .all(|t| t.client_secret.is_none()));
+}

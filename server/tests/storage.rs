@@ -258,15 +258,61 @@ fn tokens_persist_and_revoke() {
         created_ms: now_ms(),
         revoked: false,
         created_by: "admin".into(),
+        client_secret: None,
+    };
+    let client = TokenRecord {
+        id: random_id(),
+        name: "web".into(),
+        role: Role::Client,
+        client_secret: Some("fs_shown-again".into()),
+        ..token.clone()
     };
     {
         let store = SledStore::open(dir.path(), 100).expect("open");
         store.put_token(&token).expect("put");
+        store.put_token(&client).expect("put client");
         token.revoked = true;
         store.put_token(&token).expect("revoke");
     }
     let store = SledStore::open(dir.path(), 100).expect("reopen");
-    assert_eq!(store.tokens().expect("tokens"), vec![token]);
+    let mut expected = vec![token, client];
+    expected.sort_by(|a, b| a.id.cmp(&b.id));
+    assert_eq!(store.tokens().expect("tokens"), expected);
+}
+
+/// A token record written before client tokens existed (no `client_secret`, no
+/// `created_by`) still loads, and a client token's secret is written only for it.
+#[test]
+fn token_records_without_a_client_secret_load() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    {
+        let db = sled::open(dir.path()).expect("sled");
+        db.open_tree("tokens")
+            .expect("tree")
+            .insert(
+                "old",
+                br#"{"id":"old","name":"ci","role":"sdk","environment":"production","hash":"ab","created_ms":1,"revoked":false}"#
+                    .as_slice(),
+            )
+            .expect("insert");
+        db.flush().expect("flush");
+    }
+    let store = SledStore::open(dir.path(), 100).expect("open");
+    let tokens = store.tokens().expect("tokens");
+    assert_eq!(tokens.len(), 1);
+    assert_eq!(tokens[0].role, Role::Sdk);
+    assert_eq!(tokens[0].client_secret, None);
+    // Written back, the field stays out for every role but client.
+    let stored = serde_json::to_string(&tokens[0]).expect("json");
+    assert!(!stored.contains("client_secret"), "{stored}");
+    let client = TokenRecord {
+        role: Role::Client,
+        client_secret: Some("fs_x".into()),
+        ..tokens[0].clone()
+    };
+    let stored = serde_json::to_string(&client).expect("json");
+    assert!(stored.contains(r#""role":"client""#), "{stored}");
+    assert!(stored.contains(r#""client_secret":"fs_x""#), "{stored}");
 }
 
 #[test]

@@ -483,7 +483,8 @@ pub enum Role {
     Client,
 }
 
-/// A token as stored: its SHA-256 hash, never the secret.
+/// A token as stored: its SHA-256 hash, and the secret itself only for a `client` token (which
+/// is not a secret: it is embedded in web pages and apps, and can be shown again).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TokenRecord {
     /// Stable id, shown in listings and used to revoke.
@@ -505,6 +506,11 @@ pub struct TokenRecord {
     /// recorded.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub created_by: String,
+    /// The secret of a `client` token, kept so that it can be shown again; `None` for every
+    /// other role (whose secret is shown once and kept only as `hash`) and in records from
+    /// before client tokens were kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_secret: Option<String>,
 }
 
 /// An environment's committed documents, as stored.

@@ -275,3 +275,111 @@ async fn a_client_token_passes_no_grpc_check() {
     );
     assert_eq!(message, "a client token needs the environment it may use");
 }
+
+#[tokio::test]
+async fn a_client_token_is_shown_again_other_tokens_never() {
+    let server = TestServer::start().await;
+    let mut admin = server.admin().await;
+    create_environment(&mut admin, "production").await;
+    let create = |name: &str, role: pb::Role| pb::CreateTokenRequest {
+        name: name.into(),
+        role: role as i32,
+        environment: "production".into(),
+    };
+    let created = admin
+        .create_token(create("web", pb::Role::Client))
+        .await
+        .expect("client token")
+        .into_inner();
+    let client = created.token.clone().expect("token");
+    let sdk = admin
+        .create_token(create("checkout", pb::Role::Sdk))
+        .await
+        .expect("sdk token")
+        .into_inner()
+        .token
+        .expect("token");
+    let editor_secret = admin
+        .create_token(create("bot", pb::Role::Editor))
+        .await
+        .expect("editor token")
+        .into_inner()
+        .secret;
+
+    // Shown again, the same after a restart.
+    let shown = admin
+        .get_client_token(pb::GetClientTokenRequest {
+            id: client.id.clone(),
+        })
+        .await
+        .expect("shown again")
+        .into_inner();
+    assert_eq!(shown.token.as_ref(), Some(&client));
+    assert_eq!(shown.secret, created.secret);
+    let data_dir = server.stop().await;
+    let server = TestServer::builder().data_dir(data_dir).start().await;
+    let mut admin = server.admin().await;
+    let again = admin
+        .get_client_token(pb::GetClientTokenRequest {
+            id: client.id.clone(),
+        })
+        .await
+        .expect("shown after a restart")
+        .into_inner();
+    assert_eq!(again, shown);
+
+    let message = refused(
+        admin
+            .get_client_token(pb::GetClientTokenRequest { id: sdk.id.clone() })
+            .await,
+        Code::FailedPrecondition,
+    );
+    assert_eq!(
+        message,
+        "token \"checkout\" is not a client token: only client tokens can be shown again; \
+         other tokens are stored as hashes"
+    );
+    let message = refused(
+        admin
+            .get_client_token(pb::GetClientTokenRequest {
+                id: "no-such-id".into(),
+            })
+            .await,
+        Code::NotFound,
+    );
+    assert_eq!(message, "no token \"no-such-id\"");
+    let message = refused(
+        admin
+            .get_client_token(pb::GetClientTokenRequest::default())
+            .await,
+        Code::InvalidArgument,
+    );
+    assert!(message.contains("id"), "{message}");
+
+    // Only an admin token may show it: not an editor, nor the client token itself.
+    for secret in [&editor_secret, &created.secret] {
+        let mut other = server.admin_with(Some(secret)).await;
+        refused(
+            other
+                .get_client_token(pb::GetClientTokenRequest {
+                    id: client.id.clone(),
+                })
+                .await,
+            Code::PermissionDenied,
+        );
+    }
+    // Revoked, it is not shown again.
+    admin
+        .revoke_token(pb::RevokeTokenRequest {
+            id: client.id.clone(),
+        })
+        .await
+        .expect("revoked");
+    let message = refused(
+        admin
+            .get_client_token(pb::GetClientTokenRequest { id: client.id })
+            .await,
+        Code::FailedPrecondition,
+    );
+    assert_eq!(message, "client token \"web\" is revoked; create a new one");
+}

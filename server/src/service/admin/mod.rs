@@ -210,6 +210,13 @@ impl<S: Store> pb::admin_server::Admin for AdminService<S> {
         tokens::create_token(self, request).await
     }
 
+    async fn get_client_token(
+        &self,
+        request: Request<pb::GetClientTokenRequest>,
+    ) -> Result<Response<pb::GetClientTokenResponse>, Status> {
+        tokens::get_client_token(self, request).await
+    }
+
     async fn list_tokens(
         &self,
         request: Request<pb::ListTokensRequest>,

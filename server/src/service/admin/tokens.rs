@@ -1,4 +1,4 @@
-//! Admin calls on tokens: creating, listing and revoking them.
+//! Admin calls on tokens: creating, listing and revoking them, and showing a client token again.
 
 use flagstaff_proto::pb;
 use tonic::{Request, Response, Status};
@@ -31,6 +31,20 @@ pub(super) async fn create_token<S: Store>(
     })
     .await?;
     Ok(Response::new(pb::CreateTokenResponse {
+        token: Some(wire::token(&token)),
+        secret,
+    }))
+}
+
+pub(super) async fn get_client_token<S: Store>(
+    admin: &AdminService<S>,
+    request: Request<pb::GetClientTokenRequest>,
+) -> Result<Response<pb::GetClientTokenResponse>, Status> {
+    admin.allow(&request, Access::Admin)?;
+    let id = request.into_inner().id;
+    wire::required_str(&id, "id")?;
+    let (token, secret) = admin.tokens.client_token(&id)?;
+    Ok(Response::new(pb::GetClientTokenResponse {
         token: Some(wire::token(&token)),
         secret,
     }))
