@@ -91,7 +91,7 @@ pub enum Command {
     /// Staged rollouts: plans that move a flag to a variant stage by stage, on schedule.
     #[command(subcommand)]
     Rollout(RolloutCommand),
-    /// Create, list and revoke API tokens.
+    /// Create, list, show (client tokens) and revoke API tokens.
     #[command(subcommand)]
     Token(TokenCommand),
     /// Print a shell completion script.
@@ -197,6 +197,18 @@ pub enum FlagCommand {
         #[command(flatten)]
         write: WriteOptions,
     },
+    /// Let client tokens (web pages, apps) evaluate a flag over OFREP (`on`), or stop them
+    /// (`off`).
+    ClientSide {
+        /// The flag's key.
+        key: String,
+        /// `on`: client tokens see the flag; `off`: only sdk tokens do.
+        #[arg(value_enum)]
+        state: Switch,
+        #[arg(short = 'm', long = "message", value_name = "MESSAGE")]
+        /// A reason, recorded in the history.
+        message: Option<String>,
+    },
     /// Serve a variant to a percentage of contexts by default, the rest the other variant.
     Rollout(RolloutArgs),
     /// Serve one variant to everyone not matched by a rule.
@@ -266,9 +278,21 @@ pub struct FlagCreateArgs {
     /// To be removed once launched.
     #[arg(long)]
     pub temporary: bool,
+    /// Client tokens (web pages, apps) may evaluate it over OFREP.
+    #[arg(long)]
+    pub client_side: bool,
     #[arg(short = 'm', long = "message", value_name = "MESSAGE")]
     /// A reason, recorded in the history.
     pub message: Option<String>,
+}
+
+/// `on` or `off`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Switch {
+    /// On.
+    On,
+    /// Off.
+    Off,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -554,17 +578,29 @@ pub struct RolloutActionArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum TokenCommand {
-    /// Create a token; its secret is printed once.
+    /// Create a token; its secret is printed once (a client token's can be shown again).
     Create {
+        /// A name for people, e.g. checkout-service (or --name).
+        #[arg(
+            value_name = "NAME",
+            required_unless_present = "name",
+            conflicts_with = "name"
+        )]
+        positional_name: Option<String>,
         /// A name for people, e.g. checkout-service.
         #[arg(long)]
-        name: String,
-        /// What it may do; an editor or sdk token is for one environment, --env.
+        name: Option<String>,
+        /// What it may do; an editor, sdk or client token is for one environment, --env.
         #[arg(long, value_enum)]
         role: Role,
     },
     /// List tokens (never their secrets).
     List,
+    /// Show a client token again, with its secret (other tokens are kept only as hashes).
+    Show {
+        /// The token's id (see `token list`).
+        id: String,
+    },
     /// Revoke a token: its calls and streams stop at once.
     Revoke {
         /// The token's id (see `token list`).
@@ -580,6 +616,9 @@ pub enum Role {
     Editor,
     /// What SDKs use: stream one environment's flags.
     Sdk,
+    /// What web pages and apps embed: evaluate one environment's client-side flags over
+    /// OFREP, nothing else. Not a secret: `token show` prints it again.
+    Client,
 }
 
 #[derive(Debug, Args)]

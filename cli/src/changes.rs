@@ -173,6 +173,7 @@ fn flag_details(change: &pb::FlagChange) -> Vec<String> {
     differs("tags", before.tags != after.tags);
     differs("owner", before.owner != after.owner);
     differs("temporary", before.temporary != after.temporary);
+    differs("client side", before.client_side != after.client_side);
     if !fields.is_empty() {
         details.push(format!("changed {}", fields.join(", ")));
     }

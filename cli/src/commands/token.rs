@@ -1,10 +1,10 @@
-//! `flagstaff token create|list|revoke`.
+//! `flagstaff token create|list|show|revoke`.
 //!
 //! JSON fields of a token: `id`, `name`, `role` (admin, editor, sdk or client), `environment`
 //! (null for an admin token), `created` and `created_by` (null when unknown); `token create`
-//! adds `secret`.
+//! and `token show` (client tokens only) add `secret`.
 
-use anyhow::bail;
+use anyhow::anyhow;
 use flagstaff_proto::pb;
 use serde_json::{json, Value};
 
@@ -14,16 +14,24 @@ use crate::session::Session;
 
 pub async fn run(session: &mut Session, command: &TokenCommand) -> anyhow::Result<String> {
     match command {
-        TokenCommand::Create { name, role } => {
+        TokenCommand::Create {
+            positional_name,
+            name,
+            role,
+        } => {
+            // Clap requires one of the two.
+            let name = positional_name.as_ref().or(name.as_ref()).cloned();
+            let name = name.unwrap_or_default();
             let (wire_role, environment) = match role {
                 Role::Admin => (pb::Role::Admin, String::new()),
                 Role::Editor => (pb::Role::Editor, session.env()?),
                 Role::Sdk => (pb::Role::Sdk, session.env()?),
+                Role::Client => (pb::Role::Client, session.env()?),
             };
             let created = session
                 .admin
                 .create_token(pb::CreateTokenRequest {
-                    name: name.clone(),
+                    name,
                     role: wire_role as i32,
                     environment,
                 })
@@ -41,6 +49,14 @@ pub async fn run(session: &mut Session, command: &TokenCommand) -> anyhow::Resul
             } else {
                 format!("environment {}", token.environment)
             };
+            if *role == Role::Client {
+                return Ok(format!(
+                    "created client token {} (id {}) for {scope}\n\
+                     {CLIENT_TOKEN_USE}; `flagstaff token show {}` prints it again:\n\
+                     \n    {}\n",
+                    token.name, token.id, token.id, created.secret
+                ));
+            }
             Ok(format!(
                 "created {} token {} (id {}) for {scope}\n\
                  its secret, shown this once (store it now; the server keeps only a hash):\n\
@@ -84,28 +100,46 @@ pub async fn run(session: &mut Session, command: &TokenCommand) -> anyhow::Resul
                 &rows,
             ))
         }
+        TokenCommand::Show { id } => {
+            let shown = match session
+                .admin
+                .get_client_token(pb::GetClientTokenRequest { id: id.clone() })
+                .await
+            {
+                Ok(shown) => shown.into_inner(),
+                Err(status) if status.code() == tonic::Code::NotFound => {
+                    let listed = list(session).await?;
+                    return Err(unknown_id(&listed, id));
+                }
+                Err(status) => return Err(session.error(status)),
+            };
+            let token = shown.token.unwrap_or_default();
+            let mut document = token_json(&token);
+            document["secret"] = json!(shown.secret);
+            if let Some(text) = output::structured(&document, session.output) {
+                return Ok(text);
+            }
+            let by = if token.created_by.is_empty() {
+                String::new()
+            } else {
+                format!(" by {}", token.created_by)
+            };
+            Ok(format!(
+                "client token {} (id {}) for environment {}, created {}{by}\n\
+                 {CLIENT_TOKEN_USE}:\n\
+                 \n    {}\n",
+                token.name,
+                token.id,
+                token.environment,
+                output::timestamp(token.created_unix_ms),
+                shown.secret
+            ))
+        }
         TokenCommand::Revoke { id } => {
             // A name instead of an id is an easy slip: say which id it has.
-            let listed = session
-                .admin
-                .list_tokens(pb::ListTokensRequest {})
-                .await
-                .map_err(|s| session.error(s))?
-                .into_inner();
-            let Some(token) = listed.tokens.iter().find(|t| &t.id == id) else {
-                let named: Vec<&str> = listed
-                    .tokens
-                    .iter()
-                    .filter(|t| &t.name == id)
-                    .map(|t| t.id.as_str())
-                    .collect();
-                if named.is_empty() {
-                    bail!("no token with id {id:?} (see `flagstaff token list`)");
-                }
-                bail!(
-                    "no token with id {id:?}; {id} is a token's name: its id is {}",
-                    named.join(" or ")
-                );
+            let listed = list(session).await?;
+            let Some(token) = listed.iter().find(|t| &t.id == id) else {
+                return Err(unknown_id(&listed, id));
             };
             session.confirm_always(&format!(
                 "Revoke token {} ({}), stopping its calls and streams at once?",
@@ -119,6 +153,39 @@ pub async fn run(session: &mut Session, command: &TokenCommand) -> anyhow::Resul
                 .map_err(|s| session.error(s))?;
             Ok(format!("revoked token {} ({id})\n", token.name))
         }
+    }
+}
+
+/// What a client token is for, said wherever its secret is printed.
+const CLIENT_TOKEN_USE: &str = "embed it in web pages and apps (OpenFeature's OFREP provider): \
+it evaluates only this environment's client-side flags, and is not a secret";
+
+/// The tokens that are not revoked.
+async fn list(session: &Session) -> anyhow::Result<Vec<pb::Token>> {
+    Ok(session
+        .admin
+        .clone()
+        .list_tokens(pb::ListTokensRequest {})
+        .await
+        .map_err(|s| session.error(s))?
+        .into_inner()
+        .tokens)
+}
+
+/// No token has the id `id`; a name instead of an id is an easy slip: say which id it has.
+fn unknown_id(listed: &[pb::Token], id: &str) -> anyhow::Error {
+    let named: Vec<&str> = listed
+        .iter()
+        .filter(|t| t.name == id)
+        .map(|t| t.id.as_str())
+        .collect();
+    if named.is_empty() {
+        anyhow!("no token with id {id:?} (see `flagstaff token list`)")
+    } else {
+        anyhow!(
+            "no token with id {id:?}; {id} is a token's name: its id is {}",
+            named.join(" or ")
+        )
     }
 }
 

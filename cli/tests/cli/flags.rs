@@ -86,10 +86,10 @@ fn a_new_flag_is_a_boolean_that_is_off() {
     ]);
     redacted().bind(|| {
         assert_snapshot!(s.ok(&["flag", "list"]), @r"
-        FLAG         STATE  DEFAULT  RULES  VERSION  CHANGED                  BY     EVALUATIONS  LAST EVALUATED
-        checkout-v2  off    off      0      1        [time]  admin  0            never
-        limits       off    small    0      3        [time]  admin  0            never
-        theme        off    light    0      2        [time]  admin  0            never
+        FLAG         STATE  DEFAULT  RULES  CLIENT-SIDE  VERSION  CHANGED                  BY     EVALUATIONS  LAST EVALUATED
+        checkout-v2  off    off      0      no           1        [time]  admin  0            never
+        limits       off    small    0      no           3        [time]  admin  0            never
+        theme        off    light    0      no           2        [time]  admin  0            never
         ");
     });
     let listed = json(&s.ok(&["flag", "list", "--tag", "web", "-o", "json"]));
@@ -593,4 +593,113 @@ fn wait_with_no_sdk_instance_connected_says_so_and_fails_unless_allowed() {
     banner is off in production (revision 3)
     no SDK instance of production is connected: nothing to wait for
     ");
+}
+
+#[test]
+fn client_side_flags_are_created_listed_shown_and_switched() {
+    let s = production(true);
+    assert_snapshot!(
+        s.ok(&["flag", "create", "banner", "--client-side", "--yes"]),
+        @"created banner in production: boolean flag, off, serving off when on, client-side (revision 1)"
+    );
+    s.ok(&["flag", "create", "checkout", "--yes"]);
+    redacted().bind(|| {
+        assert_snapshot!(s.ok(&["flag", "list"]), @r#"
+        FLAG      STATE  DEFAULT  RULES  CLIENT-SIDE  VERSION  CHANGED                  BY     EVALUATIONS  LAST EVALUATED
+        banner    off    off      0      yes          1        [time]  admin  0            never
+        checkout  off    off      0      no           2        [time]  admin  0            never
+        "#);
+        assert_snapshot!(s.ok(&["flag", "get", "banner"]), @r#"
+        # banner is off, default off, 0 rule(s), client-side (client tokens may evaluate it); version 1, changed [time] by admin
+        key: banner
+        kind: boolean
+        variants:
+          "on": true
+          "off": false
+        off_variant: "off"
+        enabled: false
+        rules: []
+        default:
+          variant: "off"
+        client_side: true
+        "#);
+    });
+    let listed = json(&s.ok(&["flag", "list", "-o", "json"]));
+    let sides: Vec<(&str, bool)> = listed
+        .as_array()
+        .expect("a list")
+        .iter()
+        .map(|f| {
+            (
+                f["key"].as_str().expect("a key"),
+                f["client_side"].as_bool().expect("client_side"),
+            )
+        })
+        .collect();
+    assert_eq!(sides, [("banner", true), ("checkout", false)]);
+    let got = json(&s.ok(&["flag", "get", "checkout", "-o", "json"]));
+    assert_eq!(
+        got["flag"].get("client_side"),
+        None,
+        "written only when true"
+    );
+    let exported = s.ok(&["export"]);
+    assert_eq!(
+        exported.matches("client_side").count(),
+        1,
+        "banner's only: {exported}"
+    );
+    assert!(exported.contains("client_side: true"), "{exported}");
+
+    // Switched on an existing flag, with the write path's confirmation and history.
+    assert_snapshot!(
+        s.fails(&["flag", "client-side", "checkout", "on"]),
+        @"error: production is a protected environment. Let client tokens evaluate the flag? Not asked (no terminal): pass --yes to confirm"
+    );
+    assert_snapshot!(
+        s.ok(&["flag", "client-side", "checkout", "on", "-m", "the web app needs it", "--yes"]),
+        @"checkout is client-side in production: client tokens may evaluate it (revision 3)"
+    );
+    assert_snapshot!(
+        s.ok(&["flag", "client-side", "checkout", "on", "--yes"]),
+        @"checkout is already client-side in production: nothing changed"
+    );
+    redacted().bind(|| {
+        assert_snapshot!(s.ok(&["history", "checkout", "--limit", "1"]), @r#"
+        REVISION  TIME                     ACTOR  OPERATION   CHANGES                                     COMMENT
+        3         [time]  admin  UpdateFlag  flag checkout updated: changed client side  the web app needs it
+        "#);
+    });
+    assert_snapshot!(
+        s.ok(&["flag", "client-side", "banner", "off", "--yes"]),
+        @"banner is no longer client-side in production: client tokens get FLAG_NOT_FOUND for it (revision 4)"
+    );
+    let listed = json(&s.ok(&["flag", "list", "-o", "json"]));
+    assert_eq!(listed[0]["client_side"], false);
+    assert_eq!(listed[1]["client_side"], true);
+
+    // Bad input changes nothing.
+    assert_snapshot!(
+        s.fails(&["flag", "client-side", "nope", "on", "--yes"]),
+        @r#"error: no flag "nope" in environment "production""#
+    );
+    let out = s
+        .cmd()
+        .args([
+            "--env",
+            "production",
+            "flag",
+            "client-side",
+            "checkout",
+            "maybe",
+        ])
+        .output()
+        .expect("runs");
+    assert_eq!(out.status.code(), Some(2), "a usage mistake");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("invalid value 'maybe'"), "{err}");
+    assert_eq!(
+        json(&s.ok(&["flag", "get", "checkout", "-o", "json"]))["flag"]["version"],
+        3
+    );
 }

@@ -128,3 +128,88 @@ fn environment_tokens_need_an_environment() {
         "{err}"
     );
 }
+
+#[test]
+fn client_tokens_are_created_and_shown_again() {
+    let s = Server::start();
+    s.ok(&["env", "create", "production"]);
+    let out = s
+        .cmd()
+        .args([
+            "token",
+            "create",
+            "--role",
+            "client",
+            "--env",
+            "production",
+            "web",
+        ])
+        .output()
+        .expect("runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let created = String::from_utf8_lossy(&out.stdout).into_owned();
+    settings().bind(|| {
+        assert_snapshot!(created, @r#"
+        created client token web (id [id-----------------------------]) for environment production
+        embed it in web pages and apps (OpenFeature's OFREP provider): it evaluates only this environment's client-side flags, and is not a secret; `flagstaff token show [id-----------------------------]` prints it again:
+
+            [secret]
+        "#);
+    });
+    let listed: Value =
+        serde_json::from_str(&s.ok(&["token", "list", "-o", "json"])).expect("JSON");
+    let web = listed
+        .as_array()
+        .expect("a list")
+        .iter()
+        .find(|t| t["name"] == "web")
+        .expect("listed");
+    assert_eq!(web["role"], "client");
+    assert_eq!(web["environment"], "production");
+    let id = web["id"].as_str().expect("an id").to_owned();
+    settings().bind(|| {
+        assert_snapshot!(s.ok(&["token", "list"]), @r#"
+        NAME   ID                                ROLE    ENVIRONMENT  CREATED
+        admin  [id-----------------------------]  admin   *            [time]
+        web    [id-----------------------------]  client  production   [time]
+        "#);
+        assert_snapshot!(s.ok(&["token", "show", &id]), @r#"
+        client token web (id [id-----------------------------]) for environment production, created [time] by admin
+        embed it in web pages and apps (OpenFeature's OFREP provider): it evaluates only this environment's client-side flags, and is not a secret:
+
+            [secret]
+        "#);
+    });
+    let shown: Value =
+        serde_json::from_str(&s.ok(&["token", "show", &id, "-o", "json"])).expect("JSON");
+    assert_eq!(shown["role"], "client");
+    let secret = shown["secret"].as_str().expect("a secret");
+    assert!(
+        created.contains(secret),
+        "the secret created is the one shown"
+    );
+
+    // Only client tokens: an sdk token's secret is not kept.
+    let sdk: Value = serde_json::from_str(
+        &s.ok(&["token", "create", "checkout", "--role", "sdk", "-o", "json"]),
+    )
+    .expect("JSON");
+    let sdk_id = sdk["id"].as_str().expect("an id");
+    assert_snapshot!(s.fails(&["token", "show", sdk_id]), @r#"error: token "checkout" is not a client token: only client tokens can be shown again; other tokens are stored as hashes"#);
+    settings().bind(|| {
+        assert_snapshot!(s.fails(&["token", "show", "web"]), @r#"error: no token with id "web"; web is a token's name: its id is [id-----------------------------]"#);
+    });
+    assert_snapshot!(s.fails(&["token", "show", "nope"]), @r#"error: no token with id "nope" (see `flagstaff token list`)"#);
+    // A client token reaches nothing of the Admin API.
+    let out = s
+        .cmd()
+        .args(["--token", secret, "--env", "production", "flag", "list"])
+        .output()
+        .expect("runs");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_snapshot!(err, @r#"error: not allowed: token "web" (Client) may not read environment "production""#);
+}

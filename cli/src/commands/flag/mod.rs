@@ -3,7 +3,7 @@
 //! thing:
 //!
 //! - [`read`]: `flag list` and `flag get`;
-//! - [`write`]: `flag create`, `on`, `off`, `revert` and `delete`;
+//! - [`write`]: `flag create`, `on`, `off`, `client-side`, `revert` and `delete`;
 //! - [`serve`]: what a flag serves by default: `flag serve` and the `flag rollout` shortcut;
 //! - [`edit`]: `flag edit`, the flag's YAML in $EDITOR;
 //! - [`apply`]: `flag apply` and `flag diff`, documents from a file;
@@ -39,6 +39,14 @@ pub async fn run(session: &mut Session, command: &FlagCommand) -> anyhow::Result
             variant,
             write,
         } => serve::serve(session, key, variant, write).await,
+        FlagCommand::ClientSide {
+            key,
+            state,
+            message,
+        } => {
+            let on = *state == crate::args::Switch::On;
+            write::set_client_side(session, key, on, message.as_deref()).await
+        }
         FlagCommand::Rollout(args) => serve::rollout(session, args).await,
         FlagCommand::Revert {
             key,

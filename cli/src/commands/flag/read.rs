@@ -1,8 +1,8 @@
 //! `flag list` and `flag get`: the flags of an environment, and one flag's document.
 //!
 //! JSON fields of `flag list`: `key`, `kind`, `enabled`, `serves`, `rules` (how many),
-//! `tags`, `temporary`, `version`, `last_change` and `usage`; of `flag get`: `flag` (the
-//! document) and `last_change`.
+//! `tags`, `temporary`, `client_side`, `version`, `last_change` and `usage`; of `flag get`:
+//! `flag` (the document) and `last_change`.
 
 use flagstaff_engine::{Flag, Format, Serve};
 use flagstaff_proto::pb;
@@ -37,6 +37,7 @@ pub async fn list(
                         "rules": flag.rules.len(),
                         "tags": flag.tags,
                         "temporary": flag.temporary,
+                        "client_side": flag.client_side,
                         "version": flag.version,
                         "last_change": last_change_json(change),
                         "usage": {
@@ -64,6 +65,7 @@ pub async fn list(
                     state(flag).to_owned(),
                     serve_summary(&flag.default),
                     flag.rules.len().to_string(),
+                    if flag.client_side { "yes" } else { "no" }.to_owned(),
                     flag.version.map_or("-".to_owned(), |v| v.to_string()),
                     output::timestamp(change.time_unix_ms),
                     change.actor.clone(),
@@ -83,6 +85,7 @@ pub async fn list(
             "STATE",
             "DEFAULT",
             "RULES",
+            "CLIENT-SIDE",
             "VERSION",
             "CHANGED",
             "BY",
@@ -109,11 +112,16 @@ pub async fn get(session: &mut Session, key: &str) -> anyhow::Result<String> {
         format!("{}: {}", change.actor, change.comment)
     };
     Ok(format!(
-        "# {} is {}, default {}, {} rule(s); version {}, changed {} by {by}\n{}",
+        "# {} is {}, default {}, {} rule(s){}; version {}, changed {} by {by}\n{}",
         flag.key,
         state(&flag),
         serve_summary(&flag.default),
         flag.rules.len(),
+        if flag.client_side {
+            ", client-side (client tokens may evaluate it)"
+        } else {
+            ""
+        },
         flag.version.unwrap_or(0),
         output::timestamp(change.time_unix_ms),
         flagstaff_engine::to_text(

@@ -1,5 +1,6 @@
-//! `flag create`, `flag on`, `flag off`, `flag revert` and `flag delete`: a flag's life, from
-//! its creation to its deletion. (What it serves by default is [`super::serve`]'s.)
+//! `flag create`, `flag on`, `flag off`, `flag client-side`, `flag revert` and `flag delete`:
+//! a flag's life, from its creation to its deletion. (What it serves by default is
+//! [`super::serve`]'s.)
 
 use anyhow::{anyhow, bail};
 use flagstaff_engine::{Flag, Kind};
@@ -8,7 +9,7 @@ use serde_json::{json, Value};
 
 use super::describe::serve_summary;
 use crate::args::{FlagCreateArgs, WriteOptions};
-use crate::fetch::suggest_flag_keys;
+use crate::fetch::{fetch_flag, suggest_flag_keys};
 use crate::session::Session;
 use crate::write_report::{paused_plans, wait};
 
@@ -30,10 +31,15 @@ pub async fn create(session: &mut Session, args: &FlagCreateArgs) -> anyhow::Res
         })
         .await?;
     Ok(format!(
-        "created {} in {environment}: {} flag, off, serving {} when on (revision {})\n",
+        "created {} in {environment}: {} flag, off, serving {} when on{} (revision {})\n",
         flag.key,
         flag.kind.as_str(),
         serve_summary(&flag.default),
+        if flag.client_side {
+            ", client-side"
+        } else {
+            ""
+        },
         response.revision
     ))
 }
@@ -88,6 +94,7 @@ fn new_flag(args: &FlagCreateArgs) -> anyhow::Result<Flag> {
         "default": {"variant": off},
         "tags": args.tags,
         "temporary": args.temporary,
+        "client_side": args.client_side,
     });
     if let Some(description) = &args.description {
         document["description"] = json!(description);
@@ -140,6 +147,70 @@ pub async fn set_enabled(
     );
     said.push_str(&paused_plans(session, &response.paused_rollouts).await);
     wait(session, said, response.revision, options).await
+}
+
+/// `flag client-side KEY on|off`: whether client tokens may evaluate the flag over OFREP. The
+/// flag is written whole with the version it was read at, so a change made meanwhile is
+/// refused rather than overwritten; nothing is written when it is already so.
+pub async fn set_client_side(
+    session: &mut Session,
+    key: &str,
+    client_side: bool,
+    message: Option<&str>,
+) -> anyhow::Result<String> {
+    let environment = session.env()?;
+    let (flag, _) = fetch_flag(session, key).await?;
+    if flag.client_side == client_side {
+        return Ok(format!(
+            "{key} is already {} in {environment}: nothing changed\n",
+            if client_side {
+                "client-side"
+            } else {
+                "not client-side"
+            }
+        ));
+    }
+    let version = flag.version.unwrap_or(0);
+    let document = pb::Flag::from(&Flag {
+        client_side,
+        version: None,
+        ..flag
+    });
+    let comment = message.unwrap_or_default().to_owned();
+    let response = session
+        .write(
+            if client_side {
+                "Let client tokens evaluate the flag"
+            } else {
+                "Stop client tokens from evaluating the flag"
+            },
+            |mut admin, confirm_protected| {
+                let request = pb::UpdateFlagRequest {
+                    environment: environment.clone(),
+                    flag: Some(document.clone()),
+                    expected_version: version,
+                    comment: comment.clone(),
+                    confirm_protected,
+                };
+                async move { admin.update_flag(request).await }
+            },
+        )
+        .await?;
+    let said = format!(
+        "{key} is {} in {environment}: {} (revision {})\n",
+        if client_side {
+            "client-side"
+        } else {
+            "no longer client-side"
+        },
+        if client_side {
+            "client tokens may evaluate it"
+        } else {
+            "client tokens get FLAG_NOT_FOUND for it"
+        },
+        response.revision
+    );
+    Ok(said + &paused_plans(session, &response.paused_rollouts).await)
 }
 
 /// `flag revert KEY --to-version N`: the flag as it was at version N, as a new version.
