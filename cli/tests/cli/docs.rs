@@ -72,6 +72,7 @@ fn the_launch_in_docs_cli_md_runs() {
             .expect("a flag")
     });
     assert!(flag.enabled);
+    assert!(flag.client_side, "the page marks it client-side at the end");
     assert_eq!(flag.rules.len(), 1);
     assert_eq!(
         flag.default.and_then(|d| d.serve),

@@ -252,3 +252,69 @@ async fn apply_with_prune_makes_the_environment_equal_to_the_document() {
         "prune: only allowed with a whole document (source document), not with documents"
     );
 }
+
+#[tokio::test]
+async fn client_side_survives_a_restart_and_an_export_and_is_written_only_when_true() {
+    use flagstaff_engine::{parse_document, to_text, Document, Format};
+
+    let server = TestServer::start().await;
+    let mut admin = server.admin().await;
+    create_environment(&mut admin, "staging").await;
+    let mut banner = boolean_flag("banner");
+    banner.client_side = true;
+    let created = create_flag(&mut admin, "staging", banner).await;
+    assert_eq!(created, 1);
+    create_flag(&mut admin, "staging", boolean_flag("checkout")).await;
+    let client_side = |document: &pb::Document| -> Vec<(String, bool)> {
+        document
+            .flags
+            .iter()
+            .map(|f| (f.key.clone(), f.client_side))
+            .collect()
+    };
+    let expected = [("banner".to_owned(), true), ("checkout".to_owned(), false)];
+
+    // Read back after a restart, as accepted.
+    let before = export(&mut admin, "staging")
+        .await
+        .document
+        .expect("document");
+    assert_eq!(client_side(&before), expected);
+    let data_dir = server.stop().await;
+    let server = TestServer::builder().data_dir(data_dir).start().await;
+    let mut admin = server.admin().await;
+    let after = export(&mut admin, "staging")
+        .await
+        .document
+        .expect("document");
+    assert_eq!(after, before);
+
+    // The export format names it once, for the flag that has it.
+    let document = Document::try_from(after).expect("an export document");
+    for format in [Format::Yaml, Format::Json] {
+        let text = to_text(&document, format);
+        assert_eq!(text.matches("client_side").count(), 1, "{text}");
+        let checkout = text.find("checkout").expect("checkout is exported");
+        assert!(
+            !text[checkout..].contains("client_side"),
+            "written for banner only: {text}"
+        );
+
+        // Imported from the text into another environment, it is the same.
+        let environment = match format {
+            Format::Yaml => "from-yaml",
+            Format::Json => "from-json",
+        };
+        create_environment(&mut admin, environment).await;
+        let read = parse_document(&text).expect("the export reads back");
+        admin
+            .apply(apply_document(environment, pb::Document::from(&read)))
+            .await
+            .expect("imported");
+        let imported = export(&mut admin, environment)
+            .await
+            .document
+            .expect("document");
+        assert_eq!(client_side(&imported), expected);
+    }
+}
