@@ -322,6 +322,16 @@ impl<S: Store> Tokens<S> {
             .any(|t| t.id == id && !t.revoked)
     }
 
+    /// The token `id`, revoked or not.
+    pub fn by_id(&self, id: &str) -> Option<TokenRecord> {
+        self.by_hash
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .find(|t| t.id == id)
+            .cloned()
+    }
+
     /// The token whose secret is `secret`, if it exists and is not revoked.
     pub fn authenticate(&self, secret: &str) -> Result<TokenRecord, ServerError> {
         let map = self.by_hash.read().unwrap_or_else(|p| p.into_inner());

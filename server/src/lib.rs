@@ -137,6 +137,8 @@ pub struct Server {
     /// The SDK instances watching.
     clients: Arc<Clients>,
     heartbeat: Duration,
+    /// Signs the tickets in OFREP event-stream URLs, with the store's key.
+    tickets: Arc<ofrep::ticket::Tickets>,
 }
 
 impl Server {
@@ -161,12 +163,14 @@ impl Server {
             tracing::info!(path = %path.display(), "fresh data directory: admin token written");
         }
         let requests = Arc::new(RequestCounts::new(&descriptor_sets()));
+        let tickets = Arc::new(ofrep::ticket::Tickets::load(&**envs.store())?);
         Ok(Server {
             envs,
             tokens,
             requests,
             clients: Arc::new(Clients::new()),
             heartbeat: config.heartbeat,
+            tickets,
         })
     }
 
@@ -262,7 +266,9 @@ impl Server {
                 self.envs.clone(),
                 self.tokens.clone(),
                 tally.clone(),
-                options.ofrep.limits,
+                self.tickets.clone(),
+                &options.ofrep,
+                Signals::new(stopping.clone()),
             )),
             &options.ofrep.cors_origins,
         );

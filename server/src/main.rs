@@ -3,14 +3,14 @@
 //! ```sh
 //! flagstaffd [--listen 127.0.0.1:7878] [--data-dir ./flagstaff-data]
 //!            [--metrics-listen 127.0.0.1:9187] [--tls-cert cert.pem --tls-key key.pem]
-//!            [--cors-origin https://app.example.com]...
+//!            [--cors-origin https://app.example.com]... [--public-url https://flags.example.com]
 //! flagstaffd admin-token --data-dir ./flagstaff-data    # mint a new admin token offline
 //! flagstaffd check --data-dir ./flagstaff-data          # list damaged records
 //! flagstaffd repair --data-dir ./flagstaff-data         # restore them from the audit log
 //! ```
 //! Every option is also an environment variable: `FLAGSTAFF_LISTEN`, `FLAGSTAFF_DATA_DIR`,
 //! `FLAGSTAFF_RETENTION`, `FLAGSTAFF_HEARTBEAT_INTERVAL`, `FLAGSTAFF_METRICS_LISTEN`, `FLAGSTAFF_TLS_CERT`,
-//! `FLAGSTAFF_TLS_KEY`, `FLAGSTAFF_CORS_ORIGINS`, `FLAGSTAFF_CLIENT_TOKEN_RATE`,
+//! `FLAGSTAFF_TLS_KEY`, `FLAGSTAFF_CORS_ORIGINS`, `FLAGSTAFF_PUBLIC_URL`, `FLAGSTAFF_CLIENT_TOKEN_RATE`,
 //! `FLAGSTAFF_CLIENT_ADDRESS_RATE`, `FLAGSTAFF_CLIENT_STREAMS`. Logs go to stderr; `RUST_LOG` filters them (default `info`). The
 //! addresses actually bound are logged (`address=`, `metrics_address=`), so port 0 works.
 
@@ -43,6 +43,12 @@ struct Args {
         value_delimiter = ','
     )]
     cors_origins: Vec<String>,
+
+    /// The URL clients reach flagstaffd at, e.g. https://flags.example.com, when it differs
+    /// from what they dial (a proxy in front): OFREP's event-stream URLs are made absolute
+    /// from it. Without it they are given relative to each request's origin.
+    #[arg(long, env = "FLAGSTAFF_PUBLIC_URL", value_name = "URL")]
+    public_url: Option<String>,
 
     /// OFREP requests per second one client token may make in all (bursts of twice as many);
     /// 0 for no limit.
@@ -249,6 +255,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         let defaults = RateLimits::default();
         let ofrep = OfrepOptions {
             cors_origins: args.cors_origins.clone(),
+            public_url: args.public_url.clone(),
             limits: RateLimits {
                 per_token: Rate::per_second(
                     args.client_token_rate,

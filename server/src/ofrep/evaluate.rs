@@ -17,6 +17,7 @@ use sha2::{Digest, Sha256};
 
 use super::context::{json_type, RequestContext};
 use super::error::OfrepError;
+use super::stream::EventStream;
 use super::{Caller, Ofrep, MAX_BODY_BYTES};
 use crate::auth::Visibility;
 use crate::environments::{Current, Environment};
@@ -107,10 +108,15 @@ async fn evaluate_all<S: Store>(
         .into_iter()
         .map(|flag| evaluate(&current, flag, &ctx))
         .collect::<Result<Vec<_>, _>>()?;
+    let event_streams = ofrep
+        .event_stream_for(&caller, &env, &current)
+        .into_iter()
+        .collect();
     let mut response = json(
         StatusCode::OK,
         &Bulk {
             flags: evaluated,
+            event_streams,
             metadata: BulkMetadata {
                 revision: current.revision,
             },
@@ -217,8 +223,11 @@ struct Metadata<'a> {
 
 /// The bulk endpoint's body.
 #[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
 struct Bulk<'a> {
     flags: Vec<Evaluated<'a>>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    event_streams: Vec<EventStream>,
     metadata: BulkMetadata,
 }
 

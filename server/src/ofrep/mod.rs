@@ -1,13 +1,14 @@
 //! OpenFeature remote evaluation (OFREP 0.3.0) over HTTP, on the gRPC port (DESIGN.md
 //! section 10): `POST /ofrep/v1/evaluate/flags/{key}` evaluates one flag,
-//! `POST /ofrep/v1/evaluate/flags` every flag the token sees. docs/ofrep.md describes them for
-//! users.
+//! `POST /ofrep/v1/evaluate/flags` every flag the token sees, `GET /ofrep/v1/events` tells
+//! providers when to evaluate again. docs/ofrep.md describes them for users.
 //!
 //! - `context`: the request's context, flattened into the engine's.
 //! - `error`: the error answers.
 //! - `evaluate`: the two evaluation endpoints.
 //! - `events`: the change-notification event stream.
 //! - `limit`: rate limits and event-stream caps for client tokens.
+//! - `stream`: `GET /ofrep/v1/events`, the event stream behind its ticket.
 //! - `ticket`: the signed tickets in event-stream URLs.
 //! - `usage`: evaluations counted toward flag usage.
 
@@ -16,6 +17,7 @@ mod error;
 mod evaluate;
 pub mod events;
 pub mod limit;
+mod stream;
 pub mod ticket;
 mod usage;
 
@@ -23,7 +25,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::routing::post;
+use axum::routing::{get, post};
 use http::request::Parts;
 use http::{header, HeaderMap, HeaderName, HeaderValue, Method};
 use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
@@ -33,7 +35,10 @@ use crate::auth::{Tokens, Visibility};
 use crate::environments::Environments;
 use crate::storage::{Role, Store};
 use error::OfrepError;
-use limit::Limiter;
+use limit::{Limiter, StreamCaps};
+use ticket::Tickets;
+
+use crate::service::watch::Signals;
 pub use limit::RateLimits;
 pub(crate) use usage::Tally;
 
@@ -47,23 +52,51 @@ pub(crate) struct Ofrep<S> {
     tokens: Arc<Tokens<S>>,
     tally: Arc<Tally>,
     limiter: Limiter,
+    caps: StreamCaps,
+    tickets: Arc<Tickets>,
+    /// `--public-url` without a trailing `/`.
+    public_url: Option<String>,
+    signals: Signals,
 }
 
 impl<S: Store> Ofrep<S> {
-    /// OFREP over `envs`, for the holders of `tokens`, counting evaluations in `tally` and
-    /// limiting client tokens to `limits`.
+    /// OFREP over `envs`, for the holders of `tokens`, counting evaluations in `tally`,
+    /// signing event-stream URLs with `tickets`, limiting client tokens and advertising
+    /// streams as `options` say; event streams end with `signals`.
     pub(crate) fn new(
         envs: Arc<Environments<S>>,
         tokens: Arc<Tokens<S>>,
         tally: Arc<Tally>,
-        limits: RateLimits,
+        tickets: Arc<Tickets>,
+        options: &OfrepOptions,
+        signals: Signals,
     ) -> Ofrep<S> {
         Ofrep {
             envs,
             tokens,
             tally,
-            limiter: Limiter::new(limits),
+            limiter: Limiter::new(options.limits),
+            caps: StreamCaps::new(options.limits.streams_per_token),
+            tickets,
+            public_url: options
+                .public_url
+                .as_deref()
+                .map(|url| url.trim_end_matches('/').to_owned()),
+            signals,
         }
+    }
+
+    /// Counts a request of the client token `token_id` from `addr` against its limits.
+    fn limit(&self, token_id: &str, addr: IpAddr) -> Result<(), OfrepError> {
+        self.limiter
+            .check(token_id, addr, tokio::time::Instant::now())
+            .map_err(|wait| {
+                OfrepError::too_many_requests(
+                    "too many requests with this client token from this address or in all; \
+                     retry after the time given in Retry-After",
+                    wait.seconds(),
+                )
+            })
     }
 
     /// Who is asking: the token of `Authorization: Bearer …` or `X-API-Key`, which must be an
@@ -90,18 +123,11 @@ impl<S: Store> Ofrep<S> {
         };
         if visibility == Visibility::ClientSide {
             if let Some(addr) = peer_address(parts) {
-                self.limiter
-                    .check(&token.id, addr, tokio::time::Instant::now())
-                    .map_err(|wait| {
-                        OfrepError::too_many_requests(
-                            "too many requests with this client token from this address or \
-                             in all; retry after the time given in Retry-After",
-                            wait.seconds(),
-                        )
-                    })?;
+                self.limit(&token.id, addr)?;
             }
         }
         Ok(Caller {
+            token_id: token.id.clone(),
             environment: environment.to_owned(),
             visibility,
         })
@@ -110,7 +136,7 @@ impl<S: Store> Ofrep<S> {
 
 /// The address of the client a request came from, as the connection says (a reverse proxy's
 /// own address when flagstaffd is behind one).
-fn peer_address(parts: &Parts) -> Option<IpAddr> {
+pub(super) fn peer_address(parts: &Parts) -> Option<IpAddr> {
     let tcp = parts.extensions.get::<TcpConnectInfo>().or_else(|| {
         parts
             .extensions
@@ -123,6 +149,7 @@ fn peer_address(parts: &Parts) -> Option<IpAddr> {
 /// The environment and visibility of the token a request came with.
 #[derive(Debug, Clone)]
 struct Caller {
+    token_id: String,
     environment: String,
     visibility: Visibility,
 }
@@ -155,19 +182,24 @@ pub struct OfrepOptions {
     pub cors_origins: Vec<String>,
     /// The limits on client tokens.
     pub limits: RateLimits,
+    /// The URL clients reach flagstaffd at (`--public-url`, e.g.
+    /// `https://flags.example.com`), from which event-stream URLs are made absolute; without
+    /// it they are given relative to the request's origin.
+    pub public_url: Option<String>,
 }
 
 /// Why an [`OfrepOptions`] cannot be served.
 #[derive(Debug, thiserror::Error)]
-#[error("--cors-origin {origin:?}: {problem}")]
+#[error("{option} {value:?}: {problem}")]
 pub struct OptionsError {
-    origin: String,
+    option: &'static str,
+    value: String,
     problem: &'static str,
 }
 
 impl OfrepOptions {
     /// Checks the options: each CORS origin must be `scheme://host[:port]`, as browsers send
-    /// it in `Origin`, or `null` is refused.
+    /// it in `Origin`; the public URL an `http(s)://` URL without query or fragment.
     pub fn check(&self) -> Result<(), OptionsError> {
         for origin in &self.cors_origins {
             let problem = if HeaderValue::from_str(origin).is_err() {
@@ -187,7 +219,30 @@ impl OfrepOptions {
             };
             if let Some(problem) = problem {
                 return Err(OptionsError {
-                    origin: origin.clone(),
+                    option: "--cors-origin",
+                    value: origin.clone(),
+                    problem,
+                });
+            }
+        }
+        if let Some(url) = &self.public_url {
+            let scheme_and_rest = url
+                .strip_prefix("https://")
+                .or_else(|| url.strip_prefix("http://"));
+            let problem = match scheme_and_rest {
+                None => Some("the public URL starts with https:// or http://"),
+                Some(rest) if rest.is_empty() || rest.starts_with('/') => {
+                    Some("the public URL names a host")
+                }
+                Some(rest) if rest.contains(['?', '#']) || HeaderValue::from_str(url).is_err() => {
+                    Some("the public URL has no query or fragment and only visible ASCII")
+                }
+                Some(_) => None,
+            };
+            if let Some(problem) = problem {
+                return Err(OptionsError {
+                    option: "--public-url",
+                    value: url.clone(),
                     problem,
                 });
             }
@@ -206,6 +261,7 @@ pub(crate) fn routes<S: Store>(ofrep: Arc<Ofrep<S>>, cors_origins: &[String]) ->
             post(evaluate::single::<S>),
         )
         .route("/ofrep/v1/evaluate/flags", post(evaluate::bulk::<S>))
+        .route("/ofrep/v1/events", get(stream::events::<S>))
         .method_not_allowed_fallback(|| async { crate::http::method_not_allowed() })
         .with_state(ofrep);
     let origins: Vec<HeaderValue> = cors_origins

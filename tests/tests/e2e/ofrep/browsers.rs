@@ -215,3 +215,40 @@ async fn allowed_origins_get_cors_headers_and_others_none() {
         .get("access-control-allow-origin")
         .is_none());
 }
+
+#[tokio::test]
+async fn a_client_token_holds_at_most_its_cap_of_event_streams() {
+    let server = TestServer::builder()
+        .ofrep(OfrepOptions {
+            limits: RateLimits {
+                streams_per_token: 1,
+                ..RateLimits::default()
+            },
+            ..OfrepOptions::default()
+        })
+        .start()
+        .await;
+    load(&mut server.admin().await, "production", FLAGS).await;
+    let client = token(&server, "web", pb::Role::Client, "production").await;
+    let http = Http::new(&server);
+    let bulk = http.post(ALL, Some(&client), &json!({"context": {}})).await;
+    let uri = bulk.body["eventStreams"][0]["endpoint"]["requestUri"]
+        .as_str()
+        .expect("advertised")
+        .to_owned();
+    let first = http
+        .client()
+        .get(http.url(&uri))
+        .send()
+        .await
+        .expect("answered");
+    assert_eq!(first.status(), StatusCode::OK);
+    let second = http.send(http.client().get(http.url(&uri))).await;
+    assert_eq!(second.status, StatusCode::TOO_MANY_REQUESTS);
+    assert!(second.headers.contains_key("retry-after"));
+    assert_eq!(
+        second.body["errorDetails"],
+        "too many event streams open with this client token"
+    );
+    drop(first);
+}

@@ -4,6 +4,7 @@
 mod browsers;
 mod conformance;
 mod endpoints;
+mod events;
 mod provider;
 
 use flagstaff_engine::parse_document;
