@@ -227,6 +227,24 @@ fn run(args: Args) -> anyhow::Result<()> {
         // clap refuses one without the other.
         _ => None,
     };
+    let defaults = RateLimits::default();
+    let ofrep = OfrepOptions {
+        cors_origins: args.cors_origins.clone(),
+        public_url: args.public_url.clone(),
+        limits: RateLimits {
+            per_token: Rate::per_second(
+                args.client_token_rate,
+                args.client_token_rate.saturating_mul(2),
+            ),
+            per_address: Rate::per_second(
+                args.client_address_rate,
+                args.client_address_rate.saturating_mul(3),
+            ),
+            streams_per_token: args.client_streams,
+            ..defaults
+        },
+    };
+    ofrep.check()?;
     let server = Server::open(&config)?;
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     runtime.block_on(async {
@@ -252,24 +270,6 @@ fn run(args: Args) -> anyhow::Result<()> {
             let addr = metrics.local_addr()?;
             tracing::info!(metrics_address = %addr, "metrics at http://{addr}/metrics");
         }
-        let defaults = RateLimits::default();
-        let ofrep = OfrepOptions {
-            cors_origins: args.cors_origins.clone(),
-            public_url: args.public_url.clone(),
-            limits: RateLimits {
-                per_token: Rate::per_second(
-                    args.client_token_rate,
-                    args.client_token_rate.saturating_mul(2),
-                ),
-                per_address: Rate::per_second(
-                    args.client_address_rate,
-                    args.client_address_rate.saturating_mul(3),
-                ),
-                streams_per_token: args.client_streams,
-                ..defaults
-            },
-        };
-        ofrep.check()?;
         let options = ServeOptions {
             metrics,
             tls,

@@ -211,6 +211,41 @@ fn unusable_tls_files_are_named_and_nothing_is_created() {
 }
 
 #[test]
+fn a_bad_cors_origin_or_public_url_is_named_and_nothing_is_created() {
+    let dir = tempfile::tempdir().expect("data dir");
+    let run = |option: &str, value: &str| {
+        let out = Command::new(env!("CARGO_BIN_EXE_flagstaffd"))
+            .args(["--listen", "127.0.0.1:0", option, value, "--data-dir"])
+            .arg(dir.path().join("data"))
+            .output()
+            .expect("runs");
+        assert!(!out.status.success());
+        String::from_utf8_lossy(&out.stderr).trim_end().to_owned()
+    };
+    assert_eq!(
+        run("--cors-origin", "shop.example.com"),
+        "error: --cors-origin \"shop.example.com\": an origin is a scheme and a host, with an \
+         optional port and no path, e.g. https://app.example.com"
+    );
+    assert_eq!(
+        run("--cors-origin", "https://shop.example.com/app"),
+        "error: --cors-origin \"https://shop.example.com/app\": an origin is a scheme and a \
+         host, with an optional port and no path, e.g. https://app.example.com"
+    );
+    assert_eq!(
+        run("--public-url", "flags.example.com"),
+        "error: --public-url \"flags.example.com\": the public URL starts with https:// or \
+         http://"
+    );
+    assert_eq!(
+        run("--public-url", "https://flags.example.com/?x=1"),
+        "error: --public-url \"https://flags.example.com/?x=1\": the public URL has no query \
+         or fragment and only visible ASCII"
+    );
+    assert!(!dir.path().join("data").exists(), "nothing created");
+}
+
+#[test]
 fn admin_token_takes_its_options_before_or_after_the_subcommand() {
     let dir = tempfile::tempdir().expect("data dir");
     let data = dir.path().join("data");
