@@ -7,7 +7,9 @@
 //! In every stage, each flag is evaluated for 6,000 contexts drawn from 100,000 keys, in 10
 //! batches of 600, one batch per 6 simulated minutes; a context that gets the baseline tracks
 //! the flag's event with probability 5%, one that gets the target with 5% (equal) or 15% (3×).
-//! After each batch the clients report their metrics and the (manual) clock moves on.
+//! After each batch the clients report their metrics and the (manual) clock moves on, and the
+//! simulation waits for the scheduler to step every plan then due. The run ends with the
+//! second stage's last report, before that stage's hold ends and the plans complete.
 //! docs/benchmarks.md reports the rates and times this prints.
 
 use std::sync::Arc;
@@ -15,7 +17,7 @@ use std::time::Duration;
 
 use flagstaff::{Client, Context};
 use flagstaff_proto::pb;
-use flagstaff_server::clock::ManualClock;
+use flagstaff_server::clock::{Clock, ManualClock};
 use flagstaff_tests::Admin;
 
 use super::fixtures::*;
@@ -73,6 +75,26 @@ async fn plans(admin: &mut Admin) -> Vec<pb::RolloutPlan> {
         .plans;
     plans.sort_by(|a, b| a.flag.cmp(&b.flag));
     plans
+}
+
+/// Moves the clock on by `by` and waits until the scheduler has stepped every plan due at
+/// the new time: until no running plan is due. Reading plans any earlier races the scheduler.
+async fn step(clock: &ManualClock, admin: &mut Admin, by: Duration) {
+    clock.advance(by);
+    let now = clock.now_ms() as i64;
+    eventually_within(
+        "the scheduler's step of every plan due",
+        PATIENCE * 3,
+        async || none_due(&plans(admin).await, now),
+    )
+    .await;
+}
+
+/// Whether no plan in `plans` is running with its next stage due at `now_ms`.
+fn none_due(plans: &[pb::RolloutPlan], now_ms: i64) -> bool {
+    plans
+        .iter()
+        .all(|p| p.state != pb::RolloutState::Running as i32 || p.next_stage_unix_ms > now_ms)
 }
 
 /// One batch of traffic through `clients`, on a blocking thread.
@@ -155,27 +177,22 @@ async fn simulate(target_rate: f64) -> Outcome {
             // traffic, so that the first batch's events are attributed.
             client.flush_metrics().await.expect("metrics reported");
         }
-        for _ in 0..BATCHES_PER_STAGE {
+        for n in 1..=BATCHES_PER_STAGE {
             batch(&clients, &mut random, target_rate).await;
-            clock.advance(Duration::from_millis(HOLD_MS / BATCHES_PER_STAGE as u64));
-        }
-        if stage_index == 0 {
-            // Every plan still running moves to its second stage.
-            eventually_within(
-                "every running plan's second stage",
-                PATIENCE * 3,
-                async || {
-                    plans(&mut admin)
-                        .await
-                        .iter()
-                        .all(|p| p.state != pb::RolloutState::Running as i32 || p.stage_index != 0)
-                },
-            )
-            .await;
+            // The end of the first stage moves every plan still running to its second; the
+            // end of the second would complete them, so the run stops short of it.
+            if stage_index == 0 || n < BATCHES_PER_STAGE {
+                let by = Duration::from_millis(HOLD_MS / BATCHES_PER_STAGE as u64);
+                step(&clock, &mut admin, by).await;
+            }
         }
     }
     let all = plans(&mut admin).await;
     assert_eq!(all.len(), PLANS);
+    assert!(
+        none_due(&all, clock.now_ms() as i64),
+        "the run ends while no plan is due, so the scheduler has nothing left to change"
+    );
     Outcome {
         rolled_back_after_ms: all
             .iter()
