@@ -64,6 +64,8 @@ use tonic_health::ServingStatus;
 
 pub use environments::{Committed, Current, Environment, Environments, WriteContext};
 pub use error::ServerError;
+#[doc(hidden)]
+pub use http::serve_routes;
 pub use operations::ApplyOptions;
 pub use tls::{Tls, TlsError};
 
@@ -273,7 +275,7 @@ impl Server {
             &options.ofrep.cors_origins,
         );
         let usage = tokio::spawn(tally.run(self.envs.clone(), health::stopped(stopping.clone())));
-        let service = http::dispatch::Dispatch::new(grpc, http::routes(ofrep, stopping.clone()));
+        let routes = http::routes(ofrep, stopping.clone());
 
         let metrics = options.metrics.map(|listener| {
             let (envs, requests, clients) = (
@@ -305,20 +307,7 @@ impl Server {
                 .await;
             stop.send_replace(true);
         };
-        // HTTP/1.1 beside h2: OFREP clients and browsers speak either.
-        let builder = tonic::transport::Server::builder().accept_http1(true);
-        let served = match &options.tls {
-            Some(tls) => {
-                builder
-                    .serve_with_incoming_shutdown(service, http::listen::tls(listener, tls), signal)
-                    .await
-            }
-            None => {
-                builder
-                    .serve_with_incoming_shutdown(service, http::listen::plain(listener), signal)
-                    .await
-            }
-        };
+        let served = http::serve(listener, options.tls.as_ref(), grpc, routes, signal).await;
         // Also when serving failed before the shutdown signal.
         stop.send_replace(true);
         if let Err(e) = scheduler.await {

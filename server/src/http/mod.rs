@@ -1,15 +1,73 @@
 //! HTTP on the gRPC port (DESIGN.md sections 9 and 10): `dispatch` sends each request to gRPC
 //! or to the HTTP routes by its content type, `listen` accepts plain or TLS connections, and
-//! this file holds the HTTP routes: OFREP under `/ofrep/v1/`, and `/healthz` and `/readyz`
-//! for load balancers.
+//! this file serves both on one listener ([`serve`]) and holds the HTTP routes: OFREP under
+//! `/ofrep/v1/`, and `/healthz` and `/readyz` for load balancers.
 
 pub(crate) mod dispatch;
 pub(crate) mod listen;
 
+use std::convert::Infallible;
+use std::future::Future;
+
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use http::{header, StatusCode};
+use http::{header, Request, StatusCode};
+use tokio::net::TcpListener;
 use tokio::sync::watch;
+use tower::Service;
+
+use crate::tls::Tls;
+
+/// Serves the gRPC services `grpc` and the HTTP routes `http` on `listener`, over TLS when
+/// `tls` is given, until `shutdown` completes; then the requests in flight finish before this
+/// returns. Each request goes to one or the other by its content type ([`dispatch`]); HTTP is
+/// served as HTTP/1.1 and h2, gRPC as h2.
+pub(crate) async fn serve<G, B>(
+    listener: TcpListener,
+    tls: Option<&Tls>,
+    grpc: G,
+    http: axum::Router,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), tonic::transport::Error>
+where
+    G: Service<Request<tonic::body::Body>, Response = http::Response<B>, Error = Infallible>
+        + Clone
+        + Send
+        + 'static,
+    G::Future: Send,
+    B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+    B::Error: Into<axum::BoxError>,
+{
+    let service = dispatch::Dispatch::new(grpc, http);
+    // HTTP/1.1 beside h2: OFREP clients and browsers speak either.
+    let builder = tonic::transport::Server::builder().accept_http1(true);
+    match tls {
+        Some(tls) => {
+            builder
+                .serve_with_incoming_shutdown(service, listen::tls(listener, tls), shutdown)
+                .await
+        }
+        None => {
+            builder
+                .serve_with_incoming_shutdown(service, listen::plain(listener), shutdown)
+                .await
+        }
+    }
+}
+
+/// Serves the HTTP routes `http`, and no gRPC service, in plain text on `listener` until
+/// `shutdown` completes, through the stack flagstaffd serves OFREP on ([`serve`]: the same
+/// listener, dispatch and HTTP server). Not part of the API: the OFREP benchmark measures
+/// that stack alone with it (`server/benches/ofrep.rs`).
+#[doc(hidden)]
+pub async fn serve_routes(
+    listener: TcpListener,
+    http: axum::Router,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), tonic::transport::Error> {
+    let grpc = tonic::service::Routes::default().prepare();
+    serve(listener, None, grpc, http, shutdown).await
+}
 
 /// The HTTP routes: `ofrep` (the OFREP routes), the health checks, and a JSON 404 for anything
 /// else. `/readyz` answers 503 once shutdown has begun (`stopping` turned true), so a load

@@ -1,0 +1,451 @@
+//! OFREP throughput and latency over HTTP/1.1 with keep-alive:
+//! `cargo bench -p flagstaff-server --bench ofrep` (`-- floor single bulk` to pick scenarios).
+//!
+//! An in-process flagstaffd on loopback with a temporary data directory holds environment
+//! `bench` of 100 flags: S2 of the engine benchmarks (`sdk/engine/benches/eval.rs`, the same
+//! document) and 99 flags shaped like S1–S3. An sdk token evaluates them. Scenarios:
+//!
+//! - `floor`: a bare JSON route served through the same stack as OFREP
+//!   (`flagstaff_server::serve_routes`: the same listener, dispatch and HTTP server), which
+//!   reads the JSON body and answers a fixed document (a copy of an OFREP answer for S2), with
+//!   no token and no evaluation: what the HTTP stack alone costs.
+//! - `single`: `POST /ofrep/v1/evaluate/flags/s2`.
+//! - `bulk`: `POST /ofrep/v1/evaluate/flags`, all 100 flags.
+//!
+//! Every request carries the next of 1,000 contexts (`targetingKey` `user-N`, a `country` and
+//! a `plan`). Each scenario runs a closed loop of [`CONNECTIONS`] keep-alive connections, each
+//! sending its next request when the last is answered (the maximum rate), then an open loop at
+//! half that rate: requests are scheduled at fixed intervals and handed to whichever
+//! connection is free, and latency counts from the scheduled time, so an answer that is late
+//! also delays the requests behind it rather than hiding them (no coordinated omission).
+//! Reported: requests/s, p50, p99, max.
+//!
+//! The server runs on a runtime of its own with 2 worker threads, the load generator (hyper's
+//! HTTP/1.1 client) on another with 2: both share the machine's cores, so the server gets what
+//! the load generator leaves.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::body::Bytes;
+use axum::response::IntoResponse;
+use flagstaff_engine::{flag_from_value, ChangeSet};
+use flagstaff_server::storage::Role;
+use flagstaff_server::{Config, Server, WriteContext};
+use http::{header, HeaderValue, Request, StatusCode};
+use http_body_util::{BodyExt as _, Full};
+use hyper_util::rt::TokioIo;
+use serde_json::{json, Value};
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, Mutex};
+
+/// Keep-alive connections of the load generator.
+const CONNECTIONS: usize = 32;
+/// Each loop first runs this long unmeasured.
+const WARM_UP: Duration = Duration::from_secs(1);
+/// How long each loop is measured.
+const MEASURED: Duration = Duration::from_secs(5);
+/// Distinct contexts sent, in turn.
+const CONTEXTS: usize = 1_000;
+
+const COUNTRIES: [&str; 5] = ["NL", "DE", "FR", "US", "GB"];
+const PLANS: [&str; 3] = ["free", "pro", "enterprise"];
+
+fn s1() -> Value {
+    json!({"key": "s1", "kind": "boolean", "variants": {"on": true, "off": false},
+           "off_variant": "off", "enabled": true, "default": {"variant": "on"}})
+}
+
+fn s2() -> Value {
+    json!({"key": "s2", "kind": "boolean", "variants": {"on": true, "off": false},
+           "off_variant": "off", "enabled": true,
+           "rules": [{"id": "eu", "conditions": [{"attribute": "country", "op": "in", "values": ["NL", "DE"]}],
+                      "serve": {"variant": "on"}}],
+           "default": {"split": {"bucket_by": "key", "weights": [
+               {"variant": "on", "weight": 10000}, {"variant": "off", "weight": 90000}]}}})
+}
+
+fn s3() -> Value {
+    json!({"key": "s3", "kind": "string", "variants": {"control": "Welcome", "a": "Hello", "b": "Hi"},
+           "off_variant": "control", "enabled": true,
+           "rules": [{"id": "ent", "conditions": [{"attribute": "plan", "op": "in", "values": ["enterprise"]}],
+                      "serve": {"variant": "a"}}],
+           "default": {"split": {"weights": [
+               {"variant": "control", "weight": 50000}, {"variant": "a", "weight": 30000},
+               {"variant": "b", "weight": 20000}]}}})
+}
+
+/// S2 and 99 flags shaped like S1–S3, as the engine benchmarks fill their snapshot.
+fn flags() -> ChangeSet {
+    let mut flags = vec![flag_from_value(&s2()).expect("s2")];
+    for i in 0..99 {
+        let mut flag = [s1, s2, s3][i % 3]();
+        flag["key"] = json!(format!("flag-{i:05}"));
+        flags.push(flag_from_value(&flag).expect("flag"));
+    }
+    ChangeSet {
+        flags,
+        ..ChangeSet::default()
+    }
+}
+
+/// The request bodies, one per context.
+fn bodies() -> Arc<Vec<Bytes>> {
+    let bodies = (0..CONTEXTS)
+        .map(|i| {
+            let body = json!({"context": {
+                "targetingKey": format!("user-{i}"),
+                "country": COUNTRIES[i % COUNTRIES.len()],
+                "plan": PLANS[i % PLANS.len()],
+            }});
+            Bytes::from(body.to_string())
+        })
+        .collect();
+    Arc::new(bodies)
+}
+
+/// What a load generator sends: where, with which token, which bodies.
+#[derive(Clone)]
+struct Target {
+    addr: std::net::SocketAddr,
+    path: &'static str,
+    authorization: Option<HeaderValue>,
+    bodies: Arc<Vec<Bytes>>,
+}
+
+/// One keep-alive HTTP/1.1 connection to the target.
+struct Connection {
+    sender: hyper::client::conn::http1::SendRequest<Full<Bytes>>,
+    target: Target,
+    next: usize,
+}
+
+impl Connection {
+    async fn open(target: &Target, first: usize) -> Connection {
+        let stream = TcpStream::connect(target.addr).await.expect("connect");
+        stream.set_nodelay(true).expect("nodelay");
+        let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .expect("handshake");
+        // Ends when the sender is dropped.
+        tokio::spawn(connection);
+        Connection {
+            sender,
+            target: target.clone(),
+            next: first,
+        }
+    }
+
+    /// Sends the next request and reads the whole answer; returns its body.
+    async fn request(&mut self) -> Bytes {
+        let body = self.target.bodies[self.next % CONTEXTS].clone();
+        self.next += 1;
+        let mut request = Request::post(self.target.path)
+            .header(header::HOST, "127.0.0.1")
+            .header(header::CONTENT_TYPE, "application/json");
+        if let Some(authorization) = &self.target.authorization {
+            request = request.header(header::AUTHORIZATION, authorization.clone());
+        }
+        let request = request.body(Full::new(body)).expect("request");
+        self.sender.ready().await.expect("connection open");
+        let response = self.sender.send_request(request).await.expect("answered");
+        assert_eq!(response.status(), StatusCode::OK, "{}", self.target.path);
+        let body = response.into_body().collect().await.expect("body");
+        body.to_bytes()
+    }
+}
+
+/// Latencies and the wall time they were measured over.
+struct Run {
+    samples: Vec<Duration>,
+    wall: Duration,
+}
+
+impl Run {
+    fn rate(&self) -> f64 {
+        self.samples.len() as f64 / self.wall.as_secs_f64()
+    }
+
+    fn report(mut self, name: &str) -> f64 {
+        let rate = self.rate();
+        self.samples.sort_unstable();
+        let at = |q: f64| self.samples[((self.samples.len() - 1) as f64 * q) as usize];
+        println!(
+            "{name:<34} n={:<7} {:>8.0} req/s  p50 {:>9.2?}  p99 {:>9.2?}  max {:>9.2?}",
+            self.samples.len(),
+            rate,
+            at(0.5),
+            at(0.99),
+            at(1.0),
+        );
+        rate
+    }
+}
+
+/// The closed loop: every connection sends its next request as soon as the last is answered,
+/// for [`WARM_UP`] and then [`MEASURED`].
+async fn closed_loop(target: &Target) -> Run {
+    let mut connections = Vec::new();
+    for c in 0..CONNECTIONS {
+        connections.push(Connection::open(target, c * CONTEXTS / CONNECTIONS).await);
+    }
+    let start = Instant::now();
+    let measured_from = start + WARM_UP;
+    let end = measured_from + MEASURED;
+    let tasks: Vec<_> = connections
+        .into_iter()
+        .map(|mut connection| {
+            tokio::spawn(async move {
+                let mut samples = Vec::new();
+                loop {
+                    let sent = Instant::now();
+                    if sent >= end {
+                        return samples;
+                    }
+                    connection.request().await;
+                    if sent >= measured_from {
+                        samples.push(sent.elapsed());
+                    }
+                }
+            })
+        })
+        .collect();
+    let mut samples = Vec::new();
+    for task in tasks {
+        samples.extend(task.await.expect("connection task"));
+    }
+    Run {
+        samples,
+        wall: MEASURED,
+    }
+}
+
+/// The open loop: requests scheduled at `rate` per second for [`WARM_UP`] and then
+/// [`MEASURED`], each taken by whichever connection is free; latency counts from the
+/// scheduled time.
+async fn open_loop(target: &Target, rate: f64) -> Run {
+    let mut connections = Vec::new();
+    for c in 0..CONNECTIONS {
+        connections.push(Connection::open(target, c * CONTEXTS / CONNECTIONS).await);
+    }
+    // Unbounded: a backlog of scheduled requests is what the latencies measure.
+    let (schedule, scheduled) = mpsc::unbounded_channel::<Instant>();
+    // The connections take turns at the queue; the lock is held only while one waits for the
+    // next scheduled request.
+    let scheduled = Arc::new(Mutex::new(scheduled));
+    let start = Instant::now() + Duration::from_millis(10);
+    let measured_from = start + WARM_UP;
+    let end = measured_from + MEASURED;
+    // The schedule is kept by a thread of its own: tokio's timers tick in whole milliseconds,
+    // which would delay the sends by up to a millisecond; a thread's sleep is finer.
+    let interval = Duration::from_secs_f64(1.0 / rate);
+    let pacer = std::thread::spawn(move || {
+        let mut next = start;
+        while next < end {
+            let now = Instant::now();
+            if next > now {
+                std::thread::sleep(next - now);
+            }
+            let now = Instant::now();
+            while next <= now && next < end {
+                if schedule.send(next).is_err() {
+                    return;
+                }
+                next += interval;
+            }
+        }
+    });
+    let tasks: Vec<_> = connections
+        .into_iter()
+        .map(|mut connection| {
+            let scheduled = scheduled.clone();
+            tokio::spawn(async move {
+                let mut samples = Vec::new();
+                let mut last = measured_from;
+                loop {
+                    let Some(at) = scheduled.lock().await.recv().await else {
+                        return (samples, last);
+                    };
+                    connection.request().await;
+                    if at >= measured_from {
+                        last = Instant::now();
+                        samples.push(last - at);
+                    }
+                }
+            })
+        })
+        .collect();
+    let mut samples = Vec::new();
+    let mut last = measured_from;
+    for task in tasks {
+        let (more, done) = task.await.expect("connection task");
+        samples.extend(more);
+        last = last.max(done);
+    }
+    pacer.join().expect("pacer");
+    Run {
+        samples,
+        // Until the last answer: a server that falls behind shows a lower rate.
+        wall: last.max(end) - measured_from,
+    }
+}
+
+/// Both loops for one scenario: returns the maximum rate.
+async fn scenario(name: &str, target: &Target) -> f64 {
+    let max = closed_loop(target)
+        .await
+        .report(&format!("{name}, {CONNECTIONS} connections, closed"));
+    open_loop(target, max / 2.0)
+        .await
+        .report(&format!("{name}, open loop at {:.0}/s", max / 2.0));
+    max
+}
+
+/// The floor's route: reads the body as JSON and answers `answer`.
+fn floor_routes(answer: Bytes) -> axum::Router {
+    axum::Router::new().route(
+        "/floor",
+        axum::routing::post(move |body: Bytes| {
+            let answer = answer.clone();
+            async move {
+                match serde_json::from_slice::<Value>(&body) {
+                    Ok(_) => (
+                        StatusCode::OK,
+                        [(header::CONTENT_TYPE, "application/json")],
+                        answer,
+                    )
+                        .into_response(),
+                    Err(_) => StatusCode::BAD_REQUEST.into_response(),
+                }
+            }
+        }),
+    )
+}
+
+fn main() {
+    let chosen: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with('-'))
+        .collect();
+    let runs = |name: &str| chosen.is_empty() || chosen.iter().any(|c| c == name);
+
+    // flagstaffd as on a 2-core machine; the load generator's own runtime beside it.
+    let server_runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("server")
+        .enable_all()
+        .build()
+        .expect("server runtime");
+    let client_runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("load")
+        .enable_all()
+        .build()
+        .expect("load runtime");
+
+    let dir = tempfile::tempdir().expect("data dir");
+    let server = Server::open(&Config::new(dir.path())).expect("server");
+    server
+        .environments()
+        .create("bench", false)
+        .expect("environment");
+    let ctx = WriteContext {
+        environment: "bench",
+        actor: "bench",
+        operation: "Apply",
+        comment: "",
+        confirmed: false,
+    };
+    server
+        .environments()
+        .apply(ctx, flags())
+        .expect("100 flags");
+    let (_, sdk) = server
+        .tokens()
+        .create("bench-sdk", Role::Sdk, Some("bench"))
+        .expect("sdk token");
+    let authorization = HeaderValue::try_from(format!("Bearer {sdk}")).expect("token");
+
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let shutdown = move || {
+        let mut stopped = stopped.clone();
+        async move {
+            let _ = stopped.wait_for(|s| *s).await;
+        }
+    };
+    let listener = server_runtime
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .expect("bind");
+    let ofrep_addr = listener.local_addr().expect("address");
+    let ofrep_server = server_runtime.spawn(server.serve(listener, shutdown()));
+
+    let bodies = bodies();
+    let single = Target {
+        addr: ofrep_addr,
+        path: "/ofrep/v1/evaluate/flags/s2",
+        authorization: Some(authorization.clone()),
+        bodies: bodies.clone(),
+    };
+    let bulk = Target {
+        path: "/ofrep/v1/evaluate/flags",
+        ..single.clone()
+    };
+
+    // The floor answers what OFREP answers for S2, so both send the same bytes back.
+    let answer = client_runtime.block_on(async {
+        let answer = Connection::open(&single, 0).await.request().await;
+        println!(
+            "an OFREP answer for S2, {} bytes: {}",
+            answer.len(),
+            String::from_utf8_lossy(&answer)
+        );
+        answer
+    });
+    let listener = server_runtime
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .expect("bind");
+    let floor = Target {
+        addr: listener.local_addr().expect("address"),
+        path: "/floor",
+        authorization: None,
+        bodies,
+    };
+    let floor_server = server_runtime.spawn(flagstaff_server::serve_routes(
+        listener,
+        floor_routes(answer),
+        shutdown(),
+    ));
+
+    println!(
+        "{} cores; server: 2 worker threads, load generator: 2 worker threads, both on them",
+        std::thread::available_parallelism().map_or(0, usize::from)
+    );
+    client_runtime.block_on(async {
+        let mut floor_max = None;
+        for (name, target) in [("floor", &floor), ("single", &single), ("bulk", &bulk)] {
+            if !runs(name) {
+                continue;
+            }
+            let max = scenario(name, target).await;
+            match (name, floor_max) {
+                ("floor", _) => floor_max = Some(max),
+                ("single", Some(floor)) => println!(
+                    "{:<34} {:.2} (target: at least 0.5)",
+                    "single ÷ floor, closed loops",
+                    max / floor
+                ),
+                _ => {}
+            }
+        }
+    });
+
+    let _ = stop.send(true);
+    server_runtime
+        .block_on(ofrep_server)
+        .expect("server task")
+        .expect("served");
+    server_runtime
+        .block_on(floor_server)
+        .expect("floor task")
+        .expect("served");
+}
