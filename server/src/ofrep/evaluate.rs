@@ -285,7 +285,7 @@ fn etag(
     }]);
     hasher.update(ctx.digest());
     let digest = hasher.finalize();
-    let hex: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
+    let hex = crate::auth::hex(&digest[..16]);
     HeaderValue::try_from(format!("\"{hex}\"")).unwrap_or(HeaderValue::from_static("\"\""))
 }
 
