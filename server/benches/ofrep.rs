@@ -18,7 +18,8 @@
 //! half that rate: requests are scheduled at fixed intervals and handed to whichever
 //! connection is free, and latency counts from the scheduled time, so an answer that is late
 //! also delays the requests behind it rather than hiding them (no coordinated omission).
-//! Reported: requests/s, p50, p99, max.
+//! Reported: requests/s, p50, p99, max, and for the closed loop how many cores the server's
+//! and the load generator's threads kept busy (from `/proc/self/task`).
 //!
 //! The server runs on a runtime of its own with 2 worker threads, the load generator (hyper's
 //! HTTP/1.1 client) on another with 2: both share the machine's cores, so the server gets what
@@ -155,10 +156,42 @@ impl Connection {
     }
 }
 
+/// CPU time so far (user and system) of this process's threads whose name starts with
+/// `prefix`, from `/proc/self/task` (Linux, counted in ticks of 10 ms; zero elsewhere).
+fn cpu_time(prefix: &str) -> Duration {
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return Duration::ZERO;
+    };
+    let mut ticks = 0;
+    for task in tasks.flatten() {
+        let path = task.path();
+        let named = std::fs::read_to_string(path.join("comm")).is_ok_and(|n| n.starts_with(prefix));
+        let Ok(stat) = std::fs::read_to_string(path.join("stat")) else {
+            continue;
+        };
+        // After the name in parentheses come fields 3 onwards; utime and stime are 14 and 15.
+        let Some((_, fields)) = stat.rsplit_once(')') else {
+            continue;
+        };
+        let fields: Vec<&str> = fields.split_whitespace().collect();
+        if named {
+            for field in [11, 12] {
+                ticks += fields
+                    .get(field)
+                    .and_then(|f| f.parse::<u64>().ok())
+                    .unwrap_or(0);
+            }
+        }
+    }
+    Duration::from_millis(ticks * 10)
+}
+
 /// Latencies and the wall time they were measured over.
 struct Run {
     samples: Vec<Duration>,
     wall: Duration,
+    /// Cores the server and the load generator kept busy, on average, when measured.
+    cores: Option<(f64, f64)>,
 }
 
 impl Run {
@@ -166,7 +199,8 @@ impl Run {
         self.samples.len() as f64 / self.wall.as_secs_f64()
     }
 
-    fn report(mut self, name: &str) -> f64 {
+    /// Requests/s, and per core the server's threads kept busy (closed loops only).
+    fn report(mut self, name: &str) -> (f64, Option<f64>) {
         let rate = self.rate();
         self.samples.sort_unstable();
         let at = |q: f64| self.samples[((self.samples.len() - 1) as f64 * q) as usize];
@@ -178,7 +212,16 @@ impl Run {
             at(0.99),
             at(1.0),
         );
-        rate
+        let per_core = self.cores.map(|(server, load)| {
+            let per_core = rate / server.max(0.01);
+            println!(
+                "{:<34} server {server:.2} cores, load generator {load:.2}: {per_core:.0} req/s \
+                 per server core",
+                "  CPU"
+            );
+            per_core
+        });
+        (rate, per_core)
     }
 }
 
@@ -192,6 +235,13 @@ async fn closed_loop(target: &Target) -> Run {
     let start = Instant::now();
     let measured_from = start + WARM_UP;
     let end = measured_from + MEASURED;
+    // What the server and the load generator each took of the machine while measured.
+    let cpu = tokio::spawn(async move {
+        tokio::time::sleep_until(measured_from.into()).await;
+        let before = (cpu_time("server"), cpu_time("load"));
+        tokio::time::sleep_until(end.into()).await;
+        (cpu_time("server") - before.0, cpu_time("load") - before.1)
+    });
     let tasks: Vec<_> = connections
         .into_iter()
         .map(|mut connection| {
@@ -214,9 +264,12 @@ async fn closed_loop(target: &Target) -> Run {
     for task in tasks {
         samples.extend(task.await.expect("connection task"));
     }
+    let (server, load) = cpu.await.expect("cpu task");
+    let share = |cpu: Duration| cpu.as_secs_f64() / MEASURED.as_secs_f64();
     Run {
         samples,
         wall: MEASURED,
+        cores: Some((share(server), share(load))),
     }
 }
 
@@ -239,7 +292,8 @@ async fn open_loop(target: &Target, rate: f64) -> Run {
     // The schedule is kept by a thread of its own: tokio's timers tick in whole milliseconds,
     // which would delay the sends by up to a millisecond; a thread's sleep is finer.
     let interval = Duration::from_secs_f64(1.0 / rate);
-    let pacer = std::thread::spawn(move || {
+    let pacer = std::thread::Builder::new().name("load-pacer".into());
+    let pacer = pacer.spawn(move || {
         let mut next = start;
         while next < end {
             let now = Instant::now();
@@ -255,6 +309,7 @@ async fn open_loop(target: &Target, rate: f64) -> Run {
             }
         }
     });
+    let pacer = pacer.expect("pacer thread");
     let tasks: Vec<_> = connections
         .into_iter()
         .map(|mut connection| {
@@ -287,18 +342,19 @@ async fn open_loop(target: &Target, rate: f64) -> Run {
         samples,
         // Until the last answer: a server that falls behind shows a lower rate.
         wall: last.max(end) - measured_from,
+        cores: None,
     }
 }
 
-/// Both loops for one scenario: returns the maximum rate.
-async fn scenario(name: &str, target: &Target) -> f64 {
-    let max = closed_loop(target)
+/// Both loops for one scenario: returns the maximum rate, and that rate per server core.
+async fn scenario(name: &str, target: &Target) -> (f64, Option<f64>) {
+    let (max, per_core) = closed_loop(target)
         .await
         .report(&format!("{name}, {CONNECTIONS} connections, closed"));
     open_loop(target, max / 2.0)
         .await
         .report(&format!("{name}, open loop at {:.0}/s", max / 2.0));
-    max
+    (max, per_core)
 }
 
 /// The floor's route: reads the body as JSON and answers `answer`.
@@ -426,14 +482,21 @@ fn main() {
             if !runs(name) {
                 continue;
             }
-            let max = scenario(name, target).await;
+            let (max, per_core) = scenario(name, target).await;
             match (name, floor_max) {
-                ("floor", _) => floor_max = Some(max),
-                ("single", Some(floor)) => println!(
-                    "{:<34} {:.2} (target: at least 0.5)",
-                    "single ÷ floor, closed loops",
-                    max / floor
-                ),
+                ("floor", _) => floor_max = Some((max, per_core)),
+                ("single", Some((floor, floor_per_core))) => {
+                    let ratio = |a: Option<f64>, b: Option<f64>| {
+                        a.zip(b)
+                            .map_or("?".to_owned(), |(a, b)| format!("{:.2}", a / b))
+                    };
+                    println!(
+                        "{:<34} {:.2}, per server core {} (target: at least 0.5)",
+                        "single ÷ floor, closed loops",
+                        max / floor,
+                        ratio(per_core, floor_per_core)
+                    );
+                }
                 _ => {}
             }
         }
