@@ -18,8 +18,10 @@
 //! half that rate: requests are scheduled at fixed intervals and handed to whichever
 //! connection is free, and latency counts from the scheduled time, so an answer that is late
 //! also delays the requests behind it rather than hiding them (no coordinated omission).
-//! Reported: requests/s, p50, p99, max, and for the closed loop how many cores the server's
-//! and the load generator's threads kept busy (from `/proc/self/task`).
+//! Reported: requests/s, p50, p99, max, for the closed loop how many cores the server's and
+//! the load generator's threads kept busy (from `/proc/self/task`), and for the open loop the
+//! latencies also counted from the send, which leave out waiting for a free connection or for
+//! the load generator's own turn on a core.
 //!
 //! The server runs on a runtime of its own with 2 worker threads, the load generator (hyper's
 //! HTTP/1.1 client) on another with 2: both share the machine's cores, so the server gets what
@@ -192,6 +194,9 @@ struct Run {
     wall: Duration,
     /// Cores the server and the load generator kept busy, on average, when measured.
     cores: Option<(f64, f64)>,
+    /// In an open loop, the latencies from the moment a connection took the request, without
+    /// the time it waited for a free connection (or for the load generator to run).
+    from_send: Vec<Duration>,
 }
 
 impl Run {
@@ -212,6 +217,17 @@ impl Run {
             at(0.99),
             at(1.0),
         );
+        if !self.from_send.is_empty() {
+            self.from_send.sort_unstable();
+            let at = |q: f64| self.from_send[((self.from_send.len() - 1) as f64 * q) as usize];
+            println!(
+                "{:<34} p50 {:>9.2?}  p99 {:>9.2?}  max {:>9.2?}",
+                "  counted from the send",
+                at(0.5),
+                at(0.99),
+                at(1.0),
+            );
+        }
         let per_core = self.cores.map(|(server, load)| {
             let per_core = rate / server.max(0.01);
             println!(
@@ -270,6 +286,7 @@ async fn closed_loop(target: &Target) -> Run {
         samples,
         wall: MEASURED,
         cores: Some((share(server), share(load))),
+        from_send: Vec::new(),
     }
 }
 
@@ -315,26 +332,29 @@ async fn open_loop(target: &Target, rate: f64) -> Run {
         .map(|mut connection| {
             let scheduled = scheduled.clone();
             tokio::spawn(async move {
-                let mut samples = Vec::new();
+                let (mut samples, mut from_send) = (Vec::new(), Vec::new());
                 let mut last = measured_from;
                 loop {
                     let Some(at) = scheduled.lock().await.recv().await else {
-                        return (samples, last);
+                        return (samples, from_send, last);
                     };
+                    let sent = Instant::now();
                     connection.request().await;
                     if at >= measured_from {
                         last = Instant::now();
                         samples.push(last - at);
+                        from_send.push(last - sent);
                     }
                 }
             })
         })
         .collect();
-    let mut samples = Vec::new();
+    let (mut samples, mut from_send) = (Vec::new(), Vec::new());
     let mut last = measured_from;
     for task in tasks {
-        let (more, done) = task.await.expect("connection task");
+        let (more, more_from_send, done) = task.await.expect("connection task");
         samples.extend(more);
+        from_send.extend(more_from_send);
         last = last.max(done);
     }
     pacer.join().expect("pacer");
@@ -343,6 +363,7 @@ async fn open_loop(target: &Target, rate: f64) -> Run {
         // Until the last answer: a server that falls behind shows a lower rate.
         wall: last.max(end) - measured_from,
         cores: None,
+        from_send,
     }
 }
 
