@@ -252,3 +252,44 @@ async fn a_client_token_holds_at_most_its_cap_of_event_streams() {
     );
     drop(first);
 }
+
+#[tokio::test]
+async fn a_flag_made_server_side_disappears_for_client_tokens_at_once() {
+    let server = TestServer::start().await;
+    let mut admin = server.admin().await;
+    load(&mut admin, "production", FLAGS).await;
+    let client = token(&server, "web", pb::Role::Client, "production").await;
+    let http = Http::new(&server);
+    let context = json!({"context": {"targetingKey": "u1"}});
+    let path = format!("{ONE}theme");
+    assert_eq!(
+        http.post(&path, Some(&client), &context).await.status,
+        StatusCode::OK
+    );
+
+    let mut theme = admin
+        .get_flag(pb::GetFlagRequest {
+            environment: "production".into(),
+            key: "theme".into(),
+        })
+        .await
+        .expect("flag")
+        .into_inner()
+        .flag
+        .expect("flag");
+    assert!(theme.client_side);
+    theme.client_side = false;
+    theme.version = None;
+    admin
+        .update_flag(pb::UpdateFlagRequest {
+            environment: "production".into(),
+            flag: Some(theme),
+            ..Default::default()
+        })
+        .await
+        .expect("updated");
+    let hidden = http.post(&path, Some(&client), &context).await;
+    assert_eq!(hidden.status, StatusCode::NOT_FOUND);
+    let bulk = http.post(ALL, Some(&client), &context).await;
+    assert_eq!(bulk.body["flags"].as_array().map(Vec::len), Some(1));
+}
