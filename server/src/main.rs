@@ -11,7 +11,7 @@
 //! Every option is also an environment variable: `FLAGSTAFF_LISTEN`, `FLAGSTAFF_DATA_DIR`,
 //! `FLAGSTAFF_RETENTION`, `FLAGSTAFF_HEARTBEAT_INTERVAL`, `FLAGSTAFF_METRICS_LISTEN`, `FLAGSTAFF_TLS_CERT`,
 //! `FLAGSTAFF_TLS_KEY`, `FLAGSTAFF_CORS_ORIGINS`, `FLAGSTAFF_PUBLIC_URL`, `FLAGSTAFF_CLIENT_TOKEN_RATE`,
-//! `FLAGSTAFF_CLIENT_ADDRESS_RATE`, `FLAGSTAFF_CLIENT_STREAMS`. Logs go to stderr; `RUST_LOG` filters them (default `info`). The
+//! `FLAGSTAFF_CLIENT_ADDRESS_RATE`, `FLAGSTAFF_CLIENT_STREAMS`, `FLAGSTAFF_ADDRESS_STREAMS`. Logs go to stderr; `RUST_LOG` filters them (default `info`). The
 //! addresses actually bound are logged (`address=`, `metrics_address=`), so port 0 works.
 
 use std::io::IsTerminal as _;
@@ -56,16 +56,22 @@ struct Args {
           default_value_t = RateLimits::default().per_token.requests)]
     client_token_rate: u32,
 
-    /// OFREP requests per second one client token may make from one address (an IPv6 /64;
-    /// bursts of three times as many); 0 for no limit.
+    /// OFREP requests per second with client tokens from one address (an IPv6 /64), all
+    /// client tokens together (bursts of three times as many); 0 for no limit.
     #[arg(long, env = "FLAGSTAFF_CLIENT_ADDRESS_RATE", value_name = "PER_SECOND",
           default_value_t = RateLimits::default().per_address.requests)]
     client_address_rate: u32,
 
-    /// OFREP event streams one client token may hold open at once.
+    /// OFREP event streams one token may hold open at once.
     #[arg(long, env = "FLAGSTAFF_CLIENT_STREAMS", value_name = "STREAMS",
           default_value_t = RateLimits::default().streams_per_token)]
     client_streams: usize,
+
+    /// OFREP event streams one client address (an IPv6 /64) may hold open at once, all
+    /// tokens together.
+    #[arg(long, env = "FLAGSTAFF_ADDRESS_STREAMS", value_name = "STREAMS",
+          default_value_t = RateLimits::default().streams_per_address)]
+    address_streams: usize,
 
     /// Directory of the database and the admin token file.
     #[arg(
@@ -241,6 +247,7 @@ fn run(args: Args) -> anyhow::Result<()> {
                 args.client_address_rate.saturating_mul(3),
             ),
             streams_per_token: args.client_streams,
+            streams_per_address: args.address_streams,
             ..defaults
         },
     };

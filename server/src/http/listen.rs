@@ -19,14 +19,22 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Accepted TLS connections waiting for the server to take them.
 const ACCEPTED_BACKLOG: usize = 64;
 
+/// How long accepting pauses after an error: when the process is out of file descriptors,
+/// accepting again at once would only spin.
+const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
+
 /// Plain TCP connections, with Nagle's algorithm off: small responses (an evaluation, a Watch
 /// delta) go out at once.
 pub(crate) fn plain(listener: TcpListener) -> impl Stream<Item = io::Result<TcpStream>> {
-    TcpListenerStream::new(listener).map(|accepted| {
-        accepted.inspect(|stream| {
+    TcpListenerStream::new(listener).then(|accepted| async move {
+        match &accepted {
             // A socket that refuses the option still works, only with more latency.
-            let _ = stream.set_nodelay(true);
-        })
+            Ok(stream) => {
+                let _ = stream.set_nodelay(true);
+            }
+            Err(_) => tokio::time::sleep(ACCEPT_ERROR_PAUSE).await,
+        }
+        accepted
     })
 }
 
@@ -50,6 +58,7 @@ pub(crate) fn tls(
                 Ok((stream, _)) => stream,
                 Err(e) => {
                     tracing::debug!(error = %e, "accepting a connection failed");
+                    tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
                     continue;
                 }
             };

@@ -80,6 +80,18 @@ impl OfrepError {
         )
     }
 
+    /// 408: the body did not arrive in time.
+    pub(crate) fn timeout(limit: std::time::Duration) -> OfrepError {
+        OfrepError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            Some("PARSE_ERROR"),
+            format!(
+                "the request body did not arrive within {} s",
+                limit.as_secs()
+            ),
+        )
+    }
+
     /// 429 with `Retry-After`: the token or address is over its rate.
     pub(crate) fn too_many_requests(details: impl Into<String>, retry_after: u64) -> OfrepError {
         OfrepError {
@@ -110,7 +122,14 @@ impl OfrepError {
 impl From<ServerError> for OfrepError {
     fn from(err: ServerError) -> OfrepError {
         match err {
-            ServerError::Unavailable(details) => OfrepError::unavailable(details, 5),
+            ServerError::Unavailable(details) => {
+                // The details name stored records, which a client token must not learn.
+                tracing::warn!(error = %details, "an OFREP request met an environment out of service");
+                OfrepError::unavailable(
+                    "the environment cannot be served now; flagstaffd's log says why",
+                    5,
+                )
+            }
             ServerError::NotFound(details) | ServerError::Unauthenticated(details) => {
                 // The token's environment is gone: the token went with it.
                 OfrepError::unauthenticated(details)
@@ -147,5 +166,28 @@ impl IntoResponse for OfrepError {
                 .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
         response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn an_environment_out_of_service_is_a_503_that_names_no_record() {
+        let error = OfrepError::from(ServerError::Unavailable(
+            "environment \"production\" is out of service: its record flag/internal-switch is \
+             damaged"
+                .to_owned(),
+        ));
+        let response = error.into_response();
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        let body = http_body_util::BodyExt::collect(response.into_body())
+            .await
+            .expect("body")
+            .to_bytes();
+        let text = String::from_utf8_lossy(&body);
+        assert!(!text.contains("internal-switch"), "{text}");
+        assert!(text.contains("\"errorCode\":\"GENERAL\""), "{text}");
     }
 }

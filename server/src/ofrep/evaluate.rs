@@ -3,7 +3,7 @@
 //! OFREP result equals the SDK's for the same context and revision.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use axum::body::Body;
 use axum::extract::{Path, Query, Request, State};
@@ -15,9 +15,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
-use super::context::{json_type, RequestContext};
+use super::context::RequestContext;
 use super::error::OfrepError;
-use super::stream::EventStream;
+use super::stream::{ticket_window, EventStream};
 use super::{Caller, Ofrep, MAX_BODY_BYTES};
 use crate::auth::Visibility;
 use crate::environments::{Current, Environment};
@@ -25,6 +25,14 @@ use crate::storage::Store;
 
 /// How long a bulk request naming a revision this server has not reached waits for it.
 const REVISION_WAIT: Duration = Duration::from_secs(2);
+
+/// How long a request's body may take to arrive.
+const BODY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The most JSON values a request body may hold: a context's attributes and the elements of
+/// their lists. It bounds what parsing a request builds, and the work evaluating against a
+/// list does, whatever the body's size.
+pub(super) const MAX_REQUEST_VALUES: usize = 10_000;
 
 /// `POST /ofrep/v1/evaluate/flags/{key}`.
 pub(super) async fn single<S: Store>(
@@ -46,12 +54,12 @@ async fn evaluate_one<S: Store>(
     let (parts, body) = request.into_parts();
     let caller = ofrep.caller(&parts)?;
     let env = ofrep.envs.get(&caller.environment)?;
-    let body = read_body(body).await?;
-    let ctx = RequestContext::read(context_of(&body)?).map_err(OfrepError::invalid_context)?;
+    let context = read_context(body).await?;
+    let ctx = RequestContext::read(&context).map_err(OfrepError::invalid_context)?;
     let current = env.current();
     let flag = visible_flag(&current.snapshot, key, caller.visibility)
         .ok_or_else(|| OfrepError::flag_not_found(key))?;
-    let evaluated = evaluate(&current, flag, &ctx)?;
+    let evaluated = evaluate(&current, flag, &ctx, caller.visibility)?;
     ofrep.tally.count(&env.key, [key]);
     Ok(json(StatusCode::OK, &evaluated))
 }
@@ -83,11 +91,12 @@ async fn evaluate_all<S: Store>(
     let env = ofrep.envs.get(&caller.environment)?;
     let query = Query::<BulkQuery>::try_from_uri(&parts.uri)
         .map_err(|e| OfrepError::parse(format!("the query string: {}", e.body_text())))?;
-    let body = read_body(body).await?;
-    let ctx = RequestContext::read(context_of(&body)?).map_err(OfrepError::invalid_context)?;
+    // Waiting for a revision first, so that no body is held while waiting.
     if let Some(named) = query.flag_config_etag.as_deref() {
         reach(&env, named).await?;
     }
+    let context = read_context(body).await?;
+    let ctx = RequestContext::read(&context).map_err(OfrepError::invalid_context)?;
     let current = env.current();
     let etag = etag(&env, &current, &caller, &ctx);
     let mut flags: Vec<&Flag> = current
@@ -106,7 +115,7 @@ async fn evaluate_all<S: Store>(
     }
     let evaluated = flags
         .into_iter()
-        .map(|flag| evaluate(&current, flag, &ctx))
+        .map(|flag| evaluate(&current, flag, &ctx, caller.visibility))
         .collect::<Result<Vec<_>, _>>()?;
     let event_streams = ofrep
         .event_stream_for(&caller, &env, &current)
@@ -155,30 +164,77 @@ async fn reach(env: &Environment, named: &str) -> Result<(), OfrepError> {
     }
 }
 
-/// The body, at most [`MAX_BODY_BYTES`], as JSON.
-async fn read_body(body: Body) -> Result<Value, OfrepError> {
-    let bytes = match Limited::new(body, MAX_BODY_BYTES).collect().await {
+/// A request body: only `context` is kept; other members are skipped as they are read.
+#[derive(Debug, Deserialize)]
+struct RequestBody {
+    context: Option<Value>,
+}
+
+/// The `context` of the request body: the body at most [`MAX_BODY_BYTES`], arriving within
+/// [`BODY_TIMEOUT`], holding at most [`MAX_REQUEST_VALUES`] JSON values.
+async fn read_context(body: Body) -> Result<Value, OfrepError> {
+    let collected =
+        tokio::time::timeout(BODY_TIMEOUT, Limited::new(body, MAX_BODY_BYTES).collect())
+            .await
+            .map_err(|_| OfrepError::timeout(BODY_TIMEOUT))?;
+    let bytes = match collected {
         Ok(collected) => collected.to_bytes(),
         Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => {
             return Err(OfrepError::too_large(MAX_BODY_BYTES))
         }
         Err(e) => return Err(OfrepError::parse(format!("reading the body failed: {e}"))),
     };
-    serde_json::from_slice(&bytes)
-        .map_err(|e| OfrepError::parse(format!("the request body is not JSON: {e}")))
-}
-
-/// The `context` member of a request body.
-fn context_of(body: &Value) -> Result<&Value, OfrepError> {
-    let Value::Object(members) = body else {
-        return Err(OfrepError::parse(format!(
-            "the request body must be a JSON object with a \"context\", not {}",
-            json_type(body)
+    // Counted before parsing, so that no request builds a tree of millions of values.
+    if json_values(&bytes) > MAX_REQUEST_VALUES {
+        return Err(OfrepError::invalid_context(format!(
+            "the request holds more than {MAX_REQUEST_VALUES} JSON values (attributes and the \
+             elements of their lists)"
         )));
-    };
-    members.get("context").ok_or_else(|| {
+    }
+    // (serde would also read a struct from an array.)
+    if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return Err(OfrepError::parse(
+            "the request body must be a JSON object with a \"context\" object",
+        ));
+    }
+    let body: RequestBody = serde_json::from_slice(&bytes).map_err(|e| {
+        if e.to_string().starts_with("recursion limit exceeded") {
+            OfrepError::invalid_context(format!(
+                "the context nests objects deeper than {} levels",
+                super::context::MAX_DEPTH
+            ))
+        } else if e.is_data() {
+            OfrepError::parse("the request body must be a JSON object with a \"context\" object")
+        } else {
+            OfrepError::parse(format!("the request body is not JSON: {e}"))
+        }
+    })?;
+    body.context.ok_or_else(|| {
         OfrepError::parse("the request body must have a \"context\" object: {\"context\": {…}}")
     })
+}
+
+/// An upper bound of the JSON values in `bytes`: one more than the commas and opening
+/// brackets outside strings.
+fn json_values(bytes: &[u8]) -> usize {
+    let (mut count, mut in_string, mut escaped) = (1, false, false);
+    for &b in bytes {
+        if in_string {
+            match b {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => in_string = false,
+                _ => {}
+            }
+        } else {
+            match b {
+                b'"' => in_string = true,
+                b',' | b'[' | b'{' => count += 1,
+                _ => {}
+            }
+        }
+    }
+    count
 }
 
 /// Whether a token of `visibility` sees `flag`.
@@ -236,10 +292,13 @@ struct BulkMetadata {
     revision: u64,
 }
 
+/// Flag `flag` evaluated for `ctx` on `current`, as a token of `visibility` may see it: a
+/// failed prerequisite that is not itself visible is not named.
 fn evaluate<'a>(
     current: &'a Current,
     flag: &'a Flag,
     ctx: &RequestContext<'_>,
+    visibility: Visibility,
 ) -> Result<Evaluated<'a>, OfrepError> {
     let detail = current.snapshot.evaluate(&flag.key, &ctx.context);
     let outcome = OpenFeatureOutcome::of(&detail);
@@ -261,14 +320,20 @@ fn evaluate<'a>(
             revision: current.revision,
             rule_id: outcome.rule_id,
             bucket: outcome.bucket,
-            prerequisite: outcome.prerequisite,
+            prerequisite: outcome.prerequisite.filter(|key| {
+                current
+                    .snapshot
+                    .flag(key)
+                    .is_some_and(|f| visible(f, visibility))
+            }),
             error_code: outcome.error.map(|e| e.as_str()),
         },
     })
 }
 
 /// The bulk result's strong ETag: a digest of the environment's epoch and revision, what the
-/// token sees and the canonical context, so it changes exactly when the answer may.
+/// token sees, the canonical context, and the token and window of the event-stream ticket, so
+/// it changes exactly when the answer may.
 fn etag(
     env: &Environment,
     current: &Current,
@@ -284,6 +349,10 @@ fn etag(
         Visibility::ClientSide => 1,
     }]);
     hasher.update(ctx.digest());
+    // The advertised event-stream URL is the token's, and changes with the ticket's window.
+    hasher.update(caller.token_id.as_bytes());
+    hasher.update([0]);
+    hasher.update(ticket_window(SystemTime::now()).to_le_bytes());
     let digest = hasher.finalize();
     let hex = crate::auth::hex(&digest[..16]);
     HeaderValue::try_from(format!("\"{hex}\"")).unwrap_or(HeaderValue::from_static("\"\""))
@@ -310,5 +379,27 @@ fn json(status: StatusCode, body: &impl Serialize) -> Response {
             "encoding the answer failed: {e}"
         )))
         .into_response(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_body_that_never_arrives_times_out() {
+        let never = futures_util::stream::pending::<Result<bytes::Bytes, std::io::Error>>();
+        let error = read_context(Body::from_stream(never))
+            .await
+            .expect_err("times out");
+        let response = error.into_response();
+        assert_eq!(response.status(), StatusCode::REQUEST_TIMEOUT);
+    }
+
+    #[test]
+    fn values_are_counted_outside_strings_only() {
+        assert_eq!(json_values(br#"{"a": 1}"#), 2);
+        assert_eq!(json_values(br#"{"a": [1, 2, 3], "b": "x,y[{"}"#), 6);
+        assert_eq!(json_values(br#"{"a": "\",["}"#), 2);
     }
 }

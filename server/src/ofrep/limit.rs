@@ -101,6 +101,8 @@ impl Rate {
 ///   and 20/s a whole office browsing. One script on one machine gets no further.
 /// - **10,000 streams per token**: one event stream per open tab. flagstaffd is sized for ten
 ///   thousand Watch streams (DESIGN.md section 7), and an SSE stream costs less than one.
+/// - **100 streams per address**: tabs of one browser, or a NAT of an office, while one
+///   script holding a leaked ticket cannot take a token's whole cap from real visitors.
 /// - **100,000 buckets per table**: the most addresses (and tokens) remembered at once; see
 ///   the module docs for why that bounds memory and what forgetting costs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -111,6 +113,9 @@ pub struct RateLimits {
     pub per_address: Rate,
     /// Event streams one token may hold open at once.
     pub streams_per_token: usize,
+    /// Event streams one client address (IPv6 by /64) may hold open at once, all tokens
+    /// together.
+    pub streams_per_address: usize,
     /// Buckets each table (addresses, tokens) keeps at most.
     pub max_tracked: usize,
 }
@@ -121,6 +126,7 @@ impl Default for RateLimits {
             per_token: Rate::per_second(1_000, 2_000),
             per_address: Rate::per_second(20, 60),
             streams_per_token: 10_000,
+            streams_per_address: 100,
             max_tracked: 100_000,
         }
     }
@@ -150,7 +156,7 @@ impl std::fmt::Display for RetryAfter {
 }
 
 /// The key an address is limited by: IPv4 alone, IPv6 by its /64.
-fn address_key(addr: IpAddr) -> IpAddr {
+pub(crate) fn address_key(addr: IpAddr) -> IpAddr {
     match addr {
         IpAddr::V4(v4) => IpAddr::V4(v4),
         IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
@@ -320,7 +326,8 @@ pub struct StreamCaps {
 }
 
 impl StreamCaps {
-    /// At most `per_token` open streams per token.
+    /// At most `per_token` open streams per token (or whatever else the key names: an
+    /// address).
     pub fn new(per_token: usize) -> StreamCaps {
         StreamCaps {
             per_token,

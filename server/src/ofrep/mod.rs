@@ -53,6 +53,8 @@ pub(crate) struct Ofrep<S> {
     tally: Arc<Tally>,
     limiter: Limiter,
     caps: StreamCaps,
+    /// Streams per client address, all tokens together.
+    address_caps: StreamCaps,
     tickets: Arc<Tickets>,
     /// `--public-url` without a trailing `/`.
     public_url: Option<String>,
@@ -77,6 +79,7 @@ impl<S: Store> Ofrep<S> {
             tally,
             limiter: Limiter::new(options.limits),
             caps: StreamCaps::new(options.limits.streams_per_token),
+            address_caps: StreamCaps::new(options.limits.streams_per_address),
             tickets,
             public_url: options
                 .public_url
@@ -252,8 +255,9 @@ impl OfrepOptions {
 }
 
 /// The OFREP routes, under `/ofrep/v1`, answering cross-origin requests from
-/// `cors_origins`: preflights answered; `Authorization`, `X-API-Key`, `Content-Type` and
-/// `If-None-Match` allowed; `ETag` and `Retry-After` exposed.
+/// `cors_origins`: preflights answered; `Authorization`, `X-API-Key`, `Content-Type`,
+/// `If-None-Match` and `Last-Event-ID` (for event-stream clients built on `fetch`) allowed;
+/// `ETag` and `Retry-After` exposed.
 pub(crate) fn routes<S: Store>(ofrep: Arc<Ofrep<S>>, cors_origins: &[String]) -> axum::Router {
     let routes = axum::Router::new()
         .route(
@@ -280,6 +284,7 @@ pub(crate) fn routes<S: Store>(ofrep: Arc<Ofrep<S>>, cors_origins: &[String]) ->
                 HeaderName::from_static("x-api-key"),
                 header::CONTENT_TYPE,
                 header::IF_NONE_MATCH,
+                HeaderName::from_static("last-event-id"),
             ])
             .expose_headers([header::ETAG, header::RETRY_AFTER])
             .max_age(Duration::from_secs(600)),

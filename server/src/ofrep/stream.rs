@@ -3,7 +3,7 @@
 //! URL carries a ticket (`ticket`) instead of the token; the stream itself is `events`.
 
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::body::Body;
 use axum::extract::{Query, Request, State};
@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use super::error::OfrepError;
 use super::events::{event_stream, Holder, HEARTBEAT};
+use super::limit::address_key;
 use super::{peer_address, Caller, Ofrep};
 use crate::environments::{Current, Environment};
 use crate::error::ServerError;
@@ -24,6 +25,17 @@ const PATH: &str = "/ofrep/v1/events";
 
 /// Seconds of inactivity (a hidden tab) after which providers close the stream.
 const INACTIVITY_DELAY_SEC: u64 = 120;
+
+/// Tickets are issued per window of this length: within one, a token's ticket (and so the bulk
+/// answer and its ETag) is the same, valid for
+/// [`TICKET_LIFETIME`](super::ticket::TICKET_LIFETIME) from the window's start.
+const TICKET_WINDOW_SECS: u64 = 3600;
+
+/// The start of the ticket window `now` falls in, in Unix seconds.
+pub(super) fn ticket_window(now: SystemTime) -> u64 {
+    let secs = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    secs - secs % TICKET_WINDOW_SECS
+}
 
 /// The query of `GET /ofrep/v1/events`.
 #[derive(Debug, Default, Deserialize)]
@@ -66,9 +78,12 @@ impl<S: Store> Ofrep<S> {
         env: &Environment,
         current: &Current,
     ) -> Option<EventStream> {
+        // Issued at the window's start, so that the same request in the same window gets the
+        // same URL: a 304 never keeps a provider on an expired ticket.
+        let window = UNIX_EPOCH + Duration::from_secs(ticket_window(SystemTime::now()));
         let ticket = self
             .tickets
-            .issue(&caller.token_id, &env.key, &env.epoch, SystemTime::now())
+            .issue(&caller.token_id, &env.key, &env.epoch, window)
             .map_err(|e| tracing::warn!(error = %e, "no event-stream ticket"))
             .ok()?;
         let request_uri = format!(
@@ -128,21 +143,33 @@ fn open<S: Store>(ofrep: &Ofrep<S>, request: Request) -> Result<Response, OfrepE
         }
         Err(e) => return Err(e.into()),
     };
-    let permit = match token.role {
-        Role::Client => {
-            if let Some(addr) = peer_address(&parts) {
-                ofrep.limit(&token.id, addr)?;
-            }
-            let permit = ofrep.caps.acquire(&token.id).ok_or_else(|| {
-                OfrepError::too_many_requests(
-                    "too many event streams open with this client token",
-                    HEARTBEAT.as_secs(),
-                )
-            })?;
-            Some(permit)
-        }
-        _ => None,
+    // A ticket can end up in logs and browser histories: every token's streams are capped,
+    // in all and per client address; a client token's are rate-limited too.
+    let addr = peer_address(&parts);
+    if let (Role::Client, Some(addr)) = (token.role, addr) {
+        ofrep.limit(&token.id, addr)?;
+    }
+    let too_many = |what: &str| {
+        OfrepError::too_many_requests(
+            format!("too many event streams open {what}"),
+            HEARTBEAT.as_secs(),
+        )
     };
+    let permits = (
+        ofrep
+            .caps
+            .acquire(&token.id)
+            .ok_or_else(|| too_many("with this token"))?,
+        match addr {
+            Some(addr) => Some(
+                ofrep
+                    .address_caps
+                    .acquire(&address_key(addr).to_string())
+                    .ok_or_else(|| too_many("from this address"))?,
+            ),
+            None => None,
+        },
+    );
     let last_event_id = parts
         .headers
         .get("last-event-id")
@@ -153,9 +180,9 @@ fn open<S: Store>(ofrep: &Ofrep<S>, request: Request) -> Result<Response, OfrepE
         token_id: token.id,
         signals: ofrep.signals.clone(),
     };
-    // The permit lives as long as the stream: dropping the body frees the slot.
+    // The permits live as long as the stream: dropping the body frees the slots.
     let stream = event_stream(env, holder, last_event_id, HEARTBEAT).map(move |chunk| {
-        let _held = &permit;
+        let _held = &permits;
         chunk
     });
     let mut response = Body::from_stream(stream).into_response();

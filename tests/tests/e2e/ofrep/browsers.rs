@@ -248,7 +248,7 @@ async fn a_client_token_holds_at_most_its_cap_of_event_streams() {
     assert!(second.headers.contains_key("retry-after"));
     assert_eq!(
         second.body["errorDetails"],
-        "too many event streams open with this client token"
+        "too many event streams open with this token"
     );
     drop(first);
 }
@@ -292,4 +292,107 @@ async fn a_flag_made_server_side_disappears_for_client_tokens_at_once() {
     assert_eq!(hidden.status, StatusCode::NOT_FOUND);
     let bulk = http.post(ALL, Some(&client), &context).await;
     assert_eq!(bulk.body["flags"].as_array().map(Vec::len), Some(1));
+}
+
+#[tokio::test]
+async fn a_client_token_never_learns_the_name_of_a_server_side_prerequisite() {
+    let server = TestServer::start().await;
+    load(
+        &mut server.admin().await,
+        "production",
+        r#"
+environment: production
+flags:
+  - key: internal-kill-switch
+    kind: boolean
+    variants: { "on": true, "off": false }
+    off_variant: "off"
+    enabled: false
+    default: { variant: "on" }
+  - key: new-header
+    kind: boolean
+    client_side: true
+    variants: { "on": true, "off": false }
+    off_variant: "off"
+    enabled: true
+    prerequisites: [{ flag: internal-kill-switch, variants: ["on"] }]
+    default: { variant: "on" }
+"#,
+    )
+    .await;
+    let client = token(&server, "web", pb::Role::Client, "production").await;
+    let sdk = token(&server, "service", pb::Role::Sdk, "production").await;
+    let http = Http::new(&server);
+    let context = json!({"context": {"targetingKey": "u1"}});
+    let path = format!("{ONE}new-header");
+
+    let seen_by_client = http.post(&path, Some(&client), &context).await;
+    assert_eq!(seen_by_client.status, StatusCode::OK);
+    assert_eq!(seen_by_client.body["value"], false);
+    assert_eq!(seen_by_client.body["reason"], "TARGETING_MATCH");
+    assert!(
+        seen_by_client.body["metadata"]
+            .get("prerequisite")
+            .is_none(),
+        "{}",
+        seen_by_client.body
+    );
+    let bulk = http.post(ALL, Some(&client), &context).await;
+    assert!(
+        !bulk.body.to_string().contains("internal-kill-switch"),
+        "{}",
+        bulk.body
+    );
+    // A service's token sees which prerequisite failed.
+    let seen_by_service = http.post(&path, Some(&sdk), &context).await;
+    assert_eq!(
+        seen_by_service.body["metadata"]["prerequisite"],
+        "internal-kill-switch"
+    );
+}
+
+#[tokio::test]
+async fn one_address_holds_at_most_its_cap_of_event_streams_whatever_the_token() {
+    let server = TestServer::builder()
+        .ofrep(OfrepOptions {
+            limits: RateLimits {
+                streams_per_address: 1,
+                ..RateLimits::default()
+            },
+            ..OfrepOptions::default()
+        })
+        .start()
+        .await;
+    load(&mut server.admin().await, "production", FLAGS).await;
+    let http = Http::new(&server);
+    let mut uris = Vec::new();
+    for name in ["web", "service"] {
+        let role = if name == "web" {
+            pb::Role::Client
+        } else {
+            pb::Role::Sdk
+        };
+        let secret = token(&server, name, role, "production").await;
+        let bulk = http.post(ALL, Some(&secret), &json!({"context": {}})).await;
+        uris.push(
+            bulk.body["eventStreams"][0]["endpoint"]["requestUri"]
+                .as_str()
+                .expect("advertised")
+                .to_owned(),
+        );
+    }
+    let first = http
+        .client()
+        .get(http.url(&uris[0]))
+        .send()
+        .await
+        .expect("answered");
+    assert_eq!(first.status(), StatusCode::OK);
+    let second = http.send(http.client().get(http.url(&uris[1]))).await;
+    assert_eq!(second.status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(
+        second.body["errorDetails"],
+        "too many event streams open from this address"
+    );
+    drop(first);
 }

@@ -121,6 +121,27 @@ async fn every_error_has_its_status_and_body() {
     let context = json!({"context": {"targetingKey": "u1"}});
     let path = format!("{ONE}checkout");
 
+    // 401 (not 403) for an admin token that was revoked: unknown tokens are 401 whatever
+    // they were.
+    let mut admin_client = server.admin().await;
+    let old_admin = admin_client
+        .create_token(pb::CreateTokenRequest {
+            name: "old-admin".into(),
+            role: pb::Role::Admin as i32,
+            environment: String::new(),
+        })
+        .await
+        .expect("created")
+        .into_inner();
+    admin_client
+        .revoke_token(pb::RevokeTokenRequest {
+            id: old_admin.token.expect("token").id,
+        })
+        .await
+        .expect("revoked");
+    let revoked_admin = http.post(&path, Some(&old_admin.secret), &context).await;
+    assert_eq!(revoked_admin.status, StatusCode::UNAUTHORIZED);
+
     // 401: no token, an unknown one, a malformed header, a revoked one.
     let none = http.post(&path, None, &context).await;
     assert_eq!(none.status, StatusCode::UNAUTHORIZED);
@@ -225,6 +246,44 @@ async fn every_error_has_its_status_and_body() {
         json!({"errorCode": "INVALID_CONTEXT", "errorDetails": "targetingKey must be a string, not a number"})
     );
 
+    // Members other than the context are skipped; the values a request holds are bounded
+    // before anything is built from them, and so is nesting.
+    let extra = http
+        .post(
+            &path,
+            Some(&sdk),
+            &json!({"context": {"targetingKey": "u1"}, "note": {"x": [1, 2]}}),
+        )
+        .await;
+    assert_eq!(extra.status, StatusCode::OK);
+    let long_list = json!({"context": {"ids": vec![1; 10_001]}});
+    let answer = http.post(&path, Some(&sdk), &long_list).await;
+    assert_eq!(answer.status, StatusCode::BAD_REQUEST);
+    assert_eq!(answer.body["errorCode"], "INVALID_CONTEXT");
+    assert_eq!(
+        answer.body["errorDetails"],
+        "the request holds more than 10000 JSON values (attributes and the elements of their lists)"
+    );
+    let nested = format!(
+        "{{\"context\": {}1{}}}",
+        "{\"a\": ".repeat(200),
+        "}".repeat(200)
+    );
+    let answer = http
+        .send(
+            http.client()
+                .post(http.url(&path))
+                .bearer_auth(&sdk)
+                .body(nested),
+        )
+        .await;
+    assert_eq!(answer.status, StatusCode::BAD_REQUEST);
+    assert_eq!(answer.body["errorCode"], "INVALID_CONTEXT");
+    assert_eq!(
+        answer.body["errorDetails"],
+        "the context nests objects deeper than 8 levels"
+    );
+
     // 413 beyond 8 MiB, as JSON.
     let huge = json!({"context": {"targetingKey": "u1", "s": "x".repeat(9 << 20)}});
     let answer = http.post(&path, Some(&sdk), &huge).await;
@@ -243,7 +302,6 @@ async fn every_error_has_its_status_and_body() {
     assert!(nothing.body["errorDetails"].is_string());
 
     // A revoked token stops working at once.
-    let mut admin_client = server.admin().await;
     let id = admin_client
         .list_tokens(pb::ListTokensRequest::default())
         .await
@@ -354,8 +412,14 @@ async fn a_bulk_request_after_an_event_waits_for_the_revision_it_names() {
     let path = format!("{ALL}?flagConfigEtag={next}");
     let context = json!({"context": {"targetingKey": "u1"}});
 
-    // Nothing reaches that revision: 503 with Retry-After after the wait.
+    // Nothing reaches that revision: 503 with Retry-After after the wait of 2 s.
+    let started = std::time::Instant::now();
     let waited = http.post(&path, Some(&sdk), &context).await;
+    assert!(
+        started.elapsed() >= Duration::from_millis(1_900),
+        "{:?}",
+        started.elapsed()
+    );
     assert_eq!(waited.status, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(waited.headers["retry-after"], "1");
     assert_eq!(waited.body["errorCode"], "GENERAL");
