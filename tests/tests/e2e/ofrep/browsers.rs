@@ -113,6 +113,44 @@ async fn a_client_token_beyond_its_rate_gets_429_with_retry_after() {
 }
 
 #[tokio::test]
+async fn a_client_token_is_limited_in_all_across_addresses() {
+    let server = TestServer::builder()
+        .ofrep(OfrepOptions {
+            limits: RateLimits {
+                per_token: Rate {
+                    requests: 1,
+                    per: std::time::Duration::from_secs(60),
+                    burst: 2,
+                },
+                ..RateLimits::default()
+            },
+            ..OfrepOptions::default()
+        })
+        .start()
+        .await;
+    load(&mut server.admin().await, "production", FLAGS).await;
+    let client = token(&server, "web", pb::Role::Client, "production").await;
+    let other = token(&server, "other-web", pb::Role::Client, "production").await;
+    let http = Http::new(&server);
+    let context = json!({"context": {}});
+    let path = format!("{ONE}checkout");
+    for _ in 0..2 {
+        assert_eq!(
+            http.post(&path, Some(&client), &context).await.status,
+            StatusCode::OK
+        );
+    }
+    let refused = http.post(&path, Some(&client), &context).await;
+    assert_eq!(refused.status, StatusCode::TOO_MANY_REQUESTS);
+    assert!(refused.headers.contains_key("retry-after"));
+    // Another token has its own budget.
+    assert_eq!(
+        http.post(&path, Some(&other), &context).await.status,
+        StatusCode::OK
+    );
+}
+
+#[tokio::test]
 async fn allowed_origins_get_cors_headers_and_others_none() {
     let server = TestServer::builder()
         .ofrep(OfrepOptions {

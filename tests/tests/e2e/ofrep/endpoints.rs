@@ -503,6 +503,28 @@ async fn evaluations_count_toward_flag_usage() {
 }
 
 #[tokio::test]
+async fn plain_text_h2_clients_are_served_too() {
+    let (_server, http, sdk) = production().await;
+    let h2 = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .build()
+        .expect("client");
+    let response = h2
+        .post(http.url(&format!("{ONE}checkout")))
+        .bearer_auth(&sdk)
+        .body(json!({"context": {"country": "NL"}}).to_string())
+        .send()
+        .await
+        .expect("answered");
+    assert_eq!(response.version(), reqwest::Version::HTTP_2);
+    let answer = super::answer(response).await;
+    assert_eq!(
+        (answer.status, &answer.body["value"]),
+        (StatusCode::OK, &json!(true))
+    );
+}
+
+#[tokio::test]
 async fn health_checks_answer_over_http() {
     let server = TestServer::start().await;
     let http = Http::new(&server);
