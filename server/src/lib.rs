@@ -88,6 +88,9 @@ type SyncServer = pb::sync_server::SyncServer<SyncService<SledStore>>;
 /// exceed gRPC's default of 4 MiB.
 pub const MAX_ADMIN_MESSAGE: usize = flagstaff_proto::codec::MAX_APPLY_REQUEST_BYTES;
 
+/// How long requests in flight may take to finish once shutdown has begun (after the drain).
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+
 /// How flagstaffd runs.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -127,6 +130,10 @@ pub struct ServeOptions {
     pub tls: Option<Tls>,
     /// How OFREP serves browsers and client tokens.
     pub ofrep: ofrep::OfrepOptions,
+    /// How long flagstaffd keeps accepting requests once shutdown has begun, with
+    /// `/readyz` answering 503 and health `NOT_SERVING`, so that load balancers stop sending
+    /// it requests before it stops listening. Zero by default.
+    pub drain: Duration,
 }
 
 /// A server's state, opened from its data directory.
@@ -274,7 +281,11 @@ impl Server {
             )),
             &options.ofrep.cors_origins,
         );
-        let usage = tokio::spawn(tally.run(self.envs.clone(), health::stopped(stopping.clone())));
+        let usage = tokio::spawn(
+            tally
+                .clone()
+                .run(self.envs.clone(), health::stopped(stopping.clone())),
+        );
         let routes = http::routes(ofrep, stopping.clone());
 
         let metrics = options.metrics.map(|listener| {
@@ -298,6 +309,7 @@ impl Server {
             health::stopped(stopping.clone()),
         ));
 
+        let drain = options.drain;
         let signal = async {
             shutdown.await;
             health_reporter.set_not_serving::<AdminServer>().await;
@@ -306,8 +318,26 @@ impl Server {
                 .set_service_status("", ServingStatus::NotServing)
                 .await;
             stop.send_replace(true);
+            // Still accepting while load balancers see /readyz fail and stop sending.
+            tokio::time::sleep(drain).await;
         };
-        let served = http::serve(listener, options.tls.as_ref(), grpc, routes, signal).await;
+        let serving = http::serve(listener, options.tls.as_ref(), grpc, routes, signal);
+        // Requests in flight get SHUTDOWN_GRACE after the drain; then flagstaffd stops without
+        // them (a client trickling a request must not keep it from stopping).
+        let mut stopped = stopping.clone();
+        let served = tokio::select! {
+            served = serving => served,
+            () = async {
+                let _ = stopped.wait_for(|stop| *stop).await;
+                tokio::time::sleep(drain + SHUTDOWN_GRACE).await;
+            } => {
+                tracing::warn!(
+                    grace = ?SHUTDOWN_GRACE,
+                    "requests still in flight after the shutdown grace period are cut off"
+                );
+                Ok(())
+            }
+        };
         // Also when serving failed before the shutdown signal.
         stop.send_replace(true);
         if let Err(e) = scheduler.await {
@@ -316,6 +346,8 @@ impl Server {
         if let Err(e) = usage.await {
             tracing::error!(error = %e, "recording OFREP usage failed");
         }
+        // What the requests finishing after the stop signal counted.
+        tally.flush(&self.envs).await;
         if let Some(metrics) = metrics {
             if let Err(e) = metrics.await {
                 tracing::error!(error = %e, "the metrics endpoint failed");

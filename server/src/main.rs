@@ -11,7 +11,8 @@
 //! Every option is also an environment variable: `FLAGSTAFF_LISTEN`, `FLAGSTAFF_DATA_DIR`,
 //! `FLAGSTAFF_RETENTION`, `FLAGSTAFF_HEARTBEAT_INTERVAL`, `FLAGSTAFF_METRICS_LISTEN`, `FLAGSTAFF_TLS_CERT`,
 //! `FLAGSTAFF_TLS_KEY`, `FLAGSTAFF_CORS_ORIGINS`, `FLAGSTAFF_PUBLIC_URL`, `FLAGSTAFF_CLIENT_TOKEN_RATE`,
-//! `FLAGSTAFF_CLIENT_ADDRESS_RATE`, `FLAGSTAFF_CLIENT_STREAMS`, `FLAGSTAFF_ADDRESS_STREAMS`. Logs go to stderr; `RUST_LOG` filters them (default `info`). The
+//! `FLAGSTAFF_CLIENT_ADDRESS_RATE`, `FLAGSTAFF_CLIENT_STREAMS`, `FLAGSTAFF_ADDRESS_STREAMS`,
+//! `FLAGSTAFF_SHUTDOWN_DRAIN`. Logs go to stderr; `RUST_LOG` filters them (default `info`). The
 //! addresses actually bound are logged (`address=`, `metrics_address=`), so port 0 works.
 
 use std::io::IsTerminal as _;
@@ -49,6 +50,12 @@ struct Args {
     /// from it. Without it they are given relative to each request's origin.
     #[arg(long, env = "FLAGSTAFF_PUBLIC_URL", value_name = "URL")]
     public_url: Option<String>,
+
+    /// Seconds flagstaffd keeps accepting requests after SIGTERM, with /readyz answering 503
+    /// and health NOT_SERVING, so that load balancers stop sending before it stops listening.
+    #[arg(long, env = "FLAGSTAFF_SHUTDOWN_DRAIN", value_name = "SECONDS", default_value_t = 0,
+          value_parser = clap::value_parser!(u64).range(0..=600))]
+    shutdown_drain: u64,
 
     /// OFREP requests per second one client token may make in all (bursts of twice as many);
     /// 0 for no limit.
@@ -281,6 +288,7 @@ fn run(args: Args) -> anyhow::Result<()> {
             metrics,
             tls,
             ofrep,
+            drain: std::time::Duration::from_secs(args.shutdown_drain),
         };
         server
             .serve_with(listener, options, shutdown_signal())

@@ -64,6 +64,7 @@ pub struct TestServerBuilder {
     retention: Option<u64>,
     clock: Option<Arc<dyn Clock>>,
     ofrep: OfrepOptions,
+    drain: Duration,
 }
 
 impl TestServerBuilder {
@@ -125,6 +126,13 @@ impl TestServerBuilder {
         self
     }
 
+    /// Keeps accepting requests for `drain` once [`TestServer::stop`] begins, with `/readyz`
+    /// answering 503, instead of stopping at once.
+    pub fn drain(mut self, drain: Duration) -> Self {
+        self.drain = drain;
+        self
+    }
+
     /// Opens the server and serves it on a task of the current runtime.
     pub async fn start(self) -> TestServer {
         let data_dir = match self.data_dir {
@@ -173,6 +181,7 @@ impl TestServerBuilder {
             metrics,
             tls,
             ofrep: self.ofrep,
+            drain: self.drain,
         };
         let task = tokio::spawn(async move {
             server

@@ -590,3 +590,37 @@ async fn one_tls_port_serves_http_1_1_clients_and_grpc_clients() {
         .environments;
     assert_eq!(environments.len(), 1);
 }
+
+#[tokio::test]
+async fn while_shutdown_drains_readyz_fails_and_requests_are_still_served() {
+    let server = TestServer::builder()
+        .drain(Duration::from_secs(3))
+        .start()
+        .await;
+    let http = Http::new(&server);
+    let stopping = tokio::spawn(server.stop());
+    let status = |path: &'static str| {
+        let http = http.clone();
+        async move {
+            http.client()
+                .get(http.url(path))
+                .send()
+                .await
+                .map(|r| r.status())
+                .ok()
+        }
+    };
+    flagstaff_tests::eventually("/readyz answers 503 while draining", async || {
+        status("/readyz").await == Some(StatusCode::SERVICE_UNAVAILABLE)
+    })
+    .await;
+    assert_eq!(
+        status("/healthz").await,
+        Some(StatusCode::OK),
+        "still serving"
+    );
+    tokio::time::timeout(flagstaff_tests::PATIENCE, stopping)
+        .await
+        .expect("the server stops after the drain")
+        .expect("stopped");
+}
