@@ -17,6 +17,30 @@ use crate::changes::{change_json, change_line};
 use crate::output;
 use crate::session::Session;
 
+/// Replaces flag `document` in `environment` as it was read at `version` (the write is
+/// refused if the flag changed meanwhile), asking `question` first in a protected environment.
+pub async fn update_flag(
+    session: &mut Session,
+    question: &str,
+    environment: &str,
+    document: pb::Flag,
+    version: u64,
+    comment: String,
+) -> anyhow::Result<pb::UpdateFlagResponse> {
+    session
+        .write(question, |mut admin, confirm_protected| {
+            let request = pb::UpdateFlagRequest {
+                environment: environment.to_owned(),
+                flag: Some(document.clone()),
+                expected_version: version,
+                comment: comment.clone(),
+                confirm_protected,
+            };
+            async move { admin.update_flag(request).await }
+        })
+        .await
+}
+
 /// Applies `request` (or only its dry run), reporting what changed. The dry run always comes
 /// first: an invalid document fails, and one that changes nothing succeeds, before anyone is
 /// asked to confirm a write to a protected environment.

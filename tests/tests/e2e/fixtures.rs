@@ -225,18 +225,7 @@ pub async fn client_with_token(
     role: pb::Role,
     environment: &str,
 ) -> Admin {
-    let secret = server
-        .admin()
-        .await
-        .create_token(pb::CreateTokenRequest {
-            name: name.into(),
-            role: role as i32,
-            environment: environment.into(),
-        })
-        .await
-        .expect("token created")
-        .into_inner()
-        .secret;
+    let secret = token_of(server, name, role, environment).await;
     server.admin_with(Some(&secret)).await
 }
 
@@ -260,18 +249,46 @@ pub fn self_signed() -> TestTls {
 
 /// Creates an sdk token named `name` for `environment` and returns its secret.
 pub async fn sdk_token(server: &TestServer, name: &str, environment: &str) -> String {
+    token_of(server, name, pb::Role::Sdk, environment).await
+}
+
+/// Creates a token named `name` of `role` for `environment` and returns its secret.
+pub async fn token_of(
+    server: &TestServer,
+    name: &str,
+    role: pb::Role,
+    environment: &str,
+) -> String {
     server
         .admin()
         .await
         .create_token(pb::CreateTokenRequest {
             name: name.into(),
-            role: pb::Role::Sdk as i32,
+            role: role as i32,
             environment: environment.into(),
         })
         .await
         .expect("token created")
         .into_inner()
         .secret
+}
+
+/// Revokes the token named `name`.
+pub async fn revoke_named(admin: &mut Admin, name: &str) {
+    let id = admin
+        .list_tokens(pb::ListTokensRequest::default())
+        .await
+        .expect("tokens")
+        .into_inner()
+        .tokens
+        .into_iter()
+        .find(|t| t.name == name)
+        .unwrap_or_else(|| panic!("no token {name:?}"))
+        .id;
+    admin
+        .revoke_token(pb::RevokeTokenRequest { id })
+        .await
+        .expect("revoked");
 }
 
 /// Makes the boolean flag `key` of `production` serve `on` (or `off`) by default; returns the

@@ -487,20 +487,7 @@ async fn a_refused_sdk_key_is_an_error_naming_the_fix_and_retries_back_off() {
         .build()
         .expect("client");
     client.wait_ready(PATIENCE).await.expect("ready");
-    let id = admin
-        .list_tokens(pb::ListTokensRequest::default())
-        .await
-        .expect("tokens")
-        .into_inner()
-        .tokens
-        .into_iter()
-        .find(|t| t.name == "service")
-        .expect("listed")
-        .id;
-    admin
-        .revoke_token(pb::RevokeTokenRequest { id })
-        .await
-        .expect("revoked");
+    revoke_named(&mut admin, "service").await;
     eventually("the revocation", async || {
         client.status().state != State::Ready
     })

@@ -358,20 +358,7 @@ async fn revoking_a_token_closes_its_streams_and_only_its_own() {
     let mut b = open(&server, &kept, "b", State::default()).await;
     a.until(3, LIMIT).await;
     b.until(3, LIMIT).await;
-    let id = admin
-        .list_tokens(pb::ListTokensRequest::default())
-        .await
-        .expect("tokens")
-        .into_inner()
-        .tokens
-        .into_iter()
-        .find(|t| t.name == "doomed")
-        .expect("listed")
-        .id;
-    admin
-        .revoke_token(pb::RevokeTokenRequest { id })
-        .await
-        .expect("revoked");
+    revoke_named(&mut admin, "doomed").await;
     let end = a.until_end(LIMIT).await;
     assert_eq!(end.code(), Code::Unauthenticated, "{}", end.message());
     assert!(end.message().contains("revoked"), "{}", end.message());

@@ -4,6 +4,7 @@ use anyhow::{anyhow, bail, Context as _};
 use flagstaff_engine::{Flag, Format};
 use flagstaff_proto::pb;
 
+use crate::documents::update_flag;
 use crate::fetch::fetch_flag;
 use crate::session::Session;
 use crate::write_report::paused_plans;
@@ -69,18 +70,15 @@ pub async fn edit(
     };
     let comment = message.unwrap_or_default().to_owned();
     let document = pb::Flag::from(&edited);
-    let response = session
-        .write("Save the flag", |mut admin, confirm_protected| {
-            let request = pb::UpdateFlagRequest {
-                environment: environment.clone(),
-                flag: Some(document.clone()),
-                expected_version: version,
-                comment: comment.clone(),
-                confirm_protected,
-            };
-            async move { admin.update_flag(request).await }
-        })
-        .await?;
+    let response = update_flag(
+        session,
+        "Save the flag",
+        &environment,
+        document,
+        version,
+        comment,
+    )
+    .await?;
     let said = format!(
         "saved {key} in {environment} (revision {})\n",
         response.revision

@@ -9,6 +9,7 @@ use serde_json::{json, Value};
 
 use super::describe::serve_summary;
 use crate::args::{FlagCreateArgs, WriteOptions};
+use crate::documents::update_flag;
 use crate::fetch::{fetch_flag, suggest_flag_keys};
 use crate::session::Session;
 use crate::write_report::{paused_plans, wait};
@@ -177,25 +178,12 @@ pub async fn set_client_side(
         ..flag
     });
     let comment = message.unwrap_or_default().to_owned();
-    let response = session
-        .write(
-            if client_side {
-                "Let client tokens evaluate the flag"
-            } else {
-                "Stop client tokens from evaluating the flag"
-            },
-            |mut admin, confirm_protected| {
-                let request = pb::UpdateFlagRequest {
-                    environment: environment.clone(),
-                    flag: Some(document.clone()),
-                    expected_version: version,
-                    comment: comment.clone(),
-                    confirm_protected,
-                };
-                async move { admin.update_flag(request).await }
-            },
-        )
-        .await?;
+    let question = if client_side {
+        "Let client tokens evaluate the flag"
+    } else {
+        "Stop client tokens from evaluating the flag"
+    };
+    let response = update_flag(session, question, &environment, document, version, comment).await?;
     let said = format!(
         "{key} is {} in {environment}: {} (revision {})\n",
         if client_side {

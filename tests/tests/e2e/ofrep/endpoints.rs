@@ -8,7 +8,7 @@ use reqwest::StatusCode;
 use serde_json::{json, Value};
 
 use super::{load, token, Http, FLAGS};
-use crate::fixtures::self_signed;
+use crate::fixtures::{revoke_named, self_signed};
 
 const ONE: &str = "/ofrep/v1/evaluate/flags/";
 const ALL: &str = "/ofrep/v1/evaluate/flags";
@@ -302,20 +302,7 @@ async fn every_error_has_its_status_and_body() {
     assert!(nothing.body["errorDetails"].is_string());
 
     // A revoked token stops working at once.
-    let id = admin_client
-        .list_tokens(pb::ListTokensRequest::default())
-        .await
-        .expect("tokens")
-        .into_inner()
-        .tokens
-        .into_iter()
-        .find(|t| t.name == "web")
-        .expect("the sdk token")
-        .id;
-    admin_client
-        .revoke_token(pb::RevokeTokenRequest { id })
-        .await
-        .expect("revoked");
+    revoke_named(&mut admin_client, "web").await;
     let revoked = http.post(&path, Some(&sdk), &context).await;
     assert_eq!(revoked.status, StatusCode::UNAUTHORIZED);
     assert_eq!(revoked.body["errorDetails"], "the token has been revoked");

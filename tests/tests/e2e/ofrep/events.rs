@@ -11,6 +11,7 @@ use reqwest::StatusCode;
 use serde_json::{json, Value};
 
 use super::{load, token, Http, FLAGS};
+use crate::fixtures::revoke_named;
 
 const ALL: &str = "/ofrep/v1/evaluate/flags";
 
@@ -267,20 +268,7 @@ async fn revocation_ends_the_stream_and_its_ticket_then_gets_401() {
     let mut stream = open(&http, &uri, None).await.expect("opened");
 
     let mut admin = server.admin().await;
-    let id = admin
-        .list_tokens(pb::ListTokensRequest::default())
-        .await
-        .expect("tokens")
-        .into_inner()
-        .tokens
-        .into_iter()
-        .find(|t| t.name == "web")
-        .expect("the client token")
-        .id;
-    admin
-        .revoke_token(pb::RevokeTokenRequest { id })
-        .await
-        .expect("revoked");
+    revoke_named(&mut admin, "web").await;
     assert_eq!(stream.next().await, None, "the stream ends");
     let (status, body) = open(&http, &uri, None).await.err().expect("refused");
     assert_eq!(status, StatusCode::UNAUTHORIZED);

@@ -93,21 +93,7 @@ pub async fn load(admin: &mut Admin, environment: &str, text: &str) {
         .expect("applied");
 }
 
-/// Creates a token of `role` for `environment` and returns its secret.
-pub async fn token(server: &TestServer, name: &str, role: pb::Role, environment: &str) -> String {
-    server
-        .admin()
-        .await
-        .create_token(pb::CreateTokenRequest {
-            name: name.into(),
-            role: role as i32,
-            environment: environment.into(),
-        })
-        .await
-        .expect("token created")
-        .into_inner()
-        .secret
-}
+pub use crate::fixtures::token_of as token;
 
 /// An HTTP answer: status, headers and the body as JSON (`Null` when empty).
 #[derive(Debug)]
