@@ -203,7 +203,7 @@ fn input(value: &Value) -> Option<AttrInput<'_>> {
 }
 
 /// How a JSON value's type reads in an error message.
-pub(crate) fn json_type(value: &Value) -> &'static str {
+fn json_type(value: &Value) -> &'static str {
     match value {
         Value::Null => "null",
         Value::Bool(_) => "a boolean",

@@ -13,6 +13,19 @@ use super::{load, token, Http, FLAGS};
 const ONE: &str = "/ofrep/v1/evaluate/flags/";
 const ALL: &str = "/ofrep/v1/evaluate/flags";
 
+/// A server with [`FLAGS`] in `production` whose OFREP routes apply `limits`.
+async fn limited(limits: RateLimits) -> TestServer {
+    let server = TestServer::builder()
+        .ofrep(OfrepOptions {
+            limits,
+            ..OfrepOptions::default()
+        })
+        .start()
+        .await;
+    load(&mut server.admin().await, "production", FLAGS).await;
+    server
+}
+
 #[tokio::test]
 async fn a_client_token_sees_only_client_side_flags() {
     let server = TestServer::start().await;
@@ -68,21 +81,15 @@ async fn a_client_token_sees_only_client_side_flags() {
 
 #[tokio::test]
 async fn a_client_token_beyond_its_rate_gets_429_with_retry_after() {
-    let server = TestServer::builder()
-        .ofrep(OfrepOptions {
-            limits: RateLimits {
-                per_address: Rate {
-                    requests: 1,
-                    per: std::time::Duration::from_secs(60),
-                    burst: 3,
-                },
-                ..RateLimits::default()
-            },
-            ..OfrepOptions::default()
-        })
-        .start()
-        .await;
-    load(&mut server.admin().await, "production", FLAGS).await;
+    let server = limited(RateLimits {
+        per_address: Rate {
+            requests: 1,
+            per: std::time::Duration::from_secs(60),
+            burst: 3,
+        },
+        ..RateLimits::default()
+    })
+    .await;
     let client = token(&server, "web", pb::Role::Client, "production").await;
     let sdk = token(&server, "service", pb::Role::Sdk, "production").await;
     let http = Http::new(&server);
@@ -114,21 +121,15 @@ async fn a_client_token_beyond_its_rate_gets_429_with_retry_after() {
 
 #[tokio::test]
 async fn a_client_token_is_limited_in_all_across_addresses() {
-    let server = TestServer::builder()
-        .ofrep(OfrepOptions {
-            limits: RateLimits {
-                per_token: Rate {
-                    requests: 1,
-                    per: std::time::Duration::from_secs(60),
-                    burst: 2,
-                },
-                ..RateLimits::default()
-            },
-            ..OfrepOptions::default()
-        })
-        .start()
-        .await;
-    load(&mut server.admin().await, "production", FLAGS).await;
+    let server = limited(RateLimits {
+        per_token: Rate {
+            requests: 1,
+            per: std::time::Duration::from_secs(60),
+            burst: 2,
+        },
+        ..RateLimits::default()
+    })
+    .await;
     let client = token(&server, "web", pb::Role::Client, "production").await;
     let other = token(&server, "other-web", pb::Role::Client, "production").await;
     let http = Http::new(&server);
@@ -244,7 +245,12 @@ async fn allowed_origins_get_cors_headers_and_others_none() {
         .get("access-control-allow-origin")
         .is_none());
 
-    // Routes other than OFREP never answer cross-origin requests.
+    // Routes other than OFREP never answer cross-origin requests: not the Admin API's
+    // path either.
+    let admin = preflight("https://app.example.com", "/flagstaff.v1.Admin/ListFlags")
+        .await
+        .expect("answered");
+    assert!(admin.headers().get("access-control-allow-origin").is_none());
     let health = preflight("https://app.example.com", "/healthz")
         .await
         .expect("answered");
@@ -256,17 +262,11 @@ async fn allowed_origins_get_cors_headers_and_others_none() {
 
 #[tokio::test]
 async fn a_client_token_holds_at_most_its_cap_of_event_streams() {
-    let server = TestServer::builder()
-        .ofrep(OfrepOptions {
-            limits: RateLimits {
-                streams_per_token: 1,
-                ..RateLimits::default()
-            },
-            ..OfrepOptions::default()
-        })
-        .start()
-        .await;
-    load(&mut server.admin().await, "production", FLAGS).await;
+    let server = limited(RateLimits {
+        streams_per_token: 1,
+        ..RateLimits::default()
+    })
+    .await;
     let client = token(&server, "web", pb::Role::Client, "production").await;
     let http = Http::new(&server);
     let bulk = http.post(ALL, Some(&client), &json!({"context": {}})).await;
@@ -391,17 +391,11 @@ flags:
 
 #[tokio::test]
 async fn one_address_holds_at_most_its_cap_of_event_streams_whatever_the_token() {
-    let server = TestServer::builder()
-        .ofrep(OfrepOptions {
-            limits: RateLimits {
-                streams_per_address: 1,
-                ..RateLimits::default()
-            },
-            ..OfrepOptions::default()
-        })
-        .start()
-        .await;
-    load(&mut server.admin().await, "production", FLAGS).await;
+    let server = limited(RateLimits {
+        streams_per_address: 1,
+        ..RateLimits::default()
+    })
+    .await;
     let http = Http::new(&server);
     let mut uris = Vec::new();
     for name in ["web", "service"] {
