@@ -1,5 +1,6 @@
 //! OFREP throughput and latency over HTTP/1.1 with keep-alive:
-//! `cargo bench -p flagstaff-server --bench ofrep` (`-- floor single bulk` to pick scenarios).
+//! `cargo bench -p flagstaff-server --bench ofrep` (`-- floor single bulk` to pick scenarios,
+//! `-- --pin` to give the server a core of its own).
 //!
 //! An in-process flagstaffd on loopback with a temporary data directory holds environment
 //! `bench` of 100 flags: S2 of the engine benchmarks (`sdk/engine/benches/eval.rs`, the same
@@ -25,7 +26,10 @@
 //!
 //! The server runs on a runtime of its own with 2 worker threads, the load generator (hyper's
 //! HTTP/1.1 client) on another with 2: both share the machine's cores, so the server gets what
-//! the load generator leaves.
+//! the load generator leaves. With `--pin` they share no core: each runtime has one worker
+//! thread, and the server's and its blocking threads run on the first core only; every other
+//! thread (the load generator, its pacer, the store's own threads) runs on the second.
+//! That shows what the server costs and answers in when its load comes from another machine.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -48,6 +52,8 @@ const CONNECTIONS: usize = 32;
 const WARM_UP: Duration = Duration::from_secs(1);
 /// How long each loop is measured.
 const MEASURED: Duration = Duration::from_secs(5);
+/// The open loop's pacer sleeps at least this long between releases of scheduled requests.
+const PACER_TICK: Duration = Duration::from_micros(100);
 /// Distinct contexts sent, in turn.
 const CONTEXTS: usize = 1_000;
 
@@ -290,10 +296,16 @@ async fn closed_loop(target: &Target) -> Run {
     }
 }
 
+/// What keeps an open loop's schedule.
+enum Pacer {
+    Task(tokio::task::JoinHandle<()>),
+    Thread(std::thread::JoinHandle<()>),
+}
+
 /// The open loop: requests scheduled at `rate` per second for [`WARM_UP`] and then
 /// [`MEASURED`], each taken by whichever connection is free; latency counts from the
 /// scheduled time.
-async fn open_loop(target: &Target, rate: f64) -> Run {
+async fn open_loop(target: &Target, rate: f64, pinned: bool) -> Run {
     let mut connections = Vec::new();
     for c in 0..CONNECTIONS {
         connections.push(Connection::open(target, c * CONTEXTS / CONNECTIONS).await);
@@ -306,27 +318,40 @@ async fn open_loop(target: &Target, rate: f64) -> Run {
     let start = Instant::now() + Duration::from_millis(10);
     let measured_from = start + WARM_UP;
     let end = measured_from + MEASURED;
-    // The schedule is kept by a thread of its own: tokio's timers tick in whole milliseconds,
-    // which would delay the sends by up to a millisecond; a thread's sleep is finer.
     let interval = Duration::from_secs_f64(1.0 / rate);
-    let pacer = std::thread::Builder::new().name("load-pacer".into());
-    let pacer = pacer.spawn(move || {
-        let mut next = start;
-        while next < end {
-            let now = Instant::now();
-            if next > now {
-                std::thread::sleep(next - now);
-            }
-            let now = Instant::now();
-            while next <= now && next < end {
-                if schedule.send(next).is_err() {
-                    return;
-                }
-                next += interval;
-            }
+    // Sends what is due by `now`; returns when the next request is due, or None once the
+    // schedule is over or nobody takes it.
+    let mut next = start;
+    let mut release = move |now: Instant| {
+        while next <= now && next < end {
+            schedule.send(next).ok()?;
+            next += interval;
         }
-    });
-    let pacer = pacer.expect("pacer thread");
+        (next < end).then_some(next)
+    };
+    // tokio's timers tick in whole milliseconds, which would delay the sends by up to a
+    // millisecond, so the schedule is kept another way.
+    let pacer = if pinned {
+        // The load generator has its core to itself: a task of its runtime reads the clock
+        // between the connections' turns, and never sleeps.
+        Pacer::Task(tokio::spawn(async move {
+            while release(Instant::now()).is_some() {
+                tokio::task::yield_now().await;
+            }
+        }))
+    } else {
+        // On shared cores, a thread of its own, which sleeps until the next request is due
+        // but at least PACER_TICK, so that it does not take a core from the server or the
+        // load generator for every request; requests it releases late count that as latency.
+        let pacer = std::thread::Builder::new().name("load-pacer".into());
+        let pacer = pacer.spawn(move || {
+            while let Some(next) = release(Instant::now()) {
+                let due = next.saturating_duration_since(Instant::now());
+                std::thread::sleep(due.max(PACER_TICK));
+            }
+        });
+        Pacer::Thread(pacer.expect("pacer thread"))
+    };
     let tasks: Vec<_> = connections
         .into_iter()
         .map(|mut connection| {
@@ -357,7 +382,10 @@ async fn open_loop(target: &Target, rate: f64) -> Run {
         from_send.extend(more_from_send);
         last = last.max(done);
     }
-    pacer.join().expect("pacer");
+    match pacer {
+        Pacer::Task(task) => task.await.expect("pacer"),
+        Pacer::Thread(thread) => thread.join().expect("pacer"),
+    }
     Run {
         samples,
         // Until the last answer: a server that falls behind shows a lower rate.
@@ -368,11 +396,11 @@ async fn open_loop(target: &Target, rate: f64) -> Run {
 }
 
 /// Both loops for one scenario: returns the maximum rate, and that rate per server core.
-async fn scenario(name: &str, target: &Target) -> (f64, Option<f64>) {
+async fn scenario(name: &str, target: &Target, pinned: bool) -> (f64, Option<f64>) {
     let (max, per_core) = closed_loop(target)
         .await
         .report(&format!("{name}, {CONNECTIONS} connections, closed"));
-    open_loop(target, max / 2.0)
+    open_loop(target, max / 2.0, pinned)
         .await
         .report(&format!("{name}, open loop at {:.0}/s", max / 2.0));
     (max, per_core)
@@ -399,22 +427,90 @@ fn floor_routes(answer: Bytes) -> axum::Router {
     )
 }
 
-fn main() {
-    let chosen: Vec<String> = std::env::args()
-        .skip(1)
-        .filter(|a| !a.starts_with('-'))
-        .collect();
-    let runs = |name: &str| chosen.is_empty() || chosen.iter().any(|c| c == name);
+/// With `--pin`: the core the server's threads run on, and the core of every other thread.
+fn pinned_cores() -> (core_affinity::CoreId, core_affinity::CoreId) {
+    match core_affinity::get_core_ids().unwrap_or_default()[..] {
+        [server, load, ..] => (server, load),
+        _ => panic!("--pin needs at least 2 cores"),
+    }
+}
 
-    // flagstaffd as on a 2-core machine; the load generator's own runtime beside it.
-    let server_runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+/// Keeps the calling thread, and the threads it starts from now on, on `core`.
+fn pin_to(core: core_affinity::CoreId) {
+    assert!(
+        core_affinity::set_for_current(core),
+        "could not pin a thread to core {}",
+        core.id
+    );
+}
+
+/// How long the stall probe runs on each core.
+const PROBE: Duration = Duration::from_secs(3);
+
+/// Reads the clock in a loop on the calling thread for [`PROBE`], with nothing else of the
+/// benchmark running, and reports the gaps of over a millisecond: the times the machine itself
+/// (its kernel, or the hypervisor under it) took the core away. Each such gap holds up every
+/// request that arrives during it, so on an otherwise idle core they bound the p99 the
+/// benchmark can show.
+fn report_stalls(core: core_affinity::CoreId) {
+    let start = Instant::now();
+    let (mut last, mut gaps, mut longest, mut lost) = (start, 0, Duration::ZERO, Duration::ZERO);
+    while last - start < PROBE {
+        let now = Instant::now();
+        let gap = now - last;
+        if gap > Duration::from_millis(1) {
+            gaps += 1;
+            longest = longest.max(gap);
+            lost += gap;
+        }
+        last = now;
+    }
+    println!(
+        "core {} idle for {PROBE:?}: {gaps} stalls over 1 ms, longest {longest:.2?}, \
+         {lost:.2?} in all",
+        core.id
+    );
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let pin = args.iter().any(|a| a == "--pin");
+    let chosen: Vec<&String> = args.iter().filter(|a| !a.starts_with('-')).collect();
+    let runs = |name: &str| chosen.is_empty() || chosen.iter().any(|c| *c == name);
+
+    let cores = std::thread::available_parallelism().map_or(0, usize::from);
+    // Every thread started from here on inherits the main thread's core.
+    let pinned = pin.then(pinned_cores);
+    if let Some((server_core, load_core)) = pinned {
+        for core in [server_core, load_core] {
+            std::thread::spawn(move || {
+                pin_to(core);
+                report_stalls(core);
+            })
+            .join()
+            .expect("stall probe");
+        }
+        pin_to(load_core);
+    }
+
+    // flagstaffd as on a 2-core machine (or on one core of its own with `--pin`); the load
+    // generator's own runtime beside it.
+    let mut server_runtime = tokio::runtime::Builder::new_multi_thread();
+    server_runtime.worker_threads(2);
+    if let Some((server_core, _)) = pinned {
+        server_runtime
+            .worker_threads(1)
+            .on_thread_start(move || pin_to(server_core));
+    }
+    let server_runtime = server_runtime
         .thread_name("server")
         .enable_all()
         .build()
         .expect("server runtime");
+    // Pinned, each runtime has one worker thread: a second one on the same core would take
+    // turns with it, and a task woken on the one waiting for its turn would wait a time slice.
     let client_runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+        .worker_threads(if pinned.is_some() { 1 } else { 2 })
         .thread_name("load")
         .enable_all()
         .build()
@@ -493,17 +589,23 @@ fn main() {
         shutdown(),
     ));
 
-    println!(
-        "{} cores; server: 2 worker threads, load generator: 2 worker threads, both on them",
-        std::thread::available_parallelism().map_or(0, usize::from)
-    );
+    match &pinned {
+        None => println!(
+            "{cores} cores; server: 2 worker threads, load generator: 2 worker threads, both on them"
+        ),
+        Some((server_core, load_core)) => println!(
+            "{cores} cores; server: 1 worker thread on core {}, load generator: 1 worker thread \
+             on core {}",
+            server_core.id, load_core.id
+        ),
+    }
     client_runtime.block_on(async {
         let mut floor_max = None;
         for (name, target) in [("floor", &floor), ("single", &single), ("bulk", &bulk)] {
             if !runs(name) {
                 continue;
             }
-            let (max, per_core) = scenario(name, target).await;
+            let (max, per_core) = scenario(name, target, pinned.is_some()).await;
             match (name, floor_max) {
                 ("floor", _) => floor_max = Some((max, per_core)),
                 ("single", Some((floor, floor_per_core))) => {
