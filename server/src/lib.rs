@@ -76,13 +76,13 @@ use crate::metrics::{CountRequestsLayer, RequestCounts};
 use crate::service::admin::AdminService;
 use crate::service::sync::SyncService;
 use crate::service::watch::{Signals, Watcher, DEFAULT_HEARTBEAT};
-use crate::storage::{SledStore, DEFAULT_RETENTION};
+use crate::storage::{Backend, PgStore, SledStore, DEFAULT_RETENTION};
 
 /// The Admin service as served, whose name health reports.
-type AdminServer = pb::admin_server::AdminServer<AdminService<SledStore>>;
+type AdminServer = pb::admin_server::AdminServer<AdminService<Backend>>;
 
 /// The Sync service as served, whose name health reports.
-type SyncServer = pb::sync_server::SyncServer<SyncService<SledStore>>;
+type SyncServer = pb::sync_server::SyncServer<SyncService<Backend>>;
 
 /// Largest Admin message accepted and sent: whole environments and 100,000-key segments
 /// exceed gRPC's default of 4 MiB.
@@ -94,8 +94,12 @@ pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 /// How flagstaffd runs.
 #[derive(Debug, Clone)]
 pub struct Config {
-    /// Where the sled database and the admin token file live.
+    /// Where the sled database and the admin token file live (with PostgreSQL, only the
+    /// admin token file).
     pub data_dir: PathBuf,
+    /// The PostgreSQL store's connection string (`postgres://…`); the sled store in
+    /// `data_dir` when `None`.
+    pub database_url: Option<String>,
     /// Change-log entries kept per environment.
     pub retention: u64,
     /// How often a quiet Watch stream gets a heartbeat (announced to SDKs in snapshots).
@@ -112,6 +116,7 @@ impl Config {
     pub fn new(data_dir: impl Into<PathBuf>) -> Config {
         Config {
             data_dir: data_dir.into(),
+            database_url: None,
             retention: DEFAULT_RETENTION,
             heartbeat: DEFAULT_HEARTBEAT,
             feed_capacity: DEFAULT_FEED_CAPACITY,
@@ -136,11 +141,24 @@ pub struct ServeOptions {
     pub drain: Duration,
 }
 
+/// The store `config` names: PostgreSQL at its `database_url` (migrated to this version's
+/// schema), or sled in its data directory.
+pub fn open_store(config: &Config) -> Result<Backend, storage::StoreError> {
+    Ok(match &config.database_url {
+        Some(url) => {
+            let store = PgStore::open(url, config.retention)?;
+            tracing::info!(database = store.database(), "store: PostgreSQL");
+            Backend::Postgres(store)
+        }
+        None => Backend::Sled(SledStore::open(&config.data_dir, config.retention)?),
+    })
+}
+
 /// A server's state, opened from its data directory.
 #[derive(Debug)]
 pub struct Server {
-    envs: Arc<Environments<SledStore>>,
-    tokens: Arc<Tokens<SledStore>>,
+    envs: Arc<Environments<Backend>>,
+    tokens: Arc<Tokens<Backend>>,
     /// gRPC calls by method and status code, for the metrics endpoint.
     requests: Arc<RequestCounts>,
     /// The SDK instances watching.
@@ -160,7 +178,7 @@ impl Server {
                 config.data_dir.display()
             ))
         })?;
-        let store = Arc::new(SledStore::open(&config.data_dir, config.retention)?);
+        let store = Arc::new(open_store(config)?);
         let envs = Arc::new(Environments::load_with_clock(
             store.clone(),
             config.feed_capacity,
@@ -184,12 +202,12 @@ impl Server {
     }
 
     /// The environments served.
-    pub fn environments(&self) -> &Arc<Environments<SledStore>> {
+    pub fn environments(&self) -> &Arc<Environments<Backend>> {
         &self.envs
     }
 
     /// The tokens.
-    pub fn tokens(&self) -> &Arc<Tokens<SledStore>> {
+    pub fn tokens(&self) -> &Arc<Tokens<Backend>> {
         &self.tokens
     }
 

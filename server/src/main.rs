@@ -7,8 +7,11 @@
 //! flagstaffd admin-token --data-dir ./flagstaff-data    # mint a new admin token offline
 //! flagstaffd check --data-dir ./flagstaff-data          # list damaged records
 //! flagstaffd repair --data-dir ./flagstaff-data         # restore them from the audit log
+//! flagstaffd --database-url postgres://flagstaff@db/flagstaff   # on PostgreSQL instead of sled
+//! flagstaffd migrate --database-url postgres://…        # apply schema migrations and exit
 //! ```
 //! Every option is also an environment variable: `FLAGSTAFF_LISTEN`, `FLAGSTAFF_DATA_DIR`,
+//! `FLAGSTAFF_DATABASE_URL`,
 //! `FLAGSTAFF_RETENTION`, `FLAGSTAFF_HEARTBEAT_INTERVAL`, `FLAGSTAFF_METRICS_LISTEN`, `FLAGSTAFF_TLS_CERT`,
 //! `FLAGSTAFF_TLS_KEY`, `FLAGSTAFF_CORS_ORIGINS`, `FLAGSTAFF_PUBLIC_URL`, `FLAGSTAFF_CLIENT_TOKEN_RATE`,
 //! `FLAGSTAFF_CLIENT_ADDRESS_RATE`, `FLAGSTAFF_CLIENT_STREAMS`, `FLAGSTAFF_ADDRESS_STREAMS`,
@@ -24,7 +27,7 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use flagstaff_server::ofrep::limit::Rate;
 use flagstaff_server::ofrep::{OfrepOptions, RateLimits};
-use flagstaff_server::storage::SledStore;
+use flagstaff_server::storage::{Backend, PgStore, SledStore};
 use flagstaff_server::{Config, ServeOptions, Server, Tls};
 
 #[derive(Debug, Parser)]
@@ -89,6 +92,19 @@ struct Args {
     )]
     data_dir: PathBuf,
 
+    /// Keep everything in the PostgreSQL database at this connection string
+    /// (postgres://user:password@host:port/database?sslmode=…) instead of sled in
+    /// --data-dir, which then holds only the admin token file. A database that cannot be
+    /// reached at start is an error (exit status 1), not a wait.
+    #[arg(
+        long,
+        env = "FLAGSTAFF_DATABASE_URL",
+        value_name = "URL",
+        global = true,
+        hide_env_values = true
+    )]
+    database_url: Option<String>,
+
     /// Change-log entries kept per environment, for SDKs resuming without a full snapshot.
     #[arg(long, env = "FLAGSTAFF_RETENTION", default_value_t = flagstaff_server::storage::DEFAULT_RETENTION, global = true)]
     retention: u64,
@@ -138,6 +154,9 @@ enum Command {
     /// Restore damaged records from the audit log, as an audited change per environment, and
     /// remove those whose loss costs no change. Run it while flagstaffd is stopped.
     Repair,
+    /// Apply the PostgreSQL schema's migrations that --database-url lacks, and exit.
+    /// flagstaffd applies them itself at start; this runs them alone, before a rollout.
+    Migrate,
 }
 
 fn main() -> ExitCode {
@@ -160,38 +179,60 @@ fn main() -> ExitCode {
     }
 }
 
-/// The store of an existing data directory, opened for `check` or `repair`.
-fn existing_store(data_dir: &std::path::Path, retention: u64) -> anyhow::Result<SledStore> {
-    if !data_dir.join("db").exists() {
-        anyhow::bail!("{} holds no flagstaffd data", data_dir.display());
+/// The store of an existing data directory or database, opened for `check` or `repair`.
+fn existing_store(args: &Args) -> anyhow::Result<Backend> {
+    if let Some(url) = &args.database_url {
+        return Ok(Backend::Postgres(PgStore::open(url, args.retention)?));
     }
-    Ok(SledStore::open(data_dir, retention)?)
+    if !args.data_dir.join("db").exists() {
+        anyhow::bail!("{} holds no flagstaffd data", args.data_dir.display());
+    }
+    Ok(Backend::Sled(SledStore::open(
+        &args.data_dir,
+        args.retention,
+    )?))
+}
+
+/// What `check` and `repair` name as the store they read: the data directory or the
+/// database, and the option that picks it again.
+fn store_name(args: &Args, store: &Backend) -> (String, String) {
+    match store {
+        Backend::Postgres(pg) => (
+            format!("the database {}", pg.database()),
+            "--database-url URL".to_owned(),
+        ),
+        Backend::Sled(_) => (
+            args.data_dir.display().to_string(),
+            format!("--data-dir {}", args.data_dir.display()),
+        ),
+    }
 }
 
 /// `flagstaffd check`.
-fn check(data_dir: &std::path::Path, retention: u64) -> anyhow::Result<()> {
-    let store = existing_store(data_dir, retention)?;
+fn check(args: &Args) -> anyhow::Result<()> {
+    let store = existing_store(args)?;
+    let (name, option) = store_name(args, &store);
     let damaged = flagstaff_server::repair::check(&store)?;
     if damaged.is_empty() {
-        println!("no damaged records in {}", data_dir.display());
+        println!("no damaged records in {name}");
         return Ok(());
     }
     for damage in &damaged {
         println!("{damage}");
     }
     anyhow::bail!(
-        "{} damaged record(s); `flagstaffd repair --data-dir {}` restores them from the audit log",
+        "{} damaged record(s); `flagstaffd repair {option}` restores them from the audit log",
         damaged.len(),
-        data_dir.display()
     )
 }
 
 /// `flagstaffd repair`.
-fn repair(data_dir: &std::path::Path, retention: u64) -> anyhow::Result<()> {
-    let store = existing_store(data_dir, retention)?;
+fn repair(args: &Args) -> anyhow::Result<()> {
+    let store = existing_store(args)?;
+    let (name, _) = store_name(args, &store);
     let outcomes = flagstaff_server::repair::repair(&store)?;
     if outcomes.is_empty() {
-        println!("no damaged records in {}", data_dir.display());
+        println!("no damaged records in {name}");
         return Ok(());
     }
     let mut left = 0;
@@ -215,15 +256,42 @@ fn repair(data_dir: &std::path::Path, retention: u64) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `flagstaffd migrate`.
+fn migrate(args: &Args) -> anyhow::Result<()> {
+    let Some(url) = &args.database_url else {
+        anyhow::bail!(
+            "migrate applies PostgreSQL schema migrations: give --database-url (or \
+             FLAGSTAFF_DATABASE_URL); sled needs none"
+        );
+    };
+    let store = PgStore::connect(url, args.retention)?;
+    let applied = store.migrate()?;
+    match applied.as_slice() {
+        [] => println!("the database {} is up to date", store.database()),
+        versions => println!(
+            "the database {}: applied schema migration(s) {}",
+            store.database(),
+            versions
+                .iter()
+                .map(|v| v.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    }
+    Ok(())
+}
+
 fn run(args: Args) -> anyhow::Result<()> {
     let config = Config {
         retention: args.retention,
         heartbeat: std::time::Duration::from_secs(args.heartbeat_interval),
+        database_url: args.database_url.clone(),
         ..Config::new(&args.data_dir)
     };
     match args.command {
-        Some(Command::Check) => return check(&args.data_dir, args.retention),
-        Some(Command::Repair) => return repair(&args.data_dir, args.retention),
+        Some(Command::Check) => return check(&args),
+        Some(Command::Repair) => return repair(&args),
+        Some(Command::Migrate) => return migrate(&args),
         _ => {}
     }
     if let Some(Command::AdminToken) = args.command {
@@ -278,6 +346,7 @@ fn run(args: Args) -> anyhow::Result<()> {
             address = %listener.local_addr()?,
             tls = tls.is_some(),
             data_dir = %args.data_dir.display(),
+            store = if args.database_url.is_some() { "postgres" } else { "sled" },
             "flagstaffd serving"
         );
         if let Some(metrics) = &metrics {

@@ -20,7 +20,7 @@ use flagstaff_proto::pb::sync_client::SyncClient;
 use flagstaff_server::clients::Clients;
 use flagstaff_server::clock::Clock;
 use flagstaff_server::ofrep::OfrepOptions;
-use flagstaff_server::storage::SledStore;
+use flagstaff_server::storage::Backend;
 use flagstaff_server::{Config, Environments, ServeOptions, Server, Tls};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -227,7 +227,7 @@ pub struct TestServer {
     /// The admin token minted for the fresh data directory.
     pub admin_token: String,
     /// The environments as the server holds them, to compare what clients received with.
-    pub environments: Arc<Environments<SledStore>>,
+    pub environments: Arc<Environments<Backend>>,
     /// The SDK instances the server knows.
     pub clients: Arc<Clients>,
     /// The certificate clients trust, when serving over TLS.

@@ -27,6 +27,11 @@ impl From<ServerError> for Status {
             ServerError::Unavailable(_) => Code::Unavailable,
             // The environment was deleted while the request was under way.
             ServerError::Store(StoreError::NoEnvironment(_)) => Code::NotFound,
+            // The database is down or the connection broke: nothing was changed, or (at
+            // COMMIT) the outcome is unknown. Either way worth retrying.
+            ServerError::Store(
+                StoreError::Unavailable { .. } | StoreError::OutcomeUnknown { .. },
+            ) => Code::Unavailable,
             ServerError::Store(e) => {
                 tracing::error!(error = %e, "storage failed");
                 Code::Internal

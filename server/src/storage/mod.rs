@@ -6,11 +6,13 @@
 //! change-log entry, its audit entry and the environment's new revision, and it is on disk,
 //! fsynced, before `commit` returns.
 
+mod postgres;
 mod sled_store;
 
 use flagstaff_engine::{Flag, KeyPatch, Segment};
 use serde::{Deserialize, Serialize};
 
+pub use postgres::{PgStore, CALL_TIMEOUT};
 pub use sled_store::{SledStore, DEFAULT_RETENTION, LOCK_WAIT};
 
 /// What can go wrong talking to the store.
@@ -50,6 +52,40 @@ pub enum StoreError {
     /// The database failed.
     #[error("storage error: {0}")]
     Database(#[from] sled::Error),
+    /// The PostgreSQL database cannot be reached, or did not answer in time (`UNAVAILABLE`):
+    /// nothing was changed.
+    #[error("the database {database} is unavailable: {detail}")]
+    Unavailable {
+        /// Where the database is: `host:port/database`.
+        database: String,
+        /// Why.
+        detail: String,
+    },
+    /// The connection to the PostgreSQL database was lost after COMMIT was sent, so whether
+    /// the change took effect is unknown (`UNAVAILABLE`); if it did, the change log has it.
+    #[error(
+        "outcome unknown: the connection to the database {database} was lost while committing; \
+         if the change was committed, the change log delivers it"
+    )]
+    OutcomeUnknown {
+        /// Where the database is.
+        database: String,
+    },
+    /// The PostgreSQL database refused a statement.
+    #[error("the database {database} refused a statement: {detail}")]
+    Postgres {
+        /// Where the database is.
+        database: String,
+        /// The database's error code and message.
+        detail: String,
+    },
+    /// The store cannot be used as configured: a connection string that does not parse, a
+    /// schema newer than this flagstaffd knows.
+    #[error("{detail}")]
+    Invalid {
+        /// What is wrong.
+        detail: String,
+    },
     /// Syncing to disk failed.
     #[error("cannot sync {path} to disk: {source}")]
     Sync {
@@ -650,6 +686,36 @@ pub trait Store: Send + Sync + 'static {
 /// The length of the key [`Store::ticket_key`] keeps.
 pub const TICKET_KEY_BYTES: usize = 32;
 
+/// The name the OFREP ticket key is stored under (among the store's secrets).
+const TICKET_KEY: &str = "ofrep_ticket_key";
+
+/// A stored value's bytes: the one codec of every store (JSON).
+fn encode<T: Serialize>(value: &T) -> Vec<u8> {
+    // The stored types are plain data with string keys: serialising them cannot fail.
+    serde_json::to_vec(value).unwrap_or_default()
+}
+
+/// A stored value read back; `what` names the record in the error.
+fn decode<T: serde::de::DeserializeOwned>(what: &str, bytes: &[u8]) -> Result<T, StoreError> {
+    serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt {
+        what: what.to_owned(),
+        detail: e.to_string(),
+    })
+}
+
+/// Like [`decode`], a failure described as the damage of `record` of `environment`.
+fn read_record<T: serde::de::DeserializeOwned>(
+    environment: Option<&str>,
+    record: &str,
+    bytes: &[u8],
+) -> Result<T, Damage> {
+    serde_json::from_slice(bytes).map_err(|e| Damage {
+        environment: environment.map(str::to_owned),
+        record: record.to_owned(),
+        detail: e.to_string(),
+    })
+}
+
 /// Now, in Unix milliseconds.
 pub fn now_ms() -> u64 {
     std::time::SystemTime::now()
@@ -663,4 +729,143 @@ pub fn random_id() -> String {
     // The OS random source failing is not something a server can carry on without.
     getrandom::fill(&mut bytes).expect("the operating system's random source works");
     bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The store flagstaffd runs on: sled in its data directory, or PostgreSQL.
+#[derive(Debug)]
+pub enum Backend {
+    /// The embedded sled store.
+    Sled(SledStore),
+    /// The PostgreSQL store.
+    Postgres(PgStore),
+}
+
+/// Calls the method on whichever store `self` is.
+macro_rules! each_store {
+    ($self:ident, $store:ident => $call:expr) => {
+        match $self {
+            Backend::Sled($store) => $call,
+            Backend::Postgres($store) => $call,
+        }
+    };
+}
+
+impl Store for Backend {
+    fn environment_records(
+        &self,
+    ) -> Result<Vec<(String, Readable<EnvironmentRecord>)>, StoreError> {
+        each_store!(self, s => s.environment_records())
+    }
+
+    fn check(&self) -> Result<Vec<Damage>, StoreError> {
+        each_store!(self, s => s.check())
+    }
+
+    fn remove_damaged(&self, damage: &Damage) -> Result<(), StoreError> {
+        each_store!(self, s => s.remove_damaged(damage))
+    }
+
+    fn put_environment(&self, record: &EnvironmentRecord) -> Result<(), StoreError> {
+        each_store!(self, s => s.put_environment(record))
+    }
+
+    fn visit_audit(
+        &self,
+        environment: &str,
+        visit: &mut dyn FnMut(Result<AuditEntry, Damage>),
+    ) -> Result<(), StoreError> {
+        each_store!(self, s => s.visit_audit(environment, visit))
+    }
+
+    fn create_environment(&self, record: &EnvironmentRecord) -> Result<(), StoreError> {
+        each_store!(self, s => s.create_environment(record))
+    }
+
+    fn delete_environment(&self, environment: &str) -> Result<(), StoreError> {
+        each_store!(self, s => s.delete_environment(environment))
+    }
+
+    fn documents(&self, environment: &str) -> Result<Documents, StoreError> {
+        each_store!(self, s => s.documents(environment))
+    }
+
+    fn commit(
+        &self,
+        environment: &str,
+        expected_revision: u64,
+        change: &Change,
+        patched: &[Segment],
+        audit: &AuditEntry,
+        rollouts: &[RolloutRecord],
+    ) -> Result<(), StoreError> {
+        each_store!(self, s => s.commit(environment, expected_revision, change, patched, audit, rollouts))
+    }
+
+    fn put_rollout(&self, environment: &str, plan: &RolloutRecord) -> Result<(), StoreError> {
+        each_store!(self, s => s.put_rollout(environment, plan))
+    }
+
+    fn rollouts(&self, environment: &str) -> Result<Vec<RolloutRecord>, StoreError> {
+        each_store!(self, s => s.rollouts(environment))
+    }
+
+    fn put_usage(&self, environment: &str, usage: &[(&str, FlagUsage)]) -> Result<(), StoreError> {
+        each_store!(self, s => s.put_usage(environment, usage))
+    }
+
+    fn usage(&self, environment: &str) -> Result<Vec<(String, FlagUsage)>, StoreError> {
+        each_store!(self, s => s.usage(environment))
+    }
+
+    fn changes_since(
+        &self,
+        environment: &str,
+        revision: u64,
+    ) -> Result<Option<Vec<Change>>, StoreError> {
+        each_store!(self, s => s.changes_since(environment, revision))
+    }
+
+    fn audit_head(
+        &self,
+        environment: &str,
+        revision: u64,
+    ) -> Result<Option<AuditHead>, StoreError> {
+        each_store!(self, s => s.audit_head(environment, revision))
+    }
+
+    fn history(
+        &self,
+        environment: &str,
+        flag: Option<&str>,
+        before: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<AuditEntry>, StoreError> {
+        each_store!(self, s => s.history(environment, flag, before, limit))
+    }
+
+    fn segment_history(
+        &self,
+        environment: &str,
+        segment: &str,
+        before: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<AuditEntry>, StoreError> {
+        each_store!(self, s => s.segment_history(environment, segment, before, limit))
+    }
+
+    fn put_token(&self, token: &TokenRecord) -> Result<(), StoreError> {
+        each_store!(self, s => s.put_token(token))
+    }
+
+    fn put_tokens(&self, tokens: &[TokenRecord]) -> Result<(), StoreError> {
+        each_store!(self, s => s.put_tokens(tokens))
+    }
+
+    fn tokens(&self) -> Result<Vec<TokenRecord>, StoreError> {
+        each_store!(self, s => s.tokens())
+    }
+
+    fn ticket_key(&self) -> Result<[u8; TICKET_KEY_BYTES], StoreError> {
+        each_store!(self, s => s.ticket_key())
+    }
 }

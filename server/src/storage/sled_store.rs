@@ -27,19 +27,16 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use serde::de::DeserializeOwned;
-use serde::Serialize;
 use sled::transaction::{ConflictableTransactionError, TransactionError};
 use sled::{Db, Transactional, Tree};
 
 use flagstaff_engine::Segment;
 
 use super::{
-    AuditEntry, AuditHead, Change, Damage, Documents, EnvironmentRecord, FlagUsage, Readable,
-    RolloutRecord, Store, StoreError, TokenRecord, TICKET_KEY_BYTES,
+    decode, encode, read_record, AuditEntry, AuditHead, Change, Damage, Documents,
+    EnvironmentRecord, FlagUsage, Readable, RolloutRecord, Store, StoreError, TokenRecord,
+    TICKET_KEY, TICKET_KEY_BYTES,
 };
-
-/// The key of the OFREP ticket key in the `secrets` tree.
-const TICKET_KEY: &str = "ofrep_ticket_key";
 
 /// Change-log entries kept per environment unless configured otherwise.
 pub const DEFAULT_RETENTION: u64 = 10_000;
@@ -64,31 +61,6 @@ struct SyncedBlobs(HashSet<PathBuf>);
 
 fn tree_name(kind: &str, environment: &str) -> String {
     format!("{kind}/{environment}")
-}
-
-fn encode<T: Serialize>(value: &T) -> Vec<u8> {
-    // The stored types are plain data with string keys: serialising them cannot fail.
-    serde_json::to_vec(value).unwrap_or_default()
-}
-
-fn decode<T: DeserializeOwned>(what: &str, bytes: &[u8]) -> Result<T, StoreError> {
-    serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt {
-        what: what.to_owned(),
-        detail: e.to_string(),
-    })
-}
-
-/// Like [`decode`], a failure described as the damage of `record` of `environment`.
-fn read_record<T: DeserializeOwned>(
-    environment: Option<&str>,
-    record: &str,
-    bytes: &[u8],
-) -> Result<T, Damage> {
-    serde_json::from_slice(bytes).map_err(|e| Damage {
-        environment: environment.map(str::to_owned),
-        record: record.to_owned(),
-        detail: e.to_string(),
-    })
 }
 
 fn sync_path(path: &Path) -> Result<(), StoreError> {

@@ -11,7 +11,7 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use flagstaff_proto::pb;
-use flagstaff_server::storage::SledStore;
+use flagstaff_server::storage::Backend;
 use flagstaff_server::Environments;
 use flagstaff_tests::watcher::{subscribe, State, Watcher};
 use flagstaff_tests::{Admin, TestServer, TestServerBuilder};
@@ -81,7 +81,7 @@ async fn prepare(server: &TestServer) -> String {
     sdk_token(server, "model-sdk", "production").await
 }
 
-fn server_state(envs: &Environments<SledStore>) -> State {
+fn server_state(envs: &Environments<Backend>) -> State {
     let env = envs.get("production").expect("environment");
     let current = env.current();
     State::of(&env.epoch, current.revision, &current.snapshot)

@@ -1,0 +1,1213 @@
+//! [`Store`] on PostgreSQL 13 or newer (DESIGN.md section 7; docs/storage.md has the schema).
+//!
+//! The store talks to the database with tokio-postgres through a deadpool pool, on a small
+//! runtime of its own: [`Store`]'s methods block, and are called from blocking threads, from
+//! the server's start-up and from command-line tools, so each one hands its work to that
+//! runtime and waits for the answer, which works from any thread. Every call is bounded by
+//! [`CALL_TIMEOUT`]: a database that does not answer makes the call fail with
+//! [`StoreError::Unavailable`], never hang.
+//!
+//! A commit is one transaction: it locks the environment's row (`SELECT … FOR UPDATE`),
+//! checks the revision, writes the documents, the change-log row and the audit row, and
+//! moves the revision. When the connection is lost after COMMIT was sent, nobody can tell
+//! whether it took effect: that is [`StoreError::OutcomeUnknown`].
+
+use std::future::Future;
+use std::str::FromStr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use flagstaff_engine::{Flag, Segment};
+use tokio_postgres::NoTls;
+
+use super::{
+    decode, encode, read_record, AuditChange, AuditEntry, AuditHead, Change, Damage, Documents,
+    EnvironmentRecord, FlagUsage, Readable, RolloutRecord, Store, StoreError, TokenRecord,
+    TICKET_KEY, TICKET_KEY_BYTES,
+};
+
+/// The migrations, in order: version, name, SQL. A database at a version above the last is
+/// refused (a newer flagstaffd migrated it).
+const MIGRATIONS: &[(i32, &str, &str)] =
+    &[(1, "initial", include_str!("migrations/0001_initial.sql"))];
+
+/// The advisory lock held while migrating, so replicas starting together do not race.
+const MIGRATION_LOCK: i64 = 0x666c_6167_7374_6166; // "flagstaf"
+
+/// The longest any one call of the store waits for the database.
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long opening a connection may take, unless the connection string says otherwise.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Connections in the pool.
+const POOL_SIZE: usize = 16;
+
+/// The PostgreSQL-backed store.
+pub struct PgStore {
+    pool: Pool,
+    /// Runs the pool's connections and the calls' work; shut down (without waiting) on drop.
+    runtime: Option<tokio::runtime::Runtime>,
+    /// Where the database is, for messages: `host:port/database`, never the password.
+    database: String,
+    retention: u64,
+}
+
+impl std::fmt::Debug for PgStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgStore")
+            .field("database", &self.database)
+            .field("retention", &self.retention)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for PgStore {
+    fn drop(&mut self) {
+        // Dropping a runtime waits for its threads, which may not be done from async code.
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
+    }
+}
+
+/// `host:port/database` of a connection string, for messages.
+fn describe(config: &tokio_postgres::Config) -> String {
+    let host = config
+        .get_hosts()
+        .first()
+        .map(|h| match h {
+            tokio_postgres::config::Host::Tcp(name) => name.clone(),
+            #[cfg(unix)]
+            tokio_postgres::config::Host::Unix(path) => path.display().to_string(),
+        })
+        .unwrap_or_else(|| "localhost".to_owned());
+    let port = config.get_ports().first().copied().unwrap_or(5432);
+    let db = config
+        .get_dbname()
+        .or(config.get_user())
+        .unwrap_or("postgres");
+    format!("{host}:{port}/{db}")
+}
+
+/// Why a database call failed, as a [`StoreError`]: the database unreachable or the
+/// connection lost is [`StoreError::Unavailable`]; anything the database itself refused is
+/// [`StoreError::Postgres`].
+fn failed(database: &str, err: tokio_postgres::Error) -> StoreError {
+    match err.as_db_error() {
+        Some(db) => StoreError::Postgres {
+            database: database.to_owned(),
+            detail: format!("{}: {}", db.code().code(), db.message()),
+        },
+        None => StoreError::Unavailable {
+            database: database.to_owned(),
+            detail: err.to_string(),
+        },
+    }
+}
+
+fn pool_failed(database: &str, err: deadpool_postgres::PoolError) -> StoreError {
+    match err {
+        deadpool_postgres::PoolError::Backend(e) => failed(database, e),
+        other => StoreError::Unavailable {
+            database: database.to_owned(),
+            detail: other.to_string(),
+        },
+    }
+}
+
+/// A revision as PostgreSQL's `bigint`.
+fn sql_revision(revision: u64) -> i64 {
+    i64::try_from(revision).unwrap_or(i64::MAX)
+}
+
+/// A `bigint` revision read back.
+fn revision_of(value: i64) -> u64 {
+    u64::try_from(value).unwrap_or(0)
+}
+
+/// The JSON text of a value, as the `json` columns take it.
+fn json<T: serde::Serialize>(value: &T) -> String {
+    String::from_utf8(encode(value)).unwrap_or_default()
+}
+
+/// A segment's document as the `segments` table keeps it: without its key lists.
+fn without_keys(segment: &Segment) -> Segment {
+    Segment {
+        included: Vec::new(),
+        excluded: Vec::new(),
+        ..segment.clone()
+    }
+}
+
+/// The flags and segments an audit entry touches, each once.
+fn subjects(entry: &AuditEntry) -> (Vec<&'static str>, Vec<String>) {
+    let mut seen = std::collections::HashSet::new();
+    let (mut kinds, mut keys) = (Vec::new(), Vec::new());
+    for change in &entry.changes {
+        let (kind, key) = match change {
+            AuditChange::Flag { key, .. } => ("flag", key),
+            AuditChange::Segment { key, .. } => ("segment", key),
+        };
+        if seen.insert((kind, key.as_str())) {
+            kinds.push(kind);
+            keys.push(key.clone());
+        }
+    }
+    (kinds, keys)
+}
+
+/// A whole segment's key rows: lists and keys, in order, with their positions.
+struct KeyRows {
+    lists: Vec<&'static str>,
+    keys: Vec<String>,
+    positions: Vec<i64>,
+}
+
+impl KeyRows {
+    fn of(segment: &Segment) -> KeyRows {
+        let mut rows = KeyRows {
+            lists: Vec::new(),
+            keys: Vec::new(),
+            positions: Vec::new(),
+        };
+        for (list, keys) in [
+            ("included", &segment.included),
+            ("excluded", &segment.excluded),
+        ] {
+            for (position, key) in keys.iter().enumerate() {
+                rows.lists.push(list);
+                rows.keys.push(key.clone());
+                rows.positions.push(position as i64);
+            }
+        }
+        rows
+    }
+}
+
+/// What a commit writes, encoded before it starts.
+struct Commit {
+    environment: String,
+    expected: i64,
+    revision: i64,
+    flags: Vec<(String, String)>,
+    deleted_flags: Vec<String>,
+    /// Segments written whole: the document without keys, and its key rows.
+    segments: Vec<(String, String, KeyRows)>,
+    deleted_segments: Vec<String>,
+    /// Segments whose key lists were patched: the document without keys, and the patch.
+    patched: Vec<(String, String, flagstaff_engine::KeyPatch)>,
+    rollouts: Vec<(String, String)>,
+    change: String,
+    audit: AuditEntry,
+    audit_json: String,
+    retention: u64,
+}
+
+impl PgStore {
+    /// Connects to the database at `url` (a `postgres://…` connection string), applies the
+    /// migrations it lacks under an advisory lock, and keeps `retention` change-log entries
+    /// per environment. Fails when the database cannot be reached (after the connection
+    /// string's `connect_timeout`, 5 s unless it says otherwise), or holds a schema newer than
+    /// this flagstaffd knows.
+    pub fn open(url: &str, retention: u64) -> Result<PgStore, StoreError> {
+        let store = PgStore::connect(url, retention)?;
+        store.migrate()?;
+        Ok(store)
+    }
+
+    /// Connects without migrating: for `flagstaffd migrate`, which migrates and reports.
+    pub fn connect(url: &str, retention: u64) -> Result<PgStore, StoreError> {
+        let mut config =
+            tokio_postgres::Config::from_str(url).map_err(|e| StoreError::Invalid {
+                detail: format!("the database URL is not a PostgreSQL connection string: {e}"),
+            })?;
+        if config.get_connect_timeout().is_none() {
+            config.connect_timeout(CONNECT_TIMEOUT);
+        }
+        if config.get_application_name().is_none() {
+            config.application_name("flagstaffd");
+        }
+        let database = describe(&config);
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("postgres")
+            .enable_all()
+            .build()
+            .map_err(|e| StoreError::Unavailable {
+                database: database.clone(),
+                detail: format!("cannot start the database runtime: {e}"),
+            })?;
+        let manager = Manager::from_config(
+            config,
+            NoTls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(POOL_SIZE)
+            .runtime(deadpool_postgres::Runtime::Tokio1)
+            .wait_timeout(Some(CALL_TIMEOUT))
+            .create_timeout(Some(CONNECT_TIMEOUT))
+            .recycle_timeout(Some(CONNECT_TIMEOUT))
+            .build()
+            .map_err(|e| StoreError::Unavailable {
+                database: database.clone(),
+                detail: e.to_string(),
+            })?;
+        let store = PgStore {
+            pool,
+            runtime: Some(runtime),
+            database,
+            retention: retention.max(1),
+        };
+        // Reachable now, or a clear error now rather than at the first request.
+        store.call(|pool, database| async move {
+            let client = pool.get().await.map_err(|e| pool_failed(&database, e))?;
+            client
+                .simple_query("SELECT 1")
+                .await
+                .map_err(|e| failed(&database, e))?;
+            Ok(())
+        })?;
+        Ok(store)
+    }
+
+    /// Where the database is: `host:port/database`.
+    pub fn database(&self) -> &str {
+        &self.database
+    }
+
+    /// Applies the migrations the database lacks, in one transaction under an advisory
+    /// lock; returns the schema versions applied (none when it was up to date).
+    pub fn migrate(&self) -> Result<Vec<i32>, StoreError> {
+        self.call(|pool, database| async move {
+            let mut client = pool.get().await.map_err(|e| pool_failed(&database, e))?;
+            let tx = client
+                .transaction()
+                .await
+                .map_err(|e| failed(&database, e))?;
+            let fail = |e| failed(&database, e);
+            tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
+                .await
+                .map_err(fail)?;
+            tx.batch_execute(
+                "CREATE TABLE IF NOT EXISTS schema_migrations (
+                     version integer PRIMARY KEY,
+                     name text NOT NULL,
+                     applied_at timestamptz NOT NULL DEFAULT now())",
+            )
+            .await
+            .map_err(fail)?;
+            let current: i32 = tx
+                .query_one(
+                    "SELECT COALESCE(max(version), 0) FROM schema_migrations",
+                    &[],
+                )
+                .await
+                .map_err(fail)?
+                .get(0);
+            let known = MIGRATIONS.last().map_or(0, |m| m.0);
+            if current > known {
+                return Err(StoreError::Invalid {
+                    detail: format!(
+                        "the database {database} has schema version {current}, newer than the \
+                         {known} this flagstaffd knows: run a newer flagstaffd"
+                    ),
+                });
+            }
+            let mut applied = Vec::new();
+            for (version, name, sql) in MIGRATIONS.iter().filter(|m| m.0 > current) {
+                tx.batch_execute(sql).await.map_err(fail)?;
+                tx.execute(
+                    "INSERT INTO schema_migrations (version, name) VALUES ($1, $2)",
+                    &[version, name],
+                )
+                .await
+                .map_err(fail)?;
+                applied.push(*version);
+            }
+            tx.commit().await.map_err(fail)?;
+            Ok(applied)
+        })
+    }
+
+    /// Runs `work` on the store's runtime with a pooled database and waits for its answer,
+    /// at most [`CALL_TIMEOUT`].
+    fn call<T, F, Fut>(&self, work: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(Pool, String) -> Fut,
+        Fut: Future<Output = Result<T, StoreError>> + Send + 'static,
+    {
+        self.call_committing(None, work)
+    }
+
+    /// [`call`](Self::call) for work that commits: when it runs out of time after
+    /// `committing` was set (COMMIT sent), the outcome is unknown.
+    fn call_committing<T, F, Fut>(
+        &self,
+        committing: Option<Arc<AtomicBool>>,
+        work: F,
+    ) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(Pool, String) -> Fut,
+        Fut: Future<Output = Result<T, StoreError>> + Send + 'static,
+    {
+        let Some(runtime) = &self.runtime else {
+            return Err(self.unavailable("the store is closed"));
+        };
+        let (answer, answered) = std::sync::mpsc::sync_channel(1);
+        let database = self.database.clone();
+        let work = work(self.pool.clone(), self.database.clone());
+        runtime.spawn(async move {
+            let result = match tokio::time::timeout(CALL_TIMEOUT, work).await {
+                Ok(result) => result,
+                Err(_) => match committing {
+                    Some(c) if c.load(Ordering::SeqCst) => {
+                        Err(StoreError::OutcomeUnknown { database })
+                    }
+                    _ => Err(StoreError::Unavailable {
+                        database,
+                        detail: format!("no answer within {CALL_TIMEOUT:?}"),
+                    }),
+                },
+            };
+            let _ = answer.send(result);
+        });
+        answered
+            .recv()
+            .unwrap_or_else(|_| Err(self.unavailable("the store's runtime stopped")))
+    }
+
+    fn unavailable(&self, detail: &str) -> StoreError {
+        StoreError::Unavailable {
+            database: self.database.clone(),
+            detail: detail.to_owned(),
+        }
+    }
+
+    /// Rows of `sql` (with `params` made inside the task by `params`), as read by `read`.
+    fn rows<T, R>(
+        &self,
+        sql: &'static str,
+        params: Vec<Param>,
+        read: R,
+    ) -> Result<Vec<T>, StoreError>
+    where
+        T: Send + 'static,
+        R: Fn(&tokio_postgres::Row) -> T + Send + 'static,
+    {
+        self.call(move |pool, database| async move {
+            let client = pool.get().await.map_err(|e| pool_failed(&database, e))?;
+            let refs: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> =
+                params.iter().map(Param::as_sql).collect();
+            let rows = client
+                .query(sql, &refs)
+                .await
+                .map_err(|e| failed(&database, e))?;
+            Ok(rows.iter().map(read).collect())
+        })
+    }
+
+    /// The environment's record, or [`StoreError::NoEnvironment`].
+    fn environment(&self, environment: &str) -> Result<EnvironmentRecord, StoreError> {
+        let found = self.rows(
+            "SELECT record::text FROM environments WHERE key = $1",
+            vec![Param::Text(environment.to_owned())],
+            |row| row.get::<_, String>(0),
+        )?;
+        match found.first() {
+            Some(text) => decode(&format!("environments/{environment}"), text.as_bytes()),
+            None => Err(StoreError::NoEnvironment(environment.to_owned())),
+        }
+    }
+
+    /// Audit entries of `environment` touching `subject` (kind and key) when given, newest
+    /// first, below `before`, at most `limit`.
+    fn history_of(
+        &self,
+        environment: &str,
+        subject: Option<(&'static str, &str)>,
+        before: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<AuditEntry>, StoreError> {
+        self.environment(environment)?;
+        let before = Param::Int(before.map_or(i64::MAX, sql_revision));
+        let limit = Param::Int(i64::try_from(limit).unwrap_or(i64::MAX));
+        let env = Param::Text(environment.to_owned());
+        let texts = match subject {
+            None => self.rows(
+                "SELECT entry::text FROM audit WHERE environment = $1 AND revision < $2
+                 ORDER BY revision DESC LIMIT $3",
+                vec![env, before, limit],
+                |row| row.get::<_, String>(0),
+            )?,
+            Some((kind, key)) => self.rows(
+                "SELECT a.entry::text FROM audit_subjects s
+                 JOIN audit a ON a.environment = s.environment AND a.revision = s.revision
+                 WHERE s.environment = $1 AND s.kind = $4 AND s.key = $5 AND s.revision < $2
+                 ORDER BY s.revision DESC LIMIT $3",
+                vec![
+                    env,
+                    before,
+                    limit,
+                    Param::Text(kind.to_owned()),
+                    Param::Text(key.to_owned()),
+                ],
+                |row| row.get::<_, String>(0),
+            )?,
+        };
+        texts
+            .iter()
+            .map(|t| decode(&format!("audit/{environment}"), t.as_bytes()))
+            .collect()
+    }
+}
+
+/// A query parameter owned by the task that sends it.
+enum Param {
+    Text(String),
+    Int(i64),
+}
+
+impl Param {
+    fn as_sql(&self) -> &(dyn tokio_postgres::types::ToSql + Sync) {
+        match self {
+            Param::Text(t) => t,
+            Param::Int(i) => i,
+        }
+    }
+}
+
+/// Writes one commit inside its transaction (see [`Store::commit`]).
+async fn write_commit(
+    tx: &tokio_postgres::Transaction<'_>,
+    c: &Commit,
+    record: &EnvironmentRecord,
+) -> Result<(), tokio_postgres::Error> {
+    let env = &c.environment;
+    for (key, document) in &c.flags {
+        tx.execute(
+            "INSERT INTO flags (environment, key, document) VALUES ($1, $2, $3::text::json)
+             ON CONFLICT (environment, key) DO UPDATE SET document = EXCLUDED.document",
+            &[env, key, document],
+        )
+        .await?;
+    }
+    if !c.deleted_flags.is_empty() {
+        tx.execute(
+            "DELETE FROM flags WHERE environment = $1 AND key = ANY($2)",
+            &[env, &c.deleted_flags],
+        )
+        .await?;
+    }
+    if !c.deleted_segments.is_empty() {
+        tx.execute(
+            "DELETE FROM segments WHERE environment = $1 AND key = ANY($2)",
+            &[env, &c.deleted_segments],
+        )
+        .await?;
+    }
+    for (key, document, rows) in &c.segments {
+        tx.execute(
+            "INSERT INTO segments (environment, key, document) VALUES ($1, $2, $3::text::json)
+             ON CONFLICT (environment, key) DO UPDATE SET document = EXCLUDED.document",
+            &[env, key, document],
+        )
+        .await?;
+        tx.execute(
+            "DELETE FROM segment_keys WHERE environment = $1 AND segment = $2",
+            &[env, key],
+        )
+        .await?;
+        tx.execute(
+            "INSERT INTO segment_keys (environment, segment, list, key, position)
+             SELECT $1, $2, list, key, position
+             FROM unnest($3::text[], $4::text[], $5::bigint[]) AS k (list, key, position)",
+            &[env, key, &rows.lists, &rows.keys, &rows.positions],
+        )
+        .await?;
+    }
+    for (key, document, patch) in &c.patched {
+        tx.execute(
+            "UPDATE segments SET document = $3::text::json WHERE environment = $1 AND key = $2",
+            &[env, key, document],
+        )
+        .await?;
+        for (list, add, remove) in [
+            ("included", &patch.add_included, &patch.remove_included),
+            ("excluded", &patch.add_excluded, &patch.remove_excluded),
+        ] {
+            if !remove.is_empty() {
+                tx.execute(
+                    "DELETE FROM segment_keys
+                     WHERE environment = $1 AND segment = $2 AND list = $3 AND key = ANY($4)",
+                    &[env, key, &list, remove],
+                )
+                .await?;
+            }
+            if !add.is_empty() {
+                // Appended after the last key, in order; a key already listed stays where
+                // it is (ON CONFLICT DO NOTHING), as KeyPatch::apply keeps it.
+                tx.execute(
+                    "INSERT INTO segment_keys (environment, segment, list, key, position)
+                     SELECT $1, $2, $3, k.key,
+                            (SELECT COALESCE(max(position), -1) FROM segment_keys
+                             WHERE environment = $1 AND segment = $2 AND list = $3) + k.n
+                     FROM unnest($4::text[]) WITH ORDINALITY AS k (key, n)
+                     ON CONFLICT DO NOTHING",
+                    &[env, key, &list, add],
+                )
+                .await?;
+            }
+        }
+    }
+    for (flag, plan) in &c.rollouts {
+        tx.execute(
+            "INSERT INTO rollouts (environment, flag, plan) VALUES ($1, $2, $3::text::json)
+             ON CONFLICT (environment, flag) DO UPDATE SET plan = EXCLUDED.plan",
+            &[env, flag, plan],
+        )
+        .await?;
+    }
+    tx.execute(
+        "INSERT INTO changes (environment, revision, change) VALUES ($1, $2, $3::text::json)",
+        &[env, &c.revision, &c.change],
+    )
+    .await?;
+    let a = &c.audit;
+    tx.execute(
+        "INSERT INTO audit (environment, revision, time_ms, actor, comment, operation, entry)
+         VALUES ($1, $2, $3, $4, $5, $6, $7::text::json)",
+        &[
+            env,
+            &c.revision,
+            &i64::try_from(a.time_ms).unwrap_or(i64::MAX),
+            &a.actor,
+            &a.comment,
+            &a.operation,
+            &c.audit_json,
+        ],
+    )
+    .await?;
+    let (kinds, keys) = subjects(a);
+    if !kinds.is_empty() {
+        tx.execute(
+            "INSERT INTO audit_subjects (environment, kind, key, revision)
+             SELECT $1, kind, key, $2 FROM unnest($3::text[], $4::text[]) AS s (kind, key)",
+            &[env, &c.revision, &kinds, &keys],
+        )
+        .await?;
+    }
+    tx.execute(
+        "UPDATE environments SET revision = $2, record = $3::text::json WHERE key = $1",
+        &[env, &c.revision, &json(record)],
+    )
+    .await?;
+    // The change log keeps the last `retention` entries.
+    let retention = i64::try_from(c.retention).unwrap_or(i64::MAX);
+    if c.revision > retention {
+        tx.execute(
+            "DELETE FROM changes WHERE environment = $1 AND revision <= $2",
+            &[env, &(c.revision - retention)],
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+/// Reads a segment's documents and key rows back into whole segments, in key order.
+fn assemble_segments(
+    environment: &str,
+    documents: Vec<(String, String)>,
+    keys: Vec<(String, String, String)>,
+) -> Result<Vec<Segment>, StoreError> {
+    let mut segments: Vec<Segment> = documents
+        .iter()
+        .map(|(key, text)| decode(&format!("segments/{environment}/{key}"), text.as_bytes()))
+        .collect::<Result<_, _>>()?;
+    let index: std::collections::HashMap<String, usize> = segments
+        .iter()
+        .enumerate()
+        .map(|(i, s)| (s.key.clone(), i))
+        .collect();
+    for (segment, list, key) in keys {
+        if let Some(&i) = index.get(&segment) {
+            match list.as_str() {
+                "included" => segments[i].included.push(key),
+                _ => segments[i].excluded.push(key),
+            }
+        }
+    }
+    Ok(segments)
+}
+
+impl Store for PgStore {
+    fn environment_records(
+        &self,
+    ) -> Result<Vec<(String, Readable<EnvironmentRecord>)>, StoreError> {
+        let rows = self.rows(
+            "SELECT key, record::text FROM environments ORDER BY key",
+            Vec::new(),
+            |row| (row.get::<_, String>(0), row.get::<_, String>(1)),
+        )?;
+        Ok(rows
+            .into_iter()
+            .map(|(key, text)| {
+                let record =
+                    read_record(Some(&key), &format!("environments/{key}"), text.as_bytes());
+                (key, record)
+            })
+            .collect())
+    }
+
+    fn check(&self) -> Result<Vec<Damage>, StoreError> {
+        // Every JSON record, named as sled names its records: `kind/environment/key`.
+        let rows = self.rows(
+            "SELECT 'environments', NULL, key, record::text FROM environments
+             UNION ALL SELECT 'flags', environment, key, document::text FROM flags
+             UNION ALL SELECT 'segments', environment, key, document::text FROM segments
+             UNION ALL SELECT 'changes', environment, revision::text, change::text FROM changes
+             UNION ALL SELECT 'audit', environment, revision::text, entry::text FROM audit
+             UNION ALL SELECT 'rollouts', environment, flag, plan::text FROM rollouts
+             UNION ALL SELECT 'usage', environment, flag, usage::text FROM flag_usage
+             UNION ALL SELECT 'tokens', NULL, id, record::text FROM tokens
+             UNION ALL SELECT 'secrets', NULL, name, encode(value, 'hex') FROM secrets",
+            Vec::new(),
+            |row| {
+                (
+                    row.get::<_, String>(0),
+                    row.get::<_, Option<String>>(1),
+                    row.get::<_, String>(2),
+                    row.get::<_, String>(3),
+                )
+            },
+        )?;
+        let mut damaged = Vec::new();
+        for (kind, environment, key, text) in rows {
+            let record = match &environment {
+                Some(env) => format!("{kind}/{env}/{key}"),
+                None => format!("{kind}/{key}"),
+            };
+            let owner = match kind.as_str() {
+                "environments" => Some(key.clone()),
+                "tokens" | "secrets" => None,
+                _ => environment.clone(),
+            };
+            let bytes = text.as_bytes();
+            let result = match kind.as_str() {
+                "environments" => decode::<EnvironmentRecord>(&record, bytes).map(drop),
+                "flags" => decode::<Flag>(&record, bytes).map(drop),
+                "segments" => decode::<Segment>(&record, bytes).map(drop),
+                "changes" => decode::<Change>(&record, bytes).map(drop),
+                "audit" => decode::<AuditEntry>(&record, bytes).map(drop),
+                "rollouts" => decode::<RolloutRecord>(&record, bytes).map(drop),
+                "usage" => decode::<FlagUsage>(&record, bytes).map(drop),
+                "tokens" => decode::<TokenRecord>(&record, bytes).map(drop),
+                _ => {
+                    if text.len() == 2 * TICKET_KEY_BYTES {
+                        Ok(())
+                    } else {
+                        Err(StoreError::Corrupt {
+                            what: record.clone(),
+                            detail: format!("{} bytes, not {TICKET_KEY_BYTES}", text.len() / 2),
+                        })
+                    }
+                }
+            };
+            if let Err(err) = result {
+                damaged.extend(Damage::of(owner.as_deref(), &err));
+            }
+        }
+        damaged.sort_by(|a, b| a.record.cmp(&b.record));
+        Ok(damaged)
+    }
+
+    fn remove_damaged(&self, damage: &Damage) -> Result<(), StoreError> {
+        let corrupt = |detail: &str| StoreError::Corrupt {
+            what: damage.record.clone(),
+            detail: detail.to_owned(),
+        };
+        let (kind, rest) = damage
+            .record
+            .split_once('/')
+            .ok_or_else(|| corrupt("not a record name"))?;
+        let (environment, key) = match kind {
+            "tokens" | "secrets" => (String::new(), rest.to_owned()),
+            _ => {
+                let (env, key) = rest
+                    .rsplit_once('/')
+                    .ok_or_else(|| corrupt("not a record name"))?;
+                (env.to_owned(), key.to_owned())
+            }
+        };
+        let sql = match kind {
+            "tokens" => "DELETE FROM tokens WHERE id = $2 AND $1 = ''",
+            // A new ticket key is made on next use: outstanding tickets stop working, and
+            // OFREP providers fetch a fresh one.
+            "secrets" => "DELETE FROM secrets WHERE name = $2 AND $1 = ''",
+            "changes" => "DELETE FROM changes WHERE environment = $1 AND revision::text = $2",
+            "rollouts" => "DELETE FROM rollouts WHERE environment = $1 AND flag = $2",
+            "usage" => "DELETE FROM flag_usage WHERE environment = $1 AND flag = $2",
+            _ => return Err(corrupt("a record of this kind is restored, not removed")),
+        };
+        self.call(move |pool, database| async move {
+            let client = pool.get().await.map_err(|e| pool_failed(&database, e))?;
+            client
+                .execute(sql, &[&environment, &key])
+                .await
+                .map_err(|e| failed(&database, e))?;
+            Ok(())
+        })
+    }
+
+    fn put_environment(&self, record: &EnvironmentRecord) -> Result<(), StoreError> {
+        let (key, revision, text) = (
+            record.key.clone(),
+            sql_revision(record.revision),
+            json(record),
+        );
+        self.call(move |pool, database| async move {
+            let client = pool.get().await.map_err(|e| pool_failed(&database, e))?;
+            client
+                .execute(
+                    "INSERT INTO environments (key, revision, record) VALUES ($1, $2, $3::text::json)
+                     ON CONFLICT (key) DO UPDATE SET revision = EXCLUDED.revision,
+                                                     record = EXCLUDED.record",
+                    &[&key, &revision, &text],
+                )
+                .await
+                .map_err(|e| failed(&database, e))?;
+            Ok(())
+        })
+    }
+
+    fn visit_audit(
+        &self,
+        environment: &str,
+        visit: &mut dyn FnMut(Result<AuditEntry, Damage>),
+    ) -> Result<(), StoreError> {
+        let rows = self.rows(
+            "SELECT revision, entry::text FROM audit WHERE environment = $1 ORDER BY revision",
+            vec![Param::Text(environment.to_owned())],
+            |row| (row.get::<_, i64>(0), row.get::<_, String>(1)),
+        )?;
+        for (revision, text) in rows {
+            let record = format!("audit/{environment}/{revision}");
+            visit(read_record(Some(environment), &record, text.as_bytes()));
+        }
+        Ok(())
+    }
+
+    fn create_environment(&self, record: &EnvironmentRecord) -> Result<(), StoreError> {
+        let (key, revision, text) = (
+            record.key.clone(),
+            sql_revision(record.revision),
+            json(record),
+        );
+        let created = self.call(move |pool, database| async move {
+            let client = pool.get().await.map_err(|e| pool_failed(&database, e))?;
+            client
+                .execute(
+                    "INSERT INTO environments (key, revision, record) VALUES ($1, $2, $3::text::json)
+                     ON CONFLICT (key) DO NOTHING",
+                    &[&key, &revision, &text],
+                )
+                .await
+                .map_err(|e| failed(&database, e))
+        })?;
+        match created {
+            0 => Err(StoreError::EnvironmentExists(record.key.clone())),
+            _ => Ok(()),
+        }
+    }
+
+    fn delete_environment(&self, environment: &str) -> Result<(), StoreError> {
+        let key = environment.to_owned();
+        let deleted = self.call(move |pool, database| async move {
+            let client = pool.get().await.map_err(|e| pool_failed(&database, e))?;
+            client
+                .execute("DELETE FROM environments WHERE key = $1", &[&key])
+                .await
+                .map_err(|e| failed(&database, e))
+        })?;
+        match deleted {
+            0 => Err(StoreError::NoEnvironment(environment.to_owned())),
+            _ => Ok(()),
+        }
+    }
+
+    fn documents(&self, environment: &str) -> Result<Documents, StoreError> {
+        let key = environment.to_owned();
+        // One REPEATABLE READ transaction: the flags, segments and keys of one revision.
+        let (found, flags, segments, keys) = self.call(move |pool, database| async move {
+            let fail = |e| failed(&database, e);
+            let mut client = pool.get().await.map_err(|e| pool_failed(&database, e))?;
+            let tx = client
+                .build_transaction()
+                .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+                .read_only(true)
+                .start()
+                .await
+                .map_err(fail)?;
+            let found = tx
+                .query("SELECT 1 FROM environments WHERE key = $1", &[&key])
+                .await
+                .map_err(fail)?;
+            let flags = tx
+                .query(
+                    "SELECT key, document::text FROM flags WHERE environment = $1 ORDER BY key",
+                    &[&key],
+                )
+                .await
+                .map_err(fail)?;
+            let segments = tx
+                .query(
+                    "SELECT key, document::text FROM segments WHERE environment = $1 ORDER BY key",
+                    &[&key],
+                )
+                .await
+                .map_err(fail)?;
+            let keys = tx
+                .query(
+                    "SELECT segment, list, key FROM segment_keys WHERE environment = $1
+                     ORDER BY segment, list, position",
+                    &[&key],
+                )
+                .await
+                .map_err(fail)?;
+            tx.commit().await.map_err(fail)?;
+            let pairs = |rows: Vec<tokio_postgres::Row>| -> Vec<(String, String)> {
+                rows.iter().map(|r| (r.get(0), r.get(1))).collect()
+            };
+            let keys: Vec<(String, String, String)> = keys
+                .iter()
+                .map(|r| (r.get(0), r.get(1), r.get(2)))
+                .collect();
+            Ok((!found.is_empty(), pairs(flags), pairs(segments), keys))
+        })?;
+        if !found {
+            return Err(StoreError::NoEnvironment(environment.to_owned()));
+        }
+        let flags = flags
+            .iter()
+            .map(|(k, text)| decode(&format!("flags/{environment}/{k}"), text.as_bytes()))
+            .collect::<Result<_, _>>()?;
+        let segments = assemble_segments(environment, segments, keys)?;
+        Ok(Documents { flags, segments })
+    }
+
+    fn commit(
+        &self,
+        environment: &str,
+        expected_revision: u64,
+        change: &Change,
+        patched: &[Segment],
+        audit: &AuditEntry,
+        rollouts: &[RolloutRecord],
+    ) -> Result<(), StoreError> {
+        let patches: std::collections::HashMap<&str, &flagstaff_engine::KeyPatch> = change
+            .segment_patches
+            .iter()
+            .map(|p| (p.segment.as_str(), p))
+            .collect();
+        let commit = Commit {
+            environment: environment.to_owned(),
+            expected: sql_revision(expected_revision),
+            revision: sql_revision(change.revision),
+            flags: change
+                .flags
+                .iter()
+                .map(|f| (f.key.clone(), json(f)))
+                .collect(),
+            deleted_flags: change.deleted_flags.clone(),
+            segments: change
+                .segments
+                .iter()
+                .map(|s| (s.key.clone(), json(&without_keys(s)), KeyRows::of(s)))
+                .collect(),
+            deleted_segments: change.deleted_segments.clone(),
+            patched: patched
+                .iter()
+                .filter_map(|s| {
+                    let patch = patches.get(s.key.as_str())?;
+                    Some((s.key.clone(), json(&without_keys(s)), (*patch).clone()))
+                })
+                .collect(),
+            rollouts: rollouts.iter().map(|p| (p.flag.clone(), json(p))).collect(),
+            change: json(change),
+            audit: audit.clone(),
+            audit_json: json(audit),
+            retention: self.retention,
+        };
+        if change.revision != expected_revision + 1 {
+            return Err(StoreError::RevisionConflict {
+                environment: environment.to_owned(),
+                expected: expected_revision,
+                actual: change.revision.saturating_sub(1),
+            });
+        }
+        let committing = Arc::new(AtomicBool::new(false));
+        let sent = committing.clone();
+        self.call_committing(Some(committing), move |pool, database| async move {
+            let fail = |e| failed(&database, e);
+            let mut client = pool.get().await.map_err(|e| pool_failed(&database, e))?;
+            let tx = client.transaction().await.map_err(fail)?;
+            let locked = tx
+                .query(
+                    "SELECT revision, record::text FROM environments WHERE key = $1 FOR UPDATE",
+                    &[&commit.environment],
+                )
+                .await
+                .map_err(fail)?;
+            let Some(row) = locked.first() else {
+                return Err(StoreError::NoEnvironment(commit.environment.clone()));
+            };
+            let actual: i64 = row.get(0);
+            if actual != commit.expected {
+                return Err(StoreError::RevisionConflict {
+                    environment: commit.environment.clone(),
+                    expected: revision_of(commit.expected),
+                    actual: revision_of(actual),
+                });
+            }
+            // The record as locked, with the new revision.
+            let locked: String = row.get(1);
+            let what = format!("environments/{}", commit.environment);
+            let record = EnvironmentRecord {
+                revision: revision_of(commit.revision),
+                ..decode::<EnvironmentRecord>(&what, locked.as_bytes())?
+            };
+            write_commit(&tx, &commit, &record).await.map_err(fail)?;
+            sent.store(true, Ordering::SeqCst);
+            match tx.commit().await {
+                Ok(()) => Ok(()),
+                // Refused by the database: nothing was committed.
+                Err(e) if e.as_db_error().is_some() => Err(fail(e)),
+                // The connection broke after COMMIT was sent: it may or may not have taken.
+                Err(_) => Err(StoreError::OutcomeUnknown { database }),
+            }
+        })
+    }
+
+    fn put_rollout(&self, environment: &str, plan: &RolloutRecord) -> Result<(), StoreError> {
+        let (env, flag, text) = (environment.to_owned(), plan.flag.clone(), json(plan));
+        let written = self.call(move |pool, database| async move {
+            let client = pool.get().await.map_err(|e| pool_failed(&database, e))?;
+            client
+                .execute(
+                    "INSERT INTO rollouts (environment, flag, plan)
+                     SELECT $1, $2, $3::text::json WHERE EXISTS
+                         (SELECT 1 FROM environments WHERE key = $1)
+                     ON CONFLICT (environment, flag) DO UPDATE SET plan = EXCLUDED.plan",
+                    &[&env, &flag, &text],
+                )
+                .await
+                .map_err(|e| failed(&database, e))
+        })?;
+        match written {
+            0 => Err(StoreError::NoEnvironment(environment.to_owned())),
+            _ => Ok(()),
+        }
+    }
+
+    fn rollouts(&self, environment: &str) -> Result<Vec<RolloutRecord>, StoreError> {
+        self.environment(environment)?;
+        let rows = self.rows(
+            "SELECT flag, plan::text FROM rollouts WHERE environment = $1 ORDER BY flag",
+            vec![Param::Text(environment.to_owned())],
+            |row| (row.get::<_, String>(0), row.get::<_, String>(1)),
+        )?;
+        rows.iter()
+            .map(|(flag, text)| decode(&format!("rollouts/{environment}/{flag}"), text.as_bytes()))
+            .collect()
+    }
+
+    fn put_usage(&self, environment: &str, usage: &[(&str, FlagUsage)]) -> Result<(), StoreError> {
+        if usage.is_empty() {
+            return Ok(());
+        }
+        let env = environment.to_owned();
+        let flags: Vec<String> = usage.iter().map(|(f, _)| (*f).to_owned()).collect();
+        let texts: Vec<String> = usage.iter().map(|(_, u)| json(u)).collect();
+        self.call(move |pool, database| async move {
+            let fail = |e| failed(&database, e);
+            let mut client = pool.get().await.map_err(|e| pool_failed(&database, e))?;
+            let tx = client.transaction().await.map_err(fail)?;
+            // Usage is not a change: like sled's unsynced write, a crash may lose the last
+            // moments of it, so its commit does not wait for the disk.
+            tx.batch_execute("SET LOCAL synchronous_commit = off")
+                .await
+                .map_err(fail)?;
+            tx.execute(
+                "INSERT INTO flag_usage (environment, flag, usage)
+                 SELECT $1, flag, usage::json FROM unnest($2::text[], $3::text[]) AS u (flag, usage)
+                 WHERE EXISTS (SELECT 1 FROM environments WHERE key = $1)
+                 ON CONFLICT (environment, flag) DO UPDATE SET usage = EXCLUDED.usage",
+                &[&env, &flags, &texts],
+            )
+            .await
+            .map_err(fail)?;
+            tx.commit().await.map_err(fail)
+        })
+    }
+
+    fn usage(&self, environment: &str) -> Result<Vec<(String, FlagUsage)>, StoreError> {
+        let rows = self.rows(
+            "SELECT flag, usage::text FROM flag_usage WHERE environment = $1 ORDER BY flag",
+            vec![Param::Text(environment.to_owned())],
+            |row| (row.get::<_, String>(0), row.get::<_, String>(1)),
+        )?;
+        rows.into_iter()
+            .map(|(flag, text)| {
+                let usage = decode(&format!("usage/{environment}/{flag}"), text.as_bytes())?;
+                Ok((flag, usage))
+            })
+            .collect()
+    }
+
+    fn changes_since(
+        &self,
+        environment: &str,
+        revision: u64,
+    ) -> Result<Option<Vec<Change>>, StoreError> {
+        let current = self.environment(environment)?.revision;
+        if revision >= current {
+            return Ok(Some(Vec::new()));
+        }
+        let texts = self.rows(
+            "SELECT change::text FROM changes WHERE environment = $1 AND revision > $2
+             ORDER BY revision",
+            vec![
+                Param::Text(environment.to_owned()),
+                Param::Int(sql_revision(revision)),
+            ],
+            |row| row.get::<_, String>(0),
+        )?;
+        let entries: Vec<Change> = texts
+            .iter()
+            .map(|t| decode(&format!("changes/{environment}"), t.as_bytes()))
+            .collect::<Result<_, _>>()?;
+        // Complete only if the first retained entry is the one right after `revision`.
+        Ok(match entries.first() {
+            Some(first) if first.revision == revision + 1 => Some(entries),
+            _ => None,
+        })
+    }
+
+    fn audit_head(
+        &self,
+        environment: &str,
+        revision: u64,
+    ) -> Result<Option<AuditHead>, StoreError> {
+        let heads = self.rows(
+            "SELECT revision, time_ms, actor, comment, operation FROM audit
+             WHERE environment = $1 AND revision = $2",
+            vec![
+                Param::Text(environment.to_owned()),
+                Param::Int(sql_revision(revision)),
+            ],
+            |row| AuditHead {
+                revision: revision_of(row.get(0)),
+                time_ms: revision_of(row.get(1)),
+                actor: row.get(2),
+                comment: row.get(3),
+                operation: row.get(4),
+            },
+        )?;
+        Ok(heads.into_iter().next())
+    }
+
+    fn history(
+        &self,
+        environment: &str,
+        flag: Option<&str>,
+        before: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<AuditEntry>, StoreError> {
+        self.history_of(environment, flag.map(|f| ("flag", f)), before, limit)
+    }
+
+    fn segment_history(
+        &self,
+        environment: &str,
+        segment: &str,
+        before: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<AuditEntry>, StoreError> {
+        self.history_of(environment, Some(("segment", segment)), before, limit)
+    }
+
+    fn put_token(&self, token: &TokenRecord) -> Result<(), StoreError> {
+        self.put_tokens(std::slice::from_ref(token))
+    }
+
+    fn put_tokens(&self, tokens: &[TokenRecord]) -> Result<(), StoreError> {
+        let ids: Vec<String> = tokens.iter().map(|t| t.id.clone()).collect();
+        let texts: Vec<String> = tokens.iter().map(json).collect();
+        self.call(move |pool, database| async move {
+            let client = pool.get().await.map_err(|e| pool_failed(&database, e))?;
+            client
+                .execute(
+                    "INSERT INTO tokens (id, record)
+                     SELECT id, record::json FROM unnest($1::text[], $2::text[]) AS t (id, record)
+                     ON CONFLICT (id) DO UPDATE SET record = EXCLUDED.record",
+                    &[&ids, &texts],
+                )
+                .await
+                .map_err(|e| failed(&database, e))?;
+            Ok(())
+        })
+    }
+
+    fn tokens(&self) -> Result<Vec<TokenRecord>, StoreError> {
+        let rows = self.rows(
+            "SELECT id, record::text FROM tokens ORDER BY id",
+            Vec::new(),
+            |row| (row.get::<_, String>(0), row.get::<_, String>(1)),
+        )?;
+        let mut tokens = Vec::new();
+        for (id, text) in rows {
+            match decode(&format!("tokens/{id}"), text.as_bytes()) {
+                Ok(token) => tokens.push(token),
+                // A token that cannot be read does not work; the rest do.
+                Err(e) => {
+                    tracing::error!(error = %e, "a damaged token record is skipped; `flagstaffd check` lists it and `flagstaffd repair` removes it")
+                }
+            }
+        }
+        Ok(tokens)
+    }
+
+    fn ticket_key(&self) -> Result<[u8; TICKET_KEY_BYTES], StoreError> {
+        let mut fresh = [0u8; TICKET_KEY_BYTES];
+        // The OS random source failing is not something a server can carry on without.
+        getrandom::fill(&mut fresh).expect("the operating system's random source works");
+        let stored = self.call(move |pool, database| async move {
+            let fail = |e| failed(&database, e);
+            let client = pool.get().await.map_err(|e| pool_failed(&database, e))?;
+            // Whoever inserts first wins; everyone reads the key that won.
+            client
+                .execute(
+                    "INSERT INTO secrets (name, value) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+                    &[&TICKET_KEY, &fresh.as_slice()],
+                )
+                .await
+                .map_err(fail)?;
+            let row = client
+                .query_one("SELECT value FROM secrets WHERE name = $1", &[&TICKET_KEY])
+                .await
+                .map_err(fail)?;
+            Ok(row.get::<_, Vec<u8>>(0))
+        })?;
+        <[u8; TICKET_KEY_BYTES]>::try_from(stored.as_slice()).map_err(|_| StoreError::Corrupt {
+            what: format!("secrets/{TICKET_KEY}"),
+            detail: format!("{} bytes, not {TICKET_KEY_BYTES}", stored.len()),
+        })
+    }
+}
