@@ -551,14 +551,35 @@ impl<S: Store> Environments<S> {
             deleted_segments: staged.changes.deleted_segments,
             segment_patches,
         };
-        self.store.commit(
+        let committed = self.store.commit(
             &env.key,
             current.revision,
             &change,
             &patched,
             &audit,
             &plan_writes,
-        )?;
+        );
+        match committed {
+            Ok(()) => {}
+            // The store is ahead of this server's memory: a commit whose answer was lost took
+            // effect after all. Catch up from the change log, so that the next write starts
+            // from what is stored, and have this one retried.
+            Err(StoreError::RevisionConflict { actual, .. }) => {
+                self.catch_up(&env)?;
+                return Err(ServerError::Unavailable(format!(
+                    "environment {:?} moved to revision {actual} while this change was \
+                     prepared; nothing was changed: retry",
+                    env.key
+                )));
+            }
+            Err(err @ StoreError::OutcomeUnknown { .. }) => {
+                if let Err(e) = self.catch_up(&env) {
+                    tracing::warn!(environment = %env.key, error = %e, "cannot catch up after a commit of unknown outcome; the next write will");
+                }
+                return Err(err.into());
+            }
+            Err(err) => return Err(err.into()),
+        }
         env.current
             .store(Arc::new(Current::new(revision, Arc::new(staged.next))));
         if !plan_writes.is_empty() {
@@ -580,6 +601,69 @@ impl<S: Store> Environments<S> {
         };
         env.feed.publish(Event::new(change, audit));
         Ok((committed, plan))
+    }
+
+    /// Brings `env`'s memory up to what the store holds: the change-log entries above its
+    /// revision are applied in order and published to its Watch streams, each with its audit
+    /// entry, and its rollout plans are read again. Called under the environment's writer
+    /// lock, when a commit found the store ahead.
+    fn catch_up(&self, env: &Environment) -> Result<(), ServerError> {
+        let current = env.current();
+        let Some(changes) = self.store.changes_since(&env.key, current.revision)? else {
+            return Err(ServerError::Unavailable(format!(
+                "environment {:?} is behind the store by more than its change log keeps; \
+                 restart flagstaffd to reload it",
+                env.key
+            )));
+        };
+        let Some(last) = changes.last().map(|c| c.revision) else {
+            return Ok(());
+        };
+        let audits: HashMap<u64, AuditEntry> = self
+            .store
+            .history(&env.key, None, Some(last + 1), changes.len())?
+            .into_iter()
+            .map(|a| (a.revision, a))
+            .collect();
+        let mut snapshot = current.snapshot.clone();
+        for change in changes {
+            let mut segments = change.segments.clone();
+            for patch in &change.segment_patches {
+                if let Some(segment) = snapshot.segment(&patch.segment) {
+                    segments.push(Segment {
+                        version: Some(change.revision),
+                        ..patch.apply(segment)
+                    });
+                }
+            }
+            let set = ChangeSet {
+                flags: change.flags.clone(),
+                deleted_flags: change.deleted_flags.clone(),
+                segments,
+                deleted_segments: change.deleted_segments.clone(),
+            };
+            snapshot = Arc::new(snapshot.apply(set)?);
+            env.current
+                .store(Arc::new(Current::new(change.revision, snapshot.clone())));
+            let audit = audits.get(&change.revision).cloned().unwrap_or(AuditEntry {
+                revision: change.revision,
+                time_ms: 0,
+                actor: String::new(),
+                comment: String::new(),
+                operation: String::new(),
+                changes: Vec::new(),
+            });
+            tracing::info!(environment = %env.key, revision = change.revision, "caught up with a change the store holds");
+            env.feed.publish(Event::new(change, audit));
+        }
+        *env.lock_rollouts() = self
+            .store
+            .rollouts(&env.key)?
+            .into_iter()
+            .map(|plan| (plan.flag.clone(), plan))
+            .collect();
+        self.rollouts_changed.notify_one();
+        Ok(())
     }
 
     /// Stores a change of `flag`'s rollout plan that writes no flag (a pause, a resume), under

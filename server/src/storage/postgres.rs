@@ -103,9 +103,21 @@ fn failed(database: &str, err: tokio_postgres::Error) -> StoreError {
         },
         None => StoreError::Unavailable {
             database: database.to_owned(),
-            detail: err.to_string(),
+            detail: with_sources(&err),
         },
     }
+}
+
+/// An error's message followed by its causes': "error connecting to server: Connection
+/// refused (os error 111)".
+fn with_sources(err: &dyn std::error::Error) -> String {
+    let mut message = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        message = format!("{message}: {cause}");
+        source = cause.source();
+    }
+    message
 }
 
 fn pool_failed(database: &str, err: deadpool_postgres::PoolError) -> StoreError {
@@ -113,7 +125,7 @@ fn pool_failed(database: &str, err: deadpool_postgres::PoolError) -> StoreError 
         deadpool_postgres::PoolError::Backend(e) => failed(database, e),
         other => StoreError::Unavailable {
             database: database.to_owned(),
-            detail: other.to_string(),
+            detail: with_sources(&other),
         },
     }
 }
@@ -224,6 +236,14 @@ impl PgStore {
             tokio_postgres::Config::from_str(url).map_err(|e| StoreError::Invalid {
                 detail: format!("the database URL is not a PostgreSQL connection string: {e}"),
             })?;
+        if config.get_ssl_mode() == tokio_postgres::config::SslMode::Require {
+            return Err(StoreError::Invalid {
+                detail: "the database URL asks for TLS (sslmode=require), which flagstaffd \
+                         does not support yet: connect over a private network or through a \
+                         TLS proxy (docs/operations.md)"
+                    .to_owned(),
+            });
+        }
         if config.get_connect_timeout().is_none() {
             config.connect_timeout(CONNECT_TIMEOUT);
         }
