@@ -35,6 +35,7 @@
 #![deny(missing_docs)]
 
 pub mod auth;
+pub mod backup;
 pub mod clients;
 pub mod clock;
 mod environments;

@@ -154,6 +154,22 @@ enum Command {
     /// Restore damaged records from the audit log, as an audited change per environment, and
     /// remove those whose loss costs no change. Run it while flagstaffd is stopped.
     Repair,
+    /// Write a backup of the store (--data-dir or --database-url) to FILE: every environment
+    /// with its documents and history, rollout plans and tokens (as hashes), mode 0600. On
+    /// PostgreSQL it may run while flagstaffd serves; a sled data directory must not be held
+    /// by a running flagstaffd.
+    Backup {
+        /// Where to write it; replaced only once the backup is complete.
+        #[arg(long, value_name = "FILE")]
+        to: PathBuf,
+    },
+    /// Load a backup into an empty store (--data-dir or --database-url), giving every
+    /// environment a new epoch. Tokens in the backup keep working.
+    Restore {
+        /// The backup to load.
+        #[arg(long, value_name = "FILE")]
+        from: PathBuf,
+    },
     /// Apply the PostgreSQL schema's migrations that --database-url lacks, and exit.
     /// flagstaffd applies them itself at start; this runs them alone, before a rollout.
     Migrate,
@@ -256,6 +272,43 @@ fn repair(args: &Args) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `flagstaffd backup`.
+fn backup(args: &Args, to: &std::path::Path) -> anyhow::Result<()> {
+    let store = existing_store(args)?;
+    let (name, _) = store_name(args, &store);
+    let kind = match store {
+        Backend::Sled(_) => "sled",
+        Backend::Postgres(_) => "postgres",
+    };
+    let summary = flagstaff_server::backup::write(&store, kind, to)?;
+    println!("backed up {name} to {}: {summary}", to.display());
+    Ok(())
+}
+
+/// `flagstaffd restore`.
+fn restore(args: &Args, from: &std::path::Path) -> anyhow::Result<()> {
+    let file = std::fs::File::open(from)
+        .with_context(|| format!("cannot open the backup {}", from.display()))?;
+    let backup = flagstaff_server::backup::read(std::io::BufReader::new(file))
+        .with_context(|| format!("{} cannot be restored", from.display()))?;
+    let store = match &args.database_url {
+        Some(url) => Backend::Postgres(PgStore::open(url, args.retention)?),
+        None => {
+            std::fs::create_dir_all(&args.data_dir).with_context(|| {
+                format!("cannot create data directory {}", args.data_dir.display())
+            })?;
+            Backend::Sled(SledStore::open(&args.data_dir, args.retention)?)
+        }
+    };
+    let (name, _) = store_name(args, &store);
+    let summary = flagstaff_server::backup::restore(&store, &backup)?;
+    println!(
+        "restored {} into {name}: {summary}; every environment has a new epoch",
+        from.display()
+    );
+    Ok(())
+}
+
 /// `flagstaffd migrate`.
 fn migrate(args: &Args) -> anyhow::Result<()> {
     let Some(url) = &args.database_url else {
@@ -288,10 +341,12 @@ fn run(args: Args) -> anyhow::Result<()> {
         database_url: args.database_url.clone(),
         ..Config::new(&args.data_dir)
     };
-    match args.command {
+    match &args.command {
         Some(Command::Check) => return check(&args),
         Some(Command::Repair) => return repair(&args),
         Some(Command::Migrate) => return migrate(&args),
+        Some(Command::Backup { to }) => return backup(&args, to),
+        Some(Command::Restore { from }) => return restore(&args, from),
         _ => {}
     }
     if let Some(Command::AdminToken) = args.command {

@@ -558,6 +558,51 @@ pub struct Documents {
     pub segments: Vec<Segment>,
 }
 
+/// One record of a backup (`flagstaffd backup`; [`crate::backup`] writes and reads them, one
+/// JSON object per line).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BackupRecord {
+    /// An environment; the records of its documents and history follow it.
+    Environment(EnvironmentRecord),
+    /// A flag of the environment last named.
+    Flag(Flag),
+    /// A segment of the environment last named, with its key lists.
+    Segment(Segment),
+    /// A change-log entry of the environment last named.
+    Change(Change),
+    /// An audit entry of the environment last named.
+    Audit(AuditEntry),
+    /// A rollout plan of the environment last named.
+    Rollout(RolloutRecord),
+    /// A flag's usage in the environment last named.
+    Usage {
+        /// The flag.
+        flag: String,
+        /// Its usage.
+        usage: FlagUsage,
+    },
+    /// A token.
+    Token(TokenRecord),
+}
+
+/// Everything of one environment, as a restore writes it.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RestoredEnvironment {
+    /// Its record: a new epoch, the revision of the backup.
+    pub record: Option<EnvironmentRecord>,
+    /// Its documents at that revision.
+    pub documents: Documents,
+    /// Its change log.
+    pub changes: Vec<Change>,
+    /// Its audit log, oldest first.
+    pub audit: Vec<AuditEntry>,
+    /// Its rollout plans.
+    pub rollouts: Vec<RolloutRecord>,
+    /// Its flags' usage.
+    pub usage: Vec<(String, FlagUsage)>,
+}
+
 /// What the control plane needs from its database. Every method may block.
 pub trait Store: Send + Sync + 'static {
     /// Every environment's record by key, or the damage that keeps it from being read.
@@ -675,6 +720,22 @@ pub trait Store: Send + Sync + 'static {
     /// Every token, revoked ones included; a token record that cannot be read is left out
     /// (and logged): it does not work.
     fn tokens(&self) -> Result<Vec<TokenRecord>, StoreError>;
+
+    /// Every record a backup carries, passed to `visit` one at a time: each environment,
+    /// followed by its documents, change log, audit log, rollout plans and usage, then every
+    /// token. Each environment is read as of one revision: a store that may be written while
+    /// this runs reads it in one transaction (PostgreSQL) or is read while no one writes
+    /// (sled, opened by the backup alone, or by the server under each environment's lock).
+    fn dump(
+        &self,
+        visit: &mut dyn FnMut(BackupRecord) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError>;
+
+    /// Writes an environment read from a backup, whole, into a store that does not hold it:
+    /// its record, documents, change log, audit log, rollout plans and usage. Durable when it
+    /// returns; all or nothing on PostgreSQL, and on sled the record is written last, so an
+    /// environment cut short by a crash is not there.
+    fn restore_environment(&self, restored: &RestoredEnvironment) -> Result<(), StoreError>;
 
     /// The key that signs OFREP event-stream tickets (`crate::ofrep::ticket`): 32 random
     /// bytes, created by the first call on a fresh store and the same on every later call,
@@ -863,6 +924,17 @@ impl Store for Backend {
 
     fn tokens(&self) -> Result<Vec<TokenRecord>, StoreError> {
         each_store!(self, s => s.tokens())
+    }
+
+    fn dump(
+        &self,
+        visit: &mut dyn FnMut(BackupRecord) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
+        each_store!(self, s => s.dump(visit))
+    }
+
+    fn restore_environment(&self, restored: &RestoredEnvironment) -> Result<(), StoreError> {
+        each_store!(self, s => s.restore_environment(restored))
     }
 
     fn ticket_key(&self) -> Result<[u8; TICKET_KEY_BYTES], StoreError> {

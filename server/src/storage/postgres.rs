@@ -23,9 +23,9 @@ use flagstaff_engine::{Flag, Segment};
 use tokio_postgres::NoTls;
 
 use super::{
-    decode, encode, read_record, AuditChange, AuditEntry, AuditHead, Change, Damage, Documents,
-    EnvironmentRecord, FlagUsage, Readable, RolloutRecord, Store, StoreError, TokenRecord,
-    TICKET_KEY, TICKET_KEY_BYTES,
+    decode, encode, read_record, AuditChange, AuditEntry, AuditHead, BackupRecord, Change, Damage,
+    Documents, EnvironmentRecord, FlagUsage, Readable, RestoredEnvironment, RolloutRecord, Store,
+    StoreError, TokenRecord, TICKET_KEY, TICKET_KEY_BYTES,
 };
 
 /// The migrations, in order: version, name, SQL. A database at a version above the last is
@@ -641,6 +641,214 @@ async fn write_commit(
     Ok(())
 }
 
+/// Sends every record of a backup to `out`, read in one REPEATABLE READ transaction.
+async fn dump_records(
+    pool: Pool,
+    database: String,
+    out: &tokio::sync::mpsc::Sender<Result<BackupRecord, StoreError>>,
+) -> Result<(), StoreError> {
+    let fail = |e| failed(&database, e);
+    let mut client = pool.get().await.map_err(|e| pool_failed(&database, e))?;
+    let tx = client
+        .build_transaction()
+        .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+        .read_only(true)
+        .start()
+        .await
+        .map_err(fail)?;
+    // Gone when the reader stopped reading: nothing more to send.
+    let send = |record: BackupRecord| async move {
+        out.send(Ok(record)).await.map_err(|_| StoreError::Invalid {
+            detail: "the backup stopped reading".to_owned(),
+        })
+    };
+    let texts = |rows: Vec<tokio_postgres::Row>| -> Vec<String> {
+        rows.iter().map(|r| r.get::<_, String>(0)).collect()
+    };
+    let environments = tx
+        .query(
+            "SELECT key, record::text FROM environments ORDER BY key",
+            &[],
+        )
+        .await
+        .map_err(fail)?;
+    for row in environments {
+        let key: String = row.get(0);
+        let text: String = row.get(1);
+        let what = |kind: &str| format!("{kind}/{key}");
+        send(BackupRecord::Environment(decode(
+            &what("environments"),
+            text.as_bytes(),
+        )?))
+        .await?;
+        let per_env = |sql: &'static str| {
+            let tx = &tx;
+            let key = &key;
+            async move { tx.query(sql, &[key]).await.map_err(fail) }
+        };
+        for text in texts(
+            per_env("SELECT document::text FROM flags WHERE environment = $1 ORDER BY key").await?,
+        ) {
+            send(BackupRecord::Flag(decode(&what("flags"), text.as_bytes())?)).await?;
+        }
+        let documents =
+            per_env("SELECT key, document::text FROM segments WHERE environment = $1 ORDER BY key")
+                .await?;
+        let keys = per_env(
+            "SELECT segment, list, key FROM segment_keys WHERE environment = $1
+             ORDER BY segment, list, position",
+        )
+        .await?;
+        let segments = assemble_segments(
+            &key,
+            documents.iter().map(|r| (r.get(0), r.get(1))).collect(),
+            keys.iter()
+                .map(|r| (r.get(0), r.get(1), r.get(2)))
+                .collect(),
+        )?;
+        for segment in segments {
+            send(BackupRecord::Segment(segment)).await?;
+        }
+        for text in texts(
+            per_env("SELECT change::text FROM changes WHERE environment = $1 ORDER BY revision")
+                .await?,
+        ) {
+            send(BackupRecord::Change(decode(
+                &what("changes"),
+                text.as_bytes(),
+            )?))
+            .await?;
+        }
+        for text in texts(
+            per_env("SELECT entry::text FROM audit WHERE environment = $1 ORDER BY revision")
+                .await?,
+        ) {
+            send(BackupRecord::Audit(decode(
+                &what("audit"),
+                text.as_bytes(),
+            )?))
+            .await?;
+        }
+        for text in texts(
+            per_env("SELECT plan::text FROM rollouts WHERE environment = $1 ORDER BY flag").await?,
+        ) {
+            send(BackupRecord::Rollout(decode(
+                &what("rollouts"),
+                text.as_bytes(),
+            )?))
+            .await?;
+        }
+        for row in
+            per_env("SELECT flag, usage::text FROM flag_usage WHERE environment = $1 ORDER BY flag")
+                .await?
+        {
+            let text: String = row.get(1);
+            send(BackupRecord::Usage {
+                flag: row.get(0),
+                usage: decode(&what("usage"), text.as_bytes())?,
+            })
+            .await?;
+        }
+    }
+    for text in texts(
+        tx.query("SELECT record::text FROM tokens ORDER BY id", &[])
+            .await
+            .map_err(fail)?,
+    ) {
+        send(BackupRecord::Token(decode("tokens", text.as_bytes())?)).await?;
+    }
+    tx.commit().await.map_err(fail)
+}
+
+/// Writes one restored environment inside its transaction (see
+/// [`Store::restore_environment`]).
+async fn write_restored(
+    tx: &tokio_postgres::Transaction<'_>,
+    record: &EnvironmentRecord,
+    restored: &RestoredEnvironment,
+) -> Result<(), tokio_postgres::Error> {
+    let env = &record.key;
+    tx.execute(
+        "INSERT INTO environments (key, revision, record) VALUES ($1, $2, $3::text::json)",
+        &[env, &sql_revision(record.revision), &json(record)],
+    )
+    .await?;
+    let docs = &restored.documents;
+    let (keys, texts): (Vec<String>, Vec<String>) =
+        docs.flags.iter().map(|f| (f.key.clone(), json(f))).unzip();
+    tx.execute(
+        "INSERT INTO flags (environment, key, document)
+         SELECT $1, key, document::json FROM unnest($2::text[], $3::text[]) AS f (key, document)",
+        &[env, &keys, &texts],
+    )
+    .await?;
+    for segment in &docs.segments {
+        let rows = KeyRows::of(segment);
+        tx.execute(
+            "INSERT INTO segments (environment, key, document) VALUES ($1, $2, $3::text::json)",
+            &[env, &segment.key, &json(&without_keys(segment))],
+        )
+        .await?;
+        tx.execute(
+            "INSERT INTO segment_keys (environment, segment, list, key, position)
+             SELECT $1, $2, list, key, position
+             FROM unnest($3::text[], $4::text[], $5::bigint[]) AS k (list, key, position)",
+            &[env, &segment.key, &rows.lists, &rows.keys, &rows.positions],
+        )
+        .await?;
+    }
+    for change in &restored.changes {
+        tx.execute(
+            "INSERT INTO changes (environment, revision, change) VALUES ($1, $2, $3::text::json)",
+            &[env, &sql_revision(change.revision), &json(change)],
+        )
+        .await?;
+    }
+    for a in &restored.audit {
+        let revision = sql_revision(a.revision);
+        tx.execute(
+            "INSERT INTO audit (environment, revision, time_ms, actor, comment, operation, entry)
+             VALUES ($1, $2, $3, $4, $5, $6, $7::text::json)",
+            &[
+                env,
+                &revision,
+                &i64::try_from(a.time_ms).unwrap_or(i64::MAX),
+                &a.actor,
+                &a.comment,
+                &a.operation,
+                &json(a),
+            ],
+        )
+        .await?;
+        let (kinds, keys) = subjects(a);
+        tx.execute(
+            "INSERT INTO audit_subjects (environment, kind, key, revision)
+             SELECT $1, kind, key, $2 FROM unnest($3::text[], $4::text[]) AS s (kind, key)",
+            &[env, &revision, &kinds, &keys],
+        )
+        .await?;
+    }
+    for plan in &restored.rollouts {
+        tx.execute(
+            "INSERT INTO rollouts (environment, flag, plan) VALUES ($1, $2, $3::text::json)",
+            &[env, &plan.flag, &json(plan)],
+        )
+        .await?;
+    }
+    let (flags, usage): (Vec<String>, Vec<String>) = restored
+        .usage
+        .iter()
+        .map(|(f, u)| (f.clone(), json(u)))
+        .unzip();
+    tx.execute(
+        "INSERT INTO flag_usage (environment, flag, usage)
+         SELECT $1, flag, usage::json FROM unnest($2::text[], $3::text[]) AS u (flag, usage)",
+        &[env, &flags, &usage],
+    )
+    .await?;
+    Ok(())
+}
+
 /// Reads a segment's documents and key rows back into whole segments, in key order.
 fn assemble_segments(
     environment: &str,
@@ -1202,6 +1410,59 @@ impl Store for PgStore {
             }
         }
         Ok(tokens)
+    }
+
+    fn dump(
+        &self,
+        visit: &mut dyn FnMut(BackupRecord) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
+        let Some(runtime) = &self.runtime else {
+            return Err(self.unavailable("the store is closed"));
+        };
+        // Records flow to this thread as they are read; a backup is not bounded by
+        // CALL_TIMEOUT, only by the database's own timeouts.
+        let (out, mut records) = tokio::sync::mpsc::channel(256);
+        let (pool, database) = (self.pool.clone(), self.database.clone());
+        runtime.spawn(async move {
+            if let Err(e) = dump_records(pool, database, &out).await {
+                let _ = out.send(Err(e)).await;
+            }
+        });
+        while let Some(record) = records.blocking_recv() {
+            visit(record?)?;
+        }
+        Ok(())
+    }
+
+    fn restore_environment(&self, restored: &RestoredEnvironment) -> Result<(), StoreError> {
+        let Some(record) = restored.record.clone() else {
+            return Err(StoreError::Invalid {
+                detail: "an environment to restore has no record".to_owned(),
+            });
+        };
+        let restored = restored.clone();
+        let key = record.key.clone();
+        let written = self.call_committing(None, move |pool, database| async move {
+            let fail = |e| failed(&database, e);
+            let mut client = pool.get().await.map_err(|e| pool_failed(&database, e))?;
+            let tx = client.transaction().await.map_err(fail)?;
+            let exists = tx
+                .query("SELECT 1 FROM environments WHERE key = $1", &[&record.key])
+                .await
+                .map_err(fail)?;
+            if !exists.is_empty() {
+                return Ok(false);
+            }
+            write_restored(&tx, &record, &restored)
+                .await
+                .map_err(fail)?;
+            tx.commit().await.map_err(fail)?;
+            Ok(true)
+        })?;
+        match written {
+            true => Ok(()),
+            false => Err(StoreError::EnvironmentExists(key)),
+        }
     }
 
     fn ticket_key(&self) -> Result<[u8; TICKET_KEY_BYTES], StoreError> {

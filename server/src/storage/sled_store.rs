@@ -33,9 +33,9 @@ use sled::{Db, Transactional, Tree};
 use flagstaff_engine::Segment;
 
 use super::{
-    decode, encode, read_record, AuditEntry, AuditHead, Change, Damage, Documents,
-    EnvironmentRecord, FlagUsage, Readable, RolloutRecord, Store, StoreError, TokenRecord,
-    TICKET_KEY, TICKET_KEY_BYTES,
+    decode, encode, read_record, AuditEntry, AuditHead, BackupRecord, Change, Damage, Documents,
+    EnvironmentRecord, FlagUsage, Readable, RestoredEnvironment, RolloutRecord, Store, StoreError,
+    TokenRecord, TICKET_KEY, TICKET_KEY_BYTES,
 };
 
 /// Change-log entries kept per environment unless configured otherwise.
@@ -627,6 +627,122 @@ impl Store for SledStore {
             batch.insert(token.id.as_str(), encode(token));
         }
         self.tokens.apply_batch(batch)?;
+        self.sync(&mut synced, false)
+    }
+
+    fn dump(
+        &self,
+        visit: &mut dyn FnMut(BackupRecord) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
+        for kv in self.environments.iter() {
+            let (key, bytes) = kv?;
+            let key = String::from_utf8_lossy(&key).into_owned();
+            let record: EnvironmentRecord = decode(&format!("environments/{key}"), &bytes)?;
+            visit(BackupRecord::Environment(record))?;
+            let documents = self.documents(&key)?;
+            for flag in documents.flags {
+                visit(BackupRecord::Flag(flag))?;
+            }
+            for segment in documents.segments {
+                visit(BackupRecord::Segment(segment))?;
+            }
+            for kv in self.tree("changes", &key)?.iter() {
+                let (_, v) = kv?;
+                visit(BackupRecord::Change(decode(&format!("changes/{key}"), &v)?))?;
+            }
+            for kv in self.tree("audit", &key)?.iter() {
+                let (_, v) = kv?;
+                visit(BackupRecord::Audit(decode(&format!("audit/{key}"), &v)?))?;
+            }
+            for plan in self.rollouts(&key)? {
+                visit(BackupRecord::Rollout(plan))?;
+            }
+            for (flag, usage) in self.usage(&key)? {
+                visit(BackupRecord::Usage { flag, usage })?;
+            }
+        }
+        for token in self.tokens()? {
+            visit(BackupRecord::Token(token))?;
+        }
+        Ok(())
+    }
+
+    fn restore_environment(&self, restored: &RestoredEnvironment) -> Result<(), StoreError> {
+        let Some(record) = &restored.record else {
+            return Err(StoreError::Invalid {
+                detail: "an environment to restore has no record".to_owned(),
+            });
+        };
+        let key = record.key.as_str();
+        let mut synced = self.lock_writer();
+        if self.environments.contains_key(key)? {
+            return Err(StoreError::EnvironmentExists(key.to_owned()));
+        }
+        let write = |kind: &str, entries: Vec<(Vec<u8>, Vec<u8>)>| -> Result<(), StoreError> {
+            let mut batch = sled::Batch::default();
+            for (k, v) in entries {
+                batch.insert(k, v);
+            }
+            self.tree(kind, key)?.apply_batch(batch)?;
+            Ok(())
+        };
+        let docs = &restored.documents;
+        write(
+            "flags",
+            docs.flags
+                .iter()
+                .map(|f| (f.key.as_bytes().to_vec(), encode(f)))
+                .collect(),
+        )?;
+        write(
+            "segments",
+            docs.segments
+                .iter()
+                .map(|s| (s.key.as_bytes().to_vec(), encode(s)))
+                .collect(),
+        )?;
+        write(
+            "changes",
+            restored
+                .changes
+                .iter()
+                .map(|c| (c.revision.to_be_bytes().to_vec(), encode(c)))
+                .collect(),
+        )?;
+        write(
+            "audit",
+            restored
+                .audit
+                .iter()
+                .map(|a| (a.revision.to_be_bytes().to_vec(), encode(a)))
+                .collect(),
+        )?;
+        write(
+            "audit_heads",
+            restored
+                .audit
+                .iter()
+                .map(|a| (a.revision.to_be_bytes().to_vec(), encode(&a.head())))
+                .collect(),
+        )?;
+        write(
+            "rollouts",
+            restored
+                .rollouts
+                .iter()
+                .map(|p| (p.flag.as_bytes().to_vec(), encode(p)))
+                .collect(),
+        )?;
+        write(
+            "usage",
+            restored
+                .usage
+                .iter()
+                .map(|(f, u)| (f.as_bytes().to_vec(), encode(u)))
+                .collect(),
+        )?;
+        // Last: until the record is there, neither is the environment.
+        self.environments.insert(key, encode(record))?;
         self.sync(&mut synced, false)
     }
 
