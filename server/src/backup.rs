@@ -277,3 +277,111 @@ pub fn restore<S: Store>(store: &S, backup: &Backup) -> Result<Summary, ServerEr
     store.put_tokens(&backup.tokens)?;
     Ok(backup.summary)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::SledStore;
+
+    fn lines(lines: &[&str]) -> String {
+        lines.join("\n") + "\n"
+    }
+
+    const HEADER: &str = r#"{"flagstaff_backup":1,"created_ms":1,"store":"sled"}"#;
+    const ENV: &str = r#"{"environment":{"key":"prod","epoch":"e0","revision":1,"protected":false,"created_ms":1}}"#;
+    const FLAG: &str = r#"{"flag":{"key":"f","kind":"boolean","variants":{"on":true,"off":false},"off_variant":"off","enabled":false,"rules":[],"default":{"variant":"off"},"version":1}}"#;
+
+    fn refused(text: &str) -> String {
+        match read(text.as_bytes()) {
+            Ok(_) => panic!("read a bad backup: {text}"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn a_complete_backup_reads_with_new_epochs() {
+        let backup = read(lines(&[HEADER, ENV, FLAG, r#"{"end":{"records":2}}"#]).as_bytes())
+            .expect("reads");
+        assert_eq!(backup.summary.environments, 1);
+        assert_eq!(backup.summary.records, 2);
+        let record = backup.environments[0].record.as_ref().expect("record");
+        assert_eq!(record.revision, 1);
+        assert_ne!(record.epoch, "e0");
+        assert_eq!(backup.environments[0].documents.flags[0].key, "f");
+    }
+
+    #[test]
+    fn a_backup_cut_short_or_miscounted_is_refused() {
+        assert!(refused(&lines(&[HEADER, ENV, FLAG])).contains("cut short"));
+        assert!(
+            refused(&lines(&[HEADER, ENV, FLAG, r#"{"end":{"records":3}}"#]))
+                .contains("counts 3 records, but it holds 2")
+        );
+        assert!(refused("").contains("empty"));
+        assert!(refused(&lines(&[
+            r#"{"flagstaff_backup":2,"created_ms":1,"store":"sled"}"#
+        ]))
+        .contains("version 2"));
+        assert!(refused(&lines(&["{}"])).contains("not a Flagstaff backup"));
+    }
+
+    #[test]
+    fn records_out_of_place_are_refused_naming_the_line() {
+        let before = refused(&lines(&[HEADER, FLAG, r#"{"end":{"records":1}}"#]));
+        assert!(
+            before.contains("line 2: a record before any environment"),
+            "{before}"
+        );
+        let twice = refused(&lines(&[HEADER, ENV, ENV, r#"{"end":{"records":2}}"#]));
+        assert!(
+            twice.contains("line 3: environment \"prod\" twice"),
+            "{twice}"
+        );
+        let after = refused(&lines(&[HEADER, ENV, r#"{"end":{"records":1}}"#, FLAG]));
+        assert!(
+            after.contains("line 4: a line after the end line"),
+            "{after}"
+        );
+        let garbage = refused(&lines(&[HEADER, ENV, r#"{"flag":{"key":1}}"#]));
+        assert!(garbage.contains("line 3: not a backup record"), "{garbage}");
+    }
+
+    #[test]
+    fn documents_that_do_not_load_or_history_past_the_revision_are_refused() {
+        let dangling = r#"{"flag":{"key":"g","kind":"boolean","variants":{"on":true,"off":false},"off_variant":"off","enabled":true,"rules":[{"id":"r","conditions":[{"attribute":"key","op":"in_segment","values":["missing"]}],"serve":{"variant":"on"}}],"default":{"variant":"off"},"version":1}}"#;
+        let err = refused(&lines(&[HEADER, ENV, dangling, r#"{"end":{"records":2}}"#]));
+        assert!(
+            err.contains("environment \"prod\" in the backup does not load"),
+            "{err}"
+        );
+        let late = r#"{"change":{"revision":2,"flags":[],"deleted_flags":[],"segments":[],"deleted_segments":[]}}"#;
+        let err = refused(&lines(&[HEADER, ENV, late, r#"{"end":{"records":2}}"#]));
+        assert!(err.contains("has history of revision 2"), "{err}");
+    }
+
+    #[test]
+    fn a_restore_needs_an_empty_store_and_a_backup_reads_back_what_it_wrote() {
+        let dir = tempfile::tempdir().expect("dir");
+        let store = SledStore::open(dir.path().join("a"), 100).expect("store");
+        let backup = read(lines(&[HEADER, ENV, FLAG, r#"{"end":{"records":2}}"#]).as_bytes())
+            .expect("reads");
+        restore(&store, &backup).expect("restores into an empty store");
+        let again = restore(&store, &backup).expect_err("not into a store that holds data");
+        assert!(again.to_string().contains("not empty"), "{again}");
+        let file = dir.path().join("backup.jsonl");
+        let summary = write(&store, "sled", &file).expect("writes");
+        assert_eq!(summary.records, 2);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt as _;
+            let mode = std::fs::metadata(&file).expect("file").permissions().mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+        let text = std::fs::read_to_string(&file).expect("read");
+        let read_back = read(text.as_bytes()).expect("reads back");
+        assert_eq!(
+            read_back.environments[0].documents,
+            backup.environments[0].documents
+        );
+    }
+}
