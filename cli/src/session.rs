@@ -337,7 +337,10 @@ pub fn explain(status: Status, endpoint: &str) -> anyhow::Error {
         // A failure of the connection itself (the server's own errors carry no source).
         _ if status.source().is_some()
             || (matches!(status.code(), Code::Unavailable | Code::Unknown)
-                && (message.contains("transport") || message.contains("connect"))) =>
+                && (message.contains("transport") || message.contains("connect"))
+                // flagstaffd's own: its database cannot be reached, or went away at COMMIT.
+                && !message.starts_with("the database ")
+                && !message.starts_with("outcome unknown")) =>
         {
             let cause = status.source().map_or_else(|| message.to_owned(), causes);
             if endpoint.starts_with("http:") {

@@ -263,8 +263,11 @@ impl PgStore {
         let manager = Manager::from_config(
             config,
             NoTls,
+            // Each connection is checked with a round trip before it is lent: after the
+            // database restarted, a pooled connection whose socket died is replaced instead of
+            // failing the request that drew it.
             ManagerConfig {
-                recycling_method: RecyclingMethod::Fast,
+                recycling_method: RecyclingMethod::Verified,
             },
         );
         let pool = Pool::builder(manager)
