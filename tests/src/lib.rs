@@ -5,6 +5,7 @@
 //! [`eventually`] waits for what a test expects to happen.
 #![deny(missing_docs)]
 
+pub mod postgres;
 pub mod proxy;
 mod wait;
 pub mod watcher;
