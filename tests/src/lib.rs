@@ -3,16 +3,50 @@
 //! token (or any other). [`TestServer::builder`] adds the metrics endpoint, TLS, a manual
 //! clock or other settings, and restarts a server on its data directory and address.
 //! [`eventually`] waits for what a test expects to happen.
+//!
+//! # Both stores
+//!
+//! Every server of a test process runs on one store, [`store_kind`]: sled in the data
+//! directory, or PostgreSQL. The test binaries whose names end with `_postgres`
+//! (`e2e_postgres` and `cli_postgres`, built from the same sources as `e2e` and `cli`) run on
+//! PostgreSQL, the others on sled, so `cargo test --workspace` runs every end-to-end and CLI
+//! test on both; `FLAGSTAFF_TEST_STORE=sled|postgres` overrides the choice for any binary. A
+//! test about sled itself returns early on PostgreSQL through [`skip_unless_sled`].
+//!
+//! On PostgreSQL, each server gets a database of its own, made on its first start
+//! ([`postgres::fresh_database`]); the data directory keeps its URL in `test-database-url`,
+//! so a restart on that directory ([`TestServerBuilder::data_dir`]) finds the same database,
+//! and keeps the admin token the server writes to `admin.token` on an empty database.
+//!
+//! The databases live in one PostgreSQL cluster per test process, started on first use from
+//! the machine's binaries: the newest `/usr/lib/postgresql/<version>/bin` (Debian's
+//! `postgresql` package), or the directory named by `FLAGSTAFF_POSTGRES_BIN`. `initdb` makes
+//! it in a new temporary directory, with trust authentication for the superuser `postgres`,
+//! and `postgres` serves it on a free port of 127.0.0.1 (its unix socket in that directory),
+//! with fsync on. PostgreSQL refuses to run as root, so as root (as in CI) the directory
+//! belongs to the `postgres` user and the binaries run as that user (`runuser`). Statics are
+//! never dropped, so a watchdog (`sh`, in a process group of its own so that a Ctrl-C does
+//! not reach it) runs postgres and polls the test process; once that has exited, it stops
+//! postgres at once and removes the directory.
+//!
+//! Without PostgreSQL binaries, the PostgreSQL tests are skipped: the first test of a
+//! `_postgres` binary to need a database prints one line saying so and how to enable them, and
+//! the binary exits successfully at once (a test cannot be skipped from inside). With
+//! `FLAGSTAFF_REQUIRE_POSTGRES=1` (as CI runs), missing binaries or a cluster that does not
+//! start fail the tests instead.
 #![deny(missing_docs)]
 
 pub mod postgres;
 pub mod proxy;
+mod store;
 mod wait;
 pub mod watcher;
 
+pub use store::{skip_unless_sled, store_kind, StoreKind, STORE_ENV};
 pub use wait::{eventually, eventually_within, Condition, PATIENCE};
 
 use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -134,18 +168,34 @@ impl TestServerBuilder {
         self
     }
 
-    /// Opens the server and serves it on a task of the current runtime.
+    /// Opens the server on the store of [`store_kind`] and serves it on a task of the current
+    /// runtime. On PostgreSQL, the database named in the data directory, or a fresh one; when
+    /// PostgreSQL is skipped, the test process exits successfully instead.
     pub async fn start(self) -> TestServer {
+        let database_url = match store_kind() {
+            StoreKind::Sled => None,
+            StoreKind::Postgres => Some(
+                self.data_dir
+                    .as_ref()
+                    .and_then(|dir| database_of(dir.path()))
+                    .unwrap_or_else(fresh_database_or_exit),
+            ),
+        };
         let data_dir = match self.data_dir {
             Some(dir) => dir,
             None => tempfile::tempdir().expect("temporary data directory"),
         };
+        if let Some(url) = &database_url {
+            std::fs::write(data_dir.path().join(DATABASE_URL_FILE), url)
+                .expect("the database URL file");
+        }
         let defaults = Config::new(data_dir.path());
         let config = Config {
             heartbeat: self.heartbeat.unwrap_or(defaults.heartbeat),
             feed_capacity: self.feed_capacity.unwrap_or(defaults.feed_capacity),
             retention: self.retention.unwrap_or(defaults.retention),
             clock: self.clock.unwrap_or(defaults.clock.clone()),
+            database_url: database_url.clone(),
             ..defaults
         };
         let server = Server::open(&config).expect("server opens");
@@ -196,6 +246,7 @@ impl TestServerBuilder {
             addr,
             metrics_addr,
             data_dir,
+            database_url,
             admin_token,
             environments,
             clients,
@@ -203,6 +254,28 @@ impl TestServerBuilder {
             shutdown: Some(shutdown),
             task: Some(task),
         }
+    }
+}
+
+/// The file of a data directory naming its server's PostgreSQL database, for restarts.
+const DATABASE_URL_FILE: &str = "test-database-url";
+
+/// The PostgreSQL database a server on `data_dir` ran on, if one did.
+fn database_of(data_dir: &Path) -> Option<String> {
+    match std::fs::read_to_string(data_dir.join(DATABASE_URL_FILE)) {
+        Ok(url) => Some(url.trim().to_owned()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => panic!("reading {DATABASE_URL_FILE} of {}: {e}", data_dir.display()),
+    }
+}
+
+/// A fresh database; when PostgreSQL is skipped ([`postgres::fresh_database`] printed the line
+/// saying so), ends the test process successfully instead, as a test cannot be skipped from in
+/// here. The tests that start no server have run in the sled binary of the same sources.
+fn fresh_database_or_exit() -> String {
+    match postgres::fresh_database() {
+        Some(url) => url,
+        None => std::process::exit(0),
     }
 }
 
@@ -223,8 +296,11 @@ pub struct TestServer {
     pub addr: SocketAddr,
     /// Where the metrics endpoint listens, when [`TestServerBuilder::metrics`] asked for it.
     pub metrics_addr: Option<SocketAddr>,
-    /// Its data directory, removed when the server is dropped.
+    /// Its data directory, removed when the server is dropped. On PostgreSQL it holds the
+    /// admin token and the database's URL.
     pub data_dir: tempfile::TempDir,
+    /// The PostgreSQL database it runs on; `None` on sled.
+    pub database_url: Option<String>,
     /// The admin token minted for the fresh data directory.
     pub admin_token: String,
     /// The environments as the server holds them, to compare what clients received with.

@@ -1,5 +1,7 @@
-//! End-to-end tests: the real flagstaffd on loopback with a temporary data directory, the
-//! real generated clients. One test binary; one module per area.
+// End-to-end tests: the real flagstaffd on loopback with a temporary data directory, the
+// real generated clients; one module per area. One test binary per store: `e2e` runs every
+// server on sled, `e2e_postgres` includes this file and runs them on PostgreSQL (an included
+// file can have no inner doc comment, hence plain comments).
 
 mod auth;
 mod codec;
@@ -16,6 +18,7 @@ mod metrics;
 mod ofrep;
 mod openfeature;
 mod operations;
+mod postgres_harness;
 mod propagation;
 mod rollouts;
 mod sdk;
