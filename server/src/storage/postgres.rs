@@ -648,7 +648,7 @@ async fn write_commit(
 async fn dump_records(
     pool: Pool,
     database: String,
-    out: &tokio::sync::mpsc::Sender<Result<BackupRecord, StoreError>>,
+    out: &std::sync::mpsc::SyncSender<Result<BackupRecord, StoreError>>,
 ) -> Result<(), StoreError> {
     let fail = |e| failed(&database, e);
     let mut client = pool.get().await.map_err(|e| pool_failed(&database, e))?;
@@ -660,8 +660,10 @@ async fn dump_records(
         .await
         .map_err(fail)?;
     // Gone when the reader stopped reading: nothing more to send.
+    // The reader is a plain thread, maybe one that is also running async code, so the
+    // channel is std's, and this worker waits in `block_in_place` while it is full.
     let send = |record: BackupRecord| async move {
-        out.send(Ok(record)).await.map_err(|_| StoreError::Invalid {
+        tokio::task::block_in_place(|| out.send(Ok(record))).map_err(|_| StoreError::Invalid {
             detail: "the backup stopped reading".to_owned(),
         })
     };
@@ -1424,14 +1426,14 @@ impl Store for PgStore {
         };
         // Records flow to this thread as they are read; a backup is not bounded by
         // CALL_TIMEOUT, only by the database's own timeouts.
-        let (out, mut records) = tokio::sync::mpsc::channel(256);
+        let (out, records) = std::sync::mpsc::sync_channel(256);
         let (pool, database) = (self.pool.clone(), self.database.clone());
         runtime.spawn(async move {
             if let Err(e) = dump_records(pool, database, &out).await {
-                let _ = out.send(Err(e)).await;
+                let _ = tokio::task::block_in_place(|| out.send(Err(e)));
             }
         });
-        while let Some(record) = records.blocking_recv() {
+        for record in records {
             visit(record?)?;
         }
         Ok(())
