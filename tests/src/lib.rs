@@ -100,9 +100,17 @@ pub struct TestServerBuilder {
     clock: Option<Arc<dyn Clock>>,
     ofrep: OfrepOptions,
     drain: Duration,
+    database_url: Option<String>,
 }
 
 impl TestServerBuilder {
+    /// Runs on the PostgreSQL database at `url`, whatever [`store_kind`] says: for a test
+    /// that moves data from one store to the other.
+    pub fn database_url(mut self, url: String) -> Self {
+        self.database_url = Some(url);
+        self
+    }
+
     /// Runs on an existing data directory, e.g. the one [`TestServer::stop`] returned (a
     /// restart keeps it), instead of a fresh one.
     pub fn data_dir(mut self, data_dir: tempfile::TempDir) -> Self {
@@ -173,6 +181,7 @@ impl TestServerBuilder {
     /// PostgreSQL is skipped, the test process exits successfully instead.
     pub async fn start(self) -> TestServer {
         let database_url = match store_kind() {
+            _ if self.database_url.is_some() => self.database_url.clone(),
             StoreKind::Sled => None,
             StoreKind::Postgres => Some(
                 self.data_dir

@@ -663,9 +663,12 @@ async fn dump_records(
     // The reader is a plain thread, maybe one that is also running async code, so the
     // channel is std's, and this worker waits in `block_in_place` while it is full.
     let send = |record: BackupRecord| async move {
-        tokio::task::block_in_place(|| out.send(Ok(record))).map_err(|_| StoreError::Invalid {
-            detail: "the backup stopped reading".to_owned(),
-        })
+        match tokio::task::block_in_place(|| out.send(Ok(record)).is_ok()) {
+            true => Ok(()),
+            false => Err(StoreError::Invalid {
+                detail: "the backup stopped reading".to_owned(),
+            }),
+        }
     };
     let texts = |rows: Vec<tokio_postgres::Row>| -> Vec<String> {
         rows.iter().map(|r| r.get::<_, String>(0)).collect()
@@ -1430,7 +1433,8 @@ impl Store for PgStore {
         let (pool, database) = (self.pool.clone(), self.database.clone());
         runtime.spawn(async move {
             if let Err(e) = dump_records(pool, database, &out).await {
-                let _ = tokio::task::block_in_place(|| out.send(Err(e)));
+                // The reader may have stopped first; then nobody needs the error.
+                tokio::task::block_in_place(|| out.send(Err(e)).is_ok());
             }
         });
         for record in records {

@@ -4,6 +4,7 @@
 // file can have no inner doc comment, hence plain comments).
 
 mod auth;
+mod backup;
 mod codec;
 mod documents;
 mod evaluate;

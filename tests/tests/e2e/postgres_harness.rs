@@ -75,6 +75,19 @@ async fn a_restart_on_the_data_directory_finds_the_same_store() {
     let token = server.admin_token.clone();
     create_environment(&mut server.admin().await, "production").await;
 
+    if let Some(url) = &url {
+        // The server keeps it in PostgreSQL, not in a sled database of its data directory.
+        let stored: Vec<String> = connect(url)
+            .await
+            .query("SELECT key FROM environments", &[])
+            .await
+            .expect("the environments table")
+            .iter()
+            .map(|row| row.get(0))
+            .collect();
+        assert_eq!(stored, ["production"]);
+        assert!(!server.data_dir.path().join("db").exists());
+    }
     let data_dir = server.stop().await;
     let server = TestServer::builder().data_dir(data_dir).start().await;
     assert_eq!(server.database_url, url);
