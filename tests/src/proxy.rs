@@ -25,6 +25,9 @@ pub enum Mode {
     Refuse,
     /// Forwards this many more bytes from the server, then resets the connection (RST).
     ResetAfter(u64),
+    /// Forwards a chunk from the client holding these bytes, then closes the connection
+    /// before the server's answer comes back: a request that arrived, whose reply is lost.
+    CutAfterClientSends(&'static [u8]),
 }
 
 /// The proxy; it stops when dropped.
@@ -156,6 +159,15 @@ async fn pump(
                     }
                 }
                 Mode::ResetAfter(_) if !resets => break,
+                Mode::CutAfterClientSends(_) if resets => break,
+                Mode::CutAfterClientSends(pattern) => {
+                    if !chunk.windows(pattern.len()).any(|w| w == pattern) {
+                        break;
+                    }
+                    let _ = to.write_all(chunk).await;
+                    let _ = to.flush().await;
+                    return None;
+                }
                 Mode::ResetAfter(bytes) => {
                     let left = budget.get_or_insert(bytes);
                     if (chunk.len() as u64) < *left {

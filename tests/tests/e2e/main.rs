@@ -19,6 +19,7 @@ mod metrics;
 mod ofrep;
 mod openfeature;
 mod operations;
+mod postgres_faults;
 mod postgres_harness;
 mod propagation;
 mod rollouts;
