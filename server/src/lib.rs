@@ -170,16 +170,24 @@ pub struct Server {
 }
 
 impl Server {
-    /// Opens the data directory (creating it), loads every environment, and on a fresh one
-    /// mints an admin token into `<data-dir>/admin.token`, logging its path.
+    /// Opens the store (sled in the data directory, created if missing, or the PostgreSQL
+    /// database of `database_url`), loads every environment, and on a fresh store mints an
+    /// admin token into `<data-dir>/admin.token`, logging its path.
     pub fn open(config: &Config) -> Result<Server, ServerError> {
-        std::fs::create_dir_all(&config.data_dir).map_err(|e| {
-            ServerError::Invalid(format!(
-                "cannot create data directory {}: {e}",
-                config.data_dir.display()
-            ))
-        })?;
+        let create_data_dir = || {
+            std::fs::create_dir_all(&config.data_dir).map_err(|e| {
+                ServerError::Invalid(format!(
+                    "cannot create data directory {}: {e}",
+                    config.data_dir.display()
+                ))
+            })
+        };
+        // A database that cannot be reached creates nothing; sled needs its directory first.
+        if config.database_url.is_none() {
+            create_data_dir()?;
+        }
         let store = Arc::new(open_store(config)?);
+        create_data_dir()?;
         let envs = Arc::new(Environments::load_with_clock(
             store.clone(),
             config.feed_capacity,

@@ -325,3 +325,53 @@ fn logs_written_to_a_pipe_have_no_colour_codes() {
     );
     assert!(seen.iter().all(|l| !l.contains('\u{1b}')), "{seen:?}");
 }
+
+#[test]
+fn a_database_that_cannot_be_reached_or_used_is_named_and_nothing_is_created() {
+    let dir = tempfile::tempdir().expect("data dir");
+    // A port nothing listens on.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let run = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_flagstaffd"))
+            .args(["--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(dir.path().join("data"))
+            .args(args)
+            .output()
+            .expect("runs");
+        assert!(!out.status.success(), "{args:?} exits non-zero");
+        String::from_utf8_lossy(&out.stderr).trim_end().to_owned()
+    };
+    let unreachable = format!("postgres://flagstaff:secret@127.0.0.1:{port}/flags");
+    let refused = run(&["--database-url", &unreachable]);
+    assert!(
+        refused.starts_with(&format!(
+            "error: the database 127.0.0.1:{port}/flags is unavailable: error connecting to \
+             server"
+        )),
+        "{refused}"
+    );
+    assert!(
+        !refused.contains("secret"),
+        "the password is never shown: {refused}"
+    );
+    let garbled = run(&["--database-url", "mysql://somewhere"]);
+    assert!(
+        garbled.starts_with("error: the database URL is not a PostgreSQL connection string: "),
+        "{garbled}"
+    );
+    let tls = run(&[
+        "--database-url",
+        &format!("postgres://flagstaff@127.0.0.1:{port}/flags?sslmode=require"),
+    ]);
+    assert!(tls.contains("asks for TLS (sslmode=require)"), "{tls}");
+    let migrate = run(&["migrate"]);
+    assert_eq!(
+        migrate,
+        "error: migrate applies PostgreSQL schema migrations: give --database-url (or \
+         FLAGSTAFF_DATABASE_URL); sled needs none"
+    );
+    assert!(!dir.path().join("data").exists(), "nothing created");
+}
