@@ -55,7 +55,7 @@ use flagstaff_proto::pb::sync_client::SyncClient;
 use flagstaff_server::clients::Clients;
 use flagstaff_server::clock::Clock;
 use flagstaff_server::ofrep::OfrepOptions;
-use flagstaff_server::storage::Backend;
+use flagstaff_server::storage::{Backend, PgStore, SledStore};
 use flagstaff_server::{Config, Environments, ServeOptions, Server, Tls};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -275,6 +275,26 @@ fn database_of(data_dir: &Path) -> Option<String> {
         Ok(url) => Some(url.trim().to_owned()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
         Err(e) => panic!("reading {DATABASE_URL_FILE} of {}: {e}", data_dir.display()),
+    }
+}
+
+/// The store of a stopped test server's data directory, opened directly, on the store of
+/// [`store_kind`]: sled in the directory, or the PostgreSQL database it names. A directory
+/// that names none gets a fresh database, remembered in it, so that a server started on it
+/// later finds what was written here: for a test that prepares a store before its server.
+pub fn open_store(data_dir: &Path) -> Backend {
+    let retention = Config::new(data_dir).retention;
+    match store_kind() {
+        StoreKind::Sled => Backend::Sled(SledStore::open(data_dir, retention).expect("sled store")),
+        StoreKind::Postgres => {
+            let url = database_of(data_dir).unwrap_or_else(|| {
+                let url = fresh_database_or_exit();
+                std::fs::write(data_dir.join(DATABASE_URL_FILE), &url)
+                    .expect("the database URL file");
+                url
+            });
+            Backend::Postgres(PgStore::open(&url, retention).expect("PostgreSQL store"))
+        }
     }
 }
 

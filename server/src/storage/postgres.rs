@@ -215,7 +215,11 @@ struct Commit {
     change: String,
     audit: AuditEntry,
     audit_json: String,
-    retention: u64,
+    audit_time: i64,
+    /// The change log keeps this many entries...
+    retention: i64,
+    /// ...so entries at or below this revision go.
+    trim_below: i64,
 }
 
 impl PgStore {
@@ -507,140 +511,146 @@ impl Param {
     }
 }
 
-/// Writes one commit inside its transaction (see [`Store::commit`]).
+/// A statement's parameters as `execute_raw` takes them, owned by its future.
+macro_rules! params {
+    ($($param:expr),* $(,)?) => {
+        [$($param as &(dyn tokio_postgres::types::ToSql + Sync)),*]
+    };
+}
+
+/// A statement of a commit, sent without waiting for the one before.
+type Pending<'a> =
+    std::pin::Pin<Box<dyn Future<Output = Result<u64, tokio_postgres::Error>> + Send + 'a>>;
+
+/// The two key lists of a segment, as the `list` column names them.
+const LISTS: [&str; 2] = ["included", "excluded"];
+
+/// Writes one commit inside its transaction (see [`Store::commit`]). The statements are
+/// pipelined: all are sent at once, in order, on the transaction's connection, and the
+/// database runs them in that order, so a commit costs a few round trips whatever it holds.
 async fn write_commit(
     tx: &tokio_postgres::Transaction<'_>,
     c: &Commit,
     record: &EnvironmentRecord,
+    record_json: &str,
+    subjects: &(Vec<&'static str>, Vec<String>),
 ) -> Result<(), tokio_postgres::Error> {
     let env = &c.environment;
+    let mut pending: Vec<Pending<'_>> = Vec::new();
     for (key, document) in &c.flags {
-        tx.execute(
+        pending.push(Box::pin(tx.execute_raw(
             "INSERT INTO flags (environment, key, document) VALUES ($1, $2, $3::text::json)
              ON CONFLICT (environment, key) DO UPDATE SET document = EXCLUDED.document",
-            &[env, key, document],
-        )
-        .await?;
+            params![env, key, document],
+        )));
     }
     if !c.deleted_flags.is_empty() {
-        tx.execute(
+        pending.push(Box::pin(tx.execute_raw(
             "DELETE FROM flags WHERE environment = $1 AND key = ANY($2)",
-            &[env, &c.deleted_flags],
-        )
-        .await?;
+            params![env, &c.deleted_flags],
+        )));
     }
     if !c.deleted_segments.is_empty() {
-        tx.execute(
+        pending.push(Box::pin(tx.execute_raw(
             "DELETE FROM segments WHERE environment = $1 AND key = ANY($2)",
-            &[env, &c.deleted_segments],
-        )
-        .await?;
+            params![env, &c.deleted_segments],
+        )));
     }
     for (key, document, rows) in &c.segments {
-        tx.execute(
+        pending.push(Box::pin(tx.execute_raw(
             "INSERT INTO segments (environment, key, document) VALUES ($1, $2, $3::text::json)
              ON CONFLICT (environment, key) DO UPDATE SET document = EXCLUDED.document",
-            &[env, key, document],
-        )
-        .await?;
-        tx.execute(
+            params![env, key, document],
+        )));
+        pending.push(Box::pin(tx.execute_raw(
             "DELETE FROM segment_keys WHERE environment = $1 AND segment = $2",
-            &[env, key],
-        )
-        .await?;
-        tx.execute(
+            params![env, key],
+        )));
+        pending.push(Box::pin(tx.execute_raw(
             "INSERT INTO segment_keys (environment, segment, list, key, position)
              SELECT $1, $2, list, key, position
              FROM unnest($3::text[], $4::text[], $5::bigint[]) AS k (list, key, position)",
-            &[env, key, &rows.lists, &rows.keys, &rows.positions],
-        )
-        .await?;
+            params![env, key, &rows.lists, &rows.keys, &rows.positions],
+        )));
     }
     for (key, document, patch) in &c.patched {
-        tx.execute(
+        pending.push(Box::pin(tx.execute_raw(
             "UPDATE segments SET document = $3::text::json WHERE environment = $1 AND key = $2",
-            &[env, key, document],
-        )
-        .await?;
-        for (list, add, remove) in [
-            ("included", &patch.add_included, &patch.remove_included),
-            ("excluded", &patch.add_excluded, &patch.remove_excluded),
-        ] {
+            params![env, key, document],
+        )));
+        let lists = [
+            (&LISTS[0], &patch.add_included, &patch.remove_included),
+            (&LISTS[1], &patch.add_excluded, &patch.remove_excluded),
+        ];
+        for (list, add, remove) in lists {
             if !remove.is_empty() {
-                tx.execute(
+                pending.push(Box::pin(tx.execute_raw(
                     "DELETE FROM segment_keys
                      WHERE environment = $1 AND segment = $2 AND list = $3 AND key = ANY($4)",
-                    &[env, key, &list, remove],
-                )
-                .await?;
+                    params![env, key, list, remove],
+                )));
             }
             if !add.is_empty() {
                 // Appended after the last key, in order; a key already listed stays where
                 // it is (ON CONFLICT DO NOTHING), as KeyPatch::apply keeps it.
-                tx.execute(
+                pending.push(Box::pin(tx.execute_raw(
                     "INSERT INTO segment_keys (environment, segment, list, key, position)
                      SELECT $1, $2, $3, k.key,
                             (SELECT COALESCE(max(position), -1) FROM segment_keys
                              WHERE environment = $1 AND segment = $2 AND list = $3) + k.n
                      FROM unnest($4::text[]) WITH ORDINALITY AS k (key, n)
                      ON CONFLICT DO NOTHING",
-                    &[env, key, &list, add],
-                )
-                .await?;
+                    params![env, key, list, add],
+                )));
             }
         }
     }
     for (flag, plan) in &c.rollouts {
-        tx.execute(
+        pending.push(Box::pin(tx.execute_raw(
             "INSERT INTO rollouts (environment, flag, plan) VALUES ($1, $2, $3::text::json)
              ON CONFLICT (environment, flag) DO UPDATE SET plan = EXCLUDED.plan",
-            &[env, flag, plan],
-        )
-        .await?;
+            params![env, flag, plan],
+        )));
     }
-    tx.execute(
+    pending.push(Box::pin(tx.execute_raw(
         "INSERT INTO changes (environment, revision, change) VALUES ($1, $2, $3::text::json)",
-        &[env, &c.revision, &c.change],
-    )
-    .await?;
+        params![env, &c.revision, &c.change],
+    )));
     let a = &c.audit;
-    tx.execute(
+    pending.push(Box::pin(tx.execute_raw(
         "INSERT INTO audit (environment, revision, time_ms, actor, comment, operation, entry)
          VALUES ($1, $2, $3, $4, $5, $6, $7::text::json)",
-        &[
+        params![
             env,
             &c.revision,
-            &i64::try_from(a.time_ms).unwrap_or(i64::MAX),
+            &c.audit_time,
             &a.actor,
             &a.comment,
             &a.operation,
             &c.audit_json,
         ],
-    )
-    .await?;
-    let (kinds, keys) = subjects(a);
+    )));
+    let (kinds, keys) = subjects;
     if !kinds.is_empty() {
-        tx.execute(
+        pending.push(Box::pin(tx.execute_raw(
             "INSERT INTO audit_subjects (environment, kind, key, revision)
              SELECT $1, kind, key, $2 FROM unnest($3::text[], $4::text[]) AS s (kind, key)",
-            &[env, &c.revision, &kinds, &keys],
-        )
-        .await?;
+            params![env, &c.revision, kinds, keys],
+        )));
     }
-    tx.execute(
+    debug_assert_eq!(record.revision, revision_of(c.revision));
+    pending.push(Box::pin(tx.execute_raw(
         "UPDATE environments SET revision = $2, record = $3::text::json WHERE key = $1",
-        &[env, &c.revision, &json(record)],
-    )
-    .await?;
+        params![env, &c.revision, &record_json],
+    )));
     // The change log keeps the last `retention` entries.
-    let retention = i64::try_from(c.retention).unwrap_or(i64::MAX);
-    if c.revision > retention {
-        tx.execute(
+    if c.revision > c.retention {
+        pending.push(Box::pin(tx.execute_raw(
             "DELETE FROM changes WHERE environment = $1 AND revision <= $2",
-            &[env, &(c.revision - retention)],
-        )
-        .await?;
+            params![env, &c.trim_below],
+        )));
     }
+    futures_util::future::try_join_all(pending).await?;
     Ok(())
 }
 
@@ -1179,7 +1189,11 @@ impl Store for PgStore {
             change: json(change),
             audit: audit.clone(),
             audit_json: json(audit),
-            retention: self.retention,
+            audit_time: i64::try_from(audit.time_ms).unwrap_or(i64::MAX),
+            retention: i64::try_from(self.retention).unwrap_or(i64::MAX),
+            trim_below: sql_revision(change.revision).saturating_sub(
+                i64::try_from(self.retention).unwrap_or(i64::MAX),
+            ),
         };
         if change.revision != expected_revision + 1 {
             return Err(StoreError::RevisionConflict {
@@ -1219,7 +1233,11 @@ impl Store for PgStore {
                 revision: revision_of(commit.revision),
                 ..decode::<EnvironmentRecord>(&what, locked.as_bytes())?
             };
-            write_commit(&tx, &commit, &record).await.map_err(fail)?;
+            let record_json = json(&record);
+            let subjects = subjects(&commit.audit);
+            write_commit(&tx, &commit, &record, &record_json, &subjects)
+                .await
+                .map_err(fail)?;
             sent.store(true, Ordering::SeqCst);
             match tx.commit().await {
                 Ok(()) => Ok(()),

@@ -542,23 +542,43 @@ async fn tls_refuses_plain_text_and_clients_that_do_not_trust_the_certificate() 
     );
 }
 
-/// Overwrites records of a stopped server's data directory with bytes that do not read back.
-fn damage(data_dir: &std::path::Path, records: &[(&str, &str)]) {
-    let db = sled::open(data_dir).expect("the data directory opens");
+/// Overwrites records of a stopped server's store with what does not read back: bytes that
+/// are not JSON in sled, JSON of the wrong shape in PostgreSQL (whose `json` columns take
+/// nothing else). A record is named as in sled: the tree (`flags/production`) and the key.
+async fn damage(data_dir: &std::path::Path, database: Option<&str>, records: &[(&str, &str)]) {
+    let Some(url) = database else {
+        let db = sled::open(data_dir).expect("the data directory opens");
+        for (tree, key) in records {
+            db.open_tree(tree)
+                .expect("tree")
+                .insert(key.as_bytes(), b"{\"key\": 7, garbage".as_slice())
+                .expect("damaged");
+        }
+        db.flush().expect("flushed");
+        return;
+    };
+    let (db, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .expect("connects");
+    tokio::spawn(connection);
     for (tree, key) in records {
-        db.open_tree(tree)
-            .expect("tree")
-            .insert(key.as_bytes(), b"{\"key\": 7, garbage".as_slice())
+        let (table, environment) = tree.split_once('/').expect("kind/environment");
+        let damaged = db
+            .execute(
+                &format!(
+                    "UPDATE {table} SET document = '{{\"key\": 7}}' \
+                     WHERE environment = $1 AND key = $2"
+                ),
+                &[&environment, key],
+            )
+            .await
             .expect("damaged");
+        assert_eq!(damaged, 1, "{tree}/{key}");
     }
-    db.flush().expect("flushed");
 }
 
 #[tokio::test]
 async fn a_damaged_record_takes_only_its_environment_out_of_service_until_repaired() {
-    if flagstaff_tests::skip_unless_sled("damages sled records, repairs them in sled") {
-        return;
-    }
     use crate::fixtures::{eventually, get_flag, sdk_client, sdk_token, segment};
     let server = TestServer::start().await;
     let addr = server.addr;
@@ -608,14 +628,17 @@ async fn a_damaged_record_takes_only_its_environment_out_of_service_until_repair
         .expect("ready");
     assert_eq!(client.status().revision, enabled);
 
+    let database = server.database_url.clone();
     let data_dir = server.stop().await;
     damage(
         data_dir.path(),
+        database.as_deref(),
         &[
             ("flags/production", "checkout"),
             ("segments/production", "staff"),
         ],
-    );
+    )
+    .await;
 
     // The server starts; staging serves; production answers UNAVAILABLE naming the record.
     let server = TestServer::builder()
@@ -651,8 +674,7 @@ async fn a_damaged_record_takes_only_its_environment_out_of_service_until_repair
     // check names both records; repair restores them from the audit log.
     let data_dir = server.stop().await;
     {
-        let store =
-            flagstaff_server::storage::SledStore::open(data_dir.path(), 100).expect("store");
+        let store = flagstaff_tests::open_store(data_dir.path());
         let damaged: Vec<String> = flagstaff_server::repair::check(&store)
             .expect("checked")
             .into_iter()
@@ -727,10 +749,14 @@ async fn a_damaged_record_takes_only_its_environment_out_of_service_until_repair
     // Damaged again and repaired again: the earlier repair's entry lists every key as added,
     // and the lists are rebuilt from it, not doubled.
     let data_dir = server.stop().await;
-    damage(data_dir.path(), &[("segments/production", "staff")]);
+    damage(
+        data_dir.path(),
+        database.as_deref(),
+        &[("segments/production", "staff")],
+    )
+    .await;
     {
-        let store =
-            flagstaff_server::storage::SledStore::open(data_dir.path(), 100).expect("store");
+        let store = flagstaff_tests::open_store(data_dir.path());
         flagstaff_server::repair::repair(&store).expect("repaired");
     }
     let server = TestServer::builder().data_dir(data_dir).start().await;

@@ -166,9 +166,6 @@ async fn clients_resume_across_a_restart_and_take_one_snapshot_of_a_new_epoch_or
 
     // Restarted on a fresh data directory, at the same address, with the tokens restored from
     // the old one (an operator rebuilding a lost server): every environment has a new epoch.
-    if flagstaff_tests::skip_unless_sled("the rest copies tokens between sled stores") {
-        return;
-    }
     // The clients serve their last snapshot while it is down and until the environment exists
     // again, then take exactly one snapshot of it.
     let old_epoch = clients[0].status().epoch;
@@ -244,12 +241,11 @@ async fn took_the_new_epoch(
 }
 
 /// Copies every token of the data directory `from` (and its admin token file) into the fresh
-/// data directory `to`.
+/// data directory `to`, on either store.
 fn restore_tokens(from: &std::path::Path, to: &std::path::Path) {
-    use flagstaff_server::storage::{SledStore, Store};
-    let retention = flagstaff_server::Config::new(from).retention;
-    let old = SledStore::open(from, retention).expect("old store");
-    let new = SledStore::open(to, retention).expect("new store");
+    use flagstaff_server::storage::Store;
+    let old = flagstaff_tests::open_store(from);
+    let new = flagstaff_tests::open_store(to);
     for token in old.tokens().expect("tokens") {
         new.put_token(&token).expect("restored");
     }

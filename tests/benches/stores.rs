@@ -1,0 +1,276 @@
+//! The two stores side by side, in one run: `cargo bench -p flagstaff-tests --bench stores`.
+//!
+//! For sled (a temporary data directory) and then PostgreSQL (a fresh database of a cluster
+//! the test harness starts from the machine's binaries, `fsync` and `synchronous_commit` on),
+//! an in-process flagstaffd on loopback holds an environment of 1,000 flags, and:
+//!
+//! - **durable writes**: clients flip flags with `SetFlagEnabled` over gRPC, each answered once
+//!   the change is durable: one writer, then 8 at once (each on its own connection and flag) in
+//!   one environment, whose changes are committed one at a time in revision order, then 8 at
+//!   once in 8 environments (as many teams), whose commits the store may group. Reported:
+//!   p50, p99 and writes/s.
+//! - **propagation**: 100 SDK clients (the `flagstaff` crate) watch the environment; a writer
+//!   makes 100 changes one after the other, and after each a thread reads every client's
+//!   applied revision until all have it. Reported: from the write's sending to each client's
+//!   applying it (p50, p99), and to the last client's.
+//!
+//! Then PostgreSQL's figures as ratios to sled's.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use flagstaff_proto::pb;
+use flagstaff_tests::postgres::fresh_database;
+use flagstaff_tests::{Admin, TestServer};
+
+/// Flags in the environment.
+const FLAGS: usize = 1_000;
+/// Writes of the single writer, and of each of the 8.
+const SINGLE_WRITES: usize = 300;
+const EACH_OF_8: usize = 60;
+/// SDK clients watching, and changes propagated to them.
+const CLIENTS: usize = 100;
+const CHANGES: usize = 100;
+
+fn flag(key: &str) -> pb::Flag {
+    let flag = flagstaff_engine::flag_from_value(&serde_json::json!({
+        "key": key, "kind": "boolean", "variants": {"on": true, "off": false},
+        "off_variant": "off", "enabled": true, "default": {"variant": "on"},
+    }))
+    .expect("flag");
+    pb::Flag::from(&flag)
+}
+
+/// p50 and p99 of `samples`.
+fn percentiles(mut samples: Vec<Duration>) -> (Duration, Duration) {
+    samples.sort_unstable();
+    let at = |q: f64| samples[((samples.len() - 1) as f64 * q) as usize];
+    (at(0.5), at(0.99))
+}
+
+async fn flips(mut admin: Admin, environment: String, key: String, n: usize) -> Vec<Duration> {
+    let mut samples = Vec::with_capacity(n);
+    for i in 0..n {
+        let request = pb::SetFlagEnabledRequest {
+            environment: environment.clone(),
+            key: key.clone(),
+            enabled: i % 2 == 1,
+            ..Default::default()
+        };
+        let start = Instant::now();
+        admin.set_flag_enabled(request).await.expect("flip");
+        samples.push(start.elapsed());
+    }
+    samples
+}
+
+/// One store's figures.
+#[derive(Debug, Clone, Copy)]
+struct Figures {
+    one: (Duration, Duration, f64),
+    eight: (Duration, Duration, f64),
+    eight_envs: (Duration, Duration, f64),
+    applied: (Duration, Duration),
+    last: (Duration, Duration),
+}
+
+/// Creates `environment` with [`FLAGS`] flags.
+async fn seed(admin: &mut Admin, environment: &str) {
+    admin
+        .create_environment(pb::CreateEnvironmentRequest {
+            environment: environment.into(),
+            ..Default::default()
+        })
+        .await
+        .expect("environment");
+    let flags = (0..FLAGS).map(|i| flag(&format!("flag-{i:04}"))).collect();
+    admin
+        .apply(pb::ApplyRequest {
+            environment: environment.into(),
+            source: Some(pb::apply_request::Source::Documents(pb::DocumentSet {
+                flags,
+                segments: vec![],
+            })),
+            ..Default::default()
+        })
+        .await
+        .expect("seed the flags");
+}
+
+/// 8 writers at once, writer `w` on flag `w + 1` of `environment(w)`: p50, p99, writes/s.
+async fn eight_writers(
+    server: &TestServer,
+    environment: impl Fn(usize) -> String,
+) -> (Duration, Duration, f64) {
+    let start = Instant::now();
+    let mut writers = Vec::new();
+    for w in 0..8 {
+        let admin = server.admin().await;
+        writers.push(tokio::spawn(flips(
+            admin,
+            environment(w),
+            format!("flag-{:04}", w + 1),
+            EACH_OF_8,
+        )));
+    }
+    let mut samples = Vec::new();
+    for writer in writers {
+        samples.extend(writer.await.expect("writer"));
+    }
+    let rate = samples.len() as f64 / start.elapsed().as_secs_f64();
+    let (p50, p99) = percentiles(samples);
+    (p50, p99, rate)
+}
+
+async fn measure(name: &str, server: TestServer) -> Figures {
+    let mut admin = server.admin().await;
+    seed(&mut admin, "bench").await;
+    for w in 0..8 {
+        seed(&mut admin, &format!("bench-{w}")).await;
+    }
+
+    // Durable writes.
+    flips(admin.clone(), "bench".into(), "flag-0000".into(), 20).await;
+    let start = Instant::now();
+    let samples = flips(
+        admin.clone(),
+        "bench".into(),
+        "flag-0000".into(),
+        SINGLE_WRITES,
+    )
+    .await;
+    let rate = samples.len() as f64 / start.elapsed().as_secs_f64();
+    let (p50, p99) = percentiles(samples);
+    let one = (p50, p99, rate);
+    println!("{name:<10} 1 writer:   p50 {p50:>8.2?}  p99 {p99:>8.2?}  {rate:>6.0} writes/s");
+    // One environment's changes are committed one at a time, in revision order.
+    let eight = eight_writers(&server, |_| "bench".to_owned()).await;
+    println!(
+        "{name:<10} 8 writers, one environment:  p50 {:>8.2?}  p99 {:>8.2?}  {:>6.0} writes/s \
+         ({:.2}x one writer's)",
+        eight.0,
+        eight.1,
+        eight.2,
+        eight.2 / one.2
+    );
+    // Eight environments' changes are committed side by side.
+    let eight_envs = eight_writers(&server, |w| format!("bench-{w}")).await;
+    println!(
+        "{name:<10} 8 writers, 8 environments:   p50 {:>8.2?}  p99 {:>8.2?}  {:>6.0} writes/s \
+         ({:.2}x one writer's)",
+        eight_envs.0,
+        eight_envs.1,
+        eight_envs.2,
+        eight_envs.2 / one.2
+    );
+
+    // Propagation to SDK clients.
+    let mut tokens = server.admin().await;
+    let sdk = tokens
+        .create_token(pb::CreateTokenRequest {
+            name: "bench-sdk".into(),
+            role: pb::Role::Sdk.into(),
+            environment: "bench".into(),
+        })
+        .await
+        .expect("sdk token")
+        .into_inner()
+        .secret;
+    let clients: Arc<Vec<flagstaff::Client>> = Arc::new(
+        (0..CLIENTS)
+            .map(|_| {
+                flagstaff::Client::builder(server.endpoint(), sdk.clone())
+                    .application("bench-stores")
+                    .build()
+                    .expect("client")
+            })
+            .collect(),
+    );
+    for client in clients.iter() {
+        client
+            .wait_ready(Duration::from_secs(120))
+            .await
+            .expect("every client gets its snapshot");
+    }
+    let mut applied = Vec::with_capacity(CLIENTS * CHANGES);
+    let mut last = Vec::with_capacity(CHANGES);
+    for i in 0..CHANGES {
+        let sent = Instant::now();
+        let revision = admin
+            .set_flag_enabled(pb::SetFlagEnabledRequest {
+                environment: "bench".into(),
+                key: "flag-0999".into(),
+                enabled: i % 2 == 1,
+                ..Default::default()
+            })
+            .await
+            .expect("change")
+            .into_inner()
+            .revision;
+        let watching = clients.clone();
+        let seen = tokio::task::spawn_blocking(move || {
+            let mut seen: Vec<Option<Duration>> = vec![None; watching.len()];
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while seen.iter().any(Option::is_none) {
+                assert!(Instant::now() < deadline, "every client applies the change");
+                for (client, seen) in watching.iter().zip(seen.iter_mut()) {
+                    if seen.is_none() && client.status().revision >= revision {
+                        *seen = Some(sent.elapsed());
+                    }
+                }
+                std::thread::sleep(Duration::from_micros(50));
+            }
+            seen.into_iter().flatten().collect::<Vec<_>>()
+        })
+        .await
+        .expect("poller");
+        last.push(seen.iter().copied().max().unwrap_or_default());
+        applied.extend(seen);
+    }
+    let applied = percentiles(applied);
+    let last = percentiles(last);
+    println!(
+        "{name:<10} {CLIENTS} SDK clients, sent -> applied: per client p50 {:>8.2?}  p99 {:>8.2?}; \
+         last client p50 {:>8.2?}  p99 {:>8.2?}",
+        applied.0, applied.1, last.0, last.1
+    );
+    for client in clients.iter() {
+        client.close();
+    }
+    drop(clients);
+    server.stop().await;
+    Figures {
+        one,
+        eight,
+        eight_envs,
+        applied,
+        last,
+    }
+}
+
+#[tokio::main]
+async fn main() {
+    let sled = measure("sled", TestServer::start().await).await;
+    let Some(url) = fresh_database() else {
+        println!("postgres: skipped (no PostgreSQL binaries; see the line above)");
+        return;
+    };
+    let server = TestServer::builder().database_url(url).start().await;
+    let pg = measure("postgres", server).await;
+    let ratio = |a: Duration, b: Duration| a.as_secs_f64() / b.as_secs_f64();
+    println!(
+        "postgres / sled: 1 writer p50 {:.2}, p99 {:.2}, writes/s {:.2}; 8 writers (one \
+         environment) p50 {:.2}, writes/s {:.2}; 8 writers (8 environments) p50 {:.2}, writes/s \
+         {:.2}; propagation per client p50 {:.2}, p99 {:.2}, last client p99 {:.2}",
+        ratio(pg.one.0, sled.one.0),
+        ratio(pg.one.1, sled.one.1),
+        pg.one.2 / sled.one.2,
+        ratio(pg.eight.0, sled.eight.0),
+        pg.eight.2 / sled.eight.2,
+        ratio(pg.eight_envs.0, sled.eight_envs.0),
+        pg.eight_envs.2 / sled.eight_envs.2,
+        ratio(pg.applied.0, sled.applied.0),
+        ratio(pg.applied.1, sled.applied.1),
+        ratio(pg.last.1, sled.last.1),
+    );
+}
