@@ -511,89 +511,89 @@ impl Param {
     }
 }
 
-/// A statement's parameters as `execute_raw` takes them, owned by its future.
+/// A statement's parameters.
 macro_rules! params {
     ($($param:expr),* $(,)?) => {
-        [$($param as &(dyn tokio_postgres::types::ToSql + Sync)),*]
+        vec![$($param as &(dyn tokio_postgres::types::ToSql + Sync)),*]
     };
 }
 
-/// A statement of a commit, sent without waiting for the one before.
-type Pending<'a> =
-    std::pin::Pin<Box<dyn Future<Output = Result<u64, tokio_postgres::Error>> + Send + 'a>>;
+/// A statement of a commit and its parameters.
+type Op<'a> = (&'static str, Vec<&'a (dyn tokio_postgres::types::ToSql + Sync)>);
 
 /// The two key lists of a segment, as the `list` column names them.
 const LISTS: [&str; 2] = ["included", "excluded"];
 
 /// Writes one commit inside its transaction (see [`Store::commit`]). The statements are
-/// pipelined: all are sent at once, in order, on the transaction's connection, and the
-/// database runs them in that order, so a commit costs a few round trips whatever it holds.
+/// prepared once per connection (cached), then pipelined: all are sent at once, in order, on
+/// the transaction's connection, and the database runs them in that order, so a commit costs
+/// one round trip whatever it holds.
 async fn write_commit(
-    tx: &tokio_postgres::Transaction<'_>,
+    tx: &deadpool_postgres::Transaction<'_>,
     c: &Commit,
     record: &EnvironmentRecord,
     record_json: &str,
     subjects: &(Vec<&'static str>, Vec<String>),
 ) -> Result<(), tokio_postgres::Error> {
     let env = &c.environment;
-    let mut pending: Vec<Pending<'_>> = Vec::new();
+    let mut pending: Vec<Op<'_>> = Vec::new();
     for (key, document) in &c.flags {
-        pending.push(Box::pin(tx.execute_raw(
+        pending.push((
             "INSERT INTO flags (environment, key, document) VALUES ($1, $2, $3::text::json)
              ON CONFLICT (environment, key) DO UPDATE SET document = EXCLUDED.document",
             params![env, key, document],
-        )));
+        ));
     }
     if !c.deleted_flags.is_empty() {
-        pending.push(Box::pin(tx.execute_raw(
+        pending.push((
             "DELETE FROM flags WHERE environment = $1 AND key = ANY($2)",
             params![env, &c.deleted_flags],
-        )));
+        ));
     }
     if !c.deleted_segments.is_empty() {
-        pending.push(Box::pin(tx.execute_raw(
+        pending.push((
             "DELETE FROM segments WHERE environment = $1 AND key = ANY($2)",
             params![env, &c.deleted_segments],
-        )));
+        ));
     }
     for (key, document, rows) in &c.segments {
-        pending.push(Box::pin(tx.execute_raw(
+        pending.push((
             "INSERT INTO segments (environment, key, document) VALUES ($1, $2, $3::text::json)
              ON CONFLICT (environment, key) DO UPDATE SET document = EXCLUDED.document",
             params![env, key, document],
-        )));
-        pending.push(Box::pin(tx.execute_raw(
+        ));
+        pending.push((
             "DELETE FROM segment_keys WHERE environment = $1 AND segment = $2",
             params![env, key],
-        )));
-        pending.push(Box::pin(tx.execute_raw(
+        ));
+        pending.push((
             "INSERT INTO segment_keys (environment, segment, list, key, position)
              SELECT $1, $2, list, key, position
              FROM unnest($3::text[], $4::text[], $5::bigint[]) AS k (list, key, position)",
             params![env, key, &rows.lists, &rows.keys, &rows.positions],
-        )));
+        ));
     }
     for (key, document, patch) in &c.patched {
-        pending.push(Box::pin(tx.execute_raw(
+        pending.push((
             "UPDATE segments SET document = $3::text::json WHERE environment = $1 AND key = $2",
             params![env, key, document],
-        )));
+        ));
         let lists = [
             (&LISTS[0], &patch.add_included, &patch.remove_included),
             (&LISTS[1], &patch.add_excluded, &patch.remove_excluded),
         ];
         for (list, add, remove) in lists {
             if !remove.is_empty() {
-                pending.push(Box::pin(tx.execute_raw(
+                pending.push((
                     "DELETE FROM segment_keys
                      WHERE environment = $1 AND segment = $2 AND list = $3 AND key = ANY($4)",
                     params![env, key, list, remove],
-                )));
+                ));
             }
             if !add.is_empty() {
                 // Appended after the last key, in order; a key already listed stays where
                 // it is (ON CONFLICT DO NOTHING), as KeyPatch::apply keeps it.
-                pending.push(Box::pin(tx.execute_raw(
+                pending.push((
                     "INSERT INTO segment_keys (environment, segment, list, key, position)
                      SELECT $1, $2, $3, k.key,
                             (SELECT COALESCE(max(position), -1) FROM segment_keys
@@ -601,23 +601,23 @@ async fn write_commit(
                      FROM unnest($4::text[]) WITH ORDINALITY AS k (key, n)
                      ON CONFLICT DO NOTHING",
                     params![env, key, list, add],
-                )));
+                ));
             }
         }
     }
     for (flag, plan) in &c.rollouts {
-        pending.push(Box::pin(tx.execute_raw(
+        pending.push((
             "INSERT INTO rollouts (environment, flag, plan) VALUES ($1, $2, $3::text::json)
              ON CONFLICT (environment, flag) DO UPDATE SET plan = EXCLUDED.plan",
             params![env, flag, plan],
-        )));
+        ));
     }
-    pending.push(Box::pin(tx.execute_raw(
+    pending.push((
         "INSERT INTO changes (environment, revision, change) VALUES ($1, $2, $3::text::json)",
         params![env, &c.revision, &c.change],
-    )));
+    ));
     let a = &c.audit;
-    pending.push(Box::pin(tx.execute_raw(
+    pending.push((
         "INSERT INTO audit (environment, revision, time_ms, actor, comment, operation, entry)
          VALUES ($1, $2, $3, $4, $5, $6, $7::text::json)",
         params![
@@ -629,28 +629,36 @@ async fn write_commit(
             &a.operation,
             &c.audit_json,
         ],
-    )));
+    ));
     let (kinds, keys) = subjects;
     if !kinds.is_empty() {
-        pending.push(Box::pin(tx.execute_raw(
+        pending.push((
             "INSERT INTO audit_subjects (environment, kind, key, revision)
              SELECT $1, kind, key, $2 FROM unnest($3::text[], $4::text[]) AS s (kind, key)",
             params![env, &c.revision, kinds, keys],
-        )));
+        ));
     }
     debug_assert_eq!(record.revision, revision_of(c.revision));
-    pending.push(Box::pin(tx.execute_raw(
+    pending.push((
         "UPDATE environments SET revision = $2, record = $3::text::json WHERE key = $1",
         params![env, &c.revision, &record_json],
-    )));
+    ));
     // The change log keeps the last `retention` entries.
     if c.revision > c.retention {
-        pending.push(Box::pin(tx.execute_raw(
+        pending.push((
             "DELETE FROM changes WHERE environment = $1 AND revision <= $2",
             params![env, &c.trim_below],
-        )));
+        ));
     }
-    futures_util::future::try_join_all(pending).await?;
+    let mut statements = Vec::with_capacity(pending.len());
+    for (sql, _) in &pending {
+        statements.push(tx.prepare_cached(sql).await?);
+    }
+    let sent = pending
+        .iter()
+        .zip(&statements)
+        .map(|((_, params), statement)| tx.execute_raw(statement, params.iter().copied()));
+    futures_util::future::try_join_all(sent).await?;
     Ok(())
 }
 
@@ -1208,11 +1216,14 @@ impl Store for PgStore {
             let fail = |e| failed(&database, e);
             let mut client = pool.get().await.map_err(|e| pool_failed(&database, e))?;
             let tx = client.transaction().await.map_err(fail)?;
-            let locked = tx
-                .query(
+            let lock = tx
+                .prepare_cached(
                     "SELECT revision, record::text FROM environments WHERE key = $1 FOR UPDATE",
-                    &[&commit.environment],
                 )
+                .await
+                .map_err(fail)?;
+            let locked = tx
+                .query(&lock, &[&commit.environment])
                 .await
                 .map_err(fail)?;
             let Some(row) = locked.first() else {
