@@ -97,10 +97,10 @@ pub mod pb {
     // admin.proto: service Admin.
     pub use crate::generated::{
         admin_client, admin_server, apply_request, attribute_value, change, ApplyRequest,
-        ApplyResponse, Attribute, AttributeList, AttributeValue, AuditEntry, Change, ChangeInfo,
-        ClientInstance, Context, CreateEnvironmentRequest, CreateEnvironmentResponse,
-        CreateFlagRequest, CreateFlagResponse, CreateSegmentRequest, CreateSegmentResponse,
-        CreateTokenRequest, CreateTokenResponse, DeleteEnvironmentRequest,
+        ApplyResponse, Attribute, AttributeList, AttributeValue, AuditEntry, BackupChunk,
+        BackupRequest, Change, ChangeInfo, ClientInstance, Context, CreateEnvironmentRequest,
+        CreateEnvironmentResponse, CreateFlagRequest, CreateFlagResponse, CreateSegmentRequest,
+        CreateSegmentResponse, CreateTokenRequest, CreateTokenResponse, DeleteEnvironmentRequest,
         DeleteEnvironmentResponse, DeleteFlagRequest, DeleteFlagResponse, DeleteSegmentRequest,
         DeleteSegmentResponse, DocumentSet, Environment, ErrorKind, EvaluateRequest,
         EvaluateResponse, Evaluation, ExportRequest, ExportResponse, FlagChange, FlagEntry,

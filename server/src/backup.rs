@@ -77,6 +77,19 @@ fn io_error(path: &Path, what: &str, e: std::io::Error) -> ServerError {
 /// Writes a backup of `store` (named `store_kind` in its header) to `path`, replacing it
 /// only once the backup is complete and synced.
 pub fn write<S: Store>(store: &S, store_kind: &str, path: &Path) -> Result<Summary, ServerError> {
+    write_file(path, |out| {
+        write_to(out, store_kind, |visit| {
+            store.dump(visit).map_err(ServerError::Store)
+        })
+    })
+}
+
+/// Writes a file as a backup is written: to `path.partial`, mode 0600, synced, then renamed to
+/// `path`. `produce` writes the content.
+pub fn write_file<T>(
+    path: &Path,
+    produce: impl FnOnce(&mut dyn Write) -> Result<T, ServerError>,
+) -> Result<T, ServerError> {
     let mut partial = path.as_os_str().to_owned();
     partial.push(".partial");
     let partial = std::path::PathBuf::from(partial);
@@ -88,39 +101,15 @@ pub fn write<S: Store>(store: &S, store_kind: &str, path: &Path) -> Result<Summa
         .open(&partial)
         .map_err(|e| io_error(&partial, "create", e))?;
     let mut out = std::io::BufWriter::new(file);
-    let mut summary = Summary::default();
-    let line = |out: &mut std::io::BufWriter<std::fs::File>, bytes: Vec<u8>| {
-        out.write_all(&bytes)
-            .and_then(|()| out.write_all(b"\n"))
-            .map_err(|e| io_error(&partial, "write", e))
+    let produced = match produce(&mut out) {
+        Ok(produced) => produced,
+        Err(e) => {
+            drop(out);
+            // Never left looking like a backup: the partial file goes.
+            let _ = std::fs::remove_file(&partial);
+            return Err(e);
+        }
     };
-    let header = Header {
-        flagstaff_backup: FORMAT_VERSION,
-        created_ms: now_ms(),
-        store: store_kind.to_owned(),
-    };
-    line(&mut out, serde_json::to_vec(&header).unwrap_or_default())?;
-    let mut failed = None;
-    store
-        .dump(&mut |record| {
-            match &record {
-                BackupRecord::Environment(_) => summary.environments += 1,
-                BackupRecord::Token(_) => summary.tokens += 1,
-                _ => {}
-            }
-            summary.records += 1;
-            let bytes = serde_json::to_vec(&record).unwrap_or_default();
-            line(&mut out, bytes).map_err(|e| {
-                let detail = e.to_string();
-                failed = Some(e);
-                StoreError::Invalid { detail }
-            })
-        })
-        .map_err(|e| failed.take().unwrap_or(ServerError::Store(e)))?;
-    let trailer = Trailer::End {
-        records: summary.records,
-    };
-    line(&mut out, serde_json::to_vec(&trailer).unwrap_or_default())?;
     let file = out
         .into_inner()
         .map_err(|e| io_error(&partial, "write", e.into_error()))?;
@@ -131,6 +120,52 @@ pub fn write<S: Store>(store: &S, store_kind: &str, path: &Path) -> Result<Summa
             .and_then(|d| d.sync_all())
             .map_err(|e| io_error(dir, "sync", e))?;
     }
+    Ok(produced)
+}
+
+/// Writes a backup's lines to `out`: the header (naming `store_kind`), every record `dump`
+/// passes on, and the end line counting them.
+pub fn write_to(
+    out: &mut dyn Write,
+    store_kind: &str,
+    dump: impl FnOnce(&mut dyn FnMut(BackupRecord) -> Result<(), StoreError>) -> Result<(), ServerError>,
+) -> Result<Summary, ServerError> {
+    let mut summary = Summary::default();
+    let line = |out: &mut dyn Write, bytes: Vec<u8>| {
+        out.write_all(&bytes)
+            .and_then(|()| out.write_all(b"\n"))
+            .map_err(|e| ServerError::Invalid(format!("cannot write the backup: {e}")))
+    };
+    let header = Header {
+        flagstaff_backup: FORMAT_VERSION,
+        created_ms: now_ms(),
+        store: store_kind.to_owned(),
+    };
+    line(out, serde_json::to_vec(&header).unwrap_or_default())?;
+    let mut failed = None;
+    let dumped = dump(&mut |record| {
+        match &record {
+            BackupRecord::Environment(_) => summary.environments += 1,
+            BackupRecord::Token(_) => summary.tokens += 1,
+            _ => {}
+        }
+        summary.records += 1;
+        let bytes = serde_json::to_vec(&record).unwrap_or_default();
+        line(out, bytes).map_err(|e| {
+            let detail = e.to_string();
+            failed = Some(e);
+            StoreError::Invalid { detail }
+        })
+    });
+    if let Err(e) = dumped {
+        return Err(failed.take().unwrap_or(e));
+    }
+    let trailer = Trailer::End {
+        records: summary.records,
+    };
+    line(out, serde_json::to_vec(&trailer).unwrap_or_default())?;
+    out.flush()
+        .map_err(|e| ServerError::Invalid(format!("cannot write the backup: {e}")))?;
     Ok(summary)
 }
 

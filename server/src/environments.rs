@@ -25,8 +25,8 @@ use crate::error::ServerError;
 use crate::feed::{Event, Feed, DEFAULT_FEED_CAPACITY};
 use crate::rollout::hook::{made_no_revision, paused_by_edit};
 use crate::storage::{
-    now_ms, random_id, AuditChange, AuditEntry, Change, Damage, EnvironmentRecord, FlagUsage,
-    RolloutRecord, Store, StoreError,
+    now_ms, random_id, AuditChange, AuditEntry, BackupRecord, Change, Damage, EnvironmentRecord,
+    FlagUsage, RolloutRecord, Store, StoreError,
 };
 use crate::versions::{check_versions, At};
 
@@ -663,6 +663,36 @@ impl<S: Store> Environments<S> {
             .map(|plan| (plan.flag.clone(), plan))
             .collect();
         self.rollouts_changed.notify_one();
+        Ok(())
+    }
+
+    /// Every record a backup carries, passed to `visit`: each environment as of one revision
+    /// (its writer lock held while it is read, so no change lands halfway), then the tokens.
+    /// Writes to other environments go on meanwhile. Refused while an environment holds a
+    /// damaged record: `flagstaffd repair` first.
+    pub fn backup(
+        &self,
+        visit: &mut dyn FnMut(BackupRecord) -> Result<(), StoreError>,
+    ) -> Result<(), ServerError> {
+        if let Some((key, damage)) = self.damaged().iter().next() {
+            return Err(ServerError::Precondition(format!(
+                "environment {key:?} holds a damaged record ({damage}): repair it first \
+                 (flagstaffd repair), then back up"
+            )));
+        }
+        let mut listed = self.list();
+        listed.sort_by(|a, b| a.key.cmp(&b.key));
+        for env in listed {
+            let _writing = env.lock_writer();
+            match self.store.dump_environment(&env.key, visit) {
+                // Deleted since it was listed: not part of the backup.
+                Err(StoreError::NoEnvironment(_)) => {}
+                other => other?,
+            }
+        }
+        for token in self.store.tokens()? {
+            visit(BackupRecord::Token(token))?;
+        }
         Ok(())
     }
 

@@ -33,8 +33,14 @@ use flagstaff_server::{Config, ServeOptions, Server, Tls};
 #[derive(Debug, Parser)]
 #[command(name = "flagstaffd", version, about = "Flagstaff's control plane")]
 struct Args {
-    /// Address to serve gRPC and HTTP (OFREP, /healthz, /readyz) on.
-    #[arg(long, env = "FLAGSTAFF_LISTEN", default_value = "127.0.0.1:7878")]
+    /// Address to serve gRPC and HTTP (OFREP, /healthz, /readyz) on; for `backup`, where the
+    /// flagstaffd holding the data directory serves.
+    #[arg(
+        long,
+        env = "FLAGSTAFF_LISTEN",
+        default_value = "127.0.0.1:7878",
+        global = true
+    )]
     listen: SocketAddr,
 
     /// An origin whose web pages may call OFREP from browsers (CORS), e.g.
@@ -274,7 +280,19 @@ fn repair(args: &Args) -> anyhow::Result<()> {
 
 /// `flagstaffd backup`.
 fn backup(args: &Args, to: &std::path::Path) -> anyhow::Result<()> {
-    let store = existing_store(args)?;
+    let store = match existing_store(args) {
+        Ok(store) => store,
+        // A running flagstaffd holds the data directory: it writes the backup itself.
+        Err(e)
+            if matches!(
+                e.downcast_ref::<flagstaff_server::storage::StoreError>(),
+                Some(flagstaff_server::storage::StoreError::Locked { .. })
+            ) =>
+        {
+            return backup_from_server(args, to)
+        }
+        Err(e) => return Err(e),
+    };
     let (name, _) = store_name(args, &store);
     let kind = match store {
         Backend::Sled(_) => "sled",
@@ -282,6 +300,92 @@ fn backup(args: &Args, to: &std::path::Path) -> anyhow::Result<()> {
     };
     let summary = flagstaff_server::backup::write(&store, kind, to)?;
     println!("backed up {name} to {}: {summary}", to.display());
+    Ok(())
+}
+
+/// `flagstaffd backup` of a sled data directory that a running flagstaffd holds: the server
+/// streams the backup over the Admin API (`Admin.Backup`), at `--listen`'s address, with the
+/// admin token of `FLAGSTAFF_TOKEN` or `<data-dir>/admin.token`.
+fn backup_from_server(args: &Args, to: &std::path::Path) -> anyhow::Result<()> {
+    use flagstaff_proto::pb;
+    let mut addr = args.listen;
+    if addr.ip().is_unspecified() {
+        addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+    }
+    let endpoint = format!("http://{addr}");
+    let token = match std::env::var("FLAGSTAFF_TOKEN") {
+        Ok(token) => token,
+        Err(_) => {
+            let file = args.data_dir.join("admin.token");
+            std::fs::read_to_string(&file).with_context(|| {
+                format!(
+                    "a running flagstaffd holds {}; asking it for the backup needs an admin \
+                     token: set FLAGSTAFF_TOKEN, or keep it in {}",
+                    args.data_dir.display(),
+                    file.display()
+                )
+            })?
+        }
+    };
+    let bearer: tonic::metadata::MetadataValue<_> = format!("Bearer {}", token.trim())
+        .parse()
+        .context("the admin token is not valid text")?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let mut chunks = runtime
+        .block_on(async {
+            let channel = tonic::transport::Endpoint::from_shared(endpoint.clone())?
+                .connect()
+                .await?;
+            let mut admin = pb::admin_client::AdminClient::new(channel);
+            let mut request = tonic::Request::new(pb::BackupRequest {});
+            request.metadata_mut().insert("authorization", bearer);
+            let chunks = admin
+                .backup(request)
+                .await
+                .map_err(|status| anyhow::anyhow!("{:?}: {}", status.code(), status.message()))?;
+            anyhow::Ok(chunks.into_inner())
+        })
+        .with_context(|| {
+            format!(
+                "a running flagstaffd holds {}, and asking it at {endpoint} for the backup failed \
+             (--listen names its address)",
+                args.data_dir.display()
+            )
+        })?;
+    flagstaff_server::backup::write_file(to, |out| {
+        runtime.block_on(async {
+            loop {
+                match chunks.message().await {
+                    Ok(Some(chunk)) => out.write_all(&chunk.data).map_err(|e| {
+                        flagstaff_server::ServerError::Invalid(format!(
+                            "cannot write {}: {e}",
+                            to.display()
+                        ))
+                    })?,
+                    Ok(None) => return Ok(()),
+                    Err(status) => {
+                        return Err(flagstaff_server::ServerError::Unavailable(format!(
+                            "the backup from {endpoint} stopped: {}",
+                            status.message()
+                        )))
+                    }
+                }
+            }
+        })
+    })?;
+    // Read back whole: the server's stream may have ended early without an error.
+    let file = std::fs::File::open(to)?;
+    let backup = flagstaff_server::backup::read(std::io::BufReader::new(file))
+        .with_context(|| format!("the backup written to {} is not whole", to.display()))?;
+    println!(
+        "backed up {} (from the flagstaffd at {endpoint}) to {}: {}",
+        args.data_dir.display(),
+        to.display(),
+        backup.summary
+    );
     Ok(())
 }
 

@@ -605,6 +605,9 @@ pub struct RestoredEnvironment {
 
 /// What the control plane needs from its database. Every method may block.
 pub trait Store: Send + Sync + 'static {
+    /// What kind of store this is, as backups name it: `sled` or `postgres`.
+    fn kind(&self) -> &'static str;
+
     /// Every environment's record by key, or the damage that keeps it from being read.
     fn environment_records(&self)
         -> Result<Vec<(String, Readable<EnvironmentRecord>)>, StoreError>;
@@ -731,6 +734,16 @@ pub trait Store: Send + Sync + 'static {
         visit: &mut dyn FnMut(BackupRecord) -> Result<(), StoreError>,
     ) -> Result<(), StoreError>;
 
+    /// The records of one environment for a backup, as [`dump`](Self::dump) gives them: its
+    /// record, then its documents, change log, audit log, rollout plans and usage. Read as of
+    /// one revision only while nobody writes it (the server holds its writer lock), or in one
+    /// transaction (PostgreSQL).
+    fn dump_environment(
+        &self,
+        environment: &str,
+        visit: &mut dyn FnMut(BackupRecord) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError>;
+
     /// Writes an environment read from a backup, whole, into a store that does not hold it:
     /// its record, documents, change log, audit log, rollout plans and usage. Durable when it
     /// returns; all or nothing on PostgreSQL, and on sled the record is written last, so an
@@ -812,6 +825,10 @@ macro_rules! each_store {
 }
 
 impl Store for Backend {
+    fn kind(&self) -> &'static str {
+        each_store!(self, s => s.kind())
+    }
+
     fn environment_records(
         &self,
     ) -> Result<Vec<(String, Readable<EnvironmentRecord>)>, StoreError> {
@@ -931,6 +948,14 @@ impl Store for Backend {
         visit: &mut dyn FnMut(BackupRecord) -> Result<(), StoreError>,
     ) -> Result<(), StoreError> {
         each_store!(self, s => s.dump(visit))
+    }
+
+    fn dump_environment(
+        &self,
+        environment: &str,
+        visit: &mut dyn FnMut(BackupRecord) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
+        each_store!(self, s => s.dump_environment(environment, visit))
     }
 
     fn restore_environment(&self, restored: &RestoredEnvironment) -> Result<(), StoreError> {

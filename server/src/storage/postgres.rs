@@ -441,6 +441,31 @@ impl PgStore {
         })
     }
 
+    /// [`Store::dump`] (`only` = `None`) or [`Store::dump_environment`].
+    fn dump_where(
+        &self,
+        only: Option<String>,
+        visit: &mut dyn FnMut(BackupRecord) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
+        let Some(runtime) = &self.runtime else {
+            return Err(self.unavailable("the store is closed"));
+        };
+        // Records flow to this thread as they are read; a backup is not bounded by
+        // CALL_TIMEOUT, only by the database's own timeouts.
+        let (out, records) = std::sync::mpsc::sync_channel(256);
+        let (pool, database) = (self.pool.clone(), self.database.clone());
+        runtime.spawn(async move {
+            if let Err(e) = dump_records(pool, database, &out, only).await {
+                // The reader may have stopped first; then nobody needs the error.
+                tokio::task::block_in_place(|| out.send(Err(e)).is_ok());
+            }
+        });
+        for record in records {
+            visit(record?)?;
+        }
+        Ok(())
+    }
+
     /// The environment's record, or [`StoreError::NoEnvironment`].
     fn environment(&self, environment: &str) -> Result<EnvironmentRecord, StoreError> {
         let found = self.rows(
@@ -519,7 +544,10 @@ macro_rules! params {
 }
 
 /// A statement of a commit and its parameters.
-type Op<'a> = (&'static str, Vec<&'a (dyn tokio_postgres::types::ToSql + Sync)>);
+type Op<'a> = (
+    &'static str,
+    Vec<&'a (dyn tokio_postgres::types::ToSql + Sync)>,
+);
 
 /// The two key lists of a segment, as the `list` column names them.
 const LISTS: [&str; 2] = ["included", "excluded"];
@@ -662,11 +690,13 @@ async fn write_commit(
     Ok(())
 }
 
-/// Sends every record of a backup to `out`, read in one REPEATABLE READ transaction.
+/// Sends every record of a backup to `out`, read in one REPEATABLE READ transaction: of every
+/// environment and the tokens, or of the environment `only` alone.
 async fn dump_records(
     pool: Pool,
     database: String,
     out: &std::sync::mpsc::SyncSender<Result<BackupRecord, StoreError>>,
+    only: Option<String>,
 ) -> Result<(), StoreError> {
     let fail = |e| failed(&database, e);
     let mut client = pool.get().await.map_err(|e| pool_failed(&database, e))?;
@@ -691,13 +721,26 @@ async fn dump_records(
     let texts = |rows: Vec<tokio_postgres::Row>| -> Vec<String> {
         rows.iter().map(|r| r.get::<_, String>(0)).collect()
     };
-    let environments = tx
-        .query(
-            "SELECT key, record::text FROM environments ORDER BY key",
-            &[],
-        )
-        .await
-        .map_err(fail)?;
+    let environments = match &only {
+        None => {
+            tx.query(
+                "SELECT key, record::text FROM environments ORDER BY key",
+                &[],
+            )
+            .await
+        }
+        Some(key) => {
+            tx.query(
+                "SELECT key, record::text FROM environments WHERE key = $1",
+                &[key],
+            )
+            .await
+        }
+    }
+    .map_err(fail)?;
+    if let (Some(key), true) = (&only, environments.is_empty()) {
+        return Err(StoreError::NoEnvironment(key.clone()));
+    }
     for row in environments {
         let key: String = row.get(0);
         let text: String = row.get(1);
@@ -776,12 +819,14 @@ async fn dump_records(
             .await?;
         }
     }
-    for text in texts(
-        tx.query("SELECT record::text FROM tokens ORDER BY id", &[])
-            .await
-            .map_err(fail)?,
-    ) {
-        send(BackupRecord::Token(decode("tokens", text.as_bytes())?)).await?;
+    if only.is_none() {
+        for text in texts(
+            tx.query("SELECT record::text FROM tokens ORDER BY id", &[])
+                .await
+                .map_err(fail)?,
+        ) {
+            send(BackupRecord::Token(decode("tokens", text.as_bytes())?)).await?;
+        }
     }
     tx.commit().await.map_err(fail)
 }
@@ -902,6 +947,10 @@ fn assemble_segments(
 }
 
 impl Store for PgStore {
+    fn kind(&self) -> &'static str {
+        "postgres"
+    }
+
     fn environment_records(
         &self,
     ) -> Result<Vec<(String, Readable<EnvironmentRecord>)>, StoreError> {
@@ -1199,9 +1248,8 @@ impl Store for PgStore {
             audit_json: json(audit),
             audit_time: i64::try_from(audit.time_ms).unwrap_or(i64::MAX),
             retention: i64::try_from(self.retention).unwrap_or(i64::MAX),
-            trim_below: sql_revision(change.revision).saturating_sub(
-                i64::try_from(self.retention).unwrap_or(i64::MAX),
-            ),
+            trim_below: sql_revision(change.revision)
+                .saturating_sub(i64::try_from(self.retention).unwrap_or(i64::MAX)),
         };
         if change.revision != expected_revision + 1 {
             return Err(StoreError::RevisionConflict {
@@ -1453,23 +1501,15 @@ impl Store for PgStore {
         &self,
         visit: &mut dyn FnMut(BackupRecord) -> Result<(), StoreError>,
     ) -> Result<(), StoreError> {
-        let Some(runtime) = &self.runtime else {
-            return Err(self.unavailable("the store is closed"));
-        };
-        // Records flow to this thread as they are read; a backup is not bounded by
-        // CALL_TIMEOUT, only by the database's own timeouts.
-        let (out, records) = std::sync::mpsc::sync_channel(256);
-        let (pool, database) = (self.pool.clone(), self.database.clone());
-        runtime.spawn(async move {
-            if let Err(e) = dump_records(pool, database, &out).await {
-                // The reader may have stopped first; then nobody needs the error.
-                tokio::task::block_in_place(|| out.send(Err(e)).is_ok());
-            }
-        });
-        for record in records {
-            visit(record?)?;
-        }
-        Ok(())
+        self.dump_where(None, visit)
+    }
+
+    fn dump_environment(
+        &self,
+        environment: &str,
+        visit: &mut dyn FnMut(BackupRecord) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
+        self.dump_where(Some(environment.to_owned()), visit)
     }
 
     fn restore_environment(&self, restored: &RestoredEnvironment) -> Result<(), StoreError> {

@@ -237,6 +237,10 @@ fn record_name(tree: &str, key: &[u8]) -> String {
 }
 
 impl Store for SledStore {
+    fn kind(&self) -> &'static str {
+        "sled"
+    }
+
     fn environment_records(
         &self,
     ) -> Result<Vec<(String, Readable<EnvironmentRecord>)>, StoreError> {
@@ -635,34 +639,44 @@ impl Store for SledStore {
         visit: &mut dyn FnMut(BackupRecord) -> Result<(), StoreError>,
     ) -> Result<(), StoreError> {
         for kv in self.environments.iter() {
-            let (key, bytes) = kv?;
-            let key = String::from_utf8_lossy(&key).into_owned();
-            let record: EnvironmentRecord = decode(&format!("environments/{key}"), &bytes)?;
-            visit(BackupRecord::Environment(record))?;
-            let documents = self.documents(&key)?;
+            let (key, _) = kv?;
+            self.dump_environment(&String::from_utf8_lossy(&key), visit)?;
+        }
+        for token in self.tokens()? {
+            visit(BackupRecord::Token(token))?;
+        }
+        Ok(())
+    }
+
+    fn dump_environment(
+        &self,
+        environment: &str,
+        visit: &mut dyn FnMut(BackupRecord) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
+        let key = environment;
+        {
+            visit(BackupRecord::Environment(self.environment(key)?))?;
+            let documents = self.documents(key)?;
             for flag in documents.flags {
                 visit(BackupRecord::Flag(flag))?;
             }
             for segment in documents.segments {
                 visit(BackupRecord::Segment(segment))?;
             }
-            for kv in self.tree("changes", &key)?.iter() {
+            for kv in self.tree("changes", key)?.iter() {
                 let (_, v) = kv?;
                 visit(BackupRecord::Change(decode(&format!("changes/{key}"), &v)?))?;
             }
-            for kv in self.tree("audit", &key)?.iter() {
+            for kv in self.tree("audit", key)?.iter() {
                 let (_, v) = kv?;
                 visit(BackupRecord::Audit(decode(&format!("audit/{key}"), &v)?))?;
             }
-            for plan in self.rollouts(&key)? {
+            for plan in self.rollouts(key)? {
                 visit(BackupRecord::Rollout(plan))?;
             }
-            for (flag, usage) in self.usage(&key)? {
+            for (flag, usage) in self.usage(key)? {
                 visit(BackupRecord::Usage { flag, usage })?;
             }
-        }
-        for token in self.tokens()? {
-            visit(BackupRecord::Token(token))?;
         }
         Ok(())
     }

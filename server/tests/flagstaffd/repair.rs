@@ -1,5 +1,5 @@
 //! `flagstaffd check` and `flagstaffd repair` on a stopped server's data directory: what they
-//! print and how they exit.
+//! print and how they exit; and `flagstaffd backup` of a data directory a running server holds.
 
 use super::*;
 
@@ -115,4 +115,69 @@ async fn check_lists_damaged_records_and_repair_restores_or_removes_them() {
         restored.last_change.expect("last change").actor,
         "flagstaffd repair"
     );
+}
+
+#[tokio::test]
+async fn backup_of_a_data_directory_a_running_flagstaffd_holds_asks_that_server() {
+    let dir = tempfile::tempdir().expect("data dir");
+    let daemon = Daemon::start(dir.path(), &[], &[]);
+    let addr = daemon.logged("address");
+    let token = token(dir.path());
+    let mut client = AdminClient::connect(format!("http://{addr}"))
+        .await
+        .expect("connects");
+    client
+        .create_environment(authorized(
+            pb::CreateEnvironmentRequest {
+                environment: "production".into(),
+                ..Default::default()
+            },
+            &token,
+        ))
+        .await
+        .expect("created");
+
+    let file = dir.path().join("flagstaff.backup");
+    let out = Command::new(env!("CARGO_BIN_EXE_flagstaffd"))
+        .args(["backup", "--to"])
+        .arg(&file)
+        .arg("--data-dir")
+        .arg(dir.path())
+        .args(["--listen", &addr])
+        .output()
+        .expect("runs");
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{said}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        said.contains(&format!("(from the flagstaffd at http://{addr})"))
+            && said.contains("1 environment(s), 1 token(s)"),
+        "{said}"
+    );
+    let backup = flagstaff_server::backup::read(std::io::BufReader::new(
+        std::fs::File::open(&file).expect("the backup"),
+    ))
+    .expect("whole");
+    let record = backup.environments[0].record.as_ref().expect("record");
+    assert_eq!(record.key, "production");
+
+    // With a token the server does not know, nothing is written.
+    let refused = dir.path().join("refused.backup");
+    let out = Command::new(env!("CARGO_BIN_EXE_flagstaffd"))
+        .args(["backup", "--to"])
+        .arg(&refused)
+        .arg("--data-dir")
+        .arg(dir.path())
+        .args(["--listen", &addr])
+        .env("FLAGSTAFF_TOKEN", "fs_unknown")
+        .output()
+        .expect("runs");
+    assert!(!out.status.success());
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(said.contains("Unauthenticated: unknown token"), "{said}");
+    assert!(!refused.exists());
+    daemon.kill();
 }

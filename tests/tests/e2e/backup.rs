@@ -255,3 +255,130 @@ async fn a_populated_sled_store_moves_to_postgres_and_back_with_every_read_the_s
     assert_same(&on_sled, &before, "sled, back from PostgreSQL");
     assert_ne!(epoch(&server), pg_epoch);
 }
+
+/// Asks `server` for a backup over the Admin API, with `admin`'s token.
+async fn backup_over_the_api(admin: &mut Admin) -> Result<Vec<u8>, tonic::Status> {
+    let mut chunks = admin.backup(pb::BackupRequest {}).await?.into_inner();
+    let mut bytes = Vec::new();
+    while let Some(chunk) = chunks.message().await? {
+        bytes.extend_from_slice(&chunk.data);
+    }
+    Ok(bytes)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_running_server_streams_a_backup_with_each_environment_as_of_one_revision() {
+    let server = TestServer::start().await;
+    let mut admin = server.admin().await;
+    let environments = ["production", "staging", "dev"];
+    for environment in environments {
+        create_environment(&mut admin, environment).await;
+        for key in ["checkout", "search", "banner"] {
+            create_flag(&mut admin, environment, boolean_flag(key)).await;
+        }
+    }
+    // Writes go on in every environment while the backup is taken.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut writers = Vec::new();
+    for environment in environments {
+        let (mut admin, stop) = (server.admin().await, stop.clone());
+        writers.push(tokio::spawn(async move {
+            let mut writes = 0u32;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                for key in ["checkout", "search", "banner"] {
+                    admin
+                        .set_flag_enabled(pb::SetFlagEnabledRequest {
+                            environment: environment.into(),
+                            key: key.into(),
+                            enabled: writes % 2 == 1,
+                            ..Default::default()
+                        })
+                        .await
+                        .expect("written");
+                    writes += 1;
+                }
+            }
+            writes
+        }));
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let bytes = backup_over_the_api(&mut admin).await.expect("a backup");
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for writer in writers {
+        assert!(writer.await.expect("writer") > 0);
+    }
+
+    let backup = backup::read(bytes.as_slice()).expect("a whole backup");
+    assert_eq!(backup.summary.environments, 3);
+    for env in &backup.environments {
+        let record = env.record.as_ref().expect("record");
+        // Documents, change log and audit log all end at the environment's revision...
+        assert_eq!(env.audit.last().map(|a| a.revision), Some(record.revision));
+        assert_eq!(
+            env.changes.last().map(|c| c.revision),
+            Some(record.revision)
+        );
+        // ...and each flag is what the last audit entry touching it left.
+        for flag in &env.documents.flags {
+            let last = env
+                .audit
+                .iter()
+                .rev()
+                .flat_map(|a| &a.changes)
+                .find(|c| c.is_flag(&flag.key))
+                .expect("the flag's history");
+            match last {
+                flagstaff_server::storage::AuditChange::Flag { after, .. } => {
+                    assert_eq!(after.as_deref(), Some(flag), "{}", record.key)
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+    }
+
+    // What it holds restores into an empty store and serves.
+    let dir = tempfile::tempdir().expect("data directory");
+    {
+        let store = flagstaff_tests::open_store(dir.path());
+        backup::restore(&store, &backup).expect("restored");
+    }
+    std::fs::copy(
+        server.data_dir.path().join("admin.token"),
+        dir.path().join("admin.token"),
+    )
+    .expect("admin token");
+    let restored = TestServer::builder().data_dir(dir).start().await;
+    let mut restored_admin = restored.admin().await;
+    for env in &backup.environments {
+        let record = env.record.as_ref().expect("record");
+        let exported = restored_admin
+            .export(pb::ExportRequest {
+                environment: record.key.clone(),
+            })
+            .await
+            .expect("export")
+            .into_inner()
+            .document
+            .expect("document");
+        assert_eq!(exported.flags.len(), 3);
+        assert_eq!(epoch_of(&restored, &record.key), record.epoch);
+    }
+
+    // Only an admin may take one.
+    let editor = crate::fixtures::token_of(&server, "ci", pb::Role::Editor, "staging").await;
+    let mut editor = server.admin_with(Some(&editor)).await;
+    let refused = backup_over_the_api(&mut editor)
+        .await
+        .expect_err("an editor may not");
+    assert_eq!(refused.code(), tonic::Code::PermissionDenied);
+}
+
+/// The epoch a server gives `environment`.
+fn epoch_of(server: &TestServer, environment: &str) -> String {
+    server
+        .environments
+        .get(environment)
+        .expect("environment")
+        .epoch
+        .clone()
+}

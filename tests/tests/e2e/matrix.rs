@@ -8,7 +8,7 @@ use tonic::Code;
 use crate::fixtures::{boolean_flag, client_with_token, create_environment, create_flag};
 
 /// One representative call per group of RPCs; A is environment "a".
-const CALLS: [&str; 10] = [
+const CALLS: [&str; 11] = [
     "ListEnvironments",
     "CreateEnvironment",
     "CreateToken",
@@ -19,17 +19,18 @@ const CALLS: [&str; 10] = [
     "Evaluate(A)",
     "Export(A)",
     "Apply(A)",
+    "Backup",
 ];
 
 /// Y: allowed (any answer but PERMISSION_DENIED or UNAUTHENTICATED); -: PERMISSION_DENIED.
 #[rustfmt::skip]
-const MATRIX: [(&str, [&str; 10]); 5] = [
-    //            ListEnv CreateEnv CreateTok ListTok GetFlag SetEnabled History Evaluate Export Apply
-    ("admin",    ["Y",    "Y",      "Y",      "Y",    "Y",    "Y",       "Y",    "Y",     "Y",   "Y"]),
-    ("editor-a", ["-",    "-",      "-",      "-",    "Y",    "Y",       "Y",    "Y",     "Y",   "Y"]),
-    ("editor-b", ["-",    "-",      "-",      "-",    "-",    "-",       "-",    "-",     "-",   "-"]),
-    ("sdk-a",    ["-",    "-",      "-",      "-",    "-",    "-",       "-",    "-",     "-",   "-"]),
-    ("client-a", ["-",    "-",      "-",      "-",    "-",    "-",       "-",    "-",     "-",   "-"]),
+const MATRIX: [(&str, [&str; 11]); 5] = [
+    //            ListEnv CreateEnv CreateTok ListTok GetFlag SetEnabled History Evaluate Export Apply Backup
+    ("admin",    ["Y",    "Y",      "Y",      "Y",    "Y",    "Y",       "Y",    "Y",     "Y",   "Y",  "Y"]),
+    ("editor-a", ["-",    "-",      "-",      "-",    "Y",    "Y",       "Y",    "Y",     "Y",   "Y",  "-"]),
+    ("editor-b", ["-",    "-",      "-",      "-",    "-",    "-",       "-",    "-",     "-",   "-",  "-"]),
+    ("sdk-a",    ["-",    "-",      "-",      "-",    "-",    "-",       "-",    "-",     "-",   "-",  "-"]),
+    ("client-a", ["-",    "-",      "-",      "-",    "-",    "-",       "-",    "-",     "-",   "-",  "-"]),
 ];
 
 /// Makes `call` as the token of `row`; names made up for the cell keep cells independent.
@@ -55,6 +56,7 @@ async fn call(client: &mut Admin, call: &str, row: &str) -> Result<(), tonic::St
             })
             .await
             .map(drop),
+        "Backup" => client.backup(pb::BackupRequest::default()).await.map(drop),
         "ListTokens" => client
             .list_tokens(pb::ListTokensRequest::default())
             .await

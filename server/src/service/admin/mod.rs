@@ -14,6 +14,7 @@
 //! what they share. This file holds the service's trait implementation, which only hands each
 //! call to its file.
 
+mod backup;
 mod clients;
 mod documents;
 mod environments;
@@ -34,6 +35,7 @@ use crate::storage::Store;
 #[tonic::async_trait]
 impl<S: Store> pb::admin_server::Admin for AdminService<S> {
     type WatchChangesStream = ChangesStream;
+    type BackupStream = backup::BackupStream;
 
     async fn create_environment(
         &self,
@@ -215,6 +217,13 @@ impl<S: Store> pb::admin_server::Admin for AdminService<S> {
         request: Request<pb::GetClientTokenRequest>,
     ) -> Result<Response<pb::GetClientTokenResponse>, Status> {
         tokens::get_client_token(self, request).await
+    }
+
+    async fn backup(
+        &self,
+        request: Request<pb::BackupRequest>,
+    ) -> Result<Response<Self::BackupStream>, Status> {
+        backup::backup(self, request).await
     }
 
     async fn list_tokens(
