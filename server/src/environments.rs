@@ -667,7 +667,8 @@ impl<S: Store> Environments<S> {
     }
 
     /// Every record a backup carries, passed to `visit`: each environment as of one revision
-    /// (its writer lock held while it is read, so no change lands halfway), then the tokens.
+    /// (its writer lock held while it is read from the store, so no change lands halfway),
+    /// then the tokens of those environments and those of no environment.
     /// Writes to other environments go on meanwhile. Refused while an environment holds a
     /// damaged record: `flagstaffd repair` first.
     pub fn backup(
@@ -682,16 +683,37 @@ impl<S: Store> Environments<S> {
         }
         let mut listed = self.list();
         listed.sort_by(|a, b| a.key.cmp(&b.key));
+        let mut backed_up = std::collections::HashSet::new();
         for env in listed {
-            let _writing = env.lock_writer();
-            match self.store.dump_environment(&env.key, visit) {
+            // Read into memory under the lock, handed on after it: however slowly the backup
+            // is taken away, writes wait only for the reading.
+            let mut records = Vec::new();
+            let read = {
+                let _writing = env.lock_writer();
+                self.store.dump_environment(&env.key, &mut |record| {
+                    records.push(record);
+                    Ok(())
+                })
+            };
+            match read {
                 // Deleted since it was listed: not part of the backup.
-                Err(StoreError::NoEnvironment(_)) => {}
+                Err(StoreError::NoEnvironment(_)) => continue,
                 other => other?,
             }
+            backed_up.insert(env.key.clone());
+            for record in records {
+                visit(record)?;
+            }
         }
+        // The tokens of the environments backed up (one created since the listing is not).
         for token in self.store.tokens()? {
-            visit(BackupRecord::Token(token))?;
+            if token
+                .environment
+                .as_ref()
+                .is_none_or(|key| backed_up.contains(key))
+            {
+                visit(BackupRecord::Token(token))?;
+            }
         }
         Ok(())
     }

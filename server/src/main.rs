@@ -355,31 +355,29 @@ fn backup_from_server(args: &Args, to: &std::path::Path) -> anyhow::Result<()> {
                 args.data_dir.display()
             )
         })?;
-    flagstaff_server::backup::write_file(to, |out| {
-        runtime.block_on(async {
-            loop {
-                match chunks.message().await {
-                    Ok(Some(chunk)) => out.write_all(&chunk.data).map_err(|e| {
-                        flagstaff_server::ServerError::Invalid(format!(
-                            "cannot write {}: {e}",
-                            to.display()
-                        ))
-                    })?,
-                    Ok(None) => return Ok(()),
-                    Err(status) => {
-                        return Err(flagstaff_server::ServerError::Unavailable(format!(
-                            "the backup from {endpoint} stopped: {}",
-                            status.message()
-                        )))
-                    }
-                }
+    // Taken whole and checked before anything is written: a stream that ended early, with an
+    // error or without, never replaces a good backup at FILE.
+    let bytes = runtime.block_on(async {
+        let mut bytes = Vec::new();
+        loop {
+            match chunks.message().await {
+                Ok(Some(chunk)) => bytes.extend_from_slice(&chunk.data),
+                Ok(None) => return Ok(bytes),
+                Err(status) => anyhow::bail!(
+                    "the backup from {endpoint} stopped: {:?}: {}",
+                    status.code(),
+                    status.message()
+                ),
             }
+        }
+    })?;
+    let backup = flagstaff_server::backup::read(bytes.as_slice())
+        .with_context(|| format!("the backup from {endpoint} is not whole; nothing was written"))?;
+    flagstaff_server::backup::write_file(to, |out| {
+        out.write_all(&bytes).map_err(|e| {
+            flagstaff_server::ServerError::Invalid(format!("cannot write {}: {e}", to.display()))
         })
     })?;
-    // Read back whole: the server's stream may have ended early without an error.
-    let file = std::fs::File::open(to)?;
-    let backup = flagstaff_server::backup::read(std::io::BufReader::new(file))
-        .with_context(|| format!("the backup written to {} is not whole", to.display()))?;
     println!(
         "backed up {} (from the flagstaffd at {endpoint}) to {}: {}",
         args.data_dir.display(),

@@ -12,7 +12,7 @@ mod sled_store;
 use flagstaff_engine::{Flag, KeyPatch, Segment};
 use serde::{Deserialize, Serialize};
 
-pub use postgres::{PgStore, CALL_TIMEOUT};
+pub use postgres::{PgStore, CALL_TIMEOUT, NOTIFY_CHANNEL};
 pub use sled_store::{SledStore, DEFAULT_RETENTION, LOCK_WAIT};
 
 /// What can go wrong talking to the store.

@@ -9,8 +9,9 @@
 //!
 //! A commit is one transaction: it locks the environment's row (`SELECT … FOR UPDATE`),
 //! checks the revision, writes the documents, the change-log row and the audit row, and
-//! moves the revision. When the connection is lost after COMMIT was sent, nobody can tell
-//! whether it took effect: that is [`StoreError::OutcomeUnknown`].
+//! moves the revision; after it, `pg_notify` tells whoever listens on [`NOTIFY_CHANNEL`]. When
+//! the connection is lost after COMMIT was sent, nobody can tell whether it took effect: that
+//! is [`StoreError::OutcomeUnknown`].
 
 use std::future::Future;
 use std::str::FromStr;
@@ -35,6 +36,9 @@ const MIGRATIONS: &[(i32, &str, &str)] =
 
 /// The advisory lock held while migrating, so replicas starting together do not race.
 const MIGRATION_LOCK: i64 = 0x666c_6167_7374_6166; // "flagstaf"
+
+/// The channel every commit is notified on, as `<environment>:<revision>`.
+pub const NOTIFY_CHANNEL: &str = "flagstaff";
 
 /// The longest any one call of the store waits for the database.
 pub const CALL_TIMEOUT: Duration = Duration::from_secs(10);
@@ -97,6 +101,13 @@ fn describe(config: &tokio_postgres::Config) -> String {
 /// [`StoreError::Postgres`].
 fn failed(database: &str, err: tokio_postgres::Error) -> StoreError {
     match err.as_db_error() {
+        // The database going away or not taking connections: connection exceptions (08),
+        // insufficient resources (53), operator intervention such as a shutdown (57), system
+        // errors (58). Nothing of the call took effect.
+        Some(db) if unavailable_class(db.code()) => StoreError::Unavailable {
+            database: database.to_owned(),
+            detail: format!("{}: {}", db.code().code(), db.message()),
+        },
         Some(db) => StoreError::Postgres {
             database: database.to_owned(),
             detail: format!("{}: {}", db.code().code(), db.message()),
@@ -106,6 +117,20 @@ fn failed(database: &str, err: tokio_postgres::Error) -> StoreError {
             detail: with_sources(&err),
         },
     }
+}
+
+/// Whether an error of this SQLSTATE means the database is unavailable rather than that it
+/// refused the statement.
+fn unavailable_class(code: &tokio_postgres::error::SqlState) -> bool {
+    matches!(&code.code()[..2], "08" | "53" | "57" | "58")
+}
+
+/// Whether a COMMIT that failed with this SQLSTATE surely committed nothing: the transaction
+/// was rolled back for what it did (a serialization failure or deadlock, a constraint, an
+/// error raised by a trigger). Anything else, such as the server shutting down while it
+/// waited for a standby, may have come after the commit took effect.
+fn rolled_back_class(code: &tokio_postgres::error::SqlState) -> bool {
+    matches!(&code.code()[..2], "40" | "23" | "P0" | "25" | "2D")
 }
 
 /// An error's message followed by its causes': "error connecting to server: Connection
@@ -385,6 +410,22 @@ impl PgStore {
         F: FnOnce(Pool, String) -> Fut,
         Fut: Future<Output = Result<T, StoreError>> + Send + 'static,
     {
+        self.call_with(committing, Some(CALL_TIMEOUT), work)
+    }
+
+    /// [`call_committing`](Self::call_committing) bounded by `timeout` instead, or not at
+    /// all.
+    fn call_with<T, F, Fut>(
+        &self,
+        committing: Option<Arc<AtomicBool>>,
+        timeout: Option<std::time::Duration>,
+        work: F,
+    ) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(Pool, String) -> Fut,
+        Fut: Future<Output = Result<T, StoreError>> + Send + 'static,
+    {
         let Some(runtime) = &self.runtime else {
             return Err(self.unavailable("the store is closed"));
         };
@@ -392,7 +433,8 @@ impl PgStore {
         let database = self.database.clone();
         let work = work(self.pool.clone(), self.database.clone());
         runtime.spawn(async move {
-            let result = match tokio::time::timeout(CALL_TIMEOUT, work).await {
+            let limit = timeout.unwrap_or(std::time::Duration::MAX);
+            let result = match tokio::time::timeout(limit, work).await {
                 Ok(result) => result,
                 Err(_) => match committing {
                     Some(c) if c.load(Ordering::SeqCst) => {
@@ -400,7 +442,7 @@ impl PgStore {
                     }
                     _ => Err(StoreError::Unavailable {
                         database,
-                        detail: format!("no answer within {CALL_TIMEOUT:?}"),
+                        detail: format!("no answer within {limit:?}"),
                     }),
                 },
             };
@@ -461,9 +503,12 @@ impl PgStore {
             }
         });
         for record in records {
-            visit(record?)?;
+            match record? {
+                Some(record) => visit(record)?,
+                None => return Ok(()),
+            }
         }
-        Ok(())
+        Err(self.unavailable("reading the backup stopped before its end"))
     }
 
     /// The environment's record, or [`StoreError::NoEnvironment`].
@@ -695,7 +740,7 @@ async fn write_commit(
 async fn dump_records(
     pool: Pool,
     database: String,
-    out: &std::sync::mpsc::SyncSender<Result<BackupRecord, StoreError>>,
+    out: &std::sync::mpsc::SyncSender<Result<Option<BackupRecord>, StoreError>>,
     only: Option<String>,
 ) -> Result<(), StoreError> {
     let fail = |e| failed(&database, e);
@@ -711,7 +756,7 @@ async fn dump_records(
     // The reader is a plain thread, maybe one that is also running async code, so the
     // channel is std's, and this worker waits in `block_in_place` while it is full.
     let send = |record: BackupRecord| async move {
-        match tokio::task::block_in_place(|| out.send(Ok(record)).is_ok()) {
+        match tokio::task::block_in_place(|| out.send(Ok(Some(record))).is_ok()) {
             true => Ok(()),
             false => Err(StoreError::Invalid {
                 detail: "the backup stopped reading".to_owned(),
@@ -825,10 +870,24 @@ async fn dump_records(
                 .await
                 .map_err(fail)?,
         ) {
-            send(BackupRecord::Token(decode("tokens", text.as_bytes())?)).await?;
+            match decode("tokens", text.as_bytes()) {
+                Ok(token) => send(BackupRecord::Token(token)).await?,
+                // As everywhere else: a token that cannot be read does not work, and is left
+                // out.
+                Err(e) => {
+                    tracing::error!(error = %e, "a damaged token record is left out of the backup")
+                }
+            }
         }
     }
-    tx.commit().await.map_err(fail)
+    tx.commit().await.map_err(fail)?;
+    // The end: a channel that closes without it was cut short.
+    match tokio::task::block_in_place(|| out.send(Ok(None)).is_ok()) {
+        true => Ok(()),
+        false => Err(StoreError::Invalid {
+            detail: "the backup stopped reading".to_owned(),
+        }),
+    }
 }
 
 /// Writes one restored environment inside its transaction (see
@@ -868,37 +927,58 @@ async fn write_restored(
         )
         .await?;
     }
-    for change in &restored.changes {
-        tx.execute(
-            "INSERT INTO changes (environment, revision, change) VALUES ($1, $2, $3::text::json)",
-            &[env, &sql_revision(change.revision), &json(change)],
-        )
-        .await?;
+    // The change log and the audit log, each in one statement however long.
+    let (revisions, changes): (Vec<i64>, Vec<String>) = restored
+        .changes
+        .iter()
+        .map(|c| (sql_revision(c.revision), json(c)))
+        .unzip();
+    tx.execute(
+        "INSERT INTO changes (environment, revision, change)
+         SELECT $1, revision, change::json FROM unnest($2::bigint[], $3::text[]) AS c (revision, change)",
+        &[env, &revisions, &changes],
+    )
+    .await?;
+    let audit = &restored.audit;
+    let revisions: Vec<i64> = audit.iter().map(|a| sql_revision(a.revision)).collect();
+    let times: Vec<i64> = audit
+        .iter()
+        .map(|a| i64::try_from(a.time_ms).unwrap_or(i64::MAX))
+        .collect();
+    let actors: Vec<&str> = audit.iter().map(|a| a.actor.as_str()).collect();
+    let comments: Vec<&str> = audit.iter().map(|a| a.comment.as_str()).collect();
+    let operations: Vec<&str> = audit.iter().map(|a| a.operation.as_str()).collect();
+    let entries: Vec<String> = audit.iter().map(json).collect();
+    tx.execute(
+        "INSERT INTO audit (environment, revision, time_ms, actor, comment, operation, entry)
+         SELECT $1, revision, time_ms, actor, comment, operation, entry::json
+         FROM unnest($2::bigint[], $3::bigint[], $4::text[], $5::text[], $6::text[], $7::text[])
+              AS a (revision, time_ms, actor, comment, operation, entry)",
+        &[
+            env,
+            &revisions,
+            &times,
+            &actors,
+            &comments,
+            &operations,
+            &entries,
+        ],
+    )
+    .await?;
+    let (mut kinds, mut keys, mut of) = (Vec::new(), Vec::new(), Vec::new());
+    for a in audit {
+        let (k, n) = subjects(a);
+        of.extend(std::iter::repeat_n(sql_revision(a.revision), k.len()));
+        kinds.extend(k);
+        keys.extend(n);
     }
-    for a in &restored.audit {
-        let revision = sql_revision(a.revision);
-        tx.execute(
-            "INSERT INTO audit (environment, revision, time_ms, actor, comment, operation, entry)
-             VALUES ($1, $2, $3, $4, $5, $6, $7::text::json)",
-            &[
-                env,
-                &revision,
-                &i64::try_from(a.time_ms).unwrap_or(i64::MAX),
-                &a.actor,
-                &a.comment,
-                &a.operation,
-                &json(a),
-            ],
-        )
-        .await?;
-        let (kinds, keys) = subjects(a);
-        tx.execute(
-            "INSERT INTO audit_subjects (environment, kind, key, revision)
-             SELECT $1, kind, key, $2 FROM unnest($3::text[], $4::text[]) AS s (kind, key)",
-            &[env, &revision, &kinds, &keys],
-        )
-        .await?;
-    }
+    tx.execute(
+        "INSERT INTO audit_subjects (environment, kind, key, revision)
+         SELECT $1, kind, key, revision
+         FROM unnest($2::text[], $3::text[], $4::bigint[]) AS s (kind, key, revision)",
+        &[env, &kinds, &keys, &of],
+    )
+    .await?;
     for plan in &restored.rollouts {
         tx.execute(
             "INSERT INTO rollouts (environment, flag, plan) VALUES ($1, $2, $3::text::json)",
@@ -1299,12 +1379,35 @@ impl Store for PgStore {
                 .map_err(fail)?;
             sent.store(true, Ordering::SeqCst);
             match tx.commit().await {
-                Ok(()) => Ok(()),
-                // Refused by the database: nothing was committed.
-                Err(e) if e.as_db_error().is_some() => Err(fail(e)),
-                // The connection broke after COMMIT was sent: it may or may not have taken.
-                Err(_) => Err(StoreError::OutcomeUnknown { database }),
+                Ok(()) => {}
+                // Refused by the database for what the transaction did: nothing committed.
+                Err(e)
+                    if e.as_db_error()
+                        .is_some_and(|db| rolled_back_class(db.code())) =>
+                {
+                    return Err(fail(e))
+                }
+                // The connection broke, or the server failed, after COMMIT was sent: it may
+                // or may not have taken.
+                Err(e) => {
+                    tracing::warn!(error = %with_sources(&e), "the outcome of a commit is unknown");
+                    return Err(StoreError::OutcomeUnknown { database });
+                }
             }
+            // Other flagstaffd processes on the database learn of the revision: after COMMIT,
+            // outside the transaction (a NOTIFY inside it would serialise every commit of the
+            // cluster), and without holding up the answer. A lost notification costs them no
+            // more than their periodic look at the change log.
+            let payload = format!("{}:{}", commit.environment, commit.revision);
+            tokio::spawn(async move {
+                let notified = client
+                    .execute("SELECT pg_notify($1, $2)", &[&NOTIFY_CHANNEL, &payload])
+                    .await;
+                if let Err(e) = notified {
+                    tracing::warn!(error = %e, payload, "cannot notify a commit");
+                }
+            });
+            Ok(())
         })
     }
 
@@ -1357,15 +1460,26 @@ impl Store for PgStore {
             tx.batch_execute("SET LOCAL synchronous_commit = off")
                 .await
                 .map_err(fail)?;
-            tx.execute(
-                "INSERT INTO flag_usage (environment, flag, usage)
+            let written = tx
+                .execute(
+                    "INSERT INTO flag_usage (environment, flag, usage)
                  SELECT $1, flag, usage::json FROM unnest($2::text[], $3::text[]) AS u (flag, usage)
                  WHERE EXISTS (SELECT 1 FROM environments WHERE key = $1)
                  ON CONFLICT (environment, flag) DO UPDATE SET usage = EXCLUDED.usage",
-                &[&env, &flags, &texts],
-            )
-            .await
-            .map_err(fail)?;
+                    &[&env, &flags, &texts],
+                )
+                .await;
+            match written {
+                Ok(_) => {}
+                // The environment was deleted meanwhile: its usage goes with it.
+                Err(e)
+                    if e.code()
+                        == Some(&tokio_postgres::error::SqlState::FOREIGN_KEY_VIOLATION) =>
+                {
+                    return Ok(())
+                }
+                Err(e) => return Err(fail(e)),
+            }
             tx.commit().await.map_err(fail)
         })
     }
@@ -1389,23 +1503,52 @@ impl Store for PgStore {
         environment: &str,
         revision: u64,
     ) -> Result<Option<Vec<Change>>, StoreError> {
-        let current = self.environment(environment)?.revision;
-        if revision >= current {
-            return Ok(Some(Vec::new()));
-        }
-        let texts = self.rows(
-            "SELECT change::text FROM changes WHERE environment = $1 AND revision > $2
-             ORDER BY revision",
-            vec![
-                Param::Text(environment.to_owned()),
-                Param::Int(sql_revision(revision)),
-            ],
-            |row| row.get::<_, String>(0),
-        )?;
+        let (env, since) = (environment.to_owned(), sql_revision(revision));
+        let found = self.call(move |pool, database| async move {
+            let fail = |e| failed(&database, e);
+            let mut client = pool.get().await.map_err(|e| pool_failed(&database, e))?;
+            let tx = client.transaction().await.map_err(fail)?;
+            // FOR SHARE waits for a commit of this environment still in flight (one whose
+            // answer was lost, say) to end, so that what it committed is read.
+            let rows = tx
+                .query(
+                    "SELECT revision FROM environments WHERE key = $1 FOR SHARE",
+                    &[&env],
+                )
+                .await
+                .map_err(fail)?;
+            let Some(row) = rows.first() else {
+                return Ok(None);
+            };
+            let current: i64 = row.get(0);
+            let texts: Vec<String> = match current > since {
+                false => Vec::new(),
+                true => tx
+                    .query(
+                        "SELECT change::text FROM changes WHERE environment = $1 AND revision > $2
+                         ORDER BY revision",
+                        &[&env, &since],
+                    )
+                    .await
+                    .map_err(fail)?
+                    .iter()
+                    .map(|row| row.get(0))
+                    .collect(),
+            };
+            // It only read: ending it either way releases the lock.
+            tx.rollback().await.map_err(fail)?;
+            Ok(Some((current > since, texts)))
+        })?;
+        let Some((behind, texts)) = found else {
+            return Err(StoreError::NoEnvironment(environment.to_owned()));
+        };
         let entries: Vec<Change> = texts
             .iter()
             .map(|t| decode(&format!("changes/{environment}"), t.as_bytes()))
             .collect::<Result<_, _>>()?;
+        if !behind {
+            return Ok(Some(Vec::new()));
+        }
         // Complete only if the first retained entry is the one right after `revision`.
         Ok(match entries.first() {
             Some(first) if first.revision == revision + 1 => Some(entries),
@@ -1520,7 +1663,8 @@ impl Store for PgStore {
         };
         let restored = restored.clone();
         let key = record.key.clone();
-        let written = self.call_committing(None, move |pool, database| async move {
+        // However long the history: a restore is bounded by the database's own timeouts only.
+        let written = self.call_with(None, None, move |pool, database| async move {
             let fail = |e| failed(&database, e);
             let mut client = pool.get().await.map_err(|e| pool_failed(&database, e))?;
             let tx = client.transaction().await.map_err(fail)?;

@@ -362,6 +362,11 @@ async fn a_running_server_streams_a_backup_with_each_environment_as_of_one_revis
             .expect("document");
         assert_eq!(exported.flags.len(), 3);
         assert_eq!(epoch_of(&restored, &record.key), record.epoch);
+        assert_ne!(
+            record.epoch,
+            epoch_of(&server, &record.key),
+            "restored with a new epoch"
+        );
     }
 
     // Only an admin may take one.

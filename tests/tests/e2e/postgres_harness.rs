@@ -103,3 +103,45 @@ async fn a_restart_on_the_data_directory_finds_the_same_store() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_commit_is_notified_with_its_environment_and_revision() {
+    if store_kind() != StoreKind::Postgres {
+        return;
+    }
+    let server = TestServer::start().await;
+    let url = server.database_url.clone().expect("on PostgreSQL");
+    let (listener, mut connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .expect("connects");
+    let (heard, mut notifications) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Some(message) = std::future::poll_fn(|cx| connection.poll_message(cx)).await {
+            if let Ok(tokio_postgres::AsyncMessage::Notification(n)) = message {
+                let _ = heard.send((n.channel().to_owned(), n.payload().to_owned()));
+            }
+        }
+    });
+    listener
+        .batch_execute(&format!(
+            "LISTEN {}",
+            flagstaff_server::storage::NOTIFY_CHANNEL
+        ))
+        .await
+        .expect("listening");
+
+    let mut admin = server.admin().await;
+    create_environment(&mut admin, "production").await;
+    let revision = crate::fixtures::create_flag(
+        &mut admin,
+        "production",
+        crate::fixtures::boolean_flag("checkout"),
+    )
+    .await;
+    let (channel, payload) = tokio::time::timeout(flagstaff_tests::PATIENCE, notifications.recv())
+        .await
+        .expect("notified in time")
+        .expect("a notification");
+    assert_eq!(channel, flagstaff_server::storage::NOTIFY_CHANNEL);
+    assert_eq!(payload, format!("production:{revision}"));
+}
