@@ -43,6 +43,19 @@ async fn behind_a_proxy() -> Option<(TestServer, FaultProxy, String)> {
     Some((server, proxy, named))
 }
 
+/// An SDK client of `production`, ready and serving `checkout` off; the context it evaluates
+/// for; and what the server holds before the test changes anything.
+async fn watching(
+    server: &TestServer,
+) -> (flagstaff::Client, Context<'static>, (u64, Option<u64>)) {
+    let sdk = sdk_token(server, "checkout-service", "production").await;
+    let client = sdk_client(server.endpoint(), &sdk, "faults");
+    client.wait_ready(PATIENCE).await.expect("ready");
+    let ctx = Context::new("user-1");
+    assert!(!client.bool_value("checkout", &ctx, true), "serves off");
+    (client, ctx, held(server))
+}
+
 /// Serves `on` (or `off`) by default for `checkout`: what SDKs evaluate changes with it.
 async fn serve(admin: &mut Admin, on: bool) -> Result<u64, tonic::Status> {
     admin
@@ -74,12 +87,7 @@ async fn writes_fail_naming_the_database_while_it_is_down_and_work_again_when_it
         return;
     };
     let mut admin = server.admin().await;
-    let sdk = sdk_token(&server, "checkout-service", "production").await;
-    let client = sdk_client(server.endpoint(), &sdk, "faults");
-    client.wait_ready(PATIENCE).await.expect("ready");
-    let ctx = Context::new("user-1");
-    let before = held(&server);
-    assert!(!client.bool_value("checkout", &ctx, true), "serves off");
+    let (client, ctx, before) = watching(&server).await;
 
     // Down: connections cut, new ones refused, as while PostgreSQL restarts.
     proxy.set(Mode::Refuse);
@@ -133,11 +141,7 @@ async fn a_commit_whose_reply_is_lost_is_outcome_unknown_and_reaches_sdks_from_t
         return;
     };
     let mut admin = server.admin().await;
-    let sdk = sdk_token(&server, "checkout-service", "production").await;
-    let client = sdk_client(server.endpoint(), &sdk, "faults");
-    client.wait_ready(PATIENCE).await.expect("ready");
-    let ctx = Context::new("user-1");
-    let before = held(&server);
+    let (client, ctx, before) = watching(&server).await;
 
     // COMMIT reaches the database, which commits; its reply never comes back.
     proxy.set(Mode::CutAfterClientSends(b"COMMIT\0"));
@@ -181,12 +185,7 @@ async fn a_commit_the_database_refuses_is_reported_and_publishes_nothing() {
         return;
     };
     let mut admin = server.admin().await;
-    let sdk = sdk_token(&server, "checkout-service", "production").await;
-    let client = sdk_client(server.endpoint(), &sdk, "faults");
-    client.wait_ready(PATIENCE).await.expect("ready");
-    let ctx = Context::new("user-1");
-    let before = held(&server);
-    assert!(!client.bool_value("checkout", &ctx, true), "serves off");
+    let (client, ctx, before) = watching(&server).await;
 
     // A constraint checked at COMMIT that fails: the database refuses the whole transaction
     // at its last step.
