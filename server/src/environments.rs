@@ -656,12 +656,24 @@ impl<S: Store> Environments<S> {
             tracing::info!(environment = %env.key, revision = change.revision, "caught up with a change the store holds");
             env.feed.publish(Event::new(change, audit));
         }
-        *env.lock_rollouts() = self
-            .store
-            .rollouts(&env.key)?
-            .into_iter()
-            .map(|plan| (plan.flag.clone(), plan))
-            .collect();
+        // The plans as stored, except the guard counts of a stage still running the same
+        // flag version: those are kept in memory until the plan's next write.
+        let stored = self.store.rollouts(&env.key)?;
+        let mut plans = env.lock_rollouts();
+        let mut next = BTreeMap::new();
+        for mut plan in stored {
+            let kept = plans
+                .get(&plan.flag)
+                .filter(|p| p.flag_version == plan.flag_version);
+            if let (Some(guard), Some(kept)) =
+                (plan.guard.as_mut(), kept.and_then(|p| p.guard.as_ref()))
+            {
+                guard.tally = kept.tally;
+            }
+            next.insert(plan.flag.clone(), plan);
+        }
+        *plans = next;
+        drop(plans);
         self.rollouts_changed.notify_one();
         Ok(())
     }

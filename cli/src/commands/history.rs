@@ -142,11 +142,18 @@ pub async fn watch(session: &mut Session, args: &WatchArgs) -> anyhow::Result<St
     let mut out = std::io::stdout().lock();
     // Start after the newest entry (or --since), so that nothing committed from here on is
     // missed.
-    let mut after = match args.since {
-        Some(since) => since,
-        None => newest_revision(session, &environment).await?,
-    };
+    let newest = newest_revision(session, &environment).await?;
+    let mut after = args.since.unwrap_or(newest);
     eprintln!("watching {environment} after revision {after} (Ctrl-C to stop)");
+    // A position past the environment's newest revision moves back to it now, before anything
+    // is committed after the line above: moved back later, it would skip what was.
+    if after > newest {
+        eprintln!(
+            "revision {after} is ahead of {environment}, which is at revision {newest}: \
+             watching after {newest}"
+        );
+        after = newest;
+    }
     // Failed attempts in a row: the backoff grows with them, and a message (or a stream that
     // stays up) is the sign of a working stream again.
     let mut failures: u32 = 0;

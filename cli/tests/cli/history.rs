@@ -108,9 +108,18 @@ fn watch(s: &Server, env: &str, args: &[&str]) -> (Child, String, mpsc::Receiver
         .stderr(Stdio::piped())
         .spawn()
         .expect("watch starts");
-    let mut stderr = BufReader::new(child.stderr.take().expect("stderr"));
-    let mut first = String::new();
-    stderr.read_line(&mut first).expect("a line on stderr");
+    // The first line byte by byte: a buffered reader could take more, which the test reads
+    // from stderr at the end.
+    let mut stderr = child.stderr.take().expect("stderr");
+    let mut first = Vec::new();
+    let mut byte = [0u8; 1];
+    while stderr.read(&mut byte).expect("stderr") == 1 {
+        first.push(byte[0]);
+        if byte[0] == b'\n' {
+            break;
+        }
+    }
+    let first = String::from_utf8(first).expect("a line on stderr");
     // Keep stderr for the test to read at the end.
     let stdout = child.stdout.take().expect("stdout");
     let (tx, lines) = mpsc::channel();
@@ -122,7 +131,7 @@ fn watch(s: &Server, env: &str, args: &[&str]) -> (Child, String, mpsc::Receiver
             }
         }
     });
-    child.stderr = Some(stderr.into_inner());
+    child.stderr = Some(stderr);
     (child, first, lines)
 }
 
