@@ -1,17 +1,20 @@
 //! Durable storage of environments, documents, the change log, the audit log and tokens.
 //!
 //! [`Store`] is what the control plane needs from a database; [`SledStore`] implements it on
-//! the embedded sled. Every method blocks (sled does I/O), so async callers run them in
+//! the embedded sled, [`PgStore`] on PostgreSQL, and [`Backend`] is whichever of the two
+//! flagstaffd runs on. Every method blocks (disk or network I/O), so async callers run them in
 //! `spawn_blocking`. A commit is one transaction holding every document it changes, its
-//! change-log entry, its audit entry and the environment's new revision, and it is on disk,
-//! fsynced, before `commit` returns.
+//! change-log entry, its audit entry and the environment's new revision, and it is durable
+//! (fsynced, or committed by the database) before `commit` returns.
 
+mod backend;
 mod postgres;
 mod sled_store;
 
 use flagstaff_engine::{Flag, KeyPatch, Segment};
 use serde::{Deserialize, Serialize};
 
+pub use backend::Backend;
 pub use postgres::{PgStore, CALL_TIMEOUT, NOTIFY_CHANNEL};
 pub use sled_store::{SledStore, DEFAULT_RETENTION, LOCK_WAIT};
 
@@ -803,166 +806,4 @@ pub fn random_id() -> String {
     // The OS random source failing is not something a server can carry on without.
     getrandom::fill(&mut bytes).expect("the operating system's random source works");
     bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// The store flagstaffd runs on: sled in its data directory, or PostgreSQL.
-#[derive(Debug)]
-pub enum Backend {
-    /// The embedded sled store.
-    Sled(SledStore),
-    /// The PostgreSQL store.
-    Postgres(PgStore),
-}
-
-/// Calls the method on whichever store `self` is.
-macro_rules! each_store {
-    ($self:ident, $store:ident => $call:expr) => {
-        match $self {
-            Backend::Sled($store) => $call,
-            Backend::Postgres($store) => $call,
-        }
-    };
-}
-
-impl Store for Backend {
-    fn kind(&self) -> &'static str {
-        each_store!(self, s => s.kind())
-    }
-
-    fn environment_records(
-        &self,
-    ) -> Result<Vec<(String, Readable<EnvironmentRecord>)>, StoreError> {
-        each_store!(self, s => s.environment_records())
-    }
-
-    fn check(&self) -> Result<Vec<Damage>, StoreError> {
-        each_store!(self, s => s.check())
-    }
-
-    fn remove_damaged(&self, damage: &Damage) -> Result<(), StoreError> {
-        each_store!(self, s => s.remove_damaged(damage))
-    }
-
-    fn put_environment(&self, record: &EnvironmentRecord) -> Result<(), StoreError> {
-        each_store!(self, s => s.put_environment(record))
-    }
-
-    fn visit_audit(
-        &self,
-        environment: &str,
-        visit: &mut dyn FnMut(Result<AuditEntry, Damage>),
-    ) -> Result<(), StoreError> {
-        each_store!(self, s => s.visit_audit(environment, visit))
-    }
-
-    fn create_environment(&self, record: &EnvironmentRecord) -> Result<(), StoreError> {
-        each_store!(self, s => s.create_environment(record))
-    }
-
-    fn delete_environment(&self, environment: &str) -> Result<(), StoreError> {
-        each_store!(self, s => s.delete_environment(environment))
-    }
-
-    fn documents(&self, environment: &str) -> Result<Documents, StoreError> {
-        each_store!(self, s => s.documents(environment))
-    }
-
-    fn commit(
-        &self,
-        environment: &str,
-        expected_revision: u64,
-        change: &Change,
-        patched: &[Segment],
-        audit: &AuditEntry,
-        rollouts: &[RolloutRecord],
-    ) -> Result<(), StoreError> {
-        each_store!(self, s => s.commit(environment, expected_revision, change, patched, audit, rollouts))
-    }
-
-    fn put_rollout(&self, environment: &str, plan: &RolloutRecord) -> Result<(), StoreError> {
-        each_store!(self, s => s.put_rollout(environment, plan))
-    }
-
-    fn rollouts(&self, environment: &str) -> Result<Vec<RolloutRecord>, StoreError> {
-        each_store!(self, s => s.rollouts(environment))
-    }
-
-    fn put_usage(&self, environment: &str, usage: &[(&str, FlagUsage)]) -> Result<(), StoreError> {
-        each_store!(self, s => s.put_usage(environment, usage))
-    }
-
-    fn usage(&self, environment: &str) -> Result<Vec<(String, FlagUsage)>, StoreError> {
-        each_store!(self, s => s.usage(environment))
-    }
-
-    fn changes_since(
-        &self,
-        environment: &str,
-        revision: u64,
-    ) -> Result<Option<Vec<Change>>, StoreError> {
-        each_store!(self, s => s.changes_since(environment, revision))
-    }
-
-    fn audit_head(
-        &self,
-        environment: &str,
-        revision: u64,
-    ) -> Result<Option<AuditHead>, StoreError> {
-        each_store!(self, s => s.audit_head(environment, revision))
-    }
-
-    fn history(
-        &self,
-        environment: &str,
-        flag: Option<&str>,
-        before: Option<u64>,
-        limit: usize,
-    ) -> Result<Vec<AuditEntry>, StoreError> {
-        each_store!(self, s => s.history(environment, flag, before, limit))
-    }
-
-    fn segment_history(
-        &self,
-        environment: &str,
-        segment: &str,
-        before: Option<u64>,
-        limit: usize,
-    ) -> Result<Vec<AuditEntry>, StoreError> {
-        each_store!(self, s => s.segment_history(environment, segment, before, limit))
-    }
-
-    fn put_token(&self, token: &TokenRecord) -> Result<(), StoreError> {
-        each_store!(self, s => s.put_token(token))
-    }
-
-    fn put_tokens(&self, tokens: &[TokenRecord]) -> Result<(), StoreError> {
-        each_store!(self, s => s.put_tokens(tokens))
-    }
-
-    fn tokens(&self) -> Result<Vec<TokenRecord>, StoreError> {
-        each_store!(self, s => s.tokens())
-    }
-
-    fn dump(
-        &self,
-        visit: &mut dyn FnMut(BackupRecord) -> Result<(), StoreError>,
-    ) -> Result<(), StoreError> {
-        each_store!(self, s => s.dump(visit))
-    }
-
-    fn dump_environment(
-        &self,
-        environment: &str,
-        visit: &mut dyn FnMut(BackupRecord) -> Result<(), StoreError>,
-    ) -> Result<(), StoreError> {
-        each_store!(self, s => s.dump_environment(environment, visit))
-    }
-
-    fn restore_environment(&self, restored: &RestoredEnvironment) -> Result<(), StoreError> {
-        each_store!(self, s => s.restore_environment(restored))
-    }
-
-    fn ticket_key(&self) -> Result<[u8; TICKET_KEY_BYTES], StoreError> {
-        each_store!(self, s => s.ticket_key())
-    }
 }
