@@ -26,8 +26,8 @@ use flagstaff_tests::{Admin, TestServer};
 /// Flags in the environment.
 const FLAGS: usize = 1_000;
 /// Writes of the single writer, and of each of the 8.
-const SINGLE_WRITES: usize = 300;
-const EACH_OF_8: usize = 60;
+const SINGLE_WRITES: usize = 1_000;
+const EACH_OF_8: usize = 250;
 /// SDK clients watching, and changes propagated to them.
 const CLIENTS: usize = 100;
 const CHANGES: usize = 100;
@@ -39,6 +39,38 @@ fn flag(key: &str) -> pb::Flag {
     }))
     .expect("flag");
     pb::Flag::from(&flag)
+}
+
+/// CPU time used so far, in seconds: by the whole machine (every process, from `/proc/stat`)
+/// and by this process (flagstaffd, its store's client and the benchmark's own clients, from
+/// `/proc/self/stat`). Both count in the kernel's USER_HZ, which is 100 on Linux.
+fn cpu_seconds() -> (f64, f64) {
+    const USER_HZ: f64 = 100.0;
+    let machine = std::fs::read_to_string("/proc/stat").expect("/proc/stat");
+    // cpu  user nice system idle iowait irq softirq steal ...: busy is all but idle and iowait.
+    let fields: Vec<f64> = machine
+        .lines()
+        .next()
+        .expect("the cpu line")
+        .split_whitespace()
+        .skip(1)
+        .map(|f| f.parse().expect("a count"))
+        .collect();
+    let busy = fields[0] + fields[1] + fields[2] + fields[5] + fields[6];
+    let own = std::fs::read_to_string("/proc/self/stat").expect("/proc/self/stat");
+    // After the command's name in parentheses: utime and stime are the 12th and 13th fields.
+    let after = &own[own.rfind(')').expect("the name") + 2..];
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let own = fields[11].parse::<f64>().expect("utime") + fields[12].parse::<f64>().expect("stime");
+    (busy / USER_HZ, own / USER_HZ)
+}
+
+/// CPU time per write, in milliseconds, over `writes` writes since `since`: the whole
+/// machine's and this process's.
+fn cpu_per_write(since: (f64, f64), writes: usize) -> (f64, f64) {
+    let now = cpu_seconds();
+    let per = |a: f64, b: f64| (a - b) * 1_000.0 / writes as f64;
+    (per(now.0, since.0), per(now.1, since.1))
 }
 
 /// p50 and p99 of `samples`.
@@ -68,6 +100,10 @@ async fn flips(mut admin: Admin, environment: String, key: String, n: usize) -> 
 #[derive(Debug, Clone, Copy)]
 struct Figures {
     one: (Duration, Duration, f64),
+    /// CPU milliseconds per write (the machine's, this process's): one writer, 8 writers in 8
+    /// environments.
+    cpu_one: (f64, f64),
+    cpu_eight_envs: (f64, f64),
     eight: (Duration, Duration, f64),
     eight_envs: (Duration, Duration, f64),
     applied: (Duration, Duration),
@@ -131,6 +167,7 @@ async fn measure(name: &str, server: TestServer) -> Figures {
 
     // Durable writes.
     flips(admin.clone(), "bench".into(), "flag-0000".into(), 20).await;
+    let cpu = cpu_seconds();
     let start = Instant::now();
     let samples = flips(
         admin.clone(),
@@ -140,9 +177,14 @@ async fn measure(name: &str, server: TestServer) -> Figures {
     )
     .await;
     let rate = samples.len() as f64 / start.elapsed().as_secs_f64();
+    let cpu_one = cpu_per_write(cpu, samples.len());
     let (p50, p99) = percentiles(samples);
     let one = (p50, p99, rate);
-    println!("{name:<10} 1 writer:   p50 {p50:>8.2?}  p99 {p99:>8.2?}  {rate:>6.0} writes/s");
+    println!(
+        "{name:<10} 1 writer:   p50 {p50:>8.2?}  p99 {p99:>8.2?}  {rate:>6.0} writes/s; CPU per \
+         write {:.2} ms ({:.2} ms in this process)",
+        cpu_one.0, cpu_one.1
+    );
     // One environment's changes are committed one at a time, in revision order.
     let eight = eight_writers(&server, |_| "bench".to_owned()).await;
     println!(
@@ -154,14 +196,25 @@ async fn measure(name: &str, server: TestServer) -> Figures {
         eight.2 / one.2
     );
     // Eight environments' changes are committed side by side.
+    let cpu = cpu_seconds();
     let eight_envs = eight_writers(&server, |w| format!("bench-{w}")).await;
+    let cpu_eight_envs = cpu_per_write(cpu, 8 * EACH_OF_8);
     println!(
         "{name:<10} 8 writers, 8 environments:   p50 {:>8.2?}  p99 {:>8.2?}  {:>6.0} writes/s \
-         ({:.2}x one writer's)",
+         ({:.2}x one writer's); CPU per write {:.2} ms ({:.2} ms in this process)",
         eight_envs.0,
         eight_envs.1,
         eight_envs.2,
-        eight_envs.2 / one.2
+        eight_envs.2 / one.2,
+        cpu_eight_envs.0,
+        cpu_eight_envs.1,
+    );
+    // With every core busy, writes/s cannot pass cores / CPU per write.
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+    println!(
+        "{name:<10} ceiling of 8 writers on {cores} cores: {:.0} writes/s ({:.2}x one writer's)",
+        cores * 1_000.0 / cpu_eight_envs.0,
+        cores * 1_000.0 / cpu_eight_envs.0 / one.2,
     );
 
     // Propagation to SDK clients.
@@ -241,6 +294,8 @@ async fn measure(name: &str, server: TestServer) -> Figures {
     server.stop().await;
     Figures {
         one,
+        cpu_one,
+        cpu_eight_envs,
         eight,
         eight_envs,
         applied,
@@ -272,5 +327,13 @@ async fn main() {
         ratio(pg.applied.0, sled.applied.0),
         ratio(pg.applied.1, sled.applied.1),
         ratio(pg.last.1, sled.last.1),
+    );
+    println!(
+        "postgres / sled: CPU per write, machine (this process): 1 writer {:.2} ({:.2}); 8 \
+         writers in 8 environments {:.2} ({:.2})",
+        pg.cpu_one.0 / sled.cpu_one.0,
+        pg.cpu_one.1 / sled.cpu_one.1,
+        pg.cpu_eight_envs.0 / sled.cpu_eight_envs.0,
+        pg.cpu_eight_envs.1 / sled.cpu_eight_envs.1,
     );
 }

@@ -117,7 +117,17 @@ async fn relay(
     let up = pump(client_read, server_write, modes.clone(), false);
     let down = pump(server_read, client_write, modes, true);
     tokio::select! {
-        _ = up => {}
+        kept = up => {
+            if let Some(server) = kept {
+                // A request went through and its answer is to be lost: the client's side
+                // closes now, the server's a moment later, so that the server does not see
+                // the client go before it has answered (into the void).
+                tokio::spawn(async move {
+                    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+                    drop(server);
+                });
+            }
+        }
         reset = down => {
             if let Some(stream) = reset {
                 // SO_LINGER 0: closing sends RST instead of FIN.
@@ -129,7 +139,9 @@ async fn relay(
 }
 
 /// Copies `from` to `to` as the mode says. The server-to-client direction (`resets`) returns
-/// its writer when a reset is due, so the caller can reset the connection.
+/// its writer when a reset is due, so the caller can reset the connection; the other returns
+/// its writer when a request went through whose answer is to be lost, so the caller can keep
+/// the server's side open a moment.
 async fn pump(
     mut from: tokio::net::tcp::OwnedReadHalf,
     mut to: tokio::net::tcp::OwnedWriteHalf,
@@ -166,7 +178,7 @@ async fn pump(
                     }
                     let _ = to.write_all(chunk).await;
                     let _ = to.flush().await;
-                    return None;
+                    return Some(to);
                 }
                 Mode::ResetAfter(bytes) => {
                     let left = budget.get_or_insert(bytes);

@@ -1,10 +1,27 @@
-//! A commit's writes: what it holds, encoded before its transaction starts, and the
-//! statements that write it.
+//! A commit: what it holds, encoded before its transaction starts, and the transaction that
+//! writes it in two round trips.
+//!
+//! 1. `BEGIN` and `SELECT … FOR UPDATE` of the environment's row, sent together.
+//! 2. After the revision is checked: every statement of the change and `COMMIT`, sent
+//!    together. The database runs them in order and, when one fails, rolls the rest back,
+//!    `COMMIT` included.
+//!
+//! Statements are prepared once per connection. tokio-postgres sends a request on its
+//! future's first poll, so the order in which the futures are first polled is the order on
+//! the wire; [`send_all`] polls them once each, in order, before anything is awaited.
 
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::task::Poll;
+
+use deadpool_postgres::{Object, Pool};
 use flagstaff_engine::Segment;
 
 use super::revision_of;
-use crate::storage::{AuditChange, AuditEntry, EnvironmentRecord};
+use super::{decode, failed, json, pool_failed, rolled_back_class, with_sources, NOTIFY_CHANNEL};
+use crate::storage::{AuditChange, AuditEntry, EnvironmentRecord, StoreError};
 
 /// The flags and segments an audit entry touches, each once.
 pub(super) fn subjects(entry: &AuditEntry) -> (Vec<&'static str>, Vec<String>) {
@@ -68,9 +85,8 @@ pub(super) struct Commit {
     pub(super) audit: AuditEntry,
     pub(super) audit_json: String,
     pub(super) audit_time: i64,
-    /// The change log keeps this many entries...
-    pub(super) retention: i64,
-    /// ...so entries at or below this revision go.
+    /// The change log keeps the last `retention` entries, so entries at or below this
+    /// revision go.
     pub(super) trim_below: i64,
 }
 
@@ -90,17 +106,12 @@ type Op<'a> = (
 /// The two key lists of a segment, as the `list` column names them.
 const LISTS: [&str; 2] = ["included", "excluded"];
 
-/// Writes one commit inside its transaction (see [`Store::commit`]). The statements are
-/// prepared once per connection (cached), then pipelined: all are sent at once, in order, on
-/// the transaction's connection, and the database runs them in that order, so a commit costs
-/// one round trip whatever it holds.
-pub(super) async fn write_commit(
-    tx: &deadpool_postgres::Transaction<'_>,
-    c: &Commit,
-    record: &EnvironmentRecord,
-    record_json: &str,
-    subjects: &(Vec<&'static str>, Vec<String>),
-) -> Result<(), tokio_postgres::Error> {
+/// The statements that write `c`, in order, with their parameters.
+fn statements<'a>(
+    c: &'a Commit,
+    record_json: &'a String,
+    subjects: &'a (Vec<&'static str>, Vec<String>),
+) -> Vec<Op<'a>> {
     let env = &c.environment;
     let mut pending: Vec<Op<'_>> = Vec::new();
     for (key, document) in &c.flags {
@@ -178,52 +189,248 @@ pub(super) async fn write_commit(
             params![env, flag, plan],
         ));
     }
-    pending.push((
-        "INSERT INTO changes (environment, revision, change) VALUES ($1, $2, $3::text::json)",
-        params![env, &c.revision, &c.change],
-    ));
+    // What every commit writes, in one statement: the change-log entry (and the entries
+    // past the log's retention gone), the audit entry and its subjects, and the environment's
+    // new revision.
     let a = &c.audit;
+    let (kinds, keys) = subjects;
     pending.push((
-        "INSERT INTO audit (environment, revision, time_ms, actor, comment, operation, entry)
-         VALUES ($1, $2, $3, $4, $5, $6, $7::text::json)",
+        "WITH logged AS (
+             INSERT INTO changes (environment, revision, change)
+             VALUES ($1, $2, $3::text::json)),
+         trimmed AS (
+             DELETE FROM changes WHERE environment = $1 AND revision <= $4),
+         audited AS (
+             INSERT INTO audit (environment, revision, time_ms, actor, comment, operation, entry)
+             VALUES ($1, $2, $5, $6, $7, $8, $9::text::json)),
+         subjects AS (
+             INSERT INTO audit_subjects (environment, kind, key, revision)
+             SELECT $1, kind, key, $2 FROM unnest($10::text[], $11::text[]) AS s (kind, key))
+         UPDATE environments SET revision = $2, record = $12::text::json WHERE key = $1",
         params![
             env,
             &c.revision,
+            &c.change,
+            &c.trim_below,
             &c.audit_time,
             &a.actor,
             &a.comment,
             &a.operation,
             &c.audit_json,
+            kinds,
+            keys,
+            record_json,
         ],
     ));
-    let (kinds, keys) = subjects;
-    if !kinds.is_empty() {
-        pending.push((
-            "INSERT INTO audit_subjects (environment, kind, key, revision)
-             SELECT $1, kind, key, $2 FROM unnest($3::text[], $4::text[]) AS s (kind, key)",
-            params![env, &c.revision, kinds, keys],
-        ));
+    pending
+}
+
+/// Commits `c` (see [`Store::commit`](crate::storage::Store::commit)): `committing` is set
+/// once `COMMIT` is on its way, after which a lost answer means the outcome is unknown.
+pub(super) async fn run(
+    pool: Pool,
+    database: String,
+    c: Commit,
+    committing: Arc<AtomicBool>,
+) -> Result<(), StoreError> {
+    let fail = |e| failed(&database, e);
+    let client = pool.get().await.map_err(|e| pool_failed(&database, e))?;
+    let lock = client
+        .prepare_cached("SELECT revision, record::text FROM environments WHERE key = $1 FOR UPDATE")
+        .await
+        .map_err(fail)?;
+    let tx = Begun(Some(client));
+    let (begun, locked) = futures_util::future::join(
+        tx.client().batch_execute("BEGIN"),
+        tx.client().query(&lock, &[&c.environment]),
+    )
+    .await;
+    begun.map_err(fail)?;
+    let locked = locked.map_err(fail)?;
+    let Some(row) = locked.first() else {
+        return Err(StoreError::NoEnvironment(c.environment.clone()));
+    };
+    let actual: i64 = row.get(0);
+    if actual != c.expected {
+        return Err(StoreError::RevisionConflict {
+            environment: c.environment.clone(),
+            expected: revision_of(c.expected),
+            actual: revision_of(actual),
+        });
     }
-    debug_assert_eq!(record.revision, revision_of(c.revision));
-    pending.push((
-        "UPDATE environments SET revision = $2, record = $3::text::json WHERE key = $1",
-        params![env, &c.revision, &record_json],
-    ));
-    // The change log keeps the last `retention` entries.
-    if c.revision > c.retention {
-        pending.push((
-            "DELETE FROM changes WHERE environment = $1 AND revision <= $2",
-            params![env, &c.trim_below],
-        ));
+    // The record as locked, with the new revision.
+    let locked: String = row.get(1);
+    let what = format!("environments/{}", c.environment);
+    let record = EnvironmentRecord {
+        revision: revision_of(c.revision),
+        ..decode::<EnvironmentRecord>(&what, locked.as_bytes())?
+    };
+    let record_json = json(&record);
+    let subjects = subjects(&c.audit);
+    let pending = statements(&c, &record_json, &subjects);
+    let payload = format!("{}:{}", c.environment, c.revision);
+    let Outcome {
+        written,
+        committed,
+        notified,
+    } = write_and_commit(tx.client(), &pending, &payload, &committing)
+        .await
+        .map_err(fail)?;
+    match (written, committed) {
+        (Ok(()), Ok(())) => {}
+        // Refused by the database for what a statement did: the transaction was aborted and
+        // COMMIT rolled it back. The first error is the cause; later ones say "aborted".
+        (Err(e), _) if e.as_db_error().is_some() => return Err(fail(e)),
+        // COMMIT refused for what the transaction did (a deferred constraint, a
+        // serialization failure): nothing committed.
+        (Ok(()), Err(e))
+            if e.as_db_error()
+                .is_some_and(|db| rolled_back_class(db.code())) =>
+        {
+            return Err(fail(e))
+        }
+        // The connection broke, or the server failed, after COMMIT was sent: it may or may
+        // not have taken.
+        (Err(e), _) | (Ok(()), Err(e)) => {
+            tracing::warn!(error = %with_sources(&e), "the outcome of a commit is unknown");
+            return Err(StoreError::OutcomeUnknown { database });
+        }
     }
-    let mut statements = Vec::with_capacity(pending.len());
-    for (sql, _) in &pending {
-        statements.push(tx.prepare_cached(sql).await?);
+    drop(tx.ended());
+    // Other flagstaffd processes on the database learn of the revision. A lost notification
+    // costs them no more than their periodic look at the change log.
+    if let Err(e) = notified {
+        tracing::warn!(error = %e, payload, "cannot notify a commit");
     }
-    let sent = pending
-        .iter()
-        .zip(&statements)
-        .map(|((_, params), statement)| tx.execute_raw(statement, params.iter().copied()));
-    futures_util::future::try_join_all(sent).await?;
     Ok(())
+}
+
+/// How the statements of a commit went (the first error), how `COMMIT` went, and how the
+/// notification after it went.
+struct Outcome {
+    written: Result<(), tokio_postgres::Error>,
+    committed: Result<(), tokio_postgres::Error>,
+    notified: Result<u64, tokio_postgres::Error>,
+}
+
+/// Sends the statements of `pending`, `COMMIT` and then `SELECT pg_notify(…, payload)` at once
+/// on `client`'s transaction, and answers how each went; fails before anything is committed
+/// when a statement cannot be prepared or sent.
+///
+/// The notification is sent with the commit, not after its answer, so that it costs no round
+/// trip of its own; it runs after `COMMIT` in a transaction of its own (a NOTIFY inside the
+/// commit's transaction would serialise every commit of the cluster). Should `COMMIT` fail,
+/// listeners are told of a revision that is not in the change log, and find nothing new.
+async fn write_and_commit(
+    client: &Object,
+    pending: &[Op<'_>],
+    payload: &str,
+    committing: &AtomicBool,
+) -> Result<Outcome, tokio_postgres::Error> {
+    let mut prepared = Vec::with_capacity(pending.len());
+    for (sql, _) in pending {
+        prepared.push(client.prepare_cached(sql).await?);
+    }
+    let notify = client.prepare_cached("SELECT pg_notify($1, $2)").await?;
+    let mut writes: Vec<_> = pending
+        .iter()
+        .zip(&prepared)
+        .map(|((_, params), statement)| {
+            Box::pin(client.execute_raw(statement, params.iter().copied()))
+        })
+        .collect();
+    let mut early = send_all(&mut writes).await;
+    // A statement that failed before it was sent (its parameters would not encode) fails
+    // the commit before COMMIT is sent: the transaction rolls back.
+    if let Some(Err(e)) = early.iter_mut().find_map(|r| r.take_if(|r| r.is_err())) {
+        return Err(e);
+    }
+    committing.store(true, Ordering::SeqCst);
+    let mut commit = Box::pin(client.batch_execute("COMMIT"));
+    let notice: [&(dyn tokio_postgres::types::ToSql + Sync); 2] = [&NOTIFY_CHANNEL, &payload];
+    let mut notified = Box::pin(client.execute(&notify, &notice));
+    let (commit_early, notified_early) = futures_util::future::poll_fn(|cx| {
+        // In this order: COMMIT, then the notification.
+        let commit = commit.as_mut().poll(cx);
+        Poll::Ready((commit, notified.as_mut().poll(cx)))
+    })
+    .await;
+    let mut written = Ok(());
+    for (write, done) in writes.iter_mut().zip(early) {
+        let result = match done {
+            Some(result) => result,
+            None => write.await,
+        };
+        if let (Err(e), Ok(())) = (result, &written) {
+            written = Err(e);
+        }
+    }
+    let committed = match commit_early {
+        Poll::Ready(result) => result,
+        Poll::Pending => commit.await,
+    };
+    let notified = match notified_early {
+        Poll::Ready(result) => result,
+        Poll::Pending => notified.await,
+    };
+    Ok(Outcome {
+        written,
+        committed,
+        notified,
+    })
+}
+
+/// Polls each of `requests` once, in order, which sends them in that order; answers what
+/// each that finished already returned (one that failed before it was sent, or a closed
+/// connection).
+async fn send_all<F: Future + Unpin>(requests: &mut [F]) -> Vec<Option<F::Output>> {
+    futures_util::future::poll_fn(|cx| {
+        let done = requests
+            .iter_mut()
+            .map(|request| match Pin::new(request).poll(cx) {
+                Poll::Ready(output) => Some(output),
+                Poll::Pending => None,
+            })
+            .collect();
+        Poll::Ready(done)
+    })
+    .await
+}
+
+/// A transaction begun by hand, so that `BEGIN` travels with the statement after it instead
+/// of costing a round trip. Dropped before it ended, it is rolled back by a task of its own,
+/// which then returns the connection to the pool (or, if the rollback fails, closes it).
+struct Begun(Option<Object>);
+
+impl Begun {
+    fn client(&self) -> &Object {
+        self.0
+            .as_ref()
+            .expect("a transaction holds its connection until it ends")
+    }
+
+    /// The connection, once `COMMIT` was answered.
+    fn ended(mut self) -> Object {
+        self.0
+            .take()
+            .expect("a transaction holds its connection until it ends")
+    }
+}
+
+impl Drop for Begun {
+    fn drop(&mut self) {
+        let Some(client) = self.0.take() else {
+            return;
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                runtime.spawn(async move {
+                    if client.batch_execute("ROLLBACK").await.is_err() {
+                        drop(Object::take(client));
+                    }
+                });
+            }
+            Err(_) => drop(Object::take(client)),
+        }
+    }
 }

@@ -23,9 +23,9 @@ mod backup;
 mod commit;
 
 use self::backup::{dump_records, write_restored};
-use self::commit::{subjects, write_commit, Commit, KeyRows};
+use self::commit::{Commit, KeyRows};
 
-use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use deadpool_postgres::{Hook, HookError, Manager, ManagerConfig, Pool, RecyclingMethod};
 use flagstaff_engine::{Flag, Segment};
 use tokio_postgres::NoTls;
 
@@ -54,6 +54,12 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Connections in the pool.
 const POOL_SIZE: usize = 16;
+
+/// A pooled connection unused for this long is checked with a round trip before it is lent,
+/// so that one whose peer vanished without closing it (a network cut, a failover) is replaced
+/// instead of failing the request that drew it. Busy connections skip the check: under load
+/// it would be a round trip of every call.
+const VERIFY_IDLE: Duration = Duration::from_secs(1);
 
 /// The PostgreSQL-backed store.
 pub struct PgStore {
@@ -230,14 +236,25 @@ impl PgStore {
         let manager = Manager::from_config(
             config,
             NoTls,
-            // Each connection is checked with a round trip before it is lent: after the
-            // database restarted, a pooled connection whose socket died is replaced instead of
-            // failing the request that drew it.
+            // A connection whose socket closed (the database restarted) is replaced before it
+            // is lent; one idle for a while is also checked with a round trip (below).
             ManagerConfig {
-                recycling_method: RecyclingMethod::Verified,
+                recycling_method: RecyclingMethod::Fast,
             },
         );
         let pool = Pool::builder(manager)
+            .pre_recycle(Hook::async_fn(|client, metrics| {
+                let idle = metrics.last_used() > VERIFY_IDLE;
+                Box::pin(async move {
+                    if idle {
+                        client
+                            .simple_query("")
+                            .await
+                            .map_err(|e| HookError::Message(e.to_string().into()))?;
+                    }
+                    Ok(())
+                })
+            }))
             .max_size(POOL_SIZE)
             .runtime(deadpool_postgres::Runtime::Tokio1)
             .wait_timeout(Some(CALL_TIMEOUT))
@@ -846,7 +863,6 @@ impl Store for PgStore {
             audit: audit.clone(),
             audit_json: json(audit),
             audit_time: i64::try_from(audit.time_ms).unwrap_or(i64::MAX),
-            retention: i64::try_from(self.retention).unwrap_or(i64::MAX),
             trim_below: sql_revision(change.revision)
                 .saturating_sub(i64::try_from(self.retention).unwrap_or(i64::MAX)),
         };
@@ -859,74 +875,8 @@ impl Store for PgStore {
         }
         let committing = Arc::new(AtomicBool::new(false));
         let sent = committing.clone();
-        self.call_committing(Some(committing), move |pool, database| async move {
-            let fail = |e| failed(&database, e);
-            let mut client = pool.get().await.map_err(|e| pool_failed(&database, e))?;
-            let tx = client.transaction().await.map_err(fail)?;
-            let lock = tx
-                .prepare_cached(
-                    "SELECT revision, record::text FROM environments WHERE key = $1 FOR UPDATE",
-                )
-                .await
-                .map_err(fail)?;
-            let locked = tx
-                .query(&lock, &[&commit.environment])
-                .await
-                .map_err(fail)?;
-            let Some(row) = locked.first() else {
-                return Err(StoreError::NoEnvironment(commit.environment.clone()));
-            };
-            let actual: i64 = row.get(0);
-            if actual != commit.expected {
-                return Err(StoreError::RevisionConflict {
-                    environment: commit.environment.clone(),
-                    expected: revision_of(commit.expected),
-                    actual: revision_of(actual),
-                });
-            }
-            // The record as locked, with the new revision.
-            let locked: String = row.get(1);
-            let what = format!("environments/{}", commit.environment);
-            let record = EnvironmentRecord {
-                revision: revision_of(commit.revision),
-                ..decode::<EnvironmentRecord>(&what, locked.as_bytes())?
-            };
-            let record_json = json(&record);
-            let subjects = subjects(&commit.audit);
-            write_commit(&tx, &commit, &record, &record_json, &subjects)
-                .await
-                .map_err(fail)?;
-            sent.store(true, Ordering::SeqCst);
-            match tx.commit().await {
-                Ok(()) => {}
-                // Refused by the database for what the transaction did: nothing committed.
-                Err(e)
-                    if e.as_db_error()
-                        .is_some_and(|db| rolled_back_class(db.code())) =>
-                {
-                    return Err(fail(e))
-                }
-                // The connection broke, or the server failed, after COMMIT was sent: it may
-                // or may not have taken.
-                Err(e) => {
-                    tracing::warn!(error = %with_sources(&e), "the outcome of a commit is unknown");
-                    return Err(StoreError::OutcomeUnknown { database });
-                }
-            }
-            // Other flagstaffd processes on the database learn of the revision: after COMMIT,
-            // outside the transaction (a NOTIFY inside it would serialise every commit of the
-            // cluster), and without holding up the answer. A lost notification costs them no
-            // more than their periodic look at the change log.
-            let payload = format!("{}:{}", commit.environment, commit.revision);
-            tokio::spawn(async move {
-                let notified = client
-                    .execute("SELECT pg_notify($1, $2)", &[&NOTIFY_CHANNEL, &payload])
-                    .await;
-                if let Err(e) = notified {
-                    tracing::warn!(error = %e, payload, "cannot notify a commit");
-                }
-            });
-            Ok(())
+        self.call_committing(Some(committing), move |pool, database| {
+            commit::run(pool, database, commit, sent)
         })
     }
 
