@@ -265,6 +265,9 @@ pub struct Environments<S> {
     damaged: BTreeMap<String, Damage>,
 }
 
+/// How long [`Environments::reach`] may take.
+pub const REACH_LIMIT: std::time::Duration = std::time::Duration::from_secs(2);
+
 impl<S: Store> Environments<S> {
     /// Loads every environment from `store` and compiles its snapshot.
     pub fn load(store: Arc<S>) -> Result<Environments<S>, ServerError> {
@@ -498,6 +501,15 @@ impl<S: Store> Environments<S> {
             return Err(unconfirmed(&env.key));
         }
         let _writing = env.lock_writer();
+        // Held until the commit: nobody else commits to the environment meanwhile. Behind the
+        // store (another flagstaffd on the database committed), this one catches up first, so
+        // the change is built and validated against what is stored.
+        let mut locked = self.store.lock_environment(&env.key)?;
+        let known = env.current().revision;
+        if locked.revision() != known {
+            let changes = locked.changes_since(known)?;
+            self.apply_logged(&env, changes)?;
+        }
         let current = env.current();
         let plans = env.rollouts();
         let mut plan = None;
@@ -509,6 +521,7 @@ impl<S: Store> Environments<S> {
             Ok(changes)
         })?;
         let Some(staged) = staged else {
+            drop(locked);
             if let Some(plan) = &mut plan {
                 if changing {
                     let version = current.snapshot.flag(&plan.flag).and_then(|f| f.version);
@@ -551,14 +564,7 @@ impl<S: Store> Environments<S> {
             deleted_segments: staged.changes.deleted_segments,
             segment_patches,
         };
-        let committed = self.store.commit(
-            &env.key,
-            current.revision,
-            &change,
-            &patched,
-            &audit,
-            &plan_writes,
-        );
+        let committed = locked.commit(&change, &patched, &audit, &plan_writes);
         match committed {
             Ok(()) => {}
             // The store is ahead of this server's memory: a commit whose answer was lost took
@@ -603,13 +609,80 @@ impl<S: Store> Environments<S> {
         Ok((committed, plan))
     }
 
+    /// Brings `environment` up to `revision`, which the store announced as committed (by
+    /// another flagstaffd on the database, or this one): the change log above what this one
+    /// holds is applied and published. An environment this one does not hold is left alone.
+    pub fn follow(&self, environment: &str, revision: u64) -> Result<(), ServerError> {
+        let Ok(env) = self.get(environment) else {
+            return Ok(());
+        };
+        if env.current().revision >= revision {
+            return Ok(());
+        }
+        let _writing = env.lock_writer();
+        if env.current().revision >= revision {
+            return Ok(());
+        }
+        self.catch_up(&env)
+    }
+
+    /// Whether `environment` is at `revision` or beyond, once brought up to date from the
+    /// store if it was not: on a database several flagstaffd share, a client may name a
+    /// revision another one committed before this one heard of it. At most
+    /// [`REACH_LIMIT`]; false if the revision is not in the store either, or on failure.
+    pub async fn reach(self: &Arc<Self>, environment: &str, revision: u64) -> bool {
+        let Ok(env) = self.get(environment) else {
+            return false;
+        };
+        if env.current().revision >= revision {
+            return true;
+        }
+        let envs = self.clone();
+        let caught_up = tokio::task::spawn_blocking(move || {
+            let _writing = env.lock_writer();
+            if env.current().revision < revision {
+                if let Err(e) = envs.catch_up(&env) {
+                    tracing::warn!(environment = %env.key, error = %e, "cannot catch up with the store");
+                }
+            }
+            env.current().revision >= revision
+        });
+        matches!(
+            tokio::time::timeout(REACH_LIMIT, caught_up).await,
+            Ok(Ok(true))
+        )
+    }
+
+    /// Compares every environment with the store and [`follow`](Self::follow)s those behind
+    /// it. One that cannot be brought up to date is logged, and the others still are.
+    pub fn follow_all(&self) -> Result<(), ServerError> {
+        for (key, record) in self.store.environment_records()? {
+            let Ok(record) = record else { continue };
+            if let Err(e) = self.follow(&key, record.revision) {
+                tracing::warn!(environment = %key, error = %e, "cannot catch up with the store");
+            }
+        }
+        Ok(())
+    }
+
     /// Brings `env`'s memory up to what the store holds: the change-log entries above its
     /// revision are applied in order and published to its Watch streams, each with its audit
     /// entry, and its rollout plans are read again. Called under the environment's writer
-    /// lock, when a commit found the store ahead.
+    /// lock.
     fn catch_up(&self, env: &Environment) -> Result<(), ServerError> {
+        let changes = self.store.changes_since(&env.key, env.current().revision)?;
+        self.apply_logged(env, changes)
+    }
+
+    /// Applies `changes`, the change log above `env`'s revision (`None`: not all of it is
+    /// retained), as [`catch_up`](Self::catch_up) does.
+    fn apply_logged(
+        &self,
+        env: &Environment,
+        changes: Option<Vec<Change>>,
+    ) -> Result<(), ServerError> {
         let current = env.current();
-        let Some(changes) = self.store.changes_since(&env.key, current.revision)? else {
+        let Some(changes) = changes else {
             return Err(ServerError::Unavailable(format!(
                 "environment {:?} is behind the store by more than its change log keeps; \
                  restart flagstaffd to reload it",

@@ -41,6 +41,7 @@ pub mod clock;
 mod environments;
 mod error;
 pub mod feed;
+mod follow;
 mod health;
 mod http;
 mod metrics;
@@ -330,6 +331,16 @@ impl Server {
             ))
         });
 
+        // On a database other flagstaffd processes write too, what they commit is applied
+        // here and sent to this one's Watch streams.
+        let follower = storage::Store::follow(&**self.envs.store()).map(|announcements| {
+            tokio::spawn(follow::follow(
+                self.envs.clone(),
+                announcements,
+                health::stopped(stopping.clone()),
+            ))
+        });
+
         // Rollout plans advance while the server serves.
         let scheduler = tokio::spawn(rollout::schedule(
             self.envs.clone(),
@@ -369,6 +380,11 @@ impl Server {
         stop.send_replace(true);
         if let Err(e) = scheduler.await {
             tracing::error!(error = %e, "the rollout scheduler failed");
+        }
+        if let Some(follower) = follower {
+            if let Err(e) = follower.await {
+                tracing::error!(error = %e, "following the store failed");
+            }
         }
         if let Err(e) = usage.await {
             tracing::error!(error = %e, "recording OFREP usage failed");

@@ -314,6 +314,14 @@ impl<S: Store> Watcher<S> {
             return Err(permission_denied(token, Access::Sync(&environment)).into());
         }
         let env = self.envs.get(&environment)?;
+        // A client resuming from a revision another flagstaffd on the database committed (it
+        // moved here from that one) resumes from it, once this one has it, rather than going
+        // back to a snapshot of an older revision.
+        if subscribe.epoch == env.epoch && subscribe.since_revision > env.current().revision {
+            self.envs
+                .reach(&environment, subscribe.since_revision)
+                .await;
+        }
         let start = Start {
             same_epoch: subscribe.epoch == env.epoch,
             since: subscribe.since_revision,

@@ -1,11 +1,9 @@
 //! [`Backend`]: whichever of the two stores flagstaffd was started on, as one [`Store`].
 
-use flagstaff_engine::Segment;
-
 use super::{
-    AuditEntry, AuditHead, BackupRecord, Change, Damage, Documents, EnvironmentRecord, FlagUsage,
-    PgStore, Readable, RestoredEnvironment, RolloutRecord, SledStore, Store, StoreError,
-    TokenRecord, TICKET_KEY_BYTES,
+    Announcements, AuditEntry, AuditHead, BackupRecord, Change, Damage, Documents,
+    EnvironmentRecord, FlagUsage, Locked, PgStore, Readable, RestoredEnvironment, RolloutRecord,
+    SledStore, Store, StoreError, TokenRecord, TICKET_KEY_BYTES,
 };
 
 /// The store flagstaffd runs on: sled in its data directory, or PostgreSQL.
@@ -70,16 +68,12 @@ impl Store for Backend {
         each_store!(self, s => s.documents(environment))
     }
 
-    fn commit(
-        &self,
-        environment: &str,
-        expected_revision: u64,
-        change: &Change,
-        patched: &[Segment],
-        audit: &AuditEntry,
-        rollouts: &[RolloutRecord],
-    ) -> Result<(), StoreError> {
-        each_store!(self, s => s.commit(environment, expected_revision, change, patched, audit, rollouts))
+    fn lock_environment(&self, environment: &str) -> Result<Box<dyn Locked + '_>, StoreError> {
+        each_store!(self, s => s.lock_environment(environment))
+    }
+
+    fn follow(&self) -> Option<Announcements> {
+        each_store!(self, s => s.follow())
     }
 
     fn put_rollout(&self, environment: &str, plan: &RolloutRecord) -> Result<(), StoreError> {

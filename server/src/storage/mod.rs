@@ -606,6 +606,47 @@ pub struct RestoredEnvironment {
     pub usage: Vec<(String, FlagUsage)>,
 }
 
+/// An environment held for one commit by [`Store::lock_environment`]. On PostgreSQL its row
+/// is locked in an open transaction, so that a flagstaffd behind the database can catch up
+/// and validate its change against what is stored before anyone else commits; dropped
+/// without [`commit`](Locked::commit), it writes nothing and lets go.
+pub trait Locked: Send {
+    /// The environment's revision as stored.
+    fn revision(&self) -> u64;
+
+    /// [`Store::changes_since`], read under the lock: what a process behind the store
+    /// applies before it builds its change.
+    fn changes_since(&mut self, revision: u64) -> Result<Option<Vec<Change>>, StoreError>;
+
+    /// Commits `change`, which is revision [`revision`](Locked::revision) + 1 (see
+    /// [`Store::commit`]), and lets go.
+    fn commit(
+        self: Box<Self>,
+        change: &Change,
+        patched: &[Segment],
+        audit: &AuditEntry,
+        rollouts: &[RolloutRecord],
+    ) -> Result<(), StoreError>;
+}
+
+/// What a store announces of commits made by other processes on its database.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Announcement {
+    /// A commit to an environment.
+    Committed {
+        /// The environment committed to.
+        environment: String,
+        /// The revision it made: the environment is now at this revision or beyond.
+        revision: u64,
+    },
+    /// The store (re)started listening: whatever was announced meanwhile was missed, so
+    /// every environment is to be compared with the store.
+    Listening,
+}
+
+/// The announcements of a store's commits, in the order they were made.
+pub type Announcements = tokio::sync::mpsc::UnboundedReceiver<Announcement>;
+
 /// What the control plane needs from its database. Every method may block.
 pub trait Store: Send + Sync + 'static {
     /// What kind of store this is, as backups name it: `sled` or `postgres`.
@@ -655,6 +696,10 @@ pub trait Store: Send + Sync + 'static {
     /// An environment's current documents.
     fn documents(&self, environment: &str) -> Result<Documents, StoreError>;
 
+    /// Holds `environment` for one commit: until the [`Locked`] is committed or dropped,
+    /// nobody else commits to it, here or in another process on the same database.
+    fn lock_environment(&self, environment: &str) -> Result<Box<dyn Locked + '_>, StoreError>;
+
     /// Commits `change` (revision `expected_revision + 1`) with its audit entry, atomically
     /// and durably: when this returns `Ok`, the change survives a crash or power loss. Fails
     /// with [`StoreError::RevisionConflict`], changing nothing, when the environment is not at
@@ -669,7 +714,24 @@ pub trait Store: Send + Sync + 'static {
         patched: &[Segment],
         audit: &AuditEntry,
         rollouts: &[RolloutRecord],
-    ) -> Result<(), StoreError>;
+    ) -> Result<(), StoreError> {
+        let locked = self.lock_environment(environment)?;
+        let actual = locked.revision();
+        if actual != expected_revision {
+            return Err(StoreError::RevisionConflict {
+                environment: environment.to_owned(),
+                expected: expected_revision,
+                actual,
+            });
+        }
+        locked.commit(change, patched, audit, rollouts)
+    }
+
+    /// Commits made by other processes on the same database, as they are announced; `None`
+    /// for a store no other process writes (sled).
+    fn follow(&self) -> Option<Announcements> {
+        None
+    }
 
     /// Stores a rollout plan (replacing the flag's previous one), durably.
     fn put_rollout(&self, environment: &str, plan: &RolloutRecord) -> Result<(), StoreError>;

@@ -34,8 +34,8 @@ use flagstaff_engine::Segment;
 
 use super::{
     decode, encode, read_record, AuditEntry, AuditHead, BackupRecord, Change, Damage, Documents,
-    EnvironmentRecord, FlagUsage, Readable, RestoredEnvironment, RolloutRecord, Store, StoreError,
-    TokenRecord, TICKET_KEY, TICKET_KEY_BYTES,
+    EnvironmentRecord, FlagUsage, Locked, Readable, RestoredEnvironment, RolloutRecord, Store,
+    StoreError, TokenRecord, TICKET_KEY, TICKET_KEY_BYTES,
 };
 
 /// Change-log entries kept per environment unless configured otherwise.
@@ -76,6 +76,112 @@ fn sync_path(path: &Path) -> Result<(), StoreError> {
 pub const LOCK_WAIT: Duration = Duration::from_secs(1);
 
 impl SledStore {
+    /// [`Store::commit`]: sled has one writer, flagstaffd, which commits to an environment
+    /// under that environment's lock.
+    fn commit_at(
+        &self,
+        environment: &str,
+        expected_revision: u64,
+        change: &Change,
+        patched: &[Segment],
+        audit: &AuditEntry,
+        rollouts: &[RolloutRecord],
+    ) -> Result<(), StoreError> {
+        let mut synced = self.lock_writer();
+        let plans = self.tree("rollouts", environment)?;
+        let plan_values: Vec<(&str, Vec<u8>)> = rollouts
+            .iter()
+            .map(|p| (p.flag.as_str(), encode(p)))
+            .collect();
+        let flags = self.tree("flags", environment)?;
+        let segments = self.tree("segments", environment)?;
+        let changes = self.tree("changes", environment)?;
+        let audits = self.tree("audit", environment)?;
+        let heads = self.tree("audit_heads", environment)?;
+        let revision_key = change.revision.to_be_bytes();
+        let change_bytes = encode(change);
+        let audit_bytes = encode(audit);
+        let head_bytes = encode(&audit.head());
+        let flag_values: Vec<(&str, Vec<u8>)> = change
+            .flags
+            .iter()
+            .map(|f| (f.key.as_str(), encode(f)))
+            .collect();
+        let segment_values: Vec<(&str, Vec<u8>)> = change
+            .segments
+            .iter()
+            .chain(patched)
+            .map(|s| (s.key.as_str(), encode(s)))
+            .collect();
+
+        let result = [
+            &self.environments,
+            &flags,
+            &segments,
+            &changes,
+            &audits,
+            &plans,
+            &heads,
+        ]
+        .transaction(|trees| {
+            let (envs, flags, segments, changes, audits, plans, heads) = (
+                &trees[0], &trees[1], &trees[2], &trees[3], &trees[4], &trees[5], &trees[6],
+            );
+            let Some(bytes) = envs.get(environment)? else {
+                return Err(ConflictableTransactionError::Abort(
+                    StoreError::NoEnvironment(environment.to_owned()),
+                ));
+            };
+            let mut record: EnvironmentRecord =
+                decode(&format!("environments/{environment}"), &bytes)
+                    .map_err(ConflictableTransactionError::Abort)?;
+            if record.revision != expected_revision || change.revision != expected_revision + 1 {
+                return Err(ConflictableTransactionError::Abort(
+                    StoreError::RevisionConflict {
+                        environment: environment.to_owned(),
+                        expected: expected_revision,
+                        actual: record.revision,
+                    },
+                ));
+            }
+            for (key, value) in &flag_values {
+                flags.insert(*key, value.as_slice())?;
+            }
+            for key in &change.deleted_flags {
+                flags.remove(key.as_str())?;
+            }
+            for (key, value) in &segment_values {
+                segments.insert(*key, value.as_slice())?;
+            }
+            for key in &change.deleted_segments {
+                segments.remove(key.as_str())?;
+            }
+            for (key, value) in &plan_values {
+                plans.insert(*key, value.as_slice())?;
+            }
+            changes.insert(&revision_key, change_bytes.as_slice())?;
+            audits.insert(&revision_key, audit_bytes.as_slice())?;
+            heads.insert(&revision_key, head_bytes.as_slice())?;
+            record.revision = change.revision;
+            envs.insert(environment, encode(&record))?;
+            Ok(())
+        });
+        match result {
+            Ok(()) => {}
+            Err(TransactionError::Abort(e)) => return Err(e),
+            Err(TransactionError::Storage(e)) => return Err(StoreError::Database(e)),
+        }
+        // Trim the change log outside the transaction: losing a trim to a crash only keeps
+        // an entry longer.
+        if change.revision > self.retention {
+            let oldest_kept = change.revision - self.retention + 1;
+            for entry in changes.range(..oldest_kept.to_be_bytes()).keys() {
+                changes.remove(entry?)?;
+            }
+        }
+        self.sync(&mut synced, false)
+    }
+
     /// Opens (creating if needed) the store in `path`, keeping `retention` change-log entries
     /// per environment. Fails with [`StoreError::Locked`] when another process has it open.
     ///
@@ -392,108 +498,12 @@ impl Store for SledStore {
         Ok(Documents { flags, segments })
     }
 
-    fn commit(
-        &self,
-        environment: &str,
-        expected_revision: u64,
-        change: &Change,
-        patched: &[Segment],
-        audit: &AuditEntry,
-        rollouts: &[RolloutRecord],
-    ) -> Result<(), StoreError> {
-        let mut synced = self.lock_writer();
-        let plans = self.tree("rollouts", environment)?;
-        let plan_values: Vec<(&str, Vec<u8>)> = rollouts
-            .iter()
-            .map(|p| (p.flag.as_str(), encode(p)))
-            .collect();
-        let flags = self.tree("flags", environment)?;
-        let segments = self.tree("segments", environment)?;
-        let changes = self.tree("changes", environment)?;
-        let audits = self.tree("audit", environment)?;
-        let heads = self.tree("audit_heads", environment)?;
-        let revision_key = change.revision.to_be_bytes();
-        let change_bytes = encode(change);
-        let audit_bytes = encode(audit);
-        let head_bytes = encode(&audit.head());
-        let flag_values: Vec<(&str, Vec<u8>)> = change
-            .flags
-            .iter()
-            .map(|f| (f.key.as_str(), encode(f)))
-            .collect();
-        let segment_values: Vec<(&str, Vec<u8>)> = change
-            .segments
-            .iter()
-            .chain(patched)
-            .map(|s| (s.key.as_str(), encode(s)))
-            .collect();
-
-        let result = [
-            &self.environments,
-            &flags,
-            &segments,
-            &changes,
-            &audits,
-            &plans,
-            &heads,
-        ]
-        .transaction(|trees| {
-            let (envs, flags, segments, changes, audits, plans, heads) = (
-                &trees[0], &trees[1], &trees[2], &trees[3], &trees[4], &trees[5], &trees[6],
-            );
-            let Some(bytes) = envs.get(environment)? else {
-                return Err(ConflictableTransactionError::Abort(
-                    StoreError::NoEnvironment(environment.to_owned()),
-                ));
-            };
-            let mut record: EnvironmentRecord =
-                decode(&format!("environments/{environment}"), &bytes)
-                    .map_err(ConflictableTransactionError::Abort)?;
-            if record.revision != expected_revision || change.revision != expected_revision + 1 {
-                return Err(ConflictableTransactionError::Abort(
-                    StoreError::RevisionConflict {
-                        environment: environment.to_owned(),
-                        expected: expected_revision,
-                        actual: record.revision,
-                    },
-                ));
-            }
-            for (key, value) in &flag_values {
-                flags.insert(*key, value.as_slice())?;
-            }
-            for key in &change.deleted_flags {
-                flags.remove(key.as_str())?;
-            }
-            for (key, value) in &segment_values {
-                segments.insert(*key, value.as_slice())?;
-            }
-            for key in &change.deleted_segments {
-                segments.remove(key.as_str())?;
-            }
-            for (key, value) in &plan_values {
-                plans.insert(*key, value.as_slice())?;
-            }
-            changes.insert(&revision_key, change_bytes.as_slice())?;
-            audits.insert(&revision_key, audit_bytes.as_slice())?;
-            heads.insert(&revision_key, head_bytes.as_slice())?;
-            record.revision = change.revision;
-            envs.insert(environment, encode(&record))?;
-            Ok(())
-        });
-        match result {
-            Ok(()) => {}
-            Err(TransactionError::Abort(e)) => return Err(e),
-            Err(TransactionError::Storage(e)) => return Err(StoreError::Database(e)),
-        }
-        // Trim the change log outside the transaction: losing a trim to a crash only keeps
-        // an entry longer.
-        if change.revision > self.retention {
-            let oldest_kept = change.revision - self.retention + 1;
-            for entry in changes.range(..oldest_kept.to_be_bytes()).keys() {
-                changes.remove(entry?)?;
-            }
-        }
-        self.sync(&mut synced, false)
+    fn lock_environment(&self, environment: &str) -> Result<Box<dyn Locked + '_>, StoreError> {
+        Ok(Box::new(SledLocked {
+            store: self,
+            environment: environment.to_owned(),
+            revision: self.environment(environment)?.revision,
+        }))
     }
 
     fn changes_since(
@@ -800,5 +810,40 @@ impl Store for SledStore {
             }
         }
         Ok(tokens)
+    }
+}
+
+/// An environment held for a commit on sled: flagstaffd is sled's only writer, and holds the
+/// environment's own lock while it commits, so nothing is locked here.
+struct SledLocked<'a> {
+    store: &'a SledStore,
+    environment: String,
+    revision: u64,
+}
+
+impl Locked for SledLocked<'_> {
+    fn revision(&self) -> u64 {
+        self.revision
+    }
+
+    fn changes_since(&mut self, revision: u64) -> Result<Option<Vec<Change>>, StoreError> {
+        self.store.changes_since(&self.environment, revision)
+    }
+
+    fn commit(
+        self: Box<Self>,
+        change: &Change,
+        patched: &[Segment],
+        audit: &AuditEntry,
+        rollouts: &[RolloutRecord],
+    ) -> Result<(), StoreError> {
+        self.store.commit_at(
+            &self.environment,
+            self.revision,
+            change,
+            patched,
+            audit,
+            rollouts,
+        )
     }
 }

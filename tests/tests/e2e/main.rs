@@ -22,6 +22,7 @@ mod operations;
 mod postgres_faults;
 mod postgres_harness;
 mod propagation;
+mod replicas;
 mod rollouts;
 mod sdk;
 mod segments;

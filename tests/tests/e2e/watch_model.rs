@@ -32,10 +32,10 @@ const MARGIN: u64 = 12;
 const LIMIT: Duration = Duration::from_secs(30);
 
 /// A small deterministic generator, so a failure replays the same operations.
-struct Rng(u64);
+pub(super) struct Rng(pub(super) u64);
 
 impl Rng {
-    fn below(&mut self, n: u64) -> u64 {
+    pub(super) fn below(&mut self, n: u64) -> u64 {
         self.0 ^= self.0 << 13;
         self.0 ^= self.0 >> 7;
         self.0 ^= self.0 << 17;
@@ -65,7 +65,7 @@ fn settings() -> TestServerBuilder {
         .feed_capacity(FEED)
 }
 
-async fn prepare(server: &TestServer) -> String {
+pub(super) async fn prepare(server: &TestServer) -> String {
     let mut admin = server.admin().await;
     create_environment(&mut admin, "production").await;
     create_segment(
@@ -81,7 +81,7 @@ async fn prepare(server: &TestServer) -> String {
     sdk_token(server, "model-sdk", "production").await
 }
 
-fn server_state(envs: &Environments<Backend>) -> State {
+pub(super) fn server_state(envs: &Environments<Backend>) -> State {
     let env = envs.get("production").expect("environment");
     let current = env.current();
     State::of(&env.epoch, current.revision, &current.snapshot)
@@ -89,7 +89,7 @@ fn server_state(envs: &Environments<Backend>) -> State {
 
 /// One random write: a switch, an edit, a creation or deletion, a key patch, or an apply of
 /// several documents in one revision.
-async fn write(admin: &mut Admin, rng: &mut Rng, writer: usize, n: usize) {
+pub(super) async fn write(admin: &mut Admin, rng: &mut Rng, writer: usize, n: usize) {
     let env = || "production".to_owned();
     let key = format!("f{}", rng.below(4));
     let result = match rng.below(6) {

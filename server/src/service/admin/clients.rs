@@ -49,6 +49,10 @@ pub(super) async fn wait_for_revision<S: Store>(
     admin.allow(&request, Access::Read(&request.get_ref().environment))?;
     let req = request.into_inner();
     let env = admin.envs.get(&req.environment)?;
+    // A revision another flagstaffd on the database committed is brought here first.
+    if req.revision > env.current().revision {
+        admin.envs.reach(&env.key, req.revision).await;
+    }
     let current = env.current().revision;
     let revision = match req.revision {
         0 => current,

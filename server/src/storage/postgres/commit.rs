@@ -71,7 +71,6 @@ impl KeyRows {
 /// What a commit writes, encoded before it starts.
 pub(super) struct Commit {
     pub(super) environment: String,
-    pub(super) expected: i64,
     pub(super) revision: i64,
     pub(super) flags: Vec<(String, String)>,
     pub(super) deleted_flags: Vec<String>,
@@ -225,41 +224,72 @@ fn statements<'a>(
     pending
 }
 
-/// Commits `c` (see [`Store::commit`](crate::storage::Store::commit)): `committing` is set
-/// once `COMMIT` is on its way, after which a lost answer means the outcome is unknown.
-pub(super) async fn run(
+/// Begins a transaction on a connection of `pool` and locks `environment`'s row in it
+/// (`BEGIN` and the lock sent together): the transaction, and the revision and record
+/// stored. `FOR NO KEY UPDATE` keeps every other commit to the environment waiting, and
+/// lets rows that only refer to it (usage, plans) be written meanwhile.
+pub(super) async fn lock(
     pool: Pool,
     database: String,
-    c: Commit,
-    committing: Arc<AtomicBool>,
-) -> Result<(), StoreError> {
+    environment: String,
+    runtime: tokio::runtime::Handle,
+) -> Result<(Begun, i64, String), StoreError> {
     let fail = |e| failed(&database, e);
     let client = pool.get().await.map_err(|e| pool_failed(&database, e))?;
     let lock = client
-        .prepare_cached("SELECT revision, record::text FROM environments WHERE key = $1 FOR UPDATE")
+        .prepare_cached(
+            "SELECT revision, record::text FROM environments WHERE key = $1 FOR NO KEY UPDATE",
+        )
         .await
         .map_err(fail)?;
-    let tx = Begun(Some(client));
+    let tx = Begun {
+        client: Some(client),
+        runtime,
+    };
     let (begun, locked) = futures_util::future::join(
         tx.client().batch_execute("BEGIN"),
-        tx.client().query(&lock, &[&c.environment]),
+        tx.client().query(&lock, &[&environment]),
     )
     .await;
     begun.map_err(fail)?;
     let locked = locked.map_err(fail)?;
     let Some(row) = locked.first() else {
-        return Err(StoreError::NoEnvironment(c.environment.clone()));
+        return Err(StoreError::NoEnvironment(environment));
     };
-    let actual: i64 = row.get(0);
-    if actual != c.expected {
-        return Err(StoreError::RevisionConflict {
-            environment: c.environment.clone(),
-            expected: revision_of(c.expected),
-            actual: revision_of(actual),
-        });
-    }
+    Ok((tx, row.get(0), row.get(1)))
+}
+
+/// The change-log entries of `environment` above `since`, oldest first, read in `tx`.
+pub(super) async fn logged_since(
+    tx: &Begun,
+    database: &str,
+    environment: &str,
+    since: i64,
+) -> Result<Vec<String>, StoreError> {
+    let rows = tx
+        .client()
+        .query(
+            "SELECT change::text FROM changes WHERE environment = $1 AND revision > $2
+             ORDER BY revision",
+            &[&environment, &since],
+        )
+        .await
+        .map_err(|e| failed(database, e))?;
+    Ok(rows.iter().map(|row| row.get(0)).collect())
+}
+
+/// Commits `c` in `tx`, which locked its environment's row and found `locked` there (see
+/// [`Store::commit`](crate::storage::Store::commit)): `committing` is set once `COMMIT` is
+/// on its way, after which a lost answer means the outcome is unknown.
+pub(super) async fn finish(
+    tx: Begun,
+    database: String,
+    c: Commit,
+    locked: String,
+    committing: Arc<AtomicBool>,
+) -> Result<(), StoreError> {
+    let fail = |e| failed(&database, e);
     // The record as locked, with the new revision.
-    let locked: String = row.get(1);
     let what = format!("environments/{}", c.environment);
     let record = EnvironmentRecord {
         revision: revision_of(c.revision),
@@ -398,20 +428,25 @@ async fn send_all<F: Future + Unpin>(requests: &mut [F]) -> Vec<Option<F::Output
 }
 
 /// A transaction begun by hand, so that `BEGIN` travels with the statement after it instead
-/// of costing a round trip. Dropped before it ended, it is rolled back by a task of its own,
-/// which then returns the connection to the pool (or, if the rollback fails, closes it).
-struct Begun(Option<Object>);
+/// of costing a round trip. Dropped before it ended (from any thread), it is rolled back by
+/// a task of its own, which then returns the connection to the pool (or, if the rollback
+/// fails, closes it).
+pub(super) struct Begun {
+    client: Option<Object>,
+    /// The store's runtime, where a rollback runs.
+    runtime: tokio::runtime::Handle,
+}
 
 impl Begun {
     fn client(&self) -> &Object {
-        self.0
+        self.client
             .as_ref()
             .expect("a transaction holds its connection until it ends")
     }
 
     /// The connection, once `COMMIT` was answered.
     fn ended(mut self) -> Object {
-        self.0
+        self.client
             .take()
             .expect("a transaction holds its connection until it ends")
     }
@@ -419,18 +454,13 @@ impl Begun {
 
 impl Drop for Begun {
     fn drop(&mut self) {
-        let Some(client) = self.0.take() else {
+        let Some(client) = self.client.take() else {
             return;
         };
-        match tokio::runtime::Handle::try_current() {
-            Ok(runtime) => {
-                runtime.spawn(async move {
-                    if client.batch_execute("ROLLBACK").await.is_err() {
-                        drop(Object::take(client));
-                    }
-                });
+        self.runtime.spawn(async move {
+            if client.batch_execute("ROLLBACK").await.is_err() {
+                drop(Object::take(client));
             }
-            Err(_) => drop(Object::take(client)),
-        }
+        });
     }
 }

@@ -21,18 +21,19 @@ use std::time::Duration;
 
 mod backup;
 mod commit;
+mod listen;
 
 use self::backup::{dump_records, write_restored};
-use self::commit::{Commit, KeyRows};
+use self::commit::{Begun, Commit, KeyRows};
 
 use deadpool_postgres::{Hook, HookError, Manager, ManagerConfig, Pool, RecyclingMethod};
 use flagstaff_engine::{Flag, Segment};
 use tokio_postgres::NoTls;
 
 use super::{
-    decode, encode, read_record, AuditEntry, AuditHead, BackupRecord, Change, Damage, Documents,
-    EnvironmentRecord, FlagUsage, Readable, RestoredEnvironment, RolloutRecord, Store, StoreError,
-    TokenRecord, TICKET_KEY, TICKET_KEY_BYTES,
+    decode, encode, read_record, Announcements, AuditEntry, AuditHead, BackupRecord, Change,
+    Damage, Documents, EnvironmentRecord, FlagUsage, Locked, Readable, RestoredEnvironment,
+    RolloutRecord, Store, StoreError, TokenRecord, TICKET_KEY, TICKET_KEY_BYTES,
 };
 
 /// The migrations, in order: version, name, SQL. A database at a version above the last is
@@ -68,6 +69,8 @@ pub struct PgStore {
     runtime: Option<tokio::runtime::Runtime>,
     /// Where the database is, for messages: `host:port/database`, never the password.
     database: String,
+    /// How to connect, for the connection that listens for other processes' commits.
+    config: Arc<tokio_postgres::Config>,
     retention: u64,
 }
 
@@ -234,7 +237,7 @@ impl PgStore {
                 detail: format!("cannot start the database runtime: {e}"),
             })?;
         let manager = Manager::from_config(
-            config,
+            config.clone(),
             NoTls,
             // A connection whose socket closed (the database restarted) is replaced before it
             // is lent; one idle for a while is also checked with a round trip (below).
@@ -269,6 +272,7 @@ impl PgStore {
             pool,
             runtime: Some(runtime),
             database,
+            config: Arc::new(config),
             retention: retention.max(1),
         };
         // Reachable now, or a clear error now rather than at the first request.
@@ -408,6 +412,14 @@ impl PgStore {
             .unwrap_or_else(|_| Err(self.unavailable("the store's runtime stopped")))
     }
 
+    /// The store's runtime, for work that outlives a call.
+    fn handle(&self) -> Result<tokio::runtime::Handle, StoreError> {
+        match &self.runtime {
+            Some(runtime) => Ok(runtime.handle().clone()),
+            None => Err(self.unavailable("the store is closed")),
+        }
+    }
+
     fn unavailable(&self, detail: &str) -> StoreError {
         StoreError::Unavailable {
             database: self.database.clone(),
@@ -533,6 +545,137 @@ impl Param {
             Param::Text(t) => t,
             Param::Int(i) => i,
         }
+    }
+}
+
+/// An environment's row locked in an open transaction, for one commit.
+struct PgLocked<'a> {
+    store: &'a PgStore,
+    environment: String,
+    /// `None` once a call on it failed: the transaction is gone.
+    tx: Option<Begun>,
+    revision: i64,
+    /// The environment's record as locked.
+    record: String,
+}
+
+impl PgLocked<'_> {
+    fn take(&mut self) -> Result<Begun, StoreError> {
+        self.tx
+            .take()
+            .ok_or_else(|| self.store.unavailable("the commit's transaction was lost"))
+    }
+}
+
+impl Locked for PgLocked<'_> {
+    fn revision(&self) -> u64 {
+        revision_of(self.revision)
+    }
+
+    fn changes_since(&mut self, revision: u64) -> Result<Option<Vec<Change>>, StoreError> {
+        let tx = self.take()?;
+        let (env, since) = (self.environment.clone(), sql_revision(revision));
+        let (tx, texts) = self.store.call(move |_, database| async move {
+            let texts = commit::logged_since(&tx, &database, &env, since).await?;
+            Ok((tx, texts))
+        })?;
+        self.tx = Some(tx);
+        let entries: Vec<Change> = texts
+            .iter()
+            .map(|t| decode(&format!("changes/{}", self.environment), t.as_bytes()))
+            .collect::<Result<_, _>>()?;
+        Ok(complete(entries, revision, self.revision()))
+    }
+
+    fn commit(
+        mut self: Box<Self>,
+        change: &Change,
+        patched: &[Segment],
+        audit: &AuditEntry,
+        rollouts: &[RolloutRecord],
+    ) -> Result<(), StoreError> {
+        if change.revision != self.revision() + 1 {
+            return Err(StoreError::RevisionConflict {
+                environment: self.environment.clone(),
+                expected: change.revision.saturating_sub(1),
+                actual: self.revision(),
+            });
+        }
+        let commit = commit_of(
+            &self.environment,
+            change,
+            patched,
+            audit,
+            rollouts,
+            self.store.retention,
+        );
+        let tx = self.take()?;
+        let record = std::mem::take(&mut self.record);
+        let committing = Arc::new(AtomicBool::new(false));
+        let sent = committing.clone();
+        self.store
+            .call_committing(Some(committing), move |_, database| {
+                commit::finish(tx, database, commit, record, sent)
+            })
+    }
+}
+
+/// What [`Commit`] writes for `change` to `environment`.
+fn commit_of(
+    environment: &str,
+    change: &Change,
+    patched: &[Segment],
+    audit: &AuditEntry,
+    rollouts: &[RolloutRecord],
+    retention: u64,
+) -> Commit {
+    let patches: std::collections::HashMap<&str, &flagstaff_engine::KeyPatch> = change
+        .segment_patches
+        .iter()
+        .map(|p| (p.segment.as_str(), p))
+        .collect();
+    Commit {
+        environment: environment.to_owned(),
+        revision: sql_revision(change.revision),
+        flags: change
+            .flags
+            .iter()
+            .map(|f| (f.key.clone(), json(f)))
+            .collect(),
+        deleted_flags: change.deleted_flags.clone(),
+        segments: change
+            .segments
+            .iter()
+            .map(|s| (s.key.clone(), json(&without_keys(s)), KeyRows::of(s)))
+            .collect(),
+        deleted_segments: change.deleted_segments.clone(),
+        patched: patched
+            .iter()
+            .filter_map(|s| {
+                let patch = patches.get(s.key.as_str())?;
+                Some((s.key.clone(), json(&without_keys(s)), (*patch).clone()))
+            })
+            .collect(),
+        rollouts: rollouts.iter().map(|p| (p.flag.clone(), json(p))).collect(),
+        change: json(change),
+        audit: audit.clone(),
+        audit_json: json(audit),
+        audit_time: i64::try_from(audit.time_ms).unwrap_or(i64::MAX),
+        trim_below: sql_revision(change.revision)
+            .saturating_sub(i64::try_from(retention).unwrap_or(i64::MAX)),
+    }
+}
+
+/// `entries`, the change log above `revision` of an environment at `current`, when it holds
+/// every change since `revision`; `None` when some are no longer retained.
+fn complete(entries: Vec<Change>, revision: u64, current: u64) -> Option<Vec<Change>> {
+    if current <= revision {
+        return Some(Vec::new());
+    }
+    // Complete only if the first retained entry is the one right after `revision`.
+    match entries.first() {
+        Some(first) if first.revision == revision + 1 => Some(entries),
+        _ => None,
     }
 }
 
@@ -821,63 +964,29 @@ impl Store for PgStore {
         Ok(Documents { flags, segments })
     }
 
-    fn commit(
-        &self,
-        environment: &str,
-        expected_revision: u64,
-        change: &Change,
-        patched: &[Segment],
-        audit: &AuditEntry,
-        rollouts: &[RolloutRecord],
-    ) -> Result<(), StoreError> {
-        let patches: std::collections::HashMap<&str, &flagstaff_engine::KeyPatch> = change
-            .segment_patches
-            .iter()
-            .map(|p| (p.segment.as_str(), p))
-            .collect();
-        let commit = Commit {
+    fn lock_environment(&self, environment: &str) -> Result<Box<dyn Locked + '_>, StoreError> {
+        let runtime = self.handle()?;
+        let env = environment.to_owned();
+        let (tx, revision, record) =
+            self.call(move |pool, database| commit::lock(pool, database, env, runtime))?;
+        Ok(Box::new(PgLocked {
+            store: self,
             environment: environment.to_owned(),
-            expected: sql_revision(expected_revision),
-            revision: sql_revision(change.revision),
-            flags: change
-                .flags
-                .iter()
-                .map(|f| (f.key.clone(), json(f)))
-                .collect(),
-            deleted_flags: change.deleted_flags.clone(),
-            segments: change
-                .segments
-                .iter()
-                .map(|s| (s.key.clone(), json(&without_keys(s)), KeyRows::of(s)))
-                .collect(),
-            deleted_segments: change.deleted_segments.clone(),
-            patched: patched
-                .iter()
-                .filter_map(|s| {
-                    let patch = patches.get(s.key.as_str())?;
-                    Some((s.key.clone(), json(&without_keys(s)), (*patch).clone()))
-                })
-                .collect(),
-            rollouts: rollouts.iter().map(|p| (p.flag.clone(), json(p))).collect(),
-            change: json(change),
-            audit: audit.clone(),
-            audit_json: json(audit),
-            audit_time: i64::try_from(audit.time_ms).unwrap_or(i64::MAX),
-            trim_below: sql_revision(change.revision)
-                .saturating_sub(i64::try_from(self.retention).unwrap_or(i64::MAX)),
-        };
-        if change.revision != expected_revision + 1 {
-            return Err(StoreError::RevisionConflict {
-                environment: environment.to_owned(),
-                expected: expected_revision,
-                actual: change.revision.saturating_sub(1),
-            });
-        }
-        let committing = Arc::new(AtomicBool::new(false));
-        let sent = committing.clone();
-        self.call_committing(Some(committing), move |pool, database| {
-            commit::run(pool, database, commit, sent)
-        })
+            tx: Some(tx),
+            revision,
+            record,
+        }))
+    }
+
+    fn follow(&self) -> Option<Announcements> {
+        let runtime = self.handle().ok()?;
+        let (announce, announcements) = tokio::sync::mpsc::unbounded_channel();
+        runtime.spawn(listen::listen(
+            self.config.clone(),
+            self.database.clone(),
+            announce,
+        ));
+        Some(announcements)
     }
 
     fn put_rollout(&self, environment: &str, plan: &RolloutRecord) -> Result<(), StoreError> {
@@ -1018,11 +1127,7 @@ impl Store for PgStore {
         if !behind {
             return Ok(Some(Vec::new()));
         }
-        // Complete only if the first retained entry is the one right after `revision`.
-        Ok(match entries.first() {
-            Some(first) if first.revision == revision + 1 => Some(entries),
-            _ => None,
-        })
+        Ok(complete(entries, revision, u64::MAX))
     }
 
     fn audit_head(

@@ -1,0 +1,121 @@
+//! Listening for other processes' commits: a connection of its own, outside the pool, that
+//! `LISTEN`s on [`NOTIFY_CHANNEL`] and hands each notification on as an
+//! [`Announcement`]. It reconnects by itself, and says so ([`Announcement::Listening`]), since
+//! whatever was notified while it was away is lost.
+
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use tokio::sync::mpsc::UnboundedSender;
+use tokio_postgres::{AsyncMessage, NoTls};
+
+use super::{with_sources, NOTIFY_CHANNEL};
+use crate::storage::Announcement;
+
+/// The wait before reconnecting, doubled after each failure up to [`MOST_PATIENT`].
+const FIRST_RETRY: Duration = Duration::from_millis(100);
+const MOST_PATIENT: Duration = Duration::from_secs(2);
+
+/// Listens until `announce` is closed (its receiver dropped) or the runtime stops.
+pub(super) async fn listen(
+    config: std::sync::Arc<tokio_postgres::Config>,
+    database: String,
+    announce: UnboundedSender<Announcement>,
+) {
+    let mut retry = FIRST_RETRY;
+    let mut warned = false;
+    while !announce.is_closed() {
+        match listen_once(&config, &announce).await {
+            Ok(()) => {
+                retry = FIRST_RETRY;
+                warned = false;
+                tracing::warn!(%database, "the connection listening for commits closed; reconnecting");
+            }
+            Err(e) => {
+                // Once per outage, not once per attempt.
+                if !warned {
+                    tracing::warn!(%database, error = %with_sources(&e), "cannot listen for commits; retrying");
+                    warned = true;
+                }
+            }
+        }
+        tokio::time::sleep(retry).await;
+        retry = (retry * 2).min(MOST_PATIENT);
+    }
+}
+
+/// Connects, listens and announces until the connection ends (`Ok`) or fails to start.
+async fn listen_once(
+    config: &tokio_postgres::Config,
+    announce: &UnboundedSender<Announcement>,
+) -> Result<(), tokio_postgres::Error> {
+    // The client lives as long as this function: dropped, it would close the connection.
+    let (client, mut connection) = config.connect(NoTls).await?;
+    let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
+    let statement = format!("LISTEN {NOTIFY_CHANNEL}");
+    let listening = client.batch_execute(&statement);
+    tokio::pin!(listening);
+    // The connection makes progress only while its messages are read: read them while
+    // LISTEN is answered.
+    loop {
+        tokio::select! {
+            listened = &mut listening => {
+                listened?;
+                break;
+            }
+            message = messages.next() => match message {
+                Some(Ok(_)) => {}
+                Some(Err(e)) => return Err(e),
+                None => return Ok(()),
+            },
+        }
+    }
+    if announce.send(Announcement::Listening).is_err() {
+        return Ok(());
+    }
+    while let Some(message) = messages.next().await {
+        let notification = match message? {
+            AsyncMessage::Notification(n) => n,
+            _ => continue,
+        };
+        let Some(announcement) = parse(notification.payload()) else {
+            tracing::warn!(
+                payload = notification.payload(),
+                "an unreadable commit notification"
+            );
+            continue;
+        };
+        if announce.send(announcement).is_err() {
+            break;
+        }
+    }
+    Ok(())
+}
+
+/// `<environment>:<revision>`; environment keys hold no `:`, so the last one splits.
+fn parse(payload: &str) -> Option<Announcement> {
+    let (environment, revision) = payload.rsplit_once(':')?;
+    Some(Announcement::Committed {
+        environment: environment.to_owned(),
+        revision: revision.parse().ok()?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn payloads_name_an_environment_and_a_revision() {
+        assert_eq!(
+            parse("production:42"),
+            Some(Announcement::Committed {
+                environment: "production".into(),
+                revision: 42
+            })
+        );
+        assert_eq!(parse("production"), None);
+        assert_eq!(parse("production:x"), None);
+        assert_eq!(parse("production:-1"), None);
+    }
+}

@@ -1,0 +1,240 @@
+//! Several flagstaffd on one PostgreSQL database (DESIGN.md section 7): each follows what the
+//! others commit and sends it to its own Watch streams; a write on any of them is built
+//! against what the database holds, so one made right after another replica's never misses
+//! it. On sled (one process per data directory) these tests do nothing.
+
+use std::time::Duration;
+
+use flagstaff_proto::pb;
+use flagstaff_tests::postgres::fresh_database;
+use flagstaff_tests::watcher::{subscribe, State, Watcher};
+use flagstaff_tests::{eventually, store_kind, StoreKind, TestServer};
+use futures_util::future::join_all;
+
+use super::fixtures::*;
+use super::watch_model::{prepare, server_state, write, Rng};
+
+const REPLICAS: usize = 3;
+const WATCHERS_PER_REPLICA: usize = 2;
+const WRITES_PER_REPLICA: usize = 30;
+const LIMIT: Duration = Duration::from_secs(30);
+
+/// `REPLICAS` servers on one fresh database, the first of them prepared by `prepare` before
+/// the others start; `None` on sled, or when PostgreSQL is skipped.
+async fn replicas() -> Option<(Vec<TestServer>, String)> {
+    if store_kind() != StoreKind::Postgres {
+        return None;
+    }
+    let url = fresh_database()?;
+    let first = TestServer::builder()
+        .database_url(url.clone())
+        .start()
+        .await;
+    let sdk = prepare(&first).await;
+    let mut servers = vec![first];
+    for _ in 1..REPLICAS {
+        // The admin token is the database's; each replica's data directory holds a copy.
+        let dir = tempfile::tempdir().expect("a data directory");
+        std::fs::write(dir.path().join("admin.token"), &servers[0].admin_token)
+            .expect("the admin token");
+        let server = TestServer::builder()
+            .database_url(url.clone())
+            .data_dir(dir)
+            .start()
+            .await;
+        servers.push(server);
+    }
+    Some((servers, sdk))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_on_every_replica_reach_every_watcher_once_and_in_order() {
+    let Some((servers, sdk)) = replicas().await else {
+        return;
+    };
+    let mut watchers = Vec::new();
+    for (r, server) in servers.iter().enumerate() {
+        for w in 0..WATCHERS_PER_REPLICA {
+            let mut sync = server.sync_with(&sdk).await;
+            let id = format!("replica-{r}-watcher-{w}");
+            let start = subscribe(&id, "production", &State::default());
+            let watcher = Watcher::open(&mut sync, start, State::default())
+                .await
+                .expect("watching");
+            watchers.push(watcher);
+        }
+    }
+
+    // One writer on each replica, all at once, on the same flags and segment.
+    let writers = servers.iter().enumerate().map(|(r, server)| async move {
+        let mut admin = server.admin().await;
+        let mut rng = Rng(0x2545_f491_4f6c_dd1d ^ (r as u64 + 1));
+        for n in 0..WRITES_PER_REPLICA {
+            write(&mut admin, &mut rng, r, n).await;
+        }
+    });
+    join_all(writers).await;
+
+    // Every replica ends holding what the database holds.
+    let stored = server_state(&open_database(&servers[0]));
+    for (r, server) in servers.iter().enumerate() {
+        eventually("the replica holds what the database holds", async || {
+            (server_state(&server.environments) == stored).then_some(())
+        })
+        .await;
+        assert_eq!(server_state(&server.environments), stored, "replica {r}");
+    }
+    // Every watcher, on whichever replica, got every revision once, in order, and holds the
+    // database's documents.
+    for (i, watcher) in watchers.iter_mut().enumerate() {
+        watcher.until(stored.revision, LIMIT).await;
+        assert_eq!(watcher.state, stored, "watcher {i}");
+        let deltas = &watcher.received.deltas;
+        assert!(
+            deltas.windows(2).all(|pair| pair[1] == pair[0] + 1),
+            "watcher {i} applied {deltas:?}"
+        );
+        assert_eq!(deltas.last(), Some(&stored.revision), "watcher {i}");
+        assert_eq!(watcher.received.snapshots, 1, "watcher {i}");
+    }
+}
+
+/// The environments of `server`'s database as read from it afresh: a store of its own,
+/// loaded the way a starting flagstaffd loads it.
+fn open_database(
+    server: &TestServer,
+) -> std::sync::Arc<flagstaff_server::Environments<flagstaff_server::storage::Backend>> {
+    let url = server.database_url.clone().expect("on PostgreSQL");
+    let store = flagstaff_server::storage::PgStore::open(&url, 1_000).expect("the database");
+    let store = std::sync::Arc::new(flagstaff_server::storage::Backend::Postgres(store));
+    std::sync::Arc::new(flagstaff_server::Environments::load(store).expect("loaded"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_right_after_another_replicas_builds_on_it() {
+    let Some((servers, _)) = replicas().await else {
+        return;
+    };
+    let (mut a, mut b) = (servers[0].admin().await, servers[1].admin().await);
+    for i in 0..20 {
+        // A segment created on one replica is there for a flag written on another at once:
+        // no "unknown segment".
+        let key = format!("fresh-{i}");
+        create_segment(&mut a, "production", segment(&key, &["u1"])).await;
+        create_flag(&mut b, "production", targeting(&format!("t-{i}"), &key)).await;
+
+        // A flag edited on one replica is edited again on another, naming the version the
+        // first made: no spurious conflict.
+        let mut flag = boolean_flag("f0");
+        flag.description = Some(format!("first {i}"));
+        let version = a
+            .update_flag(pb::UpdateFlagRequest {
+                environment: "production".into(),
+                flag: Some(flag),
+                ..Default::default()
+            })
+            .await
+            .expect("edited on the first replica")
+            .into_inner()
+            .revision;
+        let mut flag = boolean_flag("f0");
+        flag.description = Some(format!("second {i}"));
+        flag.version = Some(version);
+        b.update_flag(pb::UpdateFlagRequest {
+            environment: "production".into(),
+            flag: Some(flag),
+            ..Default::default()
+        })
+        .await
+        .expect("edited on the second replica against the first's version");
+    }
+    // And the first replica follows the second.
+    eventually("the first replica has the second's edit", async || {
+        let on_a = get_flag(&mut a.clone(), "production", "f0").await;
+        (on_a.description.as_deref() == Some("second 19")).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_whose_listening_connection_dies_listens_again_and_catches_up() {
+    let Some((servers, _)) = replicas().await else {
+        return;
+    };
+    let url = servers[0].database_url.clone().expect("on PostgreSQL");
+    let (db, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .expect("connects");
+    tokio::spawn(connection);
+    let listeners = || async {
+        db.query_one(
+            "SELECT count(*) FROM pg_stat_activity
+             WHERE datname = current_database() AND query LIKE 'LISTEN%'",
+            &[],
+        )
+        .await
+        .expect("listeners")
+        .get::<_, i64>(0)
+    };
+    eventually("every replica listens", async || {
+        (listeners().await == REPLICAS as i64).then_some(())
+    })
+    .await;
+    db.batch_execute(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+         WHERE datname = current_database() AND query LIKE 'LISTEN%'",
+    )
+    .await
+    .expect("listeners terminated");
+
+    let mut admin = servers[0].admin().await;
+    let revision = serve_on(&mut admin, "f1", true).await;
+    for server in &servers[1..] {
+        eventually("the replica catches up", async || {
+            (server_state(&server.environments).revision >= revision).then_some(())
+        })
+        .await;
+    }
+    eventually("every replica listens again", async || {
+        (listeners().await == REPLICAS as i64).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_naming_another_replicas_revision_is_served_from_it() {
+    let Some((servers, sdk)) = replicas().await else {
+        return;
+    };
+    let (mut a, mut b) = (servers[0].admin().await, servers[1].admin().await);
+    for i in 0..20 {
+        // An SDK that applied a revision on one replica moves to another at once: it resumes
+        // there from that revision, without a snapshot of an older one.
+        serve_on(&mut a, "f1", i % 2 == 0).await;
+        let held = server_state(&servers[0].environments);
+        let mut sync = servers[1].sync_with(&sdk).await;
+        let resume = subscribe(&format!("mover-{i}"), "production", &held);
+        let mut watcher = Watcher::open(&mut sync, resume, held.clone())
+            .await
+            .expect("watching");
+        tokio::time::timeout(LIMIT, watcher.step())
+            .await
+            .expect("an answer")
+            .expect("the stream")
+            .expect("a message");
+        assert_eq!(watcher.received.snapshots, 0, "resumed, at {i}");
+        assert_eq!(watcher.received.heartbeats, 1, "told it is current, at {i}");
+
+        // Waiting on another replica for a revision just committed is not "ahead".
+        let revision = serve_on(&mut a, "f1", i % 2 == 1).await;
+        let waited = b
+            .wait_for_revision(pb::WaitForRevisionRequest {
+                environment: "production".into(),
+                revision,
+                timeout_ms: 1,
+            })
+            .await
+            .expect("the revision is known on every replica");
+        assert_eq!(waited.into_inner().revision, revision);
+    }
+}
