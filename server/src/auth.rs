@@ -125,6 +125,35 @@ impl<S: Store> Tokens<S> {
         })
     }
 
+    /// Reads the tokens again from the store, which another flagstaffd on the same database
+    /// may have changed: tokens created there are accepted here, and streams holding a token
+    /// revoked there are told ([`revocations`](Self::revocations)). Tokens are only ever
+    /// created or revoked, never deleted or restored, so what was read is merged in: a read
+    /// older than a token this flagstaffd just created or revoked changes nothing of it.
+    pub fn reload(&self) -> Result<(), ServerError> {
+        let stored = self.store.tokens()?;
+        let mut map = self.by_hash.write().unwrap_or_else(|p| p.into_inner());
+        let mut revoked = false;
+        for token in stored {
+            match map.get_mut(&token.hash) {
+                None => {
+                    map.insert(token.hash.clone(), token);
+                }
+                Some(held) if token.revoked && !held.revoked => {
+                    held.revoked = true;
+                    held.client_secret = None;
+                    revoked = true;
+                }
+                Some(_) => {}
+            }
+        }
+        drop(map);
+        if revoked {
+            self.revocations.send_modify(|n| *n += 1);
+        }
+        Ok(())
+    }
+
     /// Whether no token was ever created: the data directory is fresh.
     pub fn is_empty(&self) -> bool {
         self.by_hash

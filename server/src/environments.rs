@@ -653,13 +653,57 @@ impl<S: Store> Environments<S> {
         )
     }
 
-    /// Compares every environment with the store and [`follow`](Self::follow)s those behind
-    /// it. One that cannot be brought up to date is logged, and the others still are.
+    /// Compares every environment with the store: those behind it [`follow`](Self::follow)
+    /// it, those created by another flagstaffd on the database are loaded, and those deleted
+    /// (or deleted and created again, with a new epoch) are dropped, their Watch streams
+    /// ended. One that cannot be brought up to date is logged, and the others still are.
     pub fn follow_all(&self) -> Result<(), ServerError> {
+        let mut stored = std::collections::HashSet::new();
         for (key, record) in self.store.environment_records()? {
+            stored.insert(key.clone());
             let Ok(record) = record else { continue };
-            if let Err(e) = self.follow(&key, record.revision) {
-                tracing::warn!(environment = %key, error = %e, "cannot catch up with the store");
+            let held = self.read_map().get(&key).cloned();
+            match held {
+                Some(env) if env.epoch == record.epoch => {
+                    if let Err(e) = self.follow(&key, record.revision) {
+                        tracing::warn!(environment = %key, error = %e, "cannot catch up with the store");
+                    }
+                }
+                held => {
+                    let env = match Environment::load(&*self.store, &record, self.feed_capacity) {
+                        Ok(env) => Arc::new(env),
+                        Err(damage) => {
+                            tracing::warn!(environment = %key, record = %damage.record, error = %damage.detail, "cannot load an environment from the store");
+                            continue;
+                        }
+                    };
+                    let mut map = self.write_map();
+                    // Unless this flagstaffd replaced it meanwhile.
+                    let current = map.get(&key).cloned();
+                    if current.as_ref().map(Arc::as_ptr) == held.as_ref().map(Arc::as_ptr) {
+                        map.insert(key.clone(), env);
+                        drop(map);
+                        if let Some(old) = held {
+                            old.feed.close();
+                        }
+                        tracing::info!(environment = %key, epoch = %record.epoch, "loaded an environment from the store");
+                    }
+                }
+            }
+        }
+        let gone: Vec<Arc<Environment>> = self
+            .read_map()
+            .iter()
+            .filter(|(key, _)| !stored.contains(*key))
+            .map(|(_, env)| env.clone())
+            .collect();
+        for env in gone {
+            let mut map = self.write_map();
+            if map.get(&env.key).is_some_and(|now| Arc::ptr_eq(now, &env)) {
+                map.remove(&env.key);
+                drop(map);
+                env.feed.close();
+                tracing::info!(environment = %env.key, "an environment deleted in the store is dropped");
             }
         }
         Ok(())

@@ -14,6 +14,9 @@ use tonic::{Request, Response, Status};
 use tonic_health::pb::health_server::Health;
 use tonic_health::pb::{HealthCheckRequest, HealthCheckResponse};
 use tonic_health::server::HealthService;
+use tonic_health::ServingStatus;
+
+use crate::follow::Readiness;
 
 /// tonic-health's service with streams that end on shutdown.
 #[derive(Debug)]
@@ -89,6 +92,34 @@ impl<S: Stream + Unpin> Stream for UntilStopped<S> {
         match self.stop.as_mut().poll(cx) {
             Poll::Ready(()) => Poll::Ready(None),
             Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+/// Keeps the health of `flagstaff.v1.Admin` following `readiness` (its writes need the
+/// database) until `stopping` turns true, when the shutdown sets every status itself.
+pub(crate) async fn admin_follows(
+    reporter: tonic_health::server::HealthReporter,
+    mut readiness: watch::Receiver<Readiness>,
+    mut stopping: watch::Receiver<bool>,
+) {
+    let admin = flagstaff_proto::pb::admin_server::SERVICE_NAME;
+    loop {
+        let status = match *readiness.borrow_and_update() {
+            Readiness::Ready => ServingStatus::Serving,
+            Readiness::Unreachable | Readiness::CatchingUp => ServingStatus::NotServing,
+        };
+        if *stopping.borrow() {
+            return;
+        }
+        reporter.set_service_status(admin, status).await;
+        tokio::select! {
+            changed = readiness.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+            }
+            _ = stopping.wait_for(|stopping| *stopping) => return,
         }
     }
 }

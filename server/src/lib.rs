@@ -314,7 +314,11 @@ impl Server {
                 .clone()
                 .run(self.envs.clone(), health::stopped(stopping.clone())),
         );
-        let routes = http::routes(ofrep, stopping.clone());
+        // On a shared database, whether this flagstaffd can reach it and is up to date: told
+        // to load balancers by /readyz and the Admin service's health. Sync, OFREP and
+        // /healthz serve from memory whatever it is.
+        let (ready, readiness) = watch::channel(follow::Readiness::Ready);
+        let routes = http::routes(ofrep, stopping.clone(), readiness.clone());
 
         let metrics = options.metrics.map(|listener| {
             let (envs, requests, clients) = (
@@ -336,10 +340,17 @@ impl Server {
         let follower = storage::Store::follow(&**self.envs.store()).map(|announcements| {
             tokio::spawn(follow::follow(
                 self.envs.clone(),
+                self.tokens.clone(),
                 announcements,
+                ready,
                 health::stopped(stopping.clone()),
             ))
         });
+        let admin_health = tokio::spawn(health::admin_follows(
+            health_reporter.clone(),
+            readiness,
+            stopping.clone(),
+        ));
 
         // Rollout plans advance while the server serves.
         let scheduler = tokio::spawn(rollout::schedule(
@@ -381,6 +392,7 @@ impl Server {
         if let Err(e) = scheduler.await {
             tracing::error!(error = %e, "the rollout scheduler failed");
         }
+        let _ = admin_health.await;
         if let Some(follower) = follower {
             if let Err(e) = follower.await {
                 tracing::error!(error = %e, "following the store failed");

@@ -16,6 +16,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tower::Service;
 
+use crate::follow::Readiness;
 use crate::tls::Tls;
 
 /// Serves the gRPC services `grpc` and the HTTP routes `http` on `listener`, over TLS when
@@ -71,19 +72,30 @@ pub async fn serve_routes(
 
 /// The HTTP routes: `ofrep` (the OFREP routes), the health checks, and a JSON 404 for anything
 /// else. `/readyz` answers 503 once shutdown has begun (`stopping` turned true), so a load
-/// balancer stops sending requests while those in flight finish.
-pub(crate) fn routes(ofrep: axum::Router, stopping: watch::Receiver<bool>) -> axum::Router {
+/// balancer stops sending requests while those in flight finish, and while `readiness` says
+/// this flagstaffd cannot reach the database it shares, or is catching up with it.
+pub(crate) fn routes(
+    ofrep: axum::Router,
+    stopping: watch::Receiver<bool>,
+    readiness: watch::Receiver<Readiness>,
+) -> axum::Router {
     axum::Router::new()
         .route("/healthz", get(|| async { plain(StatusCode::OK, "ok\n") }))
         .route(
             "/readyz",
             get(move || {
-                let stopping = *stopping.borrow();
+                let (stopping, readiness) = (*stopping.borrow(), *readiness.borrow());
                 async move {
-                    if stopping {
-                        plain(StatusCode::SERVICE_UNAVAILABLE, "shutting down\n")
-                    } else {
-                        plain(StatusCode::OK, "ready\n")
+                    let unavailable = StatusCode::SERVICE_UNAVAILABLE;
+                    match (stopping, readiness) {
+                        (true, _) => plain(unavailable, "shutting down\n"),
+                        (false, Readiness::Unreachable) => {
+                            plain(unavailable, "the database is unreachable\n")
+                        }
+                        (false, Readiness::CatchingUp) => {
+                            plain(unavailable, "catching up with the database\n")
+                        }
+                        (false, Readiness::Ready) => plain(StatusCode::OK, "ready\n"),
                     }
                 }
             }),

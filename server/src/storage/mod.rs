@@ -639,9 +639,16 @@ pub enum Announcement {
         /// The revision it made: the environment is now at this revision or beyond.
         revision: u64,
     },
+    /// Environments were created or deleted, or their settings changed.
+    Environments,
+    /// Tokens were created or revoked.
+    Tokens,
     /// The store (re)started listening: whatever was announced meanwhile was missed, so
-    /// every environment is to be compared with the store.
+    /// everything is to be compared with the store.
     Listening,
+    /// The store lost its connection to the database, or cannot make one: until it listens
+    /// again, nothing is announced.
+    Lost,
 }
 
 /// The announcements of a store's commits, in the order they were made.

@@ -232,3 +232,57 @@ async fn a_commit_the_database_refuses_is_reported_and_publishes_nothing() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn load_balancers_are_told_while_the_database_is_unreachable() {
+    let Some((server, proxy, _)) = behind_a_proxy().await else {
+        return;
+    };
+    let http = reqwest::Client::new();
+    let readyz = async || {
+        let answer = http
+            .get(format!("http://{}/readyz", server.addr))
+            .send()
+            .await
+            .expect("an answer");
+        (
+            answer.status().as_u16(),
+            answer.text().await.expect("a body"),
+        )
+    };
+    let mut health = tonic_health::pb::health_client::HealthClient::new(server.channel().await);
+    let mut status = async |service: &str| {
+        health
+            .check(tonic_health::pb::HealthCheckRequest {
+                service: service.into(),
+            })
+            .await
+            .expect("health")
+            .into_inner()
+            .status
+    };
+    let (serving, not_serving) = (
+        tonic_health::pb::health_check_response::ServingStatus::Serving as i32,
+        tonic_health::pb::health_check_response::ServingStatus::NotServing as i32,
+    );
+    assert_eq!(readyz().await, (200, "ready\n".to_owned()));
+
+    // The database goes away: writes cannot work, so the load balancer is told; evaluation
+    // goes on from memory.
+    proxy.set(Mode::Refuse);
+    proxy.drop_connections();
+    eventually("/readyz says the database is unreachable", async || {
+        (readyz().await == (503, "the database is unreachable\n".to_owned())).then_some(())
+    })
+    .await;
+    assert_eq!(status("flagstaff.v1.Admin").await, not_serving);
+    assert_eq!(status("flagstaff.v1.Sync").await, serving);
+
+    // Back: ready again once caught up, by itself.
+    proxy.set(Mode::Pass);
+    eventually("/readyz says ready again", async || {
+        (readyz().await.0 == 200).then_some(())
+    })
+    .await;
+    assert_eq!(status("flagstaff.v1.Admin").await, serving);
+}

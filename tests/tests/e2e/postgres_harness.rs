@@ -105,7 +105,7 @@ async fn a_restart_on_the_data_directory_finds_the_same_store() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn every_commit_is_notified_with_its_environment_and_revision() {
+async fn every_commit_and_every_new_environment_is_notified() {
     if store_kind() != StoreKind::Postgres {
         return;
     }
@@ -138,10 +138,19 @@ async fn every_commit_is_notified_with_its_environment_and_revision() {
         crate::fixtures::boolean_flag("checkout"),
     )
     .await;
-    let (channel, payload) = tokio::time::timeout(flagstaff_tests::PATIENCE, notifications.recv())
-        .await
-        .expect("notified in time")
-        .expect("a notification");
-    assert_eq!(channel, flagstaff_server::storage::NOTIFY_CHANNEL);
-    assert_eq!(payload, format!("production:{revision}"));
+    let mut heard = Vec::new();
+    for _ in 0..2 {
+        let (channel, payload) =
+            tokio::time::timeout(flagstaff_tests::PATIENCE, notifications.recv())
+                .await
+                .expect("notified in time")
+                .expect("a notification");
+        assert_eq!(channel, flagstaff_server::storage::NOTIFY_CHANNEL);
+        heard.push(payload);
+    }
+    // The environment's creation, then its first commit.
+    assert_eq!(
+        heard,
+        ["environments".to_owned(), format!("production:{revision}")]
+    );
 }

@@ -238,3 +238,70 @@ async fn a_client_naming_another_replicas_revision_is_served_from_it() {
         assert_eq!(waited.into_inner().revision, revision);
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_and_environments_made_on_one_replica_hold_on_every_other() {
+    let Some((servers, _)) = replicas().await else {
+        return;
+    };
+    let mut a = servers[0].admin().await;
+
+    // An environment created on one replica is served by the others, and so is a token
+    // created on it.
+    create_environment(&mut a, "staging").await;
+    let revision = create_flag(&mut a, "staging", boolean_flag("search")).await;
+    let sdk = sdk_token(&servers[0], "staging-sdk", "staging").await;
+    let mut watchers = Vec::new();
+    for (r, server) in servers.iter().enumerate().skip(1) {
+        let watcher = eventually("the replica serves the new environment", async || {
+            let mut sync = server.sync_with(&sdk).await;
+            let start = subscribe(&format!("staging-{r}"), "staging", &State::default());
+            let mut watcher = Watcher::open(&mut sync, start, State::default())
+                .await
+                .ok()?;
+            let first = tokio::time::timeout(LIMIT, watcher.step()).await.ok()?;
+            first.ok().flatten()?;
+            Some(watcher)
+        })
+        .await;
+        let mut watcher = watcher;
+        watcher.until(revision, LIMIT).await;
+        assert!(
+            watcher.state.flags.contains_key("search"),
+            "replica {r} holds the environment's flags"
+        );
+        watchers.push(watcher);
+    }
+
+    // A token revoked on one replica ends its streams on the others.
+    revoke_named(&mut a, "staging-sdk").await;
+    for (i, watcher) in watchers.iter_mut().enumerate() {
+        let ended = watcher.until_end(LIMIT).await;
+        assert_eq!(
+            ended.code(),
+            tonic::Code::Unauthenticated,
+            "watcher {i}: {ended}"
+        );
+    }
+
+    // An environment deleted on one replica is gone from the others.
+    a.delete_flag(pb::DeleteFlagRequest {
+        environment: "staging".into(),
+        key: "search".into(),
+        ..Default::default()
+    })
+    .await
+    .expect("flag deleted");
+    a.delete_environment(pb::DeleteEnvironmentRequest {
+        environment: "staging".into(),
+        ..Default::default()
+    })
+    .await
+    .expect("environment deleted");
+    for server in &servers[1..] {
+        eventually("the replica drops the deleted environment", async || {
+            server.environments.get("staging").is_err().then_some(())
+        })
+        .await;
+    }
+}

@@ -10,6 +10,11 @@ use tokio::sync::mpsc::UnboundedSender;
 use tokio_postgres::{AsyncMessage, NoTls};
 
 use super::{with_sources, NOTIFY_CHANNEL};
+
+/// The notification of a change to the environments themselves (created, deleted, settings).
+pub(super) const ENVIRONMENTS: &str = "environments";
+/// The notification of a change to tokens (created, revoked).
+pub(super) const TOKENS: &str = "tokens";
 use crate::storage::Announcement;
 
 /// The wait before reconnecting, doubled after each failure up to [`MOST_PATIENT`].
@@ -23,31 +28,40 @@ pub(super) async fn listen(
     announce: UnboundedSender<Announcement>,
 ) {
     let mut retry = FIRST_RETRY;
-    let mut warned = false;
+    // Whether the database is reachable as far as this connection knows: told when it stops
+    // being so, once per outage.
+    let mut reachable = true;
     while !announce.is_closed() {
-        match listen_once(&config, &announce).await {
+        let mut listened = false;
+        let ended = listen_once(&config, &announce, &mut listened).await;
+        if listened {
+            retry = FIRST_RETRY;
+            reachable = true;
+        }
+        match ended {
             Ok(()) => {
-                retry = FIRST_RETRY;
-                warned = false;
-                tracing::warn!(%database, "the connection listening for commits closed; reconnecting");
+                tracing::warn!(%database, "the connection listening for commits closed; reconnecting")
             }
-            Err(e) => {
-                // Once per outage, not once per attempt.
-                if !warned {
-                    tracing::warn!(%database, error = %with_sources(&e), "cannot listen for commits; retrying");
-                    warned = true;
-                }
+            Err(e) if reachable => {
+                tracing::warn!(%database, error = %with_sources(&e), "cannot listen for commits; retrying")
             }
+            Err(_) => {}
+        }
+        if reachable {
+            reachable = false;
+            let _ = announce.send(Announcement::Lost);
         }
         tokio::time::sleep(retry).await;
         retry = (retry * 2).min(MOST_PATIENT);
     }
 }
 
-/// Connects, listens and announces until the connection ends (`Ok`) or fails to start.
+/// Connects, listens and announces until the connection ends (`Ok`) or fails; `listened`
+/// turns true once it listens.
 async fn listen_once(
     config: &tokio_postgres::Config,
     announce: &UnboundedSender<Announcement>,
+    listened: &mut bool,
 ) -> Result<(), tokio_postgres::Error> {
     // The client lives as long as this function: dropped, it would close the connection.
     let (client, mut connection) = config.connect(NoTls).await?;
@@ -70,6 +84,7 @@ async fn listen_once(
             },
         }
     }
+    *listened = true;
     if announce.send(Announcement::Listening).is_err() {
         return Ok(());
     }
@@ -92,8 +107,15 @@ async fn listen_once(
     Ok(())
 }
 
-/// `<environment>:<revision>`; environment keys hold no `:`, so the last one splits.
+/// `<environment>:<revision>` (a commit), or one of the words
+/// naming what is not an environment's revision: [`ENVIRONMENTS`], [`TOKENS`]. Environment
+/// keys hold no `:`, so the last one splits.
 fn parse(payload: &str) -> Option<Announcement> {
+    match payload {
+        ENVIRONMENTS => return Some(Announcement::Environments),
+        TOKENS => return Some(Announcement::Tokens),
+        _ => {}
+    }
     let (environment, revision) = payload.rsplit_once(':')?;
     Some(Announcement::Committed {
         environment: environment.to_owned(),
@@ -114,6 +136,8 @@ mod tests {
                 revision: 42
             })
         );
+        assert_eq!(parse("tokens"), Some(Announcement::Tokens));
+        assert_eq!(parse("environments"), Some(Announcement::Environments));
         assert_eq!(parse("production"), None);
         assert_eq!(parse("production:x"), None);
         assert_eq!(parse("production:-1"), None);

@@ -548,6 +548,21 @@ impl Param {
     }
 }
 
+/// Tells other flagstaffd processes on the database, if `changed`, that `what` changed
+/// ([`listen::ENVIRONMENTS`], [`listen::TOKENS`]), on `client` after what it wrote. A lost
+/// notification costs them no more than their periodic look.
+async fn announce(client: &deadpool_postgres::Object, changed: bool, what: &'static str) {
+    if !changed {
+        return;
+    }
+    let notified = client
+        .execute("SELECT pg_notify($1, $2)", &[&NOTIFY_CHANNEL, &what])
+        .await;
+    if let Err(e) = notified {
+        tracing::warn!(error = %e, what, "cannot notify a change");
+    }
+}
+
 /// An environment's row locked in an open transaction, for one commit.
 struct PgLocked<'a> {
     store: &'a PgStore,
@@ -845,6 +860,7 @@ impl Store for PgStore {
                 )
                 .await
                 .map_err(|e| failed(&database, e))?;
+            announce(&client, true, listen::ENVIRONMENTS).await;
             Ok(())
         })
     }
@@ -874,14 +890,16 @@ impl Store for PgStore {
         );
         let created = self.call(move |pool, database| async move {
             let client = pool.get().await.map_err(|e| pool_failed(&database, e))?;
-            client
+            let created = client
                 .execute(
                     "INSERT INTO environments (key, revision, record) VALUES ($1, $2, $3::text::json)
                      ON CONFLICT (key) DO NOTHING",
                     &[&key, &revision, &text],
                 )
                 .await
-                .map_err(|e| failed(&database, e))
+                .map_err(|e| failed(&database, e))?;
+            announce(&client, created > 0, listen::ENVIRONMENTS).await;
+            Ok(created)
         })?;
         match created {
             0 => Err(StoreError::EnvironmentExists(record.key.clone())),
@@ -893,10 +911,12 @@ impl Store for PgStore {
         let key = environment.to_owned();
         let deleted = self.call(move |pool, database| async move {
             let client = pool.get().await.map_err(|e| pool_failed(&database, e))?;
-            client
+            let deleted = client
                 .execute("DELETE FROM environments WHERE key = $1", &[&key])
                 .await
-                .map_err(|e| failed(&database, e))
+                .map_err(|e| failed(&database, e))?;
+            announce(&client, deleted > 0, listen::ENVIRONMENTS).await;
+            Ok(deleted)
         })?;
         match deleted {
             0 => Err(StoreError::NoEnvironment(environment.to_owned())),
@@ -1191,6 +1211,7 @@ impl Store for PgStore {
                 )
                 .await
                 .map_err(|e| failed(&database, e))?;
+            announce(&client, true, listen::TOKENS).await;
             Ok(())
         })
     }
