@@ -102,6 +102,9 @@ pub struct Config {
     /// The PostgreSQL store's connection string (`postgres://…`); the sled store in
     /// `data_dir` when `None`.
     pub database_url: Option<String>,
+    /// PEM CA certificates the PostgreSQL database's certificate is verified against, when
+    /// `database_url` asks for TLS (`sslmode=require`); the system's roots when `None`.
+    pub database_ca: Option<PathBuf>,
     /// Change-log entries kept per environment.
     pub retention: u64,
     /// How often a quiet Watch stream gets a heartbeat (announced to SDKs in snapshots).
@@ -119,6 +122,7 @@ impl Config {
         Config {
             data_dir: data_dir.into(),
             database_url: None,
+            database_ca: None,
             retention: DEFAULT_RETENTION,
             heartbeat: DEFAULT_HEARTBEAT,
             feed_capacity: DEFAULT_FEED_CAPACITY,
@@ -148,7 +152,7 @@ pub struct ServeOptions {
 pub fn open_store(config: &Config) -> Result<Backend, storage::StoreError> {
     Ok(match &config.database_url {
         Some(url) => {
-            let store = PgStore::open(url, config.retention)?;
+            let store = PgStore::open(url, config.database_ca.as_deref(), config.retention)?;
             tracing::info!(database = store.database(), "store: PostgreSQL");
             Backend::Postgres(store)
         }

@@ -8,10 +8,11 @@
 //! flagstaffd check --data-dir ./flagstaff-data          # list damaged records
 //! flagstaffd repair --data-dir ./flagstaff-data         # restore them from the audit log
 //! flagstaffd --database-url postgres://flagstaff@db/flagstaff   # on PostgreSQL instead of sled
+//! flagstaffd --database-url 'postgres://…?sslmode=require' --database-ca db-ca.pem  # over TLS
 //! flagstaffd migrate --database-url postgres://…        # apply schema migrations and exit
 //! ```
 //! Every option is also an environment variable: `FLAGSTAFF_LISTEN`, `FLAGSTAFF_DATA_DIR`,
-//! `FLAGSTAFF_DATABASE_URL`,
+//! `FLAGSTAFF_DATABASE_URL`, `FLAGSTAFF_DATABASE_CA`,
 //! `FLAGSTAFF_RETENTION`, `FLAGSTAFF_HEARTBEAT_INTERVAL`, `FLAGSTAFF_METRICS_LISTEN`, `FLAGSTAFF_TLS_CERT`,
 //! `FLAGSTAFF_TLS_KEY`, `FLAGSTAFF_CORS_ORIGINS`, `FLAGSTAFF_PUBLIC_URL`, `FLAGSTAFF_CLIENT_TOKEN_RATE`,
 //! `FLAGSTAFF_CLIENT_ADDRESS_RATE`, `FLAGSTAFF_CLIENT_STREAMS`, `FLAGSTAFF_ADDRESS_STREAMS`,
@@ -100,8 +101,10 @@ struct Args {
 
     /// Keep everything in the PostgreSQL database at this connection string
     /// (postgres://user:password@host:port/database?sslmode=…) instead of sled in
-    /// --data-dir, which then holds only the admin token file. A database that cannot be
-    /// reached at start is an error (exit status 1), not a wait.
+    /// --data-dir, which then holds only the admin token file. sslmode=require connects over
+    /// TLS, verifying the database's certificate and host name (see --database-ca); prefer
+    /// (the default) and disable connect in plain text. A database that cannot be reached at
+    /// start is an error (exit status 1), not a wait.
     #[arg(
         long,
         env = "FLAGSTAFF_DATABASE_URL",
@@ -110,6 +113,18 @@ struct Args {
         hide_env_values = true
     )]
     database_url: Option<String>,
+
+    /// PEM file of the CA certificate(s) that signed the database's certificate, for a
+    /// --database-url with sslmode=require (TLS, the certificate's chain and host name always
+    /// verified). Without it the system's roots are trusted. Needs --database-url.
+    #[arg(
+        long,
+        env = "FLAGSTAFF_DATABASE_CA",
+        value_name = "PATH",
+        global = true,
+        requires = "database_url"
+    )]
+    database_ca: Option<PathBuf>,
 
     /// Change-log entries kept per environment, for SDKs resuming without a full snapshot.
     #[arg(long, env = "FLAGSTAFF_RETENTION", default_value_t = flagstaff_server::storage::DEFAULT_RETENTION, global = true)]
@@ -204,7 +219,11 @@ fn main() -> ExitCode {
 /// The store of an existing data directory or database, opened for `check` or `repair`.
 fn existing_store(args: &Args) -> anyhow::Result<Backend> {
     if let Some(url) = &args.database_url {
-        return Ok(Backend::Postgres(PgStore::open(url, args.retention)?));
+        return Ok(Backend::Postgres(PgStore::open(
+            url,
+            args.database_ca.as_deref(),
+            args.retention,
+        )?));
     }
     if !args.data_dir.join("db").exists() {
         anyhow::bail!("{} holds no flagstaffd data", args.data_dir.display());
@@ -394,7 +413,11 @@ fn restore(args: &Args, from: &std::path::Path) -> anyhow::Result<()> {
     let backup = flagstaff_server::backup::read(std::io::BufReader::new(file))
         .with_context(|| format!("{} cannot be restored", from.display()))?;
     let store = match &args.database_url {
-        Some(url) => Backend::Postgres(PgStore::open(url, args.retention)?),
+        Some(url) => Backend::Postgres(PgStore::open(
+            url,
+            args.database_ca.as_deref(),
+            args.retention,
+        )?),
         None => {
             std::fs::create_dir_all(&args.data_dir).with_context(|| {
                 format!("cannot create data directory {}", args.data_dir.display())
@@ -419,7 +442,7 @@ fn migrate(args: &Args) -> anyhow::Result<()> {
              FLAGSTAFF_DATABASE_URL); sled needs none"
         );
     };
-    let store = PgStore::connect(url, args.retention)?;
+    let store = PgStore::connect(url, args.database_ca.as_deref(), args.retention)?;
     let applied = store.migrate()?;
     match applied.as_slice() {
         [] => println!("the database {} is up to date", store.database()),
@@ -441,6 +464,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         retention: args.retention,
         heartbeat: std::time::Duration::from_secs(args.heartbeat_interval),
         database_url: args.database_url.clone(),
+        database_ca: args.database_ca.clone(),
         ..Config::new(&args.data_dir)
     };
     match &args.command {

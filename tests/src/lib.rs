@@ -293,7 +293,7 @@ pub fn open_store(data_dir: &Path) -> Backend {
                     .expect("the database URL file");
                 url
             });
-            Backend::Postgres(PgStore::open(&url, retention).expect("PostgreSQL store"))
+            Backend::Postgres(PgStore::open(&url, None, retention).expect("PostgreSQL store"))
         }
     }
 }

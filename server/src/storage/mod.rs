@@ -83,7 +83,7 @@ pub enum StoreError {
         detail: String,
     },
     /// The store cannot be used as configured: a connection string that does not parse, a
-    /// schema newer than this flagstaffd knows.
+    /// database CA file that cannot be used, a schema newer than this flagstaffd knows.
     #[error("{detail}")]
     Invalid {
         /// What is wrong.

@@ -1,8 +1,9 @@
 //! flagstaffd as a separate process, the real binary: durability across SIGKILL, the data
-//! directory lock, `admin-token`, the operational options (metrics, TLS, SIGTERM), and rollout
-//! plans across a restart.
+//! directory lock, `admin-token`, the operational options (metrics, TLS, SIGTERM), TLS to the
+//! database, and rollout plans across a restart.
 
 mod daemon;
+mod database_tls;
 mod durability;
 mod options;
 mod repair;

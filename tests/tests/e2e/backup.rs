@@ -218,7 +218,7 @@ async fn a_populated_sled_store_moves_to_postgres_and_back_with_every_read_the_s
         std::fs::File::open(&first).expect("the backup"),
     ))
     .expect("reads back");
-    let pg = PgStore::open(&database, 10_000).expect("the PostgreSQL store");
+    let pg = PgStore::open(&database, None, 10_000).expect("the PostgreSQL store");
     backup::restore(&pg, &read).expect("restored into PostgreSQL");
     drop(pg);
     let pg_dir = data_dir_with_token(sled_dir.path());
@@ -239,7 +239,7 @@ async fn a_populated_sled_store_moves_to_postgres_and_back_with_every_read_the_s
 
     // PostgreSQL → sled.
     let second = file.path().join("from-postgres.backup");
-    let pg = PgStore::open(&database, 10_000).expect("the PostgreSQL store");
+    let pg = PgStore::open(&database, None, 10_000).expect("the PostgreSQL store");
     backup::write(&pg, "postgres", &second).expect("backed up");
     drop(pg);
     let read = backup::read(std::io::BufReader::new(

@@ -105,7 +105,7 @@ fn open_database(
     server: &TestServer,
 ) -> std::sync::Arc<flagstaff_server::Environments<flagstaff_server::storage::Backend>> {
     let url = server.database_url.clone().expect("on PostgreSQL");
-    let store = flagstaff_server::storage::PgStore::open(&url, 1_000).expect("the database");
+    let store = flagstaff_server::storage::PgStore::open(&url, None, 1_000).expect("the database");
     let store = std::sync::Arc::new(flagstaff_server::storage::Backend::Postgres(store));
     std::sync::Arc::new(flagstaff_server::Environments::load(store).expect("loaded"))
 }

@@ -7,8 +7,10 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use tokio::sync::mpsc::UnboundedSender;
-use tokio_postgres::{AsyncMessage, NoTls};
+use tokio_postgres::tls::MakeTlsConnect;
+use tokio_postgres::{AsyncMessage, NoTls, Socket};
 
+use super::tls::MakeRustlsConnect;
 use super::{with_sources, NOTIFY_CHANNEL};
 
 /// The notification of a change to the environments themselves (created, deleted, settings).
@@ -24,6 +26,7 @@ const MOST_PATIENT: Duration = Duration::from_secs(2);
 /// Listens until `announce` is closed (its receiver dropped) or the runtime stops.
 pub(super) async fn listen(
     config: std::sync::Arc<tokio_postgres::Config>,
+    tls: Option<MakeRustlsConnect>,
     database: String,
     announce: UnboundedSender<Announcement>,
 ) {
@@ -33,7 +36,10 @@ pub(super) async fn listen(
     let mut reachable = true;
     while !announce.is_closed() {
         let mut listened = false;
-        let ended = listen_once(&config, &announce, &mut listened).await;
+        let ended = match &tls {
+            Some(tls) => listen_once(&config, tls.clone(), &announce, &mut listened).await,
+            None => listen_once(&config, NoTls, &announce, &mut listened).await,
+        };
         if listened {
             retry = FIRST_RETRY;
             reachable = true;
@@ -58,13 +64,14 @@ pub(super) async fn listen(
 
 /// Connects, listens and announces until the connection ends (`Ok`) or fails; `listened`
 /// turns true once it listens.
-async fn listen_once(
+async fn listen_once<T: MakeTlsConnect<Socket>>(
     config: &tokio_postgres::Config,
+    tls: T,
     announce: &UnboundedSender<Announcement>,
     listened: &mut bool,
 ) -> Result<(), tokio_postgres::Error> {
     // The client lives as long as this function: dropped, it would close the connection.
-    let (client, mut connection) = config.connect(NoTls).await?;
+    let (client, mut connection) = config.connect(tls).await?;
     let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
     let statement = format!("LISTEN {NOTIFY_CHANNEL}");
     let listening = client.batch_execute(&statement);

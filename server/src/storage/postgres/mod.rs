@@ -14,6 +14,7 @@
 //! is [`StoreError::OutcomeUnknown`].
 
 use std::future::Future;
+use std::path::Path;
 use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -22,12 +23,15 @@ use std::time::Duration;
 mod backup;
 mod commit;
 mod listen;
+mod tls;
 
 use self::backup::{dump_records, write_restored};
 use self::commit::{Begun, Commit, KeyRows};
+use self::tls::MakeRustlsConnect;
 
 use deadpool_postgres::{Hook, HookError, Manager, ManagerConfig, Pool, RecyclingMethod};
 use flagstaff_engine::{Flag, Segment};
+use tokio_postgres::config::SslMode;
 use tokio_postgres::NoTls;
 
 use super::{
@@ -71,6 +75,8 @@ pub struct PgStore {
     database: String,
     /// How to connect, for the connection that listens for other processes' commits.
     config: Arc<tokio_postgres::Config>,
+    /// TLS for those connections, when the URL asks for it.
+    tls: Option<MakeRustlsConnect>,
     retention: u64,
 }
 
@@ -170,6 +176,30 @@ fn pool_failed(database: &str, err: deadpool_postgres::PoolError) -> StoreError 
     }
 }
 
+/// `err`, when it is the database's certificate that was not trusted, followed by what it
+/// is verified against: rustls' reason ("invalid peer certificate: UnknownIssuer") alone does
+/// not say which option to look at.
+fn with_trust(err: StoreError, ca: Option<&Path>) -> StoreError {
+    match err {
+        StoreError::Unavailable { database, detail }
+            if detail.contains("invalid peer certificate") =>
+        {
+            let anchors = match ca {
+                Some(path) => format!("the CA certificates of --database-ca {}", path.display()),
+                None => "the system's roots (--database-ca names a CA of its own)".to_owned(),
+            };
+            StoreError::Unavailable {
+                database,
+                detail: format!(
+                    "{detail}; the database's certificate is verified against {anchors}, \
+                     and must name the host of the database URL"
+                ),
+            }
+        }
+        other => other,
+    }
+}
+
 /// A revision as PostgreSQL's `bigint`.
 fn sql_revision(revision: u64) -> i64 {
     i64::try_from(revision).unwrap_or(i64::MAX)
@@ -200,26 +230,53 @@ impl PgStore {
     /// per environment. Fails when the database cannot be reached (after the connection
     /// string's `connect_timeout`, 5 s unless it says otherwise), or holds a schema newer than
     /// this flagstaffd knows.
-    pub fn open(url: &str, retention: u64) -> Result<PgStore, StoreError> {
-        let store = PgStore::connect(url, retention)?;
+    ///
+    /// With `sslmode=require` in `url` the connections use TLS, and the database's certificate
+    /// is verified (chain and host name) against the PEM certificates of the file `ca`, or the
+    /// system's roots without it; `ca` without `sslmode=require` is refused. Any other
+    /// `sslmode` (`prefer`, the default, or `disable`) connects in plain text.
+    pub fn open(url: &str, ca: Option<&Path>, retention: u64) -> Result<PgStore, StoreError> {
+        let store = PgStore::connect(url, ca, retention)?;
         store.migrate()?;
         Ok(store)
     }
 
     /// Connects without migrating: for `flagstaffd migrate`, which migrates and reports.
-    pub fn connect(url: &str, retention: u64) -> Result<PgStore, StoreError> {
-        let mut config =
-            tokio_postgres::Config::from_str(url).map_err(|e| StoreError::Invalid {
-                detail: format!("the database URL is not a PostgreSQL connection string: {e}"),
-            })?;
-        if config.get_ssl_mode() == tokio_postgres::config::SslMode::Require {
-            return Err(StoreError::Invalid {
-                detail: "the database URL asks for TLS (sslmode=require), which flagstaffd \
-                         does not support yet: connect over a private network or through a \
-                         TLS proxy (docs/operations.md)"
-                    .to_owned(),
-            });
-        }
+    pub fn connect(url: &str, ca: Option<&Path>, retention: u64) -> Result<PgStore, StoreError> {
+        let mut config = tokio_postgres::Config::from_str(url).map_err(|e| {
+            // libpq's verifying modes, which tokio-postgres does not know: `require` is the one
+            // that verifies here.
+            let hint = if url.contains("sslmode=verify-") {
+                " (use sslmode=require: flagstaffd verifies the database's certificate and host \
+                 name as libpq's verify-full does)"
+            } else {
+                ""
+            };
+            StoreError::Invalid {
+                detail: format!(
+                    "the database URL is not a PostgreSQL connection string: {e}{hint}"
+                ),
+            }
+        })?;
+        let tls = match (config.get_ssl_mode(), ca) {
+            (SslMode::Require, ca) => Some(MakeRustlsConnect::new(ca)?),
+            // A CA given for a connection that would not be verified, or not be TLS at all
+            // (`prefer` goes on in plain text when TLS is not offered): refused, rather than
+            // leaving the operator believing the connection is verified.
+            (_, Some(path)) => {
+                return Err(StoreError::Invalid {
+                    detail: format!(
+                        "--database-ca {} is for TLS to the database, but the database URL does \
+                         not ask for TLS: add sslmode=require to it",
+                        path.display()
+                    ),
+                })
+            }
+            // `prefer` stays plain text: trying TLS without verifying it would guard against
+            // nothing, and would start failing on databases whose certificate is self-signed
+            // (as a default Debian install's is).
+            (_, None) => None,
+        };
         if config.get_connect_timeout().is_none() {
             config.connect_timeout(CONNECT_TIMEOUT);
         }
@@ -236,15 +293,15 @@ impl PgStore {
                 database: database.clone(),
                 detail: format!("cannot start the database runtime: {e}"),
             })?;
-        let manager = Manager::from_config(
-            config.clone(),
-            NoTls,
-            // A connection whose socket closed (the database restarted) is replaced before it
-            // is lent; one idle for a while is also checked with a round trip (below).
-            ManagerConfig {
-                recycling_method: RecyclingMethod::Fast,
-            },
-        );
+        // A connection whose socket closed (the database restarted) is replaced before it is
+        // lent; one idle for a while is also checked with a round trip (below).
+        let manager_config = ManagerConfig {
+            recycling_method: RecyclingMethod::Fast,
+        };
+        let manager = match &tls {
+            Some(tls) => Manager::from_config(config.clone(), tls.clone(), manager_config),
+            None => Manager::from_config(config.clone(), NoTls, manager_config),
+        };
         let pool = Pool::builder(manager)
             .pre_recycle(Hook::async_fn(|client, metrics| {
                 let idle = metrics.last_used() > VERIFY_IDLE;
@@ -273,17 +330,20 @@ impl PgStore {
             runtime: Some(runtime),
             database,
             config: Arc::new(config),
+            tls,
             retention: retention.max(1),
         };
         // Reachable now, or a clear error now rather than at the first request.
-        store.call(|pool, database| async move {
-            let client = pool.get().await.map_err(|e| pool_failed(&database, e))?;
-            client
-                .simple_query("SELECT 1")
-                .await
-                .map_err(|e| failed(&database, e))?;
-            Ok(())
-        })?;
+        store
+            .call(|pool, database| async move {
+                let client = pool.get().await.map_err(|e| pool_failed(&database, e))?;
+                client
+                    .simple_query("SELECT 1")
+                    .await
+                    .map_err(|e| failed(&database, e))?;
+                Ok(())
+            })
+            .map_err(|e| with_trust(e, ca))?;
         Ok(store)
     }
 
@@ -1003,6 +1063,7 @@ impl Store for PgStore {
         let (announce, announcements) = tokio::sync::mpsc::unbounded_channel();
         runtime.spawn(listen::listen(
             self.config.clone(),
+            self.tls.clone(),
             self.database.clone(),
             announce,
         ));
