@@ -27,7 +27,9 @@
 //! belongs to the `postgres` user and the binaries run as that user (`runuser`). Statics are
 //! never dropped, so a watchdog (`sh`, in a process group of its own so that a Ctrl-C does
 //! not reach it) runs postgres and polls the test process; once that has exited, it stops
-//! postgres at once and removes the directory.
+//! postgres at once and removes the directory. The cluster also serves TLS, with a certificate
+//! for `127.0.0.1` and `localhost` signed by a CA made for it ([`postgres::ca_certificate`]), to
+//! the clients that ask for it (`sslmode=require`); the others talk to it in plain text.
 //!
 //! Without PostgreSQL binaries, the PostgreSQL tests are skipped: the first test of a
 //! `_postgres` binary to need a database prints one line saying so and how to enable them, and
@@ -101,6 +103,7 @@ pub struct TestServerBuilder {
     ofrep: OfrepOptions,
     drain: Duration,
     database_url: Option<String>,
+    database_ca: Option<std::path::PathBuf>,
 }
 
 impl TestServerBuilder {
@@ -108,6 +111,14 @@ impl TestServerBuilder {
     /// that moves data from one store to the other.
     pub fn database_url(mut self, url: String) -> Self {
         self.database_url = Some(url);
+        self
+    }
+
+    /// Verifies the database's TLS certificate against the PEM CA certificates of `path`, for
+    /// a [`database_url`](Self::database_url) with `sslmode=require` (e.g.
+    /// [`postgres::ca_certificate`]).
+    pub fn database_ca(mut self, path: std::path::PathBuf) -> Self {
+        self.database_ca = Some(path);
         self
     }
 
@@ -205,6 +216,7 @@ impl TestServerBuilder {
             retention: self.retention.unwrap_or(defaults.retention),
             clock: self.clock.unwrap_or(defaults.clock.clone()),
             database_url: database_url.clone(),
+            database_ca: self.database_ca,
             ..defaults
         };
         let server = Server::open(&config).expect("server opens");

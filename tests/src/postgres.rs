@@ -1,12 +1,15 @@
 //! A PostgreSQL cluster per test process, for servers on the PostgreSQL store: started on first
 //! use from the machine's PostgreSQL binaries, in a temporary directory, on a free loopback
-//! port; each [`fresh_database`] is a new database in it. A watchdog process stops the cluster
+//! port; each [`fresh_database`] is a new database in it. The cluster serves TLS too, with a
+//! certificate for `127.0.0.1` and `localhost` signed by a CA of its own
+//! ([`ca_certificate`]), and plain text to clients that do not ask for TLS. A watchdog process stops the cluster
 //! and removes its directory once the test process has exited: statics are never dropped, so
 //! nothing inside the process could.
 
 use std::fmt::Write as _;
 use std::fs::File;
 use std::io::Write as _;
+use std::os::unix::fs::PermissionsExt as _;
 use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -43,8 +46,12 @@ const PORT_ATTEMPTS: usize = 3;
 
 /// Settings sized for tests. Many tests, each with a server holding a small pool, share the
 /// cluster; fsync and synchronous commit stay on, as the store's durability is part of what
-/// is tested.
-const SETTINGS: [&str; 2] = ["max_connections=300", "shared_buffers=32MB"];
+/// is tested. TLS is on for the clients that ask for it, with `server.crt` and `server.key` of
+/// the data directory (PostgreSQL's default names), which [`Cluster::certify`] writes.
+const SETTINGS: [&str; 3] = ["max_connections=300", "shared_buffers=32MB", "ssl=on"];
+
+/// The file of the cluster's directory holding the CA certificate that signed the cluster's.
+const CA_FILE: &str = "ca.crt";
 
 /// Runs postgres and cleans up after the test process. Its arguments: the test process's pid,
 /// the cluster's directory, the bin directory, the user to run as (empty: the current one),
@@ -68,6 +75,8 @@ rm -rf "$dir"
 #[derive(Debug)]
 struct Cluster {
     port: u16,
+    /// The PEM CA certificate that signed the cluster's TLS certificate.
+    ca: PathBuf,
 }
 
 /// The process's cluster: `Ok(None)` when PostgreSQL is skipped, `Err` (repeated by every
@@ -79,16 +88,13 @@ static DATABASES: AtomicU64 = AtomicU64::new(0);
 
 /// A new, empty database of this test process's cluster (started on the first call), as a
 /// URL: `postgres://postgres@127.0.0.1:<port>/<name>` (trust authentication, no password).
+/// Plain text; `?sslmode=require` added to it asks for TLS, verified with [`ca_certificate`].
 ///
 /// `None` when there are no PostgreSQL binaries and [`REQUIRE_ENV`] is not set: the tests
 /// that need it are skipped, and one line on stderr says so. Panics when the binaries are
 /// missing and required, or when the cluster or the database cannot be made.
 pub fn fresh_database() -> Option<String> {
-    let cluster = match CLUSTER.get_or_init(start) {
-        Ok(Some(cluster)) => cluster,
-        Ok(None) => return None,
-        Err(why) => panic!("{why}"),
-    };
+    let cluster = cluster()?;
     let name = format!(
         "flagstaff_test_{}",
         DATABASES.fetch_add(1, Ordering::Relaxed)
@@ -103,6 +109,22 @@ pub fn fresh_database() -> Option<String> {
         "postgres://{USER}@127.0.0.1:{}/{name}",
         cluster.port
     ))
+}
+
+/// The PEM file of the CA certificate that signed the TLS certificate of this test process's
+/// cluster (started on the first call), which names `127.0.0.1` and `localhost`. `None` and
+/// panics as for [`fresh_database`].
+pub fn ca_certificate() -> Option<PathBuf> {
+    cluster().map(|cluster| cluster.ca.clone())
+}
+
+/// The process's cluster, started on the first call; `None` when PostgreSQL is skipped.
+fn cluster() -> Option<&'static Cluster> {
+    match CLUSTER.get_or_init(start) {
+        Ok(Some(cluster)) => Some(cluster),
+        Ok(None) => None,
+        Err(why) => panic!("{why}"),
+    }
 }
 
 /// Starts the cluster, or says why not. Never panics: a panic here would leave [`CLUSTER`]
@@ -210,15 +232,64 @@ impl Cluster {
             .current_dir(dir)
             .output()
             .map_err(|e| format!("running initdb: {e}"))?;
-        match initdb.status.success() {
-            true => Ok(()),
-            false => Err(format!(
+        if !initdb.status.success() {
+            return Err(format!(
                 "initdb {} failed: {}{}",
                 data.display(),
                 String::from_utf8_lossy(&initdb.stdout),
                 String::from_utf8_lossy(&initdb.stderr)
-            )),
+            ));
         }
+        Cluster::certify(dir, user)
+    }
+
+    /// Makes a CA (its certificate in `dir/`[`CA_FILE`]) and a certificate it signs for
+    /// `127.0.0.1` and `localhost`, which the cluster serves TLS with: `server.crt` and
+    /// `server.key` in its data directory, owned by `user`, the key readable by its owner
+    /// only, as postgres requires.
+    fn certify(dir: &Path, user: Option<&str>) -> Result<(), String> {
+        use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
+        let fail = |what: &str, e: rcgen::Error| format!("making the cluster's {what}: {e}");
+        let mut ca = CertificateParams::new(Vec::<String>::new()).map_err(|e| fail("CA", e))?;
+        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca.distinguished_name
+            .push(DnType::CommonName, "flagstaff test PostgreSQL CA");
+        let ca_key = KeyPair::generate().map_err(|e| fail("CA key", e))?;
+        let ca_pem = ca.self_signed(&ca_key).map_err(|e| fail("CA", e))?.pem();
+        let issuer = Issuer::new(ca, ca_key);
+        let names = vec!["127.0.0.1".to_owned(), "localhost".to_owned()];
+        let server = CertificateParams::new(names).map_err(|e| fail("certificate", e))?;
+        let key = KeyPair::generate().map_err(|e| fail("key", e))?;
+        let cert_pem = server
+            .signed_by(&key, &issuer)
+            .map_err(|e| fail("certificate", e))?
+            .pem();
+        let write = |path: PathBuf, text: String, mode: u32| {
+            std::fs::write(&path, text)
+                .and_then(|()| {
+                    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode))
+                })
+                .map_err(|e| format!("writing {}: {e}", path.display()))
+        };
+        let data = dir.join("data");
+        write(dir.join(CA_FILE), ca_pem, 0o644)?;
+        write(data.join("server.crt"), cert_pem, 0o644)?;
+        write(data.join("server.key"), key.serialize_pem(), 0o600)?;
+        if let Some(user) = user {
+            let chown = Command::new("chown")
+                .arg(format!("{user}:"))
+                .arg(data.join("server.crt"))
+                .arg(data.join("server.key"))
+                .output()
+                .map_err(|e| format!("running chown: {e}"))?;
+            if !chown.status.success() {
+                return Err(format!(
+                    "chown {user}: the cluster's certificate and key: {}",
+                    String::from_utf8_lossy(&chown.stderr)
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// Starts the cluster of `dir` under its watchdog, on another free port when the one
@@ -231,7 +302,12 @@ impl Cluster {
             let logged = std::fs::metadata(&log).map(|m| m.len()).unwrap_or(0);
             let mut watchdog = watchdog(bin, dir, user, port, &log)?;
             let why = match wait_until_ready(bin, dir, port, &mut watchdog) {
-                Ok(()) => return Ok(Cluster { port }),
+                Ok(()) => {
+                    return Ok(Cluster {
+                        port,
+                        ca: dir.join(CA_FILE),
+                    })
+                }
                 Err(NotReady::Exited) => {
                     let said = log_since(&log, logged);
                     if attempt < PORT_ATTEMPTS && said.contains("already in use") {

@@ -21,6 +21,7 @@ mod openfeature;
 mod operations;
 mod postgres_faults;
 mod postgres_harness;
+mod postgres_tls;
 mod propagation;
 mod replicas;
 mod rollouts;
