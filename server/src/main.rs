@@ -21,7 +21,7 @@
 
 use std::io::IsTerminal as _;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context as _;
@@ -177,12 +177,18 @@ enum Command {
     Repair,
     /// Write a backup of the store (--data-dir or --database-url) to FILE: every environment
     /// with its documents and history, rollout plans and tokens (as hashes), mode 0600. On
-    /// PostgreSQL it may run while flagstaffd serves; a sled data directory must not be held
-    /// by a running flagstaffd.
+    /// PostgreSQL it may run while flagstaffd serves; a sled data directory that a running
+    /// flagstaffd holds is backed up by that server, asked at --listen (with --tls-cert when
+    /// it serves TLS).
     Backup {
         /// Where to write it; replaced only once the backup is complete.
         #[arg(long, value_name = "FILE")]
         to: PathBuf,
+        /// The certificate chain the running flagstaffd holding --data-dir serves TLS with
+        /// (its --tls-cert): the backup is asked for over TLS, trusting that chain, from the
+        /// --listen address, which the certificate must name. No key is needed.
+        #[arg(long, env = "FLAGSTAFF_TLS_CERT", value_name = "PATH")]
+        tls_cert: Option<PathBuf>,
     },
     /// Load a backup into an empty store (--data-dir or --database-url), giving every
     /// environment a new epoch. Tokens in the backup keep working.
@@ -298,7 +304,7 @@ fn repair(args: &Args) -> anyhow::Result<()> {
 }
 
 /// `flagstaffd backup`.
-fn backup(args: &Args, to: &std::path::Path) -> anyhow::Result<()> {
+fn backup(args: &Args, to: &std::path::Path, tls_cert: Option<&Path>) -> anyhow::Result<()> {
     let store = match existing_store(args) {
         Ok(store) => store,
         // A running flagstaffd holds the data directory: it writes the backup itself.
@@ -308,7 +314,7 @@ fn backup(args: &Args, to: &std::path::Path) -> anyhow::Result<()> {
                 Some(flagstaff_server::storage::StoreError::Locked { .. })
             ) =>
         {
-            return backup_from_server(args, to)
+            return backup_from_server(args, to, tls_cert)
         }
         Err(e) => return Err(e),
     };
@@ -324,14 +330,42 @@ fn backup(args: &Args, to: &std::path::Path) -> anyhow::Result<()> {
 
 /// `flagstaffd backup` of a sled data directory that a running flagstaffd holds: the server
 /// streams the backup over the Admin API (`Admin.Backup`), at `--listen`'s address, with the
-/// admin token of `FLAGSTAFF_TOKEN` or `<data-dir>/admin.token`.
-fn backup_from_server(args: &Args, to: &std::path::Path) -> anyhow::Result<()> {
+/// admin token of `FLAGSTAFF_TOKEN` or `<data-dir>/admin.token`. With `tls_cert`, the chain
+/// that server serves, over TLS trusting that chain alone: the backup runs on the server's
+/// host with its configuration, so the server's own certificate is the one to expect, and its
+/// name the address dialled.
+fn backup_from_server(
+    args: &Args,
+    to: &std::path::Path,
+    tls_cert: Option<&Path>,
+) -> anyhow::Result<()> {
     use flagstaff_proto::pb;
+    use tonic::transport::{Certificate, ClientTlsConfig, Endpoint};
     let mut addr = args.listen;
     if addr.ip().is_unspecified() {
         addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
     }
-    let endpoint = format!("http://{addr}");
+    let (endpoint, tls, hint) = match tls_cert {
+        Some(path) => (
+            format!("https://{addr}"),
+            Some(
+                ClientTlsConfig::new()
+                    .ca_certificate(Certificate::from_pem(Tls::read_certificate_chain(path)?)),
+            ),
+            format!(
+                "--listen names its address; the certificate chain of --tls-cert {} is all \
+                 that is trusted, so the certificate must name {} and be self-signed or have \
+                 its issuer in the file",
+                path.display(),
+                addr.ip()
+            ),
+        ),
+        None => (
+            format!("http://{addr}"),
+            None,
+            "--listen names its address; give its --tls-cert if it serves TLS".to_owned(),
+        ),
+    };
     let token = match std::env::var("FLAGSTAFF_TOKEN") {
         Ok(token) => token,
         Err(_) => {
@@ -355,9 +389,14 @@ fn backup_from_server(args: &Args, to: &std::path::Path) -> anyhow::Result<()> {
         .context("cannot start the async runtime")?;
     let mut chunks = runtime
         .block_on(async {
-            let channel = tonic::transport::Endpoint::from_shared(endpoint.clone())?
+            let mut channel = Endpoint::from_shared(endpoint.clone())?;
+            if let Some(tls) = tls {
+                channel = channel.tls_config(tls)?;
+            }
+            let channel = channel
                 .connect()
-                .await?;
+                .await
+                .map_err(|e| anyhow::anyhow!(causes(&e)))?;
             let mut admin = pb::admin_client::AdminClient::new(channel);
             let mut request = tonic::Request::new(pb::BackupRequest {});
             request.metadata_mut().insert("authorization", bearer);
@@ -370,7 +409,7 @@ fn backup_from_server(args: &Args, to: &std::path::Path) -> anyhow::Result<()> {
         .with_context(|| {
             format!(
                 "a running flagstaffd holds {}, and asking it at {endpoint} for the backup failed \
-             (--listen names its address)",
+                 ({hint})",
                 args.data_dir.display()
             )
         })?;
@@ -404,6 +443,20 @@ fn backup_from_server(args: &Args, to: &std::path::Path) -> anyhow::Result<()> {
         backup.summary
     );
     Ok(())
+}
+
+/// An error's message and its causes', `: `-separated, each said once: a transport error of
+/// tonic repeats its cause ("transport error: invalid peer certificate: …: invalid peer
+/// certificate: …").
+fn causes(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut said: Vec<String> = Vec::new();
+    for e in std::iter::successors(Some(err), |e| e.source()) {
+        let text = e.to_string();
+        if !said.contains(&text) {
+            said.push(text);
+        }
+    }
+    said.join(": ")
 }
 
 /// `flagstaffd restore`.
@@ -471,7 +524,11 @@ fn run(args: Args) -> anyhow::Result<()> {
         Some(Command::Check) => return check(&args),
         Some(Command::Repair) => return repair(&args),
         Some(Command::Migrate) => return migrate(&args),
-        Some(Command::Backup { to }) => return backup(&args, to),
+        Some(Command::Backup { to, tls_cert }) => {
+            // Before or after `backup`: the server's own command line, or the backup's.
+            let tls_cert = tls_cert.as_deref().or(args.tls_cert.as_deref());
+            return backup(&args, to, tls_cert);
+        }
         Some(Command::Restore { from }) => return restore(&args, from),
         _ => {}
     }

@@ -95,6 +95,20 @@ impl Tls {
         )
     }
 
+    /// The PEM certificate chain of the file `cert`, as flagstaffd would serve it, for a client
+    /// on the same host that trusts it (`flagstaffd backup` asking the running flagstaffd):
+    /// checked to hold certificates, so that a wrong file is named rather than met later as
+    /// an untrusted certificate.
+    pub fn read_certificate_chain(cert: &Path) -> Result<Vec<u8>, TlsError> {
+        let pem = std::fs::read(cert).map_err(|cause| TlsError::Read {
+            what: "TLS certificate",
+            path: cert.to_owned(),
+            cause,
+        })?;
+        certificates(&pem, &cert.display().to_string())?;
+        Ok(pem)
+    }
+
     /// Checks both PEM texts here, where the error can name them, then builds the rustls
     /// configuration, which catches a key that does not belong to the certificate.
     fn parse(
@@ -103,20 +117,7 @@ impl Tls {
         cert_name: String,
         key_name: String,
     ) -> Result<Tls, TlsError> {
-        let certs = CertificateDer::pem_slice_iter(cert_pem)
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| TlsError::Parse {
-                source_name: cert_name.clone(),
-                problem: format!("not a PEM certificate chain: {e}"),
-            })?;
-        if certs.is_empty() {
-            return Err(TlsError::Parse {
-                source_name: cert_name,
-                problem: "no certificate found: expected a PEM block \
-                          `-----BEGIN CERTIFICATE-----`"
-                    .to_owned(),
-            });
-        }
+        let certs = certificates(cert_pem, &cert_name)?;
         let key = PrivateKeyDer::from_pem_slice(key_pem).map_err(|e| {
             let problem = match e {
                 pem::Error::NoItemsFound => "no private key found: expected a PEM block \
@@ -148,6 +149,24 @@ impl Tls {
     pub(crate) fn config(&self) -> Arc<rustls::ServerConfig> {
         self.config.clone()
     }
+}
+
+/// The certificates of a PEM chain named `name`: at least one.
+fn certificates(pem: &[u8], name: &str) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let certs = CertificateDer::pem_slice_iter(pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| TlsError::Parse {
+            source_name: name.to_owned(),
+            problem: format!("not a PEM certificate chain: {e}"),
+        })?;
+    if certs.is_empty() {
+        return Err(TlsError::Parse {
+            source_name: name.to_owned(),
+            problem: "no certificate found: expected a PEM block `-----BEGIN CERTIFICATE-----`"
+                .to_owned(),
+        });
+    }
+    Ok(certs)
 }
 
 /// What rustls said, with its sources, `: `-separated.
@@ -221,6 +240,39 @@ mod tests {
             message(Tls::from_pem(&cert, &cert)),
             "the TLS private key: no private key found: expected a PEM block \
              `-----BEGIN PRIVATE KEY-----` (or RSA PRIVATE KEY, EC PRIVATE KEY)"
+        );
+    }
+
+    #[test]
+    fn a_certificate_chain_to_trust_is_read_and_a_wrong_file_named() {
+        let dir = tempfile::tempdir().expect("dir");
+        let (cert, key) = self_signed();
+        let (cert_path, key_path) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+        std::fs::write(&cert_path, &cert).expect("write");
+        std::fs::write(&key_path, key).expect("write");
+        assert_eq!(
+            Tls::read_certificate_chain(&cert_path).expect("read"),
+            cert.as_bytes()
+        );
+        let missing = dir.path().join("missing.pem");
+        let text = Tls::read_certificate_chain(&missing)
+            .expect_err("missing")
+            .to_string();
+        assert!(
+            text.starts_with(&format!(
+                "cannot read TLS certificate {}: ",
+                missing.display()
+            )),
+            "{text}"
+        );
+        assert_eq!(
+            Tls::read_certificate_chain(&key_path)
+                .expect_err("a key")
+                .to_string(),
+            format!(
+                "{}: no certificate found: expected a PEM block `-----BEGIN CERTIFICATE-----`",
+                key_path.display()
+            )
         );
     }
 

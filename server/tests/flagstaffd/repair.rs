@@ -1,5 +1,6 @@
 //! `flagstaffd check` and `flagstaffd repair` on a stopped server's data directory: what they
-//! print and how they exit; and `flagstaffd backup` of a data directory a running server holds.
+//! print and how they exit; and `flagstaffd backup` of a data directory a running server holds,
+//! in plain text and over TLS.
 
 use super::*;
 
@@ -178,6 +179,126 @@ async fn backup_of_a_data_directory_a_running_flagstaffd_holds_asks_that_server(
     assert!(!out.status.success());
     let said = String::from_utf8_lossy(&out.stderr);
     assert!(said.contains("Unauthenticated: unknown token"), "{said}");
+    assert!(!refused.exists());
+    daemon.kill();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backup_asks_a_running_flagstaffd_serving_tls_over_tls_trusting_its_certificate() {
+    let dir = tempfile::tempdir().expect("data dir");
+    let files = tempfile::tempdir().expect("certificate dir");
+    // As docs/operations.md makes them: a CA, a certificate it signs for localhost and
+    // 127.0.0.1, served as a chain with the CA's certificate appended.
+    let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).expect("CA parameters");
+    ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca.distinguished_name
+        .push(rcgen::DnType::CommonName, "Flagstaff CA");
+    let ca_key = rcgen::KeyPair::generate().expect("CA key");
+    let ca_pem = ca.self_signed(&ca_key).expect("CA certificate").pem();
+    let issuer = rcgen::Issuer::new(ca, ca_key);
+    let leaf_key = rcgen::KeyPair::generate().expect("key");
+    let leaf_pem =
+        rcgen::CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])
+            .expect("parameters")
+            .signed_by(&leaf_key, &issuer)
+            .expect("certificate")
+            .pem();
+    let (leaf, cert, key) = (
+        files.path().join("cert.pem"),
+        files.path().join("chain.pem"),
+        files.path().join("key.pem"),
+    );
+    std::fs::write(&leaf, &leaf_pem).expect("write");
+    std::fs::write(&cert, format!("{leaf_pem}{ca_pem}")).expect("write");
+    std::fs::write(&key, leaf_key.serialize_pem()).expect("write");
+    let daemon = Daemon::start(
+        dir.path(),
+        &[
+            "--tls-cert",
+            cert.to_str().expect("path"),
+            "--tls-key",
+            key.to_str().expect("path"),
+        ],
+        &[],
+    );
+    let addr = daemon.logged("address");
+    let channel = Endpoint::from_shared(format!("https://{addr}"))
+        .expect("endpoint")
+        .tls_config(ClientTlsConfig::new().ca_certificate(Certificate::from_pem(&ca_pem)))
+        .expect("client TLS")
+        .connect()
+        .await
+        .expect("connects over TLS");
+    AdminClient::new(channel)
+        .create_environment(authorized(
+            pb::CreateEnvironmentRequest {
+                environment: "production".into(),
+                ..Default::default()
+            },
+            &token(dir.path()),
+        ))
+        .await
+        .expect("created");
+    let backup = |file: &Path, tls_cert: Option<&Path>| {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_flagstaffd"));
+        command
+            .args(["backup", "--to"])
+            .arg(file)
+            .arg("--data-dir")
+            .arg(dir.path())
+            .args(["--listen", &addr]);
+        if let Some(cert) = tls_cert {
+            command.arg("--tls-cert").arg(cert);
+        }
+        command.output().expect("runs")
+    };
+
+    let file = dir.path().join("flagstaff.backup");
+    let out = backup(&file, Some(&cert));
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{said}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        said.contains(&format!("(from the flagstaffd at https://{addr})"))
+            && said.contains("1 environment(s), 1 token(s)"),
+        "{said}"
+    );
+    let written = flagstaff_server::backup::read(std::io::BufReader::new(
+        std::fs::File::open(&file).expect("the backup"),
+    ))
+    .expect("whole");
+    let record = written.environments[0].record.as_ref().expect("record");
+    assert_eq!(record.key, "production");
+
+    // Trusting the certificate without its issuer, or another one, or asking in plain text:
+    // refused, nothing written.
+    let other = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned()])
+        .expect("self-signed certificate");
+    let other_cert = files.path().join("other.pem");
+    std::fs::write(&other_cert, other.cert.pem()).expect("write");
+    let refused = dir.path().join("refused.backup");
+    for trusted in [&leaf, &other_cert] {
+        let out = backup(&refused, Some(trusted));
+        assert!(!out.status.success());
+        let said = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            said.contains(&format!(
+                "asking it at https://{addr} for the backup failed"
+            )) && said.contains("invalid peer certificate: UnknownIssuer"),
+            "{said}"
+        );
+    }
+    let out = backup(&refused, None);
+    assert!(!out.status.success());
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        said.contains(&format!("asking it at http://{addr} for the backup failed"))
+            && said.contains("give its --tls-cert if it serves TLS"),
+        "{said}"
+    );
     assert!(!refused.exists());
     daemon.kill();
 }
