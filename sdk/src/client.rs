@@ -55,7 +55,8 @@ pub struct Client {
 
 impl Client {
     /// A builder of a client connected to flagstaffd at `endpoint` (e.g.
-    /// `http://127.0.0.1:7878`) with an sdk token of the environment to serve.
+    /// `http://127.0.0.1:7878`) with an sdk token of the environment to serve. More endpoints
+    /// to move to when this one fails: [`ClientBuilder::fallback_endpoint`].
     pub fn builder(endpoint: impl Into<String>, sdk_key: impl Into<String>) -> ClientBuilder {
         ClientBuilder::new(endpoint.into(), sdk_key.into())
     }
@@ -168,6 +169,7 @@ impl Client {
             deltas: counters.deltas.load(Ordering::Relaxed),
             connections: counters.connections.load(Ordering::Relaxed),
             resyncs: counters.resyncs.load(Ordering::Relaxed),
+            failovers: counters.failovers.load(Ordering::Relaxed),
             dropped_notifications: self.core().listeners.dropped.load(Ordering::Relaxed),
             metrics_reports: metrics.reports,
             metrics_report_failures: metrics.report_failures,
@@ -459,10 +461,11 @@ impl ClientBuilder {
     /// reconnects as needed and reports usage metrics. Runs on the current Tokio runtime when
     /// there is one, else on a thread of its own. Fails only on an unreadable or invalid
     /// bootstrap file; an unusable cache file is logged and ignored. An sdk key that cannot be
-    /// sent (control characters, non-ASCII) is refused here, and so is a TLS CA certificate
+    /// sent (control characters, non-ASCII) is refused here, and so is an endpoint that is not
+    /// an `http://` or `https://` URL ([`Error::InvalidEndpoint`]) or a TLS CA certificate
     /// with an endpoint that is not `https://`.
     pub fn build(self) -> Result<Client, Error> {
-        self.check()?;
+        let endpoints = self.check()?;
         let (snapshot, status) = self.first_snapshot()?;
         let cache = self
             .cache_path()
@@ -471,7 +474,12 @@ impl ClientBuilder {
         let (flushes, flushing) = mpsc::channel(8);
         let core = Arc::new(Core::new(snapshot, status, cache, Some(flushes)));
         let (stop, stopping) = watch::channel(false);
-        let task = sync::run(core.clone(), self.into_settings(), stopping, flushing);
+        let task = sync::run(
+            core.clone(),
+            self.into_settings(endpoints),
+            stopping,
+            flushing,
+        );
         match tokio::runtime::Handle::try_current() {
             Ok(runtime) => {
                 runtime.spawn(task);

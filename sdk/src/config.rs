@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use flagstaff_engine::Snapshot;
+use tonic::transport::Uri;
 
 use crate::cache;
 use crate::status::{Source, Status};
@@ -17,7 +18,8 @@ use crate::Error;
 #[derive(Debug, Clone)]
 #[must_use = "a builder does nothing until built"]
 pub struct ClientBuilder {
-    endpoint: String,
+    /// The builder's endpoint, then the fallbacks, in the order they are tried.
+    endpoints: Vec<String>,
     sdk_key: String,
     application: String,
     connect_timeout: Duration,
@@ -41,7 +43,7 @@ impl ClientBuilder {
     /// The defaults, for [`Client::builder`](crate::Client::builder).
     pub(crate) fn new(endpoint: String, sdk_key: String) -> ClientBuilder {
         ClientBuilder {
-            endpoint,
+            endpoints: vec![endpoint],
             sdk_key,
             application: String::new(),
             connect_timeout: Duration::from_secs(5),
@@ -54,6 +56,23 @@ impl ClientBuilder {
             metrics_interval: Duration::from_secs(10),
         }
     }
+    /// Adds an endpoint to move to when the one in use fails, e.g. another flagstaffd replica
+    /// on the same PostgreSQL database (docs/operations.md). Call it once per endpoint: the
+    /// client starts with the endpoint given to [`Client::builder`](crate::Client::builder),
+    /// and whenever its stream fails, is refused, or stays silent for three heartbeat
+    /// intervals, it moves at once to the next endpoint in the order given (after the last,
+    /// the first again), resuming from the epoch and revision it holds. It backs off (see
+    /// [`backoff`](Self::backoff)) only once every endpoint has failed in a row.
+    ///
+    /// The builder's own endpoint stays the first one tried, so a client given one endpoint
+    /// reads as before and a fallback is an addition, never a replacement. A host name that
+    /// resolves to several addresses needs no fallback for each: the client tries each of its
+    /// addresses in turn, checking TLS certificates against the name.
+    pub fn fallback_endpoint(mut self, endpoint: impl Into<String>) -> Self {
+        self.endpoints.push(endpoint.into());
+        self
+    }
+
     /// The name of the application embedding the client, which the server lists among its
     /// SDK instances (e.g. `checkout-service`).
     pub fn application(mut self, name: impl Into<String>) -> Self {
@@ -67,15 +86,15 @@ impl ClientBuilder {
         self
     }
 
-    /// Trusts this PEM CA certificate for the server's TLS certificate (an `https://`
-    /// endpoint is required then).
+    /// Trusts this PEM CA certificate for the server's TLS certificate (`https://` endpoints
+    /// are required then).
     pub fn tls_ca_certificate(mut self, pem: impl Into<String>) -> Self {
         self.tls_ca = Some(pem.into());
         self
     }
 
-    /// The name to check the server's TLS certificate against, when it differs from the
-    /// endpoint's host.
+    /// The name to check the servers' TLS certificates against, when it differs from the
+    /// endpoints' hosts.
     pub fn tls_domain(mut self, domain: impl Into<String>) -> Self {
         self.tls_domain = Some(domain.into());
         self
@@ -117,8 +136,9 @@ impl ClientBuilder {
     }
 
     /// Refuses what cannot work: an sdk key that cannot be sent (control characters,
-    /// non-ASCII), a TLS CA certificate with an endpoint that is not `https://`.
-    pub(crate) fn check(&self) -> Result<(), Error> {
+    /// non-ASCII), an endpoint that is not an `http://` or `https://` URL, a TLS CA
+    /// certificate with an endpoint that is not `https://`. Returns the endpoints, parsed.
+    pub(crate) fn check(&self) -> Result<Vec<Target>, Error> {
         if self
             .sdk_key
             .parse::<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>()
@@ -126,15 +146,17 @@ impl ClientBuilder {
         {
             return Err(Error::InvalidSdkKey);
         }
-        if self.tls_ca.is_some()
-            && !self
-                .endpoint
-                .get(..8)
-                .is_some_and(|scheme| scheme.eq_ignore_ascii_case("https://"))
-        {
-            return Err(Error::TlsWithoutHttps(self.endpoint.clone()));
+        let targets = self
+            .endpoints
+            .iter()
+            .map(|endpoint| Target::parse(endpoint))
+            .collect::<Result<Vec<_>, _>>()?;
+        if self.tls_ca.is_some() {
+            if let Some(plain) = targets.iter().find(|t| !t.https) {
+                return Err(Error::TlsWithoutHttps(plain.url.clone()));
+            }
         }
-        Ok(())
+        Ok(targets)
     }
 
     /// What to serve until the server answers: the cache file's snapshot, else the bootstrap
@@ -169,10 +191,11 @@ impl ClientBuilder {
         self.cache_file.as_deref()
     }
 
-    /// What the background task connects and reports with.
-    pub(crate) fn into_settings(self) -> Settings {
+    /// What the background task connects and reports with, given the endpoints
+    /// [`check`](Self::check) parsed.
+    pub(crate) fn into_settings(self, endpoints: Vec<Target>) -> Settings {
         Settings {
-            endpoint: self.endpoint,
+            endpoints,
             sdk_key: self.sdk_key,
             application: self.application,
             connect_timeout: self.connect_timeout,
@@ -190,7 +213,8 @@ impl ClientBuilder {
 /// How a client connects, and identifies itself to the server.
 #[derive(Debug, Clone)]
 pub(crate) struct Settings {
-    pub endpoint: String,
+    /// Never empty: the builder's endpoint comes first.
+    pub endpoints: Vec<Target>,
     pub sdk_key: String,
     pub application: String,
     pub connect_timeout: Duration,
@@ -201,6 +225,47 @@ pub(crate) struct Settings {
     pub instance_id: String,
     pub host: String,
     pub metrics_interval: Duration,
+}
+
+/// An endpoint, as given and as the client connects to it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Target {
+    /// As given, for logs and [`Status::endpoint`].
+    pub url: String,
+    pub uri: Uri,
+    /// What to resolve: the host (bracketed if IPv6) and the port, the scheme's by default.
+    pub authority: String,
+    pub https: bool,
+}
+
+impl Target {
+    /// `url` as an endpoint: an `http://` or `https://` URL with a host.
+    pub(crate) fn parse(url: &str) -> Result<Target, Error> {
+        let invalid = |reason: &str| Error::InvalidEndpoint {
+            endpoint: url.to_owned(),
+            reason: reason.to_owned(),
+        };
+        let uri: Uri = url
+            .parse()
+            .map_err(|_| invalid("not a URL such as http://127.0.0.1:7878"))?;
+        let https = match uri.scheme_str() {
+            Some(s) if s.eq_ignore_ascii_case("https") => true,
+            Some(s) if s.eq_ignore_ascii_case("http") => false,
+            Some(_) => return Err(invalid("the scheme must be http:// or https://")),
+            None => return Err(invalid("not a URL such as http://127.0.0.1:7878")),
+        };
+        let host = match uri.host() {
+            Some(host) if !host.is_empty() => host,
+            _ => return Err(invalid("no host")),
+        };
+        let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
+        Ok(Target {
+            url: url.to_owned(),
+            authority: format!("{host}:{port}"),
+            uri,
+            https,
+        })
+    }
 }
 
 /// Reads an export document (JSON or YAML) from `path`.
@@ -232,4 +297,75 @@ fn host() -> String {
         .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
         .map(|h| h.trim().to_owned())
         .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoints_parse_with_the_schemes_default_port_and_keep_the_host_name() {
+        let name = Target::parse("https://flags.internal").expect("valid");
+        assert_eq!(name.authority, "flags.internal:443");
+        assert!(name.https);
+        assert_eq!(name.uri.host(), Some("flags.internal"), "the name stays");
+        let plain = Target::parse("http://127.0.0.1:7878").expect("valid");
+        assert_eq!(
+            (plain.authority.as_str(), plain.https),
+            ("127.0.0.1:7878", false)
+        );
+        let v6 = Target::parse("HTTP://[::1]").expect("valid");
+        assert_eq!(v6.authority, "[::1]:80");
+        assert_eq!(v6.url, "HTTP://[::1]", "as given");
+    }
+
+    #[test]
+    fn an_endpoint_that_is_not_an_http_url_is_refused_with_its_reason() {
+        for (endpoint, reason) in [
+            ("", "not a URL"),
+            ("127.0.0.1:7878", "not a URL"),
+            ("flags.internal", "not a URL"),
+            ("http://", "not a URL"),
+            ("http://exa mple", "not a URL"),
+            (
+                "grpc://flags.internal:7878",
+                "the scheme must be http:// or https://",
+            ),
+        ] {
+            match Target::parse(endpoint) {
+                Err(Error::InvalidEndpoint {
+                    endpoint: named,
+                    reason: said,
+                }) => {
+                    assert_eq!(named, endpoint);
+                    assert!(said.starts_with(reason), "{endpoint:?}: {said}");
+                }
+                other => panic!("{endpoint:?}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn the_builder_checks_every_endpoint_in_the_order_given() {
+        let builder = ClientBuilder::new("http://a:1".into(), "fs_key".into())
+            .fallback_endpoint("https://b:2")
+            .fallback_endpoint("http://c:3");
+        let targets = builder.check().expect("valid");
+        let authorities: Vec<&str> = targets.iter().map(|t| t.authority.as_str()).collect();
+        assert_eq!(authorities, ["a:1", "b:2", "c:3"]);
+
+        let broken = builder.clone().fallback_endpoint("not a url").check();
+        let error = broken.expect_err("refused");
+        assert_eq!(
+            error.to_string(),
+            "invalid endpoint \"not a url\": not a URL such as http://127.0.0.1:7878"
+        );
+
+        // A CA certificate is for TLS: every endpoint must use it.
+        let mixed = builder.tls_ca_certificate("PEM").check();
+        assert!(
+            matches!(&mixed, Err(Error::TlsWithoutHttps(plain)) if plain == "http://a:1"),
+            "{mixed:?}"
+        );
+    }
 }

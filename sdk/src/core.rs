@@ -65,6 +65,7 @@ pub(crate) struct SyncCounters {
     pub(crate) deltas: AtomicU64,
     pub(crate) connections: AtomicU64,
     pub(crate) resyncs: AtomicU64,
+    pub(crate) failovers: AtomicU64,
 }
 
 impl Core {

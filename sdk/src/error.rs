@@ -40,6 +40,14 @@ pub enum Error {
     /// The sdk key holds characters that cannot be sent in a request header.
     #[error("the sdk key must be printable ASCII")]
     InvalidSdkKey,
+    /// An endpoint given to the builder is not an `http://` or `https://` URL with a host.
+    #[error("invalid endpoint {endpoint:?}: {reason}")]
+    InvalidEndpoint {
+        /// The endpoint as given.
+        endpoint: String,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// A TLS CA certificate was given with an endpoint that is not `https://`, over which the
     /// client would talk plain text.
     #[error(

@@ -41,8 +41,9 @@
 //! - `test_data`: [`TestData`], flags for unit tests without a server.
 //! - `client`: [`Client`], its constructors and its public API; [`ClientBuilder::build`]
 //!   starts a connected client.
-//! - `sync`: a connected client's background task: the Watch stream (`sync::stream`), its
-//!   reconnection backoff (`sync::backoff`) and the usage reporter (`sync::report`).
+//! - `sync`: a connected client's background task: the Watch stream (`sync::stream`), the
+//!   endpoints and addresses it goes round (`sync::rotation`), its reconnection backoff
+//!   (`sync::backoff`) and the usage reporter (`sync::report`).
 //! - `evaluation`: the one generic evaluation path behind the typed methods, and
 //!   `evaluation::per_thread`, each thread's copy of the snapshot and its count of what it
 //!   served: the hot path.

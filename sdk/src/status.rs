@@ -1,5 +1,6 @@
 //! What a client is doing: connecting, serving live data, or serving data that may be stale.
 
+use std::net::SocketAddr;
 use std::time::SystemTime;
 
 /// The state of a client's connection to flagstaffd.
@@ -44,6 +45,13 @@ pub struct Status {
     pub epoch: String,
     /// The revision served (0 for a bootstrap snapshot or none).
     pub revision: u64,
+    /// The endpoint whose server the stream is open to now, as given to the builder (its own
+    /// or a [fallback](crate::ClientBuilder::fallback_endpoint)); `None` while no stream is
+    /// open (connecting, stale, closed) and for a client without a server.
+    pub endpoint: Option<String>,
+    /// The address of that endpoint the stream is connected to: which of the addresses a
+    /// host name resolves to serves the client.
+    pub address: Option<SocketAddr>,
 }
 
 impl Status {
@@ -53,6 +61,8 @@ impl Status {
             source,
             epoch: String::new(),
             revision: 0,
+            endpoint: None,
+            address: None,
         }
     }
 
@@ -75,6 +85,10 @@ pub struct Stats {
     /// Streams abandoned because the server broke the protocol (a gap, an unexpected epoch,
     /// a malformed message): the client resubscribed from scratch.
     pub resyncs: u64,
+    /// Streams opened on another endpoint, or another address of one, than the last stream
+    /// that a server answered: the client moved after a failure. A client given one endpoint
+    /// whose name resolves to one address never fails over.
+    pub failovers: u64,
     /// Flag changes not passed to change listeners because their queue was full: a listener
     /// was too slow (see [`Client::on_change`](crate::Client::on_change)).
     pub dropped_notifications: u64,

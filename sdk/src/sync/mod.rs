@@ -1,9 +1,11 @@
 //! A connected client's one background task: the Watch stream that keeps the snapshot fresh
-//! ([`stream`], reconnecting with [`backoff`]) and the reporter of usage metrics ([`report`]),
-//! side by side, sharing the stream's connection ([`LatestChannel`]).
+//! ([`stream`], moving between endpoints with [`rotation`] and backing off with [`backoff`])
+//! and the reporter of usage metrics ([`report`]), side by side, sharing the stream's
+//! connection ([`LatestChannel`]).
 
 mod backoff;
 mod report;
+mod rotation;
 mod stream;
 
 use std::sync::{Arc, Mutex};

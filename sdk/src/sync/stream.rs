@@ -2,11 +2,14 @@
 //!
 //! One loop: connect, subscribe with the epoch and revision held, apply what arrives, and
 //! acknowledge each applied revision; on any failure keep serving the last snapshot, mark the
-//! client stale, and reconnect after a capped, jittered exponential backoff
-//! ([`super::backoff`]). The protocol itself (framing, consecutive revisions, epochs) is
-//! checked by [`Assembler`]; a violation makes the client
-//! resubscribe from revision 0, which always converges.
+//! client stale, and reconnect to the next endpoint or address ([`super::rotation`]) at once,
+//! or after a capped, jittered exponential backoff ([`super::backoff`]) once every endpoint
+//! has failed in a row. Any replica of the same database takes the subscription where the
+//! last one left it. The protocol itself (framing, consecutive revisions, epochs) is checked
+//! by [`Assembler`]; a violation makes the client resubscribe from revision 0, which always
+//! converges.
 
+use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -14,13 +17,17 @@ use std::time::{Duration, SystemTime};
 use flagstaff_engine::{Document, Snapshot};
 use flagstaff_proto::pb;
 use flagstaff_proto::watch::{Assembler, Update};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch};
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
+use tokio::time::Instant;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Uri};
 use tonic::Request;
 
 use super::backoff::Jitter;
+use super::rotation::{Next, Rotation};
 use super::LatestChannel;
-use crate::config::Settings;
+use crate::config::{Settings, Target};
 use crate::core::{Core, Failure};
 use crate::status::{Source, State};
 
@@ -59,13 +66,16 @@ pub(super) async fn keep_fresh(
     latest: &LatestChannel,
     mut stop: watch::Receiver<bool>,
 ) {
-    let endpoint = match endpoint(settings) {
-        Ok(endpoint) => endpoint,
-        Err(e) => {
-            tracing::error!(endpoint = %settings.endpoint, error = %causes(&e), "unusable endpoint: the client stays on its bootstrap data");
-            return;
+    let mut endpoints = Vec::with_capacity(settings.endpoints.len());
+    for target in &settings.endpoints {
+        match endpoint(settings, target) {
+            Ok(endpoint) => endpoints.push(endpoint),
+            Err(e) => {
+                tracing::error!(endpoint = %target.url, error = %causes(&e), "unusable endpoint: the client stays on its bootstrap data");
+                return;
+            }
         }
-    };
+    }
     let status = core.status.borrow().clone();
     let mut position =
         (status.source != Source::Bootstrap && !status.epoch.is_empty()).then(|| Position {
@@ -74,13 +84,15 @@ pub(super) async fn keep_fresh(
             heartbeat: DEFAULT_HEARTBEAT,
         });
     let mut jitter = Jitter::new(&settings.instance_id);
-    let mut failures: u32 = 0;
+    let mut rotation = Rotation::new(endpoints.len());
     loop {
         if *stop.borrow() {
             break;
         }
+        let index = rotation.endpoint();
+        let (target, endpoint) = (&settings.endpoints[index], &endpoints[index]);
         let ended = tokio::select! {
-            ended = stream(core, settings, &endpoint, latest, &mut position, &mut failures) => ended,
+            ended = connect_and_stream(core, settings, target, endpoint, latest, &mut position, &mut rotation) => ended,
             _ = stop.wait_for(|s| *s) => Ended::Closing,
         };
         let has_data = core.status.borrow().has_data();
@@ -88,7 +100,7 @@ pub(super) async fn keep_fresh(
             Ended::Closing => break,
             Ended::Refused(why) => {
                 tracing::error!(
-                    endpoint = %settings.endpoint,
+                    endpoint = %target.url,
                     reason = %why,
                     "flagstaffd refused the sdk key: give the client the secret of an sdk token of \
                      its environment (`flagstaff token create --name NAME --role sdk --env ENV`); \
@@ -107,13 +119,13 @@ pub(super) async fn keep_fresh(
                     .is_some_and(|f| f.reason == why);
                 match (has_data, repeated) {
                     (_, true) => {
-                        tracing::debug!(reason = %why, "flagstaff stream still down");
+                        tracing::debug!(endpoint = %target.url, reason = %why, "flagstaff stream still down");
                     }
                     (true, false) => {
-                        tracing::info!(reason = %why, "flagstaff stream lost; serving the last snapshot");
+                        tracing::info!(endpoint = %target.url, reason = %why, "flagstaff stream lost; serving the last snapshot");
                     }
                     (false, false) => {
-                        tracing::warn!(reason = %why, "flagstaff has no data yet: serving the callers' defaults; retrying");
+                        tracing::warn!(endpoint = %target.url, reason = %why, "flagstaff has no data yet: serving the callers' defaults; retrying");
                     }
                 }
                 Failure {
@@ -122,7 +134,7 @@ pub(super) async fn keep_fresh(
                 }
             }
             Ended::Resync(why) => {
-                tracing::warn!(reason = %why, "flagstaff stream out of step; resubscribing from scratch");
+                tracing::warn!(endpoint = %target.url, reason = %why, "flagstaff stream out of step; resubscribing from scratch");
                 core.stats.resyncs.fetch_add(1, Ordering::Relaxed);
                 position = None;
                 Failure {
@@ -132,9 +144,11 @@ pub(super) async fn keep_fresh(
             }
         };
         core.failure.send_replace(Some(failure));
-        mark_stale(core);
-        let delay = jitter.backoff(settings.backoff_base, settings.backoff_cap, failures);
-        failures = failures.saturating_add(1);
+        disconnected(core);
+        let Next::Backoff { rounds } = rotation.failed() else {
+            continue;
+        };
+        let delay = jitter.backoff(settings.backoff_base, settings.backoff_cap, rounds);
         tokio::select! {
             () = tokio::time::sleep(delay) => {}
             _ = stop.wait_for(|s| *s) => break,
@@ -142,11 +156,11 @@ pub(super) async fn keep_fresh(
     }
 }
 
-fn endpoint(settings: &Settings) -> Result<Endpoint, tonic::transport::Error> {
-    let mut endpoint = Endpoint::from_shared(settings.endpoint.clone())?
-        .connect_timeout(settings.connect_timeout)
-        .tcp_nodelay(true);
-    if settings.tls_ca.is_some() || settings.endpoint.starts_with("https:") {
+/// `target` as tonic connects to it: over TLS for `https://` (checking the certificate against
+/// the endpoint's host name, or the builder's TLS domain), whichever address it is reached at.
+fn endpoint(settings: &Settings, target: &Target) -> Result<Endpoint, tonic::transport::Error> {
+    let mut endpoint = Endpoint::from(target.uri.clone()).connect_timeout(settings.connect_timeout);
+    if target.https {
         let mut tls = ClientTlsConfig::new();
         tls = match &settings.tls_ca {
             Some(ca) => tls.ca_certificate(Certificate::from_pem(ca)),
@@ -160,49 +174,121 @@ fn endpoint(settings: &Settings) -> Result<Endpoint, tonic::transport::Error> {
     Ok(endpoint)
 }
 
-fn mark_stale(core: &Core) {
-    core.status.send_if_modified(|s| match s.state {
-        State::Ready => {
-            s.state = State::Stale {
-                since: SystemTime::now(),
-            };
-            tracing::warn!(
-                revision = s.revision,
-                "flagstaff client stale: disconnected"
-            );
-            true
+/// The stream is down: no endpoint serves the client, whose data turns stale.
+fn disconnected(core: &Core) {
+    core.status.send_if_modified(|s| {
+        let served = s.endpoint.take().is_some() | s.address.take().is_some();
+        match s.state {
+            State::Ready => {
+                s.state = State::Stale {
+                    since: SystemTime::now(),
+                };
+                tracing::warn!(
+                    revision = s.revision,
+                    "flagstaff client stale: disconnected"
+                );
+                true
+            }
+            _ => served,
         }
-        _ => false,
     });
 }
 
-/// One connection and stream, until it ends.
-async fn stream(
+/// Resolves the rotation's endpoint when it comes to it, then connects to the rotation's
+/// address and streams until the stream ends.
+async fn connect_and_stream(
     core: &Arc<Core>,
     settings: &Settings,
+    target: &Target,
     endpoint: &Endpoint,
     latest: &LatestChannel,
     position: &mut Option<Position>,
-    failures: &mut u32,
+    rotation: &mut Rotation,
 ) -> Ended {
-    let heartbeat = position.as_ref().map_or(DEFAULT_HEARTBEAT, |p| p.heartbeat);
-    let connecting = tokio::time::timeout(settings.connect_timeout, endpoint.connect());
-    let channel: Channel = match connecting.await {
+    if rotation.address().is_none() {
+        let resolving = tokio::time::timeout(
+            settings.connect_timeout,
+            tokio::net::lookup_host(target.authority.as_str()),
+        );
+        let addresses = match resolving.await {
+            Ok(Ok(addresses)) => addresses.collect(),
+            Ok(Err(e)) => {
+                return Ended::Lost(format!("cannot resolve {}: {e}", target.authority));
+            }
+            Err(_) => {
+                return Ended::Lost(format!("cannot resolve {}: timed out", target.authority));
+            }
+        };
+        rotation.resolved(addresses);
+    }
+    let Some(address) = rotation.address() else {
+        return Ended::Lost(format!("{} resolves to no address", target.authority));
+    };
+    let connecting = tokio::time::timeout(settings.connect_timeout, connect(endpoint, address));
+    let channel = match connecting.await {
         Ok(Ok(channel)) => channel,
         Ok(Err(e)) => {
             return Ended::Lost(format!(
-                "cannot connect to {}: {}",
-                settings.endpoint,
+                "cannot connect to {} ({address}): {}",
+                target.url,
                 causes(&e)
             ))
         }
         Err(_) => {
             return Ended::Lost(format!(
-                "cannot connect to {}: timed out",
-                settings.endpoint
+                "cannot connect to {} ({address}): timed out",
+                target.url
             ))
         }
     };
+    let connection = Connection {
+        target,
+        address,
+        channel,
+    };
+    stream(core, settings, connection, latest, position, rotation).await
+}
+
+/// A connection to an endpoint, at one of its addresses.
+#[derive(Debug)]
+struct Connection<'a> {
+    target: &'a Target,
+    address: SocketAddr,
+    channel: Channel,
+}
+
+/// A connection to `endpoint` at `address`. The endpoint's URI keeps its host name, which
+/// tonic sends as the `:authority` and checks the TLS certificate against; only the TCP
+/// connection goes to the address. (tonic's own connector tries a name's addresses in order
+/// when connecting, but always the first that accepts: a replica that accepts and then stalls
+/// would be chosen again at every reconnection.)
+async fn connect(
+    endpoint: &Endpoint,
+    address: SocketAddr,
+) -> Result<Channel, tonic::transport::Error> {
+    let to_address = tower::service_fn(move |_: Uri| async move {
+        let stream = TcpStream::connect(address).await?;
+        stream.set_nodelay(true)?;
+        Ok::<_, std::io::Error>(TokioIo::new(stream))
+    });
+    endpoint.connect_with_connector(to_address).await
+}
+
+/// One stream on `connection`, until it ends.
+async fn stream(
+    core: &Arc<Core>,
+    settings: &Settings,
+    connection: Connection<'_>,
+    latest: &LatestChannel,
+    position: &mut Option<Position>,
+    rotation: &mut Rotation,
+) -> Ended {
+    let Connection {
+        target,
+        address,
+        channel,
+    } = connection;
+    let heartbeat = position.as_ref().map_or(DEFAULT_HEARTBEAT, |p| p.heartbeat);
     // Usage reports share the connection (and, while the stream is down, reconnect it).
     latest.set(channel.clone());
     let mut client = pb::sync_client::SyncClient::new(channel);
@@ -240,6 +326,7 @@ async fn stream(
             // The server took the key: a refusal of it is over, whatever the data does next.
             core.failure
                 .send_if_modified(|f| f.take_if(|f| f.refused).is_some());
+            answered(core, target, address, rotation);
             response.into_inner()
         }
         Ok(Err(status)) => return ended(&status),
@@ -249,15 +336,29 @@ async fn stream(
         Some(p) => Assembler::resume(p.epoch.clone(), p.revision),
         None => Assembler::new(),
     };
+    let opened = Instant::now();
+    let mut lasted = false;
     loop {
         let heartbeat = position.as_ref().map_or(DEFAULT_HEARTBEAT, |p| p.heartbeat);
         let silence = heartbeat * SILENT_INTERVALS;
         let message = match tokio::time::timeout(silence, inbound.message()).await {
-            Err(_) => return Ended::Lost(format!("no message for {silence:?}")),
+            Err(_) => {
+                return Ended::Lost(format!(
+                    "no message from {} ({address}) for {silence:?}",
+                    target.url
+                ))
+            }
             Ok(Err(status)) => return ended(&status),
             Ok(Ok(None)) => return Ended::Lost("the server ended the stream".to_owned()),
             Ok(Ok(Some(message))) => message,
         };
+        // A server that answers a heartbeat interval after the stream opened is serving: its
+        // failure later starts a new round. One that drops each stream as soon as it has sent
+        // something does not, so that a client going round such servers backs off.
+        if !lasted && opened.elapsed() >= heartbeat {
+            lasted = true;
+            rotation.lasted();
+        }
         let update = match assembler.receive(message) {
             Ok(Some(update)) => update,
             Ok(None) => continue,
@@ -315,7 +416,6 @@ async fn stream(
                 next
             }
         };
-        *failures = 0;
         let Some(p) = position.as_ref() else {
             return Ended::Resync("no position after an update".to_owned());
         };
@@ -332,6 +432,19 @@ async fn stream(
         core.listeners
             .changed(before.as_deref(), &applied, p.revision);
     }
+}
+
+/// The server at `address` took the subscription: it serves the client now, and if the last
+/// stream was elsewhere, the client failed over.
+fn answered(core: &Core, target: &Target, address: SocketAddr, rotation: &mut Rotation) {
+    if rotation.answered() {
+        core.stats.failovers.fetch_add(1, Ordering::Relaxed);
+        tracing::info!(endpoint = %target.url, %address, "flagstaff stream moved to another endpoint");
+    }
+    core.status.send_modify(|s| {
+        s.endpoint = Some(target.url.clone());
+        s.address = Some(address);
+    });
 }
 
 /// A stream that failed with `status`: refused for a key the server does not accept, else
