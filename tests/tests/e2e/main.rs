@@ -8,6 +8,7 @@ mod backup;
 mod codec;
 mod documents;
 mod evaluate;
+mod failover;
 mod faults;
 mod fixtures;
 mod flags;
