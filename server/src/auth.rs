@@ -213,7 +213,7 @@ impl<S: Store> Tokens<S> {
             created_by: created_by.to_owned(),
             client_secret: (role == Role::Client).then(|| secret.clone()),
         };
-        self.store.put_token(&record)?;
+        self.store.create_token(&record)?;
         self.by_hash
             .write()
             .unwrap_or_else(|p| p.into_inner())

@@ -123,6 +123,12 @@ impl Environment {
             })
         };
         let docs = store.documents(key).map_err(damage)?;
+        // The revision the documents are at, which a commit made since `record` was read
+        // (through another flagstaffd on the database) may have moved.
+        let record = &EnvironmentRecord {
+            revision: docs.revision,
+            ..record.clone()
+        };
         let doc = Document {
             environment: key.to_owned(),
             flags: docs.flags,
@@ -505,6 +511,13 @@ impl<S: Store> Environments<S> {
         // store (another flagstaffd on the database committed), this one catches up first, so
         // the change is built and validated against what is stored.
         let mut locked = self.store.lock_environment(&env.key)?;
+        if locked.epoch() != env.epoch {
+            return Err(ServerError::Unavailable(format!(
+                "environment {:?} was deleted and created again through another flagstaffd on \
+                 the database; nothing was changed: retry",
+                env.key
+            )));
+        }
         let known = env.current().revision;
         if locked.revision() != known {
             let changes = locked.changes_since(known)?;
@@ -623,6 +636,11 @@ impl<S: Store> Environments<S> {
         if env.current().revision >= revision {
             return Ok(());
         }
+        // Deleted and created again meanwhile: its log is another epoch's.
+        if self.store.environment(&env.key)?.epoch != env.epoch {
+            drop(_writing);
+            return self.follow_all();
+        }
         self.catch_up(&env)
     }
 
@@ -698,6 +716,13 @@ impl<S: Store> Environments<S> {
             .map(|(_, env)| env.clone())
             .collect();
         for env in gone {
+            // Created by this flagstaffd after the list was read: still there.
+            if !matches!(
+                self.store.environment(&env.key),
+                Err(StoreError::NoEnvironment(_))
+            ) {
+                continue;
+            }
             let mut map = self.write_map();
             if map.get(&env.key).is_some_and(|now| Arc::ptr_eq(now, &env)) {
                 map.remove(&env.key);

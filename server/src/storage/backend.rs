@@ -68,6 +68,10 @@ impl Store for Backend {
         each_store!(self, s => s.documents(environment))
     }
 
+    fn environment(&self, environment: &str) -> Result<EnvironmentRecord, StoreError> {
+        each_store!(self, s => s.environment(environment))
+    }
+
     fn lock_environment(&self, environment: &str) -> Result<Box<dyn Locked + '_>, StoreError> {
         each_store!(self, s => s.lock_environment(environment))
     }
@@ -130,6 +134,10 @@ impl Store for Backend {
 
     fn put_token(&self, token: &TokenRecord) -> Result<(), StoreError> {
         each_store!(self, s => s.put_token(token))
+    }
+
+    fn create_token(&self, token: &TokenRecord) -> Result<(), StoreError> {
+        each_store!(self, s => s.create_token(token))
     }
 
     fn put_tokens(&self, tokens: &[TokenRecord]) -> Result<(), StoreError> {

@@ -555,6 +555,8 @@ pub struct TokenRecord {
 /// An environment's committed documents, as stored.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Documents {
+    /// The environment's revision they are at, read with them.
+    pub revision: u64,
     /// The flags.
     pub flags: Vec<Flag>,
     /// The segments.
@@ -614,6 +616,10 @@ pub trait Locked: Send {
     /// The environment's revision as stored.
     fn revision(&self) -> u64;
 
+    /// The environment's epoch as stored: another than the caller knows if the environment
+    /// was deleted and created again meanwhile.
+    fn epoch(&self) -> &str;
+
     /// [`Store::changes_since`], read under the lock: what a process behind the store
     /// applies before it builds its change.
     fn changes_since(&mut self, revision: u64) -> Result<Option<Vec<Change>>, StoreError>;
@@ -662,6 +668,9 @@ pub trait Store: Send + Sync + 'static {
     /// Every environment's record by key, or the damage that keeps it from being read.
     fn environment_records(&self)
         -> Result<Vec<(String, Readable<EnvironmentRecord>)>, StoreError>;
+
+    /// An environment's record, or [`StoreError::NoEnvironment`].
+    fn environment(&self, environment: &str) -> Result<EnvironmentRecord, StoreError>;
 
     /// Every environment whose record can be read.
     fn environments(&self) -> Result<Vec<EnvironmentRecord>, StoreError> {
@@ -791,6 +800,16 @@ pub trait Store: Send + Sync + 'static {
 
     /// Stores several tokens, durably, with one sync.
     fn put_tokens(&self, tokens: &[TokenRecord]) -> Result<(), StoreError>;
+
+    /// Stores a new token, durably, if its environment (when it has one) exists in the store:
+    /// [`StoreError::NoEnvironment`] if not. On a database several flagstaffd share, the
+    /// environment may have been deleted through another one a moment ago.
+    fn create_token(&self, token: &TokenRecord) -> Result<(), StoreError> {
+        if let Some(environment) = &token.environment {
+            self.environment(environment)?;
+        }
+        self.put_token(token)
+    }
 
     /// Every token, revoked ones included; a token record that cannot be read is left out
     /// (and logged): it does not work.

@@ -285,13 +285,6 @@ impl SledStore {
         }
         Ok(out)
     }
-
-    fn environment(&self, environment: &str) -> Result<EnvironmentRecord, StoreError> {
-        match self.environments.get(environment)? {
-            Some(bytes) => decode(&format!("environments/{environment}"), &bytes),
-            None => Err(StoreError::NoEnvironment(environment.to_owned())),
-        }
-    }
 }
 
 /// What each tree holds, for checking that its records read back: the tree's kind (the name
@@ -343,6 +336,13 @@ fn record_name(tree: &str, key: &[u8]) -> String {
 }
 
 impl Store for SledStore {
+    fn environment(&self, environment: &str) -> Result<EnvironmentRecord, StoreError> {
+        match self.environments.get(environment)? {
+            Some(bytes) => decode(&format!("environments/{environment}"), &bytes),
+            None => Err(StoreError::NoEnvironment(environment.to_owned())),
+        }
+    }
+
     fn kind(&self) -> &'static str {
         "sled"
     }
@@ -477,7 +477,8 @@ impl Store for SledStore {
     }
 
     fn documents(&self, environment: &str) -> Result<Documents, StoreError> {
-        self.environment(environment)?;
+        // flagstaffd, sled's only writer, reads documents while no commit to them runs.
+        let revision = self.environment(environment)?.revision;
         let read = |kind: &str| -> Result<Vec<(String, sled::IVec)>, StoreError> {
             self.tree(kind, environment)?
                 .iter()
@@ -495,14 +496,20 @@ impl Store for SledStore {
             .into_iter()
             .map(|(k, v)| decode(&format!("segments/{environment}/{k}"), &v))
             .collect::<Result<_, _>>()?;
-        Ok(Documents { flags, segments })
+        Ok(Documents {
+            revision,
+            flags,
+            segments,
+        })
     }
 
     fn lock_environment(&self, environment: &str) -> Result<Box<dyn Locked + '_>, StoreError> {
+        let record = self.environment(environment)?;
         Ok(Box::new(SledLocked {
             store: self,
             environment: environment.to_owned(),
-            revision: self.environment(environment)?.revision,
+            revision: record.revision,
+            epoch: record.epoch,
         }))
     }
 
@@ -819,11 +826,16 @@ struct SledLocked<'a> {
     store: &'a SledStore,
     environment: String,
     revision: u64,
+    epoch: String,
 }
 
 impl Locked for SledLocked<'_> {
     fn revision(&self) -> u64 {
         self.revision
+    }
+
+    fn epoch(&self) -> &str {
+        &self.epoch
     }
 
     fn changes_since(&mut self, revision: u64) -> Result<Option<Vec<Change>>, StoreError> {

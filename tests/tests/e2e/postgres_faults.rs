@@ -265,7 +265,10 @@ async fn load_balancers_are_told_while_the_database_is_unreachable() {
         tonic_health::pb::health_check_response::ServingStatus::Serving as i32,
         tonic_health::pb::health_check_response::ServingStatus::NotServing as i32,
     );
-    assert_eq!(readyz().await, (200, "ready\n".to_owned()));
+    eventually("/readyz says ready", async || {
+        (readyz().await == (200, "ready\n".to_owned())).then_some(())
+    })
+    .await;
 
     // The database goes away: writes cannot work, so the load balancer is told; evaluation
     // goes on from memory.
@@ -275,7 +278,10 @@ async fn load_balancers_are_told_while_the_database_is_unreachable() {
         (readyz().await == (503, "the database is unreachable\n".to_owned())).then_some(())
     })
     .await;
-    assert_eq!(status("flagstaff.v1.Admin").await, not_serving);
+    eventually("Admin's health says NOT_SERVING", async || {
+        (status("flagstaff.v1.Admin").await == not_serving).then_some(())
+    })
+    .await;
     assert_eq!(status("flagstaff.v1.Sync").await, serving);
 
     // Back: ready again once caught up, by itself.
@@ -284,5 +290,8 @@ async fn load_balancers_are_told_while_the_database_is_unreachable() {
         (readyz().await.0 == 200).then_some(())
     })
     .await;
-    assert_eq!(status("flagstaff.v1.Admin").await, serving);
+    eventually("Admin's health says SERVING again", async || {
+        (status("flagstaff.v1.Admin").await == serving).then_some(())
+    })
+    .await;
 }

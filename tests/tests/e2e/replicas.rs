@@ -304,4 +304,50 @@ async fn tokens_and_environments_made_on_one_replica_hold_on_every_other() {
         })
         .await;
     }
+
+    // A token created on one replica, its environment deleted at once through another (which
+    // may not have heard of the token yet): it never works again, on any replica, not even
+    // for an environment of the same name created afterwards.
+    create_environment(&mut a, "qa").await;
+    let b = &servers[1];
+    eventually("the second replica serves qa", async || {
+        b.environments.get("qa").is_ok().then_some(())
+    })
+    .await;
+    let orphan = sdk_token(b, "qa-sdk", "qa").await;
+    a.delete_environment(pb::DeleteEnvironmentRequest {
+        environment: "qa".into(),
+        ..Default::default()
+    })
+    .await
+    .expect("environment deleted");
+    create_environment(&mut a, "qa").await;
+    for (r, server) in servers.iter().enumerate() {
+        eventually("the orphaned token is refused", async || {
+            refused(server, &orphan, "qa", r)
+                .await
+                .filter(|status| status.code() == tonic::Code::Unauthenticated)
+        })
+        .await;
+    }
+}
+
+/// How a Watch stream of `environment` with `token` on `server` is refused, if it is: when
+/// opened, or at its first message.
+async fn refused(
+    server: &TestServer,
+    token: &str,
+    environment: &str,
+    n: usize,
+) -> Option<tonic::Status> {
+    let mut sync = server.sync_with(token).await;
+    let start = subscribe(&format!("probe-{n}"), environment, &State::default());
+    let mut watcher = match Watcher::open(&mut sync, start, State::default()).await {
+        Ok(watcher) => watcher,
+        Err(status) => return Some(status),
+    };
+    match tokio::time::timeout(LIMIT, watcher.step()).await {
+        Ok(Err(status)) => Some(status),
+        _ => None,
+    }
 }

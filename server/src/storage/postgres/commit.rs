@@ -224,6 +224,14 @@ fn statements<'a>(
     pending
 }
 
+/// How a commit's transaction begins. Waiting for another commit's lock on the environment
+/// gives up before a call does ([`CALL_TIMEOUT`](super::CALL_TIMEOUT)), and a transaction
+/// left idle (its flagstaffd frozen or cut off between its two round trips) is ended by the
+/// database, so that it cannot hold the environment's row for longer.
+const BEGIN: &str = "BEGIN;
+    SET LOCAL lock_timeout = '8s';
+    SET LOCAL idle_in_transaction_session_timeout = '8s'";
+
 /// Begins a transaction on a connection of `pool` and locks `environment`'s row in it
 /// (`BEGIN` and the lock sent together): the transaction, and the revision and record
 /// stored. `FOR NO KEY UPDATE` keeps every other commit to the environment waiting, and
@@ -247,7 +255,7 @@ pub(super) async fn lock(
         runtime,
     };
     let (begun, locked) = futures_util::future::join(
-        tx.client().batch_execute("BEGIN"),
+        tx.client().batch_execute(BEGIN),
         tx.client().query(&lock, &[&environment]),
     )
     .await;

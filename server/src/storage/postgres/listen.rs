@@ -25,11 +25,19 @@ const MOST_PATIENT: Duration = Duration::from_secs(2);
 
 /// Listens until `announce` is closed (its receiver dropped) or the runtime stops.
 pub(super) async fn listen(
-    config: std::sync::Arc<tokio_postgres::Config>,
+    config: tokio_postgres::Config,
     tls: Option<MakeRustlsConnect>,
     database: String,
     announce: UnboundedSender<Announcement>,
 ) {
+    // A connection whose peer vanished without closing it (a network cut, the database's host
+    // lost) is noticed by TCP keepalives within about 15 s, not the system's two hours.
+    let mut config = config;
+    config
+        .keepalives(true)
+        .keepalives_idle(Duration::from_secs(5))
+        .keepalives_interval(Duration::from_secs(2))
+        .keepalives_retries(5);
     let mut retry = FIRST_RETRY;
     // Whether the database is reachable as far as this connection knows: told when it stops
     // being so, once per outage.
@@ -95,7 +103,13 @@ async fn listen_once<T: MakeTlsConnect<Socket>>(
     if announce.send(Announcement::Listening).is_err() {
         return Ok(());
     }
-    while let Some(message) = messages.next().await {
+    loop {
+        let message = tokio::select! {
+            message = messages.next() => message,
+            // Nobody follows any more (flagstaffd stopped).
+            () = announce.closed() => return Ok(()),
+        };
+        let Some(message) = message else { break };
         let notification = match message? {
             AsyncMessage::Notification(n) => n,
             _ => continue,

@@ -60,7 +60,8 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Connections in the pool.
 const POOL_SIZE: usize = 16;
 
-/// A pooled connection unused for this long is checked with a round trip before it is lent,
+/// A pooled connection not lent for this long is checked with a round trip (waiting at most as
+/// long) before it is lent again,
 /// so that one whose peer vanished without closing it (a network cut, a failover) is replaced
 /// instead of failing the request that drew it. Busy connections skip the check: under load
 /// it would be a round trip of every call.
@@ -129,6 +130,16 @@ fn failed(database: &str, err: tokio_postgres::Error) -> StoreError {
             database: database.to_owned(),
             detail: format!("{}: {}", db.code().code(), db.message()),
         },
+        // Another commit held the environment longer than a commit waits (lock_timeout).
+        Some(db) if db.code() == &tokio_postgres::error::SqlState::LOCK_NOT_AVAILABLE => {
+            StoreError::Unavailable {
+                database: database.to_owned(),
+                detail: format!(
+                    "{}: another commit held the environment too long; nothing was changed: retry",
+                    db.code().code()
+                ),
+            }
+        }
         Some(db) => StoreError::Postgres {
             database: database.to_owned(),
             detail: format!("{}: {}", db.code().code(), db.message()),
@@ -307,10 +318,12 @@ impl PgStore {
                 let idle = metrics.last_used() > VERIFY_IDLE;
                 Box::pin(async move {
                     if idle {
-                        client
-                            .simple_query("")
-                            .await
-                            .map_err(|e| HookError::Message(e.to_string().into()))?;
+                        // A connection whose peer vanished does not answer at all.
+                        match tokio::time::timeout(VERIFY_IDLE, client.simple_query("")).await {
+                            Ok(Ok(_)) => {}
+                            Ok(Err(e)) => return Err(HookError::Message(e.to_string().into())),
+                            Err(_) => return Err(HookError::Message("no answer".into())),
+                        }
                     }
                     Ok(())
                 })
@@ -538,19 +551,6 @@ impl PgStore {
         Err(self.unavailable("reading the backup stopped before its end"))
     }
 
-    /// The environment's record, or [`StoreError::NoEnvironment`].
-    fn environment(&self, environment: &str) -> Result<EnvironmentRecord, StoreError> {
-        let found = self.rows(
-            "SELECT record::text FROM environments WHERE key = $1",
-            vec![Param::Text(environment.to_owned())],
-            |row| row.get::<_, String>(0),
-        )?;
-        match found.first() {
-            Some(text) => decode(&format!("environments/{environment}"), text.as_bytes()),
-            None => Err(StoreError::NoEnvironment(environment.to_owned())),
-        }
-    }
-
     /// Audit entries of `environment` touching `subject` (kind and key) when given, newest
     /// first, below `before`, at most `limit`.
     fn history_of(
@@ -630,6 +630,7 @@ struct PgLocked<'a> {
     /// `None` once a call on it failed: the transaction is gone.
     tx: Option<Begun>,
     revision: i64,
+    epoch: String,
     /// The environment's record as locked.
     record: String,
 }
@@ -645,6 +646,10 @@ impl PgLocked<'_> {
 impl Locked for PgLocked<'_> {
     fn revision(&self) -> u64 {
         revision_of(self.revision)
+    }
+
+    fn epoch(&self) -> &str {
+        &self.epoch
     }
 
     fn changes_since(&mut self, revision: u64) -> Result<Option<Vec<Change>>, StoreError> {
@@ -781,6 +786,18 @@ fn assemble_segments(
 }
 
 impl Store for PgStore {
+    fn environment(&self, environment: &str) -> Result<EnvironmentRecord, StoreError> {
+        let found = self.rows(
+            "SELECT record::text FROM environments WHERE key = $1",
+            vec![Param::Text(environment.to_owned())],
+            |row| row.get::<_, String>(0),
+        )?;
+        match found.first() {
+            Some(text) => decode(&format!("environments/{environment}"), text.as_bytes()),
+            None => Err(StoreError::NoEnvironment(environment.to_owned())),
+        }
+    }
+
     fn kind(&self) -> &'static str {
         "postgres"
     }
@@ -970,12 +987,30 @@ impl Store for PgStore {
     fn delete_environment(&self, environment: &str) -> Result<(), StoreError> {
         let key = environment.to_owned();
         let deleted = self.call(move |pool, database| async move {
-            let client = pool.get().await.map_err(|e| pool_failed(&database, e))?;
-            let deleted = client
+            let fail = |e| failed(&database, e);
+            let mut client = pool.get().await.map_err(|e| pool_failed(&database, e))?;
+            let tx = client.transaction().await.map_err(fail)?;
+            let deleted = tx
                 .execute("DELETE FROM environments WHERE key = $1", &[&key])
                 .await
-                .map_err(|e| failed(&database, e))?;
+                .map_err(fail)?;
+            // Its tokens are revoked with it, also those another flagstaffd on the database
+            // created that this one has not heard of: a token is created only while its
+            // environment's row exists (put_tokens), so none is left working. (Token records
+            // are read by field, so jsonb's reordering of their keys is harmless.)
+            let revoked = tx
+                .execute(
+                    "UPDATE tokens
+                     SET record = ((record::jsonb || '{\"revoked\": true}') - 'client_secret')::json
+                     WHERE record->>'environment' = $1
+                       AND NOT coalesce((record->>'revoked')::boolean, false)",
+                    &[&key],
+                )
+                .await
+                .map_err(fail)?;
+            tx.commit().await.map_err(fail)?;
             announce(&client, deleted > 0, listen::ENVIRONMENTS).await;
+            announce(&client, revoked > 0, listen::TOKENS).await;
             Ok(deleted)
         })?;
         match deleted {
@@ -986,7 +1021,7 @@ impl Store for PgStore {
 
     fn documents(&self, environment: &str) -> Result<Documents, StoreError> {
         let key = environment.to_owned();
-        // One REPEATABLE READ transaction: the flags, segments and keys of one revision.
+        // One REPEATABLE READ transaction: the revision, and the flags, segments and keys of it.
         let (found, flags, segments, keys) = self.call(move |pool, database| async move {
             let fail = |e| failed(&database, e);
             let mut client = pool.get().await.map_err(|e| pool_failed(&database, e))?;
@@ -998,7 +1033,7 @@ impl Store for PgStore {
                 .await
                 .map_err(fail)?;
             let found = tx
-                .query("SELECT 1 FROM environments WHERE key = $1", &[&key])
+                .query("SELECT revision FROM environments WHERE key = $1", &[&key])
                 .await
                 .map_err(fail)?;
             let flags = tx
@@ -1031,17 +1066,22 @@ impl Store for PgStore {
                 .iter()
                 .map(|r| (r.get(0), r.get(1), r.get(2)))
                 .collect();
-            Ok((!found.is_empty(), pairs(flags), pairs(segments), keys))
+            let found: Option<i64> = found.first().map(|row| row.get(0));
+            Ok((found, pairs(flags), pairs(segments), keys))
         })?;
-        if !found {
+        let Some(revision) = found else {
             return Err(StoreError::NoEnvironment(environment.to_owned()));
-        }
+        };
         let flags = flags
             .iter()
             .map(|(k, text)| decode(&format!("flags/{environment}/{k}"), text.as_bytes()))
             .collect::<Result<_, _>>()?;
         let segments = assemble_segments(environment, segments, keys)?;
-        Ok(Documents { flags, segments })
+        Ok(Documents {
+            revision: revision_of(revision),
+            flags,
+            segments,
+        })
     }
 
     fn lock_environment(&self, environment: &str) -> Result<Box<dyn Locked + '_>, StoreError> {
@@ -1049,11 +1089,14 @@ impl Store for PgStore {
         let env = environment.to_owned();
         let (tx, revision, record) =
             self.call(move |pool, database| commit::lock(pool, database, env, runtime))?;
+        let what = format!("environments/{environment}");
+        let epoch = decode::<EnvironmentRecord>(&what, record.as_bytes())?.epoch;
         Ok(Box::new(PgLocked {
             store: self,
             environment: environment.to_owned(),
             tx: Some(tx),
             revision,
+            epoch,
             record,
         }))
     }
@@ -1062,7 +1105,7 @@ impl Store for PgStore {
         let runtime = self.handle().ok()?;
         let (announce, announcements) = tokio::sync::mpsc::unbounded_channel();
         runtime.spawn(listen::listen(
-            self.config.clone(),
+            (*self.config).clone(),
             self.tls.clone(),
             self.database.clone(),
             announce,
@@ -1275,6 +1318,34 @@ impl Store for PgStore {
             announce(&client, true, listen::TOKENS).await;
             Ok(())
         })
+    }
+
+    fn create_token(&self, token: &TokenRecord) -> Result<(), StoreError> {
+        let (id, text) = (token.id.clone(), json(token));
+        let environment = token.environment.clone();
+        let written = self.call(move |pool, database| async move {
+            let client = pool.get().await.map_err(|e| pool_failed(&database, e))?;
+            let written = client
+                .execute(
+                    // Written only while the environment's row exists, which it locks
+                    // (FOR KEY SHARE) until written: a deletion through another flagstaffd
+                    // either comes after, and revokes the token with the environment, or
+                    // before, and the token is refused.
+                    "INSERT INTO tokens (id, record)
+                     SELECT $1, $2::text::json
+                     WHERE $3::text IS NULL
+                        OR EXISTS (SELECT 1 FROM environments WHERE key = $3 FOR KEY SHARE)",
+                    &[&id, &text, &environment],
+                )
+                .await
+                .map_err(|e| failed(&database, e))?;
+            announce(&client, written > 0, listen::TOKENS).await;
+            Ok(written)
+        })?;
+        match (written, &token.environment) {
+            (0, Some(environment)) => Err(StoreError::NoEnvironment(environment.clone())),
+            _ => Ok(()),
+        }
     }
 
     fn tokens(&self) -> Result<Vec<TokenRecord>, StoreError> {
