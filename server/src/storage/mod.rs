@@ -801,13 +801,12 @@ pub trait Store: Send + Sync + 'static {
     /// Stores several tokens, durably, with one sync.
     fn put_tokens(&self, tokens: &[TokenRecord]) -> Result<(), StoreError>;
 
-    /// Stores a new token, durably, if its environment (when it has one) exists in the store:
-    /// [`StoreError::NoEnvironment`] if not. On a database several flagstaffd share, the
-    /// environment may have been deleted through another one a moment ago.
+    /// Stores a new token, durably. On a database several flagstaffd share, only while its
+    /// environment (when it has one) exists there, [`StoreError::NoEnvironment`] if not: it
+    /// may have been deleted through another flagstaffd a moment ago. A store only this
+    /// process writes needs no check: its callers create a token while the environment cannot
+    /// be deleted (`Environments::while_exists`).
     fn create_token(&self, token: &TokenRecord) -> Result<(), StoreError> {
-        if let Some(environment) = &token.environment {
-            self.environment(environment)?;
-        }
         self.put_token(token)
     }
 
