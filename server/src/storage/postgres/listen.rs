@@ -48,6 +48,10 @@ pub(super) async fn listen(
             Some(tls) => listen_once(&config, tls.clone(), &announce, &mut listened).await,
             None => listen_once(&config, NoTls, &announce, &mut listened).await,
         };
+        if announce.is_closed() {
+            // flagstaffd stopped following: nothing to report.
+            return;
+        }
         if listened {
             retry = FIRST_RETRY;
             reachable = true;
