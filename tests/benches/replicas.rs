@@ -15,43 +15,15 @@ use flagstaff_proto::pb;
 use flagstaff_tests::postgres::fresh_database;
 use flagstaff_tests::TestServer;
 
+mod common;
+use common::{flag, percentiles, watching};
+
 const FLAGS: usize = 100;
 const CHANGES: usize = 200;
 
-fn flag(key: &str) -> pb::Flag {
-    let flag = flagstaff_engine::flag_from_value(&serde_json::json!({
-        "key": key, "kind": "boolean", "variants": {"on": true, "off": false},
-        "off_variant": "off", "enabled": true, "default": {"variant": "on"},
-    }))
-    .expect("flag");
-    pb::Flag::from(&flag)
-}
-
-/// p50 and p99 of `samples`.
-fn percentiles(mut samples: Vec<Duration>) -> (Duration, Duration) {
-    samples.sort_unstable();
-    let at = |q: f64| samples[((samples.len() - 1) as f64 * q) as usize];
-    (at(0.5), at(0.99))
-}
-
 /// `CHANGES` writes on `a`, each followed until `b` and every client hold it.
 async fn propagate(a: &TestServer, b: &TestServer, clients: usize, sdk: &str) {
-    let watching: Arc<Vec<flagstaff::Client>> = Arc::new(
-        (0..clients)
-            .map(|_| {
-                flagstaff::Client::builder(b.endpoint(), sdk.to_owned())
-                    .application("bench-replicas")
-                    .build()
-                    .expect("client")
-            })
-            .collect(),
-    );
-    for client in watching.iter() {
-        client
-            .wait_ready(Duration::from_secs(120))
-            .await
-            .expect("every client gets its snapshot");
-    }
+    let watching = Arc::new(watching(b.endpoint(), sdk, clients, "bench-replicas").await);
     let mut admin = a.admin().await;
     let (mut committed, mut held, mut applied, mut last) = (vec![], vec![], vec![], vec![]);
     for i in 0..CHANGES {

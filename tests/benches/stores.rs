@@ -23,6 +23,9 @@ use flagstaff_proto::pb;
 use flagstaff_tests::postgres::fresh_database;
 use flagstaff_tests::{Admin, TestServer};
 
+mod common;
+use common::{flag, percentiles, watching};
+
 /// Flags in the environment.
 const FLAGS: usize = 1_000;
 /// Writes of the single writer, and of each of the 8.
@@ -31,15 +34,6 @@ const EACH_OF_8: usize = 250;
 /// SDK clients watching, and changes propagated to them.
 const CLIENTS: usize = 100;
 const CHANGES: usize = 100;
-
-fn flag(key: &str) -> pb::Flag {
-    let flag = flagstaff_engine::flag_from_value(&serde_json::json!({
-        "key": key, "kind": "boolean", "variants": {"on": true, "off": false},
-        "off_variant": "off", "enabled": true, "default": {"variant": "on"},
-    }))
-    .expect("flag");
-    pb::Flag::from(&flag)
-}
 
 /// CPU time used so far, in seconds: by the whole machine (every process, from `/proc/stat`)
 /// and by this process (flagstaffd, its store's client and the benchmark's own clients, from
@@ -71,13 +65,6 @@ fn cpu_per_write(since: (f64, f64), writes: usize) -> (f64, f64) {
     let now = cpu_seconds();
     let per = |a: f64, b: f64| (a - b) * 1_000.0 / writes as f64;
     (per(now.0, since.0), per(now.1, since.1))
-}
-
-/// p50 and p99 of `samples`.
-fn percentiles(mut samples: Vec<Duration>) -> (Duration, Duration) {
-    samples.sort_unstable();
-    let at = |q: f64| samples[((samples.len() - 1) as f64 * q) as usize];
-    (at(0.5), at(0.99))
 }
 
 async fn flips(mut admin: Admin, environment: String, key: String, n: usize) -> Vec<Duration> {
@@ -229,22 +216,7 @@ async fn measure(name: &str, server: TestServer) -> Figures {
         .expect("sdk token")
         .into_inner()
         .secret;
-    let clients: Arc<Vec<flagstaff::Client>> = Arc::new(
-        (0..CLIENTS)
-            .map(|_| {
-                flagstaff::Client::builder(server.endpoint(), sdk.clone())
-                    .application("bench-stores")
-                    .build()
-                    .expect("client")
-            })
-            .collect(),
-    );
-    for client in clients.iter() {
-        client
-            .wait_ready(Duration::from_secs(120))
-            .await
-            .expect("every client gets its snapshot");
-    }
+    let clients = Arc::new(watching(server.endpoint(), &sdk, CLIENTS, "bench-stores").await);
     let mut applied = Vec::with_capacity(CLIENTS * CHANGES);
     let mut last = Vec::with_capacity(CHANGES);
     for i in 0..CHANGES {
