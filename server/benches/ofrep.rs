@@ -528,6 +528,7 @@ fn main() {
         operation: "Apply",
         comment: "",
         confirmed: false,
+        duty: false,
     };
     server
         .environments()

@@ -29,6 +29,7 @@ fn write(envs: &Environments<SledStore>, key: &str, enabled: bool) -> Duration {
         operation: "SetFlagEnabled",
         comment: "",
         confirmed: false,
+        duty: false,
     };
     envs.write(ctx, |_| {
         Ok(ChangeSet {
@@ -73,6 +74,7 @@ fn main() {
             operation: "SetFlagEnabled",
             comment: "",
             confirmed: false,
+            duty: false,
         };
         envs.write(ctx, |_| {
             Ok(ChangeSet {

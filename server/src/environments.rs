@@ -24,9 +24,10 @@ use crate::clock::{Clock, SystemClock};
 use crate::error::ServerError;
 use crate::feed::{Event, Feed, DEFAULT_FEED_CAPACITY};
 use crate::rollout::hook::{made_no_revision, paused_by_edit};
+use crate::rollout::no_plan;
 use crate::storage::{
     now_ms, random_id, AuditChange, AuditEntry, BackupRecord, Change, Damage, EnvironmentRecord,
-    FlagUsage, RolloutRecord, Store, StoreError,
+    FlagUsage, Leadership, Lease, RolloutRecord, Store, StoreError,
 };
 use crate::versions::{check_versions, At};
 
@@ -207,6 +208,9 @@ pub struct WriteContext<'a> {
     pub comment: &'a str,
     /// The caller confirmed a write to a protected environment.
     pub confirmed: bool,
+    /// The write is a duty of the leader (a scheduled step, a guard's decision): it commits
+    /// only while this flagstaffd holds the leader's lease (DESIGN.md section 7).
+    pub duty: bool,
 }
 
 /// What a committed write produced (or, from [`Environments::plan`], would produce).
@@ -265,6 +269,9 @@ pub struct Environments<S> {
     clock: Arc<dyn Clock>,
     /// Woken whenever a rollout plan changes, so the scheduler looks again.
     rollouts_changed: Arc<tokio::sync::Notify>,
+    /// Whether this flagstaffd holds the leader's lease, once it follows a store other
+    /// processes write; unset, it leads.
+    leadership: Mutex<Option<Leadership>>,
     /// Environments not served because a record of theirs could not be read at start, with
     /// the first such record (DESIGN.md section 4a). Fixed at start: `flagstaffd repair`
     /// works on a stopped server.
@@ -320,6 +327,7 @@ impl<S: Store> Environments<S> {
             feed_capacity,
             clock,
             rollouts_changed: Arc::new(tokio::sync::Notify::new()),
+            leadership: Mutex::new(None),
             damaged,
         })
     }
@@ -333,6 +341,45 @@ impl<S: Store> Environments<S> {
     /// The clock rollout plans go by.
     pub fn clock(&self) -> &Arc<dyn Clock> {
         &self.clock
+    }
+
+    /// Runs the exactly-one duties only while `leadership` says this flagstaffd holds the
+    /// leader's lease (several flagstaffd on one database).
+    pub fn follow_leadership(&self, leadership: Leadership) {
+        *self.lock_leadership() = Some(leadership);
+    }
+
+    /// Stops leading for good (flagstaffd stops): the lease is given up once nothing else
+    /// waits on it, so another flagstaffd takes it at once.
+    pub fn resign(&self) {
+        let mut leadership = self.lock_leadership();
+        if leadership.is_some() {
+            *leadership = Some(tokio::sync::watch::channel(None).1);
+        }
+    }
+
+    fn lock_leadership(&self) -> std::sync::MutexGuard<'_, Option<Leadership>> {
+        self.leadership.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Whether this flagstaffd holds the leader's lease, as far as it knows, and so runs the
+    /// duties; always, unless it follows a leadership.
+    pub fn leads(&self) -> bool {
+        self.lease().is_ok()
+    }
+
+    /// The leadership followed, if any: what the duties wait on.
+    pub fn leadership(&self) -> Option<Leadership> {
+        self.lock_leadership().clone()
+    }
+
+    /// The lease a duty's write carries: `None` when there is none to check (one flagstaffd
+    /// alone); [`StoreError::LeaseLost`] when another flagstaffd leads.
+    fn lease(&self) -> Result<Option<Lease>, ServerError> {
+        let Some(held) = self.lock_leadership().as_ref().map(|l| *l.borrow()) else {
+            return Ok(None);
+        };
+        held.map(Some).ok_or_else(|| StoreError::LeaseLost.into())
     }
 
     /// Notified whenever a rollout plan changes.
@@ -518,6 +565,11 @@ impl<S: Store> Environments<S> {
                 env.key
             )));
         }
+        if ctx.duty {
+            if let Some(lease) = self.lease()? {
+                locked.hold(lease);
+            }
+        }
         let known = env.current().revision;
         if locked.revision() != known {
             let changes = locked.changes_since(known)?;
@@ -533,18 +585,20 @@ impl<S: Store> Environments<S> {
             changing = !changes.is_empty();
             Ok(changes)
         })?;
+        if let Some(plan) = &mut plan {
+            plan.version = next_version(&plans, &plan.flag);
+        }
         let Some(staged) = staged else {
-            drop(locked);
-            if let Some(plan) = &mut plan {
-                if changing {
-                    let version = current.snapshot.flag(&plan.flag).and_then(|f| f.version);
-                    made_no_revision(plan, current.revision + 1, version.unwrap_or(0));
-                }
-                self.store.put_rollout(&env.key, plan)?;
-                env.lock_rollouts().insert(plan.flag.clone(), plan.clone());
-                self.rollouts_changed.notify_one();
+            let Some(plan) = &mut plan else {
+                return Ok((Committed::nothing(current.revision), None));
+            };
+            if changing {
+                let version = current.snapshot.flag(&plan.flag).and_then(|f| f.version);
+                made_no_revision(plan, current.revision + 1, version.unwrap_or(0));
             }
-            return Ok((Committed::nothing(current.revision), plan));
+            let written = locked.commit_plans(std::slice::from_ref(plan));
+            self.plans_written(&env, written, std::slice::from_ref(plan))?;
+            return Ok((Committed::nothing(current.revision), Some(plan.clone())));
         };
         let revision = staged.revision;
         let time_ms = now_ms();
@@ -556,7 +610,7 @@ impl<S: Store> Environments<S> {
             operation: ctx.operation.to_owned(),
             changes: staged.audit,
         };
-        let paused = paused_by_edit(
+        let mut paused = paused_by_edit(
             &plans,
             &staged.changes,
             plan.as_ref().map(|p| p.flag.as_str()),
@@ -564,6 +618,9 @@ impl<S: Store> Environments<S> {
             revision,
             self.clock.now_ms(),
         );
+        for p in &mut paused {
+            p.version = next_version(&plans, &p.flag);
+        }
         let paused_rollouts: Vec<String> = paused.iter().map(|p| p.flag.clone()).collect();
         let mut plan_writes: Vec<RolloutRecord> = plan.iter().cloned().collect();
         plan_writes.extend(paused);
@@ -597,6 +654,7 @@ impl<S: Store> Environments<S> {
                 }
                 return Err(err.into());
             }
+            Err(err @ StoreError::PlanConflict { .. }) => return Err(self.conflicted(&env, err)),
             Err(err) => return Err(err.into()),
         }
         env.current
@@ -798,26 +856,7 @@ impl<S: Store> Environments<S> {
             tracing::info!(environment = %env.key, revision = change.revision, "caught up with a change the store holds");
             env.feed.publish(Event::new(change, audit));
         }
-        // The plans as stored, except the guard counts of a stage still running the same
-        // flag version: those are kept in memory until the plan's next write.
-        let stored = self.store.rollouts(&env.key)?;
-        let mut plans = env.lock_rollouts();
-        let mut next = BTreeMap::new();
-        for mut plan in stored {
-            let kept = plans
-                .get(&plan.flag)
-                .filter(|p| p.flag_version == plan.flag_version);
-            if let (Some(guard), Some(kept)) =
-                (plan.guard.as_mut(), kept.and_then(|p| p.guard.as_ref()))
-            {
-                guard.tally = kept.tally;
-            }
-            next.insert(plan.flag.clone(), plan);
-        }
-        *plans = next;
-        drop(plans);
-        self.rollouts_changed.notify_one();
-        Ok(())
+        self.reload_rollouts_of(env)
     }
 
     /// Every record a backup carries, passed to `visit`: each environment as of one revision
@@ -872,25 +911,99 @@ impl<S: Store> Environments<S> {
         Ok(())
     }
 
-    /// Stores a change of `flag`'s rollout plan that writes no flag (a pause, a resume), under
-    /// the environment's writer lock: `update` gets the current snapshot and plan.
+    /// Stores a change of `flag`'s rollout plan that writes no flag (a pause, a resume), as
+    /// [`write_with_rollout`](Self::write_with_rollout) stores a plan: `update` gets the
+    /// current snapshot and plan.
     pub(crate) fn update_rollout(
         &self,
         ctx: WriteContext<'_>,
         flag: &str,
         update: impl FnOnce(&Snapshot, Option<&RolloutRecord>) -> Result<RolloutRecord, ServerError>,
     ) -> Result<RolloutRecord, ServerError> {
-        let env = self.get(ctx.environment)?;
-        if env.protected && !ctx.confirmed {
-            return Err(unconfirmed(&env.key));
+        let (_, plan) = self.write_with_rollout(ctx, |current, plans, _| {
+            Ok((
+                ChangeSet::default(),
+                Some(update(current, plans.get(flag))?),
+            ))
+        })?;
+        plan.ok_or_else(|| no_plan(flag, ctx.environment))
+    }
+
+    /// After plans were written (`written`), keeps them in memory and wakes the scheduler.
+    /// When another flagstaffd changed one of them first, nothing was written: the plans are
+    /// read again from the store, and the conflict returned for the caller to retry.
+    fn plans_written(
+        &self,
+        env: &Environment,
+        written: Result<(), StoreError>,
+        plans: &[RolloutRecord],
+    ) -> Result<(), ServerError> {
+        match written {
+            Ok(()) => {
+                let mut stored = env.lock_rollouts();
+                for p in plans {
+                    stored.insert(p.flag.clone(), p.clone());
+                }
+                drop(stored);
+                self.rollouts_changed.notify_one();
+                Ok(())
+            }
+            Err(err @ StoreError::PlanConflict { .. }) => Err(self.conflicted(env, err)),
+            Err(err) => Err(err.into()),
         }
+    }
+
+    /// `err`, a plan changed through another flagstaffd first, once `env`'s plans were read
+    /// again from the store.
+    fn conflicted(&self, env: &Environment, err: StoreError) -> ServerError {
+        if let Err(e) = self.reload_rollouts_of(env) {
+            tracing::warn!(environment = %env.key, error = %e, "cannot read the rollout plans again");
+        }
+        err.into()
+    }
+
+    /// Reads `environment`'s rollout plans again from the store, where another flagstaffd
+    /// on the database changed one without a revision (a pause, a resume).
+    pub fn reload_rollouts(&self, environment: &str) -> Result<(), ServerError> {
+        let Ok(env) = self.get(environment) else {
+            return Ok(());
+        };
         let _writing = env.lock_writer();
-        let current = env.current();
-        let plan = update(&current.snapshot, env.rollout(flag).as_ref())?;
-        self.store.put_rollout(&env.key, &plan)?;
-        env.lock_rollouts().insert(plan.flag.clone(), plan.clone());
+        self.reload_rollouts_of(&env)
+    }
+
+    /// [`reload_rollouts`](Self::reload_rollouts) of every environment.
+    pub fn reload_all_rollouts(&self) -> Result<(), ServerError> {
+        for env in self.list() {
+            if let Err(e) = self.reload_rollouts(&env.key) {
+                tracing::warn!(environment = %env.key, error = %e, "cannot read the rollout plans again");
+            }
+        }
+        Ok(())
+    }
+
+    /// The plans of `env` as stored, except the guard counts of a stage still running the
+    /// same flag version: those are kept from memory until the plan's next write. Called
+    /// under the environment's writer lock.
+    fn reload_rollouts_of(&self, env: &Environment) -> Result<(), ServerError> {
+        let stored = self.store.rollouts(&env.key)?;
+        let mut plans = env.lock_rollouts();
+        let mut next = BTreeMap::new();
+        for mut plan in stored {
+            let kept = plans
+                .get(&plan.flag)
+                .filter(|p| p.flag_version == plan.flag_version);
+            if let (Some(guard), Some(kept)) =
+                (plan.guard.as_mut(), kept.and_then(|p| p.guard.as_ref()))
+            {
+                guard.tally = kept.tally;
+            }
+            next.insert(plan.flag.clone(), plan);
+        }
+        *plans = next;
+        drop(plans);
         self.rollouts_changed.notify_one();
-        Ok(plan)
+        Ok(())
     }
 
     /// Runs everything [`write`](Self::write) does except the commit: builds the change,
@@ -999,6 +1112,11 @@ impl Environment {
 }
 
 /// The refusal of an unconfirmed write to the protected environment `key`.
+/// The version a write of `flag`'s plan gives it: one above the plan held.
+fn next_version(plans: &BTreeMap<String, RolloutRecord>, flag: &str) -> u64 {
+    plans.get(flag).map_or(0, |p| p.version) + 1
+}
+
 pub(crate) fn unconfirmed(key: &str) -> ServerError {
     ServerError::Precondition(format!(
         "environment {key:?} is protected: confirm the write (the CLI asks, or takes --yes)"

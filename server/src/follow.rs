@@ -83,9 +83,14 @@ pub async fn follow<S: Store>(
                 revision,
             }) => envs.follow(&environment, revision),
             Next::Announced(Announcement::Environments) => envs.follow_all(),
+            Next::Announced(Announcement::Rollouts { environment }) => {
+                envs.reload_rollouts(&environment)
+            }
             Next::Announced(Announcement::Tokens) => tokens.reload(),
             Next::Announced(Announcement::Listening | Announcement::Lost) | Next::SafetyNet => {
-                tokens.reload().and_then(|()| envs.follow_all())
+                tokens.reload().and_then(|()| envs.follow_all())?;
+                // Plans paused or resumed without a revision, whose notification was lost.
+                envs.reload_all_rollouts()
             }
         })
         .await;

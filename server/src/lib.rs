@@ -356,7 +356,11 @@ impl Server {
             stopping.clone(),
         ));
 
-        // Rollout plans advance while the server serves.
+        // Rollout plans advance while the server serves: on a database other flagstaffd
+        // processes write too, while this one holds the leader's lease.
+        if let Some(leadership) = storage::Store::lead(&**self.envs.store()) {
+            self.envs.follow_leadership(leadership);
+        }
         let scheduler = tokio::spawn(rollout::schedule(
             self.envs.clone(),
             health::stopped(stopping.clone()),
@@ -396,6 +400,7 @@ impl Server {
         if let Err(e) = scheduler.await {
             tracing::error!(error = %e, "the rollout scheduler failed");
         }
+        self.envs.resign();
         let _ = admin_health.await;
         if let Some(follower) = follower {
             if let Err(e) = follower.await {

@@ -7,7 +7,7 @@ use crate::environments::{Environment, Environments, WriteContext};
 use crate::error::ServerError;
 use crate::rollout;
 use crate::rollout::guard::{self, State};
-use crate::storage::{FlagUsage, RolloutState, Store};
+use crate::storage::{FlagUsage, GuardTally, RolloutRecord, RolloutState, Store};
 
 /// One SDK instance's report, in the server's terms.
 #[derive(Debug, Clone, Default)]
@@ -111,76 +111,140 @@ impl<S: Store> Environments<S> {
                 .map(|e| (e.flag.as_str(), e.count, e.window_end_ms)),
         )?;
 
-        // Guard counts, under the writer lock so no plan write in between loses them; kept in
-        // memory and stored with the plan's next write.
-        let mut rejected = Vec::new();
+        // What the report adds to each running guarded plan's counts: for the flag version
+        // the plan's stage wrote.
         let mut guards = Vec::new();
+        let mut added = Vec::new();
+        for plan in env.lock_rollouts().values() {
+            if plan.state != RolloutState::Running {
+                continue;
+            }
+            let Some(g) = plan.guard.as_ref() else {
+                continue;
+            };
+            guards.push((plan.flag.clone(), g.event.clone()));
+            let counts = report_counts(plan, &g.event, report);
+            if counts.target_events + counts.baseline_events > 0
+                || counts.target_exposures + counts.baseline_exposures > 0
+            {
+                added.push((plan.flag.clone(), counts));
+            }
+        }
+        // Summed in the store with what every flagstaffd on the database counted; on a
+        // store of its own, in memory.
+        let mut sums = Vec::with_capacity(added.len());
+        for (flag, counts) in added {
+            let sum = self.store().add_guard_counts(&env.key, &flag, &counts)?;
+            sums.push((flag, counts, sum));
+        }
+        let mut rejected = Vec::new();
         {
+            // Under the writer lock, so no plan write in between loses the counts; kept in
+            // memory and stored with the plan's next write.
             let _writing = env.lock_writer();
             let mut plans = env.lock_rollouts();
-            for plan in plans.values_mut() {
-                if plan.state != RolloutState::Running {
-                    continue;
-                }
-                let version = plan.flag_version;
-                let Some(event) = plan.guard.as_ref().map(|g| g.event.clone()) else {
+            for (flag, counts, sum) in sums {
+                let Some(plan) = plans.get_mut(&flag) else {
                     continue;
                 };
-                guards.push((plan.flag.clone(), event));
+                if plan.state != RolloutState::Running || plan.flag_version != counts.flag_version {
+                    continue;
+                }
                 let fresh = guard::stage_tally(plan);
                 let Some(g) = plan.guard.as_mut() else {
                     continue;
                 };
-                if g.tally.flag_version != version {
+                if g.tally.flag_version != counts.flag_version {
                     g.tally = fresh;
                 }
-                let (flag, target, baseline) = (&plan.flag, &plan.target, &plan.baseline);
-                let mut counted = false;
-                for e in &report.evaluations {
-                    if e.flag == *flag && e.version == version {
-                        if e.variant == *target {
-                            g.tally.target_exposures =
-                                g.tally.target_exposures.saturating_add(e.count);
-                        } else if e.variant == *baseline {
-                            g.tally.baseline_exposures =
-                                g.tally.baseline_exposures.saturating_add(e.count);
-                        }
-                    }
-                }
-                for a in &report.attributions {
-                    if a.flag == *flag && a.version == version && a.event == g.event {
-                        if a.variant == *target {
-                            g.tally.target_events = g.tally.target_events.saturating_add(a.count);
-                            counted = true;
-                        } else if a.variant == *baseline {
-                            g.tally.baseline_events =
-                                g.tally.baseline_events.saturating_add(a.count);
-                            counted = true;
-                        }
-                    }
-                }
-                if !counted {
-                    continue;
-                }
-                let Some((_, verdict)) = guard::of_plan(plan) else {
-                    continue;
+                g.tally = match sum {
+                    Some(sum) => GuardTally {
+                        target_weight: fresh.target_weight,
+                        baseline_weight: fresh.baseline_weight,
+                        ..sum
+                    },
+                    None => added_to(g.tally, &counts),
                 };
-                if verdict.state == State::Rejected {
-                    if let Some(g) = plan.guard.as_mut() {
-                        g.rejected = true;
-                        rejected.push((
-                            plan.flag.clone(),
-                            guard::describe(&g.tally, &g.event, &verdict),
-                        ));
-                    }
+                if counts.target_events + counts.baseline_events == 0 {
+                    continue;
+                }
+                if let Some(decided) = rejects(plan) {
+                    rejected.push(decided);
                 }
             }
         }
-
         let mut outcome = ReportOutcome {
             guards,
             rolled_back: Vec::new(),
         };
+        // Deciding is the leader's duty: on another flagstaffd, the leader decides on the
+        // sums within a second (see `check_guards`).
+        if !self.leads() {
+            return Ok(outcome);
+        }
+        outcome.rolled_back = self.roll_back_rejected(environment, rejected)?;
+        outcome
+            .guards
+            .retain(|(f, _)| !outcome.rolled_back.contains(f));
+        Ok(outcome)
+    }
+
+    /// Looks at the counts every flagstaffd on the database summed for each running guarded
+    /// plan, and rolls back those whose guard now rejects its target: the leader's duty, done
+    /// every second. On a store of its own, the counts are those in memory.
+    pub fn check_guards(&self) -> Result<Vec<(String, String)>, ServerError> {
+        let mut rolled_back = Vec::new();
+        for env in self.list() {
+            let guarded = env
+                .lock_rollouts()
+                .values()
+                .any(|p| p.state == RolloutState::Running && p.guard.is_some());
+            if !guarded {
+                continue;
+            }
+            let sums = self.store().guard_counts(&env.key)?;
+            let mut rejected = Vec::new();
+            {
+                let _writing = env.lock_writer();
+                let mut plans = env.lock_rollouts();
+                for (flag, sum) in sums {
+                    let Some(plan) = plans.get_mut(&flag) else {
+                        continue;
+                    };
+                    if plan.state != RolloutState::Running || plan.flag_version != sum.flag_version
+                    {
+                        continue;
+                    }
+                    let fresh = guard::stage_tally(plan);
+                    if let Some(g) = plan.guard.as_mut() {
+                        g.tally = GuardTally {
+                            target_weight: fresh.target_weight,
+                            baseline_weight: fresh.baseline_weight,
+                            ..sum
+                        };
+                    }
+                }
+                for plan in plans.values_mut() {
+                    if plan.state == RolloutState::Running {
+                        rejected.extend(rejects(plan));
+                    }
+                }
+            }
+            for flag in self.roll_back_rejected(&env.key, rejected)? {
+                rolled_back.push((env.key.clone(), flag));
+            }
+        }
+        Ok(rolled_back)
+    }
+
+    /// Rolls back the plans of `environment` whose guards rejected their targets, each with
+    /// its comment for the audit log; returns the flags rolled back.
+    fn roll_back_rejected(
+        &self,
+        environment: &str,
+        rejected: Vec<(String, String)>,
+    ) -> Result<Vec<String>, ServerError> {
+        let mut rolled_back = Vec::new();
         for (flag, comment) in rejected {
             let actor = rollout::actor(&flag);
             let ctx = WriteContext {
@@ -190,6 +254,7 @@ impl<S: Store> Environments<S> {
                 comment: &comment,
                 // The person who started the plan confirmed its guard.
                 confirmed: true,
+                duty: true,
             };
             match self.rollback_rollout(ctx, &flag) {
                 Ok(step) => {
@@ -199,14 +264,69 @@ impl<S: Store> Environments<S> {
                         revision = step.committed.revision,
                         "{comment}; rolled back"
                     );
-                    outcome.guards.retain(|(f, _)| *f != flag);
-                    outcome.rolled_back.push(flag);
+                    rolled_back.push(flag);
                 }
                 // Rolled back or promoted meanwhile: nothing left to do.
                 Err(ServerError::Precondition(_) | ServerError::NotFound(_)) => {}
                 Err(e) => return Err(e),
             }
         }
-        Ok(outcome)
+        Ok(rolled_back)
     }
+}
+
+/// What `report` counts for `plan`'s guard (watching `event`) in the plan's current stage.
+fn report_counts(plan: &RolloutRecord, event: &str, report: &MetricsReport) -> GuardTally {
+    let mut counts = guard::stage_tally(plan);
+    let (flag, version) = (&plan.flag, plan.flag_version);
+    let (target, baseline) = (&plan.target, &plan.baseline);
+    for e in &report.evaluations {
+        if e.flag == *flag && e.version == version {
+            if e.variant == *target {
+                counts.target_exposures = counts.target_exposures.saturating_add(e.count);
+            } else if e.variant == *baseline {
+                counts.baseline_exposures = counts.baseline_exposures.saturating_add(e.count);
+            }
+        }
+    }
+    for a in &report.attributions {
+        if a.flag == *flag && a.version == version && a.event == event {
+            if a.variant == *target {
+                counts.target_events = counts.target_events.saturating_add(a.count);
+            } else if a.variant == *baseline {
+                counts.baseline_events = counts.baseline_events.saturating_add(a.count);
+            }
+        }
+    }
+    counts
+}
+
+/// `tally` with `counts` added.
+fn added_to(tally: GuardTally, counts: &GuardTally) -> GuardTally {
+    GuardTally {
+        target_exposures: tally
+            .target_exposures
+            .saturating_add(counts.target_exposures),
+        baseline_exposures: tally
+            .baseline_exposures
+            .saturating_add(counts.baseline_exposures),
+        target_events: tally.target_events.saturating_add(counts.target_events),
+        baseline_events: tally.baseline_events.saturating_add(counts.baseline_events),
+        ..tally
+    }
+}
+
+/// Whether `plan`'s guard rejects its target on the counts held: if so, marks it rejected
+/// and returns the flag with the audit comment of its rollback.
+fn rejects(plan: &mut RolloutRecord) -> Option<(String, String)> {
+    let (_, verdict) = guard::of_plan(plan)?;
+    if verdict.state != State::Rejected {
+        return None;
+    }
+    let g = plan.guard.as_mut()?;
+    g.rejected = true;
+    Some((
+        plan.flag.clone(),
+        guard::describe(&g.tally, &g.event, &verdict),
+    ))
 }

@@ -23,6 +23,7 @@ fn ctx<'a>(environment: &'a str, comment: &'a str) -> WriteContext<'a> {
         operation: "Test",
         comment,
         confirmed: false,
+        duty: false,
     }
 }
 
@@ -247,6 +248,7 @@ fn protected_environments_need_confirmation() {
     );
     let confirmed = WriteContext {
         confirmed: true,
+        duty: false,
         ..ctx("production", "")
     };
     assert_eq!(

@@ -47,6 +47,7 @@ fn ctx(environment: &str) -> WriteContext<'_> {
         operation: "Test",
         comment: "",
         confirmed: false,
+        duty: false,
     }
 }
 

@@ -411,6 +411,7 @@ mod tests {
                         operation: "Test",
                         comment: "",
                         confirmed: false,
+                        duty: false,
                     },
                     |_| {
                         Ok(ChangeSet {

@@ -349,6 +349,7 @@ pub(crate) fn plan_for(
             tally: GuardTally::default(),
             rejected: false,
         }),
+        version: 0,
     };
     let pair = pair_weight(&plan);
     if let Some(stage) = plan

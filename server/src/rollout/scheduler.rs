@@ -1,5 +1,6 @@
 //! The scheduler: finds the rollout plans due and advances each on a blocking thread, waking
-//! when the next one falls due or a plan changes.
+//! when the next one falls due or a plan changes; and checks the plans' guards every second.
+//! Both are the leader's duties when several flagstaffd share a database.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -8,7 +9,8 @@ use flagstaff_engine::format_percent;
 
 use super::plan::state_name;
 use crate::environments::Environments;
-use crate::storage::{RolloutState, Store};
+use crate::error::ServerError;
+use crate::storage::{Leadership, RolloutState, Store, StoreError};
 
 impl<S: Store> Environments<S> {
     /// Plans due at `now`, as (environment, flag); and the earliest time one will be.
@@ -31,8 +33,12 @@ impl<S: Store> Environments<S> {
     }
 }
 
-/// Advances plans as they fall due, until `stopped` completes. Each advance runs on a
-/// blocking thread (it commits to the store).
+/// How often the leader looks at the guard counts every flagstaffd on the database summed.
+const GUARD_CHECK: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Advances plans as they fall due, and rolls back those whose guards reject their targets,
+/// until `stopped` completes: while this flagstaffd leads (DESIGN.md section 7; always, on a
+/// store of its own). Each step runs on a blocking thread (it commits to the store).
 pub async fn schedule<S: Store>(
     environments: Arc<Environments<S>>,
     stopped: impl Future<Output = ()>,
@@ -40,7 +46,18 @@ pub async fn schedule<S: Store>(
     tokio::pin!(stopped);
     let clock = environments.clock().clone();
     let changed = environments.rollouts_changed().clone();
+    let mut leadership = environments.leadership();
+    let mut guards = tokio::time::interval(GUARD_CHECK);
+    guards.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
+        if !environments.leads() {
+            tracing::debug!("another flagstaffd leads: rollout plans wait");
+            tokio::select! {
+                () = led(&mut leadership) => {}
+                () = &mut stopped => return,
+            }
+            continue;
+        }
         let now = clock.now_ms();
         let (due, next) = environments.due_rollouts(now);
         for (environment, flag) in due {
@@ -61,6 +78,8 @@ pub async fn schedule<S: Store>(
                     "rollout plan stepped"
                 ),
                 Ok((_, _, Ok(None))) => {}
+                // Another flagstaffd took the lease: it advances the plan.
+                Ok((_, _, Err(ServerError::Store(StoreError::LeaseLost)))) => break,
                 Ok((environment, flag, Err(e))) => {
                     tracing::error!(environment, flag, error = %e, "rollout plan could not advance; retrying in 1 s");
                     tokio::select! {
@@ -80,7 +99,43 @@ pub async fn schedule<S: Store>(
         tokio::select! {
             () = wake => {}
             () = changed.notified() => {}
+            () = lost(&mut leadership) => {}
+            _ = guards.tick() => check_guards(&environments).await,
             () = &mut stopped => return,
         }
+    }
+}
+
+/// Rolls back the plans whose guards reject their targets on the counts summed so far.
+async fn check_guards<S: Store>(environments: &Arc<Environments<S>>) {
+    let envs = environments.clone();
+    match tokio::task::spawn_blocking(move || envs.check_guards()).await {
+        Ok(Ok(_)) | Ok(Err(ServerError::Store(StoreError::LeaseLost))) => {}
+        Ok(Err(e)) => tracing::warn!(error = %e, "cannot check the rollout guards"),
+        Err(e) => tracing::error!(error = %e, "checking the rollout guards panicked"),
+    }
+}
+
+/// Completes once `leadership` says this flagstaffd leads; never without one.
+async fn led(leadership: &mut Option<Leadership>) {
+    match leadership {
+        Some(l) => {
+            if l.wait_for(Option::is_some).await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        }
+        None => std::future::pending().await,
+    }
+}
+
+/// Completes once `leadership` says this flagstaffd no longer leads; never without one.
+async fn lost(leadership: &mut Option<Leadership>) {
+    match leadership {
+        Some(l) => {
+            if l.wait_for(Option::is_none).await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        }
+        None => std::future::pending().await,
     }
 }

@@ -32,6 +32,10 @@ impl From<ServerError> for Status {
             ServerError::Store(
                 StoreError::Unavailable { .. } | StoreError::OutcomeUnknown { .. },
             ) => Code::Unavailable,
+            // A plan changed through another flagstaffd meanwhile: retry on what is stored.
+            ServerError::Store(StoreError::PlanConflict { .. }) => Code::Aborted,
+            // Another flagstaffd leads; this one's duty was not done, the leader's will be.
+            ServerError::Store(StoreError::LeaseLost) => Code::Unavailable,
             ServerError::Store(e) => {
                 tracing::error!(error = %e, "storage failed");
                 Code::Internal

@@ -2,8 +2,9 @@
 
 use super::{
     Announcements, AuditEntry, AuditHead, BackupRecord, Change, Damage, Documents,
-    EnvironmentRecord, FlagUsage, Locked, PgStore, Readable, RestoredEnvironment, RolloutRecord,
-    SledStore, Store, StoreError, TokenRecord, TICKET_KEY_BYTES,
+    EnvironmentRecord, FlagUsage, GuardTally, Leadership, Locked, PgStore, Readable,
+    RestoredEnvironment, RolloutRecord, SledStore, Store, StoreError, TokenRecord,
+    TICKET_KEY_BYTES,
 };
 
 /// The store flagstaffd runs on: sled in its data directory, or PostgreSQL.
@@ -78,6 +79,23 @@ impl Store for Backend {
 
     fn follow(&self) -> Option<Announcements> {
         each_store!(self, s => s.follow())
+    }
+
+    fn lead(&self) -> Option<Leadership> {
+        each_store!(self, s => s.lead())
+    }
+
+    fn add_guard_counts(
+        &self,
+        environment: &str,
+        flag: &str,
+        counts: &GuardTally,
+    ) -> Result<Option<GuardTally>, StoreError> {
+        each_store!(self, s => s.add_guard_counts(environment, flag, counts))
+    }
+
+    fn guard_counts(&self, environment: &str) -> Result<Vec<(String, GuardTally)>, StoreError> {
+        each_store!(self, s => s.guard_counts(environment))
     }
 
     fn put_rollout(&self, environment: &str, plan: &RolloutRecord) -> Result<(), StoreError> {

@@ -89,6 +89,22 @@ pub enum StoreError {
         /// What is wrong.
         detail: String,
     },
+    /// A rollout plan was changed through another flagstaffd on the database since this one
+    /// read it (`ABORTED`): nothing was changed.
+    #[error(
+        "the rollout plan of flag {flag:?} in environment {environment:?} was changed through \
+         another flagstaffd; nothing was changed: retry"
+    )]
+    PlanConflict {
+        /// The environment.
+        environment: String,
+        /// The plan's flag.
+        flag: String,
+    },
+    /// A duty's write was refused because this flagstaffd no longer holds the leader's lease
+    /// (`UNAVAILABLE`): nothing was changed; the leader does the duty.
+    #[error("this flagstaffd no longer holds the leader's lease; nothing was changed")]
+    LeaseLost,
     /// Syncing to disk failed.
     #[error("cannot sync {path} to disk: {source}")]
     Sync {
@@ -391,6 +407,11 @@ pub struct RolloutRecord {
     /// The guard that rolls the plan back when the target does worse; `None` for none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub guard: Option<GuardRecord>,
+    /// The plan's own version: every write of the plan stores it one higher, and is refused
+    /// when the stored plan is no longer at the version the write was built on, so that a
+    /// pause through one flagstaffd always beats an advance through another.
+    #[serde(default)]
+    pub version: u64,
 }
 
 /// A plan's guard as stored: what it watches, and what SDKs reported in the current stage.
@@ -624,8 +645,17 @@ pub trait Locked: Send {
     /// applies before it builds its change.
     fn changes_since(&mut self, revision: u64) -> Result<Option<Vec<Change>>, StoreError>;
 
+    /// Makes the commit a duty of the leader: it fails with [`StoreError::LeaseLost`],
+    /// changing nothing, unless this flagstaffd still holds `lease` when it commits. A store
+    /// that one process alone writes (sled) has nothing to check.
+    fn hold(&mut self, lease: Lease) {
+        let _ = lease;
+    }
+
     /// Commits `change`, which is revision [`revision`](Locked::revision) + 1 (see
-    /// [`Store::commit`]), and lets go.
+    /// [`Store::commit`]), and lets go. Each of `rollouts` is written only if the stored plan
+    /// is at the version before its own (see [`RolloutRecord::version`]); otherwise nothing
+    /// is, and the commit fails with [`StoreError::PlanConflict`].
     fn commit(
         self: Box<Self>,
         change: &Change,
@@ -633,7 +663,22 @@ pub trait Locked: Send {
         audit: &AuditEntry,
         rollouts: &[RolloutRecord],
     ) -> Result<(), StoreError>;
+
+    /// Writes `rollouts` alone, making no revision (a pause, a resume), as
+    /// [`commit`](Locked::commit) writes them, and lets go.
+    fn commit_plans(self: Box<Self>, rollouts: &[RolloutRecord]) -> Result<(), StoreError>;
 }
+
+/// The leader's lease as this flagstaffd holds it: duties' writes carry its generation, and
+/// fail once another flagstaffd took the lease.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Lease {
+    /// Raised whenever the lease changes hands.
+    pub generation: u64,
+}
+
+/// Whether this flagstaffd holds the leader's lease now (`Some`), as a store tells it.
+pub type Leadership = tokio::sync::watch::Receiver<Option<Lease>>;
 
 /// What a store announces of commits made by other processes on its database.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -647,6 +692,11 @@ pub enum Announcement {
     },
     /// Environments were created or deleted, or their settings changed.
     Environments,
+    /// Rollout plans of an environment changed without a revision (a pause, a resume).
+    Rollouts {
+        /// The environment.
+        environment: String,
+    },
     /// Tokens were created or revoked.
     Tokens,
     /// The store (re)started listening: whatever was announced meanwhile was missed, so
@@ -747,6 +797,33 @@ pub trait Store: Send + Sync + 'static {
     /// for a store no other process writes (sled).
     fn follow(&self) -> Option<Announcements> {
         None
+    }
+
+    /// Whether this flagstaffd holds the leader's lease, kept up to date by the store until
+    /// the receiver is dropped (then the lease is given up); `None` for a store no other
+    /// process writes (sled), where this one always leads.
+    fn lead(&self) -> Option<Leadership> {
+        None
+    }
+
+    /// Adds `counts` (a guard's report for `flag`'s current stage) to what every flagstaffd
+    /// on the database added, and returns the sum; `None` for a store no other process
+    /// writes (sled), where the counts are kept in memory. Counts of an older flag version
+    /// than stored are ignored; a newer one starts again.
+    fn add_guard_counts(
+        &self,
+        environment: &str,
+        flag: &str,
+        counts: &GuardTally,
+    ) -> Result<Option<GuardTally>, StoreError> {
+        let _ = (environment, flag, counts);
+        Ok(None)
+    }
+
+    /// The guard counts [`add_guard_counts`](Self::add_guard_counts) summed, by flag.
+    fn guard_counts(&self, environment: &str) -> Result<Vec<(String, GuardTally)>, StoreError> {
+        let _ = environment;
+        Ok(Vec::new())
     }
 
     /// Stores a rollout plan (replacing the flag's previous one), durably.

@@ -858,4 +858,13 @@ impl Locked for SledLocked<'_> {
             rollouts,
         )
     }
+
+    /// One process writes a sled store, under the environment's writer lock, so the plans it
+    /// holds in memory are the stored ones: versions need no check here.
+    fn commit_plans(self: Box<Self>, rollouts: &[RolloutRecord]) -> Result<(), StoreError> {
+        for plan in rollouts {
+            self.store.put_rollout(&self.environment, plan)?;
+        }
+        Ok(())
+    }
 }

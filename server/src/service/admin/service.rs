@@ -196,6 +196,7 @@ impl Writer {
             operation: self.operation,
             comment: &self.comment,
             confirmed: self.confirmed,
+            duty: false,
         }
     }
 }

@@ -79,7 +79,11 @@ pub(super) struct Commit {
     pub(super) deleted_segments: Vec<String>,
     /// Segments whose key lists were patched: the document without keys, and the patch.
     pub(super) patched: Vec<(String, String, flagstaff_engine::KeyPatch)>,
-    pub(super) rollouts: Vec<(String, String)>,
+    /// Rollout plans: flag, document, and the version the stored plan must be at.
+    pub(super) rollouts: Vec<(String, String, i64)>,
+    /// The leader's lease the commit is a duty of: this flagstaffd's name and the
+    /// generation it holds.
+    pub(super) lease: Option<(String, i64)>,
     pub(super) change: String,
     pub(super) audit: AuditEntry,
     pub(super) audit_json: String,
@@ -112,7 +116,7 @@ fn statements<'a>(
     subjects: &'a (Vec<&'static str>, Vec<String>),
 ) -> Vec<Op<'a>> {
     let env = &c.environment;
-    let mut pending: Vec<Op<'_>> = Vec::new();
+    let mut pending: Vec<Op<'_>> = duty(&c.lease);
     for (key, document) in &c.flags {
         pending.push((
             "INSERT INTO flags (environment, key, document) VALUES ($1, $2, $3::text::json)
@@ -181,13 +185,7 @@ fn statements<'a>(
             }
         }
     }
-    for (flag, plan) in &c.rollouts {
-        pending.push((
-            "INSERT INTO rollouts (environment, flag, plan) VALUES ($1, $2, $3::text::json)
-             ON CONFLICT (environment, flag) DO UPDATE SET plan = EXCLUDED.plan",
-            params![env, flag, plan],
-        ));
-    }
+    pending.extend(plan_statements(env, &c.rollouts));
     // What every commit writes, in one statement: the change-log entry (and the entries
     // past the log's retention gone), the audit entry and its subjects, and the environment's
     // new revision.
@@ -222,6 +220,57 @@ fn statements<'a>(
         ],
     ));
     pending
+}
+
+/// The check that the commit's transaction is a duty of the lease held, first of all.
+fn duty(lease: &Option<(String, i64)>) -> Vec<Op<'_>> {
+    lease
+        .iter()
+        .map(|(holder, generation)| {
+            (
+                "SELECT flagstaff_hold_lease($1, $2, $3)",
+                params![&super::lease::DUTIES, holder, generation],
+            )
+        })
+        .collect()
+}
+
+/// The statements writing `plans` of `env`, each only over the version it was built on.
+fn plan_statements<'a>(env: &'a String, plans: &'a [(String, String, i64)]) -> Vec<Op<'a>> {
+    plans
+        .iter()
+        .map(|(flag, plan, expected)| {
+            (
+                "SELECT flagstaff_put_plan($1, $2, $3, $4)",
+                params![env, flag, plan, expected],
+            )
+        })
+        .collect()
+}
+
+/// Rollout plans written alone, making no revision (a pause, a resume).
+pub(super) struct Plans {
+    pub(super) environment: String,
+    /// Flag, document, and the version the stored plan must be at.
+    pub(super) plans: Vec<(String, String, i64)>,
+    pub(super) lease: Option<(String, i64)>,
+}
+
+/// Commits `p` in `tx`, which locked its environment's row, and tells other flagstaffd
+/// processes that the environment's plans changed.
+pub(super) async fn finish_plans(
+    tx: Begun,
+    database: String,
+    p: Plans,
+    committing: Arc<AtomicBool>,
+) -> Result<(), StoreError> {
+    let mut pending = duty(&p.lease);
+    pending.extend(plan_statements(&p.environment, &p.plans));
+    let payload = format!("{}:{}", p.environment, super::listen::ROLLOUTS);
+    let outcome = write_and_commit(tx.client(), &pending, &payload, &committing)
+        .await
+        .map_err(|e| failed(&database, e))?;
+    settle(tx, database, &p.environment, outcome, &payload)
 }
 
 /// How a commit's transaction begins. Waiting for another commit's lock on the environment
@@ -307,18 +356,32 @@ pub(super) async fn finish(
     let subjects = subjects(&c.audit);
     let pending = statements(&c, &record_json, &subjects);
     let payload = format!("{}:{}", c.environment, c.revision);
+    let outcome = write_and_commit(tx.client(), &pending, &payload, &committing)
+        .await
+        .map_err(fail)?;
+    settle(tx, database, &c.environment, outcome, &payload)
+}
+
+/// What a commit's [`Outcome`] means: refused by the database (nothing committed),
+/// committed, or unknown. `tx` ends here.
+fn settle(
+    tx: Begun,
+    database: String,
+    environment: &str,
+    outcome: Outcome,
+    payload: &str,
+) -> Result<(), StoreError> {
+    let fail = |e| failed(&database, e);
     let Outcome {
         written,
         committed,
         notified,
-    } = write_and_commit(tx.client(), &pending, &payload, &committing)
-        .await
-        .map_err(fail)?;
+    } = outcome;
     match (written, committed) {
         (Ok(()), Ok(())) => {}
         // Refused by the database for what a statement did: the transaction was aborted and
         // COMMIT rolled it back. The first error is the cause; later ones say "aborted".
-        (Err(e), _) if e.as_db_error().is_some() => return Err(fail(e)),
+        (Err(e), _) if e.as_db_error().is_some() => return Err(refused(&database, environment, e)),
         // COMMIT refused for what the transaction did (a deferred constraint, a
         // serialization failure): nothing committed.
         (Ok(()), Err(e))
@@ -341,6 +404,19 @@ pub(super) async fn finish(
         tracing::warn!(error = %e, payload, "cannot notify a commit");
     }
     Ok(())
+}
+
+/// A statement's refusal: a lease no longer held and a plan changed meanwhile (raised by
+/// migration 0002's functions) are told apart from other refusals.
+fn refused(database: &str, environment: &str, e: tokio_postgres::Error) -> StoreError {
+    match e.as_db_error() {
+        Some(db) if db.code().code() == "FS001" => StoreError::LeaseLost,
+        Some(db) if db.code().code() == "FS002" => StoreError::PlanConflict {
+            environment: environment.to_owned(),
+            flag: db.detail().unwrap_or_default().to_owned(),
+        },
+        _ => failed(database, e),
+    }
 }
 
 /// How the statements of a commit went (the first error), how `COMMIT` went, and how the

@@ -17,6 +17,9 @@ use super::{with_sources, NOTIFY_CHANNEL};
 pub(super) const ENVIRONMENTS: &str = "environments";
 /// The notification of a change to tokens (created, revoked).
 pub(super) const TOKENS: &str = "tokens";
+/// After `<environment>:`, the notification of a change to the environment's rollout plans
+/// that made no revision (a pause, a resume).
+pub(super) const ROLLOUTS: &str = "rollouts";
 use crate::storage::Announcement;
 
 /// The wait before reconnecting, doubled after each failure up to [`MOST_PATIENT`].
@@ -132,7 +135,7 @@ async fn listen_once<T: MakeTlsConnect<Socket>>(
     Ok(())
 }
 
-/// `<environment>:<revision>` (a commit), or one of the words
+/// `<environment>:<revision>` (a commit), `<environment>:`[`ROLLOUTS`], or one of the words
 /// naming what is not an environment's revision: [`ENVIRONMENTS`], [`TOKENS`]. Environment
 /// keys hold no `:`, so the last one splits.
 fn parse(payload: &str) -> Option<Announcement> {
@@ -141,10 +144,14 @@ fn parse(payload: &str) -> Option<Announcement> {
         TOKENS => return Some(Announcement::Tokens),
         _ => {}
     }
-    let (environment, revision) = payload.rsplit_once(':')?;
+    let (environment, what) = payload.rsplit_once(':')?;
+    let environment = environment.to_owned();
+    if what == ROLLOUTS {
+        return Some(Announcement::Rollouts { environment });
+    }
     Some(Announcement::Committed {
-        environment: environment.to_owned(),
-        revision: revision.parse().ok()?,
+        environment,
+        revision: what.parse().ok()?,
     })
 }
 
@@ -163,6 +170,19 @@ mod tests {
         );
         assert_eq!(parse("tokens"), Some(Announcement::Tokens));
         assert_eq!(parse("environments"), Some(Announcement::Environments));
+        assert_eq!(
+            parse("rollouts:rollouts"),
+            Some(Announcement::Rollouts {
+                environment: "rollouts".into()
+            })
+        );
+        assert_eq!(
+            parse("rollouts:7"),
+            Some(Announcement::Committed {
+                environment: "rollouts".into(),
+                revision: 7
+            })
+        );
         assert_eq!(parse("production"), None);
         assert_eq!(parse("production:x"), None);
         assert_eq!(parse("production:-1"), None);

@@ -22,6 +22,7 @@ use std::time::Duration;
 
 mod backup;
 mod commit;
+mod lease;
 mod listen;
 mod tls;
 
@@ -36,14 +37,17 @@ use tokio_postgres::NoTls;
 
 use super::{
     decode, encode, read_record, Announcements, AuditEntry, AuditHead, BackupRecord, Change,
-    Damage, Documents, EnvironmentRecord, FlagUsage, Locked, Readable, RestoredEnvironment,
-    RolloutRecord, Store, StoreError, TokenRecord, TICKET_KEY, TICKET_KEY_BYTES,
+    Damage, Documents, EnvironmentRecord, FlagUsage, GuardTally, Leadership, Lease, Locked,
+    Readable, RestoredEnvironment, RolloutRecord, Store, StoreError, TokenRecord, TICKET_KEY,
+    TICKET_KEY_BYTES,
 };
 
 /// The migrations, in order: version, name, SQL. A database at a version above the last is
 /// refused (a newer flagstaffd migrated it).
-const MIGRATIONS: &[(i32, &str, &str)] =
-    &[(1, "initial", include_str!("migrations/0001_initial.sql"))];
+const MIGRATIONS: &[(i32, &str, &str)] = &[
+    (1, "initial", include_str!("migrations/0001_initial.sql")),
+    (2, "duties", include_str!("migrations/0002_duties.sql")),
+];
 
 /// The advisory lock held while migrating, so replicas starting together do not race.
 const MIGRATION_LOCK: i64 = 0x666c_6167_7374_6166; // "flagstaf"
@@ -79,6 +83,8 @@ pub struct PgStore {
     /// TLS for those connections, when the URL asks for it.
     tls: Option<MakeRustlsConnect>,
     retention: u64,
+    /// Names this flagstaffd as the holder of the leader's lease: random per process.
+    holder: String,
 }
 
 impl std::fmt::Debug for PgStore {
@@ -345,6 +351,7 @@ impl PgStore {
             config: Arc::new(config),
             tls,
             retention: retention.max(1),
+            holder: crate::storage::random_id(),
         };
         // Reachable now, or a clear error now rather than at the first request.
         store
@@ -623,6 +630,58 @@ async fn announce(client: &deadpool_postgres::Object, changed: bool, what: &'sta
     }
 }
 
+/// Adds a report's guard counts to the stored ones of the same flag version, starts them
+/// again for a newer version, and leaves them for an older one (no row returned then).
+const ADD_GUARD_COUNTS: &str = "INSERT INTO guard_counts AS g (environment, flag, flag_version,
+         target_weight, baseline_weight, target_exposures, baseline_exposures, target_events,
+         baseline_events)
+     SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9 WHERE EXISTS
+         (SELECT 1 FROM environments WHERE key = $1)
+     ON CONFLICT (environment, flag) DO UPDATE SET
+         target_weight = EXCLUDED.target_weight,
+         baseline_weight = EXCLUDED.baseline_weight,
+         target_exposures = EXCLUDED.target_exposures
+             + CASE WHEN g.flag_version = EXCLUDED.flag_version THEN g.target_exposures ELSE 0 END,
+         baseline_exposures = EXCLUDED.baseline_exposures
+             + CASE WHEN g.flag_version = EXCLUDED.flag_version THEN g.baseline_exposures ELSE 0 END,
+         target_events = EXCLUDED.target_events
+             + CASE WHEN g.flag_version = EXCLUDED.flag_version THEN g.target_events ELSE 0 END,
+         baseline_events = EXCLUDED.baseline_events
+             + CASE WHEN g.flag_version = EXCLUDED.flag_version THEN g.baseline_events ELSE 0 END,
+         flag_version = EXCLUDED.flag_version
+     WHERE g.flag_version <= EXCLUDED.flag_version
+     RETURNING flag_version, target_weight, baseline_weight, target_exposures,
+               baseline_exposures, target_events, baseline_events";
+
+/// A guard tally as the columns of `guard_counts`, from `flag_version` on.
+fn guard_row(t: &GuardTally) -> [i64; 7] {
+    let big = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+    [
+        big(t.flag_version),
+        i64::from(t.target_weight),
+        i64::from(t.baseline_weight),
+        big(t.target_exposures),
+        big(t.baseline_exposures),
+        big(t.target_events),
+        big(t.baseline_events),
+    ]
+}
+
+/// The guard tally in `row`'s columns from `first` on (in [`guard_row`]'s order).
+fn tally_of(row: &tokio_postgres::Row, first: usize) -> GuardTally {
+    let count = |i: usize| u64::try_from(row.get::<_, i64>(first + i)).unwrap_or(0);
+    let weight = |i: usize| u32::try_from(row.get::<_, i64>(first + i)).unwrap_or(0);
+    GuardTally {
+        flag_version: count(0),
+        target_weight: weight(1),
+        baseline_weight: weight(2),
+        target_exposures: count(3),
+        baseline_exposures: count(4),
+        target_events: count(5),
+        baseline_events: count(6),
+    }
+}
+
 /// An environment's row locked in an open transaction, for one commit.
 struct PgLocked<'a> {
     store: &'a PgStore,
@@ -633,6 +692,8 @@ struct PgLocked<'a> {
     epoch: String,
     /// The environment's record as locked.
     record: String,
+    /// The lease the commit is a duty of.
+    lease: Option<Lease>,
 }
 
 impl PgLocked<'_> {
@@ -667,6 +728,10 @@ impl Locked for PgLocked<'_> {
         Ok(complete(entries, revision, self.revision()))
     }
 
+    fn hold(&mut self, lease: Lease) {
+        self.lease = Some(lease);
+    }
+
     fn commit(
         mut self: Box<Self>,
         change: &Change,
@@ -681,7 +746,7 @@ impl Locked for PgLocked<'_> {
                 actual: self.revision(),
             });
         }
-        let commit = commit_of(
+        let mut commit = commit_of(
             &self.environment,
             change,
             patched,
@@ -689,6 +754,7 @@ impl Locked for PgLocked<'_> {
             rollouts,
             self.store.retention,
         );
+        commit.lease = self.duty();
         let tx = self.take()?;
         let record = std::mem::take(&mut self.record);
         let committing = Arc::new(AtomicBool::new(false));
@@ -698,6 +764,37 @@ impl Locked for PgLocked<'_> {
                 commit::finish(tx, database, commit, record, sent)
             })
     }
+
+    fn commit_plans(mut self: Box<Self>, rollouts: &[RolloutRecord]) -> Result<(), StoreError> {
+        let plans = commit::Plans {
+            environment: self.environment.clone(),
+            plans: rollouts.iter().map(plan_row).collect(),
+            lease: self.duty(),
+        };
+        let tx = self.take()?;
+        let committing = Arc::new(AtomicBool::new(false));
+        let sent = committing.clone();
+        self.store
+            .call_committing(Some(committing), move |_, database| {
+                commit::finish_plans(tx, database, plans, sent)
+            })
+    }
+}
+
+impl PgLocked<'_> {
+    /// The lease to check in the commit, with this flagstaffd's name: `None` unless a duty.
+    fn duty(&self) -> Option<(String, i64)> {
+        self.lease.map(|lease| {
+            let generation = i64::try_from(lease.generation).unwrap_or(i64::MAX);
+            (self.store.holder.clone(), generation)
+        })
+    }
+}
+
+/// A plan as a commit writes it: flag, document, and the version the stored plan must be at.
+fn plan_row(plan: &RolloutRecord) -> (String, String, i64) {
+    let expected = i64::try_from(plan.version.saturating_sub(1)).unwrap_or(i64::MAX);
+    (plan.flag.clone(), json(plan), expected)
 }
 
 /// What [`Commit`] writes for `change` to `environment`.
@@ -736,7 +833,8 @@ fn commit_of(
                 Some((s.key.clone(), json(&without_keys(s)), (*patch).clone()))
             })
             .collect(),
-        rollouts: rollouts.iter().map(|p| (p.flag.clone(), json(p))).collect(),
+        rollouts: rollouts.iter().map(plan_row).collect(),
+        lease: None,
         change: json(change),
         audit: audit.clone(),
         audit_json: json(audit),
@@ -1098,6 +1196,7 @@ impl Store for PgStore {
             revision,
             epoch,
             record,
+            lease: None,
         }))
     }
 
@@ -1111,6 +1210,54 @@ impl Store for PgStore {
             announce,
         ));
         Some(announcements)
+    }
+
+    fn lead(&self) -> Option<Leadership> {
+        let runtime = self.handle().ok()?;
+        let (leading, leadership) = tokio::sync::watch::channel(None);
+        runtime.spawn(lease::lead(
+            (*self.config).clone(),
+            self.tls.clone(),
+            self.database.clone(),
+            self.holder.clone(),
+            leading,
+        ));
+        Some(leadership)
+    }
+
+    fn add_guard_counts(
+        &self,
+        environment: &str,
+        flag: &str,
+        counts: &GuardTally,
+    ) -> Result<Option<GuardTally>, StoreError> {
+        let (env, flag) = (environment.to_owned(), flag.to_owned());
+        let row = guard_row(counts);
+        let sum = self.call(move |pool, database| async move {
+            let client = pool.get().await.map_err(|e| pool_failed(&database, e))?;
+            let statement = client
+                .prepare_cached(ADD_GUARD_COUNTS)
+                .await
+                .map_err(|e| failed(&database, e))?;
+            let [version, tw, bw, te, be, tv, bv] = &row;
+            client
+                .query_opt(&statement, &[&env, &flag, version, tw, bw, te, be, tv, bv])
+                .await
+                .map_err(|e| failed(&database, e))
+                .map(|row| row.map(|r| tally_of(&r, 0)))
+        })?;
+        // No row back: the stored counts are of a newer flag version than these.
+        Ok(Some(sum.unwrap_or_default()))
+    }
+
+    fn guard_counts(&self, environment: &str) -> Result<Vec<(String, GuardTally)>, StoreError> {
+        self.rows(
+            "SELECT flag, flag_version, target_weight, baseline_weight, target_exposures,
+                    baseline_exposures, target_events, baseline_events
+             FROM guard_counts WHERE environment = $1 ORDER BY flag",
+            vec![Param::Text(environment.to_owned())],
+            |row| (row.get::<_, String>(0), tally_of(row, 1)),
+        )
     }
 
     fn put_rollout(&self, environment: &str, plan: &RolloutRecord) -> Result<(), StoreError> {
