@@ -25,8 +25,18 @@ pub(crate) fn render<S: Store>(
     clients: &Clients,
 ) -> String {
     let damaged = envs.damaged();
+    let leads = envs.leads();
     let envs = envs.list();
     let mut out = Exposition::default();
+
+    out.family(
+        "flagstaff_leader",
+        "gauge",
+        "1 while this flagstaffd holds the leader's lease and so runs the exactly-one duties \
+         (the rollout scheduler, guard decisions); 0 while another flagstaffd on the database \
+         does. Always 1 on sled.",
+    );
+    out.sample("flagstaff_leader", &[], u64::from(leads));
 
     out.family(
         "flagstaff_environment_damaged",

@@ -49,14 +49,23 @@ pub async fn schedule<S: Store>(
     let mut leadership = environments.leadership();
     let mut guards = tokio::time::interval(GUARD_CHECK);
     guards.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Told when it changes; on a store of its own, it always leads and nothing is told.
+    let mut leading = leadership.is_none();
     loop {
         if !environments.leads() {
-            tracing::debug!("another flagstaffd leads: rollout plans wait");
+            if leading {
+                tracing::info!("another flagstaffd leads: it runs the rollout plans and guards");
+            }
+            leading = false;
             tokio::select! {
                 () = led(&mut leadership) => {}
                 () = &mut stopped => return,
             }
             continue;
+        }
+        if !leading {
+            tracing::info!("this flagstaffd leads: it runs the rollout plans and guards");
+            leading = true;
         }
         let now = clock.now_ms();
         let (due, next) = environments.due_rollouts(now);

@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use flagstaff_proto::pb;
-use flagstaff_tests::TestServer;
+use flagstaff_tests::{eventually, TestServer};
 use prost::Message as _;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tonic::transport::{Certificate, ClientTlsConfig, Endpoint};
@@ -331,7 +331,20 @@ async fn metrics_count_writes_revisions_flags_and_requests() {
     assert_eq!(empty.types["flagstaff_flags"], "gauge");
     assert_eq!(empty.types["flagstaff_connected_sdks"], "gauge");
     assert_eq!(empty.types["flagstaff_grpc_requests_total"], "counter");
-    assert!(empty.samples.is_empty(), "{:?}", empty.samples);
+    assert_eq!(empty.types["flagstaff_leader"], "gauge");
+    // One flagstaffd alone (or the one holding the lease on PostgreSQL) leads.
+    eventually("this flagstaffd to lead", async || {
+        scrape(&server).await.get("flagstaff_leader", &[]) == Some(1.0)
+    })
+    .await;
+    assert!(
+        empty
+            .samples
+            .keys()
+            .all(|(name, _)| name == "flagstaff_leader"),
+        "{:?}",
+        empty.samples
+    );
 
     create_environment(&mut admin, "staging").await;
     create_environment(&mut admin, "production").await;
