@@ -39,6 +39,7 @@
 #![deny(missing_docs)]
 
 pub mod postgres;
+pub mod process;
 pub mod proxy;
 mod store;
 mod wait;

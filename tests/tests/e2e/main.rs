@@ -25,6 +25,7 @@ mod postgres_harness;
 mod postgres_tls;
 mod propagation;
 mod replica_duties;
+mod replica_processes;
 mod replicas;
 mod rollouts;
 mod sdk;
