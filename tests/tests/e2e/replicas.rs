@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use flagstaff_proto::pb;
 use flagstaff_tests::postgres::fresh_database;
+use flagstaff_tests::proxy::{FaultProxy, Mode};
 use flagstaff_tests::watcher::{subscribe, State, Watcher};
 use flagstaff_tests::{eventually, store_kind, StoreKind, TestServer};
 use futures_util::future::join_all;
@@ -349,5 +350,119 @@ async fn refused(
     match tokio::time::timeout(LIMIT, watcher.step()).await {
         Ok(Err(status)) => Some(status),
         _ => None,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_recover_by_themselves_from_a_database_restart_under_writes_without_a_gap() {
+    if store_kind() != StoreKind::Postgres {
+        return;
+    }
+    let Some(url) = fresh_database() else {
+        return;
+    };
+    // Every replica reaches the database through the proxy, which restarts it (cuts every
+    // connection and refuses new ones for a while) when told.
+    let rest = url
+        .strip_prefix("postgres://postgres@")
+        .expect("the harness's URL");
+    let (host_port, database) = rest.split_once('/').expect("a database");
+    let proxy = FaultProxy::start(host_port.parse().expect("host:port")).await;
+    let proxied = format!("postgres://postgres@{}/{database}", proxy.addr);
+    let first = TestServer::builder()
+        .database_url(proxied.clone())
+        .start()
+        .await;
+    let sdk = prepare(&first).await;
+    let mut servers = vec![first];
+    for _ in 1..REPLICAS {
+        let dir = tempfile::tempdir().expect("a data directory");
+        std::fs::write(dir.path().join("admin.token"), &servers[0].admin_token)
+            .expect("the admin token");
+        let server = TestServer::builder()
+            .database_url(proxied.clone())
+            .data_dir(dir)
+            .start()
+            .await;
+        servers.push(server);
+    }
+    let mut watchers = Vec::new();
+    for (r, server) in servers.iter().enumerate() {
+        let mut sync = server.sync_with(&sdk).await;
+        let start = subscribe(&format!("replica-{r}"), "production", &State::default());
+        let watcher = Watcher::open(&mut sync, start, State::default())
+            .await
+            .expect("watching");
+        watchers.push(watcher);
+    }
+
+    // A writer on each replica for three seconds; the database restarts in the middle.
+    // Writes fail while it is down (or their outcome is unknown), and work again after.
+    let writers = servers.iter().enumerate().map(|(r, server)| async move {
+        let mut admin = server.admin().await;
+        let mut written = 0;
+        let started = std::time::Instant::now();
+        let mut n = 0;
+        while started.elapsed() < Duration::from_secs(3) {
+            let toggled = admin
+                .set_flag_enabled(pb::SetFlagEnabledRequest {
+                    environment: "production".into(),
+                    key: format!("f{r}"),
+                    enabled: n % 2 == 1,
+                    ..Default::default()
+                })
+                .await;
+            match toggled {
+                Ok(_) => written += 1,
+                Err(status) => assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}"),
+            }
+            n += 1;
+        }
+        written
+    });
+    let restart = async {
+        tokio::time::sleep(Duration::from_millis(1_000)).await;
+        proxy.set(Mode::Refuse);
+        proxy.drop_connections();
+        tokio::time::sleep(Duration::from_millis(1_000)).await;
+        proxy.set(Mode::Pass);
+    };
+    let (written, ()) = tokio::join!(join_all(writers), restart);
+    assert!(written.iter().all(|&w| w > 0), "{written:?}");
+
+    // Each replica, by itself, holds what the database holds and takes writes again.
+    for server in &servers {
+        let mut admin = server.admin().await;
+        eventually("a write once the database is back", async || {
+            admin
+                .set_flag_enabled(pb::SetFlagEnabledRequest {
+                    environment: "production".into(),
+                    key: "t".into(),
+                    enabled: false,
+                    ..Default::default()
+                })
+                .await
+                .ok()
+        })
+        .await;
+    }
+    let stored = server_state(&open_database(&servers[0]));
+    for (r, server) in servers.iter().enumerate() {
+        eventually("the replica holds what the database holds", async || {
+            (server_state(&server.environments) == stored).then_some(())
+        })
+        .await;
+        assert_eq!(server_state(&server.environments), stored, "replica {r}");
+    }
+    // No stream lost a revision, or had to start again from a snapshot.
+    for (i, watcher) in watchers.iter_mut().enumerate() {
+        watcher.until(stored.revision, LIMIT).await;
+        assert_eq!(watcher.state, stored, "watcher {i}");
+        let deltas = &watcher.received.deltas;
+        assert!(
+            deltas.windows(2).all(|pair| pair[1] == pair[0] + 1),
+            "watcher {i} applied {deltas:?}"
+        );
+        assert_eq!(watcher.received.snapshots, 1, "watcher {i}");
     }
 }
