@@ -231,6 +231,17 @@ async fn a_guard_decides_on_what_sdks_reported_through_every_replica() {
     // guard needs before it decides anything, the target at 4% against the baseline's
     // 0.44%.
     for (n, server) in servers.iter().enumerate().filter(|(n, _)| *n != lead) {
+        // As an SDK reports for the flag version it got from this replica's stream, which
+        // has then applied the plan's start.
+        eventually_within("the replica to hold the plan", TAKEOVER, async || {
+            server
+                .environments
+                .get("production")
+                .ok()
+                .and_then(|env| env.rollout("checkout"))
+                .is_some()
+        })
+        .await;
         let mut sync = server.sync_with(&token).await;
         let request = pb::ReportMetricsRequest {
             instance_id: format!("instance-{n}"),
