@@ -3,7 +3,7 @@
 use super::{
     Announcements, AuditEntry, AuditHead, BackupRecord, Change, Damage, Documents,
     EnvironmentRecord, FlagUsage, GuardTally, Leadership, Locked, PgStore, Readable,
-    RestoredEnvironment, RolloutRecord, SledStore, Store, StoreError, TokenRecord,
+    RestoredEnvironment, RolloutRecord, SledStore, Store, StoreError, TokenKey, TokenRecord,
     TICKET_KEY_BYTES,
 };
 
@@ -164,6 +164,14 @@ impl Store for Backend {
 
     fn tokens(&self) -> Result<Vec<TokenRecord>, StoreError> {
         each_store!(self, s => s.tokens())
+    }
+
+    fn token(&self, key: TokenKey<'_>) -> Result<Option<TokenRecord>, StoreError> {
+        each_store!(self, s => s.token(key))
+    }
+
+    fn is_shared(&self) -> bool {
+        each_store!(self, s => s.is_shared())
     }
 
     fn dump(

@@ -573,6 +573,25 @@ pub struct TokenRecord {
     pub client_secret: Option<String>,
 }
 
+/// How a token is named when it is looked up in a store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenKey<'a> {
+    /// By its id.
+    Id(&'a str),
+    /// By the SHA-256 of its secret, lower-case hex.
+    Hash(&'a str),
+}
+
+impl TokenKey<'_> {
+    /// Whether `token` is the one named.
+    pub fn names(&self, token: &TokenRecord) -> bool {
+        match self {
+            TokenKey::Id(id) => token.id == *id,
+            TokenKey::Hash(hash) => token.hash == *hash,
+        }
+    }
+}
+
 /// An environment's committed documents, as stored.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Documents {
@@ -890,6 +909,18 @@ pub trait Store: Send + Sync + 'static {
     /// Every token, revoked ones included; a token record that cannot be read is left out
     /// (and logged): it does not work.
     fn tokens(&self) -> Result<Vec<TokenRecord>, StoreError>;
+
+    /// The token `key` names, revoked or not; `None` when there is none (or its record cannot
+    /// be read). What a flagstaffd sharing its store asks about a token it has not heard of.
+    fn token(&self, key: TokenKey<'_>) -> Result<Option<TokenRecord>, StoreError> {
+        Ok(self.tokens()?.into_iter().find(|t| key.names(t)))
+    }
+
+    /// Whether other flagstaffd processes write this store too (PostgreSQL), so that what this
+    /// one holds in memory may lag it: a token unknown here may exist there.
+    fn is_shared(&self) -> bool {
+        false
+    }
 
     /// Every record a backup carries, passed to `visit` one at a time: each environment,
     /// followed by its documents, change log, audit log, rollout plans and usage, then every

@@ -38,8 +38,8 @@ use tokio_postgres::NoTls;
 use super::{
     decode, encode, read_record, Announcements, AuditEntry, AuditHead, BackupRecord, Change,
     Damage, Documents, EnvironmentRecord, FlagUsage, GuardTally, Leadership, Lease, Locked,
-    Readable, RestoredEnvironment, RolloutRecord, Store, StoreError, TokenRecord, TICKET_KEY,
-    TICKET_KEY_BYTES,
+    Readable, RestoredEnvironment, RolloutRecord, Store, StoreError, TokenKey, TokenRecord,
+    TICKET_KEY, TICKET_KEY_BYTES,
 };
 
 /// The migrations, in order: version, name, SQL. A database at a version above the last is
@@ -1512,6 +1512,36 @@ impl Store for PgStore {
             }
         }
         Ok(tokens)
+    }
+
+    fn token(&self, key: TokenKey<'_>) -> Result<Option<TokenRecord>, StoreError> {
+        // Tokens are few, and an unknown one is looked up at most a few times a second
+        // (crate::auth): a look at every row by hash costs the database little.
+        let (sql, value) = match key {
+            TokenKey::Id(id) => ("SELECT id, record::text FROM tokens WHERE id = $1", id),
+            TokenKey::Hash(hash) => (
+                "SELECT id, record::text FROM tokens WHERE record->>'hash' = $1",
+                hash,
+            ),
+        };
+        let rows = self.rows(sql, vec![Param::Text(value.to_owned())], |row| {
+            (row.get::<_, String>(0), row.get::<_, String>(1))
+        })?;
+        for (id, text) in rows {
+            match decode::<TokenRecord>(&format!("tokens/{id}"), text.as_bytes()) {
+                Ok(token) if key.names(&token) => return Ok(Some(token)),
+                Ok(_) => {}
+                // A token that cannot be read does not work.
+                Err(e) => {
+                    tracing::error!(error = %e, "a damaged token record is skipped; `flagstaffd check` lists it and `flagstaffd repair` removes it")
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    fn is_shared(&self) -> bool {
+        true
     }
 
     fn dump(
