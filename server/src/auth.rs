@@ -8,6 +8,14 @@
 //! evaluate over OFREP in its one environment; `client` may only evaluate the `client_side`
 //! flags of its one environment over OFREP and passes no gRPC access check. A fresh data
 //! directory gets an admin token in the 0600 file `<data-dir>/admin.token`.
+//!
+//! Tokens are held in memory and checked there. On a store other flagstaffd processes share
+//! (PostgreSQL), a token this one has not heard of yet is looked up in the store before it is
+//! refused ([`lookup`]).
+
+mod lookup;
+
+pub use lookup::{LookupCounts, CONCURRENT_LOOKUPS, LOOKUPS_PER_SECOND, REMEMBER_UNKNOWN};
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -18,6 +26,8 @@ use sha2::{Digest, Sha256};
 
 use crate::error::ServerError;
 use crate::storage::{now_ms, random_id, Role, Store, TokenRecord};
+
+use self::lookup::{Found, Key, Lookups, Next};
 
 /// The file a fresh data directory's admin token is written to.
 pub const ADMIN_TOKEN_FILE: &str = "admin.token";
@@ -76,7 +86,7 @@ impl TokenRecord {
 }
 
 /// The SHA-256 of `secret` in lower-case hex: how tokens are stored and looked up.
-fn hash(secret: &str) -> String {
+pub fn hash(secret: &str) -> String {
     hex(&Sha256::digest(secret.as_bytes()))
 }
 
@@ -96,12 +106,33 @@ fn new_secret() -> String {
     format!("fs_{}{}", random_id(), random_id())
 }
 
+/// The longest token id looked up in the store.
+const LONGEST_ID: usize = 64;
+
+/// The refusal of a token nobody created.
+const UNKNOWN: &str = "unknown token";
+
+/// The refusal of a token not held in memory when too many such are being looked up.
+const TOO_MANY_LOOKUPS: &str = "unknown token: this flagstaffd has not heard of it, and is \
+     looking up too many unknown tokens in the database to look this one up now; a token just \
+     created through another flagstaffd works here within seconds, retry then";
+
+/// The refusal of a token not held in memory when the database cannot be asked about it.
+const LOOKUP_FAILED: &str = "this flagstaffd has not heard of the token and cannot look it up \
+     in the database now; retry shortly";
+
+/// The tokens by hash of their secret, as held in memory.
+type Held = RwLock<HashMap<String, TokenRecord>>;
+
 /// The tokens, by hash of their secret.
 #[derive(Debug)]
 pub struct Tokens<S> {
     store: Arc<S>,
-    /// Read on every request, written when a token is created or revoked.
-    by_hash: RwLock<HashMap<String, TokenRecord>>,
+    /// Read on every request, written when a token is created, revoked or looked up. Shared
+    /// with the blocking threads of lookups, which add what they found.
+    by_hash: Arc<Held>,
+    /// On a store other flagstaffd processes share: looking up there the tokens not held here.
+    lookups: Option<Arc<Lookups>>,
     /// Serialises [`Tokens::create_named`], so two tokens cannot take the same name at once.
     /// A std mutex: held on a blocking thread for one creation, never across an await.
     naming: Mutex<()>,
@@ -117,9 +148,11 @@ impl<S: Store> Tokens<S> {
             .into_iter()
             .map(|t| (t.hash.clone(), t))
             .collect();
+        let lookups = store.is_shared().then(|| Arc::new(Lookups::new()));
         Ok(Tokens {
             store,
-            by_hash: RwLock::new(by_hash),
+            by_hash: Arc::new(RwLock::new(by_hash)),
+            lookups,
             naming: Mutex::new(()),
             revocations: tokio::sync::watch::Sender::new(0),
         })
@@ -371,16 +404,95 @@ impl<S: Store> Tokens<S> {
             .cloned()
     }
 
-    /// The token whose secret is `secret`, if it exists and is not revoked.
-    pub fn authenticate(&self, secret: &str) -> Result<TokenRecord, ServerError> {
-        let map = self.by_hash.read().unwrap_or_else(|p| p.into_inner());
-        match map.get(&hash(secret)) {
-            Some(token) if !token.revoked => Ok(token.clone()),
-            Some(_) => Err(ServerError::Unauthenticated(
-                "the token has been revoked".to_owned(),
-            )),
-            None => Err(ServerError::Unauthenticated("unknown token".to_owned())),
+    /// The token whose secret is `secret`, if it exists and is not revoked: as held in
+    /// memory, or, on a store other flagstaffd processes share, as looked up there when it is
+    /// not (on a blocking thread; bounded, see [`lookup`]). A token held is answered at once,
+    /// without waiting for anything.
+    pub async fn authenticate(&self, secret: &str) -> Result<TokenRecord, ServerError> {
+        let hash = hash(secret);
+        if let Some(held) = self.held(&hash) {
+            return held;
         }
+        match self.look_up(Key::Hash(hash)).await? {
+            Some(token) => usable(&token).map(|()| token),
+            None => Err(ServerError::Unauthenticated(UNKNOWN.to_owned())),
+        }
+    }
+
+    /// [`authenticate`](Self::authenticate) from memory alone: what this flagstaffd has
+    /// heard of. All there is on a store no other process writes (sled).
+    pub fn authenticate_held(&self, secret: &str) -> Result<TokenRecord, ServerError> {
+        self.held(&hash(secret))
+            .unwrap_or_else(|| Err(ServerError::Unauthenticated(UNKNOWN.to_owned())))
+    }
+
+    /// The token `id`, revoked or not: as held in memory, or, on a store other flagstaffd
+    /// processes share, as looked up there when it is not.
+    pub async fn find(&self, id: &str) -> Result<Option<TokenRecord>, ServerError> {
+        if let Some(token) = self.by_id(id) {
+            return Ok(Some(token));
+        }
+        // Ids are 32 hex digits: a longer one names no token, and is not remembered as unknown.
+        if id.len() > LONGEST_ID {
+            return Ok(None);
+        }
+        self.look_up(Key::Id(id.to_owned())).await
+    }
+
+    /// The token whose secret hashes to `hash` as held in memory, if it is: itself, or why it
+    /// may not be used.
+    fn held(&self, hash: &str) -> Option<Result<TokenRecord, ServerError>> {
+        let map = self.by_hash.read().unwrap_or_else(|p| p.into_inner());
+        let token = map.get(hash)?;
+        Some(usable(token).map(|()| token.clone()))
+    }
+
+    /// The token `key` names, looked up in a store other flagstaffd processes share and held
+    /// in memory from then on; `None` when the store holds none, or is shared with nobody.
+    /// Refused at once when too many lookups are under way or began this second.
+    async fn look_up(&self, key: Key) -> Result<Option<TokenRecord>, ServerError> {
+        let Some(lookups) = &self.lookups else {
+            return Ok(None);
+        };
+        let mut answer = match lookups.begin(key) {
+            Next::RecentlyUnknown => return Ok(None),
+            Next::Busy => return Err(ServerError::Unauthenticated(TOO_MANY_LOOKUPS.to_owned())),
+            Next::Wait(answer) => answer,
+            Next::Lead(lookup) => {
+                let answer = lookup.answer();
+                let (store, held) = (self.store.clone(), self.by_hash.clone());
+                // Not awaited to the end by a request that goes away: the others waiting for
+                // it, and the next requests, still get its answer.
+                tokio::task::spawn_blocking(move || {
+                    let found = match store.token(lookup.key().as_store()) {
+                        Ok(Some(token)) => Found::Token(hold(&held, token)),
+                        Ok(None) => Found::Unknown,
+                        Err(e) => Found::Failed(e.to_string()),
+                    };
+                    lookup.finish(found);
+                });
+                answer
+            }
+        };
+        let found = match answer.wait_for(Option::is_some).await {
+            Ok(found) => found.clone(),
+            Err(_) => None,
+        };
+        match found {
+            Some(Found::Token(token)) => Ok(Some(token)),
+            Some(Found::Unknown) => Ok(None),
+            Some(Found::Failed(why)) => {
+                tracing::warn!(error = %why, "cannot look up a token in the database");
+                Err(ServerError::Unavailable(LOOKUP_FAILED.to_owned()))
+            }
+            None => Err(ServerError::Unavailable(LOOKUP_FAILED.to_owned())),
+        }
+    }
+
+    /// How tokens not held in memory were looked up since the server started; `None` on a
+    /// store no other process writes, where none is.
+    pub fn lookup_counts(&self) -> Option<LookupCounts> {
+        self.lookups.as_ref().map(|lookups| lookups.counts())
     }
 
     /// Mints an admin token and writes its secret to `<data_dir>/admin.token`, readable by
@@ -400,6 +512,24 @@ impl<S: Store> Tokens<S> {
         })?;
         Ok(path)
     }
+}
+
+/// Whether `token` may be used: not if it is revoked.
+fn usable(token: &TokenRecord) -> Result<(), ServerError> {
+    match token.revoked {
+        false => Ok(()),
+        true => Err(ServerError::Unauthenticated(
+            "the token has been revoked".to_owned(),
+        )),
+    }
+}
+
+/// Holds `token`, read from the store, in `held`, unless a token of its hash is held already
+/// (held since, and as new as the read or newer: tokens are only ever created and revoked);
+/// returns the token as held.
+fn hold(held: &Held, token: TokenRecord) -> TokenRecord {
+    let mut map = held.write().unwrap_or_else(|p| p.into_inner());
+    map.entry(token.hash.clone()).or_insert(token).clone()
 }
 
 /// Writes `text` to a new file readable and writable by its owner only, replacing any old one.

@@ -325,13 +325,14 @@ impl Server {
         let routes = http::routes(ofrep, stopping.clone(), readiness.clone());
 
         let metrics = options.metrics.map(|listener| {
-            let (envs, requests, clients) = (
+            let (envs, requests, clients, tokens) = (
                 self.envs.clone(),
                 self.requests.clone(),
                 self.clients.clone(),
+                self.tokens.clone(),
             );
             let render: metrics::endpoint::Render =
-                Arc::new(move || metrics::render(&envs, &requests, &clients));
+                Arc::new(move || metrics::render(&envs, &requests, &clients, &tokens));
             tokio::spawn(metrics::endpoint::serve(
                 listener,
                 render,

@@ -42,7 +42,7 @@ fn each_role_allows_exactly_its_table_row() {
             _ => (Role::Client, Some("prod")),
         };
         let (_, secret) = tokens.create(role_name, role, env).expect("create");
-        let token = tokens.authenticate(&secret).expect("authenticates");
+        let token = tokens.authenticate_held(&secret).expect("authenticates");
         for (access, expected) in accesses.iter().zip(row) {
             assert_eq!(
                 token.allows(*access),
@@ -76,21 +76,21 @@ fn secrets_are_stored_hashed_and_revocation_sticks() {
 
     let tokens = tokens(dir.path());
     assert_eq!(
-        tokens.authenticate(&secret).expect("still valid").name,
+        tokens.authenticate_held(&secret).expect("still valid").name,
         "ci"
     );
     tokens.revoke(&id).expect("revoke");
-    let err = tokens.authenticate(&secret).expect_err("revoked");
+    let err = tokens.authenticate_held(&secret).expect_err("revoked");
     assert_eq!(err.to_string(), "the token has been revoked");
     drop(tokens);
     let tokens = self::tokens(dir.path());
     assert!(matches!(
-        tokens.authenticate(&secret),
+        tokens.authenticate_held(&secret),
         Err(ServerError::Unauthenticated(_))
     ));
     assert_eq!(
         tokens
-            .authenticate("fs_guess")
+            .authenticate_held("fs_guess")
             .expect_err("unknown")
             .to_string(),
         "unknown token"
@@ -173,7 +173,9 @@ fn the_admin_token_file_is_private_and_works() {
         assert_eq!(mode, 0o600);
     }
     let secret = std::fs::read_to_string(&path).expect("read");
-    let token = tokens.authenticate(secret.trim()).expect("authenticates");
+    let token = tokens
+        .authenticate_held(secret.trim())
+        .expect("authenticates");
     assert!(token.allows(Access::Admin));
     assert!(!tokens.is_empty());
 }
@@ -214,7 +216,10 @@ fn only_client_tokens_are_kept_and_shown_again() {
         (shown.name.as_str(), secret.as_str()),
         ("web", client_secret.as_str())
     );
-    assert_eq!(tokens.authenticate(&secret).expect("works").id, client_id);
+    assert_eq!(
+        tokens.authenticate_held(&secret).expect("works").id,
+        client_id
+    );
 
     let message = |r: Result<_, ServerError>| r.map(|_| ()).expect_err("refused");
     let err = message(tokens.client_token(&sdk_id));

@@ -6,12 +6,14 @@
 //! environments module, which knows nothing of HTTP or Prometheus), gRPC requests by
 //! [`requests::CountRequestsLayer`] in counters fixed when the server starts, and the
 //! gauges (revision, flags) are read from the environments' current snapshots when scraped.
+//! Token lookups are counted by [`Tokens`] itself.
 
 pub(crate) mod endpoint;
 pub(crate) mod requests;
 
 use std::fmt::Write as _;
 
+use crate::auth::Tokens;
 use crate::clients::Clients;
 use crate::environments::Environments;
 use crate::storage::Store;
@@ -23,6 +25,7 @@ pub(crate) fn render<S: Store>(
     envs: &Environments<S>,
     requests: &RequestCounts,
     clients: &Clients,
+    tokens: &Tokens<S>,
 ) -> String {
     let damaged = envs.damaged();
     let leads = envs.leads();
@@ -112,6 +115,34 @@ pub(crate) fn render<S: Store>(
             &[("method", method), ("code", code)],
             count,
         );
+    }
+
+    out.family(
+        "flagstaff_token_lookups_total",
+        "counter",
+        "Tokens this server had not heard of, looked up in the database it shares with other \
+         servers, by outcome: found (revoked or not), unknown and failed asked the database; \
+         recently_unknown (it did not hold the token a moment ago) and busy (too many lookups \
+         at once or this second) were refused without asking it. Only outcomes that \
+         happened are listed; none on sled.",
+    );
+    if let Some(counts) = tokens.lookup_counts() {
+        for (outcome, count) in [
+            ("found", counts.found),
+            ("unknown", counts.unknown),
+            ("failed", counts.failed),
+            ("recently_unknown", counts.recently_unknown),
+            ("busy", counts.busy),
+        ] {
+            if count == 0 {
+                continue;
+            }
+            out.sample(
+                "flagstaff_token_lookups_total",
+                &[("outcome", outcome)],
+                count,
+            );
+        }
     }
 
     out.text

@@ -52,7 +52,7 @@ async fn evaluate_one<S: Store>(
     request: Request,
 ) -> Result<Response, OfrepError> {
     let (parts, body) = request.into_parts();
-    let caller = ofrep.caller(&parts)?;
+    let caller = ofrep.caller(&parts).await?;
     let env = ofrep.envs.get(&caller.environment)?;
     let context = read_context(body).await?;
     let ctx = RequestContext::read(&context).map_err(OfrepError::invalid_context)?;
@@ -87,7 +87,7 @@ async fn evaluate_all<S: Store>(
     request: Request,
 ) -> Result<Response, OfrepError> {
     let (parts, body) = request.into_parts();
-    let caller = ofrep.caller(&parts)?;
+    let caller = ofrep.caller(&parts).await?;
     let env = ofrep.envs.get(&caller.environment)?;
     let query = Query::<BulkQuery>::try_from_uri(&parts.uri)
         .map_err(|e| OfrepError::parse(format!("the query string: {}", e.body_text())))?;

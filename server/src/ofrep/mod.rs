@@ -33,6 +33,7 @@ use tower_http::cors::{AllowOrigin, CorsLayer};
 
 use crate::auth::{Tokens, Visibility};
 use crate::environments::Environments;
+use crate::error::ServerError;
 use crate::storage::{Role, Store};
 use error::OfrepError;
 use limit::{Limiter, StreamCaps};
@@ -105,13 +106,15 @@ impl<S: Store> Ofrep<S> {
     /// Who is asking: the token of `Authorization: Bearer …` or `X-API-Key`, which must be an
     /// `sdk` or `client` token. A client token is public, so its requests are limited per
     /// token and per client address (429 beyond); an sdk token is a service's secret and is
-    /// not limited.
-    fn caller(&self, parts: &Parts) -> Result<Caller, OfrepError> {
+    /// not limited. A token this flagstaffd has not heard of is looked up in a database it
+    /// shares with others first.
+    async fn caller(&self, parts: &Parts) -> Result<Caller, OfrepError> {
         let secret = presented_token(&parts.headers)?;
         let token = self
             .tokens
             .authenticate(secret)
-            .map_err(|e| OfrepError::unauthenticated(e.to_string()))?;
+            .await
+            .map_err(token_refused)?;
         let Some((environment, visibility)) = token.evaluation_scope() else {
             let role = match token.role {
                 Role::Admin => "an admin",
@@ -134,6 +137,15 @@ impl<S: Store> Ofrep<S> {
             environment: environment.to_owned(),
             visibility,
         })
+    }
+}
+
+/// The answer to a token that cannot be used: 401, or 503 when it could not be looked up in
+/// the database (the message says no more than that).
+pub(super) fn token_refused(err: ServerError) -> OfrepError {
+    match err {
+        ServerError::Unavailable(details) => OfrepError::unavailable(details, 1),
+        other => OfrepError::unauthenticated(other.to_string()),
     }
 }
 

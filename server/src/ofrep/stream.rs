@@ -108,13 +108,13 @@ pub(super) async fn events<S: Store>(
     State(ofrep): State<Arc<Ofrep<S>>>,
     request: Request,
 ) -> Response {
-    match open(&ofrep, request) {
+    match open(&ofrep, request).await {
         Ok(response) => response,
         Err(e) => e.into_response(),
     }
 }
 
-fn open<S: Store>(ofrep: &Ofrep<S>, request: Request) -> Result<Response, OfrepError> {
+async fn open<S: Store>(ofrep: &Ofrep<S>, request: Request) -> Result<Response, OfrepError> {
     let (parts, _) = request.into_parts();
     let query = Query::<EventsQuery>::try_from_uri(&parts.uri)
         .map_err(|e| OfrepError::parse(format!("the query string: {}", e.body_text())))?;
@@ -129,9 +129,13 @@ fn open<S: Store>(ofrep: &Ofrep<S>, request: Request) -> Result<Response, OfrepE
         .tickets
         .verify(ticket, SystemTime::now())
         .map_err(|e| OfrepError::unauthenticated(format!("the ticket is not valid: {e}")))?;
+    // Issued by any flagstaffd of the database: one that has not heard of the token yet
+    // looks it up there.
     let token = ofrep
         .tokens
-        .by_id(&ticket.token_id)
+        .find(&ticket.token_id)
+        .await
+        .map_err(super::token_refused)?
         .filter(|t| !t.revoked)
         .ok_or_else(|| OfrepError::unauthenticated("the token has been revoked"))?;
     let env = match ofrep.envs.get(&ticket.environment) {

@@ -120,12 +120,12 @@ pub(crate) fn bounded_message(message: &str) -> String {
 }
 
 /// The token of a request's `authorization: Bearer <token>` metadata, checked for `access`.
-pub fn authorize<S: Store, T>(
+pub async fn authorize<S: Store, T>(
     tokens: &Tokens<S>,
     request: &Request<T>,
     access: Access<'_>,
 ) -> Result<TokenRecord, Status> {
-    let token = authenticate(tokens, request)?;
+    let token = authenticate(tokens, request).await?;
     if !token.allows(access) {
         return Err(permission_denied(&token, access));
     }
@@ -133,8 +133,9 @@ pub fn authorize<S: Store, T>(
 }
 
 /// The token of a request's `authorization: Bearer <token>` metadata, if it exists and is
-/// not revoked; what it may do is checked separately.
-pub fn authenticate<S: Store, T>(
+/// not revoked (looked up in a store other flagstaffd processes share when it is not held
+/// here); what it may do is checked separately.
+pub async fn authenticate<S: Store, T>(
     tokens: &Tokens<S>,
     request: &Request<T>,
 ) -> Result<TokenRecord, Status> {
@@ -150,7 +151,7 @@ pub fn authenticate<S: Store, T>(
         .ok_or_else(|| {
             Status::unauthenticated("the authorization metadata must be `Bearer <token>`")
         })?;
-    Ok(tokens.authenticate(secret.trim())?)
+    Ok(tokens.authenticate(secret.trim()).await?)
 }
 
 /// The refusal of `access` to `token`.

@@ -35,14 +35,14 @@ impl<S: Store> pb::sync_server::Sync for SyncService<S> {
         &self,
         request: Request<Streaming<pb::WatchRequest>>,
     ) -> Result<Response<Self::WatchStream>, Status> {
-        self.watcher.watch(request)
+        self.watcher.watch(request).await
     }
 
     async fn report_metrics(
         &self,
         request: Request<pb::ReportMetricsRequest>,
     ) -> Result<Response<pb::ReportMetricsResponse>, Status> {
-        let token = authenticate(self.watcher.tokens(), &request)?;
+        let token = authenticate(self.watcher.tokens(), &request).await?;
         let req = request.into_inner();
         let environment = match (&token.environment, req.environment.as_str()) {
             (Some(own), "") => own.clone(),

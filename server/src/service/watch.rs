@@ -216,11 +216,11 @@ impl<S: Store> Watcher<S> {
     }
 
     /// Authenticates the call and starts its stream task.
-    pub fn watch(
+    pub async fn watch(
         self: &Arc<Self>,
         request: Request<Streaming<pb::WatchRequest>>,
     ) -> Result<Response<WatchStream>, Status> {
-        let token = authenticate(&self.tokens, &request)?;
+        let token = authenticate(&self.tokens, &request).await?;
         let (tx, outgoing) = channel();
         let outbox = Outbox {
             tx,

@@ -21,7 +21,7 @@ pub(super) async fn backup<S: Store>(
     admin: &AdminService<S>,
     request: Request<pb::BackupRequest>,
 ) -> Result<Response<BackupStream>, Status> {
-    admin.allow(&request, Access::Admin)?;
+    admin.allow(&request, Access::Admin).await?;
     let envs = admin.envs.clone();
     // A few chunks ahead of the client, no more: a slow client slows the backup, and holds
     // each environment's writer lock no longer than reading it from the store takes.

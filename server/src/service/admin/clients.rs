@@ -16,7 +16,9 @@ pub(super) async fn list_clients<S: Store>(
     admin: &AdminService<S>,
     request: Request<pb::ListClientsRequest>,
 ) -> Result<Response<pb::ListClientsResponse>, Status> {
-    admin.allow(&request, Access::Read(&request.get_ref().environment))?;
+    admin
+        .allow(&request, Access::Read(&request.get_ref().environment))
+        .await?;
     let env = admin.envs.get(&request.get_ref().environment)?;
     let mut instances = admin.clients.list(&env.key);
     instances.sort_by(|a, b| {
@@ -46,7 +48,9 @@ pub(super) async fn wait_for_revision<S: Store>(
     admin: &AdminService<S>,
     request: Request<pb::WaitForRevisionRequest>,
 ) -> Result<Response<pb::WaitForRevisionResponse>, Status> {
-    admin.allow(&request, Access::Read(&request.get_ref().environment))?;
+    admin
+        .allow(&request, Access::Read(&request.get_ref().environment))
+        .await?;
     let req = request.into_inner();
     let env = admin.envs.get(&req.environment)?;
     // A revision another flagstaffd on the database committed is brought here first.

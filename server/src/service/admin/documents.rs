@@ -91,7 +91,9 @@ pub(super) async fn apply<S: Store>(
     admin: &AdminService<S>,
     request: Request<pb::ApplyRequest>,
 ) -> Result<Response<pb::ApplyResponse>, Status> {
-    let token = admin.allow(&request, Access::Write(&request.get_ref().environment))?;
+    let token = admin
+        .allow(&request, Access::Write(&request.get_ref().environment))
+        .await?;
     let req = request.into_inner();
     let changes = match req.source {
         Some(pb::apply_request::Source::Documents(set)) => {
@@ -151,7 +153,9 @@ pub(super) async fn export<S: Store>(
     admin: &AdminService<S>,
     request: Request<pb::ExportRequest>,
 ) -> Result<Response<pb::ExportResponse>, Status> {
-    admin.allow(&request, Access::Read(&request.get_ref().environment))?;
+    admin
+        .allow(&request, Access::Read(&request.get_ref().environment))
+        .await?;
     let environment = request.into_inner().environment;
     let envs = admin.envs.clone();
     let response = blocking(move || {
@@ -171,7 +175,9 @@ pub(super) async fn list_history<S: Store>(
     admin: &AdminService<S>,
     request: Request<pb::ListHistoryRequest>,
 ) -> Result<Response<pb::ListHistoryResponse>, Status> {
-    admin.allow(&request, Access::Read(&request.get_ref().environment))?;
+    admin
+        .allow(&request, Access::Read(&request.get_ref().environment))
+        .await?;
     let req = request.into_inner();
     if !req.flag.is_empty() && !req.segment.is_empty() {
         return Err(Status::invalid_argument(
@@ -236,7 +242,9 @@ pub(super) async fn watch_changes<S: Store>(
     admin: &AdminService<S>,
     request: Request<pb::WatchChangesRequest>,
 ) -> Result<Response<ChangesStream>, Status> {
-    let token = admin.allow(&request, Access::Read(&request.get_ref().environment))?;
+    let token = admin
+        .allow(&request, Access::Read(&request.get_ref().environment))
+        .await?;
     let req = request.get_ref();
     crate::service::watch::watch_changes(
         &admin.envs,

@@ -13,7 +13,7 @@ pub(super) async fn create_environment<S: Store>(
     admin: &AdminService<S>,
     request: Request<pb::CreateEnvironmentRequest>,
 ) -> Result<Response<pb::CreateEnvironmentResponse>, Status> {
-    admin.allow(&request, Access::Admin)?;
+    admin.allow(&request, Access::Admin).await?;
     let pb::CreateEnvironmentRequest {
         environment,
         protected,
@@ -29,7 +29,7 @@ pub(super) async fn list_environments<S: Store>(
     admin: &AdminService<S>,
     request: Request<pb::ListEnvironmentsRequest>,
 ) -> Result<Response<pb::ListEnvironmentsResponse>, Status> {
-    admin.allow(&request, Access::Admin)?;
+    admin.allow(&request, Access::Admin).await?;
     let environments = admin
         .envs
         .list()
@@ -43,7 +43,7 @@ pub(super) async fn delete_environment<S: Store>(
     admin: &AdminService<S>,
     request: Request<pb::DeleteEnvironmentRequest>,
 ) -> Result<Response<pb::DeleteEnvironmentResponse>, Status> {
-    admin.allow(&request, Access::Admin)?;
+    admin.allow(&request, Access::Admin).await?;
     let pb::DeleteEnvironmentRequest {
         environment,
         confirm_protected,

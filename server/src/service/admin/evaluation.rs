@@ -14,7 +14,9 @@ pub(super) async fn evaluate<S: Store>(
     admin: &AdminService<S>,
     request: Request<pb::EvaluateRequest>,
 ) -> Result<Response<pb::EvaluateResponse>, Status> {
-    admin.allow(&request, Access::Read(&request.get_ref().environment))?;
+    admin
+        .allow(&request, Access::Read(&request.get_ref().environment))
+        .await?;
     let req = request.into_inner();
     let context = wire::required(req.context, "context")?;
     wire::context(&context)?;

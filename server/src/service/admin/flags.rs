@@ -16,7 +16,9 @@ pub(super) async fn create_flag<S: Store>(
     admin: &AdminService<S>,
     request: Request<pb::CreateFlagRequest>,
 ) -> Result<Response<pb::CreateFlagResponse>, Status> {
-    let token = admin.allow(&request, Access::Write(&request.get_ref().environment))?;
+    let token = admin
+        .allow(&request, Access::Write(&request.get_ref().environment))
+        .await?;
     let req = request.into_inner();
     let flag = wire::flag(wire::required(req.flag, "flag")?)?;
     let key = flag.key.clone();
@@ -40,7 +42,9 @@ pub(super) async fn get_flag<S: Store>(
     admin: &AdminService<S>,
     request: Request<pb::GetFlagRequest>,
 ) -> Result<Response<pb::GetFlagResponse>, Status> {
-    admin.allow(&request, Access::Read(&request.get_ref().environment))?;
+    admin
+        .allow(&request, Access::Read(&request.get_ref().environment))
+        .await?;
     let pb::GetFlagRequest { environment, key } = request.into_inner();
     wire::key(&key, "key")?;
     let envs = admin.envs.clone();
@@ -62,7 +66,9 @@ pub(super) async fn list_flags<S: Store>(
     admin: &AdminService<S>,
     request: Request<pb::ListFlagsRequest>,
 ) -> Result<Response<pb::ListFlagsResponse>, Status> {
-    admin.allow(&request, Access::Read(&request.get_ref().environment))?;
+    admin
+        .allow(&request, Access::Read(&request.get_ref().environment))
+        .await?;
     let req = request.into_inner();
     let envs = admin.envs.clone();
     let response = blocking(move || {
@@ -119,7 +125,9 @@ pub(super) async fn update_flag<S: Store>(
     admin: &AdminService<S>,
     request: Request<pb::UpdateFlagRequest>,
 ) -> Result<Response<pb::UpdateFlagResponse>, Status> {
-    let token = admin.allow(&request, Access::Write(&request.get_ref().environment))?;
+    let token = admin
+        .allow(&request, Access::Write(&request.get_ref().environment))
+        .await?;
     let req = request.into_inner();
     let mut flag = wire::flag(wire::required(req.flag, "flag")?)?;
     flag.version = wire::expected_of(flag.version, req.expected_version, "flag")?;
@@ -145,7 +153,9 @@ pub(super) async fn delete_flag<S: Store>(
     admin: &AdminService<S>,
     request: Request<pb::DeleteFlagRequest>,
 ) -> Result<Response<pb::DeleteFlagResponse>, Status> {
-    let token = admin.allow(&request, Access::Write(&request.get_ref().environment))?;
+    let token = admin
+        .allow(&request, Access::Write(&request.get_ref().environment))
+        .await?;
     let req = request.into_inner();
     wire::key(&req.key, "key")?;
     let expected = wire::expected(req.expected_version);
@@ -167,7 +177,9 @@ pub(super) async fn set_flag_enabled<S: Store>(
     admin: &AdminService<S>,
     request: Request<pb::SetFlagEnabledRequest>,
 ) -> Result<Response<pb::SetFlagEnabledResponse>, Status> {
-    let token = admin.allow(&request, Access::Write(&request.get_ref().environment))?;
+    let token = admin
+        .allow(&request, Access::Write(&request.get_ref().environment))
+        .await?;
     let req = request.into_inner();
     wire::key(&req.key, "key")?;
     let expected = wire::expected(req.expected_version);
@@ -195,7 +207,9 @@ pub(super) async fn set_default_serve<S: Store>(
     admin: &AdminService<S>,
     request: Request<pb::SetDefaultServeRequest>,
 ) -> Result<Response<pb::SetDefaultServeResponse>, Status> {
-    let token = admin.allow(&request, Access::Write(&request.get_ref().environment))?;
+    let token = admin
+        .allow(&request, Access::Write(&request.get_ref().environment))
+        .await?;
     let req = request.into_inner();
     wire::key(&req.key, "key")?;
     let serve = wire::serve(wire::required(req.serve, "serve")?)?;
@@ -224,7 +238,9 @@ pub(super) async fn revert_flag<S: Store>(
     admin: &AdminService<S>,
     request: Request<pb::RevertFlagRequest>,
 ) -> Result<Response<pb::RevertFlagResponse>, Status> {
-    let token = admin.allow(&request, Access::Write(&request.get_ref().environment))?;
+    let token = admin
+        .allow(&request, Access::Write(&request.get_ref().environment))
+        .await?;
     let req = request.into_inner();
     wire::key(&req.key, "key")?;
     if req.to_version == 0 {
@@ -255,7 +271,7 @@ pub(super) async fn promote_flag<S: Store>(
     admin: &AdminService<S>,
     request: Request<pb::PromoteFlagRequest>,
 ) -> Result<Response<pb::PromoteFlagResponse>, Status> {
-    let (token, req) = admin.allow_promotion(request, "flag")?;
+    let (token, req) = admin.allow_promotion(request, "flag").await?;
     let expected = wire::expected(req.expected_version);
     let writer = Writer::new(
         &token,

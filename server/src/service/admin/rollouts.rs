@@ -36,7 +36,9 @@ pub(super) async fn start_rollout<S: Store>(
     admin: &AdminService<S>,
     request: Request<pb::StartRolloutRequest>,
 ) -> Result<Response<pb::StartRolloutResponse>, Status> {
-    let token = admin.allow(&request, Access::Write(&request.get_ref().environment))?;
+    let token = admin
+        .allow(&request, Access::Write(&request.get_ref().environment))
+        .await?;
     let req = request.into_inner();
     wire::key(&req.flag, "flag")?;
     wire::key(&req.target_variant, "target_variant")?;
@@ -102,7 +104,9 @@ pub(super) async fn get_rollout<S: Store>(
     admin: &AdminService<S>,
     request: Request<pb::GetRolloutRequest>,
 ) -> Result<Response<pb::GetRolloutResponse>, Status> {
-    admin.allow(&request, Access::Read(&request.get_ref().environment))?;
+    admin
+        .allow(&request, Access::Read(&request.get_ref().environment))
+        .await?;
     let req = request.into_inner();
     wire::key(&req.flag, "flag")?;
     let env = admin.envs.get(&req.environment)?;
@@ -118,7 +122,9 @@ pub(super) async fn list_rollouts<S: Store>(
     admin: &AdminService<S>,
     request: Request<pb::ListRolloutsRequest>,
 ) -> Result<Response<pb::ListRolloutsResponse>, Status> {
-    admin.allow(&request, Access::Read(&request.get_ref().environment))?;
+    admin
+        .allow(&request, Access::Read(&request.get_ref().environment))
+        .await?;
     let req = request.into_inner();
     let env = admin.envs.get(&req.environment)?;
     let plans = env
@@ -134,7 +140,9 @@ pub(super) async fn pause_rollout<S: Store>(
     admin: &AdminService<S>,
     request: Request<pb::PauseRolloutRequest>,
 ) -> Result<Response<pb::PauseRolloutResponse>, Status> {
-    let token = admin.allow(&request, Access::Write(&request.get_ref().environment))?;
+    let token = admin
+        .allow(&request, Access::Write(&request.get_ref().environment))
+        .await?;
     let req = request.into_inner();
     wire::key(&req.flag, "flag")?;
     let writer = Writer::new(
@@ -155,7 +163,9 @@ pub(super) async fn resume_rollout<S: Store>(
     admin: &AdminService<S>,
     request: Request<pb::ResumeRolloutRequest>,
 ) -> Result<Response<pb::ResumeRolloutResponse>, Status> {
-    let token = admin.allow(&request, Access::Write(&request.get_ref().environment))?;
+    let token = admin
+        .allow(&request, Access::Write(&request.get_ref().environment))
+        .await?;
     let req = request.into_inner();
     wire::key(&req.flag, "flag")?;
     let writer = Writer::new(
@@ -176,7 +186,9 @@ pub(super) async fn rollback_rollout<S: Store>(
     admin: &AdminService<S>,
     request: Request<pb::RollbackRolloutRequest>,
 ) -> Result<Response<pb::RollbackRolloutResponse>, Status> {
-    let token = admin.allow(&request, Access::Write(&request.get_ref().environment))?;
+    let token = admin
+        .allow(&request, Access::Write(&request.get_ref().environment))
+        .await?;
     let req = request.into_inner();
     wire::key(&req.flag, "flag")?;
     let writer = Writer::new(
@@ -202,7 +214,9 @@ pub(super) async fn promote_rollout<S: Store>(
     admin: &AdminService<S>,
     request: Request<pb::PromoteRolloutRequest>,
 ) -> Result<Response<pb::PromoteRolloutResponse>, Status> {
-    let token = admin.allow(&request, Access::Write(&request.get_ref().environment))?;
+    let token = admin
+        .allow(&request, Access::Write(&request.get_ref().environment))
+        .await?;
     let req = request.into_inner();
     wire::key(&req.flag, "flag")?;
     let writer = Writer::new(

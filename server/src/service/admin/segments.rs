@@ -16,7 +16,9 @@ pub(super) async fn create_segment<S: Store>(
     admin: &AdminService<S>,
     request: Request<pb::CreateSegmentRequest>,
 ) -> Result<Response<pb::CreateSegmentResponse>, Status> {
-    let token = admin.allow(&request, Access::Write(&request.get_ref().environment))?;
+    let token = admin
+        .allow(&request, Access::Write(&request.get_ref().environment))
+        .await?;
     let req = request.into_inner();
     let segment = wire::segment(wire::required(req.segment, "segment")?)?;
     let key = segment.key.clone();
@@ -42,7 +44,9 @@ pub(super) async fn get_segment<S: Store>(
     admin: &AdminService<S>,
     request: Request<pb::GetSegmentRequest>,
 ) -> Result<Response<pb::GetSegmentResponse>, Status> {
-    admin.allow(&request, Access::Read(&request.get_ref().environment))?;
+    admin
+        .allow(&request, Access::Read(&request.get_ref().environment))
+        .await?;
     let pb::GetSegmentRequest { environment, key } = request.into_inner();
     wire::key(&key, "key")?;
     let envs = admin.envs.clone();
@@ -64,7 +68,9 @@ pub(super) async fn list_segments<S: Store>(
     admin: &AdminService<S>,
     request: Request<pb::ListSegmentsRequest>,
 ) -> Result<Response<pb::ListSegmentsResponse>, Status> {
-    admin.allow(&request, Access::Read(&request.get_ref().environment))?;
+    admin
+        .allow(&request, Access::Read(&request.get_ref().environment))
+        .await?;
     let req = request.into_inner();
     let envs = admin.envs.clone();
     let response = blocking(move || {
@@ -109,7 +115,9 @@ pub(super) async fn update_segment<S: Store>(
     admin: &AdminService<S>,
     request: Request<pb::UpdateSegmentRequest>,
 ) -> Result<Response<pb::UpdateSegmentResponse>, Status> {
-    let token = admin.allow(&request, Access::Write(&request.get_ref().environment))?;
+    let token = admin
+        .allow(&request, Access::Write(&request.get_ref().environment))
+        .await?;
     let req = request.into_inner();
     let mut segment = wire::segment(wire::required(req.segment, "segment")?)?;
     segment.version = wire::expected_of(segment.version, req.expected_version, "segment")?;
@@ -136,7 +144,9 @@ pub(super) async fn delete_segment<S: Store>(
     admin: &AdminService<S>,
     request: Request<pb::DeleteSegmentRequest>,
 ) -> Result<Response<pb::DeleteSegmentResponse>, Status> {
-    let token = admin.allow(&request, Access::Write(&request.get_ref().environment))?;
+    let token = admin
+        .allow(&request, Access::Write(&request.get_ref().environment))
+        .await?;
     let req = request.into_inner();
     wire::key(&req.key, "key")?;
     let expected = wire::expected(req.expected_version);
@@ -158,7 +168,9 @@ pub(super) async fn patch_segment_keys<S: Store>(
     admin: &AdminService<S>,
     request: Request<pb::PatchSegmentKeysRequest>,
 ) -> Result<Response<pb::PatchSegmentKeysResponse>, Status> {
-    let token = admin.allow(&request, Access::Write(&request.get_ref().environment))?;
+    let token = admin
+        .allow(&request, Access::Write(&request.get_ref().environment))
+        .await?;
     let req = request.into_inner();
     let patch = wire::required(req.patch, "patch")?;
     wire::key(&patch.segment, "patch.segment")?;
@@ -212,7 +224,7 @@ pub(super) async fn promote_segment<S: Store>(
     admin: &AdminService<S>,
     request: Request<pb::PromoteSegmentRequest>,
 ) -> Result<Response<pb::PromoteSegmentResponse>, Status> {
-    let (token, req) = admin.allow_promotion(request, "segment")?;
+    let (token, req) = admin.allow_promotion(request, "segment").await?;
     let expected = wire::expected(req.expected_version);
     let writer = Writer::new(
         &token,

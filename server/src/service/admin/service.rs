@@ -45,12 +45,12 @@ impl<S: Store> AdminService<S> {
 
     /// The request's token, checked for `access`; an environment-scoped access must name an
     /// environment.
-    pub(super) fn allow<T>(
+    pub(super) async fn allow<T>(
         &self,
         request: &Request<T>,
         access: Access<'_>,
     ) -> Result<TokenRecord, Status> {
-        let token = authorize(&self.tokens, request, access)?;
+        let token = authorize(&self.tokens, request, access).await?;
         if let Access::Read(environment) | Access::Write(environment) = access {
             wire::key(environment, "environment")?;
         }
@@ -60,17 +60,19 @@ impl<S: Store> AdminService<S> {
     /// The checks every promotion opens with, in this order: the token writes the environment
     /// and reads the one promoted from, which the request must name; the key; and two
     /// different environments (a `what`, flag or segment, is promoted to another one).
-    pub(super) fn allow_promotion<T: Promotion>(
+    pub(super) async fn allow_promotion<T: Promotion>(
         &self,
         request: Request<T>,
         what: &str,
     ) -> Result<(TokenRecord, T), Status> {
         let req = request.get_ref();
-        let token = self.allow(&request, Access::Write(req.environment()))?;
+        let token = self
+            .allow(&request, Access::Write(req.environment()))
+            .await?;
         if req.source().is_empty() {
             return Err(wire::missing("from_environment").into());
         }
-        self.allow(&request, Access::Read(req.source()))?;
+        self.allow(&request, Access::Read(req.source())).await?;
         let req = request.into_inner();
         wire::key(req.key(), "key")?;
         same_environments(req.source(), req.environment(), what)?;
