@@ -26,6 +26,7 @@ mod postgres_tls;
 mod propagation;
 mod replica_duties;
 mod replica_processes;
+mod replica_tokens;
 mod replicas;
 mod rollouts;
 mod sdk;
