@@ -75,3 +75,7 @@ CREATE TABLE guard_counts (
     baseline_events bigint NOT NULL,
     PRIMARY KEY (environment, flag)
 );
+
+-- A token a flagstaffd has not heard of yet (created through another) is looked up by the
+-- SHA-256 of its secret, which its record holds.
+CREATE INDEX tokens_by_hash ON tokens ((record ->> 'hash'));
