@@ -1,8 +1,10 @@
 //! [`Backend`]: whichever of the two stores flagstaffd was started on, as one [`Store`].
 
+use std::time::Duration;
+
 use super::{
     Announcements, AuditEntry, AuditHead, BackupRecord, Change, Damage, Documents,
-    EnvironmentRecord, FlagUsage, GuardTally, Leadership, Locked, PgStore, Readable,
+    EnvironmentRecord, FlagUsage, GuardTally, Instance, Leadership, Locked, PgStore, Readable,
     RestoredEnvironment, RolloutRecord, SledStore, Store, StoreError, TokenKey, TokenRecord,
     TICKET_KEY_BYTES,
 };
@@ -108,6 +110,27 @@ impl Store for Backend {
 
     fn put_usage(&self, environment: &str, usage: &[(&str, FlagUsage)]) -> Result<(), StoreError> {
         each_store!(self, s => s.put_usage(environment, usage))
+    }
+
+    fn shared(&self) -> bool {
+        each_store!(self, s => s.shared())
+    }
+
+    fn put_instances(&self, replica: &str, instances: &[Instance]) -> Result<bool, StoreError> {
+        each_store!(self, s => s.put_instances(replica, instances))
+    }
+
+    fn replica_instances(
+        &self,
+        environment: &str,
+        replica: &str,
+        silence: Duration,
+    ) -> Result<Vec<Instance>, StoreError> {
+        each_store!(self, s => s.replica_instances(environment, replica, silence))
+    }
+
+    fn prune_instances(&self, remember: Duration) -> Result<(), StoreError> {
+        each_store!(self, s => s.prune_instances(remember))
     }
 
     fn usage(&self, environment: &str) -> Result<Vec<(String, FlagUsage)>, StoreError> {

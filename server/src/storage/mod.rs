@@ -459,6 +459,43 @@ pub struct FlagUsage {
     pub last_evaluated_ms: u64,
 }
 
+/// Who an SDK instance says it is, from its Subscribe.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Identity {
+    /// Random, fixed for the life of one client.
+    pub instance_id: String,
+    /// The application embedding the SDK.
+    pub application: String,
+    /// The SDK's name and version.
+    pub sdk_version: String,
+    /// The host it runs on.
+    pub host: String,
+}
+
+/// An SDK instance as a flagstaffd knows it (`crate::clients`); on a store several flagstaffd
+/// share, each writes those whose streams it serves ([`Store::put_instances`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Instance {
+    /// The environment it watches.
+    pub environment: String,
+    /// Who it is.
+    pub identity: Identity,
+    /// The name of the token its stream authenticated with.
+    pub token: String,
+    /// Its open Watch streams (usually 0 or 1).
+    pub streams: u32,
+    /// When its current stream connected, or its last one did.
+    pub connected_ms: u64,
+    /// When its last stream closed; `None` while one is open.
+    pub disconnected_ms: Option<u64>,
+    /// The epoch of the revision it last acknowledged (empty before its first).
+    pub epoch: String,
+    /// The revision it last acknowledged (0 before its first).
+    pub applied_revision: u64,
+    /// When it last acknowledged one.
+    pub applied_ms: u64,
+}
+
 /// One stage of a plan.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RolloutStage {
@@ -845,6 +882,48 @@ pub trait Store: Send + Sync + 'static {
         Ok(Vec::new())
     }
 
+    /// Whether other flagstaffd processes share this store (PostgreSQL): then what they learn
+    /// besides commits (their SDK instances, the usage their SDKs report) is read from the
+    /// store, where each writes its own, rather than from this process's memory. `false` for
+    /// a store one process holds (sled), where memory is the whole truth.
+    fn shared(&self) -> bool {
+        false
+    }
+
+    /// Writes `instances`, the SDK instances of the flagstaffd process `replica` whose state
+    /// changed, in one statement, and records that `replica` is alive now (by the database's
+    /// clock), also when there are none. An instance of an environment deleted meanwhile is
+    /// left out. Returns whether the store had no record of `replica` (its first write, or
+    /// its record was pruned after a long silence, with its instances): then the caller
+    /// writes every instance it has. Does nothing on a store no other process shares.
+    fn put_instances(&self, replica: &str, instances: &[Instance]) -> Result<bool, StoreError> {
+        let _ = (replica, instances);
+        Ok(false)
+    }
+
+    /// The SDK instances of `environment` that replicas other than `replica` wrote, one per
+    /// instance and replica (an instance that moved appears once per replica it used); at
+    /// most [`MAX_SHARED_INSTANCES`], connected ones first. Those of a replica that has not
+    /// written for `silence` are shown disconnected, since that replica's last write. Nothing
+    /// on a store no other process shares.
+    fn replica_instances(
+        &self,
+        environment: &str,
+        replica: &str,
+        silence: std::time::Duration,
+    ) -> Result<Vec<Instance>, StoreError> {
+        let _ = (environment, replica, silence);
+        Ok(Vec::new())
+    }
+
+    /// Removes the SDK instances that have been disconnected (or whose replica has been
+    /// silent) for `remember`, and replicas silent that long. Does nothing on a store no
+    /// other process shares.
+    fn prune_instances(&self, remember: std::time::Duration) -> Result<(), StoreError> {
+        let _ = remember;
+        Ok(())
+    }
+
     /// Stores a rollout plan (replacing the flag's previous one), durably.
     fn put_rollout(&self, environment: &str, plan: &RolloutRecord) -> Result<(), StoreError>;
 
@@ -954,6 +1033,9 @@ pub trait Store: Send + Sync + 'static {
     /// get the same key (it is created with a compare-and-swap). Durable when it returns.
     fn ticket_key(&self) -> Result<[u8; TICKET_KEY_BYTES], StoreError>;
 }
+
+/// The most SDK instances [`Store::replica_instances`] reads for one environment.
+pub const MAX_SHARED_INSTANCES: usize = 100_000;
 
 /// The length of the key [`Store::ticket_key`] keeps.
 pub const TICKET_KEY_BYTES: usize = 32;

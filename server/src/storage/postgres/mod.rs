@@ -22,6 +22,7 @@ use std::time::Duration;
 
 mod backup;
 mod commit;
+mod instances;
 mod lease;
 mod listen;
 mod tls;
@@ -37,16 +38,23 @@ use tokio_postgres::NoTls;
 
 use super::{
     decode, encode, read_record, Announcements, AuditEntry, AuditHead, BackupRecord, Change,
-    Damage, Documents, EnvironmentRecord, FlagUsage, GuardTally, Leadership, Lease, Locked,
-    Readable, RestoredEnvironment, RolloutRecord, Store, StoreError, TokenKey, TokenRecord,
-    TICKET_KEY, TICKET_KEY_BYTES,
+    Damage, Documents, EnvironmentRecord, FlagUsage, GuardTally, Instance, Leadership, Lease,
+    Locked, Readable, RestoredEnvironment, RolloutRecord, Store, StoreError, TokenKey,
+    TokenRecord, TICKET_KEY, TICKET_KEY_BYTES,
 };
 
-/// The migrations, in order: version, name, SQL. A database at a version above the last is
-/// refused (a newer flagstaffd migrated it).
+/// The migrations, in order: version, name, SQL. Each one the database has not recorded is
+/// applied, in this order, so versions need not be consecutive (one numbered below another
+/// already applied is still applied). A database at a version above the last is refused (a
+/// newer flagstaffd migrated it).
 const MIGRATIONS: &[(i32, &str, &str)] = &[
     (1, "initial", include_str!("migrations/0001_initial.sql")),
     (2, "duties", include_str!("migrations/0002_duties.sql")),
+    (
+        3,
+        "instances",
+        include_str!("migrations/0003_instances.sql"),
+    ),
 ];
 
 /// The advisory lock held while migrating, so replicas starting together do not race.
@@ -393,15 +401,15 @@ impl PgStore {
             )
             .await
             .map_err(fail)?;
-            let current: i32 = tx
-                .query_one(
-                    "SELECT COALESCE(max(version), 0) FROM schema_migrations",
-                    &[],
-                )
+            let recorded: Vec<i32> = tx
+                .query("SELECT version FROM schema_migrations", &[])
                 .await
                 .map_err(fail)?
-                .get(0);
-            let known = MIGRATIONS.last().map_or(0, |m| m.0);
+                .iter()
+                .map(|row| row.get(0))
+                .collect();
+            let current = recorded.iter().copied().max().unwrap_or(0);
+            let known = MIGRATIONS.iter().map(|m| m.0).max().unwrap_or(0);
             if current > known {
                 return Err(StoreError::Invalid {
                     detail: format!(
@@ -411,7 +419,8 @@ impl PgStore {
                 });
             }
             let mut applied = Vec::new();
-            for (version, name, sql) in MIGRATIONS.iter().filter(|m| m.0 > current) {
+            let missing = MIGRATIONS.iter().filter(|m| !recorded.contains(&m.0));
+            for (version, name, sql) in missing {
                 tx.batch_execute(sql).await.map_err(fail)?;
                 tx.execute(
                     "INSERT INTO schema_migrations (version, name) VALUES ($1, $2)",
@@ -1330,6 +1339,42 @@ impl Store for PgStore {
                 Err(e) => return Err(fail(e)),
             }
             tx.commit().await.map_err(fail)
+        })
+    }
+
+    fn shared(&self) -> bool {
+        true
+    }
+
+    fn put_instances(&self, replica: &str, instances: &[Instance]) -> Result<bool, StoreError> {
+        let rows = instances::Rows::of(replica, instances);
+        self.call(move |pool, database| async move {
+            let client = pool.get().await.map_err(|e| pool_failed(&database, e))?;
+            rows.write(&client).await.map_err(|e| failed(&database, e))
+        })
+    }
+
+    fn replica_instances(
+        &self,
+        environment: &str,
+        replica: &str,
+        silence: Duration,
+    ) -> Result<Vec<Instance>, StoreError> {
+        let (env, replica) = (environment.to_owned(), replica.to_owned());
+        self.call(move |pool, database| async move {
+            let client = pool.get().await.map_err(|e| pool_failed(&database, e))?;
+            instances::read(&client, &env, &replica, silence)
+                .await
+                .map_err(|e| failed(&database, e))
+        })
+    }
+
+    fn prune_instances(&self, remember: Duration) -> Result<(), StoreError> {
+        self.call(move |pool, database| async move {
+            let client = pool.get().await.map_err(|e| pool_failed(&database, e))?;
+            instances::prune(&client, remember)
+                .await
+                .map_err(|e| failed(&database, e))
         })
     }
 
