@@ -80,19 +80,39 @@ impl<S: Store> Environments<S> {
         if used.is_empty() {
             return Ok(());
         }
-        let merged: Vec<(&str, FlagUsage)> = {
-            let mut usage = env.lock_usage();
-            used.iter()
-                .map(|(flag, add)| {
-                    let u = usage.entry((*flag).to_owned()).or_default();
-                    u.evaluations = u.evaluations.saturating_add(add.evaluations);
-                    u.last_evaluated_ms = u.last_evaluated_ms.max(add.last_evaluated_ms);
-                    (*flag, *u)
-                })
-                .collect()
-        };
-        self.store().put_usage(&env.key, &merged)?;
+        // Added in the store, where every flagstaffd sharing it adds its own SDKs' reports,
+        // then here, once stored.
+        let added: Vec<(&str, FlagUsage)> = used.into_iter().collect();
+        self.store().add_usage(&env.key, &added)?;
+        let mut usage = env.lock_usage();
+        for (flag, add) in added {
+            let u = usage.entry(flag.to_owned()).or_default();
+            u.evaluations = u.evaluations.saturating_add(add.evaluations);
+            u.last_evaluated_ms = u.last_evaluated_ms.max(add.last_evaluated_ms);
+        }
         Ok(())
+    }
+
+    /// How SDKs have used each of `flags` of `env` (no evaluations for a flag none reported):
+    /// on a store several flagstaffd share, as stored, every one's reports added up; otherwise
+    /// as this process holds it. May read the store: call it on a blocking thread.
+    pub fn usage_of(
+        &self,
+        env: &Environment,
+        flags: &[&str],
+    ) -> Result<Vec<FlagUsage>, ServerError> {
+        if !self.store().shared() {
+            return Ok(flags
+                .iter()
+                .map(|flag| env.usage(flag).unwrap_or_default())
+                .collect());
+        }
+        let stored: HashMap<String, FlagUsage> =
+            self.store().usage(&env.key)?.into_iter().collect();
+        Ok(flags
+            .iter()
+            .map(|flag| stored.get(*flag).copied().unwrap_or_default())
+            .collect())
     }
 
     /// Records `report` from an SDK of `environment`: flag usage, and the counts of guarded

@@ -108,8 +108,8 @@ impl Store for Backend {
         each_store!(self, s => s.rollouts(environment))
     }
 
-    fn put_usage(&self, environment: &str, usage: &[(&str, FlagUsage)]) -> Result<(), StoreError> {
-        each_store!(self, s => s.put_usage(environment, usage))
+    fn add_usage(&self, environment: &str, added: &[(&str, FlagUsage)]) -> Result<(), StoreError> {
+        each_store!(self, s => s.add_usage(environment, added))
     }
 
     fn shared(&self) -> bool {

@@ -930,9 +930,12 @@ pub trait Store: Send + Sync + 'static {
     /// An environment's rollout plans: each flag's most recent, by flag key.
     fn rollouts(&self, environment: &str) -> Result<Vec<RolloutRecord>, StoreError>;
 
-    /// Stores the usage of the flags given (others keep theirs). Not flushed: a crash may lose
-    /// the last moments of usage, never a change.
-    fn put_usage(&self, environment: &str, usage: &[(&str, FlagUsage)]) -> Result<(), StoreError>;
+    /// Adds evaluations to the stored usage of the flags given (others keep theirs): each
+    /// flag's `evaluations` are added to what is stored, and its `last_evaluated_ms` is the
+    /// later of the two, in one step, so that several flagstaffd adding their SDKs' reports to
+    /// one database never lose each other's. Not flushed: a crash may lose the last moments of
+    /// usage, never a change.
+    fn add_usage(&self, environment: &str, added: &[(&str, FlagUsage)]) -> Result<(), StoreError>;
 
     /// Every flag's stored usage in `environment`.
     fn usage(&self, environment: &str) -> Result<Vec<(String, FlagUsage)>, StoreError>;

@@ -612,14 +612,22 @@ impl Store for SledStore {
             .collect()
     }
 
-    fn put_usage(&self, environment: &str, usage: &[(&str, FlagUsage)]) -> Result<(), StoreError> {
+    fn add_usage(&self, environment: &str, added: &[(&str, FlagUsage)]) -> Result<(), StoreError> {
         let tree = self.tree("usage", environment)?;
-        let mut batch = sled::Batch::default();
-        for (flag, usage) in usage {
-            batch.insert(*flag, encode(usage));
+        for (flag, add) in added {
+            // Each flag's record is read and replaced in one compare-and-swap, so reports
+            // recorded at once add up; one that cannot be read starts again from this report.
+            // Not synced: sled writes it out within its flush interval; usage is not a change.
+            tree.update_and_fetch(*flag, |stored| {
+                let old: FlagUsage = stored
+                    .and_then(|bytes| serde_json::from_slice(bytes).ok())
+                    .unwrap_or_default();
+                Some(encode(&FlagUsage {
+                    evaluations: old.evaluations.saturating_add(add.evaluations),
+                    last_evaluated_ms: old.last_evaluated_ms.max(add.last_evaluated_ms),
+                }))
+            })?;
         }
-        // Not synced: sled writes it out within its flush interval; usage is not a change.
-        tree.apply_batch(batch)?;
         Ok(())
     }
 

@@ -92,10 +92,12 @@ pub(super) async fn list_flags<S: Store>(
         let (flags, next_page_token) =
             page(matching, |f| &f.key, scope, &req.page_token, req.page_size)?;
         let env = envs.get(&req.environment)?;
+        let keys: Vec<&str> = flags.iter().map(|f| f.key.as_str()).collect();
+        let usage = envs.usage_of(&env, &keys)?;
         let mut flags: Vec<pb::FlagEntry> = flags
             .into_iter()
-            .map(|flag| {
-                let usage = env.usage(&flag.key).unwrap_or_default();
+            .zip(usage)
+            .map(|(flag, usage)| {
                 Ok(pb::FlagEntry {
                     flag: Some(pb::Flag::from(flag)),
                     last_change: last_change(&**envs.store(), &req.environment, flag.version)?,

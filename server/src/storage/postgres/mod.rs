@@ -57,6 +57,28 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
     ),
 ];
 
+/// Adds each flag's evaluations (`$3`, as text) to its stored usage, and keeps the later of its
+/// last evaluations (`$4`): read and written in one statement, so that reports several
+/// flagstaffd add at once all count. The record is written as the codec writes it; a stored
+/// count that is not a number starts again from this report.
+const ADD_USAGE: &str = "
+    INSERT INTO flag_usage (environment, flag, usage)
+    SELECT $1, flag, format('{\"evaluations\":%s,\"last_evaluated_ms\":%s}',
+                            evaluations::numeric, last::numeric)::json
+    FROM unnest($2::text[], $3::text[], $4::text[]) AS u (flag, evaluations, last)
+    WHERE EXISTS (SELECT 1 FROM environments WHERE key = $1)
+    ON CONFLICT (environment, flag) DO UPDATE SET usage = format(
+        '{\"evaluations\":%s,\"last_evaluated_ms\":%s}',
+        least(
+            CASE WHEN json_typeof(flag_usage.usage->'evaluations') = 'number'
+                 THEN (flag_usage.usage->>'evaluations')::numeric ELSE 0 END
+            + (EXCLUDED.usage->>'evaluations')::numeric,
+            18446744073709551615),
+        greatest(
+            CASE WHEN json_typeof(flag_usage.usage->'last_evaluated_ms') = 'number'
+                 THEN (flag_usage.usage->>'last_evaluated_ms')::numeric ELSE 0 END,
+            (EXCLUDED.usage->>'last_evaluated_ms')::numeric))::json";
+
 /// The advisory lock held while migrating, so replicas starting together do not race.
 const MIGRATION_LOCK: i64 = 0x666c_6167_7374_6166; // "flagstaf"
 
@@ -1302,13 +1324,25 @@ impl Store for PgStore {
             .collect()
     }
 
-    fn put_usage(&self, environment: &str, usage: &[(&str, FlagUsage)]) -> Result<(), StoreError> {
-        if usage.is_empty() {
+    fn add_usage(&self, environment: &str, added: &[(&str, FlagUsage)]) -> Result<(), StoreError> {
+        if added.is_empty() {
             return Ok(());
         }
         let env = environment.to_owned();
-        let flags: Vec<String> = usage.iter().map(|(f, _)| (*f).to_owned()).collect();
-        let texts: Vec<String> = usage.iter().map(|(_, u)| json(u)).collect();
+        // In key order, so that reports added at once lock the rows they share in the same
+        // order, and never wait on each other in a cycle.
+        let mut added = added.to_vec();
+        added.sort_by_key(|(flag, _)| *flag);
+        let flags: Vec<String> = added.iter().map(|(f, _)| (*f).to_owned()).collect();
+        // As text: a u64 count may not fit a bigint; the database adds them as numeric.
+        let counts: Vec<String> = added
+            .iter()
+            .map(|(_, u)| u.evaluations.to_string())
+            .collect();
+        let lasts: Vec<String> = added
+            .iter()
+            .map(|(_, u)| u.last_evaluated_ms.to_string())
+            .collect();
         self.call(move |pool, database| async move {
             let fail = |e| failed(&database, e);
             let mut client = pool.get().await.map_err(|e| pool_failed(&database, e))?;
@@ -1319,13 +1353,7 @@ impl Store for PgStore {
                 .await
                 .map_err(fail)?;
             let written = tx
-                .execute(
-                    "INSERT INTO flag_usage (environment, flag, usage)
-                 SELECT $1, flag, usage::json FROM unnest($2::text[], $3::text[]) AS u (flag, usage)
-                 WHERE EXISTS (SELECT 1 FROM environments WHERE key = $1)
-                 ON CONFLICT (environment, flag) DO UPDATE SET usage = EXCLUDED.usage",
-                    &[&env, &flags, &texts],
-                )
+                .execute(ADD_USAGE, &[&env, &flags, &counts, &lasts])
                 .await;
             match written {
                 Ok(_) => {}
