@@ -22,8 +22,8 @@
 //! - `operations`: the Admin writes on flags, segments and whole documents.
 //! - `rollout`: staged rollout plans (their arithmetic, the hook every commit calls, the
 //!   guard's statistics, the plans' operations and the scheduler).
-//! - `auth`: tokens and what they may do; `clients`: the SDK instances watching; `usage`:
-//!   what SDKs report (flag usage, guard counts).
+//! - `auth`: tokens and what they may do; `clients`: the SDK instances watching (on a shared
+//!   database, every replica's); `usage`: what SDKs report (flag usage, guard counts).
 //! - `repair`: `flagstaffd check` and `repair`.
 //! - `service`: the gRPC services (`admin/`, one file per resource; `sync` and `watch`;
 //!   paging and wire conversion); `health`, `metrics` and `tls` around them.
@@ -114,6 +114,10 @@ pub struct Config {
     pub feed_capacity: usize,
     /// The time rollout plans go by: the system clock, or a manual one in tests.
     pub clock: Arc<dyn clock::Clock>,
+    /// On a database several flagstaffd share, how long one may go without writing its SDK
+    /// instances before the others show them disconnected: [`clients::REPLICA_SILENCE`]
+    /// unless a test shortens it.
+    pub replica_silence: Duration,
 }
 
 impl Config {
@@ -127,6 +131,7 @@ impl Config {
             heartbeat: DEFAULT_HEARTBEAT,
             feed_capacity: DEFAULT_FEED_CAPACITY,
             clock: Arc::new(clock::SystemClock),
+            replica_silence: clients::REPLICA_SILENCE,
         }
     }
 }
@@ -209,7 +214,7 @@ impl Server {
             envs,
             tokens,
             requests,
-            clients: Arc::new(Clients::new()),
+            clients: Arc::new(Clients::with_silence(config.replica_silence)),
             heartbeat: config.heartbeat,
             tickets,
         })
@@ -351,6 +356,18 @@ impl Server {
                 health::stopped(stopping.clone()),
             ))
         });
+        // On such a database, this flagstaffd's SDK instances are written there for the
+        // others, until its streams have closed at shutdown (told by dropping `streams_closed`).
+        let (streams_closed, serving_ended) = tokio::sync::oneshot::channel::<()>();
+        let sharing = storage::Store::shared(&**self.envs.store()).then(|| {
+            tokio::spawn(clients::share(
+                self.clients.clone(),
+                self.envs.store().clone(),
+                async {
+                    let _ = serving_ended.await;
+                },
+            ))
+        });
         let admin_health = tokio::spawn(health::admin_follows(
             health_reporter.clone(),
             readiness,
@@ -398,6 +415,12 @@ impl Server {
         };
         // Also when serving failed before the shutdown signal.
         stop.send_replace(true);
+        drop(streams_closed);
+        if let Some(sharing) = sharing {
+            if let Err(e) = sharing.await {
+                tracing::error!(error = %e, "writing SDK instances to the database failed");
+            }
+        }
         if let Err(e) = scheduler.await {
             tracing::error!(error = %e, "the rollout scheduler failed");
         }

@@ -105,6 +105,7 @@ pub struct TestServerBuilder {
     drain: Duration,
     database_url: Option<String>,
     database_ca: Option<std::path::PathBuf>,
+    replica_silence: Option<Duration>,
 }
 
 impl TestServerBuilder {
@@ -181,6 +182,14 @@ impl TestServerBuilder {
         self
     }
 
+    /// On a database several servers share, shows another server's SDK instances
+    /// disconnected once it has not written for `silence`, instead of 30 s (and writes this
+    /// one's at least every sixth of it).
+    pub fn replica_silence(mut self, silence: Duration) -> Self {
+        self.replica_silence = Some(silence);
+        self
+    }
+
     /// Keeps accepting requests for `drain` once [`TestServer::stop`] begins, with `/readyz`
     /// answering 503, instead of stopping at once.
     pub fn drain(mut self, drain: Duration) -> Self {
@@ -218,6 +227,7 @@ impl TestServerBuilder {
             clock: self.clock.unwrap_or(defaults.clock.clone()),
             database_url: database_url.clone(),
             database_ca: self.database_ca,
+            replica_silence: self.replica_silence.unwrap_or(defaults.replica_silence),
             ..defaults
         };
         let server = Server::open(&config).expect("server opens");

@@ -1,12 +1,13 @@
 //! Admin calls on the SDK instances that watch an environment: listing them, and waiting
-//! until they have a revision (`WaitForRevision`, with its [`Progress`]).
+//! until they have a revision (`WaitForRevision`, with its [`Progress`]). On a database
+//! several flagstaffd share, both see every replica's instances.
 
 use std::time::Duration;
 
 use flagstaff_proto::pb;
 use tonic::{Request, Response, Status};
 
-use super::service::AdminService;
+use super::service::{blocking, AdminService};
 use crate::auth::Access;
 use crate::clients::Instance;
 use crate::service::wire;
@@ -20,7 +21,7 @@ pub(super) async fn list_clients<S: Store>(
         .allow(&request, Access::Read(&request.get_ref().environment))
         .await?;
     let env = admin.envs.get(&request.get_ref().environment)?;
-    let mut instances = admin.clients.list(&env.key);
+    let mut instances = everywhere(admin, &env.key).await?;
     instances.sort_by(|a, b| {
         (
             b.streams > 0,
@@ -75,9 +76,13 @@ pub(super) async fn wait_for_revision<S: Store>(
     let started = tokio::time::Instant::now();
     let deadline = started + timeout;
     let mut changes = admin.clients.changes();
+    // Woken by this flagstaffd's instances; on a database several share, every instance is
+    // read from it every SHARED_POLL instead (local changes then wait for the next read, so
+    // that a burst of acknowledgements costs no more reads).
+    let shared = admin.envs.store().shared();
     loop {
         changes.borrow_and_update();
-        let instances = admin.clients.list(&env.key);
+        let instances = everywhere(admin, &env.key).await?;
         let progress = Progress::of(&instances, &env.epoch, revision);
         let complete = progress.pending.is_empty();
         let timed_out = tokio::time::Instant::now() >= deadline;
@@ -87,15 +92,40 @@ pub(super) async fn wait_for_revision<S: Store>(
                 progress.response(&env.epoch, revision, elapsed),
             ));
         }
+        let poll = match shared {
+            true => (tokio::time::Instant::now() + SHARED_POLL).min(deadline),
+            false => deadline,
+        };
         tokio::select! {
-            _ = changes.changed() => {}
-            () = tokio::time::sleep_until(deadline) => {}
+            _ = changes.changed(), if !shared => {}
+            () = tokio::time::sleep_until(poll) => {}
             () = admin.signals.stopped() => {
                 return Err(Status::unavailable("flagstaffd is shutting down"));
             }
         }
     }
 }
+
+/// Every SDK instance of `environment`: this flagstaffd's, and on a database several share,
+/// every other's too.
+async fn everywhere<S: Store>(
+    admin: &AdminService<S>,
+    environment: &str,
+) -> Result<Vec<Instance>, Status> {
+    if !admin.envs.store().shared() {
+        return Ok(admin.clients.list(environment));
+    }
+    let (clients, envs, environment) = (
+        admin.clients.clone(),
+        admin.envs.clone(),
+        environment.to_owned(),
+    );
+    blocking(move || Ok(clients.everywhere(&**envs.store(), &environment)?)).await
+}
+
+/// How often `WaitForRevision` reads other replicas' instances while it waits, on a
+/// database several flagstaffd share.
+const SHARED_POLL: Duration = Duration::from_millis(100);
 
 /// How long `WaitForRevision` waits when the request does not say.
 const DEFAULT_WAIT: Duration = Duration::from_secs(10);
