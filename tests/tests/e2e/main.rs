@@ -24,6 +24,7 @@ mod postgres_faults;
 mod postgres_harness;
 mod postgres_tls;
 mod propagation;
+mod replica_clients;
 mod replica_duties;
 mod replica_processes;
 mod replica_tokens;
