@@ -184,7 +184,7 @@ impl Clients {
         environment: &str,
     ) -> Result<Vec<Instance>, StoreError> {
         let local = self.list(environment);
-        if !store.shared() {
+        if !store.is_shared() {
             return Ok(local);
         }
         let others = store.replica_instances(environment, &self.replica, self.silence)?;

@@ -359,7 +359,7 @@ impl Server {
         // On such a database, this flagstaffd's SDK instances are written there for the
         // others, until its streams have closed at shutdown (told by dropping `streams_closed`).
         let (streams_closed, serving_ended) = tokio::sync::oneshot::channel::<()>();
-        let sharing = storage::Store::shared(&**self.envs.store()).then(|| {
+        let sharing = storage::Store::is_shared(&**self.envs.store()).then(|| {
             tokio::spawn(clients::share(
                 self.clients.clone(),
                 self.envs.store().clone(),

@@ -101,7 +101,7 @@ impl<S: Store> Environments<S> {
         env: &Environment,
         flags: &[&str],
     ) -> Result<Vec<FlagUsage>, ServerError> {
-        if !self.store().shared() {
+        if !self.store().is_shared() {
             return Ok(flags
                 .iter()
                 .map(|flag| env.usage(flag).unwrap_or_default())

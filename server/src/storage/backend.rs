@@ -112,10 +112,6 @@ impl Store for Backend {
         each_store!(self, s => s.add_usage(environment, added))
     }
 
-    fn shared(&self) -> bool {
-        each_store!(self, s => s.shared())
-    }
-
     fn put_instances(&self, replica: &str, instances: &[Instance]) -> Result<bool, StoreError> {
         each_store!(self, s => s.put_instances(replica, instances))
     }

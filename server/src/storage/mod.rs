@@ -882,14 +882,6 @@ pub trait Store: Send + Sync + 'static {
         Ok(Vec::new())
     }
 
-    /// Whether other flagstaffd processes share this store (PostgreSQL): then what they learn
-    /// besides commits (their SDK instances, the usage their SDKs report) is read from the
-    /// store, where each writes its own, rather than from this process's memory. `false` for
-    /// a store one process holds (sled), where memory is the whole truth.
-    fn shared(&self) -> bool {
-        false
-    }
-
     /// Writes `instances`, the SDK instances of the flagstaffd process `replica` whose state
     /// changed, in one statement, and records that `replica` is alive now (by the database's
     /// clock), also when there are none. An instance of an environment deleted meanwhile is
@@ -999,7 +991,10 @@ pub trait Store: Send + Sync + 'static {
     }
 
     /// Whether other flagstaffd processes write this store too (PostgreSQL), so that what this
-    /// one holds in memory may lag it: a token unknown here may exist there.
+    /// one holds in memory may lag it: a token unknown here may exist there, and what they
+    /// learn besides commits (their SDK instances, the usage their SDKs report) is read from
+    /// the store, where each writes its own. `false` for a store one process holds (sled),
+    /// where memory is the whole truth.
     fn is_shared(&self) -> bool {
         false
     }

@@ -79,7 +79,7 @@ pub(super) async fn wait_for_revision<S: Store>(
     // Woken by this flagstaffd's instances; on a database several share, every instance is
     // read from it every SHARED_POLL instead (local changes then wait for the next read, so
     // that a burst of acknowledgements costs no more reads).
-    let shared = admin.envs.store().shared();
+    let shared = admin.envs.store().is_shared();
     loop {
         changes.borrow_and_update();
         let instances = everywhere(admin, &env.key).await?;
@@ -112,7 +112,7 @@ async fn everywhere<S: Store>(
     admin: &AdminService<S>,
     environment: &str,
 ) -> Result<Vec<Instance>, Status> {
-    if !admin.envs.store().shared() {
+    if !admin.envs.store().is_shared() {
         return Ok(admin.clients.list(environment));
     }
     let (clients, envs, environment) = (

@@ -39,8 +39,8 @@ use tokio_postgres::NoTls;
 use super::{
     decode, encode, read_record, Announcements, AuditEntry, AuditHead, BackupRecord, Change,
     Damage, Documents, EnvironmentRecord, FlagUsage, GuardTally, Instance, Leadership, Lease,
-    Locked, Readable, RestoredEnvironment, RolloutRecord, Store, StoreError, TokenKey,
-    TokenRecord, TICKET_KEY, TICKET_KEY_BYTES,
+    Locked, Readable, RestoredEnvironment, RolloutRecord, Store, StoreError, TokenKey, TokenRecord,
+    TICKET_KEY, TICKET_KEY_BYTES,
 };
 
 /// The migrations, in order: version, name, SQL. Each one the database has not recorded is
@@ -1368,10 +1368,6 @@ impl Store for PgStore {
             }
             tx.commit().await.map_err(fail)
         })
-    }
-
-    fn shared(&self) -> bool {
-        true
     }
 
     fn put_instances(&self, replica: &str, instances: &[Instance]) -> Result<bool, StoreError> {
