@@ -7,7 +7,7 @@ use crate::environments::{Environment, Environments, WriteContext};
 use crate::error::ServerError;
 use crate::rollout;
 use crate::rollout::guard::{self, State};
-use crate::storage::{FlagUsage, GuardTally, RolloutRecord, RolloutState, Store};
+use crate::storage::{FlagUsage, GuardTally, RolloutRecord, RolloutState, Store, StoreError};
 
 /// One SDK instance's report, in the server's terms.
 #[derive(Debug, Clone, Default)]
@@ -257,6 +257,39 @@ impl<S: Store> Environments<S> {
         Ok(rolled_back)
     }
 
+    /// `environment`'s rollout plans as the Admin API shows them: on a database several
+    /// flagstaffd share, each running guard with the counts summed there, which include the
+    /// reports other replicas received (this one holds only the sums of its own reports').
+    pub fn plans_as_counted(
+        &self,
+        environment: &str,
+    ) -> Result<std::collections::BTreeMap<String, RolloutRecord>, ServerError> {
+        let mut plans = self.get(environment)?.rollouts();
+        let guarded = plans
+            .values()
+            .any(|p| p.state == RolloutState::Running && p.guard.is_some());
+        if !guarded || !self.store().is_shared() {
+            return Ok(plans);
+        }
+        for (flag, sum) in self.store().guard_counts(environment)? {
+            let Some(plan) = plans.get_mut(&flag) else {
+                continue;
+            };
+            if plan.state != RolloutState::Running || plan.flag_version != sum.flag_version {
+                continue;
+            }
+            let fresh = guard::stage_tally(plan);
+            if let Some(g) = plan.guard.as_mut() {
+                g.tally = GuardTally {
+                    target_weight: fresh.target_weight,
+                    baseline_weight: fresh.baseline_weight,
+                    ..sum
+                };
+            }
+        }
+        Ok(plans)
+    }
+
     /// Rolls back the plans of `environment` whose guards rejected their targets, each with
     /// its comment for the audit log; returns the flags rolled back.
     fn roll_back_rejected(
@@ -288,6 +321,8 @@ impl<S: Store> Environments<S> {
                 }
                 // Rolled back or promoted meanwhile: nothing left to do.
                 Err(ServerError::Precondition(_) | ServerError::NotFound(_)) => {}
+                // Another flagstaffd took the lease meanwhile: it decides on the same sums.
+                Err(ServerError::Store(StoreError::LeaseLost)) => {}
                 Err(e) => return Err(e),
             }
         }

@@ -95,6 +95,20 @@ impl Flagstaffd {
         .max_encoding_message_size(flagstaff_server::MAX_ADMIN_MESSAGE)
     }
 
+    /// A Sync client authenticating with `token`.
+    pub async fn sync_with(&self, token: &str) -> crate::Sync {
+        let channel = tonic::transport::Endpoint::from_shared(self.endpoint.clone())
+            .expect("endpoint")
+            .connect()
+            .await
+            .expect("connects");
+        let bearer = format!("Bearer {token}").parse().expect("ascii token");
+        flagstaff_proto::pb::sync_client::SyncClient::with_interceptor(
+            channel,
+            crate::Bearer(Some(bearer)),
+        )
+    }
+
     /// The admin token in its data directory.
     pub fn admin_token(&self) -> String {
         std::fs::read_to_string(self.data_dir.path().join("admin.token"))

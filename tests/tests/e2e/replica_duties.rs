@@ -230,7 +230,9 @@ async fn a_guard_decides_on_what_sdks_reported_through_every_replica() {
     // Each of the two other replicas hears half of a bad stage: 40 events of the 50 the
     // guard needs before it decides anything, the target at 4% against the baseline's
     // 0.44%.
-    for (n, server) in servers.iter().enumerate().filter(|(n, _)| *n != lead) {
+    let others: Vec<usize> = (0..REPLICAS).filter(|&n| n != lead).collect();
+    for (reported, &n) in others.iter().enumerate() {
+        let server = &servers[n];
         // As an SDK reports for the flag version it got from this replica's stream, which
         // has then applied the plan's start.
         eventually_within("the replica to hold the plan", TAKEOVER, async || {
@@ -257,6 +259,16 @@ async fn a_guard_decides_on_what_sdks_reported_through_every_replica() {
         })
         .await;
         assert_eq!(answer.guards.len(), 1, "not decided here: {answer:?}");
+        if reported == 0 {
+            // Any replica shows the counts summed so far, also one that heard no report.
+            let mut elsewhere = servers[others[1]].admin().await;
+            let status = plan(&mut elsewhere, "checkout")
+                .await
+                .guard_status
+                .expect("a guard status");
+            assert_eq!((status.target_events, status.baseline_events), (20, 20));
+            assert_eq!(status.state, pb::GuardState::Collecting as i32);
+        }
     }
     let rolled_back = eventually_within("the guard's rollback", TAKEOVER, async || {
         let p = plan(&mut admin, "checkout").await;

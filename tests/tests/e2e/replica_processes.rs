@@ -11,6 +11,7 @@ use flagstaff::{Client, Context};
 use flagstaff_proto::pb;
 use flagstaff_tests::postgres::fresh_database;
 use flagstaff_tests::process::Flagstaffd;
+use flagstaff_tests::watcher::{subscribe, State, Watcher};
 use flagstaff_tests::{eventually_within, store_kind, Admin, StoreKind, PATIENCE};
 
 use super::fixtures::*;
@@ -101,6 +102,15 @@ async fn clients_of_a_replica_killed_under_writes_resume_on_another_and_no_write
     for c in &clients {
         assert_eq!(c.status().endpoint.as_deref(), Some(killed.as_str()));
     }
+    // And one more instance on that replica, which applies the revision it has and no other:
+    // it does not fail over, as an SDK partitioned from the others would not.
+    let mut sync = replicas[0].sync_with(&token).await;
+    let start = subscribe("stuck", "production", &State::default());
+    let mut stuck = Watcher::open(&mut sync, start, State::default())
+        .await
+        .expect("watching");
+    let revision = clients[0].status().revision;
+    stuck.until(revision, PATIENCE).await;
 
     // Writes through the second replica, before, during and after the kill; each
     // acknowledged one is remembered.
@@ -135,6 +145,7 @@ async fn clients_of_a_replica_killed_under_writes_resume_on_another_and_no_write
         moved = killed_at.elapsed();
     }
     let (acknowledged, last) = writer.await.expect("the writer");
+    drop(stuck);
     println!("kill -9 under writes: {CLIENTS} clients on surviving replicas {moved:?} after the kill; {} flags written, last revision {last}", acknowledged.len());
     assert_eq!(acknowledged.len(), FLAGS, "every flag written");
 
@@ -158,8 +169,28 @@ async fn clients_of_a_replica_killed_under_writes_resume_on_another_and_no_write
         );
         assert_eq!(stats.resyncs, 0, "client {n}: {stats:?}");
     }
-    // And what the database holds is what was acknowledged.
+    // `--wait` through a surviving replica names the instance that has not applied the last
+    // revision: the killed replica's, shown connected until it has been silent for 30 s.
     let mut admin = replicas[0].admin().await;
+    let waited = admin
+        .wait_for_revision(pb::WaitForRevisionRequest {
+            environment: "production".into(),
+            revision: last,
+            timeout_ms: 500,
+        })
+        .await
+        .expect("waited")
+        .into_inner();
+    assert!(!waited.complete, "{waited:?}");
+    let pending: Vec<&str> = waited
+        .pending
+        .iter()
+        .map(|p| p.instance_id.as_str())
+        .collect();
+    assert_eq!(pending, vec!["stuck"], "{waited:?}");
+    assert_eq!(waited.applied as usize, CLIENTS, "{waited:?}");
+
+    // And what the database holds is what was acknowledged.
     for (key, on) in &acknowledged {
         let flag = get_flag(&mut admin, key).await;
         let serves = flag.default.and_then(|s| s.serve).expect("a default serve");

@@ -109,9 +109,11 @@ pub(super) async fn get_rollout<S: Store>(
         .await?;
     let req = request.into_inner();
     wire::key(&req.flag, "flag")?;
-    let env = admin.envs.get(&req.environment)?;
-    let plan = env
-        .rollout(&req.flag)
+    let envs = admin.envs.clone();
+    let environment = req.environment.clone();
+    let mut plans = blocking(move || envs.plans_as_counted(&environment)).await?;
+    let plan = plans
+        .remove(&req.flag)
         .ok_or_else(|| no_plan(&req.flag, &req.environment))?;
     Ok(Response::new(pb::GetRolloutResponse {
         plan: Some(wire::rollout(&plan)),
@@ -126,9 +128,10 @@ pub(super) async fn list_rollouts<S: Store>(
         .allow(&request, Access::Read(&request.get_ref().environment))
         .await?;
     let req = request.into_inner();
-    let env = admin.envs.get(&req.environment)?;
-    let plans = env
-        .rollouts()
+    let envs = admin.envs.clone();
+    let environment = req.environment.clone();
+    let plans = blocking(move || envs.plans_as_counted(&environment))
+        .await?
         .values()
         .filter(|p| req.include_finished || p.is_active())
         .map(wire::rollout)
