@@ -699,7 +699,18 @@ impl<S: Store> Environments<S> {
             drop(_writing);
             return self.follow_all();
         }
-        self.catch_up(&env)
+        match self.catch_up(&env) {
+            // Too far behind for the change log: loaded again whole, which is following.
+            Err(_) if self.replaced(&env) => Ok(()),
+            caught_up => caught_up,
+        }
+    }
+
+    /// Whether `env` is no longer the one held under its key (loaded again, or dropped).
+    fn replaced(&self, env: &Arc<Environment>) -> bool {
+        self.read_map()
+            .get(&env.key)
+            .is_none_or(|held| !Arc::ptr_eq(held, env))
     }
 
     /// Whether `environment` is at `revision` or beyond, once brought up to date from the
@@ -721,7 +732,9 @@ impl<S: Store> Environments<S> {
                     tracing::warn!(environment = %env.key, error = %e, "cannot catch up with the store");
                 }
             }
-            env.current().revision >= revision
+            // The one held now: loaded again, when the change log no longer reached.
+            envs.get(&env.key)
+                .is_ok_and(|held| held.current().revision >= revision)
         });
         matches!(
             tokio::time::timeout(REACH_LIMIT, caught_up).await,
@@ -745,26 +758,7 @@ impl<S: Store> Environments<S> {
                         tracing::warn!(environment = %key, error = %e, "cannot catch up with the store");
                     }
                 }
-                held => {
-                    let env = match Environment::load(&*self.store, &record, self.feed_capacity) {
-                        Ok(env) => Arc::new(env),
-                        Err(damage) => {
-                            tracing::warn!(environment = %key, record = %damage.record, error = %damage.detail, "cannot load an environment from the store");
-                            continue;
-                        }
-                    };
-                    let mut map = self.write_map();
-                    // Unless this flagstaffd replaced it meanwhile.
-                    let current = map.get(&key).cloned();
-                    if current.as_ref().map(Arc::as_ptr) == held.as_ref().map(Arc::as_ptr) {
-                        map.insert(key.clone(), env);
-                        drop(map);
-                        if let Some(old) = held {
-                            old.feed.close();
-                        }
-                        tracing::info!(environment = %key, epoch = %record.epoch, "loaded an environment from the store");
-                    }
-                }
+                held => self.load_from_store(&record, held.as_ref()),
             }
         }
         let gone: Vec<Arc<Environment>> = self
@@ -792,27 +786,58 @@ impl<S: Store> Environments<S> {
         Ok(())
     }
 
+    /// Loads `record`'s environment from the store in place of `held` (`None`: one not held
+    /// yet), unless this flagstaffd replaced or added it meanwhile. The Watch streams of the
+    /// one replaced end; their clients resume on the new one, from a snapshot if the change
+    /// log no longer has what they lack. A record that cannot be read is logged and skipped.
+    fn load_from_store(&self, record: &EnvironmentRecord, held: Option<&Arc<Environment>>) {
+        let key = &record.key;
+        let env = match Environment::load(&*self.store, record, self.feed_capacity) {
+            Ok(env) => Arc::new(env),
+            Err(damage) => {
+                tracing::warn!(environment = %key, record = %damage.record, error = %damage.detail, "cannot load an environment from the store");
+                return;
+            }
+        };
+        let mut map = self.write_map();
+        let current = map.get(key).cloned();
+        if current.as_ref().map(Arc::as_ptr) != held.map(Arc::as_ptr) {
+            return;
+        }
+        map.insert(key.clone(), env);
+        drop(map);
+        if let Some(old) = held {
+            old.feed.close();
+        }
+        tracing::info!(environment = %key, epoch = %record.epoch, "loaded an environment from the store");
+    }
+
     /// Brings `env`'s memory up to what the store holds: the change-log entries above its
     /// revision are applied in order and published to its Watch streams, each with its audit
     /// entry, and its rollout plans are read again. Called under the environment's writer
     /// lock.
-    fn catch_up(&self, env: &Environment) -> Result<(), ServerError> {
+    fn catch_up(&self, env: &Arc<Environment>) -> Result<(), ServerError> {
         let changes = self.store.changes_since(&env.key, env.current().revision)?;
         self.apply_logged(env, changes)
     }
 
     /// Applies `changes`, the change log above `env`'s revision (`None`: not all of it is
     /// retained), as [`catch_up`](Self::catch_up) does.
+    /// When the log no longer has every change above `env`'s revision (this flagstaffd was
+    /// cut off from the database for longer than the log's retention), the environment is
+    /// loaded again whole in place of `env`, and the caller told to retry on it.
     fn apply_logged(
         &self,
-        env: &Environment,
+        env: &Arc<Environment>,
         changes: Option<Vec<Change>>,
     ) -> Result<(), ServerError> {
         let current = env.current();
         let Some(changes) = changes else {
+            tracing::warn!(environment = %env.key, revision = current.revision, "behind the database by more than its change log keeps: loading the environment again");
+            self.load_from_store(&self.store.environment(&env.key)?, Some(env));
             return Err(ServerError::Unavailable(format!(
-                "environment {:?} is behind the store by more than its change log keeps; \
-                 restart flagstaffd to reload it",
+                "environment {:?} was behind the database by more than its change log keeps, \
+                 and is loaded again from it; nothing was changed: retry",
                 env.key
             )));
         };

@@ -363,12 +363,7 @@ async fn replicas_recover_by_themselves_from_a_database_restart_under_writes_wit
     };
     // Every replica reaches the database through the proxy, which restarts it (cuts every
     // connection and refuses new ones for a while) when told.
-    let rest = url
-        .strip_prefix("postgres://postgres@")
-        .expect("the harness's URL");
-    let (host_port, database) = rest.split_once('/').expect("a database");
-    let proxy = FaultProxy::start(host_port.parse().expect("host:port")).await;
-    let proxied = format!("postgres://postgres@{}/{database}", proxy.addr);
+    let (proxy, proxied) = behind_a_proxy(&url).await;
     let first = TestServer::builder()
         .database_url(proxied.clone())
         .start()
@@ -465,4 +460,90 @@ async fn replicas_recover_by_themselves_from_a_database_restart_under_writes_wit
         );
         assert_eq!(watcher.received.snapshots, 1, "watcher {i}");
     }
+}
+
+/// A proxy to the database at `url` (the harness's), and the URL of the database through it.
+async fn behind_a_proxy(url: &str) -> (FaultProxy, String) {
+    let rest = url
+        .strip_prefix("postgres://postgres@")
+        .expect("the harness's URL");
+    let (host_port, database) = rest.split_once('/').expect("a database");
+    let proxy = FaultProxy::start(host_port.parse().expect("host:port")).await;
+    let proxied = format!("postgres://postgres@{}/{database}", proxy.addr);
+    (proxy, proxied)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_cut_off_for_longer_than_the_change_log_keeps_loads_the_environment_again() {
+    if store_kind() != StoreKind::Postgres {
+        return;
+    }
+    let Some(url) = fresh_database() else {
+        return;
+    };
+    // Both keep the last 2 change-log entries of an environment.
+    let a = TestServer::builder()
+        .database_url(url.clone())
+        .retention(2)
+        .start()
+        .await;
+    let sdk = prepare(&a).await;
+    let (proxy, proxied) = behind_a_proxy(&url).await;
+    let dir = tempfile::tempdir().expect("a data directory");
+    std::fs::write(dir.path().join("admin.token"), &a.admin_token).expect("the admin token");
+    let b = TestServer::builder()
+        .database_url(proxied)
+        .data_dir(dir)
+        .retention(2)
+        .start()
+        .await;
+    let mut sync = b.sync_with(&sdk).await;
+    let start = subscribe("cut-off", "production", &State::default());
+    let mut watcher = Watcher::open(&mut sync, start, State::default())
+        .await
+        .expect("watching");
+    let before = b
+        .environments
+        .get("production")
+        .expect("held")
+        .current()
+        .revision;
+    watcher.until(before, LIMIT).await;
+
+    // B cut off while ten changes are made through A: the log keeps the last two.
+    proxy.set(Mode::Refuse);
+    proxy.drop_connections();
+    let mut admin = a.admin().await;
+    for n in 0..10 {
+        admin
+            .set_flag_enabled(pb::SetFlagEnabledRequest {
+                environment: "production".into(),
+                key: "f0".into(),
+                enabled: n % 2 == 1,
+                ..Default::default()
+            })
+            .await
+            .expect("written through A");
+    }
+    proxy.set(Mode::Pass);
+
+    // B loads the environment again, by itself, and its SDKs get it from a snapshot.
+    let stored = server_state(&open_database(&a));
+    assert!(stored.revision >= before + 10);
+    eventually("B holds what the database holds", async || {
+        (server_state(&b.environments) == stored).then_some(())
+    })
+    .await;
+    // Its stream ends with the environment it watched.
+    watcher.until_end(LIMIT).await;
+    let resume = subscribe("cut-off", "production", &watcher.state);
+    let mut resumed = Watcher::open(&mut sync, resume, watcher.state.clone())
+        .await
+        .expect("resumed");
+    resumed.until(stored.revision, LIMIT).await;
+    assert_eq!(resumed.state, stored);
+    assert_eq!(
+        resumed.received.snapshots, 1,
+        "the log no longer had what it lacked"
+    );
 }
