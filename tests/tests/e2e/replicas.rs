@@ -67,14 +67,40 @@ async fn writes_on_every_replica_reach_every_watcher_once_and_in_order() {
     }
 
     // One writer on each replica, all at once, on the same flags and segment.
-    let writers = servers.iter().enumerate().map(|(r, server)| async move {
-        let mut admin = server.admin().await;
-        let mut rng = Rng(0x2545_f491_4f6c_dd1d ^ (r as u64 + 1));
-        for n in 0..WRITES_PER_REPLICA {
-            write(&mut admin, &mut rng, r, n).await;
-        }
-    });
-    join_all(writers).await;
+    let write_half = |half: usize| {
+        let servers = &servers;
+        join_all(
+            servers
+                .iter()
+                .enumerate()
+                .map(move |(r, server)| async move {
+                    let mut admin = server.admin().await;
+                    let mut rng = Rng(0x2545_f491_4f6c_dd1d ^ ((r + 3 * half) as u64 + 1));
+                    for n in 0..WRITES_PER_REPLICA / 2 {
+                        write(&mut admin, &mut rng, r, half * WRITES_PER_REPLICA + n).await;
+                    }
+                }),
+        )
+    };
+    write_half(0).await;
+
+    // Every watcher moves to the next replica, resuming from what it holds: inside the log,
+    // so without a snapshot.
+    let halfway = server_state(&open_database(&servers[0])).revision;
+    let mut moved = Vec::new();
+    for (i, watcher) in watchers.iter_mut().enumerate() {
+        watcher.until(halfway, LIMIT).await;
+        let (r, w) = (i / WATCHERS_PER_REPLICA, i % WATCHERS_PER_REPLICA);
+        let next = &servers[(r + 1) % REPLICAS];
+        let held = watcher.state.clone();
+        let mut sync = next.sync_with(&sdk).await;
+        let resume = subscribe(&format!("replica-{r}-watcher-{w}"), "production", &held);
+        let resumed = Watcher::open(&mut sync, resume, held.clone())
+            .await
+            .expect("resumed on the next replica");
+        moved.push((held.revision, resumed));
+    }
+    write_half(1).await;
 
     // Every replica ends holding what the database holds.
     let stored = server_state(&open_database(&servers[0]));
@@ -87,7 +113,7 @@ async fn writes_on_every_replica_reach_every_watcher_once_and_in_order() {
     }
     // Every watcher, on whichever replica, got every revision once, in order, and holds the
     // database's documents.
-    for (i, watcher) in watchers.iter_mut().enumerate() {
+    for (i, (from, watcher)) in moved.iter_mut().enumerate() {
         watcher.until(stored.revision, LIMIT).await;
         assert_eq!(watcher.state, stored, "watcher {i}");
         let deltas = &watcher.received.deltas;
@@ -95,7 +121,23 @@ async fn writes_on_every_replica_reach_every_watcher_once_and_in_order() {
             deltas.windows(2).all(|pair| pair[1] == pair[0] + 1),
             "watcher {i} applied {deltas:?}"
         );
+        assert!(
+            deltas.first().is_none_or(|first| *first == *from + 1),
+            "watcher {i} resumed after {from}: {deltas:?}"
+        );
         assert_eq!(deltas.last(), Some(&stored.revision), "watcher {i}");
+        assert_eq!(
+            watcher.received.snapshots, 0,
+            "watcher {i} resumed in the log"
+        );
+    }
+    // Before moving, each got every revision it saw once, in order, from one snapshot.
+    for (i, watcher) in watchers.iter().enumerate() {
+        let deltas = &watcher.received.deltas;
+        assert!(
+            deltas.windows(2).all(|pair| pair[1] == pair[0] + 1),
+            "watcher {i} applied {deltas:?}"
+        );
         assert_eq!(watcher.received.snapshots, 1, "watcher {i}");
     }
 }
