@@ -94,6 +94,9 @@ pub struct Environment {
     /// no lock; it only ever grows (it restarts at 0 with the process, as Prometheus counters
     /// do).
     writes: AtomicU64,
+    /// How many plan writes the store had counted for the environment when this flagstaffd
+    /// last read its plans under the environment's lock ([`Locked::plan_writes`]).
+    plan_writes: AtomicU64,
     /// Serialises writes so each is built against the state it commits onto. A std mutex: it
     /// is held on a blocking thread for one write and never across an await.
     writer: Mutex<()>,
@@ -575,6 +578,13 @@ impl<S: Store> Environments<S> {
             let changes = locked.changes_since(known)?;
             self.apply_logged(&env, changes)?;
         }
+        // Plans paused or resumed through another flagstaffd make no revision: read again
+        // when the store counted plan writes this one has not seen.
+        let plan_writes_seen = locked.plan_writes();
+        if plan_writes_seen != env.plan_writes.load(Ordering::Acquire) {
+            self.reload_rollouts_of(&env)?;
+            env.plan_writes.store(plan_writes_seen, Ordering::Release);
+        }
         let current = env.current();
         let plans = env.rollouts();
         let mut plan = None;
@@ -598,6 +608,7 @@ impl<S: Store> Environments<S> {
             }
             let written = locked.commit_plans(std::slice::from_ref(plan));
             self.plans_written(&env, written, std::slice::from_ref(plan))?;
+            self.count_plan_writes(&env, plan_writes_seen, 1);
             return Ok((Committed::nothing(current.revision), Some(plan.clone())));
         };
         let revision = staged.revision;
@@ -659,6 +670,7 @@ impl<S: Store> Environments<S> {
         }
         env.current
             .store(Arc::new(Current::new(revision, Arc::new(staged.next))));
+        self.count_plan_writes(&env, plan_writes_seen, plan_writes.len());
         if !plan_writes.is_empty() {
             let mut stored = env.lock_rollouts();
             for p in &plan_writes {
@@ -978,6 +990,16 @@ impl<S: Store> Environments<S> {
         }
     }
 
+    /// Counts this flagstaffd's own `written` plan writes on top of the `seen` it committed
+    /// over, as the store did: its memory holds them, so they are no reason to read again.
+    fn count_plan_writes(&self, env: &Environment, seen: u64, written: usize) {
+        if written > 0 && self.store.is_shared() {
+            let written = u64::try_from(written).unwrap_or(u64::MAX);
+            env.plan_writes
+                .store(seen.saturating_add(written), Ordering::Release);
+        }
+    }
+
     /// `err`, a plan changed through another flagstaffd first, once `env`'s plans were read
     /// again from the store.
     fn conflicted(&self, env: &Environment, err: StoreError) -> ServerError {
@@ -1122,6 +1144,7 @@ impl Environment {
             created_ms: record.created_ms,
             current: ArcSwap::from_pointee(Current::new(record.revision, Arc::new(snapshot))),
             writes: AtomicU64::new(0),
+            plan_writes: AtomicU64::new(0),
             writer: Mutex::new(()),
             feed: Feed::new(record.revision, feed_capacity),
             rollouts: Mutex::new(BTreeMap::new()),

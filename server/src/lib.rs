@@ -424,7 +424,10 @@ impl Server {
         if let Err(e) = scheduler.await {
             tracing::error!(error = %e, "the rollout scheduler failed");
         }
+        // Another flagstaffd takes the lease at once, rather than after it expires.
         self.envs.resign();
+        let store = self.envs.store().clone();
+        let _ = tokio::task::spawn_blocking(move || storage::Store::resign(&*store)).await;
         let _ = admin_health.await;
         if let Some(follower) = follower {
             if let Err(e) = follower.await {

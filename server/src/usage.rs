@@ -157,6 +157,9 @@ impl<S: Store> Environments<S> {
             let sum = self.store().add_guard_counts(&env.key, &flag, &counts)?;
             sums.push((flag, counts, sum));
         }
+        // Deciding is the leader's duty: on another flagstaffd, the leader decides on the
+        // sums within a second (see `check_guards`), and this one marks nothing rejected.
+        let leads = self.leads();
         let mut rejected = Vec::new();
         {
             // Under the writer lock, so no plan write in between loses the counts; kept in
@@ -185,7 +188,7 @@ impl<S: Store> Environments<S> {
                     },
                     None => added_to(g.tally, &counts),
                 };
-                if counts.target_events + counts.baseline_events == 0 {
+                if !leads || counts.target_events + counts.baseline_events == 0 {
                     continue;
                 }
                 if let Some(decided) = rejects(plan) {
@@ -197,12 +200,14 @@ impl<S: Store> Environments<S> {
             guards,
             rolled_back: Vec::new(),
         };
-        // Deciding is the leader's duty: on another flagstaffd, the leader decides on the
-        // sums within a second (see `check_guards`).
-        if !self.leads() {
-            return Ok(outcome);
+        // The report is counted: a rollback that fails now is tried again by the leader's
+        // look at the sums every second, and the SDK is not told to send its counts again.
+        match self.roll_back_rejected(environment, rejected) {
+            Ok(rolled_back) => outcome.rolled_back = rolled_back,
+            Err(e) => {
+                tracing::warn!(environment, error = %e, "a guard's rollback failed; the next look at the guards tries again");
+            }
         }
-        outcome.rolled_back = self.roll_back_rejected(environment, rejected)?;
         outcome
             .guards
             .retain(|(f, _)| !outcome.rolled_back.contains(f));

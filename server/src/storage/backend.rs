@@ -87,6 +87,10 @@ impl Store for Backend {
         each_store!(self, s => s.lead())
     }
 
+    fn resign(&self) {
+        each_store!(self, s => s.resign());
+    }
+
     fn add_guard_counts(
         &self,
         environment: &str,

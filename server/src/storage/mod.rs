@@ -701,6 +701,14 @@ pub trait Locked: Send {
     /// applies before it builds its change.
     fn changes_since(&mut self, revision: u64) -> Result<Option<Vec<Change>>, StoreError>;
 
+    /// How many times the environment's rollout plans have been written, by any process on
+    /// the database: another count than this process last saw means they changed without a
+    /// revision (a pause, a resume), and are read again before anything is built on them.
+    /// Always 0 on a store one process writes (sled), whose plans in memory are the stored.
+    fn plan_writes(&self) -> u64 {
+        0
+    }
+
     /// Makes the commit a duty of the leader: it fails with [`StoreError::LeaseLost`],
     /// changing nothing, unless this flagstaffd still holds `lease` when it commits. A store
     /// that one process alone writes (sled) has nothing to check.
@@ -861,6 +869,11 @@ pub trait Store: Send + Sync + 'static {
     fn lead(&self) -> Option<Leadership> {
         None
     }
+
+    /// Once every [`Leadership`] receiver is dropped, waits (a few seconds at most) until the
+    /// lease is given up, so that another flagstaffd takes it at once. Nothing to wait for on
+    /// a store no other process writes.
+    fn resign(&self) {}
 
     /// Adds `counts` (a guard's report for `flag`'s current stage) to what every flagstaffd
     /// on the database added, and returns the sum; `None` for a store no other process

@@ -5,6 +5,7 @@ use tonic::{Request, Response, Status};
 
 use super::service::{blocking, AdminService};
 use crate::auth::Access;
+use crate::error::ServerError;
 use crate::service::wire;
 use crate::storage::{Role, Store, TokenRecord};
 
@@ -44,8 +45,8 @@ pub(super) async fn get_client_token<S: Store>(
     let id = request.into_inner().id;
     wire::required_str(&id, "id")?;
     // Created through another flagstaffd of the database, perhaps not heard of here yet: held
-    // from now on if so. A token that cannot be looked up is answered as not found.
-    let _ = admin.tokens.find(&id).await;
+    // from now on if so.
+    find(admin, &id).await?;
     let (token, secret) = admin.tokens.client_token(&id)?;
     Ok(Response::new(pb::GetClientTokenResponse {
         token: Some(wire::token(&token)),
@@ -79,8 +80,19 @@ pub(super) async fn revoke_token<S: Store>(
     let id = request.into_inner().id;
     wire::required_str(&id, "id")?;
     // As for get_client_token.
-    let _ = admin.tokens.find(&id).await;
+    find(admin, &id).await?;
     let tokens = admin.tokens.clone();
     blocking(move || tokens.revoke(&id)).await?;
     Ok(Response::new(pb::RevokeTokenResponse {}))
+}
+
+/// Makes sure the token `id` is held if the store has it. A lookup that cannot be made now
+/// (the database is unreachable, or too many unknown tokens are being looked up) is
+/// `UNAVAILABLE`: the token may exist, so "not found" would mislead.
+async fn find<S: Store>(admin: &AdminService<S>, id: &str) -> Result<(), ServerError> {
+    match admin.tokens.find(id).await {
+        Ok(_) => Ok(()),
+        Err(ServerError::Unauthenticated(busy)) => Err(ServerError::Unavailable(busy)),
+        Err(e) => Err(e),
+    }
 }

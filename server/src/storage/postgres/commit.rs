@@ -290,12 +290,13 @@ pub(super) async fn lock(
     database: String,
     environment: String,
     runtime: tokio::runtime::Handle,
-) -> Result<(Begun, i64, String), StoreError> {
+) -> Result<(Begun, Held), StoreError> {
     let fail = |e| failed(&database, e);
     let client = pool.get().await.map_err(|e| pool_failed(&database, e))?;
     let lock = client
         .prepare_cached(
-            "SELECT revision, record::text FROM environments WHERE key = $1 FOR NO KEY UPDATE",
+            "SELECT revision, record::text, plan_writes FROM environments WHERE key = $1
+             FOR NO KEY UPDATE",
         )
         .await
         .map_err(fail)?;
@@ -313,7 +314,23 @@ pub(super) async fn lock(
     let Some(row) = locked.first() else {
         return Err(StoreError::NoEnvironment(environment));
     };
-    Ok((tx, row.get(0), row.get(1)))
+    Ok((
+        tx,
+        Held {
+            revision: row.get(0),
+            record: row.get(1),
+            plan_writes: row.get(2),
+        },
+    ))
+}
+
+/// What an environment's locked row holds.
+pub(super) struct Held {
+    pub(super) revision: i64,
+    /// The environment's record, as JSON.
+    pub(super) record: String,
+    /// How many plan writes it has had (`flagstaff_put_plan`).
+    pub(super) plan_writes: i64,
 }
 
 /// The change-log entries of `environment` above `since`, oldest first, read in `tx`.

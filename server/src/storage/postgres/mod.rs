@@ -115,6 +115,9 @@ pub struct PgStore {
     retention: u64,
     /// Names this flagstaffd as the holder of the leader's lease: random per process.
     holder: String,
+    /// The task holding the lease, once [`Store::lead`] started it: it gives the lease up
+    /// and ends when nobody follows the leadership any more.
+    leading: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 impl std::fmt::Debug for PgStore {
@@ -173,6 +176,22 @@ fn failed(database: &str, err: tokio_postgres::Error) -> StoreError {
                 detail: format!(
                     "{}: another commit held the environment too long; nothing was changed: retry",
                     db.code().code()
+                ),
+            }
+        }
+        // Chosen by the database to end a deadlock, or a conflict between concurrent
+        // transactions (an SDK's instances written while their environment is deleted):
+        // rolled back, nothing changed, worth retrying.
+        Some(db)
+            if db.code() == &tokio_postgres::error::SqlState::T_R_DEADLOCK_DETECTED
+                || db.code() == &tokio_postgres::error::SqlState::T_R_SERIALIZATION_FAILURE =>
+        {
+            StoreError::Unavailable {
+                database: database.to_owned(),
+                detail: format!(
+                    "{}: {}; nothing was changed: retry",
+                    db.code().code(),
+                    db.message()
                 ),
             }
         }
@@ -382,6 +401,7 @@ impl PgStore {
             tls,
             retention: retention.max(1),
             holder: crate::storage::random_id(),
+            leading: std::sync::Mutex::new(None),
         };
         // Reachable now, or a clear error now rather than at the first request.
         store
@@ -661,8 +681,9 @@ async fn announce(client: &deadpool_postgres::Object, changed: bool, what: &'sta
     }
 }
 
-/// Adds a report's guard counts to the stored ones of the same flag version, starts them
-/// again for a newer version, and leaves them for an older one (no row returned then).
+/// Adds a report's guard counts to the stored ones of the same flag version (saturating at
+/// the largest `bigint`, as counts in memory saturate), starts them again for a newer
+/// version, and leaves them for an older one (no row returned then).
 const ADD_GUARD_COUNTS: &str = "INSERT INTO guard_counts AS g (environment, flag, flag_version,
          target_weight, baseline_weight, target_exposures, baseline_exposures, target_events,
          baseline_events)
@@ -671,14 +692,18 @@ const ADD_GUARD_COUNTS: &str = "INSERT INTO guard_counts AS g (environment, flag
      ON CONFLICT (environment, flag) DO UPDATE SET
          target_weight = EXCLUDED.target_weight,
          baseline_weight = EXCLUDED.baseline_weight,
-         target_exposures = EXCLUDED.target_exposures
+         target_exposures = LEAST(EXCLUDED.target_exposures::numeric
              + CASE WHEN g.flag_version = EXCLUDED.flag_version THEN g.target_exposures ELSE 0 END,
-         baseline_exposures = EXCLUDED.baseline_exposures
+             9223372036854775807)::bigint,
+         baseline_exposures = LEAST(EXCLUDED.baseline_exposures::numeric
              + CASE WHEN g.flag_version = EXCLUDED.flag_version THEN g.baseline_exposures ELSE 0 END,
-         target_events = EXCLUDED.target_events
+             9223372036854775807)::bigint,
+         target_events = LEAST(EXCLUDED.target_events::numeric
              + CASE WHEN g.flag_version = EXCLUDED.flag_version THEN g.target_events ELSE 0 END,
-         baseline_events = EXCLUDED.baseline_events
+             9223372036854775807)::bigint,
+         baseline_events = LEAST(EXCLUDED.baseline_events::numeric
              + CASE WHEN g.flag_version = EXCLUDED.flag_version THEN g.baseline_events ELSE 0 END,
+             9223372036854775807)::bigint,
          flag_version = EXCLUDED.flag_version
      WHERE g.flag_version <= EXCLUDED.flag_version
      RETURNING flag_version, target_weight, baseline_weight, target_exposures,
@@ -723,6 +748,8 @@ struct PgLocked<'a> {
     epoch: String,
     /// The environment's record as locked.
     record: String,
+    /// How many plan writes the environment has had.
+    plan_writes: u64,
     /// The lease the commit is a duty of.
     lease: Option<Lease>,
 }
@@ -761,6 +788,10 @@ impl Locked for PgLocked<'_> {
 
     fn hold(&mut self, lease: Lease) {
         self.lease = Some(lease);
+    }
+
+    fn plan_writes(&self) -> u64 {
+        self.plan_writes
     }
 
     fn commit(
@@ -1216,17 +1247,18 @@ impl Store for PgStore {
     fn lock_environment(&self, environment: &str) -> Result<Box<dyn Locked + '_>, StoreError> {
         let runtime = self.handle()?;
         let env = environment.to_owned();
-        let (tx, revision, record) =
+        let (tx, held) =
             self.call(move |pool, database| commit::lock(pool, database, env, runtime))?;
         let what = format!("environments/{environment}");
-        let epoch = decode::<EnvironmentRecord>(&what, record.as_bytes())?.epoch;
+        let epoch = decode::<EnvironmentRecord>(&what, held.record.as_bytes())?.epoch;
         Ok(Box::new(PgLocked {
             store: self,
             environment: environment.to_owned(),
             tx: Some(tx),
-            revision,
+            revision: held.revision,
             epoch,
-            record,
+            record: held.record,
+            plan_writes: u64::try_from(held.plan_writes).unwrap_or(0),
             lease: None,
         }))
     }
@@ -1246,14 +1278,34 @@ impl Store for PgStore {
     fn lead(&self) -> Option<Leadership> {
         let runtime = self.handle().ok()?;
         let (leading, leadership) = tokio::sync::watch::channel(None);
-        runtime.spawn(lease::lead(
+        let task = runtime.spawn(lease::lead(
             (*self.config).clone(),
             self.tls.clone(),
             self.database.clone(),
             self.holder.clone(),
             leading,
         ));
+        *self.leading.lock().unwrap_or_else(|p| p.into_inner()) = Some(task);
         Some(leadership)
+    }
+
+    fn resign(&self) {
+        let Some(task) = self
+            .leading
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+        else {
+            return;
+        };
+        // The lease task gives the lease up (one statement, at most RENEW) and ends.
+        let waited = self.call_with(None, Some(lease::RENEW * 2), move |_, _| async move {
+            let _ = task.await;
+            Ok(())
+        });
+        if let Err(e) = waited {
+            tracing::warn!(error = %e, "the leader's lease was not given up in time; it expires by itself");
+        }
     }
 
     fn add_guard_counts(

@@ -31,10 +31,15 @@ BEGIN
 END
 $$;
 
+-- How many plan writes an environment has had: a flagstaffd that locks the row and finds
+-- another count than it last saw reads the environment's plans again before it builds on
+-- them (a pause or a resume through another flagstaffd makes no revision).
+ALTER TABLE environments ADD COLUMN plan_writes bigint NOT NULL DEFAULT 0;
+
 -- Writes a rollout plan if the stored one is at version `expected` (0: none stored); raises
 -- FS002 otherwise, so that a plan changed through another flagstaffd meanwhile is never
 -- overwritten. The environment's row is locked first, as every commit locks it, so plan
--- writes of one environment happen one at a time.
+-- writes of one environment happen one at a time; its count of plan writes goes up.
 CREATE FUNCTION flagstaff_put_plan(env text, flag_key text, plan_text text, expected bigint)
 RETURNS void
 LANGUAGE plpgsql AS $$
@@ -56,6 +61,7 @@ BEGIN
     END IF;
     INSERT INTO rollouts (environment, flag, plan) VALUES (env, flag_key, plan_text::json)
         ON CONFLICT (environment, flag) DO UPDATE SET plan = EXCLUDED.plan;
+    UPDATE environments SET plan_writes = plan_writes + 1 WHERE key = env;
 END
 $$;
 
