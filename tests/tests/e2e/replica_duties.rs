@@ -208,6 +208,58 @@ async fn a_pause_through_any_replica_beats_a_due_advance_on_the_leader() {
     assert_eq!(events(&p, pb::RolloutEventKind::Advanced), 0, "{p:?}");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_edit_right_after_a_resume_through_another_replica_pauses_the_plan() {
+    let clock = Arc::new(ManualClock::new(1_800_000_000_000));
+    let Some(servers) = replicas(&clock).await else {
+        return;
+    };
+    let (mut a, mut b) = (servers[0].admin().await, servers[1].admin().await);
+    create_flag(&mut a, "production", boolean_flag("banner")).await;
+    start_plan(&mut a, "banner").await;
+    let flag_rollout = pb::PauseRolloutRequest {
+        environment: "production".into(),
+        flag: "banner".into(),
+        ..Default::default()
+    };
+    a.pause_rollout(flag_rollout).await.expect("paused");
+    eventually_within("B to hold the paused plan", TAKEOVER, async || {
+        servers[1]
+            .environments
+            .get("production")
+            .ok()
+            .and_then(|env| env.rollout("banner"))
+            .is_some_and(|p| p.state == flagstaff_server::storage::RolloutState::Paused)
+    })
+    .await;
+
+    // Resumed through A while B hears nothing (its listening connection cut), then edited
+    // by hand through B at once: the edit pauses the plan, as on one server.
+    cut_listening_connections(servers[0].database_url.as_deref().expect("a database")).await;
+    a.resume_rollout(pb::ResumeRolloutRequest {
+        environment: "production".into(),
+        flag: "banner".into(),
+        ..Default::default()
+    })
+    .await
+    .expect("resumed");
+    let edited = b
+        .set_default_serve(pb::SetDefaultServeRequest {
+            environment: "production".into(),
+            key: "banner".into(),
+            serve: Some(split(&[("on", 30_000), ("off", 70_000)])),
+            ..Default::default()
+        })
+        .await
+        .expect("edited")
+        .into_inner();
+    assert_eq!(edited.paused_rollouts, vec!["banner".to_owned()]);
+    eventually_within("A to show the plan paused", TAKEOVER, async || {
+        plan(&mut a, "banner").await.state == pb::RolloutState::Paused as i32
+    })
+    .await;
+}
+
 /// Ends every connection listening for commits on the database at `url`.
 async fn cut_listening_connections(url: &str) {
     let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
