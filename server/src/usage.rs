@@ -232,23 +232,7 @@ impl<S: Store> Environments<S> {
             {
                 let _writing = env.lock_writer();
                 let mut plans = env.lock_rollouts();
-                for (flag, sum) in sums {
-                    let Some(plan) = plans.get_mut(&flag) else {
-                        continue;
-                    };
-                    if plan.state != RolloutState::Running || plan.flag_version != sum.flag_version
-                    {
-                        continue;
-                    }
-                    let fresh = guard::stage_tally(plan);
-                    if let Some(g) = plan.guard.as_mut() {
-                        g.tally = GuardTally {
-                            target_weight: fresh.target_weight,
-                            baseline_weight: fresh.baseline_weight,
-                            ..sum
-                        };
-                    }
-                }
+                summed(&mut plans, sums);
                 for plan in plans.values_mut() {
                     if plan.state == RolloutState::Running {
                         rejected.extend(rejects(plan));
@@ -276,22 +260,7 @@ impl<S: Store> Environments<S> {
         if !guarded || !self.store().is_shared() {
             return Ok(plans);
         }
-        for (flag, sum) in self.store().guard_counts(environment)? {
-            let Some(plan) = plans.get_mut(&flag) else {
-                continue;
-            };
-            if plan.state != RolloutState::Running || plan.flag_version != sum.flag_version {
-                continue;
-            }
-            let fresh = guard::stage_tally(plan);
-            if let Some(g) = plan.guard.as_mut() {
-                g.tally = GuardTally {
-                    target_weight: fresh.target_weight,
-                    baseline_weight: fresh.baseline_weight,
-                    ..sum
-                };
-            }
-        }
+        summed(&mut plans, self.store().guard_counts(environment)?);
         Ok(plans)
     }
 
@@ -359,6 +328,30 @@ fn report_counts(plan: &RolloutRecord, event: &str, report: &MetricsReport) -> G
         }
     }
     counts
+}
+
+/// The running plans of `plans` with the guard counts of `sums` (by flag) for the flag
+/// version each plan's stage serves, in the stage's weights.
+fn summed(
+    plans: &mut std::collections::BTreeMap<String, RolloutRecord>,
+    sums: Vec<(String, GuardTally)>,
+) {
+    for (flag, sum) in sums {
+        let Some(plan) = plans.get_mut(&flag) else {
+            continue;
+        };
+        if plan.state != RolloutState::Running || plan.flag_version != sum.flag_version {
+            continue;
+        }
+        let stage = guard::stage_tally(plan);
+        if let Some(g) = plan.guard.as_mut() {
+            g.tally = GuardTally {
+                target_weight: stage.target_weight,
+                baseline_weight: stage.baseline_weight,
+                ..sum
+            };
+        }
+    }
 }
 
 /// `tally` with `counts` added.

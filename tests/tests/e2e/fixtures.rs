@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use flagstaff_proto::pb;
 pub use flagstaff_tests::{eventually, eventually_within, PATIENCE};
-use flagstaff_tests::{Admin, TestServer, TestTls};
+use flagstaff_tests::{Admin, TestServer, TestServerBuilder, TestTls};
 use serde_json::{json, Value};
 use tonic::{Code, Response, Status};
 
@@ -325,4 +325,13 @@ pub fn sdk_builder(endpoint: String, token: &str, application: &str) -> flagstaf
         .application(application)
         .connect_timeout(Duration::from_millis(500))
         .backoff(Duration::from_millis(20), Duration::from_millis(200))
+}
+
+/// One more replica on the PostgreSQL database `first` runs on, started by `builder`: the
+/// admin token is the database's, and its data directory holds a copy of `first`'s.
+pub async fn another_replica(first: &TestServer, builder: TestServerBuilder) -> TestServer {
+    let dir = tempfile::tempdir().expect("a data directory");
+    std::fs::write(dir.path().join("admin.token"), &first.admin_token).expect("the admin token");
+    let url = first.database_url.clone().expect("on PostgreSQL");
+    builder.database_url(url).data_dir(dir).start().await
 }

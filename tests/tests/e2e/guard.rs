@@ -15,7 +15,7 @@ const HOUR: u64 = 3_600_000;
 
 /// One window of `checkout` at `version`: exposures and `checkout_error` events of the target
 /// (`on`) and the baseline (`off`).
-fn window(version: u64, exposures: (u64, u64), events: (u64, u64)) -> pb::MetricsWindow {
+pub(super) fn window(version: u64, exposures: (u64, u64), events: (u64, u64)) -> pb::MetricsWindow {
     let evaluation = |variant: &str, count| pb::EvaluationCount {
         flag: "checkout".into(),
         variant: variant.into(),

@@ -16,6 +16,7 @@ use flagstaff_tests::postgres::fresh_database;
 use flagstaff_tests::{eventually_within, store_kind, Admin, StoreKind, TestServer};
 
 use super::fixtures::*;
+use super::guard::window;
 
 const HOUR: u64 = 3_600_000;
 const REPLICAS: usize = 3;
@@ -40,16 +41,7 @@ async fn replicas(clock: &Arc<ManualClock>) -> Option<Vec<TestServer>> {
     create_environment(&mut first.admin().await, "production").await;
     let mut servers = vec![first];
     for _ in 1..REPLICAS {
-        // The admin token is the database's; each replica's data directory holds a copy.
-        let dir = tempfile::tempdir().expect("a data directory");
-        std::fs::write(dir.path().join("admin.token"), &servers[0].admin_token)
-            .expect("the admin token");
-        let server = TestServer::builder()
-            .database_url(url.clone())
-            .data_dir(dir)
-            .clock(clock.clone())
-            .start()
-            .await;
+        let server = another_replica(&servers[0], TestServer::builder().clock(clock.clone())).await;
         servers.push(server);
     }
     Some(servers)
@@ -308,7 +300,7 @@ async fn a_guard_decides_on_what_sdks_reported_through_every_replica() {
         let mut sync = server.sync_with(&token).await;
         let request = pb::ReportMetricsRequest {
             instance_id: format!("instance-{n}"),
-            windows: vec![checkout_window(version, (500, 4_500), (20, 20))],
+            windows: vec![window(version, (500, 4_500), (20, 20))],
             ..Default::default()
         };
         // Refused, and so counting nothing, until the replica heard of the token.
@@ -343,36 +335,6 @@ async fn a_guard_decides_on_what_sdks_reported_through_every_replica() {
         (1_000, 9_000)
     );
     assert_eq!(status.state, pb::GuardState::Rejected as i32);
-}
-
-/// One window of `checkout` at `version`: exposures and `checkout_error` events of the
-/// target (`on`) and the baseline (`off`).
-fn checkout_window(version: u64, exposures: (u64, u64), events: (u64, u64)) -> pb::MetricsWindow {
-    let evaluation = |variant: &str, count| pb::EvaluationCount {
-        flag: "checkout".into(),
-        variant: variant.into(),
-        version,
-        count,
-    };
-    let attribution = |variant: &str, count| pb::EventAttribution {
-        flag: "checkout".into(),
-        variant: variant.into(),
-        version,
-        count,
-    };
-    pb::MetricsWindow {
-        start_unix_ms: 1_800_000_000_000,
-        end_unix_ms: 1_800_000_010_000,
-        evaluations: vec![
-            evaluation("on", exposures.0),
-            evaluation("off", exposures.1),
-        ],
-        events: vec![pb::EventCount {
-            event: "checkout_error".into(),
-            count: events.0 + events.1,
-            attributions: vec![attribution("on", events.0), attribution("off", events.1)],
-        }],
-    }
 }
 
 /// A store of its own on a fresh database, with the environment `production`.

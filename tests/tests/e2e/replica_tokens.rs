@@ -48,16 +48,7 @@ async fn replicas() -> Option<Replicas> {
     prepare(&first).await;
     let mut servers = vec![first];
     for _ in 1..REPLICAS {
-        // The admin token is the database's; each replica's data directory holds a copy.
-        let dir = tempfile::tempdir().expect("a data directory");
-        std::fs::write(dir.path().join("admin.token"), &servers[0].admin_token)
-            .expect("the admin token");
-        let server = TestServer::builder()
-            .database_url(url.clone())
-            .data_dir(dir)
-            .metrics()
-            .start()
-            .await;
+        let server = another_replica(&servers[0], TestServer::builder().metrics()).await;
         servers.push(server);
     }
     let (db, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)

@@ -34,15 +34,7 @@ async fn replicas() -> Option<(Vec<TestServer>, String)> {
     let sdk = prepare(&first).await;
     let mut servers = vec![first];
     for _ in 1..REPLICAS {
-        // The admin token is the database's; each replica's data directory holds a copy.
-        let dir = tempfile::tempdir().expect("a data directory");
-        std::fs::write(dir.path().join("admin.token"), &servers[0].admin_token)
-            .expect("the admin token");
-        let server = TestServer::builder()
-            .database_url(url.clone())
-            .data_dir(dir)
-            .start()
-            .await;
+        let server = another_replica(&servers[0], TestServer::builder()).await;
         servers.push(server);
     }
     Some((servers, sdk))
@@ -413,14 +405,7 @@ async fn replicas_recover_by_themselves_from_a_database_restart_under_writes_wit
     let sdk = prepare(&first).await;
     let mut servers = vec![first];
     for _ in 1..REPLICAS {
-        let dir = tempfile::tempdir().expect("a data directory");
-        std::fs::write(dir.path().join("admin.token"), &servers[0].admin_token)
-            .expect("the admin token");
-        let server = TestServer::builder()
-            .database_url(proxied.clone())
-            .data_dir(dir)
-            .start()
-            .await;
+        let server = another_replica(&servers[0], TestServer::builder()).await;
         servers.push(server);
     }
     let mut watchers = Vec::new();
