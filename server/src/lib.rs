@@ -38,6 +38,7 @@ pub mod auth;
 pub mod backup;
 pub mod clients;
 pub mod clock;
+mod console;
 mod environments;
 mod error;
 pub mod feed;
@@ -327,7 +328,13 @@ impl Server {
         // to load balancers by /readyz and the Admin service's health. Sync, OFREP and
         // /healthz serve from memory whatever it is.
         let (ready, readiness) = watch::channel(follow::Readiness::Ready);
-        let routes = http::routes(ofrep, stopping.clone(), readiness.clone());
+        let console = console::routes(Arc::new(console::Console::new(
+            self.envs.clone(),
+            self.tokens.clone(),
+            options.tls.is_some(),
+            options.ofrep.public_url.as_deref(),
+        )));
+        let routes = http::routes(ofrep, console, stopping.clone(), readiness.clone());
 
         let metrics = options.metrics.map(|listener| {
             let (envs, requests, clients, tokens) = (

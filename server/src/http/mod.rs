@@ -1,7 +1,8 @@
 //! HTTP on the gRPC port (DESIGN.md sections 9 and 10): `dispatch` sends each request to gRPC
 //! or to the HTTP routes by its content type, `listen` accepts plain or TLS connections, and
 //! this file serves both on one listener ([`serve`]) and holds the HTTP routes: OFREP under
-//! `/ofrep/v1/`, and `/healthz` and `/readyz` for load balancers.
+//! `/ofrep/v1/`, the web console (`crate::console`), and `/healthz` and `/readyz` for load
+//! balancers.
 
 pub(crate) mod dispatch;
 pub(crate) mod listen;
@@ -76,6 +77,7 @@ pub async fn serve_routes(
 /// this flagstaffd cannot reach the database it shares, or is catching up with it.
 pub(crate) fn routes(
     ofrep: axum::Router,
+    console: axum::Router,
     stopping: watch::Receiver<bool>,
     readiness: watch::Receiver<Readiness>,
 ) -> axum::Router {
@@ -104,6 +106,7 @@ pub(crate) fn routes(
         // After the fallback above, which would replace the OFREP routes' own (answered
         // behind their CORS layer).
         .merge(ofrep)
+        .merge(console)
         .fallback(|| async { not_found() })
 }
 
@@ -127,8 +130,9 @@ pub(crate) fn method_not_allowed() -> Response {
 fn not_found() -> Response {
     error(
         StatusCode::NOT_FOUND,
-        "no such route: flagstaffd serves OFREP under /ofrep/v1/, /healthz and /readyz over \
-         HTTP, and gRPC (content type application/grpc) on the same port",
+        "no such route: flagstaffd serves the web console at / (sign in at /login), OFREP under \
+         /ofrep/v1/, /healthz and /readyz over HTTP, and gRPC (content type application/grpc) \
+         on the same port",
     )
 }
 

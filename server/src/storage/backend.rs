@@ -5,8 +5,8 @@ use std::time::Duration;
 use super::{
     Announcements, AuditEntry, AuditHead, BackupRecord, Change, Damage, Documents,
     EnvironmentRecord, FlagUsage, GuardTally, Instance, Leadership, Locked, PgStore, Readable,
-    RestoredEnvironment, RolloutRecord, SledStore, Store, StoreError, TokenKey, TokenRecord,
-    TICKET_KEY_BYTES,
+    RestoredEnvironment, RolloutRecord, SessionRecord, SledStore, Store, StoreError, TokenKey,
+    TokenRecord, TICKET_KEY_BYTES,
 };
 
 /// The store flagstaffd runs on: sled in its data directory, or PostgreSQL.
@@ -102,6 +102,22 @@ impl Store for Backend {
 
     fn guard_counts(&self, environment: &str) -> Result<Vec<(String, GuardTally)>, StoreError> {
         each_store!(self, s => s.guard_counts(environment))
+    }
+
+    fn put_session(&self, session: &SessionRecord) -> Result<(), StoreError> {
+        each_store!(self, s => s.put_session(session))
+    }
+
+    fn session(&self, id_hash: &str) -> Result<Option<SessionRecord>, StoreError> {
+        each_store!(self, s => s.session(id_hash))
+    }
+
+    fn delete_session(&self, id_hash: &str) -> Result<(), StoreError> {
+        each_store!(self, s => s.delete_session(id_hash))
+    }
+
+    fn prune_sessions(&self, seen_before_ms: u64) -> Result<usize, StoreError> {
+        each_store!(self, s => s.prune_sessions(seen_before_ms))
     }
 
     fn put_rollout(&self, environment: &str, plan: &RolloutRecord) -> Result<(), StoreError> {

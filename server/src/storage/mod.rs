@@ -733,6 +733,30 @@ pub trait Locked: Send {
     fn commit_plans(self: Box<Self>, rollouts: &[RolloutRecord]) -> Result<(), StoreError>;
 }
 
+/// A web console session (DESIGN.md section 11), stored under the SHA-256 of its id: the id
+/// itself is only ever in the person's cookie.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionRecord {
+    /// The SHA-256 of the session's id, in hex.
+    pub id_hash: String,
+    /// Who is signed in, as the audit log names them: a token's name, or the person a proxy
+    /// signed in (`alice@example.com via console`).
+    pub person: String,
+    /// The token it signed in with; `None` when an authenticating proxy signed the person in.
+    /// The session ends when that token is revoked.
+    pub token: Option<String>,
+    /// What the person may do.
+    pub role: Role,
+    /// The environments an `editor` may see and change; empty for an `admin`.
+    pub environments: Vec<String>,
+    /// The token each of the session's forms carries (`csrf`).
+    pub csrf: String,
+    /// When it began, in Unix milliseconds.
+    pub created_ms: u64,
+    /// When it was last used; it ends after 12 hours without use.
+    pub seen_ms: u64,
+}
+
 /// The leader's lease as this flagstaffd holds it: duties' writes carry its generation, and
 /// fail once another flagstaffd took the lease.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -928,6 +952,18 @@ pub trait Store: Send + Sync + 'static {
         let _ = remember;
         Ok(())
     }
+
+    /// Stores a console session (replacing one of the same id), durably.
+    fn put_session(&self, session: &SessionRecord) -> Result<(), StoreError>;
+
+    /// The console session stored under `id_hash`, if any.
+    fn session(&self, id_hash: &str) -> Result<Option<SessionRecord>, StoreError>;
+
+    /// Removes the console session stored under `id_hash` (none there: nothing to do).
+    fn delete_session(&self, id_hash: &str) -> Result<(), StoreError>;
+
+    /// Removes the console sessions last used before `seen_before_ms`; how many.
+    fn prune_sessions(&self, seen_before_ms: u64) -> Result<usize, StoreError>;
 
     /// Stores a rollout plan (replacing the flag's previous one), durably.
     fn put_rollout(&self, environment: &str, plan: &RolloutRecord) -> Result<(), StoreError>;

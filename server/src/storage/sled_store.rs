@@ -34,8 +34,8 @@ use flagstaff_engine::Segment;
 
 use super::{
     decode, encode, read_record, AuditEntry, AuditHead, BackupRecord, Change, Damage, Documents,
-    EnvironmentRecord, FlagUsage, Locked, Readable, RestoredEnvironment, RolloutRecord, Store,
-    StoreError, TokenRecord, TICKET_KEY, TICKET_KEY_BYTES,
+    EnvironmentRecord, FlagUsage, Locked, Readable, RestoredEnvironment, RolloutRecord,
+    SessionRecord, Store, StoreError, TokenRecord, TICKET_KEY, TICKET_KEY_BYTES,
 };
 
 /// Change-log entries kept per environment unless configured otherwise.
@@ -307,6 +307,7 @@ fn reader(kind: &str) -> Option<Reader> {
         "rollouts" => read::<RolloutRecord>,
         "usage" => read::<FlagUsage>,
         "secrets" => read_ticket_key,
+        "sessions" => read::<SessionRecord>,
         _ => return None,
     })
 }
@@ -372,7 +373,7 @@ impl Store for SledStore {
                 continue;
             };
             let environment = match kind {
-                "tokens" => None,
+                "tokens" | "sessions" => None,
                 "environments" => None,
                 _ => environment,
             };
@@ -410,7 +411,8 @@ impl Store for SledStore {
                 })?,
             // A new ticket key is made on next use: outstanding tickets stop working, and
             // OFREP providers fetch a fresh one.
-            "tokens" | "rollouts" | "usage" | "secrets" => key.as_bytes().to_vec(),
+            // A session removed signs its person out.
+            "tokens" | "rollouts" | "usage" | "secrets" | "sessions" => key.as_bytes().to_vec(),
             _ => {
                 return Err(StoreError::Corrupt {
                     what: damage.record.clone(),
@@ -588,6 +590,43 @@ impl Store for SledStore {
         self.history_where(environment, before, limit, |entry| {
             entry.changes.iter().any(|c| c.is_segment(segment))
         })
+    }
+
+    fn put_session(&self, session: &SessionRecord) -> Result<(), StoreError> {
+        let mut synced = self.lock_writer();
+        self.db
+            .open_tree("sessions")?
+            .insert(session.id_hash.as_str(), encode(session))?;
+        self.sync(&mut synced, false)
+    }
+
+    fn session(&self, id_hash: &str) -> Result<Option<SessionRecord>, StoreError> {
+        match self.db.open_tree("sessions")?.get(id_hash)? {
+            Some(bytes) => decode(&format!("sessions/{id_hash}"), &bytes).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    fn delete_session(&self, id_hash: &str) -> Result<(), StoreError> {
+        let mut synced = self.lock_writer();
+        self.db.open_tree("sessions")?.remove(id_hash)?;
+        self.sync(&mut synced, false)
+    }
+
+    fn prune_sessions(&self, seen_before_ms: u64) -> Result<usize, StoreError> {
+        let sessions = self.db.open_tree("sessions")?;
+        let mut gone = 0;
+        for kv in sessions.iter() {
+            let (key, value) = kv?;
+            // One that cannot be read is no session anyone can use.
+            let stale = decode::<SessionRecord>("sessions", &value)
+                .map_or(true, |s| s.seen_ms < seen_before_ms);
+            if stale {
+                sessions.remove(key)?;
+                gone += 1;
+            }
+        }
+        Ok(gone)
     }
 
     fn put_rollout(&self, environment: &str, plan: &RolloutRecord) -> Result<(), StoreError> {

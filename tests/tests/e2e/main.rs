@@ -6,6 +6,7 @@
 mod auth;
 mod backup;
 mod codec;
+mod console;
 mod documents;
 mod evaluate;
 mod failover;

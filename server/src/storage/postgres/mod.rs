@@ -39,8 +39,8 @@ use tokio_postgres::NoTls;
 use super::{
     decode, encode, read_record, Announcements, AuditEntry, AuditHead, BackupRecord, Change,
     Damage, Documents, EnvironmentRecord, FlagUsage, GuardTally, Instance, Leadership, Lease,
-    Locked, Readable, RestoredEnvironment, RolloutRecord, Store, StoreError, TokenKey, TokenRecord,
-    TICKET_KEY, TICKET_KEY_BYTES,
+    Locked, Readable, RestoredEnvironment, RolloutRecord, SessionRecord, Store, StoreError,
+    TokenKey, TokenRecord, TICKET_KEY, TICKET_KEY_BYTES,
 };
 
 /// The migrations, in order: version, name, SQL. Each one the database has not recorded is
@@ -55,6 +55,7 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         "instances",
         include_str!("migrations/0003_instances.sql"),
     ),
+    (4, "sessions", include_str!("migrations/0004_sessions.sql")),
 ];
 
 /// Adds each flag's evaluations (`$3`, as text) to its stored usage, and keeps the later of its
@@ -1341,6 +1342,63 @@ impl Store for PgStore {
             vec![Param::Text(environment.to_owned())],
             |row| (row.get::<_, String>(0), tally_of(row, 1)),
         )
+    }
+
+    fn put_session(&self, session: &SessionRecord) -> Result<(), StoreError> {
+        let (id, text) = (session.id_hash.clone(), json(session));
+        let seen = i64::try_from(session.seen_ms).unwrap_or(i64::MAX);
+        self.call(move |pool, database| async move {
+            let client = pool.get().await.map_err(|e| pool_failed(&database, e))?;
+            client
+                .execute(
+                    "INSERT INTO console_sessions (id_hash, record, seen_ms)
+                     VALUES ($1, $2::text::json, $3)
+                     ON CONFLICT (id_hash) DO UPDATE
+                     SET record = EXCLUDED.record, seen_ms = EXCLUDED.seen_ms",
+                    &[&id, &text, &seen],
+                )
+                .await
+                .map_err(|e| failed(&database, e))
+                .map(drop)
+        })
+    }
+
+    fn session(&self, id_hash: &str) -> Result<Option<SessionRecord>, StoreError> {
+        let rows = self.rows(
+            "SELECT record::text FROM console_sessions WHERE id_hash = $1",
+            vec![Param::Text(id_hash.to_owned())],
+            |row| row.get::<_, String>(0),
+        )?;
+        rows.first()
+            .map(|text| decode(&format!("console_sessions/{id_hash}"), text.as_bytes()))
+            .transpose()
+    }
+
+    fn delete_session(&self, id_hash: &str) -> Result<(), StoreError> {
+        let id = id_hash.to_owned();
+        self.call(move |pool, database| async move {
+            let client = pool.get().await.map_err(|e| pool_failed(&database, e))?;
+            client
+                .execute("DELETE FROM console_sessions WHERE id_hash = $1", &[&id])
+                .await
+                .map_err(|e| failed(&database, e))
+                .map(drop)
+        })
+    }
+
+    fn prune_sessions(&self, seen_before_ms: u64) -> Result<usize, StoreError> {
+        let before = i64::try_from(seen_before_ms).unwrap_or(i64::MAX);
+        self.call(move |pool, database| async move {
+            let client = pool.get().await.map_err(|e| pool_failed(&database, e))?;
+            client
+                .execute(
+                    "DELETE FROM console_sessions WHERE seen_ms < $1",
+                    &[&before],
+                )
+                .await
+                .map_err(|e| failed(&database, e))
+                .map(|n| usize::try_from(n).unwrap_or(usize::MAX))
+        })
     }
 
     fn put_rollout(&self, environment: &str, plan: &RolloutRecord) -> Result<(), StoreError> {

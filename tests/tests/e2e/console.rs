@@ -1,0 +1,417 @@
+//! The web console over HTTP (DESIGN.md section 11): signing in with a token and out, pages
+//! that need a session, the checks every POST passes (its `Origin` and its CSRF token), the
+//! headers every answer carries, what an editor may see, sessions ended by revocation and by
+//! 12 hours without use, and the flag list's search, filters and pages.
+
+use flagstaff_proto::pb;
+use flagstaff_server::storage::Store;
+use flagstaff_tests::{store_kind, StoreKind, TestServer};
+use reqwest::header::{HeaderMap, CONTENT_SECURITY_POLICY, LOCATION, SET_COOKIE};
+use reqwest::StatusCode;
+
+use super::fixtures::*;
+
+/// A browser of one console: no redirects followed, cookies kept by hand.
+struct Browser {
+    client: reqwest::Client,
+    base: String,
+    cookies: Vec<(String, String)>,
+}
+
+/// A page as the browser got it.
+struct Page {
+    status: StatusCode,
+    headers: HeaderMap,
+    body: String,
+}
+
+impl Page {
+    /// Where a redirect sends the browser.
+    fn location(&self) -> &str {
+        self.headers
+            .get(LOCATION)
+            .and_then(|l| l.to_str().ok())
+            .unwrap_or("")
+    }
+
+    /// The value of the hidden field `csrf` in the page's (first) form.
+    fn csrf(&self) -> String {
+        let at = self
+            .body
+            .find("name=\"csrf\" value=\"")
+            .expect("a csrf field");
+        let rest = &self.body[at + "name=\"csrf\" value=\"".len()..];
+        rest[..rest.find('"').expect("the field's end")].to_owned()
+    }
+}
+
+impl Browser {
+    fn new(server: &TestServer) -> Browser {
+        Browser {
+            client: reqwest::Client::builder()
+                .redirect(reqwest::redirect::Policy::none())
+                .build()
+                .expect("an HTTP client"),
+            base: format!("http://{}", server.addr),
+            cookies: Vec::new(),
+        }
+    }
+
+    fn cookie_header(&self) -> String {
+        self.cookies
+            .iter()
+            .map(|(n, v)| format!("{n}={v}"))
+            .collect::<Vec<_>>()
+            .join("; ")
+    }
+
+    /// Keeps the cookies `headers` set (and drops those they remove).
+    fn keep(&mut self, headers: &HeaderMap) {
+        for set in headers.get_all(SET_COOKIE) {
+            let set = set.to_str().expect("ascii");
+            let (pair, attributes) = set.split_once(';').unwrap_or((set, ""));
+            let (name, value) = pair.split_once('=').expect("name=value");
+            self.cookies.retain(|(n, _)| n != name);
+            if !attributes.contains("Max-Age=0") {
+                self.cookies.push((name.to_owned(), value.to_owned()));
+            }
+        }
+    }
+
+    async fn get(&mut self, path: &str) -> Page {
+        let request = self
+            .client
+            .get(format!("{}{path}", self.base))
+            .header("cookie", self.cookie_header());
+        self.send(request).await
+    }
+
+    /// POSTs `form` from a page of `origin` (`None`: no Origin header).
+    async fn post_from(&mut self, origin: Option<&str>, path: &str, form: &[(&str, &str)]) -> Page {
+        let body: Vec<String> = form
+            .iter()
+            .map(|(k, v)| format!("{k}={}", urlencode(v)))
+            .collect();
+        let mut request = self
+            .client
+            .post(format!("{}{path}", self.base))
+            .header("cookie", self.cookie_header())
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(body.join("&"));
+        if let Some(origin) = origin {
+            request = request.header("origin", origin);
+        }
+        self.send(request).await
+    }
+
+    /// POSTs `form` from a page of this console.
+    async fn post(&mut self, path: &str, form: &[(&str, &str)]) -> Page {
+        let origin = self.base.clone();
+        self.post_from(Some(&origin), path, form).await
+    }
+
+    async fn send(&mut self, request: reqwest::RequestBuilder) -> Page {
+        let response = request.send().await.expect("an answer");
+        let (status, headers) = (response.status(), response.headers().clone());
+        self.keep(&headers);
+        let body = response.text().await.expect("a body");
+        Page {
+            status,
+            headers,
+            body,
+        }
+    }
+
+    /// Signs in with `token` through the form; the answer to the form.
+    async fn sign_in(&mut self, token: &str) -> Page {
+        let form = self.get("/login").await;
+        assert_eq!(form.status, StatusCode::OK);
+        let csrf = form.csrf();
+        self.post("/login", &[("token", token), ("csrf", &csrf)])
+            .await
+    }
+
+    fn has_session(&self) -> bool {
+        self.cookies.iter().any(|(n, _)| n == "flagstaff_session")
+    }
+}
+
+fn urlencode(value: &str) -> String {
+    value
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' => {
+                char::from(b).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn a_token_signs_in_and_out_and_every_page_needs_a_session() {
+    let server = TestServer::start().await;
+    let mut admin = server.admin().await;
+    create_environment(&mut admin, "production").await;
+    let mut browser = Browser::new(&server);
+
+    let away = browser.get("/envs").await;
+    assert_eq!(away.status, StatusCode::SEE_OTHER);
+    assert_eq!(away.location(), "/login");
+
+    let signed_in = browser.sign_in(&server.admin_token).await;
+    assert_eq!(
+        signed_in.status,
+        StatusCode::SEE_OTHER,
+        "{}",
+        signed_in.body
+    );
+    assert_eq!(signed_in.location(), "/envs");
+    let set: Vec<&str> = signed_in
+        .headers
+        .get_all(SET_COOKIE)
+        .iter()
+        .map(|v| v.to_str().unwrap())
+        .collect();
+    let session = set
+        .iter()
+        .find(|c| c.starts_with("flagstaff_session="))
+        .expect("a session cookie");
+    assert!(
+        session.contains("HttpOnly") && session.contains("SameSite=Lax"),
+        "{session}"
+    );
+
+    let envs = browser.get("/envs").await;
+    assert_eq!(envs.status, StatusCode::OK);
+    assert!(
+        envs.body.contains("href=\"/envs/production/flags\""),
+        "{}",
+        envs.body
+    );
+    assert!(
+        envs.body.contains("Signed in as <strong>admin</strong>"),
+        "{}",
+        envs.body
+    );
+    let policy = envs.headers[CONTENT_SECURITY_POLICY].to_str().unwrap();
+    assert!(policy.contains("frame-ancestors 'none'"), "{policy}");
+    assert!(!policy.contains("script-src"), "no script at all: {policy}");
+    assert_eq!(envs.headers["x-frame-options"], "DENY");
+
+    let csrf = envs.csrf();
+    let out = browser.post("/logout", &[("csrf", &csrf)]).await;
+    assert_eq!(out.status, StatusCode::SEE_OTHER);
+    assert_eq!(out.location(), "/login");
+    assert!(!browser.has_session());
+    // The old cookie, sent again, is no session any more.
+    browser
+        .cookies
+        .push(("flagstaff_session".into(), session_id(session)));
+    assert_eq!(browser.get("/envs").await.location(), "/login");
+}
+
+fn session_id(set_cookie: &str) -> String {
+    set_cookie
+        .split(';')
+        .next()
+        .and_then(|p| p.split_once('='))
+        .map(|(_, v)| v.to_owned())
+        .expect("a value")
+}
+
+#[tokio::test]
+async fn forged_posts_change_nothing() {
+    let server = TestServer::start().await;
+    let mut browser = Browser::new(&server);
+
+    // Sign-in without the form's CSRF token, from another site, or without an Origin.
+    let form = browser.get("/login").await;
+    let csrf = form.csrf();
+    let token = server.admin_token.clone();
+    for (origin, fields) in [
+        (
+            Some("http://evil.example"),
+            vec![("token", token.as_str()), ("csrf", csrf.as_str())],
+        ),
+        (
+            None,
+            vec![("token", token.as_str()), ("csrf", csrf.as_str())],
+        ),
+    ] {
+        let refused = browser.post_from(origin, "/login", &fields).await;
+        assert_eq!(refused.status, StatusCode::FORBIDDEN, "{origin:?}");
+        assert!(!browser.has_session());
+    }
+    let refused = browser
+        .post("/login", &[("token", &token), ("csrf", "0000")])
+        .await;
+    assert_eq!(refused.status, StatusCode::FORBIDDEN);
+    assert!(!browser.has_session());
+
+    // Signed in, a sign-out without this session's token or from another site does nothing.
+    browser.sign_in(&token).await;
+    assert!(browser.has_session());
+    let csrf = browser.get("/envs").await.csrf();
+    let refused = browser.post("/logout", &[("csrf", "wrong")]).await;
+    assert_eq!(refused.status, StatusCode::FORBIDDEN);
+    let refused = browser
+        .post_from(Some("https://evil.example"), "/logout", &[("csrf", &csrf)])
+        .await;
+    assert_eq!(refused.status, StatusCode::FORBIDDEN);
+    assert_eq!(
+        browser.get("/envs").await.status,
+        StatusCode::OK,
+        "still signed in"
+    );
+}
+
+#[tokio::test]
+async fn only_admin_and_editor_tokens_sign_in_and_an_editor_sees_its_environment_alone() {
+    let server = TestServer::start().await;
+    let mut admin = server.admin().await;
+    create_environment(&mut admin, "production").await;
+    create_environment(&mut admin, "staging").await;
+    create_flag(&mut admin, "staging", boolean_flag("secret-project")).await;
+
+    for role in [pb::Role::Sdk, pb::Role::Client] {
+        let name = format!("{role:?}").to_lowercase();
+        let token = token_of(&server, &name, role, "production").await;
+        let mut browser = Browser::new(&server);
+        let refused = browser.sign_in(&token).await;
+        assert_eq!(refused.status, StatusCode::UNAUTHORIZED, "{role:?}");
+        assert!(
+            refused.body.contains("admin or editor token"),
+            "{}",
+            refused.body
+        );
+        assert!(!browser.has_session());
+    }
+    let garbage = Browser::new(&server).sign_in("fs_nothing").await;
+    assert_eq!(garbage.status, StatusCode::UNAUTHORIZED);
+
+    let editor = token_of(&server, "ed", pb::Role::Editor, "production").await;
+    let mut browser = Browser::new(&server);
+    browser.sign_in(&editor).await;
+    let envs = browser.get("/envs").await;
+    assert!(
+        envs.body.contains("/envs/production/flags"),
+        "{}",
+        envs.body
+    );
+    assert!(!envs.body.contains("staging"), "{}", envs.body);
+    assert!(!envs.body.contains("href=\"/tokens\""), "{}", envs.body);
+    let other = browser.get("/envs/staging/flags").await;
+    assert_eq!(other.status, StatusCode::NOT_FOUND);
+    assert!(!other.body.contains("secret-project"));
+    // The same answer as for an environment that does not exist.
+    let none = browser.get("/envs/nowhere/flags").await;
+    assert_eq!(none.status, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn a_session_ends_with_its_tokens_revocation_and_after_12_hours_unused() {
+    let server = TestServer::start().await;
+    let mut admin = server.admin().await;
+    let alice = token_of(&server, "alice", pb::Role::Admin, "").await;
+    let mut browser = Browser::new(&server);
+    browser.sign_in(&alice).await;
+    assert_eq!(browser.get("/envs").await.status, StatusCode::OK);
+    revoke_named(&mut admin, "alice").await;
+    assert_eq!(browser.get("/envs").await.location(), "/login");
+
+    // A session last used 12 hours ago and a bit.
+    let mut browser = Browser::new(&server);
+    browser.sign_in(&server.admin_token).await;
+    let id = browser
+        .cookies
+        .iter()
+        .find(|(n, _)| n == "flagstaff_session")
+        .map(|(_, v)| v.clone())
+        .expect("a session");
+    let store = server.environments.store().clone();
+    let id_hash = flagstaff_server::auth::hash(&id);
+    let mut record = store.session(&id_hash).expect("read").expect("stored");
+    record.seen_ms -= 12 * 60 * 60 * 1000 + 1000;
+    store.put_session(&record).expect("aged");
+    assert_eq!(browser.get("/envs").await.location(), "/login");
+    assert_eq!(store.session(&id_hash).expect("read"), None, "removed");
+}
+
+#[tokio::test]
+async fn the_flag_list_searches_filters_and_pages() {
+    let server = TestServer::start().await;
+    let mut admin = server.admin().await;
+    create_environment(&mut admin, "production").await;
+    let mut flags = Vec::new();
+    for i in 0..120 {
+        let mut flag = boolean_flag(&format!("flag-{i:03}"));
+        if i % 10 == 0 {
+            flag.description = Some(format!("Checkout experiment {i}"));
+        }
+        flag.enabled = i % 2 == 0;
+        flags.push(flag);
+    }
+    admin
+        .apply(pb::ApplyRequest {
+            environment: "production".into(),
+            source: Some(pb::apply_request::Source::Documents(pb::DocumentSet {
+                flags,
+                ..Default::default()
+            })),
+            ..Default::default()
+        })
+        .await
+        .expect("applied");
+    let mut browser = Browser::new(&server);
+    browser.sign_in(&server.admin_token).await;
+
+    let first = browser.get("/envs/production/flags").await;
+    assert_eq!(first.status, StatusCode::OK);
+    assert!(
+        first.body.contains("120 of 120 flags, page 1 of 3"),
+        "{}",
+        first.body
+    );
+    assert!(first.body.contains("flag-049") && !first.body.contains("flag-050"));
+    assert!(first.body.contains("/envs/production/flags?page=2"));
+    let last = browser.get("/envs/production/flags?page=3").await;
+    assert!(last.body.contains("flag-119") && !last.body.contains("flag-099"));
+
+    let found = browser.get("/envs/production/flags?q=CHECKOUT").await;
+    assert!(found.body.contains("12 of 120 flags"), "{}", found.body);
+    let off = browser
+        .get("/envs/production/flags?q=checkout&state=off")
+        .await;
+    // Every tenth flag is described, and all of them are even, so on.
+    assert!(off.body.contains("0 of 120 flags"), "{}", off.body);
+    let on = browser.get("/envs/production/flags?state=on&page=2").await;
+    assert!(
+        on.body.contains("60 of 120 flags, page 2 of 2"),
+        "{}",
+        on.body
+    );
+
+    // What a search holds is shown escaped, never as markup.
+    let escaped = browser.get("/envs/production/flags?q=%3Cscript%3E").await;
+    assert!(escaped.body.contains("&#60;script&#62;") || escaped.body.contains("&lt;script&gt;"));
+    assert!(!escaped.body.contains("<script>"));
+    let bad = browser.get("/envs/production/flags?page=x").await;
+    assert_eq!(bad.status, StatusCode::BAD_REQUEST);
+}
+
+#[tokio::test]
+async fn a_session_begun_on_one_replica_is_served_by_another() {
+    if store_kind() != StoreKind::Postgres {
+        return;
+    }
+    let first = TestServer::start().await;
+    create_environment(&mut first.admin().await, "production").await;
+    let second = another_replica(&first, TestServer::builder()).await;
+    let mut browser = Browser::new(&first);
+    browser.sign_in(&first.admin_token).await;
+    browser.base = format!("http://{}", second.addr);
+    let envs = browser.get("/envs").await;
+    assert_eq!(envs.status, StatusCode::OK);
+    assert!(envs.body.contains("/envs/production/flags"));
+}
