@@ -431,10 +431,11 @@ impl Server {
         if let Err(e) = scheduler.await {
             tracing::error!(error = %e, "the rollout scheduler failed");
         }
-        // Another flagstaffd takes the lease at once, rather than after it expires.
+        // Another flagstaffd takes the lease at once, rather than after it expires; given up
+        // while the rest stops.
         self.envs.resign();
         let store = self.envs.store().clone();
-        let _ = tokio::task::spawn_blocking(move || storage::Store::resign(&*store)).await;
+        let resigning = tokio::task::spawn_blocking(move || storage::Store::resign(&*store));
         let _ = admin_health.await;
         if let Some(follower) = follower {
             if let Err(e) = follower.await {
@@ -451,6 +452,9 @@ impl Server {
                 tracing::error!(error = %e, "the metrics endpoint failed");
             }
         }
+        // Health watchers' streams end now, not after the lease is given up.
+        drop(health_reporter);
+        let _ = resigning.await;
         served
     }
 }

@@ -102,7 +102,8 @@ pub use patch::KeyPatch;
 pub use problem::{Problem, ValidationError};
 pub use snapshot::{ChangeSet, Snapshot};
 pub use split::{
-    format_percent, move_boundary, pair_weight, parse_percent, reshuffle, InvalidPercent,
+    format_percent, move_boundary, pair_weight, parse_percent, reshuffle, serve_summary,
+    InvalidPercent,
 };
 pub use validate::{is_valid_key, MAX_FLAG_BYTES, MAX_PREREQUISITE_LINKS, MAX_SEGMENT_KEYS};
 

@@ -58,6 +58,27 @@ pub fn format_percent(weight: u32) -> String {
     format!("{}%", text.trim_end_matches('0').trim_end_matches('.'))
 }
 
+/// What `serve` serves, in a few words, as every interface writes it: `on`, or
+/// `on 12.5% / off 87.5%`, or with another bucketing attribute `... by team`.
+pub fn serve_summary(serve: &crate::Serve) -> String {
+    match serve {
+        crate::Serve::Variant(v) => v.clone(),
+        crate::Serve::Split(split) => {
+            let shares: Vec<String> = split
+                .weights
+                .iter()
+                .map(|w| format!("{} {}", w.variant, format_percent(w.weight)))
+                .collect();
+            let by = if split.bucket_by == "key" {
+                String::new()
+            } else {
+                format!(" by {}", split.bucket_by)
+            };
+            format!("{}{by}", shares.join(" / "))
+        }
+    }
+}
+
 /// The share the first two variants of `split` have together: what a rollout from the
 /// second to the first can hand out without moving the others' contexts.
 pub fn pair_weight(split: &Split) -> u32 {

@@ -532,7 +532,7 @@ async fn flags<S: Store>(
             enabled: f.enabled,
             temporary: f.temporary,
             client_side: f.client_side,
-            serves: serve_text(&f.default),
+            serves: flagstaff_engine::serve_summary(&f.default),
             tags: f.tags.join(", "),
             owner: f.owner.clone().unwrap_or_default(),
             version: f.version.unwrap_or(0),
@@ -589,31 +589,6 @@ fn mentions(flag: &flagstaff_engine::Flag, needle: &str) -> bool {
             .owner
             .as_deref()
             .is_some_and(|o| o.to_lowercase().contains(needle))
-}
-
-/// A serve in plain words, as the CLI writes it: `on`, or `on 10%, off 90%` (and the
-/// attribute it buckets by, when not the key).
-fn serve_text(serve: &flagstaff_engine::Serve) -> String {
-    match serve {
-        flagstaff_engine::Serve::Variant(variant) => variant.clone(),
-        flagstaff_engine::Serve::Split(split) => {
-            let shares: Vec<String> = split
-                .weights
-                .iter()
-                .map(|w| {
-                    format!(
-                        "{} {}%",
-                        w.variant,
-                        flagstaff_engine::format_percent(w.weight)
-                    )
-                })
-                .collect();
-            match split.bucket_by.as_str() {
-                "key" => shares.join(", "),
-                by => format!("{} by {by}", shares.join(", ")),
-            }
-        }
-    }
 }
 
 /// `value` percent-encoded for a query string.

@@ -350,6 +350,9 @@ async fn the_flag_list_searches_filters_and_pages() {
             flag.description = Some(format!("Checkout experiment {i}"));
         }
         flag.enabled = i % 2 == 0;
+        if i == 1 {
+            flag.default = Some(split(&[("on", 10_000), ("off", 90_000)]));
+        }
         flags.push(flag);
     }
     admin
@@ -374,6 +377,12 @@ async fn the_flag_list_searches_filters_and_pages() {
         first.body
     );
     assert!(first.body.contains("flag-049") && !first.body.contains("flag-050"));
+    // What each serves, as the CLI writes it.
+    assert!(
+        first.body.contains("<td>on 10% / off 90%</td>"),
+        "{}",
+        first.body
+    );
     assert!(first.body.contains("/envs/production/flags?page=2"));
     let last = browser.get("/envs/production/flags?page=3").await;
     assert!(last.body.contains("flag-119") && !last.body.contains("flag-099"));
