@@ -31,6 +31,7 @@ pub const PAGE_SIZE: usize = 50;
 #[derive(Debug)]
 pub struct Console<S> {
     envs: Arc<Environments<S>>,
+    tokens: Arc<Tokens<S>>,
     sessions: Sessions<S>,
     cookies: Cookies,
     /// The address people reach flagstaffd at (`--public-url`), whose origin a POST may
@@ -49,7 +50,8 @@ impl<S: Store> Console<S> {
         let store = envs.store().clone();
         Console {
             envs,
-            sessions: Sessions::new(store, tokens),
+            sessions: Sessions::new(store, tokens.clone()),
+            tokens,
             cookies: Cookies { secure },
             public_origin: public_url.and_then(origin_of),
         }
@@ -97,6 +99,7 @@ pub fn routes<S: Store>(console: Arc<Console<S>>) -> axum::Router {
         .route("/logout", post(logout::<S>))
         .route("/envs", get(environments::<S>))
         .route("/envs/{env}/flags", get(flags::<S>))
+        .route("/tokens", get(tokens::<S>))
         .with_state(console)
 }
 
@@ -577,6 +580,87 @@ async fn flags<S: Store>(
     )
 }
 
+/// A token as the tokens page lists it.
+struct TokenRow {
+    name: String,
+    role: &'static str,
+    environment: String,
+    created: String,
+    created_by: String,
+}
+
+#[derive(Template)]
+#[template(path = "console/tokens.html")]
+struct TokensPage {
+    who: Option<Who>,
+    tokens: Vec<TokenRow>,
+}
+
+async fn tokens<S: Store>(State(console): State<Arc<Console<S>>>, headers: HeaderMap) -> Response {
+    let session = match signed_in(&console, &headers).await {
+        Ok(session) => session,
+        Err(response) => return *response,
+    };
+    if !session.is_admin() {
+        return problem(
+            StatusCode::FORBIDDEN,
+            Some(Who::of(&session)),
+            "Admins only",
+            "Tokens are an admin's to see and manage.",
+        );
+    }
+    let mut live: Vec<_> = console
+        .tokens
+        .list()
+        .into_iter()
+        .filter(|t| !t.revoked)
+        .collect();
+    live.sort_by(|a, b| a.name.cmp(&b.name).then(a.created_ms.cmp(&b.created_ms)));
+    let tokens = live
+        .into_iter()
+        .map(|t| TokenRow {
+            name: t.name,
+            role: match t.role {
+                Role::Admin => "admin",
+                Role::Editor => "editor",
+                Role::Sdk => "sdk",
+                Role::Client => "client",
+            },
+            environment: t.environment.unwrap_or_default(),
+            created: utc(t.created_ms),
+            created_by: t.created_by,
+        })
+        .collect();
+    page(
+        StatusCode::OK,
+        &TokensPage {
+            who: Some(Who::of(&session)),
+            tokens,
+        },
+    )
+}
+
+/// `ms` (Unix milliseconds) as `2026-12-08 09:30 UTC`.
+fn utc(ms: u64) -> String {
+    let minutes = ms / 60_000;
+    let (days, minute) = (minutes / 1440, minutes % 1440);
+    // Days since 1970-01-01 to a civil date (the proleptic Gregorian calendar).
+    let z = i64::try_from(days).unwrap_or(0) + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02} {:02}:{:02} UTC",
+        minute / 60,
+        minute % 60
+    )
+}
+
 /// Whether `flag`'s key, description, a tag or its owner holds `needle` (lower case).
 fn mentions(flag: &flagstaff_engine::Flag, needle: &str) -> bool {
     flag.key.to_lowercase().contains(needle)
@@ -603,4 +687,29 @@ fn encode(value: &str) -> String {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times_are_written_in_utc() {
+        assert_eq!(utc(0), "1970-01-01 00:00 UTC");
+        assert_eq!(utc(951_782_400_000), "2000-02-29 00:00 UTC");
+        assert_eq!(utc(1_796_723_400_000), "2026-12-08 09:50 UTC");
+    }
+
+    #[test]
+    fn origins_are_scheme_and_host() {
+        assert_eq!(
+            origin_of("https://flags.example.com/console"),
+            Some("https://flags.example.com".to_owned())
+        );
+        assert_eq!(
+            origin_of("http://10.0.0.1:7878"),
+            Some("http://10.0.0.1:7878".to_owned())
+        );
+        assert_eq!(origin_of("nonsense"), None);
+    }
 }

@@ -424,3 +424,35 @@ async fn a_session_begun_on_one_replica_is_served_by_another() {
     assert_eq!(envs.status, StatusCode::OK);
     assert!(envs.body.contains("/envs/production/flags"));
 }
+
+#[tokio::test]
+async fn the_tokens_page_lists_the_live_tokens_to_admins_alone_and_no_secret() {
+    let server = TestServer::start().await;
+    let mut admin = server.admin().await;
+    create_environment(&mut admin, "production").await;
+    let editor = token_of(&server, "release-bot", pb::Role::Editor, "production").await;
+    let gone = token_of(&server, "old-service", pb::Role::Sdk, "production").await;
+    revoke_named(&mut admin, "old-service").await;
+
+    let mut browser = Browser::new(&server);
+    browser.sign_in(&server.admin_token).await;
+    let page = browser.get("/tokens").await;
+    assert_eq!(page.status, StatusCode::OK);
+    assert!(
+        page.body.contains("<th scope=\"row\">release-bot</th>"),
+        "{}",
+        page.body
+    );
+    assert!(page.body.contains("<td>editor</td>"), "{}", page.body);
+    assert!(page.body.contains(" UTC</td>"), "{}", page.body);
+    assert!(!page.body.contains("old-service"), "revoked: {}", page.body);
+    for secret in [&editor, &gone, &server.admin_token] {
+        assert!(!page.body.contains(secret.as_str()), "a secret shown");
+    }
+
+    let mut browser = Browser::new(&server);
+    browser.sign_in(&editor).await;
+    let refused = browser.get("/tokens").await;
+    assert_eq!(refused.status, StatusCode::FORBIDDEN);
+    assert!(!refused.body.contains("release-bot</th>"));
+}

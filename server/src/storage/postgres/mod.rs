@@ -992,6 +992,7 @@ impl Store for PgStore {
              UNION ALL SELECT 'rollouts', environment, flag, plan::text FROM rollouts
              UNION ALL SELECT 'usage', environment, flag, usage::text FROM flag_usage
              UNION ALL SELECT 'tokens', NULL, id, record::text FROM tokens
+             UNION ALL SELECT 'sessions', NULL, id_hash, record::text FROM console_sessions
              UNION ALL SELECT 'secrets', NULL, name, encode(value, 'hex') FROM secrets",
             Vec::new(),
             |row| {
@@ -1011,7 +1012,7 @@ impl Store for PgStore {
             };
             let owner = match kind.as_str() {
                 "environments" => Some(key.clone()),
-                "tokens" | "secrets" => None,
+                "tokens" | "secrets" | "sessions" => None,
                 _ => environment.clone(),
             };
             let bytes = text.as_bytes();
@@ -1024,6 +1025,7 @@ impl Store for PgStore {
                 "rollouts" => decode::<RolloutRecord>(&record, bytes).map(drop),
                 "usage" => decode::<FlagUsage>(&record, bytes).map(drop),
                 "tokens" => decode::<TokenRecord>(&record, bytes).map(drop),
+                "sessions" => decode::<SessionRecord>(&record, bytes).map(drop),
                 _ => {
                     if text.len() == 2 * TICKET_KEY_BYTES {
                         Ok(())
@@ -1053,7 +1055,7 @@ impl Store for PgStore {
             .split_once('/')
             .ok_or_else(|| corrupt("not a record name"))?;
         let (environment, key) = match kind {
-            "tokens" | "secrets" => (String::new(), rest.to_owned()),
+            "tokens" | "secrets" | "sessions" => (String::new(), rest.to_owned()),
             _ => {
                 let (env, key) = rest
                     .rsplit_once('/')
@@ -1066,6 +1068,8 @@ impl Store for PgStore {
             // A new ticket key is made on next use: outstanding tickets stop working, and
             // OFREP providers fetch a fresh one.
             "secrets" => "DELETE FROM secrets WHERE name = $2 AND $1 = ''",
+            // A session removed signs its person out.
+            "sessions" => "DELETE FROM console_sessions WHERE id_hash = $2 AND $1 = ''",
             "changes" => "DELETE FROM changes WHERE environment = $1 AND revision::text = $2",
             "rollouts" => "DELETE FROM rollouts WHERE environment = $1 AND flag = $2",
             "usage" => "DELETE FROM flag_usage WHERE environment = $1 AND flag = $2",
