@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use askama::Template;
 use axum::extract::{Path, Query, State};
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode, Uri};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use axum::Form;
@@ -57,13 +57,15 @@ impl<S: Store> Console<S> {
         }
     }
 
-    /// The origins a POST of this console comes from: this server as the request names it,
-    /// and the public URL.
-    fn origins(&self, headers: &HeaderMap) -> Vec<String> {
+    /// The origins a POST of this console comes from: this server as the request names it
+    /// (its `Host` header in HTTP/1.1, its authority in HTTP/2), and the public URL.
+    fn origins(&self, headers: &HeaderMap, uri: &Uri) -> Vec<String> {
         let scheme = if self.cookies.secure { "https" } else { "http" };
-        let mut origins: Vec<String> = headers
+        let host = headers
             .get(header::HOST)
             .and_then(|h| h.to_str().ok())
+            .or_else(|| uri.authority().map(|a| a.as_str()));
+        let mut origins: Vec<String> = host
             .map(|host| format!("{scheme}://{host}"))
             .into_iter()
             .collect();
@@ -245,10 +247,11 @@ struct LoginForm {
 
 async fn login<S: Store>(
     State(console): State<Arc<Console<S>>>,
+    uri: Uri,
     headers: HeaderMap,
     Form(form): Form<LoginForm>,
 ) -> Response {
-    if !session::same_origin(&headers, &console.origins(&headers)) {
+    if !session::same_origin(&headers, &console.origins(&headers, &uri)) {
         return forbidden_origin();
     }
     let expected = session::cookie(&headers, console.cookies.login()).unwrap_or_default();
@@ -316,10 +319,11 @@ struct CsrfForm {
 
 async fn logout<S: Store>(
     State(console): State<Arc<Console<S>>>,
+    uri: Uri,
     headers: HeaderMap,
     Form(form): Form<CsrfForm>,
 ) -> Response {
-    if !session::same_origin(&headers, &console.origins(&headers)) {
+    if !session::same_origin(&headers, &console.origins(&headers, &uri)) {
         return forbidden_origin();
     }
     let session = match console.session(&headers).await {

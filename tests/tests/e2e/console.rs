@@ -456,3 +456,27 @@ async fn the_tokens_page_lists_the_live_tokens_to_admins_alone_and_no_secret() {
     assert_eq!(refused.status, StatusCode::FORBIDDEN);
     assert!(!refused.body.contains("release-bot</th>"));
 }
+
+#[tokio::test]
+async fn a_browser_speaking_http2_signs_in_and_out() {
+    let server = TestServer::start().await;
+    let mut browser = Browser::new(&server);
+    // As over TLS, where browsers speak HTTP/2: the server is named by the request's
+    // authority, not a Host header.
+    browser.client = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .http2_prior_knowledge()
+        .build()
+        .expect("an HTTP/2 client");
+    let signed_in = browser.sign_in(&server.admin_token).await;
+    assert_eq!(
+        signed_in.status,
+        StatusCode::SEE_OTHER,
+        "{}",
+        signed_in.body
+    );
+    let csrf = browser.get("/envs").await.csrf();
+    let out = browser.post("/logout", &[("csrf", &csrf)]).await;
+    assert_eq!(out.status, StatusCode::SEE_OTHER, "{}", out.body);
+    assert!(!browser.has_session());
+}
