@@ -43,6 +43,19 @@ pub struct FaultProxy {
 }
 
 impl FaultProxy {
+    /// A proxy in front of the test harness's database at `url`
+    /// ([`fresh_database`](crate::postgres::fresh_database)), and the URL of that database
+    /// through it.
+    pub async fn in_front_of_database(url: &str) -> (FaultProxy, String) {
+        let rest = url
+            .strip_prefix("postgres://postgres@")
+            .expect("the harness's URL");
+        let (host_port, database) = rest.split_once('/').expect("a database");
+        let proxy = FaultProxy::start(host_port.parse().expect("host:port")).await;
+        let proxied = format!("postgres://postgres@{}/{database}", proxy.addr);
+        (proxy, proxied)
+    }
+
     /// A proxy on a loopback port to `upstream`, passing traffic.
     pub async fn start(upstream: SocketAddr) -> FaultProxy {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");

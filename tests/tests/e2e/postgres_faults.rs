@@ -4,7 +4,6 @@
 //! committed, reaches SDKs through the change log; a commit the database refuses publishes
 //! nothing. The database is reached through a fault-injecting proxy.
 
-use std::net::SocketAddr;
 use std::time::Instant;
 
 use flagstaff::Context;
@@ -24,13 +23,7 @@ async fn behind_a_proxy() -> Option<(TestServer, FaultProxy, String)> {
         return None;
     }
     let url = fresh_database()?;
-    let rest = url
-        .strip_prefix("postgres://postgres@")
-        .expect("the harness's URL");
-    let (host_port, database) = rest.split_once('/').expect("a database");
-    let upstream: SocketAddr = host_port.parse().expect("host:port");
-    let proxy = FaultProxy::start(upstream).await;
-    let proxied = format!("postgres://postgres@{}/{database}", proxy.addr);
+    let (proxy, proxied) = FaultProxy::in_front_of_database(&url).await;
     let server = TestServer::builder()
         .database_url(proxied.clone())
         .start()
@@ -39,7 +32,10 @@ async fn behind_a_proxy() -> Option<(TestServer, FaultProxy, String)> {
     create_environment(&mut admin, "production").await;
     create_flag(&mut admin, "production", boolean_flag("checkout")).await;
     // How the store names the database in its errors: host:port/database.
-    let named = format!("{}/{database}", proxy.addr);
+    let named = proxied
+        .strip_prefix("postgres://postgres@")
+        .expect("the proxied URL")
+        .to_owned();
     Some((server, proxy, named))
 }
 

@@ -4,7 +4,6 @@
 //! through several replicas adds up. On sled (one process per data directory) these tests do
 //! nothing.
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use flagstaff_proto::pb;
@@ -31,13 +30,7 @@ async fn replicas(silence: Option<Duration>) -> Option<Replicas> {
         return None;
     }
     let url = fresh_database()?;
-    let rest = url
-        .strip_prefix("postgres://postgres@")
-        .expect("the harness's URL");
-    let (host_port, name) = rest.split_once('/').expect("a database");
-    let upstream: SocketAddr = host_port.parse().expect("host:port");
-    let database = FaultProxy::start(upstream).await;
-    let proxied = format!("postgres://postgres@{}/{name}", database.addr);
+    let (database, proxied) = FaultProxy::in_front_of_database(&url).await;
 
     let start = |url: String, dir: Option<tempfile::TempDir>| {
         let mut builder = TestServer::builder().database_url(url);

@@ -397,7 +397,7 @@ async fn replicas_recover_by_themselves_from_a_database_restart_under_writes_wit
     };
     // Every replica reaches the database through the proxy, which restarts it (cuts every
     // connection and refuses new ones for a while) when told.
-    let (proxy, proxied) = behind_a_proxy(&url).await;
+    let (proxy, proxied) = FaultProxy::in_front_of_database(&url).await;
     let first = TestServer::builder()
         .database_url(proxied.clone())
         .start()
@@ -489,17 +489,6 @@ async fn replicas_recover_by_themselves_from_a_database_restart_under_writes_wit
     }
 }
 
-/// A proxy to the database at `url` (the harness's), and the URL of the database through it.
-async fn behind_a_proxy(url: &str) -> (FaultProxy, String) {
-    let rest = url
-        .strip_prefix("postgres://postgres@")
-        .expect("the harness's URL");
-    let (host_port, database) = rest.split_once('/').expect("a database");
-    let proxy = FaultProxy::start(host_port.parse().expect("host:port")).await;
-    let proxied = format!("postgres://postgres@{}/{database}", proxy.addr);
-    (proxy, proxied)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replica_cut_off_for_longer_than_the_change_log_keeps_loads_the_environment_again() {
     if store_kind() != StoreKind::Postgres {
@@ -515,7 +504,7 @@ async fn a_replica_cut_off_for_longer_than_the_change_log_keeps_loads_the_enviro
         .start()
         .await;
     let sdk = prepare(&a).await;
-    let (proxy, proxied) = behind_a_proxy(&url).await;
+    let (proxy, proxied) = FaultProxy::in_front_of_database(&url).await;
     let dir = tempfile::tempdir().expect("a data directory");
     std::fs::write(dir.path().join("admin.token"), &a.admin_token).expect("the admin token");
     let b = TestServer::builder()
