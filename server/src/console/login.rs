@@ -1,0 +1,162 @@
+//! Signing in with a token, and signing out.
+
+use std::sync::Arc;
+
+use askama::Template;
+use axum::extract::State;
+use axum::http::{header, HeaderMap, StatusCode, Uri};
+use axum::response::{IntoResponse, Redirect, Response};
+use axum::Form;
+use serde::Deserialize;
+
+use crate::error::ServerError;
+use crate::storage::Store;
+
+use super::{page, problem, secured, session, unavailable, Console, Who};
+
+#[derive(Template)]
+#[template(path = "console/login.html")]
+struct LoginPage {
+    who: Option<Who>,
+    csrf: String,
+    problem: Option<String>,
+}
+
+/// The sign-in form, with a fresh CSRF token in the form and in a cookie.
+fn login_page<S: Store>(
+    console: &Console<S>,
+    status: StatusCode,
+    problem: Option<String>,
+) -> Response {
+    let csrf = crate::storage::random_id();
+    let mut response = page(
+        status,
+        &LoginPage {
+            who: None,
+            csrf: csrf.clone(),
+            problem,
+        },
+    );
+    let cookie = console.cookies.set(console.cookies.login(), &csrf, false);
+    response.headers_mut().append(header::SET_COOKIE, cookie);
+    response
+}
+
+pub(super) async fn form<S: Store>(State(console): State<Arc<Console<S>>>) -> Response {
+    login_page(&console, StatusCode::OK, None)
+}
+
+#[derive(Deserialize)]
+pub(super) struct LoginForm {
+    #[serde(default)]
+    token: String,
+    #[serde(default)]
+    csrf: String,
+}
+
+pub(super) async fn submit<S: Store>(
+    State(console): State<Arc<Console<S>>>,
+    uri: Uri,
+    headers: HeaderMap,
+    Form(form): Form<LoginForm>,
+) -> Response {
+    if !session::same_origin(&headers, &console.origins(&headers, &uri)) {
+        return forbidden_origin();
+    }
+    let expected = session::cookie(&headers, console.cookies.login()).unwrap_or_default();
+    if !session::same_token(expected, &form.csrf) {
+        return login_page(
+            &console,
+            StatusCode::FORBIDDEN,
+            Some("The form had expired or was not this console's: sign in again.".to_owned()),
+        );
+    }
+    if form.token.trim().is_empty() {
+        return login_page(
+            &console,
+            StatusCode::BAD_REQUEST,
+            Some("Paste a token to sign in.".to_owned()),
+        );
+    }
+    match console.sessions.sign_in(&form.token).await {
+        Ok((id, record)) => {
+            tracing::info!(person = %record.person, "signed in to the console");
+            // Sessions are made only here: removing those unused for 12 hours here bounds
+            // how many are kept by how many sign-ins there were in 12 hours.
+            if let Err(e) = console.sessions.prune().await {
+                tracing::warn!(error = %e, "cannot remove the console sessions unused for 12 hours");
+            }
+            let mut response = secured(Redirect::to("/envs").into_response());
+            let cookies = console.cookies;
+            let set = response.headers_mut();
+            set.append(
+                header::SET_COOKIE,
+                cookies.set(cookies.session(), &id, false),
+            );
+            set.append(header::SET_COOKIE, cookies.set(cookies.login(), "", true));
+            response
+        }
+        Err(ServerError::Unauthenticated(why) | ServerError::PermissionDenied(why)) => login_page(
+            &console,
+            StatusCode::UNAUTHORIZED,
+            Some(format!("That token cannot sign in: {why}.")),
+        ),
+        Err(e) => login_page(
+            &console,
+            StatusCode::SERVICE_UNAVAILABLE,
+            Some(format!("Signing in failed: {e}. Try again.")),
+        ),
+    }
+}
+
+/// The answer to a POST from another origin: nothing was done.
+fn forbidden_origin() -> Response {
+    problem(
+        StatusCode::FORBIDDEN,
+        None,
+        "Refused",
+        "This form was not sent from a page of this console (its Origin is missing or another \
+         site's); nothing was done.",
+    )
+}
+
+#[derive(Deserialize)]
+pub(super) struct CsrfForm {
+    #[serde(default)]
+    csrf: String,
+}
+
+pub(super) async fn logout<S: Store>(
+    State(console): State<Arc<Console<S>>>,
+    uri: Uri,
+    headers: HeaderMap,
+    Form(form): Form<CsrfForm>,
+) -> Response {
+    if !session::same_origin(&headers, &console.origins(&headers, &uri)) {
+        return forbidden_origin();
+    }
+    let session = match console.session(&headers).await {
+        Ok(Some(session)) => session,
+        Ok(None) => return secured(Redirect::to("/login").into_response()),
+        Err(e) => return unavailable(&e),
+    };
+    if !session::same_token(&session.record.csrf, &form.csrf) {
+        return problem(
+            StatusCode::FORBIDDEN,
+            Some(Who::of(&session)),
+            "Refused",
+            "The form was not this session's (its CSRF token is missing or wrong); you are \
+             still signed in.",
+        );
+    }
+    if let Err(e) = console.sessions.end(&session.record.id_hash).await {
+        return unavailable(&e);
+    }
+    tracing::info!(person = %session.record.person, "signed out of the console");
+    let mut response = secured(Redirect::to("/login").into_response());
+    let cookies = console.cookies;
+    response
+        .headers_mut()
+        .append(header::SET_COOKIE, cookies.set(cookies.session(), "", true));
+    response
+}
