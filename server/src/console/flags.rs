@@ -45,6 +45,8 @@ struct FlagRow {
 struct FlagsPage {
     who: Option<Who>,
     environment: String,
+    /// The environment's page this is, for its navigation.
+    section: &'static str,
     q: String,
     state: String,
     temporary: bool,
@@ -141,6 +143,7 @@ pub(super) async fn show<S: Store>(
         &FlagsPage {
             who: Some(Who::of(&session)),
             environment: env.clone(),
+            section: "flags",
             q: query.q.clone(),
             state: query.state.clone(),
             temporary,

@@ -30,6 +30,17 @@ pub use session::{Cookies, Session, Sessions};
 /// Flags shown on one page of the flag list.
 pub const PAGE_SIZE: usize = 50;
 
+/// The pages of an environment, as its navigation lists them: (name, path under
+/// `/envs/{env}/`).
+pub const ENV_SECTIONS: &[(&str, &str)] = &[
+    ("Flags", "flags"),
+    ("Stale flags", "stale"),
+    ("Rollouts", "rollouts"),
+    ("Segments", "segments"),
+    ("Propagation", "clients"),
+    ("History", "history"),
+];
+
 /// What the console serves from.
 #[derive(Debug)]
 pub struct Console<S> {
