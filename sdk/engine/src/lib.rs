@@ -53,6 +53,7 @@
 //! | `eval` | evaluation: typed values, [`Detail`] and [`Reason`] |
 //! | `diff` | which flags two snapshots evaluate differently |
 //! | `openfeature` | an evaluation in OpenFeature's terms: reasons and flag metadata |
+//! | `words` | conditions in plain words, for people reading targeting |
 #![deny(missing_docs)]
 
 mod bucket;
@@ -76,6 +77,7 @@ mod snapshot;
 mod split;
 mod table;
 mod validate;
+mod words;
 mod yaml;
 
 pub use bucket::{bucket, BUCKETS};
@@ -106,6 +108,7 @@ pub use split::{
     InvalidPercent,
 };
 pub use validate::{is_valid_key, MAX_FLAG_BYTES, MAX_PREREQUISITE_LINKS, MAX_SEGMENT_KEYS};
+pub use words::{describe_condition, describe_conditions, describe_value, DESCRIBED_VALUES};
 
 /// Not part of the API: the hashing internals behind [`bucket()`], public only so that the
 /// crate's own tests can check them against a reference implementation and the conformance

@@ -454,6 +454,11 @@ impl Snapshot {
         self.segments.get(key).map(|s| &*s.doc)
     }
 
+    /// The keys of the flags with a condition `in_segment` naming segment `key`, sorted.
+    pub fn flags_using(&self, key: &str) -> impl ExactSizeIterator<Item = &str> {
+        self.dependents.using(key).iter().map(|k| &**k)
+    }
+
     /// Every flag document, in no particular order.
     pub fn flags(&self) -> impl Iterator<Item = &Flag> {
         self.flags.values().map(|f| &*f.doc)
@@ -596,6 +601,27 @@ mod tests {
         let included: Vec<_> = members.iter().map(|m| format!("user-{m}")).collect();
         segment_from_value(&json!({"key": format!("s{i}"), "included": included}))
             .expect("a valid segment")
+    }
+
+    #[test]
+    fn the_flags_using_a_segment_are_listed_sorted_and_follow_changes() {
+        let snapshot = Snapshot::from_document(Document {
+            environment: "test".to_owned(),
+            flags: vec![flag(2, &[], &[0], true), flag(1, &[], &[0, 1], true)],
+            segments: vec![segment(0, &[]), segment(1, &[])],
+        })
+        .expect("valid");
+        assert_eq!(snapshot.flags_using("s0").collect::<Vec<_>>(), ["f1", "f2"]);
+        assert_eq!(snapshot.flags_using("s1").collect::<Vec<_>>(), ["f1"]);
+        assert_eq!(snapshot.flags_using("s9").len(), 0);
+        let changed = snapshot
+            .apply(ChangeSet {
+                deleted_flags: vec!["f1".to_owned()],
+                ..ChangeSet::default()
+            })
+            .expect("applied");
+        assert_eq!(changed.flags_using("s0").collect::<Vec<_>>(), ["f2"]);
+        assert_eq!(changed.flags_using("s1").len(), 0);
     }
 
     /// Every flag's evaluation for a few users, as text.
