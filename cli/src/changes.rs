@@ -134,63 +134,18 @@ pub fn changes_summary(changes: &[pb::Change]) -> String {
     )
 }
 
-/// What changed in a flag, for people: `turned on`, `default serve on 25%, off 75%`,
-/// `changed rules, tags`.
+/// What changed in a flag, for people: `turned on`, `default serve on 25% / off 75%`,
+/// `changed rules, tags` (as the web console says it too).
 fn flag_details(change: &pb::FlagChange) -> Vec<String> {
     let (Some(before), Some(after)) = (&change.before, &change.after) else {
         return Vec::new();
     };
-    let mut details = Vec::new();
-    if before.enabled != after.enabled {
-        details.push(
-            if after.enabled {
-                "turned on"
-            } else {
-                "turned off"
-            }
-            .to_owned(),
-        );
-    }
-    if before.default != after.default {
-        details.push(format!(
-            "default serve {}",
-            serve_text(after.default.as_ref())
-        ));
-    }
-    let mut fields = Vec::new();
-    let mut differs = |name: &'static str, differ: bool| {
-        if differ {
-            fields.push(name);
-        }
-    };
-    differs("kind", before.kind != after.kind);
-    differs("variants", before.variants != after.variants);
-    differs("off variant", before.off_variant != after.off_variant);
-    differs("salt", before.salt != after.salt);
-    differs("prerequisites", before.prerequisites != after.prerequisites);
-    differs("rules", before.rules != after.rules);
-    differs("description", before.description != after.description);
-    differs("tags", before.tags != after.tags);
-    differs("owner", before.owner != after.owner);
-    differs("temporary", before.temporary != after.temporary);
-    differs("client side", before.client_side != after.client_side);
-    if !fields.is_empty() {
-        details.push(format!("changed {}", fields.join(", ")));
-    }
-    details
-}
-
-/// A serve as text: `on`, or `on 25%, off 75%`.
-fn serve_text(serve: Option<&pb::Serve>) -> String {
-    match serve.and_then(|s| s.serve.as_ref()) {
-        Some(pb::serve::Serve::Variant(v)) => v.clone(),
-        Some(pb::serve::Serve::Split(split)) => split
-            .weights
-            .iter()
-            .map(|w| format!("{} {}%", w.variant, f64::from(w.weight) / 1000.0))
-            .collect::<Vec<_>>()
-            .join(", "),
-        None => "-".to_owned(),
+    match (
+        flagstaff_engine::Flag::try_from(before.clone()),
+        flagstaff_engine::Flag::try_from(after.clone()),
+    ) {
+        (Ok(before), Ok(after)) => flagstaff_engine::flag_change_details(&before, &after),
+        _ => vec!["changed (a version this CLI cannot read)".to_owned()],
     }
 }
 

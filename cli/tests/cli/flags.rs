@@ -42,6 +42,8 @@ fn a_new_flag_is_a_boolean_that_is_off() {
     redacted().bind(|| {
         assert_snapshot!(s.ok(&["flag", "get", "checkout-v2"]), @r#"
     # checkout-v2 is off, default off, 0 rule(s); version 1, changed [time] by admin
+    # off: everyone gets off; when turned on:
+    #   1. everyone gets off
     key: checkout-v2
     description: New checkout
     kind: boolean
@@ -611,6 +613,8 @@ fn client_side_flags_are_created_listed_shown_and_switched() {
         "#);
         assert_snapshot!(s.ok(&["flag", "get", "banner"]), @r#"
         # banner is off, default off, 0 rule(s), client-side (client tokens may evaluate it); version 1, changed [time] by admin
+        # off: everyone gets off; when turned on:
+        #   1. everyone gets off
         key: banner
         kind: boolean
         variants:
@@ -701,5 +705,54 @@ fn client_side_flags_are_created_listed_shown_and_switched() {
     assert_eq!(
         json(&s.ok(&["flag", "get", "checkout", "-o", "json"]))["flag"]["version"],
         3
+    );
+}
+
+#[test]
+fn flag_get_says_who_gets_what_in_words() {
+    let s = production(false);
+    let file = s.cwd.path().join("flags.yaml");
+    std::fs::write(
+        &file,
+        r#"environment: production
+flags:
+  - key: payments
+    kind: boolean
+    variants: { "on": true, "off": false }
+    off_variant: "off"
+    enabled: true
+    default: { variant: "on" }
+  - key: checkout-v2
+    kind: boolean
+    variants: { "on": true, "off": false }
+    off_variant: "off"
+    enabled: true
+    prerequisites: [{ flag: payments, variants: ["on"] }]
+    rules:
+      - id: eu
+        conditions:
+          - { attribute: country, op: in, values: [DE, FR] }
+          - { attribute: version, op: semver_gt, values: [2.0.0] }
+        serve: { variant: "on" }
+    default: { split: { bucket_by: key, weights: [{ variant: "on", weight: 10000 }, { variant: "off", weight: 90000 }] } }
+"#,
+    )
+    .expect("file");
+    s.ok(&["flag", "apply", "-f", file.to_str().expect("utf-8 path")]);
+    let got = s.ok(&["flag", "get", "checkout-v2"]);
+    let comments: Vec<&str> = got
+        .lines()
+        .filter(|l| l.starts_with("# "))
+        .skip(1)
+        .collect();
+    assert_eq!(
+        comments,
+        [
+            "# who gets what:",
+            "#   1. unless payments serves on, serve off",
+            "#   2. if country is one of \"DE\", \"FR\" and version semver > 2.0.0, serve on (rule eu)",
+            "#   3. otherwise serve on 10% / off 90%",
+        ],
+        "{got}"
     );
 }

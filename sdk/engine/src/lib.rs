@@ -54,6 +54,7 @@
 //! | `diff` | which flags two snapshots evaluate differently |
 //! | `openfeature` | an evaluation in OpenFeature's terms: reasons and flag metadata |
 //! | `words` | conditions in plain words, for people reading targeting |
+//! | `describe` | flags in words: targeting step by step, what a change did, stale flags' one variant |
 #![deny(missing_docs)]
 
 mod bucket;
@@ -62,6 +63,7 @@ mod condition;
 mod context;
 mod decode;
 mod dependents;
+mod describe;
 mod diff;
 mod eval;
 mod format;
@@ -82,6 +84,7 @@ mod yaml;
 
 pub use bucket::{bucket, BUCKETS};
 pub use context::{AttrInput, AttrRef, AttrValue, Context};
+pub use describe::{flag_change_details, single_variant, targeting_steps, Step};
 #[doc(hidden)]
 pub use eval::counting;
 pub use eval::{Detail, ErrorKind, Reason};

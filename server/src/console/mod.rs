@@ -4,11 +4,13 @@
 //!
 //! - `session`: sign-in, sessions in the store, cookies, and the checks of every POST.
 //! - `login`: the sign-in form, signing in and out.
-//! - `environments`, `flags`, `tokens`: one page (or list) each.
+//! - `environments`, `flags`, `flag`, `history`, `tokens`: one page (or list) each.
 //! - this file: the routes, what every page shares, and the headers every answer carries.
 
 mod environments;
+mod flag;
 mod flags;
+mod history;
 mod login;
 mod session;
 mod tokens;
@@ -115,6 +117,8 @@ pub fn routes<S: Store>(console: Arc<Console<S>>) -> axum::Router {
         .route("/logout", post(login::logout::<S>))
         .route("/envs", get(environments::show::<S>))
         .route("/envs/{env}/flags", get(flags::show::<S>))
+        .route("/envs/{env}/flags/{key}", get(flag::show::<S>))
+        .route("/envs/{env}/history", get(history::show::<S>))
         .route("/tokens", get(tokens::show::<S>))
         .with_state(console)
 }
@@ -257,6 +261,16 @@ fn environment_for<S: Store>(
             &format!("There is no environment {key:?} that you may see."),
         ))),
     }
+}
+
+/// Runs a store call on a blocking thread.
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, crate::storage::StoreError> + Send + 'static,
+) -> Result<T, ServerError> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| ServerError::Unavailable(format!("a blocking task failed: {e}")))?
+        .map_err(ServerError::from)
 }
 
 /// `ms` (Unix milliseconds) as `2026-12-08 09:30 UTC`.

@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use axum::http::{header, HeaderMap, HeaderValue};
 
+use super::blocking;
 use crate::auth::{hash, Tokens};
 use crate::error::ServerError;
 use crate::storage::{now_ms, random_id, Role, SessionRecord, Store};
@@ -176,16 +177,6 @@ impl<S: Store> Sessions<S> {
         let before = now_ms().saturating_sub(IDLE_MS);
         blocking(move || store.prune_sessions(before)).await
     }
-}
-
-/// Runs a store call on a blocking thread.
-async fn blocking<T: Send + 'static>(
-    work: impl FnOnce() -> Result<T, crate::storage::StoreError> + Send + 'static,
-) -> Result<T, ServerError> {
-    tokio::task::spawn_blocking(work)
-        .await
-        .map_err(|e| ServerError::Unavailable(format!("a blocking task failed: {e}")))?
-        .map_err(ServerError::from)
 }
 
 /// Whether a POST with `headers` comes from a page of this console: its `Origin` is one of

@@ -12,7 +12,7 @@
 //! - `ticket`: the signed tickets in event-stream URLs.
 //! - `usage`: evaluations counted toward flag usage.
 
-mod context;
+pub(crate) mod context;
 mod error;
 mod evaluate;
 pub mod events;

@@ -480,3 +480,219 @@ async fn a_browser_speaking_http2_signs_in_and_out() {
     assert_eq!(out.status, StatusCode::SEE_OTHER, "{}", out.body);
     assert!(!browser.has_session());
 }
+
+/// `html` with the entities askama writes turned back into characters, to compare text.
+fn text(html: &str) -> String {
+    html.replace("&#34;", "\"")
+        .replace("&quot;", "\"")
+        .replace("&#39;", "'")
+        .replace("&lt;", "<")
+        .replace("&#60;", "<")
+        .replace("&gt;", ">")
+        .replace("&#62;", ">")
+        .replace("&amp;", "&")
+        .replace("&#38;", "&")
+}
+
+#[tokio::test]
+async fn a_flag_page_reads_its_targeting_in_words_evaluates_and_shows_its_history() {
+    let server = TestServer::start().await;
+    let mut admin = server.admin().await;
+    create_environment(&mut admin, "production").await;
+    create_segment(&mut admin, "production", segment("beta-testers", &["u-7"])).await;
+    create_flag(&mut admin, "production", boolean_flag("payments")).await;
+    let checkout = flag(serde_json::json!({
+        "key": "checkout-v2", "kind": "boolean", "variants": {"on": true, "off": false},
+        "off_variant": "off", "enabled": false,
+        "description": "The new checkout <b>flow</b>",
+        "tags": ["checkout"], "owner": "payments-team", "temporary": true,
+        "prerequisites": [{"flag": "payments", "variants": ["on", "off"]}],
+        "rules": [
+            {"id": "eu", "conditions": [
+                {"attribute": "country", "op": "in", "values": ["DE", "FR"]},
+                {"attribute": "plan", "op": "in", "values": ["free"], "negate": true}],
+             "serve": {"variant": "on"}},
+            {"id": "beta", "conditions": [{"op": "in_segment", "values": ["beta-testers"]}],
+             "serve": {"variant": "on"}},
+        ],
+        "default": {"split": {"bucket_by": "key", "weights": [
+            {"variant": "on", "weight": 25000}, {"variant": "off", "weight": 75000}]}},
+    }));
+    create_flag(&mut admin, "production", checkout).await;
+    let mut browser = Browser::new(&server);
+    browser.sign_in(&server.admin_token).await;
+
+    let off = browser.get("/envs/production/flags/checkout-v2").await;
+    assert_eq!(off.status, StatusCode::OK, "{}", off.body);
+    let page = text(&off.body);
+    for words in [
+        "The flag is off: every context gets",
+        "Unless <a href=\"/envs/production/flags/payments\" class=\"key\">payments</a> serves on or off",
+        "If country is one of \"DE\", \"FR\" and plan is not \"free\", serve <strong>on</strong> <span class=\"rule-id\">(rule eu)</span>",
+        "If in segment beta-testers, serve",
+        "Otherwise serve <strong>on 25% / off 75%</strong>",
+        "payments-team",
+        "temporary",
+    ] {
+        assert!(page.contains(words), "{words:?} in {page}");
+    }
+    // The description is text, never markup.
+    assert!(!off.body.contains("<b>flow</b>"), "{}", off.body);
+    assert!(page.contains("The new checkout <b>flow</b>"));
+
+    let revision = admin
+        .set_flag_enabled(pb::SetFlagEnabledRequest {
+            environment: "production".into(),
+            key: "checkout-v2".into(),
+            enabled: true,
+            comment: "launch in the EU".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("turned on")
+        .into_inner()
+        .revision;
+    let on = text(&browser.get("/envs/production/flags/checkout-v2").await.body);
+    assert!(!on.contains("The flag is off"), "{on}");
+    // The history, as the Admin API has it: the newest change first, in words and as a diff.
+    let history = admin
+        .list_history(pb::ListHistoryRequest {
+            environment: "production".into(),
+            flag: "checkout-v2".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("history")
+        .into_inner()
+        .entries;
+    assert_eq!(history.len(), 2);
+    assert_eq!(history[0].revision, revision);
+    let newest = on
+        .find(&format!("Revision {revision}"))
+        .expect("the newest entry");
+    let created = on
+        .find(&format!("Revision {}", history[1].revision))
+        .expect("the creation");
+    assert!(newest < created, "newest first");
+    assert!(on.contains("launch in the EU"), "{on}");
+    assert!(on.contains("updated</span>: turned on"), "{on}");
+    assert!(
+        on.contains("<span class=\"remove\">-enabled: false</span>")
+            && on.contains("<span class=\"add\">+enabled: true</span>"),
+        "{on}"
+    );
+
+    // Evaluate for a context: the rule that matched, or the bucket of the split.
+    let eu = browser
+        .get("/envs/production/flags/checkout-v2?context=%7B%22targetingKey%22%3A%22u-1%22%2C%22country%22%3A%22DE%22%2C%22plan%22%3A%22pro%22%7D")
+        .await;
+    assert_eq!(eu.status, StatusCode::OK);
+    let eu = text(&eu.body);
+    assert!(
+        eu.contains(
+            "Serves <strong class=\"key\">on</strong> (<code>true</code>): rule 1 (eu) matched"
+        ),
+        "{eu}"
+    );
+    let nobody = text(
+        &browser
+            .get("/envs/production/flags/checkout-v2?context=%7B%22targetingKey%22%3A%22u-1%22%7D")
+            .await
+            .body,
+    );
+    assert!(
+        nobody.contains("no rule matched, so it serves its default; the context fell in bucket"),
+        "{nobody}"
+    );
+    let broken = browser
+        .get("/envs/production/flags/checkout-v2?context=%7Bnot%20json")
+        .await;
+    assert_eq!(broken.status, StatusCode::BAD_REQUEST);
+    assert!(
+        text(&broken.body).contains("The context is not JSON"),
+        "{}",
+        broken.body
+    );
+    let nested = browser
+        .get("/envs/production/flags/checkout-v2?context=%5B1%5D")
+        .await;
+    assert_eq!(nested.status, StatusCode::BAD_REQUEST);
+    assert!(
+        nested.body.contains("must be a JSON object"),
+        "{}",
+        nested.body
+    );
+
+    let missing = browser.get("/envs/production/flags/nothing-here").await;
+    assert_eq!(missing.status, StatusCode::NOT_FOUND);
+    assert!(missing.body.contains("No such flag"));
+}
+
+#[tokio::test]
+async fn the_history_pages_back_and_narrows_to_one_flag() {
+    let server = TestServer::start().await;
+    let mut admin = server.admin().await;
+    create_environment(&mut admin, "production").await;
+    create_flag(&mut admin, "production", boolean_flag("banner")).await;
+    create_flag(&mut admin, "production", boolean_flag("other")).await;
+    let mut revisions = Vec::new();
+    for i in 0..30 {
+        revisions.push(serve_on(&mut admin, "banner", i % 2 == 0).await);
+    }
+    let mut browser = Browser::new(&server);
+    browser.sign_in(&server.admin_token).await;
+
+    let first = text(&browser.get("/envs/production/history").await.body);
+    let last = revisions[revisions.len() - 1];
+    assert!(first.contains(&format!("Revision {last}")), "{first}");
+    // 25 to a page: the 26th newest is on the next.
+    let shown = first.matches("<strong>Revision ").count();
+    assert_eq!(shown, 25, "{first}");
+    let older_at = first
+        .find("/envs/production/history?before=")
+        .expect("a link to older changes");
+    let link = &first[older_at..];
+    let link = &link[..link.find('"').expect("the link's end")];
+    let second = text(&browser.get(link).await.body);
+    assert_eq!(
+        second.matches("<strong>Revision ").count(),
+        32 - 25,
+        "{second}"
+    );
+    assert!(
+        second.contains(
+            "flag <a href=\"/envs/production/flags/other\" class=\"key\">other</a> created"
+        ),
+        "{second}"
+    );
+    assert!(!second.contains("Older changes"), "{second}");
+
+    let banner = text(
+        &browser
+            .get("/envs/production/history?flag=banner")
+            .await
+            .body,
+    );
+    assert!(
+        banner.contains("History of <span class=\"key\">banner</span>"),
+        "{banner}"
+    );
+    assert!(!banner.contains("class=\"key\">other</a>"), "{banner}");
+    assert!(banner.contains("default serve on"), "{banner}");
+
+    let bad = browser
+        .get("/envs/production/history?flag=%3Cscript%3E")
+        .await;
+    assert_eq!(bad.status, StatusCode::BAD_REQUEST);
+
+    // An editor of another environment reads neither its history nor its flags.
+    create_environment(&mut admin, "staging").await;
+    let editor = token_of(&server, "ed", pb::Role::Editor, "staging").await;
+    let mut editor_browser = Browser::new(&server);
+    editor_browser.sign_in(&editor).await;
+    for path in ["/envs/production/history", "/envs/production/flags/banner"] {
+        let refused = editor_browser.get(path).await;
+        assert_eq!(refused.status, StatusCode::NOT_FOUND, "{path}");
+        assert!(!refused.body.contains("banner"), "{path}: {}", refused.body);
+    }
+}

@@ -112,7 +112,7 @@ pub async fn get(session: &mut Session, key: &str) -> anyhow::Result<String> {
         format!("{}: {}", change.actor, change.comment)
     };
     Ok(format!(
-        "# {} is {}, default {}, {} rule(s){}; version {}, changed {} by {by}\n{}",
+        "# {} is {}, default {}, {} rule(s){}; version {}, changed {} by {by}\n{}{}",
         flag.key,
         state(&flag),
         serve_summary(&flag.default),
@@ -124,6 +124,7 @@ pub async fn get(session: &mut Session, key: &str) -> anyhow::Result<String> {
         },
         flag.version.unwrap_or(0),
         output::timestamp(change.time_unix_ms),
+        targeting_comment(&flag),
         flagstaff_engine::to_text(
             &Flag {
                 version: None,
@@ -132,6 +133,23 @@ pub async fn get(session: &mut Session, key: &str) -> anyhow::Result<String> {
             Format::Yaml
         )
     ))
+}
+
+/// Who gets what, in words, as YAML comments: `#   1. if country is one of "DE", serve on
+/// (rule eu)`, one line per step, after a line saying what happens when the flag is off.
+fn targeting_comment(flag: &Flag) -> String {
+    let mut text = if flag.enabled {
+        "# who gets what:\n".to_owned()
+    } else {
+        format!(
+            "# off: everyone gets {}; when turned on:\n",
+            flag.off_variant
+        )
+    };
+    for (n, step) in flagstaff_engine::targeting_steps(flag).iter().enumerate() {
+        text.push_str(&format!("#   {}. {step}\n", n + 1));
+    }
+    text
 }
 
 fn serve_json(serve: &Serve) -> Value {

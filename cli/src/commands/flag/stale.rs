@@ -1,8 +1,6 @@
 //! `flag stale`: the flags ready to be removed from code.
 
-use std::collections::BTreeSet;
-
-use flagstaff_engine::{Flag, Serve};
+use flagstaff_engine::single_variant;
 use flagstaff_proto::pb;
 use serde_json::{json, Value};
 
@@ -20,46 +18,6 @@ pub enum Staleness {
     /// No SDK has reported evaluating the flag since `since_ms` (its last evaluation, or, if
     /// none was ever reported, its creation).
     NotEvaluated { since_ms: i64, ever: bool },
-}
-
-/// The variant `flag` serves every context, whatever the context, if there is one: it is off,
-/// or every serve it can reach names the same variant (a split counts each variant with
-/// weight, and the off variant for contexts without the bucketing attribute; prerequisites
-/// may serve the off variant).
-pub fn single_variant(flag: &Flag) -> Option<&str> {
-    if !flag.enabled {
-        return Some(&flag.off_variant);
-    }
-    let mut served: BTreeSet<&str> = BTreeSet::new();
-    if !flag.prerequisites.is_empty() {
-        served.insert(&flag.off_variant);
-    }
-    for serve in flag
-        .rules
-        .iter()
-        .map(|r| &r.serve)
-        .chain(std::iter::once(&flag.default))
-    {
-        match serve {
-            Serve::Variant(v) => {
-                served.insert(v);
-            }
-            Serve::Split(split) => {
-                served.insert(&flag.off_variant);
-                served.extend(
-                    split
-                        .weights
-                        .iter()
-                        .filter(|w| w.weight > 0)
-                        .map(|w| w.variant.as_str()),
-                );
-            }
-        }
-    }
-    match served.len() {
-        1 => served.into_iter().next(),
-        _ => None,
-    }
 }
 
 /// Why `listed` is stale at `now_ms` after `days` days, if it is: a temporary flag serving
@@ -231,6 +189,7 @@ fn creation(entries: &[pb::AuditEntry], key: &str) -> Found {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use flagstaff_engine::Flag;
     use flagstaff_proto::pb;
 
     #[test]
@@ -283,31 +242,6 @@ mod tests {
     /// [`staleness`] of a flag created at its last change.
     fn check(listed: &Listed, days: u64, now: i64) -> Option<Staleness> {
         staleness(listed, listed.change.time_unix_ms, days, now)
-    }
-
-    #[test]
-    fn one_variant_means_every_reachable_serve_names_it() {
-        let off = flag("enabled: false\ndefault: {variant: on}");
-        assert_eq!(single_variant(&off), Some("off"));
-        let fixed = flag("enabled: true\ndefault: {variant: on}");
-        assert_eq!(single_variant(&fixed), Some("on"));
-        let rule_differs = flag(
-            "enabled: true\nrules: [{id: nl, conditions: [{attribute: country, op: in, values: [NL]}], serve: {variant: off}}]\ndefault: {variant: on}",
-        );
-        assert_eq!(single_variant(&rule_differs), None);
-        let rule_same = flag(
-            "enabled: true\nrules: [{id: nl, conditions: [{attribute: country, op: in, values: [NL]}], serve: {variant: on}}]\ndefault: {variant: on}",
-        );
-        assert_eq!(single_variant(&rule_same), Some("on"));
-        // Contexts without the bucketing attribute get the off variant.
-        let full_split = flag(
-            "enabled: true\ndefault: {split: {bucket_by: key, weights: [{variant: on, weight: 100000}, {variant: off, weight: 0}]}}",
-        );
-        assert_eq!(single_variant(&full_split), None);
-        let off_split = flag(
-            "enabled: true\ndefault: {split: {bucket_by: key, weights: [{variant: off, weight: 100000}, {variant: on, weight: 0}]}}",
-        );
-        assert_eq!(single_variant(&off_split), Some("off"));
     }
 
     #[test]

@@ -1,0 +1,249 @@
+//! `/envs/{env}/flags/{key}`: one flag in its reading form: state, variants, prerequisites,
+//! rules in plain words, what it serves otherwise and when off, its usage and rollout, an
+//! evaluation for a context given in the address, and its recent history with diffs.
+
+use std::sync::Arc;
+
+use askama::Template;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::Response;
+use flagstaff_engine::{Flag, Reason, Step};
+use serde::Deserialize;
+use serde_json::Value;
+
+use super::history::{entry_rows, EntryRow};
+use super::{blocking, page, problem, signed_in, utc, Console, Who};
+use crate::environments::Environment;
+use crate::ofrep::context::RequestContext;
+use crate::storage::{RolloutState, Store};
+
+/// History entries shown on a flag's page; older ones are on the history page.
+pub const HISTORY_SHOWN: usize = 10;
+
+/// The most bytes of context JSON the evaluate form takes, as an OFREP request body would.
+pub const MAX_CONTEXT_JSON_BYTES: usize = 64 * 1024;
+
+/// What the flag page is asked for: a context to evaluate the flag with.
+#[derive(Debug, Default, Deserialize)]
+pub(super) struct FlagQuery {
+    #[serde(default)]
+    context: Option<String>,
+}
+
+/// A variant as the page lists it.
+struct VariantRow {
+    name: String,
+    value: String,
+    /// What the flag uses the variant for: `served when off`, `default`.
+    roles: String,
+}
+
+/// The answer to the evaluate form.
+struct Evaluation {
+    variant: String,
+    value: String,
+    why: String,
+}
+
+#[derive(Template)]
+#[template(path = "console/flag.html")]
+struct FlagPage<'a> {
+    who: Option<Who>,
+    environment: String,
+    section: &'static str,
+    flag: &'a Flag,
+    kind: &'static str,
+    version: u64,
+    changed: String,
+    variants: Vec<VariantRow>,
+    /// Who gets what when the flag is on, in words (as `flagstaff flag get` says it).
+    steps: Vec<Step<'a>>,
+    evaluations: u64,
+    last_evaluated: String,
+    rollout: Option<String>,
+    context: String,
+    evaluation: Option<Evaluation>,
+    context_problem: Option<String>,
+    history: Vec<EntryRow>,
+    older: Option<String>,
+}
+
+pub(super) async fn show<S: Store>(
+    State(console): State<Arc<Console<S>>>,
+    Path((env, key)): Path<(String, String)>,
+    headers: HeaderMap,
+    query: Result<Query<FlagQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let session = match signed_in(&console, &headers).await {
+        Ok(session) => session,
+        Err(response) => return *response,
+    };
+    let who = Some(Who::of(&session));
+    let environment = match super::environment_for(&console, &session, &env) {
+        Ok(environment) => environment,
+        Err(response) => return *response,
+    };
+    let query = match query {
+        Ok(Query(query)) => query,
+        Err(e) => {
+            return problem(
+                StatusCode::BAD_REQUEST,
+                who,
+                "Not a flag address",
+                &format!("The address's query is not one this page reads: {e}."),
+            )
+        }
+    };
+    let current = environment.current();
+    let Some(flag) = current.snapshot.flag(&key).cloned() else {
+        return problem(
+            StatusCode::NOT_FOUND,
+            who,
+            "No such flag",
+            &format!("{env} has no flag {key:?}. It may have been deleted: see the history."),
+        );
+    };
+    let store = console.envs.store().clone();
+    let (version, looked_up) = (flag.version.unwrap_or(0), env.clone());
+    let (flag_key, history_env) = (key.clone(), env.clone());
+    let found = blocking(move || {
+        let head = store.audit_head(&looked_up, version)?;
+        let entries = store.history(&history_env, Some(&flag_key), None, HISTORY_SHOWN + 1)?;
+        Ok((head, entries))
+    })
+    .await;
+    let (head, mut entries) = match found {
+        Ok(found) => found,
+        Err(e) => return super::unavailable(&e),
+    };
+    let older = (entries.len() > HISTORY_SHOWN).then(|| {
+        entries.truncate(HISTORY_SHOWN);
+        let last = entries.last().map_or(0, |e| e.revision);
+        format!(
+            "/envs/{env}/history?flag={}&before={last}",
+            super::encode(&key)
+        )
+    });
+    let (context, evaluation, context_problem) = match query.context.as_deref() {
+        Some(text) if !text.trim().is_empty() => match evaluate(&current.snapshot, &flag, text) {
+            Ok(evaluation) => (text.to_owned(), Some(evaluation), None),
+            Err(why) => (text.to_owned(), None, Some(why)),
+        },
+        _ => ("{\"targetingKey\": \"user-1\"}".to_owned(), None, None),
+    };
+    let usage = environment.usage(&key).unwrap_or_default();
+    // A context that cannot be read is a bad request, shown in place on the page.
+    let status = if context_problem.is_some() {
+        StatusCode::BAD_REQUEST
+    } else {
+        StatusCode::OK
+    };
+    page(
+        status,
+        &FlagPage {
+            who,
+            environment: env.clone(),
+            section: "flags",
+            kind: flag.kind.as_str(),
+            version,
+            changed: head.map_or_else(String::new, |h| {
+                let mut changed = format!("{} by {}", utc(h.time_ms), h.actor);
+                if !h.comment.is_empty() {
+                    changed.push_str(&format!(": {}", h.comment));
+                }
+                changed
+            }),
+            variants: variants(&flag),
+            steps: flagstaff_engine::targeting_steps(&flag),
+            evaluations: usage.evaluations,
+            last_evaluated: if usage.last_evaluated_ms == 0 {
+                "never".to_owned()
+            } else {
+                utc(usage.last_evaluated_ms)
+            },
+            rollout: rollout_state(&environment, &key),
+            context,
+            evaluation,
+            context_problem,
+            history: entry_rows(&env, &entries, Some(&key)),
+            older,
+            flag: &flag,
+        },
+    )
+}
+
+/// The flag's variants, each with what the flag uses it for.
+fn variants(flag: &Flag) -> Vec<VariantRow> {
+    flag.variants
+        .0
+        .iter()
+        .map(|(name, value)| {
+            let mut roles = Vec::new();
+            if *name == flag.off_variant {
+                roles.push("served when off");
+            }
+            if matches!(&flag.default, flagstaff_engine::Serve::Variant(v) if v == name) {
+                roles.push("default");
+            }
+            VariantRow {
+                name: name.clone(),
+                value: value.to_string(),
+                roles: roles.join(", "),
+            }
+        })
+        .collect()
+}
+
+/// The state of the flag's rollout plan, when it has one.
+fn rollout_state(environment: &Environment, key: &str) -> Option<String> {
+    let plan = environment.rollout(key)?;
+    let percent = flagstaff_engine::format_percent(plan.percent);
+    Some(match plan.state {
+        RolloutState::Running => format!("{} at {percent}, running", plan.target),
+        RolloutState::Paused => format!("{} at {percent}, paused", plan.target),
+        RolloutState::Completed => format!("{} rolled out in full", plan.target),
+        RolloutState::RolledBack => format!("{} rolled back to {}", plan.target, plan.baseline),
+    })
+}
+
+/// What `flag` serves for the context written as `text` (OFREP's JSON context), or why the
+/// context cannot be read.
+fn evaluate(
+    snapshot: &flagstaff_engine::Snapshot,
+    flag: &Flag,
+    text: &str,
+) -> Result<Evaluation, String> {
+    if text.len() > MAX_CONTEXT_JSON_BYTES {
+        return Err(format!(
+            "The context is {} bytes, over the limit of {} KiB.",
+            text.len(),
+            MAX_CONTEXT_JSON_BYTES >> 10
+        ));
+    }
+    let json: Value =
+        serde_json::from_str(text).map_err(|e| format!("The context is not JSON: {e}."))?;
+    let context = RequestContext::read(&json).map_err(|e| format!("{e}."))?;
+    let detail = snapshot.evaluate(&flag.key, &context.context);
+    let why = match detail.reason {
+        Reason::Off => "the flag is off, so it serves its off variant".to_owned(),
+        Reason::RuleMatch { index, id } => format!("rule {} ({id}) matched", index + 1),
+        Reason::Default => "no rule matched, so it serves its default".to_owned(),
+        Reason::PrerequisiteFailed { prerequisite } => format!(
+            "its prerequisite {prerequisite} did not serve a variant it needs, so it serves \
+             its off variant"
+        ),
+        Reason::Error(e) => format!("evaluation failed: {}", e.as_str()),
+    };
+    let why = match detail.bucket {
+        Some(bucket) => {
+            format!("{why}; the context fell in bucket {bucket} of 100,000 of its split")
+        }
+        None => why,
+    };
+    Ok(Evaluation {
+        variant: detail.variant.unwrap_or("-").to_owned(),
+        value: detail.value.to_string(),
+        why,
+    })
+}

@@ -1,0 +1,311 @@
+//! `/envs/{env}/history`: the environment's audit log, newest first, each change with what it
+//! did in words and, for flags, a diff of the document; `?flag=KEY` narrows it to one flag.
+//! A flag's page shows its last entries the same way ([`entry_rows`]).
+
+use std::sync::Arc;
+
+use askama::Template;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::Response;
+use flagstaff_engine::{Flag, Format};
+use serde::Deserialize;
+
+use super::{blocking, encode, page, problem, signed_in, utc, Console, Who};
+use crate::storage::{AuditChange, AuditEntry, Store};
+
+/// Entries on one page of the history.
+pub const ENTRIES_PER_PAGE: usize = 25;
+
+/// Changes of one entry shown with their diffs; an import of thousands of flags is one entry,
+/// and the rest are counted.
+pub const CHANGES_SHOWN: usize = 20;
+
+/// Lines of one diff shown; a longer diff ends with a line counting the rest.
+pub const DIFF_LINES_SHOWN: usize = 400;
+
+/// What the history page is asked for.
+#[derive(Debug, Default, Deserialize)]
+pub(super) struct HistoryQuery {
+    /// Only entries changing this flag.
+    #[serde(default)]
+    flag: Option<String>,
+    /// Only entries below this revision: the next page.
+    #[serde(default)]
+    before: Option<u64>,
+}
+
+/// One line of a diff, with its class: `add`, `remove`, `context` or `hunk`.
+pub(super) struct DiffLine {
+    pub class: &'static str,
+    pub text: String,
+}
+
+/// One document's change, as an entry lists it.
+pub(super) struct ChangeRow {
+    /// `flag` or `segment`.
+    pub kind: &'static str,
+    pub key: String,
+    /// `created`, `updated` or `deleted`.
+    pub action: &'static str,
+    /// Where the document is shown, while it exists.
+    pub link: Option<String>,
+    /// What the change did, in words.
+    pub details: String,
+    /// The flag's document before and after, as a unified diff of its YAML.
+    pub diff: Vec<DiffLine>,
+}
+
+/// An audit entry as pages list it.
+pub(super) struct EntryRow {
+    pub revision: u64,
+    pub time: String,
+    pub actor: String,
+    pub operation: String,
+    pub comment: String,
+    pub changes: Vec<ChangeRow>,
+    /// Changes of the entry not listed.
+    pub more: usize,
+}
+
+#[derive(Template)]
+#[template(path = "console/history.html")]
+struct HistoryPage {
+    who: Option<Who>,
+    environment: String,
+    section: &'static str,
+    flag: Option<String>,
+    entries: Vec<EntryRow>,
+    older: Option<String>,
+}
+
+pub(super) async fn show<S: Store>(
+    State(console): State<Arc<Console<S>>>,
+    Path(env): Path<String>,
+    headers: HeaderMap,
+    query: Result<Query<HistoryQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let session = match signed_in(&console, &headers).await {
+        Ok(session) => session,
+        Err(response) => return *response,
+    };
+    let who = Some(Who::of(&session));
+    if let Err(response) = super::environment_for(&console, &session, &env) {
+        return *response;
+    }
+    let query = match query {
+        Ok(Query(query)) => query,
+        Err(e) => {
+            return problem(
+                StatusCode::BAD_REQUEST,
+                who,
+                "Not a history address",
+                &format!(
+                    "The address's query is not one this page reads (flag=KEY, \
+                     before=REVISION): {e}."
+                ),
+            )
+        }
+    };
+    let flag = query.flag.filter(|f| !f.is_empty());
+    if let Some(key) = &flag {
+        if !flagstaff_engine::is_valid_key(key) {
+            return problem(
+                StatusCode::BAD_REQUEST,
+                who,
+                "Not a flag key",
+                &format!("{key:?} is not a flag key, so no flag's history is under it."),
+            );
+        }
+    }
+    let store = console.envs.store().clone();
+    let (looked_up, flag_key, before) = (env.clone(), flag.clone(), query.before);
+    let found = blocking(move || {
+        store.history(
+            &looked_up,
+            flag_key.as_deref(),
+            before,
+            ENTRIES_PER_PAGE + 1,
+        )
+    })
+    .await;
+    let mut entries = match found {
+        Ok(entries) => entries,
+        Err(e) => return super::unavailable(&e),
+    };
+    let older = (entries.len() > ENTRIES_PER_PAGE).then(|| {
+        entries.truncate(ENTRIES_PER_PAGE);
+        let last = entries.last().map_or(0, |e| e.revision);
+        match &flag {
+            Some(key) => format!("/envs/{env}/history?flag={}&before={last}", encode(key)),
+            None => format!("/envs/{env}/history?before={last}"),
+        }
+    });
+    page(
+        StatusCode::OK,
+        &HistoryPage {
+            who,
+            section: "history",
+            entries: entry_rows(&env, &entries, flag.as_deref()),
+            environment: env,
+            flag,
+            older,
+        },
+    )
+}
+
+/// `entries` as pages list them: of flag `only`'s changes alone when given.
+pub(super) fn entry_rows(
+    environment: &str,
+    entries: &[AuditEntry],
+    only: Option<&str>,
+) -> Vec<EntryRow> {
+    entries
+        .iter()
+        .map(|entry| {
+            let changes: Vec<&AuditChange> = entry
+                .changes
+                .iter()
+                .filter(|c| only.is_none_or(|key| c.is_flag(key)))
+                .collect();
+            EntryRow {
+                revision: entry.revision,
+                time: utc(entry.time_ms),
+                actor: entry.actor.clone(),
+                operation: entry.operation.clone(),
+                comment: entry.comment.clone(),
+                more: changes.len().saturating_sub(CHANGES_SHOWN),
+                changes: changes
+                    .into_iter()
+                    .take(CHANGES_SHOWN)
+                    .map(|c| change_row(environment, c))
+                    .collect(),
+            }
+        })
+        .collect()
+}
+
+fn action(before: bool, after: bool) -> &'static str {
+    match (before, after) {
+        (false, _) => "created",
+        (true, true) => "updated",
+        (true, false) => "deleted",
+    }
+}
+
+fn change_row(environment: &str, change: &AuditChange) -> ChangeRow {
+    match change {
+        AuditChange::Flag { key, before, after } => ChangeRow {
+            kind: "flag",
+            key: key.clone(),
+            action: action(before.is_some(), after.is_some()),
+            link: after
+                .as_ref()
+                .map(|_| format!("/envs/{environment}/flags/{}", encode(key))),
+            details: match (before, after) {
+                (Some(before), Some(after)) => {
+                    flagstaff_engine::flag_change_details(before, after).join(", ")
+                }
+                _ => String::new(),
+            },
+            diff: flag_diff(before.as_deref(), after.as_deref()),
+        },
+        AuditChange::Segment {
+            key,
+            before,
+            after,
+            included_added,
+            included_removed,
+            excluded_added,
+            excluded_removed,
+            ..
+        } => {
+            let mut details: Vec<String> = [
+                (included_added.len(), "+", "included"),
+                (included_removed.len(), "-", "included"),
+                (excluded_added.len(), "+", "excluded"),
+                (excluded_removed.len(), "-", "excluded"),
+            ]
+            .into_iter()
+            .filter(|(n, _, _)| *n > 0)
+            .map(|(n, sign, list)| format!("{sign}{n} {list}"))
+            .collect();
+            if let (Some(before), Some(after)) = (before, after) {
+                let fields: Vec<&str> = [
+                    ("description", before.description != after.description),
+                    ("rules", before.rules != after.rules),
+                ]
+                .into_iter()
+                .filter_map(|(name, differs)| differs.then_some(name))
+                .collect();
+                if !fields.is_empty() {
+                    details.push(format!("changed {}", fields.join(", ")));
+                }
+            }
+            ChangeRow {
+                kind: "segment",
+                key: key.clone(),
+                action: action(before.is_some(), after.is_some()),
+                link: after
+                    .as_ref()
+                    .map(|_| format!("/envs/{environment}/segments")),
+                details: details.join(", "),
+                diff: Vec::new(),
+            }
+        }
+    }
+}
+
+/// A flag's document as the diff shows it: YAML without its version, which every change
+/// moves.
+fn flag_text(flag: Option<&Flag>) -> String {
+    flag.map_or_else(String::new, |flag| {
+        flagstaff_engine::to_text(
+            &Flag {
+                version: None,
+                ..flag.clone()
+            },
+            Format::Yaml,
+        )
+    })
+}
+
+/// The unified diff of a flag's document from `before` to `after`, at most
+/// [`DIFF_LINES_SHOWN`] lines.
+fn flag_diff(before: Option<&Flag>, after: Option<&Flag>) -> Vec<DiffLine> {
+    let (before, after) = (flag_text(before), flag_text(after));
+    let diff = similar::TextDiff::from_lines(&before, &after);
+    let mut lines = Vec::new();
+    let mut total = 0;
+    for hunk in diff.unified_diff().context_radius(3).iter_hunks() {
+        total += 1;
+        if lines.len() < DIFF_LINES_SHOWN {
+            lines.push(DiffLine {
+                class: "hunk",
+                text: hunk.header().to_string(),
+            });
+        }
+        for change in hunk.iter_changes() {
+            total += 1;
+            if lines.len() >= DIFF_LINES_SHOWN {
+                continue;
+            }
+            let (class, sign) = match change.tag() {
+                similar::ChangeTag::Insert => ("add", '+'),
+                similar::ChangeTag::Delete => ("remove", '-'),
+                similar::ChangeTag::Equal => ("context", ' '),
+            };
+            lines.push(DiffLine {
+                class,
+                text: format!("{sign}{}", change.value().trim_end_matches('\n')),
+            });
+        }
+    }
+    if total > lines.len() {
+        lines.push(DiffLine {
+            class: "hunk",
+            text: format!("… {} more lines", total - lines.len()),
+        });
+    }
+    lines
+}
