@@ -180,6 +180,56 @@ pub fn single_variant(flag: &Flag) -> Option<&str> {
     }
 }
 
+/// A day in milliseconds.
+const DAY_MS: i64 = 24 * 60 * 60 * 1000;
+
+/// Why a flag is ready to be removed from code.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Staleness {
+    /// A temporary flag that has served `variant` to every context since its last change.
+    OneVariant {
+        /// The variant everyone gets.
+        variant: String,
+        /// Its last change, in Unix milliseconds.
+        since_ms: i64,
+    },
+    /// No SDK has reported evaluating the flag since `since_ms` (its last evaluation, or, if
+    /// none was ever reported, its creation).
+    NotEvaluated {
+        /// Since when, in Unix milliseconds.
+        since_ms: i64,
+        /// Whether it was ever evaluated.
+        ever: bool,
+    },
+}
+
+/// Why `flag` is stale at `now_ms` after `days` days, if it is: a temporary flag serving one
+/// variant to everyone since its last change (`changed_ms`) that long ago, or any flag no SDK
+/// has evaluated (last at `evaluated_ms`, 0 for never) for that long; a flag never evaluated
+/// counts from its creation (`created_ms`). All times are Unix milliseconds.
+pub fn staleness(
+    flag: &Flag,
+    changed_ms: i64,
+    evaluated_ms: i64,
+    created_ms: i64,
+    days: u64,
+    now_ms: i64,
+) -> Option<Staleness> {
+    let span = i64::try_from(days).map_or(i64::MAX, |d| d.saturating_mul(DAY_MS));
+    let cutoff = now_ms.saturating_sub(span);
+    if flag.temporary && changed_ms <= cutoff {
+        if let Some(variant) = single_variant(flag) {
+            return Some(Staleness::OneVariant {
+                variant: variant.to_owned(),
+                since_ms: changed_ms,
+            });
+        }
+    }
+    let ever = evaluated_ms != 0;
+    let since_ms = if ever { evaluated_ms } else { created_ms };
+    (since_ms <= cutoff).then_some(Staleness::NotEvaluated { since_ms, ever })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -84,7 +84,9 @@ mod yaml;
 
 pub use bucket::{bucket, BUCKETS};
 pub use context::{AttrInput, AttrRef, AttrValue, Context};
-pub use describe::{flag_change_details, single_variant, targeting_steps, Step};
+pub use describe::{
+    flag_change_details, single_variant, staleness, targeting_steps, Staleness, Step,
+};
 #[doc(hidden)]
 pub use eval::counting;
 pub use eval::{Detail, ErrorKind, Reason};

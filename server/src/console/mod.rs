@@ -4,7 +4,7 @@
 //!
 //! - `session`: sign-in, sessions in the store, cookies, and the checks of every POST.
 //! - `login`: the sign-in form, signing in and out.
-//! - `environments`, `flags`, `flag`, `history`, `tokens`: one page (or list) each.
+//! - `environments`, `flags`, `flag`, `history`, `stale`, `tokens`: one page (or list) each.
 //! - this file: the routes, what every page shares, and the headers every answer carries.
 
 mod environments;
@@ -13,6 +13,7 @@ mod flags;
 mod history;
 mod login;
 mod session;
+mod stale;
 mod tokens;
 
 use std::sync::Arc;
@@ -119,6 +120,7 @@ pub fn routes<S: Store>(console: Arc<Console<S>>) -> axum::Router {
         .route("/envs/{env}/flags", get(flags::show::<S>))
         .route("/envs/{env}/flags/{key}", get(flag::show::<S>))
         .route("/envs/{env}/history", get(history::show::<S>))
+        .route("/envs/{env}/stale", get(stale::show::<S>))
         .route("/tokens", get(tokens::show::<S>))
         .with_state(console)
 }

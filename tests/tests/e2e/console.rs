@@ -696,3 +696,52 @@ async fn the_history_pages_back_and_narrows_to_one_flag() {
         assert!(!refused.body.contains("banner"), "{path}: {}", refused.body);
     }
 }
+
+#[tokio::test]
+async fn the_stale_page_finds_what_flag_stale_finds() {
+    let server = TestServer::start().await;
+    let mut admin = server.admin().await;
+    create_environment(&mut admin, "production").await;
+    let mut finished = boolean_flag("finished-launch");
+    finished.temporary = true;
+    finished.default = Some(pb::Serve {
+        serve: Some(pb::serve::Serve::Variant("on".into())),
+    });
+    create_flag(&mut admin, "production", finished).await;
+    let mut experiment = boolean_flag("experiment");
+    experiment.default = Some(split(&[("on", 50_000), ("off", 50_000)]));
+    create_flag(&mut admin, "production", experiment).await;
+    serve_on(&mut admin, "experiment", true).await;
+    let mut browser = Browser::new(&server);
+    browser.sign_in(&server.admin_token).await;
+
+    // Everything is younger than 30 days.
+    let month = text(&browser.get("/envs/production/stale").await.body);
+    assert!(month.contains("0 of 2 flags are stale"), "{month}");
+    // Asked about now: the temporary flag serving one variant, and the flag never evaluated.
+    let now = text(&browser.get("/envs/production/stale?days=0").await.body);
+    assert!(now.contains("2 of 2 flags are stale"), "{now}");
+    let row = |key: &str| {
+        let at = now.find(&format!(">{key}</a>")).expect("listed");
+        now[at..at + now[at..].find("</tr>").expect("the row's end")].to_owned()
+    };
+    assert!(
+        row("finished-launch").contains("<td>serves on to everyone</td>"),
+        "{now}"
+    );
+    assert!(
+        row("experiment").contains("<td>never evaluated</td>"),
+        "{now}"
+    );
+
+    for bad in [
+        "/envs/production/stale?days=x",
+        "/envs/production/stale?days=99999",
+    ] {
+        assert_eq!(
+            browser.get(bad).await.status,
+            StatusCode::BAD_REQUEST,
+            "{bad}"
+        );
+    }
+}

@@ -1,6 +1,6 @@
 //! `flag stale`: the flags ready to be removed from code.
 
-use flagstaff_engine::single_variant;
+use flagstaff_engine::Staleness;
 use flagstaff_proto::pb;
 use serde_json::{json, Value};
 
@@ -8,37 +8,20 @@ use crate::fetch::{list_flags, Listed};
 use crate::output;
 use crate::session::Session;
 
+#[cfg(test)]
 const DAY_MS: i64 = 24 * 60 * 60 * 1000;
 
-/// Why a flag is ready to go.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Staleness {
-    /// A temporary flag that has served `variant` to every context since its last change.
-    OneVariant { variant: String, since_ms: i64 },
-    /// No SDK has reported evaluating the flag since `since_ms` (its last evaluation, or, if
-    /// none was ever reported, its creation).
-    NotEvaluated { since_ms: i64, ever: bool },
-}
-
-/// Why `listed` is stale at `now_ms` after `days` days, if it is: a temporary flag serving
-/// one variant to everyone for that long, or any flag no SDK has evaluated for that long (a
-/// flag never evaluated: since `created_ms`, its creation).
+/// Why `listed` is stale at `now_ms` after `days` days, if it is ([`flagstaff_engine::staleness`]:
+/// a flag never evaluated counts from `created_ms`, its creation).
 pub fn staleness(listed: &Listed, created_ms: i64, days: u64, now_ms: i64) -> Option<Staleness> {
-    let span = i64::try_from(days).map_or(i64::MAX, |d| d.saturating_mul(DAY_MS));
-    let cutoff = now_ms.saturating_sub(span);
-    let changed = listed.change.time_unix_ms;
-    if listed.flag.temporary && changed <= cutoff {
-        if let Some(variant) = single_variant(&listed.flag) {
-            return Some(Staleness::OneVariant {
-                variant: variant.to_owned(),
-                since_ms: changed,
-            });
-        }
-    }
-    let evaluated = listed.usage.last_evaluated_unix_ms;
-    let ever = evaluated != 0;
-    let since_ms = if ever { evaluated } else { created_ms };
-    (since_ms <= cutoff).then_some(Staleness::NotEvaluated { since_ms, ever })
+    flagstaff_engine::staleness(
+        &listed.flag,
+        listed.change.time_unix_ms,
+        listed.usage.last_evaluated_unix_ms,
+        created_ms,
+        days,
+        now_ms,
+    )
 }
 
 /// `flagstaff flag stale [--days N]`.
