@@ -14,6 +14,8 @@ use flagstaff_proto::pb;
 use flagstaff_tests::TestServer;
 use reqwest::header::{LOCATION, SET_COOKIE};
 
+// Only the percentiles are used here.
+#[allow(dead_code)]
 mod common;
 use common::percentiles;
 
@@ -30,11 +32,11 @@ fn listed_flag(i: usize) -> pb::Flag {
         "key": format!("team-{:02}-feature-{i:05}", i % 40),
         "description": format!("Feature {i} of team {}: a sentence or two of what it is for", i % 40),
         "kind": "boolean", "variants": {"on": true, "off": false},
-        "off_variant": "off", "enabled": i % 3 != 0,
-        "tags": [format!("team-{:02}", i % 40), if i % 2 == 0 { "web" } else { "mobile" }],
+        "off_variant": "off", "enabled": !i.is_multiple_of(3),
+        "tags": [format!("team-{:02}", i % 40), if i.is_multiple_of(2) { "web" } else { "mobile" }],
         "owner": format!("owner-{}@example.com", i % 40),
-        "temporary": i % 4 == 0,
-        "default": if i % 5 == 0 {
+        "temporary": i.is_multiple_of(4),
+        "default": if i.is_multiple_of(5) {
             serde_json::json!({"split": {"bucket_by": "key", "weights": [
                 {"variant": "on", "weight": 10_000}, {"variant": "off", "weight": 90_000}]}})
         } else {
@@ -57,7 +59,7 @@ fn big_flag(enabled: bool) -> pb::Flag {
                     {"attribute": "plan", "op": "in", "values": ["free"], "negate": true},
                     {"attribute": "version", "op": "semver_gt", "values": [format!("{r}.0.0")]},
                 ],
-                "serve": if r % 2 == 0 {
+                "serve": if r.is_multiple_of(2) {
                     serde_json::json!({"variant": "on"})
                 } else {
                     serde_json::json!({"split": {"bucket_by": "key", "weights": [
@@ -95,6 +97,19 @@ fn cookie(response: &reqwest::Response, name: &str) -> String {
         .to_owned()
 }
 
+/// `value` percent-encoded for a form body.
+fn form_encoded(value: &str) -> String {
+    value
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' => {
+                char::from(b).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
 async fn sign_in(server: &TestServer) -> Signed {
     let client = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
@@ -114,7 +129,12 @@ async fn sign_in(server: &TestServer) -> Signed {
         .post(format!("{base}/login"))
         .header("cookie", login)
         .header("origin", &base)
-        .form(&[("token", server.admin_token.as_str()), ("csrf", csrf)])
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(format!(
+            "token={}&csrf={}",
+            form_encoded(&server.admin_token),
+            form_encoded(csrf)
+        ))
         .send()
         .await
         .expect("signed in");

@@ -2,6 +2,7 @@
 //! finds them ([`flagstaff_engine::staleness`]): temporary flags serving one variant to
 //! everyone, and flags no SDK has evaluated, for `?days=N` days (30 unless asked).
 
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use askama::Template;
@@ -20,12 +21,13 @@ pub const DEFAULT_DAYS: u64 = 30;
 /// The most days the page is asked about: ten years.
 pub const MAX_DAYS: u64 = 3650;
 
-/// Flags whose creation the page looks up in the history at most, per view (only flags never
-/// evaluated need it). Beyond it, those changed within the window are counted as not checked.
-pub const MAX_CREATION_LOOKUPS: usize = 200;
+/// History entries the page reads at most, per view, to find when the flags never evaluated
+/// were created. A flag not found in them that changed within the window is counted as not
+/// checked.
+pub const MAX_HISTORY_READ: usize = 5_000;
 
-/// History entries read per flag to find its creation; past them its oldest entry read counts.
-const CREATION_ENTRIES: usize = 500;
+/// History entries read at once.
+const HISTORY_PAGE: usize = 500;
 
 /// What the stale page is asked for.
 #[derive(Debug, Default, Deserialize)]
@@ -51,7 +53,8 @@ struct StalePage {
     days: u64,
     flags: Vec<StaleRow>,
     total: usize,
-    /// Flags never evaluated whose creation was not looked up (past the lookups' limit).
+    /// Flags never evaluated, changed within the window, whose creation was not found in the
+    /// history read.
     unchecked: usize,
 }
 
@@ -139,44 +142,56 @@ pub(super) async fn show<S: Store>(
 }
 
 /// The stale flags among `facts` (each with its version), and how many were not checked.
-/// Reads a flag's last change only when its staleness depends on it, and its creation only
-/// for a flag never evaluated that changed within the window.
+/// Reads the last change of the flags whose staleness depends on it in one ask, and the
+/// creation of the flags never evaluated in one pass over the history, newest first.
 fn stale_flags<S: Store>(
     store: &S,
     environment: &str,
-    facts: Vec<(Facts, u64)>,
+    mut facts: Vec<(Facts, u64)>,
     days: u64,
     now_ms: u64,
 ) -> Result<(Vec<StaleRow>, usize), StoreError> {
+    let needs_change = |f: &Facts| {
+        f.evaluated_ms == 0
+            || (f.flag.temporary && flagstaff_engine::single_variant(&f.flag).is_some())
+    };
+    let revisions: Vec<u64> = facts
+        .iter()
+        .filter(|(f, _)| needs_change(f))
+        .map(|(_, version)| *version)
+        .collect();
+    let changes: HashMap<u64, u64> = store
+        .audit_heads(environment, &revisions)?
+        .into_iter()
+        .map(|head| (head.revision, head.time_ms))
+        .collect();
+    for (f, version) in &mut facts {
+        f.changed_ms = changes.get(version).copied().unwrap_or(0);
+    }
+    let never: HashSet<&str> = facts
+        .iter()
+        .filter(|(f, _)| f.evaluated_ms == 0)
+        .map(|(f, _)| f.flag.key.as_str())
+        .collect();
+    let found = creations(store, environment, never)?;
+
     let signed = |ms: u64| i64::try_from(ms).unwrap_or(i64::MAX);
     let window_start = now_ms.saturating_sub(days.saturating_mul(24 * 60 * 60 * 1000));
-    let (mut rows, mut lookups, mut unchecked) = (Vec::new(), 0, 0);
-    for (mut facts, version) in facts {
-        let needs_change = (facts.flag.temporary
-            && flagstaff_engine::single_variant(&facts.flag).is_some())
-            || facts.evaluated_ms == 0;
-        if needs_change {
-            facts.changed_ms = store
-                .audit_head(environment, version)?
-                .map_or(0, |head| head.time_ms);
-        }
-        // A flag never evaluated counts from its creation, no later than its last change:
-        // past the lookups' limit, a flag last changed before the window is stale all the
-        // same (shown since that change), and one changed within it is not checked.
-        let mut created_ms = facts.changed_ms;
-        if facts.evaluated_ms == 0 {
-            if lookups < MAX_CREATION_LOOKUPS {
-                lookups += 1;
-                created_ms = created(store, environment, &facts.flag.key)?.unwrap_or(created_ms);
-            } else if facts.changed_ms > window_start {
+    let (mut rows, mut unchecked) = (Vec::new(), 0);
+    for (f, _) in &facts {
+        // A flag never evaluated counts from its creation, no later than its last change.
+        let created_ms = match found.created.get(f.flag.key.as_str()) {
+            Some(&created) => created,
+            None if f.evaluated_ms == 0 && !found.complete && f.changed_ms > window_start => {
                 unchecked += 1;
                 continue;
             }
-        }
+            None => f.changed_ms,
+        };
         let why = flagstaff_engine::staleness(
-            &facts.flag,
-            signed(facts.changed_ms),
-            signed(facts.evaluated_ms),
+            &f.flag,
+            signed(f.changed_ms),
+            signed(f.evaluated_ms),
             signed(created_ms),
             days,
             signed(now_ms),
@@ -197,8 +212,8 @@ fn stale_flags<S: Store>(
                 ),
             };
             rows.push(StaleRow {
-                key: facts.flag.key.clone(),
-                temporary: facts.flag.temporary,
+                key: f.flag.key.clone(),
+                temporary: f.flag.temporary,
                 why,
                 since: utc(u64::try_from(since).unwrap_or(0)),
             });
@@ -207,14 +222,59 @@ fn stale_flags<S: Store>(
     Ok((rows, unchecked))
 }
 
-/// When flag `key` was created: the newest entry that created it among its last
-/// [`CREATION_ENTRIES`], else the oldest of those; `None` without history.
-fn created<S: Store>(store: &S, environment: &str, key: &str) -> Result<Option<u64>, StoreError> {
-    let entries = store.history(environment, Some(key), None, CREATION_ENTRIES)?;
-    let creation = entries.iter().find(|entry| {
-        entry.changes.iter().any(|change| {
-            matches!(change, AuditChange::Flag { key: k, before: None, after: Some(_) } if k == key)
-        })
-    });
-    Ok(creation.or(entries.last()).map(|entry| entry.time_ms))
+/// When flags were created, from the history.
+struct Creations {
+    /// Each flag's creation: the newest entry that created it, else the oldest entry kept
+    /// that changed it (older ones having been trimmed).
+    created: HashMap<String, u64>,
+    /// Whether the whole history kept was read, so a flag not in `created` has no entry.
+    complete: bool,
+}
+
+/// The creation of each of `keys`, reading the history newest first, at most
+/// [`MAX_HISTORY_READ`] entries.
+fn creations<S: Store>(
+    store: &S,
+    environment: &str,
+    mut keys: HashSet<&str>,
+) -> Result<Creations, StoreError> {
+    let (mut created, mut oldest) = (HashMap::new(), HashMap::new());
+    let (mut before, mut read) = (None, 0);
+    while !keys.is_empty() && read < MAX_HISTORY_READ {
+        let page = store.history(environment, None, before, HISTORY_PAGE)?;
+        read += page.len();
+        for entry in &page {
+            for change in &entry.changes {
+                let AuditChange::Flag { key, before, after } = change else {
+                    continue;
+                };
+                if !keys.contains(key.as_str()) {
+                    continue;
+                }
+                oldest.insert(key.clone(), entry.time_ms);
+                if before.is_none() && after.is_some() {
+                    keys.remove(key.as_str());
+                    created.insert(key.clone(), entry.time_ms);
+                }
+            }
+        }
+        match page.last() {
+            Some(last) if page.len() == HISTORY_PAGE => before = Some(last.revision),
+            _ => {
+                // The history kept is read to its start: what was not created in it was
+                // created before, and its oldest entry kept counts.
+                for (key, time) in oldest {
+                    created.entry(key).or_insert(time);
+                }
+                return Ok(Creations {
+                    created,
+                    complete: true,
+                });
+            }
+        }
+    }
+    Ok(Creations {
+        created,
+        complete: keys.is_empty(),
+    })
 }

@@ -994,6 +994,21 @@ pub trait Store: Send + Sync + 'static {
     fn audit_head(&self, environment: &str, revision: u64)
         -> Result<Option<AuditHead>, StoreError>;
 
+    /// The heads of the entries of `revisions` that exist, in no particular order:
+    /// [`Store::audit_head`] for many revisions at once (a page showing the last change of
+    /// thousands of flags asks once).
+    fn audit_heads(
+        &self,
+        environment: &str,
+        revisions: &[u64],
+    ) -> Result<Vec<AuditHead>, StoreError> {
+        let mut heads = Vec::with_capacity(revisions.len());
+        for &revision in revisions {
+            heads.extend(self.audit_head(environment, revision)?);
+        }
+        Ok(heads)
+    }
+
     /// Audit entries, newest first: of the whole environment, or those touching `flag`; only
     /// revisions below `before` when given; at most `limit`.
     fn history(

@@ -652,6 +652,9 @@ impl PgStore {
     }
 }
 
+/// Revisions one query of [`Store::audit_heads`] asks for.
+const AUDIT_HEADS_PER_QUERY: usize = 5_000;
+
 /// A query parameter owned by the task that sends it.
 enum Param {
     Text(String),
@@ -1605,6 +1608,34 @@ impl Store for PgStore {
             },
         )?;
         Ok(heads.into_iter().next())
+    }
+
+    fn audit_heads(
+        &self,
+        environment: &str,
+        revisions: &[u64],
+    ) -> Result<Vec<AuditHead>, StoreError> {
+        let mut heads = Vec::with_capacity(revisions.len());
+        // A statement's parameters are bounded; ask in chunks.
+        for chunk in revisions.chunks(AUDIT_HEADS_PER_QUERY) {
+            let list: Vec<String> = chunk.iter().map(|&r| sql_revision(r).to_string()).collect();
+            heads.extend(self.rows(
+                "SELECT revision, time_ms, actor, comment, operation FROM audit
+                 WHERE environment = $1 AND revision = ANY(string_to_array($2, ',')::bigint[])",
+                vec![
+                    Param::Text(environment.to_owned()),
+                    Param::Text(list.join(",")),
+                ],
+                |row| AuditHead {
+                    revision: revision_of(row.get(0)),
+                    time_ms: revision_of(row.get(1)),
+                    actor: row.get(2),
+                    comment: row.get(3),
+                    operation: row.get(4),
+                },
+            )?);
+        }
+        Ok(heads)
     }
 
     fn history(
