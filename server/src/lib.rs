@@ -65,6 +65,7 @@ use flagstaff_proto::pb;
 use tokio::sync::watch;
 use tonic_health::ServingStatus;
 
+pub use console::{ConsoleOptions, ProxySignOn};
 pub use environments::{Committed, Current, Environment, Environments, WriteContext};
 pub use error::ServerError;
 #[doc(hidden)]
@@ -151,6 +152,9 @@ pub struct ServeOptions {
     /// `/readyz` answering 503 and health `NOT_SERVING`, so that load balancers stop sending
     /// it requests before it stops listening. Zero by default.
     pub drain: Duration,
+    /// How the web console signs people in: tokens at `/login` by default, or through an
+    /// authenticating proxy.
+    pub console: ConsoleOptions,
 }
 
 /// The store `config` names: PostgreSQL at its `database_url` (migrated to this version's
@@ -333,6 +337,7 @@ impl Server {
             self.tokens.clone(),
             options.tls.is_some(),
             options.ofrep.public_url.as_deref(),
+            options.console,
         )));
         let routes = http::routes(ofrep, console, stopping.clone(), readiness.clone());
 

@@ -4,6 +4,8 @@
 //! flagstaffd [--listen 127.0.0.1:7878] [--data-dir ./flagstaff-data]
 //!            [--metrics-listen 127.0.0.1:9187] [--tls-cert cert.pem --tls-key key.pem]
 //!            [--cors-origin https://app.example.com]... [--public-url https://flags.example.com]
+//!            [--console-proxy-header X-Forwarded-Email --console-proxy-from 10.0.0.0/8
+//!             --console-users users.yaml]
 //! flagstaffd admin-token --data-dir ./flagstaff-data    # mint a new admin token offline
 //! flagstaffd check --data-dir ./flagstaff-data          # list damaged records
 //! flagstaffd repair --data-dir ./flagstaff-data         # restore them from the audit log
@@ -16,7 +18,8 @@
 //! `FLAGSTAFF_RETENTION`, `FLAGSTAFF_HEARTBEAT_INTERVAL`, `FLAGSTAFF_METRICS_LISTEN`, `FLAGSTAFF_TLS_CERT`,
 //! `FLAGSTAFF_TLS_KEY`, `FLAGSTAFF_CORS_ORIGINS`, `FLAGSTAFF_PUBLIC_URL`, `FLAGSTAFF_CLIENT_TOKEN_RATE`,
 //! `FLAGSTAFF_CLIENT_ADDRESS_RATE`, `FLAGSTAFF_CLIENT_STREAMS`, `FLAGSTAFF_ADDRESS_STREAMS`,
-//! `FLAGSTAFF_SHUTDOWN_DRAIN`. Logs go to stderr; `RUST_LOG` filters them (default `info`). The
+//! `FLAGSTAFF_SHUTDOWN_DRAIN`, `FLAGSTAFF_CONSOLE_PROXY_HEADER`, `FLAGSTAFF_CONSOLE_PROXY_FROM`,
+//! `FLAGSTAFF_CONSOLE_USERS`. Logs go to stderr; `RUST_LOG` filters them (default `info`). The
 //! addresses actually bound are logged (`address=`, `metrics_address=`), so port 0 works.
 
 use std::io::IsTerminal as _;
@@ -29,7 +32,7 @@ use clap::{Parser, Subcommand};
 use flagstaff_server::ofrep::limit::Rate;
 use flagstaff_server::ofrep::{OfrepOptions, RateLimits};
 use flagstaff_server::storage::{Backend, PgStore, SledStore};
-use flagstaff_server::{Config, ServeOptions, Server, Tls};
+use flagstaff_server::{Config, ConsoleOptions, ProxySignOn, ServeOptions, Server, Tls};
 
 #[derive(Debug, Parser)]
 #[command(name = "flagstaffd", version, about = "Flagstaff's control plane")]
@@ -60,6 +63,41 @@ struct Args {
     /// from it. Without it they are given relative to each request's origin.
     #[arg(long, env = "FLAGSTAFF_PUBLIC_URL", value_name = "URL")]
     public_url: Option<String>,
+
+    /// Single sign-on to the web console through an authenticating reverse proxy: the header
+    /// it names the signed-in person in, e.g. X-Forwarded-Email. Believed only from
+    /// --console-proxy-from; the people are those of --console-users. Token sign-in at
+    /// /login is then off.
+    #[arg(
+        long,
+        env = "FLAGSTAFF_CONSOLE_PROXY_HEADER",
+        value_name = "NAME",
+        requires_all = ["console_proxy_from", "console_users"]
+    )]
+    console_proxy_header: Option<String>,
+
+    /// The address range the sign-on proxy connects from, as CIDR (10.0.0.0/8, fd00::/8) or
+    /// one address: console requests from any other TCP peer are refused, whatever their
+    /// headers say. Repeat for several; the environment variable takes them comma-separated.
+    #[arg(
+        long = "console-proxy-from",
+        env = "FLAGSTAFF_CONSOLE_PROXY_FROM",
+        value_name = "CIDR",
+        value_delimiter = ',',
+        requires = "console_proxy_header"
+    )]
+    console_proxy_from: Vec<String>,
+
+    /// YAML file of the people the sign-on proxy may let into the console, by the name it
+    /// gives them: `alice@example.com: {role: admin}` or `bob@example.com: {role: editor,
+    /// environments: [production]}`. Read again when it changes.
+    #[arg(
+        long,
+        env = "FLAGSTAFF_CONSOLE_USERS",
+        value_name = "FILE",
+        requires = "console_proxy_header"
+    )]
+    console_users: Option<PathBuf>,
 
     /// Seconds flagstaffd keeps accepting requests after SIGTERM, with /readyz answering 503
     /// and health NOT_SERVING, so that load balancers stop sending before it stops listening.
@@ -565,6 +603,22 @@ fn run(args: Args) -> anyhow::Result<()> {
         },
     };
     ofrep.check()?;
+    let console = ConsoleOptions {
+        proxy: match (&args.console_proxy_header, &args.console_users) {
+            (Some(header), Some(users)) => {
+                let proxy = ProxySignOn::new(header, &args.console_proxy_from, users)?;
+                tracing::info!(
+                    header = %header,
+                    from = %args.console_proxy_from.join(","),
+                    users = %users.display(),
+                    "the console signs people in through a proxy"
+                );
+                Some(proxy)
+            }
+            // clap refuses one without the others.
+            _ => None,
+        },
+    };
     let server = Server::open(&config)?;
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     runtime.block_on(async {
@@ -596,6 +650,7 @@ fn run(args: Args) -> anyhow::Result<()> {
             tls,
             ofrep,
             drain: std::time::Duration::from_secs(args.shutdown_drain),
+            console,
         };
         server
             .serve_with(listener, options, shutdown_signal())

@@ -59,7 +59,7 @@ use flagstaff_server::clients::Clients;
 use flagstaff_server::clock::Clock;
 use flagstaff_server::ofrep::OfrepOptions;
 use flagstaff_server::storage::{Backend, PgStore, SledStore};
-use flagstaff_server::{Config, Environments, ServeOptions, Server, Tls};
+use flagstaff_server::{Config, ConsoleOptions, Environments, ServeOptions, Server, Tls};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tonic::metadata::{Ascii, MetadataValue};
@@ -106,6 +106,7 @@ pub struct TestServerBuilder {
     database_url: Option<String>,
     database_ca: Option<std::path::PathBuf>,
     replica_silence: Option<Duration>,
+    console: ConsoleOptions,
 }
 
 impl TestServerBuilder {
@@ -190,6 +191,13 @@ impl TestServerBuilder {
         self
     }
 
+    /// Signs people in to the web console as `options` say (e.g. through an authenticating
+    /// proxy), instead of with tokens at `/login`.
+    pub fn console(mut self, options: ConsoleOptions) -> Self {
+        self.console = options;
+        self
+    }
+
     /// Keeps accepting requests for `drain` once [`TestServer::stop`] begins, with `/readyz`
     /// answering 503, instead of stopping at once.
     pub fn drain(mut self, drain: Duration) -> Self {
@@ -265,6 +273,7 @@ impl TestServerBuilder {
             tls,
             ofrep: self.ofrep,
             drain: self.drain,
+            console: self.console,
         };
         let task = tokio::spawn(async move {
             server

@@ -6,9 +6,11 @@ use askama::Template;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
+use axum::Extension;
 
 use crate::storage::Store;
 
+use super::proxy::Proxied;
 use super::{page, signed_in, Console, Who};
 
 /// An environment as the environments page lists it.
@@ -29,8 +31,9 @@ struct EnvironmentsPage {
 pub(super) async fn show<S: Store>(
     State(console): State<Arc<Console<S>>>,
     headers: HeaderMap,
+    proxied: Option<Extension<Proxied>>,
 ) -> Response {
-    let session = match signed_in(&console, &headers).await {
+    let session = match signed_in(&console, &headers, proxied).await {
         Ok(session) => session,
         Err(response) => return *response,
     };

@@ -6,10 +6,12 @@ use askama::Template;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
+use axum::Extension;
 use serde::Deserialize;
 
 use crate::storage::Store;
 
+use super::proxy::Proxied;
 use super::{encode, environment_for, page, problem, signed_in, Console, Who, PAGE_SIZE};
 
 /// What the flag list is asked for.
@@ -64,9 +66,10 @@ pub(super) async fn show<S: Store>(
     State(console): State<Arc<Console<S>>>,
     Path(env): Path<String>,
     headers: HeaderMap,
+    proxied: Option<Extension<Proxied>>,
     query: Result<Query<FlagQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
-    let session = match signed_in(&console, &headers).await {
+    let session = match signed_in(&console, &headers, proxied).await {
         Ok(session) => session,
         Err(response) => return *response,
     };

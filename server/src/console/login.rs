@@ -1,4 +1,5 @@
-//! Signing in with a token, and signing out.
+//! Signing in with a token, and signing out. Behind a sign-on proxy, `/login` says that the
+//! proxy signs people in and takes no token; signing out ends the console's session alone.
 
 use std::sync::Arc;
 
@@ -6,12 +7,13 @@ use askama::Template;
 use axum::extract::State;
 use axum::http::{header, HeaderMap, StatusCode, Uri};
 use axum::response::{IntoResponse, Redirect, Response};
-use axum::Form;
+use axum::{Extension, Form};
 use serde::Deserialize;
 
 use crate::error::ServerError;
 use crate::storage::Store;
 
+use super::proxy::Proxied;
 use super::{page, problem, secured, session, unavailable, Console, Who};
 
 #[derive(Template)]
@@ -20,6 +22,8 @@ struct LoginPage {
     who: Option<Who>,
     csrf: String,
     problem: Option<String>,
+    /// The sign-on proxy signs people in: the page says so and has no form.
+    proxied: bool,
 }
 
 /// The sign-in form, with a fresh CSRF token in the form and in a cookie.
@@ -35,6 +39,7 @@ fn login_page<S: Store>(
             who: None,
             csrf: csrf.clone(),
             problem,
+            proxied: false,
         },
     );
     let cookie = console.cookies.set(console.cookies.login(), &csrf, false);
@@ -42,7 +47,31 @@ fn login_page<S: Store>(
     response
 }
 
-pub(super) async fn form<S: Store>(State(console): State<Arc<Console<S>>>) -> Response {
+/// `/login` behind a sign-on proxy: who the proxy signed in, and that the console takes no
+/// token (`problem`: why a sign-in was refused).
+fn proxied_page(
+    status: StatusCode,
+    proxied: Option<Extension<Proxied>>,
+    problem: Option<String>,
+) -> Response {
+    page(
+        status,
+        &LoginPage {
+            who: proxied.map(|Extension(Proxied(session))| Who::of(&session)),
+            csrf: String::new(),
+            problem,
+            proxied: true,
+        },
+    )
+}
+
+pub(super) async fn form<S: Store>(
+    State(console): State<Arc<Console<S>>>,
+    proxied: Option<Extension<Proxied>>,
+) -> Response {
+    if console.proxy.is_some() {
+        return proxied_page(StatusCode::OK, proxied, None);
+    }
     login_page(&console, StatusCode::OK, None)
 }
 
@@ -58,8 +87,16 @@ pub(super) async fn submit<S: Store>(
     State(console): State<Arc<Console<S>>>,
     uri: Uri,
     headers: HeaderMap,
+    proxied: Option<Extension<Proxied>>,
     Form(form): Form<LoginForm>,
 ) -> Response {
+    if console.proxy.is_some() {
+        return proxied_page(
+            StatusCode::FORBIDDEN,
+            proxied,
+            Some("This console takes no token: its sign-on proxy signs you in.".to_owned()),
+        );
+    }
     if !session::same_origin(&headers, &console.origins(&headers, &uri)) {
         return forbidden_origin();
     }
@@ -81,11 +118,6 @@ pub(super) async fn submit<S: Store>(
     match console.sessions.sign_in(&form.token).await {
         Ok((id, record)) => {
             tracing::info!(person = %record.person, "signed in to the console");
-            // Sessions are made only here: removing those unused for 12 hours here bounds
-            // how many are kept by how many sign-ins there were in 12 hours.
-            if let Err(e) = console.sessions.prune().await {
-                tracing::warn!(error = %e, "cannot remove the console sessions unused for 12 hours");
-            }
             let mut response = secured(Redirect::to("/envs").into_response());
             let cookies = console.cookies;
             let set = response.headers_mut();
@@ -130,12 +162,13 @@ pub(super) async fn logout<S: Store>(
     State(console): State<Arc<Console<S>>>,
     uri: Uri,
     headers: HeaderMap,
+    proxied: Option<Extension<Proxied>>,
     Form(form): Form<CsrfForm>,
 ) -> Response {
     if !session::same_origin(&headers, &console.origins(&headers, &uri)) {
         return forbidden_origin();
     }
-    let session = match console.session(&headers).await {
+    let session = match console.session(&headers, proxied).await {
         Ok(Some(session)) => session,
         Ok(None) => return secured(Redirect::to("/login").into_response()),
         Err(e) => return unavailable(&e),
@@ -152,7 +185,7 @@ pub(super) async fn logout<S: Store>(
     if let Err(e) = console.sessions.end(&session.record.id_hash).await {
         return unavailable(&e);
     }
-    tracing::info!(person = %session.record.person, "signed out of the console");
+    tracing::info!(actor = %session.actor(), "signed out of the console");
     let mut response = secured(Redirect::to("/login").into_response());
     let cookies = console.cookies;
     response

@@ -3,6 +3,8 @@
 //! compiled into the binary (askama, escaping by default); there is no script.
 //!
 //! - `session`: sign-in, sessions in the store, cookies, and the checks of every POST.
+//! - `proxy` and `users`: single sign-on through an authenticating proxy, and the users file
+//!   saying who may come in.
 //! - `login`: the sign-in form, signing in and out.
 //! - `environments`, `flags`, `flag`, `history`, `stale`, `tokens`: one page (or list) each.
 //! - this file: the routes, what every page shares, and the headers every answer carries.
@@ -12,9 +14,11 @@ mod flag;
 mod flags;
 mod history;
 mod login;
+mod proxy;
 mod session;
 mod stale;
 mod tokens;
+mod users;
 
 use std::sync::Arc;
 
@@ -22,12 +26,14 @@ use askama::Template;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode, Uri};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
+use axum::Extension;
 
 use crate::auth::Tokens;
 use crate::environments::Environments;
 use crate::error::ServerError;
 use crate::storage::{Role, Store};
 
+pub use proxy::ProxySignOn;
 pub use session::{Cookies, Session, Sessions};
 
 /// Flags shown on one page of the flag list.
@@ -44,6 +50,14 @@ pub const ENV_SECTIONS: &[(&str, &str)] = &[
     ("History", "history"),
 ];
 
+/// How the console signs people in.
+#[derive(Debug, Default)]
+pub struct ConsoleOptions {
+    /// Single sign-on through an authenticating proxy (`--console-proxy-header`), instead of
+    /// tokens pasted at `/login`.
+    pub proxy: Option<ProxySignOn>,
+}
+
 /// What the console serves from.
 #[derive(Debug)]
 pub struct Console<S> {
@@ -54,15 +68,19 @@ pub struct Console<S> {
     /// The address people reach flagstaffd at (`--public-url`), whose origin a POST may
     /// also come from.
     public_origin: Option<String>,
+    /// Sign-on through an authenticating proxy; token sign-in when `None`.
+    proxy: Option<ProxySignOn>,
 }
 
 impl<S: Store> Console<S> {
-    /// The console of `envs` and `tokens`; `secure` when flagstaffd serves TLS.
+    /// The console of `envs` and `tokens`, signing people in as `options` say; `secure` when
+    /// flagstaffd serves TLS.
     pub fn new(
         envs: Arc<Environments<S>>,
         tokens: Arc<Tokens<S>>,
         secure: bool,
         public_url: Option<&str>,
+        options: ConsoleOptions,
     ) -> Console<S> {
         let store = envs.store().clone();
         Console {
@@ -71,6 +89,7 @@ impl<S: Store> Console<S> {
             tokens,
             cookies: Cookies { secure },
             public_origin: public_url.and_then(origin_of),
+            proxy: options.proxy,
         }
     }
 
@@ -90,12 +109,22 @@ impl<S: Store> Console<S> {
         origins
     }
 
-    /// The session of the request's cookie, if one is going.
-    async fn session(&self, headers: &HeaderMap) -> Result<Option<Session>, ServerError> {
-        match session::cookie(headers, self.cookies.session()) {
-            Some(id) => self.sessions.find(id).await,
-            None => Ok(None),
+    /// The session of a request: the one the sign-on proxy's gate found (`proxied`), or,
+    /// signing in with tokens, the token's session of the request's cookie, if one is going.
+    async fn session(
+        &self,
+        headers: &HeaderMap,
+        proxied: Option<Extension<proxy::Proxied>>,
+    ) -> Result<Option<Session>, ServerError> {
+        if self.proxy.is_some() {
+            return Ok(proxied.map(|Extension(proxy::Proxied(session))| session));
         }
+        let found = match session::cookie(headers, self.cookies.session()) {
+            Some(id) => self.sessions.find(id).await?,
+            None => None,
+        };
+        // A session a proxy began is not served by a console that takes tokens.
+        Ok(found.filter(|session| !session.is_proxied()))
     }
 }
 
@@ -106,14 +135,14 @@ fn origin_of(url: &str) -> Option<String> {
     (!host.is_empty()).then(|| format!("{scheme}://{host}"))
 }
 
-/// The console's routes.
+/// The console's routes. All but the stylesheet pass the sign-on proxy's gate
+/// ([`proxy::gate`]), which lets everything through when people sign in with tokens.
 pub fn routes<S: Store>(console: Arc<Console<S>>) -> axum::Router {
     axum::Router::new()
         .route(
             "/",
             get(|| async { secured(Redirect::to("/envs").into_response()) }),
         )
-        .route("/console.css", get(stylesheet))
         .route("/login", get(login::form::<S>).post(login::submit::<S>))
         .route("/logout", post(login::logout::<S>))
         .route("/envs", get(environments::show::<S>))
@@ -122,6 +151,11 @@ pub fn routes<S: Store>(console: Arc<Console<S>>) -> axum::Router {
         .route("/envs/{env}/history", get(history::show::<S>))
         .route("/envs/{env}/stale", get(stale::show::<S>))
         .route("/tokens", get(tokens::show::<S>))
+        .route_layer(axum::middleware::from_fn_with_state(
+            console.clone(),
+            proxy::gate::<S>,
+        ))
+        .route("/console.css", get(stylesheet))
         .with_state(console)
 }
 
@@ -234,13 +268,14 @@ fn unavailable(e: &ServerError) -> Response {
     )
 }
 
-/// The session of a page's request; without one, the answer that sends the person to sign
-/// in.
+/// The session of a page's request (`proxied`: the one the sign-on proxy's gate found);
+/// without one, the answer that sends the person to sign in.
 async fn signed_in<S: Store>(
     console: &Console<S>,
     headers: &HeaderMap,
+    proxied: Option<Extension<proxy::Proxied>>,
 ) -> Result<Session, Box<Response>> {
-    match console.session(headers).await {
+    match console.session(headers, proxied).await {
         Ok(Some(session)) => Ok(session),
         Ok(None) => Err(Box::new(secured(Redirect::to("/login").into_response()))),
         Err(e) => Err(Box::new(unavailable(&e))),

@@ -3,6 +3,7 @@
 //! use, by signing out, and by the revocation of the token it signed in with. And the checks
 //! every POST passes: its `Origin`, and its CSRF token.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use axum::http::{header, HeaderMap, HeaderValue};
@@ -12,12 +13,17 @@ use crate::auth::{hash, Tokens};
 use crate::error::ServerError;
 use crate::storage::{now_ms, random_id, Role, SessionRecord, Store};
 
+use super::users::Person;
+
 /// How long a session lasts without use.
 pub const IDLE_MS: u64 = 12 * 60 * 60 * 1000;
 
 /// A session's last use is written again only after this long, so that reading pages does
 /// not write to the store on every request.
 const TOUCH_MS: u64 = 60 * 1000;
+
+/// How often, at most, sessions unused for 12 hours are looked for and removed.
+const PRUNE_EVERY_MS: u64 = 60 * 1000;
 
 /// The cookies of the console: names and attributes, with or without TLS.
 #[derive(Debug, Clone, Copy)]
@@ -74,12 +80,14 @@ pub fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
 /// A signed-in person, as a request of theirs sees them.
 #[derive(Debug, Clone)]
 pub struct Session {
-    /// The session as stored.
+    /// The session as stored; signed in through a proxy, with the role and environments the
+    /// users file gives the person now.
     pub record: SessionRecord,
 }
 
 impl Session {
-    /// Whether the person may see and change `environment`.
+    /// Whether the person may see and change `environment`: an admin every one, an editor
+    /// those they were given.
     pub fn may_see(&self, environment: &str) -> bool {
         self.record.role == Role::Admin || self.record.environments.iter().any(|e| e == environment)
     }
@@ -88,6 +96,18 @@ impl Session {
     pub fn is_admin(&self) -> bool {
         self.record.role == Role::Admin
     }
+
+    /// Whether an authenticating proxy signed the person in (rather than a token).
+    pub fn is_proxied(&self) -> bool {
+        self.record.token.is_none()
+    }
+
+    /// Who the audit log names as having made the session's changes: the person and the
+    /// console (`alice@example.com via console`; for a token's session, the token's name, as
+    /// the Admin API names it, and the console).
+    pub fn actor(&self) -> String {
+        format!("{} via console", self.record.person)
+    }
 }
 
 /// The sessions, in the store.
@@ -95,12 +115,84 @@ impl Session {
 pub struct Sessions<S> {
     store: Arc<S>,
     tokens: Arc<Tokens<S>>,
+    /// When sessions unused for 12 hours were last removed, in Unix milliseconds.
+    pruned_ms: AtomicU64,
 }
 
 impl<S: Store> Sessions<S> {
     /// Sessions kept in `store`, of tokens in `tokens`.
     pub fn new(store: Arc<S>, tokens: Arc<Tokens<S>>) -> Sessions<S> {
-        Sessions { store, tokens }
+        Sessions {
+            store,
+            tokens,
+            pruned_ms: AtomicU64::new(0),
+        }
+    }
+
+    /// The session of `person`, whom a proxy signed in and the users file lists with
+    /// `grant`: the one of the cookie `id` if it is theirs and still going, else a new one,
+    /// with its id for the cookie. A cookie of a token's session, or of someone else's, is
+    /// ignored. The session carries `grant`, whatever it was when the session began.
+    pub async fn of_person(
+        &self,
+        id: Option<&str>,
+        person: &str,
+        grant: &Person,
+    ) -> Result<(Session, Option<String>), ServerError> {
+        let found = match id {
+            Some(id) => self.find(id).await?,
+            None => None,
+        };
+        let (mut session, began) = match found {
+            Some(session) if session.is_proxied() && session.record.person == person => {
+                (session, None)
+            }
+            _ => {
+                let (id, record) = self.begin(person, None, grant).await?;
+                (Session { record }, Some(id))
+            }
+        };
+        session.record.role = grant.role;
+        session.record.environments = grant.environments.clone();
+        Ok((session, began))
+    }
+
+    /// Stores a new session of `person`, signed in with `token` (`None`: by a proxy), allowed
+    /// what `grant` says: its id (for the cookie) and the record. Sessions unused for 12
+    /// hours are removed now and then, so that how many are kept is bounded by how many
+    /// began in 12 hours.
+    async fn begin(
+        &self,
+        person: &str,
+        token: Option<&str>,
+        grant: &Person,
+    ) -> Result<(String, SessionRecord), ServerError> {
+        let id = format!("{}{}", random_id(), random_id());
+        let now = now_ms();
+        let record = SessionRecord {
+            id_hash: hash(&id),
+            person: person.to_owned(),
+            token: token.map(str::to_owned),
+            role: grant.role,
+            environments: grant.environments.clone(),
+            csrf: random_id(),
+            created_ms: now,
+            seen_ms: now,
+        };
+        let (store, stored) = (self.store.clone(), record.clone());
+        blocking(move || store.put_session(&stored)).await?;
+        let pruned = self.pruned_ms.load(Ordering::Relaxed);
+        if now.saturating_sub(pruned) >= PRUNE_EVERY_MS
+            && self
+                .pruned_ms
+                .compare_exchange(pruned, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            if let Err(e) = self.prune().await {
+                tracing::warn!(error = %e, "cannot remove the console sessions unused for 12 hours");
+            }
+        }
+        Ok((id, record))
     }
 
     /// Signs in with `secret`, an `admin` or `editor` token: the new session's id (for the
@@ -118,21 +210,11 @@ impl<S: Store> Sessions<S> {
                 ))
             }
         };
-        let id = format!("{}{}", random_id(), random_id());
-        let now = now_ms();
-        let record = SessionRecord {
-            id_hash: hash(&id),
-            person: token.name.clone(),
-            token: Some(token.id.clone()),
+        let grant = Person {
             role: token.role,
             environments,
-            csrf: random_id(),
-            created_ms: now,
-            seen_ms: now,
         };
-        let (store, stored) = (self.store.clone(), record.clone());
-        blocking(move || store.put_session(&stored)).await?;
-        Ok((id, record))
+        self.begin(&token.name, Some(&token.id), &grant).await
     }
 
     /// The session of the cookie `id`, if it is one still going: not idle for 12 hours, its

@@ -7,9 +7,11 @@ use askama::Template;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
+use axum::Extension;
 
 use crate::storage::Store;
 
+use super::proxy::Proxied;
 use super::{page, problem, signed_in, utc, Console, Who};
 
 /// A token as the tokens page lists it.
@@ -31,8 +33,9 @@ struct TokensPage {
 pub(super) async fn show<S: Store>(
     State(console): State<Arc<Console<S>>>,
     headers: HeaderMap,
+    proxied: Option<Extension<Proxied>>,
 ) -> Response {
-    let session = match signed_in(&console, &headers).await {
+    let session = match signed_in(&console, &headers, proxied).await {
         Ok(session) => session,
         Err(response) => return *response,
     };

@@ -9,6 +9,7 @@ pub(crate) mod listen;
 
 use std::convert::Infallible;
 use std::future::Future;
+use std::net::IpAddr;
 
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -55,6 +56,18 @@ where
                 .await
         }
     }
+}
+
+/// The address of the TCP peer a request came over, as the connection says (plain or TLS): a
+/// reverse proxy's own address when flagstaffd is behind one. Never what a header claims.
+pub(crate) fn peer_address(extensions: &http::Extensions) -> Option<IpAddr> {
+    use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
+    let tcp = extensions.get::<TcpConnectInfo>().or_else(|| {
+        extensions
+            .get::<TlsConnectInfo<TcpConnectInfo>>()
+            .map(TlsConnectInfo::get_ref)
+    })?;
+    tcp.remote_addr().map(|a| a.ip())
 }
 
 /// Serves the HTTP routes `http`, and no gRPC service, in plain text on `listener` until

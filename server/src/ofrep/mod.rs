@@ -28,7 +28,6 @@ use std::time::Duration;
 use axum::routing::{get, post};
 use http::request::Parts;
 use http::{header, HeaderMap, HeaderName, HeaderValue, Method};
-use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
 use crate::auth::{Tokens, Visibility};
@@ -152,13 +151,7 @@ pub(super) fn token_refused(err: ServerError) -> OfrepError {
 /// The address of the client a request came from, as the connection says (a reverse proxy's
 /// own address when flagstaffd is behind one).
 pub(super) fn peer_address(parts: &Parts) -> Option<IpAddr> {
-    let tcp = parts.extensions.get::<TcpConnectInfo>().or_else(|| {
-        parts
-            .extensions
-            .get::<TlsConnectInfo<TcpConnectInfo>>()
-            .map(TlsConnectInfo::get_ref)
-    })?;
-    tcp.remote_addr().map(|a| a.ip())
+    crate::http::peer_address(&parts.extensions)
 }
 
 /// The environment and visibility of the token a request came with.

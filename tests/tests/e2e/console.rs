@@ -12,22 +12,24 @@ use reqwest::StatusCode;
 use super::fixtures::*;
 
 /// A browser of one console: no redirects followed, cookies kept by hand.
-struct Browser {
-    client: reqwest::Client,
-    base: String,
-    cookies: Vec<(String, String)>,
+pub(super) struct Browser {
+    pub(super) client: reqwest::Client,
+    pub(super) base: String,
+    pub(super) cookies: Vec<(String, String)>,
+    /// Headers sent with every request (as a sign-on proxy adds them).
+    pub(super) sent: Vec<(String, String)>,
 }
 
 /// A page as the browser got it.
-struct Page {
-    status: StatusCode,
-    headers: HeaderMap,
-    body: String,
+pub(super) struct Page {
+    pub(super) status: StatusCode,
+    pub(super) headers: HeaderMap,
+    pub(super) body: String,
 }
 
 impl Page {
     /// Where a redirect sends the browser.
-    fn location(&self) -> &str {
+    pub(super) fn location(&self) -> &str {
         self.headers
             .get(LOCATION)
             .and_then(|l| l.to_str().ok())
@@ -35,7 +37,7 @@ impl Page {
     }
 
     /// The value of the hidden field `csrf` in the page's (first) form.
-    fn csrf(&self) -> String {
+    pub(super) fn csrf(&self) -> String {
         let at = self
             .body
             .find("name=\"csrf\" value=\"")
@@ -46,7 +48,7 @@ impl Page {
 }
 
 impl Browser {
-    fn new(server: &TestServer) -> Browser {
+    pub(super) fn new(server: &TestServer) -> Browser {
         Browser {
             client: reqwest::Client::builder()
                 .redirect(reqwest::redirect::Policy::none())
@@ -54,6 +56,7 @@ impl Browser {
                 .expect("an HTTP client"),
             base: format!("http://{}", server.addr),
             cookies: Vec::new(),
+            sent: Vec::new(),
         }
     }
 
@@ -78,7 +81,7 @@ impl Browser {
         }
     }
 
-    async fn get(&mut self, path: &str) -> Page {
+    pub(super) async fn get(&mut self, path: &str) -> Page {
         let request = self
             .client
             .get(format!("{}{path}", self.base))
@@ -87,7 +90,12 @@ impl Browser {
     }
 
     /// POSTs `form` from a page of `origin` (`None`: no Origin header).
-    async fn post_from(&mut self, origin: Option<&str>, path: &str, form: &[(&str, &str)]) -> Page {
+    pub(super) async fn post_from(
+        &mut self,
+        origin: Option<&str>,
+        path: &str,
+        form: &[(&str, &str)],
+    ) -> Page {
         let body: Vec<String> = form
             .iter()
             .map(|(k, v)| format!("{k}={}", urlencode(v)))
@@ -105,12 +113,15 @@ impl Browser {
     }
 
     /// POSTs `form` from a page of this console.
-    async fn post(&mut self, path: &str, form: &[(&str, &str)]) -> Page {
+    pub(super) async fn post(&mut self, path: &str, form: &[(&str, &str)]) -> Page {
         let origin = self.base.clone();
         self.post_from(Some(&origin), path, form).await
     }
 
-    async fn send(&mut self, request: reqwest::RequestBuilder) -> Page {
+    async fn send(&mut self, mut request: reqwest::RequestBuilder) -> Page {
+        for (name, value) in &self.sent {
+            request = request.header(name.as_str(), value.as_str());
+        }
         let response = request.send().await.expect("an answer");
         let (status, headers) = (response.status(), response.headers().clone());
         self.keep(&headers);
@@ -131,7 +142,7 @@ impl Browser {
             .await
     }
 
-    fn has_session(&self) -> bool {
+    pub(super) fn has_session(&self) -> bool {
         self.cookies.iter().any(|(n, _)| n == "flagstaff_session")
     }
 }
