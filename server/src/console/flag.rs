@@ -8,11 +8,13 @@ use askama::Template;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
+use axum::Extension;
 use flagstaff_engine::{Flag, Reason, Step};
 use serde::Deserialize;
 use serde_json::Value;
 
 use super::history::{entry_rows, EntryRow};
+use super::proxy::Proxied;
 use super::{blocking, page, problem, signed_in, utc, Console, Who};
 use crate::environments::Environment;
 use crate::ofrep::context::RequestContext;
@@ -73,9 +75,10 @@ pub(super) async fn show<S: Store>(
     State(console): State<Arc<Console<S>>>,
     Path((env, key)): Path<(String, String)>,
     headers: HeaderMap,
+    proxied: Option<Extension<Proxied>>,
     query: Result<Query<FlagQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
-    let session = match signed_in(&console, &headers).await {
+    let session = match signed_in(&console, &headers, proxied).await {
         Ok(session) => session,
         Err(response) => return *response,
     };

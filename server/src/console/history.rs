@@ -8,9 +8,11 @@ use askama::Template;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
+use axum::Extension;
 use flagstaff_engine::{Flag, Format};
 use serde::Deserialize;
 
+use super::proxy::Proxied;
 use super::{blocking, encode, page, problem, signed_in, utc, Console, Who};
 use crate::storage::{AuditChange, AuditEntry, Store};
 
@@ -83,9 +85,10 @@ pub(super) async fn show<S: Store>(
     State(console): State<Arc<Console<S>>>,
     Path(env): Path<String>,
     headers: HeaderMap,
+    proxied: Option<Extension<Proxied>>,
     query: Result<Query<HistoryQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
-    let session = match signed_in(&console, &headers).await {
+    let session = match signed_in(&console, &headers, proxied).await {
         Ok(session) => session,
         Err(response) => return *response,
     };
