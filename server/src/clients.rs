@@ -240,6 +240,54 @@ impl Clients {
     }
 }
 
+/// Every SDK instance of `environment`, in the order `ListClients` lists them ([`sort`]):
+/// this flagstaffd's, and on a shared `store` every other replica's too, merged
+/// ([`Clients::everywhere`], on a blocking thread).
+pub async fn of_environment<S: Store>(
+    clients: &Arc<Clients>,
+    store: &Arc<S>,
+    environment: &str,
+) -> Result<Vec<Instance>, crate::error::ServerError> {
+    let mut instances = if store.is_shared() {
+        let (clients, store, environment) =
+            (clients.clone(), store.clone(), environment.to_owned());
+        tokio::task::spawn_blocking(move || clients.everywhere(&*store, &environment))
+            .await
+            .map_err(|e| {
+                crate::error::ServerError::Unavailable(format!("a blocking task failed: {e}"))
+            })??
+    } else {
+        clients.list(environment)
+    };
+    sort(&mut instances);
+    Ok(instances)
+}
+
+/// `instances` as people read them: connected ones first, then by application, host and
+/// instance id.
+pub fn sort(instances: &mut [Instance]) {
+    instances.sort_by(|a, b| {
+        (
+            b.streams > 0,
+            &a.identity.application,
+            &a.identity.host,
+            &a.identity.instance_id,
+        )
+            .cmp(&(
+                a.streams > 0,
+                &b.identity.application,
+                &b.identity.host,
+                &b.identity.instance_id,
+            ))
+    });
+}
+
+/// Whether `instance` has applied `revision` of the environment in its epoch `epoch` (a
+/// revision of an environment of the same name deleted and created again does not count).
+pub fn has_applied(instance: &Instance, epoch: &str, revision: u64) -> bool {
+    instance.epoch == epoch && instance.applied_revision >= revision
+}
+
 /// One instance per instance id of `local` (this replica's instances of an environment) and
 /// `others` (other replicas' of it, one per replica an instance used), by instance id. An
 /// instance is connected while a stream of it is open on any replica (its streams summed),

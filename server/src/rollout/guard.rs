@@ -171,7 +171,7 @@ pub fn describe(tally: &GuardTally, event: &str, verdict: &Verdict) -> String {
 /// A statistic as people read it, the way `flagstaff rollout status` shows it: `3.2`,
 /// `40.0`, and from a million on (where the exact value, up to 309 digits, says nothing more:
 /// the test rejected long before) `> 10^6`.
-fn statistic(value: f64) -> String {
+pub fn statistic(value: f64) -> String {
     if value.is_nan() {
         "-".to_owned()
     } else if value >= 1e6 {

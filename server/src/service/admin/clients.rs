@@ -7,9 +7,9 @@ use std::time::Duration;
 use flagstaff_proto::pb;
 use tonic::{Request, Response, Status};
 
-use super::service::{blocking, AdminService};
+use super::service::AdminService;
 use crate::auth::Access;
-use crate::clients::Instance;
+use crate::clients::{self, Instance};
 use crate::service::wire;
 use crate::storage::Store;
 
@@ -21,21 +21,7 @@ pub(super) async fn list_clients<S: Store>(
         .allow(&request, Access::Read(&request.get_ref().environment))
         .await?;
     let env = admin.envs.get(&request.get_ref().environment)?;
-    let mut instances = everywhere(admin, &env.key).await?;
-    instances.sort_by(|a, b| {
-        (
-            b.streams > 0,
-            &a.identity.application,
-            &a.identity.host,
-            &a.identity.instance_id,
-        )
-            .cmp(&(
-                a.streams > 0,
-                &b.identity.application,
-                &b.identity.host,
-                &b.identity.instance_id,
-            ))
-    });
+    let instances = everywhere(admin, &env.key).await?;
     Ok(Response::new(pb::ListClientsResponse {
         revision: env.current().revision,
         clients: instances
@@ -107,20 +93,12 @@ pub(super) async fn wait_for_revision<S: Store>(
 }
 
 /// Every SDK instance of `environment`: this flagstaffd's, and on a database several share,
-/// every other's too.
+/// every other's too; connected ones first.
 async fn everywhere<S: Store>(
     admin: &AdminService<S>,
     environment: &str,
 ) -> Result<Vec<Instance>, Status> {
-    if !admin.envs.store().is_shared() {
-        return Ok(admin.clients.list(environment));
-    }
-    let (clients, envs, environment) = (
-        admin.clients.clone(),
-        admin.envs.clone(),
-        environment.to_owned(),
-    );
-    blocking(move || Ok(clients.everywhere(&**envs.store(), &environment)?)).await
+    Ok(clients::of_environment(&admin.clients, admin.envs.store(), environment).await?)
 }
 
 /// How often `WaitForRevision` reads other replicas' instances while it waits, on a
@@ -148,7 +126,7 @@ struct Progress<'a> {
 
 impl<'a> Progress<'a> {
     fn of(instances: &'a [Instance], epoch: &str, revision: u64) -> Progress<'a> {
-        let has = |i: &Instance| i.epoch == epoch && i.applied_revision >= revision;
+        let has = |i: &Instance| clients::has_applied(i, epoch, revision);
         let now = crate::storage::now_ms();
         let connected: Vec<&Instance> = instances.iter().filter(|i| i.streams > 0).collect();
         Progress {
