@@ -335,6 +335,7 @@ impl Server {
         let console = console::routes(Arc::new(console::Console::new(
             self.envs.clone(),
             self.tokens.clone(),
+            self.clients.clone(),
             options.tls.is_some(),
             options.ofrep.public_url.as_deref(),
             options.console,

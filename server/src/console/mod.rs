@@ -6,15 +6,19 @@
 //! - `proxy` and `users`: single sign-on through an authenticating proxy, and the users file
 //!   saying who may come in.
 //! - `login`: the sign-in form, signing in and out.
-//! - `environments`, `flags`, `flag`, `history`, `stale`, `tokens`: one page (or list) each.
+//! - `environments`, `flags`, `flag`, `history`, `stale`, `rollouts`, `segments`, `clients`,
+//!   `tokens`: one page (or list) each.
 //! - this file: the routes, what every page shares, and the headers every answer carries.
 
+mod clients;
 mod environments;
 mod flag;
 mod flags;
 mod history;
 mod login;
 mod proxy;
+mod rollouts;
+mod segments;
 mod session;
 mod stale;
 mod tokens;
@@ -29,6 +33,7 @@ use axum::routing::{get, post};
 use axum::Extension;
 
 use crate::auth::Tokens;
+use crate::clients::Clients;
 use crate::environments::Environments;
 use crate::error::ServerError;
 use crate::storage::{Role, Store};
@@ -63,6 +68,8 @@ pub struct ConsoleOptions {
 pub struct Console<S> {
     envs: Arc<Environments<S>>,
     tokens: Arc<Tokens<S>>,
+    /// The SDK instances watching, for the propagation page.
+    clients: Arc<Clients>,
     sessions: Sessions<S>,
     cookies: Cookies,
     /// The address people reach flagstaffd at (`--public-url`), whose origin a POST may
@@ -74,10 +81,12 @@ pub struct Console<S> {
 
 impl<S: Store> Console<S> {
     /// The console of `envs` and `tokens`, signing people in as `options` say; `secure` when
+    /// The console of `envs`, `tokens` and the SDK instances of `clients`; `secure` when
     /// flagstaffd serves TLS.
     pub fn new(
         envs: Arc<Environments<S>>,
         tokens: Arc<Tokens<S>>,
+        clients: Arc<Clients>,
         secure: bool,
         public_url: Option<&str>,
         options: ConsoleOptions,
@@ -87,6 +96,7 @@ impl<S: Store> Console<S> {
             envs,
             sessions: Sessions::new(store, tokens.clone()),
             tokens,
+            clients,
             cookies: Cookies { secure },
             public_origin: public_url.and_then(origin_of),
             proxy: options.proxy,
@@ -150,6 +160,10 @@ pub fn routes<S: Store>(console: Arc<Console<S>>) -> axum::Router {
         .route("/envs/{env}/flags/{key}", get(flag::show::<S>))
         .route("/envs/{env}/history", get(history::show::<S>))
         .route("/envs/{env}/stale", get(stale::show::<S>))
+        .route("/envs/{env}/rollouts", get(rollouts::show::<S>))
+        .route("/envs/{env}/segments", get(segments::list::<S>))
+        .route("/envs/{env}/segments/{key}", get(segments::show::<S>))
+        .route("/envs/{env}/clients", get(clients::show::<S>))
         .route("/tokens", get(tokens::show::<S>))
         .route_layer(axum::middleware::from_fn_with_state(
             console.clone(),
@@ -304,10 +318,82 @@ fn environment_for<S: Store>(
 async fn blocking<T: Send + 'static>(
     work: impl FnOnce() -> Result<T, crate::storage::StoreError> + Send + 'static,
 ) -> Result<T, ServerError> {
+    off_thread(move || work().map_err(ServerError::from)).await
+}
+
+/// Runs `work`, which reads the store, on a blocking thread.
+async fn off_thread<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, ServerError> + Send + 'static,
+) -> Result<T, ServerError> {
     tokio::task::spawn_blocking(work)
         .await
         .map_err(|e| ServerError::Unavailable(format!("a blocking task failed: {e}")))?
-        .map_err(ServerError::from)
+}
+
+/// The answer to a page address whose query the page does not read.
+fn bad_query(session: &Session, e: &dyn std::fmt::Display) -> Response {
+    problem(
+        StatusCode::BAD_REQUEST,
+        Some(Who::of(session)),
+        "Not an address this page reads",
+        &format!("The address's query is not one this page reads: {e}."),
+    )
+}
+
+/// Which part of a long list a page shows: `size` items to a page.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Paging {
+    /// The page shown, from 1.
+    page: usize,
+    /// How many pages the list makes (at least 1).
+    pages: usize,
+    /// Items to a page.
+    size: usize,
+}
+
+impl Paging {
+    /// Page `asked` (the first when not asked, the last when past the end) of `total` items.
+    fn of(total: usize, size: usize, asked: Option<usize>) -> Paging {
+        let pages = total.div_ceil(size).max(1);
+        Paging {
+            page: asked.unwrap_or(1).clamp(1, pages),
+            pages,
+            size,
+        }
+    }
+
+    /// How many items come before the page.
+    fn skip(self) -> usize {
+        (self.page - 1) * self.size
+    }
+
+    /// The page's part of `items`.
+    fn of_items<T>(self, items: impl IntoIterator<Item = T>) -> impl Iterator<Item = T> {
+        items.into_iter().skip(self.skip()).take(self.size)
+    }
+
+    /// The page before, if any.
+    fn previous(self) -> Option<usize> {
+        (self.page > 1).then(|| self.page - 1)
+    }
+
+    /// The page after, if any.
+    fn next(self) -> Option<usize> {
+        (self.page < self.pages).then(|| self.page + 1)
+    }
+}
+
+/// `ms` (a duration in milliseconds) as `1h 5m`, `9m 58s`, `12s`, `2d 3h`, as the CLI writes
+/// time left.
+fn span(ms: u64) -> String {
+    let s = ms.div_ceil(1000);
+    let (d, h, m, s) = (s / 86_400, s / 3600 % 24, s / 60 % 60, s % 60);
+    match (d, h, m) {
+        (0, 0, 0) => format!("{s}s"),
+        (0, 0, _) => format!("{m}m {s}s"),
+        (0, _, _) => format!("{h}h {m}m"),
+        _ => format!("{d}d {h}h"),
+    }
 }
 
 /// `ms` (Unix milliseconds) as `2026-12-08 09:30 UTC`.
@@ -354,6 +440,23 @@ mod tests {
         assert_eq!(utc(0), "1970-01-01 00:00 UTC");
         assert_eq!(utc(951_782_400_000), "2000-02-29 00:00 UTC");
         assert_eq!(utc(1_796_723_400_000), "2026-12-08 09:50 UTC");
+    }
+
+    #[test]
+    fn spans_are_written_in_their_two_largest_units() {
+        assert_eq!(span(12_000), "12s");
+        assert_eq!(span(598_000), "9m 58s");
+        assert_eq!(span(3_900_000), "1h 5m");
+        assert_eq!(span(183_600_000), "2d 3h");
+    }
+
+    #[test]
+    fn pages_are_clamped_to_the_list() {
+        let paging = Paging::of(120, 50, Some(9));
+        assert_eq!((paging.page, paging.pages, paging.skip()), (3, 3, 100));
+        assert_eq!((paging.previous(), paging.next()), (Some(2), None));
+        assert_eq!(Paging::of(0, 50, None).pages, 1);
+        assert_eq!(Paging::of(10, 50, Some(0)).page, 1);
     }
 
     #[test]

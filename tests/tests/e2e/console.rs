@@ -134,7 +134,7 @@ impl Browser {
     }
 
     /// Signs in with `token` through the form; the answer to the form.
-    async fn sign_in(&mut self, token: &str) -> Page {
+    pub(super) async fn sign_in(&mut self, token: &str) -> Page {
         let form = self.get("/login").await;
         assert_eq!(form.status, StatusCode::OK);
         let csrf = form.csrf();

@@ -8,6 +8,7 @@ mod backup;
 mod codec;
 mod console;
 mod console_sso;
+mod console_pages;
 mod documents;
 mod evaluate;
 mod failover;
