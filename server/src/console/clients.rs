@@ -9,6 +9,7 @@ use askama::Template;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
+use axum::Extension;
 use serde::Deserialize;
 
 use crate::clients::{self, Instance};
@@ -16,6 +17,7 @@ use crate::environments::Environment;
 use crate::feed::Backlog;
 use crate::storage::{AuditHead, Change, Store};
 
+use super::proxy::Proxied;
 use super::{
     bad_query, environment_for, off_thread, page, signed_in, unavailable, utc, Console, Paging, Who,
 };
@@ -87,9 +89,10 @@ pub(super) async fn show<S: Store>(
     State(console): State<Arc<Console<S>>>,
     Path(env): Path<String>,
     headers: HeaderMap,
+    proxied: Option<Extension<Proxied>>,
     query: Result<Query<ClientsQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
-    let session = match signed_in(&console, &headers).await {
+    let session = match signed_in(&console, &headers, proxied).await {
         Ok(session) => session,
         Err(response) => return *response,
     };

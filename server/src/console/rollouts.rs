@@ -10,6 +10,7 @@ use askama::Template;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
+use axum::Extension;
 use flagstaff_engine::format_percent;
 use serde::Deserialize;
 
@@ -17,6 +18,7 @@ use crate::rollout::guard::{self, State as GuardState};
 use crate::rollout::state_name;
 use crate::storage::{GuardTally, RolloutRecord, RolloutState, Store};
 
+use super::proxy::Proxied;
 use super::{
     bad_query, encode, environment_for, off_thread, page, signed_in, span, unavailable, utc,
     Console, Paging, Who,
@@ -117,9 +119,10 @@ pub(super) async fn show<S: Store>(
     State(console): State<Arc<Console<S>>>,
     Path(env): Path<String>,
     headers: HeaderMap,
+    proxied: Option<Extension<Proxied>>,
     query: Result<Query<RolloutQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
-    let session = match signed_in(&console, &headers).await {
+    let session = match signed_in(&console, &headers, proxied).await {
         Ok(session) => session,
         Err(response) => return *response,
     };

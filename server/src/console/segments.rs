@@ -9,11 +9,13 @@ use askama::Template;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
+use axum::Extension;
 use flagstaff_engine::{describe_conditions, Segment, Snapshot};
 use serde::Deserialize;
 
 use crate::storage::Store;
 
+use super::proxy::Proxied;
 use super::{bad_query, encode, environment_for, page, problem, signed_in, Console, Paging, Who};
 
 /// Segments shown on one page of the list.
@@ -126,9 +128,10 @@ pub(super) async fn list<S: Store>(
     State(console): State<Arc<Console<S>>>,
     Path(env): Path<String>,
     headers: HeaderMap,
+    proxied: Option<Extension<Proxied>>,
     query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
-    let session = match signed_in(&console, &headers).await {
+    let session = match signed_in(&console, &headers, proxied).await {
         Ok(session) => session,
         Err(response) => return *response,
     };
@@ -171,9 +174,10 @@ pub(super) async fn show<S: Store>(
     State(console): State<Arc<Console<S>>>,
     Path((env, key)): Path<(String, String)>,
     headers: HeaderMap,
+    proxied: Option<Extension<Proxied>>,
     query: Result<Query<SegmentQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
-    let session = match signed_in(&console, &headers).await {
+    let session = match signed_in(&console, &headers, proxied).await {
         Ok(session) => session,
         Err(response) => return *response,
     };
