@@ -215,7 +215,7 @@ fn main() {
                 .set_flag_enabled(pb::SetFlagEnabledRequest {
                     environment: "bench".into(),
                     key: "big".into(),
-                    enabled: i % 2 == 0,
+                    enabled: i % 2 == 1,
                     ..Default::default()
                 })
                 .await

@@ -11,6 +11,7 @@ use axum::response::Response;
 use axum::Extension;
 use flagstaff_engine::{Flag, Format};
 use serde::Deserialize;
+use serde_json::Value;
 
 use super::proxy::Proxied;
 use super::{blocking, encode, page, problem, signed_in, utc, Console, Who};
@@ -259,24 +260,40 @@ fn change_row(environment: &str, change: &AuditChange) -> ChangeRow {
     }
 }
 
-/// A flag's document as the diff shows it: YAML without its version, which every change
-/// moves.
-fn flag_text(flag: Option<&Flag>) -> String {
-    flag.map_or_else(String::new, |flag| {
-        flagstaff_engine::to_text(
-            &Flag {
-                version: None,
-                ..flag.clone()
-            },
-            Format::Yaml,
-        )
-    })
+/// What a diff compares of a flag: its document as YAML without its version (which every
+/// change moves); of a flag changed (not created or deleted), only the fields that changed, so
+/// that turning a flag of 50 rules on diffs one line, not a thousand.
+fn flag_texts(before: Option<&Flag>, after: Option<&Flag>) -> (String, String) {
+    let document = |flag: Option<&Flag>| {
+        let mut value = flag.map_or(Value::Null, |f| serde_json::to_value(f).unwrap_or_default());
+        if let Value::Object(fields) = &mut value {
+            fields.remove("version");
+        }
+        value
+    };
+    let (mut before, mut after) = (document(before), document(after));
+    if let (Value::Object(was), Value::Object(is)) = (&mut before, &mut after) {
+        let same: Vec<String> = was
+            .iter()
+            .filter(|(name, value)| is.get(*name) == Some(value))
+            .map(|(name, _)| name.clone())
+            .collect();
+        for name in &same {
+            was.remove(name);
+            is.remove(name);
+        }
+    }
+    let text = |value: &Value| match value {
+        Value::Null => String::new(),
+        value => flagstaff_engine::to_text(value, Format::Yaml),
+    };
+    (text(&before), text(&after))
 }
 
 /// The unified diff of a flag's document from `before` to `after`, at most
 /// [`DIFF_LINES_SHOWN`] lines.
 fn flag_diff(before: Option<&Flag>, after: Option<&Flag>) -> Vec<DiffLine> {
-    let (before, after) = (flag_text(before), flag_text(after));
+    let (before, after) = flag_texts(before, after);
     let diff = similar::TextDiff::from_lines(&before, &after);
     let mut lines = Vec::new();
     let mut total = 0;
