@@ -38,6 +38,7 @@
 //! start fail the tests instead.
 #![deny(missing_docs)]
 
+pub mod browser;
 pub mod postgres;
 pub mod process;
 pub mod proxy;
