@@ -7,6 +7,7 @@ mod auth;
 mod backup;
 mod codec;
 mod console;
+mod console_browser;
 mod console_pages;
 mod console_sso;
 mod documents;
