@@ -539,11 +539,11 @@ async fn ten_thousand_flags_page_and_search() {
     browser.screenshot("page-1").await;
 
     browser.find("a[rel=next]").await.click().await;
-    assert_eq!(browser.path().await, "/envs/production/flags?page=2");
+    browser.wait_for_path("/envs/production/flags?page=2").await;
     assert_eq!(keys_shown(&browser).await, all[50..100]);
     browser.screenshot("page-2").await;
     browser.find("a[rel=prev]").await.click().await;
-    assert_eq!(browser.path().await, "/envs/production/flags?page=1");
+    browser.wait_for_path("/envs/production/flags?page=1").await;
     assert_eq!(keys_shown(&browser).await, all[..50]);
 
     browser.goto(&format!("{flags}?page=200")).await;
@@ -556,6 +556,9 @@ async fn ten_thousand_flags_page_and_search() {
     browser.goto(&flags).await;
     browser.find("#q").await.type_text("Checkout").await;
     browser.find("form[role=search] button").await.click().await;
+    browser
+        .wait_for_path("/envs/production/flags?q=Checkout&state=")
+        .await;
     assert_eq!(
         browser.text("p.count").await,
         "100 of 10000 flags, page 1 of 2."
@@ -563,5 +566,8 @@ async fn ten_thousand_flags_page_and_search() {
     assert_eq!(keys_shown(&browser).await, found[..50]);
     browser.screenshot("searched").await;
     browser.find("a[rel=next]").await.click().await;
+    browser
+        .wait_for_path("/envs/production/flags?page=2&q=Checkout")
+        .await;
     assert_eq!(keys_shown(&browser).await, found[50..]);
 }
