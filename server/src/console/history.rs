@@ -27,6 +27,9 @@ pub const CHANGES_SHOWN: usize = 20;
 /// Lines of one diff shown; a longer diff ends with a line counting the rest.
 pub const DIFF_LINES_SHOWN: usize = 400;
 
+/// Lines of diffs one page shows together, so that a page of imports stays light.
+pub const DIFF_LINES_PER_PAGE: usize = 1_000;
+
 /// What the history page is asked for.
 #[derive(Debug, Default, Deserialize)]
 pub(super) struct HistoryQuery {
@@ -57,6 +60,10 @@ pub(super) struct ChangeRow {
     pub details: String,
     /// The flag's document before and after, as a unified diff of its YAML.
     pub diff: Vec<DiffLine>,
+    /// Whether the diff was left out, the page's diffs being long enough already.
+    pub diff_left_out: bool,
+    /// Where the diff left out is shown: the history from its entry on.
+    pub diff_at: Option<String>,
 }
 
 /// An audit entry as pages list it.
@@ -158,12 +165,15 @@ pub(super) async fn show<S: Store>(
     )
 }
 
-/// `entries` as pages list them: of flag `only`'s changes alone when given.
+/// `entries` as pages list them: of flag `only`'s changes alone when given. Diffs take at
+/// most [`DIFF_LINES_PER_PAGE`] lines together; a change past them links to the history
+/// starting at its entry instead.
 pub(super) fn entry_rows(
     environment: &str,
     entries: &[AuditEntry],
     only: Option<&str>,
 ) -> Vec<EntryRow> {
+    let mut budget = DIFF_LINES_PER_PAGE;
     entries
         .iter()
         .map(|entry| {
@@ -172,6 +182,23 @@ pub(super) fn entry_rows(
                 .iter()
                 .filter(|c| only.is_none_or(|key| c.is_flag(key)))
                 .collect();
+            let mut rows: Vec<ChangeRow> = changes
+                .iter()
+                .take(CHANGES_SHOWN)
+                .map(|c| change_row(environment, c, &mut budget))
+                .collect();
+            for row in &mut rows {
+                if row.diff_left_out {
+                    let mut at = format!(
+                        "/envs/{environment}/history?before={}",
+                        entry.revision.saturating_add(1)
+                    );
+                    if let Some(key) = only {
+                        at.push_str(&format!("&flag={}", encode(key)));
+                    }
+                    row.diff_at = Some(at);
+                }
+            }
             EntryRow {
                 revision: entry.revision,
                 time: utc(entry.time_ms),
@@ -179,11 +206,7 @@ pub(super) fn entry_rows(
                 operation: entry.operation.clone(),
                 comment: entry.comment.clone(),
                 more: changes.len().saturating_sub(CHANGES_SHOWN),
-                changes: changes
-                    .into_iter()
-                    .take(CHANGES_SHOWN)
-                    .map(|c| change_row(environment, c))
-                    .collect(),
+                changes: rows,
             }
         })
         .collect()
@@ -197,7 +220,9 @@ fn action(before: bool, after: bool) -> &'static str {
     }
 }
 
-fn change_row(environment: &str, change: &AuditChange) -> ChangeRow {
+fn change_row(environment: &str, change: &AuditChange, budget: &mut usize) -> ChangeRow {
+    // Spent before this change: its diff is left out.
+    let budget_was_spent = *budget == 0;
     match change {
         AuditChange::Flag { key, before, after } => ChangeRow {
             kind: "flag",
@@ -212,7 +237,15 @@ fn change_row(environment: &str, change: &AuditChange) -> ChangeRow {
                 }
                 _ => String::new(),
             },
-            diff: flag_diff(before.as_deref(), after.as_deref()),
+            diff: if *budget > 0 {
+                let diff = flag_diff(before.as_deref(), after.as_deref());
+                *budget = budget.saturating_sub(diff.len());
+                diff
+            } else {
+                Vec::new()
+            },
+            diff_left_out: budget_was_spent,
+            diff_at: None,
         },
         AuditChange::Segment {
             key,
@@ -255,6 +288,8 @@ fn change_row(environment: &str, change: &AuditChange) -> ChangeRow {
                     .map(|_| format!("/envs/{environment}/segments")),
                 details: details.join(", "),
                 diff: Vec::new(),
+                diff_left_out: false,
+                diff_at: None,
             }
         }
     }

@@ -259,13 +259,18 @@ impl SledStore {
 
     /// Audit entries for which `keep` holds, newest first; only revisions below `before` when
     /// given; at most `limit`.
+    /// The entries `keep` keeps, newest first. `mentions`, when given, is bytes every kept
+    /// entry's stored form holds: an entry without them is passed over unread, so that
+    /// looking for one document's changes does not decode every import of thousands.
     fn history_where(
         &self,
         environment: &str,
         before: Option<u64>,
         limit: usize,
+        mentions: Option<&[u8]>,
         keep: impl Fn(&AuditEntry) -> bool,
     ) -> Result<Vec<AuditEntry>, StoreError> {
+        let finder = mentions.map(memchr::memmem::Finder::new);
         self.environment(environment)?;
         let audits = self.tree("audit", environment)?;
         let range = match before {
@@ -278,6 +283,9 @@ impl SledStore {
                 break;
             }
             let (_, v) = kv?;
+            if finder.as_ref().is_some_and(|f| f.find(&v).is_none()) {
+                continue;
+            }
             let entry: AuditEntry = decode(&format!("audit/{environment}"), &v)?;
             if keep(&entry) {
                 out.push(entry);
@@ -285,6 +293,13 @@ impl SledStore {
         }
         Ok(out)
     }
+}
+
+/// `"key":"<key>"`: what the stored form (compact JSON) of a change to the document `key`
+/// holds. A valid key needs no escaping in JSON, and inside a JSON string a quote is always
+/// escaped, so only a `key` field itself can hold these bytes.
+fn key_field(key: &str) -> Vec<u8> {
+    format!("\"key\":\"{key}\"").into_bytes()
 }
 
 /// What each tree holds, for checking that its records read back: the tree's kind (the name
@@ -575,7 +590,8 @@ impl Store for SledStore {
         before: Option<u64>,
         limit: usize,
     ) -> Result<Vec<AuditEntry>, StoreError> {
-        self.history_where(environment, before, limit, |entry| {
+        let mentions = flag.map(key_field);
+        self.history_where(environment, before, limit, mentions.as_deref(), |entry| {
             flag.is_none_or(|f| entry.changes.iter().any(|c| c.is_flag(f)))
         })
     }
@@ -587,7 +603,8 @@ impl Store for SledStore {
         before: Option<u64>,
         limit: usize,
     ) -> Result<Vec<AuditEntry>, StoreError> {
-        self.history_where(environment, before, limit, |entry| {
+        let mentions = key_field(segment);
+        self.history_where(environment, before, limit, Some(&mentions), |entry| {
             entry.changes.iter().any(|c| c.is_segment(segment))
         })
     }

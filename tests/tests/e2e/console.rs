@@ -756,3 +756,51 @@ async fn the_stale_page_finds_what_flag_stale_finds() {
         );
     }
 }
+
+#[tokio::test]
+async fn a_page_of_imports_leaves_out_diffs_past_its_share_and_links_to_them() {
+    let server = TestServer::start().await;
+    let mut admin = server.admin().await;
+    create_environment(&mut admin, "production").await;
+    // Five imports of 20 flags each: 100 diffs of a new document, more than one page shows.
+    for batch in 0..5 {
+        admin
+            .apply(pb::ApplyRequest {
+                environment: "production".into(),
+                source: Some(pb::apply_request::Source::Documents(pb::DocumentSet {
+                    flags: (0..20)
+                        .map(|i| boolean_flag(&format!("imported-{batch}-{i:02}")))
+                        .collect(),
+                    ..Default::default()
+                })),
+                ..Default::default()
+            })
+            .await
+            .expect("applied");
+    }
+    let mut browser = Browser::new(&server);
+    browser.sign_in(&server.admin_token).await;
+    let page = browser.get("/envs/production/history").await;
+    let body = text(&page.body);
+    assert!(body.contains("Diff of imported-0-"), "{body}");
+    // The newest import's diffs are shown; the oldest's are linked.
+    assert!(
+        body.contains("<summary>Diff of imported-4-00 at revision"),
+        "{body}"
+    );
+    assert!(
+        !body.contains("<summary>Diff of imported-0-19 at revision"),
+        "{body}"
+    );
+    let at = body
+        .find("\">Diff of imported-0-19</a>")
+        .expect("a link to the diff left out");
+    let link = &body[..at];
+    let link = &link[link.rfind("href=\"").expect("its address") + 6..];
+    let alone = text(&browser.get(link).await.body);
+    assert!(
+        alone.contains("<summary>Diff of imported-0-19 at revision"),
+        "{alone}"
+    );
+    assert!(alone.contains("+key: imported-0-19"), "{alone}");
+}
