@@ -604,6 +604,11 @@ impl Element<'_> {
         self.browser.post(&self.path("click"), json!({})).await;
     }
 
+    /// Empties the element, a text field.
+    pub async fn clear(&self) {
+        self.browser.post(&self.path("clear"), json!({})).await;
+    }
+
     /// Types `text` into the element, after giving it the focus.
     pub async fn type_text(&self, text: &str) {
         self.browser

@@ -1,8 +1,10 @@
 //! The web console in a real browser (DESIGN.md section 11): headless Chromium over WebDriver
 //! (`flagstaff_tests::browser`) against a real flagstaffd. Signing in by typing a token, every
-//! page compared with what the Admin API says, signing out; sessions ended by revocation and
-//! by 12 hours without use; forged POSTs from another origin or without the CSRF token; what
-//! an editor may reach; the keyboard alone; 10,000 flags paged and searched.
+//! page compared with what the Admin API says (an environment's flags, one flag in words and
+//! its evaluate form, history, stale flags, rollouts, segments, propagation to a connected
+//! SDK), signing out; sessions ended by revocation and by 12 hours without use; forged POSTs
+//! from another origin or without the CSRF token; what an editor may reach; the keyboard
+//! alone; 10,000 flags paged and searched.
 //!
 //! Each test saves screenshots of the pages it sees under
 //! `<target dir>/console-screenshots/<test>/`. Without Chromium the tests are skipped (one
@@ -16,6 +18,7 @@ use flagstaff_proto::pb;
 use flagstaff_server::storage::Store;
 use flagstaff_tests::browser::{keys, Browser, OtherSite};
 use flagstaff_tests::{store_kind, Admin, StoreKind, TestServer};
+use serde_json::json;
 
 use super::fixtures::*;
 
@@ -28,14 +31,35 @@ type Shows = fn(&Facts) -> Vec<(&'static str, Vec<String>)>;
 const WALK: &[(&str, &str, Shows)] = &[
     ("environments", "/envs", Facts::environments),
     ("flags", "/envs/production/flags", Facts::production_flags),
+    ("flag", "/envs/production/flags/checkout", Facts::checkout),
+    ("history", "/envs/production/history", Facts::history),
+    ("stale", "/envs/production/stale?days=0", Facts::stale),
+    ("rollouts", "/envs/production/rollouts", Facts::rollouts),
+    ("segments", "/envs/production/segments", Facts::segments),
+    (
+        "segment",
+        "/envs/production/segments/beta-testers",
+        Facts::beta_testers,
+    ),
+    ("propagation", "/envs/production/clients", Facts::clients),
     ("tokens", "/tokens", Facts::tokens),
 ];
 
 /// What the Admin API says there is.
 struct Facts {
     environments: Vec<pb::Environment>,
-    /// The flags of `production`, by key.
-    production: Vec<pb::Flag>,
+    /// The flags of `production`, by key, each with its usage.
+    production: Vec<pb::FlagEntry>,
+    /// `checkout` of `production`, and its last change.
+    checkout: pb::GetFlagResponse,
+    /// The newest entries of `production`'s history, as many as its page shows.
+    history: Vec<pb::AuditEntry>,
+    /// The rollout plans of `production`, finished ones too.
+    rollouts: Vec<pb::RolloutPlan>,
+    /// The segments of `production`, by key, with their key lists.
+    segments: Vec<pb::Segment>,
+    /// The SDK instances of `production`.
+    clients: pb::ListClientsResponse,
     tokens: Vec<pb::Token>,
 }
 
@@ -53,9 +77,48 @@ impl Facts {
             .expect("tokens")
             .into_inner()
             .tokens;
+        let checkout = admin
+            .get_flag(pb::GetFlagRequest {
+                environment: "production".into(),
+                key: "checkout".into(),
+            })
+            .await
+            .expect("checkout")
+            .into_inner();
+        let history = admin
+            .list_history(pb::ListHistoryRequest {
+                environment: "production".into(),
+                page_size: HISTORY_PAGE,
+                ..Default::default()
+            })
+            .await
+            .expect("history")
+            .into_inner()
+            .entries;
+        let rollouts = admin
+            .list_rollouts(pb::ListRolloutsRequest {
+                environment: "production".into(),
+                include_finished: true,
+            })
+            .await
+            .expect("rollouts")
+            .into_inner()
+            .plans;
+        let clients = admin
+            .list_clients(pb::ListClientsRequest {
+                environment: "production".into(),
+            })
+            .await
+            .expect("clients")
+            .into_inner();
         Facts {
             environments,
-            production: flags_of(admin, "production", "").await,
+            production: entries_of(admin, "production", "").await,
+            checkout,
+            history,
+            rollouts,
+            segments: segments_of(admin, "production").await,
+            clients,
             tokens,
         }
     }
@@ -72,9 +135,18 @@ impl Facts {
         ]
     }
 
+    /// The flags of `production`.
+    fn flags(&self) -> Vec<&pb::Flag> {
+        self.production
+            .iter()
+            .filter_map(|entry| entry.flag.as_ref())
+            .collect()
+    }
+
     fn production_flags(&self) -> Vec<(&'static str, Vec<String>)> {
-        let total = self.production.len();
-        let first = &self.production[..total.min(50)];
+        let flags = self.flags();
+        let total = flags.len();
+        let first = &flags[..total.min(50)];
         vec![
             ("p.count", vec![format!("{total} of {total} flags.")]),
             ("tbody .key", first.iter().map(|f| f.key.clone()).collect()),
@@ -84,6 +156,145 @@ impl Facts {
                     .iter()
                     .map(|f| f.version.unwrap_or(0).to_string())
                     .collect(),
+            ),
+        ]
+    }
+
+    /// `checkout`'s page: its facts, with its version and last change, and who gets what, step
+    /// by step, as the engine says it of the flag the Admin API returns.
+    fn checkout(&self) -> Vec<(&'static str, Vec<String>)> {
+        let flag = self.checkout.flag.clone().expect("a flag");
+        let version = flag.version.unwrap_or(0);
+        let change = self.checkout.last_change.clone().expect("a last change");
+        let flag = flagstaff_engine::Flag::try_from(flag).expect("an engine flag");
+        let steps = flagstaff_engine::targeting_steps(&flag)
+            .iter()
+            .map(|step| sentence(&step.to_string()))
+            .collect();
+        vec![
+            ("h1 .key", vec![flag.key.clone()]),
+            (
+                "dl.facts dt",
+                ["State", "Kind", "Tags", "Owner", "Version", "Evaluations"]
+                    .map(str::to_owned)
+                    .to_vec(),
+            ),
+            (
+                "dl.facts dd:nth-of-type(5)",
+                vec![format!(
+                    "{version}, changed {} by {}",
+                    utc(change.time_unix_ms),
+                    change.actor
+                )],
+            ),
+            ("ol.targeting li", steps),
+        ]
+    }
+
+    /// The history page: the entries' revisions, newest first.
+    fn history(&self) -> Vec<(&'static str, Vec<String>)> {
+        vec![(
+            "ol.history > li > p.entry > strong",
+            self.history
+                .iter()
+                .map(|entry| format!("Revision {}", entry.revision))
+                .collect(),
+        )]
+    }
+
+    /// The stale flags after 0 days: every flag no SDK has reported evaluating.
+    fn stale(&self) -> Vec<(&'static str, Vec<String>)> {
+        let never: Vec<&pb::Flag> = self
+            .production
+            .iter()
+            .filter(|entry| entry.usage.unwrap_or_default().last_evaluated_unix_ms == 0)
+            .filter_map(|entry| entry.flag.as_ref())
+            .collect();
+        vec![
+            (
+                "p.count",
+                vec![format!(
+                    "{} of {} flags are stale.",
+                    never.len(),
+                    self.production.len()
+                )],
+            ),
+            ("tbody th", never.iter().map(|f| f.key.clone()).collect()),
+            (
+                "tbody td:nth-child(3)",
+                never.iter().map(|_| "never evaluated".to_owned()).collect(),
+            ),
+        ]
+    }
+
+    /// The rollouts page: each plan's flag and state.
+    fn rollouts(&self) -> Vec<(&'static str, Vec<String>)> {
+        let column = |f: fn(&pb::RolloutPlan) -> String| self.rollouts.iter().map(f).collect();
+        vec![
+            ("section.plan h2 a.key", column(|p| p.flag.clone())),
+            ("section.plan h2 .state", column(|p| state_name(p.state))),
+        ]
+    }
+
+    /// The segments page: each segment's key and how many keys it includes and excludes.
+    fn segments(&self) -> Vec<(&'static str, Vec<String>)> {
+        let column = |f: fn(&pb::Segment) -> String| self.segments.iter().map(f).collect();
+        vec![
+            ("tbody th a.key", column(|s| s.key.clone())),
+            (
+                "tbody td:nth-child(2)",
+                column(|s| s.included.len().to_string()),
+            ),
+            (
+                "tbody td:nth-child(3)",
+                column(|s| s.excluded.len().to_string()),
+            ),
+        ]
+    }
+
+    /// `beta-testers`' page: how many keys it includes and excludes, and which.
+    fn beta_testers(&self) -> Vec<(&'static str, Vec<String>)> {
+        let segment = self
+            .segments
+            .iter()
+            .find(|s| s.key == "beta-testers")
+            .expect("beta-testers");
+        vec![
+            (
+                ".key-lists p.count",
+                vec![
+                    format!("{} keys.", segment.included.len()),
+                    format!("{} keys.", segment.excluded.len()),
+                ],
+            ),
+            ("#included ~ table td.key", segment.included.clone()),
+            ("#excluded ~ table td.key", segment.excluded.clone()),
+        ]
+    }
+
+    /// The propagation page: the latest revision applied by every connected instance, and each
+    /// instance's token and applied revision.
+    fn clients(&self) -> Vec<(&'static str, Vec<String>)> {
+        let instances = &self.clients.clients;
+        let connected = instances.iter().filter(|c| c.connected).count();
+        let applied = instances
+            .iter()
+            .filter(|c| c.connected && c.applied_revision == self.clients.revision)
+            .count();
+        let column =
+            |f: fn(&pb::ClientInstance) -> String| instances.iter().map(f).collect::<Vec<_>>();
+        vec![
+            (
+                "p.applied",
+                vec![format!(
+                    "Revision {} applied by {applied} of {connected} connected instances.",
+                    self.clients.revision
+                )],
+            ),
+            ("tbody td:nth-child(4)", column(|c| c.token.clone())),
+            (
+                "tbody td:nth-child(5)",
+                column(|c| c.applied_revision.to_string()),
             ),
         ]
     }
@@ -102,6 +313,41 @@ impl Facts {
     }
 }
 
+/// How many entries the history page shows.
+const HISTORY_PAGE: u32 = 25;
+
+/// A step in words as the flag page writes it: a sentence.
+fn sentence(words: &str) -> String {
+    let mut chars = words.chars();
+    let first = chars.next().map(|c| c.to_uppercase().to_string());
+    format!("{}{}.", first.unwrap_or_default(), chars.as_str())
+}
+
+/// Unix milliseconds as the console writes a time: `2026-12-08 09:30 UTC`.
+fn utc(ms: i64) -> String {
+    let time = time::OffsetDateTime::from_unix_timestamp(ms / 1000).expect("a time");
+    format!(
+        "{:04}-{:02}-{:02} {:02}:{:02} UTC",
+        time.year(),
+        u8::from(time.month()),
+        time.day(),
+        time.hour(),
+        time.minute()
+    )
+}
+
+/// A rollout plan's state in words.
+fn state_name(state: i32) -> String {
+    match pb::RolloutState::try_from(state).unwrap_or(pb::RolloutState::Unspecified) {
+        pb::RolloutState::Running => "running",
+        pb::RolloutState::Paused => "paused",
+        pb::RolloutState::Completed => "completed",
+        pb::RolloutState::RolledBack => "rolled back",
+        pb::RolloutState::Unspecified => "unspecified",
+    }
+    .to_owned()
+}
+
 fn role_name(role: i32) -> String {
     let role = pb::Role::try_from(role).unwrap_or(pb::Role::Unspecified);
     format!("{role:?}").to_lowercase()
@@ -110,6 +356,46 @@ fn role_name(role: i32) -> String {
 /// The flags of `environment` whose key, description or owner holds `text`, by key, as the
 /// Admin API lists them (every page).
 async fn flags_of(admin: &mut Admin, environment: &str, text: &str) -> Vec<pb::Flag> {
+    entries_of(admin, environment, text)
+        .await
+        .into_iter()
+        .filter_map(|entry| entry.flag)
+        .collect()
+}
+
+/// The segments of `environment`, by key, each as `GetSegment` returns it.
+async fn segments_of(admin: &mut Admin, environment: &str) -> Vec<pb::Segment> {
+    let listed = admin
+        .list_segments(pb::ListSegmentsRequest {
+            environment: environment.into(),
+            page_size: 1000,
+            ..Default::default()
+        })
+        .await
+        .expect("segments")
+        .into_inner();
+    assert!(listed.next_page_token.is_empty(), "one page of segments");
+    let mut segments = Vec::new();
+    for entry in listed.segments {
+        let summary = entry.segment.and_then(|s| s.segment);
+        let key = summary.expect("a segment").key;
+        let segment = admin
+            .get_segment(pb::GetSegmentRequest {
+                environment: environment.into(),
+                key,
+            })
+            .await
+            .expect("a segment")
+            .into_inner()
+            .segment
+            .expect("a segment");
+        segments.push(segment);
+    }
+    segments
+}
+
+/// [`flags_of`], each flag with its usage.
+async fn entries_of(admin: &mut Admin, environment: &str, text: &str) -> Vec<pb::FlagEntry> {
     let mut flags = Vec::new();
     let mut page_token = String::new();
     loop {
@@ -124,7 +410,7 @@ async fn flags_of(admin: &mut Admin, environment: &str, text: &str) -> Vec<pb::F
             .await
             .expect("flags")
             .into_inner();
-        flags.extend(page.flags.into_iter().filter_map(|entry| entry.flag));
+        flags.extend(page.flags);
         if page.next_page_token.is_empty() {
             return flags;
         }
@@ -213,8 +499,24 @@ async fn an_admin_signs_in_walks_every_page_and_signs_out() {
     split_flag.default = Some(split(&[("on", 10_000), ("off", 90_000)]));
     create_flag(&mut admin, "production", split_flag).await;
     create_flag(&mut admin, "staging", boolean_flag("dark-mode")).await;
+    every_kind_of_page(&mut admin).await;
     token_of(&server, "release-bot", pb::Role::Editor, "production").await;
-    token_of(&server, "web-shop", pb::Role::Sdk, "production").await;
+    let sdk = sdk_token(&server, "web-shop", "production").await;
+    let web_shop = sdk_client(server.endpoint(), &sdk, "web-shop");
+    web_shop.wait_ready(PATIENCE).await.expect("ready");
+    let latest = revision(&mut admin, "production").await;
+    eventually("the web shop applied the latest revision", async || {
+        let clients = admin
+            .list_clients(pb::ListClientsRequest {
+                environment: "production".into(),
+            })
+            .await
+            .expect("clients")
+            .into_inner()
+            .clients;
+        clients.len() == 1 && clients[0].applied_revision == latest
+    })
+    .await;
     let facts = Facts::read(&mut admin).await;
 
     browser.goto(&format!("{}/envs", console(&server))).await;
@@ -237,6 +539,7 @@ async fn an_admin_signs_in_walks_every_page_and_signs_out() {
             "{path}"
         );
         for (selector, expected) in shows(&facts) {
+            assert!(!expected.is_empty(), "{path}: {selector} checks nothing");
             assert_eq!(
                 browser.texts(selector).await,
                 expected,
@@ -246,12 +549,159 @@ async fn an_admin_signs_in_walks_every_page_and_signs_out() {
         browser.screenshot(name).await;
     }
 
+    for (context, name) in [
+        (
+            json!({"targetingKey": "user-42", "country": "FR", "plan": "pro"}),
+            "rule",
+        ),
+        (json!({"targetingKey": "user-7", "country": "US"}), "split"),
+    ] {
+        evaluate_on_the_page(&browser, &server, &mut admin, &context).await;
+        browser.screenshot(&format!("flag-evaluated-{name}")).await;
+    }
+
     browser.find("header form button").await.click().await;
     browser.wait_for_path("/login").await;
     browser.screenshot("signed-out").await;
     for (_, path, _) in WALK {
         browser.goto(&format!("{}{path}", console(&server))).await;
         assert_eq!(browser.path().await, "/login", "{path} after signing out");
+    }
+}
+
+/// In `production`: `checkout`, with a prerequisite, rules with conditions (one of a
+/// segment) and a split default; the segment `beta-testers`; `new-onboarding`, being rolled
+/// out under a guard.
+async fn every_kind_of_page(admin: &mut Admin) {
+    create_flag(
+        admin,
+        "production",
+        flag(json!({
+            "key": "payments", "kind": "boolean", "variants": {"on": true, "off": false},
+            "off_variant": "off", "enabled": true, "default": {"variant": "on"},
+        })),
+    )
+    .await;
+    let beta = flagstaff_engine::segment_from_value(&json!({
+        "key": "beta-testers",
+        "description": "People who asked to see new things first",
+        "included": ["user-1", "user-2", "user-3"],
+        "excluded": ["user-8", "user-9"],
+    }))
+    .expect("a segment");
+    create_segment(admin, "production", pb::Segment::from(&beta)).await;
+    create_flag(
+        admin,
+        "production",
+        flag(json!({
+            "key": "checkout", "kind": "boolean", "variants": {"on": true, "off": false},
+            "off_variant": "off", "enabled": true,
+            "tags": ["payments", "web"], "owner": "checkout-team",
+            "prerequisites": [{"flag": "payments", "variants": ["on"]}],
+            "rules": [
+                {"id": "eu", "serve": {"variant": "on"}, "conditions": [
+                    {"attribute": "country", "op": "in", "values": ["DE", "FR"]},
+                    {"attribute": "plan", "op": "in", "values": ["free"], "negate": true},
+                ]},
+                {"id": "beta", "serve": {"variant": "on"},
+                 "conditions": [{"op": "in_segment", "values": ["beta-testers"]}]},
+            ],
+            "default": {"split": {"weights": [
+                {"variant": "on", "weight": 25_000}, {"variant": "off", "weight": 75_000},
+            ]}},
+        })),
+    )
+    .await;
+    create_flag(admin, "production", boolean_flag("new-onboarding")).await;
+    admin
+        .start_rollout(pb::StartRolloutRequest {
+            environment: "production".into(),
+            flag: "new-onboarding".into(),
+            target_variant: "on".into(),
+            stages: [(10_000, 3_600_000), (100_000, 0)]
+                .map(|(percent, hold_ms)| pb::RolloutStage { percent, hold_ms })
+                .to_vec(),
+            guard: Some(pb::RolloutGuard {
+                event: "signup_error".into(),
+                max_ratio: 1.5,
+                min_events: 50,
+            }),
+            ..Default::default()
+        })
+        .await
+        .expect("plan started");
+}
+
+/// Evaluates `checkout` for `context` with the flag page's form, typed and sent as a person
+/// does, and checks that the page answers what the Admin API's `Evaluate` does.
+async fn evaluate_on_the_page(
+    browser: &Browser,
+    server: &TestServer,
+    admin: &mut Admin,
+    context: &serde_json::Value,
+) {
+    let path = "/envs/production/flags/checkout";
+    browser.goto(&format!("{}{path}", console(server))).await;
+    let text = context.to_string();
+    let field = browser.find("#context").await;
+    field.clear().await;
+    field.type_text(&text).await;
+    browser.find("form.evaluate button").await.click().await;
+    let mut sent = reqwest::Url::parse("http://console/").expect("a URL");
+    sent.query_pairs_mut().append_pair("context", &text);
+    browser
+        .wait_for_path(&format!("{path}?{}", sent.query().unwrap_or_default()))
+        .await;
+    assert_eq!(browser.status().await, 200);
+
+    let mut attributes = Vec::new();
+    for (name, value) in context.as_object().expect("an object") {
+        if name != "targetingKey" {
+            attributes.push(pb::Attribute {
+                name: name.clone(),
+                value: Some(pb::AttributeValue {
+                    value: Some(pb::attribute_value::Value::StringValue(
+                        value.as_str().expect("a string").to_owned(),
+                    )),
+                }),
+            });
+        }
+    }
+    let evaluations = admin
+        .evaluate(pb::EvaluateRequest {
+            environment: "production".into(),
+            flag: "checkout".into(),
+            context: Some(pb::Context {
+                key: context["targetingKey"].as_str().expect("a key").to_owned(),
+                attributes,
+            }),
+        })
+        .await
+        .expect("evaluated")
+        .into_inner()
+        .evaluations;
+    let [expected] = evaluations.as_slice() else {
+        panic!("one evaluation: {evaluations:?}");
+    };
+    assert_eq!(browser.text("p.evaluation strong").await, expected.variant);
+    assert_eq!(browser.text("p.evaluation code").await, expected.value_json);
+    let answer = browser.text("p.evaluation").await;
+    let reason = expected.reason.clone().expect("a reason");
+    let why = match pb::ReasonKind::try_from(reason.kind) {
+        Ok(pb::ReasonKind::RuleMatch) => format!(
+            "rule {} ({}) matched",
+            reason.rule_index + 1,
+            reason.rule_id
+        ),
+        Ok(pb::ReasonKind::Default) => "no rule matched".to_owned(),
+        kind => panic!("{context}: {kind:?}"),
+    };
+    assert!(answer.contains(&why), "{answer:?} says {why:?}");
+    if let Some(bucket) = expected.bucket {
+        assert!(
+            answer.contains(&format!("bucket {bucket} of 100,000")),
+            "{answer:?} names bucket {bucket}"
+        );
     }
 }
 
