@@ -42,6 +42,7 @@ pub mod browser;
 pub mod postgres;
 pub mod process;
 pub mod proxy;
+pub mod sign_on;
 mod store;
 mod wait;
 pub mod watcher;
