@@ -4,7 +4,9 @@
 //! its evaluate form, history, stale flags, rollouts, segments, propagation to a connected
 //! SDK), signing out; sessions ended by revocation and by 12 hours without use; forged POSTs
 //! from another origin or without the CSRF token; what an editor may reach; the keyboard
-//! alone; 10,000 flags paged and searched.
+//! alone; 10,000 flags paged and searched. Behind a sign-on proxy
+//! (`flagstaff_tests::sign_on`): the people of the users file come in as their role allows,
+//! others are refused by name, and requests from outside the proxy's addresses are refused.
 //!
 //! Each test saves screenshots of the pages it sees under
 //! `<target dir>/console-screenshots/<test>/`. Without Chromium the tests are skipped (one
@@ -16,7 +18,9 @@ use std::sync::Once;
 
 use flagstaff_proto::pb;
 use flagstaff_server::storage::Store;
+use flagstaff_server::{ConsoleOptions, ProxySignOn};
 use flagstaff_tests::browser::{keys, Browser, OtherSite};
+use flagstaff_tests::sign_on::SignOnProxy;
 use flagstaff_tests::{store_kind, Admin, StoreKind, TestServer};
 use serde_json::json;
 
@@ -65,18 +69,6 @@ struct Facts {
 
 impl Facts {
     async fn read(admin: &mut Admin) -> Facts {
-        let environments = admin
-            .list_environments(pb::ListEnvironmentsRequest::default())
-            .await
-            .expect("environments")
-            .into_inner()
-            .environments;
-        let tokens = admin
-            .list_tokens(pb::ListTokensRequest::default())
-            .await
-            .expect("tokens")
-            .into_inner()
-            .tokens;
         let checkout = admin
             .get_flag(pb::GetFlagRequest {
                 environment: "production".into(),
@@ -112,13 +104,39 @@ impl Facts {
             .expect("clients")
             .into_inner();
         Facts {
-            environments,
             production: entries_of(admin, "production", "").await,
             checkout,
             history,
             rollouts,
             segments: segments_of(admin, "production").await,
             clients,
+            ..Facts::read_without_documents(admin).await
+        }
+    }
+
+    /// What [`read`](Self::read) reads but the documents of `production`: for a server
+    /// without them.
+    async fn read_without_documents(admin: &mut Admin) -> Facts {
+        let environments = admin
+            .list_environments(pb::ListEnvironmentsRequest::default())
+            .await
+            .expect("environments")
+            .into_inner()
+            .environments;
+        let tokens = admin
+            .list_tokens(pb::ListTokensRequest::default())
+            .await
+            .expect("tokens")
+            .into_inner()
+            .tokens;
+        Facts {
+            environments,
+            production: Vec::new(),
+            checkout: pb::GetFlagResponse::default(),
+            history: Vec::new(),
+            rollouts: Vec::new(),
+            segments: Vec::new(),
+            clients: pb::ListClientsResponse::default(),
             tokens,
         }
     }
@@ -1020,4 +1038,154 @@ async fn ten_thousand_flags_page_and_search() {
         .wait_for_path("/envs/production/flags?page=2&q=Checkout")
         .await;
     assert_eq!(keys_shown(&browser).await, found[50..]);
+}
+
+/// The header the sign-on proxy of these tests names people in.
+const PROXY_HEADER: &str = "X-Forwarded-Email";
+
+/// A server whose console signs people in through a proxy connecting from `from`, letting in
+/// the people of `users`.
+async fn server_behind_proxy(from: &str, users: &std::path::Path) -> TestServer {
+    let sign_on = ProxySignOn::new(PROXY_HEADER, &[from.to_owned()], users).expect("sign-on");
+    TestServer::builder()
+        .console(ConsoleOptions {
+            proxy: Some(sign_on),
+        })
+        .start()
+        .await
+}
+
+#[tokio::test]
+async fn through_the_sign_on_proxy_only_people_of_the_users_file_come_in() {
+    let Some(browser) = browser().await else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("a directory");
+    let users = dir.path().join("users.yaml");
+    std::fs::write(
+        &users,
+        "alice@example.com: {role: admin}\n\
+         bob@example.com: {role: editor, environments: [production]}\n",
+    )
+    .expect("the users file");
+    // The proxy connects from loopback.
+    let server = server_behind_proxy("127.0.0.1/32", &users).await;
+    let mut admin = server.admin().await;
+    create_environment(&mut admin, "production").await;
+    create_environment(&mut admin, "staging").await;
+    create_flag(&mut admin, "production", boolean_flag("new-checkout")).await;
+    token_of(&server, "release-bot", pb::Role::Editor, "production").await;
+    let facts = Facts::read_without_documents(&mut admin).await;
+    let proxy = SignOnProxy::start(server.addr, PROXY_HEADER).await;
+
+    // An admin of the users file: every environment, and the tokens.
+    proxy.sign_in("alice@example.com");
+    for (name, path, shows) in [
+        ("environments", "/envs", Facts::environments as Shows),
+        ("tokens", "/tokens", Facts::tokens),
+    ] {
+        browser.goto(&format!("{}{path}", proxy.url())).await;
+        assert_eq!(browser.path().await, path);
+        assert_eq!(browser.status().await, 200, "{path}");
+        assert_eq!(
+            browser.text("header .who").await,
+            "Signed in as alice@example.com (admin)",
+            "{path}"
+        );
+        for (selector, expected) in shows(&facts) {
+            assert_eq!(
+                browser.texts(selector).await,
+                expected,
+                "{path}: {selector}"
+            );
+        }
+        browser.screenshot(&format!("admin-{name}")).await;
+    }
+    assert!(
+        browser.cookie("flagstaff_session").await.is_some(),
+        "the session's cookie came back through the proxy"
+    );
+    // Signing out is a form: its POST goes through the proxy and is let in as from the
+    // console's own address; the redirect comes back.
+    browser.find("header form button").await.click().await;
+    browser.wait_for_path("/login").await;
+    assert_eq!(browser.status().await, 200);
+    let main = browser.text("main").await;
+    assert!(main.contains("sign out at the sign-on proxy"), "{main}");
+    browser.screenshot("signed-out-of-the-console").await;
+
+    // An editor: their environment alone, and no tokens.
+    proxy.sign_in("bob@example.com");
+    browser.goto(&format!("{}/envs", proxy.url())).await;
+    assert_eq!(
+        browser.text("header .who").await,
+        "Signed in as bob@example.com (editor)"
+    );
+    assert_eq!(browser.texts("tbody th").await, ["production"]);
+    browser.screenshot("editor-environments").await;
+    browser.goto(&format!("{}/tokens", proxy.url())).await;
+    assert_eq!(browser.status().await, 403);
+    assert_eq!(browser.text("h1").await, "Admins only");
+
+    // Someone the proxy signed in whom the users file does not list.
+    proxy.sign_in("mallory@example.com");
+    for path in ["/envs", "/envs/production/flags", "/tokens"] {
+        browser.goto(&format!("{}{path}", proxy.url())).await;
+        assert_eq!(browser.status().await, 403, "{path}");
+        assert_eq!(browser.text("h1").await, "Not a user of this console");
+        let main = browser.text("main").await;
+        assert!(
+            main.contains("mallory@example.com") && main.contains("users file"),
+            "{path}: {main}"
+        );
+        assert!(browser.find_all("header .who").await.is_empty(), "{path}");
+        assert!(!browser.text("body").await.contains("new-checkout"));
+    }
+    browser.screenshot("not-in-the-users-file").await;
+
+    // Straight to flagstaffd, past the proxy: no one is named.
+    browser.goto(&format!("{}/envs", console(&server))).await;
+    assert_eq!(browser.status().await, 403);
+    assert_eq!(browser.text("h1").await, "Not signed in");
+    browser.screenshot("past-the-proxy").await;
+}
+
+#[tokio::test]
+async fn the_sign_on_proxy_is_believed_only_from_its_addresses() {
+    let Some(browser) = browser().await else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("a directory");
+    let users = dir.path().join("users.yaml");
+    std::fs::write(&users, "alice@example.com: {role: admin}\n").expect("the users file");
+    // The proxy's range excludes loopback, where the browser and the proxy connect from.
+    let server = server_behind_proxy("10.0.0.0/8", &users).await;
+    create_environment(&mut server.admin().await, "production").await;
+
+    let proxy = SignOnProxy::start(server.addr, PROXY_HEADER).await;
+    proxy.sign_in("alice@example.com");
+    for (name, url) in [
+        ("directly", console(&server)),
+        ("through-a-proxy-elsewhere", proxy.url()),
+    ] {
+        for path in ["/envs", "/tokens", "/login"] {
+            browser.goto(&format!("{url}{path}")).await;
+            assert_eq!(browser.status().await, 403, "{name} {path}");
+            assert_eq!(
+                browser.text("h1").await,
+                "Sign in through the sign-on proxy"
+            );
+            let main = browser.text("main").await;
+            assert!(
+                main.contains("came from 127.0.0.1"),
+                "{name} {path}: {main}"
+            );
+            assert!(browser.find_all("header .who").await.is_empty());
+            assert!(
+                browser.cookie("flagstaff_session").await.is_none(),
+                "{name}"
+            );
+        }
+        browser.screenshot(&format!("refused-{name}")).await;
+    }
 }
