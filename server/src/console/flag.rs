@@ -13,7 +13,7 @@ use flagstaff_engine::{Flag, Reason, Step};
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::history::{entry_rows, EntryRow};
+use super::history::{newest, EntryRow};
 use super::proxy::Proxied;
 use super::{blocking, page, problem, signed_in, utc, Console, Who};
 use crate::environments::Environment;
@@ -112,17 +112,15 @@ pub(super) async fn show<S: Store>(
     let (flag_key, history_env) = (key.clone(), env.clone());
     let found = blocking(move || {
         let head = store.audit_head(&looked_up, version)?;
-        let entries = store.history(&history_env, Some(&flag_key), None, HISTORY_SHOWN + 1)?;
-        Ok((head, entries))
+        let (entries, older) = newest(&*store, &history_env, Some(&flag_key), None, HISTORY_SHOWN)?;
+        Ok((head, entries, older))
     })
     .await;
-    let (head, mut entries) = match found {
+    let (head, entries, older) = match found {
         Ok(found) => found,
         Err(e) => return super::unavailable(&e),
     };
-    let older = (entries.len() > HISTORY_SHOWN).then(|| {
-        entries.truncate(HISTORY_SHOWN);
-        let last = entries.last().map_or(0, |e| e.revision);
+    let older = older.map(|last| {
         format!(
             "/envs/{env}/history?flag={}&before={last}",
             super::encode(&key)
@@ -169,7 +167,7 @@ pub(super) async fn show<S: Store>(
             context,
             evaluation,
             context_problem,
-            history: entry_rows(&env, &entries, Some(&key)),
+            history: entries,
             older,
             flag: &flag,
         },

@@ -27,6 +27,9 @@ pub const CHANGES_SHOWN: usize = 20;
 /// Lines of one diff shown; a longer diff ends with a line counting the rest.
 pub const DIFF_LINES_SHOWN: usize = 400;
 
+/// The time one diff takes at most before it settles for a coarser answer.
+const DIFF_TIME: std::time::Duration = std::time::Duration::from_millis(100);
+
 /// Lines of diffs one page shows together, so that a page of imports stays light.
 pub const DIFF_LINES_PER_PAGE: usize = 1_000;
 
@@ -132,32 +135,29 @@ pub(super) async fn show<S: Store>(
     let store = console.envs.store().clone();
     let (looked_up, flag_key, before) = (env.clone(), flag.clone(), query.before);
     let found = blocking(move || {
-        store.history(
+        newest(
+            &*store,
             &looked_up,
             flag_key.as_deref(),
             before,
-            ENTRIES_PER_PAGE + 1,
+            ENTRIES_PER_PAGE,
         )
     })
     .await;
-    let mut entries = match found {
-        Ok(entries) => entries,
+    let (entries, older) = match found {
+        Ok(found) => found,
         Err(e) => return super::unavailable(&e),
     };
-    let older = (entries.len() > ENTRIES_PER_PAGE).then(|| {
-        entries.truncate(ENTRIES_PER_PAGE);
-        let last = entries.last().map_or(0, |e| e.revision);
-        match &flag {
-            Some(key) => format!("/envs/{env}/history?flag={}&before={last}", encode(key)),
-            None => format!("/envs/{env}/history?before={last}"),
-        }
+    let older = older.map(|last| match &flag {
+        Some(key) => format!("/envs/{env}/history?flag={}&before={last}", encode(key)),
+        None => format!("/envs/{env}/history?before={last}"),
     });
     page(
         StatusCode::OK,
         &HistoryPage {
             who,
             section: "history",
-            entries: entry_rows(&env, &entries, flag.as_deref()),
+            entries,
             environment: env,
             flag,
             older,
@@ -165,14 +165,28 @@ pub(super) async fn show<S: Store>(
     )
 }
 
+/// The newest `n` entries of the history (of flag `only`'s changes, when given) below
+/// revision `before`, as pages list them, and the revision older entries are below, when
+/// there are more. Reads and diffs: run it on a blocking thread.
+pub(super) fn newest<S: Store>(
+    store: &S,
+    environment: &str,
+    only: Option<&str>,
+    before: Option<u64>,
+    n: usize,
+) -> Result<(Vec<EntryRow>, Option<u64>), crate::storage::StoreError> {
+    let mut entries = store.history(environment, only, before, n.saturating_add(1))?;
+    let older = (entries.len() > n).then(|| {
+        entries.truncate(n);
+        entries.last().map_or(0, |e| e.revision)
+    });
+    Ok((entry_rows(environment, &entries, only), older))
+}
+
 /// `entries` as pages list them: of flag `only`'s changes alone when given. Diffs take at
 /// most [`DIFF_LINES_PER_PAGE`] lines together; a change past them links to the history
 /// starting at its entry instead.
-pub(super) fn entry_rows(
-    environment: &str,
-    entries: &[AuditEntry],
-    only: Option<&str>,
-) -> Vec<EntryRow> {
+fn entry_rows(environment: &str, entries: &[AuditEntry], only: Option<&str>) -> Vec<EntryRow> {
     let mut budget = DIFF_LINES_PER_PAGE;
     entries
         .iter()
@@ -188,15 +202,13 @@ pub(super) fn entry_rows(
                 .map(|c| change_row(environment, c, &mut budget))
                 .collect();
             for row in &mut rows {
+                // The history of that flag from this entry on, where its diff comes first.
                 if row.diff_left_out {
-                    let mut at = format!(
-                        "/envs/{environment}/history?before={}",
-                        entry.revision.saturating_add(1)
-                    );
-                    if let Some(key) = only {
-                        at.push_str(&format!("&flag={}", encode(key)));
-                    }
-                    row.diff_at = Some(at);
+                    row.diff_at = Some(format!(
+                        "/envs/{environment}/history?before={}&flag={}",
+                        entry.revision.saturating_add(1),
+                        encode(&row.key)
+                    ));
                 }
             }
             EntryRow {
@@ -329,7 +341,11 @@ fn flag_texts(before: Option<&Flag>, after: Option<&Flag>) -> (String, String) {
 /// [`DIFF_LINES_SHOWN`] lines.
 fn flag_diff(before: Option<&Flag>, after: Option<&Flag>) -> Vec<DiffLine> {
     let (before, after) = flag_texts(before, after);
-    let diff = similar::TextDiff::from_lines(&before, &after);
+    // A diff of two long lists that differ everywhere costs quadratic time: past its time
+    // the diff is coarser (whole blocks removed and added), never slower.
+    let diff = similar::TextDiff::configure()
+        .timeout(DIFF_TIME)
+        .diff_lines(&before, &after);
     let mut lines = Vec::new();
     let mut total = 0;
     for hunk in diff.unified_diff().context_radius(3).iter_hunks() {

@@ -10,15 +10,18 @@ use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use axum::Extension;
-use flagstaff_engine::{Flag, Staleness};
+use flagstaff_engine::{Snapshot, Staleness};
 use serde::Deserialize;
 
 use super::proxy::Proxied;
-use super::{blocking, page, problem, signed_in, utc, Console, Who};
+use super::{blocking, page, problem, signed_in, utc, Console, Paging, Who};
 use crate::storage::{AuditChange, Store, StoreError};
 
 /// Days without change or evaluation that make a flag stale, unless the address says.
 pub const DEFAULT_DAYS: u64 = 30;
+
+/// Stale flags listed on one page.
+pub const STALE_PER_PAGE: usize = 100;
 
 /// The most days the page is asked about: ten years.
 pub const MAX_DAYS: u64 = 3650;
@@ -26,16 +29,18 @@ pub const MAX_DAYS: u64 = 3650;
 /// History entries the page reads at most, per view, to find when the flags never evaluated
 /// were created. A flag not found in them that changed within the window is counted as not
 /// checked.
-pub const MAX_HISTORY_READ: usize = 5_000;
+pub const MAX_HISTORY_READ: usize = 1_000;
 
-/// History entries read at once.
-const HISTORY_PAGE: usize = 500;
+/// History entries read at once: an entry may hold a whole import, so few.
+const HISTORY_PAGE: usize = 50;
 
 /// What the stale page is asked for.
 #[derive(Debug, Default, Deserialize)]
 pub(super) struct StaleQuery {
     #[serde(default)]
     days: Option<u64>,
+    #[serde(default)]
+    page: Option<usize>,
 }
 
 /// A stale flag as the page lists it.
@@ -53,7 +58,14 @@ struct StalePage {
     environment: String,
     section: &'static str,
     days: u64,
+    /// The stale flags of this page.
     flags: Vec<StaleRow>,
+    /// How many flags are stale, on every page.
+    matching: usize,
+    shown_from: usize,
+    shown_to: usize,
+    previous: Option<String>,
+    next: Option<String>,
     total: usize,
     /// Flags never evaluated, changed within the window, whose creation was not found in the
     /// history read.
@@ -62,7 +74,9 @@ struct StalePage {
 
 /// What the page needs to know of one flag from the store and the usage reports.
 struct Facts {
-    flag: Flag,
+    key: String,
+    /// The revision of its last change.
+    version: u64,
     changed_ms: u64,
     evaluated_ms: u64,
 }
@@ -83,10 +97,15 @@ pub(super) async fn show<S: Store>(
         Ok(environment) => environment,
         Err(response) => return *response,
     };
-    let days = match query {
-        Ok(Query(StaleQuery { days: None })) => DEFAULT_DAYS,
-        Ok(Query(StaleQuery { days: Some(days) })) if days <= MAX_DAYS => days,
-        Ok(Query(StaleQuery { days: Some(days) })) => {
+    let (days, asked_page) = match query {
+        Ok(Query(StaleQuery { days: None, page })) => (DEFAULT_DAYS, page),
+        Ok(Query(StaleQuery {
+            days: Some(days),
+            page,
+        })) if days <= MAX_DAYS => (days, page),
+        Ok(Query(StaleQuery {
+            days: Some(days), ..
+        })) => {
             return problem(
                 StatusCode::BAD_REQUEST,
                 who,
@@ -99,37 +118,41 @@ pub(super) async fn show<S: Store>(
                 StatusCode::BAD_REQUEST,
                 who,
                 "Not a number of days",
-                &format!("The address's query is not one this page reads (days=N): {e}."),
+                &format!("The address's query is not one this page reads (days=N, page=N): {e}."),
             )
         }
     };
     let current = environment.current();
-    let facts: Vec<(Facts, u64)> = current
+    let facts: Vec<Facts> = current
         .snapshot
         .flags()
-        .map(|flag| {
-            let usage = environment.usage(&flag.key).unwrap_or_default();
-            let version = flag.version.unwrap_or(0);
-            (
-                Facts {
-                    flag: flag.clone(),
-                    changed_ms: 0,
-                    evaluated_ms: usage.last_evaluated_ms,
-                },
-                version,
-            )
+        .map(|flag| Facts {
+            key: flag.key.clone(),
+            version: flag.version.unwrap_or(0),
+            changed_ms: 0,
+            evaluated_ms: environment
+                .usage(&flag.key)
+                .unwrap_or_default()
+                .last_evaluated_ms,
         })
         .collect();
     let total = facts.len();
     let now_ms = crate::storage::now_ms();
     let store = console.envs.store().clone();
     let looked_up = env.clone();
-    let found = blocking(move || stale_flags(&*store, &looked_up, facts, days, now_ms)).await;
+    let found =
+        blocking(move || stale_flags(&*store, &looked_up, &current.snapshot, facts, days, now_ms))
+            .await;
     let (mut stale, unchecked) = match found {
         Ok(found) => found,
         Err(e) => return super::unavailable(&e),
     };
     stale.sort_by(|a, b| a.key.cmp(&b.key));
+    let paging = Paging::of(stale.len(), STALE_PER_PAGE, asked_page);
+    let link = |n: usize| format!("/envs/{env}/stale?days={days}&page={n}");
+    let (previous, next) = (paging.previous().map(link), paging.next().map(link));
+    let matching = stale.len();
+    let flags: Vec<StaleRow> = paging.of_items(stale).collect();
     page(
         StatusCode::OK,
         &StalePage {
@@ -137,7 +160,12 @@ pub(super) async fn show<S: Store>(
             environment: env,
             section: "stale",
             days,
-            flags: stale,
+            shown_from: paging.skip() + usize::from(!flags.is_empty()),
+            shown_to: paging.skip() + flags.len(),
+            flags,
+            matching,
+            previous,
+            next,
             total,
             unchecked,
         },
@@ -150,40 +178,47 @@ pub(super) async fn show<S: Store>(
 fn stale_flags<S: Store>(
     store: &S,
     environment: &str,
-    mut facts: Vec<(Facts, u64)>,
+    snapshot: &Snapshot,
+    mut facts: Vec<Facts>,
     days: u64,
     now_ms: u64,
 ) -> Result<(Vec<StaleRow>, usize), StoreError> {
+    let flag = |f: &Facts| snapshot.flag(&f.key);
     let needs_change = |f: &Facts| {
         f.evaluated_ms == 0
-            || (f.flag.temporary && flagstaff_engine::single_variant(&f.flag).is_some())
+            || flag(f).is_some_and(|flag| {
+                flag.temporary && flagstaff_engine::single_variant(flag).is_some()
+            })
     };
     let revisions: Vec<u64> = facts
         .iter()
-        .filter(|(f, _)| needs_change(f))
-        .map(|(_, version)| *version)
+        .filter(|f| needs_change(f))
+        .map(|f| f.version)
         .collect();
     let changes: HashMap<u64, u64> = store
         .audit_heads(environment, &revisions)?
         .into_iter()
         .map(|head| (head.revision, head.time_ms))
         .collect();
-    for (f, version) in &mut facts {
-        f.changed_ms = changes.get(version).copied().unwrap_or(0);
+    for f in &mut facts {
+        f.changed_ms = changes.get(&f.version).copied().unwrap_or(0);
     }
     let never: HashSet<&str> = facts
         .iter()
-        .filter(|(f, _)| f.evaluated_ms == 0)
-        .map(|(f, _)| f.flag.key.as_str())
+        .filter(|f| f.evaluated_ms == 0)
+        .map(|f| f.key.as_str())
         .collect();
     let found = creations(store, environment, never)?;
 
     let signed = |ms: u64| i64::try_from(ms).unwrap_or(i64::MAX);
     let window_start = now_ms.saturating_sub(days.saturating_mul(24 * 60 * 60 * 1000));
     let (mut rows, mut unchecked) = (Vec::new(), 0);
-    for (f, _) in &facts {
+    for f in &facts {
+        let Some(document) = flag(f) else {
+            continue;
+        };
         // A flag never evaluated counts from its creation, no later than its last change.
-        let created_ms = match found.created.get(f.flag.key.as_str()) {
+        let created_ms = match found.created.get(f.key.as_str()) {
             Some(&created) => created,
             None if f.evaluated_ms == 0 && !found.complete && f.changed_ms > window_start => {
                 unchecked += 1;
@@ -192,7 +227,7 @@ fn stale_flags<S: Store>(
             None => f.changed_ms,
         };
         let why = flagstaff_engine::staleness(
-            &f.flag,
+            document,
             signed(f.changed_ms),
             signed(f.evaluated_ms),
             signed(created_ms),
@@ -215,8 +250,8 @@ fn stale_flags<S: Store>(
                 ),
             };
             rows.push(StaleRow {
-                key: f.flag.key.clone(),
-                temporary: f.flag.temporary,
+                key: f.key.clone(),
+                temporary: document.temporary,
                 why,
                 since: utc(u64::try_from(since).unwrap_or(0)),
             });

@@ -169,6 +169,14 @@ impl Store for Backend {
         each_store!(self, s => s.audit_head(environment, revision))
     }
 
+    fn audit_heads(
+        &self,
+        environment: &str,
+        revisions: &[u64],
+    ) -> Result<Vec<AuditHead>, StoreError> {
+        each_store!(self, s => s.audit_heads(environment, revisions))
+    }
+
     fn history(
         &self,
         environment: &str,

@@ -745,6 +745,38 @@ async fn the_stale_page_finds_what_flag_stale_finds() {
         "{now}"
     );
 
+    // A hundred to a page.
+    admin
+        .apply(pb::ApplyRequest {
+            environment: "production".into(),
+            source: Some(pb::apply_request::Source::Documents(pb::DocumentSet {
+                flags: (0..120)
+                    .map(|i| boolean_flag(&format!("unused-{i:03}")))
+                    .collect(),
+                ..Default::default()
+            })),
+            ..Default::default()
+        })
+        .await
+        .expect("applied");
+    let first = text(&browser.get("/envs/production/stale?days=0").await.body);
+    assert!(
+        first.contains("122 of 122 flags are stale, showing 1–100"),
+        "{first}"
+    );
+    assert!(
+        first.contains(">unused-097</a>") && !first.contains(">unused-098</a>"),
+        "{first}"
+    );
+    let second = text(
+        &browser
+            .get("/envs/production/stale?days=0&page=2")
+            .await
+            .body,
+    );
+    assert!(second.contains("showing 101–122"), "{second}");
+    assert!(second.contains(">unused-119</a>"), "{second}");
+
     for bad in [
         "/envs/production/stale?days=x",
         "/envs/production/stale?days=99999",
