@@ -7,8 +7,9 @@
 //!
 //! Every console route but the stylesheet passes [`gate`]: a request from outside the
 //! ranges, without the header, or naming someone not listed is refused with a page saying
-//! so. A person let in gets a console session of their own (a cookie bound to them, stored
-//! like a token's), which gives their forms a CSRF token that any replica accepts.
+//! so. A person let in gets a console session of their own: a cookie from which, with their
+//! name, their forms' CSRF token is derived, so that any replica accepts it and nothing is
+//! stored however many requests come without the cookie.
 
 use std::net::IpAddr;
 use std::path::Path;
@@ -24,7 +25,7 @@ use crate::error::ServerError;
 use crate::storage::Store;
 
 use super::users::Users;
-use super::{problem, session, unavailable, Console, Session};
+use super::{problem, session, Console, Session};
 
 /// Most address ranges `--console-proxy-from` takes.
 pub const MAX_RANGES: usize = 100;
@@ -175,10 +176,7 @@ pub(super) async fn gate<S: Store>(
     };
     let cookies = console.cookies;
     let id = session::cookie(request.headers(), cookies.session());
-    let (session, began) = match console.sessions.of_person(id, person, grant).await {
-        Ok(found) => found,
-        Err(e) => return unavailable(&e),
-    };
+    let (session, began) = console.sessions.of_person(id, person, grant);
     if began.is_some() {
         tracing::info!(actor = %session.actor(), "a console session began through the sign-on proxy");
     }

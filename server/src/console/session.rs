@@ -1,7 +1,8 @@
 //! Console sessions (DESIGN.md section 11): a random id in a cookie, the session stored in the
 //! store under the id's SHA-256 (so that any replica serves it), ended after 12 hours without
-//! use, by signing out, and by the revocation of the token it signed in with. And the checks
-//! every POST passes: its `Origin`, and its CSRF token.
+//! use, by signing out, and by the revocation of the token it signed in with; a session of
+//! someone a sign-on proxy names is not stored (its CSRF token is derived from its cookie and
+//! the person). And the checks every POST passes: its `Origin`, and its CSRF token.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -80,8 +81,8 @@ pub fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
 /// A signed-in person, as a request of theirs sees them.
 #[derive(Debug, Clone)]
 pub struct Session {
-    /// The session as stored; signed in through a proxy, with the role and environments the
-    /// users file gives the person now.
+    /// The session as stored; signed in through a proxy, as derived (never stored), with the
+    /// role and environments the users file gives the person now.
     pub record: SessionRecord,
 }
 
@@ -130,31 +131,37 @@ impl<S: Store> Sessions<S> {
     }
 
     /// The session of `person`, whom a proxy signed in and the users file lists with
-    /// `grant`: the one of the cookie `id` if it is theirs and still going, else a new one,
-    /// with its id for the cookie. A cookie of a token's session, or of someone else's, is
-    /// ignored. The session carries `grant`, whatever it was when the session began.
-    pub async fn of_person(
+    /// `grant`: the one of the cookie `id` if it is well formed, else a new one, with its id
+    /// for the cookie. Nothing is stored (docs/console.md, "Sessions and forms"): the
+    /// proxy names the person on every request, so the cookie only gives their forms a CSRF
+    /// token, derived from the cookie and the person, which any replica derives alike. So
+    /// requests that drop the cookie cost the store nothing, and someone else's cookie gives
+    /// no CSRF token of theirs.
+    pub fn of_person(
         &self,
         id: Option<&str>,
         person: &str,
         grant: &Person,
-    ) -> Result<(Session, Option<String>), ServerError> {
-        let found = match id {
-            Some(id) => self.find(id).await?,
-            None => None,
-        };
-        let (mut session, began) = match found {
-            Some(session) if session.is_proxied() && session.record.person == person => {
-                (session, None)
-            }
-            _ => {
-                let (id, record) = self.begin(person, None, grant).await?;
-                (Session { record }, Some(id))
+    ) -> (Session, Option<String>) {
+        let (id, began) = match id.filter(|id| well_formed(id)) {
+            Some(id) => (id.to_owned(), None),
+            None => {
+                let id = new_id();
+                (id.clone(), Some(id))
             }
         };
-        session.record.role = grant.role;
-        session.record.environments = grant.environments.clone();
-        Ok((session, began))
+        let now = now_ms();
+        let record = SessionRecord {
+            id_hash: hash(&id),
+            person: person.to_owned(),
+            token: None,
+            role: grant.role,
+            environments: grant.environments.clone(),
+            csrf: proxied_csrf(&id, person),
+            created_ms: now,
+            seen_ms: now,
+        };
+        (Session { record }, began)
     }
 
     /// Stores a new session of `person`, signed in with `token` (`None`: by a proxy), allowed
@@ -167,7 +174,7 @@ impl<S: Store> Sessions<S> {
         token: Option<&str>,
         grant: &Person,
     ) -> Result<(String, SessionRecord), ServerError> {
-        let id = format!("{}{}", random_id(), random_id());
+        let id = new_id();
         let now = now_ms();
         let record = SessionRecord {
             id_hash: hash(&id),
@@ -221,7 +228,7 @@ impl<S: Store> Sessions<S> {
     /// token not revoked. One that ended is removed.
     pub async fn find(&self, id: &str) -> Result<Option<Session>, ServerError> {
         // Ids are 64 hex digits; anything else is no session, and not looked up.
-        if id.len() != 64 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
+        if !well_formed(id) {
             return Ok(None);
         }
         let id_hash = hash(id);
@@ -259,6 +266,22 @@ impl<S: Store> Sessions<S> {
         let before = now_ms().saturating_sub(IDLE_MS);
         blocking(move || store.prune_sessions(before)).await
     }
+}
+
+/// A new session id: 64 random hex digits.
+fn new_id() -> String {
+    format!("{}{}", random_id(), random_id())
+}
+
+/// Whether `id` could be a session id (64 hex digits); anything else is none.
+fn well_formed(id: &str) -> bool {
+    id.len() == 64 && id.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+/// The CSRF token of the forms of `person`, signed in by a proxy, whose cookie holds `id`:
+/// unknown to whoever does not have the cookie, and another for another person.
+fn proxied_csrf(id: &str, person: &str) -> String {
+    hash(&format!("console csrf\n{person}\n{id}"))
 }
 
 /// Whether a POST with `headers` comes from a page of this console: its `Origin` is one of
