@@ -733,6 +733,8 @@ flags:
         conditions:
           - { attribute: country, op: in, values: [DE, FR] }
           - { attribute: version, op: semver_gt, values: [2.0.0] }
+          - { attribute: plan, op: in, values: [free], negate: true }
+          - { attribute: host, op: matches, values: ['^eu-\d+$'] }
         serve: { variant: "on" }
     default: { split: { bucket_by: key, weights: [{ variant: "on", weight: 10000 }, { variant: "off", weight: 90000 }] } }
 "#,
@@ -750,7 +752,7 @@ flags:
         [
             "# who gets what:",
             "#   1. unless payments serves on, serve off",
-            "#   2. if country is one of \"DE\", \"FR\" and version semver > 2.0.0, serve on (rule eu)",
+            r#"#   2. if country is one of "DE", "FR" and version semver > 2.0.0 and plan is present and is not "free" and host matches the pattern "^eu-\d+$", serve on (rule eu)"#,
             "#   3. otherwise serve on 10% / off 90%",
         ],
         "{got}"

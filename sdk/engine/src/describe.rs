@@ -252,7 +252,7 @@ mod tests {
             words,
             [
                 "unless payments serves on or off, serve off",
-                "if country is one of \"DE\", \"FR\" and plan is not \"free\", serve on (rule eu)",
+                "if country is one of \"DE\", \"FR\" and plan is present and is not \"free\", serve on (rule eu)",
                 "for every context, serve off (rule all)",
                 "otherwise serve on 25% / off 75% by team",
             ]

@@ -1,23 +1,30 @@
 //! Conditions in plain words, for people who read targeting rather than write it: the web
 //! console's segment and flag pages. One sentence per condition, exact about what the
-//! condition tests (a negated comparison is written as one, never as the opposite comparison,
-//! which a value of another type would not match):
+//! condition tests: a negated comparison is written as one, never as the opposite comparison,
+//! which a value of another type would not match; and, as a missing attribute makes every
+//! condition on it but `exists` false, negated or not (DESIGN.md section 2), a negated one says
+//! that the attribute must be present:
 //!
 //! | condition | words |
 //! |---|---|
 //! | `country in [DE, FR]` | `country is one of "DE", "FR"` |
-//! | `plan in [free]`, negated | `plan is not "free"` |
+//! | `plan in [free]`, negated | `plan is present and is not "free"` |
 //! | `version semver_gt [2.0.0]` | `version semver > 2.0.0` |
-//! | `age lt [18]`, negated | `age is not < 18` |
+//! | `age lt [18]`, negated | `age is present and is not < 18` |
+//! | `host matches [^\d+$]` | `host matches the pattern "^\d+$"` |
+//! | `plan exists`, negated | `plan is not present` |
 //! | `in_segment [beta-testers]` | `in segment beta-testers` |
 //!
-//! Strings are quoted and escaped as in messages ([`quote`]), and at most [`DESCRIBED_VALUES`]
-//! values are listed: the rest are counted (`… and 990 more`), so that a condition of 10,000
-//! values reads in a line. The words are text: whoever shows them in markup escapes them.
+//! Strings are quoted and escaped as in messages ([`quote`]); patterns are quoted as written,
+//! backslashes and all, with only a quote escaped (`\"`) and line breaks and other control
+//! characters written as the pattern's own escapes (`\n`, `\x{7}`), so that each stays on
+//! its line and reads as the regex it is. At most [`DESCRIBED_VALUES`] values are listed: the
+//! rest are counted (`… and 990 more`), so that a condition of 10,000 values reads in a line.
+//! The words are text: whoever shows them in markup escapes them.
 
 use serde_json::Value;
 
-use crate::limits::{clip, quote};
+use crate::limits::{clip, quote, QUOTE_BYTES};
 use crate::model::{Condition, Op};
 
 /// The most values of one condition its words list; the others are counted.
@@ -44,10 +51,17 @@ pub fn describe_condition(condition: &Condition) -> String {
         condition.op,
         Op::SemverEq | Op::SemverLt | Op::SemverGt | Op::Before | Op::After
     );
+    // A missing attribute makes even a negated condition false.
+    let present = if negate { "is present and " } else { "" };
     if values.is_empty() {
-        return format!("{attribute} {} (no values)", condition.op);
+        let not = if negate { "not " } else { "" };
+        return format!("{attribute} {present}{not}{} (no values)", condition.op);
     }
-    let listed = value_list(values, bare);
+    let listed = if condition.op == Op::Matches {
+        pattern_list(values)
+    } else {
+        value_list(values, bare)
+    };
     let many = values.len() > 1;
     if condition.op == Op::In {
         let verb = match (negate, many) {
@@ -56,7 +70,7 @@ pub fn describe_condition(condition: &Condition) -> String {
             (true, false) => "is not",
             (true, true) => "is none of",
         };
-        return format!("{attribute} {verb} {listed}");
+        return format!("{attribute} {present}{verb} {listed}");
     }
     let (verb, negated) = verbs(condition.op);
     // Every op but `in` holds when it holds for one of the values.
@@ -67,8 +81,8 @@ pub fn describe_condition(condition: &Condition) -> String {
     match (negate, many) {
         (false, false) => format!("{attribute} {verb} {single}{listed}"),
         (false, true) => format!("{attribute} {verb} one of {plural}{listed}"),
-        (true, false) => format!("{attribute} {negated} {single}{listed}"),
-        (true, true) => format!("{attribute} {negated} any of {plural}{listed}"),
+        (true, false) => format!("{attribute} {present}{negated} {single}{listed}"),
+        (true, true) => format!("{attribute} {present}{negated} any of {plural}{listed}"),
     }
 }
 
@@ -121,11 +135,19 @@ pub fn describe_value(value: &Value, bare: bool) -> String {
 }
 
 fn value_list(values: &[Value], bare: bool) -> String {
-    let listed: Vec<String> = values
-        .iter()
-        .take(DESCRIBED_VALUES)
-        .map(|v| describe_value(v, bare))
-        .collect();
+    listed(values, |v| describe_value(v, bare))
+}
+
+fn pattern_list(values: &[Value]) -> String {
+    listed(values, |v| match v {
+        Value::String(s) => describe_pattern(s),
+        other => describe_value(other, false),
+    })
+}
+
+/// The first [`DESCRIBED_VALUES`] of `values` as `describe` words them, and how many more.
+fn listed(values: &[Value], describe: impl Fn(&Value) -> String) -> String {
+    let listed: Vec<String> = values.iter().take(DESCRIBED_VALUES).map(describe).collect();
     let mut text = listed.join(", ");
     if values.len() > DESCRIBED_VALUES {
         text.push_str(&format!(" … and {} more", values.len() - DESCRIBED_VALUES));
@@ -133,19 +155,38 @@ fn value_list(values: &[Value], bare: bool) -> String {
     text
 }
 
-fn in_segment(values: &[Value], negate: bool) -> String {
-    let names: Vec<String> = values
-        .iter()
-        .take(DESCRIBED_VALUES)
-        .map(|v| match v {
-            Value::String(s) => clip(s).into_owned(),
-            other => describe_value(other, false),
-        })
-        .collect();
-    let mut list = names.join(", ");
-    if values.len() > DESCRIBED_VALUES {
-        list.push_str(&format!(" … and {} more", values.len() - DESCRIBED_VALUES));
+/// A regex pattern as its condition's words show it: quoted, as written (a backslash is
+/// one), with a quote escaped and line breaks and other characters that do not print written
+/// as the regex's escapes for them (`\n`, `\x{7}`), so that it stays on one line and means
+/// the same; cut as [`quote`] cuts strings, with its length when it was cut.
+fn describe_pattern(pattern: &str) -> String {
+    let mut text = String::with_capacity(pattern.len().min(QUOTE_BYTES) + 2);
+    text.push('"');
+    for c in clip(pattern).chars() {
+        match c {
+            '"' => text.push_str("\\\""),
+            '\\' | '\'' => text.push(c),
+            '\n' => text.push_str("\\n"),
+            '\r' => text.push_str("\\r"),
+            '\t' => text.push_str("\\t"),
+            c if c.escape_debug().nth(1).is_some() => {
+                text.push_str(&format!("\\x{{{:x}}}", u32::from(c)));
+            }
+            c => text.push(c),
+        }
     }
+    text.push('"');
+    if pattern.len() > QUOTE_BYTES {
+        text.push_str(&format!(" ({} bytes)", pattern.len()));
+    }
+    text
+}
+
+fn in_segment(values: &[Value], negate: bool) -> String {
+    let list = listed(values, |v| match v {
+        Value::String(s) => clip(s).into_owned(),
+        other => describe_value(other, false),
+    });
     match (negate, values.len() > 1) {
         (false, false) => format!("in segment {list}"),
         (false, true) => format!("in one of the segments {list}"),
@@ -159,6 +200,8 @@ mod tests {
     use serde_json::json;
 
     use super::*;
+    use crate::condition::CompiledCondition;
+    use crate::context::Context;
 
     fn condition(attribute: &str, op: Op, values: Value, negate: bool) -> Condition {
         Condition {
@@ -178,11 +221,11 @@ mod tests {
             ),
             (
                 condition("plan", Op::In, json!(["free"]), true),
-                r#"plan is not "free""#,
+                r#"plan is present and is not "free""#,
             ),
             (
                 condition("plan", Op::In, json!(["free", "trial"]), true),
-                r#"plan is none of "free", "trial""#,
+                r#"plan is present and is none of "free", "trial""#,
             ),
             (
                 condition("beta", Op::In, json!([true, 1]), false),
@@ -194,7 +237,7 @@ mod tests {
             ),
             (
                 condition("email", Op::StartsWith, json!(["a", "b"]), true),
-                r#"email does not start with any of "a", "b""#,
+                r#"email is present and does not start with any of "a", "b""#,
             ),
             (
                 condition("path", Op::Contains, json!(["/admin"]), false),
@@ -205,8 +248,16 @@ mod tests {
                 r#"host matches one of the patterns "^eu-", "^us-""#,
             ),
             (
+                condition("host", Op::Matches, json!([r"^\d+$"]), true),
+                r#"host is present and does not match the pattern "^\d+$""#,
+            ),
+            (
+                condition("plan", Op::In, json!([]), true),
+                "plan is present and not in (no values)",
+            ),
+            (
                 condition("age", Op::Lt, json!([18]), true),
-                "age is not < 18",
+                "age is present and is not < 18",
             ),
             (
                 condition("score", Op::Gte, json!([0.5]), false),
@@ -222,7 +273,7 @@ mod tests {
             ),
             (
                 condition("signup", Op::After, json!([1_700_000_000_000_u64]), true),
-                "signup is not after 1700000000000",
+                "signup is present and is not after 1700000000000",
             ),
             (
                 condition("plan", Op::Exists, json!([]), false),
@@ -280,8 +331,65 @@ mod tests {
         ];
         assert_eq!(
             describe_conditions(&both),
-            r#"country is "DE" and plan is not "free""#
+            r#"country is "DE" and plan is present and is not "free""#
         );
         assert_eq!(describe_conditions(&[]), "every context");
+    }
+
+    /// Every condition but `exists` and `in_segment` is false for a context without its
+    /// attribute, negated or not: its words say the attribute must be there exactly when they
+    /// would otherwise read as holding without it.
+    #[test]
+    fn negated_words_say_the_attribute_must_be_present() {
+        let ops = [
+            (Op::In, json!(["free"])),
+            (Op::StartsWith, json!(["a"])),
+            (Op::EndsWith, json!(["a"])),
+            (Op::Contains, json!(["a"])),
+            (Op::Matches, json!(["^a"])),
+            (Op::Lt, json!([1])),
+            (Op::Lte, json!([1])),
+            (Op::Gt, json!([1])),
+            (Op::Gte, json!([1])),
+            (Op::SemverEq, json!(["1.0.0"])),
+            (Op::SemverLt, json!(["1.0.0"])),
+            (Op::SemverGt, json!(["1.0.0"])),
+            (Op::Before, json!(["2026-01-01T00:00:00Z"])),
+            (Op::After, json!(["2026-01-01T00:00:00Z"])),
+            (Op::Exists, json!([])),
+        ];
+        for (op, values) in ops {
+            for negate in [false, true] {
+                let condition = condition("plan", op, values.clone(), negate);
+                let words = describe_condition(&condition);
+                let compiled = CompiledCondition::compile(&condition, &|_| None);
+                let holds_without = compiled.matches(&Context::new("k"));
+                assert_eq!(
+                    holds_without,
+                    words.contains("is not present"),
+                    "{op:?}, negated {negate}: {words}"
+                );
+                if negate && op != Op::Exists {
+                    assert!(words.contains(" is present and "), "{op:?}: {words}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn patterns_read_as_written_on_one_line() {
+        let words = describe_condition(&condition("id", Op::Matches, json!([r"^\d+$"]), false));
+        assert_eq!(words, r#"id matches the pattern "^\d+$""#);
+        let words = describe_condition(&condition(
+            "id",
+            Op::Matches,
+            json!(["a\nb\t\"c\u{7}\u{202e}"]),
+            false,
+        ));
+        assert_eq!(words, r#"id matches the pattern "a\nb\t\"c\x{7}\x{202e}""#);
+        let long = format!("^{}$", "a".repeat(1000));
+        let words = describe_condition(&condition("id", Op::Matches, json!([long]), false));
+        assert!(words.ends_with("…\" (1002 bytes)"), "{words}");
+        assert!(!words.contains('\n'));
     }
 }

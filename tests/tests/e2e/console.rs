@@ -539,7 +539,7 @@ async fn a_flag_page_reads_its_targeting_in_words_evaluates_and_shows_its_histor
     for words in [
         "The flag is off: every context gets",
         "Unless <a href=\"/envs/production/flags/payments\" class=\"key\">payments</a> serves on or off",
-        "If country is one of \"DE\", \"FR\" and plan is not \"free\", serve <strong>on</strong> <span class=\"rule-id\">(rule eu)</span>",
+        "If country is one of \"DE\", \"FR\" and plan is present and is not \"free\", serve <strong>on</strong> <span class=\"rule-id\">(rule eu)</span>",
         "If in segment beta-testers, serve",
         "Otherwise serve <strong>on 25% / off 75%</strong>",
         "payments-team",

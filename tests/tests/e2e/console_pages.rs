@@ -242,7 +242,7 @@ async fn the_segments_pages_show_counts_rules_in_words_and_the_flags_using_each(
             "<a href=\"/envs/production/segments/staff\" class=\"key\">staff</a>",
             "<script>alert('staff')</script> & friends",
             "<td>450</td>\n    <td>3</td>",
-            r#"<li>country is one of "DE", "FR" and plan is not "free"</li>"#,
+            r#"<li>country is one of "DE", "FR" and plan is present and is not "free"</li>"#,
             "<li>version semver > 2.0.0</li>",
             "<a href=\"/envs/production/flags/checkout\" class=\"key\">checkout</a>",
             "<a href=\"/envs/production/flags/search\" class=\"key\">search</a>",
