@@ -294,7 +294,9 @@ fn guard_view(plan: &RolloutRecord) -> Option<GuardView> {
     })
 }
 
-/// The guard's verdict: a word, and a sentence. For a finished plan, how the guard ended.
+/// The guard's verdict: a word, and a sentence. For a finished plan, how the guard ended. The
+/// statistic may reach its threshold before the guard acts (it looks now and then, on running
+/// plans alone): "rolled back" is said only of a plan that was.
 fn verdict_words(
     plan: &RolloutRecord,
     tally: &GuardTally,
@@ -302,11 +304,17 @@ fn verdict_words(
     state: GuardState,
 ) -> (&'static str, String) {
     let events = tally.target_events.saturating_add(tally.baseline_events);
+    let rolled_back_by_guard = plan.guard.as_ref().is_some_and(|g| g.rejected);
+    const WORSE: &str = "the target did worse than allowed: the statistic reached its threshold";
     match (plan.state, state) {
-        (_, GuardState::Rejected) => (
-            "rejected",
-            "the target did worse than allowed: the statistic reached its threshold, so the \
-             plan was rolled back"
+        _ if rolled_back_by_guard => ("rejected", format!("{WORSE}, so the plan was rolled back")),
+        (RolloutState::RolledBack, GuardState::Rejected) => {
+            ("rejected", format!("{WORSE}, and the plan was rolled back"))
+        }
+        (RolloutState::Completed, GuardState::Rejected) => (
+            "threshold reached",
+            "the statistic reached its threshold, but the plan completed before the guard \
+             rolled it back"
                 .to_owned(),
         ),
         (RolloutState::Completed, _) => (
@@ -316,6 +324,14 @@ fn verdict_words(
         (RolloutState::RolledBack, _) => (
             "not decided",
             "the plan was rolled back before the guard found the target worse".to_owned(),
+        ),
+        (RolloutState::Paused, GuardState::Rejected) => (
+            "threshold reached",
+            format!("{WORSE}; the guard rolls back running plans alone, and this one is paused"),
+        ),
+        (RolloutState::Running, GuardState::Rejected) => (
+            "threshold reached",
+            format!("{WORSE}; the leader rolls the plan back at its next look"),
         ),
         (_, GuardState::Collecting) => (
             "collecting",
@@ -340,7 +356,7 @@ fn rate(events: u64, exposures: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::storage::RolloutStage;
+    use crate::storage::{GuardRecord, RolloutStage};
 
     fn plan(state: RolloutState, stage_index: usize) -> RolloutRecord {
         RolloutRecord {
@@ -401,5 +417,68 @@ mod tests {
             Some("50% due now (since 1970-01-01 01:00 UTC)")
         );
         assert_eq!(next_step(&plan(RolloutState::Paused, 0), 0), None);
+    }
+
+    #[test]
+    fn rolled_back_is_said_only_of_a_plan_that_was() {
+        let tally = GuardTally::default();
+        let guarded = |state: RolloutState, rejected: bool| {
+            let mut p = plan(state, 1);
+            p.guard = Some(GuardRecord {
+                event: "checkout_error".into(),
+                max_ratio: 1.5,
+                min_events: 100,
+                tally,
+                rejected,
+            });
+            p
+        };
+        let words = |p: &RolloutRecord, state| verdict_words(p, &tally, 100, state);
+
+        // The statistic at its threshold before the guard's next look.
+        let (word, detail) = words(&guarded(RolloutState::Running, false), GuardState::Rejected);
+        assert_eq!(word, "threshold reached");
+        assert!(!detail.contains("was rolled back"), "{detail}");
+        assert!(detail.contains("at its next look"), "{detail}");
+        let (word, detail) = words(&guarded(RolloutState::Paused, false), GuardState::Rejected);
+        assert_eq!(word, "threshold reached");
+        assert!(!detail.contains("was rolled back"), "{detail}");
+        let (word, detail) = words(
+            &guarded(RolloutState::Completed, false),
+            GuardState::Rejected,
+        );
+        assert_eq!(word, "threshold reached");
+        assert!(!detail.contains("was rolled back"), "{detail}");
+
+        // Rolled back: by the guard, or by someone while the statistic was at its threshold.
+        let (word, detail) = words(
+            &guarded(RolloutState::RolledBack, true),
+            GuardState::Rejected,
+        );
+        assert_eq!(word, "rejected");
+        assert!(detail.ends_with("so the plan was rolled back"), "{detail}");
+        let (word, detail) = words(
+            &guarded(RolloutState::RolledBack, false),
+            GuardState::Rejected,
+        );
+        assert_eq!(word, "rejected");
+        assert!(detail.contains("the plan was rolled back"), "{detail}");
+
+        assert_eq!(
+            words(
+                &guarded(RolloutState::Running, false),
+                GuardState::Monitoring
+            )
+            .0,
+            "healthy"
+        );
+        assert_eq!(
+            words(
+                &guarded(RolloutState::Completed, false),
+                GuardState::Monitoring
+            )
+            .0,
+            "passed"
+        );
     }
 }
