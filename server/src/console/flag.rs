@@ -15,7 +15,7 @@ use serde_json::Value;
 
 use super::history::{newest, EntryRow};
 use super::proxy::Proxied;
-use super::{blocking, page, problem, signed_in, utc, Console, Who};
+use super::{blocking, page, problem, signed_in, utc, Console, Session, Who};
 use crate::environments::Environment;
 use crate::ofrep::context::RequestContext;
 use crate::storage::{RolloutState, Store};
@@ -69,6 +69,12 @@ struct FlagPage<'a> {
     context_problem: Option<String>,
     history: Vec<EntryRow>,
     older: Option<String>,
+    /// Why the last write from the page failed.
+    write_problem: Option<String>,
+    /// Whether a write must be confirmed by typing the environment's name.
+    protected: bool,
+    /// The session's CSRF token, for the page's forms.
+    csrf: String,
 }
 
 pub(super) async fn show<S: Store>(
@@ -98,6 +104,36 @@ pub(super) async fn show<S: Store>(
             )
         }
     };
+    render(
+        &console,
+        &session,
+        &environment,
+        &key,
+        query.context.as_deref(),
+        None,
+    )
+    .await
+}
+
+/// What went wrong with a write from the flag page, shown next to its form: the answer's
+/// status and the words.
+pub(super) struct WriteProblem {
+    pub status: StatusCode,
+    pub detail: String,
+}
+
+/// The flag page of `key` in `environment`: evaluated for `context` when given, with
+/// `written`, when a write from it failed, shown next to the form that sent it.
+pub(super) async fn render<S: Store>(
+    console: &Console<S>,
+    session: &Session,
+    environment: &Environment,
+    key: &str,
+    context: Option<&str>,
+    written: Option<WriteProblem>,
+) -> Response {
+    let who = Some(Who::of(session));
+    let (env, key) = (environment.key.clone(), key.to_owned());
     let current = environment.current();
     let Some(flag) = current.snapshot.flag(&key).cloned() else {
         return problem(
@@ -126,7 +162,7 @@ pub(super) async fn show<S: Store>(
             super::encode(&key)
         )
     });
-    let (context, evaluation, context_problem) = match query.context.as_deref() {
+    let (context, evaluation, context_problem) = match context {
         Some(text) if !text.trim().is_empty() => match evaluate(&current.snapshot, &flag, text) {
             Ok(evaluation) => (text.to_owned(), Some(evaluation), None),
             Err(why) => (text.to_owned(), None, Some(why)),
@@ -134,11 +170,12 @@ pub(super) async fn show<S: Store>(
         _ => ("{\"targetingKey\": \"user-1\"}".to_owned(), None, None),
     };
     let usage = environment.usage(&key).unwrap_or_default();
-    // A context that cannot be read is a bad request, shown in place on the page.
-    let status = if context_problem.is_some() {
-        StatusCode::BAD_REQUEST
-    } else {
-        StatusCode::OK
+    // A context that cannot be read is a bad request, shown in place on the page; so is a
+    // write that failed.
+    let status = match (&written, &context_problem) {
+        (Some(problem), _) => problem.status,
+        (None, Some(_)) => StatusCode::BAD_REQUEST,
+        (None, None) => StatusCode::OK,
     };
     page(
         status,
@@ -163,11 +200,14 @@ pub(super) async fn show<S: Store>(
             } else {
                 utc(usage.last_evaluated_ms)
             },
-            rollout: rollout_state(&environment, &key),
+            rollout: rollout_state(environment, &key),
             context,
             evaluation,
             context_problem,
             history: entries,
+            write_problem: written.map(|w| w.detail),
+            protected: environment.protected,
+            csrf: session.record.csrf.clone(),
             older,
             flag: &flag,
         },

@@ -14,7 +14,7 @@ use crate::error::ServerError;
 use crate::storage::Store;
 
 use super::proxy::Proxied;
-use super::{page, problem, secured, session, unavailable, Console, Who};
+use super::{forbidden_form, forbidden_origin, page, secured, session, unavailable, Console, Who};
 
 #[derive(Template)]
 #[template(path = "console/login.html")]
@@ -141,17 +141,6 @@ pub(super) async fn submit<S: Store>(
     }
 }
 
-/// The answer to a POST from another origin: nothing was done.
-fn forbidden_origin() -> Response {
-    problem(
-        StatusCode::FORBIDDEN,
-        None,
-        "Refused",
-        "This form was not sent from a page of this console (its Origin is missing or another \
-         site's); nothing was done.",
-    )
-}
-
 #[derive(Deserialize)]
 pub(super) struct CsrfForm {
     #[serde(default)]
@@ -174,13 +163,7 @@ pub(super) async fn logout<S: Store>(
         Err(e) => return unavailable(&e),
     };
     if !session::same_token(&session.record.csrf, &form.csrf) {
-        return problem(
-            StatusCode::FORBIDDEN,
-            Some(Who::of(&session)),
-            "Refused",
-            "The form was not this session's (its CSRF token is missing or wrong); you are \
-             still signed in.",
-        );
+        return forbidden_form(&session);
     }
     if let Err(e) = console.sessions.end(&session.record.id_hash).await {
         return unavailable(&e);

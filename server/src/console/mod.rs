@@ -23,6 +23,7 @@ mod session;
 mod stale;
 mod tokens;
 mod users;
+mod write;
 
 use std::sync::Arc;
 
@@ -158,6 +159,10 @@ pub fn routes<S: Store>(console: Arc<Console<S>>) -> axum::Router {
         .route("/envs", get(environments::show::<S>))
         .route("/envs/{env}/flags", get(flags::show::<S>))
         .route("/envs/{env}/flags/{key}", get(flag::show::<S>))
+        .route(
+            "/envs/{env}/flags/{key}/enabled",
+            post(write::set_enabled::<S>),
+        )
         .route("/envs/{env}/history", get(history::show::<S>))
         .route("/envs/{env}/stale", get(stale::show::<S>))
         .route("/envs/{env}/rollouts", get(rollouts::show::<S>))
@@ -270,6 +275,28 @@ fn problem(status: StatusCode, who: Option<Who>, heading: &str, detail: &str) ->
             heading: heading.to_owned(),
             detail: detail.to_owned(),
         },
+    )
+}
+
+/// The answer to a POST from another origin: nothing was done.
+fn forbidden_origin() -> Response {
+    problem(
+        StatusCode::FORBIDDEN,
+        None,
+        "Refused",
+        "This form was not sent from a page of this console (its Origin is missing or another \
+         site's); nothing was done.",
+    )
+}
+
+/// The answer to a POST without this session's CSRF token: nothing was done.
+fn forbidden_form(session: &Session) -> Response {
+    problem(
+        StatusCode::FORBIDDEN,
+        Some(Who::of(session)),
+        "Refused",
+        "The form was not this session's (its CSRF token is missing or wrong); nothing was \
+         done, and you are still signed in.",
     )
 }
 

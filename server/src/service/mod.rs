@@ -6,7 +6,7 @@ pub(crate) mod oversize;
 mod paging;
 pub mod sync;
 pub mod watch;
-mod wire;
+pub(crate) mod wire;
 
 use tonic::{Code, Request, Status};
 

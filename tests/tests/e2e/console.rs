@@ -836,3 +836,168 @@ async fn a_page_of_imports_leaves_out_diffs_past_its_share_and_links_to_them() {
     );
     assert!(alone.contains("+key: imported-0-19"), "{alone}");
 }
+
+/// The value of the hidden field `name` in `body`'s form whose action is `action`.
+fn form_field(body: &str, action: &str, name: &str) -> String {
+    let form = &body[body
+        .find(&format!("action=\"{action}\""))
+        .expect("the form")..];
+    let form = &form[..form.find("</form>").expect("the form's end")];
+    let at = form
+        .find(&format!("name=\"{name}\" value=\""))
+        .expect("the field")
+        + name.len()
+        + 15;
+    form[at..at + form[at..].find('"').expect("the value's end")].to_owned()
+}
+
+#[tokio::test]
+async fn a_flag_is_turned_on_and_off_from_its_page_with_the_person_as_the_actor() {
+    let server = TestServer::start().await;
+    let mut admin = server.admin().await;
+    create_environment(&mut admin, "production").await;
+    create_flag(&mut admin, "production", boolean_flag("checkout")).await;
+    let editor = token_of(&server, "ed", pb::Role::Editor, "production").await;
+    let mut browser = Browser::new(&server);
+    browser.sign_in(&editor).await;
+    let action = "/envs/production/flags/checkout/enabled";
+    let page = browser.get("/envs/production/flags/checkout").await;
+    let (csrf, version) = (
+        form_field(&page.body, action, "csrf"),
+        form_field(&page.body, action, "version"),
+    );
+    assert!(page.body.contains(">Turn off</button>"), "{}", page.body);
+
+    // A forged form (no CSRF token, or from another site) changes nothing.
+    let forged = browser
+        .post(action, &[("enabled", "false"), ("version", &version)])
+        .await;
+    assert_eq!(forged.status, StatusCode::FORBIDDEN);
+    let elsewhere = browser
+        .post_from(
+            Some("http://evil.example"),
+            action,
+            &[("csrf", &csrf), ("enabled", "false"), ("version", &version)],
+        )
+        .await;
+    assert_eq!(elsewhere.status, StatusCode::FORBIDDEN);
+    assert!(get_flag(&mut admin, "production", "checkout").await.enabled);
+
+    let off = browser
+        .post(
+            action,
+            &[
+                ("csrf", &csrf),
+                ("enabled", "false"),
+                ("version", &version),
+                ("comment", "too many errors"),
+            ],
+        )
+        .await;
+    assert_eq!(off.status, StatusCode::SEE_OTHER, "{}", off.body);
+    assert_eq!(off.location(), "/envs/production/flags/checkout");
+    assert!(!get_flag(&mut admin, "production", "checkout").await.enabled);
+    let history = admin
+        .list_history(pb::ListHistoryRequest {
+            environment: "production".into(),
+            flag: "checkout".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("history")
+        .into_inner()
+        .entries;
+    assert_eq!(history[0].actor, "ed via console");
+    assert_eq!(history[0].comment, "too many errors");
+
+    // The page the person had open is out of date: refused, saying so, nothing changed.
+    let stale = browser
+        .post(
+            action,
+            &[("csrf", &csrf), ("enabled", "true"), ("version", &version)],
+        )
+        .await;
+    assert_eq!(stale.status, StatusCode::CONFLICT, "{}", stale.body);
+    assert!(
+        text(&stale.body).contains("Someone changed checkout since this page was made"),
+        "{}",
+        stale.body
+    );
+    assert!(!get_flag(&mut admin, "production", "checkout").await.enabled);
+    let bad = browser
+        .post(
+            action,
+            &[("csrf", &csrf), ("enabled", "maybe"), ("version", &version)],
+        )
+        .await;
+    assert_eq!(bad.status, StatusCode::BAD_REQUEST);
+}
+
+#[tokio::test]
+async fn a_protected_environment_asks_for_its_name_to_be_typed() {
+    let server = TestServer::start().await;
+    let mut admin = server.admin().await;
+    admin
+        .create_environment(pb::CreateEnvironmentRequest {
+            environment: "production".into(),
+            protected: true,
+        })
+        .await
+        .expect("environment");
+    create_flag_confirmed(&mut admin, "checkout").await;
+    let mut browser = Browser::new(&server);
+    browser.sign_in(&server.admin_token).await;
+    let action = "/envs/production/flags/checkout/enabled";
+    let page = browser.get("/envs/production/flags/checkout").await;
+    assert!(page.body.contains("name=\"confirm\""), "{}", page.body);
+    let (csrf, version) = (
+        form_field(&page.body, action, "csrf"),
+        form_field(&page.body, action, "version"),
+    );
+    for typed in ["", "staging"] {
+        let refused = browser
+            .post(
+                action,
+                &[
+                    ("csrf", &csrf),
+                    ("enabled", "false"),
+                    ("version", &version),
+                    ("confirm", typed),
+                ],
+            )
+            .await;
+        assert_eq!(refused.status, StatusCode::BAD_REQUEST, "{typed:?}");
+        assert!(
+            text(&refused.body).contains("production is protected: type its name"),
+            "{}",
+            refused.body
+        );
+        assert!(get_flag(&mut admin, "production", "checkout").await.enabled);
+    }
+    let done = browser
+        .post(
+            action,
+            &[
+                ("csrf", &csrf),
+                ("enabled", "false"),
+                ("version", &version),
+                ("confirm", "production"),
+            ],
+        )
+        .await;
+    assert_eq!(done.status, StatusCode::SEE_OTHER, "{}", done.body);
+    assert!(!get_flag(&mut admin, "production", "checkout").await.enabled);
+}
+
+/// Creates the enabled boolean flag `key` in the protected environment `production`.
+async fn create_flag_confirmed(admin: &mut flagstaff_tests::Admin, key: &str) {
+    admin
+        .create_flag(pb::CreateFlagRequest {
+            environment: "production".into(),
+            flag: Some(boolean_flag(key)),
+            confirm_protected: true,
+            ..Default::default()
+        })
+        .await
+        .expect("flag created");
+}
