@@ -9,7 +9,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use axum::Extension;
-use flagstaff_engine::{Flag, Reason, Step};
+use flagstaff_engine::{Flag, Reason, Serve, Step};
 use serde::Deserialize;
 use serde_json::Value;
 
@@ -69,8 +69,15 @@ struct FlagPage<'a> {
     context_problem: Option<String>,
     history: Vec<EntryRow>,
     older: Option<String>,
-    /// Why the last write from the page failed.
+    /// Why the last write from the page failed, and the form that sent it.
     write_problem: Option<String>,
+    write_form: &'static str,
+    /// The default serve as the serve form starts: the fixed variant (empty for a split),
+    /// each variant's share of a split as a percentage (empty for none), and the split's
+    /// bucketing attribute.
+    serve_variant: String,
+    serve_shares: Vec<(String, String)>,
+    bucket_by: String,
     /// Whether a write must be confirmed by typing the environment's name.
     protected: bool,
     /// The session's CSRF token, for the page's forms.
@@ -120,6 +127,8 @@ pub(super) async fn show<S: Store>(
 pub(super) struct WriteProblem {
     pub status: StatusCode,
     pub detail: String,
+    /// The form that sent it: `enabled` or `serve`.
+    pub form: &'static str,
 }
 
 /// The flag page of `key` in `environment`: evaluated for `context` when given, with
@@ -205,7 +214,36 @@ pub(super) async fn render<S: Store>(
             evaluation,
             context_problem,
             history: entries,
+            write_form: written.as_ref().map_or("", |w| w.form),
             write_problem: written.map(|w| w.detail),
+            serve_variant: match &flag.default {
+                Serve::Variant(v) => v.clone(),
+                Serve::Split(_) => String::new(),
+            },
+            serve_shares: flag
+                .variants
+                .0
+                .iter()
+                .map(|(name, _)| {
+                    let share = match &flag.default {
+                        Serve::Split(split) => split
+                            .weights
+                            .iter()
+                            .find(|w| w.variant == *name)
+                            .map_or(String::new(), |w| {
+                                flagstaff_engine::format_percent(w.weight)
+                                    .trim_end_matches('%')
+                                    .to_owned()
+                            }),
+                        Serve::Variant(_) => String::new(),
+                    };
+                    (name.clone(), share)
+                })
+                .collect(),
+            bucket_by: match &flag.default {
+                Serve::Split(split) => split.bucket_by.clone(),
+                Serve::Variant(_) => "key".to_owned(),
+            },
             protected: environment.protected,
             csrf: session.record.csrf.clone(),
             older,

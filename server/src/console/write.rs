@@ -5,7 +5,10 @@
 //! with what went wrong next to the form.
 //!
 //! - `POST /envs/{env}/flags/{key}/enabled`: turn a flag on or off.
+//! - `POST /envs/{env}/flags/{key}/serve`: what a flag serves by default: a fixed variant or a
+//!   percentage split.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use axum::extract::{Path, State};
@@ -16,8 +19,9 @@ use serde::Deserialize;
 
 use super::flag::{render, WriteProblem};
 use super::proxy::Proxied;
+use super::Session;
 use super::{encode, environment_for, forbidden_form, secured, session, signed_in, Console};
-use crate::environments::WriteContext;
+use crate::environments::{Committed, Environment, Environments, WriteContext};
 use crate::error::ServerError;
 use crate::storage::Store;
 
@@ -70,51 +74,267 @@ pub(super) async fn set_enabled<S: Store>(
     if !session::same_token(&session.record.csrf, &form.csrf) {
         return forbidden_form(&session);
     }
-    let again = |status: StatusCode, detail: String| {
-        let (console, session, environment, key) = (&console, &session, &environment, &key);
-        async move {
-            render(
-                console,
-                session,
-                environment,
-                key,
-                None,
-                Some(WriteProblem { status, detail }),
+    let change = Change {
+        operation: "SetFlagEnabled",
+        version: form.version,
+        comment: form.comment,
+        confirm: form.confirm,
+    };
+    let (written_key, enabled, version) = (key.clone(), form.enabled, form.version);
+    run(
+        &console,
+        &session,
+        &environment,
+        &key,
+        change,
+        move |envs, ctx| envs.set_flag_enabled(ctx, &written_key, enabled, Some(version)),
+    )
+    .await
+}
+
+/// The default-serve form of a flag's page, read by hand: its fields `weight:<variant>` name
+/// the flag's variants.
+pub(super) async fn set_serve<S: Store>(
+    State(console): State<Arc<Console<S>>>,
+    Path((env, key)): Path<(String, String)>,
+    uri: Uri,
+    headers: HeaderMap,
+    proxied: Option<Extension<Proxied>>,
+    form: Result<Form<HashMap<String, String>>, axum::extract::rejection::FormRejection>,
+) -> Response {
+    if !session::same_origin(&headers, &console.origins(&headers, &uri)) {
+        return super::forbidden_origin();
+    }
+    let session = match signed_in(&console, &headers, proxied).await {
+        Ok(session) => session,
+        Err(response) => return *response,
+    };
+    let environment = match environment_for(&console, &session, &env) {
+        Ok(environment) => environment,
+        Err(response) => return *response,
+    };
+    let fields = match form {
+        Ok(Form(fields)) => fields,
+        Err(e) => {
+            return super::problem(
+                StatusCode::BAD_REQUEST,
+                Some(super::Who::of(&session)),
+                "Not this console's form",
+                &format!("The form sent is not the one this page makes: {e}. Nothing was done."),
+            )
+        }
+    };
+    let field = |name: &str| fields.get(name).map_or("", String::as_str);
+    if !session::same_token(&session.record.csrf, field("csrf")) {
+        return forbidden_form(&session);
+    }
+    let Some(flag) = environment.current().snapshot.flag(&key).cloned() else {
+        return super::problem(
+            StatusCode::NOT_FOUND,
+            Some(super::Who::of(&session)),
+            "No such flag",
+            &format!("{env} has no flag {key:?}. It may have been deleted: see the history."),
+        );
+    };
+    let serve = match serve_of(&flag, &fields) {
+        Ok(serve) => serve,
+        Err(why) => {
+            return again(
+                &console,
+                &session,
+                &environment,
+                &key,
+                "serve",
+                StatusCode::BAD_REQUEST,
+                why,
             )
             .await
         }
     };
-    if let Err(e) = crate::service::wire::comment(&form.comment) {
-        return again(StatusCode::BAD_REQUEST, format!("{e}. Nothing was done.")).await;
-    }
-    if environment.protected && form.confirm != env {
+    let Ok(version) = field("version").parse::<u64>() else {
         return again(
+            &console,
+            &session,
+            &environment,
+            &key,
+            "serve",
+            StatusCode::BAD_REQUEST,
+            "The form lacks the flag's version: reload the page. Nothing was done.".to_owned(),
+        )
+        .await;
+    };
+    let force = fields.contains_key("reshuffle");
+    let change = Change {
+        operation: "SetDefaultServe",
+        version,
+        comment: field("comment").to_owned(),
+        confirm: field("confirm").to_owned(),
+    };
+    let written_key = key.clone();
+    run(
+        &console,
+        &session,
+        &environment,
+        &key,
+        change,
+        move |envs, ctx| envs.set_default_serve(ctx, &written_key, serve, force, Some(version)),
+    )
+    .await
+}
+
+/// The serve the form describes: `mode` `variant` with the field `variant`, or `split` with
+/// a percentage in `weight:<variant>` for each of the flag's variants (blank for 0) adding up
+/// to 100, bucketed by `bucket_by` (the context key unless given).
+fn serve_of(
+    flag: &flagstaff_engine::Flag,
+    fields: &HashMap<String, String>,
+) -> Result<flagstaff_engine::Serve, String> {
+    use flagstaff_engine::{Serve, Split, Weight};
+    let field = |name: &str| fields.get(name).map_or("", |v| v.trim());
+    let names: Vec<&str> = flag
+        .variants
+        .0
+        .iter()
+        .map(|(name, _)| name.as_str())
+        .collect();
+    match field("mode") {
+        "variant" => {
+            let variant = field("variant");
+            if !names.contains(&variant) {
+                return Err(format!(
+                    "Choose one of {}'s variants ({}). Nothing was done.",
+                    flag.key,
+                    names.join(", ")
+                ));
+            }
+            Ok(Serve::Variant(variant.to_owned()))
+        }
+        "split" => {
+            if let Some(unknown) = fields
+                .keys()
+                .filter_map(|k| k.strip_prefix("weight:"))
+                .find(|v| !names.contains(v))
+            {
+                return Err(format!(
+                    "{} has no variant {}. Nothing was done.",
+                    flag.key,
+                    flagstaff_engine::quote(unknown)
+                ));
+            }
+            let mut weights = Vec::with_capacity(names.len());
+            for name in &names {
+                let text = field(&format!("weight:{name}"));
+                let weight = if text.is_empty() {
+                    0
+                } else {
+                    flagstaff_engine::parse_percent(text)
+                        .map_err(|e| format!("{name}: {e}. Nothing was done."))?
+                };
+                weights.push(Weight {
+                    variant: (*name).to_owned(),
+                    weight,
+                });
+            }
+            let total: u32 = weights.iter().map(|w| w.weight).sum();
+            if total != 100_000 {
+                return Err(format!(
+                    "The shares add up to {}, not 100%. Nothing was done.",
+                    flagstaff_engine::format_percent(total)
+                ));
+            }
+            let bucket_by = match field("bucket_by") {
+                "" => "key".to_owned(),
+                by => by.to_owned(),
+            };
+            Ok(Serve::Split(Split { bucket_by, weights }))
+        }
+        _ => Err("Choose a fixed variant or a split. Nothing was done.".to_owned()),
+    }
+}
+
+/// What a write from a page is, besides its own fields.
+struct Change {
+    /// The Admin rpc it is, for the audit log (`SetFlagEnabled`, `SetDefaultServe`).
+    operation: &'static str,
+    /// The document's version the page showed.
+    version: u64,
+    comment: String,
+    /// The environment's name as typed, for a protected environment.
+    confirm: String,
+}
+
+/// The flag page of `key` again, with `detail` next to the form that failed.
+async fn again<S: Store>(
+    console: &Console<S>,
+    session: &Session,
+    environment: &Environment,
+    key: &str,
+    form: &'static str,
+    status: StatusCode,
+    detail: String,
+) -> Response {
+    render(
+        console,
+        session,
+        environment,
+        key,
+        None,
+        Some(WriteProblem {
+            status,
+            detail,
+            form,
+        }),
+    )
+    .await
+}
+
+/// Checks `change` (its comment, a protected environment's name typed) and runs `write` as
+/// the person on a blocking thread; answers with the flag's page or what went wrong on it.
+async fn run<S: Store>(
+    console: &Console<S>,
+    session: &Session,
+    environment: &Environment,
+    key: &str,
+    change: Change,
+    write: impl FnOnce(&Environments<S>, WriteContext<'_>) -> Result<Committed, ServerError>
+        + Send
+        + 'static,
+) -> Response {
+    let env = environment.key.clone();
+    let form = match change.operation {
+        "SetFlagEnabled" => "enabled",
+        _ => "serve",
+    };
+    let failed = |status, detail| again(console, session, environment, key, form, status, detail);
+    if let Err(e) = crate::service::wire::comment(&change.comment) {
+        return failed(StatusCode::BAD_REQUEST, format!("{e}. Nothing was done.")).await;
+    }
+    if environment.protected && change.confirm != env {
+        return failed(
             StatusCode::BAD_REQUEST,
             format!("{env} is protected: type its name, {env}, to confirm. Nothing was done."),
         )
         .await;
     }
     let envs = console.envs.clone();
-    let (actor, written_env, written_key) = (session.actor(), env.clone(), key.clone());
-    let (enabled, version, comment, confirmed) = (
-        form.enabled,
-        form.version,
-        form.comment.clone(),
+    let (actor, written_env, comment, confirmed) = (
+        session.actor(),
+        env.clone(),
+        change.comment.clone(),
         environment.protected,
     );
+    let operation = change.operation;
     let written = super::off_thread(move || {
-        envs.set_flag_enabled(
+        write(
+            &envs,
             WriteContext {
                 environment: &written_env,
                 actor: &actor,
-                operation: "SetFlagEnabled",
+                operation,
                 comment: &comment,
                 confirmed,
                 duty: false,
             },
-            &written_key,
-            enabled,
-            Some(version),
         )
     })
     .await;
@@ -124,26 +344,26 @@ pub(super) async fn set_enabled<S: Store>(
                 person = %session.record.person,
                 environment = %env,
                 flag = %key,
-                enabled,
+                operation,
                 revision = committed.revision,
-                "a flag was switched from the console"
+                "a flag was changed from the console"
             );
-            secured(Redirect::to(&format!("/envs/{env}/flags/{}", encode(&key))).into_response())
+            secured(Redirect::to(&format!("/envs/{env}/flags/{}", encode(key))).into_response())
         }
         Err(ServerError::VersionConflict(_)) => {
-            again(
+            failed(
                 StatusCode::CONFLICT,
                 format!(
-                    "Someone changed {key} since this page was made (you saw version {version}): \
-                     its history below shows what changed. Nothing was done; look, then try \
-                     again."
+                    "Someone changed {key} since this page was made (you saw version {}): its \
+                     history below shows what changed. Nothing was done; look, then try again.",
+                    change.version
                 ),
             )
             .await
         }
         Err(ServerError::NotFound(why)) => super::problem(
             StatusCode::NOT_FOUND,
-            Some(super::Who::of(&session)),
+            Some(super::Who::of(session)),
             "No such flag",
             &format!("{why}. It may have been deleted: see the history."),
         ),
@@ -152,7 +372,7 @@ pub(super) async fn set_enabled<S: Store>(
             | ServerError::Validation(_)
             | ServerError::Precondition(_)
             | ServerError::PermissionDenied(_)),
-        ) => again(StatusCode::BAD_REQUEST, format!("{e}. Nothing was done.")).await,
+        ) => failed(StatusCode::BAD_REQUEST, format!("{e}. Nothing was done.")).await,
         Err(e) => super::unavailable(&e),
     }
 }

@@ -1001,3 +1001,135 @@ async fn create_flag_confirmed(admin: &mut flagstaff_tests::Admin, key: &str) {
         .await
         .expect("flag created");
 }
+
+#[tokio::test]
+async fn a_flags_default_serve_is_set_to_a_variant_or_a_split_from_its_page() {
+    let server = TestServer::start().await;
+    let mut admin = server.admin().await;
+    create_environment(&mut admin, "production").await;
+    create_flag(&mut admin, "production", boolean_flag("checkout")).await;
+    let mut browser = Browser::new(&server);
+    browser.sign_in(&server.admin_token).await;
+    let action = "/envs/production/flags/checkout/serve";
+    let page = browser.get("/envs/production/flags/checkout").await;
+    let (csrf, version) = (
+        form_field(&page.body, action, "csrf"),
+        form_field(&page.body, action, "version"),
+    );
+
+    let split = browser
+        .post(
+            action,
+            &[
+                ("csrf", &csrf),
+                ("version", &version),
+                ("mode", "split"),
+                ("weight:on", "10"),
+                ("weight:off", "90"),
+                ("bucket_by", "key"),
+                ("comment", "canary"),
+            ],
+        )
+        .await;
+    assert_eq!(split.status, StatusCode::SEE_OTHER, "{}", split.body);
+    let flag = get_flag(&mut admin, "production", "checkout").await;
+    assert_eq!(
+        flag.default,
+        Some(split_serve(&[("on", 10_000), ("off", 90_000)]))
+    );
+    // The form now starts from the split.
+    let page = browser.get("/envs/production/flags/checkout").await;
+    assert!(
+        page.body.contains(
+            "name=\"weight:on\" type=\"number\" min=\"0\" max=\"100\" step=\"0.001\" value=\"10\""
+        ),
+        "{}",
+        page.body
+    );
+    let version = form_field(&page.body, action, "version");
+
+    // Shares that do not add up, or a variant the flag lacks: refused next to the form.
+    for (fields, says) in [
+        (
+            vec![("weight:on", "10"), ("weight:off", "85")],
+            "add up to 95%, not 100%",
+        ),
+        (
+            vec![("weight:on", "10"), ("weight:maybe", "90")],
+            "has no variant \"maybe\"",
+        ),
+        (vec![("weight:on", "ten"), ("weight:off", "90")], "on:"),
+    ] {
+        let mut form = vec![
+            ("csrf", csrf.as_str()),
+            ("version", &version),
+            ("mode", "split"),
+        ];
+        form.extend(fields);
+        let refused = browser.post(action, &form).await;
+        assert_eq!(refused.status, StatusCode::BAD_REQUEST, "{says}");
+        assert!(
+            text(&refused.body).contains(says),
+            "{says}: {}",
+            refused.body
+        );
+    }
+    assert_eq!(
+        get_flag(&mut admin, "production", "checkout").await.default,
+        Some(split_serve(&[("on", 10_000), ("off", 90_000)]))
+    );
+
+    let fixed = browser
+        .post(
+            action,
+            &[
+                ("csrf", &csrf),
+                ("version", &version),
+                ("mode", "variant"),
+                ("variant", "on"),
+            ],
+        )
+        .await;
+    assert_eq!(fixed.status, StatusCode::SEE_OTHER, "{}", fixed.body);
+    let flag = get_flag(&mut admin, "production", "checkout").await;
+    assert_eq!(
+        flag.default.and_then(|s| s.serve),
+        Some(pb::serve::Serve::Variant("on".into()))
+    );
+    let history = admin
+        .list_history(pb::ListHistoryRequest {
+            environment: "production".into(),
+            flag: "checkout".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("history")
+        .into_inner()
+        .entries;
+    assert_eq!(history[0].actor, "admin via console");
+    assert_eq!(history[0].operation, "SetDefaultServe");
+    assert_eq!(history[1].comment, "canary");
+
+    // The version the page showed is gone now.
+    let stale = browser
+        .post(
+            action,
+            &[
+                ("csrf", &csrf),
+                ("version", &version),
+                ("mode", "variant"),
+                ("variant", "off"),
+            ],
+        )
+        .await;
+    assert_eq!(stale.status, StatusCode::CONFLICT, "{}", stale.body);
+}
+
+/// A split of `weights` by the context key, as the Admin API returns it.
+fn split_serve(weights: &[(&str, u32)]) -> pb::Serve {
+    let mut serve = split(weights);
+    if let Some(pb::serve::Serve::Split(split)) = &mut serve.serve {
+        split.bucket_by = Some("key".into());
+    }
+    serve
+}
