@@ -13,7 +13,7 @@ use flagstaff_engine::{Flag, Reason, Serve, Step};
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::history::{newest, EntryRow};
+use super::history::{newest, EntryRow, Restore};
 use super::proxy::Proxied;
 use super::{blocking, page, problem, signed_in, utc, Console, Session, Who};
 use crate::environments::Environment;
@@ -82,6 +82,8 @@ struct FlagPage<'a> {
     protected: bool,
     /// The session's CSRF token, for the page's forms.
     csrf: String,
+    /// The forms restoring an earlier version, in the history.
+    restore: Option<Restore>,
 }
 
 pub(super) async fn show<S: Store>(
@@ -246,6 +248,12 @@ pub(super) async fn render<S: Store>(
             },
             protected: environment.protected,
             csrf: session.record.csrf.clone(),
+            restore: Some(Restore {
+                csrf: session.record.csrf.clone(),
+                key: key.clone(),
+                version,
+                protected: environment.protected,
+            }),
             older,
             flag: &flag,
         },

@@ -67,6 +67,18 @@ pub(super) struct ChangeRow {
     pub diff_left_out: bool,
     /// Where the diff left out is shown: the history from its entry on.
     pub diff_at: Option<String>,
+    /// The version of the flag this change wrote, which it can be restored to; `None` for a
+    /// segment or a deletion.
+    pub wrote: Option<u64>,
+}
+
+/// What the forms restoring a flag's earlier versions need: the session's CSRF token, the
+/// flag's version now, and whether its environment asks for its name.
+pub(super) struct Restore {
+    pub csrf: String,
+    pub key: String,
+    pub version: u64,
+    pub protected: bool,
 }
 
 /// An audit entry as pages list it.
@@ -85,6 +97,8 @@ pub(super) struct EntryRow {
 #[template(path = "console/history.html")]
 struct HistoryPage {
     who: Option<Who>,
+    /// The forms restoring a version are on a flag's page alone: none here.
+    restore: Option<Restore>,
     environment: String,
     section: &'static str,
     flag: Option<String>,
@@ -156,6 +170,7 @@ pub(super) async fn show<S: Store>(
         StatusCode::OK,
         &HistoryPage {
             who,
+            restore: None,
             section: "history",
             entries,
             environment: env,
@@ -258,6 +273,7 @@ fn change_row(environment: &str, change: &AuditChange, budget: &mut usize) -> Ch
             },
             diff_left_out: budget_was_spent,
             diff_at: None,
+            wrote: after.as_ref().and_then(|a| a.version),
         },
         AuditChange::Segment {
             key,
@@ -302,6 +318,7 @@ fn change_row(environment: &str, change: &AuditChange, budget: &mut usize) -> Ch
                 diff: Vec::new(),
                 diff_left_out: false,
                 diff_at: None,
+                wrote: None,
             }
         }
     }

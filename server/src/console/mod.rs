@@ -164,6 +164,7 @@ pub fn routes<S: Store>(console: Arc<Console<S>>) -> axum::Router {
             post(write::set_enabled::<S>),
         )
         .route("/envs/{env}/flags/{key}/serve", post(write::set_serve::<S>))
+        .route("/envs/{env}/flags/{key}/revert", post(write::revert::<S>))
         .route("/envs/{env}/history", get(history::show::<S>))
         .route("/envs/{env}/stale", get(stale::show::<S>))
         .route("/envs/{env}/rollouts", get(rollouts::show::<S>))

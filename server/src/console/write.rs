@@ -7,6 +7,7 @@
 //! - `POST /envs/{env}/flags/{key}/enabled`: turn a flag on or off.
 //! - `POST /envs/{env}/flags/{key}/serve`: what a flag serves by default: a fixed variant or a
 //!   percentage split.
+//! - `POST /envs/{env}/flags/{key}/revert`: restore a version of the flag its history shows.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -88,6 +89,72 @@ pub(super) async fn set_enabled<S: Store>(
         &key,
         change,
         move |envs, ctx| envs.set_flag_enabled(ctx, &written_key, enabled, Some(version)),
+    )
+    .await
+}
+
+/// A form of a flag's history restoring the version `to_version`.
+#[derive(Debug, Deserialize)]
+pub(super) struct RevertForm {
+    #[serde(default)]
+    csrf: String,
+    /// The flag's version now, as the page showed it.
+    version: u64,
+    /// The version to restore: the revision of the change that wrote it.
+    to_version: u64,
+    #[serde(default)]
+    comment: String,
+    #[serde(default)]
+    confirm: String,
+}
+
+pub(super) async fn revert<S: Store>(
+    State(console): State<Arc<Console<S>>>,
+    Path((env, key)): Path<(String, String)>,
+    uri: Uri,
+    headers: HeaderMap,
+    proxied: Option<Extension<Proxied>>,
+    form: Result<Form<RevertForm>, axum::extract::rejection::FormRejection>,
+) -> Response {
+    if !session::same_origin(&headers, &console.origins(&headers, &uri)) {
+        return super::forbidden_origin();
+    }
+    let session = match signed_in(&console, &headers, proxied).await {
+        Ok(session) => session,
+        Err(response) => return *response,
+    };
+    let environment = match environment_for(&console, &session, &env) {
+        Ok(environment) => environment,
+        Err(response) => return *response,
+    };
+    let form = match form {
+        Ok(Form(form)) => form,
+        Err(e) => {
+            return super::problem(
+                StatusCode::BAD_REQUEST,
+                Some(super::Who::of(&session)),
+                "Not this console's form",
+                &format!("The form sent is not the one this page makes: {e}. Nothing was done."),
+            )
+        }
+    };
+    if !session::same_token(&session.record.csrf, &form.csrf) {
+        return forbidden_form(&session);
+    }
+    let change = Change {
+        operation: "RevertFlag",
+        version: form.version,
+        comment: form.comment,
+        confirm: form.confirm,
+    };
+    let (written_key, to, version) = (key.clone(), form.to_version, form.version);
+    run(
+        &console,
+        &session,
+        &environment,
+        &key,
+        change,
+        move |envs, ctx| envs.revert_flag(ctx, &written_key, to, Some(version)),
     )
     .await
 }
@@ -303,6 +370,7 @@ async fn run<S: Store>(
     let env = environment.key.clone();
     let form = match change.operation {
         "SetFlagEnabled" => "enabled",
+        "RevertFlag" => "revert",
         _ => "serve",
     };
     let failed = |status, detail| again(console, session, environment, key, form, status, detail);

@@ -1133,3 +1133,67 @@ fn split_serve(weights: &[(&str, u32)]) -> pb::Serve {
     }
     serve
 }
+
+#[tokio::test]
+async fn a_flag_is_restored_from_its_history() {
+    let server = TestServer::start().await;
+    let mut admin = server.admin().await;
+    create_environment(&mut admin, "production").await;
+    let created = create_flag(&mut admin, "production", boolean_flag("checkout")).await;
+    serve_on(&mut admin, "checkout", true).await;
+    let mut browser = Browser::new(&server);
+    browser.sign_in(&server.admin_token).await;
+    let action = "/envs/production/flags/checkout/revert";
+    let page = browser.get("/envs/production/flags/checkout").await;
+    // The version now is not offered; the one created is.
+    let offered = page.body.matches(&format!("action=\"{action}\"")).count();
+    assert_eq!(offered, 1, "{}", page.body);
+    assert!(
+        page.body
+            .contains(&format!("name=\"to_version\" value=\"{created}\"")),
+        "{}",
+        page.body
+    );
+    let (csrf, version) = (
+        form_field(&page.body, action, "csrf"),
+        form_field(&page.body, action, "version"),
+    );
+    let restored = browser
+        .post(
+            action,
+            &[
+                ("csrf", &csrf),
+                ("version", &version),
+                ("to_version", &created.to_string()),
+            ],
+        )
+        .await;
+    assert_eq!(restored.status, StatusCode::SEE_OTHER, "{}", restored.body);
+    let flag = get_flag(&mut admin, "production", "checkout").await;
+    assert_eq!(
+        flag.default.and_then(|s| s.serve),
+        Some(pb::serve::Serve::Variant("off".into()))
+    );
+    // A version the flag never had: refused next to the history, nothing changed.
+    let page = browser.get("/envs/production/flags/checkout").await;
+    let version = form_field(
+        &page.body,
+        "/envs/production/flags/checkout/enabled",
+        "version",
+    );
+    let never = browser
+        .post(
+            action,
+            &[
+                ("csrf", &csrf),
+                ("version", &version),
+                ("to_version", "999"),
+            ],
+        )
+        .await;
+    assert_eq!(never.status, StatusCode::NOT_FOUND, "{}", never.body);
+    assert_eq!(
+        get_flag(&mut admin, "production", "checkout").await.version,
+        flag.version
+    );
+}
