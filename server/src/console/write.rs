@@ -50,31 +50,11 @@ pub(super) async fn set_enabled<S: Store>(
     proxied: Option<Extension<Proxied>>,
     form: Result<Form<EnabledForm>, axum::extract::rejection::FormRejection>,
 ) -> Response {
-    if !session::same_origin(&headers, &console.origins(&headers, &uri)) {
-        return super::forbidden_origin();
-    }
-    let session = match signed_in(&console, &headers, proxied).await {
-        Ok(session) => session,
-        Err(response) => return *response,
-    };
-    let environment = match environment_for(&console, &session, &env) {
-        Ok(environment) => environment,
-        Err(response) => return *response,
-    };
-    let form = match form {
-        Ok(Form(form)) => form,
-        Err(e) => {
-            return super::problem(
-                StatusCode::BAD_REQUEST,
-                Some(super::Who::of(&session)),
-                "Not this console's form",
-                &format!("The form sent is not the one this page makes: {e}. Nothing was done."),
-            )
-        }
-    };
-    if !session::same_token(&session.record.csrf, &form.csrf) {
-        return forbidden_form(&session);
-    }
+    let (session, environment, form) =
+        match checked(&console, &env, &uri, &headers, proxied, form, |f| &f.csrf).await {
+            Ok(checked) => checked,
+            Err(response) => return *response,
+        };
     let change = Change {
         operation: "SetFlagEnabled",
         version: form.version,
@@ -116,31 +96,11 @@ pub(super) async fn revert<S: Store>(
     proxied: Option<Extension<Proxied>>,
     form: Result<Form<RevertForm>, axum::extract::rejection::FormRejection>,
 ) -> Response {
-    if !session::same_origin(&headers, &console.origins(&headers, &uri)) {
-        return super::forbidden_origin();
-    }
-    let session = match signed_in(&console, &headers, proxied).await {
-        Ok(session) => session,
-        Err(response) => return *response,
-    };
-    let environment = match environment_for(&console, &session, &env) {
-        Ok(environment) => environment,
-        Err(response) => return *response,
-    };
-    let form = match form {
-        Ok(Form(form)) => form,
-        Err(e) => {
-            return super::problem(
-                StatusCode::BAD_REQUEST,
-                Some(super::Who::of(&session)),
-                "Not this console's form",
-                &format!("The form sent is not the one this page makes: {e}. Nothing was done."),
-            )
-        }
-    };
-    if !session::same_token(&session.record.csrf, &form.csrf) {
-        return forbidden_form(&session);
-    }
+    let (session, environment, form) =
+        match checked(&console, &env, &uri, &headers, proxied, form, |f| &f.csrf).await {
+            Ok(checked) => checked,
+            Err(response) => return *response,
+        };
     let change = Change {
         operation: "RevertFlag",
         version: form.version,
@@ -169,32 +129,12 @@ pub(super) async fn set_serve<S: Store>(
     proxied: Option<Extension<Proxied>>,
     form: Result<Form<HashMap<String, String>>, axum::extract::rejection::FormRejection>,
 ) -> Response {
-    if !session::same_origin(&headers, &console.origins(&headers, &uri)) {
-        return super::forbidden_origin();
-    }
-    let session = match signed_in(&console, &headers, proxied).await {
-        Ok(session) => session,
-        Err(response) => return *response,
-    };
-    let environment = match environment_for(&console, &session, &env) {
-        Ok(environment) => environment,
-        Err(response) => return *response,
-    };
-    let fields = match form {
-        Ok(Form(fields)) => fields,
-        Err(e) => {
-            return super::problem(
-                StatusCode::BAD_REQUEST,
-                Some(super::Who::of(&session)),
-                "Not this console's form",
-                &format!("The form sent is not the one this page makes: {e}. Nothing was done."),
-            )
-        }
-    };
+    let (session, environment, fields) =
+        match checked(&console, &env, &uri, &headers, proxied, form, csrf_field).await {
+            Ok(checked) => checked,
+            Err(response) => return *response,
+        };
     let field = |name: &str| fields.get(name).map_or("", String::as_str);
-    if !session::same_token(&session.record.csrf, field("csrf")) {
-        return forbidden_form(&session);
-    }
     let Some(flag) = environment.current().snapshot.flag(&key).cloned() else {
         return super::problem(
             StatusCode::NOT_FOUND,
@@ -247,6 +187,11 @@ pub(super) async fn set_serve<S: Store>(
         move |envs, ctx| envs.set_default_serve(ctx, &written_key, serve, force, Some(version)),
     )
     .await
+}
+
+/// The `csrf` field of a form read by hand.
+fn csrf_field(fields: &HashMap<String, String>) -> &str {
+    fields.get("csrf").map_or("", String::as_str)
 }
 
 /// The serve the form describes: `mode` `variant` with the field `variant`, or `split` with
@@ -317,6 +262,40 @@ fn serve_of(
         }
         _ => Err("Choose a fixed variant or a split. Nothing was done.".to_owned()),
     }
+}
+
+/// The checks every write passes before it is looked at: the request's `Origin`, its session,
+/// the environment the person may see, the form read, and the form's CSRF token (`csrf`
+/// reads it); the session, the environment and the form, or the answer refusing it.
+async fn checked<S: Store, F>(
+    console: &Console<S>,
+    env: &str,
+    uri: &Uri,
+    headers: &HeaderMap,
+    proxied: Option<Extension<Proxied>>,
+    form: Result<Form<F>, axum::extract::rejection::FormRejection>,
+    csrf: fn(&F) -> &str,
+) -> Result<(Session, Arc<Environment>, F), Box<Response>> {
+    if !session::same_origin(headers, &console.origins(headers, uri)) {
+        return Err(Box::new(super::forbidden_origin()));
+    }
+    let session = signed_in(console, headers, proxied).await?;
+    let environment = environment_for(console, &session, env)?;
+    let form = match form {
+        Ok(Form(form)) => form,
+        Err(e) => {
+            return Err(Box::new(super::problem(
+                StatusCode::BAD_REQUEST,
+                Some(super::Who::of(&session)),
+                "Not this console's form",
+                &format!("The form sent is not the one this page makes: {e}. Nothing was done."),
+            )))
+        }
+    };
+    if !session::same_token(&session.record.csrf, csrf(&form)) {
+        return Err(Box::new(forbidden_form(&session)));
+    }
+    Ok((session, environment, form))
 }
 
 /// What a write from a page is, besides its own fields.

@@ -566,16 +566,7 @@ async fn a_flag_page_reads_its_targeting_in_words_evaluates_and_shows_its_histor
     let on = text(&browser.get("/envs/production/flags/checkout-v2").await.body);
     assert!(!on.contains("The flag is off"), "{on}");
     // The history, as the Admin API has it: the newest change first, in words and as a diff.
-    let history = admin
-        .list_history(pb::ListHistoryRequest {
-            environment: "production".into(),
-            flag: "checkout-v2".into(),
-            ..Default::default()
-        })
-        .await
-        .expect("history")
-        .into_inner()
-        .entries;
+    let history = flag_history(&mut admin, "checkout-v2").await;
     assert_eq!(history.len(), 2);
     assert_eq!(history[0].revision, revision);
     let newest = on
@@ -897,16 +888,7 @@ async fn a_flag_is_turned_on_and_off_from_its_page_with_the_person_as_the_actor(
     assert_eq!(off.status, StatusCode::SEE_OTHER, "{}", off.body);
     assert_eq!(off.location(), "/envs/production/flags/checkout");
     assert!(!get_flag(&mut admin, "production", "checkout").await.enabled);
-    let history = admin
-        .list_history(pb::ListHistoryRequest {
-            environment: "production".into(),
-            flag: "checkout".into(),
-            ..Default::default()
-        })
-        .await
-        .expect("history")
-        .into_inner()
-        .entries;
+    let history = flag_history(&mut admin, "checkout").await;
     assert_eq!(history[0].actor, "ed via console");
     assert_eq!(history[0].comment, "too many errors");
 
@@ -1096,16 +1078,7 @@ async fn a_flags_default_serve_is_set_to_a_variant_or_a_split_from_its_page() {
         flag.default.and_then(|s| s.serve),
         Some(pb::serve::Serve::Variant("on".into()))
     );
-    let history = admin
-        .list_history(pb::ListHistoryRequest {
-            environment: "production".into(),
-            flag: "checkout".into(),
-            ..Default::default()
-        })
-        .await
-        .expect("history")
-        .into_inner()
-        .entries;
+    let history = flag_history(&mut admin, "checkout").await;
     assert_eq!(history[0].actor, "admin via console");
     assert_eq!(history[0].operation, "SetDefaultServe");
     assert_eq!(history[1].comment, "canary");
@@ -1196,4 +1169,18 @@ async fn a_flag_is_restored_from_its_history() {
         get_flag(&mut admin, "production", "checkout").await.version,
         flag.version
     );
+}
+
+/// The history of flag `key` of `production`, newest first, as the Admin API lists it.
+async fn flag_history(admin: &mut flagstaff_tests::Admin, key: &str) -> Vec<pb::AuditEntry> {
+    admin
+        .list_history(pb::ListHistoryRequest {
+            environment: "production".into(),
+            flag: key.into(),
+            ..Default::default()
+        })
+        .await
+        .expect("history")
+        .into_inner()
+        .entries
 }
