@@ -2,6 +2,7 @@
 //! rules in plain words, what it serves otherwise and when off, its usage and rollout, an
 //! evaluation for a context given in the address, and its recent history with diffs.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use askama::Template;
@@ -78,6 +79,10 @@ struct FlagPage<'a> {
     serve_variant: String,
     serve_shares: Vec<(String, String)>,
     bucket_by: String,
+    /// `variant` or `split`: which the serve form starts with.
+    serve_mode: String,
+    /// The comment typed in the form that failed.
+    typed_comment: String,
     /// Whether a write must be confirmed by typing the environment's name.
     protected: bool,
     /// The session's CSRF token, for the page's forms.
@@ -129,8 +134,10 @@ pub(super) async fn show<S: Store>(
 pub(super) struct WriteProblem {
     pub status: StatusCode,
     pub detail: String,
-    /// The form that sent it: `enabled` or `serve`.
+    /// The form that sent it: `enabled`, `serve` or `revert`.
     pub form: &'static str,
+    /// What the person typed in it, put back into the form so that nothing is lost.
+    pub typed: HashMap<String, String>,
 }
 
 /// The flag page of `key` in `environment`: evaluated for `context` when given, with
@@ -188,6 +195,24 @@ pub(super) async fn render<S: Store>(
         (None, Some(_)) => StatusCode::BAD_REQUEST,
         (None, None) => StatusCode::OK,
     };
+    let typed = written.as_ref().map(|w| (w.form, &w.typed));
+    let typed_field = |form: &str, name: &str| {
+        typed
+            .filter(|(f, _)| *f == form)
+            .and_then(|(_, fields)| fields.get(name).cloned())
+    };
+    let typed_comment = typed
+        .and_then(|(_, fields)| fields.get("comment").cloned())
+        .unwrap_or_default();
+    let (mut serve_variant, mut serve_shares, mut bucket_by, mut serve_mode) = serve_form(&flag);
+    if let Some(mode) = typed_field("serve", "mode") {
+        serve_mode = mode;
+        serve_variant = typed_field("serve", "variant").unwrap_or(serve_variant);
+        for (name, share) in &mut serve_shares {
+            *share = typed_field("serve", &format!("weight:{name}")).unwrap_or_default();
+        }
+        bucket_by = typed_field("serve", "bucket_by").unwrap_or(bucket_by);
+    }
     page(
         status,
         &FlagPage {
@@ -218,34 +243,11 @@ pub(super) async fn render<S: Store>(
             history: entries,
             write_form: written.as_ref().map_or("", |w| w.form),
             write_problem: written.map(|w| w.detail),
-            serve_variant: match &flag.default {
-                Serve::Variant(v) => v.clone(),
-                Serve::Split(_) => String::new(),
-            },
-            serve_shares: flag
-                .variants
-                .0
-                .iter()
-                .map(|(name, _)| {
-                    let share = match &flag.default {
-                        Serve::Split(split) => split
-                            .weights
-                            .iter()
-                            .find(|w| w.variant == *name)
-                            .map_or(String::new(), |w| {
-                                flagstaff_engine::format_percent(w.weight)
-                                    .trim_end_matches('%')
-                                    .to_owned()
-                            }),
-                        Serve::Variant(_) => String::new(),
-                    };
-                    (name.clone(), share)
-                })
-                .collect(),
-            bucket_by: match &flag.default {
-                Serve::Split(split) => split.bucket_by.clone(),
-                Serve::Variant(_) => "key".to_owned(),
-            },
+            serve_variant,
+            serve_shares,
+            bucket_by,
+            serve_mode,
+            typed_comment,
             protected: environment.protected,
             csrf: session.record.csrf.clone(),
             restore: Some(Restore {
@@ -280,6 +282,41 @@ fn variants(flag: &Flag) -> Vec<VariantRow> {
             }
         })
         .collect()
+}
+
+/// The serve form as `flag` starts it: the fixed variant (empty for a split), each variant's
+/// share of a split as a percentage (empty for none), the split's bucketing attribute, and the
+/// mode (`variant` or `split`).
+fn serve_form(flag: &Flag) -> (String, Vec<(String, String)>, String, String) {
+    let shares =
+        flag.variants
+            .0
+            .iter()
+            .map(|(name, _)| {
+                let share = match &flag.default {
+                    Serve::Split(split) => split
+                        .weights
+                        .iter()
+                        .find(|w| w.variant == *name)
+                        .map_or(String::new(), |w| {
+                            flagstaff_engine::format_percent(w.weight)
+                                .trim_end_matches('%')
+                                .to_owned()
+                        }),
+                    Serve::Variant(_) => String::new(),
+                };
+                (name.clone(), share)
+            })
+            .collect();
+    match &flag.default {
+        Serve::Variant(v) => (v.clone(), shares, "key".to_owned(), "variant".to_owned()),
+        Serve::Split(split) => (
+            String::new(),
+            shares,
+            split.bucket_by.clone(),
+            "split".to_owned(),
+        ),
+    }
 }
 
 /// The state of the flag's rollout plan, when it has one.

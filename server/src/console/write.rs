@@ -58,6 +58,7 @@ pub(super) async fn set_enabled<S: Store>(
     let change = Change {
         operation: "SetFlagEnabled",
         version: form.version,
+        typed: HashMap::from([("comment".to_owned(), form.comment.clone())]),
         comment: form.comment,
         confirm: form.confirm,
     };
@@ -104,6 +105,7 @@ pub(super) async fn revert<S: Store>(
     let change = Change {
         operation: "RevertFlag",
         version: form.version,
+        typed: HashMap::from([("comment".to_owned(), form.comment.clone())]),
         comment: form.comment,
         confirm: form.confirm,
     };
@@ -151,9 +153,12 @@ pub(super) async fn set_serve<S: Store>(
                 &session,
                 &environment,
                 &key,
-                "serve",
-                StatusCode::BAD_REQUEST,
-                why,
+                WriteProblem {
+                    status: StatusCode::BAD_REQUEST,
+                    detail: why,
+                    form: "serve",
+                    typed: fields.clone(),
+                },
             )
             .await
         }
@@ -164,15 +169,20 @@ pub(super) async fn set_serve<S: Store>(
             &session,
             &environment,
             &key,
-            "serve",
-            StatusCode::BAD_REQUEST,
-            "The form lacks the flag's version: reload the page. Nothing was done.".to_owned(),
+            WriteProblem {
+                status: StatusCode::BAD_REQUEST,
+                detail: "The form lacks the flag's version: reload the page. Nothing was done."
+                    .to_owned(),
+                form: "serve",
+                typed: fields.clone(),
+            },
         )
         .await;
     };
     let force = fields.contains_key("reshuffle");
     let change = Change {
         operation: "SetDefaultServe",
+        typed: fields.clone(),
         version,
         comment: field("comment").to_owned(),
         confirm: field("confirm").to_owned(),
@@ -307,31 +317,19 @@ struct Change {
     comment: String,
     /// The environment's name as typed, for a protected environment.
     confirm: String,
+    /// Every field typed in the form, put back into it when the write is refused.
+    typed: HashMap<String, String>,
 }
 
-/// The flag page of `key` again, with `detail` next to the form that failed.
+/// The flag page of `key` again, with what went wrong next to the form that failed.
 async fn again<S: Store>(
     console: &Console<S>,
     session: &Session,
     environment: &Environment,
     key: &str,
-    form: &'static str,
-    status: StatusCode,
-    detail: String,
+    problem: WriteProblem,
 ) -> Response {
-    render(
-        console,
-        session,
-        environment,
-        key,
-        None,
-        Some(WriteProblem {
-            status,
-            detail,
-            form,
-        }),
-    )
-    .await
+    render(console, session, environment, key, None, Some(problem)).await
 }
 
 /// Checks `change` (its comment, a protected environment's name typed) and runs `write` as
@@ -352,7 +350,21 @@ async fn run<S: Store>(
         "RevertFlag" => "revert",
         _ => "serve",
     };
-    let failed = |status, detail| again(console, session, environment, key, form, status, detail);
+    let typed = change.typed.clone();
+    let failed = |status, detail| {
+        again(
+            console,
+            session,
+            environment,
+            key,
+            WriteProblem {
+                status,
+                detail,
+                form,
+                typed: typed.clone(),
+            },
+        )
+    };
     if let Err(e) = crate::service::wire::comment(&change.comment) {
         return failed(StatusCode::BAD_REQUEST, format!("{e}. Nothing was done.")).await;
     }

@@ -1046,8 +1046,9 @@ async fn a_flags_default_serve_is_set_to_a_variant_or_a_split_from_its_page() {
             ("csrf", csrf.as_str()),
             ("version", &version),
             ("mode", "split"),
+            ("comment", "half of the EU"),
         ];
-        form.extend(fields);
+        form.extend(fields.iter().copied());
         let refused = browser.post(action, &form).await;
         assert_eq!(refused.status, StatusCode::BAD_REQUEST, "{says}");
         assert!(
@@ -1055,6 +1056,19 @@ async fn a_flags_default_serve_is_set_to_a_variant_or_a_split_from_its_page() {
             "{says}: {}",
             refused.body
         );
+        // What was typed is in the form again.
+        assert!(
+            refused.body.contains(
+                "name=\"comment\" type=\"text\" maxlength=\"4096\" value=\"half of the EU\""
+            ),
+            "{}",
+            refused.body
+        );
+        let (_, on) = fields[0];
+        let typed_on = format!(
+            "name=\"weight:on\" type=\"number\" min=\"0\" max=\"100\" step=\"0.001\" value=\"{on}\""
+        );
+        assert!(refused.body.contains(&typed_on), "{}", refused.body);
     }
     assert_eq!(
         get_flag(&mut admin, "production", "checkout").await.default,
