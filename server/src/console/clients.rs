@@ -19,7 +19,7 @@ use crate::storage::{AuditHead, Change, Store};
 
 use super::proxy::Proxied;
 use super::{
-    bad_query, environment_for, off_thread, page, signed_in, unavailable, utc, Console, Paging, Who,
+    bad_query, environment_page, off_thread, page, unavailable, utc, Console, Paging, Who,
 };
 
 /// Instances shown on one page.
@@ -92,12 +92,8 @@ pub(super) async fn show<S: Store>(
     proxied: Option<Extension<Proxied>>,
     query: Result<Query<ClientsQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
-    let session = match signed_in(&console, &headers, proxied).await {
-        Ok(session) => session,
-        Err(response) => return *response,
-    };
-    let environment = match environment_for(&console, &session, &env) {
-        Ok(environment) => environment,
+    let (session, environment) = match environment_page(&console, &headers, proxied, &env).await {
+        Ok(opened) => opened,
         Err(response) => return *response,
     };
     let query = match query {

@@ -16,7 +16,7 @@ use serde_json::Value;
 
 use super::history::{newest, EntryRow, Restore};
 use super::proxy::Proxied;
-use super::{blocking, page, problem, signed_in, utc, Console, Session, Who};
+use super::{blocking, environment_page, page, problem, utc, Console, Session, Who};
 use crate::environments::Environment;
 use crate::ofrep::context::RequestContext;
 use crate::storage::{RolloutState, Store};
@@ -98,15 +98,11 @@ pub(super) async fn show<S: Store>(
     proxied: Option<Extension<Proxied>>,
     query: Result<Query<FlagQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
-    let session = match signed_in(&console, &headers, proxied).await {
-        Ok(session) => session,
+    let (session, environment) = match environment_page(&console, &headers, proxied, &env).await {
+        Ok(opened) => opened,
         Err(response) => return *response,
     };
     let who = Some(Who::of(&session));
-    let environment = match super::environment_for(&console, &session, &env) {
-        Ok(environment) => environment,
-        Err(response) => return *response,
-    };
     let query = match query {
         Ok(Query(query)) => query,
         Err(e) => {

@@ -12,7 +12,7 @@ use serde::Deserialize;
 use crate::storage::Store;
 
 use super::proxy::Proxied;
-use super::{encode, environment_for, page, problem, signed_in, Console, Who, PAGE_SIZE};
+use super::{encode, environment_page, page, problem, Console, Who, PAGE_SIZE};
 
 /// What the flag list is asked for.
 #[derive(Debug, Default, Deserialize)]
@@ -69,12 +69,8 @@ pub(super) async fn show<S: Store>(
     proxied: Option<Extension<Proxied>>,
     query: Result<Query<FlagQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
-    let session = match signed_in(&console, &headers, proxied).await {
-        Ok(session) => session,
-        Err(response) => return *response,
-    };
-    let environment = match environment_for(&console, &session, &env) {
-        Ok(environment) => environment,
+    let (session, environment) = match environment_page(&console, &headers, proxied, &env).await {
+        Ok(opened) => opened,
         Err(response) => return *response,
     };
     let query = match query {

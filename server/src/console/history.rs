@@ -14,7 +14,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::proxy::Proxied;
-use super::{blocking, encode, page, problem, signed_in, utc, Console, Who};
+use super::{blocking, encode, environment_page, page, problem, utc, Console, Who};
 use crate::storage::{AuditChange, AuditEntry, Store};
 
 /// Entries on one page of the history.
@@ -113,14 +113,11 @@ pub(super) async fn show<S: Store>(
     proxied: Option<Extension<Proxied>>,
     query: Result<Query<HistoryQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
-    let session = match signed_in(&console, &headers, proxied).await {
-        Ok(session) => session,
+    let (session, _environment) = match environment_page(&console, &headers, proxied, &env).await {
+        Ok(opened) => opened,
         Err(response) => return *response,
     };
     let who = Some(Who::of(&session));
-    if let Err(response) = super::environment_for(&console, &session, &env) {
-        return *response;
-    }
     let query = match query {
         Ok(Query(query)) => query,
         Err(e) => {

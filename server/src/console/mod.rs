@@ -325,6 +325,19 @@ async fn signed_in<S: Store>(
     }
 }
 
+/// The session and the environment `key` of a request for one of an environment's pages:
+/// [`signed_in`], then [`environment_for`]; otherwise the answer to send instead.
+async fn environment_page<S: Store>(
+    console: &Console<S>,
+    headers: &HeaderMap,
+    proxied: Option<Extension<proxy::Proxied>>,
+    key: &str,
+) -> Result<(Session, Arc<crate::environments::Environment>), Box<Response>> {
+    let session = signed_in(console, headers, proxied).await?;
+    let environment = environment_for(console, &session, key)?;
+    Ok((session, environment))
+}
+
 /// The environment `key` if the person may see it; otherwise the page saying there is none
 /// (the same for one that does not exist, so an editor learns nothing of others).
 fn environment_for<S: Store>(

@@ -20,8 +20,8 @@ use crate::storage::{GuardTally, RolloutRecord, RolloutState, Store};
 
 use super::proxy::Proxied;
 use super::{
-    bad_query, encode, environment_for, off_thread, page, signed_in, span, unavailable, utc,
-    Console, Paging, Who,
+    bad_query, encode, environment_page, off_thread, page, span, unavailable, utc, Console, Paging,
+    Who,
 };
 
 /// Plans shown on one page.
@@ -122,12 +122,8 @@ pub(super) async fn show<S: Store>(
     proxied: Option<Extension<Proxied>>,
     query: Result<Query<RolloutQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
-    let session = match signed_in(&console, &headers, proxied).await {
-        Ok(session) => session,
-        Err(response) => return *response,
-    };
-    let environment = match environment_for(&console, &session, &env) {
-        Ok(environment) => environment,
+    let (session, environment) = match environment_page(&console, &headers, proxied, &env).await {
+        Ok(opened) => opened,
         Err(response) => return *response,
     };
     let query = match query {

@@ -16,7 +16,7 @@ use serde::Deserialize;
 use crate::storage::Store;
 
 use super::proxy::Proxied;
-use super::{bad_query, encode, environment_for, page, problem, signed_in, Console, Paging, Who};
+use super::{bad_query, encode, environment_page, page, problem, Console, Paging, Who};
 
 /// Segments shown on one page of the list.
 pub const SEGMENTS_PER_PAGE: usize = 50;
@@ -131,12 +131,8 @@ pub(super) async fn list<S: Store>(
     proxied: Option<Extension<Proxied>>,
     query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
-    let session = match signed_in(&console, &headers, proxied).await {
-        Ok(session) => session,
-        Err(response) => return *response,
-    };
-    let environment = match environment_for(&console, &session, &env) {
-        Ok(environment) => environment,
+    let (session, environment) = match environment_page(&console, &headers, proxied, &env).await {
+        Ok(opened) => opened,
         Err(response) => return *response,
     };
     let query = match query {
@@ -177,12 +173,8 @@ pub(super) async fn show<S: Store>(
     proxied: Option<Extension<Proxied>>,
     query: Result<Query<SegmentQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
-    let session = match signed_in(&console, &headers, proxied).await {
-        Ok(session) => session,
-        Err(response) => return *response,
-    };
-    let environment = match environment_for(&console, &session, &env) {
-        Ok(environment) => environment,
+    let (session, environment) = match environment_page(&console, &headers, proxied, &env).await {
+        Ok(opened) => opened,
         Err(response) => return *response,
     };
     let query = match query {

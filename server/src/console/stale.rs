@@ -14,7 +14,7 @@ use flagstaff_engine::{Snapshot, Staleness};
 use serde::Deserialize;
 
 use super::proxy::Proxied;
-use super::{blocking, page, problem, signed_in, utc, Console, Paging, Who};
+use super::{blocking, environment_page, page, problem, utc, Console, Paging, Who};
 use crate::storage::{AuditChange, Store, StoreError};
 
 /// Days without change or evaluation that make a flag stale, unless the address says.
@@ -88,15 +88,11 @@ pub(super) async fn show<S: Store>(
     proxied: Option<Extension<Proxied>>,
     query: Result<Query<StaleQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
-    let session = match signed_in(&console, &headers, proxied).await {
-        Ok(session) => session,
+    let (session, environment) = match environment_page(&console, &headers, proxied, &env).await {
+        Ok(opened) => opened,
         Err(response) => return *response,
     };
     let who = Some(Who::of(&session));
-    let environment = match super::environment_for(&console, &session, &env) {
-        Ok(environment) => environment,
-        Err(response) => return *response,
-    };
     let (days, asked_page) = match query {
         Ok(Query(StaleQuery { days: None, page })) => (DEFAULT_DAYS, page),
         Ok(Query(StaleQuery {
